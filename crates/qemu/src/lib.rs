@@ -1,1 +1,2 @@
-//! placeholder
+//! QEMU virtual DUT.
+pub mod image;
