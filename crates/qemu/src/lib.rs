@@ -1,2 +1,13 @@
-//! QEMU virtual DUT.
+//! QEMU virtual DUT: the emulator process, its QMP monitor, disk overlays and the guest image.
+//!
+//! Invariants:
+//! - TCG is the default accelerator (KVM hangs on some hosts); `accel: kvm` is a setting.
+//! - A [`vm::Vm`] never outlives its owner: its process group is killed on drop.
+//! - Base images are read-only; each boot writes to a fresh linked-clone overlay ([`disk`]).
+
+pub mod disk;
 pub mod image;
+pub mod qmp;
+pub mod vm;
+
+pub use vm::{Accel, BootSpec, Drive, QemuConfig, QemuError, Vm};

@@ -1,0 +1,71 @@
+//! Disk images: format detection and linked-clone overlays made with `qemu-img`.
+//!
+//! Invariants:
+//! - The base image is never written: every boot gets a fresh qcow2 overlay whose backing file
+//!   is the base, created in O(1) whatever the base size.
+//! - The backing format is always passed (`-F`), so a raw base is never probed as something else.
+
+use std::path::{Path, PathBuf};
+use tokio::process::Command;
+
+/// Disk image failures.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    #[error("cannot run qemu-img: {0} (install the qemu-utils package)")]
+    Spawn(std::io::Error),
+    #[error("{path}: qemu-img {operation} failed: {stderr}")]
+    Failed {
+        path: PathBuf,
+        operation: &'static str,
+        stderr: String,
+    },
+    #[error("{path}: qemu-img info gave no format")]
+    NoFormat { path: PathBuf },
+}
+
+/// Detects an image's format (`qcow2`, `raw`, ...).
+pub async fn detect_format(path: &Path) -> Result<String, DiskError> {
+    let out = Command::new("qemu-img")
+        .args(["info", "-U", "--output=json"])
+        .arg(path)
+        .output()
+        .await
+        .map_err(DiskError::Spawn)?;
+    if !out.status.success() {
+        return Err(DiskError::Failed {
+            path: path.to_path_buf(),
+            operation: "info",
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    let info: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|_| DiskError::NoFormat {
+            path: path.to_path_buf(),
+        })?;
+    info.get("format")
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| DiskError::NoFormat {
+            path: path.to_path_buf(),
+        })
+}
+
+/// Creates `overlay` as a qcow2 linked clone of `base` (whose format is `base_format`).
+pub async fn create_overlay(base: &Path, base_format: &str, overlay: &Path) -> Result<(), DiskError> {
+    let base = std::path::absolute(base).map_err(DiskError::Spawn)?;
+    let out = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", base_format, "-b"])
+        .arg(&base)
+        .arg(overlay)
+        .output()
+        .await
+        .map_err(DiskError::Spawn)?;
+    if !out.status.success() {
+        return Err(DiskError::Failed {
+            path: overlay.to_path_buf(),
+            operation: "create",
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,408 @@
+//! One QEMU virtual DUT process.
+//!
+//! ```text
+//!   launch() ──> Paused ──power_on()──> On ──power_off()──> Off
+//!                  │                     │ (guest halts / QEMU dies)
+//!                  └──────power_off()────┴──────────────────> Off
+//! ```
+//!
+//! Invariants:
+//! - QEMU starts paused (`-S`) with its serial console and QMP on unix sockets in the run
+//!   directory; the console is connected before the guest runs, so no byte is lost.
+//! - QEMU runs in its own process group. `power_off` asks QMP to quit, then kills the group;
+//!   dropping a [`Vm`] kills the group synchronously. No path leaves a QEMU behind.
+//! - User-supplied arguments (`image_arg`, `extra_args`) are passed as separate argv entries,
+//!   never through a shell.
+
+use crate::qmp::{Qmp, QmpError};
+use driver::{DriverError, Power, PowerState};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::net::UnixStream;
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+/// How long QEMU may take to exit after QMP `quit` before its group is killed.
+const QUIT_GRACE: Duration = Duration::from_secs(3);
+/// Bytes of QEMU's stderr kept for error messages.
+const STDERR_KEPT: usize = 4096;
+
+/// CPU accelerator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    /// Software emulation: works everywhere, including hosts where KVM hangs.
+    #[default]
+    Tcg,
+    Kvm,
+}
+
+impl Accel {
+    fn as_str(self) -> &'static str {
+        match self {
+            Accel::Tcg => "tcg",
+            Accel::Kvm => "kvm",
+        }
+    }
+}
+
+/// Settings of a QEMU device (the `qemu:` block of a device file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QemuConfig {
+    /// The emulator binary.
+    pub binary: String,
+    pub accel: Accel,
+    pub machine: String,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    /// Kernel command line used when the job gives none.
+    pub kernel_args: String,
+    /// Extra arguments appended to every launch.
+    pub extra_args: Vec<String>,
+}
+
+impl Default for QemuConfig {
+    fn default() -> Self {
+        QemuConfig {
+            binary: "qemu-system-x86_64".into(),
+            accel: Accel::Tcg,
+            machine: "pc".into(),
+            memory_mib: 512,
+            cpus: 1,
+            kernel_args: "console=ttyS0 panic=-1 quiet".into(),
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+/// A disk attached to the VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drive {
+    pub path: PathBuf,
+    /// Image format (`qcow2`, `raw`).
+    pub format: String,
+}
+
+/// What to boot: kernel, initrd, disks, and raw arguments from the job.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BootSpec {
+    pub kernel: Option<PathBuf>,
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line; `None` uses [`QemuConfig::kernel_args`] when a kernel is given.
+    pub append: Option<String>,
+    pub drives: Vec<Drive>,
+    /// Arguments assembled from the job's `image_arg`s, already split and substituted.
+    pub image_args: Vec<String>,
+}
+
+/// QEMU process failures.
+#[derive(Debug, thiserror::Error)]
+pub enum QemuError {
+    #[error("cannot start {binary}: {source} (install the qemu-system-x86 package)")]
+    Spawn {
+        binary: String,
+        source: std::io::Error,
+    },
+    #[error("QEMU exited during start-up ({status}): {stderr}")]
+    StartFailed { status: ExitStatus, stderr: String },
+    #[error("QEMU did not open its sockets within {0:?}")]
+    StartTimeout(Duration),
+    #[error(transparent)]
+    Qmp(#[from] QmpError),
+    #[error("run directory {path}: {source}")]
+    RunDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("QEMU process: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A running (or paused) QEMU process.
+pub struct Vm {
+    child: Child,
+    group: Pid,
+    qmp: Option<Qmp>,
+    state: PowerState,
+    stderr: Arc<Mutex<Vec<u8>>>,
+}
+
+impl std::fmt::Debug for Vm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vm")
+            .field("pid", &self.group)
+            .field("state", &self.state)
+            .finish()
+    }
+}
+
+/// The full argument vector for a launch (exposed for tests and `--dry-run` style output).
+pub fn command_line(config: &QemuConfig, boot: &BootSpec, run_dir: &Path) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "-name".into(),
+        "dutlab-dut".into(),
+        "-accel".into(),
+        config.accel.as_str().into(),
+        "-machine".into(),
+        config.machine.clone(),
+        "-m".into(),
+        config.memory_mib.to_string(),
+        "-smp".into(),
+        config.cpus.to_string(),
+        "-nodefaults".into(),
+        "-no-user-config".into(),
+        "-display".into(),
+        "none".into(),
+        "-no-reboot".into(),
+        "-S".into(),
+        "-chardev".into(),
+        format!(
+            "socket,id=console,path={},server=on,wait=off",
+            run_dir.join("console.sock").display()
+        ),
+        "-serial".into(),
+        "chardev:console".into(),
+        "-qmp".into(),
+        format!(
+            "unix:{},server=on,wait=off",
+            run_dir.join("qmp.sock").display()
+        ),
+    ];
+    if let Some(kernel) = &boot.kernel {
+        args.push("-kernel".into());
+        args.push(kernel.display().to_string());
+        args.push("-append".into());
+        args.push(
+            boot.append
+                .clone()
+                .unwrap_or_else(|| config.kernel_args.clone()),
+        );
+    }
+    if let Some(initrd) = &boot.initrd {
+        args.push("-initrd".into());
+        args.push(initrd.display().to_string());
+    }
+    for d in &boot.drives {
+        args.push("-drive".into());
+        args.push(format!(
+            "file={},format={},if=virtio",
+            d.path.display(),
+            d.format
+        ));
+    }
+    args.extend(boot.image_args.iter().cloned());
+    args.extend(config.extra_args.iter().cloned());
+    args
+}
+
+impl Vm {
+    /// Starts QEMU paused and returns it with its connected serial console.
+    pub async fn launch(
+        config: &QemuConfig,
+        boot: &BootSpec,
+        run_dir: &Path,
+        deadline: Instant,
+    ) -> Result<(Vm, UnixStream), QemuError> {
+        std::fs::create_dir_all(run_dir).map_err(|source| QemuError::RunDir {
+            path: run_dir.to_path_buf(),
+            source,
+        })?;
+        let args = command_line(config, boot, run_dir);
+        tracing::debug!(binary = %config.binary, ?args, "launching QEMU");
+        let mut child = Command::new(&config.binary)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| QemuError::Spawn {
+                binary: config.binary.clone(),
+                source,
+            })?;
+        let pid = child
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .ok_or_else(|| std::io::Error::other("QEMU exited before its pid was read"))?;
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        if let Some(mut pipe) = child.stderr.take() {
+            let kept = stderr.clone();
+            tokio::spawn(async move {
+                let mut chunk = [0u8; 1024];
+                while let Ok(n) = pipe.read(&mut chunk).await {
+                    if n == 0 {
+                        break;
+                    }
+                    if let Ok(mut k) = kept.lock() {
+                        k.extend_from_slice(&chunk[..n]);
+                        let excess = k.len().saturating_sub(STDERR_KEPT);
+                        k.drain(..excess);
+                    }
+                }
+            });
+        }
+        let mut vm = Vm {
+            child,
+            group: Pid::from_raw(pid),
+            qmp: None,
+            state: PowerState::Paused,
+            stderr,
+        };
+        let console = vm.connect(&run_dir.join("console.sock"), deadline).await?;
+        let qmp_socket = vm.connect(&run_dir.join("qmp.sock"), deadline).await?;
+        vm.qmp = Some(Qmp::negotiate(qmp_socket).await?);
+        Ok((vm, console))
+    }
+
+    async fn connect(&mut self, path: &Path, deadline: Instant) -> Result<UnixStream, QemuError> {
+        let started = Instant::now();
+        loop {
+            if let Ok(s) = UnixStream::connect(path).await {
+                return Ok(s);
+            }
+            if let Some(status) = self.child.try_wait()? {
+                // Let the stderr reader drain what QEMU said before it died.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                return Err(QemuError::StartFailed {
+                    status,
+                    stderr: self.stderr_text(),
+                });
+            }
+            if Instant::now() >= deadline {
+                return Err(QemuError::StartTimeout(started.elapsed()));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// What QEMU printed on stderr (last few KiB).
+    pub fn stderr_text(&self) -> String {
+        self.stderr
+            .lock()
+            .map(|k| String::from_utf8_lossy(&k).trim().to_string())
+            .unwrap_or_default()
+    }
+
+    /// The QEMU process id (also its process group id).
+    pub fn pid(&self) -> u32 {
+        self.group.as_raw().unsigned_abs()
+    }
+
+    /// The QMP session, while QEMU runs.
+    pub fn qmp(&mut self) -> Option<&mut Qmp> {
+        self.qmp.as_mut()
+    }
+
+    /// Waits for QEMU to exit on its own (guest power-off with `-no-reboot`).
+    pub async fn wait_exit(&mut self) -> Result<ExitStatus, QemuError> {
+        let status = self.child.wait().await?;
+        self.state = PowerState::Off;
+        self.qmp = None;
+        Ok(status)
+    }
+
+    /// Whether QEMU has exited; reaps it if so.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => {
+                self.state = PowerState::Off;
+                Some(status)
+            }
+            _ => None,
+        }
+    }
+
+    fn kill_group(&self) {
+        // ESRCH (already gone) is the expected case after a clean quit.
+        let _ = killpg(self.group, Signal::SIGKILL);
+    }
+
+    fn qmp_failed(operation: &'static str, e: QmpError) -> DriverError {
+        DriverError::Operation {
+            driver: "qemu",
+            operation,
+            reason: e.to_string(),
+        }
+    }
+}
+
+impl Power for Vm {
+    async fn power_on(&mut self) -> Result<(), DriverError> {
+        let qmp = self.qmp.as_mut().ok_or(DriverError::Operation {
+            driver: "qemu",
+            operation: "power on",
+            reason: "QEMU is not running".into(),
+        })?;
+        qmp.execute("cont", None)
+            .await
+            .map_err(|e| Vm::qmp_failed("power on", e))?;
+        self.state = PowerState::On;
+        Ok(())
+    }
+
+    async fn power_off(&mut self) -> Result<(), DriverError> {
+        if self.state == PowerState::Off || self.exited().is_some() {
+            return Ok(());
+        }
+        if let Some(mut qmp) = self.qmp.take() {
+            // A failed quit (QEMU already dying) is not an error: the kill below is the backstop.
+            let _ = tokio::time::timeout(QUIT_GRACE, qmp.execute("quit", None)).await;
+        }
+        if tokio::time::timeout(QUIT_GRACE, self.child.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(pid = self.pid(), "QEMU ignored quit; killing its process group");
+            self.kill_group();
+            let _ = tokio::time::timeout(QUIT_GRACE, self.child.wait()).await;
+        }
+        self.state = PowerState::Off;
+        Ok(())
+    }
+
+    async fn reset(&mut self) -> Result<(), DriverError> {
+        let qmp = self.qmp.as_mut().ok_or(DriverError::Operation {
+            driver: "qemu",
+            operation: "reset",
+            reason: "QEMU is not running".into(),
+        })?;
+        qmp.execute("system_reset", None)
+            .await
+            .map_err(|e| Vm::qmp_failed("reset", e))?;
+        Ok(())
+    }
+
+    async fn power_state(&mut self) -> Result<PowerState, DriverError> {
+        if self.exited().is_some() {
+            return Ok(PowerState::Off);
+        }
+        if let Some(qmp) = self.qmp.as_mut() {
+            let status = qmp
+                .status()
+                .await
+                .map_err(|e| Vm::qmp_failed("query status", e))?;
+            self.state = match status.as_str() {
+                "running" => PowerState::On,
+                "shutdown" => PowerState::Off,
+                _ => PowerState::Paused,
+            };
+        }
+        Ok(self.state)
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.kill_group();
+        }
+    }
+}
