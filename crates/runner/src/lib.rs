@@ -1,1 +1,567 @@
-//! placeholder
+//! The runner: executes one job on one device, from deploy to power-off.
+//!
+//! ```text
+//!  prepare (images, test definitions; no DUT touched)
+//!     │ job-error on bad input
+//!     v
+//!  actions in order: deploy ─> boot (launch QEMU paused, console attached, power on, login)
+//!                           ─> test (install overlay once per boot, run definitions)
+//!     │ any outcome: passed | failed | timed-out | canceled | job-error | infra-error
+//!     v
+//!  teardown: power off, wait for QEMU, remove the work directory   (always runs)
+//! ```
+//!
+//! Invariants:
+//! - Outcomes are data: `run_job` returns a [`JobReport`] for every path, never an error.
+//! - Every path ends with the DUT powered off and the job's work directory (disk overlays,
+//!   decompressed images, clones) removed.
+//! - Three timeout levels: job (whole run), action (each action), connection (each wait for
+//!   the DUT inside boot and setup). The earliest deadline binds and is named when it fires.
+//! - Cancellation is checked at every await point of the job and leads to the same teardown.
+
+pub mod deploy;
+pub mod device;
+pub mod overlay;
+pub mod report;
+pub mod session;
+pub mod signals;
+
+use device::Device;
+use driver::Power;
+use jobspec::{Action, Boot, Job};
+use overlay::Overlay;
+use proto::{CaseResult, JobReport, Outcome, TestCase};
+use qemu::image::GuestImage;
+use qemu::{BootSpec, Vm};
+use regex::bytes::Regex;
+use session::{DutShell, Login, OverlayState, RunEnd};
+use sha2::{Digest, Sha256};
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// Something that happened during a run, for live display and logs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunEvent {
+    /// Raw bytes from the DUT console.
+    Console(Vec<u8>),
+    /// Bytes the runner typed on the console.
+    Input(Vec<u8>),
+    /// An action started (`index` into the job's actions).
+    ActionStarted { index: usize, name: &'static str },
+    /// A test case result arrived.
+    Case(TestCase),
+    /// A note from the runner for people (image built, QEMU launched ...).
+    Note(String),
+}
+
+/// How a job ended, with the reason, before it becomes a report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobEnd {
+    pub outcome: Outcome,
+    pub reason: String,
+}
+
+impl JobEnd {
+    pub fn job_error(reason: impl Into<String>) -> JobEnd {
+        JobEnd {
+            outcome: Outcome::JobError,
+            reason: reason.into(),
+        }
+    }
+    pub fn infra_error(reason: impl Into<String>) -> JobEnd {
+        JobEnd {
+            outcome: Outcome::InfraError,
+            reason: reason.into(),
+        }
+    }
+    pub fn timed_out(reason: impl Into<String>) -> JobEnd {
+        JobEnd {
+            outcome: Outcome::TimedOut,
+            reason: reason.into(),
+        }
+    }
+    pub fn failed(reason: impl Into<String>) -> JobEnd {
+        JobEnd {
+            outcome: Outcome::Failed,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A deadline and the timeout it comes from.
+#[derive(Debug, Clone, Copy)]
+pub struct Limit {
+    pub at: Instant,
+    /// The timeout's name for people: `job`, `boot`, `boot connection` ...
+    pub level: &'static str,
+    pub length: Duration,
+}
+
+impl Limit {
+    fn new(level: &'static str, length: Duration) -> Limit {
+        Limit {
+            at: Instant::now() + length,
+            level,
+            length,
+        }
+    }
+
+    /// The earlier of two limits.
+    fn min(self, other: Limit) -> Limit {
+        if other.at < self.at { other } else { self }
+    }
+}
+
+/// Cancels a running job (Ctrl-C locally; `job cancel` on an agent).
+#[derive(Debug, Clone)]
+pub struct Cancel(watch::Sender<RunState>);
+
+/// Whether a job may go on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    Running,
+    Canceled,
+}
+
+impl Default for Cancel {
+    fn default() -> Self {
+        Cancel(watch::Sender::new(RunState::Running))
+    }
+}
+
+impl Cancel {
+    pub fn cancel(&self) {
+        self.0.send_replace(RunState::Canceled);
+    }
+
+    async fn canceled(&self) {
+        let mut rx = self.0.subscribe();
+        let _ = rx.wait_for(|s| *s == RunState::Canceled).await;
+    }
+}
+
+/// Where a job comes from and where it may write.
+#[derive(Debug, Clone)]
+pub struct JobContext {
+    /// Directory of the job file: relative image and repository paths start here.
+    pub job_dir: PathBuf,
+    /// Default guest image of the device (used when the job has no deploy action).
+    pub default_image: Option<GuestImage>,
+}
+
+/// Runs `job` on `device` and reports how it ended.
+pub async fn run_job(
+    job: &Job,
+    ctx: &JobContext,
+    device: &Device,
+    events: UnboundedSender<RunEvent>,
+    cancel: Cancel,
+) -> JobReport {
+    let started = Instant::now();
+    let mut cases = Vec::new();
+    let mut run = Run {
+        job,
+        ctx,
+        device,
+        events,
+        work_dir: None,
+        vm: None,
+        shell: None,
+        boot: None,
+        overlay: Overlay::default(),
+        packed: None,
+    };
+    let job_limit = Limit::new("job", job.timeouts.job);
+    let end = tokio::select! {
+        end = run.actions(job_limit, &mut cases) => end,
+        _ = cancel.canceled() => Err(JobEnd { outcome: Outcome::Canceled, reason: "canceled".into() }),
+        _ = tokio::time::sleep_until(job_limit.at) => Err(JobEnd::timed_out(format!(
+            "job timeout ({}) fired", human_duration(job.timeouts.job)))),
+    };
+    run.teardown().await;
+    let end = end.err().unwrap_or_else(|| verdict(&cases));
+    JobReport {
+        job_name: job.name.clone(),
+        outcome: end.outcome,
+        reason: end.reason,
+        cases,
+        duration_s: started.elapsed().as_secs_f64(),
+    }
+}
+
+/// Outcome when every action completed: failed if any case failed.
+fn verdict(cases: &[TestCase]) -> JobEnd {
+    let failed: Vec<String> = cases
+        .iter()
+        .filter(|c| c.result == CaseResult::Fail)
+        .map(|c| format!("{}/{}", c.suite, c.name))
+        .collect();
+    if failed.is_empty() {
+        JobEnd {
+            outcome: Outcome::Passed,
+            reason: String::new(),
+        }
+    } else {
+        JobEnd::failed(format!(
+            "{} test case(s) failed: {}",
+            failed.len(),
+            failed.join(", ")
+        ))
+    }
+}
+
+struct Run<'a> {
+    job: &'a Job,
+    ctx: &'a JobContext,
+    device: &'a Device,
+    events: UnboundedSender<RunEvent>,
+    work_dir: Option<tempfile::TempDir>,
+    vm: Option<Vm>,
+    shell: Option<DutShell>,
+    boot: Option<BootSpec>,
+    overlay: Overlay,
+    packed: Option<Vec<u8>>,
+}
+
+impl Run<'_> {
+    fn note(&self, text: impl Into<String>) {
+        let _ = self.events.send(RunEvent::Note(text.into()));
+    }
+
+    async fn actions(&mut self, job_limit: Limit, cases: &mut Vec<TestCase>) -> Result<(), JobEnd> {
+        self.check_device()?;
+        let work_dir = tempfile::Builder::new()
+            .prefix("dutlab-job-")
+            .tempdir()
+            .map_err(|e| JobEnd::infra_error(format!("cannot create a work directory: {e}")))?;
+        let work = work_dir.path().to_path_buf();
+        self.work_dir = Some(work_dir);
+        self.overlay = Overlay::prepare(self.job, &self.ctx.job_dir, &work)
+            .map_err(|e| JobEnd::job_error(e.to_string()))?;
+        if !self.overlay.is_empty() {
+            self.packed = Some(
+                self.overlay
+                    .pack()
+                    .map_err(|e| JobEnd::job_error(e.to_string()))?,
+            );
+        }
+        let timeouts = &self.job.timeouts;
+        for (index, action) in self.job.actions.iter().enumerate() {
+            let (name, lava_name) = match action {
+                Action::Deploy(_) => ("deploy", "deployimages"),
+                Action::Boot(_) => ("boot", "boot-qemu-image"),
+                Action::Test(_) => ("test", "lava-test-shell"),
+            };
+            let _ = self.events.send(RunEvent::ActionStarted { index, name });
+            let length = action
+                .timeout()
+                .or_else(|| timeouts.actions.get(lava_name).copied())
+                .unwrap_or(timeouts.action);
+            let limit = Limit::new(name, length).min(job_limit);
+            let connection = match action {
+                Action::Boot(b) => b.connection_timeout,
+                _ => None,
+            }
+            .or_else(|| timeouts.connections.get(lava_name).copied())
+            .unwrap_or(timeouts.connection);
+            let connection = ConnectionTimeout {
+                level: connection_level(name),
+                length: connection,
+            };
+            match action {
+                Action::Deploy(d) => {
+                    let field = format!("actions[{index}].deploy");
+                    if d.to != "tmpfs" {
+                        return Err(JobEnd::job_error(format!(
+                            "{field}.to: '{}' is not supported by a QEMU device (use tmpfs)",
+                            d.to
+                        )));
+                    }
+                    let boot =
+                        deploy::deploy_images(&d.images, &field, &self.ctx.job_dir, &work).await?;
+                    self.boot = Some(boot);
+                }
+                Action::Boot(b) => {
+                    let login = self.login_for(b, index)?;
+                    self.boot_dut(b, index, &work, &login, limit, connection)
+                        .await?;
+                }
+                Action::Test(_) => {
+                    self.test(index, limit, connection, cases).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_device(&self) -> Result<(), JobEnd> {
+        if self.job.protocols.multinode.is_some() {
+            return Err(JobEnd::job_error(
+                "protocols.lava-multinode: multinode jobs need a controller (dutlab serve); \
+                 a local run drives one device",
+            ));
+        }
+        if self.job.device_type != self.device.device_type {
+            return Err(JobEnd::job_error(format!(
+                "device_type: the job wants '{}', device '{}' is '{}'",
+                self.job.device_type, self.device.name, self.device.device_type
+            )));
+        }
+        if let Some(arch) = &self.job.context.arch {
+            if !matches!(arch.as_str(), "amd64" | "x86_64" | "x86-64") {
+                return Err(JobEnd::job_error(format!(
+                    "context.arch: '{arch}' is not supported by {} (amd64 only)",
+                    self.device.qemu.binary
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn login_for(&self, boot: &Boot, index: usize) -> Result<Login, JobEnd> {
+        let field = format!("actions[{index}].boot");
+        let compile = |what: &str, p: &str| {
+            Regex::new(p)
+                .map_err(|e| JobEnd::job_error(format!("{field}.{what}: {p:?} is not a valid pattern: {e}")))
+        };
+        let defaults = &self.device.login;
+        let prompt_texts = if boot.prompts.is_empty() {
+            &defaults.prompts
+        } else {
+            &boot.prompts
+        };
+        if prompt_texts.is_empty() {
+            return Err(JobEnd::job_error(format!("{field}.prompts: at least one prompt is needed")));
+        }
+        let prompts = prompt_texts
+            .iter()
+            .map(|p| compile("prompts", p))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(match (&boot.auto_login, &defaults.auto_login) {
+            (Some(a), _) => Login {
+                prompts,
+                login_prompt: Some(compile("auto_login.login_prompt", &a.login_prompt)?),
+                username: a.username.clone(),
+                password_prompt: a
+                    .password_prompt
+                    .as_deref()
+                    .map(|p| compile("auto_login.password_prompt", p))
+                    .transpose()?,
+                password: a.password.clone(),
+                login_commands: a.login_commands.clone(),
+            },
+            (None, Some(d)) if boot.prompts.is_empty() => Login {
+                prompts,
+                login_prompt: Some(compile("auto_login.login_prompt", &d.login_prompt)?),
+                username: d.username.clone(),
+                password_prompt: d
+                    .password_prompt
+                    .as_deref()
+                    .map(|p| compile("auto_login.password_prompt", p))
+                    .transpose()?,
+                password: d.password.clone(),
+                login_commands: Vec::new(),
+            },
+            _ => Login {
+                prompts,
+                login_prompt: None,
+                username: String::new(),
+                password_prompt: None,
+                password: None,
+                login_commands: Vec::new(),
+            },
+        })
+    }
+
+    async fn boot_dut(
+        &mut self,
+        boot: &Boot,
+        index: usize,
+        work: &std::path::Path,
+        login: &Login,
+        limit: Limit,
+        connection: ConnectionTimeout,
+    ) -> Result<(), JobEnd> {
+        if boot.method != "qemu" {
+            return Err(JobEnd::job_error(format!(
+                "actions[{index}].boot.method: '{}' is not supported by a QEMU device (use qemu)",
+                boot.method
+            )));
+        }
+        // A second boot replaces the first DUT.
+        self.power_off().await;
+        let spec = match &self.boot {
+            Some(spec) => spec.clone(),
+            None => {
+                let image = self.ctx.default_image.as_ref().ok_or_else(|| {
+                    JobEnd::job_error(
+                        "the job has no deploy action and the device has no default image",
+                    )
+                })?;
+                let spec = deploy::deploy_default(image, work).await?;
+                self.boot = Some(spec.clone());
+                spec
+            }
+        };
+        let run_dir = work.join(format!("vm-{index}"));
+        let (mut vm, console) =
+            Vm::launch(&self.device.qemu, &spec, &run_dir, limit.at)
+                .await
+                .map_err(|e| JobEnd::infra_error(format!("QEMU: {e}")))?;
+        self.note(format!(
+            "QEMU started (pid {}, {} accel)",
+            vm.pid(),
+            match self.device.qemu.accel {
+                qemu::Accel::Tcg => "tcg",
+                qemu::Accel::Kvm => "kvm",
+            }
+        ));
+        let shell = DutShell::new(console, &self.events);
+        vm.power_on()
+            .await
+            .map_err(|e| JobEnd::infra_error(e.to_string()))?;
+        self.vm = Some(vm);
+        let shell = self.shell.insert(shell);
+        shell.login(login, limit.min(connection.start())).await?;
+        shell.prepare_shell(limit.min(connection.start())).await?;
+        Ok(())
+    }
+
+    async fn test(
+        &mut self,
+        index: usize,
+        limit: Limit,
+        connection: ConnectionTimeout,
+        cases: &mut Vec<TestCase>,
+    ) -> Result<(), JobEnd> {
+        let shell = self.shell.as_mut().ok_or_else(|| {
+            JobEnd::job_error(format!(
+                "actions[{index}].test: no boot action before this test action"
+            ))
+        })?;
+        let runs = self.overlay.runs.get(&index).cloned().unwrap_or_default();
+        if shell.overlay == OverlayState::Absent {
+            if let Some(packed) = &self.packed {
+                shell
+                    .install_overlay(packed, limit.min(connection.start()))
+                    .await?;
+            }
+        }
+        for run in &runs {
+            match shell.run_test(run, limit, &self.events, cases).await? {
+                RunEnd::Completed => {}
+                RunEnd::Incomplete => {
+                    let case = TestCase {
+                        suite: "lava".into(),
+                        set: None,
+                        name: run.id.clone(),
+                        result: CaseResult::Fail,
+                        measurement: None,
+                        units: None,
+                        reference: None,
+                    };
+                    let _ = self.events.send(RunEvent::Case(case.clone()));
+                    cases.push(case);
+                }
+                RunEnd::Raised(message) => {
+                    return Err(JobEnd::failed(format!("{}: lava-test-raise: {message}", run.id)));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn power_off(&mut self) {
+        self.shell = None;
+        if let Some(mut vm) = self.vm.take() {
+            if let Err(e) = vm.power_off().await {
+                self.note(format!("power off: {e}"));
+            }
+        }
+    }
+
+    async fn teardown(&mut self) {
+        self.power_off().await;
+        if let Some(dir) = self.work_dir.take() {
+            if let Err(e) = dir.close() {
+                self.note(format!("cannot remove the work directory: {e}"));
+            }
+        }
+    }
+}
+
+/// The connection timeout of an action: each wait for the DUT gets its own deadline.
+#[derive(Debug, Clone, Copy)]
+struct ConnectionTimeout {
+    level: &'static str,
+    length: Duration,
+}
+
+impl ConnectionTimeout {
+    /// A limit that starts now.
+    fn start(self) -> Limit {
+        Limit::new(self.level, self.length)
+    }
+}
+
+fn connection_level(action: &'static str) -> &'static str {
+    match action {
+        "deploy" => "deploy connection",
+        "boot" => "boot connection",
+        _ => "test connection",
+    }
+}
+
+/// `90s` -> "1m30s".
+pub fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match (s / 3600, (s % 3600) / 60, s % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, 0) => format!("{m}m"),
+        (0, m, s) => format!("{m}m{s}s"),
+        (h, 0, 0) => format!("{h}h"),
+        (h, m, s) => format!("{h}h{m}m{s}s"),
+    }
+}
+
+/// Lower-case hex sha256.
+pub fn sha256_hex(data: &[u8]) -> String {
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_for_people() {
+        assert_eq!(human_duration(Duration::from_secs(90)), "1m30s");
+        assert_eq!(human_duration(Duration::from_secs(600)), "10m");
+        assert_eq!(human_duration(Duration::from_secs(5)), "5s");
+        assert_eq!(human_duration(Duration::from_secs(3600)), "1h");
+    }
+
+    #[test]
+    fn verdict_fails_on_any_failed_case() {
+        let case = |r| TestCase {
+            suite: "0_s".into(),
+            set: None,
+            name: "c".into(),
+            result: r,
+            measurement: None,
+            units: None,
+            reference: None,
+        };
+        assert_eq!(verdict(&[case(CaseResult::Pass)]).outcome, Outcome::Passed);
+        assert_eq!(verdict(&[]).outcome, Outcome::Passed);
+        let v = verdict(&[case(CaseResult::Pass), case(CaseResult::Fail)]);
+        assert_eq!(v.outcome, Outcome::Failed);
+        assert!(v.reason.contains("0_s/c"), "{}", v.reason);
+    }
+}

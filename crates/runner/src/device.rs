@@ -1,0 +1,157 @@
+//! Device files: what a local run (and later an agent) knows about one DUT.
+//!
+//! ```yaml
+//! name: qemu-01
+//! device_type: qemu
+//! tags: [tcg]
+//! image_dir: /var/cache/dutlab/image   # default guest image (kernel, initramfs, rootfs)
+//! qemu: { accel: tcg, memory_mib: 512 }
+//! login:                               # used when the job's boot action gives none
+//!   prompts: ["# $"]
+//!   auto_login: { login_prompt: "login:", username: root }
+//! ```
+//!
+//! Invariants:
+//! - Unknown keys are errors (a device file is ours, not LAVA's), named with file and field.
+//! - [`Device::default_qemu`] is the device `dutlab run` uses when none is given.
+
+use qemu::QemuConfig;
+use serde::Deserialize;
+use std::path::PathBuf;
+
+/// Longest device file accepted.
+const MAX_DEVICE_FILE: usize = 256 << 10;
+
+/// One device under test.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Device {
+    pub name: String,
+    pub device_type: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Directory of the default guest image; `None` means `dutlab image path`.
+    #[serde(default)]
+    pub image_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub qemu: QemuConfig,
+    #[serde(default)]
+    pub login: LoginDefaults,
+}
+
+/// How to reach a shell when the job's boot action does not say.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoginDefaults {
+    pub prompts: Vec<String>,
+    pub auto_login: Option<DefaultAutoLogin>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DefaultAutoLogin {
+    pub login_prompt: String,
+    pub username: String,
+    #[serde(default)]
+    pub password_prompt: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+impl Default for LoginDefaults {
+    fn default() -> Self {
+        LoginDefaults {
+            prompts: vec![r"# $".into()],
+            auto_login: Some(DefaultAutoLogin {
+                login_prompt: "login:".into(),
+                username: "root".into(),
+                password_prompt: None,
+                password: None,
+            }),
+        }
+    }
+}
+
+/// A device file that could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {reason}")]
+pub struct DeviceError {
+    pub file: String,
+    pub reason: String,
+}
+
+impl Device {
+    /// The built-in local QEMU DUT (TCG, default guest image).
+    pub fn default_qemu() -> Device {
+        Device {
+            name: "qemu-local".into(),
+            device_type: "qemu".into(),
+            tags: Vec::new(),
+            image_dir: None,
+            qemu: QemuConfig::default(),
+            login: LoginDefaults::default(),
+        }
+    }
+
+    /// Parses a device file.
+    pub fn parse(file: &str, text: &str) -> Result<Device, DeviceError> {
+        let fail = |reason: String| DeviceError {
+            file: file.to_string(),
+            reason,
+        };
+        if text.len() > MAX_DEVICE_FILE {
+            return Err(fail(format!(
+                "file is {} bytes, more than the {MAX_DEVICE_FILE} allowed",
+                text.len()
+            )));
+        }
+        let device: Device = serde_saphyr::from_str(text).map_err(|e| fail(e.to_string()))?;
+        if device.name.is_empty() {
+            return Err(fail("name: must not be empty".into()));
+        }
+        if device.qemu.memory_mib < 64 {
+            return Err(fail(format!(
+                "qemu.memory_mib: {} is too small (at least 64)",
+                device.qemu.memory_mib
+            )));
+        }
+        if device.qemu.cpus == 0 {
+            return Err(fail("qemu.cpus: must be at least 1".into()));
+        }
+        Ok(device)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use qemu::Accel;
+
+    #[test]
+    fn parses_a_device_file_with_defaults() {
+        let d = Device::parse(
+            "dev.yaml",
+            "name: q1\ndevice_type: qemu\nqemu:\n  accel: kvm\n  memory_mib: 256\n",
+        )
+        .unwrap();
+        assert_eq!(d.qemu.accel, Accel::Kvm);
+        assert_eq!(d.qemu.memory_mib, 256);
+        assert_eq!(d.qemu.binary, "qemu-system-x86_64");
+        assert_eq!(d.login, LoginDefaults::default());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_file() {
+        let e = Device::parse("dev.yaml", "name: q1\ndevice_type: qemu\nqemu:\n  acel: kvm\n")
+            .unwrap_err();
+        assert!(e.to_string().starts_with("dev.yaml: "), "{e}");
+        assert!(e.to_string().contains("acel"), "{e}");
+        let e = Device::parse(
+            "dev.yaml",
+            "name: q1\ndevice_type: qemu\nqemu:\n  memory_mib: 1\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("qemu.memory_mib"), "{e}");
+    }
+}

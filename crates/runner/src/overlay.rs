@@ -1,0 +1,382 @@
+//! The test overlay: everything the DUT needs to run a job's test definitions.
+//!
+//! Before anything boots, every test definition is resolved (inline, or read from a git
+//! repository cloned on the host), and packed with the `lava-*` helper scripts into one
+//! gzip-compressed tar that unpacks under [`OVERLAY_ROOT`] in the DUT:
+//!
+//! ```text
+//! /lava-dutlab/bin/lava-test-case, lava-test-set, lava-test-reference, lava-test-raise
+//! /lava-dutlab/tests/0_smoke/.dutlab-run.sh     generated from install.steps + run.steps
+//! /lava-dutlab/tests/1_other/...                the repository's files (git definitions)
+//! ```
+//!
+//! Invariants:
+//! - A run id is `<index>_<name>`, the index counting definitions across the whole job (LAVA).
+//! - Parameter values reach the DUT shell single-quoted: they are data, never evaluated by
+//!   the generated script itself; names must be shell identifiers.
+//! - The packed overlay never exceeds [`MAX_OVERLAY`] bytes; a larger one is a job error.
+//! - Nothing in here runs a host shell: git is executed with an argument vector.
+
+use jobspec::{DefinitionSource, Job, TestDefinition};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Where the overlay unpacks in the DUT.
+pub const OVERLAY_ROOT: &str = "/lava-dutlab";
+/// Largest compressed overlay sent to a DUT.
+pub const MAX_OVERLAY: usize = 8 << 20;
+
+const HELPERS: [(&str, &str); 5] = [
+    ("lava-common", include_str!("../dut/lava-common")),
+    ("lava-test-case", include_str!("../dut/lava-test-case")),
+    ("lava-test-set", include_str!("../dut/lava-test-set")),
+    ("lava-test-reference", include_str!("../dut/lava-test-reference")),
+    ("lava-test-raise", include_str!("../dut/lava-test-raise")),
+];
+
+/// One test definition ready to run.
+#[derive(Debug, Clone)]
+pub struct TestRun {
+    /// `<index>_<name>`.
+    pub id: String,
+    pub definition: TestDefinition,
+    /// Definition defaults overridden by the job's params.
+    pub params: BTreeMap<String, String>,
+    /// Host directory with the repository files (git definitions).
+    pub files: Option<PathBuf>,
+    pub uuid: String,
+}
+
+impl TestRun {
+    /// The directory of this run in the DUT.
+    pub fn dut_dir(&self) -> String {
+        format!("{OVERLAY_ROOT}/tests/{}", self.id)
+    }
+
+    /// The command that runs this test definition in the DUT shell.
+    pub fn command(&self) -> String {
+        format!("sh {}/.dutlab-run.sh", self.dut_dir())
+    }
+}
+
+/// Test runs per test action (keyed by action index).
+#[derive(Debug, Default)]
+pub struct Overlay {
+    pub runs: BTreeMap<usize, Vec<TestRun>>,
+}
+
+/// Why the overlay could not be prepared. Always the job's fault or a missing tool on the host.
+#[derive(Debug, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct OverlayError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl Overlay {
+    /// Resolves every test definition of the job. `job_dir` anchors relative repository
+    /// paths; clones go under `work_dir`.
+    pub fn prepare(job: &Job, job_dir: &Path, work_dir: &Path) -> Result<Overlay, OverlayError> {
+        let mut overlay = Overlay::default();
+        let mut index = 0usize;
+        let token = unique_token();
+        for (action_index, action) in job.actions.iter().enumerate() {
+            let jobspec::Action::Test(test) = action else {
+                continue;
+            };
+            let mut runs = Vec::new();
+            for (d, def) in test.definitions.iter().enumerate() {
+                let field = format!("actions[{action_index}].test.definitions[{d}]");
+                let id = format!("{index}_{}", def.name);
+                let (definition, files) = match &def.source {
+                    DefinitionSource::Inline(definition) => (definition.clone(), None),
+                    DefinitionSource::Git {
+                        repository,
+                        revision,
+                        branch,
+                        history,
+                    } => {
+                        let dir = work_dir.join("repos").join(&id);
+                        clone(
+                            repository,
+                            revision.as_deref(),
+                            branch.as_deref(),
+                            job_dir,
+                            &dir,
+                        )
+                        .map_err(|reason| OverlayError {
+                            field: format!("{field}.repository"),
+                            reason,
+                        })?;
+                        let file = dir.join(&def.path);
+                        let text = read_inside(&dir, &file).map_err(|reason| OverlayError {
+                            field: format!("{field}.path"),
+                            reason,
+                        })?;
+                        let definition = jobspec::parse_test_definition(&def.path, &text)
+                            .map_err(|e| OverlayError {
+                                field: format!("{field}.path"),
+                                reason: e.to_string(),
+                            })?;
+                        if !*history {
+                            let _ = std::fs::remove_dir_all(dir.join(".git"));
+                        }
+                        (definition, Some(dir))
+                    }
+                };
+                let mut params = definition.params.clone();
+                params.extend(def.params.clone());
+                for name in params.keys() {
+                    if !is_identifier(name) {
+                        return Err(OverlayError {
+                            field: format!("{field}.params.{name}"),
+                            reason: "a parameter name must be a shell variable name \
+                                     (letters, digits, '_', not starting with a digit)"
+                                .into(),
+                        });
+                    }
+                }
+                runs.push(TestRun {
+                    uuid: format!("{token}_{index}"),
+                    id,
+                    definition,
+                    params,
+                    files,
+                });
+                index += 1;
+            }
+            overlay.runs.insert(action_index, runs);
+        }
+        Ok(overlay)
+    }
+
+    /// Whether there is anything to send to the DUT.
+    pub fn is_empty(&self) -> bool {
+        self.runs.values().all(Vec::is_empty)
+    }
+
+    /// Packs helpers and every run into a gzip-compressed tar.
+    pub fn pack(&self) -> Result<Vec<u8>, OverlayError> {
+        let fail = |e: std::io::Error| OverlayError {
+            field: "overlay".into(),
+            reason: e.to_string(),
+        };
+        let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        let mut tar = tar::Builder::new(gz);
+        tar.follow_symlinks(false);
+        let root = OVERLAY_ROOT.trim_start_matches('/');
+        for (name, body) in HELPERS {
+            append(&mut tar, &format!("{root}/bin/{name}"), body.as_bytes(), 0o755).map_err(fail)?;
+        }
+        for run in self.runs.values().flatten() {
+            let dir = format!("{root}/tests/{}", run.id);
+            if let Some(files) = &run.files {
+                tar.append_dir_all(&dir, files).map_err(fail)?;
+            }
+            append(
+                &mut tar,
+                &format!("{dir}/.dutlab-run.sh"),
+                run_script(run).as_bytes(),
+                0o755,
+            )
+            .map_err(fail)?;
+        }
+        let bytes = tar
+            .into_inner()
+            .and_then(|gz| gz.finish())
+            .map_err(fail)?;
+        if bytes.len() > MAX_OVERLAY {
+            return Err(OverlayError {
+                field: "actions[].test.definitions".into(),
+                reason: format!(
+                    "the test overlay is {} bytes compressed, more than the {MAX_OVERLAY} a \
+                     console transfer allows; use smaller repositories",
+                    bytes.len()
+                ),
+            });
+        }
+        Ok(bytes)
+    }
+}
+
+fn append<W: Write>(
+    tar: &mut tar::Builder<W>,
+    path: &str,
+    body: &[u8],
+    mode: u32,
+) -> std::io::Result<()> {
+    let mut header = tar::Header::new_gnu();
+    header.set_size(body.len() as u64);
+    header.set_mode(mode);
+    header.set_mtime(0);
+    header.set_entry_type(tar::EntryType::Regular);
+    tar.append_data(&mut header, path, body)
+}
+
+/// The script that runs one definition: params, install steps, run steps, run signals.
+pub fn run_script(run: &TestRun) -> String {
+    let mut s = String::new();
+    s.push_str("#!/bin/sh\n");
+    s.push_str(&format!(
+        "# dutlab test run {} (definition {})\n",
+        run.id, run.definition.metadata.name
+    ));
+    s.push_str(&format!(". {OVERLAY_ROOT}/bin/lava-common\n"));
+    s.push_str(&format!("export PATH={OVERLAY_ROOT}/bin:$PATH\n"));
+    s.push_str(&format!("export TESTRUN_ID={}\n", quote(&run.id)));
+    s.push_str(&format!("cd {} || exit 1\n", quote(&run.dut_dir())));
+    for (name, value) in &run.params {
+        s.push_str(&format!("{name}={}\nexport {name}\n", quote(value)));
+    }
+    s.push_str(&format!(
+        "lava_signal {}\n",
+        quote(&format!("<LAVA_SIGNAL_STARTRUN {} {}>", run.id, run.uuid))
+    ));
+    for step in run
+        .definition
+        .install_steps
+        .iter()
+        .chain(&run.definition.run_steps)
+    {
+        s.push_str(step);
+        s.push('\n');
+    }
+    s.push_str(&format!(
+        "lava_signal {}\n",
+        quote(&format!("<LAVA_SIGNAL_ENDRUN {} {}>", run.id, run.uuid))
+    ));
+    s
+}
+
+/// Single-quotes `value` for a POSIX shell.
+pub fn quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', r"'\''"))
+}
+
+fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn unique_token() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{:x}{:x}", std::process::id(), nanos & 0xffff_ffff)
+}
+
+/// Resolves a repository string to something `git clone` accepts, relative paths against
+/// the job file's directory.
+fn resolve_repository(repository: &str, job_dir: &Path) -> String {
+    if let Some(path) = repository.strip_prefix("file://") {
+        return path.to_string();
+    }
+    if repository.contains("://") || repository.starts_with("git@") {
+        return repository.to_string();
+    }
+    let path = Path::new(repository);
+    if path.is_absolute() {
+        repository.to_string()
+    } else {
+        job_dir.join(path).display().to_string()
+    }
+}
+
+fn clone(
+    repository: &str,
+    revision: Option<&str>,
+    branch: Option<&str>,
+    job_dir: &Path,
+    dest: &Path,
+) -> Result<(), String> {
+    let source = resolve_repository(repository, job_dir);
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+    }
+    let mut cmd = std::process::Command::new("git");
+    cmd.args(["clone", "--quiet"]);
+    if let Some(branch) = branch {
+        cmd.args(["--branch", branch]);
+    }
+    cmd.arg("--").arg(&source).arg(dest);
+    git(cmd, &format!("cannot clone {source}"))?;
+    if let Some(revision) = revision {
+        let mut cmd = std::process::Command::new("git");
+        cmd.arg("-C")
+            .arg(dest)
+            .args(["checkout", "--quiet", "--detach", revision, "--"]);
+        git(cmd, &format!("cannot check out revision {revision:?}"))?;
+    }
+    Ok(())
+}
+
+fn git(mut cmd: std::process::Command, what: &str) -> Result<(), String> {
+    let out = cmd
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("{what}: cannot run git: {e} (install the git package)"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Reads `file`, refusing paths that leave `root` (`..`, absolute paths, links outside).
+fn read_inside(root: &Path, file: &Path) -> Result<String, String> {
+    let root = root
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", root.display()))?;
+    let real = file
+        .canonicalize()
+        .map_err(|_| format!("{} is not in the repository", file.display()))?;
+    if !real.starts_with(&root) {
+        return Err(format!(
+            "{} points outside the repository",
+            file.display()
+        ));
+    }
+    std::fs::read_to_string(&real).map_err(|e| format!("{}: {e}", file.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn quoting_keeps_values_literal() {
+        assert_eq!(quote("a b"), "'a b'");
+        assert_eq!(quote("it's $(rm -rf /)"), r"'it'\''s $(rm -rf /)'");
+    }
+
+    #[test]
+    fn identifiers() {
+        assert!(is_identifier("TEST_DIR"));
+        assert!(is_identifier("_x1"));
+        assert!(!is_identifier("1x"));
+        assert!(!is_identifier("a-b"));
+        assert!(!is_identifier("a;b"));
+        assert!(!is_identifier(""));
+    }
+
+    #[test]
+    fn read_inside_refuses_escapes() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ok.yaml"), "x").unwrap();
+        assert!(read_inside(dir.path(), &dir.path().join("ok.yaml")).is_ok());
+        let outside = tempfile::NamedTempFile::new().unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("link.yaml")).unwrap();
+        assert!(read_inside(dir.path(), &dir.path().join("link.yaml")).is_err());
+        assert!(read_inside(dir.path(), &dir.path().join("../../etc/passwd")).is_err());
+    }
+}
