@@ -1,1 +1,53 @@
-//! placeholder
+//! Job and test-definition YAML: parse, validate, normalise (LAVA-compatible).
+//!
+//! [`parse_job`] reads a LAVA job file as LAVA users write it (plus short forms such as
+//! `timeout: 5m`) into a [`Job`]; [`parse_test_definition`] reads a LAVA test definition into
+//! a [`TestDefinition`]. Both are pure: they take the text and a file name for messages, and
+//! do no I/O and read no clock.
+//!
+//! Invariants:
+//! - Every refusal is a [`JobError`] naming the file and the field (`actions[2].test.definitions[0]`)
+//!   or the YAML location (`line 3 column 5`); no input makes these functions panic.
+//! - Hostile input is refused quickly in bounded memory: input over [`MAX_DOCUMENT_BYTES`] is
+//!   refused unparsed, and nesting depth, node count, aliases and expanded text are capped
+//!   ([`MAX_DEPTH`], [`MAX_NODES`], [`MAX_EXPANDED_BYTES`]).
+//! - Duplicate mapping keys are errors; unknown keys are [`Warning`]s, never errors.
+//! - Parsed values are normalised: durations are [`std::time::Duration`], priorities numbers,
+//!   sha256 sums lowercase, `file://` URLs paths, scalars in string fields stringified.
+
+mod duration;
+mod error;
+mod fields;
+mod job;
+mod testdef;
+mod yaml;
+
+pub use duration::parse_duration;
+pub use error::{JobError, Warning};
+pub use job::{
+    Action, AutoLogin, Boot, Compression, Context, DEFAULT_ACTION_TIMEOUT,
+    DEFAULT_CONNECTION_TIMEOUT, DEFAULT_JOB_TIMEOUT, DEFAULT_PRIORITY, DefinitionRef,
+    DefinitionSource, Deploy, Image, ImageSource, Job, Multinode, Protocols, Role, Test, Timeouts,
+    Visibility,
+};
+pub use testdef::{DefinitionMetadata, ParsePattern, TEST_DEFINITION_FORMAT, TestDefinition};
+pub use yaml::{MAX_DEPTH, MAX_DOCUMENT_BYTES, MAX_EXPANDED_BYTES, MAX_NODES};
+
+use fields::{Ctx, Path};
+
+/// Parses and validates a LAVA job file. `file` is only used in messages.
+pub fn parse_job(file: &str, text: &str) -> Result<Job, JobError> {
+    let value = yaml::load(file, text)?;
+    let mut cx = Ctx::new(file);
+    job::parse(&mut cx, value)
+}
+
+/// Parses and validates a LAVA test definition. `file` is only used in messages.
+pub fn parse_test_definition(file: &str, text: &str) -> Result<TestDefinition, JobError> {
+    let value = yaml::load(file, text)?;
+    let mut cx = Ctx::new(file);
+    if value == yaml::Value::Null {
+        return Err(cx.err(&Path::root(), "the document is empty"));
+    }
+    testdef::parse(&mut cx, Path::root(), value)
+}
