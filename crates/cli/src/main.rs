@@ -1,1 +1,360 @@
-fn main() {}
+//! `dutlab`: the command-line front end.
+//!
+//! Invariants:
+//! - Exit codes: 0 passed, 1 failed, 2 timed out, 3 canceled, 4 job error (bad input),
+//!   5 infra error, 64 usage. Derived from [`proto::Outcome::exit_code`] only.
+//! - DUT console output is shown live with escape sequences neutralised; reports go to stdout
+//!   (table, or JSON with `--json`), everything for people about progress goes to stderr.
+//! - Ctrl-C cancels a run; the runner's teardown still powers the DUT off.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use driver::ansi::AnsiStripper;
+use proto::{EXIT_USAGE, JobReport, Outcome};
+use qemu::image::{GuestImage, ImageSpec};
+use runner::device::Device;
+use runner::{Cancel, JobContext, RunEvent};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Largest job file read.
+const MAX_JOB_FILE: u64 = 1 << 20;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "dutlab",
+    version,
+    about = "Run tests on devices under test",
+    after_help = "Exit codes: 0 passed, 1 failed, 2 timed out, 3 canceled, 4 job error, 5 infra error, 64 usage."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a job locally, with no server, on a local device (default: a QEMU DUT).
+    Run(RunArgs),
+    /// Build or locate the default guest image.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
+    /// Work with job files.
+    Job {
+        #[command(subcommand)]
+        command: JobCommand,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// The job file (LAVA job YAML).
+    job: PathBuf,
+    /// A device file; without it, the built-in QEMU x86_64 DUT under TCG.
+    #[arg(long)]
+    device: Option<PathBuf>,
+    /// Write JUnit XML results here.
+    #[arg(long, value_name = "PATH")]
+    junit: Option<PathBuf>,
+    /// Write the JSON report here.
+    #[arg(long, value_name = "PATH")]
+    results_json: Option<PathBuf>,
+    /// Print the JSON report on stdout (console output goes to stderr).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum ImageCommand {
+    /// Build the guest image (kernel, busybox initramfs, ext4 rootfs).
+    Build {
+        /// Output directory (default: `dutlab image path`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Print the default guest image directory.
+    Path,
+}
+
+#[derive(Debug, Subcommand)]
+enum JobCommand {
+    /// Check a job file without running it.
+    Validate {
+        job: PathBuf,
+        /// Print the normalised job as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DUTLAB_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let code = match cli.command {
+        Command::Run(args) => run(args),
+        Command::Image { command } => image(command),
+        Command::Job { command } => job(command),
+    };
+    std::process::exit(code);
+}
+
+fn report_error(e: &anyhow::Error) {
+    eprintln!("dutlab: error: {e:#}");
+}
+
+fn image(command: ImageCommand) -> i32 {
+    match command {
+        ImageCommand::Path => {
+            println!("{}", qemu::image::default_image_dir().display());
+            0
+        }
+        ImageCommand::Build { out } => {
+            let out = out.unwrap_or_else(qemu::image::default_image_dir);
+            match build_image(&out) {
+                Ok(image) => {
+                    println!("{}", image.dir.display());
+                    0
+                }
+                Err(e) => {
+                    report_error(&e);
+                    Outcome::InfraError.exit_code()
+                }
+            }
+        }
+    }
+}
+
+fn build_image(out: &Path) -> anyhow::Result<GuestImage> {
+    eprintln!("dutlab: building the guest image in {}", out.display());
+    let started = std::time::Instant::now();
+    let image = qemu::image::build(&ImageSpec::new(out), &mut |step| {
+        eprintln!("  {step}");
+    })
+    .context("cannot build the guest image")?;
+    eprintln!(
+        "dutlab: guest image ready in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(image)
+}
+
+fn read_job(path: &Path) -> Result<(String, jobspec::Job), String> {
+    let name = path.display().to_string();
+    let meta = std::fs::metadata(path).map_err(|e| format!("{name}: cannot read: {e}"))?;
+    if meta.len() > MAX_JOB_FILE {
+        return Err(format!(
+            "{name}: file is {} bytes, more than the {MAX_JOB_FILE} a job file may have",
+            meta.len()
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{name}: cannot read: {e}"))?;
+    let file = path
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or(name);
+    let job = jobspec::parse_job(&file, &text).map_err(|e| e.to_string())?;
+    for w in &job.warnings {
+        eprintln!("dutlab: warning: {file}: {w}");
+    }
+    Ok((file, job))
+}
+
+fn job(command: JobCommand) -> i32 {
+    match command {
+        JobCommand::Validate { job, json } => match read_job(&job) {
+            Ok((file, job)) => {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "file": file,
+                            "job_name": job.name,
+                            "device_type": job.device_type,
+                            "priority": job.priority,
+                            "actions": job.actions.iter().map(|a| a.kind()).collect::<Vec<_>>(),
+                            "warnings": job.warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>(),
+                        })
+                    );
+                } else {
+                    println!(
+                        "{file}: valid: job '{}' for device type '{}', {} action(s)",
+                        job.name,
+                        job.device_type,
+                        job.actions.len()
+                    );
+                }
+                0
+            }
+            Err(e) => {
+                eprintln!("dutlab: error: {e}");
+                Outcome::JobError.exit_code()
+            }
+        },
+    }
+}
+
+fn run(args: RunArgs) -> i32 {
+    let (_, job) = match read_job(&args.job) {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("dutlab: error: {e}");
+            return Outcome::JobError.exit_code();
+        }
+    };
+    let device = match &args.device {
+        None => Device::default_qemu(),
+        Some(path) => match std::fs::read_to_string(path)
+            .map_err(|e| format!("{}: cannot read: {e}", path.display()))
+            .and_then(|text| {
+                Device::parse(&path.display().to_string(), &text).map_err(|e| e.to_string())
+            }) {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("dutlab: error: {e}");
+                return Outcome::JobError.exit_code();
+            }
+        },
+    };
+    let deploys = job
+        .actions
+        .iter()
+        .any(|a| matches!(a, jobspec::Action::Deploy(_)));
+    let default_image = if deploys {
+        None
+    } else {
+        let dir = device
+            .image_dir
+            .clone()
+            .unwrap_or_else(qemu::image::default_image_dir);
+        match GuestImage::open(&dir) {
+            Ok(image) => Some(image),
+            Err(_) if device.image_dir.is_none() => match build_image(&dir) {
+                Ok(image) => Some(image),
+                Err(e) => {
+                    report_error(&e);
+                    return Outcome::InfraError.exit_code();
+                }
+            },
+            Err(e) => {
+                eprintln!("dutlab: error: device {}: image_dir: {e}", device.name);
+                return Outcome::JobError.exit_code();
+            }
+        }
+    };
+    let job_dir = args
+        .job
+        .parent()
+        .map(|p| {
+            if p.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                p.to_path_buf()
+            }
+        })
+        .unwrap_or_else(|| PathBuf::from("."));
+    let ctx = JobContext {
+        job_dir,
+        default_image,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("dutlab: error: cannot start the runtime: {e}");
+            return Outcome::InfraError.exit_code();
+        }
+    };
+    let report = runtime.block_on(run_local(&job, &ctx, &device, args.json));
+    finish(&report, &args)
+}
+
+async fn run_local(job: &jobspec::Job, ctx: &JobContext, device: &Device, json: bool) -> JobReport {
+    eprintln!(
+        "dutlab: running job '{}' on {} ({}, {} MiB)",
+        job.name,
+        device.name,
+        device.device_type,
+        device.qemu.memory_mib
+    );
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let printer = tokio::spawn(async move {
+        let mut stripper = AnsiStripper::new();
+        let mut clean = Vec::new();
+        while let Some(event) = rx.recv().await {
+            match event {
+                RunEvent::Console(bytes) => {
+                    clean.clear();
+                    stripper.feed(&bytes, &mut clean);
+                    let _ = if json {
+                        std::io::stderr().write_all(&clean)
+                    } else {
+                        let mut out = std::io::stdout().lock();
+                        out.write_all(&clean).and_then(|_| out.flush())
+                    };
+                }
+                RunEvent::ActionStarted { index, name } => {
+                    eprintln!("\ndutlab: action {index}: {name}");
+                }
+                RunEvent::Note(text) => eprintln!("\ndutlab: {text}"),
+                RunEvent::Input(_) | RunEvent::Case(_) => {}
+            }
+        }
+    });
+    let cancel = Cancel::default();
+    let on_signal = cancel.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("\ndutlab: canceling (Ctrl-C); powering the DUT off");
+            on_signal.cancel();
+        }
+    });
+    let report = runner::run_job(job, ctx, device, tx, cancel).await;
+    let _ = printer.await;
+    report
+}
+
+fn finish(report: &JobReport, args: &RunArgs) -> i32 {
+    let mut code = report.outcome.exit_code();
+    if let Some(path) = &args.junit {
+        let written = runner::report::junit(report)
+            .map_err(anyhow::Error::from)
+            .and_then(|xml| std::fs::write(path, xml).map_err(anyhow::Error::from))
+            .with_context(|| format!("cannot write JUnit XML to {}", path.display()));
+        if let Err(e) = written {
+            report_error(&e);
+            code = code.max(Outcome::InfraError.exit_code());
+        }
+    }
+    if let Some(path) = &args.results_json {
+        if let Err(e) = std::fs::write(path, runner::report::json(report))
+            .with_context(|| format!("cannot write results to {}", path.display()))
+        {
+            report_error(&e);
+            code = code.max(Outcome::InfraError.exit_code());
+        }
+    }
+    if args.json {
+        println!("{}", runner::report::json(report));
+    } else {
+        println!("\n{}", runner::report::table(report));
+    }
+    code
+}
