@@ -289,10 +289,7 @@ fn run(args: RunArgs) -> i32 {
 async fn run_local(job: &jobspec::Job, ctx: &JobContext, device: &Device, json: bool) -> JobReport {
     eprintln!(
         "dutlab: running job '{}' on {} ({}, {} MiB)",
-        job.name,
-        device.name,
-        device.device_type,
-        device.qemu.memory_mib
+        job.name, device.name, device.device_type, device.qemu.memory_mib
     );
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let printer = tokio::spawn(async move {
@@ -343,13 +340,12 @@ fn finish(report: &JobReport, args: &RunArgs) -> i32 {
             code = code.max(Outcome::InfraError.exit_code());
         }
     }
-    if let Some(path) = &args.results_json {
-        if let Err(e) = std::fs::write(path, runner::report::json(report))
+    if let Some(path) = &args.results_json
+        && let Err(e) = std::fs::write(path, runner::report::json(report))
             .with_context(|| format!("cannot write results to {}", path.display()))
-        {
-            report_error(&e);
-            code = code.max(Outcome::InfraError.exit_code());
-        }
+    {
+        report_error(&e);
+        code = code.max(Outcome::InfraError.exit_code());
     }
     if args.json {
         println!("{}", runner::report::json(report));

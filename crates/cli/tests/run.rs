@@ -42,7 +42,12 @@ fn expect_code(done: &Finished, code: i32) -> Result<()> {
 fn inline_job(name: &str, timeouts: &str, steps: &[&str]) -> String {
     let steps: String = steps
         .iter()
-        .map(|s| format!("          - {}\n", serde_json::to_string(s).expect("a string")))
+        .map(|s| {
+            format!(
+                "          - {}\n",
+                serde_json::to_string(s).expect("a string")
+            )
+        })
         .collect();
     format!(
         "job_name: {name}\ndevice_type: qemu\ntimeouts:\n{timeouts}\nactions:\n\
@@ -91,7 +96,10 @@ fn smoke_job_passes_with_junit_and_json() -> Result<()> {
     ensure!(xml.contains("failures=\"0\""), "{xml}");
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
     ensure!(report["outcome"] == "passed", "{report}");
-    ensure!(report["cases"].as_array().map(Vec::len) == Some(4), "{report}");
+    ensure!(
+        report["cases"].as_array().map(Vec::len) == Some(4),
+        "{report}"
+    );
     sb.assert_no_qemu_left()?;
     ensure!(
         std::fs::read_dir(sb.path().join("tmp"))?.next().is_none(),
@@ -238,7 +246,10 @@ fn ctrl_c_mid_test_cancels_with_exit_3() -> Result<()> {
     cmd.args(["run", job.to_str().context("path")?]);
     let child = Spawned::start(cmd)?;
     child.wait_for_stdout("waiting-for-cancel", RUN_LIMIT)?;
-    ensure!(!sb.qemu_processes().is_empty(), "QEMU should be running now");
+    ensure!(
+        !sb.qemu_processes().is_empty(),
+        "QEMU should be running now"
+    );
     child.signal(nix::sys::signal::Signal::SIGINT)?;
     let done = child.finish(Duration::from_secs(30))?;
     expect_code(&done, 3)?;
@@ -361,7 +372,13 @@ fn definition_from_a_local_git_repository_at_a_revision() -> Result<()> {
         .as_array()
         .context("cases")?
         .iter()
-        .map(|c| format!("{}/{}", c["suite"].as_str().unwrap_or(""), c["name"].as_str().unwrap_or("")))
+        .map(|c| {
+            format!(
+                "{}/{}",
+                c["suite"].as_str().unwrap_or(""),
+                c["name"].as_str().unwrap_or("")
+            )
+        })
         .collect();
     ensure!(
         names == vec!["0_head/revision-two", "1_old/revision-one", "1_old/who-lab"],

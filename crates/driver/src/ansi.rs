@@ -135,7 +135,11 @@ mod tests {
         input.extend(std::iter::repeat_n(b'1', MAX_SEQUENCE + 10));
         input.extend(b"tail");
         let out = strip(&input);
-        assert!(out.ends_with(b"tail"), "{:?}", String::from_utf8_lossy(&out));
+        assert!(
+            out.ends_with(b"tail"),
+            "{:?}",
+            String::from_utf8_lossy(&out)
+        );
     }
 
     proptest! {

@@ -159,10 +159,10 @@ impl<R: AsyncRead + Unpin> Expect<R> {
     fn find_position(&self, patterns: &[&Regex]) -> Option<(usize, usize, usize)> {
         let mut best: Option<(usize, usize, usize)> = None;
         for (index, re) in patterns.iter().enumerate() {
-            if let Some(m) = re.find(&self.buffer) {
-                if best.is_none_or(|(_, s, _)| m.start() < s) {
-                    best = Some((index, m.start(), m.end()));
-                }
+            if let Some(m) = re.find(&self.buffer)
+                && best.is_none_or(|(_, s, _)| m.start() < s)
+            {
+                best = Some((index, m.start(), m.end()));
             }
         }
         best
@@ -282,11 +282,8 @@ mod tests {
         let mut e = Expect::new(rx, Box::new(|_| {}));
         let prompt = re("prompt# ");
         let mut got = Vec::new();
-        loop {
-            match e.next_line_or(&[&prompt], soon()).await.unwrap() {
-                LineOr::Line(l) => got.push(String::from_utf8(l).unwrap()),
-                LineOr::Matched(_) => break,
-            }
+        while let LineOr::Line(l) = e.next_line_or(&[&prompt], soon()).await.unwrap() {
+            got.push(String::from_utf8(l).unwrap());
         }
         assert_eq!(got, vec!["one", "two"]);
         match e.next_line_or(&[&prompt], soon()).await.unwrap() {

@@ -168,7 +168,9 @@ mod tests {
             if echo {
                 w.write_all(format!("{line}\r\n").as_bytes()).await.unwrap();
             }
-            let (cmd, _) = line.split_once("; echo DUTLAB_RC=$?").unwrap_or((&line, ""));
+            let (cmd, _) = line
+                .split_once("; echo DUTLAB_RC=$?")
+                .unwrap_or((&line, ""));
             let rc = if let Some(text) = cmd.strip_prefix("echo ") {
                 w.write_all(format!("{text}\r\n").as_bytes()).await.unwrap();
                 0

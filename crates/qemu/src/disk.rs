@@ -51,7 +51,11 @@ pub async fn detect_format(path: &Path) -> Result<String, DiskError> {
 }
 
 /// Creates `overlay` as a qcow2 linked clone of `base` (whose format is `base_format`).
-pub async fn create_overlay(base: &Path, base_format: &str, overlay: &Path) -> Result<(), DiskError> {
+pub async fn create_overlay(
+    base: &Path,
+    base_format: &str,
+    overlay: &Path,
+) -> Result<(), DiskError> {
     let base = std::path::absolute(base).map_err(DiskError::Spawn)?;
     let out = Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2", "-F", base_format, "-b"])

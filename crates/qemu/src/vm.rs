@@ -360,7 +360,10 @@ impl Power for Vm {
             .await
             .is_err()
         {
-            tracing::warn!(pid = self.pid(), "QEMU ignored quit; killing its process group");
+            tracing::warn!(
+                pid = self.pid(),
+                "QEMU ignored quit; killing its process group"
+            );
             self.kill_group();
             let _ = tokio::time::timeout(QUIT_GRACE, self.child.wait()).await;
         }

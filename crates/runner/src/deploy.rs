@@ -56,10 +56,10 @@ pub async fn deploy_images(
         let field = format!("{field}.images.{name}");
         let path = &paths[name.as_str()];
         if let Some(arg) = &image.image_arg {
-            boot.image_args
-                .extend(image_arg(arg, &paths, &disks).map_err(|reason| {
-                    JobEnd::job_error(format!("{field}.image_arg: {reason}"))
-                })?);
+            boot.image_args.extend(
+                image_arg(arg, &paths, &disks)
+                    .map_err(|reason| JobEnd::job_error(format!("{field}.image_arg: {reason}")))?,
+            );
             continue;
         }
         match role(name) {
@@ -152,26 +152,30 @@ fn fetch(
         }
     }
     let read_err = |e: std::io::Error| {
-        JobEnd::job_error(format!("{field}: cannot decompress {}: {e}", path.display()))
+        JobEnd::job_error(format!(
+            "{field}: cannot decompress {}: {e}",
+            path.display()
+        ))
     };
     match image.compression {
         Compression::None => Ok(path),
         Compression::Gz => {
             let out = work_dir.join(name);
-            let mut input = flate2::read::GzDecoder::new(
-                std::fs::File::open(&path).map_err(read_err)?,
-            );
+            let mut input =
+                flate2::read::GzDecoder::new(std::fs::File::open(&path).map_err(read_err)?);
             let mut file = std::fs::File::create(&out).map_err(read_err)?;
             std::io::copy(&mut input, &mut file).map_err(read_err)?;
             Ok(out)
         }
         Compression::Xz => {
             let out = work_dir.join(name);
-            let mut input =
-                std::io::BufReader::new(std::fs::File::open(&path).map_err(read_err)?);
+            let mut input = std::io::BufReader::new(std::fs::File::open(&path).map_err(read_err)?);
             let mut file = std::io::BufWriter::new(std::fs::File::create(&out).map_err(read_err)?);
             lzma_rs::xz_decompress(&mut input, &mut file).map_err(|e| {
-                JobEnd::job_error(format!("{field}: cannot decompress {}: {e}", path.display()))
+                JobEnd::job_error(format!(
+                    "{field}: cannot decompress {}: {e}",
+                    path.display()
+                ))
             })?;
             Ok(out)
         }
@@ -214,12 +218,15 @@ fn image_arg(
         for (name, path) in paths {
             let placeholder = format!("{{{name}}}");
             if w.contains(&placeholder) {
-                drive_of_disk |= disks.contains_key(name) && w.contains(&format!("file={placeholder}"));
+                drive_of_disk |=
+                    disks.contains_key(name) && w.contains(&format!("file={placeholder}"));
                 w = w.replace(&placeholder, &path.display().to_string());
             }
         }
         if let Some(unknown) = placeholder_in(&w) {
-            return Err(format!("{{{unknown}}} names no image of this deploy action"));
+            return Err(format!(
+                "{{{unknown}}} names no image of this deploy action"
+            ));
         }
         if drive_of_disk {
             w = force_qcow2(&w);
@@ -233,8 +240,11 @@ fn placeholder_in(word: &str) -> Option<&str> {
     let start = word.find('{')?;
     let end = word[start..].find('}')? + start;
     let name = &word[start + 1..end];
-    (!name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
-        .then_some(name)
+    (!name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+    .then_some(name)
 }
 
 fn force_qcow2(options: &str) -> String {
@@ -270,7 +280,12 @@ mod tests {
                 &disks
             )
             .unwrap(),
-            vec!["-kernel", "/w/kernel", "-append", "console=ttyS0 root=/dev/ram0"]
+            vec![
+                "-kernel",
+                "/w/kernel",
+                "-append",
+                "console=ttyS0 root=/dev/ram0"
+            ]
         );
     }
 

@@ -143,8 +143,11 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_bad_values_name_the_file() {
-        let e = Device::parse("dev.yaml", "name: q1\ndevice_type: qemu\nqemu:\n  acel: kvm\n")
-            .unwrap_err();
+        let e = Device::parse(
+            "dev.yaml",
+            "name: q1\ndevice_type: qemu\nqemu:\n  acel: kvm\n",
+        )
+        .unwrap_err();
         assert!(e.to_string().starts_with("dev.yaml: "), "{e}");
         assert!(e.to_string().contains("acel"), "{e}");
         let e = Device::parse(

@@ -310,13 +310,13 @@ impl Run<'_> {
                 self.job.device_type, self.device.name, self.device.device_type
             )));
         }
-        if let Some(arch) = &self.job.context.arch {
-            if !matches!(arch.as_str(), "amd64" | "x86_64" | "x86-64") {
-                return Err(JobEnd::job_error(format!(
-                    "context.arch: '{arch}' is not supported by {} (amd64 only)",
-                    self.device.qemu.binary
-                )));
-            }
+        if let Some(arch) = &self.job.context.arch
+            && !matches!(arch.as_str(), "amd64" | "x86_64" | "x86-64")
+        {
+            return Err(JobEnd::job_error(format!(
+                "context.arch: '{arch}' is not supported by {} (amd64 only)",
+                self.device.qemu.binary
+            )));
         }
         Ok(())
     }
@@ -324,8 +324,9 @@ impl Run<'_> {
     fn login_for(&self, boot: &Boot, index: usize) -> Result<Login, JobEnd> {
         let field = format!("actions[{index}].boot");
         let compile = |what: &str, p: &str| {
-            Regex::new(p)
-                .map_err(|e| JobEnd::job_error(format!("{field}.{what}: {p:?} is not a valid pattern: {e}")))
+            Regex::new(p).map_err(|e| {
+                JobEnd::job_error(format!("{field}.{what}: {p:?} is not a valid pattern: {e}"))
+            })
         };
         let defaults = &self.device.login;
         let prompt_texts = if boot.prompts.is_empty() {
@@ -334,7 +335,9 @@ impl Run<'_> {
             &boot.prompts
         };
         if prompt_texts.is_empty() {
-            return Err(JobEnd::job_error(format!("{field}.prompts: at least one prompt is needed")));
+            return Err(JobEnd::job_error(format!(
+                "{field}.prompts: at least one prompt is needed"
+            )));
         }
         let prompts = prompt_texts
             .iter()
@@ -407,10 +410,9 @@ impl Run<'_> {
             }
         };
         let run_dir = work.join(format!("vm-{index}"));
-        let (mut vm, console) =
-            Vm::launch(&self.device.qemu, &spec, &run_dir, limit.at)
-                .await
-                .map_err(|e| JobEnd::infra_error(format!("QEMU: {e}")))?;
+        let (mut vm, console) = Vm::launch(&self.device.qemu, &spec, &run_dir, limit.at)
+            .await
+            .map_err(|e| JobEnd::infra_error(format!("QEMU: {e}")))?;
         self.note(format!(
             "QEMU started (pid {}, {} accel)",
             vm.pid(),
@@ -443,12 +445,12 @@ impl Run<'_> {
             ))
         })?;
         let runs = self.overlay.runs.get(&index).cloned().unwrap_or_default();
-        if shell.overlay == OverlayState::Absent {
-            if let Some(packed) = &self.packed {
-                shell
-                    .install_overlay(packed, limit.min(connection.start()))
-                    .await?;
-            }
+        if shell.overlay == OverlayState::Absent
+            && let Some(packed) = &self.packed
+        {
+            shell
+                .install_overlay(packed, limit.min(connection.start()))
+                .await?;
         }
         for run in &runs {
             match shell.run_test(run, limit, &self.events, cases).await? {
@@ -467,7 +469,10 @@ impl Run<'_> {
                     cases.push(case);
                 }
                 RunEnd::Raised(message) => {
-                    return Err(JobEnd::failed(format!("{}: lava-test-raise: {message}", run.id)));
+                    return Err(JobEnd::failed(format!(
+                        "{}: lava-test-raise: {message}",
+                        run.id
+                    )));
                 }
             }
         }
@@ -476,19 +481,19 @@ impl Run<'_> {
 
     async fn power_off(&mut self) {
         self.shell = None;
-        if let Some(mut vm) = self.vm.take() {
-            if let Err(e) = vm.power_off().await {
-                self.note(format!("power off: {e}"));
-            }
+        if let Some(mut vm) = self.vm.take()
+            && let Err(e) = vm.power_off().await
+        {
+            self.note(format!("power off: {e}"));
         }
     }
 
     async fn teardown(&mut self) {
         self.power_off().await;
-        if let Some(dir) = self.work_dir.take() {
-            if let Err(e) = dir.close() {
-                self.note(format!("cannot remove the work directory: {e}"));
-            }
+        if let Some(dir) = self.work_dir.take()
+            && let Err(e) = dir.close()
+        {
+            self.note(format!("cannot remove the work directory: {e}"));
         }
     }
 }

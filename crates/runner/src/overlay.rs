@@ -31,7 +31,10 @@ const HELPERS: [(&str, &str); 5] = [
     ("lava-common", include_str!("../dut/lava-common")),
     ("lava-test-case", include_str!("../dut/lava-test-case")),
     ("lava-test-set", include_str!("../dut/lava-test-set")),
-    ("lava-test-reference", include_str!("../dut/lava-test-reference")),
+    (
+        "lava-test-reference",
+        include_str!("../dut/lava-test-reference"),
+    ),
     ("lava-test-raise", include_str!("../dut/lava-test-raise")),
 ];
 
@@ -89,42 +92,43 @@ impl Overlay {
             for (d, def) in test.definitions.iter().enumerate() {
                 let field = format!("actions[{action_index}].test.definitions[{d}]");
                 let id = format!("{index}_{}", def.name);
-                let (definition, files) = match &def.source {
-                    DefinitionSource::Inline(definition) => (definition.clone(), None),
-                    DefinitionSource::Git {
-                        repository,
-                        revision,
-                        branch,
-                        history,
-                    } => {
-                        let dir = work_dir.join("repos").join(&id);
-                        clone(
+                let (definition, files) =
+                    match &def.source {
+                        DefinitionSource::Inline(definition) => (definition.clone(), None),
+                        DefinitionSource::Git {
                             repository,
-                            revision.as_deref(),
-                            branch.as_deref(),
-                            job_dir,
-                            &dir,
-                        )
-                        .map_err(|reason| OverlayError {
-                            field: format!("{field}.repository"),
-                            reason,
-                        })?;
-                        let file = dir.join(&def.path);
-                        let text = read_inside(&dir, &file).map_err(|reason| OverlayError {
-                            field: format!("{field}.path"),
-                            reason,
-                        })?;
-                        let definition = jobspec::parse_test_definition(&def.path, &text)
-                            .map_err(|e| OverlayError {
-                                field: format!("{field}.path"),
-                                reason: e.to_string(),
+                            revision,
+                            branch,
+                            history,
+                        } => {
+                            let dir = work_dir.join("repos").join(&id);
+                            clone(
+                                repository,
+                                revision.as_deref(),
+                                branch.as_deref(),
+                                job_dir,
+                                &dir,
+                            )
+                            .map_err(|reason| OverlayError {
+                                field: format!("{field}.repository"),
+                                reason,
                             })?;
-                        if !*history {
-                            let _ = std::fs::remove_dir_all(dir.join(".git"));
+                            let file = dir.join(&def.path);
+                            let text = read_inside(&dir, &file).map_err(|reason| OverlayError {
+                                field: format!("{field}.path"),
+                                reason,
+                            })?;
+                            let definition = jobspec::parse_test_definition(&def.path, &text)
+                                .map_err(|e| OverlayError {
+                                    field: format!("{field}.path"),
+                                    reason: e.to_string(),
+                                })?;
+                            if !*history {
+                                let _ = std::fs::remove_dir_all(dir.join(".git"));
+                            }
+                            (definition, Some(dir))
                         }
-                        (definition, Some(dir))
-                    }
-                };
+                    };
                 let mut params = definition.params.clone();
                 params.extend(def.params.clone());
                 for name in params.keys() {
@@ -167,7 +171,13 @@ impl Overlay {
         tar.follow_symlinks(false);
         let root = OVERLAY_ROOT.trim_start_matches('/');
         for (name, body) in HELPERS {
-            append(&mut tar, &format!("{root}/bin/{name}"), body.as_bytes(), 0o755).map_err(fail)?;
+            append(
+                &mut tar,
+                &format!("{root}/bin/{name}"),
+                body.as_bytes(),
+                0o755,
+            )
+            .map_err(fail)?;
         }
         for run in self.runs.values().flatten() {
             let dir = format!("{root}/tests/{}", run.id);
@@ -182,10 +192,7 @@ impl Overlay {
             )
             .map_err(fail)?;
         }
-        let bytes = tar
-            .into_inner()
-            .and_then(|gz| gz.finish())
-            .map_err(fail)?;
+        let bytes = tar.into_inner().and_then(|gz| gz.finish()).map_err(fail)?;
         if bytes.len() > MAX_OVERLAY {
             return Err(OverlayError {
                 field: "actions[].test.definitions".into(),
@@ -340,10 +347,7 @@ fn read_inside(root: &Path, file: &Path) -> Result<String, String> {
         .canonicalize()
         .map_err(|_| format!("{} is not in the repository", file.display()))?;
     if !real.starts_with(&root) {
-        return Err(format!(
-            "{} points outside the repository",
-            file.display()
-        ));
+        return Err(format!("{} points outside the repository", file.display()));
     }
     std::fs::read_to_string(&real).map_err(|e| format!("{}: {e}", file.display()))
 }

@@ -112,20 +112,29 @@ impl DutShell {
             .wait_prompt(limit.at)
             .await
             .map_err(|e| limit.shell_error(e))?;
-        self.run_ok("stty -echo cols 1000 rows 50 2>/dev/null || stty -echo", limit)
-            .await?;
+        self.run_ok(
+            "stty -echo cols 1000 rows 50 2>/dev/null || stty -echo",
+            limit,
+        )
+        .await?;
         Ok(())
     }
 
     /// Copies the packed overlay into the DUT and unpacks it under [`OVERLAY_ROOT`].
     pub async fn install_overlay(&mut self, packed: &[u8], limit: Limit) -> Result<(), JobEnd> {
         let encoded = base64(packed);
-        self.run_ok("rm -f /tmp/dutlab-overlay.b64 /tmp/dutlab-overlay.tgz", limit)
-            .await?;
+        self.run_ok(
+            "rm -f /tmp/dutlab-overlay.b64 /tmp/dutlab-overlay.tgz",
+            limit,
+        )
+        .await?;
         for chunk in encoded.as_bytes().chunks(CHUNK) {
             let chunk = std::str::from_utf8(chunk).expect("base64 output is ASCII");
-            self.run_ok(&format!("printf %s {chunk} >>/tmp/dutlab-overlay.b64"), limit)
-                .await?;
+            self.run_ok(
+                &format!("printf %s {chunk} >>/tmp/dutlab-overlay.b64"),
+                limit,
+            )
+            .await?;
         }
         let out = self
             .run_ok(
@@ -160,9 +169,10 @@ impl DutShell {
         cases: &mut Vec<TestCase>,
     ) -> Result<RunEnd, JobEnd> {
         let pattern = match &run.definition.parse {
-            Some(p) => Some(regex::Regex::new(&p.pattern).map_err(|e| {
-                JobEnd::job_error(format!("{}: parse.pattern: {e}", run.id))
-            })?),
+            Some(p) => Some(
+                regex::Regex::new(&p.pattern)
+                    .map_err(|e| JobEnd::job_error(format!("{}: parse.pattern: {e}", run.id)))?,
+            ),
             None => None,
         };
         let command = run.command();
@@ -234,20 +244,20 @@ impl DutShell {
                 }
                 continue;
             }
-            if phase == RunPhase::Running {
-                if let (Some(re), Some(p)) = (&pattern, &run.definition.parse) {
-                    let text = String::from_utf8_lossy(&line);
-                    if let Some(case) = pattern_case(re, &p.fixupdict, &text) {
-                        push_case(
-                            cases,
-                            events,
-                            TestCase {
-                                suite: run.id.clone(),
-                                set: set.clone(),
-                                ..case
-                            },
-                        );
-                    }
+            if phase == RunPhase::Running
+                && let (Some(re), Some(p)) = (&pattern, &run.definition.parse)
+            {
+                let text = String::from_utf8_lossy(&line);
+                if let Some(case) = pattern_case(re, &p.fixupdict, &text) {
+                    push_case(
+                        cases,
+                        events,
+                        TestCase {
+                            suite: run.id.clone(),
+                            set: set.clone(),
+                            ..case
+                        },
+                    );
                 }
             }
         }

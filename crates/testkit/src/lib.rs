@@ -112,7 +112,10 @@ pub fn processes_mentioning(needle: &str) -> Vec<(u32, String)> {
         .filter_map(|pid| {
             let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
             let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-            if status.lines().any(|l| l.starts_with("State:") && l.contains('Z')) {
+            if status
+                .lines()
+                .any(|l| l.starts_with("State:") && l.contains('Z'))
+            {
                 return None; // a zombie is dead, just not yet reaped
             }
             let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
