@@ -485,3 +485,73 @@ fn deploy_of_compressed_images_with_image_arg_and_checksum() -> Result<()> {
     );
     sb.assert_no_qemu_left()
 }
+
+#[test]
+fn connection_timeout_fires_while_waiting_for_login() -> Result<()> {
+    let sb = Sandbox::new()?;
+    // Booting to the login prompt takes seconds under TCG; a 1 s connection timeout fires first.
+    let job = write(
+        sb.path(),
+        "conn.yaml",
+        "job_name: conn\ndevice_type: qemu\ntimeouts: {job: 5m, action: 5m, connection: 1s}\nactions:\n\
+         - boot: {method: qemu, prompts: ['# $'], auto_login: {login_prompt: 'login:', username: root}}\n",
+    )?;
+    let done = run(&sb, &["run", job.to_str().context("path")?])?;
+    expect_code(&done, 2)?;
+    ensure!(
+        done.stdout
+            .contains("boot connection timeout (1s) fired while waiting for \"login:\""),
+        "{}",
+        done.stdout
+    );
+    sb.assert_no_qemu_left()
+}
+
+#[test]
+fn missing_qemu_binary_is_an_infra_error() -> Result<()> {
+    let sb = Sandbox::new()?;
+    let device = write(
+        sb.path(),
+        "device.yaml",
+        "name: broken\ndevice_type: qemu\nqemu:\n  binary: /nonexistent/qemu-system-x86_64\n",
+    )?;
+    let job = example("qemu-smoke.yaml");
+    let done = run(
+        &sb,
+        &[
+            "run",
+            job.to_str().context("path")?,
+            "--device",
+            device.to_str().context("path")?,
+        ],
+    )?;
+    expect_code(&done, 5)?;
+    ensure!(
+        done.stdout
+            .contains("cannot start /nonexistent/qemu-system-x86_64"),
+        "{}",
+        done.stdout
+    );
+    // A device file with a typo is refused, naming the file and the key.
+    let typo = write(
+        sb.path(),
+        "typo.yaml",
+        "name: t\ndevice_type: qemu\nqemu:\n  acel: kvm\n",
+    )?;
+    let done = run(
+        &sb,
+        &[
+            "run",
+            job.to_str().context("path")?,
+            "--device",
+            typo.to_str().context("path")?,
+        ],
+    )?;
+    expect_code(&done, 4)?;
+    ensure!(
+        done.stderr.contains("typo.yaml") && done.stderr.contains("acel"),
+        "{}",
+        done.stderr
+    );
+    sb.assert_no_qemu_left()
+}
