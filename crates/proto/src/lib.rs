@@ -127,6 +127,21 @@ pub struct TestCase {
     pub reference: Option<String>,
 }
 
+impl TestCase {
+    /// A case with no set, measurement or reference.
+    pub fn new(suite: impl Into<String>, name: impl Into<String>, result: CaseResult) -> TestCase {
+        TestCase {
+            suite: suite.into(),
+            set: None,
+            name: name.into(),
+            result,
+            measurement: None,
+            units: None,
+            reference: None,
+        }
+    }
+}
+
 /// Everything a finished job reports.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobReport {

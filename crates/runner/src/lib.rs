@@ -456,15 +456,7 @@ impl Run<'_> {
             match shell.run_test(run, limit, &self.events, cases).await? {
                 RunEnd::Completed => {}
                 RunEnd::Incomplete => {
-                    let case = TestCase {
-                        suite: "lava".into(),
-                        set: None,
-                        name: run.id.clone(),
-                        result: CaseResult::Fail,
-                        measurement: None,
-                        units: None,
-                        reference: None,
-                    };
+                    let case = TestCase::new("lava", run.id.clone(), CaseResult::Fail);
                     let _ = self.events.send(RunEvent::Case(case.clone()));
                     cases.push(case);
                 }
@@ -554,15 +546,7 @@ mod tests {
 
     #[test]
     fn verdict_fails_on_any_failed_case() {
-        let case = |r| TestCase {
-            suite: "0_s".into(),
-            set: None,
-            name: "c".into(),
-            result: r,
-            measurement: None,
-            units: None,
-            reference: None,
-        };
+        let case = |r| TestCase::new("0_s", "c", r);
         assert_eq!(verdict(&[case(CaseResult::Pass)]).outcome, Outcome::Passed);
         assert_eq!(verdict(&[]).outcome, Outcome::Passed);
         let v = verdict(&[case(CaseResult::Pass), case(CaseResult::Fail)]);

@@ -208,37 +208,20 @@ impl DutShell {
                         measurement,
                         units,
                     } => {
-                        push_case(
-                            cases,
-                            events,
-                            TestCase {
-                                suite: run.id.clone(),
-                                set: set.clone(),
-                                name: id,
-                                result,
-                                measurement,
-                                units,
-                                reference: None,
-                            },
-                        );
+                        let mut case = TestCase::new(&run.id, id, result);
+                        (case.set, case.measurement, case.units) =
+                            (set.clone(), measurement, units);
+                        push_case(cases, events, case);
                     }
                     Signal::TestReference {
                         id,
                         result,
                         reference,
-                    } => push_case(
-                        cases,
-                        events,
-                        TestCase {
-                            suite: run.id.clone(),
-                            set: set.clone(),
-                            name: id,
-                            result,
-                            measurement: None,
-                            units: None,
-                            reference: Some(reference),
-                        },
-                    ),
+                    } => {
+                        let mut case = TestCase::new(&run.id, id, result);
+                        (case.set, case.reference) = (set.clone(), Some(reference));
+                        push_case(cases, events, case);
+                    }
                     Signal::TestRaise(message) => raised = Some(message),
                     Signal::StartTestCase(_) | Signal::EndTestCase(_) => {}
                 }
@@ -248,16 +231,9 @@ impl DutShell {
                 && let (Some(re), Some(p)) = (&pattern, &run.definition.parse)
             {
                 let text = String::from_utf8_lossy(&line);
-                if let Some(case) = pattern_case(re, &p.fixupdict, &text) {
-                    push_case(
-                        cases,
-                        events,
-                        TestCase {
-                            suite: run.id.clone(),
-                            set: set.clone(),
-                            ..case
-                        },
-                    );
+                if let Some(mut case) = pattern_case(re, &p.fixupdict, &text) {
+                    (case.suite, case.set) = (run.id.clone(), set.clone());
+                    push_case(cases, events, case);
                 }
             }
         }
@@ -348,17 +324,12 @@ pub fn pattern_case(
         })
         .take(crate::signals::MAX_FIELD)
         .collect();
-    Some(TestCase {
-        suite: String::new(),
-        set: None,
-        name,
-        result: CaseResult::from_lava(word),
-        measurement: caps
-            .name("measurement")
-            .map(|m| m.as_str().trim().to_string()),
-        units: caps.name("units").map(|m| m.as_str().trim().to_string()),
-        reference: None,
-    })
+    let mut case = TestCase::new("", name, CaseResult::from_lava(word));
+    case.measurement = caps
+        .name("measurement")
+        .map(|m| m.as_str().trim().to_string());
+    case.units = caps.name("units").map(|m| m.as_str().trim().to_string());
+    Some(case)
 }
 
 impl Limit {
