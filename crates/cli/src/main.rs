@@ -90,6 +90,8 @@ enum JobCommand {
 }
 
 fn main() {
+    // One crypto provider for the whole process (image downloads over https).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

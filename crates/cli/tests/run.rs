@@ -555,3 +555,55 @@ fn missing_qemu_binary_is_an_infra_error() -> Result<()> {
     );
     sb.assert_no_qemu_left()
 }
+
+#[test]
+fn deploy_over_http_from_a_local_server() -> Result<()> {
+    let sb = Sandbox::new()?;
+    let image = testkit::guest_image()?;
+    let served = sb.path().join("served");
+    std::fs::create_dir_all(&served)?;
+    for f in ["vmlinuz", "initramfs.cpio.gz", "rootfs.qcow2"] {
+        std::fs::copy(image.join(f), served.join(f))?;
+    }
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args(["-u", "-m", "http.server", "--bind", "127.0.0.1", "0"])
+        .current_dir(&served);
+    let server = Spawned::start(cmd)?;
+    server.wait_for_stdout(" port ", Duration::from_secs(20))?;
+    let port: u16 = server
+        .stdout_text()
+        .split(" port ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .context("port in the server banner")?
+        .parse()?;
+    let job = |kernel: &str| {
+        format!(
+            "job_name: http\ndevice_type: qemu\nactions:\n- deploy:\n    to: tmpfs\n    images:\n\
+             \x20     kernel: {{url: 'http://127.0.0.1:{port}/{kernel}'}}\n\
+             \x20     initrd: {{url: 'http://127.0.0.1:{port}/initramfs.cpio.gz'}}\n\
+             \x20     rootfs: {{url: 'http://127.0.0.1:{port}/rootfs.qcow2', format: qcow2}}\n\
+             - boot: {{method: qemu, prompts: ['# $'], auto_login: {{login_prompt: 'login:', username: root}}}}\n\
+             - test:\n    definitions:\n    - from: inline\n      name: t\n      path: t.yaml\n      repository:\n\
+             \x20       metadata: {{format: Lava-Test Test Definition 1.0, name: t}}\n        run:\n          steps:\n\
+             \x20         - lava-test-case downloaded-disk --shell test -r /mnt/rootfs/etc/dutlab-rootfs\n"
+        )
+    };
+    let good = write(sb.path(), "http.yaml", &job("vmlinuz"))?;
+    let done = run(&sb, &["run", good.to_str().context("path")?])?;
+    expect_code(&done, 0)?;
+    ensure!(
+        done.stdout.contains("downloaded-disk  pass"),
+        "{}",
+        done.stdout
+    );
+    let missing = write(sb.path(), "http-404.yaml", &job("no-such-kernel"))?;
+    let done = run(&sb, &["run", missing.to_str().context("path")?])?;
+    expect_code(&done, 4)?;
+    ensure!(
+        done.stdout.contains("actions[0].deploy.images.kernel.url") && done.stdout.contains("404"),
+        "{}",
+        done.stdout
+    );
+    sb.assert_no_qemu_left()
+}

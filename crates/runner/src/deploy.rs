@@ -1,7 +1,8 @@
 //! Deploy: turns a job's images (or the device's default guest image) into a QEMU boot spec.
 //!
 //! Invariants:
-//! - Relative image paths are resolved against the job file's directory.
+//! - Relative image paths are resolved against the job file's directory; `http(s)://` images
+//!   are streamed into the work directory, bounded in size and by the deploy deadline.
 //! - A checksum is verified on the file as given (before decompression), as LAVA does.
 //! - Compressed images are decompressed into the job's work directory; originals are never
 //!   written. Every disk image boots from a fresh qcow2 linked clone in the work directory.
@@ -17,6 +18,7 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use tokio::time::Instant;
 
 /// Builds the boot spec for explicit images from a deploy action.
 pub async fn deploy_images(
@@ -24,6 +26,7 @@ pub async fn deploy_images(
     field: &str,
     job_dir: &Path,
     work_dir: &Path,
+    deadline: Instant,
 ) -> Result<BootSpec, JobEnd> {
     let mut boot = BootSpec::default();
     // First pass: make every image a local, decompressed file; disks get their overlay.
@@ -31,7 +34,7 @@ pub async fn deploy_images(
     let mut disks: BTreeMap<&str, String> = BTreeMap::new();
     for (name, image) in images {
         let field = format!("{field}.images.{name}");
-        let local = fetch(image, &field, job_dir, work_dir, name)?;
+        let local = fetch(image, &field, job_dir, work_dir, name, deadline).await?;
         let path = match role(name) {
             Role::Kernel | Role::Initrd | Role::Ignored => local,
             Role::Disk => {
@@ -111,13 +114,14 @@ fn role(name: &str) -> Role {
     }
 }
 
-/// Resolves, verifies and decompresses one image; returns the local file to use.
-fn fetch(
+/// Resolves (or downloads), verifies and decompresses one image; returns the local file to use.
+async fn fetch(
     image: &Image,
     field: &str,
     job_dir: &Path,
     work_dir: &Path,
     name: &str,
+    deadline: Instant,
 ) -> Result<PathBuf, JobEnd> {
     let path = match &image.source {
         ImageSource::Path(p) => {
@@ -129,10 +133,11 @@ fn fetch(
             }
         }
         ImageSource::Http(url) => {
-            return Err(JobEnd::job_error(format!(
-                "{field}.url: {url}: http(s) downloads are not supported by local runs yet; \
-                 download the file and give its path"
-            )));
+            let out = work_dir.join(format!("{name}.download"));
+            download(url, &out, deadline)
+                .await
+                .map_err(|reason| JobEnd::job_error(format!("{field}.url: {url}: {reason}")))?;
+            out
         }
     };
     if !path.is_file() {
@@ -183,6 +188,55 @@ fn fetch(
             "{field}.compression: {other:?} is not supported yet (use gz, xz or none)"
         ))),
     }
+}
+
+/// Largest image downloaded.
+pub const MAX_DOWNLOAD: u64 = 16 << 30;
+
+/// Streams `url` to `out`, bounded in size and by `deadline`. Redirects are followed (10 at
+/// most); anything but a 2xx answer is an error naming the status.
+async fn download(url: &str, out: &Path, deadline: Instant) -> Result<(), String> {
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let work = async {
+        let client = reqwest::Client::builder()
+            .build()
+            .map_err(|e| format!("cannot make an HTTP client: {e}"))?;
+        let response = client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| format!("download failed: {e}"))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(format!("download failed: HTTP {status}"));
+        }
+        if response.content_length().is_some_and(|n| n > MAX_DOWNLOAD) {
+            return Err(format!("larger than the {MAX_DOWNLOAD} bytes allowed"));
+        }
+        let mut file = tokio::fs::File::create(out)
+            .await
+            .map_err(|e| format!("{}: {e}", out.display()))?;
+        let mut body = response.bytes_stream();
+        let mut written = 0u64;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| format!("download interrupted: {e}"))?;
+            written += chunk.len() as u64;
+            if written > MAX_DOWNLOAD {
+                return Err(format!("larger than the {MAX_DOWNLOAD} bytes allowed"));
+            }
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| format!("{}: {e}", out.display()))?;
+        }
+        file.flush()
+            .await
+            .map_err(|e| format!("{}: {e}", out.display()))?;
+        Ok(())
+    };
+    tokio::time::timeout_at(deadline, work)
+        .await
+        .map_err(|_| "download did not finish before the deploy timeout".to_string())?
 }
 
 fn sha256_file(path: &Path) -> std::io::Result<String> {

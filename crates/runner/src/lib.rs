@@ -280,8 +280,14 @@ impl Run<'_> {
                             d.to
                         )));
                     }
-                    let boot =
-                        deploy::deploy_images(&d.images, &field, &self.ctx.job_dir, &work).await?;
+                    let boot = deploy::deploy_images(
+                        &d.images,
+                        &field,
+                        &self.ctx.job_dir,
+                        &work,
+                        limit.at,
+                    )
+                    .await?;
                     self.boot = Some(boot);
                 }
                 Action::Boot(b) => {

@@ -185,6 +185,11 @@ impl Spawned {
         }
     }
 
+    /// Everything printed on stdout so far.
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&lock(&self.stdout)).into_owned()
+    }
+
     /// Sends a signal to the process (not its group).
     pub fn signal(&self, signal: Signal) -> anyhow::Result<()> {
         nix::sys::signal::kill(Pid::from_raw(self.child.id() as i32), signal)?;
