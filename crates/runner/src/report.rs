@@ -142,18 +142,6 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn case(suite: &str, name: &str, result: CaseResult) -> proto::TestCase {
-        proto::TestCase {
-            suite: suite.into(),
-            set: None,
-            name: name.into(),
-            result,
-            measurement: None,
-            units: None,
-            reference: None,
-        }
-    }
-
     fn report(outcome: Outcome, cases: Vec<proto::TestCase>) -> JobReport {
         JobReport {
             job_name: "j".into(),
@@ -173,9 +161,9 @@ mod tests {
         let xml = junit(&report(
             Outcome::Failed,
             vec![
-                case("0_a", "x", CaseResult::Pass),
-                case("0_a", "y<&>", CaseResult::Fail),
-                case("1_b", "z", CaseResult::Skip),
+                proto::TestCase::new("0_a", "x", CaseResult::Pass),
+                proto::TestCase::new("0_a", "y<&>", CaseResult::Fail),
+                proto::TestCase::new("1_b", "z", CaseResult::Skip),
             ],
         ))
         .unwrap();
@@ -196,7 +184,11 @@ mod tests {
     fn table_neutralises_escapes() {
         let t = table(&report(
             Outcome::Passed,
-            vec![case("0_a", "evil\u{1b}[2J", CaseResult::Pass)],
+            vec![proto::TestCase::new(
+                "0_a",
+                "evil\u{1b}[2J",
+                CaseResult::Pass,
+            )],
         ));
         assert!(!t.contains('\u{1b}'));
         assert!(t.contains("passed: 1 passed, 0 failed, 0 skipped"), "{t}");
