@@ -15,6 +15,7 @@
 //! - Parsed values are normalised: durations are [`std::time::Duration`], priorities numbers,
 //!   sha256 sums lowercase, `file://` URLs paths, scalars in string fields stringified.
 
+mod actions;
 mod duration;
 mod error;
 mod fields;
@@ -22,13 +23,15 @@ mod job;
 mod testdef;
 mod yaml;
 
+pub use actions::{
+    Action, AutoLogin, Boot, Compression, DefinitionRef, DefinitionSource, Deploy, Image,
+    ImageSource, Test,
+};
 pub use duration::parse_duration;
 pub use error::{JobError, Warning};
 pub use job::{
-    Action, AutoLogin, Boot, Compression, Context, DEFAULT_ACTION_TIMEOUT,
-    DEFAULT_CONNECTION_TIMEOUT, DEFAULT_JOB_TIMEOUT, DEFAULT_PRIORITY, DefinitionRef,
-    DefinitionSource, Deploy, Image, ImageSource, Job, Multinode, Protocols, Role, Test, Timeouts,
-    Visibility,
+    Context, DEFAULT_ACTION_TIMEOUT, DEFAULT_CONNECTION_TIMEOUT, DEFAULT_JOB_TIMEOUT,
+    DEFAULT_PRIORITY, Job, Multinode, Protocols, Role, Timeouts, Visibility,
 };
 pub use testdef::{DefinitionMetadata, ParsePattern, TEST_DEFINITION_FORMAT, TestDefinition};
 pub use yaml::{MAX_DEPTH, MAX_DOCUMENT_BYTES, MAX_EXPANDED_BYTES, MAX_NODES};

@@ -1,0 +1,688 @@
+//! Actions of a LAVA job: the typed `deploy`, `boot` and `test` actions, their images and
+//! test-definition references, and the parsers for them.
+//!
+//! This module parses one `actions:` list on its own; checks that need the whole job (timeouts
+//! against `timeouts.job`, roles against `protocols.lava-multinode`, namespaces being
+//! all-or-nothing across actions) live in the job module.
+//!
+//! Invariants of a parsed [`Action`]:
+//! - An action is a mapping with exactly one key, `deploy`, `boot` or `test`; `actions` is not
+//!   empty and keeps file order.
+//! - Every action timeout is positive; a `namespace` is never `common` or `docker-test-shell`.
+//! - Image `sha256sum`s are 64 lowercase hex digits; image sources are plain paths, `file://`
+//!   URLs (reduced to their path, %-escapes decoded) or `http(s)://` URLs with a host (kept as
+//!   written). An image is given either in `images` or at the action level, never both.
+//! - Boot prompts are not empty; `auto_login` has `password_prompt` exactly when `password`.
+//! - A test action has a non-empty `definitions` list unless it uses `monitors`, `interactive`
+//!   or `services`; definition names match `[-_a-zA-Z0-9.]+`, sources are `inline` or `git`.
+//! - Unknown keys and LAVA features not supported yet are warnings, never errors.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::JobError;
+use crate::duration::timeout;
+use crate::fields::{Ctx, Fields, NOT_SUPPORTED, Path, boolean, text, text_list, text_or_list};
+use crate::testdef::{self, TestDefinition};
+use crate::yaml::Value;
+
+/// One entry of `actions:`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Deploy(Deploy),
+    Boot(Boot),
+    Test(Test),
+}
+
+impl Action {
+    /// `deploy`, `boot` or `test`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::Deploy(_) => "deploy",
+            Action::Boot(_) => "boot",
+            Action::Test(_) => "test",
+        }
+    }
+
+    pub fn timeout(&self) -> Option<Duration> {
+        match self {
+            Action::Deploy(a) => a.timeout,
+            Action::Boot(a) => a.timeout,
+            Action::Test(a) => a.timeout,
+        }
+    }
+
+    /// Multinode roles this action runs on; empty means every device.
+    pub fn role(&self) -> &[String] {
+        match self {
+            Action::Deploy(a) => &a.role,
+            Action::Boot(a) => &a.role,
+            Action::Test(a) => &a.role,
+        }
+    }
+
+    pub fn namespace(&self) -> Option<&str> {
+        match self {
+            Action::Deploy(a) => a.namespace.as_deref(),
+            Action::Boot(a) => a.namespace.as_deref(),
+            Action::Test(a) => a.namespace.as_deref(),
+        }
+    }
+}
+
+/// `deploy:` — get images onto (or next to) the device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deploy {
+    /// `tmpfs`, `tftp`, ...
+    pub to: String,
+    /// By role: `kernel`, `initrd`, `ramdisk`, `rootfs`, `dtb`, ... May be empty.
+    pub images: BTreeMap<String, Image>,
+    pub os: Option<String>,
+    pub timeout: Option<Duration>,
+    pub role: Vec<String>,
+    pub namespace: Option<String>,
+}
+
+/// One image of a deploy action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Image {
+    pub source: ImageSource,
+    pub compression: Compression,
+    /// `format:` (e.g. `ext4`, `cpio.newc`).
+    pub format: Option<String>,
+    /// QEMU argument with a `{name}` placeholder, e.g. `-drive format=raw,file={rootfs}`.
+    pub image_arg: Option<String>,
+    /// 64 lowercase hex digits.
+    pub sha256sum: Option<String>,
+    /// LAVA's `type:` (e.g. `zimage` for a kernel).
+    pub kind: Option<String>,
+}
+
+/// Where an image comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageSource {
+    /// A path as written, or the path of a `file://` URL.
+    Path(String),
+    /// An `http://` or `https://` URL as written.
+    Http(String),
+}
+
+/// How an image is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    #[default]
+    None,
+    Gz,
+    Xz,
+    Bz2,
+    Zstd,
+}
+
+/// `boot:` — power the device on and reach a shell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Boot {
+    /// `qemu`, `u-boot`, `minimal`, ...
+    pub method: String,
+    pub media: Option<String>,
+    /// Shell prompts to wait for; each non-empty.
+    pub prompts: Vec<String>,
+    pub auto_login: Option<AutoLogin>,
+    /// `commands:` given as a name (a command set of the device).
+    pub commands: Option<String>,
+    /// `commands:` given as a list of bootloader commands.
+    pub command_list: Vec<String>,
+    pub timeout: Option<Duration>,
+    pub role: Vec<String>,
+    pub namespace: Option<String>,
+    pub connection_timeout: Option<Duration>,
+}
+
+/// `auto_login:` — how to log in at the console.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AutoLogin {
+    pub login_prompt: String,
+    pub username: String,
+    /// Present exactly when `password` is.
+    pub password_prompt: Option<String>,
+    pub password: Option<String>,
+    pub login_commands: Vec<String>,
+}
+
+/// `test:` — run test definitions in the DUT's shell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Test {
+    /// Empty only when the action used `monitors:` or `interactive:` (not supported yet,
+    /// reported as warnings).
+    pub definitions: Vec<DefinitionRef>,
+    pub timeout: Option<Duration>,
+    pub role: Vec<String>,
+    pub namespace: Option<String>,
+}
+
+/// One entry of `test.definitions`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefinitionRef {
+    /// Matches `[-_a-zA-Z0-9.]+`.
+    pub name: String,
+    /// Path of the definition file in the repository.
+    pub path: String,
+    pub source: DefinitionSource,
+    /// `params` and `parameters` merged; scalars stringified.
+    pub params: BTreeMap<String, String>,
+}
+
+/// Where a test definition comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DefinitionSource {
+    /// `from: inline`: the definition is in the job file.
+    Inline(TestDefinition),
+    /// `from: git`.
+    Git {
+        /// Path, `file://`, `http(s)://` or other git URL, as written.
+        repository: String,
+        revision: Option<String>,
+        branch: Option<String>,
+        /// Clone with history (LAVA's default: true).
+        history: bool,
+    },
+}
+
+const RESERVED_NAMESPACES: [&str; 2] = ["common", "docker-test-shell"];
+
+pub(crate) fn actions(cx: &mut Ctx, path: &Path, v: Value) -> Result<Vec<Action>, JobError> {
+    let Value::Seq(items) = v else {
+        return Err(cx.expected(path, "a list of actions", &v));
+    };
+    if items.is_empty() {
+        return Err(cx.err(path, "the job has no actions"));
+    }
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| action(cx, path.index(i), item))
+        .collect()
+}
+
+fn action(cx: &mut Ctx, path: Path, v: Value) -> Result<Action, JobError> {
+    let map = match v {
+        Value::Map(map) if map.len() == 1 => map,
+        Value::Map(map) => {
+            let keys: Vec<&str> = map.keys().map(String::as_str).collect();
+            return Err(cx.err(
+                &path,
+                format!(
+                    "an action is a mapping with one key (deploy, boot or test), found {} keys ({})",
+                    keys.len(),
+                    keys.join(", ")
+                ),
+            ));
+        }
+        other => {
+            return Err(cx.err(
+                &path,
+                format!(
+                    "an action is a mapping with one key (deploy, boot or test), found {}",
+                    other.kind()
+                ),
+            ));
+        }
+    };
+    let Some((kind, body)) = map.into_iter().next() else {
+        return Err(cx.err(&path, "empty action"));
+    };
+    let body_path = path.key(&kind);
+    match kind.as_str() {
+        "deploy" => deploy(cx, body_path, body).map(Action::Deploy),
+        "boot" => boot(cx, body_path, body).map(Action::Boot),
+        "test" => test(cx, body_path, body).map(Action::Test),
+        "command" => Err(cx.err(&path, "action type 'command' is not supported yet")),
+        other => Err(cx.err(
+            &path,
+            format!("unknown action type '{other}' (use deploy, boot or test)"),
+        )),
+    }
+}
+
+/// Keys every LAVA action may have.
+struct Common {
+    timeout: Option<Duration>,
+    role: Vec<String>,
+    namespace: Option<String>,
+}
+
+fn common(cx: &mut Ctx, f: &mut Fields) -> Result<Common, JobError> {
+    let timeout = match f.take("timeout") {
+        Some(v) => Some(timeout(cx, &f.at("timeout"), v)?),
+        None => None,
+    };
+    let role = match f.take("role") {
+        Some(v) => text_or_list(cx, &f.at("role"), v)?,
+        None => Vec::new(),
+    };
+    let namespace = f.opt_text(cx, "namespace")?;
+    if let Some(ns) = &namespace
+        && RESERVED_NAMESPACES.contains(&ns.as_str())
+    {
+        return Err(cx.err(
+            &f.at("namespace"),
+            format!("'{ns}' is a reserved namespace name"),
+        ));
+    }
+    f.ignore(
+        cx,
+        &[
+            "connection-namespace",
+            "protocols",
+            "timeouts",
+            "repeat",
+            "failure_retry",
+            "failure_retry_interval",
+        ],
+        NOT_SUPPORTED,
+    );
+    Ok(Common {
+        timeout,
+        role,
+        namespace,
+    })
+}
+
+fn deploy(cx: &mut Ctx, path: Path, v: Value) -> Result<Deploy, JobError> {
+    let mut f = Fields::new(cx, path, v)?;
+    let to = f.req_nonempty(cx, "to")?;
+    let c = common(cx, &mut f)?;
+    let os = f.opt_text(cx, "os")?;
+    let mut images = BTreeMap::new();
+    if let Some(v) = f.take("images") {
+        let ipath = f.at("images");
+        let Value::Map(map) = v else {
+            return Err(cx.expected(&ipath, "a mapping of image names to images", &v));
+        };
+        for (name, v) in map {
+            let img = image(cx, ipath.key(&name), v)?;
+            images.insert(name, img);
+        }
+    }
+    f.ignore(
+        cx,
+        &["authorize", "overlay_backend", "type", "postprocess"],
+        NOT_SUPPORTED,
+    );
+    // Deploy methods such as tftp give images at the action level: `kernel: {url: ...}`.
+    let inline_images: Vec<String> = f
+        .keys()
+        .filter(|k| !["to", "images", "os"].contains(&k.as_str()))
+        .cloned()
+        .collect();
+    for name in inline_images {
+        let ipath = f.at(&name);
+        match f.take(&name) {
+            Some(Value::Map(m)) if m.contains_key("url") => {
+                if images.contains_key(&name) {
+                    return Err(cx.err(
+                        &ipath,
+                        format!("image '{name}' is given twice (here and in 'images')"),
+                    ));
+                }
+                let img = image(cx, ipath, Value::Map(m))?;
+                images.insert(name, img);
+            }
+            Some(_) => cx.warn(&ipath, "unknown key, ignored"),
+            None => {}
+        }
+    }
+    f.finish(cx);
+    Ok(Deploy {
+        to,
+        images,
+        os,
+        timeout: c.timeout,
+        role: c.role,
+        namespace: c.namespace,
+    })
+}
+
+fn image(cx: &mut Ctx, path: Path, v: Value) -> Result<Image, JobError> {
+    let mut f = Fields::new(cx, path, v)?;
+    let url_path = f.at("url");
+    let url = f.req_nonempty(cx, "url")?;
+    let source = image_source(cx, &url_path, &url)?;
+    let compression = match f.take("compression") {
+        Some(v) => compression(cx, &f.at("compression"), v)?,
+        None => Compression::None,
+    };
+    let format = f.opt_text(cx, "format")?;
+    let image_arg = f.opt_text(cx, "image_arg")?;
+    let sha_path = f.at("sha256sum");
+    let sha256sum = f
+        .opt_text(cx, "sha256sum")?
+        .map(|s| sha256(cx, &sha_path, &s))
+        .transpose()?;
+    let kind = f.opt_text(cx, "type")?;
+    f.ignore(
+        cx,
+        &[
+            "md5sum",
+            "sha512sum",
+            "headers",
+            "archive",
+            "use_cache",
+            "overlays",
+            "partition",
+            "sparse",
+            "overlay_backend",
+            "root_partition",
+            "apply-overlay",
+        ],
+        NOT_SUPPORTED,
+    );
+    f.finish(cx);
+    Ok(Image {
+        source,
+        compression,
+        format,
+        image_arg,
+        sha256sum,
+        kind,
+    })
+}
+
+/// `scheme` of `scheme://...`, if `s` starts with a URL scheme.
+fn url_scheme(s: &str) -> Option<&str> {
+    let (scheme, _) = s.split_once("://")?;
+    let mut chars = scheme.chars();
+    let first = chars.next()?;
+    (first.is_ascii_alphabetic()
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+    .then_some(scheme)
+}
+
+fn image_source(cx: &Ctx, path: &Path, url: &str) -> Result<ImageSource, JobError> {
+    let Some(scheme) = url_scheme(url) else {
+        return Ok(ImageSource::Path(url.to_owned()));
+    };
+    let rest = &url[scheme.len() + 3..];
+    match scheme.to_ascii_lowercase().as_str() {
+        "http" | "https" => {
+            let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+            if host.is_empty() {
+                return Err(cx.err(path, format!("URL '{url}' has no host")));
+            }
+            Ok(ImageSource::Http(url.to_owned()))
+        }
+        "file" => {
+            let rest = rest.strip_prefix("localhost").unwrap_or(rest);
+            if !rest.starts_with('/') {
+                return Err(cx.err(
+                    path,
+                    format!("file URL '{url}' must hold an absolute path (file:///path)"),
+                ));
+            }
+            percent_decode(rest)
+                .map(ImageSource::Path)
+                .ok_or_else(|| cx.err(path, format!("file URL '{url}' has a bad %-escape")))
+        }
+        _ => Err(cx.err(
+            path,
+            format!("unsupported URL scheme '{scheme}' (use a path, file://, http:// or https://)"),
+        )),
+    }
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn compression(cx: &Ctx, path: &Path, v: Value) -> Result<Compression, JobError> {
+    let s = text(cx, path, v)?;
+    match s.to_ascii_lowercase().as_str() {
+        "gz" | "gzip" => Ok(Compression::Gz),
+        "xz" => Ok(Compression::Xz),
+        "bz2" | "bzip2" => Ok(Compression::Bz2),
+        "zstd" | "zst" => Ok(Compression::Zstd),
+        _ => Err(cx.err(
+            path,
+            format!("unsupported compression '{s}' (use gz, xz, bz2 or zstd)"),
+        )),
+    }
+}
+
+fn sha256(cx: &Ctx, path: &Path, s: &str) -> Result<String, JobError> {
+    let t = s.trim();
+    if t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(t.to_ascii_lowercase())
+    } else {
+        Err(cx.err(
+            path,
+            format!("'{s}' is not a sha256sum (64 hexadecimal digits)"),
+        ))
+    }
+}
+
+fn boot(cx: &mut Ctx, path: Path, v: Value) -> Result<Boot, JobError> {
+    let mut f = Fields::new(cx, path, v)?;
+    let method = f.req_nonempty(cx, "method")?;
+    let c = common(cx, &mut f)?;
+    let media = f.opt_text(cx, "media")?;
+    let prompts = match f.take("prompts") {
+        Some(v) => {
+            let ppath = f.at("prompts");
+            let prompts = text_or_list(cx, &ppath, v)?;
+            if let Some(i) = prompts.iter().position(String::is_empty) {
+                return Err(cx.err(&ppath.index(i), "a prompt must not be empty"));
+            }
+            prompts
+        }
+        None => Vec::new(),
+    };
+    let auto_login = match f.take("auto_login") {
+        Some(v) => Some(auto_login(cx, f.at("auto_login"), v)?),
+        None => None,
+    };
+    let (commands, command_list) = match f.take("commands") {
+        Some(v @ Value::Seq(_)) => (None, text_list(cx, &f.at("commands"), v)?),
+        Some(v) => (Some(text(cx, &f.at("commands"), v)?), Vec::new()),
+        None => (None, Vec::new()),
+    };
+    let connection_timeout = match f.take("connection_timeout") {
+        Some(v) => Some(timeout(cx, &f.at("connection_timeout"), v)?),
+        None => None,
+    };
+    f.ignore(
+        cx,
+        &[
+            "connection",
+            "transfer_overlay",
+            "docker",
+            "parameters",
+            "soft_reboot",
+            "ignore_kernel_messages",
+            "reset",
+            "use_bootscript",
+            "pre_power_command",
+            "pre_os_command",
+            "bootloader_prompt",
+            "type",
+        ],
+        NOT_SUPPORTED,
+    );
+    f.finish(cx);
+    Ok(Boot {
+        method,
+        media,
+        prompts,
+        auto_login,
+        commands,
+        command_list,
+        timeout: c.timeout,
+        role: c.role,
+        namespace: c.namespace,
+        connection_timeout,
+    })
+}
+
+fn auto_login(cx: &mut Ctx, path: Path, v: Value) -> Result<AutoLogin, JobError> {
+    let mut f = Fields::new(cx, path, v)?;
+    let login_prompt = f.req_nonempty(cx, "login_prompt")?;
+    let username = f.req_text(cx, "username")?;
+    let password_prompt = f.opt_text(cx, "password_prompt")?;
+    let password = f.opt_text(cx, "password")?;
+    match (&password_prompt, &password) {
+        (Some(_), None) => {
+            return Err(cx.err(&f.path, "'password' is missing (password_prompt is given)"));
+        }
+        (None, Some(_)) => {
+            return Err(cx.err(&f.path, "'password_prompt' is missing (password is given)"));
+        }
+        _ => {}
+    }
+    let login_commands = match f.take("login_commands") {
+        Some(v) => text_list(cx, &f.at("login_commands"), v)?,
+        None => Vec::new(),
+    };
+    f.finish(cx);
+    Ok(AutoLogin {
+        login_prompt,
+        username,
+        password_prompt,
+        password,
+        login_commands,
+    })
+}
+
+fn test(cx: &mut Ctx, path: Path, v: Value) -> Result<Test, JobError> {
+    let mut f = Fields::new(cx, path, v)?;
+    let c = common(cx, &mut f)?;
+    let has_other_form = f.has("monitors") || f.has("interactive") || f.has("services");
+    let definitions = match f.take("definitions") {
+        Some(v) => {
+            let dpath = f.at("definitions");
+            let Value::Seq(items) = v else {
+                return Err(cx.expected(&dpath, "a list of test definitions", &v));
+            };
+            if items.is_empty() {
+                return Err(cx.err(&dpath, "the list of test definitions is empty"));
+            }
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| definition_ref(cx, dpath.index(i), item))
+                .collect::<Result<Vec<_>, _>>()?
+        }
+        None if has_other_form => Vec::new(),
+        None => {
+            return Err(cx.err(
+                &f.path,
+                "a test action needs 'definitions' (or 'monitors' or 'interactive')",
+            ));
+        }
+    };
+    f.ignore(
+        cx,
+        &["monitors", "interactive", "docker", "services"],
+        NOT_SUPPORTED,
+    );
+    f.finish(cx);
+    Ok(Test {
+        definitions,
+        timeout: c.timeout,
+        role: c.role,
+        namespace: c.namespace,
+    })
+}
+
+fn valid_definition_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn definition_ref(cx: &mut Ctx, path: Path, v: Value) -> Result<DefinitionRef, JobError> {
+    let mut f = Fields::new(cx, path, v)?;
+    let name = f.req_text(cx, "name")?;
+    if !valid_definition_name(&name) {
+        return Err(cx.err(
+            &f.at("name"),
+            format!("'{name}' is not a valid name (use letters, digits, '-', '_' and '.')"),
+        ));
+    }
+    let def_path = f.req_nonempty(cx, "path")?;
+    let from_path = f.at("from");
+    let from = f.req_text(cx, "from")?;
+    let repo_path = f.at("repository");
+    let repository = f.req(cx, "repository")?;
+    let source = match from.as_str() {
+        "git" => {
+            let repository = text(cx, &repo_path, repository)?;
+            if repository.trim().is_empty() {
+                return Err(cx.err(&repo_path, "must not be empty"));
+            }
+            let revision = f.opt_text(cx, "revision")?;
+            let branch = f.opt_text(cx, "branch")?;
+            let history = match f.take("history") {
+                Some(v) => boolean(cx, &f.at("history"), v)?,
+                None => true,
+            };
+            f.ignore(cx, &["recursive"], NOT_SUPPORTED);
+            DefinitionSource::Git {
+                repository,
+                revision,
+                branch,
+                history,
+            }
+        }
+        "inline" => match repository {
+            v @ Value::Map(_) => DefinitionSource::Inline(testdef::parse(cx, repo_path, v)?),
+            other => {
+                return Err(cx.expected(
+                    &repo_path,
+                    "a mapping (an inline test definition)",
+                    &other,
+                ));
+            }
+        },
+        other => {
+            return Err(cx.err(
+                &from_path,
+                format!("unsupported source '{other}' (use inline or git)"),
+            ));
+        }
+    };
+    let params = testdef::params(cx, &mut f)?;
+    f.ignore(
+        cx,
+        &[
+            "skip_install",
+            "lava-signal",
+            "expected",
+            "headers",
+            "compression",
+            "strip-components",
+        ],
+        NOT_SUPPORTED,
+    );
+    f.finish(cx);
+    Ok(DefinitionRef {
+        name,
+        path: def_path,
+        source,
+        params,
+    })
+}
