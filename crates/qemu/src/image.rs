@@ -27,14 +27,20 @@
 //! - Nothing is downloaded: the kernel, modules, busybox, `mke2fs` and `qemu-img` come from the
 //!   host, and an error names the Debian package that provides what is missing.
 //! - The initramfs holds no timestamps (all zero), so the same inputs give the same archive.
+//!
+//! This module holds the image directory, its manifest, the host tool and busybox checks, and
+//! [`build`], which puts the parts together. The `kernel` submodule finds the kernel and resolves
+//! its modules, `initramfs` lays out and writes the initramfs, and `cpio` is its archive format.
 
 mod cpio;
+mod initramfs;
+mod kernel;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::fs::{self, File};
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -42,7 +48,9 @@ use std::process::{Command, ExitStatus, Stdio};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use self::cpio::CpioWriter;
+use self::initramfs::{initramfs_tree, write_initramfs};
+pub use self::kernel::find_kernel;
+use self::kernel::{GuestModules, collect_modules, kernel_version};
 
 /// Format of the image directory this code writes and reads (`format` in `image.json`).
 pub const FORMAT_VERSION: u32 = 1;
@@ -63,17 +71,6 @@ pub const ROOTFS_LABEL: &str = "dutlab-rootfs";
 
 const CREATED_BY: &str = "dutlab image build";
 const ROOTFS_SIZE: &str = "64M";
-const HOSTNAME: &str = "dutlab";
-/// Modules wanted in the guest, in the order they should load; their dependencies come from
-/// `modules.dep`. `crc32c_generic` is ext4's and jbd2's soft dependency (`crypto-crc32c`), which
-/// `insmod` does not resolve by itself.
-const WANTED_MODULES: &[&str] = &[
-    "virtio_pci",
-    "virtio_blk",
-    "virtio_net",
-    "crc32c_generic",
-    "ext4",
-];
 
 /// Why an image could not be built or opened.
 #[derive(Debug, thiserror::Error)]
@@ -339,73 +336,6 @@ fn image_dir_from(var: impl Fn(&str) -> Option<OsString>) -> PathBuf {
     cache.join("dutlab").join("image")
 }
 
-/// The newest readable `/boot/vmlinuz-*`, by version order.
-pub fn find_kernel() -> Result<PathBuf, ImageError> {
-    find_kernel_in(Path::new("/boot"))
-}
-
-fn find_kernel_in(boot: &Path) -> Result<PathBuf, ImageError> {
-    let entries = fs::read_dir(boot).map_err(|e| ImageError::KernelNotFound {
-        reason: format!("cannot list {}: {e}", boot.display()),
-    })?;
-    let mut found: Vec<(String, PathBuf)> = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|source| io_err("list", boot, source))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(version) = name.strip_prefix("vmlinuz-")
-            && !version.is_empty()
-            && entry.path().is_file()
-        {
-            found.push((version.to_owned(), entry.path()));
-        }
-    }
-    found.sort_by(|a, b| version_cmp(&b.0, &a.0));
-    let mut unreadable = None;
-    for (_, path) in &found {
-        match File::open(path) {
-            Ok(_) => return Ok(path.clone()),
-            Err(source) => {
-                unreadable.get_or_insert((path.clone(), source));
-            }
-        }
-    }
-    match unreadable {
-        Some((path, source)) => Err(ImageError::KernelUnreadable { path, source }),
-        None => Err(ImageError::KernelNotFound {
-            reason: format!("no vmlinuz-* in {}", boot.display()),
-        }),
-    }
-}
-
-/// Compares version strings like `sort -V`: digit runs numerically, other runs as text.
-fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
-    fn chunks(s: &str) -> Vec<(bool, &str)> {
-        let mut out = Vec::new();
-        let mut start = 0;
-        let bytes = s.as_bytes();
-        for i in 1..=bytes.len() {
-            if i == bytes.len() || bytes[i].is_ascii_digit() != bytes[start].is_ascii_digit() {
-                out.push((bytes[start].is_ascii_digit(), &s[start..i]));
-                start = i;
-            }
-        }
-        out
-    }
-    let (ca, cb) = (chunks(a), chunks(b));
-    for ((da, sa), (db, sb)) in ca.iter().zip(cb.iter()) {
-        let ord = if *da && *db {
-            let (ta, tb) = (sa.trim_start_matches('0'), sb.trim_start_matches('0'));
-            ta.len().cmp(&tb.len()).then_with(|| ta.cmp(tb))
-        } else {
-            sa.cmp(sb)
-        };
-        if ord.is_ne() {
-            return ord;
-        }
-    }
-    ca.len().cmp(&cb.len())
-}
-
 fn find_busybox() -> Result<PathBuf, ImageError> {
     let bin = Path::new("/bin/busybox");
     if is_executable(bin) {
@@ -489,357 +419,6 @@ fn check_static_busybox(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
     Ok(())
 }
 
-/// The kernel release: from a `vmlinuz-<version>` file name, else from the x86 boot header.
-fn kernel_version(kernel: &Path, bytes: &[u8]) -> Option<String> {
-    let from_name = kernel
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.strip_prefix("vmlinuz-"))
-        .map(str::to_owned);
-    from_name
-        .or_else(|| bzimage_version(bytes))
-        .filter(|v| is_shell_safe(v) && !v.contains('/'))
-}
-
-/// The first word of the version string an x86 bzImage points to from its setup header.
-fn bzimage_version(bytes: &[u8]) -> Option<String> {
-    if bytes.get(0x202..0x206)? != b"HdrS" {
-        return None;
-    }
-    let ptr = u16::from_le_bytes([*bytes.get(0x20e)?, *bytes.get(0x20f)?]);
-    if ptr == 0 {
-        return None;
-    }
-    let start = 0x200 + usize::from(ptr);
-    let tail = bytes.get(start..)?;
-    let end = tail.iter().take(256).position(|&b| b == 0 || b == b' ')?;
-    let version = std::str::from_utf8(&tail[..end]).ok()?;
-    (!version.is_empty()).then(|| version.to_owned())
-}
-
-/// True for strings that need no quoting in `/init` (module paths, versions).
-fn is_shell_safe(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-+/,".contains(&b))
-}
-
-/// Kernel modules chosen for the initramfs.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct ModulePlan {
-    /// Paths from `modules.dep` (relative to the modules directory), dependencies first.
-    load_order: Vec<String>,
-    /// `modules.dep` lines of those modules, as written to the initramfs (uncompressed names).
-    dep_lines: Vec<String>,
-    /// Wanted modules built into the kernel.
-    builtin: Vec<String>,
-    /// Wanted modules the kernel has neither as module nor built in.
-    absent: Vec<String>,
-}
-
-/// `ext4`, `virtio-pci` and `kernel/fs/ext4/ext4.ko.xz` all name module `ext4` / `virtio_pci`.
-fn module_name(path_or_name: &str) -> String {
-    let file = path_or_name.rsplit('/').next().unwrap_or(path_or_name);
-    let stem = [".ko.xz", ".ko.gz", ".ko.zst", ".ko"]
-        .iter()
-        .find_map(|ext| file.strip_suffix(ext))
-        .unwrap_or(file);
-    stem.replace('-', "_")
-}
-
-/// The path a module has in the initramfs: compressed modules are stored decompressed.
-fn uncompressed_path(path: &str) -> &str {
-    path.strip_suffix(".xz")
-        .or_else(|| path.strip_suffix(".gz"))
-        .or_else(|| path.strip_suffix(".zst"))
-        .unwrap_or(path)
-}
-
-/// Resolves `wanted` and their dependencies from `dir/modules.dep` (and `dir/modules.builtin`).
-fn plan_modules(dir: &Path, wanted: &[&str]) -> Result<ModulePlan, ImageError> {
-    let dep_path = dir.join("modules.dep");
-    let text = fs::read_to_string(&dep_path).map_err(|source| io_err("read", &dep_path, source))?;
-    let bad = |reason: String| ImageError::ModulesDep {
-        path: dep_path.clone(),
-        reason,
-    };
-    let mut deps: HashMap<&str, Vec<&str>> = HashMap::new();
-    let mut by_name: HashMap<String, &str> = HashMap::new();
-    for (n, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let (module, rest) = line
-            .split_once(':')
-            .ok_or_else(|| bad(format!("line {}: no ':'", n + 1)))?;
-        let module = module.trim();
-        deps.insert(module, rest.split_whitespace().collect());
-        by_name.insert(module_name(module), module);
-    }
-    let builtin_path = dir.join("modules.builtin");
-    let builtin: BTreeSet<String> = match fs::read_to_string(&builtin_path) {
-        Ok(text) => text.lines().map(module_name).collect(),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeSet::new(),
-        Err(source) => return Err(io_err("read", &builtin_path, source)),
-    };
-
-    fn visit<'a>(
-        module: &'a str,
-        deps: &HashMap<&'a str, Vec<&'a str>>,
-        seen: &mut BTreeSet<&'a str>,
-        order: &mut Vec<&'a str>,
-    ) -> Result<(), String> {
-        if !seen.insert(module) {
-            return Ok(());
-        }
-        let list = deps
-            .get(module)
-            .ok_or_else(|| format!("{module} is a dependency but has no line of its own"))?;
-        for dep in list {
-            visit(dep, deps, seen, order)?;
-        }
-        order.push(module);
-        Ok(())
-    }
-
-    let mut plan = ModulePlan::default();
-    let mut seen = BTreeSet::new();
-    let mut order = Vec::new();
-    for want in wanted {
-        let name = module_name(want);
-        if let Some(module) = by_name.get(&name) {
-            visit(module, &deps, &mut seen, &mut order).map_err(bad)?;
-        } else if builtin.contains(&name) {
-            plan.builtin.push(name);
-        } else {
-            plan.absent.push(name);
-        }
-    }
-    for module in &order {
-        if !is_shell_safe(module) || module.split('/').any(|p| p == ".." || p.is_empty()) {
-            return Err(bad(format!("unusable module path {module:?}")));
-        }
-        let dep_list: Vec<&str> = deps[module].iter().map(|d| uncompressed_path(d)).collect();
-        plan.dep_lines.push(format!(
-            "{}: {}",
-            uncompressed_path(module),
-            dep_list.join(" ")
-        ));
-        plan.load_order.push((*module).to_owned());
-    }
-    Ok(plan)
-}
-
-/// Reads a module file, decompressing `.xz` and `.gz`.
-fn read_module(path: &Path) -> Result<Vec<u8>, ImageError> {
-    let file = File::open(path).map_err(|source| io_err("read", path, source))?;
-    let mut reader = BufReader::new(file);
-    let mut out = Vec::new();
-    let name = path.to_string_lossy();
-    let decompress_err = |reason: String| ImageError::ModuleDecompress {
-        path: path.to_path_buf(),
-        reason,
-    };
-    if name.ends_with(".xz") {
-        lzma_rs::xz_decompress(&mut reader, &mut out).map_err(|e| decompress_err(e.to_string()))?;
-    } else if name.ends_with(".gz") {
-        flate2::read::GzDecoder::new(reader)
-            .read_to_end(&mut out)
-            .map_err(|e| decompress_err(e.to_string()))?;
-    } else if name.ends_with(".zst") {
-        return Err(decompress_err(
-            "zstd-compressed modules are not supported; use modules that are plain, .xz or .gz"
-                .to_owned(),
-        ));
-    } else {
-        reader
-            .read_to_end(&mut out)
-            .map_err(|source| io_err("read", path, source))?;
-    }
-    Ok(out)
-}
-
-/// One initramfs entry, planned before writing so the count is known up front.
-enum Node {
-    Dir(u32),
-    File(u32, Vec<u8>),
-    Symlink(String),
-    CharDevice(u32, u32, u32),
-}
-
-/// Initramfs entries in write order; parents are always added before their children.
-#[derive(Default)]
-struct Tree {
-    nodes: Vec<(String, Node)>,
-    dirs: BTreeSet<String>,
-}
-
-impl Tree {
-    fn dir(&mut self, path: &str, perm: u32) {
-        self.parents(path);
-        if self.dirs.insert(path.to_owned()) {
-            self.nodes.push((path.to_owned(), Node::Dir(perm)));
-        }
-    }
-
-    fn file(&mut self, path: &str, perm: u32, data: impl Into<Vec<u8>>) {
-        self.parents(path);
-        self.nodes
-            .push((path.to_owned(), Node::File(perm, data.into())));
-    }
-
-    fn symlink(&mut self, path: &str, target: &str) {
-        self.parents(path);
-        self.nodes
-            .push((path.to_owned(), Node::Symlink(target.to_owned())));
-    }
-
-    fn char_device(&mut self, path: &str, perm: u32, major: u32, minor: u32) {
-        self.parents(path);
-        self.nodes
-            .push((path.to_owned(), Node::CharDevice(perm, major, minor)));
-    }
-
-    fn parents(&mut self, path: &str) {
-        if let Some((parent, _)) = path.rsplit_once('/') {
-            self.dir(parent, 0o755);
-        }
-    }
-
-    fn write<W: Write>(&self, out: W) -> io::Result<W> {
-        let mut cpio = CpioWriter::new(out);
-        for (path, node) in &self.nodes {
-            match node {
-                Node::Dir(perm) => cpio.dir(path, *perm)?,
-                Node::File(perm, data) => cpio.file(path, *perm, data)?,
-                Node::Symlink(target) => cpio.symlink(path, target)?,
-                Node::CharDevice(perm, major, minor) => {
-                    cpio.char_device(path, *perm, *major, *minor)?;
-                }
-            }
-        }
-        cpio.finish()
-    }
-}
-
-/// Kernel modules to put in the initramfs.
-struct GuestModules {
-    version: String,
-    /// (path in `modules.dep`, contents)
-    files: Vec<(String, Vec<u8>)>,
-    dep_lines: Vec<String>,
-}
-
-impl GuestModules {
-    fn guest_paths(&self) -> Vec<String> {
-        self.files
-            .iter()
-            .map(|(path, _)| uncompressed_path(path).to_owned())
-            .collect()
-    }
-}
-
-fn init_script(modules: Option<&GuestModules>) -> String {
-    let mut s = String::from(
-        "#!/bin/busybox sh\n\
-         # /init of the dutlab guest initramfs, written by `dutlab image build`.\n\
-         # Sets the system up, then hands PID 1 to busybox init (see /etc/inittab).\n\
-         /bin/busybox mkdir -p /bin /sbin /usr/bin /usr/sbin\n\
-         /bin/busybox --install -s\n\
-         export PATH=/usr/sbin:/usr/bin:/sbin:/bin\n\
-         mkdir -p /proc /sys /dev /tmp /run /mnt/rootfs\n\
-         mount -t proc proc /proc\n\
-         mount -t sysfs sysfs /sys\n\
-         mount -t devtmpfs devtmpfs /dev\n\
-         mkdir -p /dev/pts /dev/shm\n\
-         mount -t devpts devpts /dev/pts\n\
-         mount -t tmpfs -o mode=1777 tmpfs /tmp\n\
-         mount -t tmpfs -o mode=0755 tmpfs /run\n\
-         hostname -F /etc/hostname\n",
-    );
-    if let Some(modules) = modules {
-        let _ = writeln!(s, "for m in {}; do", modules.guest_paths().join(" "));
-        let _ = writeln!(
-            s,
-            "    insmod \"/lib/modules/{}/$m\" || echo \"dutlab-init: cannot load $m\" >&2",
-            modules.version
-        );
-        s.push_str("done\n");
-    }
-    let _ = write!(
-        s,
-        "if [ -b /dev/vda ]; then\n    \
-             mount -t ext4 /dev/vda {GUEST_ROOTFS_MOUNT} || echo \"dutlab-init: cannot mount /dev/vda\" >&2\n\
-         fi\n\
-         ip link set lo up\n\
-         exec /sbin/init\n"
-    );
-    s
-}
-
-const INITTAB: &str = r#"# busybox init of the dutlab guest
-ttyS0::respawn:/sbin/getty -L 115200 ttyS0 vt100
-::ctrlaltdel:/sbin/reboot
-::shutdown:/bin/sh -c "umount -r /mnt/rootfs 2>/dev/null; sync"
-"#;
-
-const PROFILE: &str = "\
-export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-export HOME=${HOME:-/root}
-PS1='\\w # '
-export PS1
-";
-
-fn initramfs_tree(busybox: Vec<u8>, modules: Option<&GuestModules>) -> Tree {
-    let mut t = Tree::default();
-    for dir in [
-        "bin",
-        "sbin",
-        "usr/bin",
-        "usr/sbin",
-        "proc",
-        "sys",
-        "dev",
-        "etc",
-        "mnt/rootfs",
-        "run",
-        "var",
-        "lib",
-    ] {
-        t.dir(dir, 0o755);
-    }
-    t.dir("tmp", 0o1777);
-    t.dir("root", 0o700);
-    t.char_device("dev/console", 0o600, 5, 1);
-    t.file("bin/busybox", 0o755, busybox);
-    t.symlink("bin/sh", "busybox");
-    t.file("etc/passwd", 0o644, "root::0:0:root:/root:/bin/sh\n");
-    t.file("etc/group", 0o644, "root:x:0:\ntty:x:5:\n");
-    t.file("etc/hostname", 0o644, format!("{HOSTNAME}\n"));
-    t.file(
-        "etc/hosts",
-        0o644,
-        format!("127.0.0.1 localhost {HOSTNAME}\n"),
-    );
-    t.file("etc/profile", 0o644, PROFILE);
-    t.file("etc/inittab", 0o644, INITTAB);
-    if let Some(modules) = modules {
-        let base = format!("lib/modules/{}", modules.version);
-        for (path, data) in &modules.files {
-            t.file(
-                &format!("{base}/{}", uncompressed_path(path)),
-                0o644,
-                data.clone(),
-            );
-        }
-        let mut dep = modules.dep_lines.join("\n");
-        dep.push('\n');
-        t.file(&format!("{base}/modules.dep"), 0o644, dep);
-    }
-    t.file("init", 0o755, init_script(modules));
-    t
-}
-
 /// Builds a complete image into `spec.out_dir`, replacing any image there; `progress` gets one
 /// short line per step. See the module documentation for what the image holds.
 pub fn build(spec: &ImageSpec, progress: &mut dyn FnMut(&str)) -> Result<GuestImage, ImageError> {
@@ -898,7 +477,7 @@ pub fn build(spec: &ImageSpec, progress: &mut dyn FnMut(&str)) -> Result<GuestIm
     drop(kernel_bytes);
 
     let tree = initramfs_tree(busybox, modules.as_ref());
-    progress(&format!("writing initramfs ({} files)", tree.nodes.len()));
+    progress(&format!("writing initramfs ({} files)", tree.len()));
     write_initramfs(&tree, &staged.initramfs)?;
     drop(tree);
 
@@ -928,59 +507,6 @@ pub fn build(spec: &ImageSpec, progress: &mut dyn FnMut(&str)) -> Result<GuestIm
     install(tmp, out_dir, &parent, progress)?;
     progress(&format!("image ready in {}", out_dir.display()));
     GuestImage::open(out_dir)
-}
-
-fn collect_modules(
-    spec: &ImageSpec,
-    version: Option<&str>,
-    progress: &mut dyn FnMut(&str),
-) -> Result<Option<GuestModules>, ImageError> {
-    let dir = match (&spec.modules_dir, version) {
-        (Some(dir), _) => dir.clone(),
-        (None, Some(version)) => {
-            let dir = Path::new("/lib/modules").join(version);
-            if !dir.join("modules.dep").is_file() {
-                progress(&format!(
-                    "no kernel modules: {} has no modules.dep; the guest gets only what is built into the kernel",
-                    dir.display()
-                ));
-                return Ok(None);
-            }
-            dir
-        }
-        (None, None) => {
-            progress("no kernel modules: kernel version unknown; pass the modules directory");
-            return Ok(None);
-        }
-    };
-    let version = version
-        .map(str::to_owned)
-        .or_else(|| dir.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .filter(|v| is_shell_safe(v) && !v.contains('/'))
-        .ok_or_else(|| ImageError::ModulesDep {
-            path: dir.clone(),
-            reason: "cannot tell the kernel version".to_owned(),
-        })?;
-    let plan = plan_modules(&dir, WANTED_MODULES)?;
-    for name in &plan.absent {
-        progress(&format!(
-            "kernel has no module {name} (neither in modules.dep nor built in); skipping it"
-        ));
-    }
-    let mut files = Vec::with_capacity(plan.load_order.len());
-    for path in &plan.load_order {
-        files.push((path.clone(), read_module(&dir.join(path))?));
-    }
-    progress(&format!(
-        "adding {} kernel modules from {}",
-        files.len(),
-        dir.display()
-    ));
-    Ok(Some(GuestModules {
-        version,
-        files,
-        dep_lines: plan.dep_lines,
-    }))
 }
 
 /// Fails unless `out_dir` is absent, an empty directory, or a directory with a manifest.
@@ -1048,16 +574,6 @@ fn write_file(path: &Path, data: &[u8]) -> Result<(), ImageError> {
     let mut file = File::create(path).map_err(|source| io_err("create", path, source))?;
     file.write_all(data)
         .and_then(|()| file.sync_all())
-        .map_err(|source| io_err("write", path, source))
-}
-
-fn write_initramfs(tree: &Tree, path: &Path) -> Result<(), ImageError> {
-    let file = File::create(path).map_err(|source| io_err("create", path, source))?;
-    let gz = flate2::write::GzEncoder::new(BufWriter::new(file), flate2::Compression::default());
-    tree.write(gz)
-        .and_then(flate2::write::GzEncoder::finish)
-        .and_then(|buf| buf.into_inner().map_err(io::IntoInnerError::into_error))
-        .and_then(|file| file.sync_all())
         .map_err(|source| io_err("write", path, source))
 }
 

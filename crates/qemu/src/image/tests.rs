@@ -3,7 +3,13 @@
 //! They need the host's kernel (`linux-image-amd64`), `busybox-static`, `e2fsprogs`,
 //! `qemu-utils`, `qemu-system-x86` and `cpio`; a missing one fails the test with its name.
 
+use super::initramfs::init_script;
+use super::kernel::{
+    WANTED_MODULES, bzimage_version, find_kernel_in, module_name, plan_modules, read_module,
+    uncompressed_path, version_cmp,
+};
 use super::*;
+use std::collections::BTreeSet;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
