@@ -106,14 +106,10 @@ impl DutShell {
 
     /// Sets the runner's prompt and turns echo off.
     pub async fn prepare_shell(&mut self, limit: Limit) -> Result<(), JobEnd> {
+        // One line: each line typed while echo is on costs a slow round trip in the guest.
         // The split quotes keep the typed line from matching the prompt pattern.
-        self.send_line("export PS1='dutlab''-test: # '").await?;
-        self.shell
-            .wait_prompt(limit.at)
-            .await
-            .map_err(|e| limit.shell_error(e))?;
         self.run_ok(
-            "stty -echo cols 1000 rows 50 2>/dev/null || stty -echo",
+            "{ stty -echo cols 1000 rows 50 2>/dev/null || stty -echo; } && export PS1='dutlab''-test: # '",
             limit,
         )
         .await?;
