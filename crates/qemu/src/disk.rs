@@ -23,23 +23,38 @@ pub enum DiskError {
     NoFormat { path: PathBuf },
 }
 
-/// Detects an image's format (`qcow2`, `raw`, ...).
-pub async fn detect_format(path: &Path) -> Result<String, DiskError> {
+/// Runs `qemu-img OPERATION ARGS...` about `path` and returns its stdout.
+async fn qemu_img(
+    operation: &'static str,
+    args: &[&std::ffi::OsStr],
+    path: &Path,
+) -> Result<Vec<u8>, DiskError> {
     let out = Command::new("qemu-img")
-        .args(["info", "-U", "--output=json"])
-        .arg(path)
+        .arg(operation)
+        .args(args)
         .output()
         .await
         .map_err(DiskError::Spawn)?;
     if !out.status.success() {
         return Err(DiskError::Failed {
             path: path.to_path_buf(),
-            operation: "info",
+            operation,
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         });
     }
+    Ok(out.stdout)
+}
+
+/// Detects an image's format (`qcow2`, `raw`, ...).
+pub async fn detect_format(path: &Path) -> Result<String, DiskError> {
+    let stdout = qemu_img(
+        "info",
+        &["-U".as_ref(), "--output=json".as_ref(), path.as_os_str()],
+        path,
+    )
+    .await?;
     let info: serde_json::Value =
-        serde_json::from_slice(&out.stdout).map_err(|_| DiskError::NoFormat {
+        serde_json::from_slice(&stdout).map_err(|_| DiskError::NoFormat {
             path: path.to_path_buf(),
         })?;
     info.get("format")
@@ -57,19 +72,16 @@ pub async fn create_overlay(
     overlay: &Path,
 ) -> Result<(), DiskError> {
     let base = std::path::absolute(base).map_err(DiskError::Spawn)?;
-    let out = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", base_format, "-b"])
-        .arg(&base)
-        .arg(overlay)
-        .output()
-        .await
-        .map_err(DiskError::Spawn)?;
-    if !out.status.success() {
-        return Err(DiskError::Failed {
-            path: overlay.to_path_buf(),
-            operation: "create",
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
+    let args: [&std::ffi::OsStr; 8] = [
+        "-q".as_ref(),
+        "-f".as_ref(),
+        "qcow2".as_ref(),
+        "-F".as_ref(),
+        base_format.as_ref(),
+        "-b".as_ref(),
+        base.as_os_str(),
+        overlay.as_os_str(),
+    ];
+    qemu_img("create", &args, overlay).await?;
     Ok(())
 }

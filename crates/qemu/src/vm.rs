@@ -325,6 +325,19 @@ impl Vm {
         let _ = killpg(self.group, Signal::SIGKILL);
     }
 
+    /// Runs one argument-less QMP command as driver operation `operation`.
+    async fn command(&mut self, operation: &'static str, command: &str) -> Result<(), DriverError> {
+        let qmp = self.qmp.as_mut().ok_or(DriverError::Operation {
+            driver: "qemu",
+            operation,
+            reason: "QEMU is not running".into(),
+        })?;
+        qmp.execute(command, None)
+            .await
+            .map_err(|e| Vm::qmp_failed(operation, e))?;
+        Ok(())
+    }
+
     fn qmp_failed(operation: &'static str, e: QmpError) -> DriverError {
         DriverError::Operation {
             driver: "qemu",
@@ -336,14 +349,7 @@ impl Vm {
 
 impl Power for Vm {
     async fn power_on(&mut self) -> Result<(), DriverError> {
-        let qmp = self.qmp.as_mut().ok_or(DriverError::Operation {
-            driver: "qemu",
-            operation: "power on",
-            reason: "QEMU is not running".into(),
-        })?;
-        qmp.execute("cont", None)
-            .await
-            .map_err(|e| Vm::qmp_failed("power on", e))?;
+        self.command("power on", "cont").await?;
         self.state = PowerState::On;
         Ok(())
     }
@@ -372,15 +378,7 @@ impl Power for Vm {
     }
 
     async fn reset(&mut self) -> Result<(), DriverError> {
-        let qmp = self.qmp.as_mut().ok_or(DriverError::Operation {
-            driver: "qemu",
-            operation: "reset",
-            reason: "QEMU is not running".into(),
-        })?;
-        qmp.execute("system_reset", None)
-            .await
-            .map_err(|e| Vm::qmp_failed("reset", e))?;
-        Ok(())
+        self.command("reset", "system_reset").await
     }
 
     async fn power_state(&mut self) -> Result<PowerState, DriverError> {
