@@ -9,8 +9,17 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+pub mod api;
+pub mod ids;
+pub mod link;
+pub mod log;
+pub mod state;
+
+pub use ids::{Epoch, JobId, LeaseId, Millis, Seq};
+pub use state::{DeviceState, JobState, Role};
+
 /// How a job ended. Outcomes are data: a failed test is not an error of the program.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Outcome {
     /// Every test case passed (or none failed).
@@ -73,7 +82,7 @@ impl fmt::Display for Outcome {
 pub const EXIT_USAGE: i32 = 64;
 
 /// Result of one test case as signalled by the DUT.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CaseResult {
     Pass,
@@ -110,7 +119,7 @@ impl fmt::Display for CaseResult {
 }
 
 /// One test case result, as stored and exported (JSON, JUnit).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TestCase {
     /// The suite: the test run id (`0_smoke`) or `lava` for the runner's own cases.
     pub suite: String,
@@ -143,7 +152,7 @@ impl TestCase {
 }
 
 /// Everything a finished job reports.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobReport {
     pub job_name: String,
     pub outcome: Outcome,

@@ -1,0 +1,219 @@
+//! Bodies of the REST API under `/api/v1` and of its WebSocket streams.
+//!
+//! Routes (every one but `/healthz` needs `Authorization: Bearer TOKEN`):
+//!
+//! | method and path | role | body -> answer |
+//! |---|---|---|
+//! | `GET /healthz` | none | `ok` |
+//! | `GET /api/v1/whoami` | any | [`WhoAmI`] |
+//! | `POST /api/v1/tokens` | admin | [`CreateToken`] -> [`CreatedToken`] |
+//! | `GET /api/v1/tokens` | admin | [`TokenView`] list |
+//! | `DELETE /api/v1/tokens/{id}` | admin | -> [`TokenView`] (revoked) |
+//! | `POST /api/v1/jobs` | user, admin | [`SubmitJob`] -> [`JobView`] (201) |
+//! | `GET /api/v1/jobs` | user, admin | [`JobView`] list (visible ones) |
+//! | `GET /api/v1/jobs/{id}` | user, admin | [`JobView`] |
+//! | `POST /api/v1/jobs/{id}/cancel` | owner, admin | -> [`JobView`] |
+//! | `GET /api/v1/jobs/{id}/definition` | user, admin | the job file as submitted (text) |
+//! | `GET /api/v1/jobs/{id}/logs?cursor=N&limit=M` | user, admin | [`LogPage`] |
+//! | `GET /api/v1/jobs/{id}/logs/follow?cursor=N` | user, admin | WebSocket of [`FollowEvent`] |
+//! | `GET /api/v1/jobs/{id}/results` | user, admin | [`JobResults`] |
+//! | `GET /api/v1/devices` | user, admin | [`DeviceView`] list |
+//! | `GET /api/v1/agents` | user, admin | [`AgentView`] list |
+//! | `GET /api/v1/agent/link` | agent | WebSocket of the agent link ([`crate::link`]) |
+//!
+//! Errors are [`ApiError`] with status 400 (bad input, the field named), 401 (no or bad token),
+//! 403 (wrong role, or another user's private job), 404, 409 (state does not allow it),
+//! 413 (body too large).
+
+use crate::ids::{JobId, Millis, Seq};
+use crate::log::LogRecord;
+use crate::state::{DeviceState, JobState, Role};
+use crate::{JobReport, Outcome};
+use serde::{Deserialize, Serialize};
+
+/// Largest job file accepted by `POST /api/v1/jobs`, in bytes.
+pub const MAX_JOB_BODY: usize = 1 << 20;
+
+/// Most records one `GET .../logs` answers with.
+pub const MAX_LOG_PAGE: usize = 10_000;
+
+/// Any error answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ApiError {
+    /// What went wrong, for people.
+    pub error: String,
+    /// Device types known to the lab (only when a job asked for an unknown one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub known_device_types: Vec<String>,
+}
+
+/// Who the token belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct WhoAmI {
+    pub name: String,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CreateToken {
+    /// Who or what uses the token (a person, a CI system, an agent's name).
+    pub name: String,
+    pub role: Role,
+}
+
+/// A token as listed: never the secret itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TokenView {
+    /// Short public id (also the first characters of the secret after `dutlab_`).
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    pub created_at: Millis,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<Millis>,
+}
+
+/// Answer to `POST /api/v1/tokens`: the only time the secret is shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CreatedToken {
+    pub token: String,
+    pub view: TokenView,
+}
+
+/// Body of `POST /api/v1/jobs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SubmitJob {
+    /// The job file (LAVA job YAML), as text.
+    pub definition: String,
+    /// Name of the job file, used in error messages.
+    #[serde(default)]
+    pub file_name: Option<String>,
+    /// Queue even when no device of the job's type is registered yet.
+    #[serde(default)]
+    pub wait_for_device: bool,
+}
+
+/// A job as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct JobView {
+    pub id: JobId,
+    pub name: String,
+    pub device_type: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// 0 (low) to 100 (high).
+    pub priority: u8,
+    /// `public`, `personal` or `group`.
+    pub visibility: String,
+    /// Name of the token that submitted it.
+    pub owner: String,
+    pub state: JobState,
+    /// Set once the job is finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Outcome>,
+    /// Why it ended that way (empty when it passed).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// The device it ran or runs on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    pub submitted_at: Millis,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Millis>,
+    /// Warnings found when the job file was parsed (unknown keys ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// A page of a job's log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LogPage {
+    pub records: Vec<LogRecord>,
+    /// Pass as `cursor` to read on: the highest sequence number returned (or the cursor given).
+    pub cursor: Seq,
+    /// The job is finished and every record was returned.
+    pub complete: bool,
+}
+
+/// One message of `GET /api/v1/jobs/{id}/logs/follow`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum FollowEvent {
+    /// The next log record (sequence numbers increase by one; gaps are `gap` records).
+    Log { record: LogRecord },
+    /// The job changed state.
+    Job { job: JobView },
+    /// The job is finished and every record was sent; the server closes the stream.
+    End { job: JobView },
+}
+
+/// Answer to `GET /api/v1/jobs/{id}/results`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct JobResults {
+    pub job: JobView,
+    /// The runner's report, once the job is finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<JobReport>,
+}
+
+/// A device as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DeviceView {
+    pub name: String,
+    pub device_type: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    pub state: DeviceState,
+    /// The agent that drives it.
+    pub agent: String,
+    /// The job holding it, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobId>,
+}
+
+/// Whether an agent is connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum AgentState {
+    Connected,
+    Disconnected,
+}
+
+/// An agent as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AgentView {
+    pub name: String,
+    pub state: AgentState,
+    /// dutlab version it runs.
+    pub version: String,
+    pub devices: Vec<String>,
+    /// Last time the controller heard from it.
+    pub last_seen: Millis,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::LogKind;
+
+    #[test]
+    fn follow_events_are_tagged() {
+        let e = FollowEvent::Log {
+            record: LogRecord {
+                seq: Seq(1),
+                at: Millis(2),
+                kind: LogKind::Console,
+                text: "hi".into(),
+            },
+        };
+        let json = serde_json::to_string(&e).expect("serialises");
+        assert_eq!(
+            json,
+            r#"{"type":"log","record":{"seq":1,"at":2,"kind":"console","text":"hi"}}"#
+        );
+    }
+}

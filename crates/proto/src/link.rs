@@ -1,0 +1,381 @@
+//! The agent link: one WebSocket that the agent dials to the controller.
+//!
+//! Control messages are JSON text frames: [`AgentMessage`] from the agent, [`ControllerMessage`]
+//! from the controller (commands imperative, facts past tense). Log records travel in binary
+//! frames ([`LogFrame`]) with the lease they belong to and the sequence number of their first
+//! record.
+//!
+//! Invariants:
+//! - Every message about a job carries its lease id and epoch; the controller refuses a message
+//!   whose epoch is older than the device's current one.
+//! - `Hello` is the first message and names [`PROTOCOL_VERSION`]; any other version is refused.
+//! - Decoding never trusts lengths: a frame is refused when it is longer than [`MAX_FRAME`],
+//!   when a record claims more bytes than remain, or when a text is longer than
+//!   [`MAX_RECORD_TEXT`].
+
+use crate::JobReport;
+use crate::ids::{Epoch, JobId, LeaseId, Millis, Seq};
+use crate::log::{LogKind, LogRecord, MAX_RECORD_TEXT};
+use serde::{Deserialize, Serialize};
+
+/// Version of this protocol. Raised on any incompatible change.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest WebSocket frame either side sends or accepts.
+pub const MAX_FRAME: usize = 1 << 20;
+
+/// Path of the agent link on the controller (a WebSocket upgrade, agent tokens only).
+pub const LINK_PATH: &str = "/api/v1/agent/link";
+
+/// One device an agent offers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    /// Unique in the whole lab.
+    pub name: String,
+    pub device_type: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// What its drivers can do (`power`, `console`, `shell`, ...).
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+}
+
+/// A lease the agent still works on (or has a final report for) when it says hello.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeldLease {
+    pub lease: LeaseId,
+    pub epoch: Epoch,
+    pub job: JobId,
+    pub device: String,
+    /// Set when the job ended but the controller had not acknowledged the report yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<JobReport>,
+}
+
+/// Where the controller's copy of a lease's log ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogCursor {
+    pub lease: LeaseId,
+    /// Highest sequence number stored (0: none yet). The agent resends from `stored + 1`.
+    pub stored: Seq,
+}
+
+/// Agent to controller.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum AgentMessage {
+    /// First message on every connection.
+    Hello {
+        protocol: u32,
+        /// The agent's name (unique in the lab).
+        agent: String,
+        /// dutlab version of the agent.
+        version: String,
+        devices: Vec<DeviceInfo>,
+        /// Leases the agent still holds from before (after a reconnect).
+        #[serde(default)]
+        held: Vec<HeldLease>,
+    },
+    /// The agent is alive; renews the leases it holds.
+    Heartbeat,
+    /// The runner started the job.
+    JobStarted { lease: LeaseId, epoch: Epoch },
+    /// The job ended; the agent resends this until it gets `FinishAcked`.
+    JobFinished {
+        lease: LeaseId,
+        epoch: Epoch,
+        report: JobReport,
+        /// Sequence number of the job's last log record (0: none).
+        last_seq: Seq,
+    },
+    /// The agent could not start the job (device busy or unknown); the job goes back to the queue.
+    StartRefused {
+        lease: LeaseId,
+        epoch: Epoch,
+        reason: String,
+    },
+    /// The device is torn down (DUT off, work directory gone) and may take work again.
+    DeviceReady { device: String },
+}
+
+/// Controller to agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum ControllerMessage {
+    /// Answer to `Hello`.
+    Welcome {
+        protocol: u32,
+        /// How often the agent sends `Heartbeat`.
+        heartbeat_ms: u64,
+        /// For each held lease the controller still considers live: where its log ends.
+        resume: Vec<LogCursor>,
+    },
+    /// The connection is refused (bad version, unknown device owner ...); it will be closed.
+    Refused { reason: String },
+    /// Run this job on this device under this lease.
+    StartJob {
+        lease: LeaseId,
+        epoch: Epoch,
+        job: JobId,
+        device: String,
+        /// The job file as submitted (LAVA YAML).
+        definition: String,
+    },
+    /// Cancel the job: power the DUT off and report the outcome `canceled`.
+    CancelJob { lease: LeaseId, epoch: Epoch },
+    /// The lease is no longer live (the job was ended by the controller): stop, tear down,
+    /// send `DeviceReady`, and report nothing more about it.
+    DropLease { lease: LeaseId, epoch: Epoch },
+    /// Log records up to `stored` are stored; the agent may drop them from its spool.
+    LogAcked {
+        lease: LeaseId,
+        epoch: Epoch,
+        stored: Seq,
+    },
+    /// The report is committed; the agent forgets the lease.
+    FinishAcked { lease: LeaseId, epoch: Epoch },
+}
+
+/// A batch of consecutive log records of one lease, sent as a binary WebSocket frame.
+///
+/// Layout (big-endian): `b'L'`, lease u64, epoch u64, first seq u64, count u32, then per
+/// record: kind u8, at u64 (ms), len u32, `len` bytes of UTF-8 text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogFrame {
+    pub lease: LeaseId,
+    pub epoch: Epoch,
+    /// Records in order; their `seq` values are consecutive.
+    pub records: Vec<LogRecord>,
+}
+
+/// Why a binary frame was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("log frame is {0} bytes, more than the {MAX_FRAME}-byte limit")]
+    TooLong(usize),
+    #[error("log frame ends inside {0}")]
+    Truncated(&'static str),
+    #[error("log frame starts with {0:#04x}, not 'L'")]
+    BadTag(u8),
+    #[error("log record kind {0} is unknown")]
+    BadKind(u8),
+    #[error("log record text is {0} bytes, more than the {MAX_RECORD_TEXT}-byte limit")]
+    TextTooLong(usize),
+    #[error("log record text is not UTF-8")]
+    NotUtf8,
+    #[error("log frame has {0} bytes after its last record")]
+    Trailing(usize),
+    #[error("log frame sequence numbers are not consecutive or overflow")]
+    BadSeq,
+    #[error("log frame holds no record")]
+    Empty,
+}
+
+const HEADER: usize = 1 + 8 + 8 + 8 + 4;
+const RECORD_HEADER: usize = 1 + 8 + 4;
+
+impl LogFrame {
+    /// Encodes the frame. Records must be consecutive (checked by [`LogFrame::decode`]).
+    pub fn encode(&self) -> Vec<u8> {
+        let body: usize = self
+            .records
+            .iter()
+            .map(|r| RECORD_HEADER + r.text.len())
+            .sum();
+        let mut out = Vec::with_capacity(HEADER + body);
+        out.push(b'L');
+        out.extend_from_slice(&self.lease.0.to_be_bytes());
+        out.extend_from_slice(&self.epoch.0.to_be_bytes());
+        let first = self.records.first().map_or(0, |r| r.seq.0);
+        out.extend_from_slice(&first.to_be_bytes());
+        let count = u32::try_from(self.records.len()).unwrap_or(u32::MAX);
+        out.extend_from_slice(&count.to_be_bytes());
+        for r in &self.records {
+            out.push(r.kind.code());
+            out.extend_from_slice(&r.at.0.to_be_bytes());
+            let len = u32::try_from(r.text.len()).unwrap_or(u32::MAX);
+            out.extend_from_slice(&len.to_be_bytes());
+            out.extend_from_slice(r.text.as_bytes());
+        }
+        out
+    }
+
+    /// Size [`LogFrame::encode`] will produce for one more record of `text_len` bytes.
+    pub fn record_size(text_len: usize) -> usize {
+        RECORD_HEADER + text_len
+    }
+
+    /// Size of an encoded frame with no records.
+    pub const HEADER_SIZE: usize = HEADER;
+
+    /// Decodes untrusted bytes.
+    pub fn decode(bytes: &[u8]) -> Result<LogFrame, FrameError> {
+        if bytes.len() > MAX_FRAME {
+            return Err(FrameError::TooLong(bytes.len()));
+        }
+        let mut r = Reader { bytes, at: 0 };
+        let tag = r.u8("the tag")?;
+        if tag != b'L' {
+            return Err(FrameError::BadTag(tag));
+        }
+        let lease = LeaseId(r.u64("the lease")?);
+        let epoch = Epoch(r.u64("the epoch")?);
+        let first = r.u64("the first sequence number")?;
+        let count = r.u32("the record count")?;
+        if count == 0 {
+            return Err(FrameError::Empty);
+        }
+        if first == 0 || first.checked_add(u64::from(count) - 1).is_none() {
+            return Err(FrameError::BadSeq);
+        }
+        // Each record needs at least RECORD_HEADER bytes: bound the allocation by what is there.
+        let possible = (bytes.len() - r.at) / RECORD_HEADER;
+        if usize::try_from(count).unwrap_or(usize::MAX) > possible {
+            return Err(FrameError::Truncated("the records"));
+        }
+        let mut records = Vec::with_capacity(possible.min(count as usize));
+        for i in 0..u64::from(count) {
+            let code = r.u8("a record kind")?;
+            let kind = LogKind::from_code(code).ok_or(FrameError::BadKind(code))?;
+            let at = Millis(r.u64("a record time")?);
+            let len = r.u32("a record length")? as usize;
+            if len > MAX_RECORD_TEXT {
+                return Err(FrameError::TextTooLong(len));
+            }
+            let text = r.take(len, "a record text")?;
+            let text = std::str::from_utf8(text).map_err(|_| FrameError::NotUtf8)?;
+            records.push(LogRecord {
+                seq: Seq(first + i),
+                at,
+                kind,
+                text: text.to_owned(),
+            });
+        }
+        if r.at != bytes.len() {
+            return Err(FrameError::Trailing(bytes.len() - r.at));
+        }
+        Ok(LogFrame {
+            lease,
+            epoch,
+            records,
+        })
+    }
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], FrameError> {
+        let end = self.at.checked_add(n).ok_or(FrameError::Truncated(what))?;
+        let s = self
+            .bytes
+            .get(self.at..end)
+            .ok_or(FrameError::Truncated(what))?;
+        self.at = end;
+        Ok(s)
+    }
+    fn u8(&mut self, what: &'static str) -> Result<u8, FrameError> {
+        Ok(self.take(1, what)?[0])
+    }
+    fn u32(&mut self, what: &'static str) -> Result<u32, FrameError> {
+        let b = self.take(4, what)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self, what: &'static str) -> Result<u64, FrameError> {
+        let b = self.take(8, what)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_be_bytes(a))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(seq: u64, kind: LogKind, text: &str) -> LogRecord {
+        LogRecord {
+            seq: Seq(seq),
+            at: Millis(1_700_000_000_000 + seq),
+            kind,
+            text: text.to_owned(),
+        }
+    }
+
+    #[test]
+    fn log_frames_round_trip() {
+        let frame = LogFrame {
+            lease: LeaseId(7),
+            epoch: Epoch(3),
+            records: vec![
+                rec(5, LogKind::Console, "line \u{1b}[31mred\u{1b}[0m"),
+                rec(6, LogKind::Case, "0_smoke/boot: pass"),
+                rec(7, LogKind::Console, ""),
+            ],
+        };
+        let bytes = frame.encode();
+        assert_eq!(LogFrame::decode(&bytes), Ok(frame));
+    }
+
+    #[test]
+    fn hostile_frames_are_refused() {
+        let good = LogFrame {
+            lease: LeaseId(1),
+            epoch: Epoch(1),
+            records: vec![rec(1, LogKind::Console, "hello")],
+        }
+        .encode();
+        assert_eq!(
+            LogFrame::decode(&good[..good.len() - 1]),
+            Err(FrameError::Truncated("a record text"))
+        );
+        let mut trailing = good.clone();
+        trailing.push(0);
+        assert_eq!(LogFrame::decode(&trailing), Err(FrameError::Trailing(1)));
+        let mut huge_count = good.clone();
+        huge_count[25..29].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert_eq!(
+            LogFrame::decode(&huge_count),
+            Err(FrameError::Truncated("the records"))
+        );
+        let mut bad_kind = good.clone();
+        bad_kind[29] = 99;
+        assert_eq!(LogFrame::decode(&bad_kind), Err(FrameError::BadKind(99)));
+        let mut seq_zero = good.clone();
+        seq_zero[17..25].copy_from_slice(&0u64.to_be_bytes());
+        assert_eq!(LogFrame::decode(&seq_zero), Err(FrameError::BadSeq));
+        let mut overflow = good;
+        overflow[17..25].copy_from_slice(&u64::MAX.to_be_bytes());
+        overflow[25..29].copy_from_slice(&2u32.to_be_bytes());
+        assert_eq!(LogFrame::decode(&overflow), Err(FrameError::BadSeq));
+        assert_eq!(LogFrame::decode(b"X"), Err(FrameError::BadTag(b'X')));
+        assert_eq!(
+            LogFrame::decode(&vec![b'L'; MAX_FRAME + 1]),
+            Err(FrameError::TooLong(MAX_FRAME + 1))
+        );
+    }
+
+    #[test]
+    fn control_messages_are_tagged_json() {
+        let m = AgentMessage::JobStarted {
+            lease: LeaseId(4),
+            epoch: Epoch(2),
+        };
+        let json = serde_json::to_string(&m).expect("serialises");
+        assert_eq!(json, r#"{"type":"job-started","lease":4,"epoch":2}"#);
+        let back: AgentMessage = serde_json::from_str(&json).expect("parses");
+        assert_eq!(back, m);
+        let c: ControllerMessage =
+            serde_json::from_str(r#"{"type":"cancel-job","lease":4,"epoch":2}"#).expect("parses");
+        assert_eq!(
+            c,
+            ControllerMessage::CancelJob {
+                lease: LeaseId(4),
+                epoch: Epoch(2)
+            }
+        );
+    }
+}

@@ -1,0 +1,108 @@
+//! Job and device states as seen on the wire. The transitions live in the scheduler crate;
+//! this module only names the states, spelled the same in JSON, the CLI and the web UI.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Where a job is in its life. `Finished` is absorbing; the outcome says how it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum JobState {
+    /// Waiting for a matching idle device.
+    Queued,
+    /// A device lease was granted and the agent was told to start.
+    Assigned,
+    /// The agent reported that the job started.
+    Running,
+    /// Cancel was requested; waiting for the agent to power the DUT off.
+    Canceling,
+    /// Ended; see the outcome.
+    Finished,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Assigned => "assigned",
+            JobState::Running => "running",
+            JobState::Canceling => "canceling",
+            JobState::Finished => "finished",
+        }
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Whether a device can take work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeviceState {
+    /// Its agent is connected and it holds no lease.
+    Idle,
+    /// It holds a lease.
+    Busy,
+    /// Its agent is not connected.
+    Offline,
+    /// Something went wrong on it (its agent died mid-job, a start was refused); it takes no
+    /// work until its agent confirms teardown by registering it again.
+    NeedsCheck,
+}
+
+impl DeviceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceState::Idle => "idle",
+            DeviceState::Busy => "busy",
+            DeviceState::Offline => "offline",
+            DeviceState::NeedsCheck => "needs-check",
+        }
+    }
+}
+
+impl fmt::Display for DeviceState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Role of a token. Checked on the server for every route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Everything, including tokens and other users' jobs.
+    Admin,
+    /// Submits jobs, reads public jobs and its own, cancels its own.
+    User,
+    /// Only the agent link.
+    Agent,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::User => "user",
+            Role::Agent => "agent",
+        }
+    }
+
+    pub fn parse(word: &str) -> Option<Role> {
+        match word {
+            "admin" => Some(Role::Admin),
+            "user" => Some(Role::User),
+            "agent" => Some(Role::Agent),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
