@@ -1,0 +1,1 @@
+//! Job, lease and device state machines. (Being written.)
