@@ -272,6 +272,7 @@ fn run(args: RunArgs) -> i32 {
     let ctx = JobContext {
         job_dir,
         default_image,
+        work_root: None,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

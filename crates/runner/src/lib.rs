@@ -150,6 +150,9 @@ pub struct JobContext {
     pub job_dir: PathBuf,
     /// Default guest image of the device (used when the job has no deploy action).
     pub default_image: Option<GuestImage>,
+    /// Where the job's work directory (overlays, QEMU sockets) is created; `None`: `$TMPDIR`.
+    /// Every QEMU process of the job names this directory on its command line.
+    pub work_root: Option<PathBuf>,
 }
 
 /// Runs `job` on `device` and reports how it ended.
@@ -233,10 +236,13 @@ impl Run<'_> {
 
     async fn actions(&mut self, job_limit: Limit, cases: &mut Vec<TestCase>) -> Result<(), JobEnd> {
         self.check_device()?;
-        let work_dir = tempfile::Builder::new()
-            .prefix("dutlab-job-")
-            .tempdir()
-            .map_err(|e| JobEnd::infra_error(format!("cannot create a work directory: {e}")))?;
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("dutlab-job-");
+        let work_dir = match &self.ctx.work_root {
+            Some(root) => builder.tempdir_in(root),
+            None => builder.tempdir(),
+        }
+        .map_err(|e| JobEnd::infra_error(format!("cannot create a work directory: {e}")))?;
         let work = work_dir.path().to_path_buf();
         self.work_dir = Some(work_dir);
         self.overlay = Overlay::prepare(self.job, &self.ctx.job_dir, &work)
