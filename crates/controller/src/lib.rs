@@ -1,1 +1,247 @@
-//! The controller. (Being written.)
+//! The controller: REST API, agent links, the dispatcher that owns the scheduler, the
+//! database and the log store, in one process (`dutlab serve`).
+//!
+//! ```text
+//!  clients ──REST/WS──> api ──Command──> dispatcher (owns scheduler) ──commit──> store (SQL)
+//!  agents ──WS link──> link ──Command──┘        │ effects after commit: StartJob, CancelJob,
+//!                        └─ log frames ─> logs  │ DropLease, job updates to followers
+//! ```
+//!
+//! Invariants:
+//! - Every route but `/healthz` needs a token; tokens are stored hashed and never logged.
+//! - Nothing is acknowledged before it is committed (see `dispatcher`).
+//! - The controller owns no device: it only talks to agents that dial in.
+
+pub mod api;
+pub mod auth;
+pub mod dispatcher;
+pub mod link;
+pub mod logs;
+pub mod openapi;
+pub mod store;
+
+use auth::Tokens;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{delete, get, post};
+use dispatcher::{Command, DispatchConfig, Dispatcher, Leases};
+use logs::LogStore;
+use proto::Millis;
+use proto::api::JobView;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use store::Store;
+use tokio::sync::{broadcast, mpsc};
+
+/// Why the controller could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("{0}")]
+    Store(#[from] store::StoreError),
+    #[error("the stored events do not replay: {0}")]
+    Replay(String),
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("server: {0}")]
+    Serve(std::io::Error),
+    #[error("the dispatcher stopped: {0}")]
+    Stopped(String),
+    #[error("cannot make the admin token: {0}")]
+    AdminToken(String),
+}
+
+/// Settings of `dutlab serve`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// `None`: SQLite in the data directory.
+    pub database: Option<String>,
+    pub lease_ttl: Duration,
+    pub disconnect_grace: Duration,
+    pub cancel_grace: Duration,
+    pub heartbeat: Duration,
+}
+
+impl Config {
+    pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Config {
+        let defaults = scheduler::Config::default();
+        Config {
+            listen,
+            data_dir,
+            database: None,
+            lease_ttl: defaults.lease_ttl,
+            disconnect_grace: defaults.disconnect_grace,
+            cancel_grace: defaults.cancel_grace,
+            heartbeat: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What every request handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub tokens: Tokens,
+    pub store: Store,
+    pub logs: LogStore,
+    pub dispatch: mpsc::Sender<Command>,
+    pub updates: broadcast::Sender<JobView>,
+    pub leases: Leases,
+    pub next_conn: Arc<AtomicU64>,
+}
+
+/// Wall-clock time as the pure crates take it.
+pub fn now() -> Millis {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    Millis(u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The routes (used by `serve` and by the OpenAPI test).
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/api/v1/whoami", get(api::whoami))
+        .route(
+            "/api/v1/tokens",
+            post(api::create_token).get(api::list_tokens),
+        )
+        .route("/api/v1/tokens/{id}", delete(api::revoke_token))
+        .route("/api/v1/jobs", post(api::submit_job).get(api::list_jobs))
+        .route("/api/v1/jobs/{id}", get(api::get_job))
+        .route("/api/v1/jobs/{id}/cancel", post(api::cancel_job))
+        .route("/api/v1/jobs/{id}/definition", get(api::job_definition))
+        .route("/api/v1/jobs/{id}/logs", get(api::job_logs))
+        .route("/api/v1/jobs/{id}/logs/follow", get(api::follow))
+        .route("/api/v1/jobs/{id}/results", get(api::job_results))
+        .route("/api/v1/devices", get(api::devices))
+        .route("/api/v1/agents", get(api::agents))
+        .route(proto::link::LINK_PATH, get(link::link))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            api::authenticate,
+        ));
+    Router::new()
+        .route("/healthz", get(api::healthz))
+        .merge(api)
+        // JSON escaping can grow a job file; leave room above the job limit.
+        .layer(DefaultBodyLimit::max(proto::api::MAX_JOB_BODY * 2 + 4096))
+        .with_state(state)
+}
+
+/// Writes the first admin token when there is no token at all.
+async fn first_admin(state: &AppState, data_dir: &Path) -> Result<(), ControllerError> {
+    if !state.store.tokens().await?.is_empty() {
+        return Ok(());
+    }
+    let created = api::make_token(state, "admin", proto::Role::Admin)
+        .await
+        .map_err(|e| ControllerError::AdminToken(format!("{e:?}")))?;
+    let path = data_dir.join("admin-token");
+    write_secret(&path, &created.token).map_err(|source| ControllerError::DataDir {
+        path: path.clone(),
+        source,
+    })?;
+    tracing::info!(
+        "first start: admin token written to {} (mode 0600)",
+        path.display()
+    );
+    Ok(())
+}
+
+fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(secret.as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()
+}
+
+/// Starts the controller and serves until `shutdown` resolves.
+pub async fn serve(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ControllerError> {
+    let data_err = |source| ControllerError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    };
+    std::fs::create_dir_all(&config.data_dir).map_err(data_err)?;
+    let url = config
+        .database
+        .clone()
+        .unwrap_or_else(|| Store::sqlite_url(&config.data_dir));
+    let store = Store::open(&url).await?;
+    let tokens = Tokens::default();
+    for token in store.tokens().await? {
+        tokens.insert(token.hash.clone(), &token.view);
+    }
+    let logs = LogStore::new(&config.data_dir.join("logs"));
+    let leases = Leases::default();
+    let (updates, _) = broadcast::channel(4096);
+    let dispatch_config = DispatchConfig {
+        scheduler: scheduler::Config {
+            lease_ttl: config.lease_ttl,
+            disconnect_grace: config.disconnect_grace,
+            cancel_grace: config.cancel_grace,
+        },
+        heartbeat: config.heartbeat,
+    };
+    let dispatcher = Dispatcher::load(
+        dispatch_config,
+        store.clone(),
+        logs.clone(),
+        leases.clone(),
+        updates.clone(),
+    )
+    .await?;
+    let (dispatch, commands) = mpsc::channel(4096);
+    let state = AppState {
+        tokens,
+        store,
+        logs,
+        dispatch,
+        updates,
+        leases,
+        next_conn: Arc::new(AtomicU64::new(1)),
+    };
+    first_admin(&state, &config.data_dir).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ControllerError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let local = listener.local_addr().map_err(ControllerError::Serve)?;
+    tracing::info!("listening on http://{local}");
+    let app = router(state);
+    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
+    let dispatcher = tokio::spawn(dispatcher.run(commands));
+    tokio::select! {
+        served = server => served.map_err(ControllerError::Serve),
+        stopped = dispatcher => match stopped {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(ControllerError::Stopped(e.to_string())),
+        },
+    }
+}

@@ -1,0 +1,618 @@
+//! REST routes under `/api/v1` and the job-log follow stream.
+//!
+//! Invariants:
+//! - Every route here sits behind [`authenticate`]: no token or an unknown one is 401 before
+//!   the route looks at anything else; roles are checked first thing in each handler (403).
+//! - Reading or cancelling a job goes through the dispatcher's visibility check, on the server.
+//! - Job files are parsed by `jobspec` at submit: a bad one is 400 naming file and field, and
+//!   nothing is queued. Bodies above the limit are refused from their `Content-Length` (413).
+//! - Followers get each log record once, in order, from their cursor: the stream subscribes
+//!   to live records before reading the file and skips what it already sent.
+
+use crate::auth::{Caller, Forbidden, new_token};
+use crate::dispatcher::{Asker, Command, Failure, Submission};
+use crate::store::StoredToken;
+use crate::{AppState, now};
+use axum::Json;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use proto::api::{
+    AgentView, ApiError, CreateToken, CreatedToken, DeviceView, FollowEvent, JobResults, JobView,
+    LogPage, MAX_LOG_PAGE, SubmitJob, TokenView, WhoAmI,
+};
+use proto::{JobId, JobState, Role, Seq};
+use serde::Deserialize;
+use tokio::sync::{broadcast, oneshot};
+
+/// An error answer.
+#[derive(Debug)]
+pub struct ApiFailure {
+    status: StatusCode,
+    body: ApiError,
+}
+
+impl ApiFailure {
+    pub fn new(status: StatusCode, error: impl Into<String>) -> ApiFailure {
+        ApiFailure {
+            status,
+            body: ApiError {
+                error: error.into(),
+                known_device_types: Vec::new(),
+            },
+        }
+    }
+}
+
+impl IntoResponse for ApiFailure {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+impl From<Failure> for ApiFailure {
+    fn from(f: Failure) -> ApiFailure {
+        match f {
+            Failure::NotFound(m) => ApiFailure::new(StatusCode::NOT_FOUND, m),
+            Failure::Forbidden(m) => ApiFailure::new(StatusCode::FORBIDDEN, m),
+            Failure::Conflict(m) => ApiFailure::new(StatusCode::CONFLICT, m),
+            Failure::Unavailable(m) => ApiFailure::new(StatusCode::SERVICE_UNAVAILABLE, m),
+            Failure::BadRequest {
+                message,
+                known_device_types,
+            } => ApiFailure {
+                status: StatusCode::BAD_REQUEST,
+                body: ApiError {
+                    error: message,
+                    known_device_types,
+                },
+            },
+        }
+    }
+}
+
+impl From<Forbidden> for ApiFailure {
+    fn from(f: Forbidden) -> ApiFailure {
+        ApiFailure::new(StatusCode::FORBIDDEN, f.to_string())
+    }
+}
+
+type ApiResult<T> = Result<T, ApiFailure>;
+
+/// Resolves the bearer token to a [`Caller`] or answers 401.
+pub async fn authenticate(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let caller = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| state.tokens.caller(v));
+    match caller {
+        Some(caller) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        None => ApiFailure::new(
+            StatusCode::UNAUTHORIZED,
+            "missing or unknown token: send `Authorization: Bearer TOKEN`",
+        )
+        .into_response(),
+    }
+}
+
+fn asker(caller: &Caller) -> Asker {
+    Asker {
+        name: caller.name.clone(),
+        role: caller.role,
+    }
+}
+
+const PEOPLE: [Role; 2] = [Role::Admin, Role::User];
+
+async fn ask<T>(
+    state: &AppState,
+    make: impl FnOnce(oneshot::Sender<T>) -> Command,
+) -> ApiResult<T> {
+    let (tx, rx) = oneshot::channel();
+    let gone = || ApiFailure::new(StatusCode::SERVICE_UNAVAILABLE, "the dispatcher stopped");
+    state.dispatch.send(make(tx)).await.map_err(|_| gone())?;
+    rx.await.map_err(|_| gone())
+}
+
+/// Liveness: no token needed.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "the controller is up", body = String)))]
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Who the token belongs to.
+#[utoipa::path(get, path = "/api/v1/whoami", security(("bearer" = [])),
+    responses((status = 200, body = WhoAmI), (status = 401, body = ApiError)))]
+pub async fn whoami(axum::Extension(caller): axum::Extension<Caller>) -> Json<WhoAmI> {
+    Json(WhoAmI {
+        name: caller.name,
+        role: caller.role,
+    })
+}
+
+/// Creates a token (admin). The secret is in this answer only.
+#[utoipa::path(post, path = "/api/v1/tokens", security(("bearer" = [])), request_body = CreateToken,
+    responses((status = 201, body = CreatedToken), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 403, body = ApiError)))]
+pub async fn create_token(
+    State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Json(body): Json<CreateToken>,
+) -> ApiResult<(StatusCode, Json<CreatedToken>)> {
+    caller.require(&[Role::Admin])?;
+    let name = body.name.trim();
+    if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control()) {
+        return Err(ApiFailure::new(
+            StatusCode::BAD_REQUEST,
+            "name: must be 1 to 64 printable characters",
+        ));
+    }
+    let created = make_token(&state, name, body.role).await?;
+    tracing::info!(
+        "token {} ({}, {}) created by {}",
+        created.view.id,
+        name,
+        body.role,
+        caller.name
+    );
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// Makes, stores and activates a token.
+pub async fn make_token(state: &AppState, name: &str, role: Role) -> ApiResult<CreatedToken> {
+    let fresh =
+        new_token().map_err(|e| ApiFailure::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let view = TokenView {
+        id: fresh.id.clone(),
+        name: name.to_owned(),
+        role,
+        created_at: now(),
+        revoked_at: None,
+    };
+    let stored = StoredToken {
+        view: view.clone(),
+        hash: fresh.hash.clone(),
+    };
+    state
+        .store
+        .insert_token(&stored)
+        .await
+        .map_err(|e| ApiFailure::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    state.tokens.insert(fresh.hash.clone(), &view);
+    Ok(CreatedToken {
+        token: fresh.secret,
+        view,
+    })
+}
+
+/// Lists tokens (admin); never their secrets.
+#[utoipa::path(get, path = "/api/v1/tokens", security(("bearer" = [])),
+    responses((status = 200, body = Vec<TokenView>), (status = 401, body = ApiError), (status = 403, body = ApiError)))]
+pub async fn list_tokens(
+    State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+) -> ApiResult<Json<Vec<TokenView>>> {
+    caller.require(&[Role::Admin])?;
+    let tokens = state
+        .store
+        .tokens()
+        .await
+        .map_err(|e| ApiFailure::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    Ok(Json(tokens.into_iter().map(|t| t.view).collect()))
+}
+
+/// Revokes a token (admin).
+#[utoipa::path(delete, path = "/api/v1/tokens/{id}", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the token's public id")),
+    responses((status = 200, body = TokenView), (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
+pub async fn revoke_token(
+    State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<TokenView>> {
+    caller.require(&[Role::Admin])?;
+    let unavailable = |e: crate::store::StoreError| {
+        ApiFailure::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+    };
+    if !state
+        .store
+        .revoke_token(&id, now())
+        .await
+        .map_err(unavailable)?
+    {
+        return Err(ApiFailure::new(
+            StatusCode::NOT_FOUND,
+            format!("no live token with id {id:?}"),
+        ));
+    }
+    state.tokens.revoke(&id);
+    tracing::info!("token {id} revoked by {}", caller.name);
+    let tokens = state.store.tokens().await.map_err(unavailable)?;
+    tokens
+        .into_iter()
+        .find(|t| t.view.id == id)
+        .map(|t| Json(t.view))
+        .ok_or_else(|| ApiFailure::new(StatusCode::NOT_FOUND, format!("no token with id {id:?}")))
+}
+
+/// Queues a job (LAVA job YAML).
+#[utoipa::path(post, path = "/api/v1/jobs", security(("bearer" = [])), request_body = SubmitJob,
+    responses((status = 201, body = JobView), (status = 400, description = "bad job file; the field is named", body = ApiError),
+        (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 413, description = "body too large")))]
+pub async fn submit_job(
+    State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Json(body): Json<SubmitJob>,
+) -> ApiResult<(StatusCode, Json<JobView>)> {
+    caller.require(&PEOPLE)?;
+    let file_name = body
+        .file_name
+        .as_deref()
+        .and_then(|n| n.rsplit('/').next())
+        .filter(|n| !n.is_empty() && n.len() <= 128 && !n.chars().any(|c| c.is_control()))
+        .unwrap_or("job.yaml")
+        .to_owned();
+    let bad = |message: String| ApiFailure::new(StatusCode::BAD_REQUEST, message);
+    let job = jobspec::parse_job(&file_name, &body.definition).map_err(|e| bad(e.to_string()))?;
+    if job.protocols.multinode.is_some() {
+        return Err(bad(format!(
+            "{file_name}: protocols.lava-multinode: multinode jobs are not supported by the controller yet"
+        )));
+    }
+    let visibility = match job.visibility {
+        jobspec::Visibility::Public => "public",
+        jobspec::Visibility::Personal => "personal",
+        jobspec::Visibility::Group(_) => "group",
+    };
+    let submission = Submission {
+        name: job.name.clone(),
+        owner: caller.name.clone(),
+        visibility: visibility.to_owned(),
+        file_name,
+        definition: body.definition,
+        warnings: job.warnings.iter().map(|w| w.to_string()).collect(),
+        spec: scheduler::JobSpec {
+            device_type: job.device_type.clone(),
+            tags: job.tags.clone(),
+            priority: job.priority,
+        },
+        wait_for_device: body.wait_for_device,
+    };
+    let view = ask(&state, |reply| Command::Submit {
+        job: submission,
+        reply,
+    })
+    .await??;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct JobsQuery {
+    /// Only jobs in this state (`queued`, `assigned`, `running`, `canceling`, `finished`).
+    state: Option<String>,
+    /// At most this many, newest first (default 200, at most 10000).
+    limit: Option<usize>,
+}
+
+/// Lists the jobs the caller may see, newest first.
+#[utoipa::path(get, path = "/api/v1/jobs", security(("bearer" = [])), params(JobsQuery),
+    responses((status = 200, body = Vec<JobView>), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 403, body = ApiError)))]
+pub async fn list_jobs(
+    State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Query(query): Query<JobsQuery>,
+) -> ApiResult<Json<Vec<JobView>>> {
+    caller.require(&PEOPLE)?;
+    let wanted = match query.state.as_deref() {
+        None => None,
+        Some(word) => Some(
+            [
+                JobState::Queued,
+                JobState::Assigned,
+                JobState::Running,
+                JobState::Canceling,
+                JobState::Finished,
+            ]
+            .into_iter()
+            .find(|s| s.as_str() == word)
+            .ok_or_else(|| {
+                ApiFailure::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("state: {word:?} is not one of queued, assigned, running, canceling, finished"),
+                )
+            })?,
+        ),
+    };
+    let limit = query.limit.unwrap_or(200).min(10_000);
+    let asker = asker(&caller);
+    let jobs = ask(&state, |reply| Command::Jobs {
+        asker,
+        state: wanted,
+        limit,
+        reply,
+    })
+    .await?;
+    Ok(Json(jobs))
+}
+
+async fn visible_job(state: &AppState, caller: &Caller, job: JobId) -> ApiResult<JobView> {
+    caller.require(&PEOPLE)?;
+    let asker = asker(caller);
+    Ok(ask(state, |reply| Command::Job { job, asker, reply }).await??)
+}
+
+/// One job.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}", security(("bearer" = [])), params(("id" = u64, Path, description = "job id")),
+    responses((status = 200, body = JobView), (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
+pub async fn get_job(
+    State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(id): Path<u64>,
+) -> ApiResult<Json<JobView>> {
+    Ok(Json(visible_job(&state, &caller, JobId(id)).await?))
+}
+
+/// Cancels a job (its owner or an admin): the DUT is powered off and the outcome is `canceled`.
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", security(("bearer" = [])), params(("id" = u64, Path, description = "job id")),
+    responses((status = 200, body = JobView), (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+pub async fn cancel_job(
+    State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(id): Path<u64>,
+) -> ApiResult<Json<JobView>> {
+    caller.require(&PEOPLE)?;
+    let asker = asker(&caller);
+    let view = ask(&state, |reply| Command::Cancel {
+        job: JobId(id),
+        asker,
+        reply,
+    })
+    .await??;
+    Ok(Json(view))
+}
+
+/// The job file as submitted.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/definition", security(("bearer" = [])), params(("id" = u64, Path, description = "job id")),
+    responses((status = 200, body = String, content_type = "application/yaml"), (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
+pub async fn job_definition(
+    State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(id): Path<u64>,
+) -> ApiResult<Response> {
+    visible_job(&state, &caller, JobId(id)).await?;
+    let text = state
+        .store
+        .definition(JobId(id))
+        .await
+        .map_err(|e| ApiFailure::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?
+        .ok_or_else(|| {
+            ApiFailure::new(StatusCode::NOT_FOUND, format!("job {id} does not exist"))
+        })?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/yaml; charset=utf-8")],
+        text,
+    )
+        .into_response())
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct LogQuery {
+    /// Return records after this sequence number (default 0: from the start).
+    cursor: Option<u64>,
+    /// At most this many records (default and maximum 10000).
+    limit: Option<usize>,
+}
+
+/// A page of a job's log.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/logs", security(("bearer" = [])), params(("id" = u64, Path, description = "job id"), LogQuery),
+    responses((status = 200, body = LogPage), (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
+pub async fn job_logs(
+    State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(id): Path<u64>,
+    Query(query): Query<LogQuery>,
+) -> ApiResult<Json<LogPage>> {
+    let view = visible_job(&state, &caller, JobId(id)).await?;
+    let cursor = Seq(query.cursor.unwrap_or(0));
+    let limit = query.limit.unwrap_or(MAX_LOG_PAGE).clamp(1, MAX_LOG_PAGE);
+    let records = state
+        .logs
+        .read(JobId(id), cursor, limit)
+        .map_err(|e| ApiFailure::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let next = records.last().map_or(cursor, |r| r.seq);
+    let complete = match final_seq(&state, &view).await? {
+        Some(last) => next.0 >= last,
+        None => false,
+    };
+    Ok(Json(LogPage {
+        records,
+        cursor: next,
+        complete,
+    }))
+}
+
+/// For a finished job, the sequence number of its last log record.
+async fn final_seq(state: &AppState, view: &JobView) -> ApiResult<Option<u64>> {
+    if view.state != JobState::Finished {
+        return Ok(None);
+    }
+    let report = state
+        .store
+        .report(view.id)
+        .await
+        .map_err(|e| ApiFailure::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    Ok(Some(report.map_or(0, |(_, last)| last)))
+}
+
+/// The job's results: its view and, once finished, the runner's report.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/results", security(("bearer" = [])), params(("id" = u64, Path, description = "job id")),
+    responses((status = 200, body = JobResults), (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
+pub async fn job_results(
+    State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(id): Path<u64>,
+) -> ApiResult<Json<JobResults>> {
+    let job = visible_job(&state, &caller, JobId(id)).await?;
+    let report = state
+        .store
+        .report(JobId(id))
+        .await
+        .map_err(|e| ApiFailure::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?
+        .map(|(r, _)| r);
+    Ok(Json(JobResults { job, report }))
+}
+
+/// Every registered device.
+#[utoipa::path(get, path = "/api/v1/devices", security(("bearer" = [])),
+    responses((status = 200, body = Vec<DeviceView>), (status = 401, body = ApiError), (status = 403, body = ApiError)))]
+pub async fn devices(
+    State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+) -> ApiResult<Json<Vec<DeviceView>>> {
+    caller.require(&PEOPLE)?;
+    Ok(Json(ask(&state, |reply| Command::Devices { reply }).await?))
+}
+
+/// Every agent that registered devices.
+#[utoipa::path(get, path = "/api/v1/agents", security(("bearer" = [])),
+    responses((status = 200, body = Vec<AgentView>), (status = 401, body = ApiError), (status = 403, body = ApiError)))]
+pub async fn agents(
+    State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+) -> ApiResult<Json<Vec<AgentView>>> {
+    caller.require(&PEOPLE)?;
+    Ok(Json(ask(&state, |reply| Command::Agents { reply }).await?))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct FollowQuery {
+    /// Send records after this sequence number (default 0).
+    cursor: Option<u64>,
+}
+
+/// Follows a job's log live (WebSocket of `FollowEvent` JSON messages).
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/logs/follow", security(("bearer" = [])), params(("id" = u64, Path, description = "job id"), FollowQuery),
+    responses((status = 101, description = "WebSocket of FollowEvent messages"), (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
+pub async fn follow(
+    State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(id): Path<u64>,
+    Query(query): Query<FollowQuery>,
+    ws: WebSocketUpgrade,
+) -> ApiResult<Response> {
+    let view = visible_job(&state, &caller, JobId(id)).await?;
+    let cursor = Seq(query.cursor.unwrap_or(0));
+    Ok(ws.on_upgrade(move |socket| async move {
+        if let Err(e) = stream_log(socket, state, view, cursor).await {
+            tracing::debug!("follower of job {id}: {e}");
+        }
+    }))
+}
+
+#[derive(Debug, thiserror::Error)]
+enum FollowError {
+    #[error("socket: {0}")]
+    Socket(#[from] axum::Error),
+    #[error("{0}")]
+    Log(#[from] crate::logs::LogError),
+    #[error("{0:?}")]
+    Api(ApiFailure),
+    #[error("json: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+async fn send_event(socket: &mut WebSocket, event: &FollowEvent) -> Result<(), FollowError> {
+    let text = serde_json::to_string(event)?;
+    socket.send(Message::Text(text.into())).await?;
+    Ok(())
+}
+
+/// Re-reads a job's view (the caller was authorised when the stream opened).
+async fn refresh(state: &AppState, view: &mut JobView) {
+    let asker = Asker {
+        name: view.owner.clone(),
+        role: Role::Admin,
+    };
+    let job = view.id;
+    if let Ok(Ok(fresh)) = ask(state, |reply| Command::Job { job, asker, reply }).await {
+        *view = fresh;
+    }
+}
+
+async fn stream_log(
+    mut socket: WebSocket,
+    state: AppState,
+    mut view: JobView,
+    mut last: Seq,
+) -> Result<(), FollowError> {
+    let job = view.id;
+    let mut live = state.logs.subscribe(job)?;
+    let mut updates = state.updates.subscribe();
+    // The view may have changed between the check and the subscription.
+    refresh(&state, &mut view).await;
+    send_event(&mut socket, &FollowEvent::Job { job: view.clone() }).await?;
+    let mut catch_up = true;
+    loop {
+        if catch_up {
+            loop {
+                let records = state.logs.read(job, last, 1000)?;
+                if records.is_empty() {
+                    break;
+                }
+                for record in records {
+                    last = record.seq;
+                    send_event(&mut socket, &FollowEvent::Log { record }).await?;
+                }
+            }
+            catch_up = false;
+        }
+        if let Some(end) = final_seq(&state, &view).await.map_err(FollowError::Api)?
+            && last.0 >= end
+        {
+            send_event(&mut socket, &FollowEvent::End { job: view }).await?;
+            let _ = socket.send(Message::Close(None)).await;
+            return Ok(());
+        }
+        tokio::select! {
+            record = live.recv() => match record {
+                Ok(record) if record.seq.0 == last.0 + 1 => {
+                    last = record.seq;
+                    send_event(&mut socket, &FollowEvent::Log { record }).await?;
+                }
+                Ok(record) if record.seq <= last => {}
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => catch_up = true,
+                Err(broadcast::error::RecvError::Closed) => {
+                    // The log was closed (job finished): re-subscribe and read the rest.
+                    live = state.logs.subscribe(job)?;
+                    catch_up = true;
+                }
+            },
+            update = updates.recv() => match update {
+                Ok(update) if update.id == job => {
+                    view = update;
+                    send_event(&mut socket, &FollowEvent::Job { job: view.clone() }).await?;
+                    catch_up = true;
+                }
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    refresh(&state, &mut view).await;
+                    catch_up = true;
+                }
+                Err(broadcast::error::RecvError::Closed) => return Ok(()),
+            },
+            incoming = socket.recv() => match incoming {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Ok(()),
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}

@@ -1,0 +1,898 @@
+//! The dispatcher: the one task that owns the scheduler.
+//!
+//! Every change of a job, lease or device goes through [`Command`]s on one channel, so there
+//! is no lock around the scheduler and no two changes interleave.
+//!
+//! Invariants:
+//! - A change is committed to the database (events + job rows + reports, one transaction)
+//!   before any effect: before the requester gets its answer, before an agent is told to start
+//!   or cancel, before followers see it. If a commit fails, the requester gets an error and the
+//!   dispatcher stops (crash-only): a restarted controller replays the database.
+//! - Lease renewals are soft state and are not stored: a restarted controller renews every
+//!   live lease ([`scheduler::Scheduler::restarted`]).
+//! - Every finished job has a stored report and `last_seq`, the sequence number of its final
+//!   log record (a note written by the controller), so followers know when they have it all.
+//! - Only live leases are in [`Leases`]; log frames for anything else are dropped.
+
+use crate::logs::LogStore;
+use crate::store::{Change, JobRow, Store};
+use crate::{ControllerError, now};
+use proto::api::{AgentState, AgentView, DeviceView, JobView};
+use proto::link::{
+    AgentMessage, ControllerMessage, DeviceInfo, HeldLease, LogCursor, PROTOCOL_VERSION,
+};
+use proto::log::LogKind;
+use proto::{Epoch, JobId, JobReport, JobState, LeaseId, Millis, Role, Seq};
+use scheduler::{Config as SchedulerConfig, Event, JobSpec, Refusal, Scheduler};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+/// Identifies one agent connection (an agent that reconnects gets a new one).
+pub type ConnId = u64;
+
+/// What a live lease is about, for routing log frames without asking the dispatcher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseInfo {
+    pub job: JobId,
+    pub epoch: Epoch,
+}
+
+/// Live leases, shared with the agent links.
+#[derive(Debug, Clone, Default)]
+pub struct Leases(Arc<RwLock<HashMap<LeaseId, LeaseInfo>>>);
+
+impl Leases {
+    pub fn get(&self, lease: LeaseId) -> Option<LeaseInfo> {
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&lease)
+            .copied()
+    }
+    fn insert(&self, lease: LeaseId, info: LeaseInfo) {
+        self.0
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(lease, info);
+    }
+    fn remove(&self, lease: LeaseId) {
+        self.0
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&lease);
+    }
+}
+
+/// Why a request was not done; becomes an HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    NotFound(String),
+    Forbidden(String),
+    BadRequest {
+        message: String,
+        known_device_types: Vec<String>,
+    },
+    Conflict(String),
+    Unavailable(String),
+}
+
+/// Who asks, for visibility checks.
+#[derive(Debug, Clone)]
+pub struct Asker {
+    pub name: String,
+    pub role: Role,
+}
+
+/// A job about to be submitted (validated by the API layer).
+#[derive(Debug)]
+pub struct Submission {
+    pub name: String,
+    pub owner: String,
+    pub visibility: String,
+    pub file_name: String,
+    pub definition: String,
+    pub warnings: Vec<String>,
+    pub spec: JobSpec,
+    pub wait_for_device: bool,
+}
+
+pub enum Command {
+    Submit {
+        job: Submission,
+        reply: oneshot::Sender<Result<JobView, Failure>>,
+    },
+    Cancel {
+        job: JobId,
+        asker: Asker,
+        reply: oneshot::Sender<Result<JobView, Failure>>,
+    },
+    Job {
+        job: JobId,
+        asker: Asker,
+        reply: oneshot::Sender<Result<JobView, Failure>>,
+    },
+    Jobs {
+        asker: Asker,
+        state: Option<JobState>,
+        limit: usize,
+        reply: oneshot::Sender<Vec<JobView>>,
+    },
+    Devices {
+        reply: oneshot::Sender<Vec<DeviceView>>,
+    },
+    Agents {
+        reply: oneshot::Sender<Vec<AgentView>>,
+    },
+    Hello {
+        conn: ConnId,
+        agent: String,
+        version: String,
+        protocol: u32,
+        devices: Vec<DeviceInfo>,
+        held: Vec<HeldLease>,
+        tx: mpsc::Sender<ControllerMessage>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    FromAgent {
+        conn: ConnId,
+        agent: String,
+        message: AgentMessage,
+    },
+    Gone {
+        conn: ConnId,
+        agent: String,
+    },
+}
+
+struct JobMeta {
+    name: String,
+    owner: String,
+    visibility: String,
+    warnings: Vec<String>,
+    /// Kept until the job finishes (sent with StartJob).
+    definition: Option<String>,
+}
+
+struct AgentLink {
+    conn: Option<(ConnId, mpsc::Sender<ControllerMessage>)>,
+    version: String,
+    last_seen: Millis,
+}
+
+/// Settings of the dispatcher.
+#[derive(Debug, Clone)]
+pub struct DispatchConfig {
+    pub scheduler: SchedulerConfig,
+    pub heartbeat: Duration,
+}
+
+pub struct Dispatcher {
+    config: DispatchConfig,
+    sched: Scheduler,
+    store: Store,
+    logs: LogStore,
+    leases: Leases,
+    updates: broadcast::Sender<JobView>,
+    next_event: u64,
+    next_job: u64,
+    jobs: BTreeMap<JobId, JobMeta>,
+    agents: BTreeMap<String, AgentLink>,
+    /// Set when a commit failed: the dispatcher stops after the current command.
+    fatal: Option<String>,
+}
+
+impl Dispatcher {
+    /// Rebuilds the dispatcher from the database and renews every live lease.
+    pub async fn load(
+        config: DispatchConfig,
+        store: Store,
+        logs: LogStore,
+        leases: Leases,
+        updates: broadcast::Sender<JobView>,
+    ) -> Result<Dispatcher, ControllerError> {
+        let events = store.events().await?;
+        let next_event = events.last().map_or(1, |(seq, _)| seq + 1);
+        let sched = Scheduler::replay(config.scheduler.clone(), events.iter().map(|(_, e)| e))
+            .map_err(|e| ControllerError::Replay(e.to_string()))?;
+        let mut jobs = BTreeMap::new();
+        let mut next_job = 1;
+        for row in store.jobs().await? {
+            next_job = next_job.max(row.id.0 + 1);
+            let unfinished = sched
+                .job(row.id)
+                .is_some_and(|j| j.state != JobState::Finished);
+            jobs.insert(
+                row.id,
+                JobMeta {
+                    name: row.name,
+                    owner: row.owner,
+                    visibility: row.visibility,
+                    warnings: row.warnings,
+                    definition: unfinished.then_some(row.definition),
+                },
+            );
+        }
+        let mut d = Dispatcher {
+            config,
+            sched,
+            store,
+            logs,
+            leases,
+            updates,
+            next_event,
+            next_job,
+            jobs,
+            agents: BTreeMap::new(),
+            fatal: None,
+        };
+        for lease in d.sched.leases() {
+            d.leases.insert(
+                lease.id,
+                LeaseInfo {
+                    job: lease.job,
+                    epoch: lease.epoch,
+                },
+            );
+        }
+        let events = d.sched.restarted(now());
+        d.commit(events, Vec::new(), None, None).await?;
+        Ok(d)
+    }
+
+    /// Runs until every sender of `commands` is gone.
+    pub async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+    ) -> Result<(), ControllerError> {
+        loop {
+            let wait = self.until_next_deadline();
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(command) => self.handle(command).await?,
+                    None => return Ok(()),
+                },
+                () = tokio::time::sleep(wait) => {
+                    let events = self.sched.tick(now());
+                    if let Err(e) = self.commit(events, Vec::new(), None, None).await {
+                        tracing::error!("tick: {e}");
+                    }
+                }
+            }
+            if let Some(reason) = self.fatal.take() {
+                return Err(ControllerError::Stopped(reason));
+            }
+        }
+    }
+
+    fn until_next_deadline(&self) -> Duration {
+        let cap = Duration::from_secs(1);
+        match self.sched.next_deadline() {
+            Some(at) => Duration::from_millis(at.0.saturating_sub(now().0)).min(cap),
+            None => cap,
+        }
+    }
+
+    /// Commits `events` with new job rows and reports, then runs their effects.
+    /// `from_agent`: the lease whose end the agent itself reported (no DropLease for it).
+    async fn commit(
+        &mut self,
+        events: Vec<Event>,
+        agent_reports: Vec<(JobId, JobReport, u64)>,
+        new_job: Option<&JobRow>,
+        from_agent: Option<LeaseId>,
+    ) -> Result<(), ControllerError> {
+        let stored: Vec<Event> = events
+            .iter()
+            .filter(|e| !matches!(e, Event::LeaseRenewed { .. }))
+            .cloned()
+            .collect();
+        // Jobs the controller ends itself get a synthesized report.
+        let mut reports = agent_reports;
+        for event in &events {
+            if let Event::JobFinished {
+                job,
+                outcome,
+                reason,
+                at,
+            } = event
+                && !reports.iter().any(|(j, _, _)| j == job)
+            {
+                let name = self
+                    .jobs
+                    .get(job)
+                    .map(|m| m.name.clone())
+                    .unwrap_or_default();
+                let started = self.sched.job(*job).and_then(|j| j.started);
+                let duration_s = started.map_or(0.0, |s| at.0.saturating_sub(s.0) as f64 / 1000.0);
+                let report = JobReport {
+                    job_name: name,
+                    outcome: *outcome,
+                    reason: reason.clone(),
+                    cases: Vec::new(),
+                    duration_s,
+                };
+                let last = self.final_note(*job, &report, *at);
+                reports.push((*job, report, last));
+            }
+        }
+        if stored.is_empty() && new_job.is_none() && reports.is_empty() {
+            self.effects(&events, from_agent).await;
+            return Ok(());
+        }
+        let change = Change {
+            new_job,
+            reports: reports.iter().map(|(j, r, s)| (*j, r, *s)).collect(),
+        };
+        match self.store.commit(self.next_event, &stored, change).await {
+            Ok(()) => {
+                self.next_event += stored.len() as u64;
+                self.effects(&events, from_agent).await;
+                Ok(())
+            }
+            Err(e) => {
+                // Crash-only: the scheduler ran ahead of the database. Stop; a restart replays
+                // the database, which holds exactly what was acknowledged.
+                tracing::error!("commit failed; the controller stops: {e}");
+                self.fatal = Some(e.to_string());
+                Err(ControllerError::Store(e))
+            }
+        }
+    }
+
+    /// Writes the controller's last log record of a job and answers its sequence number.
+    fn final_note(&self, job: JobId, report: &JobReport, at: Millis) -> u64 {
+        let text = if report.reason.is_empty() {
+            format!("job finished: {}", report.outcome)
+        } else {
+            format!("job finished: {}: {}", report.outcome, report.reason)
+        };
+        match self.logs.note(job, LogKind::Note, text, at) {
+            Ok(seq) => seq.0,
+            Err(e) => {
+                tracing::error!("{e}");
+                self.logs.last(job).map_or(0, |s| s.0)
+            }
+        }
+    }
+
+    async fn effects(&mut self, events: &[Event], from_agent: Option<LeaseId>) {
+        for event in events {
+            match event {
+                Event::JobSubmitted { job, .. }
+                | Event::JobStarted { job, .. }
+                | Event::JobRequeued { job, .. } => self.publish(*job),
+                Event::LeaseGranted {
+                    lease,
+                    epoch,
+                    job,
+                    device,
+                    ..
+                } => {
+                    self.leases.insert(
+                        *lease,
+                        LeaseInfo {
+                            job: *job,
+                            epoch: *epoch,
+                        },
+                    );
+                    let definition = self
+                        .jobs
+                        .get(job)
+                        .and_then(|m| m.definition.clone())
+                        .unwrap_or_default();
+                    self.send_to_device(
+                        device,
+                        ControllerMessage::StartJob {
+                            lease: *lease,
+                            epoch: *epoch,
+                            job: *job,
+                            device: device.clone(),
+                            definition,
+                        },
+                    );
+                    self.publish(*job);
+                }
+                Event::CancelRequested { job, .. } => {
+                    if let Some(entry) = self.sched.job(*job)
+                        && let (Some(lease), Some(device)) = (entry.lease, entry.device.clone())
+                        && let Some(l) = self.sched.lease(lease)
+                    {
+                        let msg = ControllerMessage::CancelJob {
+                            lease,
+                            epoch: l.epoch,
+                        };
+                        self.send_to_device(&device, msg);
+                    }
+                    self.publish(*job);
+                }
+                Event::JobFinished { job, .. } => {
+                    if let Some(meta) = self.jobs.get_mut(job) {
+                        meta.definition = None;
+                    }
+                    self.logs.close(*job);
+                    self.publish(*job);
+                }
+                Event::LeaseReleased {
+                    lease,
+                    device_state,
+                    ..
+                } => {
+                    let info = self.leases.get(*lease);
+                    self.leases.remove(*lease);
+                    if *device_state == proto::DeviceState::NeedsCheck
+                        && from_agent != Some(*lease)
+                        && let Some(info) = info
+                        && let Some(device) =
+                            self.sched.job(info.job).and_then(|j| j.device.clone())
+                    {
+                        self.send_to_device(
+                            &device,
+                            ControllerMessage::DropLease {
+                                lease: *lease,
+                                epoch: info.epoch,
+                            },
+                        );
+                    }
+                }
+                Event::AgentConnected { .. }
+                | Event::AgentDisconnected { .. }
+                | Event::LeaseRenewed { .. }
+                | Event::DeviceReady { .. } => {}
+            }
+        }
+    }
+
+    fn send_to_device(&self, device: &str, message: ControllerMessage) {
+        let Some(agent) = self.sched.device(device).map(|d| d.agent.clone()) else {
+            return;
+        };
+        self.send(&agent, message);
+    }
+
+    fn send(&self, agent: &str, message: ControllerMessage) {
+        if let Some(AgentLink {
+            conn: Some((_, tx)),
+            ..
+        }) = self.agents.get(agent)
+            && tx.try_send(message).is_err()
+        {
+            tracing::warn!(
+                "agent {agent}: link queue full or closed; the agent resyncs when it reconnects"
+            );
+        }
+    }
+
+    fn publish(&self, job: JobId) {
+        if let Some(view) = self.view(job) {
+            let _ = self.updates.send(view);
+        }
+    }
+
+    fn view(&self, job: JobId) -> Option<JobView> {
+        let entry = self.sched.job(job)?;
+        let meta = self.jobs.get(&job)?;
+        Some(JobView {
+            id: job,
+            name: meta.name.clone(),
+            device_type: entry.spec.device_type.clone(),
+            tags: entry.spec.tags.clone(),
+            priority: entry.spec.priority,
+            visibility: meta.visibility.clone(),
+            owner: meta.owner.clone(),
+            state: entry.state,
+            outcome: entry.outcome,
+            reason: entry.reason.clone(),
+            device: entry.device.clone(),
+            submitted_at: entry.submitted,
+            started_at: entry.started,
+            finished_at: entry.finished,
+            warnings: meta.warnings.clone(),
+        })
+    }
+
+    fn visible(&self, job: JobId, asker: &Asker) -> Result<JobView, Failure> {
+        let view = self
+            .view(job)
+            .ok_or_else(|| Failure::NotFound(format!("job {job} does not exist")))?;
+        if may_read(&view, asker) {
+            Ok(view)
+        } else {
+            Err(Failure::Forbidden(format!(
+                "job {job} is {} to its owner",
+                view.visibility
+            )))
+        }
+    }
+
+    async fn handle(&mut self, command: Command) -> Result<(), ControllerError> {
+        match command {
+            Command::Submit { job, reply } => {
+                let answer = self.submit(job).await;
+                let _ = reply.send(answer);
+            }
+            Command::Cancel { job, asker, reply } => {
+                let answer = self.cancel(job, &asker).await;
+                let _ = reply.send(answer);
+            }
+            Command::Job { job, asker, reply } => {
+                let _ = reply.send(self.visible(job, &asker));
+            }
+            Command::Jobs {
+                asker,
+                state,
+                limit,
+                reply,
+            } => {
+                let views = self
+                    .jobs
+                    .keys()
+                    .rev()
+                    .filter_map(|id| self.view(*id))
+                    .filter(|v| may_read(v, &asker))
+                    .filter(|v| state.is_none_or(|s| v.state == s))
+                    .take(limit)
+                    .collect();
+                let _ = reply.send(views);
+            }
+            Command::Devices { reply } => {
+                let views = self
+                    .sched
+                    .devices()
+                    .map(|d| DeviceView {
+                        name: d.info.name.clone(),
+                        device_type: d.info.device_type.clone(),
+                        tags: d.info.tags.clone(),
+                        capabilities: d.info.capabilities.clone(),
+                        state: d.state,
+                        agent: d.agent.clone(),
+                        job: d.lease.and_then(|l| self.sched.lease(l)).map(|l| l.job),
+                    })
+                    .collect();
+                let _ = reply.send(views);
+            }
+            Command::Agents { reply } => {
+                let mut views: BTreeMap<String, AgentView> = BTreeMap::new();
+                for d in self.sched.devices() {
+                    let link = self.agents.get(&d.agent);
+                    let view = views.entry(d.agent.clone()).or_insert_with(|| AgentView {
+                        name: d.agent.clone(),
+                        state: if self.sched.agent_is_connected(&d.agent) {
+                            AgentState::Connected
+                        } else {
+                            AgentState::Disconnected
+                        },
+                        version: link.map(|l| l.version.clone()).unwrap_or_default(),
+                        devices: Vec::new(),
+                        last_seen: link.map_or(Millis(0), |l| l.last_seen),
+                    });
+                    view.devices.push(d.info.name.clone());
+                }
+                let _ = reply.send(views.into_values().collect());
+            }
+            Command::Hello {
+                conn,
+                agent,
+                version,
+                protocol,
+                devices,
+                held,
+                tx,
+                reply,
+            } => {
+                let answer = self
+                    .hello(conn, agent, version, protocol, devices, held, tx)
+                    .await;
+                let _ = reply.send(answer);
+            }
+            Command::FromAgent {
+                conn,
+                agent,
+                message,
+            } => self.from_agent(conn, &agent, message).await,
+            Command::Gone { conn, agent } => {
+                let current = self
+                    .agents
+                    .get(&agent)
+                    .and_then(|l| l.conn.as_ref())
+                    .is_some_and(|(c, _)| *c == conn);
+                if current {
+                    if let Some(link) = self.agents.get_mut(&agent) {
+                        link.conn = None;
+                        link.last_seen = now();
+                    }
+                    let events = self.sched.agent_disconnected(&agent, now());
+                    tracing::info!("agent {agent} disconnected");
+                    if let Err(e) = self.commit(events, Vec::new(), None, None).await {
+                        tracing::error!("agent {agent} disconnected: {e}");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn submit(&mut self, job: Submission) -> Result<JobView, Failure> {
+        if !job.wait_for_device && !self.sched.device_types().contains(&job.spec.device_type) {
+            let known: Vec<String> = self.sched.device_types().into_iter().collect();
+            return Err(Failure::BadRequest {
+                message: format!(
+                    "{}: device_type: no device of type {:?} is registered (known: {}); submit with --wait-for-device to queue anyway",
+                    job.file_name,
+                    job.spec.device_type,
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+                known_device_types: known,
+            });
+        }
+        let id = JobId(self.next_job);
+        let row = JobRow {
+            id,
+            name: job.name.clone(),
+            owner: job.owner.clone(),
+            visibility: job.visibility.clone(),
+            file_name: job.file_name.clone(),
+            definition: job.definition.clone(),
+            warnings: job.warnings.clone(),
+        };
+        // The job must be known before its events run their effects (StartJob needs it).
+        self.jobs.insert(
+            id,
+            JobMeta {
+                name: job.name,
+                owner: job.owner,
+                visibility: job.visibility,
+                warnings: job.warnings,
+                definition: Some(job.definition),
+            },
+        );
+        let events = match self.sched.submit(id, job.spec, now()) {
+            Ok(events) => events,
+            Err(refusal) => {
+                self.jobs.remove(&id);
+                return Err(Failure::Conflict(refusal.to_string()));
+            }
+        };
+        self.next_job += 1;
+        if let Err(e) = self.commit(events, Vec::new(), Some(&row), None).await {
+            self.jobs.remove(&id);
+            return Err(Failure::Unavailable(e.to_string()));
+        }
+        tracing::info!("job {id} queued");
+        self.view(id)
+            .ok_or_else(|| Failure::Unavailable(format!("job {id} vanished after commit")))
+    }
+
+    async fn cancel(&mut self, job: JobId, asker: &Asker) -> Result<JobView, Failure> {
+        let view = self.visible(job, asker)?;
+        if asker.role != Role::Admin && view.owner != asker.name {
+            return Err(Failure::Forbidden(format!(
+                "job {job} belongs to {}; only its owner or an admin may cancel it",
+                view.owner
+            )));
+        }
+        let events = match self.sched.cancel(job, now()) {
+            Ok(events) => events,
+            Err(Refusal::Finished(_)) => {
+                return Err(Failure::Conflict(format!("job {job} is already finished")));
+            }
+            Err(refusal) => return Err(Failure::Conflict(refusal.to_string())),
+        };
+        self.commit(events, Vec::new(), None, None)
+            .await
+            .map_err(|e| Failure::Unavailable(e.to_string()))?;
+        tracing::info!("job {job}: cancel requested by {}", asker.name);
+        self.visible(job, asker)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn hello(
+        &mut self,
+        conn: ConnId,
+        agent: String,
+        version: String,
+        protocol: u32,
+        devices: Vec<DeviceInfo>,
+        held: Vec<HeldLease>,
+        tx: mpsc::Sender<ControllerMessage>,
+    ) -> Result<(), String> {
+        if protocol != PROTOCOL_VERSION {
+            return Err(format!(
+                "agent protocol {protocol} is not supported (this controller speaks {PROTOCOL_VERSION})"
+            ));
+        }
+        let pairs: Vec<(LeaseId, Epoch)> = held.iter().map(|h| (h.lease, h.epoch)).collect();
+        let at = now();
+        let events = self
+            .sched
+            .agent_connected(&agent, &devices, &pairs, at)
+            .map_err(|r| r.to_string())?;
+        // The new connection replaces any older one of the same agent.
+        self.agents.insert(
+            agent.clone(),
+            AgentLink {
+                conn: Some((conn, tx.clone())),
+                version,
+                last_seen: at,
+            },
+        );
+        let mut resume = Vec::new();
+        let mut dead = Vec::new();
+        for h in &held {
+            if self.sched.is_live(h.lease, h.epoch) {
+                let stored = self
+                    .leases
+                    .get(h.lease)
+                    .and_then(|info| self.logs.last(info.job).ok())
+                    .unwrap_or(Seq(0));
+                resume.push(LogCursor {
+                    lease: h.lease,
+                    stored,
+                });
+            } else {
+                dead.push((h.lease, h.epoch));
+            }
+        }
+        let welcome = ControllerMessage::Welcome {
+            protocol: PROTOCOL_VERSION,
+            heartbeat_ms: u64::try_from(self.config.heartbeat.as_millis()).unwrap_or(5000),
+            resume,
+        };
+        if tx.try_send(welcome).is_err() {
+            return Err("connection closed during hello".into());
+        }
+        for (lease, epoch) in dead {
+            let _ = tx.try_send(ControllerMessage::DropLease { lease, epoch });
+        }
+        tracing::info!("agent {agent} connected with {} device(s)", devices.len());
+        self.commit(events, Vec::new(), None, None)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn from_agent(&mut self, conn: ConnId, agent: &str, message: AgentMessage) {
+        let current = self
+            .agents
+            .get(agent)
+            .and_then(|l| l.conn.as_ref())
+            .is_some_and(|(c, _)| *c == conn);
+        if !current {
+            tracing::debug!("agent {agent}: message from a replaced connection ignored");
+            return;
+        }
+        let at = now();
+        if let Some(link) = self.agents.get_mut(agent) {
+            link.last_seen = at;
+        }
+        let result = match message {
+            AgentMessage::Hello { .. } => {
+                tracing::warn!("agent {agent}: second hello ignored");
+                Ok(())
+            }
+            AgentMessage::Heartbeat => {
+                let events = self.sched.heartbeat(agent, at);
+                self.commit(events, Vec::new(), None, None).await
+            }
+            AgentMessage::JobStarted { lease, epoch } => {
+                match self.sched.job_started(lease, epoch, at) {
+                    Ok(events) => self.commit(events, Vec::new(), None, None).await,
+                    Err(refusal) => {
+                        self.refused(agent, lease, epoch, &refusal);
+                        Ok(())
+                    }
+                }
+            }
+            AgentMessage::JobFinished {
+                lease,
+                epoch,
+                report,
+                last_seq,
+            } => {
+                self.job_finished(agent, lease, epoch, report, last_seq)
+                    .await
+            }
+            AgentMessage::StartRefused {
+                lease,
+                epoch,
+                reason,
+            } => {
+                tracing::warn!("agent {agent} refused lease {lease}: {reason}");
+                match self.sched.start_refused(lease, epoch, at) {
+                    Ok(events) => self.commit(events, Vec::new(), None, Some(lease)).await,
+                    Err(refusal) => {
+                        tracing::debug!("start refusal of lease {lease}: {refusal}");
+                        Ok(())
+                    }
+                }
+            }
+            AgentMessage::DeviceReady { device } => {
+                match self.sched.device_ready(agent, &device, at) {
+                    Ok(events) => self.commit(events, Vec::new(), None, None).await,
+                    Err(refusal) => {
+                        tracing::debug!("agent {agent}: device ready {device}: {refusal}");
+                        Ok(())
+                    }
+                }
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!("agent {agent}: {e}");
+        }
+    }
+
+    fn refused(&self, agent: &str, lease: LeaseId, epoch: Epoch, refusal: &Refusal) {
+        tracing::debug!("agent {agent}: lease {lease}: {refusal}");
+        if !self.sched.is_live(lease, epoch) {
+            self.send(agent, ControllerMessage::DropLease { lease, epoch });
+        }
+    }
+
+    async fn job_finished(
+        &mut self,
+        agent: &str,
+        lease: LeaseId,
+        epoch: Epoch,
+        mut report: JobReport,
+        last_seq: Seq,
+    ) -> Result<(), ControllerError> {
+        let Some(info) = self.leases.get(lease).filter(|i| i.epoch == epoch) else {
+            // Already ended by the controller: the agent tears down and reports the device.
+            self.send(agent, ControllerMessage::DropLease { lease, epoch });
+            return Ok(());
+        };
+        let at = now();
+        let events =
+            match self
+                .sched
+                .job_finished(lease, epoch, report.outcome, report.reason.clone(), at)
+            {
+                Ok(events) => events,
+                Err(refusal) => {
+                    self.refused(agent, lease, epoch, &refusal);
+                    return Ok(());
+                }
+            };
+        if let Some(entry) = self.sched.job(info.job)
+            && let Some(outcome) = entry.outcome
+            && outcome != report.outcome
+        {
+            report.outcome = outcome;
+            report.reason = entry.reason.clone();
+        }
+        let stored = self.logs.last(info.job).unwrap_or(Seq(0));
+        if stored < last_seq
+            && let Err(e) = self.logs.note(
+                info.job,
+                LogKind::Gap,
+                format!(
+                    "log records {} to {} never arrived",
+                    stored.0 + 1,
+                    last_seq.0
+                ),
+                at,
+            )
+        {
+            tracing::error!("{e}");
+        }
+        let last = self.final_note(info.job, &report, at);
+        self.commit(events, vec![(info.job, report, last)], None, Some(lease))
+            .await?;
+        self.send(agent, ControllerMessage::FinishAcked { lease, epoch });
+        Ok(())
+    }
+}
+
+/// Whether `asker` may read a job: public jobs, one's own, or any job for admins.
+pub fn may_read(view: &JobView, asker: &Asker) -> bool {
+    asker.role == Role::Admin || view.visibility == "public" || view.owner == asker.name
+}
+
+/// Outcome words as a final state, for tests and callers.
+pub fn is_finished(view: &JobView) -> bool {
+    view.state == JobState::Finished && view.outcome.is_some()
+}

@@ -1,0 +1,50 @@
+//! The OpenAPI description of the REST API, generated from the route handlers.
+//! `docs/openapi.json` is the committed copy; a test regenerates it and compares.
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+struct Bearer;
+
+impl Modify for Bearer {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "dutlab", description = "dutlab controller API. Every route but /healthz needs `Authorization: Bearer TOKEN`."),
+    paths(
+        crate::api::healthz,
+        crate::api::whoami,
+        crate::api::create_token,
+        crate::api::list_tokens,
+        crate::api::revoke_token,
+        crate::api::submit_job,
+        crate::api::list_jobs,
+        crate::api::get_job,
+        crate::api::cancel_job,
+        crate::api::job_definition,
+        crate::api::job_logs,
+        crate::api::follow,
+        crate::api::job_results,
+        crate::api::devices,
+        crate::api::agents,
+        crate::link::link,
+    ),
+    modifiers(&Bearer)
+)]
+struct ApiDoc;
+
+/// The OpenAPI document as pretty JSON (no version field that changes per build).
+pub fn openapi_json() -> String {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = "v1".to_owned();
+    doc.to_pretty_json()
+        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+}

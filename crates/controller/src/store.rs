@@ -1,0 +1,334 @@
+//! The database: tokens, jobs (definition, owner, report) and the scheduler's event log.
+//!
+//! One SQL text serves SQLite and PostgreSQL (`$1` placeholders, `BIGINT`/`TEXT` columns only)
+//! through sqlx's `Any` driver, with runtime queries (no compile-time macros).
+//!
+//! Invariants:
+//! - The scheduler's state is never stored directly: it is rebuilt by replaying `events` in
+//!   `seq` order. Every state change is committed together with its events in one transaction
+//!   ([`Store::commit`]) before anyone is told about it.
+//! - Token secrets are never stored: only their SHA-256 (tokens are 160-bit random strings, so
+//!   a fast hash is enough; there is nothing to brute-force).
+//! - SQLite runs in WAL mode with a busy timeout; the dispatcher is the only writer of jobs and
+//!   events.
+
+use proto::api::TokenView;
+use proto::{JobId, JobReport, Millis, Role};
+use scheduler::Event;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor, Row};
+use std::path::Path;
+
+/// Why the database failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("database: {0}")]
+    Sql(#[from] sqlx::Error),
+    #[error("database holds a bad {what}: {reason}")]
+    Corrupt { what: &'static str, reason: String },
+}
+
+const SCHEMA: [&str; 4] = [
+    "CREATE TABLE IF NOT EXISTS tokens (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        role TEXT NOT NULL,
+        hash TEXT NOT NULL UNIQUE,
+        created_at BIGINT NOT NULL,
+        revoked_at BIGINT
+    )",
+    "CREATE TABLE IF NOT EXISTS jobs (
+        id BIGINT PRIMARY KEY,
+        name TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        visibility TEXT NOT NULL,
+        file_name TEXT NOT NULL,
+        definition TEXT NOT NULL,
+        warnings TEXT NOT NULL,
+        report TEXT,
+        last_seq BIGINT
+    )",
+    "CREATE TABLE IF NOT EXISTS events (
+        seq BIGINT PRIMARY KEY,
+        body TEXT NOT NULL
+    )",
+    "CREATE TABLE IF NOT EXISTS meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    )",
+];
+
+/// A token as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredToken {
+    pub view: TokenView,
+    pub hash: String,
+}
+
+/// A job's own row: what the scheduler does not keep.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRow {
+    pub id: JobId,
+    pub name: String,
+    pub owner: String,
+    pub visibility: String,
+    pub file_name: String,
+    pub definition: String,
+    pub warnings: Vec<String>,
+}
+
+/// What one commit writes besides events.
+#[derive(Debug, Default)]
+pub struct Change<'a> {
+    pub new_job: Option<&'a JobRow>,
+    /// Final reports with the sequence number of each job's last log record.
+    pub reports: Vec<(JobId, &'a JobReport, u64)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+}
+
+impl Store {
+    /// Opens (and creates) the database. `url` is `sqlite://PATH` or `postgres://...`.
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let sqlite = url.starts_with("sqlite:");
+        let connect = |source| StoreError::Connect {
+            url: redact(url),
+            source,
+        };
+        let mut options = AnyPoolOptions::new().max_connections(if sqlite { 4 } else { 8 });
+        if sqlite {
+            options = options.after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    conn.execute("PRAGMA busy_timeout = 5000").await?;
+                    conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = options.connect(url).await.map_err(connect)?;
+        for statement in SCHEMA {
+            pool.execute(statement).await?;
+        }
+        Ok(Store { pool })
+    }
+
+    /// The SQLite URL of a data directory.
+    pub fn sqlite_url(data_dir: &Path) -> String {
+        format!("sqlite://{}?mode=rwc", data_dir.join("dutlab.db").display())
+    }
+
+    pub async fn tokens(&self) -> Result<Vec<StoredToken>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, name, role, hash, created_at, revoked_at FROM tokens ORDER BY created_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(token_row).collect()
+    }
+
+    pub async fn insert_token(&self, token: &StoredToken) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO tokens (id, name, role, hash, created_at, revoked_at) VALUES ($1, $2, $3, $4, $5, NULL)",
+        )
+        .bind(token.view.id.clone())
+        .bind(token.view.name.clone())
+        .bind(token.view.role.as_str())
+        .bind(token.hash.clone())
+        .bind(as_i64(token.view.created_at.0))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Marks a token revoked; false when there is no such token.
+    pub async fn revoke_token(&self, id: &str, at: Millis) -> Result<bool, StoreError> {
+        let done =
+            sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+                .bind(as_i64(at.0))
+                .bind(id.to_owned())
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Every stored event, in order.
+    pub async fn events(&self) -> Result<Vec<(u64, Event)>, StoreError> {
+        let rows = sqlx::query("SELECT seq, body FROM events ORDER BY seq")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let seq: i64 = row.try_get("seq")?;
+                let body: String = row.try_get("body")?;
+                let event = serde_json::from_str(&body).map_err(|e| StoreError::Corrupt {
+                    what: "event",
+                    reason: format!("event {seq}: {e}"),
+                })?;
+                Ok((as_u64(seq), event))
+            })
+            .collect()
+    }
+
+    /// Every job row, in id order.
+    pub async fn jobs(&self) -> Result<Vec<JobRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, name, owner, visibility, file_name, definition, warnings FROM jobs ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(job_row).collect()
+    }
+
+    pub async fn definition(&self, job: JobId) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT definition FROM jobs WHERE id = $1")
+            .bind(as_i64(job.0))
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(row) => Some(row.try_get("definition")?),
+            None => None,
+        })
+    }
+
+    /// The stored report and the sequence number of the job's last log record.
+    pub async fn report(&self, job: JobId) -> Result<Option<(JobReport, u64)>, StoreError> {
+        let row = sqlx::query("SELECT report, last_seq FROM jobs WHERE id = $1")
+            .bind(as_i64(job.0))
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let report: Option<String> = row.try_get("report")?;
+        let last: Option<i64> = row.try_get("last_seq")?;
+        match report {
+            Some(text) => {
+                let report = serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+                    what: "report",
+                    reason: format!("job {job}: {e}"),
+                })?;
+                Ok(Some((report, last.map_or(0, as_u64))))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Commits events (numbered from `first_seq`) and the change in one transaction.
+    pub async fn commit(
+        &self,
+        first_seq: u64,
+        events: &[Event],
+        change: Change<'_>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(job) = change.new_job {
+            let warnings =
+                serde_json::to_string(&job.warnings).map_err(|e| StoreError::Corrupt {
+                    what: "warning list",
+                    reason: e.to_string(),
+                })?;
+            sqlx::query(
+                "INSERT INTO jobs (id, name, owner, visibility, file_name, definition, warnings, report, last_seq)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, NULL)",
+            )
+            .bind(as_i64(job.id.0))
+            .bind(job.name.clone())
+            .bind(job.owner.clone())
+            .bind(job.visibility.clone())
+            .bind(job.file_name.clone())
+            .bind(job.definition.clone())
+            .bind(warnings)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for (job, report, last_seq) in change.reports {
+            let text = serde_json::to_string(report).map_err(|e| StoreError::Corrupt {
+                what: "report",
+                reason: e.to_string(),
+            })?;
+            sqlx::query("UPDATE jobs SET report = $1, last_seq = $2 WHERE id = $3")
+                .bind(text)
+                .bind(as_i64(last_seq))
+                .bind(as_i64(job.0))
+                .execute(&mut *tx)
+                .await?;
+        }
+        for (i, event) in events.iter().enumerate() {
+            let body = serde_json::to_string(event).map_err(|e| StoreError::Corrupt {
+                what: "event",
+                reason: e.to_string(),
+            })?;
+            sqlx::query("INSERT INTO events (seq, body) VALUES ($1, $2)")
+                .bind(as_i64(first_seq + i as u64))
+                .bind(body)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+fn token_row(row: &AnyRow) -> Result<StoredToken, StoreError> {
+    let role: String = row.try_get("role")?;
+    let revoked: Option<i64> = row.try_get("revoked_at")?;
+    Ok(StoredToken {
+        view: TokenView {
+            id: row.try_get("id")?,
+            name: row.try_get("name")?,
+            role: Role::parse(&role).ok_or_else(|| StoreError::Corrupt {
+                what: "token role",
+                reason: role.clone(),
+            })?,
+            created_at: Millis(as_u64(row.try_get("created_at")?)),
+            revoked_at: revoked.map(|r| Millis(as_u64(r))),
+        },
+        hash: row.try_get("hash")?,
+    })
+}
+
+fn job_row(row: &AnyRow) -> Result<JobRow, StoreError> {
+    let warnings: String = row.try_get("warnings")?;
+    Ok(JobRow {
+        id: JobId(as_u64(row.try_get("id")?)),
+        name: row.try_get("name")?,
+        owner: row.try_get("owner")?,
+        visibility: row.try_get("visibility")?,
+        file_name: row.try_get("file_name")?,
+        definition: row.try_get("definition")?,
+        warnings: serde_json::from_str(&warnings).map_err(|e| StoreError::Corrupt {
+            what: "warning list",
+            reason: e.to_string(),
+        })?,
+    })
+}
+
+/// Database integers are signed; ids and times never reach 2^63.
+fn as_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn as_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// A database URL with any password removed, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}://{}:***@{}", &url[..scheme], user, &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
