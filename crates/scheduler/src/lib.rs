@@ -1,1 +1,104 @@
-//! Job, lease and device state machines. (Being written.)
+//! Job, lease and device state machines of the controller: the queue, matching and
+//! priorities. Pure: no I/O, no clock. Time comes in as [`Millis`] arguments.
+//!
+//! # Event sourcing
+//!
+//! A [`Scheduler`] changes only through [`Scheduler::apply`], the one transition function.
+//! Every command method (`submit`, `cancel`, `tick`, ...) validates its input, builds
+//! [`Event`]s, applies each and returns them; the controller stores them with its own tables in
+//! one transaction and rebuilds the same scheduler after a restart with [`Scheduler::replay`].
+//! A command that returns `Err(Refusal)` changed nothing. `apply` is atomic too: it checks
+//! everything before it changes anything, so an event that does not fit leaves the state as it
+//! was.
+//!
+//! # Jobs
+//!
+//! ```text
+//!              JobSubmitted                LeaseGranted                JobStarted
+//!   (none) ──────────────> Queued ─────────────────> Assigned ─────────────────> Running
+//!                           │  ^                      │    │                        │
+//!                           │  └──── JobRequeued ─────┘    │ CancelRequested        │ CancelRequested
+//!                           │      (start refused)         v                        │
+//!                           │                          Canceling <──────────────────┘
+//!            JobFinished    │                              │
+//!            (canceled)     v          JobFinished         │ JobFinished (always canceled)
+//!                        Finished <────────────────────────┴──── from Assigned and Running too
+//! ```
+//!
+//! `Finished` is absorbing: its outcome and reason never change. A job that was `Canceling`
+//! always finishes `canceled`, whatever ended it.
+//!
+//! # Devices and leases
+//!
+//! ```text
+//!            AgentConnected                LeaseGranted
+//!   Offline ───────────────> Idle ───────────────────────────> Busy
+//!      ^   <───────────────   ^  ^  LeaseReleased(idle)          │
+//!      │    AgentDisconnected │  └──────────────────────────────┤
+//!      │                      │ DeviceReady                      │ LeaseReleased(needs-check)
+//!      │                      │                                  v
+//!      └─── AgentDisconnected ┴──────────────────────────── NeedsCheck
+//! ```
+//!
+//! A device's state is derived, never set: `Busy` while it holds a live lease, else `Offline`
+//! while its agent is disconnected, else `NeedsCheck` while a lease ended without its agent
+//! confirming teardown, else `Idle`. An offline device remembers that it needs a check.
+//!
+//! Invariants (checked by the state-machine tests after every step):
+//! - A device holds at most one live lease and a job at most one; a live lease's job is
+//!   `Assigned`, `Running` or `Canceling` and its device is `Busy`.
+//! - Every `LeaseGranted` is followed by exactly one `LeaseReleased` for that lease, or the
+//!   lease is still live.
+//! - Lease ids are never reused; a device's epoch rises by at least one at every grant and never
+//!   goes down, even when the device is removed and registered again.
+//! - Only live leases are kept. A message about a lease that ended is refused with
+//!   [`Refusal::LeaseNotLive`]; one with an epoch other than the lease's with
+//!   [`Refusal::StaleEpoch`].
+//! - After [`Scheduler::schedule`], no queued job fits an idle device (a job fits a device when
+//!   the device type is equal and the job's tags are a subset of the device's). Queued jobs are
+//!   served by priority (higher first), then by job id (first submitted first); a requeued job
+//!   keeps its place.
+//!
+//! # Cost
+//!
+//! The queue is kept ordered per device type and idle devices are indexed by device type.
+//! `schedule` only looks at what changed since its last call (jobs that became queued, devices
+//! that became idle), since nothing else can form a new match, and returns at once when no
+//! device is idle.
+
+mod error;
+mod event;
+mod schedule;
+mod state;
+
+mod commands;
+
+pub use error::{Refusal, SchedulerError};
+pub use event::{Event, JobSpec, MAX_PRIORITY};
+pub use state::{DeviceEntry, JobEntry, Lease, Scheduler};
+
+pub use proto::link::DeviceInfo;
+pub use proto::{DeviceState, Epoch, JobId, JobState, LeaseId, Millis, Outcome};
+
+use std::time::Duration;
+
+/// Timing of leases and graces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    /// How long a lease lives without a heartbeat from its agent.
+    pub lease_ttl: Duration,
+    /// How long the leases of a disconnected agent survive, waiting for it to come back.
+    pub disconnect_grace: Duration,
+    /// How long the agent has to confirm a cancel before the job ends anyway.
+    pub cancel_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            lease_ttl: Duration::from_secs(60),
+            disconnect_grace: Duration::from_secs(10),
+            cancel_grace: Duration::from_secs(8),
+        }
+    }
+}

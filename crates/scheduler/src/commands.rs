@@ -1,0 +1,501 @@
+//! Commands: what the controller's dispatcher calls. Each validates, then builds events and
+//! applies them one by one through [`Scheduler::apply`], and returns them in order.
+
+use crate::error::Refusal;
+use crate::event::{Event, JobSpec, MAX_PRIORITY};
+use crate::state::{Lease, Scheduler};
+use proto::link::DeviceInfo;
+use proto::{DeviceState, Epoch, JobId, JobState, LeaseId, Millis, Outcome};
+use std::collections::BTreeSet;
+
+impl Scheduler {
+    /// Applies `event` and records it in `out`. Commands only build events that fit; should
+    /// one not fit (a bug), it is left out, so the returned events still rebuild this state,
+    /// and debug builds panic to show the bug.
+    pub(crate) fn emit(&mut self, out: &mut Vec<Event>, event: Event) {
+        match self.apply(&event) {
+            Ok(()) => out.push(event),
+            Err(e) => {
+                if cfg!(debug_assertions) {
+                    panic!("the scheduler built an event that does not fit its state: {e}");
+                }
+            }
+        }
+    }
+
+    /// Queues a job, then schedules.
+    pub fn submit(
+        &mut self,
+        job: JobId,
+        spec: JobSpec,
+        now: Millis,
+    ) -> Result<Vec<Event>, Refusal> {
+        if self.state.jobs.contains_key(&job) {
+            return Err(Refusal::DuplicateJob(job));
+        }
+        if spec.priority > MAX_PRIORITY {
+            return Err(Refusal::Priority(spec.priority));
+        }
+        let mut out = Vec::new();
+        self.emit(&mut out, Event::JobSubmitted { job, spec, at: now });
+        out.extend(self.schedule(now));
+        Ok(out)
+    }
+
+    /// Cancels a job: a queued one finishes at once; for an assigned or running one a cancel is
+    /// requested (the controller tells the agent; the job finishes when the agent reports, or
+    /// at the cancel grace). Canceling twice is fine.
+    pub fn cancel(&mut self, job: JobId, now: Millis) -> Result<Vec<Event>, Refusal> {
+        let state = self
+            .state
+            .jobs
+            .get(&job)
+            .ok_or(Refusal::UnknownJob(job))?
+            .state;
+        let mut out = Vec::new();
+        match state {
+            JobState::Queued => self.emit(
+                &mut out,
+                Event::JobFinished {
+                    job,
+                    outcome: Outcome::Canceled,
+                    reason: "canceled while queued".into(),
+                    at: now,
+                },
+            ),
+            JobState::Assigned | JobState::Running => {
+                self.emit(&mut out, Event::CancelRequested { job, at: now });
+            }
+            JobState::Canceling => {}
+            JobState::Finished => return Err(Refusal::Finished(job)),
+        }
+        Ok(out)
+    }
+
+    /// An agent connected (or reconnected) offering `devices`, and says it still holds the
+    /// leases `held`.
+    ///
+    /// - Live leases on its devices that it does not hold are lost: their jobs finish
+    ///   `infra-error`, and the devices, which the agent just said it holds nothing on, are ready.
+    /// - Live leases it holds are renewed, except on devices it no longer lists.
+    /// - Devices needing a check are ready unless the agent still holds the lease that ended
+    ///   on them (it must tear that down first and send `DeviceReady`).
+    /// - Devices it no longer lists are removed, or kept until their lease ends.
+    ///
+    /// Then schedules.
+    pub fn agent_connected(
+        &mut self,
+        agent: &str,
+        devices: &[DeviceInfo],
+        held: &[(LeaseId, Epoch)],
+        now: Millis,
+    ) -> Result<Vec<Event>, Refusal> {
+        let mut names = BTreeSet::new();
+        for d in devices {
+            if !names.insert(d.name.as_str()) {
+                return Err(Refusal::DuplicateDevice(d.name.clone()));
+            }
+            if let Some(owner) = self.taken_by_other(&d.name, agent) {
+                return Err(Refusal::DeviceTaken {
+                    device: d.name.clone(),
+                    agent: owner.to_owned(),
+                });
+            }
+        }
+        let mut out = Vec::new();
+        self.emit(
+            &mut out,
+            Event::AgentConnected {
+                agent: agent.to_owned(),
+                devices: devices.to_vec(),
+                at: now,
+            },
+        );
+        let held_ids: BTreeSet<LeaseId> = held.iter().map(|(l, _)| *l).collect();
+        let held: BTreeSet<(LeaseId, Epoch)> = held.iter().copied().collect();
+        for l in self.leases_of(agent) {
+            let withdrawn = self
+                .state
+                .devices
+                .get(&l.device)
+                .is_some_and(|d| d.withdrawn);
+            if held.contains(&(l.id, l.epoch)) {
+                if !withdrawn {
+                    let expires = now.plus(self.config.lease_ttl);
+                    self.emit(
+                        &mut out,
+                        Event::LeaseRenewed {
+                            lease: l.id,
+                            expires,
+                        },
+                    );
+                }
+                continue;
+            }
+            let reason = format!("agent {agent} restarted and no longer runs the job");
+            self.end_lease(
+                &mut out,
+                &l,
+                Outcome::InfraError,
+                reason,
+                DeviceState::NeedsCheck,
+                now,
+            );
+            if self
+                .state
+                .devices
+                .get(&l.device)
+                .is_some_and(|d| d.state == DeviceState::NeedsCheck)
+            {
+                let device = l.device.clone();
+                self.emit(&mut out, Event::DeviceReady { device, at: now });
+            }
+        }
+        let ready: Vec<String> = self
+            .devices_of(agent)
+            .filter(|d| d.state == DeviceState::NeedsCheck)
+            .filter(|d| d.unconfirmed.is_none_or(|l| !held_ids.contains(&l)))
+            .map(|d| d.info.name.clone())
+            .collect();
+        for device in ready {
+            self.emit(&mut out, Event::DeviceReady { device, at: now });
+        }
+        out.extend(self.schedule(now));
+        Ok(out)
+    }
+
+    /// An agent's connection ended. Its idle devices go offline; its leases live on until the
+    /// disconnect grace. Nothing happens for an agent that is not connected.
+    pub fn agent_disconnected(&mut self, agent: &str, now: Millis) -> Vec<Event> {
+        let mut out = Vec::new();
+        if self.agent_is_connected(agent) {
+            self.emit(
+                &mut out,
+                Event::AgentDisconnected {
+                    agent: agent.to_owned(),
+                    at: now,
+                },
+            );
+        }
+        out
+    }
+
+    /// The controller process restarted (after [`Scheduler::replay`]): no agent is connected
+    /// any more, and every live lease gets a full TTL, so the agents have time to come back.
+    pub fn restarted(&mut self, now: Millis) -> Vec<Event> {
+        let mut out = Vec::new();
+        let agents: Vec<String> = self
+            .state
+            .agents
+            .iter()
+            .filter(|(_, a)| a.connected)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for agent in agents {
+            self.emit(&mut out, Event::AgentDisconnected { agent, at: now });
+        }
+        let leases: Vec<LeaseId> = self.state.leases.keys().copied().collect();
+        let expires = now.plus(self.config.lease_ttl);
+        for lease in leases {
+            self.emit(&mut out, Event::LeaseRenewed { lease, expires });
+        }
+        out
+    }
+
+    /// The agent is alive: renews the live leases on its devices (not on those it withdrew).
+    pub fn heartbeat(&mut self, agent: &str, now: Millis) -> Vec<Event> {
+        let mut out = Vec::new();
+        if !self.agent_is_connected(agent) {
+            return out;
+        }
+        let expires = now.plus(self.config.lease_ttl);
+        for l in self.leases_of(agent) {
+            let withdrawn = self
+                .state
+                .devices
+                .get(&l.device)
+                .is_some_and(|d| d.withdrawn);
+            if !withdrawn {
+                self.emit(
+                    &mut out,
+                    Event::LeaseRenewed {
+                        lease: l.id,
+                        expires,
+                    },
+                );
+            }
+        }
+        out
+    }
+
+    /// The agent started the job. Repeating it is fine.
+    pub fn job_started(
+        &mut self,
+        lease: LeaseId,
+        epoch: Epoch,
+        now: Millis,
+    ) -> Result<Vec<Event>, Refusal> {
+        let l = self.live_lease(lease, epoch)?;
+        let mut out = Vec::new();
+        let assigned = self
+            .state
+            .jobs
+            .get(&l.job)
+            .is_some_and(|j| j.state == JobState::Assigned);
+        if assigned {
+            let job = l.job;
+            self.emit(
+                &mut out,
+                Event::JobStarted {
+                    job,
+                    lease,
+                    at: now,
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    /// The agent reports the end of the job: it finishes with `outcome` (`canceled` if a cancel
+    /// was requested), the device is idle again, then schedules.
+    pub fn job_finished(
+        &mut self,
+        lease: LeaseId,
+        epoch: Epoch,
+        outcome: Outcome,
+        reason: String,
+        now: Millis,
+    ) -> Result<Vec<Event>, Refusal> {
+        let l = self.live_lease(lease, epoch)?;
+        let mut out = Vec::new();
+        self.end_lease(&mut out, &l, outcome, reason, DeviceState::Idle, now);
+        out.extend(self.schedule(now));
+        Ok(out)
+    }
+
+    /// The agent could not start the job: it goes back to the queue at its old place (or
+    /// finishes `canceled` if a cancel was requested meanwhile) and the device needs a check.
+    /// Then schedules.
+    pub fn start_refused(
+        &mut self,
+        lease: LeaseId,
+        epoch: Epoch,
+        now: Millis,
+    ) -> Result<Vec<Event>, Refusal> {
+        let l = self.live_lease(lease, epoch)?;
+        let state = self
+            .state
+            .jobs
+            .get(&l.job)
+            .ok_or(Refusal::UnknownJob(l.job))?
+            .state;
+        let mut out = Vec::new();
+        match state {
+            JobState::Assigned => {
+                self.emit(
+                    &mut out,
+                    Event::JobRequeued {
+                        job: l.job,
+                        at: now,
+                    },
+                );
+                self.emit(
+                    &mut out,
+                    Event::LeaseReleased {
+                        lease,
+                        device_state: DeviceState::NeedsCheck,
+                        at: now,
+                    },
+                );
+            }
+            JobState::Canceling => {
+                let reason = "canceled; the agent did not start it".to_owned();
+                self.end_lease(
+                    &mut out,
+                    &l,
+                    Outcome::Canceled,
+                    reason,
+                    DeviceState::NeedsCheck,
+                    now,
+                );
+            }
+            state => return Err(Refusal::NotAssigned { job: l.job, state }),
+        }
+        out.extend(self.schedule(now));
+        Ok(out)
+    }
+
+    /// The agent confirms that `device` is torn down: a device needing a check becomes idle.
+    /// Then schedules.
+    pub fn device_ready(
+        &mut self,
+        agent: &str,
+        device: &str,
+        now: Millis,
+    ) -> Result<Vec<Event>, Refusal> {
+        let d = self
+            .state
+            .devices
+            .get(device)
+            .ok_or_else(|| Refusal::UnknownDevice(device.to_owned()))?;
+        if d.agent != agent {
+            return Err(Refusal::NotYourDevice {
+                device: device.to_owned(),
+                agent: d.agent.clone(),
+            });
+        }
+        if !self.agent_is_connected(agent) {
+            return Err(Refusal::AgentNotConnected(agent.to_owned()));
+        }
+        if let Some(lease) = d.lease {
+            return Err(Refusal::DeviceBusy {
+                device: device.to_owned(),
+                lease,
+            });
+        }
+        let mut out = Vec::new();
+        if d.state == DeviceState::NeedsCheck {
+            let device = device.to_owned();
+            self.emit(&mut out, Event::DeviceReady { device, at: now });
+        }
+        out.extend(self.schedule(now));
+        Ok(out)
+    }
+
+    /// Ends the leases whose time is up, then schedules:
+    /// - a cancel not confirmed within the cancel grace: `canceled`;
+    /// - an agent disconnected for the disconnect grace: `infra-error`;
+    /// - a lease not renewed before it expired: `infra-error`.
+    ///
+    /// Their devices need a check.
+    pub fn tick(&mut self, now: Millis) -> Vec<Event> {
+        let mut out = Vec::new();
+        let due: Vec<Lease> = self
+            .state
+            .leases
+            .values()
+            .filter(|l| self.deadline_of(l) <= now)
+            .cloned()
+            .collect();
+        for l in due {
+            let (outcome, reason) = self.why_due(&l, now);
+            self.end_lease(&mut out, &l, outcome, reason, DeviceState::NeedsCheck, now);
+        }
+        out.extend(self.schedule(now));
+        out
+    }
+
+    fn why_due(&self, l: &Lease, now: Millis) -> (Outcome, String) {
+        let agent = self
+            .state
+            .devices
+            .get(&l.device)
+            .map_or("?", |d| d.agent.as_str());
+        let asked = self
+            .state
+            .jobs
+            .get(&l.job)
+            .filter(|j| j.state == JobState::Canceling)
+            .and_then(|j| j.cancel_requested);
+        if let Some(asked) = asked
+            && asked.plus(self.config.cancel_grace) <= now
+        {
+            let grace = self.config.cancel_grace;
+            let reason =
+                format!("canceled at {asked}; agent {agent} did not confirm within {grace:?}");
+            return (Outcome::Canceled, reason);
+        }
+        if let Some(since) = self.disconnected_since(&l.device)
+            && since.plus(self.config.disconnect_grace) <= now
+        {
+            let grace = self.config.disconnect_grace;
+            let reason = format!(
+                "agent {agent} disconnected at {since} and did not return within {grace:?}"
+            );
+            return (Outcome::InfraError, reason);
+        }
+        let silent = Millis(l.expires.0.saturating_sub(millis(self.config.lease_ttl)));
+        let reason = format!("lease expired: agent {agent} silent since {silent}");
+        (Outcome::InfraError, reason)
+    }
+
+    /// Finishes the lease's job (`canceled` if it was canceling) and releases the lease.
+    fn end_lease(
+        &mut self,
+        out: &mut Vec<Event>,
+        l: &Lease,
+        outcome: Outcome,
+        reason: String,
+        device_state: DeviceState,
+        now: Millis,
+    ) {
+        let canceling = self
+            .state
+            .jobs
+            .get(&l.job)
+            .is_some_and(|j| j.state == JobState::Canceling);
+        let outcome = if canceling {
+            Outcome::Canceled
+        } else {
+            outcome
+        };
+        self.emit(
+            out,
+            Event::JobFinished {
+                job: l.job,
+                outcome,
+                reason,
+                at: now,
+            },
+        );
+        self.emit(
+            out,
+            Event::LeaseReleased {
+                lease: l.id,
+                device_state,
+                at: now,
+            },
+        );
+    }
+
+    /// A live lease named by an agent message, or why the message is refused.
+    fn live_lease(&self, lease: LeaseId, epoch: Epoch) -> Result<Lease, Refusal> {
+        match self.state.leases.get(&lease) {
+            Some(l) if l.epoch == epoch => Ok(l.clone()),
+            Some(l) => Err(Refusal::StaleEpoch {
+                lease,
+                given: epoch,
+                current: l.epoch,
+            }),
+            None if lease.0 == 0 || lease.0 >= self.state.next_lease => {
+                Err(Refusal::UnknownLease(lease))
+            }
+            None => Err(Refusal::LeaseNotLive(lease)),
+        }
+    }
+
+    /// Live leases on the devices of `agent`, by lease id.
+    fn leases_of(&self, agent: &str) -> Vec<Lease> {
+        let mut leases: Vec<Lease> = self
+            .devices_of(agent)
+            .filter_map(|d| d.lease)
+            .filter_map(|id| self.state.leases.get(&id))
+            .cloned()
+            .collect();
+        leases.sort_by_key(|l| l.id);
+        leases
+    }
+
+    fn devices_of<'a>(&'a self, agent: &str) -> impl Iterator<Item = &'a crate::DeviceEntry> {
+        self.state
+            .agents
+            .get(agent)
+            .into_iter()
+            .flat_map(|a| a.devices.iter())
+            .filter_map(|n| self.state.devices.get(n))
+    }
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

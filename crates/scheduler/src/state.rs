@@ -1,0 +1,782 @@
+//! The scheduler's state, its one transition function [`Scheduler::apply`], and queries.
+//!
+//! Besides jobs, devices, leases and agents, the state keeps two indexes that `apply` updates
+//! with every change: queued jobs by device type in serving order, and idle devices by device
+//! type. Work that `schedule` has not looked at yet (jobs that became queued, devices that
+//! became idle) is noted apart from the state: it is not part of what replay must rebuild.
+
+use crate::Config;
+use crate::error::SchedulerError;
+use crate::event::{Event, JobSpec, MAX_PRIORITY};
+use proto::link::DeviceInfo;
+use proto::{DeviceState, Epoch, JobId, JobState, LeaseId, Millis, Outcome};
+use serde::{Deserialize, Serialize};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Serving order of queued jobs: priority descending, then job id ascending.
+pub(crate) type QueueKey = (Reverse<u8>, JobId);
+
+pub(crate) fn queue_key(job: JobId, spec: &JobSpec) -> QueueKey {
+    (Reverse(spec.priority), job)
+}
+
+/// A job as the scheduler sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobEntry {
+    pub spec: JobSpec,
+    pub state: JobState,
+    /// Set when finished.
+    pub outcome: Option<Outcome>,
+    /// Why it finished (empty before).
+    pub reason: String,
+    /// The lease it holds; for a finished job, the last one it held.
+    pub lease: Option<LeaseId>,
+    /// The device of `lease`.
+    pub device: Option<String>,
+    pub submitted: Millis,
+    /// When the agent reported the start (of the current assignment).
+    pub started: Option<Millis>,
+    /// When a cancel was requested.
+    pub cancel_requested: Option<Millis>,
+    pub finished: Option<Millis>,
+}
+
+/// A registered device.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceEntry {
+    pub info: DeviceInfo,
+    /// The agent that offers it (the last one that did).
+    pub agent: String,
+    /// Derived: see the crate documentation.
+    pub state: DeviceState,
+    /// Epoch of its last grant (0: never granted).
+    pub epoch: Epoch,
+    /// Its live lease.
+    pub lease: Option<LeaseId>,
+    /// The lease that ended without its agent confirming teardown: the device needs a check.
+    pub unconfirmed: Option<LeaseId>,
+    /// Its agent no longer lists it; it stays only until its lease ends, without renewals.
+    pub withdrawn: bool,
+}
+
+/// A live lease. Leases that ended are not kept.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub id: LeaseId,
+    pub epoch: Epoch,
+    pub job: JobId,
+    pub device: String,
+    pub expires: Millis,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct AgentEntry {
+    pub(crate) connected: bool,
+    /// When it last connected or disconnected.
+    pub(crate) since: Millis,
+    pub(crate) devices: BTreeSet<String>,
+}
+
+/// Everything replay must rebuild.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct State {
+    pub(crate) jobs: BTreeMap<JobId, JobEntry>,
+    pub(crate) devices: BTreeMap<String, DeviceEntry>,
+    pub(crate) leases: BTreeMap<LeaseId, Lease>,
+    pub(crate) agents: BTreeMap<String, AgentEntry>,
+    /// Queued jobs by device type; no empty sets.
+    pub(crate) queue: BTreeMap<String, BTreeSet<QueueKey>>,
+    /// Idle devices by device type; no empty sets.
+    pub(crate) idle: BTreeMap<String, BTreeSet<String>>,
+    /// Epochs of removed devices, so that a device registered again never reuses an epoch.
+    pub(crate) retired: BTreeMap<String, Epoch>,
+    /// The next lease id to grant (ids start at 1).
+    pub(crate) next_lease: u64,
+}
+
+/// Changes `schedule` has not looked at yet.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Fresh {
+    pub(crate) devices: BTreeSet<String>,
+    pub(crate) jobs: BTreeSet<JobId>,
+}
+
+/// Jobs, devices, leases and agents of one controller. See the crate documentation.
+///
+/// Two schedulers are equal when their configuration and state are equal (work not yet
+/// looked at by `schedule` is not compared).
+#[derive(Clone, Debug)]
+pub struct Scheduler {
+    pub(crate) config: Config,
+    pub(crate) state: State,
+    pub(crate) fresh: Fresh,
+}
+
+impl PartialEq for Scheduler {
+    fn eq(&self, other: &Scheduler) -> bool {
+        self.config == other.config && self.state == other.state
+    }
+}
+
+impl Eq for Scheduler {}
+
+fn unknown_job(event: &'static str, job: JobId) -> SchedulerError {
+    SchedulerError::UnknownJob { event, job }
+}
+
+fn not_live(event: &'static str, lease: LeaseId) -> SchedulerError {
+    SchedulerError::LeaseNotLive { event, lease }
+}
+
+impl Scheduler {
+    pub fn new(config: Config) -> Scheduler {
+        Scheduler {
+            config,
+            state: State {
+                next_lease: 1,
+                ..State::default()
+            },
+            fresh: Fresh::default(),
+        }
+    }
+
+    /// Rebuilds a scheduler from its log.
+    pub fn replay<'a>(
+        config: Config,
+        events: impl IntoIterator<Item = &'a Event>,
+    ) -> Result<Scheduler, SchedulerError> {
+        let mut s = Scheduler::new(config);
+        for (index, event) in events.into_iter().enumerate() {
+            s.apply(event).map_err(|e| SchedulerError::Replay {
+                index,
+                source: Box::new(e),
+            })?;
+        }
+        Ok(s)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The one transition function. Checks that the event fits, then changes the state; an
+    /// event that does not fit changes nothing.
+    pub fn apply(&mut self, event: &Event) -> Result<(), SchedulerError> {
+        let kind = event.kind();
+        match event {
+            Event::JobSubmitted { job, spec, at } => self.apply_submitted(*job, spec, *at),
+            Event::AgentConnected { agent, devices, at } => {
+                self.apply_connected(agent, devices, *at)
+            }
+            Event::AgentDisconnected { agent, at } => {
+                let a = self
+                    .state
+                    .agents
+                    .get_mut(agent)
+                    .filter(|a| a.connected)
+                    .ok_or_else(|| SchedulerError::AgentNotConnected {
+                        event: kind,
+                        agent: agent.clone(),
+                    })?;
+                a.connected = false;
+                a.since = *at;
+                let names: Vec<String> = a.devices.iter().cloned().collect();
+                for name in names {
+                    self.refresh(&name);
+                }
+                Ok(())
+            }
+            Event::LeaseGranted {
+                lease,
+                epoch,
+                job,
+                device,
+                expires,
+                at: _,
+            } => self.apply_granted(*lease, *epoch, *job, device, *expires),
+            Event::JobStarted { job, lease, at } => {
+                let entry = self.state.jobs.get(job).ok_or(unknown_job(kind, *job))?;
+                if entry.state != JobState::Assigned {
+                    return Err(SchedulerError::JobState {
+                        event: kind,
+                        job: *job,
+                        state: entry.state,
+                    });
+                }
+                self.check_lease_of(kind, *lease, *job)?;
+                if let Some(entry) = self.state.jobs.get_mut(job) {
+                    entry.state = JobState::Running;
+                    entry.started = Some(*at);
+                }
+                Ok(())
+            }
+            Event::LeaseRenewed { lease, expires } => {
+                let l = self
+                    .state
+                    .leases
+                    .get_mut(lease)
+                    .ok_or(not_live(kind, *lease))?;
+                l.expires = *expires;
+                Ok(())
+            }
+            Event::CancelRequested { job, at } => {
+                let entry = self
+                    .state
+                    .jobs
+                    .get_mut(job)
+                    .ok_or(unknown_job(kind, *job))?;
+                if !matches!(entry.state, JobState::Assigned | JobState::Running) {
+                    return Err(SchedulerError::JobState {
+                        event: kind,
+                        job: *job,
+                        state: entry.state,
+                    });
+                }
+                entry.state = JobState::Canceling;
+                entry.cancel_requested = Some(*at);
+                Ok(())
+            }
+            Event::JobRequeued { job, at: _ } => {
+                let entry = self
+                    .state
+                    .jobs
+                    .get_mut(job)
+                    .ok_or(unknown_job(kind, *job))?;
+                if entry.state != JobState::Assigned {
+                    return Err(SchedulerError::JobState {
+                        event: kind,
+                        job: *job,
+                        state: entry.state,
+                    });
+                }
+                entry.state = JobState::Queued;
+                entry.lease = None;
+                entry.device = None;
+                entry.started = None;
+                let key = queue_key(*job, &entry.spec);
+                let ty = entry.spec.device_type.clone();
+                self.state.queue.entry(ty).or_default().insert(key);
+                self.fresh.jobs.insert(*job);
+                Ok(())
+            }
+            Event::JobFinished {
+                job,
+                outcome,
+                reason,
+                at,
+            } => {
+                let entry = self
+                    .state
+                    .jobs
+                    .get_mut(job)
+                    .ok_or(unknown_job(kind, *job))?;
+                if entry.state == JobState::Finished {
+                    return Err(SchedulerError::JobState {
+                        event: kind,
+                        job: *job,
+                        state: entry.state,
+                    });
+                }
+                if entry.state == JobState::Queued {
+                    let key = queue_key(*job, &entry.spec);
+                    let ty = entry.spec.device_type.clone();
+                    remove_from(&mut self.state.queue, &ty, &key);
+                }
+                entry.state = JobState::Finished;
+                entry.outcome = Some(*outcome);
+                entry.reason = reason.clone();
+                entry.finished = Some(*at);
+                Ok(())
+            }
+            Event::LeaseReleased {
+                lease,
+                device_state,
+                at: _,
+            } => self.apply_released(*lease, *device_state),
+            Event::DeviceReady { device, at: _ } => {
+                let d = self.state.devices.get_mut(device).ok_or_else(|| {
+                    SchedulerError::UnknownDevice {
+                        event: kind,
+                        device: device.clone(),
+                    }
+                })?;
+                if d.state != DeviceState::NeedsCheck {
+                    return Err(SchedulerError::DeviceState {
+                        event: kind,
+                        device: device.clone(),
+                        state: d.state,
+                    });
+                }
+                d.unconfirmed = None;
+                self.refresh(device);
+                Ok(())
+            }
+        }
+    }
+
+    fn apply_submitted(
+        &mut self,
+        job: JobId,
+        spec: &JobSpec,
+        at: Millis,
+    ) -> Result<(), SchedulerError> {
+        if self.state.jobs.contains_key(&job) {
+            return Err(SchedulerError::DuplicateJob(job));
+        }
+        if spec.priority > MAX_PRIORITY {
+            return Err(SchedulerError::Priority(spec.priority));
+        }
+        self.state
+            .queue
+            .entry(spec.device_type.clone())
+            .or_default()
+            .insert(queue_key(job, spec));
+        self.state.jobs.insert(
+            job,
+            JobEntry {
+                spec: spec.clone(),
+                state: JobState::Queued,
+                outcome: None,
+                reason: String::new(),
+                lease: None,
+                device: None,
+                submitted: at,
+                started: None,
+                cancel_requested: None,
+                finished: None,
+            },
+        );
+        self.fresh.jobs.insert(job);
+        Ok(())
+    }
+
+    fn apply_connected(
+        &mut self,
+        agent: &str,
+        devices: &[DeviceInfo],
+        at: Millis,
+    ) -> Result<(), SchedulerError> {
+        let mut listed = BTreeSet::new();
+        for d in devices {
+            if !listed.insert(d.name.as_str()) {
+                return Err(SchedulerError::DuplicateDevice(d.name.clone()));
+            }
+            if let Some(owner) = self.taken_by_other(&d.name, agent) {
+                return Err(SchedulerError::DeviceTaken {
+                    device: d.name.clone(),
+                    agent: owner.to_owned(),
+                });
+            }
+        }
+        let entry = self
+            .state
+            .agents
+            .entry(agent.to_owned())
+            .or_insert_with(|| AgentEntry {
+                connected: true,
+                since: at,
+                devices: BTreeSet::new(),
+            });
+        entry.connected = true;
+        entry.since = at;
+        // Devices the agent no longer lists.
+        let gone: Vec<String> = entry
+            .devices
+            .iter()
+            .filter(|n| !listed.contains(n.as_str()))
+            .cloned()
+            .collect();
+        for name in gone {
+            let leased = self
+                .state
+                .devices
+                .get(&name)
+                .is_some_and(|d| d.lease.is_some());
+            if leased {
+                if let Some(d) = self.state.devices.get_mut(&name) {
+                    d.withdrawn = true;
+                }
+            } else {
+                self.retire(&name);
+            }
+        }
+        for info in devices {
+            self.unindex(&info.name);
+            let previous = self.state.devices.get(&info.name).map(|d| d.agent.clone());
+            if let Some(previous) = previous.filter(|p| p != agent)
+                && let Some(a) = self.state.agents.get_mut(&previous)
+            {
+                a.devices.remove(&info.name);
+            }
+            match self.state.devices.get_mut(&info.name) {
+                Some(d) => {
+                    d.info = info.clone();
+                    d.agent = agent.to_owned();
+                    d.withdrawn = false;
+                }
+                None => {
+                    let epoch = self.state.retired.remove(&info.name).unwrap_or(Epoch(0));
+                    self.state.devices.insert(
+                        info.name.clone(),
+                        DeviceEntry {
+                            info: info.clone(),
+                            agent: agent.to_owned(),
+                            state: DeviceState::Offline,
+                            epoch,
+                            lease: None,
+                            unconfirmed: None,
+                            withdrawn: false,
+                        },
+                    );
+                }
+            }
+            if let Some(a) = self.state.agents.get_mut(agent) {
+                a.devices.insert(info.name.clone());
+            }
+            // Its description may have changed: let schedule look at it again.
+            self.refresh(&info.name);
+            if self
+                .state
+                .devices
+                .get(&info.name)
+                .is_some_and(|d| d.state == DeviceState::Idle)
+            {
+                self.fresh.devices.insert(info.name.clone());
+            }
+        }
+        let names: Vec<String> = self
+            .state
+            .agents
+            .get(agent)
+            .map(|a| a.devices.iter().cloned().collect())
+            .unwrap_or_default();
+        for name in names {
+            self.refresh(&name);
+        }
+        Ok(())
+    }
+
+    fn apply_granted(
+        &mut self,
+        lease: LeaseId,
+        epoch: Epoch,
+        job: JobId,
+        device: &str,
+        expires: Millis,
+    ) -> Result<(), SchedulerError> {
+        const KIND: &str = "lease-granted";
+        if lease.0 < self.state.next_lease {
+            return Err(SchedulerError::LeaseReused { lease });
+        }
+        let j = self.state.jobs.get(&job).ok_or(unknown_job(KIND, job))?;
+        if j.state != JobState::Queued {
+            return Err(SchedulerError::JobState {
+                event: KIND,
+                job,
+                state: j.state,
+            });
+        }
+        let d = self
+            .state
+            .devices
+            .get(device)
+            .ok_or_else(|| SchedulerError::UnknownDevice {
+                event: KIND,
+                device: device.to_owned(),
+            })?;
+        if d.state != DeviceState::Idle {
+            return Err(SchedulerError::DeviceState {
+                event: KIND,
+                device: device.to_owned(),
+                state: d.state,
+            });
+        }
+        if !j.spec.fits(&d.info) {
+            return Err(SchedulerError::NoFit {
+                job,
+                device: device.to_owned(),
+            });
+        }
+        if epoch <= d.epoch {
+            return Err(SchedulerError::EpochNotRaised {
+                device: device.to_owned(),
+                epoch,
+                current: d.epoch,
+            });
+        }
+        let key = queue_key(job, &j.spec);
+        let ty = j.spec.device_type.clone();
+        remove_from(&mut self.state.queue, &ty, &key);
+        if let Some(j) = self.state.jobs.get_mut(&job) {
+            j.state = JobState::Assigned;
+            j.lease = Some(lease);
+            j.device = Some(device.to_owned());
+            j.started = None;
+        }
+        if let Some(d) = self.state.devices.get_mut(device) {
+            d.epoch = epoch;
+            d.lease = Some(lease);
+        }
+        self.state.leases.insert(
+            lease,
+            Lease {
+                id: lease,
+                epoch,
+                job,
+                device: device.to_owned(),
+                expires,
+            },
+        );
+        self.state.next_lease = lease.0.saturating_add(1);
+        self.refresh(device);
+        Ok(())
+    }
+
+    fn apply_released(
+        &mut self,
+        lease: LeaseId,
+        device_state: DeviceState,
+    ) -> Result<(), SchedulerError> {
+        const KIND: &str = "lease-released";
+        if !matches!(device_state, DeviceState::Idle | DeviceState::NeedsCheck) {
+            return Err(SchedulerError::ReleaseState(device_state));
+        }
+        let l = self.state.leases.get(&lease).ok_or(not_live(KIND, lease))?;
+        let job = self
+            .state
+            .jobs
+            .get(&l.job)
+            .ok_or(unknown_job(KIND, l.job))?;
+        if !matches!(job.state, JobState::Queued | JobState::Finished) {
+            return Err(SchedulerError::LeaseInUse {
+                job: l.job,
+                state: job.state,
+            });
+        }
+        if !self.state.devices.contains_key(&l.device) {
+            return Err(SchedulerError::UnknownDevice {
+                event: KIND,
+                device: l.device.clone(),
+            });
+        }
+        let device = l.device.clone();
+        self.state.leases.remove(&lease);
+        let mut withdrawn = false;
+        if let Some(d) = self.state.devices.get_mut(&device) {
+            d.lease = None;
+            d.unconfirmed = (device_state == DeviceState::NeedsCheck).then_some(lease);
+            withdrawn = d.withdrawn;
+        }
+        if withdrawn {
+            self.retire(&device);
+        } else {
+            self.refresh(&device);
+        }
+        Ok(())
+    }
+
+    /// The connected agent, other than `agent`, that offers device `name`.
+    pub(crate) fn taken_by_other(&self, name: &str, agent: &str) -> Option<&str> {
+        let d = self.state.devices.get(name)?;
+        (d.agent != agent && self.agent_is_connected(&d.agent)).then_some(d.agent.as_str())
+    }
+
+    /// Checks that `lease` is live and belongs to `job`.
+    fn check_lease_of(
+        &self,
+        event: &'static str,
+        lease: LeaseId,
+        job: JobId,
+    ) -> Result<(), SchedulerError> {
+        let l = self
+            .state
+            .leases
+            .get(&lease)
+            .ok_or(not_live(event, lease))?;
+        if l.job != job {
+            return Err(SchedulerError::LeaseOfOtherJob {
+                event,
+                lease,
+                job,
+                owner: l.job,
+            });
+        }
+        Ok(())
+    }
+
+    /// Removes a device that holds no lease, keeping its epoch for a later registration.
+    fn retire(&mut self, name: &str) {
+        self.unindex(name);
+        if let Some(d) = self.state.devices.remove(name) {
+            if let Some(a) = self.state.agents.get_mut(&d.agent) {
+                a.devices.remove(name);
+            }
+            self.state.retired.insert(name.to_owned(), d.epoch);
+        }
+        self.fresh.devices.remove(name);
+    }
+
+    /// Takes a device out of the idle index.
+    fn unindex(&mut self, name: &str) {
+        if let Some(d) = self.state.devices.get(name) {
+            let ty = d.info.device_type.clone();
+            remove_from(&mut self.state.idle, &ty, name);
+        }
+    }
+
+    /// Derives a device's state from its facts and keeps the idle index in step. A device that
+    /// becomes idle is noted for `schedule`.
+    fn refresh(&mut self, name: &str) {
+        let Some(d) = self.state.devices.get(name) else {
+            return;
+        };
+        let connected = self.agent_is_connected(&d.agent);
+        let state = if d.lease.is_some() {
+            DeviceState::Busy
+        } else if !connected {
+            DeviceState::Offline
+        } else if d.unconfirmed.is_some() {
+            DeviceState::NeedsCheck
+        } else {
+            DeviceState::Idle
+        };
+        let was = d.state;
+        let ty = d.info.device_type.clone();
+        if let Some(d) = self.state.devices.get_mut(name) {
+            d.state = state;
+        }
+        if state == DeviceState::Idle {
+            self.state
+                .idle
+                .entry(ty)
+                .or_default()
+                .insert(name.to_owned());
+            if was != DeviceState::Idle {
+                self.fresh.devices.insert(name.to_owned());
+            }
+        } else {
+            remove_from(&mut self.state.idle, &ty, name);
+        }
+    }
+
+    // ----- queries -----
+
+    pub fn job(&self, job: JobId) -> Option<&JobEntry> {
+        self.state.jobs.get(&job)
+    }
+
+    /// Every job, by id.
+    pub fn jobs(&self) -> impl Iterator<Item = (JobId, &JobEntry)> {
+        self.state.jobs.iter().map(|(id, j)| (*id, j))
+    }
+
+    pub fn device(&self, name: &str) -> Option<&DeviceEntry> {
+        self.state.devices.get(name)
+    }
+
+    /// Every registered device, by name.
+    pub fn devices(&self) -> impl Iterator<Item = &DeviceEntry> {
+        self.state.devices.values()
+    }
+
+    /// A live lease.
+    pub fn lease(&self, lease: LeaseId) -> Option<&Lease> {
+        self.state.leases.get(&lease)
+    }
+
+    /// Every live lease, by id.
+    pub fn leases(&self) -> impl Iterator<Item = &Lease> {
+        self.state.leases.values()
+    }
+
+    pub fn is_live(&self, lease: LeaseId, epoch: Epoch) -> bool {
+        self.state
+            .leases
+            .get(&lease)
+            .is_some_and(|l| l.epoch == epoch)
+    }
+
+    pub fn agent_is_connected(&self, agent: &str) -> bool {
+        self.state.agents.get(agent).is_some_and(|a| a.connected)
+    }
+
+    /// Device types of every registered device, whatever its state.
+    pub fn device_types(&self) -> BTreeSet<String> {
+        self.state
+            .devices
+            .values()
+            .map(|d| d.info.device_type.clone())
+            .collect()
+    }
+
+    /// 0-based position of a queued job among all queued jobs in serving order.
+    pub fn queue_position(&self, job: JobId) -> Option<usize> {
+        let j = self.state.jobs.get(&job)?;
+        if j.state != JobState::Queued {
+            return None;
+        }
+        let key = queue_key(job, &j.spec);
+        Some(
+            self.state
+                .queue
+                .values()
+                .map(|q| q.range(..key).count())
+                .sum(),
+        )
+    }
+
+    /// Queued jobs in serving order (all device types).
+    pub fn queued(&self) -> Vec<JobId> {
+        let mut keys: Vec<QueueKey> = self.state.queue.values().flatten().copied().collect();
+        keys.sort_unstable();
+        keys.into_iter().map(|(_, id)| id).collect()
+    }
+
+    /// The earliest time at which [`Scheduler::tick`] would end a lease: its expiry, the end of
+    /// its agent's disconnect grace, or the end of its job's cancel grace.
+    pub fn next_deadline(&self) -> Option<Millis> {
+        self.state
+            .leases
+            .values()
+            .map(|l| self.deadline_of(l))
+            .min()
+    }
+
+    pub(crate) fn deadline_of(&self, l: &Lease) -> Millis {
+        let mut at = l.expires;
+        if let Some(since) = self.disconnected_since(&l.device) {
+            at = at.min(since.plus(self.config.disconnect_grace));
+        }
+        if let Some(asked) = self.state.jobs.get(&l.job).and_then(|j| {
+            (j.state == JobState::Canceling)
+                .then_some(j.cancel_requested)
+                .flatten()
+        }) {
+            at = at.min(asked.plus(self.config.cancel_grace));
+        }
+        at
+    }
+
+    /// When the agent of `device` disconnected, if it is disconnected.
+    pub(crate) fn disconnected_since(&self, device: &str) -> Option<Millis> {
+        let d = self.state.devices.get(device)?;
+        let a = self.state.agents.get(&d.agent)?;
+        (!a.connected).then_some(a.since)
+    }
+}
+
+/// Removes `item` from the set under `key`, dropping the set when it becomes empty.
+fn remove_from<K, T, Q>(map: &mut BTreeMap<K, BTreeSet<T>>, key: &str, item: &Q)
+where
+    K: Ord + std::borrow::Borrow<str>,
+    T: Ord + std::borrow::Borrow<Q>,
+    Q: Ord + ?Sized,
+{
+    if let Some(set) = map.get_mut(key) {
+        set.remove(item);
+        if set.is_empty() {
+            map.remove(key);
+        }
+    }
+}
