@@ -1,1 +1,425 @@
-//! The client. (Being written.)
+//! Typed async client of the dutlab controller's API (REST under `/api/v1`, WebSocket streams).
+//!
+//! One method per route of [`proto::api`]'s table; bodies are the `proto::api` types as JSON.
+//! Live job logs come from [`Client::follow`], which survives dropped connections (see
+//! [`follow`]).
+//!
+//! Invariants:
+//! - The token is sent only as `Authorization: Bearer ...` (a header marked sensitive), to the
+//!   controller's own URL: redirects are not followed, URLs with credentials are refused.
+//!   `Debug` of [`Client`] and every [`ClientError`] leave it out.
+//! - Every request has a connect timeout ([`CONNECT_TIMEOUT`]) and a read timeout
+//!   ([`READ_TIMEOUT`]); answers larger than [`MAX_ANSWER`] are refused, not buffered.
+//! - An error status becomes [`ClientError::Api`] with the server's [`proto::api::ApiError`]
+//!   text; connection failures become [`ClientError::Unreachable`]; nothing is retried here
+//!   except by [`Follow`].
+
+mod error;
+pub mod follow;
+
+pub use error::{Cause, ClientError};
+pub use follow::{Follow, FollowCursor};
+
+use proto::api::{
+    AgentView, ApiError, CreateToken, CreatedToken, DeviceView, JobResults, JobView, LogPage,
+    SubmitJob, TokenView, WhoAmI,
+};
+use proto::{JobId, Seq};
+use reqwest::header::{AUTHORIZATION, HeaderValue};
+use reqwest::{Method, StatusCode, Url};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::fmt;
+use std::time::Duration;
+
+/// Longest wait for a TCP connection to the controller.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest wait for the next bytes of an answer once connected.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Largest answer read, in bytes (a full log page is at most 10 000 records of 16 KiB).
+pub const MAX_ANSWER: usize = 256 << 20;
+
+/// Longest error text kept from an answer that is not an `ApiError`.
+const MAX_ERROR_TEXT: usize = 200;
+
+/// A client of one controller, with or without a token. Cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: Url,
+    /// `Bearer TOKEN`, marked sensitive.
+    auth: Option<HeaderValue>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base.as_str())
+            .field("token", &self.auth.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl Client {
+    /// A client of the controller at `base_url` (`http://host:port`, optionally with a path
+    /// prefix). `token` is sent with every request but `/healthz`.
+    pub fn new(base_url: &str, token: Option<String>) -> Result<Client, ClientError> {
+        let base = parse_base(base_url)?;
+        let auth = match token {
+            None => None,
+            Some(token) => {
+                if token.is_empty() {
+                    return Err(ClientError::BadToken);
+                }
+                let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+                    .map_err(|_| ClientError::BadToken)?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+        };
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(READ_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("dutlab/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ClientError::Unreachable {
+                url: base.to_string(),
+                source: Box::new(e),
+            })?;
+        Ok(Client { http, base, auth })
+    }
+
+    /// The controller URL as given (normalised).
+    pub fn base_url(&self) -> &str {
+        self.base.as_str()
+    }
+
+    /// `GET /healthz`: the controller is up (no token needed).
+    pub async fn healthz(&self) -> Result<(), ClientError> {
+        self.call(Method::GET, &["healthz"], &[], None::<&()>)
+            .await
+            .map(drop)
+    }
+
+    /// `GET /api/v1/whoami`.
+    pub async fn whoami(&self) -> Result<WhoAmI, ClientError> {
+        self.get(&["whoami"], &[]).await
+    }
+
+    /// `POST /api/v1/tokens` (admin): the answer holds the only copy of the secret.
+    pub async fn create_token(&self, request: &CreateToken) -> Result<CreatedToken, ClientError> {
+        self.send(Method::POST, &["tokens"], request).await
+    }
+
+    /// `GET /api/v1/tokens` (admin).
+    pub async fn list_tokens(&self) -> Result<Vec<TokenView>, ClientError> {
+        self.get(&["tokens"], &[]).await
+    }
+
+    /// `DELETE /api/v1/tokens/{id}` (admin).
+    pub async fn revoke_token(&self, id: &str) -> Result<TokenView, ClientError> {
+        self.empty(Method::DELETE, &["tokens", id]).await
+    }
+
+    /// `POST /api/v1/jobs`. A 400 answer names the file and field that are wrong.
+    pub async fn submit_job(&self, request: &SubmitJob) -> Result<JobView, ClientError> {
+        self.send(Method::POST, &["jobs"], request).await
+    }
+
+    /// `GET /api/v1/jobs`: the jobs this token may see.
+    pub async fn list_jobs(&self) -> Result<Vec<JobView>, ClientError> {
+        self.get(&["jobs"], &[]).await
+    }
+
+    /// `GET /api/v1/jobs/{id}`.
+    pub async fn job(&self, id: JobId) -> Result<JobView, ClientError> {
+        self.get(&["jobs", &id.to_string()], &[]).await
+    }
+
+    /// `POST /api/v1/jobs/{id}/cancel`.
+    pub async fn cancel_job(&self, id: JobId) -> Result<JobView, ClientError> {
+        self.empty(Method::POST, &["jobs", &id.to_string(), "cancel"])
+            .await
+    }
+
+    /// `GET /api/v1/jobs/{id}/definition`: the job file as submitted.
+    pub async fn job_definition(&self, id: JobId) -> Result<String, ClientError> {
+        let segments = ["api", "v1", "jobs", &id.to_string(), "definition"];
+        let body = self.call(Method::GET, &segments, &[], None::<&()>).await?;
+        String::from_utf8(body).map_err(|e| ClientError::Decode {
+            url: self.endpoint(&segments).to_string(),
+            source: Box::new(e),
+        })
+    }
+
+    /// `GET /api/v1/jobs/{id}/logs`: records with `seq > cursor`, at most `limit` of them.
+    pub async fn logs(&self, id: JobId, cursor: Seq, limit: usize) -> Result<LogPage, ClientError> {
+        let query = [
+            ("cursor", cursor.0.to_string()),
+            ("limit", limit.to_string()),
+        ];
+        self.get(&["jobs", &id.to_string(), "logs"], &query).await
+    }
+
+    /// `GET /api/v1/jobs/{id}/logs/follow` as a stream of events, starting after `cursor`
+    /// (`Seq(0)`: from the first record). Nothing is sent until the first [`Follow::next`].
+    pub fn follow(&self, id: JobId, cursor: Seq) -> Follow {
+        Follow::new(self.clone(), id, cursor)
+    }
+
+    /// `GET /api/v1/jobs/{id}/results`.
+    pub async fn results(&self, id: JobId) -> Result<JobResults, ClientError> {
+        self.get(&["jobs", &id.to_string(), "results"], &[]).await
+    }
+
+    /// `GET /api/v1/devices`.
+    pub async fn devices(&self) -> Result<Vec<DeviceView>, ClientError> {
+        self.get(&["devices"], &[]).await
+    }
+
+    /// `GET /api/v1/agents`.
+    pub async fn agents(&self) -> Result<Vec<AgentView>, ClientError> {
+        self.get(&["agents"], &[]).await
+    }
+
+    /// The URL of a route: the base URL's path, then `segments`, each percent-encoded.
+    fn endpoint(&self, segments: &[&str]) -> Url {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .expect("parse_base refuses URLs that cannot be a base")
+            .pop_if_empty()
+            .extend(segments);
+        url
+    }
+
+    /// The `Authorization` header value, if there is a token.
+    pub(crate) fn auth(&self) -> Option<&HeaderValue> {
+        self.auth.as_ref()
+    }
+
+    /// The URL of a route under `/api/v1`.
+    pub(crate) fn api_endpoint(&self, segments: &[&str]) -> Url {
+        self.endpoint(&api_path(segments))
+    }
+
+    async fn get<T: DeserializeOwned>(
+        &self,
+        segments: &[&str],
+        query: &[(&str, String)],
+    ) -> Result<T, ClientError> {
+        let all = api_path(segments);
+        let body = self.call(Method::GET, &all, query, None::<&()>).await?;
+        self.decode(&all, &body)
+    }
+
+    async fn send<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        segments: &[&str],
+        request: &B,
+    ) -> Result<T, ClientError> {
+        let all = api_path(segments);
+        let body = self.call(method, &all, &[], Some(request)).await?;
+        self.decode(&all, &body)
+    }
+
+    async fn empty<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        segments: &[&str],
+    ) -> Result<T, ClientError> {
+        let all = api_path(segments);
+        let body = self.call(method, &all, &[], None::<&()>).await?;
+        self.decode(&all, &body)
+    }
+
+    fn decode<T: DeserializeOwned>(
+        &self,
+        segments: &[&str],
+        body: &[u8],
+    ) -> Result<T, ClientError> {
+        serde_json::from_slice(body).map_err(|e| ClientError::Decode {
+            url: self.endpoint(segments).to_string(),
+            source: Box::new(e),
+        })
+    }
+
+    /// One request; the body of a 2xx answer, or the error.
+    async fn call<B: Serialize>(
+        &self,
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, String)],
+        body: Option<&B>,
+    ) -> Result<Vec<u8>, ClientError> {
+        let mut url = self.endpoint(segments);
+        if !query.is_empty() {
+            url.query_pairs_mut()
+                .extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
+        }
+        let mut request = self.http.request(method, url.clone());
+        if let Some(auth) = &self.auth {
+            request = request.header(AUTHORIZATION, auth.clone());
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let unreachable = |e: reqwest::Error| ClientError::Unreachable {
+            url: url.to_string(),
+            source: Box::new(e.without_url()),
+        };
+        let mut response = request.send().await.map_err(unreachable)?;
+        let status = response.status();
+        let mut answer = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(unreachable)? {
+            if answer.len() + chunk.len() > MAX_ANSWER {
+                return Err(ClientError::Decode {
+                    url: url.to_string(),
+                    source: format!("the answer is larger than {MAX_ANSWER} bytes").into(),
+                });
+            }
+            answer.extend_from_slice(&chunk);
+        }
+        if status.is_success() {
+            Ok(answer)
+        } else {
+            Err(api_error(status, &answer))
+        }
+    }
+}
+
+fn api_path<'a>(segments: &[&'a str]) -> Vec<&'a str> {
+    let mut all = vec!["api", "v1"];
+    all.extend_from_slice(segments);
+    all
+}
+
+/// Checks and normalises a controller URL.
+fn parse_base(text: &str) -> Result<Url, ClientError> {
+    let text = text.trim();
+    let bad = |url: String, reason: &str| ClientError::BadUrl {
+        url,
+        reason: reason.to_string(),
+    };
+    let url = Url::parse(text).map_err(|e| bad(text.to_string(), &e.to_string()))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        let mut shown = url.clone();
+        let _ = shown.set_username("");
+        let _ = shown.set_password(None);
+        return Err(bad(
+            shown.to_string(),
+            "credentials in the URL are not used; give a token instead",
+        ));
+    }
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(bad(url.to_string(), "the scheme must be http or https"));
+    }
+    if url.cannot_be_a_base() || url.host_str().is_none_or(str::is_empty) {
+        return Err(bad(url.to_string(), "a host is missing"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(bad(
+            url.to_string(),
+            "a controller URL has no query or fragment",
+        ));
+    }
+    Ok(url)
+}
+
+/// The error of a non-2xx answer.
+pub(crate) fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
+    if let Ok(e) = serde_json::from_slice::<ApiError>(body) {
+        return ClientError::Api {
+            status: status.as_u16(),
+            message: e.error,
+            known_device_types: e.known_device_types,
+        };
+    }
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    let message = if text.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("no reason given")
+            .to_string()
+    } else {
+        let mut short: String = text.chars().take(MAX_ERROR_TEXT).collect();
+        if short.len() < text.len() {
+            short.push_str(" ...");
+        }
+        short
+    };
+    ClientError::Api {
+        status: status.as_u16(),
+        message,
+        known_device_types: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_urls_are_checked() {
+        for good in ["http://lab:8080", "http://lab:8080/", "https://lab/dutlab/"] {
+            assert!(Client::new(good, None).is_ok(), "{good}");
+        }
+        for bad in [
+            "lab:8080",
+            "ftp://lab",
+            "http://",
+            "http://lab/?x=1",
+            "http://u:p@lab",
+            "not a url",
+        ] {
+            assert!(
+                matches!(Client::new(bad, None), Err(ClientError::BadUrl { .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn credentials_in_urls_are_not_repeated_in_errors() {
+        let e = Client::new("http://me:hunter2@lab:1", None).expect_err("refused");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn endpoints_keep_the_path_prefix_and_encode_segments() {
+        let c = Client::new("http://lab:1/pre/", None).expect("valid");
+        assert_eq!(
+            c.api_endpoint(&["tokens", "a/b c"]).as_str(),
+            "http://lab:1/pre/api/v1/tokens/a%2Fb%20c"
+        );
+        let c = Client::new("http://lab:1", None).expect("valid");
+        assert_eq!(c.endpoint(&["healthz"]).as_str(), "http://lab:1/healthz");
+    }
+
+    #[test]
+    fn tokens_that_cannot_be_headers_are_refused() {
+        assert!(matches!(
+            Client::new("http://lab", Some("a\nb".into())),
+            Err(ClientError::BadToken)
+        ));
+        assert!(matches!(
+            Client::new("http://lab", Some(String::new())),
+            Err(ClientError::BadToken)
+        ));
+    }
+
+    #[test]
+    fn error_answers_that_are_not_api_errors_keep_a_short_text() {
+        let e = api_error(StatusCode::BAD_GATEWAY, b"");
+        assert_eq!(e.to_string(), "the controller answered 502: Bad Gateway");
+        let long = "x".repeat(1000);
+        match api_error(StatusCode::INTERNAL_SERVER_ERROR, long.as_bytes()) {
+            ClientError::Api { message, .. } => assert!(message.len() < 210),
+            other => panic!("{other:?}"),
+        }
+    }
+}
