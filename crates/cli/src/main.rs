@@ -7,6 +7,8 @@
 //!   (table, or JSON with `--json`), everything for people about progress goes to stderr.
 //! - Ctrl-C cancels a run; the runner's teardown still powers the DUT off.
 
+mod serve;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use driver::ansi::AnsiStripper;
@@ -41,6 +43,8 @@ enum Command {
         #[command(subcommand)]
         command: ImageCommand,
     },
+    /// Start the controller (REST API, agent links, scheduler, database).
+    Serve(serve::ServeArgs),
     /// Work with job files.
     Job {
         #[command(subcommand)]
@@ -100,15 +104,21 @@ fn main() {
             std::process::exit(code);
         }
     };
+    // Daemons say what they do; one-shot commands only warn.
+    let default_filter = match cli.command {
+        Command::Serve(_) => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("DUTLAB_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .init();
     let code = match cli.command {
         Command::Run(args) => run(args),
+        Command::Serve(args) => serve::serve(args),
         Command::Image { command } => image(command),
         Command::Job { command } => job(command),
     };
