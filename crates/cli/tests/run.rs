@@ -5,7 +5,7 @@
 use anyhow::{Context, Result, ensure};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use testkit::{Finished, Sandbox, Spawned, workspace_root};
+use testkit::{Finished, Sandbox, Spawned, inline_job, workspace_root};
 
 const DUTLAB: &str = env!("CARGO_BIN_EXE_dutlab");
 /// Generous bound for one job under TCG on a busy 2-core machine.
@@ -36,25 +36,6 @@ fn expect_code(done: &Finished, code: i32) -> Result<()> {
         done.stderr
     );
     Ok(())
-}
-
-/// A job around one inline test definition with the given run steps.
-fn inline_job(name: &str, timeouts: &str, steps: &[&str]) -> String {
-    let steps: String = steps
-        .iter()
-        .map(|s| {
-            format!(
-                "          - {}\n",
-                serde_json::to_string(s).expect("a string")
-            )
-        })
-        .collect();
-    format!(
-        "job_name: {name}\ndevice_type: qemu\ntimeouts:\n{timeouts}\nactions:\n\
-         - boot:\n    method: qemu\n    prompts: ['# $']\n    auto_login: {{login_prompt: 'login:', username: root}}\n\
-         - test:\n    definitions:\n    - from: inline\n      name: t\n      path: inline/t.yaml\n      repository:\n\
-         \x20       metadata: {{format: Lava-Test Test Definition 1.0, name: t}}\n        run:\n          steps:\n{steps}"
-    )
 }
 
 #[test]

@@ -101,6 +101,43 @@ impl Sandbox {
     }
 }
 
+/// A job around one inline test definition with the given run steps.
+pub fn inline_job(name: &str, timeouts: &str, steps: &[&str]) -> String {
+    let steps: String = steps
+        .iter()
+        .map(|s| {
+            format!(
+                "          - {}\n",
+                serde_json::to_string(s).expect("a string serialises")
+            )
+        })
+        .collect();
+    format!(
+        "job_name: {name}\ndevice_type: qemu\ntimeouts:\n{timeouts}\nactions:\n\
+         - boot:\n    method: qemu\n    prompts: ['# $']\n    auto_login: {{login_prompt: 'login:', username: root}}\n\
+         - test:\n    definitions:\n    - from: inline\n      name: t\n      path: inline/t.yaml\n      repository:\n\
+         \x20       metadata: {{format: Lava-Test Test Definition 1.0, name: t}}\n        run:\n          steps:\n{steps}"
+    )
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or fails after `within` naming `what`.
+pub fn wait_until<T>(
+    what: &str,
+    within: Duration,
+    mut check: impl FnMut() -> anyhow::Result<Option<T>>,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = check()? {
+            return Ok(value);
+        }
+        if Instant::now() > deadline {
+            bail!("{what}: not within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Live processes (pid, command line) whose command line contains `needle`.
 pub fn processes_mentioning(needle: &str) -> Vec<(u32, String)> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -183,6 +220,36 @@ impl Spawned {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Waits until stderr contains `needle` (polling, with a deadline).
+    pub fn wait_for_stderr(&self, needle: &str, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            if String::from_utf8_lossy(&lock(&self.stderr)).contains(needle) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "no {needle:?} on stderr within {within:?}; stderr: {}",
+                    String::from_utf8_lossy(&lock(&self.stderr))
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Everything printed on stderr so far.
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&lock(&self.stderr)).into_owned()
+    }
+
+    /// Kills the process with SIGKILL and reaps it (its group is left alone: that is what a
+    /// crash does to children that run in groups of their own).
+    pub fn kill_hard(&mut self) -> anyhow::Result<()> {
+        nix::sys::signal::kill(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL)?;
+        self.child.wait()?;
+        Ok(())
     }
 
     /// Everything printed on stdout so far.
