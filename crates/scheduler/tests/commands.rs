@@ -869,3 +869,31 @@ fn a_large_lab_schedules_by_type_and_drains_its_queue() {
     assert_eq!(done, 10_000);
     assert_eq!(s.queued(), []);
 }
+
+#[test]
+fn schedule_sees_every_change_applied_directly() {
+    // An old idle device only a new job fits, and a new device in the same call that the new
+    // job does not fit: the new job must still get the old device.
+    let mut s = Scheduler::new(Config::default());
+    s.agent_connected("a1", &[dev("old", "qemu", &["usb"])], &[], Millis(0))
+        .expect("connects");
+    for event in [
+        Event::JobSubmitted {
+            job: JobId(1),
+            spec: spec("qemu", &["usb"], 0),
+            at: Millis(1),
+        },
+        Event::AgentConnected {
+            agent: "a2".into(),
+            devices: vec![dev("new", "qemu", &[])],
+            at: Millis(1),
+        },
+    ] {
+        s.apply(&event).expect("fits");
+    }
+    let ev = s.schedule(Millis(2));
+    assert_eq!(
+        grants(&ev),
+        [(LeaseId(1), Epoch(1), JobId(1), "old".into())]
+    );
+}

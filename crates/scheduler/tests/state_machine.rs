@@ -1,0 +1,605 @@
+//! Random command sequences against the scheduler, checking its invariants after every step:
+//!
+//! - a device holds at most one live lease, a job at most one; a live lease's job is assigned,
+//!   running or canceling (and points back at it), its device busy with the lease's epoch;
+//! - device states are derived as documented; the idle index holds exactly the idle devices;
+//! - a finished job stays finished with the same outcome and reason;
+//! - every `LeaseGranted` is followed by at most one `LeaseReleased`, none before it, and the
+//!   granted-but-not-released leases are exactly the live ones; lease ids and device epochs
+//!   only rise;
+//! - replaying every event so far gives a scheduler equal to the live one, and events
+//!   round-trip through JSON;
+//! - no queued job fits an idle device, and a grant never passes over a queued job that comes
+//!   first in serving order and fits the device;
+//! - a refused command changes nothing; `tick` ends leases exactly when `next_deadline` is due;
+//! - after `agent_connected`, the agent's live leases are those it holds, and its devices that
+//!   need a check are those whose unconfirmed lease it holds.
+
+use dutlab_scheduler::{
+    Config, DeviceInfo, DeviceState, Epoch, Event, JobId, JobSpec, JobState, LeaseId, Millis,
+    Outcome, Refusal, Scheduler,
+};
+use proptest::prelude::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+const AGENTS: [&str; 3] = ["a0", "a1", "a2"];
+const DEVICES: [(&str, &str); 6] = [
+    ("d0", "qemu"),
+    ("d1", "qemu"),
+    ("d2", "qemu"),
+    ("d3", "bbb"),
+    ("d4", "bbb"),
+    ("d5", "qemu"),
+];
+const TYPES: [&str; 3] = ["qemu", "bbb", "rpi"];
+const TAGS: [&str; 2] = ["usb", "gpu"];
+
+fn config() -> Config {
+    Config {
+        lease_ttl: Duration::from_millis(5_000),
+        disconnect_grace: Duration::from_millis(2_000),
+        cancel_grace: Duration::from_millis(1_500),
+    }
+}
+
+fn tags(mask: u8) -> Vec<String> {
+    TAGS.iter()
+        .enumerate()
+        .filter(|(i, _)| mask & (1 << i) != 0)
+        .map(|(_, t)| t.to_string())
+        .collect()
+}
+
+/// How an agent message names its lease.
+#[derive(Clone, Debug)]
+enum Epochs {
+    Right,
+    Older,
+    Newer,
+}
+
+#[derive(Clone, Debug)]
+enum Cmd {
+    Submit {
+        ty: usize,
+        tags: u8,
+        priority: u8,
+    },
+    Connect {
+        agent: usize,
+        devices: u8,
+        tags: u16,
+        held: u32,
+    },
+    Disconnect {
+        agent: usize,
+    },
+    Heartbeat {
+        agent: usize,
+    },
+    Started {
+        pick: usize,
+        epochs: Epochs,
+    },
+    Finished {
+        pick: usize,
+        epochs: Epochs,
+        outcome: usize,
+    },
+    StartRefused {
+        pick: usize,
+        epochs: Epochs,
+    },
+    Cancel {
+        pick: usize,
+    },
+    DeviceReady {
+        agent: usize,
+        device: usize,
+    },
+    Tick,
+    Restart,
+}
+
+fn epochs() -> impl Strategy<Value = Epochs> {
+    prop_oneof![8 => Just(Epochs::Right), 1 => Just(Epochs::Older), 1 => Just(Epochs::Newer)]
+}
+
+fn cmd() -> impl Strategy<Value = Cmd> {
+    prop_oneof![
+        6 => (0..TYPES.len(), 0u8..4, prop_oneof![0u8..3, 0u8..=100])
+            .prop_map(|(ty, tags, priority)| Cmd::Submit { ty, tags, priority }),
+        3 => (0..AGENTS.len(), any::<u8>(), any::<u16>(), prop_oneof![Just(u32::MAX), Just(0), any::<u32>()])
+            .prop_map(|(agent, devices, tags, held)| Cmd::Connect { agent, devices, tags, held }),
+        2 => (0..AGENTS.len()).prop_map(|agent| Cmd::Disconnect { agent }),
+        2 => (0..AGENTS.len()).prop_map(|agent| Cmd::Heartbeat { agent }),
+        3 => (any::<usize>(), epochs()).prop_map(|(pick, epochs)| Cmd::Started { pick, epochs }),
+        4 => (any::<usize>(), epochs(), 0..Outcome::ALL.len())
+            .prop_map(|(pick, epochs, outcome)| Cmd::Finished { pick, epochs, outcome }),
+        2 => (any::<usize>(), epochs()).prop_map(|(pick, epochs)| Cmd::StartRefused { pick, epochs }),
+        2 => any::<usize>().prop_map(|pick| Cmd::Cancel { pick }),
+        2 => (0..AGENTS.len(), 0..DEVICES.len() + 1)
+            .prop_map(|(agent, device)| Cmd::DeviceReady { agent, device }),
+        3 => Just(Cmd::Tick),
+        1 => Just(Cmd::Restart),
+    ]
+}
+
+struct Harness {
+    s: Scheduler,
+    log: Vec<Event>,
+    now: u64,
+    next_job: u64,
+    /// Every grant so far: lease, epoch, device.
+    granted: Vec<(LeaseId, Epoch, String)>,
+    released: BTreeMap<LeaseId, usize>,
+    finished: BTreeMap<JobId, (Outcome, String)>,
+    epochs: BTreeMap<String, Epoch>,
+    last_lease: u64,
+}
+
+impl Harness {
+    fn new() -> Harness {
+        Harness {
+            s: Scheduler::new(config()),
+            log: vec![],
+            now: 1_000,
+            next_job: 1,
+            granted: vec![],
+            released: BTreeMap::new(),
+            finished: BTreeMap::new(),
+            epochs: BTreeMap::new(),
+            last_lease: 0,
+        }
+    }
+
+    /// A lease for an agent message: mostly a live one, else any lease ever granted.
+    fn pick_lease(&self, pick: usize, epochs: &Epochs) -> Option<(LeaseId, Epoch)> {
+        let live: Vec<(LeaseId, Epoch)> = self.s.leases().map(|l| (l.id, l.epoch)).collect();
+        let (lease, epoch) = if !pick.is_multiple_of(4) && !live.is_empty() {
+            live[pick / 4 % live.len()]
+        } else if !self.granted.is_empty() {
+            let (lease, epoch, _) = &self.granted[pick / 4 % self.granted.len()];
+            (*lease, *epoch)
+        } else {
+            return None;
+        };
+        let epoch = match epochs {
+            Epochs::Right => epoch,
+            Epochs::Older => Epoch(epoch.0 - 1),
+            Epochs::Newer => Epoch(epoch.0 + 1),
+        };
+        Some((lease, epoch))
+    }
+
+    /// What a lease message should get, before it is sent.
+    fn expect_lease(&self, lease: LeaseId, epoch: Epoch) -> Result<(), Refusal> {
+        match self.s.lease(lease) {
+            Some(l) if l.epoch == epoch => Ok(()),
+            Some(l) => Err(Refusal::StaleEpoch {
+                lease,
+                given: epoch,
+                current: l.epoch,
+            }),
+            None => Err(Refusal::LeaseNotLive(lease)),
+        }
+    }
+
+    fn step(&mut self, advance: u64, cmd: &Cmd) {
+        self.now += advance;
+        let now = Millis(self.now);
+        let before = self.s.clone();
+        let deadline = self.s.next_deadline();
+        let result: Result<Vec<Event>, Refusal> = match cmd {
+            Cmd::Submit {
+                ty,
+                tags: t,
+                priority,
+            } => {
+                let job = JobId(self.next_job);
+                self.next_job += 1;
+                let spec = JobSpec {
+                    device_type: TYPES[*ty].into(),
+                    tags: tags(*t),
+                    priority: *priority,
+                };
+                let r = self.s.submit(job, spec, now);
+                let events = r
+                    .as_ref()
+                    .expect("a new job with a valid priority is accepted");
+                assert_eq!(events[0].kind(), "job-submitted");
+                r
+            }
+            Cmd::Connect {
+                agent,
+                devices,
+                tags: t,
+                held,
+            } => {
+                let agent = AGENTS[*agent];
+                let infos: Vec<DeviceInfo> = DEVICES
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| devices & (1 << i) != 0)
+                    .map(|(i, (name, ty))| DeviceInfo {
+                        name: name.to_string(),
+                        device_type: ty.to_string(),
+                        tags: tags(((t >> (2 * i)) & 3) as u8),
+                        capabilities: vec![],
+                    })
+                    .collect();
+                let held: Vec<(LeaseId, Epoch)> = self
+                    .granted
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| held & (1 << (i % 32)) != 0)
+                    .map(|(_, (l, e, _))| (*l, *e))
+                    .collect();
+                let taken = infos.iter().find_map(|d| {
+                    let owner = &self.s.device(&d.name)?.agent;
+                    (owner != agent && self.s.agent_is_connected(owner)).then(|| owner.clone())
+                });
+                let r = self.s.agent_connected(agent, &infos, &held, now);
+                match (&r, taken) {
+                    (Ok(events), None) => self.check_connected(agent, &infos, &held, events),
+                    (Err(Refusal::DeviceTaken { agent: owner, .. }), Some(_)) => {
+                        assert!(self.s.agent_is_connected(owner));
+                    }
+                    (r, taken) => panic!("connect: {r:?}, a device taken by {taken:?}"),
+                }
+                r
+            }
+            Cmd::Disconnect { agent } => {
+                let agent = AGENTS[*agent];
+                let events = self.s.agent_disconnected(agent, now);
+                assert!(!self.s.agent_is_connected(agent));
+                for d in self.s.devices().filter(|d| d.agent == agent) {
+                    let want = if d.lease.is_some() {
+                        DeviceState::Busy
+                    } else {
+                        DeviceState::Offline
+                    };
+                    assert_eq!(d.state, want, "{}", d.info.name);
+                }
+                Ok(events)
+            }
+            Cmd::Heartbeat { agent } => Ok(self.s.heartbeat(AGENTS[*agent], now)),
+            Cmd::Started { pick, epochs } => match self.pick_lease(*pick, epochs) {
+                None => Ok(vec![]),
+                Some((lease, epoch)) => {
+                    let want = self.expect_lease(lease, epoch);
+                    let r = self.s.job_started(lease, epoch, now);
+                    assert_eq!(r.as_ref().err(), want.as_ref().err());
+                    r
+                }
+            },
+            Cmd::Finished {
+                pick,
+                epochs,
+                outcome,
+            } => match self.pick_lease(*pick, epochs) {
+                None => Ok(vec![]),
+                Some((lease, epoch)) => {
+                    let want = self.expect_lease(lease, epoch);
+                    let job = self.s.lease(lease).map(|l| l.job);
+                    let canceling = job
+                        .and_then(|j| self.s.job(j))
+                        .is_some_and(|j| j.state == JobState::Canceling);
+                    let outcome = Outcome::ALL[*outcome];
+                    let r = self
+                        .s
+                        .job_finished(lease, epoch, outcome, "reported".into(), now);
+                    assert_eq!(r.as_ref().err(), want.as_ref().err());
+                    if let (Ok(events), Some(job)) = (&r, job) {
+                        let want_outcome = if canceling {
+                            Outcome::Canceled
+                        } else {
+                            outcome
+                        };
+                        assert_eq!(
+                            events[0],
+                            Event::JobFinished {
+                                job,
+                                outcome: want_outcome,
+                                reason: "reported".into(),
+                                at: now
+                            }
+                        );
+                        assert_eq!(
+                            events[1],
+                            Event::LeaseReleased {
+                                lease,
+                                device_state: DeviceState::Idle,
+                                at: now
+                            }
+                        );
+                    }
+                    r
+                }
+            },
+            Cmd::StartRefused { pick, epochs } => match self.pick_lease(*pick, epochs) {
+                None => Ok(vec![]),
+                Some((lease, epoch)) => {
+                    let mut want = self.expect_lease(lease, epoch);
+                    let job = self.s.lease(lease).map(|l| l.job);
+                    let state = job.and_then(|j| self.s.job(j)).map(|j| j.state);
+                    if want.is_ok()
+                        && let (Some(job), Some(JobState::Running)) = (job, state)
+                    {
+                        want = Err(Refusal::NotAssigned {
+                            job,
+                            state: JobState::Running,
+                        });
+                    }
+                    let r = self.s.start_refused(lease, epoch, now);
+                    assert_eq!(r.as_ref().err(), want.as_ref().err());
+                    if let (Ok(_), Some(job), Some(JobState::Assigned)) = (&r, job, state) {
+                        let j = self.s.job(job).expect("job");
+                        assert!(
+                            j.state == JobState::Queued || j.lease != Some(lease),
+                            "requeued"
+                        );
+                    }
+                    r
+                }
+            },
+            Cmd::Cancel { pick } => {
+                // Mostly a job that holds a lease, else any id (maybe unknown).
+                let live: Vec<JobId> = self.s.leases().map(|l| l.job).collect();
+                let job = if pick.is_multiple_of(2) && !live.is_empty() {
+                    live[pick / 2 % live.len()]
+                } else {
+                    JobId((pick / 2) as u64 % self.next_job.max(2))
+                };
+                let state = self.s.job(job).map(|j| j.state);
+                let r = self.s.cancel(job, now);
+                match (state, &r) {
+                    (None, Err(Refusal::UnknownJob(_))) => {}
+                    (Some(JobState::Finished), Err(Refusal::Finished(_))) => {}
+                    (Some(JobState::Canceling), Ok(events)) => assert!(events.is_empty()),
+                    (Some(_), Ok(_)) => {
+                        let after = self.s.job(job).map(|j| j.state);
+                        assert!(matches!(
+                            after,
+                            Some(JobState::Finished | JobState::Canceling)
+                        ));
+                    }
+                    (state, r) => panic!("cancel of a {state:?} job: {r:?}"),
+                }
+                r
+            }
+            Cmd::DeviceReady { agent, device } => {
+                let name = DEVICES.get(*device).map_or("nope", |d| d.0);
+                self.s.device_ready(AGENTS[*agent], name, now)
+            }
+            Cmd::Tick => {
+                let events = self.s.tick(now);
+                let ended = events.iter().any(|e| e.kind() == "job-finished");
+                let due = deadline.is_some_and(|d| d <= now);
+                assert_eq!(ended, due, "deadline {deadline:?}, now {now:?}");
+                assert!(self.s.next_deadline().is_none_or(|d| d > now));
+                Ok(events)
+            }
+            Cmd::Restart => {
+                self.s = Scheduler::replay(config(), &self.log).expect("the log replays");
+                assert_eq!(self.s, before);
+                let events = self.s.restarted(now);
+                assert!(AGENTS.iter().all(|a| !self.s.agent_is_connected(a)));
+                Ok(events)
+            }
+        };
+        match result {
+            Ok(events) => self.record(&events),
+            Err(refusal) => {
+                assert!(!refusal.to_string().is_empty());
+                assert_eq!(self.s, before, "refused ({refusal}) but changed the state");
+            }
+        }
+        self.check();
+    }
+
+    /// After a hello: the agent's live leases are exactly those it holds, and its devices
+    /// needing a check are exactly those whose ended lease it holds.
+    fn check_connected(
+        &self,
+        agent: &str,
+        infos: &[DeviceInfo],
+        held: &[(LeaseId, Epoch)],
+        events: &[Event],
+    ) {
+        let new: BTreeSet<LeaseId> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::LeaseGranted { lease, .. } => Some(*lease),
+                _ => None,
+            })
+            .collect();
+        let held_ids: BTreeSet<LeaseId> = held.iter().map(|(l, _)| *l).collect();
+        for d in self.s.devices().filter(|d| d.agent == agent) {
+            if let Some(lease) = d.lease {
+                let l = self.s.lease(lease).expect("live");
+                let kept = held.contains(&(l.id, l.epoch)) || new.contains(&l.id);
+                assert!(kept, "kept lease {lease}, which the agent does not hold");
+            }
+            if d.state == DeviceState::NeedsCheck {
+                assert!(d.unconfirmed.is_some_and(|l| held_ids.contains(&l)));
+            }
+            let listed = infos.iter().find(|i| i.name == d.info.name);
+            match listed {
+                Some(info) => assert_eq!(&d.info, info),
+                None => assert!(d.withdrawn && d.lease.is_some()),
+            }
+        }
+        for info in infos {
+            assert_eq!(
+                self.s.device(&info.name).map(|d| d.agent.as_str()),
+                Some(agent)
+            );
+        }
+    }
+
+    fn record(&mut self, events: &[Event]) {
+        for e in events {
+            let json = serde_json::to_string(e).expect("serialises");
+            let back: Event = serde_json::from_str(&json).expect("parses");
+            assert_eq!(&back, e);
+            match e {
+                Event::LeaseGranted {
+                    lease,
+                    epoch,
+                    job,
+                    device,
+                    ..
+                } => {
+                    assert!(lease.0 > self.last_lease, "lease ids rise");
+                    self.last_lease = lease.0;
+                    let last = self.epochs.get(device).copied().unwrap_or(Epoch(0));
+                    assert!(*epoch > last, "epochs of {device} rise");
+                    self.epochs.insert(device.clone(), *epoch);
+                    self.granted.push((*lease, *epoch, device.clone()));
+                    self.check_grant_order(*job, device);
+                }
+                Event::LeaseReleased { lease, .. } => {
+                    assert!(self.granted.iter().any(|(l, _, _)| l == lease));
+                    *self.released.entry(*lease).or_default() += 1;
+                }
+                _ => {}
+            }
+        }
+        self.log.extend(events.iter().cloned());
+    }
+
+    /// No job still queued that comes before `job` in serving order fits `device`.
+    fn check_grant_order(&self, job: JobId, device: &str) {
+        let spec = &self.s.job(job).expect("granted job").spec;
+        let info = &self.s.device(device).expect("granted device").info;
+        for (id, j) in self.s.jobs() {
+            if j.state == JobState::Queued && j.spec.fits(info) {
+                let first = (std::cmp::Reverse(j.spec.priority), id)
+                    < (std::cmp::Reverse(spec.priority), job);
+                assert!(!first, "job {id} was passed over for job {job} on {device}");
+            }
+        }
+    }
+
+    fn check(&self) {
+        let s = &self.s;
+        // Leases, their jobs and devices.
+        let mut devices = BTreeSet::new();
+        let mut jobs = BTreeSet::new();
+        for l in s.leases() {
+            assert!(
+                devices.insert(l.device.clone()),
+                "two leases on {}",
+                l.device
+            );
+            assert!(jobs.insert(l.job), "two leases for job {}", l.job);
+            let job = s.job(l.job).expect("lease's job");
+            assert!(matches!(
+                job.state,
+                JobState::Assigned | JobState::Running | JobState::Canceling
+            ));
+            assert_eq!(job.lease, Some(l.id));
+            assert_eq!(job.device.as_deref(), Some(l.device.as_str()));
+            let d = s.device(&l.device).expect("lease's device");
+            assert_eq!(
+                (d.state, d.lease, d.epoch),
+                (DeviceState::Busy, Some(l.id), l.epoch)
+            );
+            assert!(s.is_live(l.id, l.epoch));
+        }
+        for (id, j) in s.jobs() {
+            if matches!(
+                j.state,
+                JobState::Assigned | JobState::Running | JobState::Canceling
+            ) {
+                assert!(
+                    j.lease.is_some_and(|l| s.lease(l).is_some()),
+                    "job {id} has no lease"
+                );
+            }
+            assert_eq!(j.outcome.is_some(), j.state == JobState::Finished);
+            if let Some((outcome, reason)) = self.finished.get(&id) {
+                assert_eq!(j.state, JobState::Finished, "job {id} left finished");
+                assert_eq!((j.outcome, &j.reason), (Some(*outcome), reason));
+            }
+        }
+        // Device states are derived.
+        for d in s.devices() {
+            let want = if d.lease.is_some() {
+                DeviceState::Busy
+            } else if !s.agent_is_connected(&d.agent) {
+                DeviceState::Offline
+            } else if d.unconfirmed.is_some() {
+                DeviceState::NeedsCheck
+            } else {
+                DeviceState::Idle
+            };
+            assert_eq!(d.state, want, "{}", d.info.name);
+            assert!(d.lease.is_some() || !d.withdrawn);
+            if let Some(l) = d.lease {
+                assert!(s.lease(l).is_some());
+            }
+        }
+        // Grants and releases.
+        for (lease, _, _) in &self.granted {
+            let released = self.released.get(lease).copied().unwrap_or(0);
+            assert!(released <= 1, "lease {lease} released {released} times");
+            assert_eq!(released == 0, s.lease(*lease).is_some(), "lease {lease}");
+        }
+        assert_eq!(s.leases().count(), self.granted.len() - self.released.len());
+        // Nothing left to match.
+        let idle: Vec<&DeviceInfo> = s
+            .devices()
+            .filter(|d| d.state == DeviceState::Idle)
+            .map(|d| &d.info)
+            .collect();
+        let queued = s.queued();
+        for (pos, job) in queued.iter().enumerate() {
+            let j = s.job(*job).expect("queued job");
+            assert_eq!(j.state, JobState::Queued);
+            assert_eq!(s.queue_position(*job), Some(pos));
+            if let Some(d) = idle.iter().find(|d| j.spec.fits(d)) {
+                panic!("queued job {job} fits idle device {}", d.name);
+            }
+        }
+        let all_queued = s
+            .jobs()
+            .filter(|(_, j)| j.state == JobState::Queued)
+            .count();
+        assert_eq!(queued.len(), all_queued);
+        // Replay.
+        let again = Scheduler::replay(config(), &self.log).expect("the log replays");
+        assert_eq!(&again, s);
+    }
+
+    fn remember_finished(&mut self) {
+        for (id, j) in self.s.jobs() {
+            if let Some(outcome) = j.outcome {
+                self.finished
+                    .entry(id)
+                    .or_insert_with(|| (outcome, j.reason.clone()));
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 128,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn invariants_hold_after_every_step(
+        steps in proptest::collection::vec((prop_oneof![0u64..300, 0u64..3_000], cmd()), 1..120)
+    ) {
+        let mut h = Harness::new();
+        for (advance, cmd) in &steps {
+            h.step(*advance, cmd);
+            h.remember_finished();
+        }
+    }
+}
