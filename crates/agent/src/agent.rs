@@ -1,0 +1,760 @@
+//! The agent's main loop: the link to the controller, the devices, and the leases they run.
+//!
+//! ```text
+//!         ┌──────── backoff (250 ms .. 3 s, jitter) <──────────────┐
+//!         v                                                          │ link lost
+//!   connect + Hello ──Welcome──> resume (resend logs after cursors, │
+//!         │ Refused / error      reports of finished leases) ──> serve
+//!         └──> backoff                                      shutdown │
+//!                                          stop jobs, wait for teardown, send what is left, close
+//!
+//!  lease:  Running ──job task ends──> Finished ──FinishAcked──> forgotten (spool deleted)
+//!             │ DropLease / not live at Welcome                    ^
+//!             └──> Running (fate: forget) ──ends──> DeviceReady ───┘
+//! ```
+//!
+//! Invariants:
+//! - The main loop owns all lease and device state; job tasks only append to their spool and
+//!   send [`JobNote`]s. Notes are handled whether or not the link is up.
+//! - A device runs at most one lease; it is busy from `StartJob` until the runner's teardown
+//!   ended (then `DeviceReady` if the lease was dropped).
+//! - Log records reach the link only from the spool, in order; on every connection the
+//!   controller's cursor says where to resume, so it sees every record at least once.
+//! - `JobFinished` goes out after the lease's last record, once per connection, until
+//!   `FinishAcked`.
+//! - Controller input never crashes the agent: unparsable text is logged and ignored, messages
+//!   about unknown leases or other epochs are ignored.
+
+use crate::AgentConfig;
+use crate::backoff::Backoff;
+use crate::job::{self, JobNote, JobStart, Stop};
+use crate::link::{self, Link, LinkDown};
+use crate::spool::{Meta, Phase, Spool, SpoolReader};
+use crate::startup::Prepared;
+use proto::link::{AgentMessage, ControllerMessage, HeldLease, LogCursor, LogFrame};
+use proto::{Epoch, JobId, JobReport, LeaseId, Outcome, Seq};
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::pin::{Pin, pin};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Log bytes per binary frame (well under `MAX_FRAME`).
+const FRAME_BUDGET: usize = 256 << 10;
+/// Frames sent before the loop looks at incoming messages again.
+const FRAMES_PER_TURN: usize = 8;
+/// Notes handled in one turn of the loop before logs are pumped.
+const NOTES_PER_TURN: usize = 256;
+
+/// Whether the agent takes new work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Serving,
+    Stopping,
+}
+
+/// What a device is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Idle,
+    Busy(LeaseId),
+}
+
+/// What becomes of a lease once its job ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// Report it and keep it until `FinishAcked`.
+    Report,
+    /// The controller no longer wants it: delete it and say `DeviceReady`.
+    Forget,
+}
+
+#[derive(Debug)]
+enum LeaseState {
+    Running { stop: watch::Sender<Stop> },
+    Finished { report: JobReport, last_seq: Seq },
+}
+
+/// Whether this connection has carried the lease's report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReportSent {
+    No,
+    Yes,
+}
+
+#[derive(Debug)]
+struct Lease {
+    epoch: Epoch,
+    job: JobId,
+    device: String,
+    state: LeaseState,
+    fate: Fate,
+    /// Last record in the spool.
+    spooled: Seq,
+    /// Last record on the current connection (the controller's cursor, then what was sent).
+    sent: Seq,
+    report_sent: ReportSent,
+    /// Positioned at `sent + 1`.
+    reader: SpoolReader,
+}
+
+/// How a connection ended.
+#[derive(Debug)]
+enum SessionEnd {
+    /// Shutdown completed; the link was closed.
+    Done,
+    Lost(LinkDown),
+}
+
+pub struct Agent {
+    config: AgentConfig,
+    url: String,
+    spool: Spool,
+    mode: Mode,
+    devices: BTreeMap<String, Slot>,
+    leases: BTreeMap<LeaseId, Lease>,
+    /// Devices torn down for dropped leases whose `DeviceReady` is not sent yet.
+    ready_unsent: BTreeSet<String>,
+    notes_tx: UnboundedSender<JobNote>,
+    notes: UnboundedReceiver<JobNote>,
+}
+
+impl Agent {
+    pub fn new(config: AgentConfig, url: String, prepared: Prepared) -> Agent {
+        let (notes_tx, notes) = unbounded_channel();
+        let devices = config
+            .devices
+            .iter()
+            .map(|d| (d.name.clone(), Slot::Idle))
+            .collect();
+        let spool = prepared.spool;
+        let leases = prepared
+            .recovered
+            .into_iter()
+            .filter_map(|r| {
+                let Phase::Finished { report, last_seq } = r.meta.phase else {
+                    return None;
+                };
+                let lease = Lease {
+                    epoch: r.meta.epoch,
+                    job: r.meta.job,
+                    device: r.meta.device,
+                    state: LeaseState::Finished { report, last_seq },
+                    fate: Fate::Report,
+                    spooled: r.last_seq.max(last_seq),
+                    sent: Seq(0),
+                    report_sent: ReportSent::No,
+                    reader: spool.reader(r.meta.lease),
+                };
+                Some((r.meta.lease, lease))
+            })
+            .collect();
+        Agent {
+            config,
+            url,
+            spool,
+            mode: Mode::Serving,
+            devices,
+            leases,
+            ready_unsent: BTreeSet::new(),
+            notes_tx,
+            notes,
+        }
+    }
+
+    /// Runs until `shutdown` resolves and every job is torn down.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
+        let mut shutdown = pin!(shutdown);
+        let mut backoff = Backoff::new();
+        let mut failures = 0u32;
+        loop {
+            if self.mode == Mode::Stopping {
+                self.wait_for_teardown().await;
+                return;
+            }
+            let hello = self.hello();
+            let (url, token_file) = (self.url.clone(), self.config.token_file.clone());
+            let attempt = link::connect(&url, &token_file, &hello);
+            match self.wait(attempt, shutdown.as_mut()).await {
+                None => continue,
+                Some(Ok((socket, welcome))) => {
+                    backoff.reset();
+                    failures = 0;
+                    tracing::info!(url = %self.url, agent = %self.config.name, "connected to the controller");
+                    let link = Link::new(socket, welcome.heartbeat);
+                    match self.session(link, welcome.resume, shutdown.as_mut()).await {
+                        SessionEnd::Done => {
+                            tracing::info!("link closed: the agent is shutting down");
+                            return;
+                        }
+                        SessionEnd::Lost(why) => {
+                            tracing::warn!("link to the controller lost: {why}; reconnecting");
+                        }
+                    }
+                }
+                Some(Err(why)) => {
+                    failures += 1;
+                    match &why {
+                        LinkDown::Refused(_) => tracing::warn!("{why}"),
+                        LinkDown::Lost(_) if failures == 1 => {
+                            tracing::warn!("cannot connect to the controller: {why}; retrying");
+                        }
+                        LinkDown::Lost(_) => {
+                            tracing::debug!("cannot connect to the controller: {why}");
+                        }
+                    }
+                }
+            }
+            let pause = backoff.next_pause();
+            let _ = self
+                .wait(tokio::time::sleep(pause), shutdown.as_mut())
+                .await;
+        }
+    }
+
+    /// Awaits `fut` while handling job notes; `None` when shutdown began instead.
+    async fn wait<T>(
+        &mut self,
+        fut: impl Future<Output = T>,
+        mut shutdown: Pin<&mut impl Future<Output = ()>>,
+    ) -> Option<T> {
+        let mut fut = pin!(fut);
+        loop {
+            tokio::select! {
+                out = &mut fut => return Some(out),
+                _ = &mut shutdown, if self.mode == Mode::Serving => {
+                    self.stop_all();
+                    return None;
+                }
+                Some(note) = self.notes.recv() => {
+                    // No link: nothing can fail.
+                    let _ = self.on_note(note, None).await;
+                }
+            }
+        }
+    }
+
+    async fn wait_for_teardown(&mut self) {
+        while self.running() > 0 {
+            match self.notes.recv().await {
+                Some(note) => {
+                    let _ = self.on_note(note, None).await;
+                }
+                None => return,
+            }
+        }
+    }
+
+    fn running(&self) -> usize {
+        self.leases
+            .values()
+            .filter(|l| matches!(l.state, LeaseState::Running { .. }))
+            .count()
+    }
+
+    fn hello(&self) -> AgentMessage {
+        let held = self
+            .leases
+            .iter()
+            .map(|(id, l)| HeldLease {
+                lease: *id,
+                epoch: l.epoch,
+                job: l.job,
+                device: l.device.clone(),
+                report: match &l.state {
+                    LeaseState::Finished { report, .. } => Some(report.clone()),
+                    LeaseState::Running { .. } => None,
+                },
+            })
+            .collect();
+        AgentMessage::Hello {
+            protocol: proto::link::PROTOCOL_VERSION,
+            agent: self.config.name.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            devices: crate::rigs(&self.config),
+            held,
+        }
+    }
+
+    fn stop_all(&mut self) {
+        self.mode = Mode::Stopping;
+        let running = self.running();
+        if running > 0 {
+            tracing::info!("shutting down: stopping {running} job(s)");
+        }
+        for lease in self.leases.values() {
+            if let LeaseState::Running { stop } = &lease.state
+                && *stop.borrow() != Stop::Drop
+            {
+                stop.send_replace(Stop::Shutdown);
+            }
+        }
+    }
+
+    async fn session(
+        &mut self,
+        mut link: Link,
+        resume: Vec<LogCursor>,
+        mut shutdown: Pin<&mut impl Future<Output = ()>>,
+    ) -> SessionEnd {
+        if let Err(why) = self.resume(&mut link, &resume).await {
+            return SessionEnd::Lost(why);
+        }
+        let period = link.heartbeat;
+        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let more = match self.pump(&mut link).await {
+                Ok(more) => more,
+                Err(why) => return SessionEnd::Lost(why),
+            };
+            if self.mode == Mode::Stopping && self.running() == 0 && !more {
+                link.close().await;
+                return SessionEnd::Done;
+            }
+            let (dead_at, dead_after) = (link.dead_at(), link.dead_after());
+            let step = tokio::select! {
+                biased;
+                _ = &mut shutdown, if self.mode == Mode::Serving => {
+                    self.stop_all();
+                    Ok(())
+                }
+                message = link.next() => match message {
+                    Ok(Message::Text(text)) => self.on_text(&text, &mut link).await,
+                    Ok(Message::Binary(bytes)) => {
+                        tracing::debug!("ignoring a {}-byte binary frame from the controller", bytes.len());
+                        Ok(())
+                    }
+                    Ok(_) => Ok(()),
+                    Err(why) => Err(why),
+                },
+                Some(note) = self.notes.recv() => self.on_notes(note, &mut link).await,
+                _ = heartbeat.tick() => match link.send(&AgentMessage::Heartbeat).await {
+                    Ok(()) => link.ping().await,
+                    Err(why) => Err(why),
+                },
+                _ = tokio::time::sleep_until(dead_at) => Err(LinkDown::Lost(format!(
+                    "nothing heard from the controller for {dead_after:?}"
+                ))),
+                _ = std::future::ready(()), if more => Ok(()),
+            };
+            if let Err(why) = step {
+                return SessionEnd::Lost(why);
+            }
+        }
+    }
+
+    /// After `Welcome`: leases the controller does not list are no longer live; the others
+    /// resume after the controller's cursor.
+    async fn resume(&mut self, link: &mut Link, resume: &[LogCursor]) -> Result<(), LinkDown> {
+        let cursors: BTreeMap<LeaseId, Seq> = resume.iter().map(|c| (c.lease, c.stored)).collect();
+        let ids: Vec<LeaseId> = self.leases.keys().copied().collect();
+        for id in ids {
+            match cursors.get(&id) {
+                Some(stored) => {
+                    if let Some(lease) = self.leases.get_mut(&id) {
+                        lease.sent = *stored;
+                        lease.report_sent = ReportSent::No;
+                        lease.reader.seek(Seq(stored.0 + 1));
+                    }
+                    self.drop_stored(id, *stored);
+                }
+                None => {
+                    tracing::info!(lease = %id, "the controller no longer holds this lease; dropping it");
+                    self.forget(id);
+                }
+            }
+        }
+        self.send_ready(link).await
+    }
+
+    async fn send_ready(&mut self, link: &mut Link) -> Result<(), LinkDown> {
+        while let Some(device) = self.ready_unsent.pop_first() {
+            if let Err(why) = link
+                .send(&AgentMessage::DeviceReady {
+                    device: device.clone(),
+                })
+                .await
+            {
+                self.ready_unsent.insert(device);
+                return Err(why);
+            }
+        }
+        Ok(())
+    }
+
+    /// The lease is not wanted any more: stop its job (`DeviceReady` after teardown) or, if
+    /// it ended already, delete it.
+    fn forget(&mut self, id: LeaseId) {
+        let Some(lease) = self.leases.get_mut(&id) else {
+            return;
+        };
+        lease.fate = Fate::Forget;
+        match &lease.state {
+            LeaseState::Running { stop } => {
+                stop.send_replace(Stop::Drop);
+            }
+            LeaseState::Finished { .. } => {
+                let device = lease.device.clone();
+                self.delete(id);
+                if self.devices.get(&device) == Some(&Slot::Idle) {
+                    self.ready_unsent.insert(device);
+                }
+            }
+        }
+    }
+
+    /// Removes a lease and its spool.
+    fn delete(&mut self, id: LeaseId) {
+        self.leases.remove(&id);
+        if let Err(e) = self.spool.remove(id) {
+            tracing::warn!(lease = %id, "cannot delete the spool: {e}");
+        }
+    }
+
+    fn drop_stored(&mut self, id: LeaseId, stored: Seq) {
+        if stored.0 == 0 {
+            return;
+        }
+        if let Err(e) = self.spool.drop_through(id, stored) {
+            tracing::warn!(lease = %id, "cannot drop stored records from the spool: {e}");
+        }
+    }
+
+    /// Sends spooled records the controller has not seen, then reports whose records are all
+    /// out. Returns whether more is waiting (bounded work per call).
+    async fn pump(&mut self, link: &mut Link) -> Result<bool, LinkDown> {
+        let mut frames = 0;
+        for (id, lease) in self.leases.iter_mut() {
+            if lease.fate == Fate::Forget {
+                continue;
+            }
+            while lease.sent < lease.spooled {
+                if frames == FRAMES_PER_TURN {
+                    return Ok(true);
+                }
+                if lease.reader.next_seq() != Seq(lease.sent.0 + 1) {
+                    lease.reader.seek(Seq(lease.sent.0 + 1));
+                }
+                let records = match lease.reader.read(lease.spooled, FRAME_BUDGET) {
+                    Ok(records) if !records.is_empty() => records,
+                    Ok(_) => {
+                        tracing::warn!(lease = %id, "spool ends at record {} before {}", lease.sent, lease.spooled);
+                        lease.sent = lease.spooled;
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::error!(lease = %id, "cannot read the spool; records after {} are not sent: {e}", lease.sent);
+                        lease.sent = lease.spooled;
+                        break;
+                    }
+                };
+                lease.sent = records.last().map_or(lease.spooled, |r| r.seq);
+                let frame = LogFrame {
+                    lease: *id,
+                    epoch: lease.epoch,
+                    records,
+                };
+                link.send_frame(frame.encode()).await?;
+                frames += 1;
+            }
+            if let LeaseState::Finished { report, last_seq } = &lease.state
+                && lease.sent >= *last_seq
+                && lease.report_sent == ReportSent::No
+            {
+                link.send(&AgentMessage::JobFinished {
+                    lease: *id,
+                    epoch: lease.epoch,
+                    report: report.clone(),
+                    last_seq: *last_seq,
+                })
+                .await?;
+                lease.report_sent = ReportSent::Yes;
+            }
+        }
+        Ok(false)
+    }
+
+    async fn on_notes(&mut self, first: JobNote, link: &mut Link) -> Result<(), LinkDown> {
+        self.on_note(first, Some(link)).await?;
+        for _ in 0..NOTES_PER_TURN {
+            match self.notes.try_recv() {
+                Ok(note) => self.on_note(note, Some(link)).await?,
+                Err(_) => break,
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_note(&mut self, note: JobNote, link: Option<&mut Link>) -> Result<(), LinkDown> {
+        let (id, report, last_seq) = match note {
+            JobNote::Spooled { lease, last } => {
+                if let Some(l) = self.leases.get_mut(&lease) {
+                    l.spooled = l.spooled.max(last);
+                }
+                return Ok(());
+            }
+            JobNote::Finished {
+                lease,
+                report,
+                last_seq,
+            } => (lease, report, last_seq),
+            JobNote::Crashed { lease, reason } => {
+                let Some(l) = self.leases.get(&lease) else {
+                    return Ok(());
+                };
+                let report = JobReport {
+                    job_name: format!("job-{}", l.job),
+                    outcome: Outcome::InfraError,
+                    reason: format!("the agent's job task failed: {reason}"),
+                    cases: Vec::new(),
+                    duration_s: 0.0,
+                };
+                let meta = Meta {
+                    lease,
+                    epoch: l.epoch,
+                    job: l.job,
+                    device: l.device.clone(),
+                    job_name: None,
+                    phase: Phase::Finished {
+                        report: report.clone(),
+                        last_seq: l.spooled,
+                    },
+                };
+                if let Err(e) = self.spool.write_meta(&meta) {
+                    tracing::warn!(%lease, "cannot record the report in the spool: {e}");
+                }
+                (lease, report, l.spooled)
+            }
+        };
+        let Some(lease) = self.leases.get_mut(&id) else {
+            return Ok(());
+        };
+        tracing::info!(
+            lease = %id, job = %lease.job, device = %lease.device,
+            "job ended: {}{}{}",
+            report.outcome,
+            if report.reason.is_empty() { "" } else { ": " },
+            report.reason
+        );
+        lease.spooled = lease.spooled.max(last_seq);
+        lease.state = LeaseState::Finished { report, last_seq };
+        let device = lease.device.clone();
+        let fate = lease.fate;
+        if self.devices.get(&device) == Some(&Slot::Busy(id)) {
+            self.devices.insert(device.clone(), Slot::Idle);
+        }
+        if fate == Fate::Forget {
+            self.delete(id);
+            self.ready_unsent.insert(device);
+            if let Some(link) = link {
+                self.send_ready(link).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_text(&mut self, text: &str, link: &mut Link) -> Result<(), LinkDown> {
+        let message: ControllerMessage = match serde_json::from_str(text) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(
+                    "ignoring a controller message of {} bytes that does not parse: {e}",
+                    text.len()
+                );
+                return Ok(());
+            }
+        };
+        match message {
+            ControllerMessage::Welcome { .. } => {
+                tracing::debug!("ignoring a second welcome");
+                Ok(())
+            }
+            ControllerMessage::Refused { reason } => Err(LinkDown::Refused(reason)),
+            ControllerMessage::StartJob {
+                lease,
+                epoch,
+                job,
+                device,
+                definition,
+            } => {
+                self.start_job(lease, epoch, job, device, definition, link)
+                    .await
+            }
+            ControllerMessage::CancelJob { lease, epoch } => {
+                if let Some(l) = self.known(lease, epoch, "cancel-job")
+                    && let LeaseState::Running { stop } = &l.state
+                    && *stop.borrow() == Stop::Go
+                {
+                    tracing::info!(%lease, job = %l.job, "canceling the job");
+                    stop.send_replace(Stop::Cancel);
+                }
+                Ok(())
+            }
+            ControllerMessage::DropLease { lease, epoch } => {
+                if self.known(lease, epoch, "drop-lease").is_some() {
+                    tracing::info!(%lease, "the controller dropped the lease");
+                    self.forget(lease);
+                    self.send_ready(link).await?;
+                }
+                Ok(())
+            }
+            ControllerMessage::LogAcked {
+                lease,
+                epoch,
+                stored,
+            } => {
+                if self.known(lease, epoch, "log-acked").is_some() {
+                    self.drop_stored(lease, stored);
+                }
+                Ok(())
+            }
+            ControllerMessage::FinishAcked { lease, epoch } => {
+                if let Some(l) = self.known(lease, epoch, "finish-acked") {
+                    if matches!(l.state, LeaseState::Finished { .. }) {
+                        self.delete(lease);
+                    } else {
+                        tracing::debug!(%lease, "ignoring finish-acked for a running job");
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The lease if it is ours under this epoch; otherwise a debug line.
+    fn known(&self, id: LeaseId, epoch: Epoch, what: &str) -> Option<&Lease> {
+        match self.leases.get(&id) {
+            Some(l) if l.epoch == epoch => Some(l),
+            Some(l) => {
+                tracing::debug!(lease = %id, "ignoring {what} for epoch {epoch} (the lease has {})", l.epoch);
+                None
+            }
+            None => {
+                tracing::debug!(lease = %id, "ignoring {what} for an unknown lease");
+                None
+            }
+        }
+    }
+
+    async fn start_job(
+        &mut self,
+        id: LeaseId,
+        epoch: Epoch,
+        job: JobId,
+        device: String,
+        definition: String,
+        link: &mut Link,
+    ) -> Result<(), LinkDown> {
+        let refuse = |reason: String| AgentMessage::StartRefused {
+            lease: id,
+            epoch,
+            reason,
+        };
+        if let Some(existing) = self.leases.get(&id) {
+            // A repeated StartJob (the controller did not hear JobStarted): say it again.
+            if existing.epoch == epoch
+                && existing.device == device
+                && matches!(existing.state, LeaseState::Running { .. })
+            {
+                return link
+                    .send(&AgentMessage::JobStarted { lease: id, epoch })
+                    .await;
+            }
+            tracing::debug!(lease = %id, "ignoring start-job for a lease already held");
+            return Ok(());
+        }
+        if self.mode == Mode::Stopping {
+            return link
+                .send(&refuse("the agent is shutting down".into()))
+                .await;
+        }
+        let Some(spec) = self.config.devices.iter().find(|d| d.name == device) else {
+            return link
+                .send(&refuse(format!(
+                    "agent {} has no device named '{device}'",
+                    self.config.name
+                )))
+                .await;
+        };
+        if let Some(Slot::Busy(other)) = self.devices.get(&device) {
+            return link
+                .send(&refuse(format!(
+                    "device {device} is busy with lease {other}"
+                )))
+                .await;
+        }
+        let meta = Meta {
+            lease: id,
+            epoch,
+            job,
+            device: device.clone(),
+            job_name: None,
+            phase: Phase::Running,
+        };
+        let writer = match self.spool.create(meta) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(lease = %id, "cannot create the spool: {e}");
+                let _ = self.spool.remove(id);
+                return link
+                    .send(&refuse(format!(
+                        "agent {} cannot spool the job's log: {e}",
+                        self.config.name
+                    )))
+                    .await;
+            }
+        };
+        let (stop, stop_rx) = watch::channel(Stop::Go);
+        self.leases.insert(
+            id,
+            Lease {
+                epoch,
+                job,
+                device: device.clone(),
+                state: LeaseState::Running { stop },
+                fate: Fate::Report,
+                spooled: Seq(0),
+                sent: Seq(0),
+                report_sent: ReportSent::No,
+                reader: self.spool.reader(id),
+            },
+        );
+        self.devices.insert(device.clone(), Slot::Busy(id));
+        let start = JobStart {
+            agent: self.config.name.clone(),
+            lease: id,
+            epoch,
+            job,
+            device: spec.clone(),
+            definition,
+            device_dir: self.config.device_dir(&device),
+        };
+        spawn_job(start, writer, self.notes_tx.clone(), stop_rx);
+        tracing::info!(lease = %id, %job, %device, %epoch, "job started");
+        link.send(&AgentMessage::JobStarted { lease: id, epoch })
+            .await
+    }
+}
+
+/// Runs a job task; if it panics, the main loop still hears that it ended.
+fn spawn_job(
+    start: JobStart,
+    writer: crate::spool::SpoolWriter,
+    notes: UnboundedSender<JobNote>,
+    stop: watch::Receiver<Stop>,
+) {
+    let lease = start.lease;
+    let task = tokio::spawn(job::run_lease(start, writer, notes.clone(), stop));
+    tokio::spawn(async move {
+        if let Err(e) = task.await
+            && e.is_panic()
+        {
+            let _ = notes.send(JobNote::Crashed {
+                lease,
+                reason: "the task panicked".into(),
+            });
+        }
+    });
+}
