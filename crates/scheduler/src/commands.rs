@@ -371,11 +371,9 @@ impl Scheduler {
     pub fn tick(&mut self, now: Millis) -> Vec<Event> {
         let mut out = Vec::new();
         let due: Vec<Lease> = self
-            .state
-            .leases
-            .values()
-            .filter(|l| self.deadline_of(l) <= now)
-            .cloned()
+            .due(now)
+            .into_iter()
+            .filter_map(|id| self.state.leases.get(&id).cloned())
             .collect();
         for l in due {
             let (outcome, reason) = self.why_due(&l, now);

@@ -65,6 +65,8 @@
 //! `schedule` only looks at what changed since its last call (jobs that became queued, devices
 //! that became idle), since nothing else can form a new match, and returns at once when no
 //! device is idle.
+//! Each live lease's deadline (expiry, disconnect grace, cancel grace) is kept in an ordered
+//! index, so `next_deadline` and `tick` do not scan the leases.
 
 mod error;
 mod event;

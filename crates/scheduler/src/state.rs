@@ -93,6 +93,10 @@ pub(crate) struct State {
     pub(crate) retired: BTreeMap<String, Epoch>,
     /// The next lease id to grant (ids start at 1).
     pub(crate) next_lease: u64,
+    /// When `tick` must end each live lease (see [`Scheduler::next_deadline`]), and the same
+    /// ordered by time.
+    pub(crate) deadline: BTreeMap<LeaseId, Millis>,
+    pub(crate) deadlines: BTreeSet<(Millis, LeaseId)>,
 }
 
 /// Changes `schedule` has not looked at yet.
@@ -218,6 +222,7 @@ impl Scheduler {
                     .get_mut(lease)
                     .ok_or(not_live(kind, *lease))?;
                 l.expires = *expires;
+                self.redeadline(*lease);
                 Ok(())
             }
             Event::CancelRequested { job, at } => {
@@ -235,6 +240,9 @@ impl Scheduler {
                 }
                 entry.state = JobState::Canceling;
                 entry.cancel_requested = Some(*at);
+                if let Some(lease) = entry.lease {
+                    self.redeadline(lease);
+                }
                 Ok(())
             }
             Event::JobRequeued { job, at: _ } => {
@@ -287,6 +295,9 @@ impl Scheduler {
                 entry.outcome = Some(*outcome);
                 entry.reason = reason.clone();
                 entry.finished = Some(*at);
+                if let Some(lease) = entry.lease {
+                    self.redeadline(lease);
+                }
                 Ok(())
             }
             Event::LeaseReleased {
@@ -530,6 +541,7 @@ impl Scheduler {
         );
         self.state.next_lease = lease.0.saturating_add(1);
         self.refresh(device);
+        self.redeadline(lease);
         Ok(())
     }
 
@@ -562,6 +574,7 @@ impl Scheduler {
         }
         let device = l.device.clone();
         self.state.leases.remove(&lease);
+        self.redeadline(lease);
         let mut withdrawn = false;
         if let Some(d) = self.state.devices.get_mut(&device) {
             d.lease = None;
@@ -643,8 +656,12 @@ impl Scheduler {
         };
         let was = d.state;
         let ty = d.info.device_type.clone();
+        let lease = d.lease;
         if let Some(d) = self.state.devices.get_mut(name) {
             d.state = state;
+        }
+        if let Some(lease) = lease {
+            self.redeadline(lease);
         }
         if state == DeviceState::Idle {
             self.state
@@ -736,11 +753,29 @@ impl Scheduler {
     /// The earliest time at which [`Scheduler::tick`] would end a lease: its expiry, the end of
     /// its agent's disconnect grace, or the end of its job's cancel grace.
     pub fn next_deadline(&self) -> Option<Millis> {
+        self.state.deadlines.first().map(|(at, _)| *at)
+    }
+
+    /// Live leases whose deadline is `now` or earlier, by deadline.
+    pub(crate) fn due(&self, now: Millis) -> Vec<LeaseId> {
         self.state
-            .leases
-            .values()
-            .map(|l| self.deadline_of(l))
-            .min()
+            .deadlines
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .map(|(_, lease)| *lease)
+            .collect()
+    }
+
+    /// Recomputes the deadline of `lease` (drops it if the lease is not live).
+    fn redeadline(&mut self, lease: LeaseId) {
+        if let Some(old) = self.state.deadline.remove(&lease) {
+            self.state.deadlines.remove(&(old, lease));
+        }
+        if let Some(l) = self.state.leases.get(&lease) {
+            let at = self.deadline_of(l);
+            self.state.deadline.insert(lease, at);
+            self.state.deadlines.insert((at, lease));
+        }
     }
 
     pub(crate) fn deadline_of(&self, l: &Lease) -> Millis {

@@ -137,6 +137,9 @@ struct Harness {
     finished: BTreeMap<JobId, (Outcome, String)>,
     epochs: BTreeMap<String, Epoch>,
     last_lease: u64,
+    /// From the events: when each disconnected agent went away, when each cancel was asked.
+    gone: BTreeMap<String, Millis>,
+    cancels: BTreeMap<JobId, Millis>,
 }
 
 impl Harness {
@@ -151,6 +154,8 @@ impl Harness {
             finished: BTreeMap::new(),
             epochs: BTreeMap::new(),
             last_lease: 0,
+            gone: BTreeMap::new(),
+            cancels: BTreeMap::new(),
         }
     }
 
@@ -460,6 +465,15 @@ impl Harness {
                     self.granted.push((*lease, *epoch, device.clone()));
                     self.check_grant_order(*job, device);
                 }
+                Event::AgentConnected { agent, .. } => {
+                    self.gone.remove(agent);
+                }
+                Event::AgentDisconnected { agent, at } => {
+                    self.gone.insert(agent.clone(), *at);
+                }
+                Event::CancelRequested { job, at } => {
+                    self.cancels.insert(*job, *at);
+                }
                 Event::LeaseReleased { lease, .. } => {
                     assert!(self.granted.iter().any(|(l, _, _)| l == lease));
                     *self.released.entry(*lease).or_default() += 1;
@@ -569,6 +583,21 @@ impl Harness {
             .filter(|(_, j)| j.state == JobState::Queued)
             .count();
         assert_eq!(queued.len(), all_queued);
+        // The next deadline, computed from the events.
+        let c = config();
+        let deadline = s
+            .leases()
+            .map(|l| {
+                let agent = &s.device(&l.device).expect("device").agent;
+                let gone = self.gone.get(agent).map(|at| at.plus(c.disconnect_grace));
+                let canceling = s.job(l.job).is_some_and(|j| j.state == JobState::Canceling);
+                let cancel = self.cancels.get(&l.job).filter(|_| canceling);
+                let cancel = cancel.map(|at| at.plus(c.cancel_grace));
+                [Some(l.expires), gone, cancel].into_iter().flatten().min()
+            })
+            .min()
+            .flatten();
+        assert_eq!(s.next_deadline(), deadline);
         // Replay.
         let again = Scheduler::replay(config(), &self.log).expect("the log replays");
         assert_eq!(&again, s);
