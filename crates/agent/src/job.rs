@@ -96,6 +96,12 @@ pub async fn run_lease(
         now_millis(),
         &mut entries,
     );
+    let prepared = prepare(&start);
+    if let Ok((job, _)) = &prepared
+        && let Err(e) = writer.set_job_name(&job.name)
+    {
+        tracing::warn!(%lease, "cannot update the spool metadata: {e}");
+    }
     let mut sink = |entries: Vec<Entry>| {
         if entries.is_empty() {
             return;
@@ -104,7 +110,7 @@ pub async fn run_lease(
         let _ = notes.send(JobNote::Spooled { lease, last });
     };
     sink(entries);
-    let report = match prepare(&start) {
+    let report = match prepared {
         Err(report) => {
             let mut entries = Vec::new();
             recorder.note(&report.reason, now_millis(), &mut entries);
@@ -126,11 +132,6 @@ pub async fn run_lease(
             report
         }
     };
-    if let Some(name) = Some(&report.job_name).filter(|n| !n.is_empty())
-        && let Err(e) = writer.set_job_name(name)
-    {
-        tracing::warn!(%lease, "cannot update the spool metadata: {e}");
-    }
     let last_seq = match writer.finish(report.clone()) {
         Ok(last) => last,
         Err(e) => {
