@@ -5,6 +5,8 @@
 //! Every wait has a deadline; nothing sleeps to synchronise.
 
 #![allow(dead_code)]
+// The handshake callback type is tungstenite's, large error and all.
+#![allow(clippy::result_large_err)]
 
 use anyhow::{Context, Result, bail};
 use dutlab_agent::AgentConfig;
