@@ -7,7 +7,12 @@
 //!   (table, or JSON with `--json`), everything for people about progress goes to stderr.
 //! - Ctrl-C cancels a run; the runner's teardown still powers the DUT off.
 
+mod exit;
+mod logview;
+mod remote;
 mod serve;
+mod settings;
+mod table;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -45,11 +50,34 @@ enum Command {
     },
     /// Start the controller (REST API, agent links, scheduler, database).
     Serve(serve::ServeArgs),
-    /// Work with job files.
+    /// Work with job files, and with jobs on a controller.
     Job {
         #[command(subcommand)]
         command: JobCommand,
     },
+    /// Check a token with the controller and save URL and token for the other commands.
+    Login(remote::LoginArgs),
+    /// Create, list and revoke tokens (admin).
+    Token {
+        #[command(subcommand)]
+        command: remote::TokenCommand,
+    },
+    /// Devices of the lab.
+    Device {
+        #[command(subcommand)]
+        command: remote::DeviceCommand,
+    },
+    /// Agents of the lab.
+    Agent {
+        #[command(subcommand)]
+        command: Option<AgentCommand>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AgentCommand {
+    #[command(flatten)]
+    Remote(remote::AgentCommand),
 }
 
 #[derive(Debug, clap::Args)]
@@ -91,6 +119,8 @@ enum JobCommand {
         #[arg(long)]
         json: bool,
     },
+    #[command(flatten)]
+    Remote(remote::JobCommand),
 }
 
 fn main() {
@@ -122,6 +152,13 @@ fn main() {
         Command::Serve(args) => serve::serve(args),
         Command::Image { command } => image(command),
         Command::Job { command } => job(command),
+        Command::Login(args) => remote::login(args),
+        Command::Token { command } => remote::token(command),
+        Command::Device { command } => remote::device(command),
+        Command::Agent {
+            command: Some(AgentCommand::Remote(command)),
+        } => remote::agent(command),
+        Command::Agent { command: None } => remote::agent_without_command(),
     };
     std::process::exit(code);
 }
@@ -189,6 +226,7 @@ fn read_job(path: &Path) -> Result<(String, jobspec::Job), String> {
 
 fn job(command: JobCommand) -> i32 {
     match command {
+        JobCommand::Remote(command) => remote::job(command),
         JobCommand::Validate { job, json } => match read_job(&job) {
             Ok((file, job)) => {
                 if json {

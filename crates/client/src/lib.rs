@@ -24,7 +24,7 @@ use proto::api::{
     AgentView, ApiError, CreateToken, CreatedToken, DeviceView, JobResults, JobView, LogPage,
     SubmitJob, TokenView, WhoAmI,
 };
-use proto::{JobId, Seq};
+use proto::{JobId, JobState, Seq};
 use reqwest::header::{AUTHORIZATION, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 use serde::Serialize;
@@ -129,9 +129,26 @@ impl Client {
         self.send(Method::POST, &["jobs"], request).await
     }
 
-    /// `GET /api/v1/jobs`: the jobs this token may see.
+    /// `GET /api/v1/jobs`: the jobs this token may see, newest first (the server's default
+    /// number of them).
     pub async fn list_jobs(&self) -> Result<Vec<JobView>, ClientError> {
-        self.get(&["jobs"], &[]).await
+        self.list_jobs_filtered(None, None).await
+    }
+
+    /// `GET /api/v1/jobs?state=S&limit=N`: only jobs in `state`, at most `limit` of them.
+    pub async fn list_jobs_filtered(
+        &self,
+        state: Option<JobState>,
+        limit: Option<usize>,
+    ) -> Result<Vec<JobView>, ClientError> {
+        let mut query = Vec::new();
+        if let Some(state) = state {
+            query.push(("state", state.as_str().to_string()));
+        }
+        if let Some(limit) = limit {
+            query.push(("limit", limit.to_string()));
+        }
+        self.get(&["jobs"], &query).await
     }
 
     /// `GET /api/v1/jobs/{id}`.

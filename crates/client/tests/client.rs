@@ -238,7 +238,8 @@ async fn queries_and_path_segments_are_encoded() {
                 r#"{"id":"ab/c","name":"n","role":"agent","created_at":1,"revoked_at":2}"#,
             )
             .await;
-            (first, second)
+            let third = answer_once(&listener, "200 OK", "[]").await;
+            (first, second, third)
         });
         let page = client.logs(JobId(7), Seq(5), 100).await.expect("logs");
         assert_eq!(page.cursor, Seq(6));
@@ -246,7 +247,13 @@ async fn queries_and_path_segments_are_encoded() {
         assert_eq!(page.records[0].text, "hi");
         let revoked = client.revoke_token("ab/c").await.expect("revoke");
         assert_eq!(revoked.revoked_at, Some(Millis(2)));
-        let (first, second) = server.await.expect("server");
+        let jobs = client
+            .list_jobs_filtered(Some(JobState::Running), Some(3))
+            .await
+            .expect("jobs");
+        assert!(jobs.is_empty());
+        let (first, second, third) = server.await.expect("server");
+        assert_eq!(third.line, "GET /api/v1/jobs?state=running&limit=3 HTTP/1.1");
         assert_eq!(
             first.line,
             "GET /api/v1/jobs/7/logs?cursor=5&limit=100 HTTP/1.1"

@@ -1,0 +1,332 @@
+//! The commands that talk to a controller: `login`, `token`, `job` (all but `validate`),
+//! `device`, `agent list`.
+//!
+//! Invariants:
+//! - Settings come from [`crate::settings`] (environment, then the file `dutlab login` wrote).
+//! - Results go to stdout (a table for people, JSON with `--json`); progress, warnings and
+//!   errors go to stderr, errors as one line `dutlab: error: ...`.
+//! - Exit codes come from [`crate::exit`]; outcomes of jobs from `Outcome::exit_code`.
+//! - A token is printed only by `token create`, alone on stdout, and never in an error.
+
+mod jobs;
+
+pub use jobs::{JobCommand, job};
+
+use crate::exit::{self, Exit};
+use crate::settings::{self, Settings, SettingsFile};
+use crate::table::{self, Table};
+use anyhow::Context;
+use client::Client;
+use proto::Role;
+use proto::api::CreateToken;
+use std::future::Future;
+use std::io::{BufRead, IsTerminal, Read};
+use std::path::PathBuf;
+
+/// Longest token file or stdin line read by `login`.
+const MAX_TOKEN_INPUT: u64 = 4096;
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = exit::HELP)]
+pub struct LoginArgs {
+    /// The controller's URL, e.g. http://lab.example:8080.
+    #[arg(long)]
+    url: String,
+    /// Read the token from this file (default: the first line of stdin).
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+}
+
+/// A token's role, as a flag value.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum RoleArg {
+    Admin,
+    User,
+    Agent,
+}
+
+impl From<RoleArg> for Role {
+    fn from(r: RoleArg) -> Role {
+        match r {
+            RoleArg::Admin => Role::Admin,
+            RoleArg::User => Role::User,
+            RoleArg::Agent => Role::Agent,
+        }
+    }
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum TokenCommand {
+    /// Create a token (admin only); prints the token alone on stdout, the only time it is shown.
+    #[command(after_help = exit::HELP)]
+    Create {
+        /// Who or what will use it (a person, a CI system, an agent's name).
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_enum)]
+        role: RoleArg,
+    },
+    /// List tokens (admin only); never shows the secrets.
+    #[command(after_help = exit::HELP)]
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by its id (admin only).
+    #[command(after_help = exit::HELP)]
+    Revoke { id: String },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum DeviceCommand {
+    /// List devices: name, type, tags, state, agent, job.
+    #[command(after_help = exit::HELP)]
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum AgentCommand {
+    /// List agents: name, state, version, devices, last seen.
+    #[command(after_help = exit::HELP)]
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs a remote command on a fresh runtime and turns its result into an exit code.
+fn block_on(command: impl Future<Output = anyhow::Result<i32>>) -> i32 {
+    let result = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(command),
+        Err(e) => Err(anyhow::Error::new(e).context("cannot start the async runtime")),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            exit::report(&e);
+            exit::code_of(&e)
+        }
+    }
+}
+
+fn process_env(var: &str) -> Option<String> {
+    std::env::var(var).ok()
+}
+
+/// A client from the environment and the settings file.
+fn connect() -> anyhow::Result<Client> {
+    Settings::load(&process_env)?.client()
+}
+
+fn print_json<T: serde::Serialize>(value: &T) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("API types always serialise")
+    );
+}
+
+/// `dutlab login`.
+pub fn login(args: LoginArgs) -> i32 {
+    block_on(async move {
+        let token = read_token(&args)?;
+        let client = Client::new(&args.url, Some(token.clone()))?;
+        let who = client
+            .whoami()
+            .await
+            .with_context(|| format!("cannot log in to {}", client.base_url()))?;
+        let path = settings::settings_path(&process_env).ok_or_else(|| {
+            Exit::new(
+                exit::USAGE,
+                "neither XDG_CONFIG_HOME nor HOME is set: cannot place the settings file",
+            )
+        })?;
+        let content = SettingsFile {
+            url: client.base_url().to_string(),
+            token,
+        };
+        settings::save_file(&path, &content)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        println!(
+            "logged in to {} as {} ({}); settings saved in {}",
+            client.base_url(),
+            runner::report::printable(&who.name),
+            who.role,
+            path.display()
+        );
+        if who.role == Role::Agent {
+            eprintln!("dutlab: warning: this is an agent token: it can only open the agent link");
+        }
+        Ok(0)
+    })
+}
+
+/// The token from `--token-file` or the first line of stdin.
+fn read_token(args: &LoginArgs) -> anyhow::Result<String> {
+    let mut text = String::new();
+    let from = match &args.token_file {
+        Some(path) => {
+            std::fs::File::open(path)
+                .and_then(|f| f.take(MAX_TOKEN_INPUT).read_to_string(&mut text))
+                .map_err(|e| {
+                    Exit::new(exit::USAGE, format!("{}: cannot read: {e}", path.display()))
+                })?;
+            path.display().to_string()
+        }
+        None => {
+            let stdin = std::io::stdin();
+            if stdin.is_terminal() {
+                eprint!("token for {}: ", args.url.trim());
+            }
+            stdin
+                .lock()
+                .take(MAX_TOKEN_INPUT)
+                .read_line(&mut text)
+                .map_err(|e| {
+                    Exit::new(
+                        exit::USAGE,
+                        format!("cannot read the token from stdin: {e}"),
+                    )
+                })?;
+            "stdin".to_string()
+        }
+    };
+    let token = text.lines().next().unwrap_or_default().trim().to_string();
+    if token.is_empty() {
+        return Err(Exit::new(exit::USAGE, format!("no token in {from}")).into());
+    }
+    Ok(token)
+}
+
+/// `dutlab token ...`.
+pub fn token(command: TokenCommand) -> i32 {
+    block_on(async move {
+        let client = connect()?;
+        match command {
+            TokenCommand::Create { name, role } => {
+                let role = Role::from(role);
+                let created = client
+                    .create_token(&CreateToken {
+                        name: name.clone(),
+                        role,
+                    })
+                    .await
+                    .context("cannot create the token")?;
+                println!("{}", created.token);
+                eprintln!(
+                    "dutlab: created token {} for {} ({role}); it is shown only now",
+                    runner::report::printable(&created.view.id),
+                    runner::report::printable(&name)
+                );
+            }
+            TokenCommand::List { json } => {
+                let tokens = client.list_tokens().await.context("cannot list tokens")?;
+                if json {
+                    print_json(&tokens);
+                } else {
+                    let now = table::now();
+                    let mut t = Table::new(&["ID", "NAME", "ROLE", "CREATED", "REVOKED"]);
+                    for tok in &tokens {
+                        t.row(vec![
+                            tok.id.clone(),
+                            tok.name.clone(),
+                            tok.role.to_string(),
+                            table::ago(now, tok.created_at),
+                            tok.revoked_at
+                                .map(|at| table::ago(now, at))
+                                .unwrap_or_default(),
+                        ]);
+                    }
+                    print!("{}", t.render());
+                }
+            }
+            TokenCommand::Revoke { id } => {
+                let view = client
+                    .revoke_token(&id)
+                    .await
+                    .with_context(|| format!("cannot revoke token {id}"))?;
+                println!(
+                    "revoked token {} ({})",
+                    runner::report::printable(&view.id),
+                    runner::report::printable(&view.name)
+                );
+            }
+        }
+        Ok(0)
+    })
+}
+
+/// `dutlab device ...`.
+pub fn device(command: DeviceCommand) -> i32 {
+    block_on(async move {
+        let client = connect()?;
+        match command {
+            DeviceCommand::List { json } => {
+                let devices = client.devices().await.context("cannot list devices")?;
+                if json {
+                    print_json(&devices);
+                } else {
+                    let mut t = Table::new(&["NAME", "TYPE", "TAGS", "STATE", "AGENT", "JOB"]);
+                    for d in &devices {
+                        t.row(vec![
+                            d.name.clone(),
+                            d.device_type.clone(),
+                            d.tags.join(","),
+                            d.state.to_string(),
+                            d.agent.clone(),
+                            d.job.map(|j| j.to_string()).unwrap_or_default(),
+                        ]);
+                    }
+                    print!("{}", t.render());
+                }
+            }
+        }
+        Ok(0)
+    })
+}
+
+/// `dutlab agent list`.
+pub fn agent(command: AgentCommand) -> i32 {
+    block_on(async move {
+        let client = connect()?;
+        match command {
+            AgentCommand::List { json } => {
+                let agents = client.agents().await.context("cannot list agents")?;
+                if json {
+                    print_json(&agents);
+                } else {
+                    let now = table::now();
+                    let mut t = Table::new(&["NAME", "STATE", "VERSION", "DEVICES", "LAST SEEN"]);
+                    for a in &agents {
+                        t.row(vec![
+                            a.name.clone(),
+                            match a.state {
+                                proto::api::AgentState::Connected => "connected".into(),
+                                proto::api::AgentState::Disconnected => "disconnected".into(),
+                            },
+                            a.version.clone(),
+                            a.devices.join(","),
+                            table::ago(now, a.last_seen),
+                        ]);
+                    }
+                    print!("{}", t.render());
+                }
+            }
+        }
+        Ok(0)
+    })
+}
+
+/// `dutlab agent` with no subcommand and no daemon flags.
+pub fn agent_without_command() -> i32 {
+    eprintln!("dutlab: error: `dutlab agent` needs a subcommand: `dutlab agent list`");
+    exit::USAGE
+}
