@@ -194,7 +194,7 @@ impl Dispatcher {
     ) -> Result<Dispatcher, ControllerError> {
         let events = store.events().await?;
         let next_event = events.last().map_or(1, |(seq, _)| seq + 1);
-        let sched = Scheduler::replay(config.scheduler.clone(), events.iter().map(|(_, e)| e))
+        let sched = Scheduler::replay(config.scheduler, events.iter().map(|(_, e)| e))
             .map_err(|e| ControllerError::Replay(e.to_string()))?;
         let mut jobs = BTreeMap::new();
         let mut next_job = 1;
@@ -590,7 +590,7 @@ impl Dispatcher {
                 conn,
                 agent,
                 message,
-            } => self.from_agent(conn, &agent, message).await,
+            } => self.agent_said(conn, &agent, message).await,
             Command::Gone { conn, agent } => {
                 let current = self
                     .agents
@@ -755,7 +755,7 @@ impl Dispatcher {
             .map_err(|e| e.to_string())
     }
 
-    async fn from_agent(&mut self, conn: ConnId, agent: &str, message: AgentMessage) {
+    async fn agent_said(&mut self, conn: ConnId, agent: &str, message: AgentMessage) {
         let current = self
             .agents
             .get(agent)

@@ -73,13 +73,12 @@ impl LogStore {
             path: path.clone(),
             source,
         };
-        if !jobs.contains_key(&job) {
-            let log = open(&self.dir, &path).map_err(io)?;
-            jobs.insert(job, log);
-        }
-        let log = jobs
-            .get_mut(&job)
-            .ok_or_else(|| io(std::io::Error::other("log vanished while locked")))?;
+        let log = match jobs.entry(job) {
+            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                entry.insert(open(&self.dir, &path).map_err(io)?)
+            }
+        };
         f(log).map_err(io)
     }
 
