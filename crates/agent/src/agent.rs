@@ -314,12 +314,18 @@ impl Agent {
                 return SessionEnd::Done;
             }
             let (dead_at, dead_after) = (link.dead_at(), link.dead_after());
+            // Biased: heartbeats first (a chatty job must not starve them), incoming before
+            // the dead-link timer (what arrived counts), bulk log pumping last.
             let step = tokio::select! {
                 biased;
                 _ = &mut shutdown, if self.mode == Mode::Serving => {
                     self.stop_all();
                     Ok(())
                 }
+                _ = heartbeat.tick() => match link.send(&AgentMessage::Heartbeat).await {
+                    Ok(()) => link.ping().await,
+                    Err(why) => Err(why),
+                },
                 message = link.next() => match message {
                     Ok(Message::Text(text)) => self.on_text(&text, &mut link).await,
                     Ok(Message::Binary(bytes)) => {
@@ -329,14 +335,10 @@ impl Agent {
                     Ok(_) => Ok(()),
                     Err(why) => Err(why),
                 },
-                Some(note) = self.notes.recv() => self.on_notes(note, &mut link).await,
-                _ = heartbeat.tick() => match link.send(&AgentMessage::Heartbeat).await {
-                    Ok(()) => link.ping().await,
-                    Err(why) => Err(why),
-                },
                 _ = tokio::time::sleep_until(dead_at) => Err(LinkDown::Lost(format!(
                     "nothing heard from the controller for {dead_after:?}"
                 ))),
+                Some(note) = self.notes.recv() => self.on_notes(note, &mut link).await,
                 _ = std::future::ready(()), if more => Ok(()),
             };
             if let Err(why) = step {

@@ -223,7 +223,9 @@ mod tests {
         while processes_naming(&needle).is_empty() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
-        assert_eq!(kill_leftovers(&devices), 1);
+        // The shell, and perhaps its fork that has not become `sleep` yet.
+        assert!(kill_leftovers(&devices) >= 1);
+        assert!(processes_naming(&needle).is_empty());
         let status = child.wait().expect("wait");
         assert!(!status.success());
         remove_job_dirs(&devices);

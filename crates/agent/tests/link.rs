@@ -509,3 +509,49 @@ fn killed_agent_leaves_a_report_for_the_next_one() -> Result<()> {
         agent.shutdown().await
     })
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_frame_drops_the_link_and_the_agent_comes_back() -> Result<()> {
+    let controller = TestController::start().await?;
+    let host = Host::new()?;
+    let agent = RunningAgent::start(host.default_config(&controller.url)?);
+    let mut peer = controller.accept().await?;
+    peer.hello().await?;
+    peer.welcome(1000, Vec::new()).await?;
+    // Accepted, this would be ignored as garbage; the size limit drops the link instead.
+    let huge = "x".repeat(proto::link::MAX_FRAME + 1);
+    // The agent may hang up before the whole frame is written.
+    let _ = peer.send_text(&huge).await;
+    let mut peer = controller.accept().await?;
+    peer.hello().await?;
+    peer.welcome(1000, Vec::new()).await?;
+    agent.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_local_state_is_fatal() -> Result<()> {
+    let controller = TestController::start().await?;
+    let host = Host::new()?;
+    let config = host.default_config(&controller.url)?;
+    // The work directory is taken by another agent.
+    let first = RunningAgent::start(config.clone());
+    let mut peer = controller.accept().await?;
+    peer.hello().await?;
+    let e = dutlab_agent::run(config.clone(), std::future::pending())
+        .await
+        .expect_err("a second agent on the same work directory");
+    ensure!(e.to_string().contains("another agent"), "{e}");
+    first.shutdown().await?;
+    // The work directory cannot be created.
+    let mut config = config;
+    std::fs::write(host.path().join("a-file"), "")?;
+    config.work_dir = host.path().join("a-file").join("work");
+    let e = dutlab_agent::run(config, std::future::pending())
+        .await
+        .expect_err("no work directory");
+    ensure!(
+        matches!(e, dutlab_agent::AgentError::LocalState { .. }),
+        "{e:?}"
+    );
+    Ok(())
+}
