@@ -7,6 +7,7 @@
 //!   (table, or JSON with `--json`), everything for people about progress goes to stderr.
 //! - Ctrl-C cancels a run; the runner's teardown still powers the DUT off.
 
+mod agent_daemon;
 mod exit;
 mod logview;
 mod remote;
@@ -67,8 +68,15 @@ enum Command {
         #[command(subcommand)]
         command: remote::DeviceCommand,
     },
-    /// Agents of the lab.
+    /// Run an agent (`--config`), check its configuration, write one (`init`), or list agents.
+    #[command(args_conflicts_with_subcommands = true)]
     Agent {
+        /// Run the agent with this configuration until Ctrl-C or SIGTERM.
+        #[arg(long, value_name = "FILE", conflicts_with = "check_config")]
+        config: Option<PathBuf>,
+        /// Validate a configuration and print its rigs.
+        #[arg(long, value_name = "FILE")]
+        check_config: Option<PathBuf>,
         #[command(subcommand)]
         command: Option<AgentCommand>,
     },
@@ -78,6 +86,8 @@ enum Command {
 enum AgentCommand {
     #[command(flatten)]
     Remote(remote::AgentCommand),
+    /// Print a ready agent.yaml with N default QEMU devices.
+    Init(agent_daemon::InitArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -136,7 +146,10 @@ fn main() {
     };
     // Daemons say what they do; one-shot commands only warn.
     let default_filter = match cli.command {
-        Command::Serve(_) => "info",
+        Command::Serve(_)
+        | Command::Agent {
+            config: Some(_), ..
+        } => "info",
         _ => "warn",
     };
     tracing_subscriber::fmt()
@@ -157,8 +170,21 @@ fn main() {
         Command::Device { command } => remote::device(command),
         Command::Agent {
             command: Some(AgentCommand::Remote(command)),
+            ..
         } => remote::agent(command),
-        Command::Agent { command: None } => remote::agent_without_command(),
+        Command::Agent {
+            command: Some(AgentCommand::Init(args)),
+            ..
+        } => agent_daemon::init(args),
+        Command::Agent {
+            config: Some(config),
+            ..
+        } => agent_daemon::run(&config),
+        Command::Agent {
+            check_config: Some(config),
+            ..
+        } => agent_daemon::check_config(&config),
+        Command::Agent { .. } => remote::agent_without_command(),
     };
     std::process::exit(code);
 }

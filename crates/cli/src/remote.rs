@@ -327,6 +327,8 @@ pub fn agent(command: AgentCommand) -> i32 {
 
 /// `dutlab agent` with no subcommand and no daemon flags.
 pub fn agent_without_command() -> i32 {
-    eprintln!("dutlab: error: `dutlab agent` needs a subcommand: `dutlab agent list`");
+    eprintln!(
+        "dutlab: error: `dutlab agent` needs --config FILE, --check-config FILE, or a subcommand (init, list)"
+    );
     exit::USAGE
 }
