@@ -96,7 +96,8 @@ impl AgentConfig {
         };
         let raw: RawConfig = serde_saphyr::from_str_with_options(text, yaml_options())
             .map_err(|e| fail(yaml_error(text, &e)))?;
-        link::link_url(&raw.controller).map_err(|e| fail(format!("controller: {e}")))?;
+        link::websocket_url(&raw.controller)
+            .map_err(|e| fail(format!("controller: {:?}: {e}", raw.controller)))?;
         let token_file = resolve(base, &raw.token_file);
         check_token_file(&token_file).map_err(|e| fail(format!("token_file: {e}")))?;
         let name = match raw.name {

@@ -47,8 +47,8 @@ pub enum AgentError {
     #[error("{file}: {reason}")]
     Config { file: String, reason: String },
     /// The controller address cannot be dialled.
-    #[error("controller {0}")]
-    Controller(String),
+    #[error("controller {url:?}: {reason}")]
+    Controller { url: String, reason: String },
     /// Local state the agent needs (work directory, spool) is unusable.
     #[error("{path}: {reason}")]
     LocalState { path: String, reason: String },

@@ -43,31 +43,38 @@ const MAX_HEARTBEAT: Duration = Duration::from_secs(60);
 pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// The WebSocket URL of the agent link for a controller address:
-/// `http(s)://H:P[/prefix]` or `ws(s)://...` -> `ws://H:P[/prefix]/api/v1/agent/link`.
+/// `http://H:P[/prefix]` or `ws://...` -> `ws://H:P[/prefix]/api/v1/agent/link`.
 pub fn link_url(controller: &str) -> Result<String, AgentError> {
-    let fail = |reason: &str| AgentError::Controller(format!("{controller:?}: {reason}"));
+    websocket_url(controller).map_err(|reason| AgentError::Controller {
+        url: controller.to_owned(),
+        reason,
+    })
+}
+
+/// [`link_url`], with the bare reason when the address cannot be used.
+pub(crate) fn websocket_url(controller: &str) -> Result<String, String> {
     let (scheme, rest) = controller
         .split_once("://")
-        .ok_or_else(|| fail("not a URL (use http://host:port or ws://host:port)"))?;
+        .ok_or("not a URL (use http://host:port or ws://host:port)")?;
     match scheme.to_ascii_lowercase().as_str() {
         "http" | "ws" => {}
-        "https" | "wss" => return Err(fail("TLS is not supported yet; use http:// or ws://")),
-        _ => return Err(fail("the scheme must be http or ws")),
+        "https" | "wss" => return Err("TLS is not supported yet; use http:// or ws://".into()),
+        _ => return Err("the scheme must be http or ws".into()),
     }
     let (authority, path) = match rest.find(['/', '?', '#']) {
         Some(i) => rest.split_at(i),
         None => (rest, ""),
     };
     if authority.is_empty() {
-        return Err(fail("the URL has no host"));
+        return Err("the URL has no host".into());
     }
     if authority.contains('@') {
-        return Err(fail(
-            "credentials do not belong in the URL; the token is read from token_file",
-        ));
+        return Err(
+            "credentials do not belong in the URL; the token is read from token_file".into(),
+        );
     }
     if path.contains(['?', '#']) {
-        return Err(fail("the URL must not have a query or fragment"));
+        return Err("the URL must not have a query or fragment".into());
     }
     let prefix = path.trim_end_matches('/');
     if prefix.ends_with(LINK_PATH) {

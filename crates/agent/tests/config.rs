@@ -176,5 +176,5 @@ fn init_config_writes_a_file_that_loads() -> Result<()> {
 #[test]
 fn agent_errors_are_typed() {
     let e = dutlab_agent::link_url("https://h:1").expect_err("tls");
-    assert!(matches!(e, AgentError::Controller(_)), "{e:?}");
+    assert!(matches!(e, AgentError::Controller { .. }), "{e:?}");
 }

@@ -430,7 +430,7 @@ fn killed_agent_leaves_a_report_for_the_next_one() -> Result<()> {
         .build()?;
     let first = config.clone();
     agent_rt.spawn(async move { dutlab_agent::run(first, std::future::pending()).await });
-    let first_log = test_rt.block_on(async {
+    let (first_log, first_peer) = test_rt.block_on(async {
         let mut peer = controller.accept().await?;
         peer.hello().await?;
         peer.welcome(1000, Vec::new()).await?;
@@ -445,9 +445,12 @@ fn killed_agent_leaves_a_report_for_the_next_one() -> Result<()> {
                 log.extend(f.records);
             }
         }
-        anyhow::Ok(log)
+        anyhow::Ok((log, peer))
     })?;
+    // Kill the agent while its link is still up: it must not get to dial again (a stale
+    // connection in the listener's backlog would be taken for the next agent's).
     drop(agent_rt);
+    drop(first_peer);
 
     // A process the dead agent left behind (an orphaned QEMU names its device directory).
     let leftover_dir = host
@@ -458,11 +461,16 @@ fn killed_agent_leaves_a_report_for_the_next_one() -> Result<()> {
     std::fs::create_dir_all(&leftover_dir)?;
     let mut leftover = {
         use std::os::unix::process::CommandExt;
-        std::process::Command::new("sh")
-            .arg("-c")
-            .arg(format!("sleep 600 & wait # {}", leftover_dir.display()))
-            .process_group(0)
-            .spawn()?
+        Group(
+            std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("sleep 600 & wait # {}", leftover_dir.display()))
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .process_group(0)
+                .spawn()?,
+        )
     };
 
     // The next agent kills it, and reports the lost job at once.
@@ -480,7 +488,7 @@ fn killed_agent_leaves_a_report_for_the_next_one() -> Result<()> {
         );
         ensure!(report.job_name == "hang");
         ensure!(
-            leftover.try_wait()?.is_some(),
+            leftover.0.try_wait()?.is_some(),
             "the leftover process survived"
         );
         ensure!(
@@ -554,4 +562,19 @@ async fn unusable_local_state_is_fatal() -> Result<()> {
         "{e:?}"
     );
     Ok(())
+}
+
+/// A process group killed when the test ends, whatever its outcome.
+struct Group(std::process::Child);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.0.id()) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = self.0.wait();
+    }
 }
