@@ -422,14 +422,15 @@ fn killed_agent_leaves_a_report_for_the_next_one() -> Result<()> {
     let (http, _server) = test_rt.block_on(silent_http_server())?;
     let config = host.default_config(&controller.url)?;
 
-    // The first agent runs in a runtime of its own, which is then dropped mid-job: no
-    // teardown, no report, as if the process had been killed.
-    let agent_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let first = config.clone();
-    agent_rt.spawn(async move { dutlab_agent::run(first, std::future::pending()).await });
+    // The first agent is a real process (this test binary, running `agent_child_process`),
+    // killed with SIGKILL mid-job: no teardown, no report.
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .args(["--exact", "agent_child_process", "--nocapture"])
+        .env(CHILD_CONFIG, host.path().join("agent.yaml"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
     let (first_log, first_peer) = test_rt.block_on(async {
         let mut peer = controller.accept().await?;
         peer.hello().await?;
@@ -449,7 +450,8 @@ fn killed_agent_leaves_a_report_for_the_next_one() -> Result<()> {
     })?;
     // Kill the agent while its link is still up: it must not get to dial again (a stale
     // connection in the listener's backlog would be taken for the next agent's).
-    drop(agent_rt);
+    child.kill()?;
+    child.wait()?;
     drop(first_peer);
 
     // A process the dead agent left behind (an orphaned QEMU names its device directory).
@@ -474,6 +476,18 @@ fn killed_agent_leaves_a_report_for_the_next_one() -> Result<()> {
     };
 
     // The next agent kills it, and reports the lost job at once.
+    // Right after spawn its /proc cmdline can still be empty: wait until it names the directory,
+    // as an orphan of a killed agent long since does.
+    let shown = std::time::Instant::now() + Duration::from_secs(5);
+    while !std::fs::read(format!("/proc/{}/cmdline", leftover.0.id()))
+        .is_ok_and(|c| String::from_utf8_lossy(&c).contains("dutlab-job-left"))
+    {
+        ensure!(
+            std::time::Instant::now() < shown,
+            "the leftover never showed its command line"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     test_rt.block_on(async {
         let agent = RunningAgent::start(config);
         let mut peer = controller.accept().await?;
@@ -487,10 +501,15 @@ fn killed_agent_leaves_a_report_for_the_next_one() -> Result<()> {
             report.reason
         );
         ensure!(report.job_name == "hang");
-        ensure!(
-            leftover.0.try_wait()?.is_some(),
-            "the leftover process survived"
-        );
+        // SIGKILL is delivered at once, but the exit takes a moment to be visible.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while leftover.0.try_wait()?.is_none() {
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "the leftover process survived"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
         ensure!(
             !leftover_dir.exists(),
             "the leftover work directory survived"
@@ -516,6 +535,25 @@ fn killed_agent_leaves_a_report_for_the_next_one() -> Result<()> {
         ensure!(last.kind == LogKind::Note && last.text == dutlab_agent::RESTARTED);
         agent.shutdown().await
     })
+}
+
+/// Environment variable naming the configuration `agent_child_process` runs.
+const CHILD_CONFIG: &str = "DUTLAB_AGENT_CHILD_CONFIG";
+
+/// Runs an agent as a separate process for `killed_agent_leaves_a_report_for_the_next_one`
+/// (which starts this test binary with [`CHILD_CONFIG`] set); without it, does nothing.
+#[test]
+fn agent_child_process() -> Result<()> {
+    let Some(path) = std::env::var_os(CHILD_CONFIG) else {
+        return Ok(());
+    };
+    let config = dutlab_agent::AgentConfig::load(std::path::Path::new(&path))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(dutlab_agent::run(config, std::future::pending()))?;
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

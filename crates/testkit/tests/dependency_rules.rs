@@ -56,7 +56,7 @@ const JOB_CRATES: [&str; 6] = [
     "agent",
     "client",
 ];
-const BINARIES_AND_TEST_SUPPORT: [&str; 2] = ["cli", "testkit"];
+const BINARIES_AND_TEST_SUPPORT: [&str; 3] = ["cli", "testkit", "loadbench"];
 
 #[test]
 fn pure_crates_do_no_io() -> Result<()> {
