@@ -51,7 +51,23 @@ pub fn serve(args: ServeArgs) -> i32 {
     }
 }
 
+/// Raises the soft open-file limit to the hard one: the controller keeps a socket per agent
+/// and follower and a file per running job's log.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!("cannot raise the open-file limit from {soft} to {hard}: {e}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot read the open-file limit: {e}"),
+    }
+}
+
 fn serve_inner(args: ServeArgs) -> anyhow::Result<()> {
+    raise_open_file_limit();
     let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
     let mut config = controller::Config::new(args.listen, data_dir);
     config.database = args.database;

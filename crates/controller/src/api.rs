@@ -511,6 +511,9 @@ pub async fn follow(
 ) -> ApiResult<Response> {
     let view = visible_job(&state, &caller, JobId(id)).await?;
     let cursor = Seq(query.cursor.unwrap_or(0));
+    let ws = ws
+        .read_buffer_size(crate::link::WS_BUFFER)
+        .write_buffer_size(crate::link::WS_BUFFER);
     Ok(ws.on_upgrade(move |socket| async move {
         if let Err(e) = stream_log(socket, state, view, cursor).await {
             tracing::debug!("follower of job {id}: {e}");

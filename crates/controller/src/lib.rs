@@ -234,6 +234,12 @@ pub async fn serve(
     let local = listener.local_addr().map_err(ControllerError::Serve)?;
     tracing::info!("listening on http://{local}");
     let app = router(state);
+    // Small control messages (StartJob after a LogAcked) must not wait for delayed ACKs.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("TCP_NODELAY: {e}");
+        }
+    });
     let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
     let dispatcher = tokio::spawn(dispatcher.run(commands));
     tokio::select! {

@@ -26,6 +26,10 @@ use tokio::sync::{mpsc, oneshot};
 /// How long an agent has to say hello.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// WebSocket read and write buffers per connection (the 128 KiB default is zero-filled, so it
+/// is resident for every connected agent; frames larger than this still work).
+pub const WS_BUFFER: usize = 8 << 10;
+
 /// Messages queued for one agent before the link counts as stuck.
 const QUEUE: usize = 1024;
 
@@ -39,6 +43,8 @@ pub async fn link(
 ) -> Result<Response, crate::api::ApiFailure> {
     caller.require(&[Role::Agent])?;
     Ok(ws
+        .read_buffer_size(WS_BUFFER)
+        .write_buffer_size(WS_BUFFER)
         .max_message_size(MAX_FRAME)
         .max_frame_size(MAX_FRAME)
         .on_upgrade(move |socket| serve(socket, state))
@@ -130,7 +136,16 @@ async fn serve(socket: WebSocket, state: AppState) {
                 Err(e) => tracing::warn!("agent {agent}: unreadable message ignored: {e}"),
             },
             Message::Binary(bytes) => match LogFrame::decode(&bytes) {
-                Ok(frame) => store_frame(&state, &agent, &tx, frame).await,
+                Ok(frame) => {
+                    if let Err(e) = store_frame(&state, &agent, &tx, frame).await {
+                        // The records stay in the agent's spool; closing the link makes it
+                        // reconnect and resend them from the stored cursor.
+                        tracing::error!(
+                            "agent {agent}: {e}; closing the link so the agent resends"
+                        );
+                        break;
+                    }
+                }
                 Err(e) => tracing::warn!("agent {agent}: log frame refused: {e}"),
             },
             Message::Close(_) => break,
@@ -153,29 +168,26 @@ async fn store_frame(
     agent: &str,
     tx: &mpsc::Sender<ControllerMessage>,
     frame: LogFrame,
-) {
+) -> Result<(), crate::logs::LogError> {
     let Some(info) = state.leases.get(frame.lease) else {
         tracing::debug!(
             "agent {agent}: log frame for lease {} that is not live",
             frame.lease
         );
-        return;
+        return Ok(());
     };
     if info.epoch != frame.epoch {
         tracing::debug!("agent {agent}: log frame with stale epoch {}", frame.epoch);
-        return;
+        return Ok(());
     }
-    match state.logs.append(info.job, &frame.records) {
-        Ok(stored) => {
-            let ack = ControllerMessage::LogAcked {
-                lease: frame.lease,
-                epoch: frame.epoch,
-                stored,
-            };
-            if tx.send(ack).await.is_err() {
-                tracing::debug!("agent {agent}: link closed before a log ack");
-            }
-        }
-        Err(e) => tracing::error!("agent {agent}: {e}; the records stay in the agent's spool"),
+    let stored = state.logs.append(info.job, &frame.records)?;
+    let ack = ControllerMessage::LogAcked {
+        lease: frame.lease,
+        epoch: frame.epoch,
+        stored,
+    };
+    if tx.send(ack).await.is_err() {
+        tracing::debug!("agent {agent}: link closed before a log ack");
     }
+    Ok(())
 }

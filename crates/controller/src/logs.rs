@@ -18,8 +18,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
 
-/// Live records a slow follower may fall behind by before it re-reads the file.
-const FOLLOW_BUFFER: usize = 4096;
+/// Live records a slow follower may fall behind by before it re-reads the file. Allocated for
+/// every open job log, followed or not, so it stays small.
+const FOLLOW_BUFFER: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
