@@ -47,7 +47,10 @@ async fn smoke_job_on_qemu_survives_a_link_drop_and_leaves_nothing_running() -> 
 
     let mut peer = controller.accept().await?;
     let hello = peer.hello().await?;
-    ensure!(hello.held.len() == 1 && hello.held[0].report.is_none());
+    // The lease is held; if the job ended while the agent was reconnecting, the unacknowledged
+    // report comes with it (and again as JobFinished after the resent records).
+    ensure!(hello.held.len() == 1 && hello.held[0].lease == LeaseId(41));
+    let held_report = hello.held[0].report.clone();
     peer.welcome(1000, vec![cursor(41, stored)]).await?;
     let mut rest = Vec::new();
     let (report, last_seq) = match peer.recv_message(&mut rest).await? {
@@ -68,6 +71,12 @@ async fn smoke_job_on_qemu_survives_a_link_drop_and_leaves_nothing_running() -> 
             .join("\n")
     );
     ensure!(report.cases.len() == 4, "{:?}", report.cases);
+    if let Some(held) = held_report {
+        ensure!(
+            held == report,
+            "hello carried {held:?}, job-finished {report:?}"
+        );
+    }
     // Exactly the records after the cursor, each once, up to the last one.
     let got = seqs(&rest);
     let want: Vec<u64> = (stored + 1..=last_seq.0).collect();
