@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use testkit::{Finished, Sandbox, Spawned, inline_job, wait_until, workspace_root};
+use testkit::{Finished, Sandbox, Spawned, expect_code, inline_job, wait_until, workspace_root};
 
 const DUTLAB: &str = env!("CARGO_BIN_EXE_dutlab");
 /// Generous bound for one job under TCG on a busy 2-core machine.
@@ -190,6 +190,21 @@ impl Lab {
         })
     }
 
+    /// Waits until the stored log of a job has a record containing `text`.
+    fn wait_for_line(&self, id: u64, text: &str) -> Result<()> {
+        wait_until(
+            &format!("{text:?} in the log of job {id}"),
+            JOB_LIMIT,
+            || {
+                Ok(self
+                    .log(id)?
+                    .iter()
+                    .any(|r| r["text"].as_str().is_some_and(|t| t.contains(text)))
+                    .then_some(()))
+            },
+        )
+    }
+
     /// The stored log of a job, one record per line.
     fn log(&self, id: u64) -> Result<Vec<Value>> {
         let done = self.cli(&["job", "logs", &id.to_string(), "--json"])?;
@@ -211,17 +226,6 @@ impl Lab {
         }
         self.sandbox.assert_no_qemu_left()
     }
-}
-
-fn expect_code(done: &Finished, code: i32) -> Result<()> {
-    ensure!(
-        done.code() == Some(code),
-        "exit {:?}, wanted {code}\nstdout:\n{}\nstderr:\n{}",
-        done.code(),
-        done.stdout,
-        done.stderr
-    );
-    Ok(())
 }
 
 /// A job whose DUT prints `line-1` ... `line-N`, one every `pause` seconds.
@@ -348,13 +352,7 @@ fn killing_the_agent_mid_job_ends_it_as_infra_error_and_the_device_is_not_reused
     let job = lab.write("long.yaml", &numbered_job("long", 600, "0.5"))?;
     let id = lab.submit_as(&lab.admin, &job)?;
     lab.wait_state(id, "running", JOB_LIMIT)?;
-    wait_until("first numbered line", JOB_LIMIT, || {
-        Ok(lab
-            .log(id)?
-            .iter()
-            .any(|r| r["text"].as_str().is_some_and(|t| t.contains("line-1")))
-            .then_some(()))
-    })?;
+    lab.wait_for_line(id, "line-1")?;
     let killed = Instant::now();
     lab.agents[0].kill_hard()?;
     let job = lab.wait_state(id, "finished", Duration::from_secs(30))?;
@@ -393,13 +391,7 @@ fn controller_killed_and_restarted_mid_job_loses_nothing() -> Result<()> {
     let job = lab.write("numbered.yaml", &numbered_job("numbered", lines, "0.25"))?;
     let id = lab.submit_as(&lab.admin, &job)?;
     lab.wait_state(id, "running", JOB_LIMIT)?;
-    wait_until("some numbered lines", JOB_LIMIT, || {
-        Ok(lab
-            .log(id)?
-            .iter()
-            .any(|r| r["text"].as_str().is_some_and(|t| t.contains("line-5")))
-            .then_some(()))
-    })?;
+    lab.wait_for_line(id, "line-5")?;
     lab.restart_controller_hard()?;
     // The agent is back within 5 s.
     wait_until("agent reconnected", Duration::from_secs(5), || {
@@ -420,13 +412,7 @@ fn a_partitioned_agent_delivers_its_backlog_after_healing() -> Result<()> {
     let job = lab.write("numbered.yaml", &numbered_job("numbered", lines, "0.4"))?;
     let id = lab.submit_as(&lab.admin, &job)?;
     lab.wait_state(id, "running", JOB_LIMIT)?;
-    wait_until("some numbered lines", JOB_LIMIT, || {
-        Ok(lab
-            .log(id)?
-            .iter()
-            .any(|r| r["text"].as_str().is_some_and(|t| t.contains("line-3")))
-            .then_some(()))
-    })?;
+    lab.wait_for_line(id, "line-3")?;
     // SIGSTOP freezes the agent: its socket stays open but nothing moves for 30 s. QEMU runs
     // on (its own process group), so the DUT keeps printing into the console socket.
     lab.agents[0].signal(nix::sys::signal::Signal::SIGSTOP)?;
@@ -450,13 +436,7 @@ fn cancel_powers_the_dut_off_and_the_outcome_is_canceled() -> Result<()> {
     let id = lab.submit_as(&lab.admin, &job)?;
     lab.wait_state(id, "running", JOB_LIMIT)?;
     // Cancel while the test runs in the DUT, not during boot.
-    wait_until("first numbered line", JOB_LIMIT, || {
-        Ok(lab
-            .log(id)?
-            .iter()
-            .any(|r| r["text"].as_str().is_some_and(|t| t.contains("line-1")))
-            .then_some(()))
-    })?;
+    lab.wait_for_line(id, "line-1")?;
     let asked = Instant::now();
     let done = lab.cli(&["job", "cancel", &id.to_string()])?;
     expect_code(&done, 0)?;

@@ -5,7 +5,7 @@
 use anyhow::{Context, Result, ensure};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use testkit::{Finished, Sandbox, Spawned, inline_job, workspace_root};
+use testkit::{Finished, Sandbox, Spawned, expect_code, inline_job, workspace_root};
 
 const DUTLAB: &str = env!("CARGO_BIN_EXE_dutlab");
 /// Generous bound for one job under TCG on a busy 2-core machine.
@@ -25,17 +25,6 @@ fn write(dir: &Path, name: &str, text: &str) -> Result<PathBuf> {
     let path = dir.join(name);
     std::fs::write(&path, text)?;
     Ok(path)
-}
-
-fn expect_code(done: &Finished, code: i32) -> Result<()> {
-    ensure!(
-        done.code() == Some(code),
-        "exit {:?}, wanted {code}\nstdout:\n{}\nstderr:\n{}",
-        done.code(),
-        done.stdout,
-        done.stderr
-    );
-    Ok(())
 }
 
 #[test]

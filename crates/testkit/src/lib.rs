@@ -182,6 +182,18 @@ impl Finished {
     }
 }
 
+/// Fails unless the process exited with `code`, showing everything it printed.
+pub fn expect_code(done: &Finished, code: i32) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        done.code() == Some(code),
+        "exit {:?}, wanted {code}\nstdout:\n{}\nstderr:\n{}",
+        done.code(),
+        done.stdout,
+        done.stderr
+    );
+    Ok(())
+}
+
 impl Spawned {
     /// Starts `cmd` in a new process group with piped output.
     pub fn start(mut cmd: Command) -> anyhow::Result<Spawned> {
