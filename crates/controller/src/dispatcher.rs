@@ -98,6 +98,18 @@ pub struct Submission {
     pub wait_for_device: bool,
 }
 
+/// An agent's `Hello`, with the connection it came on.
+pub struct AgentHello {
+    pub conn: ConnId,
+    pub agent: String,
+    pub version: String,
+    pub protocol: u32,
+    pub devices: Vec<DeviceInfo>,
+    pub held: Vec<HeldLease>,
+    /// Where messages for this connection go.
+    pub tx: mpsc::Sender<ControllerMessage>,
+}
+
 pub enum Command {
     Submit {
         job: Submission,
@@ -126,13 +138,7 @@ pub enum Command {
         reply: oneshot::Sender<Vec<AgentView>>,
     },
     Hello {
-        conn: ConnId,
-        agent: String,
-        version: String,
-        protocol: u32,
-        devices: Vec<DeviceInfo>,
-        held: Vec<HeldLease>,
-        tx: mpsc::Sender<ControllerMessage>,
+        hello: AgentHello,
         reply: oneshot::Sender<Result<(), String>>,
     },
     FromAgent {
@@ -571,19 +577,8 @@ impl Dispatcher {
                 }
                 let _ = reply.send(views.into_values().collect());
             }
-            Command::Hello {
-                conn,
-                agent,
-                version,
-                protocol,
-                devices,
-                held,
-                tx,
-                reply,
-            } => {
-                let answer = self
-                    .hello(conn, agent, version, protocol, devices, held, tx)
-                    .await;
+            Command::Hello { hello, reply } => {
+                let answer = self.hello(hello).await;
                 let _ = reply.send(answer);
             }
             Command::FromAgent {
@@ -690,17 +685,16 @@ impl Dispatcher {
         self.visible(job, asker)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn hello(
-        &mut self,
-        conn: ConnId,
-        agent: String,
-        version: String,
-        protocol: u32,
-        devices: Vec<DeviceInfo>,
-        held: Vec<HeldLease>,
-        tx: mpsc::Sender<ControllerMessage>,
-    ) -> Result<(), String> {
+    async fn hello(&mut self, hello: AgentHello) -> Result<(), String> {
+        let AgentHello {
+            conn,
+            agent,
+            version,
+            protocol,
+            devices,
+            held,
+            tx,
+        } = hello;
         if protocol != PROTOCOL_VERSION {
             return Err(format!(
                 "agent protocol {protocol} is not supported (this controller speaks {PROTOCOL_VERSION})"
@@ -890,9 +884,4 @@ impl Dispatcher {
 /// Whether `asker` may read a job: public jobs, one's own, or any job for admins.
 pub fn may_read(view: &JobView, asker: &Asker) -> bool {
     asker.role == Role::Admin || view.visibility == "public" || view.owner == asker.name
-}
-
-/// Outcome words as a final state, for tests and callers.
-pub fn is_finished(view: &JobView) -> bool {
-    view.state == JobState::Finished && view.outcome.is_some()
 }

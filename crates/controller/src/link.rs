@@ -12,7 +12,7 @@
 
 use crate::AppState;
 use crate::auth::Caller;
-use crate::dispatcher::Command;
+use crate::dispatcher::{AgentHello, Command};
 use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::{IntoResponse, Response};
@@ -83,13 +83,15 @@ async fn serve(socket: WebSocket, state: AppState) {
     let sent = state
         .dispatch
         .send(Command::Hello {
-            conn,
-            agent: agent.clone(),
-            version,
-            protocol,
-            devices,
-            held,
-            tx: tx.clone(),
+            hello: AgentHello {
+                conn,
+                agent: agent.clone(),
+                version,
+                protocol,
+                devices,
+                held,
+                tx: tx.clone(),
+            },
             reply,
         })
         .await;
