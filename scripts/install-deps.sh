@@ -1,26 +1,95 @@
 #!/usr/bin/env bash
-# Installs the Debian packages dutlab needs to build its guest image and run QEMU DUTs.
-# Idempotent; uses sudo when not run as root.
+# Installs the Debian packages dutlab needs to build its guest image and run QEMU DUTs, then
+# checks that every command it needs is on PATH. Used by the README's quick start and by CI.
+#
+# - All packages go in one `apt-get install` transaction, so apt picks versions that fit together.
+# - The QEMU packages must be one release: a machine may carry a newer `qemu-utils` (a backport)
+#   that breaks the archive's `qemu-system-x86`; it is then pinned to the emulator's version.
+# - Idempotent: with every command present and QEMU consistent, nothing is installed.
+# Uses sudo when not run as root. Exits 1 naming the package of a command still missing.
 set -euo pipefail
-packages=(
-  qemu-system-x86   # the emulator (TCG)
-  qemu-utils        # qemu-img: linked-clone overlays, rootfs.qcow2
-  linux-image-amd64 # the guest kernel (from the host's /boot)
-  busybox-static    # the guest userland
-  e2fsprogs         # mke2fs -d: the guest rootfs without root mounts
-  git               # test definitions from git repositories
-  cpio gzip         # used by tests to inspect the initramfs
+
+# command  package (one table: what must be on PATH and where it comes from)
+commands=(
+  "qemu-system-x86_64 qemu-system-x86"   # the emulator (TCG)
+  "qemu-img qemu-utils"                  # linked-clone overlays, rootfs.qcow2
+  "busybox busybox-static"               # the guest userland
+  "mke2fs e2fsprogs"                     # mke2fs -d: the guest rootfs without root mounts
+  "git git"                              # test definitions from git repositories
+  "cpio cpio"                            # tests inspect the initramfs
+  "gzip gzip"
 )
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -eq 0 ]; then
-  echo "install-deps: all packages present"
-  exit 0
-fi
+# Packages with no command of their own.
+extra_packages=(
+  linux-image-amd64 # the guest kernel (from the host's /boot)
+)
+# Packages that must all be the version of the first one.
+qemu_family=(qemu-system-x86 qemu-utils)
+
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
-echo "install-deps: installing ${missing[*]}"
+
+installed_version() { dpkg-query -W -f='${Status} ${Version}' "$1" 2>/dev/null | awk '/install ok installed/{print $4}'; }
+
+missing_commands() {
+  local line cmd
+  for line in "${commands[@]}"; do
+    cmd=${line%% *}
+    command -v "$cmd" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v "$cmd" >/dev/null 2>&1 || echo "$line"
+  done
+}
+
+qemu_consistent() {
+  local first="" p v
+  for p in "${qemu_family[@]}"; do
+    v=$(installed_version "$p")
+    [ -n "$v" ] || return 1
+    [ -z "$first" ] && first=$v
+    [ "$v" = "$first" ] || return 1
+  done
+}
+
+kernel_present() { ls /boot/vmlinuz-* >/dev/null 2>&1; }
+
+if [ -z "$(missing_commands)" ] && qemu_consistent && kernel_present; then
+  echo "install-deps: all commands present"
+  exit 0
+fi
+
+echo "install-deps: updating package lists"
 $sudo apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+want=()
+for line in "${commands[@]}"; do want+=("${line#* }"); done
+want+=("${extra_packages[@]}")
+# Pin the rest of the QEMU family to the emulator's candidate version.
+qemu_version=$(apt-cache policy "${qemu_family[0]}" | awk '/Candidate:/{print $2}')
+if [ -z "$qemu_version" ] || [ "$qemu_version" = "(none)" ]; then
+  echo "install-deps: no installable version of ${qemu_family[0]} in the configured archives" >&2
+  exit 1
+fi
+args=()
+for p in "${want[@]}"; do
+  if [[ " ${qemu_family[*]} " == *" $p "* ]]; then
+    args+=("$p=$qemu_version")
+  else
+    args+=("$p")
+  fi
+done
+# Deduplicate (git, cpio, gzip name themselves) while keeping the order.
+mapfile -t args < <(printf '%s\n' "${args[@]}" | awk '!seen[$0]++')
+echo "install-deps: installing ${args[*]}"
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+  --allow-downgrades "${args[@]}" >/dev/null
+
+still=$(missing_commands)
+if [ -n "$still" ]; then
+  while read -r cmd pkg; do
+    echo "install-deps: command $cmd is still missing after installing; it comes from the Debian package $pkg" >&2
+  done <<<"$still"
+  exit 1
+fi
+if ! kernel_present; then
+  echo "install-deps: no kernel in /boot after installing linux-image-amd64" >&2
+  exit 1
+fi
+echo "install-deps: all commands present"
