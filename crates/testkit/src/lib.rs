@@ -9,6 +9,8 @@
 //! - A [`Sandbox`] gives its processes a private `TMPDIR`; any QEMU whose command line still
 //!   mentions it after a run is a leak, and [`Sandbox::assert_no_qemu_left`] fails the test.
 
+pub mod linaro;
+
 use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
