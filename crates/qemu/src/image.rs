@@ -6,7 +6,7 @@
 //! | file | what |
 //! |---|---|
 //! | `vmlinuz` | a copy of the host's Debian kernel |
-//! | `initramfs.cpio.gz` | busybox, a few `/etc` files, `/init`, and the kernel modules for virtio block/net and ext4 |
+//! | `initramfs.cpio.gz` | busybox (every applet linked), a few `/etc` files (`os-release` with `ID=dutlab`), `/init`, and the kernel modules for virtio block/net and ext4 |
 //! | `rootfs.qcow2` | a small ext4 disk (label `dutlab-rootfs`) that `/init` mounts at `/mnt/rootfs` |
 //! | `image.json` | the [`Manifest`]: format version, kernel version, sizes and sha256 of the three files |
 //!
@@ -52,8 +52,11 @@ use self::initramfs::{initramfs_tree, write_initramfs};
 pub use self::kernel::find_kernel;
 use self::kernel::{GuestModules, collect_modules, kernel_version};
 
-/// Format of the image directory this code writes and reads (`format` in `image.json`).
-pub const FORMAT_VERSION: u32 = 1;
+/// Format of the image directory this code writes and reads (`format` in `image.json`). It
+/// changes when the files or the guest's contents change in a way the runner or tests rely
+/// on, so an older image is refused (and rebuilt by the tests) rather than half working:
+/// 1 first image; 2 adds `/etc/os-release`.
+pub const FORMAT_VERSION: u32 = 2;
 /// File name of the kernel inside an image directory.
 pub const KERNEL_FILE: &str = "vmlinuz";
 /// File name of the gzip-compressed newc initramfs inside an image directory.

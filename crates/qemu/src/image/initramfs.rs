@@ -1,6 +1,10 @@
 //! The initramfs: the entries it holds (busybox, a few `/etc` files, `/init`, the kernel modules
 //! and their `modules.dep`) and how it is written, as a gzip-compressed newc cpio archive.
 //!
+//! The `/etc` files are what test scripts written for a distribution read: `passwd`, `group`,
+//! `hostname`, `hosts`, `profile`, `inittab` and `os-release` (`ID=dutlab`, so scripts that
+//! pick a package manager from it, such as Linaro's `dist_name`, see a known system with none).
+//!
 //! Invariants:
 //! - A [`Tree`] keeps entries in insertion order, adds every parent directory before its
 //!   children and each directory once, so the same inputs give the same archive (the cpio writer
@@ -21,9 +25,17 @@ use std::path::Path;
 
 use super::cpio::CpioWriter;
 use super::kernel::{GuestModules, uncompressed_path};
-use super::{GUEST_ROOTFS_MOUNT, ImageError, io_err};
+use super::{FORMAT_VERSION, GUEST_ROOTFS_MOUNT, ImageError, io_err};
 
 const HOSTNAME: &str = "dutlab";
+
+/// `/etc/os-release` (see os-release(5)); `VERSION_ID` is the image format.
+pub(super) fn os_release() -> String {
+    format!(
+        "NAME=\"dutlab guest\"\nID=dutlab\nVERSION_ID={FORMAT_VERSION}\n\
+         PRETTY_NAME=\"dutlab guest (busybox)\"\n"
+    )
+}
 
 /// One initramfs entry, planned before writing so the count is known up front.
 enum Node {
@@ -177,6 +189,7 @@ pub(super) fn initramfs_tree(busybox: Vec<u8>, modules: Option<&GuestModules>) -
     );
     t.file("etc/profile", 0o644, PROFILE);
     t.file("etc/inittab", 0o644, INITTAB);
+    t.file("etc/os-release", 0o644, os_release());
     if let Some(modules) = modules {
         let base = format!("lib/modules/{}", modules.version);
         for (path, data) in &modules.files {

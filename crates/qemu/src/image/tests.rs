@@ -334,6 +334,14 @@ fn build_then_open_and_verify() {
     assert_eq!(get("tmp").mode, 0o041_777);
     assert_eq!(get("etc/passwd").data, b"root::0:0:root:/root:/bin/sh\n");
     assert_eq!(get("etc/hostname").data, b"dutlab\n");
+    let os_release = String::from_utf8_lossy(&get("etc/os-release").data).into_owned();
+    assert!(os_release.lines().any(|l| l == "ID=dutlab"), "{os_release}");
+    assert!(
+        os_release
+            .lines()
+            .any(|l| l == format!("VERSION_ID={FORMAT_VERSION}")),
+        "{os_release}"
+    );
     assert!(String::from_utf8_lossy(&get("etc/profile").data).contains("PS1='\\w # '"));
     let ext4 = get(&format!("lib/modules/{version}/kernel/fs/ext4/ext4.ko"));
     assert_eq!(&ext4.data[..4], b"\x7fELF");
@@ -452,12 +460,22 @@ fn open_names_what_is_missing_or_wrong() {
     let err = image.verify().expect_err("content changed");
     assert!(err.to_string().contains("sha256"), "{err}");
 
-    fs::write(d.join(MANIFEST_FILE), r#"{"format": 2, "whatever": true}"#).expect("write");
-    let err = GuestImage::open(d).expect_err("format 2");
+    // An image of the previous format (no /etc/os-release) is refused, naming both formats.
+    fs::write(d.join(MANIFEST_FILE), r#"{"format": 1, "whatever": true}"#).expect("write");
+    let err = GuestImage::open(d).expect_err("format 1");
     assert!(matches!(err, ImageError::FormatMismatch { .. }), "{err}");
-    assert!(err.to_string().contains("format 2"), "{err}");
+    assert!(err.to_string().contains("has format 1"), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("reads format {FORMAT_VERSION}")),
+        "{err}"
+    );
 
-    fs::write(d.join(MANIFEST_FILE), r#"{"format": 1}"#).expect("write");
+    fs::write(
+        d.join(MANIFEST_FILE),
+        format!(r#"{{"format": {FORMAT_VERSION}}}"#),
+    )
+    .expect("write");
     let err = GuestImage::open(d).expect_err("shape");
     assert!(matches!(err, ImageError::BadManifest { .. }), "{err}");
     fs::write(d.join(MANIFEST_FILE), "{").expect("write");
