@@ -2,7 +2,10 @@
 //!
 //! Invariants:
 //! - One JUnit `testsuite` per suite name, in order of first appearance; `fail` is a
-//!   `failure`, `skip` is `skipped`, `unknown` is an `error`.
+//!   `failure`, `skip` is `skipped`, `unknown` is `skipped` with the message `unknown`.
+//! - `unknown` is reported as LAVA reports it: neither a pass nor a failure. It does not fail
+//!   the job (only `fail` does), so JUnit shows it as skipped, never as a failure or an
+//!   error; the table shows `unknown` and counts it apart; JSON says `"unknown"`.
 //! - A job that did not pass and has no failing case still fails in JUnit: a synthetic case
 //!   `lava/job` carries the outcome and reason, so CI never reads an infra error as green.
 //! - Text from the DUT (case names, measurements) goes through the XML and JSON encoders; the
@@ -22,7 +25,13 @@ pub fn junit(report: &JobReport) -> Result<String, quick_junit::SerializeError> 
             CaseResult::Pass => TestCaseStatus::success(),
             CaseResult::Skip => TestCaseStatus::skipped(),
             CaseResult::Fail => TestCaseStatus::non_success(NonSuccessKind::Failure),
-            CaseResult::Unknown => TestCaseStatus::non_success(NonSuccessKind::Error),
+            CaseResult::Unknown => {
+                let mut status = TestCaseStatus::skipped();
+                if let TestCaseStatus::Skipped { message, .. } = &mut status {
+                    *message = Some("unknown".into());
+                }
+                status
+            }
         };
         let mut tc = TestCase::new(case.name.as_str(), status);
         tc.set_classname(match &case.set {
@@ -47,10 +56,7 @@ pub fn junit(report: &JobReport) -> Result<String, quick_junit::SerializeError> 
         };
         suite.add_test_case(tc);
     }
-    let has_failure = report
-        .cases
-        .iter()
-        .any(|c| matches!(c.result, CaseResult::Fail | CaseResult::Unknown));
+    let has_failure = report.cases.iter().any(|c| c.result == CaseResult::Fail);
     if report.outcome != Outcome::Passed && !has_failure {
         let mut status = TestCaseStatus::non_success(NonSuccessKind::Error);
         if let TestCaseStatus::NonSuccess { message, ty, .. } = &mut status {
@@ -116,11 +122,12 @@ pub fn table(report: &JobReport) -> String {
     }
     let count = |r| report.cases.iter().filter(|c| c.result == r).count();
     out.push_str(&format!(
-        "\n{}: {} passed, {} failed, {} skipped in {:.1}s",
+        "\n{}: {} passed, {} failed, {} skipped, {} unknown in {:.1}s",
         report.outcome,
         count(CaseResult::Pass),
         count(CaseResult::Fail),
         count(CaseResult::Skip),
+        count(CaseResult::Unknown),
         report.duration_s
     ));
     if !report.reason.is_empty() {
@@ -191,6 +198,52 @@ mod tests {
             )],
         ));
         assert!(!t.contains('\u{1b}'));
-        assert!(t.contains("passed: 1 passed, 0 failed, 0 skipped"), "{t}");
+        assert!(
+            t.contains("passed: 1 passed, 0 failed, 0 skipped, 0 unknown in 1.0s"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn unknown_is_neither_a_pass_nor_a_failure_everywhere() {
+        let r = report(
+            Outcome::Passed,
+            vec![
+                proto::TestCase::new("0_a", "ok", CaseResult::Pass),
+                proto::TestCase::new("0_a", "maybe", CaseResult::Unknown),
+            ],
+        );
+        let xml = junit(&r).unwrap();
+        assert!(xml.contains("failures=\"0\""), "{xml}");
+        assert!(xml.contains("errors=\"0\""), "{xml}");
+        assert!(xml.contains("skipped=\"1\""), "{xml}");
+        assert!(xml.contains("<skipped message=\"unknown\""), "{xml}");
+        assert!(
+            !xml.contains("name=\"job\""),
+            "a passed job gets no lava/job case: {xml}"
+        );
+        let t = table(&r);
+        assert!(
+            t.lines()
+                .any(|l| l.split_whitespace().eq(["0_a", "maybe", "unknown"])),
+            "{t}"
+        );
+        assert!(
+            t.contains("passed: 1 passed, 0 failed, 0 skipped, 1 unknown"),
+            "{t}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&json(&r)).unwrap();
+        assert_eq!(v["outcome"], "passed");
+        assert_eq!(v["cases"][1]["result"], "unknown");
+    }
+
+    #[test]
+    fn a_failed_job_with_only_unknown_cases_still_fails_in_junit() {
+        let xml = junit(&report(
+            Outcome::Failed,
+            vec![proto::TestCase::new("0_a", "maybe", CaseResult::Unknown)],
+        ))
+        .unwrap();
+        assert!(xml.contains("name=\"job\""), "{xml}");
     }
 }
