@@ -221,38 +221,101 @@ fn append<W: Write>(
     tar.append_data(&mut header, path, body)
 }
 
-/// The script that runs one definition: params, install steps, run steps, run signals.
+/// The script that runs one definition in the DUT (`sh .dutlab-run.sh`). It does what LAVA's
+/// `lava-test-runner`, `lava-test-shell` and the generated `install.sh`/`run.sh` do together:
+///
+/// - `PATH` starts with the helpers; the results directory
+///   `/lava-dutlab/results/<run id>-<epoch seconds>` is made (LAVA: `results/<run>-<epoch>`).
+/// - Install steps, when there are any, run first in their own `sh` (no `set -e`), with the
+///   params set and the run's directory as working directory (printed by `pwd`); their exit
+///   status goes to `install_return_code`; a non-zero one prints
+///   `<LAVA_TEST_RUNNER INSTALL_FAIL>` and the run is skipped (no STARTRUN).
+/// - Run steps run in their own `sh -e` with `LAVA_RESULT_DIR` exported: params as plain
+///   shell variables (not exported, as LAVA), `set -e`, `export TESTRUN_ID=<run id>`, `cd`
+///   into the run's directory, `UUID` set, STARTRUN, the steps traced by `set -x`, ENDRUN.
+///   A failing step ends the run there (no ENDRUN). In a step holding `--shell` or `--cmd`,
+///   `$1`, `$2`, ... are escaped to reach the helper unexpanded (LAVA does the same). The
+///   exit status goes to `return_code` in the results directory.
+///
+/// Steps are written into `.dutlab-install.sh` / `.dutlab-steps.sh` by quoted here-documents,
+/// so their text is never expanded on the way, and each runs in a shell that reads and runs
+/// one step at a time, as LAVA's `run.sh` does (a syntax error stops the run at that step).
 pub fn run_script(run: &TestRun) -> String {
+    static POSITIONAL: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"\$(\d+)\b").expect("the positional-parameter pattern is valid")
+    });
+    /// `cat > FILE <<'END' ... END` with an end word that no line of `body` equals.
+    fn here_doc(file: &str, body: &str) -> String {
+        let mut end = "DUTLAB_END_OF_STEPS".to_string();
+        while body.lines().any(|l| l == end) {
+            end.push('_');
+        }
+        format!("cat > {} <<'{end}'\n{body}{end}\n", quote(file))
+    }
+    let dir = run.dut_dir();
+    let params: String = run
+        .params
+        .iter()
+        .map(|(name, value)| format!("{name}={}\n", quote(value)))
+        .collect();
     let mut s = String::new();
     s.push_str("#!/bin/sh\n");
     s.push_str(&format!(
         "# dutlab test run {} (definition {})\n",
-        run.id, run.definition.metadata.name
+        run.id,
+        run.definition.metadata.name.replace('\n', " ")
     ));
-    s.push_str(&format!(". {OVERLAY_ROOT}/bin/lava-common\n"));
     s.push_str(&format!("export PATH={OVERLAY_ROOT}/bin:$PATH\n"));
-    s.push_str(&format!("export TESTRUN_ID={}\n", quote(&run.id)));
-    s.push_str(&format!("cd {} || exit 1\n", quote(&run.dut_dir())));
-    for (name, value) in &run.params {
-        s.push_str(&format!("{name}={}\nexport {name}\n", quote(value)));
-    }
     s.push_str(&format!(
-        "lava_signal {}\n",
+        "LAVA_RESULT_DIR={}-$(date +%s)\n",
+        quote(&format!("{OVERLAY_ROOT}/results/{}", run.id))
+    ));
+    s.push_str("mkdir -p \"$LAVA_RESULT_DIR\"\n");
+    if !run.definition.install_steps.is_empty() {
+        let mut install = params.clone();
+        install.push_str(&format!("cd {}\npwd\n", quote(&dir)));
+        for step in &run.definition.install_steps {
+            install.push_str(step);
+            install.push('\n');
+        }
+        let file = format!("{dir}/.dutlab-install.sh");
+        s.push_str(&here_doc(&file, &install));
+        s.push_str(&format!("sh {}\n", quote(&file)));
+        s.push_str("dutlab_rc=$?\n");
+        s.push_str("echo \"$dutlab_rc\" > \"$LAVA_RESULT_DIR/install_return_code\"\n");
+        s.push_str(
+            "if [ \"$dutlab_rc\" -ne 0 ]; then echo '<LAVA_TEST_RUNNER INSTALL_FAIL>'; exit \"$dutlab_rc\"; fi\n",
+        );
+    }
+    let mut steps = params;
+    steps.push_str("set -e\nset -x\n");
+    steps.push_str(&format!("export TESTRUN_ID={}\n", quote(&run.id)));
+    steps.push_str(&format!("cd {}\n", quote(&dir)));
+    steps.push_str(&format!("UUID={}\n", quote(&run.uuid)));
+    steps.push_str("set +x\n");
+    steps.push_str(&format!(
+        "echo {}\n",
         quote(&format!("<LAVA_SIGNAL_STARTRUN {} {}>", run.id, run.uuid))
     ));
-    for step in run
-        .definition
-        .install_steps
-        .iter()
-        .chain(&run.definition.run_steps)
-    {
-        s.push_str(step);
-        s.push('\n');
+    steps.push_str("set -x\n");
+    for step in &run.definition.run_steps {
+        if step.contains("--shell") || step.contains("--cmd") {
+            steps.push_str(&POSITIONAL.replace_all(step, r"\$$${1}"));
+        } else {
+            steps.push_str(step);
+        }
+        steps.push('\n');
     }
-    s.push_str(&format!(
-        "lava_signal {}\n",
+    steps.push_str("set +x\n");
+    steps.push_str(&format!(
+        "echo {}\n",
         quote(&format!("<LAVA_SIGNAL_ENDRUN {} {}>", run.id, run.uuid))
     ));
+    let file = format!("{dir}/.dutlab-steps.sh");
+    s.push_str(&here_doc(&file, &steps));
+    s.push_str("export LAVA_RESULT_DIR\n");
+    s.push_str(&format!("sh -e {}\n", quote(&file)));
+    s.push_str("echo \"$?\" > \"$LAVA_RESULT_DIR/return_code\"\n");
     s
 }
 
