@@ -515,20 +515,16 @@ create_out_dir "${OUTPUT}"
 install
 remaining="${TESTS}"
 while [ -n "${remaining}" ]; do
-    case "${remaining}" in
-        *,*)
-            current="${remaining%%,*}"
-            remaining="${remaining#*,}"
-            ;;
-        *)
-            current="${remaining}"
-            remaining=""
-            ;;
-    esac
-    current="$(echo "${current}" | sed 's/^ *//; s/ *$//')"
+    current="$(echo "${remaining%%,*}" | sed 's/^ *//; s/ *$//')"
     if [ -n "${current}" ]; then
         run_one "${current}"
     fi
+    # The loop ends on this assignment, so a failed last command does not make the script
+    # fail: the definition runs under `set -e` and send-to-lava.sh must still run.
+    case "${remaining}" in
+        *,*) remaining="${remaining#*,}" ;;
+        *) remaining="" ;;
+    esac
 done
 "#;
 
@@ -623,8 +619,9 @@ mod tests {
         params: &[(&str, &str)],
         bin: Option<&Path>,
     ) -> std::process::Output {
+        // LAVA runs the steps under `set -e`.
         let mut cmd = Command::new("sh");
-        cmd.arg("-c").arg(def.steps.join("\n")).current_dir(repo);
+        cmd.arg("-ec").arg(def.steps.join("\n")).current_dir(repo);
         for (name, value) in def.params.iter().chain(params) {
             cmd.env(name, value);
         }
@@ -706,7 +703,7 @@ mod tests {
             &DEFINITIONS[0],
             &[
                 ("SKIP_INSTALL", "true"),
-                ("TESTS", "pwd,  uname -a ,no-such-command-here --flag, true"),
+                ("TESTS", "pwd,  uname -a ,true, no-such-command-here --flag"),
             ],
             None,
         );
@@ -716,7 +713,7 @@ mod tests {
             std::fs::read_to_string(repo.join("automated/linux/smoke/output/result.txt")).unwrap();
         assert_eq!(
             result,
-            "pwd pass\nuname pass\nno-such-command-here fail\ntrue pass\n"
+            "pwd pass\nuname pass\ntrue pass\nno-such-command-here fail\n"
         );
         let signals: Vec<&str> = stdout
             .lines()
@@ -727,8 +724,8 @@ mod tests {
             [
                 "<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=pwd RESULT=pass>",
                 "<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=uname RESULT=pass>",
-                "<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=no-such-command-here RESULT=fail>",
                 "<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=true RESULT=pass>",
+                "<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=no-such-command-here RESULT=fail>",
             ]
         );
         // A second run keeps the first run's output directory aside.
