@@ -15,14 +15,18 @@
 //! - Boot prompts are not empty; `auto_login` has `password_prompt` exactly when `password`.
 //! - A test action has a non-empty `definitions` list unless it uses `monitors`, `interactive`
 //!   or `services`; definition names match `[-_a-zA-Z0-9.]+`, sources are `inline` or `git`.
-//! - Unknown keys and LAVA features not supported yet are warnings, never errors.
+//! - Unknown keys and LAVA features not supported yet are warnings, never errors. A key kept in
+//!   the parsed action but not acted on by dutlab (`deploy.os`, `boot.commands`, a `media` other
+//!   than tmpfs, an image's `type`, a `format` of a non-disk image, `dtb`/`modules`/`nfsrootfs`
+//!   images without `image_arg`) gets a "not honoured" warning naming it; which image names
+//!   are kernels, initrds, disks or unused is decided by [`image_role`] alone.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::JobError;
 use crate::duration::timeout;
-use crate::fields::{Ctx, Fields, NOT_SUPPORTED, Path, boolean, text, text_list, text_or_list};
+use crate::fields::{Ctx, Fields, Path, boolean, text, text_list, text_or_list};
 use crate::testdef::{self, TestDefinition};
 use crate::yaml::Value;
 
@@ -96,6 +100,30 @@ pub struct Image {
     pub sha256sum: Option<String>,
     /// LAVA's `type:` (e.g. `zimage` for a kernel).
     pub kind: Option<String>,
+}
+
+/// What the QEMU device does with an image, by the image's name in `images`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageRole {
+    /// `kernel`: QEMU's `-kernel`.
+    Kernel,
+    /// `initrd` or `ramdisk`: QEMU's `-initrd`.
+    Initrd,
+    /// `dtb`, `modules`, `nfsrootfs`: fetched and checked, but not given to QEMU unless the
+    /// image has an `image_arg`.
+    Unused,
+    /// Any other name (`rootfs`, `disk`, ...): a drive, booted from a linked clone.
+    Disk,
+}
+
+/// The role of the image named `name` (the one table of image names).
+pub fn image_role(name: &str) -> ImageRole {
+    match name {
+        "kernel" => ImageRole::Kernel,
+        "initrd" | "ramdisk" => ImageRole::Initrd,
+        "dtb" | "modules" | "nfsrootfs" => ImageRole::Unused,
+        _ => ImageRole::Disk,
+    }
 }
 
 /// Where an image comes from.
@@ -271,14 +299,19 @@ fn common(cx: &mut Ctx, f: &mut Fields) -> Result<Common, JobError> {
     f.ignore(
         cx,
         &[
-            "connection-namespace",
-            "protocols",
-            "timeouts",
-            "repeat",
-            "failure_retry",
-            "failure_retry_interval",
+            (
+                "connection-namespace",
+                "an action uses the connection of the last boot, whatever namespace it names",
+            ),
+            ("protocols", "no protocol request is made by the action"),
+            (
+                "timeouts",
+                "dutlab times the whole action (its 'timeout'), not LAVA's sub-actions",
+            ),
+            ("repeat", "the action runs once"),
+            ("failure_retry", "a failed action is not retried"),
+            ("failure_retry_interval", "a failed action is not retried"),
         ],
-        NOT_SUPPORTED,
     );
     Ok(Common {
         timeout,
@@ -292,6 +325,12 @@ fn deploy(cx: &mut Ctx, path: Path, v: Value) -> Result<Deploy, JobError> {
     let to = f.req_nonempty(cx, "to")?;
     let c = common(cx, &mut f)?;
     let os = f.opt_text(cx, "os")?;
+    if os.is_some() {
+        cx.not_honoured(
+            &f.at("os"),
+            "the test overlay and helpers are the same for every OS",
+        );
+    }
     let mut images = BTreeMap::new();
     if let Some(v) = f.take("images") {
         let ipath = f.at("images");
@@ -299,14 +338,19 @@ fn deploy(cx: &mut Ctx, path: Path, v: Value) -> Result<Deploy, JobError> {
             return Err(cx.expected(&ipath, "a mapping of image names to images", &v));
         };
         for (name, v) in map {
-            let img = image(cx, ipath.key(&name), v)?;
+            let img = image(cx, ipath.key(&name), &name, v)?;
             images.insert(name, img);
         }
     }
     f.ignore(
         cx,
-        &["authorize", "overlay_backend", "type", "postprocess"],
-        NOT_SUPPORTED,
+        &[
+            ("authorize", "no SSH key is installed in the DUT"),
+            ("overlay_backend", "nothing is written into images"),
+            ("type", "deploy types (such as monitor) are not used"),
+            ("postprocess", "images are not post-processed"),
+            ("uefi", "no UEFI firmware is given to QEMU"),
+        ],
     );
     // Deploy methods such as tftp give images at the action level: `kernel: {url: ...}`.
     let inline_images: Vec<String> = f
@@ -324,7 +368,7 @@ fn deploy(cx: &mut Ctx, path: Path, v: Value) -> Result<Deploy, JobError> {
                         format!("image '{name}' is given twice (here and in 'images')"),
                     ));
                 }
-                let img = image(cx, ipath, Value::Map(m))?;
+                let img = image(cx, ipath, &name, Value::Map(m))?;
                 images.insert(name, img);
             }
             Some(_) => cx.warn(&ipath, "unknown key, ignored"),
@@ -342,7 +386,7 @@ fn deploy(cx: &mut Ctx, path: Path, v: Value) -> Result<Deploy, JobError> {
     })
 }
 
-fn image(cx: &mut Ctx, path: Path, v: Value) -> Result<Image, JobError> {
+fn image(cx: &mut Ctx, path: Path, name: &str, v: Value) -> Result<Image, JobError> {
     let mut f = Fields::new(cx, path, v)?;
     let url_path = f.at("url");
     let url = f.req_nonempty(cx, "url")?;
@@ -359,22 +403,55 @@ fn image(cx: &mut Ctx, path: Path, v: Value) -> Result<Image, JobError> {
         .map(|s| sha256(cx, &sha_path, &s))
         .transpose()?;
     let kind = f.opt_text(cx, "type")?;
+    if kind.is_some() {
+        cx.not_honoured(
+            &f.at("type"),
+            "the image type is not used; QEMU loads the image as it is",
+        );
+    }
+    let role = image_role(name);
+    if format.is_some() && role != ImageRole::Disk {
+        cx.not_honoured(
+            &f.at("format"),
+            &format!("only disk images use 'format'; '{name}' is not a disk"),
+        );
+    }
+    if role == ImageRole::Unused && image_arg.is_none() {
+        cx.not_honoured(
+            &f.path,
+            &format!(
+                "the QEMU device does not give a '{name}' image to the guest (it is fetched \
+                 and checked only); add 'image_arg' to pass it to QEMU"
+            ),
+        );
+    }
     f.ignore(
         cx,
         &[
-            "md5sum",
-            "sha512sum",
-            "headers",
-            "archive",
-            "use_cache",
-            "overlays",
-            "partition",
-            "sparse",
-            "overlay_backend",
-            "root_partition",
-            "apply-overlay",
+            ("md5sum", "md5sum is not checked; use sha256sum"),
+            ("sha512sum", "sha512sum is not checked; use sha256sum"),
+            ("headers", "downloads send no extra HTTP headers"),
+            (
+                "archive",
+                "archives are not unpacked; the file is used as it is",
+            ),
+            ("use_cache", "downloads are not cached yet"),
+            (
+                "overlays",
+                "nothing is added into images; the test overlay reaches the DUT on its own",
+            ),
+            ("partition", "images are used whole; no partition is picked"),
+            (
+                "sparse",
+                "images are used as they are (no sparse conversion)",
+            ),
+            ("overlay_backend", "nothing is written into images"),
+            (
+                "root_partition",
+                "images are used whole; no partition is picked",
+            ),
+            ("apply-overlay", "nothing is written into images"),
         ],
-        NOT_SUPPORTED,
     );
     f.finish(cx);
     Ok(Image {
@@ -480,6 +557,16 @@ fn boot(cx: &mut Ctx, path: Path, v: Value) -> Result<Boot, JobError> {
     let method = f.req_nonempty(cx, "method")?;
     let c = common(cx, &mut f)?;
     let media = f.opt_text(cx, "media")?;
+    if let Some(m) = media.as_deref()
+        && m != "tmpfs"
+    {
+        cx.not_honoured(
+            &f.at("media"),
+            &format!(
+                "the DUT boots what the deploy action gave (as with tmpfs); '{m}' is not used"
+            ),
+        );
+    }
     let prompts = match f.take("prompts") {
         Some(v) => {
             let ppath = f.at("prompts");
@@ -500,6 +587,12 @@ fn boot(cx: &mut Ctx, path: Path, v: Value) -> Result<Boot, JobError> {
         Some(v) => (Some(text(cx, &f.at("commands"), v)?), Vec::new()),
         None => (None, Vec::new()),
     };
+    if commands.is_some() || !command_list.is_empty() {
+        cx.not_honoured(
+            &f.at("commands"),
+            "the QEMU device has no bootloader to send commands to",
+        );
+    }
     let connection_timeout = match f.take("connection_timeout") {
         Some(v) => Some(timeout(cx, &f.at("connection_timeout"), v)?),
         None => None,
@@ -507,20 +600,37 @@ fn boot(cx: &mut Ctx, path: Path, v: Value) -> Result<Boot, JobError> {
     f.ignore(
         cx,
         &[
-            "connection",
-            "transfer_overlay",
-            "docker",
-            "parameters",
-            "soft_reboot",
-            "ignore_kernel_messages",
-            "reset",
-            "use_bootscript",
-            "pre_power_command",
-            "pre_os_command",
-            "bootloader_prompt",
-            "type",
+            ("connection", "the serial console is the only connection"),
+            (
+                "transfer_overlay",
+                "the test overlay reaches the DUT dutlab's own way, not by a download command",
+            ),
+            ("docker", "QEMU runs on the host, not in a container"),
+            (
+                "parameters",
+                "kernel, bootloader and shutdown messages are not watched for",
+            ),
+            (
+                "soft_reboot",
+                "the DUT is not rebooted from its shell; a new boot action powers it off and on",
+            ),
+            (
+                "ignore_kernel_messages",
+                "kernel messages are not watched for",
+            ),
+            ("reset", "no reset is done before the boot"),
+            ("use_bootscript", "the QEMU device has no bootloader"),
+            (
+                "pre_power_command",
+                "no command is run before the DUT is powered on",
+            ),
+            ("pre_os_command", "no command is run before the OS boots"),
+            ("bootloader_prompt", "the QEMU device has no bootloader"),
+            (
+                "type",
+                "the QEMU device has no bootloader to pick a boot type",
+            ),
         ],
-        NOT_SUPPORTED,
     );
     f.finish(cx);
     Ok(Boot {
@@ -595,8 +705,18 @@ fn test(cx: &mut Ctx, path: Path, v: Value) -> Result<Test, JobError> {
     };
     f.ignore(
         cx,
-        &["monitors", "interactive", "docker", "services"],
-        NOT_SUPPORTED,
+        &[
+            (
+                "monitors",
+                "monitor tests are not run (no pattern is watched)",
+            ),
+            ("interactive", "interactive tests are not run"),
+            (
+                "docker",
+                "definitions run in the DUT's shell, not in a container",
+            ),
+            ("services", "service containers are not started"),
+        ],
     );
     f.finish(cx);
     Ok(Test {
@@ -640,7 +760,7 @@ fn definition_ref(cx: &mut Ctx, path: Path, v: Value) -> Result<DefinitionRef, J
                 Some(v) => boolean(cx, &f.at("history"), v)?,
                 None => true,
             };
-            f.ignore(cx, &["recursive"], NOT_SUPPORTED);
+            f.ignore(cx, &[("recursive", "submodules are not cloned")]);
             DefinitionSource::Git {
                 repository,
                 revision,
@@ -666,17 +786,23 @@ fn definition_ref(cx: &mut Ctx, path: Path, v: Value) -> Result<DefinitionRef, J
         }
     };
     let params = testdef::params(cx, &mut f)?;
+    const FROM_URL: &str = "used only with 'from: url', which dutlab does not support";
     f.ignore(
         cx,
         &[
-            "skip_install",
-            "lava-signal",
-            "expected",
-            "headers",
-            "compression",
-            "strip-components",
+            ("skip_install", "install steps always run"),
+            (
+                "lava-signal",
+                "signals are read from the console as printed; kmsg is not selected",
+            ),
+            (
+                "expected",
+                "test cases that never reported are not listed as missing",
+            ),
+            ("headers", FROM_URL),
+            ("compression", FROM_URL),
+            ("strip-components", FROM_URL),
         ],
-        NOT_SUPPORTED,
     );
     f.finish(cx);
     Ok(DefinitionRef {

@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use crate::JobError;
-use crate::fields::{Ctx, Fields, NOT_SUPPORTED, Path};
+use crate::fields::{Ctx, Fields, Path};
 use crate::yaml::Value;
 
 const UNITS: [(char, u64, &str); 4] = [
@@ -108,7 +108,13 @@ pub(crate) fn timeout(cx: &mut Ctx, path: &Path, v: Value) -> Result<Duration, J
                     .and_then(|v| total.checked_add(v))
                     .ok_or_else(|| cx.err(&npath, "timeout is too large"))?;
             }
-            f.ignore(cx, &["skip"], NOT_SUPPORTED);
+            f.ignore(
+                cx,
+                &[(
+                    "skip",
+                    "a timeout that fires ends the job; the action is not skipped",
+                )],
+            );
             if let Some(key) = f.keys().next() {
                 return Err(cx.err(
                     &f.at(key),

@@ -5,6 +5,8 @@
 //!   (`actions[2].test.definitions[0].path`), or of the mapping that lacks a required key.
 //! - A key is consumed at most once; whatever is left in a mapping when [`Fields::finish`] runs
 //!   becomes an "unknown key, ignored" warning, never an error.
+//! - A key LAVA defines but dutlab does not act on is taken with [`Fields::ignore`] or warned
+//!   about with [`Ctx::not_honoured`]: its warning starts with [`NOT_HONOURED`] and says why.
 //! - A key whose value is YAML null counts as absent for optional fields and as missing for
 //!   required ones.
 
@@ -71,13 +73,19 @@ impl Ctx {
         });
     }
 
+    /// Warns that the key at `path` is accepted but dutlab does not act on it, and why.
+    pub(crate) fn not_honoured(&mut self, path: &Path, reason: &str) {
+        self.warn(path, format!("{NOT_HONOURED}: {reason}"));
+    }
+
     pub(crate) fn expected(&self, path: &Path, what: &str, found: &Value) -> JobError {
         self.err(path, format!("expected {what}, found {}", found.kind()))
     }
 }
 
-/// Message for LAVA keys that are understood but not acted on.
-pub(crate) const NOT_SUPPORTED: &str = "not supported yet, ignored";
+/// Start of the warning for LAVA keys that are accepted but not acted on; the reason follows
+/// after `: `.
+pub const NOT_HONOURED: &str = "accepted, not honoured by dutlab yet";
 
 /// The entries of one mapping, taken out one key at a time.
 pub(crate) struct Fields {
@@ -141,11 +149,12 @@ impl Fields {
         Ok(s)
     }
 
-    /// Drops the listed keys, with a warning for each one present.
-    pub(crate) fn ignore(&mut self, cx: &mut Ctx, keys: &[&str], message: &str) {
-        for key in keys {
+    /// Drops the listed keys (`(key, reason)`), with a "not honoured" warning giving the
+    /// reason for each one present, null or not.
+    pub(crate) fn ignore(&mut self, cx: &mut Ctx, keys: &[(&str, &str)]) {
+        for (key, reason) in keys {
             if self.map.remove(*key).is_some() {
-                cx.warn(&self.path.key(key), message);
+                cx.not_honoured(&self.path.key(key), reason);
             }
         }
     }

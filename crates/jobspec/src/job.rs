@@ -12,14 +12,17 @@
 //! - Namespaces are all-or-nothing across actions, and never `common` or `docker-test-shell`.
 //! - Image `sha256sum`s are 64 lowercase hex digits; image sources are plain paths, `file://`
 //!   URLs (reduced to their path) or `http(s)://` URLs (kept as written).
-//! - Unknown keys and LAVA features not supported yet are warnings, never errors.
+//! - Unknown keys and LAVA features not supported yet are warnings, never errors. Every key
+//!   that is kept in the [`Job`] but not acted on by dutlab (`context` variables but `arch`,
+//!   `metadata`, `timeouts.queue`, timeouts of LAVA sub-actions, group visibility, several
+//!   namespaces) gets a "not honoured" warning naming it.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::actions::{Action, actions};
 use crate::duration::{self, timeout};
-use crate::fields::{Ctx, Fields, NOT_SUPPORTED, Path, text, text_list};
+use crate::fields::{Ctx, Fields, Path, text, text_list};
 use crate::yaml::Value;
 use crate::{JobError, Warning};
 
@@ -182,15 +185,29 @@ pub(crate) fn parse(cx: &mut Ctx, v: Value) -> Result<Job, JobError> {
     f.ignore(
         cx,
         &[
-            "notify",
-            "secrets",
-            "environment",
-            "reboot_to_fastboot",
-            "compatibility",
-            "device",
-            "worker",
+            ("notify", "no notification is sent when the job ends"),
+            ("secrets", "secrets are not passed to the job"),
+            (
+                "environment",
+                "no environment variable is set for the job or in the DUT",
+            ),
+            (
+                "reboot_to_fastboot",
+                "the device types dutlab knows (qemu) have no fastboot",
+            ),
+            (
+                "compatibility",
+                "the job is read with dutlab's rules, whatever LAVA version it names",
+            ),
+            (
+                "device",
+                "a job cannot pick its device; any device of the device_type runs it",
+            ),
+            (
+                "worker",
+                "a job cannot pick its worker; any agent with a device of the device_type runs it",
+            ),
         ],
-        NOT_SUPPORTED,
     );
     f.finish(cx);
 
@@ -210,6 +227,7 @@ pub(crate) fn parse(cx: &mut Ctx, v: Value) -> Result<Job, JobError> {
     check_timeouts(cx, &job)?;
     check_roles(cx, &job)?;
     check_namespaces(cx, &job)?;
+    warn_namespaces(cx, &job);
     Ok(Job {
         warnings: std::mem::take(&mut cx.warnings),
         ..job
@@ -247,6 +265,10 @@ fn visibility(cx: &mut Ctx, path: Path, v: Value) -> Result<Visibility, JobError
             let mut g = Fields::new(cx, path, v)?;
             let groups_path = g.at("group");
             let groups = text_list(cx, &groups_path, g.req(cx, "group")?)?;
+            cx.not_honoured(
+                &groups_path,
+                "group members cannot see the job; only its owner and admins can (as with personal)",
+            );
             g.finish(cx);
             Ok(Visibility::Group(groups))
         }
@@ -260,6 +282,11 @@ fn context(cx: &mut Ctx, path: Path, v: Value) -> Result<Context, JobError> {
         return Err(cx.err(&path.key("arch"), "expected a string, found a list"));
     }
     let arch = other.remove("arch");
+    let mut ignored: Vec<&String> = other.keys().chain(other_lists.keys()).collect();
+    ignored.sort();
+    for key in ignored {
+        cx.not_honoured(&path.key(key), context_reason(key));
+    }
     let extra_options = match other_lists.remove("extra_options") {
         Some(list) => list,
         None => other.remove("extra_options").into_iter().collect(),
@@ -270,6 +297,37 @@ fn context(cx: &mut Ctx, path: Path, v: Value) -> Result<Context, JobError> {
         other,
         other_lists,
     })
+}
+
+/// LAVA's context variables for its QEMU device template.
+const QEMU_CONTEXT: [&str; 15] = [
+    "boot_console",
+    "boot_root",
+    "cpu",
+    "guestfs_driveid",
+    "guestfs_interface",
+    "guestfs_size",
+    "machine",
+    "memory",
+    "model",
+    "monitor",
+    "netdevice",
+    "no_kvm",
+    "no_network",
+    "serial",
+    "vga",
+];
+
+/// Why a context variable (any but `arch`) is not used.
+fn context_reason(key: &str) -> &'static str {
+    if key == "extra_options" {
+        "extra QEMU options are not passed to QEMU; its command line comes from the device \
+         (device file 'qemu:')"
+    } else if QEMU_CONTEXT.contains(&key) {
+        "the QEMU command line comes from the device (device file 'qemu:'), not from the job's context"
+    } else {
+        "dutlab uses no context variable but 'arch'"
+    }
 }
 
 type ContextVars = (BTreeMap<String, String>, BTreeMap<String, Vec<String>>);
@@ -305,6 +363,12 @@ fn metadata(cx: &mut Ctx, path: Path, v: Value) -> Result<BTreeMap<String, Strin
     let Value::Map(map) = v else {
         return Err(cx.expected(&path, "a mapping", &v));
     };
+    if !map.is_empty() {
+        cx.not_honoured(
+            &path,
+            "metadata is not copied into the results (table, JUnit, JSON) or shown with the job",
+        );
+    }
     let mut out = BTreeMap::new();
     for (key, value) in map {
         match value {
@@ -340,6 +404,10 @@ fn timeouts(cx: &mut Ctx, path: Path, v: Value) -> Result<Timeouts, JobError> {
     };
     if let Some(v) = f.take("queue") {
         t.queue = Some(timeout(cx, &f.at("queue"), v)?);
+        cx.not_honoured(
+            &f.at("queue"),
+            "a queued job waits until a device is free or it is canceled",
+        );
     }
     for (key, out) in [
         ("actions", &mut t.actions),
@@ -352,6 +420,15 @@ fn timeouts(cx: &mut Ctx, path: Path, v: Value) -> Result<Timeouts, JobError> {
             };
             for (name, v) in map {
                 let d = timeout(cx, &path.key(&name), v)?;
+                if !TIMED_ACTIONS.contains(&name.as_str()) {
+                    cx.not_honoured(
+                        &path.key(&name),
+                        &format!(
+                            "dutlab times whole actions, by their LAVA names {}; '{name}' is not one",
+                            TIMED_ACTIONS.join(", ")
+                        ),
+                    );
+                }
                 out.insert(name, d);
             }
         }
@@ -359,6 +436,10 @@ fn timeouts(cx: &mut Ctx, path: Path, v: Value) -> Result<Timeouts, JobError> {
     f.finish(cx);
     Ok(t)
 }
+
+/// The LAVA action names dutlab's deploy, boot and test actions answer to in
+/// `timeouts.actions` and `timeouts.connections` (the runner looks these names up).
+pub const TIMED_ACTIONS: [&str; 3] = ["deployimages", "boot-qemu-image", "lava-test-shell"];
 
 fn protocols(cx: &mut Ctx, path: Path, v: Value) -> Result<Protocols, JobError> {
     let mut f = Fields::new(cx, path, v)?;
@@ -368,8 +449,12 @@ fn protocols(cx: &mut Ctx, path: Path, v: Value) -> Result<Protocols, JobError> 
     };
     f.ignore(
         cx,
-        &["lava-lxc", "lava-vland", "lava-xnbd", "lava-vemsd"],
-        NOT_SUPPORTED,
+        &[
+            ("lava-lxc", "no LXC container is started next to the DUT"),
+            ("lava-vland", "no VLAN is set up for the DUT"),
+            ("lava-xnbd", "no NBD server is started for the DUT"),
+            ("lava-vemsd", "no VExpress MCC is driven"),
+        ],
     );
     f.finish(cx);
     Ok(Protocols { multinode })
@@ -426,8 +511,15 @@ fn role(cx: &mut Ctx, path: Path, v: Value) -> Result<Role, JobError> {
     };
     f.ignore(
         cx,
-        &["essential", "environment", "device", "worker"],
-        NOT_SUPPORTED,
+        &[
+            (
+                "essential",
+                "a role's failure is not passed on to the other roles",
+            ),
+            ("environment", "no environment variable is set for the role"),
+            ("device", "a role cannot pick its device"),
+            ("worker", "a role cannot pick its worker"),
+        ],
     );
     f.finish(cx);
     Ok(Role {
@@ -508,6 +600,33 @@ fn check_roles(cx: &mut Ctx, job: &Job) -> Result<(), JobError> {
         }
     }
     Ok(())
+}
+
+/// Namespaces are accepted, but dutlab runs every action in one namespace: a boot uses the
+/// last deploy, whatever namespace either names.
+fn warn_namespaces(cx: &mut Ctx, job: &Job) {
+    let mut seen: Vec<&str> = Vec::new();
+    for (i, a) in job.actions.iter().enumerate() {
+        let Some(ns) = a.namespace() else { continue };
+        if seen.contains(&ns) {
+            continue;
+        }
+        seen.push(ns);
+        if seen.len() == 2 {
+            cx.not_honoured(
+                &Path::root()
+                    .key("actions")
+                    .index(i)
+                    .key(a.kind())
+                    .key("namespace"),
+                &format!(
+                    "dutlab runs all actions in one namespace, in file order (a boot uses the \
+                     last deploy); '{ns}' is not kept apart from '{}'",
+                    seen[0]
+                ),
+            );
+        }
+    }
 }
 
 fn check_namespaces(cx: &Ctx, job: &Job) -> Result<(), JobError> {

@@ -12,10 +12,15 @@
 //!   refused unparsed, and nesting depth, node count, aliases and expanded text are capped
 //!   ([`MAX_DEPTH`], [`MAX_NODES`], [`MAX_EXPANDED_BYTES`]).
 //! - Duplicate mapping keys are errors; unknown keys are [`Warning`]s, never errors.
+//! - Every key LAVA defines that dutlab accepts but does not act on is a [`Warning`] whose
+//!   message starts with [`NOT_HONOURED`] and gives the reason; a key dutlab acts on never is.
+//! - Parsing does not ask whether a device can run the job: [`check_runnable`] does, against
+//!   the one table of device types ([`DEVICE_TYPES`]).
 //! - Parsed values are normalised: durations are [`std::time::Duration`], priorities numbers,
 //!   sha256 sums lowercase, `file://` URLs paths, scalars in string fields stringified.
 
 mod actions;
+mod devices;
 mod duration;
 mod error;
 mod fields;
@@ -25,13 +30,15 @@ mod yaml;
 
 pub use actions::{
     Action, AutoLogin, Boot, Compression, DefinitionRef, DefinitionSource, Deploy, Image,
-    ImageSource, Test,
+    ImageRole, ImageSource, Test, image_role,
 };
+pub use devices::{DEVICE_TYPES, DeviceType, check_runnable};
 pub use duration::parse_duration;
 pub use error::{JobError, Warning};
+pub use fields::NOT_HONOURED;
 pub use job::{
     Context, DEFAULT_ACTION_TIMEOUT, DEFAULT_CONNECTION_TIMEOUT, DEFAULT_JOB_TIMEOUT,
-    DEFAULT_PRIORITY, Job, Multinode, Protocols, Role, Timeouts, Visibility,
+    DEFAULT_PRIORITY, Job, Multinode, Protocols, Role, TIMED_ACTIONS, Timeouts, Visibility,
 };
 pub use testdef::{DefinitionMetadata, ParsePattern, TEST_DEFINITION_FORMAT, TestDefinition};
 pub use yaml::{MAX_DEPTH, MAX_DOCUMENT_BYTES, MAX_EXPANDED_BYTES, MAX_NODES};

@@ -3,7 +3,10 @@
 //!
 //! Invariants of a parsed [`TestDefinition`]:
 //! - `metadata.format` is exactly [`TEST_DEFINITION_FORMAT`] and `metadata.name` is not empty.
-//! - Steps are in file order, each a string (numbers and booleans are stringified).
+//! - Steps are in file order, each a string (numbers and booleans are stringified). A step YAML
+//!   read as a mapping (`- echo "check: pass"`) is an error whose reason shows the step quoted.
+//! - Keys dutlab accepts but does not act on (`install.deps`, `install.git-repos`, `expected`,
+//!   ...) are "not honoured" warnings naming the key.
 //! - `parse.pattern`, when present, compiles with the `regex` crate within a bounded size.
 //! - `params` merges LAVA's `params` and `parameters` (`parameters` wins on a clash, with a
 //!   warning); null values are empty strings.
@@ -11,7 +14,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::fields::{Ctx, Fields, NOT_SUPPORTED, Path, scalar_map, text, text_list};
+use crate::fields::{Ctx, Fields, Path, scalar_map, text, text_list};
 use crate::yaml::Value;
 use crate::{JobError, Warning};
 
@@ -71,17 +74,29 @@ pub(crate) fn parse(cx: &mut Ctx, path: Path, v: Value) -> Result<TestDefinition
     if let Some(v) = f.take("install") {
         let mut inst = Fields::new(cx, f.at("install"), v)?;
         if let Some(steps) = inst.take("steps") {
-            install_steps = text_list(cx, &inst.at("steps"), steps)?;
+            install_steps = step_list(cx, &inst.at("steps"), steps)?;
         }
         let deps_variants: Vec<String> = inst
             .keys()
             .filter(|k| k.starts_with("deps-"))
             .cloned()
             .collect();
+        const NO_PACKAGES: &str = "packages are not installed in the DUT; install them in a step";
         for key in &deps_variants {
-            inst.ignore(cx, &[key.as_str()], NOT_SUPPORTED);
+            inst.ignore(cx, &[(key.as_str(), NO_PACKAGES)]);
         }
-        inst.ignore(cx, &["deps", "git-repos", "keys", "sources"], NOT_SUPPORTED);
+        inst.ignore(
+            cx,
+            &[
+                ("deps", NO_PACKAGES),
+                (
+                    "git-repos",
+                    "repositories are not cloned into the DUT; clone them in a step",
+                ),
+                ("keys", "package signing keys are not added in the DUT"),
+                ("sources", "package sources are not added in the DUT"),
+            ],
+        );
         inst.finish(cx);
     }
 
@@ -92,7 +107,7 @@ pub(crate) fn parse(cx: &mut Ctx, path: Path, v: Value) -> Result<TestDefinition
             return Err(cx.err(&run.path, "'steps' is missing"));
         }
         if let Some(steps) = run.take("steps") {
-            run_steps = text_list(cx, &run.at("steps"), steps)?;
+            run_steps = step_list(cx, &run.at("steps"), steps)?;
         }
         run.finish(cx);
     }
@@ -102,7 +117,13 @@ pub(crate) fn parse(cx: &mut Ctx, path: Path, v: Value) -> Result<TestDefinition
         None => None,
     };
 
-    f.ignore(cx, &["expected"], NOT_SUPPORTED);
+    f.ignore(
+        cx,
+        &[(
+            "expected",
+            "test cases that never reported are not listed as missing",
+        )],
+    );
     f.finish(cx);
     Ok(TestDefinition {
         metadata,
@@ -112,6 +133,48 @@ pub(crate) fn parse(cx: &mut Ctx, path: Path, v: Value) -> Result<TestDefinition
         parse,
         warnings: cx.warnings[first_warning..].to_vec(),
     })
+}
+
+/// `install.steps` or `run.steps`: a list of shell commands. A step YAML read as a mapping
+/// (a plain scalar with `: ` in it) is refused with the step shown quoted.
+fn step_list(cx: &Ctx, path: &Path, v: Value) -> Result<Vec<String>, JobError> {
+    if let Value::Seq(items) = &v
+        && let Some((i, Value::Map(map))) = items
+            .iter()
+            .enumerate()
+            .find(|(_, item)| matches!(item, Value::Map(_)))
+    {
+        return Err(cx.err(&path.index(i), mapping_step_reason(map)));
+    }
+    text_list(cx, path, v)
+}
+
+/// Why a step that is a mapping is refused, and how to write it as a string.
+fn mapping_step_reason(map: &BTreeMap<String, Value>) -> String {
+    let split = match map.iter().next() {
+        Some((key, Value::Null)) if map.len() == 1 => Some((
+            format!("{key}:"),
+            format!("key '{key}' with no value, because of the ':' at its end"),
+        )),
+        Some((key, value)) if map.len() == 1 => value.scalar_text().map(|value| {
+            (
+                format!("{key}: {value}"),
+                format!("key '{key}' and value '{value}', because of the ': ' in it"),
+            )
+        }),
+        _ => None,
+    };
+    match split {
+        Some((step, how)) => format!(
+            "expected a string, found a mapping: YAML reads this step as a {how}; quote the \
+             whole step: - '{}'",
+            step.replace('\'', "''")
+        ),
+        None => "expected a string, found a mapping: a step is one shell command; quote \
+                 the whole step in single quotes, e.g. - 'echo \"check: pass\"' (write '' \
+                 for a ' inside)"
+            .to_owned(),
+    }
 }
 
 fn metadata(cx: &mut Ctx, f: &mut Fields) -> Result<DefinitionMetadata, JobError> {

@@ -217,6 +217,7 @@ fn non_scalar_step() {
     ));
     assert_eq!(e.field, "run.steps[2]");
     assert!(e.reason.contains("found a mapping"), "{e}");
+    assert!(e.reason.ends_with("quote the whole step: - 'a: b'"), "{e}");
 
     let text = smoke_with("            - 7\n", "            - [1, 2]\n");
     let e = parse_job("qemu-smoke.yaml", &text).unwrap_err();
@@ -411,4 +412,65 @@ fn testdef_requirements() {
         "metadata: {format: Lava-Test Test Definition 1.0, name: x}\nparams: {A: [1]}\n",
     );
     assert_eq!(e.field, "params.A");
+}
+
+const DEF_HEAD: &str = "metadata: {format: Lava-Test Test Definition 1.0, name: x}\n";
+
+#[test]
+fn a_run_step_with_colon_space_gets_a_quoting_hint() {
+    let e = testdef_err(&format!(
+        "{DEF_HEAD}run:\n  steps:\n    - echo start\n    - echo \"check: pass\"\n"
+    ));
+    assert_eq!(
+        e.to_string(),
+        "def.yaml: run.steps[1]: expected a string, found a mapping: YAML reads this step as a \
+         key 'echo \"check' and value 'pass\"', because of the ': ' in it; quote the whole \
+         step: - 'echo \"check: pass\"'"
+    );
+}
+
+#[test]
+fn an_install_step_with_colon_space_gets_a_quoting_hint() {
+    let e = testdef_err(&format!(
+        "{DEF_HEAD}install:\n  steps:\n    - echo it's time: now\n"
+    ));
+    assert_eq!(e.field, "install.steps[0]");
+    // A ' inside the step is doubled in the single-quoted suggestion.
+    assert!(
+        e.reason
+            .ends_with("quote the whole step: - 'echo it''s time: now'"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_step_ending_in_a_colon_gets_a_quoting_hint() {
+    let e = testdef_err(&format!("{DEF_HEAD}run:\n  steps:\n    - echo total:\n"));
+    assert_eq!(e.field, "run.steps[0]");
+    assert!(e.reason.contains("because of the ':' at its end"), "{e}");
+    assert!(e.reason.ends_with("- 'echo total:'"), "{e}");
+}
+
+#[test]
+fn a_step_that_is_a_bigger_mapping_gets_the_general_hint() {
+    let e = testdef_err(&format!("{DEF_HEAD}run:\n  steps:\n    - {{a: 1, b: 2}}\n"));
+    assert_eq!(e.field, "run.steps[0]");
+    assert!(
+        e.reason.contains("quote the whole step in single quotes"),
+        "{e}"
+    );
+}
+
+#[test]
+fn inline_definitions_in_jobs_get_the_hint_with_the_full_path() {
+    let text = smoke_with(
+        "            - lava-test-case uname --shell uname -a\n",
+        "            - echo \"uname: $(uname)\"\n",
+    );
+    let e = parse_job("qemu-smoke.yaml", &text).unwrap_err();
+    assert_eq!(
+        e.field,
+        "actions[2].test.definitions[1].repository.run.steps[0]"
+    );
+    assert!(e.reason.ends_with("- 'echo \"uname: $(uname)\"'"), "{e}");
 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use dutlab_jobspec::{
-    Action, Compression, DefinitionSource, ImageSource, Job, Visibility, parse_job,
+    Action, Compression, DefinitionSource, ImageSource, Job, NOT_HONOURED, Visibility, parse_job,
 };
 
 const QEMU_SMOKE: &str = include_str!("fixtures/qemu-smoke.yaml");
@@ -111,9 +111,30 @@ fn full_qemu_job() {
     assert!(parse.pattern.contains("(?P<test_case_id>"));
     assert_eq!(parse.fixupdict["PASS"], "pass");
 
-    // `notify` is known to LAVA but not acted on here.
-    let warnings: Vec<String> = job.warnings.iter().map(ToString::to_string).collect();
-    assert_eq!(warnings, ["notify: not supported yet, ignored"]);
+    // Known to LAVA, kept or dropped here, but not acted on by dutlab: each says so.
+    let warned: Vec<&str> = job.warnings.iter().map(|w| w.field.as_str()).collect();
+    assert_eq!(
+        warned,
+        [
+            "context.extra_options",
+            "context.memory",
+            "context.netdevice",
+            "metadata",
+            "actions[0].deploy.os",
+            "notify",
+        ]
+    );
+    assert!(
+        job.warnings
+            .iter()
+            .all(|w| w.message.starts_with(NOT_HONOURED)),
+        "{:?}",
+        job.warnings
+    );
+    assert_eq!(
+        job.warnings[5].to_string(),
+        "notify: accepted, not honoured by dutlab yet: no notification is sent when the job ends"
+    );
 }
 
 #[test]
@@ -157,7 +178,17 @@ fn kernel_and_initrd_job() {
     };
     assert_eq!(boot.prompts, [r"\(initramfs\)", "/ #"]);
     assert!(boot.auto_login.is_none());
-    assert!(job.warnings.is_empty(), "{:?}", job.warnings);
+    let warned: Vec<&str> = job.warnings.iter().map(|w| w.field.as_str()).collect();
+    assert_eq!(
+        warned,
+        [
+            "visibility.group",
+            "context.cpu",
+            "context.extra_options",
+            "context.machine",
+            "actions[0].deploy.images.initrd.format",
+        ]
+    );
 }
 
 #[test]
@@ -187,7 +218,16 @@ fn multinode_job() {
         &test.definitions[0].source,
         DefinitionSource::Git { revision: Some(r), history: true, .. } if r == "0123abc"
     ));
-    assert!(job.warnings.is_empty(), "{:?}", job.warnings);
+    // Only deploy, boot and test as a whole are timed.
+    let warnings: Vec<String> = job.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        warnings,
+        [
+            "timeouts.actions.multinode-test: accepted, not honoured by dutlab yet: dutlab times \
+             whole actions, by their LAVA names deployimages, boot-qemu-image, lava-test-shell; \
+             'multinode-test' is not one"
+        ]
+    );
 }
 
 #[test]
@@ -243,9 +283,9 @@ fn unknown_keys_are_warnings() {
     assert_eq!(
         warnings,
         [
-            "actions[0].boot.failure_retry: not supported yet, ignored",
+            "actions[0].boot.failure_retry: accepted, not honoured by dutlab yet: a failed action is not retried",
             "actions[0].boot.foo: unknown key, ignored",
-            "secrets: not supported yet, ignored",
+            "secrets: accepted, not honoured by dutlab yet: secrets are not passed to the job",
             "frobs: unknown key, ignored",
         ]
     );

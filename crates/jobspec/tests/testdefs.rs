@@ -41,8 +41,8 @@ fn full_definition() {
     assert_eq!(
         warnings,
         [
-            "install.deps: not supported yet, ignored",
-            "install.git-repos: not supported yet, ignored",
+            "install.deps: accepted, not honoured by dutlab yet: packages are not installed in the DUT; install them in a step",
+            "install.git-repos: accepted, not honoured by dutlab yet: repositories are not cloned into the DUT; clone them in a step",
         ]
     );
 }
