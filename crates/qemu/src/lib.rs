@@ -10,4 +10,4 @@ pub mod image;
 pub mod qmp;
 pub mod vm;
 
-pub use vm::{Accel, BootSpec, Drive, QemuConfig, QemuError, Vm};
+pub use vm::{Accel, BootSpec, ChannelDisk, Drive, QemuConfig, QemuError, Vm};

@@ -100,6 +100,69 @@ pub struct BootSpec {
     pub drives: Vec<Drive>,
     /// Arguments assembled from the job's `image_arg`s, already split and substituted.
     pub image_args: Vec<String>,
+    /// The runner's own disks (the test overlay), attached after everything the job and the
+    /// device add, so the job's disks keep their names (`/dev/vda`, ...).
+    pub channel_disks: Vec<ChannelDisk>,
+}
+
+/// PCI slot of the first channel disk: free on the `pc` and `q35` machines (`q35` keeps
+/// 0x1f for its LPC bridge), so channel disks sort after the job's disks.
+pub const CHANNEL_PCI_SLOT: usize = 0x1e;
+
+/// A read-only raw virtio disk that the guest finds by its serial
+/// (`/sys/block/vdX/serial`), for moving bulk data into the DUT without the console.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelDisk {
+    path: PathBuf,
+    /// At most 20 characters of `[A-Za-z0-9-]` (virtio-blk's serial field), so it can never
+    /// carry a QEMU option separator.
+    serial: String,
+}
+
+impl ChannelDisk {
+    /// A channel disk, if `serial` fits virtio-blk (1 to 20 of `[A-Za-z0-9-]`).
+    pub fn new(path: PathBuf, serial: &str) -> Result<ChannelDisk, QemuError> {
+        let fits = (1..=20).contains(&serial.len())
+            && serial
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !fits {
+            return Err(QemuError::BadSerial(serial.to_string()));
+        }
+        Ok(ChannelDisk {
+            path,
+            serial: serial.to_string(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn serial(&self) -> &str {
+        &self.serial
+    }
+
+    /// `-drive` and `-device` arguments: the drive has no interface of its own and the
+    /// virtio-blk device carries the serial (`-drive serial=` is gone from QEMU). The device
+    /// sits at a high PCI slot ([`CHANNEL_PCI_SLOT`] downwards): QEMU creates `-drive
+    /// if=virtio` devices after every `-device`, and the guest names virtio disks in slot
+    /// order, so a low slot would take `/dev/vda` from the job's own disk.
+    fn args(&self, index: usize) -> [String; 4] {
+        // QEMU option values escape a comma by doubling it.
+        let path = self.path.display().to_string().replace(',', ",,");
+        let id = format!("dutlab-channel{index}");
+        [
+            "-drive".into(),
+            format!("file={path},format=raw,if=none,id={id},readonly=on"),
+            "-device".into(),
+            format!(
+                "virtio-blk-pci,drive={id},serial={},addr={:#x}",
+                self.serial,
+                CHANNEL_PCI_SLOT - index
+            ),
+        ]
+    }
 }
 
 /// QEMU process failures.
@@ -121,6 +184,8 @@ pub enum QemuError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("disk serial {0:?}: 1 to 20 letters, digits or '-'")]
+    BadSerial(String),
     #[error("QEMU process: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -199,6 +264,9 @@ pub fn command_line(config: &QemuConfig, boot: &BootSpec, run_dir: &Path) -> Vec
     }
     args.extend(boot.image_args.iter().cloned());
     args.extend(config.extra_args.iter().cloned());
+    for (index, disk) in boot.channel_disks.iter().enumerate() {
+        args.extend(disk.args(index));
+    }
     args
 }
 
@@ -405,5 +473,58 @@ impl Drop for Vm {
         if self.child.try_wait().ok().flatten().is_none() {
             self.kill_group();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn channel_disks_come_last_and_read_only() {
+        let boot = BootSpec {
+            drives: vec![Drive {
+                path: "/w/root.qcow2".into(),
+                format: "qcow2".into(),
+            }],
+            image_args: vec!["-drive".into(), "file=/w/data.qcow2,if=virtio".into()],
+            channel_disks: vec![ChannelDisk::new("/w/a,b.img".into(), "dutlab-overlay").unwrap()],
+            ..BootSpec::default()
+        };
+        let config = QemuConfig {
+            extra_args: vec!["-device".into(), "virtio-rng-pci".into()],
+            ..QemuConfig::default()
+        };
+        let args = command_line(&config, &boot, Path::new("/w/run"));
+        let drives: Vec<&String> = args
+            .iter()
+            .zip(args.iter().skip(1))
+            .filter(|(flag, _)| *flag == "-drive")
+            .map(|(_, value)| value)
+            .collect();
+        assert_eq!(drives.len(), 3);
+        assert!(drives[0].starts_with("file=/w/root.qcow2"));
+        assert!(drives[1].starts_with("file=/w/data.qcow2"));
+        // The comma in the path is doubled, so it cannot start another option.
+        assert_eq!(
+            drives[2].as_str(),
+            "file=/w/a,,b.img,format=raw,if=none,id=dutlab-channel0,readonly=on"
+        );
+        let tail = &args[args.len() - 4..];
+        assert_eq!(tail[1], *drives[2]);
+        assert_eq!(tail[2], "-device");
+        assert_eq!(
+            tail[3],
+            "virtio-blk-pci,drive=dutlab-channel0,serial=dutlab-overlay,addr=0x1e"
+        );
+    }
+
+    #[test]
+    fn serials_that_could_carry_options_are_refused() {
+        for bad in ["", "a,b", "x=y", "has space", "abcdefghijklmnopqrstu", "é"] {
+            assert!(ChannelDisk::new("/x".into(), bad).is_err(), "{bad:?}");
+        }
+        assert!(ChannelDisk::new("/x".into(), "dutlab-overlay").is_ok());
     }
 }

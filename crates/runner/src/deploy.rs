@@ -93,6 +93,7 @@ pub async fn deploy_default(image: &GuestImage, work_dir: &Path) -> Result<BootS
             format: "qcow2".into(),
         }],
         image_args: Vec::new(),
+        channel_disks: Vec::new(),
     })
 }
 

@@ -6,6 +6,7 @@
 //! tags: [tcg]
 //! image_dir: /var/cache/dutlab/image   # default guest image (kernel, initramfs, rootfs)
 //! qemu: { accel: tcg, memory_mib: 512 }
+//! overlay_channel: disk                # or console: how test definitions reach the DUT
 //! login:                               # used when the job's boot action gives none
 //!   prompts: ["# $"]
 //!   auto_login: { login_prompt: "login:", username: root }
@@ -37,6 +38,9 @@ pub struct Device {
     pub qemu: QemuConfig,
     #[serde(default)]
     pub login: LoginDefaults,
+    /// How the test overlay reaches the DUT (default: a virtio disk, console as fallback).
+    #[serde(default)]
+    pub overlay_channel: crate::overlay::OverlayChannel,
 }
 
 /// How to reach a shell when the job's boot action does not say.
@@ -90,6 +94,7 @@ impl Device {
             image_dir: None,
             qemu: QemuConfig::default(),
             login: LoginDefaults::default(),
+            overlay_channel: Default::default(),
         }
     }
 

@@ -29,10 +29,10 @@ pub mod signals;
 use device::Device;
 use driver::Power;
 use jobspec::{Action, Boot, Job};
-use overlay::Overlay;
+use overlay::{Overlay, OverlayChannel};
 use proto::{CaseResult, JobReport, Outcome, TestCase};
 use qemu::image::GuestImage;
-use qemu::{BootSpec, Vm};
+use qemu::{BootSpec, ChannelDisk, Vm};
 use regex::bytes::Regex;
 use session::{DutShell, Login, OverlayState, RunEnd};
 use sha2::{Digest, Sha256};
@@ -176,6 +176,7 @@ pub async fn run_job(
         boot: None,
         overlay: Overlay::default(),
         packed: None,
+        overlay_disk: None,
     };
     let job_limit = Limit::new("job", job.timeouts.job);
     let end = tokio::select! {
@@ -227,6 +228,8 @@ struct Run<'a> {
     boot: Option<BootSpec>,
     overlay: Overlay,
     packed: Option<Vec<u8>>,
+    /// The packed overlay as a disk image, attached at every boot (disk channel only).
+    overlay_disk: Option<ChannelDisk>,
 }
 
 impl Run<'_> {
@@ -248,11 +251,24 @@ impl Run<'_> {
         self.overlay = Overlay::prepare(self.job, &self.ctx.job_dir, &work)
             .map_err(|e| JobEnd::job_error(e.to_string()))?;
         if !self.overlay.is_empty() {
-            self.packed = Some(
-                self.overlay
-                    .pack()
-                    .map_err(|e| JobEnd::job_error(e.to_string()))?,
-            );
+            let packed = self
+                .overlay
+                .pack()
+                .map_err(|e| JobEnd::job_error(e.to_string()))?;
+            let channel = self.device.overlay_channel;
+            overlay::check_channel(packed.len(), channel)
+                .map_err(|e| JobEnd::job_error(e.to_string()))?;
+            if channel == OverlayChannel::Disk {
+                let path = work.join("overlay.img");
+                overlay::write_disk_image(&packed, &path).map_err(|e| {
+                    JobEnd::infra_error(format!("cannot write the overlay disk: {e}"))
+                })?;
+                self.overlay_disk = Some(
+                    ChannelDisk::new(path, overlay::OVERLAY_DISK_SERIAL)
+                        .map_err(|e| JobEnd::infra_error(e.to_string()))?,
+                );
+            }
+            self.packed = Some(packed);
         }
         let timeouts = &self.job.timeouts;
         for (index, action) in self.job.actions.iter().enumerate() {
@@ -421,6 +437,8 @@ impl Run<'_> {
                 spec
             }
         };
+        let mut spec = spec;
+        spec.channel_disks = self.overlay_disk.iter().cloned().collect();
         let run_dir = work.join(format!("vm-{index}"));
         let (mut vm, console) = Vm::launch(&self.device.qemu, &spec, &run_dir, limit.at)
             .await
@@ -460,9 +478,23 @@ impl Run<'_> {
         if shell.overlay == OverlayState::Absent
             && let Some(packed) = &self.packed
         {
-            shell
-                .install_overlay(packed, limit.min(connection.start()))
+            let started = std::time::Instant::now();
+            let used = shell
+                .install_overlay(
+                    packed,
+                    self.device.overlay_channel,
+                    limit.min(connection.start()),
+                )
                 .await?;
+            let _ = self.events.send(RunEvent::Note(format!(
+                "test overlay ({} bytes) installed over the {} in {:.1}s",
+                packed.len(),
+                match used {
+                    OverlayChannel::Disk => "overlay disk",
+                    OverlayChannel::Console => "console",
+                },
+                started.elapsed().as_secs_f64()
+            )));
         }
         for run in &runs {
             match shell.run_test(run, limit, &self.events, cases).await? {

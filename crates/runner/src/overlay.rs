@@ -15,6 +15,7 @@
 //! - Parameter values reach the DUT shell single-quoted: they are data, never evaluated by
 //!   the generated script itself; names must be shell identifiers.
 //! - The packed overlay never exceeds [`MAX_OVERLAY`] bytes; a larger one is a job error.
+//!   Over the console it is further capped at [`MAX_CONSOLE_OVERLAY`] (see [`OverlayChannel`]).
 //! - Nothing in here runs a host shell: git is executed with an argument vector.
 
 use jobspec::{DefinitionSource, Job, TestDefinition};
@@ -24,8 +25,27 @@ use std::path::{Path, PathBuf};
 
 /// Where the overlay unpacks in the DUT.
 pub const OVERLAY_ROOT: &str = "/lava-dutlab";
-/// Largest compressed overlay sent to a DUT.
-pub const MAX_OVERLAY: usize = 8 << 20;
+/// Largest compressed overlay sent to a DUT (by a channel disk).
+pub const MAX_OVERLAY: usize = 256 << 20;
+/// Largest compressed overlay typed over a serial console (base64 lines, ~1 s per 100 KiB).
+pub const MAX_CONSOLE_OVERLAY: usize = 8 << 20;
+
+/// How the packed overlay reaches the DUT.
+///
+/// `Disk`: written to a read-only raw virtio disk (serial [`OVERLAY_DISK_SERIAL`]) attached at
+/// boot; the DUT streams it from the block device into `tar`. A DUT whose kernel shows no
+/// such disk falls back to the console when the overlay fits [`MAX_CONSOLE_OVERLAY`].
+/// `Console`: base64 lines typed into the shell, for DUTs with nothing but a shell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OverlayChannel {
+    #[default]
+    Disk,
+    Console,
+}
+
+/// The virtio serial of the overlay disk, looked up in the DUT's `/sys/block/*/serial`.
+pub const OVERLAY_DISK_SERIAL: &str = "dutlab-overlay";
 
 const HELPERS: [(&str, &str); 5] = [
     ("lava-common", include_str!("../dut/lava-common")),
@@ -197,14 +217,40 @@ impl Overlay {
             return Err(OverlayError {
                 field: "actions[].test.definitions".into(),
                 reason: format!(
-                    "the test overlay is {} bytes compressed, more than the {MAX_OVERLAY} a \
-                     console transfer allows; use smaller repositories",
+                    "the test overlay is {} bytes compressed, more than the {MAX_OVERLAY} \
+                     dutlab sends to a DUT; use smaller repositories or `history: false`",
                     bytes.len()
                 ),
             });
         }
         Ok(bytes)
     }
+}
+
+/// Checks that a packed overlay of `len` bytes can travel by `channel`.
+pub fn check_channel(len: usize, channel: OverlayChannel) -> Result<(), OverlayError> {
+    if channel == OverlayChannel::Console && len > MAX_CONSOLE_OVERLAY {
+        return Err(OverlayError {
+            field: "actions[].test.definitions".into(),
+            reason: format!(
+                "the test overlay is {len} bytes compressed, more than the \
+                 {MAX_CONSOLE_OVERLAY} this device's console transfer allows (it has no \
+                 overlay disk); use smaller repositories or `history: false`"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Writes `packed` as a raw disk image (padded to whole 512-byte sectors) at `path`.
+pub fn write_disk_image(packed: &[u8], path: &Path) -> std::io::Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)?;
+    file.write_all(packed)?;
+    let pad = (512 - packed.len() % 512) % 512;
+    file.write_all(&vec![0u8; pad])
 }
 
 fn append<W: Write>(

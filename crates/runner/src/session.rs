@@ -7,11 +7,14 @@
 //! Invariants:
 //! - After `prepare_shell` the prompt is the runner's own (`dutlab-test: # `) and terminal echo
 //!   is off, so nothing the runner types can be mistaken for DUT output.
-//! - The overlay is installed once per boot and verified by sha256 in the DUT before use.
+//! - The overlay is installed once per boot and verified by sha256 in the DUT before use,
+//!   by the overlay disk when the DUT shows one, else over the console.
 //! - Signals and parse patterns are read only between a run's STARTRUN and ENDRUN.
 //! - Every wait has a deadline (a [`Limit`]); running out maps to timed-out with the level named.
 
-use crate::overlay::{OVERLAY_ROOT, TestRun};
+use crate::overlay::{
+    MAX_CONSOLE_OVERLAY, OVERLAY_DISK_SERIAL, OVERLAY_ROOT, OverlayChannel, TestRun,
+};
 use crate::signals::{Signal, parse_signal};
 use crate::{JobEnd, Limit, RunEvent};
 use driver::expect::{Expect, ExpectError, LineOr};
@@ -116,8 +119,88 @@ impl DutShell {
         Ok(())
     }
 
-    /// Copies the packed overlay into the DUT and unpacks it under [`OVERLAY_ROOT`].
-    pub async fn install_overlay(&mut self, packed: &[u8], limit: Limit) -> Result<(), JobEnd> {
+    /// Copies the packed overlay into the DUT and unpacks it under [`OVERLAY_ROOT`], by the
+    /// overlay disk when `channel` is [`OverlayChannel::Disk`] and the DUT shows it, else over
+    /// the console. Returns the channel that carried it.
+    pub async fn install_overlay(
+        &mut self,
+        packed: &[u8],
+        channel: OverlayChannel,
+        limit: Limit,
+    ) -> Result<OverlayChannel, JobEnd> {
+        let used = match channel {
+            OverlayChannel::Disk => match self.find_overlay_disk(limit).await? {
+                Some(device) => {
+                    self.overlay_from_disk(&device, packed, limit).await?;
+                    OverlayChannel::Disk
+                }
+                None if packed.len() <= MAX_CONSOLE_OVERLAY => {
+                    self.overlay_over_console(packed, limit).await?;
+                    OverlayChannel::Console
+                }
+                None => {
+                    return Err(JobEnd::job_error(format!(
+                        "the test overlay is {} bytes compressed, more than the \
+                         {MAX_CONSOLE_OVERLAY} a console transfer allows, and the DUT shows \
+                         no overlay disk (does its kernel have virtio-blk and /sys?)",
+                        packed.len()
+                    )));
+                }
+            },
+            OverlayChannel::Console => {
+                self.overlay_over_console(packed, limit).await?;
+                OverlayChannel::Console
+            }
+        };
+        self.overlay = OverlayState::Installed;
+        Ok(used)
+    }
+
+    /// The block device whose virtio serial is [`OVERLAY_DISK_SERIAL`], if the DUT has one.
+    async fn find_overlay_disk(&mut self, limit: Limit) -> Result<Option<String>, JobEnd> {
+        let out = self
+            .run_ok(
+                &format!(
+                    "(for s in /sys/block/*/serial; do [ \"$(cat \"$s\" 2>/dev/null)\" = {OVERLAY_DISK_SERIAL} ] && b=${{s%/serial}} && echo \"overlay-disk=/dev/${{b##*/}}\"; done; true)"
+                ),
+                limit,
+            )
+            .await?;
+        Ok(out.lines().find_map(|line| {
+            let device = line.trim().strip_prefix("overlay-disk=")?;
+            // DUT output is untrusted: accept only a plain device path.
+            let name = device.strip_prefix("/dev/")?;
+            (!name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric()))
+                .then(|| device.to_string())
+        }))
+    }
+
+    async fn overlay_from_disk(
+        &mut self,
+        device: &str,
+        packed: &[u8],
+        limit: Limit,
+    ) -> Result<(), JobEnd> {
+        // One pass over the disk: gzip's CRC-32 and length trailer are checked by `tar -z`
+        // (a damaged or short stream fails the command), and a sha256 under TCG would
+        // cost more than the copy itself.
+        let len = packed.len();
+        self.run_ok(
+            &format!("rm -rf {OVERLAY_ROOT} && head -c {len} {device} | tar -xzf - -C /"),
+            limit,
+        )
+        .await
+        .map_err(|e| match e.outcome {
+            proto::Outcome::InfraError => JobEnd::infra_error(format!(
+                "test overlay from {device} did not unpack (damaged?): {}",
+                e.reason
+            )),
+            _ => e,
+        })?;
+        Ok(())
+    }
+
+    async fn overlay_over_console(&mut self, packed: &[u8], limit: Limit) -> Result<(), JobEnd> {
         let encoded = base64(packed);
         self.run_ok(
             "rm -f /tmp/dutlab-overlay.b64 /tmp/dutlab-overlay.tgz",
@@ -138,13 +221,7 @@ impl DutShell {
                 limit,
             )
             .await?;
-        let want = crate::sha256_hex(packed);
-        if !out.contains(&want) {
-            return Err(JobEnd::infra_error(format!(
-                "test overlay arrived damaged: sha256 in the DUT {:?}, sent {want}",
-                out.trim()
-            )));
-        }
+        self.check_arrived(&out, packed)?;
         self.run_ok(
             &format!(
                 "rm -rf {OVERLAY_ROOT} && tar -xzf /tmp/dutlab-overlay.tgz -C / && rm -f /tmp/dutlab-overlay.b64 /tmp/dutlab-overlay.tgz"
@@ -152,8 +229,19 @@ impl DutShell {
             limit,
         )
         .await?;
-        self.overlay = OverlayState::Installed;
         Ok(())
+    }
+
+    fn check_arrived(&self, sha256_output: &str, packed: &[u8]) -> Result<(), JobEnd> {
+        let want = crate::sha256_hex(packed);
+        if sha256_output.contains(&want) {
+            Ok(())
+        } else {
+            Err(JobEnd::infra_error(format!(
+                "test overlay arrived damaged: sha256 in the DUT {:?}, sent {want}",
+                sha256_output.trim()
+            )))
+        }
     }
 
     /// Runs one test definition, turning signals and parse-pattern matches into cases.
