@@ -250,10 +250,18 @@ fn read_job(path: &Path) -> Result<(String, jobspec::Job), String> {
     Ok((file, job))
 }
 
+/// [`read_job`], then refuses a job no device type dutlab knows can run (the same check for
+/// `job validate` and `run`, before anything is fetched, built or booted).
+fn read_runnable_job(path: &Path) -> Result<(String, jobspec::Job), String> {
+    let (file, job) = read_job(path)?;
+    jobspec::check_runnable(&file, &job).map_err(|e| e.to_string())?;
+    Ok((file, job))
+}
+
 fn job(command: JobCommand) -> i32 {
     match command {
         JobCommand::Remote(command) => remote::job(command),
-        JobCommand::Validate { job, json } => match read_job(&job) {
+        JobCommand::Validate { job, json } => match read_runnable_job(&job) {
             Ok((file, job)) => {
                 if json {
                     println!(
@@ -286,7 +294,7 @@ fn job(command: JobCommand) -> i32 {
 }
 
 fn run(args: RunArgs) -> i32 {
-    let (_, job) = match read_job(&args.job) {
+    let (_, job) = match read_runnable_job(&args.job) {
         Ok(j) => j,
         Err(e) => {
             eprintln!("dutlab: error: {e}");

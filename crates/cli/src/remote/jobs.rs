@@ -234,8 +234,12 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
         .submit_job(&request)
         .await
         .map_err(|e| refused(e, &file_name))?;
+    // The controller's warnings are `field: reason`; name the file as `run` and `validate` do.
     for w in &job.warnings {
-        eprintln!("dutlab: warning: {}", runner::report::printable(w));
+        eprintln!(
+            "dutlab: warning: {}",
+            runner::report::printable(&format!("{file_name}: {w}"))
+        );
     }
     if !args.follow {
         if args.json {
