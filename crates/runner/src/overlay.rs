@@ -492,4 +492,32 @@ mod tests {
         assert!(read_inside(dir.path(), &dir.path().join("link.yaml")).is_err());
         assert!(read_inside(dir.path(), &dir.path().join("../../etc/passwd")).is_err());
     }
+
+    #[test]
+    fn run_script_escapes_positional_parameters_only_in_helper_steps() {
+        let definition = jobspec::parse_test_definition(
+            "t.yaml",
+            "metadata: {format: Lava-Test Test Definition 1.0, name: t}\n\
+             run:\n  steps:\n  - lava-test-case a --shell \"echo $1 $12 $1x\"\n  - echo $1\n",
+        )
+        .unwrap();
+        let run = TestRun {
+            id: "0_t".into(),
+            definition,
+            params: BTreeMap::from([("P".to_string(), "it's".to_string())]),
+            files: None,
+            uuid: "u_0".into(),
+        };
+        let script = run_script(&run);
+        assert!(
+            script.contains("\nlava-test-case a --shell \"echo \\$1 \\$12 $1x\"\n"),
+            "{script}"
+        );
+        assert!(script.contains("\necho $1\n"), "{script}");
+        assert!(script.contains("\nP='it'\\''s'\n"), "{script}");
+        assert!(
+            !script.contains("export P\n"),
+            "params are not exported: {script}"
+        );
+    }
 }
