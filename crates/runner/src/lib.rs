@@ -29,7 +29,7 @@ pub mod signals;
 use device::Device;
 use driver::Power;
 use jobspec::{Action, Boot, Job};
-use overlay::{Overlay, OverlayChannel};
+use overlay::{Overlay, OverlayChannel, PackedOverlay};
 use proto::{CaseResult, JobReport, Outcome, TestCase};
 use qemu::image::GuestImage;
 use qemu::{BootSpec, ChannelDisk, Vm};
@@ -227,7 +227,7 @@ struct Run<'a> {
     shell: Option<DutShell>,
     boot: Option<BootSpec>,
     overlay: Overlay,
-    packed: Option<Vec<u8>>,
+    packed: Option<PackedOverlay>,
     /// The packed overlay as a disk image, attached at every boot (disk channel only).
     overlay_disk: Option<ChannelDisk>,
 }
@@ -256,17 +256,23 @@ impl Run<'_> {
                 .pack()
                 .map_err(|e| JobEnd::job_error(e.to_string()))?;
             let channel = self.device.overlay_channel;
-            overlay::check_channel(packed.len(), channel)
-                .map_err(|e| JobEnd::job_error(e.to_string()))?;
-            if channel == OverlayChannel::Disk {
-                let path = work.join("overlay.img");
-                overlay::write_disk_image(&packed, &path).map_err(|e| {
-                    JobEnd::infra_error(format!("cannot write the overlay disk: {e}"))
-                })?;
-                self.overlay_disk = Some(
-                    ChannelDisk::new(path, overlay::OVERLAY_DISK_SERIAL)
-                        .map_err(|e| JobEnd::infra_error(e.to_string()))?,
-                );
+            match channel {
+                // Refused before anything boots when it cannot fit the console.
+                OverlayChannel::Console => {
+                    packed
+                        .for_console()
+                        .map_err(|e| JobEnd::job_error(e.to_string()))?;
+                }
+                OverlayChannel::Disk => {
+                    let path = work.join("overlay.img");
+                    packed.write_disk_image(&path).map_err(|e| {
+                        JobEnd::infra_error(format!("cannot write the overlay disk: {e}"))
+                    })?;
+                    self.overlay_disk = Some(
+                        ChannelDisk::new(path, overlay::OVERLAY_DISK_SERIAL)
+                            .map_err(|e| JobEnd::infra_error(e.to_string()))?,
+                    );
+                }
             }
             self.packed = Some(packed);
         }
@@ -488,7 +494,7 @@ impl Run<'_> {
                 .await?;
             let _ = self.events.send(RunEvent::Note(format!(
                 "test overlay ({} bytes) installed over the {} in {:.1}s",
-                packed.len(),
+                packed.tar().len(),
                 match used {
                     OverlayChannel::Disk => "overlay disk",
                     OverlayChannel::Console => "console",

@@ -14,8 +14,9 @@
 //! - A run id is `<index>_<name>`, the index counting definitions across the whole job (LAVA).
 //! - Parameter values reach the DUT shell single-quoted: they are data, never evaluated by
 //!   the generated script itself; names must be shell identifiers.
-//! - The packed overlay never exceeds [`MAX_OVERLAY`] bytes; a larger one is a job error.
-//!   Over the console it is further capped at [`MAX_CONSOLE_OVERLAY`] (see [`OverlayChannel`]).
+//! - The packed overlay (a tar) never exceeds [`MAX_OVERLAY`] bytes; a larger one is a job
+//!   error. Over the console it travels gzip-compressed, capped at [`MAX_CONSOLE_OVERLAY`]
+//!   (see [`OverlayChannel`]).
 //! - Nothing in here runs a host shell: git is executed with an argument vector.
 
 use jobspec::{DefinitionSource, Job, TestDefinition};
@@ -25,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 /// Where the overlay unpacks in the DUT.
 pub const OVERLAY_ROOT: &str = "/lava-dutlab";
-/// Largest compressed overlay sent to a DUT (by a channel disk).
+/// Largest overlay (tar bytes) sent to a DUT.
 pub const MAX_OVERLAY: usize = 256 << 20;
 /// Largest compressed overlay typed over a serial console (base64 lines, ~1 s per 100 KiB).
 pub const MAX_CONSOLE_OVERLAY: usize = 8 << 20;
@@ -180,14 +181,14 @@ impl Overlay {
         self.runs.values().all(Vec::is_empty)
     }
 
-    /// Packs helpers and every run into a gzip-compressed tar.
-    pub fn pack(&self) -> Result<Vec<u8>, OverlayError> {
+    /// Packs helpers and every run into one tar (uncompressed: a DUT under TCG unpacks a
+    /// plain tar from a disk far faster than it inflates one).
+    pub fn pack(&self) -> Result<PackedOverlay, OverlayError> {
         let fail = |e: std::io::Error| OverlayError {
             field: "overlay".into(),
             reason: e.to_string(),
         };
-        let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        let mut tar = tar::Builder::new(gz);
+        let mut tar = tar::Builder::new(Vec::new());
         tar.follow_symlinks(false);
         let root = OVERLAY_ROOT.trim_start_matches('/');
         for (name, body) in HELPERS {
@@ -211,46 +212,73 @@ impl Overlay {
                 0o755,
             )
             .map_err(fail)?;
+            if tar.get_ref().len() > MAX_OVERLAY {
+                break;
+            }
         }
-        let bytes = tar.into_inner().and_then(|gz| gz.finish()).map_err(fail)?;
+        let bytes = tar.into_inner().map_err(fail)?;
         if bytes.len() > MAX_OVERLAY {
             return Err(OverlayError {
                 field: "actions[].test.definitions".into(),
                 reason: format!(
-                    "the test overlay is {} bytes compressed, more than the {MAX_OVERLAY} \
-                     dutlab sends to a DUT; use smaller repositories or `history: false`",
-                    bytes.len()
+                    "the test overlay is more than the {MAX_OVERLAY} bytes dutlab sends to a \
+                     DUT; use smaller repositories or `history: false`"
                 ),
             });
         }
-        Ok(bytes)
+        Ok(PackedOverlay { tar: bytes })
     }
 }
 
-/// Checks that a packed overlay of `len` bytes can travel by `channel`.
-pub fn check_channel(len: usize, channel: OverlayChannel) -> Result<(), OverlayError> {
-    if channel == OverlayChannel::Console && len > MAX_CONSOLE_OVERLAY {
-        return Err(OverlayError {
-            field: "actions[].test.definitions".into(),
-            reason: format!(
-                "the test overlay is {len} bytes compressed, more than the \
-                 {MAX_CONSOLE_OVERLAY} this device's console transfer allows (it has no \
-                 overlay disk); use smaller repositories or `history: false`"
-            ),
-        });
-    }
-    Ok(())
+/// The packed overlay: a tar that unpacks at `/` in the DUT.
+#[derive(Debug, Clone)]
+pub struct PackedOverlay {
+    tar: Vec<u8>,
 }
 
-/// Writes `packed` as a raw disk image (padded to whole 512-byte sectors) at `path`.
-pub fn write_disk_image(packed: &[u8], path: &Path) -> std::io::Result<()> {
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)?;
-    file.write_all(packed)?;
-    let pad = (512 - packed.len() % 512) % 512;
-    file.write_all(&vec![0u8; pad])
+impl PackedOverlay {
+    /// The tar itself (what the overlay disk holds).
+    pub fn tar(&self) -> &[u8] {
+        &self.tar
+    }
+
+    /// The tar compressed with gzip, for the console; refused when over
+    /// [`MAX_CONSOLE_OVERLAY`].
+    pub fn for_console(&self) -> Result<Vec<u8>, OverlayError> {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        let compressed = gz
+            .write_all(&self.tar)
+            .and_then(|()| gz.finish())
+            .map_err(|e| OverlayError {
+                field: "overlay".into(),
+                reason: e.to_string(),
+            })?;
+        if compressed.len() > MAX_CONSOLE_OVERLAY {
+            return Err(OverlayError {
+                field: "actions[].test.definitions".into(),
+                reason: format!(
+                    "the test overlay is {} bytes compressed, more than the \
+                     {MAX_CONSOLE_OVERLAY} a console transfer allows (the device has no \
+                     overlay disk, or the DUT's kernel shows none); use smaller repositories \
+                     or `history: false`",
+                    compressed.len()
+                ),
+            });
+        }
+        Ok(compressed)
+    }
+
+    /// Writes the tar as a raw disk image (padded with zeros to whole 512-byte sectors, which
+    /// `tar` reads as more end-of-archive blocks) at a new file `path`.
+    pub fn write_disk_image(&self, path: &Path) -> std::io::Result<()> {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)?;
+        file.write_all(&self.tar)?;
+        let pad = (512 - self.tar.len() % 512) % 512;
+        file.write_all(&vec![0u8; pad])
+    }
 }
 
 fn append<W: Write>(

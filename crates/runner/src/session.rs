@@ -7,14 +7,13 @@
 //! Invariants:
 //! - After `prepare_shell` the prompt is the runner's own (`dutlab-test: # `) and terminal echo
 //!   is off, so nothing the runner types can be mistaken for DUT output.
-//! - The overlay is installed once per boot and verified by sha256 in the DUT before use,
-//!   by the overlay disk when the DUT shows one, else over the console.
+//! - The overlay is installed once per boot, by the overlay disk when the DUT shows one
+//!   (a plain tar; `tar` checks every header), else over the console (gzip, verified by
+//!   sha256 in the DUT before use).
 //! - Signals and parse patterns are read only between a run's STARTRUN and ENDRUN.
 //! - Every wait has a deadline (a [`Limit`]); running out maps to timed-out with the level named.
 
-use crate::overlay::{
-    MAX_CONSOLE_OVERLAY, OVERLAY_DISK_SERIAL, OVERLAY_ROOT, OverlayChannel, TestRun,
-};
+use crate::overlay::{OVERLAY_DISK_SERIAL, OVERLAY_ROOT, OverlayChannel, PackedOverlay, TestRun};
 use crate::signals::{Signal, parse_signal};
 use crate::{JobEnd, Limit, RunEvent};
 use driver::expect::{Expect, ExpectError, LineOr};
@@ -124,31 +123,24 @@ impl DutShell {
     /// the console. Returns the channel that carried it.
     pub async fn install_overlay(
         &mut self,
-        packed: &[u8],
+        packed: &PackedOverlay,
         channel: OverlayChannel,
         limit: Limit,
     ) -> Result<OverlayChannel, JobEnd> {
-        let used = match channel {
-            OverlayChannel::Disk => match self.find_overlay_disk(limit).await? {
-                Some(device) => {
-                    self.overlay_from_disk(&device, packed, limit).await?;
-                    OverlayChannel::Disk
-                }
-                None if packed.len() <= MAX_CONSOLE_OVERLAY => {
-                    self.overlay_over_console(packed, limit).await?;
-                    OverlayChannel::Console
-                }
-                None => {
-                    return Err(JobEnd::job_error(format!(
-                        "the test overlay is {} bytes compressed, more than the \
-                         {MAX_CONSOLE_OVERLAY} a console transfer allows, and the DUT shows \
-                         no overlay disk (does its kernel have virtio-blk and /sys?)",
-                        packed.len()
-                    )));
-                }
-            },
-            OverlayChannel::Console => {
-                self.overlay_over_console(packed, limit).await?;
+        let disk = match channel {
+            OverlayChannel::Disk => self.find_overlay_disk(limit).await?,
+            OverlayChannel::Console => None,
+        };
+        let used = match disk {
+            Some(device) => {
+                self.overlay_from_disk(&device, limit).await?;
+                OverlayChannel::Disk
+            }
+            None => {
+                let compressed = packed
+                    .for_console()
+                    .map_err(|e| JobEnd::job_error(e.to_string()))?;
+                self.overlay_over_console(&compressed, limit).await?;
                 OverlayChannel::Console
             }
         };
@@ -175,24 +167,18 @@ impl DutShell {
         }))
     }
 
-    async fn overlay_from_disk(
-        &mut self,
-        device: &str,
-        packed: &[u8],
-        limit: Limit,
-    ) -> Result<(), JobEnd> {
-        // One pass over the disk: gzip's CRC-32 and length trailer are checked by `tar -z`
-        // (a damaged or short stream fails the command), and a sha256 under TCG would
-        // cost more than the copy itself.
-        let len = packed.len();
+    async fn overlay_from_disk(&mut self, device: &str, limit: Limit) -> Result<(), JobEnd> {
+        // `tar` reads the device up to the archive's end blocks (the image is padded with
+        // zeros). No sha256 here: the disk is read-only and local, tar checks every header,
+        // and hashing 50 MB under TCG costs more than the copy itself.
         self.run_ok(
-            &format!("rm -rf {OVERLAY_ROOT} && head -c {len} {device} | tar -xzf - -C /"),
+            &format!("rm -rf {OVERLAY_ROOT} && tar -xf {device} -C /"),
             limit,
         )
         .await
         .map_err(|e| match e.outcome {
             proto::Outcome::InfraError => JobEnd::infra_error(format!(
-                "test overlay from {device} did not unpack (damaged?): {}",
+                "test overlay from {device} did not unpack: {}",
                 e.reason
             )),
             _ => e,
