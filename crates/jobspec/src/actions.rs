@@ -14,7 +14,8 @@
 //!   written). An image is given either in `images` or at the action level, never both.
 //! - Boot prompts are not empty; `auto_login` has `password_prompt` exactly when `password`.
 //! - A test action has a non-empty `definitions` list unless it uses `monitors`, `interactive`
-//!   or `services`; definition names match `[-_a-zA-Z0-9.]+`, sources are `inline` or `git`.
+//!   or `services`; definition names match `[-_a-zA-Z0-9.]+`, sources are `inline` or `git`,
+//!   `lava-signal` is `kmsg` or `stdout` (LAVA's schema refuses any other word).
 //! - Unknown keys and LAVA features not supported yet are warnings, never errors. A key kept in
 //!   the parsed action but not acted on by dutlab (`deploy.os`, `boot.commands`, a `media` other
 //!   than tmpfs, an image's `type`, a `format` of a non-disk image, `dtb`/`modules`/`nfsrootfs`
@@ -197,6 +198,20 @@ pub struct DefinitionRef {
     pub source: DefinitionSource,
     /// `params` and `parameters` merged; scalars stringified.
     pub params: BTreeMap<String, String>,
+    /// `lava-signal`: where the run's signals are written in the DUT.
+    pub lava_signal: LavaSignal,
+}
+
+/// `lava-signal` of a test definition (LAVA accepts exactly these two words).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LavaSignal {
+    /// `stdout` (the default): signals are printed on the console.
+    #[default]
+    Stdout,
+    /// `kmsg`: the run script and the helpers write signals into the kernel log
+    /// (`/dev/kmsg`, level 0), which the kernel shows on the console; output interleaved
+    /// with kernel messages cannot split them.
+    Kmsg,
 }
 
 /// Where a test definition comes from.
@@ -786,15 +801,22 @@ fn definition_ref(cx: &mut Ctx, path: Path, v: Value) -> Result<DefinitionRef, J
         }
     };
     let params = testdef::params(cx, &mut f)?;
+    let signal_path = f.at("lava-signal");
+    let lava_signal = match f.opt_text(cx, "lava-signal")?.as_deref() {
+        None | Some("stdout") => LavaSignal::Stdout,
+        Some("kmsg") => LavaSignal::Kmsg,
+        Some(other) => {
+            return Err(cx.err(
+                &signal_path,
+                format!("'{other}' is not a signal channel (use kmsg or stdout)"),
+            ));
+        }
+    };
     const FROM_URL: &str = "used only with 'from: url', which dutlab does not support";
     f.ignore(
         cx,
         &[
             ("skip_install", "install steps always run"),
-            (
-                "lava-signal",
-                "signals are read from the console as printed; kmsg is not selected",
-            ),
             (
                 "expected",
                 "test cases that never reported are not listed as missing",
@@ -810,5 +832,6 @@ fn definition_ref(cx: &mut Ctx, path: Path, v: Value) -> Result<DefinitionRef, J
         path: def_path,
         source,
         params,
+        lava_signal,
     })
 }

@@ -30,7 +30,7 @@ mod yaml;
 
 pub use actions::{
     Action, AutoLogin, Boot, Compression, DefinitionRef, DefinitionSource, Deploy, Image,
-    ImageRole, ImageSource, Test, image_role,
+    ImageRole, ImageSource, LavaSignal, Test, image_role,
 };
 pub use devices::{DEVICE_TYPES, DeviceType, check_runnable};
 pub use duration::parse_duration;

@@ -102,8 +102,9 @@ fn honoured_keys_do_not_warn() {
         - test:\n    timeout: 5m\n    namespace: dut\n    definitions:\n\
         \x20   - from: git\n      repository: https://example.org/tests.git\n      path: smoke.yaml\n\
         \x20     name: smoke\n      revision: 0123abc\n      branch: main\n      history: false\n\
-        \x20     params: {A: 1}\n      parameters: {B: 2}\n\
-        \x20   - from: inline\n      name: inline\n      path: inline/t.yaml\n      repository:\n\
+        \x20     params: {A: 1}\n      parameters: {B: 2}\n      lava-signal: kmsg\n\
+        \x20   - from: inline\n      name: inline\n      path: inline/t.yaml\n      lava-signal: stdout\n\
+        \x20     repository:\n\
         \x20       metadata:\n          format: Lava-Test Test Definition 1.0\n          name: inline\n\
         \x20         description: d\n          version: '1.0'\n          maintainer: [me@example.org]\n\
         \x20         os: [debian]\n          scope: [functional]\n          devices: [qemu]\n\
@@ -451,12 +452,6 @@ const CASES: &[(At, &str, &str, &str)] = &[
     ),
     (
         At::GitRef,
-        "lava-signal: kmsg",
-        "actions[2].test.definitions[0].lava-signal",
-        "kmsg is not selected",
-    ),
-    (
-        At::GitRef,
         "expected: [a, b]",
         "actions[2].test.definitions[0].expected",
         "not listed as missing",
@@ -597,4 +592,36 @@ fn standalone_definitions_warn_too() {
         .collect();
     assert_eq!(warned, ["install.deps", "expected"]);
     assert_eq!(def.install_steps, ["echo hi"]);
+}
+
+#[test]
+fn lava_signal_is_honoured_and_only_kmsg_or_stdout() {
+    use dutlab_jobspec::{Action, LavaSignal};
+    let signal = |snippet: &str| {
+        let job = parsed(&template(At::GitRef, snippet));
+        assert!(job.warnings.is_empty(), "{snippet}: {:?}", job.warnings);
+        let Some(Action::Test(test)) = job.actions.get(2) else {
+            panic!("{snippet}: no test action")
+        };
+        (
+            test.definitions[0].lava_signal,
+            test.definitions[1].lava_signal,
+        )
+    };
+    assert_eq!(
+        signal("lava-signal: kmsg"),
+        (LavaSignal::Kmsg, LavaSignal::Stdout)
+    );
+    assert_eq!(
+        signal("lava-signal: stdout"),
+        (LavaSignal::Stdout, LavaSignal::Stdout)
+    );
+    assert_eq!(signal(""), (LavaSignal::Stdout, LavaSignal::Stdout));
+    let err = parse_job("job.yaml", &template(At::GitRef, "lava-signal: serial"))
+        .expect_err("LAVA's schema refuses other words");
+    assert_eq!(
+        err.to_string(),
+        "job.yaml: actions[2].test.definitions[0].lava-signal: 'serial' is not a signal \
+         channel (use kmsg or stdout)"
+    );
 }
