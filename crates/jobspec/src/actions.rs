@@ -28,6 +28,7 @@ use std::time::Duration;
 use crate::JobError;
 use crate::duration::timeout;
 use crate::fields::{Ctx, Fields, Path, boolean, text, text_list, text_or_list};
+use crate::job::TIMED_ACTIONS;
 use crate::testdef::{self, TestDefinition};
 use crate::yaml::Value;
 
@@ -46,6 +47,17 @@ impl Action {
             Action::Deploy(_) => "deploy",
             Action::Boot(_) => "boot",
             Action::Test(_) => "test",
+        }
+    }
+
+    /// The LAVA action name this action answers to in `timeouts.actions` and
+    /// `timeouts.connections`: one of [`TIMED_ACTIONS`] (`deployimages`, `boot-qemu-image`,
+    /// `lava-test-shell`).
+    pub fn lava_name(&self) -> &'static str {
+        match self {
+            Action::Deploy(_) => TIMED_ACTIONS[0],
+            Action::Boot(_) => TIMED_ACTIONS[1],
+            Action::Test(_) => TIMED_ACTIONS[2],
         }
     }
 

@@ -438,7 +438,8 @@ fn timeouts(cx: &mut Ctx, path: Path, v: Value) -> Result<Timeouts, JobError> {
 }
 
 /// The LAVA action names dutlab's deploy, boot and test actions answer to in
-/// `timeouts.actions` and `timeouts.connections` (the runner looks these names up).
+/// `timeouts.actions` and `timeouts.connections`, in that order ([`Action::lava_name`] picks
+/// an action's; the runner looks timeouts up by it).
 pub const TIMED_ACTIONS: [&str; 3] = ["deployimages", "boot-qemu-image", "lava-test-shell"];
 
 fn protocols(cx: &mut Ctx, path: Path, v: Value) -> Result<Protocols, JobError> {

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use dutlab_jobspec::{
-    Action, Compression, DefinitionSource, ImageSource, Job, NOT_HONOURED, Visibility, parse_job,
+    Action, Compression, DefinitionSource, ImageSource, Job, NOT_HONOURED, TIMED_ACTIONS,
+    Visibility, parse_job,
 };
 
 const QEMU_SMOKE: &str = include_str!("fixtures/qemu-smoke.yaml");
@@ -378,4 +379,28 @@ fn namespaces_and_interactive() {
             .iter()
             .any(|w| w.field == "actions[1].test.interactive")
     );
+}
+
+#[test]
+fn each_action_answers_to_its_timed_lava_name_and_only_those_do_not_warn() {
+    let job = parse(
+        "t.yaml",
+        "job_name: x\ndevice_type: qemu\n\
+         timeouts:\n  actions: {deployimages: 1m, boot-qemu-image: 2m, lava-test-shell: 3m, \
+         auto-login-action: 4m}\n\
+         actions:\n- deploy: {to: tmpfs, images: {}}\n- boot: {method: qemu}\n\
+         - test: {definitions: [{from: git, name: t, path: t.yaml, repository: r}]}\n",
+    );
+    let names: Vec<&str> = job.actions.iter().map(Action::lava_name).collect();
+    assert_eq!(names, TIMED_ACTIONS);
+    for (action, minutes) in job.actions.iter().zip(1..) {
+        assert_eq!(job.timeouts.actions[action.lava_name()], mins(minutes));
+    }
+    let warned: Vec<&str> = job
+        .warnings
+        .iter()
+        .filter(|w| w.field.starts_with("timeouts.actions."))
+        .map(|w| w.field.as_str())
+        .collect();
+    assert_eq!(warned, ["timeouts.actions.auto-login-action"]);
 }

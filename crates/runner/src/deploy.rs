@@ -8,10 +8,12 @@
 //!   written. Every disk image boots from a fresh qcow2 linked clone in the work directory.
 //! - `image_arg` is split like a shell would split words but nothing is evaluated: the only
 //!   substitution is `{name}` -> the path of image `name`.
+//! - What an image is (kernel, initrd, disk, unused) comes from `jobspec::image_role` alone,
+//!   the table the job's warnings are made from.
 //! - Every failure here is the job's fault (job-error) except a failing `qemu-img` (infra-error).
 
 use crate::JobEnd;
-use jobspec::{Compression, Image, ImageSource};
+use jobspec::{Compression, Image, ImageRole, ImageSource, image_role};
 use qemu::image::GuestImage;
 use qemu::{BootSpec, Drive};
 use sha2::{Digest, Sha256};
@@ -35,9 +37,9 @@ pub async fn deploy_images(
     for (name, image) in images {
         let field = format!("{field}.images.{name}");
         let local = fetch(image, &field, job_dir, work_dir, name, deadline).await?;
-        let path = match role(name) {
-            Role::Kernel | Role::Initrd | Role::Ignored => local,
-            Role::Disk => {
+        let path = match image_role(name) {
+            ImageRole::Kernel | ImageRole::Initrd | ImageRole::Unused => local,
+            ImageRole::Disk => {
                 let format = match &image.format {
                     Some(f) => f.clone(),
                     None => qemu::disk::detect_format(&local)
@@ -65,14 +67,14 @@ pub async fn deploy_images(
             );
             continue;
         }
-        match role(name) {
-            Role::Kernel => boot.kernel = Some(path.clone()),
-            Role::Initrd => boot.initrd = Some(path.clone()),
-            Role::Disk => boot.drives.push(Drive {
+        match image_role(name) {
+            ImageRole::Kernel => boot.kernel = Some(path.clone()),
+            ImageRole::Initrd => boot.initrd = Some(path.clone()),
+            ImageRole::Disk => boot.drives.push(Drive {
                 path: path.clone(),
                 format: "qcow2".into(),
             }),
-            Role::Ignored => {}
+            ImageRole::Unused => {}
         }
     }
     Ok(boot)
@@ -95,24 +97,6 @@ pub async fn deploy_default(image: &GuestImage, work_dir: &Path) -> Result<BootS
         image_args: Vec::new(),
         channel_disks: Vec::new(),
     })
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
-    Kernel,
-    Initrd,
-    Disk,
-    /// Device trees and other files QEMU on x86 does not take.
-    Ignored,
-}
-
-fn role(name: &str) -> Role {
-    match name {
-        "kernel" => Role::Kernel,
-        "initrd" | "ramdisk" => Role::Initrd,
-        "dtb" | "modules" | "nfsrootfs" => Role::Ignored,
-        _ => Role::Disk,
-    }
 }
 
 /// Resolves (or downloads), verifies and decompresses one image; returns the local file to use.
@@ -185,6 +169,8 @@ async fn fetch(
             })?;
             Ok(out)
         }
+        // Refused by `jobspec::check_runnable` before the run starts; kept for callers of
+        // `deploy_images` that did not check.
         other => Err(JobEnd::job_error(format!(
             "{field}.compression: {other:?} is not supported yet (use gz, xz or none)"
         ))),

@@ -18,6 +18,9 @@
 //! - Three timeout levels: job (whole run), action (each action), connection (each wait for
 //!   the DUT inside boot and setup). The earliest deadline binds and is named when it fires.
 //! - Cancellation is checked at every await point of the job and leads to the same teardown.
+//! - What a device type can run (deploy targets, boot methods, architectures) is jobspec's
+//!   one table: a job `jobspec::check_runnable` refuses ends as a job error with its
+//!   `field: reason` before anything is fetched or booted; the runner keeps no copy of it.
 
 pub mod deploy;
 pub mod device;
@@ -250,6 +253,10 @@ impl Run<'_> {
         self.work_dir = Some(work_dir);
         self.overlay = Overlay::prepare(self.job, &self.ctx.job_dir, &work)
             .map_err(|e| JobEnd::job_error(e.to_string()))?;
+        // Warnings of definitions fetched from git: only the run reads those files.
+        for warning in &self.overlay.warnings {
+            self.note(format!("warning: {warning}"));
+        }
         if !self.overlay.is_empty() {
             let packed = self
                 .overlay
@@ -278,11 +285,7 @@ impl Run<'_> {
         }
         let timeouts = &self.job.timeouts;
         for (index, action) in self.job.actions.iter().enumerate() {
-            let (name, lava_name) = match action {
-                Action::Deploy(_) => ("deploy", "deployimages"),
-                Action::Boot(_) => ("boot", "boot-qemu-image"),
-                Action::Test(_) => ("test", "lava-test-shell"),
-            };
+            let (name, lava_name) = (action.kind(), action.lava_name());
             let _ = self.events.send(RunEvent::ActionStarted { index, name });
             let length = action
                 .timeout()
@@ -302,12 +305,6 @@ impl Run<'_> {
             match action {
                 Action::Deploy(d) => {
                     let field = format!("actions[{index}].deploy");
-                    if d.to != "tmpfs" {
-                        return Err(JobEnd::job_error(format!(
-                            "{field}.to: '{}' is not supported by a QEMU device (use tmpfs)",
-                            d.to
-                        )));
-                    }
                     let boot = deploy::deploy_images(
                         &d.images,
                         &field,
@@ -320,7 +317,7 @@ impl Run<'_> {
                 }
                 Action::Boot(b) => {
                     let login = self.login_for(b, index)?;
-                    self.boot_dut(b, index, &work, &login, limit, connection)
+                    self.boot_dut(index, &work, &login, limit, connection)
                         .await?;
                 }
                 Action::Test(_) => {
@@ -331,25 +328,16 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// Refuses, before anything is fetched or booted, a job no device type dutlab knows can
+    /// run (`jobspec::check_runnable`, the check of `dutlab job validate`; the reason is its
+    /// `field: reason`) or whose `device_type` is not this device's.
     fn check_device(&self) -> Result<(), JobEnd> {
-        if self.job.protocols.multinode.is_some() {
-            return Err(JobEnd::job_error(
-                "protocols.lava-multinode: multinode jobs need a controller (dutlab serve); \
-                 a local run drives one device",
-            ));
-        }
+        jobspec::check_runnable("job", self.job)
+            .map_err(|e| JobEnd::job_error(format!("{}: {}", e.field, e.reason)))?;
         if self.job.device_type != self.device.device_type {
             return Err(JobEnd::job_error(format!(
                 "device_type: the job wants '{}', device '{}' is '{}'",
                 self.job.device_type, self.device.name, self.device.device_type
-            )));
-        }
-        if let Some(arch) = &self.job.context.arch
-            && !matches!(arch.as_str(), "amd64" | "x86_64" | "x86-64")
-        {
-            return Err(JobEnd::job_error(format!(
-                "context.arch: '{arch}' is not supported by {} (amd64 only)",
-                self.device.qemu.binary
             )));
         }
         Ok(())
@@ -415,20 +403,13 @@ impl Run<'_> {
 
     async fn boot_dut(
         &mut self,
-        boot: &Boot,
         index: usize,
         work: &std::path::Path,
         login: &Login,
         limit: Limit,
         connection: ConnectionTimeout,
     ) -> Result<(), JobEnd> {
-        if boot.method != "qemu" {
-            return Err(JobEnd::job_error(format!(
-                "actions[{index}].boot.method: '{}' is not supported by a QEMU device (use qemu)",
-                boot.method
-            )));
-        }
-        // A second boot replaces the first DUT.
+        // `check_device` refused any boot method but qemu. A second boot replaces the first DUT.
         self.power_off().await;
         let spec = match &self.boot {
             Some(spec) => spec.clone(),

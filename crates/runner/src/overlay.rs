@@ -88,6 +88,10 @@ impl TestRun {
 #[derive(Debug, Default)]
 pub struct Overlay {
     pub runs: BTreeMap<usize, Vec<TestRun>>,
+    /// Warnings of the definitions read from git repositories (inline definitions warn with
+    /// the job), for people: `actions[1].test.definitions[0].path: FILE: FIELD: MESSAGE`,
+    /// control characters replaced.
+    pub warnings: Vec<String>,
 }
 
 /// Why the overlay could not be prepared. Always the job's fault or a missing tool on the host.
@@ -100,7 +104,8 @@ pub struct OverlayError {
 
 impl Overlay {
     /// Resolves every test definition of the job. `job_dir` anchors relative repository
-    /// paths; clones go under `work_dir`.
+    /// paths; clones go under `work_dir`. The warnings of definitions read from git go to
+    /// [`Overlay::warnings`] (job validation never sees those files).
     pub fn prepare(job: &Job, job_dir: &Path, work_dir: &Path) -> Result<Overlay, OverlayError> {
         let mut overlay = Overlay::default();
         let mut index = 0usize;
@@ -150,6 +155,12 @@ impl Overlay {
                             (definition, Some(dir))
                         }
                     };
+                // From git only: an inline definition's warnings are the job's own.
+                if files.is_some() {
+                    overlay.warnings.extend(definition.warnings.iter().map(|w| {
+                        crate::report::printable(&format!("{field}.path: {}: {w}", def.path))
+                    }));
+                }
                 let mut params = definition.params.clone();
                 params.extend(def.params.clone());
                 for name in params.keys() {
