@@ -1,6 +1,7 @@
 //! System tests of what `dutlab job validate`, `dutlab run` and `dutlab job submit` say about a
-//! job before it runs: warnings for keys dutlab accepts but does not honour, the refusal of
-//! jobs no known device type can run, and the quoting hint for steps YAML reads as mappings.
+//! job before it runs: warnings for keys dutlab accepts but does not honour (also those of test
+//! definitions `dutlab run` fetches from git), the refusal of jobs no known device type can run
+//! (by all three commands), and the quoting hint for steps YAML reads as mappings.
 //!
 //! None of these needs QEMU or the guest image: every command here ends before a DUT boots.
 //! The commands run with `DUTLAB_IMAGE_DIR` pointing at a directory that does not exist, and
@@ -66,11 +67,50 @@ impl Env {
         Ok(done)
     }
 
+    /// A `dutlab serve` on a free port.
+    fn serve(&self) -> Result<Lab> {
+        let data_dir = self.sandbox.path().join("data");
+        let mut serve = self.command(&["serve", "--listen", "127.0.0.1:0", "--data-dir"])?;
+        serve.arg(&data_dir);
+        let controller = Spawned::start(serve)?;
+        controller.wait_for_stderr("listening on http://", Duration::from_secs(30))?;
+        let stderr = controller.stderr_text();
+        let port: u16 = stderr
+            .split("listening on http://127.0.0.1:")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|p| p.parse().ok())
+            .with_context(|| format!("no port in {stderr}"))?;
+        let token = std::fs::read_to_string(data_dir.join("admin-token"))?
+            .trim()
+            .to_owned();
+        Ok(Lab {
+            _controller: controller,
+            url: format!("http://127.0.0.1:{port}"),
+            token,
+        })
+    }
+
+    /// `dutlab job ARGS` against `lab`.
+    fn job_remote(&self, lab: &Lab, args: &[&str]) -> Result<Finished> {
+        let mut cmd = self.command(&[&["job"], args].concat())?;
+        cmd.env("DUTLAB_URL", &lab.url)
+            .env("DUTLAB_TOKEN", &lab.token);
+        Spawned::start(cmd)?.finish(LIMIT)
+    }
+
     fn write(&self, name: &str, text: &str) -> Result<PathBuf> {
         let path = self.sandbox.path().join(name);
         std::fs::write(&path, text)?;
         Ok(path)
     }
+}
+
+/// A running controller (stopped when dropped).
+struct Lab {
+    _controller: Spawned,
+    url: String,
+    token: String,
 }
 
 fn arg(path: &Path) -> Result<&str> {
@@ -319,29 +359,177 @@ fn an_install_step_yaml_reads_as_a_mapping_gets_the_hint_too() -> Result<()> {
 #[test]
 fn submit_prints_the_warnings_of_the_controller() -> Result<()> {
     let env = Env::new()?;
-    let data_dir = env.sandbox.path().join("data");
-    let mut serve = env.command(&["serve", "--listen", "127.0.0.1:0", "--data-dir"])?;
-    serve.arg(&data_dir);
-    let controller = Spawned::start(serve)?;
-    controller.wait_for_stderr("listening on http://", Duration::from_secs(30))?;
-    let stderr = controller.stderr_text();
-    let port: u16 = stderr
-        .split("listening on http://127.0.0.1:")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|p| p.parse().ok())
-        .with_context(|| format!("no port in {stderr}"))?;
-    let token = std::fs::read_to_string(data_dir.join("admin-token"))?
-        .trim()
-        .to_owned();
+    let lab = env.serve()?;
     let job = env.write("ignored.yaml", &ignored_keys_job())?;
-    let mut submit = env.command(&["job", "submit", arg(&job)?, "--wait-for-device"])?;
-    submit
-        .env("DUTLAB_URL", format!("http://127.0.0.1:{port}"))
-        .env("DUTLAB_TOKEN", token);
-    let done = Spawned::start(submit)?.finish(LIMIT)?;
+    let done = env.job_remote(&lab, &["submit", arg(&job)?, "--wait-for-device"])?;
     expect_code(&done, 0)?;
     expect_warnings(&done.stderr)?;
-    drop(controller);
+    Ok(())
+}
+
+/// `dutlab job submit` refuses (400, exit 4) what `job validate` refuses, with the same
+/// `file: field: reason`, and queues nothing.
+#[test]
+fn submit_refuses_what_validate_refuses() -> Result<()> {
+    let env = Env::new()?;
+    let lab = env.serve()?;
+    let refused = [
+        (
+            "job.yaml",
+            format!(
+                "job_name: tftp\ndevice_type: qemu\nactions:\n\
+                 - deploy:\n    to: tftp\n    kernel: {{url: file:///nonexistent/zImage}}\n\
+                 - boot:\n    method: qemu\n    prompts: ['# $']\n{TEST_ACTION}"
+            ),
+            "job.yaml: actions[0].deploy.to: 'tftp' needs a device with a TFTP server; the \
+             device types dutlab knows (qemu) deploy to tmpfs only",
+        ),
+        (
+            "uboot.yaml",
+            format!(
+                "job_name: uboot\ndevice_type: qemu\nactions:\n\
+                 - boot:\n    method: u-boot\n    commands: ramdisk\n    prompts: ['# $']\n\
+                 {TEST_ACTION}"
+            ),
+            "uboot.yaml: actions[0].boot.method: 'u-boot' needs a device with the U-Boot \
+             bootloader; the device types dutlab knows (qemu) boot with qemu only",
+        ),
+        (
+            "arm.yaml",
+            format!(
+                "job_name: arm\ndevice_type: qemu\ncontext: {{arch: arm64}}\nactions:\n\
+                 - boot:\n    method: qemu\n    prompts: ['# $']\n{TEST_ACTION}"
+            ),
+            "arm.yaml: context.arch: 'arm64' needs a device of that architecture; the device \
+             types dutlab knows (qemu) run amd64 only",
+        ),
+    ];
+    for (name, text, message) in &refused {
+        let job = env.write(name, text)?;
+        let validated = env.dutlab(&["job", "validate", arg(&job)?])?;
+        expect_code(&validated, JOB_ERROR)?;
+        ensure!(
+            validated
+                .stderr
+                .lines()
+                .any(|l| l == format!("dutlab: error: {message}")),
+            "validate {name}: {}",
+            validated.stderr
+        );
+        // --wait-for-device: the refusal is not about the lab having no device yet.
+        let done = env.job_remote(&lab, &["submit", arg(&job)?, "--wait-for-device"])?;
+        expect_code(&done, JOB_ERROR)?;
+        let want = format!("dutlab: error: job refused: {message}");
+        ensure!(
+            done.stderr.lines().any(|l| l == want),
+            "submit {name}: wanted the line {want:?} in:\n{}",
+            done.stderr
+        );
+    }
+    let listed = env.job_remote(&lab, &["list", "--json"])?;
+    expect_code(&listed, 0)?;
+    let jobs: serde_json::Value = serde_json::from_str(&listed.stdout)?;
+    ensure!(
+        jobs.as_array().is_some_and(|j| j.is_empty()),
+        "queued: {jobs}"
+    );
+    // The control case: a runnable job is queued.
+    let job = env.write("ignored.yaml", &ignored_keys_job())?;
+    let done = env.job_remote(&lab, &["submit", arg(&job)?, "--wait-for-device"])?;
+    expect_code(&done, 0)?;
+    Ok(())
+}
+
+/// A git repository in the sandbox with a test definition that has keys dutlab ignores.
+fn definitions_repo(env: &Env) -> Result<()> {
+    let repo = env.sandbox.path().join("defs");
+    std::fs::create_dir_all(repo.join("smoke"))?;
+    std::fs::write(
+        repo.join("smoke/smoke.yaml"),
+        "metadata: {format: Lava-Test Test Definition 1.0, name: smoke}\n\
+         install:\n  deps: [curl]\n\
+         run:\n  steps:\n  - echo hi\n",
+    )?;
+    for args in [
+        &["init", "--quiet"][..],
+        &["add", "."],
+        &["commit", "--quiet", "-m", "defs"],
+    ] {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(&repo)
+            .args([
+                "-c",
+                "user.name=dutlab",
+                "-c",
+                "user.email=dutlab@example.invalid",
+            ])
+            .args(args)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .stdin(Stdio::null())
+            .output()?;
+        ensure!(out.status.success(), "git {args:?}: {out:?}");
+    }
+    Ok(())
+}
+
+/// `job validate` does not clone: the warnings of a definition from git come from `dutlab
+/// run`, which clones and parses it before the first action (here the deploy action ends the
+/// job: its kernel does not exist, so nothing boots).
+#[test]
+fn run_prints_the_warnings_of_a_definition_from_git_before_the_first_action() -> Result<()> {
+    let env = Env::new()?;
+    definitions_repo(&env)?;
+    let job = env.write(
+        "git.yaml",
+        "job_name: from git\ndevice_type: qemu\nactions:\n\
+         - deploy:\n    to: tmpfs\n    images:\n      kernel: {url: file:///nonexistent/vmlinuz}\n\
+         - boot:\n    method: qemu\n    prompts: ['# $']\n\
+         - test:\n    definitions:\n    - {from: git, name: smoke, repository: defs, \
+         path: smoke/smoke.yaml}\n",
+    )?;
+    let want = "dutlab: warning: actions[2].test.definitions[0].path: smoke/smoke.yaml: \
+                install.deps: accepted, not honoured by dutlab yet: packages are not installed \
+                in the DUT; install them in a step";
+
+    let validated = env.dutlab(&["job", "validate", arg(&job)?])?;
+    expect_code(&validated, 0)?;
+    ensure!(
+        !validated.stderr.contains("install.deps"),
+        "{}",
+        validated.stderr
+    );
+
+    let done = env.dutlab(&["run", arg(&job)?])?;
+    expect_code(&done, JOB_ERROR)?;
+    let lines: Vec<&str> = done.stderr.lines().collect();
+    let warning = lines
+        .iter()
+        .position(|l| *l == want)
+        .with_context(|| format!("no line {want:?} in:\n{}", done.stderr))?;
+    let deploy = lines
+        .iter()
+        .position(|l| *l == "dutlab: action 0: deploy")
+        .with_context(|| format!("no deploy action in:\n{}", done.stderr))?;
+    ensure!(
+        warning < deploy,
+        "warned after the first action:\n{}",
+        done.stderr
+    );
+    ensure!(
+        lines
+            .iter()
+            .filter(|l| l.contains("dutlab: warning"))
+            .count()
+            == 1,
+        "{}",
+        done.stderr
+    );
+    ensure!(
+        done.stdout
+            .contains("actions[0].deploy.images.kernel.url: /nonexistent/vmlinuz: no such file"),
+        "{}",
+        done.stdout
+    );
     Ok(())
 }

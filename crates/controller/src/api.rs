@@ -4,8 +4,9 @@
 //! - Every route here sits behind [`authenticate`]: no token or an unknown one is 401 before
 //!   the route looks at anything else; roles are checked first thing in each handler (403).
 //! - Reading or cancelling a job goes through the dispatcher's visibility check, on the server.
-//! - Job files are parsed by `jobspec` at submit: a bad one is 400 naming file and field, and
-//!   nothing is queued. Bodies above the limit are refused from their `Content-Length` (413).
+//! - Job files are parsed by `jobspec` at submit and checked with `jobspec::check_runnable`,
+//!   as `dutlab job validate` does: a bad one, or one no device type dutlab knows can run, is
+//!   400 naming file, field and reason, and nothing is queued. Bodies above the limit are refused from their `Content-Length` (413).
 //! - Followers get each log record once, in order, from their cursor: the stream subscribes
 //!   to live records before reading the file and skips what it already sent.
 
@@ -263,11 +264,8 @@ pub async fn submit_job(
         .to_owned();
     let bad = |message: String| ApiFailure::new(StatusCode::BAD_REQUEST, message);
     let job = jobspec::parse_job(&file_name, &body.definition).map_err(|e| bad(e.to_string()))?;
-    if job.protocols.multinode.is_some() {
-        return Err(bad(format!(
-            "{file_name}: protocols.lava-multinode: multinode jobs are not supported by the controller yet"
-        )));
-    }
+    // What `dutlab job validate` refuses (no device type dutlab knows runs it, multinode).
+    jobspec::check_runnable(&file_name, &job).map_err(|e| bad(e.to_string()))?;
     let visibility = match job.visibility {
         jobspec::Visibility::Public => "public",
         jobspec::Visibility::Personal => "personal",
