@@ -4,6 +4,9 @@
 //! form of `lava-test-case --shell`, run with the real `dutlab run` binary on the real guest
 //! image (busybox ash), and the cases of `--results-json` are compared with a table of what
 //! LAVA (2023.01 and later; `--output` since 2025.04) reports for the same definitions.
+//! Another job checks what LAVA's test shell decides around the helpers: `lava-signal: kmsg`,
+//! a definition's `fixupdict` applied to signals during its run, and a TESTCASE before a test
+//! action's first STARTRUN ending the job.
 //!
 //! LAVA also records `lava/<run>` pass for each completed run and its own `lava/*` action
 //! results; dutlab records only runs that did not complete, so the `lava` suite is checked
@@ -154,13 +157,21 @@ const LAVA_RESULTS: &[Row] = &[
     // `set -e`: the failing step ends the run; `after` never runs.
     ("1_stops", None, "before", "pass", None, None, None),
     // dutlab records every run that did not complete. LAVA marks an unfinished run failed
-    // the same way but keeps one record per test action: it reports lava/2_raise fail
-    // (unfinished at the raise) instead of lava/1_stops.
+    // the same way but keeps one record per test action (a later STARTRUN replaces it), so
+    // it does not report lava/1_stops.
     ("lava", None, "1_stops", "fail", None, None, None),
     ("2_raise", None, "before-raise", "pass", None, None, None),
+    // The raise came inside the run: LAVA marks it failed.
+    ("lava", None, "2_raise", "fail", None, None, None),
 ];
 
 fn definition(name: &str, params: &str, steps: &[&str]) -> String {
+    definition_with(name, params, "", steps)
+}
+
+/// An inline definition: `at_ref` goes into the `definitions` entry (`params`,
+/// `lava-signal`), `in_definition` into the definition itself (`parse`, `install`).
+fn definition_with(name: &str, at_ref: &str, in_definition: &str, steps: &[&str]) -> String {
     let steps: String = steps
         .iter()
         .map(|s| {
@@ -171,18 +182,26 @@ fn definition(name: &str, params: &str, steps: &[&str]) -> String {
         })
         .collect();
     format!(
-        "    - from: inline\n      name: {name}\n      path: inline/{name}.yaml\n{params}      repository:\n\
+        "    - from: inline\n      name: {name}\n      path: inline/{name}.yaml\n{at_ref}      repository:\n\
          \x20       metadata: {{format: Lava-Test Test Definition 1.0, name: {name}}}\n\
-         \x20       params: {{GREETING: hello}}\n        run:\n          steps:\n{steps}"
+         \x20       params: {{GREETING: hello}}\n{in_definition}        run:\n          steps:\n{steps}"
     )
 }
 
 fn job(name: &str, definitions: &[String]) -> String {
+    job_of_actions(name, &[definitions])
+}
+
+/// A job with one boot and one test action per element of `actions`.
+fn job_of_actions(name: &str, actions: &[&[String]]) -> String {
+    let tests: String = actions
+        .iter()
+        .map(|definitions| format!("- test:\n    definitions:\n{}", definitions.concat()))
+        .collect();
     format!(
         "job_name: {name}\ndevice_type: qemu\ntimeouts:\n  job: {{minutes: 8}}\n  action: {{minutes: 6}}\n\
          actions:\n- boot:\n    method: qemu\n    prompts: ['# $']\n    auto_login: {{login_prompt: 'login:', username: root}}\n\
-         - test:\n    definitions:\n{}",
-        definitions.concat()
+         {tests}"
     )
 }
 
@@ -324,6 +343,18 @@ fn every_helper_and_quoting_form_reports_what_lava_reports() -> Result<()> {
         );
     }
     ensure!(!done.stdout.contains("after-raise"), "{}", done.stdout);
+    // Each dropped signal is a note, with LAVA's reason.
+    for note in [
+        "dutlab: 0_helpers: TESTCASE r-refused: bad result \"PASSED\"",
+        "dutlab: 0_helpers: TESTCASE field \"words\" is not KEY=VALUE",
+        "dutlab: 0_helpers: TESTCASE m-refused: measurement \"fast\" is not a number",
+    ] {
+        ensure!(
+            done.stderr.contains(note),
+            "{note:?} not noted:\n{}",
+            done.stderr
+        );
+    }
     // KMSG: the signal came through the kernel log (a timestamped console line).
     ensure!(
         done.stdout.lines().any(|l| l
@@ -401,5 +432,138 @@ fn unknown_is_neither_pass_nor_failure_in_every_report() -> Result<()> {
         ensure!(xml.contains(needle), "{needle} not in {xml}");
     }
     ensure!(!xml.contains("name=\"job\""), "{xml}");
+    sb.assert_no_qemu_left()
+}
+
+#[test]
+fn kmsg_signals_fixupdict_on_signals_and_a_case_before_startrun() -> Result<()> {
+    let sb = Sandbox::new()?;
+    let parse = "        parse:\n          pattern: '^(?P<test_case_id>[a-z-]+): (?P<result>[a-zA-Z]+)$'\n\
+                 \x20         fixupdict: {ok: pass, bad: fail}\n";
+    let text = job_of_actions(
+        "signals",
+        &[
+            &[
+                definition_with(
+                    "kmsg",
+                    "      lava-signal: kmsg\n",
+                    "",
+                    &[
+                        "lava-test-case k-pass --result pass",
+                        "lava-test-set start kset",
+                        "lava-test-case k-in-set --result fail",
+                        "lava-test-set stop",
+                    ],
+                ),
+                definition_with(
+                    "fixup",
+                    "",
+                    parse,
+                    &[
+                        // The definition's fixupdict replaces LAVA's default one, for
+                        // signals as for pattern matches: `PASS` is refused here.
+                        "lava-test-case sig-ok --result ok",
+                        "lava-test-case sig-upper --result PASS",
+                        "echo 'pat-ok: ok'",
+                        "echo 'pat-bad: bad'",
+                        "echo 'pat-upper: PASS'",
+                    ],
+                ),
+                definition(
+                    "after",
+                    "",
+                    &[
+                        "lava-test-case after-upper --result PASS",
+                        "lava-test-case after-ok --result ok",
+                    ],
+                ),
+            ],
+            // A new test action: its first STARTRUN has not come when the install step
+            // reports a case.
+            &[definition_with(
+                "early",
+                "",
+                "        install:\n          steps: ['lava-test-case early --result pass']\n",
+                &["lava-test-case never --result pass"],
+            )],
+        ],
+    );
+    let (done, report) = run_job(&sb, "signals.yaml", &text, &[])?;
+    expect_code(&done, 1)?;
+    let got: Vec<(String, Option<String>, String, String)> = rows(&report)?
+        .into_iter()
+        .map(|r| (r.0, r.1, r.2, r.3))
+        .collect();
+    let row = |suite: &str, set: Option<&str>, name: &str, result: &str| {
+        (
+            suite.to_string(),
+            set.map(str::to_string),
+            name.to_string(),
+            result.to_string(),
+        )
+    };
+    // What LAVA reports (but its lava/<run> pass records).
+    let want = [
+        row("0_kmsg", None, "k-pass", "pass"),
+        row("0_kmsg", Some("kset"), "k-in-set", "fail"),
+        row("1_fixup", None, "sig-ok", "pass"),
+        row("1_fixup", None, "pat-ok", "pass"),
+        row("1_fixup", None, "pat-bad", "fail"),
+        row("2_after", None, "after-upper", "pass"),
+    ];
+    ensure!(
+        got == want,
+        "got {got:#?}, LAVA reports {want:#?}\nstdout:\n{}",
+        done.stdout
+    );
+    // LAVA: a TESTCASE before the action's STARTRUN is a test error; the job ends there,
+    // with no run to mark failed.
+    ensure!(report["outcome"] == "failed", "{report}");
+    ensure!(
+        report["reason"]
+            == "3_early: Invalid TESTCASE signal: unknown test uuid, the STARTRUN signal for \
+                this test action was not received",
+        "{report}"
+    );
+    for note in [
+        "dutlab: 1_fixup: TESTCASE sig-upper: bad result \"PASS\"",
+        "dutlab: 1_fixup: parse pattern: case pat-upper: bad result \"PASS\"",
+        "dutlab: 2_after: TESTCASE after-ok: bad result \"ok\"",
+    ] {
+        ensure!(
+            done.stderr.contains(note),
+            "{note:?} not noted:\n{}",
+            done.stderr
+        );
+    }
+    // lava-signal: kmsg: the run's STARTRUN and ENDRUN and its helpers' signals came through
+    // the kernel log (timestamped console lines), none printed by the shell.
+    let from_kernel = |signal: &str| {
+        done.stdout
+            .lines()
+            .any(|l| l.starts_with('[') && l.contains(&format!("] {signal}")))
+    };
+    for signal in [
+        "<LAVA_SIGNAL_STARTRUN 0_kmsg ",
+        "<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=k-pass RESULT=pass>",
+        "<LAVA_SIGNAL_TESTSET START kset>",
+        "<LAVA_SIGNAL_ENDRUN 0_kmsg ",
+    ] {
+        ensure!(
+            from_kernel(signal),
+            "{signal} not from the kernel:\n{}",
+            done.stdout
+        );
+        ensure!(
+            !done.stdout.lines().any(|l| l.starts_with(signal)),
+            "{signal} printed by the shell:\n{}",
+            done.stdout
+        );
+    }
+    ensure!(
+        !from_kernel("<LAVA_SIGNAL_STARTRUN 1_fixup "),
+        "{}",
+        done.stdout
+    );
     sb.assert_no_qemu_left()
 }

@@ -37,7 +37,7 @@ use proto::{CaseResult, JobReport, Outcome, TestCase};
 use qemu::image::GuestImage;
 use qemu::{BootSpec, ChannelDisk, Vm};
 use regex::bytes::Regex;
-use session::{DutShell, Login, OverlayState, RunEnd};
+use session::{ActionSignals, DutShell, Login, OverlayState, RunEnd};
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -483,19 +483,26 @@ impl Run<'_> {
                 started.elapsed().as_secs_f64()
             )));
         }
+        // LAVA's test shell keeps its signal state for the whole test action.
+        let mut signals = ActionSignals::default();
         for run in &runs {
-            match shell.run_test(run, limit, &self.events, cases).await? {
+            let unfinished = |cases: &mut Vec<TestCase>| {
+                let case = TestCase::new("lava", run.id.clone(), CaseResult::Fail);
+                let _ = self.events.send(RunEvent::Case(case.clone()));
+                cases.push(case);
+            };
+            match shell
+                .run_test(run, &mut signals, limit, &self.events, cases)
+                .await?
+            {
                 RunEnd::Completed => {}
-                RunEnd::Incomplete => {
-                    let case = TestCase::new("lava", run.id.clone(), CaseResult::Fail);
-                    let _ = self.events.send(RunEvent::Case(case.clone()));
-                    cases.push(case);
-                }
-                RunEnd::Raised(message) => {
-                    return Err(JobEnd::failed(format!(
-                        "{}: lava-test-raise: {message}",
-                        run.id
-                    )));
+                RunEnd::Incomplete => unfinished(cases),
+                // LAVA marks the run failed when the test error came inside it.
+                RunEnd::Raised { reason, unfinished: inside } => {
+                    if inside {
+                        unfinished(cases);
+                    }
+                    return Err(JobEnd::failed(format!("{}: {reason}", run.id)));
                 }
             }
         }

@@ -1,13 +1,21 @@
 //! The test overlay: everything the DUT needs to run a job's test definitions.
 //!
 //! Before anything boots, every test definition is resolved (inline, or read from a git
-//! repository cloned on the host), and packed with the `lava-*` helper scripts into one
-//! gzip-compressed tar that unpacks under [`OVERLAY_ROOT`] in the DUT:
+//! repository cloned on the host), and packed with the `lava-*` helper scripts into one tar
+//! that unpacks under [`OVERLAY_ROOT`] in the DUT (the last two kinds of entries below are
+//! made in the DUT when a run starts):
 //!
 //! ```text
-//! /lava-dutlab/bin/lava-test-case, lava-test-set, lava-test-reference, lava-test-raise
-//! /lava-dutlab/tests/0_smoke/.dutlab-run.sh     generated from install.steps + run.steps
+//! /lava-dutlab/bin/lava-test-case, lava-test-set, lava-test-reference, lava-test-raise,
+//!                  lava-common                  the helpers (and what they source)
+//! /lava-dutlab/tests/0_smoke/.dutlab-run.sh     generated: runs the two below (run_script)
+//! /lava-dutlab/tests/0_smoke/.dutlab-install.sh written by .dutlab-run.sh in the DUT from
+//!                                               install.steps (only when there are some)
+//! /lava-dutlab/tests/0_smoke/.dutlab-steps.sh   written by .dutlab-run.sh from run.steps
 //! /lava-dutlab/tests/1_other/...                the repository's files (git definitions)
+//! /lava-dutlab/results/0_smoke-<epoch>/         made in the DUT: the run's LAVA_RESULT_DIR
+//!                                               (return_code, install_return_code,
+//!                                               results/<case>/result, measurement, units)
 //! ```
 //!
 //! Invariants:
@@ -19,7 +27,7 @@
 //!   (see [`OverlayChannel`]).
 //! - Nothing in here runs a host shell: git is executed with an argument vector.
 
-use jobspec::{DefinitionSource, Job, TestDefinition};
+use jobspec::{DefinitionSource, Job, LavaSignal, TestDefinition};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -70,6 +78,8 @@ pub struct TestRun {
     /// Host directory with the repository files (git definitions).
     pub files: Option<PathBuf>,
     pub uuid: String,
+    /// The definition's `lava-signal`: with `kmsg`, the run's signals go to `/dev/kmsg`.
+    pub lava_signal: LavaSignal,
 }
 
 impl TestRun {
@@ -174,6 +184,7 @@ impl Overlay {
                     }
                 }
                 runs.push(TestRun {
+                    lava_signal: def.lava_signal,
                     uuid: format!("{token}_{index}"),
                     id,
                     definition,
@@ -318,7 +329,11 @@ fn append<W: Write>(
 /// - Run steps run in their own `sh -e` with `LAVA_RESULT_DIR` exported: params as plain
 ///   shell variables (not exported, as LAVA), `set -e`, `export TESTRUN_ID=<run id>`, `cd`
 ///   into the run's directory, `UUID` set, STARTRUN, the steps traced by `set -x`, ENDRUN.
-///   A failing step ends the run there (no ENDRUN). In a step holding `--shell` or `--cmd`,
+///   A failing step ends the run there (no ENDRUN). With `lava-signal: kmsg`, `KMSG=true` is
+///   exported for the whole script (install steps and helpers write their signals into the
+///   kernel log) and STARTRUN, ENDRUN and INSTALL_FAIL go to `/dev/kmsg` at level `<0>`, as
+///   LAVA's `run.sh` writes them (`KMSG` is unset before ENDRUN, as there); without a
+///   writable `/dev/kmsg` they are printed. In a step holding `--shell` or `--cmd`,
 ///   `$1`, `$2`, ... are escaped to reach the helper unexpanded (LAVA does the same). The
 ///   exit status goes to `return_code` in the results directory.
 ///
@@ -351,6 +366,11 @@ pub fn run_script(run: &TestRun) -> String {
         run.definition.metadata.name.replace('\n', " ")
     ));
     s.push_str(&format!("export PATH={OVERLAY_ROOT}/bin:$PATH\n"));
+    let kmsg = run.lava_signal == LavaSignal::Kmsg;
+    if kmsg {
+        // As LAVA's lava-test-runner: the install steps and the runner's signals use it too.
+        s.push_str("export KMSG=true\n");
+    }
     s.push_str(&format!(
         "LAVA_RESULT_DIR={}-$(date +%s)\n",
         quote(&format!("{OVERLAY_ROOT}/results/{}", run.id))
@@ -368,9 +388,10 @@ pub fn run_script(run: &TestRun) -> String {
         s.push_str(&format!("sh {}\n", quote(&file)));
         s.push_str("dutlab_rc=$?\n");
         s.push_str("echo \"$dutlab_rc\" > \"$LAVA_RESULT_DIR/install_return_code\"\n");
-        s.push_str(
-            "if [ \"$dutlab_rc\" -ne 0 ]; then echo '<LAVA_TEST_RUNNER INSTALL_FAIL>'; exit \"$dutlab_rc\"; fi\n",
-        );
+        s.push_str(&format!(
+            "if [ \"$dutlab_rc\" -ne 0 ]; then {}; exit \"$dutlab_rc\"; fi\n",
+            signal_command("<LAVA_TEST_RUNNER INSTALL_FAIL>", kmsg)
+        ));
     }
     let mut steps = params;
     steps.push_str("set -e\nset -x\n");
@@ -378,11 +399,14 @@ pub fn run_script(run: &TestRun) -> String {
     steps.push_str(&format!("cd {}\n", quote(&dir)));
     steps.push_str(&format!("UUID={}\n", quote(&run.uuid)));
     steps.push_str("set +x\n");
-    steps.push_str(&format!(
-        "echo {}\n",
-        quote(&format!("<LAVA_SIGNAL_STARTRUN {} {}>", run.id, run.uuid))
+    if kmsg {
+        steps.push_str("export KMSG=true\n");
+    }
+    steps.push_str(&signal_command(
+        &format!("<LAVA_SIGNAL_STARTRUN {} {}>", run.id, run.uuid),
+        kmsg,
     ));
-    steps.push_str("set -x\n");
+    steps.push_str("\nset -x\n");
     for step in &run.definition.run_steps {
         if step.contains("--shell") || step.contains("--cmd") {
             steps.push_str(&POSITIONAL.replace_all(step, r"\$$${1}"));
@@ -392,16 +416,35 @@ pub fn run_script(run: &TestRun) -> String {
         steps.push('\n');
     }
     steps.push_str("set +x\n");
-    steps.push_str(&format!(
-        "echo {}\n",
-        quote(&format!("<LAVA_SIGNAL_ENDRUN {} {}>", run.id, run.uuid))
+    if kmsg {
+        steps.push_str("unset KMSG\n");
+    }
+    steps.push_str(&signal_command(
+        &format!("<LAVA_SIGNAL_ENDRUN {} {}>", run.id, run.uuid),
+        kmsg,
     ));
+    steps.push('\n');
     let file = format!("{dir}/.dutlab-steps.sh");
     s.push_str(&here_doc(&file, &steps));
     s.push_str("export LAVA_RESULT_DIR\n");
     s.push_str(&format!("sh -e {}\n", quote(&file)));
     s.push_str("echo \"$?\" > \"$LAVA_RESULT_DIR/return_code\"\n");
     s
+}
+
+/// The shell command that prints one signal line of the run script: on stdout, or with `kmsg`
+/// into the kernel log at level 0 when `/dev/kmsg` is writable (else on stdout, as the
+/// helpers do).
+fn signal_command(line: &str, kmsg: bool) -> String {
+    if kmsg {
+        format!(
+            "if [ -w /dev/kmsg ]; then echo {} > /dev/kmsg; else echo {}; fi",
+            quote(&format!("<0>{line}")),
+            quote(line)
+        )
+    } else {
+        format!("echo {}", quote(line))
+    }
 }
 
 /// Single-quotes `value` for a POSIX shell.
@@ -546,6 +589,7 @@ mod tests {
             params: BTreeMap::from([("P".to_string(), "it's".to_string())]),
             files: None,
             uuid: "u_0".into(),
+            lava_signal: LavaSignal::Stdout,
         };
         let script = run_script(&run);
         assert!(
@@ -558,5 +602,69 @@ mod tests {
             !script.contains("export P\n"),
             "params are not exported: {script}"
         );
+    }
+
+    #[test]
+    fn kmsg_runs_write_the_runner_signals_into_the_kernel_log() {
+        let definition = jobspec::parse_test_definition(
+            "t.yaml",
+            "metadata: {format: Lava-Test Test Definition 1.0, name: t}\n\
+             install:\n  steps: ['true']\nrun:\n  steps: ['lava-test-case a --result pass']\n",
+        )
+        .unwrap();
+        let mut run = TestRun {
+            id: "0_t".into(),
+            definition,
+            params: BTreeMap::new(),
+            files: None,
+            uuid: "u_0".into(),
+            lava_signal: LavaSignal::Kmsg,
+        };
+        let script = run_script(&run);
+        let kmsg = |line: &str| {
+            format!(
+                "if [ -w /dev/kmsg ]; then echo '<0>{line}' > /dev/kmsg; else echo '{line}'; fi"
+            )
+        };
+        let export = script.find("\nexport KMSG=true\n").expect(&script);
+        let install = script
+            .find("\nsh '/lava-dutlab/tests/0_t/.dutlab-install.sh'\n")
+            .expect(&script);
+        assert!(export < install, "KMSG reaches the install steps: {script}");
+        assert!(
+            script.contains(&kmsg("<LAVA_TEST_RUNNER INSTALL_FAIL>")),
+            "{script}"
+        );
+        let start = format!(
+            "\nexport KMSG=true\n{}\nset -x\n",
+            kmsg("<LAVA_SIGNAL_STARTRUN 0_t u_0>")
+        );
+        let end = format!(
+            "\nset +x\nunset KMSG\n{}\n",
+            kmsg("<LAVA_SIGNAL_ENDRUN 0_t u_0>")
+        );
+        let (start, end) = (
+            script.find(&start).expect(&script),
+            script.find(&end).expect(&script),
+        );
+        let step = script
+            .find("\nlava-test-case a --result pass\n")
+            .expect(&script);
+        assert!(start < step && step < end, "{script}");
+        assert!(!script.contains("\necho '<LAVA_SIGNAL_"), "{script}");
+
+        run.lava_signal = LavaSignal::Stdout;
+        let script = run_script(&run);
+        assert!(
+            !script.contains("KMSG") && !script.contains("/dev/kmsg"),
+            "{script}"
+        );
+        for line in [
+            "echo '<LAVA_SIGNAL_STARTRUN 0_t u_0>'",
+            "echo '<LAVA_SIGNAL_ENDRUN 0_t u_0>'",
+            "echo '<LAVA_TEST_RUNNER INSTALL_FAIL>'",
+        ] {
+            assert!(script.contains(line), "{line}: {script}");
+        }
     }
 }

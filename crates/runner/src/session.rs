@@ -10,15 +10,24 @@
 //! - The overlay is installed once per boot, by the overlay disk when the DUT shows one
 //!   (a plain tar; `tar` checks every header), else over the console (gzip, verified by
 //!   sha256 in the DUT before use).
-//! - Signals and parse patterns are read only between a run's STARTRUN and ENDRUN.
+//! - Parse patterns are applied only between a run's STARTRUN and ENDRUN; so is a definition's
+//!   `fixupdict` to TESTCASE signals (LAVA's default dictionary applies outside).
+//! - Signals follow LAVA's test shell, whose state lasts a whole test action
+//!   ([`ActionSignals`]): a TESTCASE before the action's first STARTRUN ends the job with a
+//!   test error; the first job-ending signal (`lava-test-raise`, or one LAVA refuses with an
+//!   error) ends the run there: nothing after it is read (the job ends, the DUT is powered
+//!   off while the run may still be going).
+//! - DUT output is untrusted: a run emits at most [`MAX_DROPPED_NOTES`] notes about dropped
+//!   signals and pattern matches (control characters replaced), then one note with the count
+//!   of the rest.
 //! - Every wait has a deadline (a [`Limit`]); running out maps to timed-out with the level named.
 
 use crate::overlay::{OVERLAY_DISK_SERIAL, OVERLAY_ROOT, OverlayChannel, PackedOverlay, TestRun};
-use crate::signals::{Signal, parse_signal};
+use crate::signals::{Signal, read_signal, result_word};
 use crate::{JobEnd, Limit, RunEvent};
 use driver::expect::{Expect, ExpectError, LineOr};
 use driver::shell::{Shell, ShellError};
-use proto::{CaseResult, TestCase};
+use proto::TestCase;
 use regex::bytes::Regex;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc::UnboundedSender;
@@ -27,6 +36,8 @@ use tokio::sync::mpsc::UnboundedSender;
 pub const TEST_PROMPT: &str = "dutlab-test: # ";
 /// Base64 characters per transfer command (a shell line holds ~1000).
 const CHUNK: usize = 900;
+/// Notes about dropped signals or pattern matches one run emits before it only counts them.
+pub const MAX_DROPPED_NOTES: usize = 20;
 
 /// How to log in, resolved from the job's boot action or the device defaults.
 #[derive(Debug, Clone)]
@@ -52,8 +63,23 @@ pub enum RunEnd {
     Completed,
     /// The shell came back without ENDRUN (a step called `exit`, or the script broke).
     Incomplete,
-    /// `lava-test-raise`.
-    Raised(String),
+    /// A test error ends the job, as in LAVA: `lava-test-raise` (`reason` is
+    /// `lava-test-raise: MESSAGE`), a signal LAVA refuses with an error, or a TESTCASE before
+    /// the test action's first STARTRUN. `unfinished`: it came between the run's STARTRUN and
+    /// ENDRUN, so LAVA marks the run failed (`lava/<run>`).
+    Raised {
+        reason: String,
+        unfinished: bool,
+    },
+}
+
+/// The signal state LAVA's test shell keeps for one test action, across its runs.
+#[derive(Debug, Clone, Default)]
+pub struct ActionSignals {
+    /// The run whose STARTRUN came last in this action (LAVA's test uuid and definition
+    /// name). `None`: no STARTRUN yet, and a TESTCASE is a test error. Between runs (install
+    /// steps of the next one), LAVA files cases under this run.
+    last_started: Option<String>,
 }
 
 pub struct DutShell {
@@ -231,9 +257,11 @@ impl DutShell {
     }
 
     /// Runs one test definition, turning signals and parse-pattern matches into cases.
+    /// `action` is shared by the runs of one test action.
     pub async fn run_test(
         &mut self,
         run: &TestRun,
+        action: &mut ActionSignals,
         limit: Limit,
         events: &UnboundedSender<RunEvent>,
         cases: &mut Vec<TestCase>,
@@ -248,9 +276,7 @@ impl DutShell {
         let command = run.command();
         self.send_line(&command).await?;
         let prompt = self.shell.prompt().clone();
-        let mut phase = RunPhase::NotStarted;
-        let mut set: Option<String> = None;
-        let mut raised = None;
+        let mut reader = RunSignals::new(run, action, pattern);
         let mut first = true;
         loop {
             let next = self
@@ -266,52 +292,21 @@ impl DutShell {
             if std::mem::take(&mut first) && line.ends_with(command.as_bytes()) {
                 continue; // the echo, on shells that still echo
             }
-            if let Some(signal) = parse_signal(&line) {
-                match signal {
-                    Signal::StartRun { .. } => phase = RunPhase::Running,
-                    Signal::EndRun { .. } => phase = RunPhase::Ended,
-                    Signal::TestSetStart(name) => set = Some(name),
-                    Signal::TestSetStop => set = None,
-                    Signal::TestCase {
-                        id,
-                        result,
-                        measurement,
-                        units,
-                    } => {
-                        let mut case = TestCase::new(&run.id, id, result);
-                        (case.set, case.measurement, case.units) =
-                            (set.clone(), measurement, units);
-                        push_case(cases, events, case);
-                    }
-                    Signal::TestReference {
-                        id,
-                        result,
-                        reference,
-                    } => {
-                        let mut case = TestCase::new(&run.id, id, result);
-                        (case.set, case.reference) = (set.clone(), Some(reference));
-                        push_case(cases, events, case);
-                    }
-                    Signal::TestRaise(message) => raised = Some(message),
-                    Signal::StartTestCase(_) | Signal::EndTestCase(_) => {}
+            match reader.line(&line) {
+                Some(Step::Case(case)) => push_case(cases, events, case),
+                Some(Step::Note(text)) => {
+                    let _ = events.send(RunEvent::Note(text));
                 }
-                continue;
+                None => {}
             }
-            if phase == RunPhase::Running
-                && let (Some(re), Some(p)) = (&pattern, &run.definition.parse)
-            {
-                let text = String::from_utf8_lossy(&line);
-                if let Some(mut case) = pattern_case(re, &p.fixupdict, &text) {
-                    (case.suite, case.set) = (run.id.clone(), set.clone());
-                    push_case(cases, events, case);
-                }
+            if reader.raised.is_some() {
+                break; // LAVA's test action ends at a test error; so does the job
             }
         }
-        Ok(match (raised, phase) {
-            (Some(message), _) => RunEnd::Raised(message),
-            (None, RunPhase::Ended) => RunEnd::Completed,
-            (None, _) => RunEnd::Incomplete,
-        })
+        if let Some(text) = reader.dropped_summary() {
+            let _ = events.send(RunEvent::Note(text));
+        }
+        Ok(reader.end())
     }
 
     /// Asks the DUT to power itself off (best effort; the VM is stopped afterwards anyway).
@@ -364,18 +359,202 @@ enum RunPhase {
     Ended,
 }
 
+/// What one console line of a run gave.
+#[derive(Debug, Clone, PartialEq)]
+enum Step {
+    Case(TestCase),
+    Note(String),
+}
+
+/// Reads one run's console lines as LAVA's test shell reads them (pure: no I/O).
+struct RunSignals<'a> {
+    run: &'a TestRun,
+    action: &'a mut ActionSignals,
+    pattern: Option<regex::Regex>,
+    phase: RunPhase,
+    set: Option<String>,
+    /// The first test error, and whether it came inside the run.
+    raised: Option<(String, bool)>,
+    dropped: usize,
+}
+
+impl<'a> RunSignals<'a> {
+    fn new(
+        run: &'a TestRun,
+        action: &'a mut ActionSignals,
+        pattern: Option<regex::Regex>,
+    ) -> RunSignals<'a> {
+        RunSignals {
+            run,
+            action,
+            pattern,
+            phase: RunPhase::NotStarted,
+            set: None,
+            raised: None,
+            dropped: 0,
+        }
+    }
+
+    fn line(&mut self, line: &[u8]) -> Option<Step> {
+        if self.raised.is_some() {
+            return None; // LAVA stops reading at a test error
+        }
+        let parse = self.run.definition.parse.as_ref();
+        // LAVA uses the definition's fixupdict from its STARTRUN to its ENDRUN.
+        let fixupdict = match (self.phase, parse) {
+            (RunPhase::Running, Some(p)) => Some(&p.fixupdict),
+            _ => None,
+        };
+        let read = read_signal(line, fixupdict);
+        let test_case = match &read {
+            Ok(Some(Signal::TestCase { .. })) => true,
+            Err(e) => e.signal() == "TESTCASE",
+            Ok(_) => false,
+        };
+        if test_case && self.action.last_started.is_none() {
+            self.raise(
+                "Invalid TESTCASE signal: unknown test uuid, the STARTRUN signal for this test \
+                 action was not received"
+                    .into(),
+            );
+            return None;
+        }
+        let signal = match read {
+            Ok(Some(signal)) => signal,
+            Ok(None) => return self.pattern_line(line),
+            Err(e) if e.ends_job() => {
+                self.raise(e.to_string());
+                return None;
+            }
+            Err(e) => return self.dropped(e.to_string()),
+        };
+        // Between runs LAVA files cases under the run that started last.
+        let suite = match (self.phase, &self.action.last_started) {
+            (RunPhase::NotStarted, Some(last)) => last.clone(),
+            _ => self.run.id.clone(),
+        };
+        let mut case = match signal {
+            Signal::StartRun { .. } => {
+                self.phase = RunPhase::Running;
+                self.action.last_started = Some(self.run.id.clone());
+                return None;
+            }
+            Signal::EndRun { .. } => {
+                self.phase = RunPhase::Ended;
+                return None;
+            }
+            Signal::TestSetStart(name) => {
+                self.set = Some(name);
+                return None;
+            }
+            Signal::TestSetStop => {
+                self.set = None;
+                return None;
+            }
+            Signal::TestCase {
+                id,
+                result,
+                measurement,
+                units,
+            } => {
+                let mut case = TestCase::new(suite, id, result);
+                (case.measurement, case.units) = (measurement, units);
+                case
+            }
+            Signal::TestReference {
+                id,
+                result,
+                reference,
+            } => {
+                let mut case = TestCase::new(suite, id, result);
+                case.reference = Some(reference);
+                case
+            }
+            Signal::TestRaise(message) => {
+                self.raise(format!("lava-test-raise: {message}"));
+                return None;
+            }
+            Signal::StartTestCase(_) | Signal::EndTestCase(_) => return None,
+        };
+        case.set = self.set.clone();
+        Some(Step::Case(case))
+    }
+
+    /// A non-signal line: a parse-pattern case while the run is running.
+    fn pattern_line(&mut self, line: &[u8]) -> Option<Step> {
+        if self.phase != RunPhase::Running {
+            return None;
+        }
+        let (Some(re), Some(p)) = (&self.pattern, &self.run.definition.parse) else {
+            return None;
+        };
+        match pattern_case(re, &p.fixupdict, &String::from_utf8_lossy(line))? {
+            Ok(mut case) => {
+                (case.suite, case.set) = (self.run.id.clone(), self.set.clone());
+                Some(Step::Case(case))
+            }
+            Err(refused) => self.dropped(refused.to_string()),
+        }
+    }
+
+    fn raise(&mut self, reason: String) {
+        self.raised = Some((reason, self.phase == RunPhase::Running));
+    }
+
+    /// A note for a dropped signal or match, while under [`MAX_DROPPED_NOTES`] (control
+    /// characters of the DUT's text replaced).
+    fn dropped(&mut self, why: String) -> Option<Step> {
+        self.dropped += 1;
+        (self.dropped <= MAX_DROPPED_NOTES)
+            .then(|| Step::Note(crate::report::printable(&format!("{}: {why}", self.run.id))))
+    }
+
+    /// The note that counts the dropped signals not noted one by one, if any.
+    fn dropped_summary(&self) -> Option<String> {
+        let more = self
+            .dropped
+            .checked_sub(MAX_DROPPED_NOTES)
+            .filter(|n| *n > 0)?;
+        Some(format!(
+            "{}: and {more} more dropped signal(s) or pattern match(es)",
+            self.run.id
+        ))
+    }
+
+    fn end(self) -> RunEnd {
+        match (self.raised, self.phase) {
+            (Some((reason, unfinished)), _) => RunEnd::Raised { reason, unfinished },
+            (None, RunPhase::Ended) => RunEnd::Completed,
+            (None, _) => RunEnd::Incomplete,
+        }
+    }
+}
+
 fn push_case(cases: &mut Vec<TestCase>, events: &UnboundedSender<RunEvent>, case: TestCase) {
     let _ = events.send(RunEvent::Case(case.clone()));
     cases.push(case);
 }
 
+/// A parse-pattern match LAVA does not record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "parse pattern: case {id}: bad result {word:?} after the fixupdict (pass, fail, skip or unknown); the case is dropped"
+)]
+pub struct PatternRefusal {
+    pub id: String,
+    pub word: String,
+}
+
 /// Applies a definition's parse pattern to one output line (LAVA: named groups
-/// `test_case_id`, `result`, optional `measurement`, `units`; `fixupdict` maps results).
+/// `test_case_id`, `result`, optional `measurement`, `units`). The result word goes through
+/// `fixupdict` (when it holds the word) and must then be exactly `pass`, `fail`, `skip` or
+/// `unknown`, as LAVA's server requires (no case folding): another word is a
+/// [`PatternRefusal`]. `None`: the line does not match, or has no id or result.
 pub fn pattern_case(
     re: &regex::Regex,
     fixupdict: &std::collections::BTreeMap<String, String>,
     line: &str,
-) -> Option<TestCase> {
+) -> Option<Result<TestCase, PatternRefusal>> {
     let caps = re.captures(line)?;
     let id = caps.name("test_case_id")?.as_str().trim();
     if id.is_empty() {
@@ -394,12 +573,18 @@ pub fn pattern_case(
         })
         .take(crate::signals::MAX_FIELD)
         .collect();
-    let mut case = TestCase::new("", name, CaseResult::from_lava(word));
+    let Some(result) = result_word(word) else {
+        return Some(Err(PatternRefusal {
+            id: name,
+            word: word.chars().take(crate::signals::MAX_FIELD).collect(),
+        }));
+    };
+    let mut case = TestCase::new("", name, result);
     case.measurement = caps
         .name("measurement")
         .map(|m| m.as_str().trim().to_string());
     case.units = caps.name("units").map(|m| m.as_str().trim().to_string());
-    Some(case)
+    Some(Ok(case))
 }
 
 impl Limit {
@@ -451,6 +636,7 @@ pub fn base64(data: &[u8]) -> String {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use proto::CaseResult;
     use std::collections::BTreeMap;
 
     #[test]
@@ -474,10 +660,42 @@ mod tests {
         let mut fix = BTreeMap::new();
         fix.insert("PASS".to_string(), "pass".to_string());
         fix.insert("FAIL".to_string(), "fail".to_string());
-        let c = pattern_case(&re, &fix, "disk io: FAIL").unwrap();
+        let c = pattern_case(&re, &fix, "disk io: FAIL").unwrap().unwrap();
         assert_eq!(c.name, "disk_io");
         assert_eq!(c.result, CaseResult::Fail);
         assert!(pattern_case(&re, &fix, "nothing here").is_none());
+    }
+
+    #[test]
+    fn parse_pattern_results_are_lavas_four_words_after_the_fixupdict() {
+        let re = regex::Regex::new(r"^(?P<test_case_id>\w+): (?P<result>\S+)$").unwrap();
+        let fix = BTreeMap::from([
+            ("ok".to_string(), "pass".to_string()),
+            ("bad".to_string(), "FAIL".to_string()),
+        ]);
+        let result = |dict: &BTreeMap<String, String>, line: &str| {
+            pattern_case(&re, dict, line).map(|r| r.map(|c| c.result))
+        };
+        assert_eq!(result(&fix, "a: ok"), Some(Ok(CaseResult::Pass)));
+        assert_eq!(result(&fix, "a: skip"), Some(Ok(CaseResult::Skip)));
+        assert_eq!(result(&fix, "a: unknown"), Some(Ok(CaseResult::Unknown)));
+        let refused = |word: &str| {
+            Some(Err(PatternRefusal {
+                id: "a".into(),
+                word: word.into(),
+            }))
+        };
+        // No case folding (LAVA's server stores only the lower-case words) ...
+        assert_eq!(result(&BTreeMap::new(), "a: PASS"), refused("PASS"));
+        assert_eq!(result(&fix, "a: Pass"), refused("Pass"));
+        // ... not even of what the fixupdict gives; other words are refused, not `unknown`.
+        assert_eq!(result(&fix, "a: bad"), refused("FAIL"));
+        assert_eq!(result(&fix, "a: passed"), refused("passed"));
+        let text = pattern_case(&re, &fix, "a: passed")
+            .unwrap()
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("bad result \"passed\""), "{text}");
     }
 
     #[test]
@@ -486,8 +704,293 @@ mod tests {
             r"^(?P<test_case_id>\w+) (?P<result>pass|fail) (?P<measurement>[\d.]+) (?P<units>\w+)$",
         )
         .unwrap();
-        let c = pattern_case(&re, &BTreeMap::new(), "latency pass 3.5 ms").unwrap();
+        let c = pattern_case(&re, &BTreeMap::new(), "latency pass 3.5 ms")
+            .unwrap()
+            .unwrap();
         assert_eq!(c.measurement.as_deref(), Some("3.5"));
         assert_eq!(c.units.as_deref(), Some("ms"));
+    }
+
+    fn test_run(id: &str, yaml: &str) -> TestRun {
+        TestRun {
+            id: id.into(),
+            definition: jobspec::parse_test_definition("t.yaml", yaml).unwrap(),
+            params: BTreeMap::new(),
+            files: None,
+            uuid: format!("u_{id}"),
+            lava_signal: jobspec::LavaSignal::Stdout,
+        }
+    }
+
+    const PLAIN: &str = "metadata: {format: Lava-Test Test Definition 1.0, name: t}\n\
+                         run: {steps: ['true']}\n";
+
+    /// What a run's lines give: (cases as suite/name/result, notes, end).
+    fn read(
+        run: &TestRun,
+        action: &mut ActionSignals,
+        lines: &[&str],
+    ) -> (Vec<(String, String, CaseResult)>, Vec<String>, RunEnd) {
+        let pattern = run
+            .definition
+            .parse
+            .as_ref()
+            .map(|p| regex::Regex::new(&p.pattern).unwrap());
+        let mut reader = RunSignals::new(run, action, pattern);
+        let (mut cases, mut notes) = (Vec::new(), Vec::new());
+        for line in lines {
+            match reader.line(line.as_bytes()) {
+                Some(Step::Case(c)) => cases.push((c.suite, c.name, c.result)),
+                Some(Step::Note(n)) => notes.push(n),
+                None => {}
+            }
+        }
+        notes.extend(reader.dropped_summary());
+        (cases, notes, reader.end())
+    }
+
+    fn case(suite: &str, name: &str, result: CaseResult) -> (String, String, CaseResult) {
+        (suite.into(), name.into(), result)
+    }
+
+    #[test]
+    fn a_definitions_fixupdict_applies_to_signals_from_startrun_to_endrun() {
+        let run = test_run(
+            "0_p",
+            "metadata: {format: Lava-Test Test Definition 1.0, name: p}\n\
+             run: {steps: ['true']}\n\
+             parse: {pattern: '^(?P<test_case_id>\\w+)=(?P<result>\\w+)$', fixupdict: {ok: pass}}\n",
+        );
+        let tc = |r: &str| format!("<LAVA_SIGNAL_TESTCASE TEST_CASE_ID={r}-case RESULT={r}>");
+        let (ok, upper) = (tc("ok"), tc("PASS"));
+        let mut action = ActionSignals {
+            last_started: Some("earlier".into()),
+        };
+        let (cases, notes, end) = read(
+            &run,
+            &mut action,
+            &[
+                &ok,
+                "<LAVA_SIGNAL_STARTRUN 0_p u_0_p>",
+                &ok,
+                &upper,
+                "m=ok",
+                "m2=PASS",
+                "<LAVA_SIGNAL_ENDRUN 0_p u_0_p>",
+                &upper,
+                &ok,
+                "m3=ok",
+            ],
+        );
+        assert_eq!(
+            cases,
+            [
+                case("0_p", "ok-case", CaseResult::Pass),
+                case("0_p", "m", CaseResult::Pass),
+                case("0_p", "PASS-case", CaseResult::Pass),
+            ]
+        );
+        assert_eq!(end, RunEnd::Completed);
+        // Before STARTRUN and after ENDRUN: LAVA's default dictionary, which has no `ok`;
+        // inside, only the definition's, which has no `PASS`.
+        assert_eq!(notes.len(), 4, "{notes:#?}");
+        assert!(
+            notes[0].starts_with("0_p: TESTCASE ok-case: bad result \"ok\""),
+            "{notes:#?}"
+        );
+        assert!(
+            notes[1].starts_with("0_p: TESTCASE PASS-case: bad result \"PASS\""),
+            "{notes:#?}"
+        );
+        assert!(
+            notes[2].starts_with("0_p: parse pattern: case m2: bad result \"PASS\""),
+            "{notes:#?}"
+        );
+        assert!(
+            notes[3].starts_with("0_p: TESTCASE ok-case: bad result"),
+            "{notes:#?}"
+        );
+    }
+
+    #[test]
+    fn dropped_signals_are_noted_up_to_a_bound_then_counted() {
+        let run = test_run("0_t", PLAIN);
+        let bad: Vec<String> = (0..MAX_DROPPED_NOTES + 7)
+            .map(|i| format!("<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=c{i} RESULT=maybe>"))
+            .collect();
+        let mut lines = vec!["<LAVA_SIGNAL_STARTRUN 0_t u>"];
+        lines.extend(bad.iter().map(String::as_str));
+        lines.extend([
+            "<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=x>",
+            "<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=good RESULT=pass>",
+            "<LAVA_SIGNAL_ENDRUN 0_t u>",
+        ]);
+        let (cases, notes, end) = read(&run, &mut ActionSignals::default(), &lines);
+        assert_eq!(cases, [case("0_t", "good", CaseResult::Pass)]);
+        assert_eq!(end, RunEnd::Completed);
+        assert_eq!(notes.len(), MAX_DROPPED_NOTES + 1, "{notes:#?}");
+        assert_eq!(
+            notes[0],
+            "0_t: TESTCASE c0: bad result \"maybe\" (pass, fail, skip or unknown); the case is dropped"
+        );
+        assert_eq!(
+            notes[MAX_DROPPED_NOTES],
+            "0_t: and 8 more dropped signal(s) or pattern match(es)"
+        );
+        // DUT text in a note cannot drive the terminal.
+        let (_, notes, _) = read(
+            &run,
+            &mut ActionSignals::default(),
+            &[
+                "<LAVA_SIGNAL_STARTRUN 0_t u>",
+                "<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=a\x07\x08b RESULT=maybe>",
+            ],
+        );
+        assert_eq!(
+            notes,
+            [
+                "0_t: TESTCASE a\u{fffd}\u{fffd}b: bad result \"maybe\" (pass, fail, skip or unknown); \
+              the case is dropped"
+            ]
+        );
+        // Exactly the bound: no summary.
+        let (_, notes, _) = read(
+            &run,
+            &mut ActionSignals::default(),
+            &[
+                &["<LAVA_SIGNAL_STARTRUN 0_t u>"],
+                &bad[..MAX_DROPPED_NOTES]
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()[..],
+            ]
+            .concat(),
+        );
+        assert_eq!(notes.len(), MAX_DROPPED_NOTES);
+    }
+
+    #[test]
+    fn a_raise_ends_the_run_marks_it_unfinished_inside_and_nothing_after_counts() {
+        let run = test_run("0_t", PLAIN);
+        let (cases, _, end) = read(
+            &run,
+            &mut ActionSignals::default(),
+            &[
+                "<LAVA_SIGNAL_STARTRUN 0_t u>",
+                "<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=before RESULT=pass>",
+                "<LAVA_SIGNAL_TESTRAISE disk not found>",
+                "<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=after RESULT=pass>",
+                "<LAVA_SIGNAL_TESTRAISE second>",
+                "<LAVA_SIGNAL_ENDRUN 0_t u>",
+            ],
+        );
+        assert_eq!(cases, [case("0_t", "before", CaseResult::Pass)]);
+        assert_eq!(
+            end,
+            RunEnd::Raised {
+                reason: "lava-test-raise: disk not found".into(),
+                unfinished: true
+            }
+        );
+        // A signal LAVA ends the job on is a test error the same way.
+        let (_, _, end) = read(
+            &run,
+            &mut ActionSignals::default(),
+            &[
+                "<LAVA_SIGNAL_STARTRUN 0_t u>",
+                "<LAVA_SIGNAL_TESTREFERENCE a pass>",
+            ],
+        );
+        assert_eq!(
+            end,
+            RunEnd::Raised {
+                reason: "invalid TESTREFERENCE: 2 fields, LAVA needs exactly 3 (name, result, URL)"
+                    .into(),
+                unfinished: true
+            }
+        );
+        // Before STARTRUN (an install step): no run to mark.
+        let (_, _, end) = read(
+            &run,
+            &mut ActionSignals::default(),
+            &[
+                "<LAVA_SIGNAL_TESTRAISE early>",
+                "<LAVA_SIGNAL_STARTRUN 0_t u>",
+            ],
+        );
+        assert_eq!(
+            end,
+            RunEnd::Raised {
+                reason: "lava-test-raise: early".into(),
+                unfinished: false
+            }
+        );
+    }
+
+    #[test]
+    fn a_test_case_before_the_actions_first_startrun_is_a_test_error() {
+        let first = test_run("0_a", PLAIN);
+        let want = RunEnd::Raised {
+            reason: "Invalid TESTCASE signal: unknown test uuid, the STARTRUN signal for this \
+                     test action was not received"
+                .into(),
+            unfinished: false,
+        };
+        for line in [
+            "<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=early RESULT=pass>",
+            // LAVA checks the uuid before it reads the fields.
+            "<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=early RESULT=bogus>",
+            "<LAVA_SIGNAL_TESTCASE early>",
+        ] {
+            let (cases, notes, end) = read(
+                &first,
+                &mut ActionSignals::default(),
+                &[
+                    line,
+                    "<LAVA_SIGNAL_STARTRUN 0_a u>",
+                    "<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=in RESULT=pass>",
+                ],
+            );
+            assert!(
+                cases.is_empty() && notes.is_empty(),
+                "{line}: {cases:?} {notes:?}"
+            );
+            assert_eq!(end, want, "{line}");
+        }
+        // A reference is not checked (LAVA files it under no definition; dutlab, the run).
+        let (cases, _, end) = read(
+            &first,
+            &mut ActionSignals::default(),
+            &["<LAVA_SIGNAL_TESTREFERENCE r pass http://x>"],
+        );
+        assert_eq!(cases, [case("0_a", "r", CaseResult::Pass)]);
+        assert_eq!(end, RunEnd::Incomplete);
+        // Once a run of the action started, a case between runs (the next run's install
+        // steps) is filed under that run, as LAVA files it.
+        let mut action = ActionSignals::default();
+        let (_, _, end) = read(
+            &first,
+            &mut action,
+            &["<LAVA_SIGNAL_STARTRUN 0_a u>", "<LAVA_SIGNAL_ENDRUN 0_a u>"],
+        );
+        assert_eq!(end, RunEnd::Completed);
+        let second = test_run("1_b", PLAIN);
+        let (cases, _, end) = read(
+            &second,
+            &mut action,
+            &[
+                "<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=installing RESULT=pass>",
+                "<LAVA_SIGNAL_STARTRUN 1_b u>",
+                "<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=running RESULT=fail>",
+            ],
+        );
+        assert_eq!(
+            cases,
+            [
+                case("0_a", "installing", CaseResult::Pass),
+                case("1_b", "running", CaseResult::Fail),
+            ]
+        );
+        assert_eq!(end, RunEnd::Incomplete);
     }
 }

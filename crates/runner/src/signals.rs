@@ -106,6 +106,20 @@ impl SignalError {
                 | SignalError::RunFields(_)
         )
     }
+
+    /// The name of the refused signal: `TESTCASE`, `TESTREFERENCE`, `TESTSET`, `STARTRUN` or
+    /// `ENDRUN`.
+    pub fn signal(&self) -> &'static str {
+        match self {
+            SignalError::NotKeyValue(_)
+            | SignalError::MissingId
+            | SignalError::MissingResult(_)
+            | SignalError::BadMeasurement { .. } => "TESTCASE",
+            SignalError::BadResult { signal, .. } | SignalError::RunFields(signal) => signal,
+            SignalError::ReferenceFields(_) => "TESTREFERENCE",
+            SignalError::SetWithoutName => "TESTSET",
+        }
+    }
 }
 
 /// LAVA's signal pattern: name, one space, fields up to the first `>`.
@@ -278,8 +292,9 @@ fn fix_result(word: &str, fixupdict: Option<&BTreeMap<String, String>>) -> Optio
     result_word(fixed)
 }
 
-/// LAVA's four result words, exactly (lower case).
-fn result_word(word: &str) -> Option<CaseResult> {
+/// LAVA's four result words, exactly (lower case): what LAVA's server stores; any other word
+/// (`PASS`, `ok`) is refused.
+pub fn result_word(word: &str) -> Option<CaseResult> {
     match word {
         "pass" => Some(CaseResult::Pass),
         "fail" => Some(CaseResult::Fail),
@@ -523,6 +538,33 @@ mod tests {
                 Some(Signal::TestRaise(message)) => {
                     assert!(message.starts_with(reason), "{line}: {message}")
                 }
+                other => panic!("{line}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn refused_signals_name_their_signal() {
+        for (line, name) in [
+            (
+                "<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=x RESULT=ok>",
+                "TESTCASE",
+            ),
+            (
+                "<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=x RESULT=pass MEASUREMENT=a>",
+                "TESTCASE",
+            ),
+            ("<LAVA_SIGNAL_TESTCASE RESULT=pass>", "TESTCASE"),
+            ("<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=x>", "TESTCASE"),
+            ("<LAVA_SIGNAL_TESTCASE x>", "TESTCASE"),
+            ("<LAVA_SIGNAL_TESTREFERENCE a ok u>", "TESTREFERENCE"),
+            ("<LAVA_SIGNAL_TESTREFERENCE a pass>", "TESTREFERENCE"),
+            ("<LAVA_SIGNAL_TESTSET START>", "TESTSET"),
+            ("<LAVA_SIGNAL_STARTRUN x>", "STARTRUN"),
+            ("<LAVA_SIGNAL_ENDRUN x>", "ENDRUN"),
+        ] {
+            match read_signal(line.as_bytes(), None) {
+                Err(e) => assert_eq!(e.signal(), name, "{line}"),
                 other => panic!("{line}: {other:?}"),
             }
         }

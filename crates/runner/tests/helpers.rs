@@ -649,6 +649,7 @@ fn test_run(id: &str, yaml: &str, params: &[(&str, &str)]) -> TestRun {
         params: merged,
         files: None,
         uuid: "u_0".into(),
+        lava_signal: jobspec::LavaSignal::Stdout,
     }
 }
 
