@@ -498,7 +498,10 @@ impl Run<'_> {
                 RunEnd::Completed => {}
                 RunEnd::Incomplete => unfinished(cases),
                 // LAVA marks the run failed when the test error came inside it.
-                RunEnd::Raised { reason, unfinished: inside } => {
+                RunEnd::Raised {
+                    reason,
+                    unfinished: inside,
+                } => {
                     if inside {
                         unfinished(cases);
                     }
