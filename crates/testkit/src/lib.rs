@@ -168,6 +168,7 @@ pub struct Spawned {
     child: Child,
     stdout: Arc<Mutex<Vec<u8>>>,
     stderr: Arc<Mutex<Vec<u8>>>,
+    pumps: Vec<std::thread::JoinHandle<()>>,
 }
 
 /// How a spawned process ended, with everything it printed.
@@ -205,12 +206,18 @@ impl Spawned {
         let mut child = cmd.spawn().context("spawning")?;
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(Vec::new()));
-        pump(child.stdout.take(), stdout.clone());
-        pump(child.stderr.take(), stderr.clone());
+        let pumps = [
+            pump(child.stdout.take(), stdout.clone()),
+            pump(child.stderr.take(), stderr.clone()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         Ok(Spawned {
             child,
             stdout,
             stderr,
+            pumps,
         })
     }
 
@@ -294,8 +301,12 @@ impl Spawned {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        // The pump threads finish once the pipes close; give them a moment.
-        std::thread::sleep(Duration::from_millis(50));
+        // The pump threads finish once the pipes close: wait for them (a busy machine may
+        // schedule them late), but not forever, since a grandchild can hold a pipe open.
+        let drained = Instant::now() + Duration::from_secs(5);
+        while self.pumps.iter().any(|p| !p.is_finished()) && Instant::now() < drained {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         Ok(Finished {
             status,
             stdout: String::from_utf8_lossy(&lock(&self.stdout)).into_owned(),
@@ -321,9 +332,12 @@ fn lock(buf: &Arc<Mutex<Vec<u8>>>) -> std::sync::MutexGuard<'_, Vec<u8>> {
     buf.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn pump(source: Option<impl Read + Send + 'static>, sink: Arc<Mutex<Vec<u8>>>) {
-    let Some(mut source) = source else { return };
-    std::thread::spawn(move || {
+fn pump(
+    source: Option<impl Read + Send + 'static>,
+    sink: Arc<Mutex<Vec<u8>>>,
+) -> Option<std::thread::JoinHandle<()>> {
+    let mut source = source?;
+    Some(std::thread::spawn(move || {
         let mut chunk = [0u8; 4096];
         while let Ok(n) = source.read(&mut chunk) {
             if n == 0 {
@@ -331,5 +345,5 @@ fn pump(source: Option<impl Read + Send + 'static>, sink: Arc<Mutex<Vec<u8>>>) {
             }
             lock(&sink).extend_from_slice(&chunk[..n]);
         }
-    });
+    }))
 }
