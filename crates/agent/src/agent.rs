@@ -732,6 +732,7 @@ impl Agent {
             device: spec.clone(),
             definition,
             device_dir: self.config.device_dir(&device),
+            host: self.config.host.clone(),
         };
         spawn_job(start, writer, self.notes_tx.clone(), stop_rx);
         tracing::info!(lease = %id, %job, %device, %epoch, "job started");

@@ -6,6 +6,9 @@
 //! token_file: /etc/dutlab/agent-token     # relative paths are relative to this file
 //! name: lab-host-1                        # default: the host name
 //! work_dir: /var/lib/dutlab/agent
+//! image_dirs: [/srv/images]              # where jobs may read images by path (default: none)
+//! allowed_destinations: [10.1.0.0/16]     # http(s)/git ranges beyond public addresses
+//! decompress: {max_bytes: 17179869184, max_ratio: 2000}
 //! devices:
 //!   - name: qemu-01                       # the fields of a device file (runner::device)
 //!     device_type: qemu
@@ -19,6 +22,9 @@
 //!   `.`/`..`): a device name becomes a directory under `work_dir/devices/`.
 //! - Every path in a loaded [`AgentConfig`] is absolute (relative ones start at the
 //!   directory of the configuration file).
+//! - What a job may reach on this host is [`HostSettings`], the operator's alone: jobs read
+//!   images by path only inside `image_dirs` (each must exist), fetch from public addresses
+//!   and `allowed_destinations` only, and decompress within `decompress`.
 //! - The token never enters this module's types: loading only checks that the token file is
 //!   readable and non-empty; the link reads it at connect time. Nothing here can print it.
 
@@ -26,6 +32,7 @@ use crate::AgentError;
 use crate::link;
 use proto::link::DeviceInfo;
 use runner::device::Device;
+use runner::policy::{Cidr, DecompressLimits, HostPolicy};
 use serde::Deserialize;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -49,6 +56,46 @@ pub struct AgentConfig {
     pub work_dir: PathBuf,
     /// The devices this agent offers.
     pub devices: Vec<Device>,
+    /// What jobs may reach on this host.
+    pub host: HostSettings,
+}
+
+/// The operator's host policy for every job of this agent (see `runner::policy`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct HostSettings {
+    /// Absolute directories jobs may read images from by path.
+    pub image_dirs: Vec<PathBuf>,
+    /// Address ranges allowed beyond public addresses.
+    pub allowed_destinations: Vec<Cidr>,
+    pub decompress: DecompressLimits,
+}
+
+impl HostSettings {
+    /// The lab policy of one job (directories canonicalised now, at job start).
+    pub fn policy(&self) -> Result<HostPolicy, String> {
+        HostPolicy::lab(
+            &self.image_dirs,
+            self.allowed_destinations.clone(),
+            self.decompress,
+        )
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDecompress {
+    #[serde(default = "default_max_bytes")]
+    max_bytes: u64,
+    #[serde(default = "default_max_ratio")]
+    max_ratio: u64,
+}
+
+fn default_max_bytes() -> u64 {
+    DecompressLimits::default().max_bytes
+}
+
+fn default_max_ratio() -> u64 {
+    DecompressLimits::default().max_ratio
 }
 
 /// The file as written.
@@ -62,6 +109,12 @@ struct RawConfig {
     work_dir: PathBuf,
     #[serde(default)]
     devices: Vec<Device>,
+    #[serde(default)]
+    image_dirs: Vec<PathBuf>,
+    #[serde(default)]
+    allowed_destinations: Vec<String>,
+    #[serde(default)]
+    decompress: Option<RawDecompress>,
 }
 
 impl AgentConfig {
@@ -120,12 +173,50 @@ impl AgentConfig {
                 device.image_dir = Some(resolve(base, dir));
             }
         }
+        let mut image_dirs = Vec::new();
+        for (i, dir) in raw.image_dirs.iter().enumerate() {
+            let dir = resolve(base, dir);
+            if !dir.is_dir() {
+                return Err(fail(format!(
+                    "image_dirs[{i}]: {}: not a directory",
+                    dir.display()
+                )));
+            }
+            image_dirs.push(dir);
+        }
+        let allowed_destinations = raw
+            .allowed_destinations
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                Cidr::parse(c).map_err(|e| fail(format!("allowed_destinations[{i}]: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let decompress = match raw.decompress {
+            None => DecompressLimits::default(),
+            Some(d) => {
+                if d.max_bytes == 0 || d.max_ratio == 0 {
+                    return Err(fail(
+                        "decompress: max_bytes and max_ratio must be at least 1".into(),
+                    ));
+                }
+                DecompressLimits {
+                    max_bytes: d.max_bytes,
+                    max_ratio: d.max_ratio,
+                }
+            }
+        };
         Ok(AgentConfig {
             controller: raw.controller,
             token_file,
             name,
             work_dir: resolve(base, &raw.work_dir),
             devices,
+            host: HostSettings {
+                image_dirs,
+                allowed_destinations,
+                decompress,
+            },
         })
     }
 
@@ -191,6 +282,11 @@ pub fn init_config(
         "work_dir: {}\n",
         quote(&work_dir.display().to_string())
     ));
+    out.push_str("# What jobs may reach on this host: directories they may read images from\n");
+    out.push_str("# by path, address ranges beyond public ones for http(s) and git, limits\n");
+    out.push_str("# of decompression (see docs/security.md).\n");
+    out.push_str("image_dirs: []\n");
+    out.push_str("allowed_destinations: []\n");
     out.push_str("# Devices offered to the controller; the fields of a device file\n");
     out.push_str("# (image_dir, qemu: {accel, memory_mib, cpus, ...}, login) may be added.\n");
     if qemu == 0 {

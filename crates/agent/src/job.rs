@@ -76,6 +76,8 @@ pub struct JobStart {
     pub definition: String,
     /// `work_dir/devices/<device>`: job directory and work root of the runner.
     pub device_dir: PathBuf,
+    /// What the job may reach on this host.
+    pub host: crate::config::HostSettings,
 }
 
 /// Runs the job of one lease to its end.
@@ -184,10 +186,18 @@ fn prepare(start: &JobStart) -> Result<(Job, JobContext), JobReport> {
             ),
         )
     })?;
+    let policy = start.host.policy().map_err(|e| {
+        ended(
+            &job.name,
+            Outcome::InfraError,
+            format!("agent {}: image_dirs: {e}", start.agent),
+        )
+    })?;
     let ctx = JobContext {
         job_dir: start.device_dir.clone(),
         default_image,
         work_root: Some(start.device_dir.clone()),
+        policy,
     };
     Ok((job, ctx))
 }

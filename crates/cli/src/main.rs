@@ -356,6 +356,7 @@ fn run(args: RunArgs) -> i32 {
         job_dir,
         default_image,
         work_root: None,
+        policy: runner::policy::HostPolicy::local(),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -4,6 +4,8 @@
 //! - The base image is never written: every boot gets a fresh qcow2 overlay whose backing file
 //!   is the base, created in O(1) whatever the base size.
 //! - The backing format is always passed (`-F`), so a raw base is never probed as something else.
+//! - [`inspect`] accepts a base only as `raw` or a self-contained `qcow2` (no backing file, no
+//!   external data file): a job's image can then never make QEMU open another host file.
 
 use std::path::{Path, PathBuf};
 use tokio::process::Command;
@@ -21,6 +23,66 @@ pub enum DiskError {
     },
     #[error("{path}: qemu-img info gave no format")]
     NoFormat { path: PathBuf },
+    #[error("{path}: {reason}")]
+    Refused { path: PathBuf, reason: String },
+}
+
+/// Disk formats a job's image may have: neither opens another file.
+pub const SELF_CONTAINED_FORMATS: &[&str] = &["raw", "qcow2"];
+
+/// The format of a job's disk image (`format`: the one the job says, else detected), once it
+/// is known to be self-contained: `raw`, or `qcow2` without a backing or external data file.
+pub async fn inspect(path: &Path, format: Option<&str>) -> Result<String, DiskError> {
+    let refused = |reason: String| DiskError::Refused {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if let Some(f) = format
+        && !SELF_CONTAINED_FORMATS.contains(&f)
+    {
+        return Err(refused(format!(
+            "format {f:?} is not a disk format dutlab boots (raw or qcow2)"
+        )));
+    }
+    let mut args: Vec<&std::ffi::OsStr> = vec!["-U".as_ref(), "--output=json".as_ref()];
+    if let Some(f) = format {
+        args.push("-f".as_ref());
+        args.push(f.as_ref());
+    }
+    args.push(path.as_os_str());
+    let stdout = qemu_img("info", &args, path).await?;
+    let info: serde_json::Value =
+        serde_json::from_slice(&stdout).map_err(|_| DiskError::NoFormat {
+            path: path.to_path_buf(),
+        })?;
+    let found = info
+        .get("format")
+        .and_then(serde_json::Value::as_str)
+        .ok_or_else(|| DiskError::NoFormat {
+            path: path.to_path_buf(),
+        })?;
+    if !SELF_CONTAINED_FORMATS.contains(&found) {
+        return Err(refused(format!(
+            "format {found:?} is not a disk format dutlab boots (raw or qcow2)"
+        )));
+    }
+    if let Some(backing) = info
+        .get("backing-filename")
+        .and_then(serde_json::Value::as_str)
+    {
+        return Err(refused(format!(
+            "the image has a backing file ({backing:?}); give a self-contained image"
+        )));
+    }
+    let data_file = info
+        .pointer("/format-specific/data/data-file")
+        .and_then(serde_json::Value::as_str);
+    if let Some(data) = data_file {
+        return Err(refused(format!(
+            "the image has an external data file ({data:?}); give a self-contained image"
+        )));
+    }
+    Ok(found.to_string())
 }
 
 /// Runs `qemu-img OPERATION ARGS...` about `path` and returns its stdout.

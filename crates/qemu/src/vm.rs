@@ -13,6 +13,13 @@
 //!   dropping a [`Vm`] kills the group synchronously. No path leaves a QEMU behind.
 //! - User-supplied arguments (`image_arg`, `extra_args`) are passed as separate argv entries,
 //!   never through a shell.
+//! - QEMU runs under its seccomp sandbox (`-sandbox on`, denying obsolete calls, spawning
+//!   processes, resource control and, unless it must drop root itself, privilege changes); a
+//!   QEMU without seccomp is refused at launch unless the device sets `qemu.sandbox: off`.
+//! - An agent running as root starts QEMU with `-runas USER` (QEMU < 9.1) or `-run-with
+//!   user=USER` (QEMU >= 9.1), picked from `QEMU --version`; USER is `qemu.run_as`
+//!   (default `nobody`). QEMU opens its disks, kernel and sockets before it drops root, so the
+//!   work directory stays private to root.
 
 use crate::qmp::{Qmp, QmpError};
 use driver::{DriverError, Power, PowerState};
@@ -52,6 +59,17 @@ impl Accel {
     }
 }
 
+/// Whether QEMU runs under its seccomp sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SandboxMode {
+    /// `-sandbox on,...`; a QEMU built without seccomp is refused.
+    #[default]
+    On,
+    /// No `-sandbox` (only for a QEMU without seccomp support, at the operator's risk).
+    Off,
+}
+
 /// Settings of a QEMU device (the `qemu:` block of a device file).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -64,8 +82,12 @@ pub struct QemuConfig {
     pub cpus: u32,
     /// Kernel command line used when the job gives none.
     pub kernel_args: String,
-    /// Extra arguments appended to every launch.
+    /// Extra arguments appended to every launch (the operator's: never checked).
     pub extra_args: Vec<String>,
+    /// The seccomp sandbox (default on).
+    pub sandbox: SandboxMode,
+    /// The user QEMU becomes when started by root (`-runas` / `-run-with user=`).
+    pub run_as: String,
 }
 
 impl Default for QemuConfig {
@@ -78,6 +100,78 @@ impl Default for QemuConfig {
             cpus: 1,
             kernel_args: "console=ttyS0 panic=-1 quiet".into(),
             extra_args: Vec::new(),
+            sandbox: SandboxMode::On,
+            run_as: "nobody".into(),
+        }
+    }
+}
+
+/// How QEMU gives up root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Privileges {
+    /// Not started by root: nothing to drop.
+    Keep,
+    /// `-runas USER` (QEMU before 9.1).
+    Runas(String),
+    /// `-run-with user=USER` (QEMU 9.1 and later, where `-runas` is deprecated).
+    RunWith(String),
+}
+
+/// QEMU's version as (major, minor).
+pub async fn qemu_version(binary: &str) -> Result<(u32, u32), QemuError> {
+    let out = Command::new(binary)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|source| QemuError::Spawn {
+            binary: binary.to_string(),
+            source,
+        })?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    parse_version(&text).ok_or_else(|| QemuError::Version {
+        binary: binary.to_string(),
+        output: text.trim().chars().take(200).collect(),
+    })
+}
+
+/// `QEMU emulator version 7.2.22 (...)` -> (7, 2).
+fn parse_version(text: &str) -> Option<(u32, u32)> {
+    let rest = text.split("version ").nth(1)?;
+    let mut numbers = rest.split(|c: char| !c.is_ascii_digit());
+    let major = numbers.next()?.parse().ok()?;
+    let minor = numbers.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+impl Privileges {
+    /// What this process must ask of `config.binary`: drop to `config.run_as` when root.
+    pub async fn for_host(config: &QemuConfig) -> Result<Privileges, QemuError> {
+        if !nix::unistd::geteuid().is_root() {
+            return Ok(Privileges::Keep);
+        }
+        let user = &config.run_as;
+        let fits = !user.is_empty()
+            && user.len() <= 64
+            && user
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'));
+        if !fits {
+            return Err(QemuError::BadUser(user.clone()));
+        }
+        let version = qemu_version(&config.binary).await?;
+        Ok(if version >= (9, 1) {
+            Privileges::RunWith(user.clone())
+        } else {
+            Privileges::Runas(user.clone())
+        })
+    }
+
+    fn args(&self) -> Vec<String> {
+        match self {
+            Privileges::Keep => Vec::new(),
+            Privileges::Runas(user) => vec!["-runas".into(), user.clone()],
+            Privileges::RunWith(user) => vec!["-run-with".into(), format!("user={user}")],
         }
     }
 }
@@ -188,6 +282,15 @@ pub enum QemuError {
     BadSerial(String),
     #[error("QEMU process: {0}")]
     Io(#[from] std::io::Error),
+    #[error(
+        "QEMU refused its seccomp sandbox (-sandbox on): {stderr} (install a QEMU built with \
+         seccomp, or set qemu.sandbox: off in the device configuration)"
+    )]
+    NoSandbox { stderr: String },
+    #[error("qemu.run_as: {0:?} is not a user name or uid:gid")]
+    BadUser(String),
+    #[error("{binary} --version said {output:?}: no version found")]
+    Version { binary: String, output: String },
 }
 
 /// A running (or paused) QEMU process.
@@ -209,8 +312,28 @@ impl std::fmt::Debug for Vm {
 }
 
 /// The full argument vector for a launch (exposed for tests and `--dry-run` style output).
-pub fn command_line(config: &QemuConfig, boot: &BootSpec, run_dir: &Path) -> Vec<String> {
-    let mut args: Vec<String> = vec![
+pub fn command_line(
+    config: &QemuConfig,
+    boot: &BootSpec,
+    run_dir: &Path,
+    privileges: &Privileges,
+) -> Vec<String> {
+    let mut args: Vec<String> = Vec::new();
+    if config.sandbox == SandboxMode::On {
+        // QEMU 7.2 installs the filter before -runas calls setuid: a QEMU that drops root
+        // itself needs set*id allowed. After the drop it cannot regain root (spawn=deny: no
+        // setuid program can be executed).
+        let elevate = match privileges {
+            Privileges::Keep => "deny",
+            Privileges::Runas(_) | Privileges::RunWith(_) => "allow",
+        };
+        args.push("-sandbox".into());
+        args.push(format!(
+            "on,obsolete=deny,elevateprivileges={elevate},spawn=deny,resourcecontrol=deny"
+        ));
+    }
+    args.extend(privileges.args());
+    args.extend::<Vec<String>>(vec![
         "-name".into(),
         "dutlab-dut".into(),
         "-accel".into(),
@@ -239,7 +362,7 @@ pub fn command_line(config: &QemuConfig, boot: &BootSpec, run_dir: &Path) -> Vec
             "unix:{},server=on,wait=off",
             run_dir.join("qmp.sock").display()
         ),
-    ];
+    ]);
     if let Some(kernel) = &boot.kernel {
         args.push("-kernel".into());
         args.push(kernel.display().to_string());
@@ -282,7 +405,8 @@ impl Vm {
             path: run_dir.to_path_buf(),
             source,
         })?;
-        let args = command_line(config, boot, run_dir);
+        let privileges = Privileges::for_host(config).await?;
+        let args = command_line(config, boot, run_dir, &privileges);
         tracing::debug!(binary = %config.binary, ?args, "launching QEMU");
         let mut child = Command::new(&config.binary)
             .args(&args)
@@ -324,7 +448,14 @@ impl Vm {
             state: PowerState::Paused,
             stderr,
         };
-        let console = vm.connect(&run_dir.join("console.sock"), deadline).await?;
+        let console = match vm.connect(&run_dir.join("console.sock"), deadline).await {
+            Err(QemuError::StartFailed { stderr, .. })
+                if config.sandbox == SandboxMode::On && stderr.contains("seccomp") =>
+            {
+                return Err(QemuError::NoSandbox { stderr });
+            }
+            other => other?,
+        };
         let qmp_socket = vm.connect(&run_dir.join("qmp.sock"), deadline).await?;
         vm.qmp = Some(Qmp::negotiate(qmp_socket).await?);
         Ok((vm, console))
@@ -496,7 +627,7 @@ mod tests {
             extra_args: vec!["-device".into(), "virtio-rng-pci".into()],
             ..QemuConfig::default()
         };
-        let args = command_line(&config, &boot, Path::new("/w/run"));
+        let args = command_line(&config, &boot, Path::new("/w/run"), &Privileges::Keep);
         let drives: Vec<&String> = args
             .iter()
             .zip(args.iter().skip(1))
@@ -518,6 +649,51 @@ mod tests {
             tail[3],
             "virtio-blk-pci,drive=dutlab-channel0,serial=dutlab-overlay,addr=0x1e"
         );
+    }
+
+    #[test]
+    fn the_sandbox_comes_first_and_root_is_dropped_by_version() {
+        let config = QemuConfig::default();
+        let boot = BootSpec::default();
+        let keep = command_line(&config, &boot, Path::new("/w"), &Privileges::Keep);
+        assert_eq!(keep[0], "-sandbox");
+        assert_eq!(
+            keep[1],
+            "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+        );
+        assert!(!keep.iter().any(|a| a == "-runas" || a == "-run-with"));
+        let old = command_line(
+            &config,
+            &boot,
+            Path::new("/w"),
+            &Privileges::Runas("nobody".into()),
+        );
+        assert!(old[1].contains("elevateprivileges=allow,spawn=deny"));
+        assert_eq!(old[2..4], ["-runas".to_string(), "nobody".to_string()]);
+        let new = command_line(
+            &config,
+            &boot,
+            Path::new("/w"),
+            &Privileges::RunWith("qemu".into()),
+        );
+        assert_eq!(
+            new[2..4],
+            ["-run-with".to_string(), "user=qemu".to_string()]
+        );
+        let off = QemuConfig {
+            sandbox: SandboxMode::Off,
+            ..QemuConfig::default()
+        };
+        assert!(
+            !command_line(&off, &boot, Path::new("/w"), &Privileges::Keep)
+                .contains(&"-sandbox".to_string())
+        );
+        assert_eq!(
+            parse_version("QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7)"),
+            Some((7, 2))
+        );
+        assert_eq!(parse_version("QEMU emulator version 9.1.0"), Some((9, 1)));
+        assert_eq!(parse_version("nothing"), None);
     }
 
     #[test]

@@ -1,52 +1,115 @@
 //! Deploy: turns a job's images (or the device's default guest image) into a QEMU boot spec.
 //!
 //! Invariants:
-//! - Relative image paths are resolved against the job file's directory; `http(s)://` images
-//!   are streamed into the work directory, bounded in size and by the deploy deadline.
+//! - Image names (the keys under `images:`) match [`check_image_name`]; each image gets its
+//!   own new directory `work/images/<name>/` and every file in it is created new
+//!   (`create_new`): nothing outside the work directory is written, nothing is overwritten.
+//! - Where an image may come from is the job's [`HostPolicy`]: locally any path (relative
+//!   ones start at the job file's directory); in the lab only paths inside the allowed image
+//!   directories, canonical. `http(s)://` images are streamed into the work directory,
+//!   bounded in size and by the deploy deadline, from destinations the policy allows: checked
+//!   after resolution, connected to the checked address, redirects followed by hand (each hop
+//!   checked again), proxies never used.
 //! - A checksum is verified on the file as given (before decompression), as LAVA does.
-//! - Compressed images are decompressed into the job's work directory; originals are never
-//!   written. Every disk image boots from a fresh qcow2 linked clone in the work directory.
+//! - Decompression runs on a blocking thread, bounded in output bytes, ratio and by the
+//!   deploy deadline; originals are never written. Every disk image is checked to be a
+//!   self-contained raw or qcow2 file and boots from a fresh qcow2 linked clone.
 //! - `image_arg` is split like a shell would split words but nothing is evaluated: the only
-//!   substitution is `{name}` -> the path of image `name`.
+//!   substitution is `{name}` -> the path of image `name`; the result must pass the QEMU
+//!   option allow-list ([`crate::qemu_options`]).
 //! - What an image is (kernel, initrd, disk, unused) comes from `jobspec::image_role` alone,
 //!   the table the job's warnings are made from.
 //! - Every failure here is the job's fault (job-error) except a failing `qemu-img` (infra-error).
 
 use crate::JobEnd;
+use crate::policy::{DecompressLimits, HostPolicy, RATIO_FLOOR};
+use crate::qemu_options::{self, JobQemuOptions, OptionScope};
 use jobspec::{Compression, Image, ImageRole, ImageSource, image_role};
 use qemu::image::GuestImage;
 use qemu::{BootSpec, Drive};
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
-use std::io::Read;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::time::Instant;
+
+/// Longest image name.
+pub const MAX_IMAGE_NAME: usize = 64;
+
+/// Redirects followed for one download.
+const MAX_REDIRECTS: usize = 10;
+
+/// What a deploy action may use on the host.
+#[derive(Debug, Clone, Copy)]
+pub struct DeployScope<'a> {
+    /// Directory of the job file (relative paths of a local run start here).
+    pub job_dir: &'a Path,
+    /// The job's work directory: everything deploy writes is inside it.
+    pub work_dir: &'a Path,
+    pub policy: &'a HostPolicy,
+    /// The operator's extension of the QEMU option allow-list for this device.
+    pub extension: &'a JobQemuOptions,
+}
+
+/// An image name as a file name: 1 to [`MAX_IMAGE_NAME`] of `[a-z0-9_.-]`, no leading dot.
+pub fn check_image_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_IMAGE_NAME {
+        return Err(format!("must be 1 to {MAX_IMAGE_NAME} characters"));
+    }
+    if name.starts_with('.') {
+        return Err("must not start with '.'".into());
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-')))
+    {
+        return Err(format!(
+            "contains {c:?}; image names use lower-case letters, digits, '_', '.' and '-'"
+        ));
+    }
+    Ok(())
+}
 
 /// Builds the boot spec for explicit images from a deploy action.
 pub async fn deploy_images(
     images: &BTreeMap<String, Image>,
     field: &str,
-    job_dir: &Path,
-    work_dir: &Path,
+    scope: DeployScope<'_>,
     deadline: Instant,
 ) -> Result<BootSpec, JobEnd> {
+    let work_dir = scope.work_dir;
+    for name in images.keys() {
+        check_image_name(name)
+            .map_err(|reason| JobEnd::job_error(format!("{field}.images: {name:?}: {reason}")))?;
+    }
+    let images_dir = work_dir.join("images");
+    std::fs::create_dir_all(&images_dir)
+        .map_err(|e| JobEnd::infra_error(format!("cannot create {}: {e}", images_dir.display())))?;
     let mut boot = BootSpec::default();
     // First pass: make every image a local, decompressed file; disks get their overlay.
     let mut paths: BTreeMap<&str, PathBuf> = BTreeMap::new();
     let mut disks: BTreeMap<&str, String> = BTreeMap::new();
     for (name, image) in images {
         let field = format!("{field}.images.{name}");
-        let local = fetch(image, &field, job_dir, work_dir, name, deadline).await?;
+        let dir = images_dir.join(name);
+        std::fs::create_dir(&dir).map_err(|e| {
+            JobEnd::job_error(format!("{field}: cannot create {}: {e}", dir.display()))
+        })?;
+        let local = fetch(image, &field, scope, &dir, deadline).await?;
         let path = match image_role(name) {
             ImageRole::Kernel | ImageRole::Initrd | ImageRole::Unused => local,
             ImageRole::Disk => {
-                let format = match &image.format {
-                    Some(f) => f.clone(),
-                    None => qemu::disk::detect_format(&local)
-                        .await
-                        .map_err(|e| JobEnd::job_error(format!("{field}: {e}")))?,
-                };
-                let overlay = work_dir.join(format!("{name}.overlay.qcow2"));
+                let format = qemu::disk::inspect(&local, image.format.as_deref())
+                    .await
+                    .map_err(|e| match e {
+                        qemu::disk::DiskError::Spawn(_) => {
+                            JobEnd::infra_error(format!("{field}: {e}"))
+                        }
+                        _ => JobEnd::job_error(format!("{field}: {e}")),
+                    })?;
+                let overlay = dir.join("overlay.qcow2");
                 qemu::disk::create_overlay(&local, &format, &overlay)
                     .await
                     .map_err(|e| JobEnd::infra_error(format!("{field}: {e}")))?;
@@ -56,15 +119,20 @@ pub async fn deploy_images(
         };
         paths.insert(name, path);
     }
+    let files: BTreeSet<String> = paths.values().map(|p| p.display().to_string()).collect();
+    let options = OptionScope {
+        files: &files,
+        extension: scope.extension,
+    };
     // Second pass: arguments.
     for (name, image) in images {
         let field = format!("{field}.images.{name}");
         let path = &paths[name.as_str()];
         if let Some(arg) = &image.image_arg {
-            boot.image_args.extend(
-                image_arg(arg, &paths, &disks)
-                    .map_err(|reason| JobEnd::job_error(format!("{field}.image_arg: {reason}")))?,
-            );
+            let args = image_arg(arg, &paths, &disks)
+                .and_then(|args| qemu_options::check(&args, options).map(|()| args))
+                .map_err(|reason| JobEnd::job_error(format!("{field}.image_arg: {reason}")))?;
+            boot.image_args.extend(args);
             continue;
         }
         match image_role(name) {
@@ -99,27 +167,23 @@ pub async fn deploy_default(image: &GuestImage, work_dir: &Path) -> Result<BootS
     })
 }
 
-/// Resolves (or downloads), verifies and decompresses one image; returns the local file to use.
+/// Resolves (or downloads), verifies and decompresses one image into `dir` (the image's own
+/// new directory); returns the local file to use.
 async fn fetch(
     image: &Image,
     field: &str,
-    job_dir: &Path,
-    work_dir: &Path,
-    name: &str,
+    scope: DeployScope<'_>,
+    dir: &Path,
     deadline: Instant,
 ) -> Result<PathBuf, JobEnd> {
     let path = match &image.source {
-        ImageSource::Path(p) => {
-            let p = Path::new(p);
-            if p.is_absolute() {
-                p.to_path_buf()
-            } else {
-                job_dir.join(p)
-            }
-        }
+        ImageSource::Path(p) => scope
+            .policy
+            .image_path(p, scope.job_dir)
+            .map_err(|reason| JobEnd::job_error(format!("{field}.url: {reason}")))?,
         ImageSource::Http(url) => {
-            let out = work_dir.join(format!("{name}.download"));
-            download(url, &out, deadline)
+            let out = dir.join("download");
+            download(url, &out, deadline, scope.policy)
                 .await
                 .map_err(|reason| JobEnd::job_error(format!("{field}.url: {url}: {reason}")))?;
             out
@@ -132,7 +196,10 @@ async fn fetch(
         )));
     }
     if let Some(want) = &image.sha256sum {
-        let got = sha256_file(&path)
+        let hashed = path.clone();
+        let got = tokio::task::spawn_blocking(move || sha256_file(&hashed))
+            .await
+            .map_err(|e| JobEnd::infra_error(format!("{field}: checksum task: {e}")))?
             .map_err(|e| JobEnd::job_error(format!("{field}.url: {}: {e}", path.display())))?;
         if &got != want {
             return Err(JobEnd::job_error(format!(
@@ -141,59 +208,210 @@ async fn fetch(
             )));
         }
     }
-    let read_err = |e: std::io::Error| {
-        JobEnd::job_error(format!(
-            "{field}: cannot decompress {}: {e}",
-            path.display()
-        ))
-    };
-    match image.compression {
-        Compression::None => Ok(path),
-        Compression::Gz => {
-            let out = work_dir.join(name);
-            let mut input =
-                flate2::read::GzDecoder::new(std::fs::File::open(&path).map_err(read_err)?);
-            let mut file = std::fs::File::create(&out).map_err(read_err)?;
-            std::io::copy(&mut input, &mut file).map_err(read_err)?;
-            Ok(out)
-        }
-        Compression::Xz => {
-            let out = work_dir.join(name);
-            let mut input = std::io::BufReader::new(std::fs::File::open(&path).map_err(read_err)?);
-            let mut file = std::io::BufWriter::new(std::fs::File::create(&out).map_err(read_err)?);
-            lzma_rs::xz_decompress(&mut input, &mut file).map_err(|e| {
-                JobEnd::job_error(format!(
-                    "{field}: cannot decompress {}: {e}",
-                    path.display()
-                ))
-            })?;
-            Ok(out)
-        }
+    let kind = match image.compression {
+        Compression::None => return Ok(path),
+        Compression::Gz => Codec::Gz,
+        Compression::Xz => Codec::Xz,
         // Refused by `jobspec::check_runnable` before the run starts; kept for callers of
         // `deploy_images` that did not check.
-        other => Err(JobEnd::job_error(format!(
-            "{field}.compression: {other:?} is not supported yet (use gz, xz or none)"
-        ))),
+        other => {
+            return Err(JobEnd::job_error(format!(
+                "{field}.compression: {other:?} is not supported yet (use gz, xz or none)"
+            )));
+        }
+    };
+    let out = dir.join("file");
+    decompress(kind, &path, &out, scope.policy.decompress, deadline)
+        .await
+        .map_err(|reason| {
+            JobEnd::job_error(format!(
+                "{field}: cannot decompress {}: {reason}",
+                path.display()
+            ))
+        })?;
+    Ok(out)
+}
+
+/// A compression format deploy can undo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    Gz,
+    Xz,
+}
+
+/// Sets its flag when dropped: tells a blocking decompression to stop.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
     }
+}
+
+/// Decompresses `input` into the new file `out` on a blocking thread, bounded by `limits`
+/// and `deadline`; stops when the future is dropped (job canceled or timed out).
+pub async fn decompress(
+    codec: Codec,
+    input: &Path,
+    out: &Path,
+    limits: DecompressLimits,
+    deadline: Instant,
+) -> Result<u64, String> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let guard = StopOnDrop(stop.clone());
+    let (input, out) = (input.to_path_buf(), out.to_path_buf());
+    let std_deadline = deadline.into_std();
+    let task = tokio::task::spawn_blocking(move || {
+        decompress_blocking(codec, &input, &out, limits, std_deadline, &stop)
+    });
+    let result = tokio::time::timeout_at(deadline, task).await;
+    drop(guard);
+    match result {
+        Err(_) => Err("did not finish before the deploy timeout".into()),
+        Ok(Err(e)) => Err(format!("decompression task failed: {e}")),
+        Ok(Ok(r)) => r,
+    }
+}
+
+/// Output bounded in size, by a deadline and a stop flag.
+struct Bounded<'a, W> {
+    inner: W,
+    written: u64,
+    max: u64,
+    why_max: String,
+    deadline: std::time::Instant,
+    stop: &'a AtomicBool,
+}
+
+impl<W: Write> Write for Bounded<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.stop.load(Ordering::Relaxed) || std::time::Instant::now() >= self.deadline {
+            return Err(std::io::Error::other("stopped by the deploy timeout"));
+        }
+        let after = self.written.saturating_add(buf.len() as u64);
+        if after > self.max {
+            return Err(std::io::Error::other(self.why_max.clone()));
+        }
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn decompress_blocking(
+    codec: Codec,
+    input: &Path,
+    out: &Path,
+    limits: DecompressLimits,
+    deadline: std::time::Instant,
+    stop: &AtomicBool,
+) -> Result<u64, String> {
+    let source = std::fs::File::open(input).map_err(|e| e.to_string())?;
+    let size = source.metadata().map_err(|e| e.to_string())?.len();
+    let by_ratio = size.saturating_mul(limits.max_ratio).max(RATIO_FLOOR);
+    let (max, why_max) = if by_ratio < limits.max_bytes {
+        (
+            by_ratio,
+            format!(
+                "it expands more than {} times its {size} bytes (a decompression bomb?)",
+                limits.max_ratio
+            ),
+        )
+    } else {
+        (
+            limits.max_bytes,
+            format!("it expands beyond the {} bytes allowed", limits.max_bytes),
+        )
+    };
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(out)
+        .map_err(|e| format!("{}: {e}", out.display()))?;
+    let mut sink = Bounded {
+        inner: std::io::BufWriter::new(file),
+        written: 0,
+        max,
+        why_max,
+        deadline,
+        stop,
+    };
+    match codec {
+        Codec::Gz => {
+            let mut reader = flate2::read::GzDecoder::new(std::io::BufReader::new(source));
+            std::io::copy(&mut reader, &mut sink).map_err(|e| e.to_string())?;
+        }
+        Codec::Xz => {
+            let mut reader = std::io::BufReader::new(source);
+            lzma_rs::xz_decompress(&mut reader, &mut sink).map_err(|e| match e {
+                lzma_rs::error::Error::IoError(io) => io.to_string(),
+                other => other.to_string(),
+            })?;
+        }
+    }
+    sink.flush().map_err(|e| e.to_string())?;
+    Ok(sink.written)
 }
 
 /// Largest image downloaded.
 pub const MAX_DOWNLOAD: u64 = 16 << 30;
 
-/// Streams `url` to `out`, bounded in size and by `deadline`. Redirects are followed (10 at
-/// most); anything but a 2xx answer is an error naming the status.
-async fn download(url: &str, out: &Path, deadline: Instant) -> Result<(), String> {
+/// Streams `url` to the new file `out`, bounded in size and by `deadline`, from destinations
+/// `policy` allows. Redirects are followed by hand (10 at most), each hop's address checked
+/// and pinned; anything but a 2xx answer is an error naming the status.
+pub async fn download(
+    url: &str,
+    out: &Path,
+    deadline: Instant,
+    policy: &HostPolicy,
+) -> Result<(), String> {
     use futures_util::StreamExt;
     use tokio::io::AsyncWriteExt;
     let work = async {
-        let client = reqwest::Client::builder()
-            .build()
-            .map_err(|e| format!("cannot make an HTTP client: {e}"))?;
-        let response = client
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| format!("download failed: {e}"))?;
+        let mut current = reqwest::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
+        let mut hops = 0;
+        let response = loop {
+            if !matches!(current.scheme(), "http" | "https") {
+                return Err(format!("{current}: only http and https are fetched"));
+            }
+            let host = current
+                .host_str()
+                .ok_or_else(|| format!("{current}: no host"))?
+                .to_string();
+            let port = current
+                .port_or_known_default()
+                .ok_or_else(|| format!("{current}: no port"))?;
+            let addr = policy.pinned_address(&host, port).await?;
+            let client = reqwest::Client::builder()
+                .no_proxy()
+                .redirect(reqwest::redirect::Policy::none())
+                .resolve(host.trim_matches(['[', ']']), addr)
+                .build()
+                .map_err(|e| format!("cannot make an HTTP client: {e}"))?;
+            let response = client
+                .get(current.clone())
+                .send()
+                .await
+                .map_err(|e| format!("download failed: {e}"))?;
+            if !response.status().is_redirection() {
+                break response;
+            }
+            hops += 1;
+            if hops > MAX_REDIRECTS {
+                return Err(format!("more than {MAX_REDIRECTS} redirects"));
+            }
+            let location = response
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .ok_or_else(|| format!("HTTP {} without a Location", response.status()))?;
+            current = current
+                .join(location)
+                .map_err(|e| format!("redirect to {location:?}: {e}"))?;
+        };
         let status = response.status();
         if !status.is_success() {
             return Err(format!("download failed: HTTP {status}"));
@@ -201,7 +419,10 @@ async fn download(url: &str, out: &Path, deadline: Instant) -> Result<(), String
         if response.content_length().is_some_and(|n| n > MAX_DOWNLOAD) {
             return Err(format!("larger than the {MAX_DOWNLOAD} bytes allowed"));
         }
-        let mut file = tokio::fs::File::create(out)
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(out)
             .await
             .map_err(|e| format!("{}: {e}", out.display()))?;
         let mut body = response.bytes_stream();

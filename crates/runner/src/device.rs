@@ -7,6 +7,10 @@
 //! image_dir: /var/cache/dutlab/image   # default guest image (kernel, initramfs, rootfs)
 //! qemu: { accel: tcg, memory_mib: 512 }
 //! overlay_channel: disk                # or console: how test definitions reach the DUT
+//! job_qemu_options:                    # what a job's image_arg may add beyond the built-in
+//!   options: [-smp]                    # allow-list (runner::qemu_options)
+//!   device_models: [virtio-serial-pci]
+//!   user_network: restricted           # or outbound
 //! login:                               # used when the job's boot action gives none
 //!   prompts: ["# $"]
 //!   auto_login: { login_prompt: "login:", username: root }
@@ -41,6 +45,9 @@ pub struct Device {
     /// How the test overlay reaches the DUT (default: a virtio disk, console as fallback).
     #[serde(default)]
     pub overlay_channel: crate::overlay::OverlayChannel,
+    /// The operator's extension of the QEMU options a job may give.
+    #[serde(default)]
+    pub job_qemu_options: crate::qemu_options::JobQemuOptions,
 }
 
 /// How to reach a shell when the job's boot action does not say.
@@ -95,6 +102,7 @@ impl Device {
             qemu: QemuConfig::default(),
             login: LoginDefaults::default(),
             overlay_channel: Default::default(),
+            job_qemu_options: Default::default(),
         }
     }
 

@@ -18,6 +18,8 @@
 //! - Three timeout levels: job (whole run), action (each action), connection (each wait for
 //!   the DUT inside boot and setup). The earliest deadline binds and is named when it fires.
 //! - Cancellation is checked at every await point of the job and leads to the same teardown.
+//! - What a job may reach on the host (paths, destinations, repositories, QEMU options) is
+//!   its [`policy::HostPolicy`]: `Local` for `dutlab run`, `Lab` for an agent.
 //! - What a device type can run (deploy targets, boot methods, architectures) is jobspec's
 //!   one table: a job `jobspec::check_runnable` refuses ends as a job error with its
 //!   `field: reason` before anything is fetched or booted; the runner keeps no copy of it.
@@ -25,6 +27,8 @@
 pub mod deploy;
 pub mod device;
 pub mod overlay;
+pub mod policy;
+pub mod qemu_options;
 pub mod report;
 pub mod session;
 pub mod signals;
@@ -156,6 +160,8 @@ pub struct JobContext {
     /// Where the job's work directory (overlays, QEMU sockets) is created; `None`: `$TMPDIR`.
     /// Every QEMU process of the job names this directory on its command line.
     pub work_root: Option<PathBuf>,
+    /// What the job may reach on this host.
+    pub policy: policy::HostPolicy,
 }
 
 /// Runs `job` on `device` and reports how it ended.
@@ -251,7 +257,8 @@ impl Run<'_> {
         .map_err(|e| JobEnd::infra_error(format!("cannot create a work directory: {e}")))?;
         let work = work_dir.path().to_path_buf();
         self.work_dir = Some(work_dir);
-        self.overlay = Overlay::prepare(self.job, &self.ctx.job_dir, &work)
+        self.overlay = Overlay::prepare(self.job, &self.ctx.job_dir, &work, &self.ctx.policy)
+            .await
             .map_err(|e| JobEnd::job_error(e.to_string()))?;
         // Warnings of definitions fetched from git: only the run reads those files.
         for warning in &self.overlay.warnings {
@@ -305,14 +312,13 @@ impl Run<'_> {
             match action {
                 Action::Deploy(d) => {
                     let field = format!("actions[{index}].deploy");
-                    let boot = deploy::deploy_images(
-                        &d.images,
-                        &field,
-                        &self.ctx.job_dir,
-                        &work,
-                        limit.at,
-                    )
-                    .await?;
+                    let scope = deploy::DeployScope {
+                        job_dir: &self.ctx.job_dir,
+                        work_dir: &work,
+                        policy: &self.ctx.policy,
+                        extension: &self.device.job_qemu_options,
+                    };
+                    let boot = deploy::deploy_images(&d.images, &field, scope, limit.at).await?;
                     self.boot = Some(boot);
                 }
                 Action::Boot(b) => {

@@ -26,7 +26,14 @@
 //!   error. Over the console it travels gzip-compressed, capped at [`MAX_CONSOLE_OVERLAY`]
 //!   (see [`OverlayChannel`]).
 //! - Nothing in here runs a host shell: git is executed with an argument vector.
+//! - Locally (`Reach::Local`) a repository is any path or URL git accepts. In the lab only
+//!   remote `https://` URLs are cloned, to an address the host policy allows, pinned
+//!   (`http.curloptResolve`), with no redirect, no other protocol, and git run with an empty
+//!   environment: no system or global config, `HOME` in the job's work directory, no
+//!   credential helper, prompt or askpass, no proxy.
+//! - A clone goes to `work/repos/<index>`: nothing of the job's text names a host path.
 
+use crate::policy::{HostPolicy, Reach};
 use jobspec::{DefinitionSource, Job, LavaSignal, TestDefinition};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -116,7 +123,12 @@ impl Overlay {
     /// Resolves every test definition of the job. `job_dir` anchors relative repository
     /// paths; clones go under `work_dir`. The warnings of definitions read from git go to
     /// [`Overlay::warnings`] (job validation never sees those files).
-    pub fn prepare(job: &Job, job_dir: &Path, work_dir: &Path) -> Result<Overlay, OverlayError> {
+    pub async fn prepare(
+        job: &Job,
+        job_dir: &Path,
+        work_dir: &Path,
+        policy: &HostPolicy,
+    ) -> Result<Overlay, OverlayError> {
         let mut overlay = Overlay::default();
         let mut index = 0usize;
         let token = unique_token();
@@ -137,18 +149,18 @@ impl Overlay {
                             branch,
                             history,
                         } => {
-                            let dir = work_dir.join("repos").join(&id);
-                            clone(
+                            let dir = work_dir.join("repos").join(index.to_string());
+                            let source = GitSource {
                                 repository,
-                                revision.as_deref(),
-                                branch.as_deref(),
-                                job_dir,
-                                &dir,
-                            )
-                            .map_err(|reason| OverlayError {
-                                field: format!("{field}.repository"),
-                                reason,
-                            })?;
+                                revision: revision.as_deref(),
+                                branch: branch.as_deref(),
+                            };
+                            source.run(job_dir, work_dir, &dir, policy).await.map_err(
+                                |reason| OverlayError {
+                                    field: format!("{field}.repository"),
+                                    reason,
+                                },
+                            )?;
                             let file = dir.join(&def.path);
                             let text = read_inside(&dir, &file).map_err(|reason| OverlayError {
                                 field: format!("{field}.path"),
@@ -469,7 +481,7 @@ fn unique_token() -> String {
 }
 
 /// Resolves a repository string to something `git clone` accepts, relative paths against
-/// the job file's directory.
+/// the job file's directory (local runs only).
 fn resolve_repository(repository: &str, job_dir: &Path) -> String {
     if let Some(path) = repository.strip_prefix("file://") {
         return path.to_string();
@@ -485,39 +497,145 @@ fn resolve_repository(repository: &str, job_dir: &Path) -> String {
     }
 }
 
-fn clone(
-    repository: &str,
-    revision: Option<&str>,
-    branch: Option<&str>,
-    job_dir: &Path,
-    dest: &Path,
-) -> Result<(), String> {
-    let source = resolve_repository(repository, job_dir);
-    if let Some(parent) = dest.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
-    }
-    let mut cmd = std::process::Command::new("git");
-    cmd.args(["clone", "--quiet"]);
-    if let Some(branch) = branch {
-        cmd.args(["--branch", branch]);
-    }
-    cmd.arg("--").arg(&source).arg(dest);
-    git(cmd, &format!("cannot clone {source}"))?;
-    if let Some(revision) = revision {
-        let mut cmd = std::process::Command::new("git");
-        cmd.arg("-C")
-            .arg(dest)
-            .args(["checkout", "--quiet", "--detach", revision, "--"]);
-        git(cmd, &format!("cannot check out revision {revision:?}"))?;
-    }
-    Ok(())
+/// What a lab clone connects to: an `https://` URL, its host and port, and the checked
+/// address pinned for them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabRemote {
+    pub url: String,
+    pub host: String,
+    pub port: u16,
 }
 
-fn git(mut cmd: std::process::Command, what: &str) -> Result<(), String> {
+/// Accepts a lab repository: a remote `https://host[:port]/path` URL and nothing else (no
+/// local path, `file://`, `ssh://`, `git@host:`, `ext::` or other transport).
+pub fn lab_remote(repository: &str) -> Result<LabRemote, String> {
+    let refuse = || {
+        format!(
+            "{repository:?}: the lab clones remote https:// repositories only (no local path, \
+             file://, ssh, git@ or ext:: transports)"
+        )
+    };
+    if !repository.starts_with("https://") {
+        return Err(refuse());
+    }
+    let url = reqwest::Url::parse(repository).map_err(|_| refuse())?;
+    // `transport::address` (git's remote helpers, `ext::`) needs the helper name first, so
+    // a URL that starts with `https://` always means https.
+    if url.scheme() != "https" {
+        return Err(refuse());
+    }
+    let host = url.host_str().ok_or_else(refuse)?.to_string();
+    let port = url.port_or_known_default().ok_or_else(refuse)?;
+    Ok(LabRemote {
+        url: url.to_string(),
+        host,
+        port,
+    })
+}
+
+/// One git definition's repository, as the job wrote it.
+struct GitSource<'a> {
+    repository: &'a str,
+    revision: Option<&'a str>,
+    branch: Option<&'a str>,
+}
+
+impl GitSource<'_> {
+    async fn run(
+        &self,
+        job_dir: &Path,
+        work_dir: &Path,
+        dest: &Path,
+        policy: &HostPolicy,
+    ) -> Result<(), String> {
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+        }
+        let mut clone = match policy.reach {
+            Reach::Local => {
+                let source = resolve_repository(self.repository, job_dir);
+                let mut cmd = tokio::process::Command::new("git");
+                cmd.args(["clone", "--quiet"]);
+                self.branch_args(&mut cmd);
+                cmd.arg("--").arg(&source).arg(dest);
+                cmd
+            }
+            Reach::Lab => {
+                let remote = lab_remote(self.repository)?;
+                let addr = policy.pinned_address(&remote.host, remote.port).await?;
+                let ip = match addr.ip() {
+                    std::net::IpAddr::V4(v4) => v4.to_string(),
+                    std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+                };
+                let host = remote.host.trim_matches(['[', ']']);
+                let mut cmd = lab_git(work_dir);
+                cmd.arg("-c")
+                    .arg(format!("http.curloptResolve={host}:{}:{ip}", remote.port));
+                cmd.args(["clone", "--quiet", "--no-recurse-submodules"]);
+                self.branch_args(&mut cmd);
+                cmd.arg("--").arg(&remote.url).arg(dest);
+                cmd
+            }
+        };
+        git(&mut clone, &format!("cannot clone {}", self.repository)).await?;
+        if let Some(revision) = self.revision {
+            let mut cmd = match policy.reach {
+                Reach::Local => tokio::process::Command::new("git"),
+                Reach::Lab => lab_git(work_dir),
+            };
+            cmd.arg("-C")
+                .arg(dest)
+                .args(["checkout", "--quiet", "--detach", revision, "--"]);
+            git(&mut cmd, &format!("cannot check out revision {revision:?}")).await?;
+        }
+        Ok(())
+    }
+
+    fn branch_args(&self, cmd: &mut tokio::process::Command) {
+        if let Some(branch) = self.branch {
+            cmd.args(["--branch", branch]);
+        }
+    }
+}
+
+/// `git` for a lab job: empty environment, no host config or credentials, https only,
+/// no redirects.
+fn lab_git(work_dir: &Path) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new("git");
+    cmd.env_clear()
+        .env(
+            "PATH",
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
+        )
+        .env("HOME", work_dir)
+        .env("LANG", "C")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_ASKPASS", "/bin/false")
+        .env("SSH_ASKPASS", "/bin/false")
+        .env("GIT_PROTOCOL_FROM_USER", "0");
+    for config in [
+        "credential.helper=",
+        "core.askPass=/bin/false",
+        "protocol.allow=never",
+        "protocol.https.allow=always",
+        "http.followRedirects=false",
+        "http.proxy=",
+        "core.hooksPath=/dev/null",
+    ] {
+        cmd.arg("-c").arg(config);
+    }
+    cmd
+}
+
+async fn git(cmd: &mut tokio::process::Command, what: &str) -> Result<(), String> {
     let out = cmd
         .env("GIT_TERMINAL_PROMPT", "0")
         .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
         .output()
+        .await
         .map_err(|e| format!("{what}: cannot run git: {e} (install the git package)"))?;
     if out.status.success() {
         Ok(())
@@ -547,6 +665,30 @@ fn read_inside(root: &Path, file: &Path) -> Result<String, String> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn lab_remotes_are_https_urls_only() {
+        let r = lab_remote("https://git.example.org:8443/a/b.git").unwrap();
+        assert_eq!((r.host.as_str(), r.port), ("git.example.org", 8443));
+        assert_eq!(
+            lab_remote("https://[2001:db8::1]/x").unwrap().host,
+            "[2001:db8::1]"
+        );
+        for refused in [
+            "/srv/git/secret",
+            "repo",
+            "../other",
+            "file:///srv/git/secret",
+            "ssh://git@example.org/x",
+            "git@example.org:x.git",
+            "ext::sh -c touch% /tmp/pwned",
+            "http://example.org/x",
+            "git://example.org/x",
+            "HTTPS://example.org/x",
+        ] {
+            assert!(lab_remote(refused).is_err(), "{refused}");
+        }
+    }
 
     #[test]
     fn quoting_keeps_values_literal() {

@@ -31,6 +31,7 @@ async fn run(text: &str, job_dir: &Path) -> (JobReport, Vec<RunEvent>) {
         job_dir: job_dir.to_path_buf(),
         default_image: None,
         work_root: Some(work.path().to_path_buf()),
+        policy: dutlab_runner::policy::HostPolicy::local(),
     };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let report = run_job(&job, &ctx, &device(), tx, Cancel::default()).await;

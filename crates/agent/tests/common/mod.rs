@@ -251,13 +251,15 @@ impl Host {
         self.work_dir().join("spool").join(lease.to_string())
     }
 
-    /// A configuration with the given device entries (YAML list items).
+    /// A configuration with the given device entries (YAML list items). The operator allows
+    /// images from the host directory and downloads from loopback (the test servers).
     pub fn config(&self, url: &str, devices: &str) -> Result<AgentConfig> {
         let path = self.dir.path().join("agent.yaml");
         std::fs::write(
             &path,
             format!(
-                "controller: {url}\ntoken_file: token\nname: host-1\nwork_dir: work\ndevices:\n{devices}"
+                "controller: {url}\ntoken_file: token\nname: host-1\nwork_dir: work\n\
+                 image_dirs: [.]\nallowed_destinations: [127.0.0.1]\ndevices:\n{devices}"
             ),
         )?;
         Ok(AgentConfig::load(&path)?)
