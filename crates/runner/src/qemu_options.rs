@@ -383,8 +383,8 @@ fn device(
         Some((Some(key), model)) if key == "driver" && !model.is_empty() => model,
         _ => return Err("the first part must be the device model".into()),
     };
-    let allowed = DEVICE_MODELS.contains(&model.as_str())
-        || scope.extension.device_models.iter().any(|m| *m == model);
+    let allowed =
+        DEVICE_MODELS.contains(&model.as_str()) || scope.extension.device_models.contains(&model);
     if !allowed {
         return Err(format!(
             "model {model:?} is not allowed (allowed: {}, and the device's \

@@ -1,0 +1,478 @@
+//! System tests of the agent host's boundary: an ordinary `user` submits hostile jobs through
+//! a real `dutlab serve` and a real `dutlab agent`, and the test checks the host afterwards.
+//!
+//! Attack classes: reading a host file (paths, `file://`, `..`, symlinks out of `image_dirs`,
+//! local git repositories), writing outside the work directory (image names), running a host
+//! program (`image_arg` options), and using the agent as a network probe (loopback
+//! destinations, counted by a canary server that must see no connection). Every attack must
+//! end as a job error naming the field, and leave no trace on the host.
+//! The redirect of an allowed name to loopback cannot be staged end to end without a public
+//! host; `runner`'s unit tests cover it with an injected resolver.
+
+use anyhow::{Context, Result, ensure};
+use serde_json::Value;
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use testkit::{Finished, Sandbox, Spawned, expect_code, wait_until};
+
+const DUTLAB: &str = env!("CARGO_BIN_EXE_dutlab");
+const LIMIT: Duration = Duration::from_secs(120);
+const SECRET: &str = "TOPSECRET-4f1c9a-agent-host";
+
+/// A controller, one agent with one device and `image_dirs: [<sandbox>/images]`, and a `user`.
+struct Lab {
+    sandbox: Sandbox,
+    port: u16,
+    admin: String,
+    user: String,
+    _controller: Spawned,
+    agent: Option<Spawned>,
+}
+
+impl Lab {
+    fn start() -> Result<Lab> {
+        let sandbox = Sandbox::new()?;
+        let data_dir = sandbox.path().join("data");
+        let mut cmd = sandbox.command(DUTLAB)?;
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data_dir);
+        let controller = Spawned::start(cmd)?;
+        controller.wait_for_stderr("listening on http://", Duration::from_secs(30))?;
+        let stderr = controller.stderr_text();
+        let port = stderr
+            .split("listening on http://127.0.0.1:")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|p| p.parse().ok())
+            .with_context(|| format!("no port in {stderr}"))?;
+        let admin = std::fs::read_to_string(data_dir.join("admin-token"))?
+            .trim()
+            .to_owned();
+        let mut lab = Lab {
+            sandbox,
+            port,
+            admin,
+            user: String::new(),
+            _controller: controller,
+            agent: None,
+        };
+        lab.user = lab.token("mallory", "user")?;
+        std::fs::create_dir_all(lab.images())?;
+        // The secret lives next to the allowed directory, outside it.
+        std::fs::write(lab.sandbox.path().join("secret.txt"), SECRET)?;
+        lab.start_agent()?;
+        Ok(lab)
+    }
+
+    fn images(&self) -> PathBuf {
+        self.sandbox.path().join("images")
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn cli_as(&self, token: &str, args: &[&str]) -> Result<Finished> {
+        let mut cmd = self.sandbox.command(DUTLAB)?;
+        cmd.args(args)
+            .env("DUTLAB_URL", self.url())
+            .env("DUTLAB_TOKEN", token)
+            .env("XDG_CONFIG_HOME", self.sandbox.path().join("config"));
+        Spawned::start(cmd)?.finish(LIMIT)
+    }
+
+    fn json(&self, args: &[&str]) -> Result<Value> {
+        let done = self.cli_as(&self.admin, args)?;
+        expect_code(&done, 0)?;
+        serde_json::from_str(&done.stdout).with_context(|| format!("not JSON: {}", done.stdout))
+    }
+
+    fn token(&self, name: &str, role: &str) -> Result<String> {
+        let done = self.cli_as(
+            &self.admin,
+            &["token", "create", "--name", name, "--role", role],
+        )?;
+        expect_code(&done, 0)?;
+        Ok(done.stdout.trim().to_owned())
+    }
+
+    fn start_agent(&mut self) -> Result<()> {
+        let dir = self.sandbox.path().join("agent");
+        std::fs::create_dir_all(&dir)?;
+        let token_file = dir.join("token");
+        std::fs::write(&token_file, self.token("host-a", "agent")?)?;
+        let init = self.cli_as(
+            &self.admin,
+            &[
+                "agent",
+                "init",
+                "--controller",
+                &self.url(),
+                "--token-file",
+                &token_file.display().to_string(),
+                "--qemu",
+                "1",
+                "--name",
+                "host-a",
+                "--work-dir",
+                &dir.join("work").display().to_string(),
+            ],
+        )?;
+        expect_code(&init, 0)?;
+        ensure!(init.stdout.contains("image_dirs: []\n"), "{}", init.stdout);
+        let config = init.stdout.replace(
+            "image_dirs: []\n",
+            &format!("image_dirs: [{:?}]\n", self.images().display().to_string()),
+        );
+        let path = dir.join("agent.yaml");
+        std::fs::write(&path, config)?;
+        let mut cmd = self.sandbox.command(DUTLAB)?;
+        cmd.arg("agent").arg("--config").arg(&path);
+        self.agent = Some(Spawned::start(cmd)?);
+        wait_until(
+            "the agent's device is idle",
+            Duration::from_secs(30),
+            || {
+                let devices = self.json(&["device", "list", "--json"])?;
+                let idle = devices
+                    .as_array()
+                    .context("device list")?
+                    .iter()
+                    .any(|d| d["agent"] == "host-a" && d["state"] == "idle");
+                Ok(idle.then_some(()))
+            },
+        )
+    }
+
+    /// Submits `text` as the ordinary user. `None` when the controller refused it at submit
+    /// (nothing reached the agent); otherwise the finished job and its log text.
+    fn attack(&self, name: &str, text: &str) -> Result<Option<(Value, String)>> {
+        let file = self.sandbox.path().join(format!("{name}.yaml"));
+        std::fs::write(&file, text)?;
+        let done = self.cli_as(
+            &self.user,
+            &["job", "submit", &file.display().to_string(), "--json"],
+        )?;
+        if done.code() == Some(4) {
+            return Ok(None);
+        }
+        expect_code(&done, 0)?;
+        let view: Value = serde_json::from_str(&done.stdout)?;
+        let id = view["id"].as_u64().context("job id")?.to_string();
+        let job = wait_until(&format!("job {name} finished"), LIMIT, || {
+            let job = self.json(&["job", "show", &id, "--json"])?;
+            Ok((job["state"] == "finished").then_some(job))
+        })?;
+        let logs = self.cli_as(&self.admin, &["job", "logs", &id, "--json"])?;
+        expect_code(&logs, 0)?;
+        Ok(Some((job, logs.stdout)))
+    }
+
+    /// The attack ended as a job error whose reason names `field` and `what`, and its log and
+    /// report never show the secret.
+    fn refused(&self, name: &str, text: &str, field: &str, what: &str) -> Result<()> {
+        let (job, log) = self
+            .attack(name, text)?
+            .with_context(|| format!("{name}: refused at submit, expected the agent to refuse"))?;
+        ensure!(job["outcome"] == "job-error", "{name}: {job}");
+        let all = format!("{job}{log}");
+        ensure!(
+            all.contains(field) && all.contains(what),
+            "{name}: the refusal does not name {field:?} and {what:?}: {all}"
+        );
+        ensure!(!all.contains(SECRET), "{name}: the secret leaked: {all}");
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<()> {
+        if let Some(agent) = self.agent.take() {
+            let _ = agent.signal(nix::sys::signal::Signal::SIGTERM);
+            let _ = agent.finish(Duration::from_secs(30));
+        }
+        self.sandbox.assert_no_qemu_left()
+    }
+}
+
+/// A job deploying `images` (YAML mapping lines, indented 6) then booting.
+fn deploy_job(name: &str, images: &str) -> String {
+    format!(
+        "job_name: {name}\ndevice_type: qemu\nactions:\n- deploy:\n    to: tmpfs\n    images:\n{images}\
+         - boot: {{method: qemu, prompts: ['# $']}}\n"
+    )
+}
+
+#[test]
+fn a_lab_job_reads_no_host_file_outside_image_dirs() -> Result<()> {
+    let lab = Lab::start()?;
+    let secret = lab.sandbox.path().join("secret.txt");
+    std::os::unix::fs::symlink(&secret, lab.images().join("innocent.img"))?;
+    let field = "actions[0].deploy.images.rootfs.url";
+    for (name, url) in [
+        ("file-url", format!("file://{}", secret.display())),
+        ("absolute", secret.display().to_string()),
+        ("shadow", "file:///etc/shadow".to_string()),
+        ("dotdot", "../secret.txt".to_string()),
+        ("symlink", "innocent.img".to_string()),
+        (
+            "dotdot-absolute",
+            format!("{}/../secret.txt", lab.images().display()),
+        ),
+    ] {
+        let images = format!("      rootfs: {{url: {:?}, format: raw}}\n", url);
+        lab.refused(name, &deploy_job(name, &images), field, "")?;
+    }
+    // A git definition from a local repository of the agent host is refused as well.
+    let repo = lab.sandbox.path().join("repo");
+    std::fs::create_dir_all(&repo)?;
+    let git = |args: &[&str]| -> Result<()> {
+        let out = std::process::Command::new("git")
+            .args(args)
+            .current_dir(&repo)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@t")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@t")
+            .output()?;
+        ensure!(out.status.success(), "git {args:?}: {out:?}");
+        Ok(())
+    };
+    git(&["init", "-q"])?;
+    std::fs::write(
+        repo.join("defs.yaml"),
+        format!(
+            "metadata:\n  format: Lava-Test Test Definition 1.0\n  name: {SECRET}\nrun:\n  steps:\n  - echo {SECRET}\n"
+        ),
+    )?;
+    git(&["add", "."])?;
+    git(&["commit", "-qm", "secret"])?;
+    for (name, repository) in [
+        ("git-path", repo.display().to_string()),
+        ("git-file-url", format!("file://{}", repo.display())),
+        ("git-http", "http://127.0.0.1:9/repo.git".to_string()),
+        ("git-ssh", "git@localhost:repo.git".to_string()),
+        ("git-ext", "ext::sh -c true".to_string()),
+    ] {
+        let text = format!(
+            "job_name: {name}\ndevice_type: qemu\nactions:\n- boot: {{method: qemu, prompts: ['# $']}}\n\
+             - test:\n    definitions:\n    - {{from: git, repository: {repository:?}, path: defs.yaml, name: t}}\n"
+        );
+        lab.refused(
+            name,
+            &text,
+            "actions[1].test.definitions[0].repository",
+            "https://",
+        )?;
+    }
+    lab.finish()
+}
+
+#[test]
+fn image_names_cannot_write_outside_the_work_directory() -> Result<()> {
+    let lab = Lab::start()?;
+    // A small gzip image inside image_dirs: decompressing it used to write work/<name>.
+    let payload = lab.images().join("payload");
+    std::fs::write(&payload, b"payload written by a job\n")?;
+    let status = std::process::Command::new("gzip").arg(&payload).status()?;
+    ensure!(status.success(), "gzip: {status}");
+    let outside = lab.sandbox.path().join("written-by-job");
+    let relative_target = lab.sandbox.path().join("escaped");
+    for (case, image) in [
+        ("abs", outside.display().to_string()),
+        ("rel", "../../../../../escaped".to_string()),
+        ("dot", ".hidden".to_string()),
+        ("upper", "RootFS".to_string()),
+    ] {
+        let images = format!(
+            "      {image:?}: {{url: payload.gz, compression: gz, image_arg: '-append x'}}\n"
+        );
+        match lab.attack(case, &deploy_job(case, &images))? {
+            // The controller already refused the name: nothing reached the host.
+            None => {}
+            Some((job, log)) => {
+                ensure!(job["outcome"] == "job-error", "{case}: {job}");
+                ensure!(
+                    format!("{job}{log}").contains("actions[0].deploy.images"),
+                    "{case}: {job}{log}"
+                );
+            }
+        }
+    }
+    ensure!(!outside.exists(), "{} was written", outside.display());
+    ensure!(
+        !relative_target.exists(),
+        "{} was written",
+        relative_target.display()
+    );
+    let walk = walk_files(lab.sandbox.path())?;
+    ensure!(
+        !walk.iter().any(|p| p.ends_with("escaped")),
+        "a file escaped: {walk:?}"
+    );
+    lab.finish()
+}
+
+fn walk_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            out.extend(walk_files(&path)?);
+        } else {
+            out.push(path);
+        }
+    }
+    Ok(out)
+}
+
+#[test]
+fn image_arg_cannot_run_a_host_program_or_open_host_files() -> Result<()> {
+    let lab = Lab::start()?;
+    std::fs::write(lab.images().join("vmlinuz"), b"not a kernel")?;
+    let marker = lab.sandbox.path().join("marker");
+    let script = lab.sandbox.path().join("script.sh");
+    std::fs::write(&script, format!("#!/bin/sh\ntouch {}\n", marker.display()))?;
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let secret = lab.sandbox.path().join("secret.txt");
+    for (case, arg, option) in [
+        (
+            "tap-script",
+            format!(
+                "-kernel {{kernel}} -netdev tap,id=n0,script={}",
+                script.display()
+            ),
+            "-netdev",
+        ),
+        (
+            "chardev-file",
+            format!(
+                "-kernel {{kernel}} -chardev file,id=c0,path={} -serial chardev:c0",
+                marker.display()
+            ),
+            "-chardev",
+        ),
+        (
+            "chardev-pipe",
+            format!(
+                "-kernel {{kernel}} -chardev pipe,id=c0,path={}",
+                marker.display()
+            ),
+            "-chardev",
+        ),
+        (
+            "guestfwd-cmd",
+            format!(
+                "-kernel {{kernel}} -netdev user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:1-cmd:{}",
+                script.display()
+            ),
+            "guestfwd",
+        ),
+        (
+            "drive-secret",
+            format!(
+                "-kernel {{kernel}} -drive file={},format=raw",
+                secret.display()
+            ),
+            "-drive",
+        ),
+        (
+            "readconfig",
+            format!("-kernel {{kernel}} -readconfig {}", secret.display()),
+            "-readconfig",
+        ),
+        (
+            "sandbox-off",
+            "-kernel {kernel} -sandbox off".to_string(),
+            "-sandbox",
+        ),
+    ] {
+        let images = format!("      kernel: {{url: vmlinuz, image_arg: {arg:?}}}\n");
+        lab.refused(
+            case,
+            &deploy_job(case, &images),
+            "actions[0].deploy.images.kernel.image_arg",
+            option,
+        )?;
+    }
+    ensure!(
+        !marker.exists(),
+        "a host program ran: {} exists",
+        marker.display()
+    );
+    lab.finish()
+}
+
+/// A TCP server on loopback that counts the connections it accepts.
+struct Canary {
+    port: u16,
+    hits: Arc<AtomicUsize>,
+}
+
+impl Canary {
+    fn start() -> Result<Canary> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counted = hits.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                counted.fetch_add(1, Ordering::SeqCst);
+                if let Ok(mut s) = stream {
+                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\ncanary");
+                }
+            }
+        });
+        Ok(Canary { port, hits })
+    }
+}
+
+#[test]
+fn the_agent_fetches_nothing_from_loopback() -> Result<()> {
+    let lab = Lab::start()?;
+    let canary = Canary::start()?;
+    let port = canary.port;
+    for (case, url) in [
+        ("loopback", format!("http://127.0.0.1:{port}/vmlinuz")),
+        ("localhost", format!("http://localhost:{port}/vmlinuz")),
+        (
+            "mapped",
+            format!("http://[::ffff:127.0.0.1]:{port}/vmlinuz"),
+        ),
+        ("hex", format!("http://0x7f000001:{port}/vmlinuz")),
+        ("other-loopback", format!("http://127.1.2.3:{port}/vmlinuz")),
+        ("unspecified", format!("http://0.0.0.0:{port}/vmlinuz")),
+    ] {
+        let images = format!("      kernel: {{url: {url:?}}}\n");
+        lab.refused(
+            case,
+            &deploy_job(case, &images),
+            "actions[0].deploy.images.kernel.url",
+            "address",
+        )?;
+    }
+    let text = format!(
+        "job_name: git\ndevice_type: qemu\nactions:\n- boot: {{method: qemu, prompts: ['# $']}}\n\
+         - test:\n    definitions:\n    - {{from: git, repository: 'https://127.0.0.1:{port}/r.git', path: d.yaml, name: t}}\n"
+    );
+    lab.refused(
+        "git-loopback",
+        &text,
+        "actions[1].test.definitions[0].repository",
+        "loopback",
+    )?;
+    // The canary is reachable (so zero means refused, not unreachable).
+    let hits = canary.hits.load(Ordering::SeqCst);
+    std::net::TcpStream::connect(("127.0.0.1", port))?;
+    wait_until("the canary counts a probe", Duration::from_secs(10), || {
+        Ok((canary.hits.load(Ordering::SeqCst) > hits).then_some(()))
+    })?;
+    ensure!(
+        hits == 0,
+        "the agent connected to the canary {hits} time(s)"
+    );
+    lab.finish()
+}
