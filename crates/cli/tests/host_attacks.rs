@@ -451,7 +451,7 @@ fn the_agent_fetches_nothing_from_loopback() -> Result<()> {
             case,
             &deploy_job(case, &images),
             "actions[0].deploy.images.kernel.url",
-            "address",
+            "not a public address",
         )?;
     }
     let text = format!(

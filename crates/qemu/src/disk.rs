@@ -147,3 +147,66 @@ pub async fn create_overlay(
     qemu_img("create", &args, overlay).await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn img(args: &[&str]) {
+        let out = std::process::Command::new("qemu-img")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "qemu-img {args:?}: {out:?}");
+    }
+
+    #[tokio::test]
+    async fn only_self_contained_raw_and_qcow2_images_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n).display().to_string();
+        std::fs::write(p("secret"), b"host secret").unwrap();
+        img(&["create", "-q", "-f", "qcow2", &p("plain.qcow2"), "1M"]);
+        img(&["create", "-q", "-f", "raw", &p("plain.raw"), "1M"]);
+        img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "raw",
+            "-b",
+            &p("secret"),
+            &p("backed.qcow2"),
+        ]);
+        img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            &format!("data_file={}", p("data")),
+            &p("external.qcow2"),
+            "1M",
+        ]);
+        img(&["create", "-q", "-f", "vmdk", &p("disk.vmdk"), "1M"]);
+        let inspect = |n: &str, f: Option<&'static str>| {
+            let path = dir.path().join(n);
+            async move { inspect(&path, f).await }
+        };
+        assert_eq!(inspect("plain.qcow2", None).await.unwrap(), "qcow2");
+        assert_eq!(inspect("plain.raw", None).await.unwrap(), "raw");
+        // A job saying raw gets raw, whatever the bytes look like.
+        assert_eq!(inspect("backed.qcow2", Some("raw")).await.unwrap(), "raw");
+        for (n, f, why) in [
+            ("backed.qcow2", None, "backing file"),
+            ("backed.qcow2", Some("qcow2"), "backing file"),
+            ("external.qcow2", None, "external data file"),
+            ("disk.vmdk", None, "vmdk"),
+            ("plain.raw", Some("vvfat"), "vvfat"),
+        ] {
+            let e = inspect(n, f).await.unwrap_err().to_string();
+            assert!(e.contains(why), "{n}: {e}");
+        }
+    }
+}

@@ -696,6 +696,36 @@ mod tests {
         assert_eq!(parse_version("nothing"), None);
     }
 
+    #[tokio::test]
+    async fn a_qemu_without_seccomp_is_refused_with_a_clear_error() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let binary = dir.path().join("qemu-without-seccomp");
+        std::fs::write(
+            &binary,
+            "#!/bin/sh\ncase \"$1\" in --version) echo 'QEMU emulator version 7.2.0';;\n\
+             *) echo 'qemu-system-x86_64: -sandbox on: seccomp support is disabled' >&2; exit 1;;\n\
+             esac\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let config = QemuConfig {
+            binary: binary.display().to_string(),
+            ..QemuConfig::default()
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let e = Vm::launch(
+            &config,
+            &BootSpec::default(),
+            &dir.path().join("run"),
+            deadline,
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(e, QemuError::NoSandbox { .. }), "{e}");
+        assert!(e.to_string().contains("qemu.sandbox: off"), "{e}");
+    }
+
     #[test]
     fn serials_that_could_carry_options_are_refused() {
         for bad in ["", "a,b", "x=y", "has space", "abcdefghijklmnopqrstu", "é"] {

@@ -666,6 +666,63 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    #[tokio::test]
+    async fn lab_git_connects_to_the_pinned_address_without_the_host_config() {
+        // `pinned.example` exists only in the injected table: if git connects at all, it
+        // connected to the address the policy checked (curloptResolve), not to DNS.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = std::thread::spawn(move || listener.accept().is_ok());
+        let mut policy = HostPolicy::lab(
+            &[],
+            vec![crate::policy::Cidr::parse("127.0.0.1").unwrap()],
+            crate::policy::DecompressLimits::default(),
+        )
+        .unwrap();
+        let mut table = BTreeMap::new();
+        table.insert(
+            "pinned.example".to_string(),
+            vec!["127.0.0.1".parse().unwrap()],
+        );
+        policy.resolver = crate::policy::Resolver::Fixed(table);
+        let resolver = policy.resolver.clone();
+        let work = tempfile::tempdir().unwrap();
+        let url = format!("https://pinned.example:{port}/r.git");
+        let source = GitSource {
+            repository: &url,
+            revision: None,
+            branch: None,
+        };
+        let e = source
+            .run(
+                work.path(),
+                work.path(),
+                &work.path().join("repos/0"),
+                &policy,
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            accepted.join().unwrap(),
+            "git never connected to the pinned address"
+        );
+        assert!(e.contains("cannot clone"), "{e}");
+        // Refused before git runs: loopback without the operator's allowance.
+        let mut strict =
+            HostPolicy::lab(&[], Vec::new(), crate::policy::DecompressLimits::default()).unwrap();
+        strict.resolver = resolver;
+        let e = source
+            .run(
+                work.path(),
+                work.path(),
+                &work.path().join("repos/1"),
+                &strict,
+            )
+            .await
+            .unwrap_err();
+        assert!(e.contains("loopback"), "{e}");
+    }
+
     #[test]
     fn lab_remotes_are_https_urls_only() {
         let r = lab_remote("https://git.example.org:8443/a/b.git").unwrap();

@@ -351,8 +351,8 @@ impl HostPolicy {
         match non_public(ip) {
             None => Ok(()),
             Some(why) => Err(format!(
-                "{ip} is a {why} address, which this lab does not fetch from \
-                 (allowed: public addresses and the agent's allowed_destinations)"
+                "{ip} is not a public address ({why}); this lab fetches from public addresses \
+                 and the agent's allowed_destinations only"
             )),
         }
     }
