@@ -22,8 +22,9 @@ fuzz_target!(|data: &[u8]| {
         .into_iter()
         .map(String::from)
         .collect();
+    let disks: BTreeSet<String> = ["/w/images/rootfs/overlay.qcow2".to_string()].into();
     let extension = JobQemuOptions::default();
-    if check(&args, OptionScope { files: &files, extension: &extension }).is_ok() {
+    if check(&args, OptionScope { files: &files, disks: &disks, extension: &extension }).is_ok() {
         for path in host_paths(&args) {
             assert!(files.contains(&path), "accepted host path {path:?} in {args:?}");
         }

@@ -2,7 +2,7 @@
 //!
 //! Invariants:
 //! - Image names (the keys under `images:`) match [`check_image_name`]; each image gets its
-//!   own new directory `work/images/<name>/` and every file in it is created new
+//!   own new directory `work/deploy-<action>/images/<name>/` and every file in it is created new
 //!   (`create_new`): nothing outside the work directory is written, nothing is overwritten.
 //! - Where an image may come from is the job's [`HostPolicy`]: locally any path (relative
 //!   ones start at the job file's directory); in the lab only paths inside the allowed image
@@ -120,8 +120,13 @@ pub async fn deploy_images(
         paths.insert(name, path);
     }
     let files: BTreeSet<String> = paths.values().map(|p| p.display().to_string()).collect();
+    let disk_files: BTreeSet<String> = disks
+        .keys()
+        .map(|name| paths[name].display().to_string())
+        .collect();
     let options = OptionScope {
         files: &files,
+        disks: &disk_files,
         extension: scope.extension,
     };
     // Second pass: arguments.

@@ -155,6 +155,32 @@ mod tests {
     }
 
     #[test]
+    fn sandbox_run_as_and_job_options_parse() {
+        let d = Device::parse(
+            "dev.yaml",
+            "name: q1\ndevice_type: qemu\nqemu: {sandbox: off, run_as: dutlab}\n\
+             job_qemu_options: {options: [-smp], device_models: [virtio-serial-pci], user_network: outbound}\n",
+        )
+        .unwrap();
+        assert_eq!(d.qemu.sandbox, qemu::vm::SandboxMode::Off);
+        assert_eq!(d.qemu.run_as, "dutlab");
+        assert_eq!(d.job_qemu_options.options, ["-smp"]);
+        assert_eq!(
+            d.job_qemu_options.user_network,
+            crate::qemu_options::UserNetwork::Outbound
+        );
+        let d = Device::parse("dev.yaml", "name: q1\ndevice_type: qemu\n").unwrap();
+        assert_eq!(d.qemu.sandbox, qemu::vm::SandboxMode::On);
+        assert_eq!(d.qemu.run_as, "nobody");
+        let e = Device::parse(
+            "dev.yaml",
+            "name: q1\ndevice_type: qemu\njob_qemu_options: {user_network: open}\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("open"), "{e}");
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_name_the_file() {
         let e = Device::parse(
             "dev.yaml",

@@ -312,9 +312,11 @@ impl Run<'_> {
             match action {
                 Action::Deploy(d) => {
                     let field = format!("actions[{index}].deploy");
+                    // Each deploy action gets its own directory: image names repeat.
+                    let deploy_dir = work.join(format!("deploy-{index}"));
                     let scope = deploy::DeployScope {
                         job_dir: &self.ctx.job_dir,
-                        work_dir: &work,
+                        work_dir: &deploy_dir,
                         policy: &self.ctx.policy,
                         extension: &self.device.job_qemu_options,
                     };

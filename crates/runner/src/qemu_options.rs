@@ -9,7 +9,8 @@
 //!   words (QEMU opens a bare word as a disk) and JSON forms (`-device {...}`) included.
 //! - A file a job option names (`-drive file=`, `-kernel`, `-initrd`, `-dtb`, `-bios`) must be
 //!   one of the job's own images, by its exact path in the work directory; drive formats are
-//!   `raw` or `qcow2` only (no format that opens other host files, such as `vvfat` or `vmdk`).
+//!   `raw` or `qcow2` only (no format that opens other host files, such as `vvfat` or `vmdk`),
+//!   and `qcow2` (or a probed format) only for the runner's own disk overlays.
 //! - `-device` takes the listed models and properties only; `drive=`/`netdev=` must name a
 //!   drive or network the job's own options define.
 //! - `-netdev`/`-nic` are `user` networks without `hostfwd`, `guestfwd`, `smb` or `tftp`, and
@@ -169,6 +170,10 @@ const FLAGS: &[&str] = &[
 pub struct OptionScope<'a> {
     /// Paths of the job's own images (as substituted for `{name}`).
     pub files: &'a BTreeSet<String>,
+    /// The subset of `files` that are disk overlays the runner made (qcow2 over an inspected,
+    /// self-contained base). Any other file is a `-drive` only with `format=raw`: probing or
+    /// `qcow2` would let a job's file name a backing file on the host.
+    pub disks: &'a BTreeSet<String>,
     pub extension: &'a JobQemuOptions,
 }
 
@@ -339,7 +344,8 @@ fn keys_in(value: &str, allowed: &[&str]) -> Result<(), String> {
 }
 
 fn drive(value: &str, scope: OptionScope<'_>) -> Result<(), String> {
-    let mut file = false;
+    let mut file = None;
+    let mut format = None;
     for (key, v) in split_options(value) {
         let Some(key) = key else {
             return Err(format!("{v:?}: every part must be key=value"));
@@ -350,9 +356,12 @@ fn drive(value: &str, scope: OptionScope<'_>) -> Result<(), String> {
         match key.as_str() {
             "file" => {
                 own_file(&v, scope)?;
-                file = true;
+                file = Some(v);
             }
-            "format" => one_of(&v, &["raw", "qcow2"]).map_err(|e| format!("format={e}"))?,
+            "format" => {
+                one_of(&v, &["raw", "qcow2"]).map_err(|e| format!("format={e}"))?;
+                format = Some(v);
+            }
             "if" => {
                 one_of(&v, &["virtio", "ide", "scsi", "none"]).map_err(|e| format!("if={e}"))?
             }
@@ -364,11 +373,16 @@ fn drive(value: &str, scope: OptionScope<'_>) -> Result<(), String> {
             _ => {}
         }
     }
-    if file {
-        Ok(())
-    } else {
-        Err("file= must name one of the job's images".into())
+    let Some(file) = file else {
+        return Err("file= must name one of the job's images".into());
+    };
+    if !scope.disks.contains(&file) && format.as_deref() != Some("raw") {
+        return Err(format!(
+            "{file:?} is not a disk image of the job (a kernel, initrd or other image): give \
+             format=raw"
+        ));
     }
+    Ok(())
 }
 
 fn device(
@@ -545,10 +559,12 @@ mod tests {
             .into_iter()
             .map(String::from)
             .collect();
+        let disks: BTreeSet<String> = ["/w/images/rootfs/overlay.qcow2".to_string()].into();
         check(
             &words(s),
             OptionScope {
                 files: &files,
+                disks: &disks,
                 extension,
             },
         )
@@ -569,6 +585,7 @@ mod tests {
             "-cpu qemu64,+ssse3 -boot order=c -rtc base=utc -usb -no-reboot",
             "--drive file=/w/images/rootfs/overlay.qcow2,format=raw",
             "-fw_cfg name=opt/x,string=hello -serial none -display none",
+            "-drive file=/w/images/kernel/file,format=raw,if=virtio",
             "-device qemu-xhci -device usb-tablet",
         ] {
             assert_eq!(ok(good), Ok(()), "{good}");

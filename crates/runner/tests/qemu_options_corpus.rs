@@ -14,9 +14,11 @@ fn qemu_options_corpus_replays_and_host_reaching_seeds_are_refused() {
         .into_iter()
         .map(String::from)
         .collect();
+    let disks: BTreeSet<String> = ["/w/images/rootfs/overlay.qcow2".to_string()].into();
     let extension = JobQemuOptions::default();
     let scope = OptionScope {
         files: &files,
+        disks: &disks,
         extension: &extension,
     };
     let (mut seen, mut accepted) = (0, Vec::new());
