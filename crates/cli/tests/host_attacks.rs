@@ -88,7 +88,8 @@ impl Lab {
     fn json(&self, args: &[&str]) -> Result<Value> {
         let done = self.cli_as(&self.admin, args)?;
         expect_code(&done, 0)?;
-        serde_json::from_str(&done.stdout).with_context(|| format!("not JSON: {}", done.stdout))
+        serde_json::from_str(&done.stdout)
+            .with_context(|| format!("{args:?}: not JSON: {} {}", done.stdout, done.stderr))
     }
 
     fn token(&self, name: &str, role: &str) -> Result<String> {
@@ -473,6 +474,38 @@ fn the_agent_fetches_nothing_from_loopback() -> Result<()> {
     ensure!(
         hits == 0,
         "the agent connected to the canary {hits} time(s)"
+    );
+    lab.finish()
+}
+
+#[test]
+fn a_lab_job_boots_images_from_image_dirs() -> Result<()> {
+    let lab = Lab::start()?;
+    let image = testkit::guest_image()?;
+    for file in ["vmlinuz", "initramfs.cpio.gz", "rootfs.qcow2"] {
+        std::fs::copy(image.join(file), lab.images().join(file))?;
+    }
+    let rootfs = lab.images().join("rootfs.qcow2");
+    let before = std::fs::read(&rootfs)?;
+    // Relative paths are looked up in image_dirs, absolute ones must be inside them.
+    let text = format!(
+        "job_name: allowed\ndevice_type: qemu\ntimeouts: {{job: 4m}}\nactions:\n- deploy:\n    to: tmpfs\n    images:\n\
+         \x20     kernel: {{url: vmlinuz}}\n\
+         \x20     initrd: {{url: initramfs.cpio.gz}}\n\
+         \x20     rootfs: {{url: {:?}, image_arg: '-drive file={{rootfs}},if=virtio'}}\n\
+         - boot: {{method: qemu, prompts: ['# $'], auto_login: {{login_prompt: 'login:', username: root}}}}\n\
+         - test:\n    definitions:\n    - from: inline\n      name: t\n      path: t.yaml\n      repository:\n\
+         \x20       metadata: {{format: Lava-Test Test Definition 1.0, name: t}}\n        run:\n          steps:\n\
+         \x20         - lava-test-case disk-readable --shell test -r /mnt/rootfs/etc/dutlab-rootfs\n",
+        format!("file://{}", rootfs.display())
+    );
+    let (job, log) = lab
+        .attack("allowed", &text)?
+        .context("the controller refused a legitimate job")?;
+    ensure!(job["outcome"] == "passed", "{job}\n{log}");
+    ensure!(
+        std::fs::read(&rootfs)? == before,
+        "the image in image_dirs was written"
     );
     lab.finish()
 }
