@@ -450,7 +450,8 @@ impl Vm {
         };
         let console = match vm.connect(&run_dir.join("console.sock"), deadline).await {
             Err(QemuError::StartFailed { stderr, .. })
-                if config.sandbox == SandboxMode::On && stderr.contains("seccomp") =>
+                if config.sandbox == SandboxMode::On
+                    && (stderr.contains("seccomp") || stderr.contains("-sandbox")) =>
             {
                 return Err(QemuError::NoSandbox { stderr });
             }
