@@ -109,7 +109,7 @@ enum SessionEnd {
 
 pub struct Agent {
     config: AgentConfig,
-    url: String,
+    dialer: link::Dialer,
     spool: Spool,
     mode: Mode,
     devices: BTreeMap<String, Slot>,
@@ -121,7 +121,7 @@ pub struct Agent {
 }
 
 impl Agent {
-    pub fn new(config: AgentConfig, url: String, prepared: Prepared) -> Agent {
+    pub fn new(config: AgentConfig, dialer: link::Dialer, prepared: Prepared) -> Agent {
         let (notes_tx, notes) = unbounded_channel();
         let devices = config
             .devices
@@ -152,7 +152,7 @@ impl Agent {
             .collect();
         Agent {
             config,
-            url,
+            dialer,
             spool,
             mode: Mode::Serving,
             devices,
@@ -174,14 +174,14 @@ impl Agent {
                 return;
             }
             let hello = self.hello();
-            let (url, token_file) = (self.url.clone(), self.config.token_file.clone());
-            let attempt = link::connect(&url, &token_file, &hello);
+            let (dialer, token_file) = (self.dialer.clone(), self.config.token_file.clone());
+            let attempt = link::connect(&dialer, &token_file, &hello);
             match self.wait(attempt, shutdown.as_mut()).await {
                 None => continue,
                 Some(Ok((socket, welcome))) => {
                     backoff.reset();
                     failures = 0;
-                    tracing::info!(url = %self.url, agent = %self.config.name, "connected to the controller");
+                    tracing::info!(url = %self.dialer.url, agent = %self.config.name, "connected to the controller");
                     let link = Link::new(socket, welcome.heartbeat);
                     match self.session(link, welcome.resume, shutdown.as_mut()).await {
                         SessionEnd::Done => {
@@ -196,7 +196,7 @@ impl Agent {
                 Some(Err(why)) => {
                     failures += 1;
                     match &why {
-                        LinkDown::Refused(_) => tracing::warn!("{why}"),
+                        LinkDown::Refused(_) | LinkDown::Tls(_) => tracing::warn!("{why}"),
                         LinkDown::Lost(_) if failures == 1 => {
                             tracing::warn!("cannot connect to the controller: {why}; retrying");
                         }

@@ -4,6 +4,8 @@
 //! ```yaml
 //! controller: http://127.0.0.1:7780
 //! token_file: /etc/dutlab/agent-token     # relative paths are relative to this file
+//! ca_file: /etc/dutlab/ca.pem             # https/wss: trust this CA (default: system roots)
+//! # pin: sha256:HEX                       # ... or exactly this server certificate
 //! name: lab-host-1                        # default: the host name
 //! work_dir: /var/lib/dutlab/agent
 //! image_dirs: [/srv/images]              # where jobs may read images by path (default: none)
@@ -25,6 +27,8 @@
 //! - What a job may reach on this host is [`HostSettings`], the operator's alone: jobs read
 //!   images by path only inside `image_dirs` (each must exist), fetch from public addresses
 //!   and `allowed_destinations` only, and decompress within `decompress`.
+//! - `ca_file` and `pin` exclude each other; a CA file must hold PEM certificates and a pin
+//!   must be `sha256:` and 64 hex digits, checked at load.
 //! - The token never enters this module's types: loading only checks that the token file is
 //!   readable and non-empty; the link reads it at connect time. Nothing here can print it.
 
@@ -46,8 +50,10 @@ const MAX_NAME: usize = 128;
 /// A loaded agent configuration. Holds no secret (the token stays in its file).
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentConfig {
-    /// The controller: `http://host:port[/prefix]` or `ws://host:port[/prefix]`.
+    /// The controller: `http(s)://host:port[/prefix]` or `ws(s)://host:port[/prefix]`.
     pub controller: String,
+    /// What `https://` / `wss://` trusts: `ca_file`, `pin`, or the system's roots.
+    pub trust: tls::Trust,
     /// File holding the agent's bearer token (read at every connect, never printed).
     pub token_file: PathBuf,
     /// The agent's name, unique in the lab.
@@ -105,6 +111,10 @@ struct RawConfig {
     controller: String,
     token_file: PathBuf,
     #[serde(default)]
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pin: Option<String>,
+    #[serde(default)]
     name: Option<String>,
     work_dir: PathBuf,
     #[serde(default)]
@@ -151,6 +161,23 @@ impl AgentConfig {
             .map_err(|e| fail(yaml_error(text, &e)))?;
         link::websocket_url(&raw.controller)
             .map_err(|e| fail(format!("controller: {:?}: {e}", raw.controller)))?;
+        let trust = match (&raw.ca_file, &raw.pin) {
+            (Some(_), Some(_)) => {
+                return Err(fail(
+                    "ca_file and pin: give one of them, not both".to_owned(),
+                ));
+            }
+            (Some(ca), None) => {
+                let ca = resolve(base, ca);
+                tls::read_certificates(&ca).map_err(|e| fail(format!("ca_file: {e}")))?;
+                tls::Trust::CaFile(ca)
+            }
+            (None, Some(pin)) => tls::Trust::Pin(
+                pin.parse()
+                    .map_err(|e: tls::TlsError| fail(format!("pin: {e}")))?,
+            ),
+            (None, None) => tls::Trust::System,
+        };
         let token_file = resolve(base, &raw.token_file);
         check_token_file(&token_file).map_err(|e| fail(format!("token_file: {e}")))?;
         let name = match raw.name {
@@ -208,6 +235,7 @@ impl AgentConfig {
         };
         Ok(AgentConfig {
             controller: raw.controller,
+            trust,
             token_file,
             name,
             work_dir: resolve(base, &raw.work_dir),
@@ -268,8 +296,11 @@ pub fn init_config(
     let mut out = String::new();
     out.push_str("# dutlab agent configuration (dutlab agent --config THIS_FILE).\n");
     out.push_str("# Relative paths are relative to this file. Unknown keys are errors.\n\n");
-    out.push_str("# The controller this agent dials (http://host:port or ws://host:port).\n");
+    out.push_str("# The controller this agent dials (http(s)://host:port or ws(s)://host:port).\n");
     out.push_str(&format!("controller: {}\n", quote(controller)));
+    out.push_str("# For https: trust this CA file (`dutlab tls init` makes one), or pin the\n");
+    out.push_str("# server certificate; default: the system's roots.\n");
+    out.push_str("# ca_file: ca.pem\n# pin: sha256:HEX\n");
     out.push_str("# File holding the agent's token (keep it readable by the agent only).\n");
     out.push_str(&format!(
         "token_file: {}\n",

@@ -60,7 +60,7 @@ pub async fn run(
     config: AgentConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
-    let url = link::link_url(&config.controller)?;
+    let dialer = link::Dialer::new(&config.controller, &config.trust)?;
     let prepared = startup::prepare(&config)?;
     tracing::info!(
         agent = %config.name,
@@ -76,6 +76,6 @@ pub async fn run(
             path: config.work_dir.display().to_string(),
             reason: format!("agent lock: {e}"),
         })?;
-    agent::Agent::new(config, url, prepared).run(shutdown).await;
+    agent::Agent::new(config, dialer, prepared).run(shutdown).await;
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! The agent's end of the link: one WebSocket dialled to the controller.
 //!
 //! ```text
-//!  dial ws://host:port[/prefix]/api/v1/agent/link   (Authorization: Bearer <token file>)
+//!  dial ws(s)://host:port[/prefix]/api/v1/agent/link   (Authorization: Bearer <token file>)
 //!    -> Hello { devices, held }  <- Welcome { heartbeat_ms, resume }   (or Refused: back off)
 //!    <-> control messages (JSON text), log frames (binary), Heartbeat + Ping every heartbeat
 //!  nothing heard for max(3 x heartbeat, 5 s), a failed or stalled write, a close: link dead
@@ -9,6 +9,8 @@
 //!
 //! Invariants:
 //! - The agent only dials out; it never listens.
+//! - `wss://` trusts exactly the configuration's [`tls::Trust`]; a refused certificate is
+//!   [`LinkDown::Tls`], naming the controller and the reason.
 //! - The token is read from its file at every connect, sent only in the `Authorization`
 //!   header (marked sensitive), and never put in a message, an error or a log line.
 //! - Neither side's frames may exceed [`MAX_FRAME`]: tungstenite refuses longer ones.
@@ -19,6 +21,7 @@ use crate::AgentError;
 use futures_util::{SinkExt, StreamExt};
 use proto::link::{AgentMessage, ControllerMessage, LINK_PATH, MAX_FRAME, PROTOCOL_VERSION};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -42,8 +45,47 @@ const MAX_HEARTBEAT: Duration = Duration::from_secs(60);
 /// The WebSocket of one connection.
 pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// Where and how the agent dials: the link URL and, for `wss://`, its TLS configuration.
+#[derive(Clone)]
+pub struct Dialer {
+    pub url: String,
+    trust: tls::Trust,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl std::fmt::Debug for Dialer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dialer")
+            .field("url", &self.url)
+            .field("trust", &self.trust)
+            .finish()
+    }
+}
+
+impl Dialer {
+    /// The link of `controller`, trusting `trust` when it is `https://` or `wss://`.
+    pub fn new(controller: &str, trust: &tls::Trust) -> Result<Dialer, AgentError> {
+        let url = link_url(controller)?;
+        let tls = if url.starts_with("wss://") {
+            let config = tls::client_config(trust).map_err(|e| AgentError::Controller {
+                url: controller.to_owned(),
+                reason: e.to_string(),
+            })?;
+            Some(Arc::new(config))
+        } else {
+            None
+        };
+        Ok(Dialer {
+            url,
+            trust: trust.clone(),
+            tls,
+        })
+    }
+}
+
 /// The WebSocket URL of the agent link for a controller address:
-/// `http://H:P[/prefix]` or `ws://...` -> `ws://H:P[/prefix]/api/v1/agent/link`.
+/// `http://H:P[/prefix]` or `ws://...` -> `ws://H:P[/prefix]/api/v1/agent/link`, and
+/// `https://` or `wss://` -> `wss://...`.
 pub fn link_url(controller: &str) -> Result<String, AgentError> {
     websocket_url(controller).map_err(|reason| AgentError::Controller {
         url: controller.to_owned(),
@@ -55,12 +97,12 @@ pub fn link_url(controller: &str) -> Result<String, AgentError> {
 pub(crate) fn websocket_url(controller: &str) -> Result<String, String> {
     let (scheme, rest) = controller
         .split_once("://")
-        .ok_or("not a URL (use http://host:port or ws://host:port)")?;
-    match scheme.to_ascii_lowercase().as_str() {
-        "http" | "ws" => {}
-        "https" | "wss" => return Err("TLS is not supported yet; use http:// or ws://".into()),
-        _ => return Err("the scheme must be http or ws".into()),
-    }
+        .ok_or("not a URL (use http(s)://host:port or ws(s)://host:port)")?;
+    let ws = match scheme.to_ascii_lowercase().as_str() {
+        "http" | "ws" => "ws",
+        "https" | "wss" => "wss",
+        _ => return Err("the scheme must be http, https, ws or wss".into()),
+    };
     let (authority, path) = match rest.find(['/', '?', '#']) {
         Some(i) => rest.split_at(i),
         None => (rest, ""),
@@ -78,9 +120,9 @@ pub(crate) fn websocket_url(controller: &str) -> Result<String, String> {
     }
     let prefix = path.trim_end_matches('/');
     if prefix.ends_with(LINK_PATH) {
-        return Ok(format!("ws://{authority}{prefix}"));
+        return Ok(format!("{ws}://{authority}{prefix}"));
     }
-    Ok(format!("ws://{authority}{prefix}{LINK_PATH}"))
+    Ok(format!("{ws}://{authority}{prefix}{LINK_PATH}"))
 }
 
 /// Why a connection attempt or a link ended.
@@ -88,6 +130,8 @@ pub(crate) fn websocket_url(controller: &str) -> Result<String, String> {
 pub enum LinkDown {
     /// The controller said no (`Refused`); the reason is the controller's.
     Refused(String),
+    /// TLS refused the controller's certificate (wrong CA, wrong pin, wrong name, expired).
+    Tls(String),
     /// Anything else: unreachable, timed out, closed, a failed write.
     Lost(String),
 }
@@ -96,7 +140,7 @@ impl std::fmt::Display for LinkDown {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             LinkDown::Refused(reason) => write!(f, "the controller refused the agent: {reason}"),
-            LinkDown::Lost(reason) => f.write_str(reason),
+            LinkDown::Tls(reason) | LinkDown::Lost(reason) => f.write_str(reason),
         }
     }
 }
@@ -114,10 +158,11 @@ pub struct Welcome {
 
 /// Dials the controller, says hello and waits for the welcome.
 pub async fn connect(
-    url: &str,
+    dialer: &Dialer,
     token_file: &Path,
     hello: &AgentMessage,
 ) -> Result<(Socket, Welcome), LinkDown> {
+    let url = dialer.url.as_str();
     let token = read_token(token_file)?;
     let mut request = url
         .into_client_request()
@@ -135,11 +180,19 @@ pub async fn connect(
         .max_frame_size(Some(MAX_FRAME));
     let (mut socket, _) = tokio::time::timeout(
         CONNECT_TIMEOUT,
-        tokio_tungstenite::connect_async_with_config(request, Some(config), true),
+        tokio_tungstenite::connect_async_tls_with_config(
+            request,
+            Some(config),
+            true,
+            dialer.tls.clone().map(tokio_tungstenite::Connector::Rustls),
+        ),
     )
     .await
     .map_err(|_| lost(format!("{url}: no connection within {CONNECT_TIMEOUT:?}")))?
-    .map_err(|e| lost(format!("{url}: {e}")))?;
+    .map_err(|e| match tls::explain(&e, &dialer.trust) {
+        Some(reason) => LinkDown::Tls(format!("TLS with the controller at {url}: {reason}")),
+        None => lost(format!("{url}: {e}")),
+    })?;
     let text = serde_json::to_string(hello).map_err(|e| lost(format!("hello: {e}")))?;
     tokio::time::timeout(WELCOME_TIMEOUT, socket.send(Message::text(text)))
         .await
@@ -294,12 +347,14 @@ mod tests {
             Ok("ws://[::1]:7780/api/v1/agent/link")
         );
         assert_eq!(
+            url("https://lab:7780").as_deref(),
+            Ok("wss://lab:7780/api/v1/agent/link")
+        );
+        assert_eq!(
             url("ws://h:1/api/v1/agent/link").as_deref(),
             Ok("ws://h:1/api/v1/agent/link")
         );
         for (bad, why) in [
-            ("https://h:1", "TLS is not supported yet"),
-            ("wss://h:1", "TLS is not supported yet"),
             ("ftp://h:1", "scheme"),
             ("h:1", "not a URL"),
             ("http://", "no host"),

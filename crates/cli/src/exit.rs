@@ -56,13 +56,13 @@ impl std::error::Error for Exit {}
 /// The exit code of a client error.
 pub fn client_code(e: &ClientError) -> i32 {
     match e {
-        ClientError::BadUrl { .. } | ClientError::TlsUnsupported { .. } => USAGE,
+        ClientError::BadUrl { .. } => USAGE,
         ClientError::BadToken => NO_PERMISSION,
         ClientError::Api {
             status: 401 | 403, ..
         } => NO_PERMISSION,
         ClientError::Api { .. } | ClientError::Decode { .. } => SOFTWARE,
-        ClientError::Unreachable { .. } => UNREACHABLE,
+        ClientError::Unreachable { .. } | ClientError::Tls { .. } => UNREACHABLE,
     }
 }
 

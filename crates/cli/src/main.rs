@@ -14,6 +14,7 @@ mod remote;
 mod serve;
 mod settings;
 mod table;
+mod tls_init;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -51,6 +52,11 @@ enum Command {
     },
     /// Start the controller (REST API, agent links, scheduler, database).
     Serve(serve::ServeArgs),
+    /// TLS certificates for the controller.
+    Tls {
+        #[command(subcommand)]
+        command: TlsCommand,
+    },
     /// Work with job files, and with jobs on a controller.
     Job {
         #[command(subcommand)]
@@ -80,6 +86,12 @@ enum Command {
         #[command(subcommand)]
         command: Option<AgentCommand>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum TlsCommand {
+    /// Make a small CA and a server certificate signed by it (for labs without a PKI).
+    Init(tls_init::InitArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -134,7 +146,8 @@ enum JobCommand {
 }
 
 fn main() {
-    // One crypto provider for the whole process (image downloads over https).
+    // One crypto provider for the whole process (aws-lc-rs): TLS of the controller, agent
+    // links, clients and image downloads.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -163,6 +176,9 @@ fn main() {
     let code = match cli.command {
         Command::Run(args) => run(args),
         Command::Serve(args) => serve::serve(args),
+        Command::Tls {
+            command: TlsCommand::Init(args),
+        } => tls_init::init(args),
         Command::Image { command } => image(command),
         Command::Job { command } => job(command),
         Command::Login(args) => remote::login(args),

@@ -35,6 +35,13 @@ pub struct LoginArgs {
     /// Read the token from this file (default: the first line of stdin).
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
+    /// For https://: trust this CA file (saved with the settings).
+    #[arg(long, value_name = "FILE", conflicts_with = "pin")]
+    ca: Option<PathBuf>,
+    /// For https://: trust exactly the server certificate with this fingerprint
+    /// (`sha256:HEX`, as `dutlab tls init` prints it; saved with the settings).
+    #[arg(long, value_name = "sha256:HEX")]
+    pin: Option<String>,
 }
 
 /// A token's role, as a flag value.
@@ -138,7 +145,15 @@ fn print_json<T: serde::Serialize>(value: &T) {
 pub fn login(args: LoginArgs) -> i32 {
     block_on(async move {
         let token = read_token(&args)?;
-        let client = Client::new(&args.url, Some(token.clone()))?;
+        let ca_file = match &args.ca {
+            Some(ca) => Some(std::path::absolute(ca).map_err(|e| {
+                Exit::new(exit::USAGE, format!("--ca {}: {e}", ca.display()))
+            })?),
+            None => None,
+        };
+        let trust = tls::Trust::from_settings(ca_file.clone(), args.pin.as_deref())
+            .map_err(|e| Exit::new(exit::USAGE, format!("--ca/--pin: {e}")))?;
+        let client = Client::with_trust(&args.url, Some(token.clone()), trust)?;
         let who = client
             .whoami()
             .await
@@ -152,6 +167,8 @@ pub fn login(args: LoginArgs) -> i32 {
         let content = SettingsFile {
             url: client.base_url().to_string(),
             token,
+            ca_file,
+            pin: args.pin.clone(),
         };
         settings::save_file(&path, &content)
             .with_context(|| format!("cannot write {}", path.display()))?;

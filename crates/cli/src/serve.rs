@@ -26,6 +26,24 @@ pub struct ServeArgs {
     /// How often agents send heartbeats.
     #[arg(long, value_name = "DURATION", value_parser = duration, default_value = "5s")]
     heartbeat: Duration,
+    /// Certificate chain (PEM) for TLS; with --tls-key. Agents, followers and every REST
+    /// route then use https:// and wss://.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Listen on a non-loopback address without TLS (tokens then cross the network in clear).
+    #[arg(long, conflicts_with = "tls_cert")]
+    insecure_plain_http: bool,
+    /// A request head (and a TLS handshake) must be complete within this time; an idle
+    /// kept-alive connection is closed after it too.
+    #[arg(long, value_name = "DURATION", value_parser = duration, default_value = "10s")]
+    header_timeout: Duration,
+    /// Connections served at once (agents, followers, requests); more wait, except a few
+    /// that answer /healthz only.
+    #[arg(long, value_name = "N", default_value_t = controller::listener::Limits::default().max_connections)]
+    max_connections: usize,
 }
 
 fn duration(text: &str) -> Result<Duration, String> {
@@ -66,7 +84,33 @@ fn raise_open_file_limit() {
     }
 }
 
+/// Whether the listener may run without TLS: only on loopback, unless told otherwise.
+fn check_plain_http(args: &ServeArgs) -> anyhow::Result<()> {
+    if args.tls_cert.is_none() && !args.insecure_plain_http && !args.listen.ip().is_loopback() {
+        anyhow::bail!(
+            "--listen {}: not a loopback address, and no TLS: tokens would cross the network in \
+             clear; give --tls-cert and --tls-key (`dutlab tls init DIR` makes them), or \
+             --insecure-plain-http to do it anyway",
+            args.listen
+        );
+    }
+    Ok(())
+}
+
 fn serve_inner(args: ServeArgs) -> anyhow::Result<()> {
+    check_plain_http(&args)?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(std::sync::Arc::new(
+            tls::server_config(cert, key).context("cannot use the TLS certificate")?,
+        )),
+        _ => None,
+    };
+    if args.insecure_plain_http && !args.listen.ip().is_loopback() {
+        tracing::warn!(
+            "listening on {} without TLS (--insecure-plain-http): tokens cross the network in clear",
+            args.listen
+        );
+    }
     raise_open_file_limit();
     let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
     let mut config = controller::Config::new(args.listen, data_dir);
@@ -74,6 +118,12 @@ fn serve_inner(args: ServeArgs) -> anyhow::Result<()> {
     config.lease_ttl = args.lease_ttl;
     config.disconnect_grace = args.disconnect_grace;
     config.heartbeat = args.heartbeat;
+    config.limits = controller::listener::Limits {
+        tls,
+        header_timeout: args.header_timeout,
+        handshake_timeout: args.header_timeout,
+        max_connections: args.max_connections,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

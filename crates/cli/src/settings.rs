@@ -2,13 +2,16 @@
 //!
 //! `DUTLAB_URL` and `DUTLAB_TOKEN` in the environment win over the settings file that
 //! `dutlab login` writes: `$XDG_CONFIG_HOME/dutlab/client.json`, else
-//! `$HOME/.config/dutlab/client.json`, holding `{"url": "...", "token": "..."}`.
+//! `$HOME/.config/dutlab/client.json`, holding `{"url": "...", "token": "..."}` and, for an
+//! `https://` controller, `"ca_file"` (a CA to trust) or `"pin"` (the server certificate's
+//! `sha256:HEX`); `DUTLAB_CA` and `DUTLAB_PIN` in the environment win over those.
 //!
 //! Invariants:
 //! - The file is written atomically (temporary file, then rename) with mode 0600 in a
 //!   directory created with mode 0700; a file readable by others is still used, with a warning.
 //! - The token from the file goes only to the file's URL: when `DUTLAB_URL` names another
-//!   controller, the token must come from `DUTLAB_TOKEN`.
+//!   controller, the token must come from `DUTLAB_TOKEN`. The same holds for the file's
+//!   `ca_file` and `pin`: they trust the file's controller only.
 //! - A token is never printed: `Debug` shows `<redacted>`.
 //! - The environment is read through a function, so the rules are tested without touching
 //!   the process environment.
@@ -24,6 +27,10 @@ use std::path::{Path, PathBuf};
 pub const URL_VAR: &str = "DUTLAB_URL";
 /// Environment variable holding the token.
 pub const TOKEN_VAR: &str = "DUTLAB_TOKEN";
+/// Environment variable naming a CA file to trust for `https://`.
+pub const CA_VAR: &str = "DUTLAB_CA";
+/// Environment variable holding a pinned server-certificate fingerprint (`sha256:HEX`).
+pub const PIN_VAR: &str = "DUTLAB_PIN";
 
 /// Largest settings file read.
 const MAX_FILE: u64 = 64 << 10;
@@ -33,6 +40,12 @@ const MAX_FILE: u64 = 64 << 10;
 pub struct SettingsFile {
     pub url: String,
     pub token: String,
+    /// A CA file to trust for the URL (absolute).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// The pinned server-certificate fingerprint of the URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin: Option<String>,
 }
 
 impl fmt::Debug for SettingsFile {
@@ -40,6 +53,8 @@ impl fmt::Debug for SettingsFile {
         f.debug_struct("SettingsFile")
             .field("url", &self.url)
             .field("token", &"<redacted>")
+            .field("ca_file", &self.ca_file)
+            .field("pin", &self.pin)
             .finish()
     }
 }
@@ -67,6 +82,10 @@ pub struct Settings {
     pub token: Option<(String, Source)>,
     /// Why the file's token is not used, when it is not.
     pub token_note: Option<String>,
+    /// A CA file to trust, and where that came from.
+    pub ca_file: Option<(PathBuf, Source)>,
+    /// A pinned fingerprint, and where that came from.
+    pub pin: Option<(String, Source)>,
 }
 
 impl fmt::Debug for Settings {
@@ -81,6 +100,8 @@ impl fmt::Debug for Settings {
                     .map(|(_, source)| ("<redacted>", source)),
             )
             .field("token_note", &self.token_note)
+            .field("ca_file", &self.ca_file)
+            .field("pin", &self.pin)
             .finish()
     }
 }
@@ -116,10 +137,20 @@ impl Settings {
         let env_url = nonempty(URL_VAR);
         let env_token = nonempty(TOKEN_VAR).map(|t| t.trim().to_string());
         let mut token_note = None;
+        let mut file_trust = (None, None);
         let (file_url, file_token) = match file {
             None => (None, None),
             Some((path, content)) => {
                 let url = Some((content.url.clone(), Source::File(path.clone())));
+                let for_this_url = env_url
+                    .as_ref()
+                    .is_none_or(|env_url| same_url(env_url, &content.url));
+                if for_this_url {
+                    file_trust = (
+                        content.ca_file.clone().map(|c| (c, Source::File(path.clone()))),
+                        content.pin.clone().map(|p| (p, Source::File(path.clone()))),
+                    );
+                }
                 let token = match &env_url {
                     Some(env_url) if !same_url(env_url, &content.url) => {
                         token_note = Some(format!(
@@ -135,12 +166,23 @@ impl Settings {
                 (url, token)
             }
         };
+        let env_ca = nonempty(CA_VAR).map(|c| (PathBuf::from(c), Source::Env(CA_VAR)));
+        let env_pin = nonempty(PIN_VAR).map(|p| (p.trim().to_string(), Source::Env(PIN_VAR)));
+        // The environment's trust replaces the file's as a whole (a CA there and a pin here
+        // would otherwise conflict).
+        let (ca_file, pin) = if env_ca.is_some() || env_pin.is_some() {
+            (env_ca, env_pin)
+        } else {
+            file_trust
+        };
         Settings {
             url: env_url.map(|u| (u, Source::Env(URL_VAR))).or(file_url),
             token: env_token
                 .map(|t| (t, Source::Env(TOKEN_VAR)))
                 .or(file_token),
             token_note,
+            ca_file,
+            pin,
         }
     }
 
@@ -179,16 +221,33 @@ impl Settings {
         }
     }
 
-    /// A client with URL and token.
+    /// What `https://` trusts: the CA file, the pin, or the system's roots.
+    pub fn trust(&self) -> Result<tls::Trust, Exit> {
+        let sources: Vec<String> = [
+            self.ca_file.as_ref().map(|(_, s)| s.to_string()),
+            self.pin.as_ref().map(|(_, s)| s.to_string()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        tls::Trust::from_settings(
+            self.ca_file.as_ref().map(|(c, _)| c.clone()),
+            self.pin.as_ref().map(|(p, _)| p.as_str()),
+        )
+        .map_err(|e| Exit::new(exit::USAGE, format!("{}: {e}", sources.join(", "))))
+    }
+
+    /// A client with URL, token and trust.
     pub fn client(&self) -> Result<client::Client, anyhow::Error> {
         let url = self.url()?;
         let token = self.token()?;
+        let trust = self.trust()?;
         let source = self
             .url
             .as_ref()
             .map(|(_, s)| s.to_string())
             .unwrap_or_default();
-        client::Client::new(url, Some(token.to_string()))
+        client::Client::with_trust(url, Some(token.to_string()), trust)
             .map_err(|e| anyhow::Error::new(e).context(format!("settings from {source}")))
     }
 }
@@ -274,6 +333,8 @@ mod tests {
             SettingsFile {
                 url: url.into(),
                 token: token.into(),
+                ca_file: None,
+                pin: None,
             },
         ))
     }
@@ -367,6 +428,8 @@ mod tests {
         let content = SettingsFile {
             url: "http://lab:8080/".into(),
             token: "dutlab_abc".into(),
+            ca_file: Some(PathBuf::from("/etc/dutlab/ca.pem")),
+            pin: None,
         };
         save_file(&path, &content).expect("save");
         let mode = std::fs::metadata(&path).expect("meta").permissions().mode();

@@ -43,9 +43,10 @@ pub enum ClientError {
         #[source]
         source: Cause,
     },
-    /// `wss://` live streams are not built in; REST over `https://` works.
-    #[error("{url}: live streams over TLS (wss://) are not supported by this build")]
-    TlsUnsupported { url: String },
+    /// TLS refused the controller's certificate (wrong CA, wrong pin, wrong name, expired),
+    /// or the trust settings cannot be used.
+    #[error("TLS with the controller at {url}: {reason}")]
+    Tls { url: String, reason: String },
 }
 
 impl ClientError {

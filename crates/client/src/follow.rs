@@ -261,11 +261,6 @@ impl Follow {
 
     async fn connect(&self) -> Result<Socket, ClientError> {
         let url = self.url()?;
-        if url.scheme() == "wss" {
-            return Err(ClientError::TlsUnsupported {
-                url: url.to_string(),
-            });
-        }
         let mut request = url
             .as_str()
             .into_client_request()
@@ -279,7 +274,19 @@ impl Follow {
         let config = WebSocketConfig::default()
             .max_message_size(Some(MAX_EVENT))
             .max_frame_size(Some(MAX_EVENT));
-        let handshake = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
+        let connector = match url.scheme() {
+            "wss" => self
+                .client
+                .stream_tls()
+                .map(tokio_tungstenite::Connector::Rustls),
+            _ => None,
+        };
+        let handshake = tokio_tungstenite::connect_async_tls_with_config(
+            request,
+            Some(config),
+            true,
+            connector,
+        );
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
             Err(_) => Err(ClientError::Unreachable {
                 url: url.to_string(),
@@ -293,10 +300,7 @@ impl Follow {
                 let body = response.body().as_deref().unwrap_or_default();
                 Err(api_error(response.status(), body))
             }
-            Ok(Err(e)) => Err(ClientError::Unreachable {
-                url: url.to_string(),
-                source: Box::new(e),
-            }),
+            Ok(Err(e)) => Err(self.client.transport_error(&url, Box::new(e))),
             Ok(Ok((socket, _))) => Ok(socket),
         }
     }

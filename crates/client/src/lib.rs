@@ -13,6 +13,9 @@
 //! - An error status becomes [`ClientError::Api`] with the server's [`proto::api::ApiError`]
 //!   text; connection failures become [`ClientError::Unreachable`]; nothing is retried here
 //!   except by [`Follow`].
+//! - `https://` and `wss://` trust exactly what the [`tls::Trust`] given at construction says
+//!   (system roots, a CA file, or a pinned certificate); a refused certificate is
+//!   [`ClientError::Tls`], naming the controller and the reason, and is never retried.
 
 mod error;
 pub mod follow;
@@ -30,6 +33,7 @@ use reqwest::{Method, StatusCode, Url};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Longest wait for a TCP connection to the controller.
@@ -51,6 +55,10 @@ pub struct Client {
     base: Url,
     /// `Bearer TOKEN`, marked sensitive.
     auth: Option<HeaderValue>,
+    /// What `https://` and `wss://` trust.
+    trust: tls::Trust,
+    /// TLS of live streams (`wss://`); `None` for `http://` controllers.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl fmt::Debug for Client {
@@ -66,6 +74,15 @@ impl Client {
     /// A client of the controller at `base_url` (`http://host:port`, optionally with a path
     /// prefix). `token` is sent with every request but `/healthz`.
     pub fn new(base_url: &str, token: Option<String>) -> Result<Client, ClientError> {
+        Client::with_trust(base_url, token, tls::Trust::System)
+    }
+
+    /// [`Client::new`] trusting `trust` for an `https://` controller.
+    pub fn with_trust(
+        base_url: &str,
+        token: Option<String>,
+        trust: tls::Trust,
+    ) -> Result<Client, ClientError> {
         let base = parse_base(base_url)?;
         let auth = match token {
             None => None,
@@ -79,7 +96,20 @@ impl Client {
                 Some(value)
             }
         };
-        let http = reqwest::Client::builder()
+        let tls = if base.scheme() == "https" {
+            let config = tls::client_config(&trust).map_err(|e| ClientError::Tls {
+                url: base.to_string(),
+                reason: e.to_string(),
+            })?;
+            Some(Arc::new(config))
+        } else {
+            None
+        };
+        let mut builder = reqwest::Client::builder();
+        if let Some(config) = &tls {
+            builder = builder.tls_backend_preconfigured(rustls::ClientConfig::clone(config));
+        }
+        let http = builder
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(READ_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
@@ -89,7 +119,13 @@ impl Client {
                 url: base.to_string(),
                 source: Box::new(e),
             })?;
-        Ok(Client { http, base, auth })
+        Ok(Client {
+            http,
+            base,
+            auth,
+            trust,
+            tls,
+        })
     }
 
     /// The controller URL as given (normalised).
@@ -284,10 +320,7 @@ impl Client {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let unreachable = |e: reqwest::Error| ClientError::Unreachable {
-            url: url.to_string(),
-            source: Box::new(e.without_url()),
-        };
+        let unreachable = |e: reqwest::Error| self.transport_error(&url, Box::new(e.without_url()));
         let mut response = request.send().await.map_err(unreachable)?;
         let status = response.status();
         let mut answer = Vec::new();
@@ -305,6 +338,28 @@ impl Client {
         } else {
             Err(api_error(status, &answer))
         }
+    }
+}
+
+impl Client {
+    /// A transport failure: [`ClientError::Tls`] when TLS refused the server, else
+    /// [`ClientError::Unreachable`].
+    pub(crate) fn transport_error(&self, url: &Url, source: Cause) -> ClientError {
+        match tls::explain(source.as_ref(), &self.trust) {
+            Some(reason) => ClientError::Tls {
+                url: self.base.to_string(),
+                reason,
+            },
+            None => ClientError::Unreachable {
+                url: url.to_string(),
+                source,
+            },
+        }
+    }
+
+    /// TLS of live streams, for `wss://`.
+    pub(crate) fn stream_tls(&self) -> Option<Arc<rustls::ClientConfig>> {
+        self.tls.clone()
     }
 }
 

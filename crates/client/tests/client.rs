@@ -456,10 +456,52 @@ async fn follow_gives_up_when_connects_keep_failing() {
     .expect("in time");
 }
 
+/// A TLS server on loopback with a certificate from `tls::pki`: accepts connections and
+/// completes handshakes (the client refuses them).
+async fn tls_server(dir: &std::path::Path) -> (String, tls::pki::LabPki) {
+    let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    let made = tls::pki::init(dir, &names).expect("pki");
+    let config = tls::server_config(&made.server_cert, &made.server_key).expect("config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let (listener, url) = listener().await;
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let _ = acceptor.accept(tcp).await;
+            });
+        }
+    });
+    (url.replace("http://", "https://"), made)
+}
+
 #[tokio::test]
-async fn follow_over_tls_is_refused_clearly() {
-    let client = Client::new("https://lab.example", None).expect("client");
-    let mut follow = client.follow(JobId(1), Seq(0));
-    let err = follow.next().await.expect("an item").expect_err("wss");
-    assert!(matches!(err, ClientError::TlsUnsupported { .. }), "{err:?}");
+async fn a_wrong_pin_or_ca_is_refused_for_rest_and_follow() {
+    tokio::time::timeout(LIMIT, async {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (url, made) = tls_server(&dir.path().join("right")).await;
+        let other = tls::pki::init(&dir.path().join("other"), &["localhost".into()]).expect("pki");
+        let wrong_pin = tls::Trust::Pin(other.server_fingerprint);
+        let wrong_ca = tls::Trust::CaFile(other.ca_cert.clone());
+        for trust in [wrong_pin, wrong_ca] {
+            let client = Client::with_trust(&url, None, trust.clone()).expect("client");
+            let err = client.healthz().await.expect_err("refused");
+            assert!(matches!(err, ClientError::Tls { .. }), "{err:?}");
+            let text = err.to_string();
+            assert!(text.contains(&url), "{text}");
+            match &trust {
+                tls::Trust::Pin(pin) => {
+                    assert!(text.contains(&pin.to_string()), "{text}");
+                    assert!(text.contains(&made.server_fingerprint.to_string()), "{text}");
+                }
+                _ => assert!(text.contains("not signed by"), "{text}"),
+            }
+            let mut follow = client.follow(JobId(1), Seq(0));
+            let err = follow.next().await.expect("an item").expect_err("wss refused");
+            assert!(matches!(err, ClientError::Tls { .. }), "{err:?}");
+            assert!(follow.next().await.is_none());
+        }
+    })
+    .await
+    .expect("in time");
 }

@@ -497,6 +497,10 @@ pub struct FollowQuery {
     cursor: Option<u64>,
 }
 
+/// Largest message a follower may send (it sends only pings and a close): a larger one
+/// closes its socket.
+pub const MAX_FOLLOW_MESSAGE: usize = 64 << 10;
+
 /// Follows a job's log live (WebSocket of `FollowEvent` JSON messages).
 #[utoipa::path(get, path = "/api/v1/jobs/{id}/logs/follow", security(("bearer" = [])), params(("id" = u64, Path, description = "job id"), FollowQuery),
     responses((status = 101, description = "WebSocket of FollowEvent messages"), (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
@@ -511,7 +515,9 @@ pub async fn follow(
     let cursor = Seq(query.cursor.unwrap_or(0));
     let ws = ws
         .read_buffer_size(crate::link::WS_BUFFER)
-        .write_buffer_size(crate::link::WS_BUFFER);
+        .write_buffer_size(crate::link::WS_BUFFER)
+        .max_message_size(MAX_FOLLOW_MESSAGE)
+        .max_frame_size(MAX_FOLLOW_MESSAGE);
     Ok(ws.on_upgrade(move |socket| async move {
         if let Err(e) = stream_log(socket, state, view, cursor).await {
             tracing::debug!("follower of job {id}: {e}");

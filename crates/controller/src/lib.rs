@@ -16,6 +16,7 @@ pub mod api;
 pub mod auth;
 pub mod dispatcher;
 pub mod link;
+pub mod listener;
 pub mod logs;
 pub mod openapi;
 pub mod store;
@@ -74,6 +75,8 @@ pub struct Config {
     pub disconnect_grace: Duration,
     pub cancel_grace: Duration,
     pub heartbeat: Duration,
+    /// TLS and the listener's timeouts and connection cap.
+    pub limits: listener::Limits,
 }
 
 impl Config {
@@ -87,6 +90,7 @@ impl Config {
             disconnect_grace: defaults.disconnect_grace,
             cancel_grace: defaults.cancel_grace,
             heartbeat: Duration::from_secs(5),
+            limits: listener::Limits::default(),
         }
     }
 }
@@ -232,15 +236,10 @@ pub async fn serve(
             source,
         })?;
     let local = listener.local_addr().map_err(ControllerError::Serve)?;
-    tracing::info!("listening on http://{local}");
+    let scheme = if config.limits.tls.is_some() { "https" } else { "http" };
+    tracing::info!("listening on {scheme}://{local}");
     let app = router(state);
-    // Small control messages (StartJob after a LogAcked) must not wait for delayed ACKs.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!("TCP_NODELAY: {e}");
-        }
-    });
-    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
+    let server = listener::serve(listener, app, config.limits.clone(), shutdown);
     let dispatcher = tokio::spawn(dispatcher.run(commands));
     tokio::select! {
         served = server => served.map_err(ControllerError::Serve),

@@ -270,6 +270,49 @@ impl ServerCertVerifier for PinnedServer {
     }
 }
 
+/// Finds a TLS failure in an error's chain (also inside `std::io::Error`, which hides its
+/// payload from `source()`) and says it for people, with what was trusted.
+pub fn explain(error: &(dyn std::error::Error + 'static), trust: &Trust) -> Option<String> {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        let found = e.downcast_ref::<rustls::Error>().or_else(|| {
+            e.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if let Some(tls) = found {
+            return Some(describe(tls, trust));
+        }
+        next = e.source();
+    }
+    None
+}
+
+fn describe(error: &rustls::Error, trust: &Trust) -> String {
+    use rustls::CertificateError as C;
+    match error {
+        rustls::Error::InvalidCertificate(cert) => {
+            let why = match cert {
+                C::UnknownIssuer => format!("its certificate is not signed by {trust}"),
+                C::NotValidForName | C::NotValidForNameContext { .. } => {
+                    "its certificate is not valid for this host name or address".to_owned()
+                }
+                C::Expired | C::ExpiredContext { .. } => "its certificate has expired".to_owned(),
+                C::NotValidYet | C::NotValidYetContext { .. } => {
+                    "its certificate is not valid yet".to_owned()
+                }
+                C::Other(other) => other.to_string(),
+                other => format!("its certificate is refused ({other:?}) by {trust}"),
+            };
+            format!("the server's certificate is refused: {why}")
+        }
+        rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => format!(
+            "the server does not speak TLS there ({error}); is it plain http://?"
+        ),
+        other => format!("TLS failed: {other}"),
+    }
+}
+
 /// The fingerprint of the first certificate of a PEM file (what `--pin` takes).
 pub fn file_fingerprint(path: &Path) -> Result<Fingerprint, TlsError> {
     let certs = read_certificates(path)?;
