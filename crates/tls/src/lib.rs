@@ -275,15 +275,21 @@ impl ServerCertVerifier for PinnedServer {
 pub fn explain(error: &(dyn std::error::Error + 'static), trust: &Trust) -> Option<String> {
     let mut next = Some(error);
     while let Some(e) = next {
-        let found = e.downcast_ref::<rustls::Error>().or_else(|| {
-            e.downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        });
-        if let Some(tls) = found {
+        if let Some(tls) = rustls_error(e) {
             return Some(describe(tls, trust));
         }
         next = e.source();
+    }
+    None
+}
+
+/// `e` as a rustls error: itself, inside an `io::Error`, or inside a boxed error.
+fn rustls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+        return Some(tls);
+    }
+    if let Some(io) = e.downcast_ref::<std::io::Error>() {
+        return io.get_ref().and_then(|inner| rustls_error(inner));
     }
     None
 }
@@ -293,7 +299,9 @@ fn describe(error: &rustls::Error, trust: &Trust) -> String {
     match error {
         rustls::Error::InvalidCertificate(cert) => {
             let why = match cert {
-                C::UnknownIssuer => format!("its certificate is not signed by {trust}"),
+                C::UnknownIssuer | C::BadSignature => {
+                    format!("its certificate is not signed by {trust}")
+                }
                 C::NotValidForName | C::NotValidForNameContext { .. } => {
                     "its certificate is not valid for this host name or address".to_owned()
                 }
