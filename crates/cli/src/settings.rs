@@ -466,4 +466,31 @@ mod tests {
                 .is_none()
         );
     }
+
+    #[test]
+    fn the_files_trust_goes_with_its_url_and_the_environment_wins() {
+        let pin = tls::Fingerprint::of(b"x").to_string();
+        let with_ca = || {
+            file("https://lab:7780", "t").map(|(path, mut content)| {
+                content.ca_file = Some(PathBuf::from("/etc/dutlab/ca.pem"));
+                (path, content)
+            })
+        };
+        let s = Settings::combine(&env(&[]), with_ca());
+        assert_eq!(
+            s.trust().ok(),
+            Some(tls::Trust::CaFile(PathBuf::from("/etc/dutlab/ca.pem")))
+        );
+        // Another controller in the environment: the file's CA is not used for it.
+        let s = Settings::combine(&env(&[(URL_VAR, "https://other:7780")]), with_ca());
+        assert_eq!(s.trust().ok(), Some(tls::Trust::System));
+        // The environment's pin replaces the file's CA (no conflict).
+        let s = Settings::combine(&env(&[(PIN_VAR, &pin)]), with_ca());
+        assert!(matches!(s.trust(), Ok(tls::Trust::Pin(_))));
+        // Both in the environment: refused, naming both sources.
+        let s = Settings::combine(&env(&[(PIN_VAR, &pin), (CA_VAR, "/ca.pem")]), None);
+        let e = s.trust().expect_err("both");
+        assert!(e.to_string().contains(CA_VAR) && e.to_string().contains(PIN_VAR), "{e}");
+    }
+
 }

@@ -162,17 +162,19 @@ async fn at_cap() -> impl IntoResponse {
     )
 }
 
-/// Waits for a free slot: a main one if any, else a reserve one.
-async fn take_slot(main: &Arc<Semaphore>, reserve: &Arc<Semaphore>) -> Slot {
+/// Waits for a free slot: a main one if any, else a reserve one. `None` only if a pool was
+/// closed (they never are).
+async fn take_slot(main: &Arc<Semaphore>, reserve: &Arc<Semaphore>) -> Option<Slot> {
+    let slot = |pool| move |permit| Slot {
+        pool,
+        _permit: permit,
+    };
     if let Ok(permit) = main.clone().try_acquire_owned() {
-        return Slot {
-            pool: Pool::Main,
-            _permit: permit,
-        };
+        return Some(slot(Pool::Main)(permit));
     }
     tokio::select! {
-        Ok(permit) = main.clone().acquire_owned() => Slot { pool: Pool::Main, _permit: permit },
-        Ok(permit) = reserve.clone().acquire_owned() => Slot { pool: Pool::Reserve, _permit: permit },
+        permit = main.clone().acquire_owned() => permit.ok().map(slot(Pool::Main)),
+        permit = reserve.clone().acquire_owned() => permit.ok().map(slot(Pool::Reserve)),
     }
 }
 
@@ -201,7 +203,10 @@ pub async fn serve(
     loop {
         let slot = tokio::select! {
             () = &mut shutdown => break,
-            slot = take_slot(&main, &reserve) => slot,
+            slot = take_slot(&main, &reserve) => match slot {
+                Some(slot) => slot,
+                None => break,
+            },
         };
         let (tcp, peer) = tokio::select! {
             () = &mut shutdown => break,
