@@ -76,6 +76,8 @@ pub async fn run(
             path: config.work_dir.display().to_string(),
             reason: format!("agent lock: {e}"),
         })?;
-    agent::Agent::new(config, dialer, prepared).run(shutdown).await;
+    agent::Agent::new(config, dialer, prepared)
+        .run(shutdown)
+        .await;
     Ok(())
 }

@@ -146,9 +146,10 @@ pub fn login(args: LoginArgs) -> i32 {
     block_on(async move {
         let token = read_token(&args)?;
         let ca_file = match &args.ca {
-            Some(ca) => Some(std::path::absolute(ca).map_err(|e| {
-                Exit::new(exit::USAGE, format!("--ca {}: {e}", ca.display()))
-            })?),
+            Some(ca) => Some(
+                std::path::absolute(ca)
+                    .map_err(|e| Exit::new(exit::USAGE, format!("--ca {}: {e}", ca.display())))?,
+            ),
             None => None,
         };
         let trust = tls::Trust::from_settings(ca_file.clone(), args.pin.as_deref())

@@ -147,7 +147,10 @@ impl Settings {
                     .is_none_or(|env_url| same_url(env_url, &content.url));
                 if for_this_url {
                     file_trust = (
-                        content.ca_file.clone().map(|c| (c, Source::File(path.clone()))),
+                        content
+                            .ca_file
+                            .clone()
+                            .map(|c| (c, Source::File(path.clone()))),
                         content.pin.clone().map(|p| (p, Source::File(path.clone()))),
                     );
                 }
@@ -490,7 +493,9 @@ mod tests {
         // Both in the environment: refused, naming both sources.
         let s = Settings::combine(&env(&[(PIN_VAR, &pin), (CA_VAR, "/ca.pem")]), None);
         let e = s.trust().expect_err("both");
-        assert!(e.to_string().contains(CA_VAR) && e.to_string().contains(PIN_VAR), "{e}");
+        assert!(
+            e.to_string().contains(CA_VAR) && e.to_string().contains(PIN_VAR),
+            "{e}"
+        );
     }
-
 }

@@ -25,7 +25,11 @@ fn host_name() -> Option<String> {
 
 pub fn init(args: InitArgs) -> i32 {
     let names = if args.names.is_empty() {
-        let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+        let mut names = vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+            "::1".to_owned(),
+        ];
         names.extend(host_name());
         names
     } else {

@@ -269,7 +269,9 @@ fn a_wrong_ca_or_pin_is_refused_clearly_and_the_right_pin_is_accepted() -> Resul
     expect_code(&done, UNREACHABLE)?;
     ensure!(
         done.stderr.contains(&lab.url)
-            && done.stderr.contains(&format!("not the pinned {}", other.pin)),
+            && done
+                .stderr
+                .contains(&format!("not the pinned {}", other.pin)),
         "{}",
         done.stderr
     );
@@ -401,7 +403,12 @@ fn slow_clients_are_cut_off_at_the_header_timeout_while_healthz_answers() -> Res
     let cap = 8;
     let lab = Lab::start(
         false,
-        &["--header-timeout", "3s", "--max-connections", &cap.to_string()],
+        &[
+            "--header-timeout",
+            "3s",
+            "--max-connections",
+            &cap.to_string(),
+        ],
     )?;
     // More slow clients than the cap: the cap fills, and some take reserve slots.
     let mut slow = Vec::new();
@@ -420,8 +427,7 @@ fn slow_clients_are_cut_off_at_the_header_timeout_while_healthz_answers() -> Res
             "healthz failed while slow clients held the cap"
         );
         probes += 1;
-        if opened.elapsed() < Duration::from_secs(2) && status(lab.port, "/api/v1/whoami")? == 503
-        {
+        if opened.elapsed() < Duration::from_secs(2) && status(lab.port, "/api/v1/whoami")? == 503 {
             refused_at_cap = true;
         }
         ensure!(
@@ -504,6 +510,9 @@ fn an_oversized_message_closes_a_follow_socket() -> Result<()> {
         }
     }
     wait_closed(&mut big, Duration::from_secs(20))?;
-    ensure!(!is_closed(&mut ok)?, "the well-behaved follower was closed too");
+    ensure!(
+        !is_closed(&mut ok)?,
+        "the well-behaved follower was closed too"
+    );
     Ok(())
 }

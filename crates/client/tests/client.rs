@@ -492,12 +492,19 @@ async fn a_wrong_pin_or_ca_is_refused_for_rest_and_follow() {
             match &trust {
                 tls::Trust::Pin(pin) => {
                     assert!(text.contains(&pin.to_string()), "{text}");
-                    assert!(text.contains(&made.server_fingerprint.to_string()), "{text}");
+                    assert!(
+                        text.contains(&made.server_fingerprint.to_string()),
+                        "{text}"
+                    );
                 }
                 _ => assert!(text.contains("not signed by"), "{text}"),
             }
             let mut follow = client.follow(JobId(1), Seq(0));
-            let err = follow.next().await.expect("an item").expect_err("wss refused");
+            let err = follow
+                .next()
+                .await
+                .expect("an item")
+                .expect_err("wss refused");
             assert!(matches!(err, ClientError::Tls { .. }), "{err:?}");
             assert!(follow.next().await.is_none());
         }

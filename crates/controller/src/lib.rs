@@ -236,7 +236,11 @@ pub async fn serve(
             source,
         })?;
     let local = listener.local_addr().map_err(ControllerError::Serve)?;
-    let scheme = if config.limits.tls.is_some() { "https" } else { "http" };
+    let scheme = if config.limits.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     tracing::info!("listening on {scheme}://{local}");
     let app = router(state);
     let server = listener::serve(listener, app, config.limits.clone(), shutdown);

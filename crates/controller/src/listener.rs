@@ -165,9 +165,11 @@ async fn at_cap() -> impl IntoResponse {
 /// Waits for a free slot: a main one if any, else a reserve one. `None` only if a pool was
 /// closed (they never are).
 async fn take_slot(main: &Arc<Semaphore>, reserve: &Arc<Semaphore>) -> Option<Slot> {
-    let slot = |pool| move |permit| Slot {
-        pool,
-        _permit: permit,
+    let slot = |pool| {
+        move |permit| Slot {
+            pool,
+            _permit: permit,
+        }
     };
     if let Ok(permit) = main.clone().try_acquire_owned() {
         return Some(slot(Pool::Main)(permit));

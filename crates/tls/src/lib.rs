@@ -314,9 +314,9 @@ fn describe(error: &rustls::Error, trust: &Trust) -> String {
             };
             format!("the server's certificate is refused: {why}")
         }
-        rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => format!(
-            "the server does not speak TLS there ({error}); is it plain http://?"
-        ),
+        rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => {
+            format!("the server does not speak TLS there ({error}); is it plain http://?")
+        }
         other => format!("TLS failed: {other}"),
     }
 }
@@ -347,7 +347,12 @@ mod tests {
                 .join(":")
         );
         assert_eq!(colons.parse::<Fingerprint>().ok(), Some(fp));
-        for bad in ["", "md5:00", "sha256:00", &format!("sha256:{}", "zz".repeat(32))] {
+        for bad in [
+            "",
+            "md5:00",
+            "sha256:00",
+            &format!("sha256:{}", "zz".repeat(32)),
+        ] {
             assert!(bad.parse::<Fingerprint>().is_err(), "{bad}");
         }
     }

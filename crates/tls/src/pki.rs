@@ -85,7 +85,12 @@ pub fn init(dir: &Path, names: &[String]) -> Result<LabPki, TlsError> {
         server_key: dir.join("server-key.pem"),
         server_fingerprint: Fingerprint::of(server_cert.der()),
     };
-    for path in [&made.ca_cert, &made.ca_key, &made.server_cert, &made.server_key] {
+    for path in [
+        &made.ca_cert,
+        &made.ca_key,
+        &made.server_cert,
+        &made.server_key,
+    ] {
         if path.exists() {
             return Err(crate::file_error(
                 path,
