@@ -339,8 +339,7 @@ mod tests {
         assert_eq!(text.parse::<Fingerprint>().ok(), Some(fp));
         let colons = format!(
             "sha256:{}",
-            text[7..]
-                .as_bytes()
+            text.as_bytes()[7..]
                 .chunks(2)
                 .map(|c| String::from_utf8_lossy(c).into_owned())
                 .collect::<Vec<_>>()

@@ -50,7 +50,7 @@ pub fn init(dir: &Path, names: &[String]) -> Result<LabPki, TlsError> {
     let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(generate)?;
     // A name of its own: a verifier looks issuers up by name, and two labs' CAs with one
     // name would read as a bad signature instead of an unknown issuer.
-    let tag = crate::Fingerprint::of(&ca_key.public_key_raw()).to_string();
+    let tag = crate::Fingerprint::of(ca_key.public_key_raw()).to_string();
     ca.distinguished_name
         .push(DnType::CommonName, format!("dutlab lab CA {}", &tag[7..19]));
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
