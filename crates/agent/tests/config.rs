@@ -67,11 +67,30 @@ fn errors_name_the_file_the_field_and_the_reason() -> Result<()> {
             ensure!(text.contains(want), "{extra:?}: {want:?} not in {text}");
         }
     }
-    let text = load_error("controller: https://lab:7780\ntoken_file: token\nwork_dir: w\n")?;
+    let text = load_error("controller: ftp://lab:7780\ntoken_file: token\nwork_dir: w\n")?;
     ensure!(
-        text.contains("controller: ") && text.contains("TLS is not supported yet"),
+        text.contains("controller: ") && text.contains("the scheme must be"),
         "{text}"
     );
+    // TLS trust: a CA file that is not there, a malformed pin, both at once.
+    let tls_head = "controller: https://lab:7780\ntoken_file: token\nwork_dir: w\n";
+    let pin = format!("sha256:{}", "ab".repeat(32));
+    for (extra, wants) in [
+        (
+            "ca_file: missing.pem\n".to_string(),
+            ["ca_file: ", "missing.pem"],
+        ),
+        ("pin: sha256:12\n".to_string(), ["pin: ", "64 hex digits"]),
+        (
+            format!("pin: {pin}\nca_file: ca.pem\n"),
+            ["ca_file and pin", "not both"],
+        ),
+    ] {
+        let text = load_error(&format!("{tls_head}{extra}"))?;
+        for want in wants {
+            ensure!(text.contains(want), "{extra:?}: {want:?} not in {text}");
+        }
+    }
     let text = load_error("token_file: token\nwork_dir: w\n")?;
     ensure!(text.contains("missing field `controller`"), "{text}");
     Ok(())
@@ -175,6 +194,6 @@ fn init_config_writes_a_file_that_loads() -> Result<()> {
 
 #[test]
 fn agent_errors_are_typed() {
-    let e = dutlab_agent::link_url("https://h:1").expect_err("tls");
+    let e = dutlab_agent::link_url("ftp://h:1").expect_err("scheme");
     assert!(matches!(e, AgentError::Controller { .. }), "{e:?}");
 }
