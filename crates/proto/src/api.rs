@@ -59,6 +59,9 @@ pub struct CreateToken {
     /// Who or what uses the token (a person, a CI system, an agent's name).
     pub name: String,
     pub role: Role,
+    /// Role `agent` only: the one agent name this token may say in its hello (default: `name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
 }
 
 /// A token as listed: never the secret itself.
@@ -68,6 +71,10 @@ pub struct TokenView {
     pub id: String,
     pub name: String,
     pub role: Role,
+    /// Role `agent`: the agent name the token is bound to. An agent token without one was made
+    /// by an older controller and is refused until it is re-created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
     pub created_at: Millis,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked_at: Option<Millis>,

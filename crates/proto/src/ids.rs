@@ -23,10 +23,6 @@ id!(
     JobId
 );
 id!(
-    /// One grant of a device. Unique across the controller's lifetime, never reused.
-    LeaseId
-);
-id!(
     /// Fencing counter of a device, raised at every grant. A message about a device that
     /// carries an older epoch than the device's current one is refused.
     Epoch
@@ -35,6 +31,67 @@ id!(
     /// Position of a log record in its job's log: 1, 2, 3 ... without holes once stored.
     Seq
 );
+
+/// One grant of a device: 128 bits that the controller derives from a secret drawn from the
+/// operating system, so an agent cannot guess another agent's leases. Unique across the
+/// controller's lifetime, never reused.
+///
+/// On the wire (JSON) it is 32 lower-case hex digits; a plain number is accepted too, which is
+/// how ids of older controllers (sequential u64 numbers) were stored in their event logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LeaseId(pub u128);
+
+impl fmt::Display for LeaseId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+impl LeaseId {
+    /// Parses the 32 hex digits of [`LeaseId`]'s `Display` (any case); `None` otherwise.
+    pub fn parse_hex(text: &str) -> Option<LeaseId> {
+        if text.is_empty() || text.len() > 32 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        u128::from_str_radix(text, 16).ok().map(LeaseId)
+    }
+}
+
+impl Serialize for LeaseId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for LeaseId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<LeaseId, D::Error> {
+        struct Visit;
+        impl serde::de::Visitor<'_> for Visit {
+            type Value = LeaseId;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a lease id: 32 hex digits (or a number, from older controllers)")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<LeaseId, E> {
+                Ok(LeaseId(u128::from(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<LeaseId, E> {
+                LeaseId::parse_hex(v).ok_or_else(|| E::custom(format!("lease id {v:?} is not 32 hex digits")))
+            }
+        }
+        d.deserialize_any(Visit)
+    }
+}
+
+impl utoipa::PartialSchema for LeaseId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .description(Some("a lease id: 32 hex digits"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for LeaseId {}
 
 /// Milliseconds since the UNIX epoch. Time is passed in as a value; nothing pure reads a clock.
 #[derive(

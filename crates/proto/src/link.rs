@@ -19,7 +19,7 @@ use crate::log::{LogKind, LogRecord, MAX_RECORD_TEXT};
 use serde::{Deserialize, Serialize};
 
 /// Version of this protocol. Raised on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest WebSocket frame either side sends or accepts.
 pub const MAX_FRAME: usize = 1 << 20;
@@ -138,7 +138,7 @@ pub enum ControllerMessage {
 
 /// A batch of consecutive log records of one lease, sent as a binary WebSocket frame.
 ///
-/// Layout (big-endian): `b'L'`, lease u64, epoch u64, first seq u64, count u32, then per
+/// Layout (big-endian): `b'L'`, lease u128, epoch u64, first seq u64, count u32, then per
 /// record: kind u8, at u64 (ms), len u32, `len` bytes of UTF-8 text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogFrame {
@@ -171,7 +171,7 @@ pub enum FrameError {
     Empty,
 }
 
-const HEADER: usize = 1 + 8 + 8 + 8 + 4;
+const HEADER: usize = 1 + 16 + 8 + 8 + 4;
 const RECORD_HEADER: usize = 1 + 8 + 4;
 
 impl LogFrame {
@@ -218,7 +218,7 @@ impl LogFrame {
         if tag != b'L' {
             return Err(FrameError::BadTag(tag));
         }
-        let lease = LeaseId(r.u64("the lease")?);
+        let lease = LeaseId(r.u128("the lease")?);
         let epoch = Epoch(r.u64("the epoch")?);
         let first = r.u64("the first sequence number")?;
         let count = r.u32("the record count")?;
@@ -284,6 +284,12 @@ impl<'a> Reader<'a> {
         let b = self.take(4, what)?;
         Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
+    fn u128(&mut self, what: &'static str) -> Result<u128, FrameError> {
+        let b = self.take(16, what)?;
+        let mut a = [0u8; 16];
+        a.copy_from_slice(b);
+        Ok(u128::from_be_bytes(a))
+    }
     fn u64(&mut self, what: &'static str) -> Result<u64, FrameError> {
         let b = self.take(8, what)?;
         let mut a = [0u8; 8];
@@ -336,20 +342,20 @@ mod tests {
         trailing.push(0);
         assert_eq!(LogFrame::decode(&trailing), Err(FrameError::Trailing(1)));
         let mut huge_count = good.clone();
-        huge_count[25..29].copy_from_slice(&u32::MAX.to_be_bytes());
+        huge_count[33..37].copy_from_slice(&u32::MAX.to_be_bytes());
         assert_eq!(
             LogFrame::decode(&huge_count),
             Err(FrameError::Truncated("the records"))
         );
         let mut bad_kind = good.clone();
-        bad_kind[29] = 99;
+        bad_kind[37] = 99;
         assert_eq!(LogFrame::decode(&bad_kind), Err(FrameError::BadKind(99)));
         let mut seq_zero = good.clone();
-        seq_zero[17..25].copy_from_slice(&0u64.to_be_bytes());
+        seq_zero[25..33].copy_from_slice(&0u64.to_be_bytes());
         assert_eq!(LogFrame::decode(&seq_zero), Err(FrameError::BadSeq));
         let mut overflow = good;
-        overflow[17..25].copy_from_slice(&u64::MAX.to_be_bytes());
-        overflow[25..29].copy_from_slice(&2u32.to_be_bytes());
+        overflow[25..33].copy_from_slice(&u64::MAX.to_be_bytes());
+        overflow[33..37].copy_from_slice(&2u32.to_be_bytes());
         assert_eq!(LogFrame::decode(&overflow), Err(FrameError::BadSeq));
         assert_eq!(LogFrame::decode(b"X"), Err(FrameError::BadTag(b'X')));
         assert_eq!(
@@ -359,13 +365,31 @@ mod tests {
     }
 
     #[test]
+    fn lease_ids_are_hex_on_the_wire_and_old_numbers_still_read() {
+        let id = LeaseId(0x0123_4567_89ab_cdef_0011_2233_4455_6677);
+        let json = serde_json::to_string(&id).expect("serialises");
+        assert_eq!(json, r#""0123456789abcdef0011223344556677""#);
+        assert_eq!(serde_json::from_str::<LeaseId>(&json).ok(), Some(id));
+        assert_eq!(serde_json::from_str::<LeaseId>("7").ok(), Some(LeaseId(7)));
+        for bad in [r#""""#, r#""xyz""#, r#""00000000000000000000000000000000f""#, "-1", "1.5"] {
+            assert!(serde_json::from_str::<LeaseId>(bad).is_err(), "{bad} accepted");
+        }
+        let m: AgentMessage =
+            serde_json::from_str(r#"{"type":"job-started","lease":9,"epoch":1}"#).expect("parses");
+        assert_eq!(m, AgentMessage::JobStarted { lease: LeaseId(9), epoch: Epoch(1) });
+    }
+
+    #[test]
     fn control_messages_are_tagged_json() {
         let m = AgentMessage::JobStarted {
             lease: LeaseId(4),
             epoch: Epoch(2),
         };
         let json = serde_json::to_string(&m).expect("serialises");
-        assert_eq!(json, r#"{"type":"job-started","lease":4,"epoch":2}"#);
+        assert_eq!(
+            json,
+            r#"{"type":"job-started","lease":"00000000000000000000000000000004","epoch":2}"#
+        );
         let back: AgentMessage = serde_json::from_str(&json).expect("parses");
         assert_eq!(back, m);
         let c: ControllerMessage =
