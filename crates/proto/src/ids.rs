@@ -75,7 +75,8 @@ impl<'de> Deserialize<'de> for LeaseId {
                 Ok(LeaseId(u128::from(v)))
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<LeaseId, E> {
-                LeaseId::parse_hex(v).ok_or_else(|| E::custom(format!("lease id {v:?} is not 32 hex digits")))
+                LeaseId::parse_hex(v)
+                    .ok_or_else(|| E::custom(format!("lease id {v:?} is not 32 hex digits")))
             }
         }
         d.deserialize_any(Visit)

@@ -371,12 +371,27 @@ mod tests {
         assert_eq!(json, r#""0123456789abcdef0011223344556677""#);
         assert_eq!(serde_json::from_str::<LeaseId>(&json).ok(), Some(id));
         assert_eq!(serde_json::from_str::<LeaseId>("7").ok(), Some(LeaseId(7)));
-        for bad in [r#""""#, r#""xyz""#, r#""00000000000000000000000000000000f""#, "-1", "1.5"] {
-            assert!(serde_json::from_str::<LeaseId>(bad).is_err(), "{bad} accepted");
+        for bad in [
+            r#""""#,
+            r#""xyz""#,
+            r#""00000000000000000000000000000000f""#,
+            "-1",
+            "1.5",
+        ] {
+            assert!(
+                serde_json::from_str::<LeaseId>(bad).is_err(),
+                "{bad} accepted"
+            );
         }
         let m: AgentMessage =
             serde_json::from_str(r#"{"type":"job-started","lease":9,"epoch":1}"#).expect("parses");
-        assert_eq!(m, AgentMessage::JobStarted { lease: LeaseId(9), epoch: Epoch(1) });
+        assert_eq!(
+            m,
+            AgentMessage::JobStarted {
+                lease: LeaseId(9),
+                epoch: Epoch(1)
+            }
+        );
     }
 
     #[test]

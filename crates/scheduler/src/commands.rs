@@ -465,7 +465,10 @@ impl Scheduler {
                 given: epoch,
                 current: l.epoch,
             }),
-            None if lease.0 == 0 || lease.0 >= self.state.next_lease => {
+            // Keyed ids cannot tell a lease that ended from one never granted.
+            None if self.config.lease_ids == crate::LeaseIds::Sequential
+                && (lease.0 == 0 || lease.0 >= self.state.next_lease) =>
+            {
                 Err(Refusal::UnknownLease(lease))
             }
             None => Err(Refusal::LeaseNotLive(lease)),

@@ -49,7 +49,8 @@
 //!   `Assigned`, `Running` or `Canceling` and its device is `Busy`.
 //! - Every `LeaseGranted` is followed by exactly one `LeaseReleased` for that lease, or the
 //!   lease is still live.
-//! - Lease ids are never reused; a device's epoch rises by at least one at every grant and never
+//! - Lease ids are never reused (with [`LeaseIds::Keyed`], the controller's choice, they are
+//!   also unguessable without the key: an agent cannot name another agent's lease); a device's epoch rises by at least one at every grant and never
 //!   goes down, even when the device is removed and registered again.
 //! - Only live leases are kept. A message about a lease that ended is refused with
 //!   [`Refusal::LeaseNotLive`]; one with an epoch other than the lease's with
@@ -70,6 +71,7 @@
 
 mod error;
 mod event;
+mod lease_ids;
 mod schedule;
 mod state;
 
@@ -77,6 +79,7 @@ mod commands;
 
 pub use error::{Refusal, SchedulerError};
 pub use event::{Event, JobSpec, MAX_PRIORITY};
+pub use lease_ids::{LeaseIds, LeaseKey};
 pub use state::{DeviceEntry, JobEntry, Lease, Scheduler};
 
 pub use proto::link::DeviceInfo;
@@ -84,9 +87,11 @@ pub use proto::{DeviceState, Epoch, JobId, JobState, LeaseId, Millis, Outcome};
 
 use std::time::Duration;
 
-/// Timing of leases and graces.
+/// Timing of leases and graces, and how leases are named.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Config {
+    /// How granted leases get their ids.
+    pub lease_ids: LeaseIds,
     /// How long a lease lives without a heartbeat from its agent.
     pub lease_ttl: Duration,
     /// How long the leases of a disconnected agent survive, waiting for it to come back.
@@ -98,6 +103,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Config {
         Config {
+            lease_ids: LeaseIds::Sequential,
             lease_ttl: Duration::from_secs(60),
             disconnect_grace: Duration::from_secs(10),
             cancel_grace: Duration::from_secs(8),

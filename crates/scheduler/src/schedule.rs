@@ -25,7 +25,7 @@ struct Work {
 
 impl Scheduler {
     /// Grants leases to queued jobs, by priority then submission, on idle devices they fit.
-    /// Each grant raises the device's epoch by one and takes the next lease id; the lease
+    /// Each grant raises the device's epoch by one and takes the next lease id (see [`crate::LeaseIds`]); the lease
     /// expires at `now` + the lease TTL.
     pub fn schedule(&mut self, now: Millis) -> Vec<Event> {
         let mut out = Vec::new();
@@ -129,7 +129,10 @@ impl Scheduler {
             .devices
             .get(&device)
             .map_or(Epoch(1), |d| Epoch(d.epoch.0.saturating_add(1)));
-        let lease = LeaseId(self.state.next_lease);
+        let lease = match self.config.lease_ids {
+            crate::LeaseIds::Sequential => LeaseId(self.state.next_lease),
+            crate::LeaseIds::Keyed(key) => key.derive(self.state.grants.saturating_add(1)),
+        };
         let event = Event::LeaseGranted {
             lease,
             epoch,

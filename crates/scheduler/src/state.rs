@@ -91,8 +91,11 @@ pub(crate) struct State {
     pub(crate) idle: BTreeMap<String, BTreeSet<String>>,
     /// Epochs of removed devices, so that a device registered again never reuses an epoch.
     pub(crate) retired: BTreeMap<String, Epoch>,
-    /// The next lease id to grant (ids start at 1).
-    pub(crate) next_lease: u64,
+    /// One more than the highest lease id granted (ids start at 1): the next id of
+    /// [`crate::LeaseIds::Sequential`].
+    pub(crate) next_lease: u128,
+    /// How many leases were granted: the grant number of [`crate::LeaseIds::Keyed`].
+    pub(crate) grants: u64,
     /// When `tick` must end each live lease (see [`Scheduler::next_deadline`]), and the same
     /// ordered by time.
     pub(crate) deadline: BTreeMap<LeaseId, Millis>,
@@ -477,7 +480,9 @@ impl Scheduler {
         expires: Millis,
     ) -> Result<(), SchedulerError> {
         const KIND: &str = "lease-granted";
-        if lease.0 < self.state.next_lease {
+        let sequential = self.config.lease_ids == crate::LeaseIds::Sequential;
+        if self.state.leases.contains_key(&lease) || (sequential && lease.0 < self.state.next_lease)
+        {
             return Err(SchedulerError::LeaseReused { lease });
         }
         let j = self.state.jobs.get(&job).ok_or(unknown_job(KIND, job))?;
@@ -539,7 +544,8 @@ impl Scheduler {
                 expires,
             },
         );
-        self.state.next_lease = lease.0.saturating_add(1);
+        self.state.next_lease = self.state.next_lease.max(lease.0.saturating_add(1));
+        self.state.grants = self.state.grants.saturating_add(1);
         self.refresh(device);
         self.redeadline(lease);
         Ok(())

@@ -184,7 +184,7 @@ fn queued_jobs_are_served_by_priority_then_submission() {
         .map(|l| {
             let ev = lab.ok(|s| {
                 s.job_finished(
-                    LeaseId(l),
+                    LeaseId(u128::from(l)),
                     Epoch(l),
                     Outcome::Passed,
                     String::new(),
@@ -738,6 +738,7 @@ fn next_deadline_is_the_earliest_of_expiry_and_graces() {
         lease_ttl: Duration::from_secs(60),
         disconnect_grace: Duration::from_secs(10),
         cancel_grace: Duration::from_secs(8),
+        ..Config::default()
     });
     assert_eq!(s.next_deadline(), None);
     s.agent_connected("a1", &[dev("q1", "qemu", &[])], &[], Millis(0))
@@ -895,5 +896,51 @@ fn schedule_sees_every_change_applied_directly() {
     assert_eq!(
         grants(&ev),
         [(LeaseId(1), Epoch(1), JobId(1), "old".into())]
+    );
+}
+
+#[test]
+fn keyed_lease_ids_are_not_a_counter_and_replay_under_any_key() {
+    let keyed = |k: u8| Config {
+        lease_ids: dutlab_scheduler::LeaseIds::Keyed(dutlab_scheduler::LeaseKey([k; 32])),
+        ..Config::default()
+    };
+    let mut s = Scheduler::new(keyed(1));
+    let mut log = Vec::new();
+    log.extend(
+        s.agent_connected(
+            "a1",
+            &[dev("q1", "qemu", &[]), dev("q2", "qemu", &[])],
+            &[],
+            Millis(0),
+        )
+        .expect("connects"),
+    );
+    log.extend(s.submit(JobId(1), qemu(), Millis(1)).expect("queued"));
+    log.extend(s.submit(JobId(2), qemu(), Millis(1)).expect("queued"));
+    let ids: Vec<LeaseId> = log
+        .iter()
+        .filter_map(|e| match e {
+            Event::LeaseGranted { lease, .. } => Some(*lease),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ids.len(), 2);
+    assert!(
+        ids[0].0.abs_diff(ids[1].0) > u128::from(u64::MAX),
+        "{ids:?}"
+    );
+    // A restarted controller draws another key: replay takes the ids from the events.
+    let replayed = Scheduler::replay(keyed(2), &log).expect("replays");
+    let mut again: Vec<LeaseId> = replayed.leases().map(|l| l.id).collect();
+    again.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(again, want);
+    // An id that is not live is refused, whatever it is.
+    assert_eq!(
+        s.clone()
+            .job_started(LeaseId(ids[0].0 ^ 1), Epoch(1), Millis(2)),
+        Err(Refusal::LeaseNotLive(LeaseId(ids[0].0 ^ 1)))
     );
 }

@@ -16,8 +16,8 @@
 //!   need a check are those whose unconfirmed lease it holds.
 
 use dutlab_scheduler::{
-    Config, DeviceInfo, DeviceState, Epoch, Event, JobId, JobSpec, JobState, LeaseId, Millis,
-    Outcome, Refusal, Scheduler,
+    Config, DeviceInfo, DeviceState, Epoch, Event, JobId, JobSpec, JobState, LeaseId, LeaseIds,
+    LeaseKey, Millis, Outcome, Refusal, Scheduler,
 };
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -37,6 +37,8 @@ const TAGS: [&str; 2] = ["usb", "gpu"];
 
 fn config() -> Config {
     Config {
+        // Keyed ids, as the controller uses them: replay must give back the same ids.
+        lease_ids: LeaseIds::Keyed(LeaseKey([7; 32])),
         lease_ttl: Duration::from_millis(5_000),
         disconnect_grace: Duration::from_millis(2_000),
         cancel_grace: Duration::from_millis(1_500),
@@ -136,7 +138,6 @@ struct Harness {
     released: BTreeMap<LeaseId, usize>,
     finished: BTreeMap<JobId, (Outcome, String)>,
     epochs: BTreeMap<String, Epoch>,
-    last_lease: u64,
     /// From the events: when each disconnected agent went away, when each cancel was asked.
     gone: BTreeMap<String, Millis>,
     cancels: BTreeMap<JobId, Millis>,
@@ -153,7 +154,6 @@ impl Harness {
             released: BTreeMap::new(),
             finished: BTreeMap::new(),
             epochs: BTreeMap::new(),
-            last_lease: 0,
             gone: BTreeMap::new(),
             cancels: BTreeMap::new(),
         }
@@ -457,8 +457,10 @@ impl Harness {
                     device,
                     ..
                 } => {
-                    assert!(lease.0 > self.last_lease, "lease ids rise");
-                    self.last_lease = lease.0;
+                    assert!(
+                        !self.granted.iter().any(|(l, _, _)| l == lease),
+                        "lease ids are never reused"
+                    );
                     let last = self.epochs.get(device).copied().unwrap_or(Epoch(0));
                     assert!(*epoch > last, "epochs of {device} rise");
                     self.epochs.insert(device.clone(), *epoch);
