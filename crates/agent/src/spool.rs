@@ -190,7 +190,7 @@ impl Spool {
             let Some(lease) = entry
                 .file_name()
                 .to_str()
-                .and_then(|n| n.parse::<u64>().ok())
+                .and_then(|n| n.parse::<u128>().ok())
             else {
                 continue;
             };
@@ -591,7 +591,7 @@ mod tests {
 
     fn meta(lease: u64) -> Meta {
         Meta {
-            lease: LeaseId(lease),
+            lease: LeaseId(u128::from(lease)),
             epoch: Epoch(2),
             job: JobId(9),
             device: "qemu-01".into(),

@@ -72,6 +72,10 @@ pub enum TokenCommand {
         name: String,
         #[arg(long, value_enum)]
         role: RoleArg,
+        /// Role agent: the one agent name the token may speak for (default: --name). A hello
+        /// with another name is refused, and the agent registers only its own devices.
+        #[arg(long)]
+        agent: Option<String>,
     },
     /// List tokens (admin only); never shows the secrets.
     #[command(after_help = exit::HELP)]
@@ -229,18 +233,25 @@ pub fn token(command: TokenCommand) -> i32 {
     block_on(async move {
         let client = connect()?;
         match command {
-            TokenCommand::Create { name, role } => {
+            TokenCommand::Create { name, role, agent } => {
                 let role = Role::from(role);
                 let created = client
                     .create_token(&CreateToken {
                         name: name.clone(),
                         role,
+                        agent,
                     })
                     .await
                     .context("cannot create the token")?;
                 println!("{}", created.token);
+                let bound = created
+                    .view
+                    .agent
+                    .as_deref()
+                    .map(|a| format!(", bound to agent {}", runner::report::printable(a)))
+                    .unwrap_or_default();
                 eprintln!(
-                    "dutlab: created token {} for {} ({role}); it is shown only now",
+                    "dutlab: created token {} for {} ({role}{bound}); it is shown only now",
                     runner::report::printable(&created.view.id),
                     runner::report::printable(&name)
                 );
@@ -251,12 +262,18 @@ pub fn token(command: TokenCommand) -> i32 {
                     print_json(&tokens);
                 } else {
                     let now = table::now();
-                    let mut t = Table::new(&["ID", "NAME", "ROLE", "CREATED", "REVOKED"]);
+                    let mut t = Table::new(&["ID", "NAME", "ROLE", "AGENT", "CREATED", "REVOKED"]);
                     for tok in &tokens {
+                        let agent = match (tok.role, &tok.agent) {
+                            (_, Some(agent)) => agent.clone(),
+                            (Role::Agent, None) => "(unbound: re-create)".to_owned(),
+                            (_, None) => String::new(),
+                        };
                         t.row(vec![
                             tok.id.clone(),
                             tok.name.clone(),
                             tok.role.to_string(),
+                            agent,
                             table::ago(now, tok.created_at),
                             tok.revoked_at
                                 .map(|at| table::ago(now, at))

@@ -7,6 +7,8 @@
 //! - Job files are parsed by `jobspec` at submit and checked with `jobspec::check_runnable`,
 //!   as `dutlab job validate` does: a bad one, or one no device type dutlab knows can run, is
 //!   400 naming file, field and reason, and nothing is queued. Bodies above the limit are refused from their `Content-Length` (413).
+//! - Follow streams are sessions of their token: revoking it closes them (close frame with the
+//!   reason).
 //! - Followers get each log record once, in order, from their cursor: the stream subscribes
 //!   to live records before reading the file and skips what it already sent.
 
@@ -157,25 +159,65 @@ pub async fn create_token(
             "name: must be 1 to 64 printable characters",
         ));
     }
-    let created = make_token(&state, name, body.role).await?;
+    let agent = match (body.role, body.agent.as_deref().map(str::trim)) {
+        (Role::Agent, given) => {
+            let agent = given.unwrap_or(name);
+            if !valid_agent_name(agent) {
+                return Err(ApiFailure::new(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "agent: {agent:?} is not an agent name (1 to 64 letters, digits, '.', '_' or '-')"
+                    ),
+                ));
+            }
+            Some(agent.to_owned())
+        }
+        (_, Some(_)) => {
+            return Err(ApiFailure::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "agent: only tokens of role agent are bound to an agent name (this one is {})",
+                    body.role
+                ),
+            ));
+        }
+        (_, None) => None,
+    };
+    let created = make_token(&state, name, body.role, agent.clone()).await?;
     tracing::info!(
-        "token {} ({}, {}) created by {}",
+        "token {} ({}, {}{}) created by {}",
         created.view.id,
         name,
         body.role,
+        agent.map(|a| format!(", agent {a}")).unwrap_or_default(),
         caller.name
     );
     Ok((StatusCode::CREATED, Json(created)))
 }
 
-/// Makes, stores and activates a token.
-pub async fn make_token(state: &AppState, name: &str, role: Role) -> ApiResult<CreatedToken> {
+/// Whether `name` may be an agent's name: what an agent token is bound to.
+pub fn valid_agent_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// Makes, stores and activates a token (`agent`: the name an agent token is bound to).
+pub async fn make_token(
+    state: &AppState,
+    name: &str,
+    role: Role,
+    agent: Option<String>,
+) -> ApiResult<CreatedToken> {
     let fresh =
         new_token().map_err(|e| ApiFailure::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     let view = TokenView {
         id: fresh.id.clone(),
         name: name.to_owned(),
         role,
+        agent,
         created_at: now(),
         revoked_at: None,
     };
@@ -235,8 +277,13 @@ pub async fn revoke_token(
             format!("no live token with id {id:?}"),
         ));
     }
+    // The token stops authenticating first, then what it opened is ended (see `sessions`).
     state.tokens.revoke(&id);
-    tracing::info!("token {id} revoked by {}", caller.name);
+    let closed = state.sessions.close_token(&id, "the token was revoked");
+    tracing::info!(
+        "token {id} revoked by {}; {closed} open connection(s) closed",
+        caller.name
+    );
     let tokens = state.store.tokens().await.map_err(unavailable)?;
     tokens
         .into_iter()
@@ -519,9 +566,12 @@ pub async fn follow(
         .max_message_size(MAX_FOLLOW_MESSAGE)
         .max_frame_size(MAX_FOLLOW_MESSAGE);
     Ok(ws.on_upgrade(move |socket| async move {
-        if let Err(e) = stream_log(socket, state, view, cursor).await {
+        let session = state.sessions.open(&caller.token_id);
+        let ender = session.ender();
+        if let Err(e) = stream_log(socket, state.clone(), view, cursor, ender).await {
             tracing::debug!("follower of job {id}: {e}");
         }
+        drop(session);
     }))
 }
 
@@ -560,6 +610,7 @@ async fn stream_log(
     state: AppState,
     mut view: JobView,
     mut last: Seq,
+    mut ender: crate::sessions::Ender,
 ) -> Result<(), FollowError> {
     let job = view.id;
     let mut live = state.logs.subscribe(job)?;
@@ -616,6 +667,14 @@ async fn stream_log(
                 }
                 Err(broadcast::error::RecvError::Closed) => return Ok(()),
             },
+            reason = ender.ended() => {
+                let frame = axum::extract::ws::CloseFrame {
+                    code: axum::extract::ws::close_code::POLICY,
+                    reason: reason.into(),
+                };
+                let _ = socket.send(Message::Close(Some(frame))).await;
+                return Ok(());
+            }
             incoming = socket.recv() => match incoming {
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Ok(()),
                 Some(Ok(_)) => {}

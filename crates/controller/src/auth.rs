@@ -5,6 +5,8 @@
 //!
 //! Invariants:
 //! - A secret is shown once (when created) and never logged, stored or put into an error.
+//! - An agent token is bound to one agent name when it is made ([`Caller::agent`]); the link
+//!   refuses a hello with another name, and refuses agent tokens without a binding.
 //! - Every request but `/healthz` resolves to a [`Caller`] or is answered 401; roles are checked
 //!   by the route ([`Caller::require`]) and answered 403.
 
@@ -20,6 +22,9 @@ pub struct Caller {
     pub token_id: String,
     pub name: String,
     pub role: Role,
+    /// Agent tokens: the one agent name the token may say in its hello (`None` for other
+    /// roles, and for agent tokens made before tokens were bound, which the link refuses).
+    pub agent: Option<String>,
 }
 
 impl Caller {
@@ -98,6 +103,7 @@ impl Tokens {
             token_id: view.id.clone(),
             name: view.name.clone(),
             role: view.role,
+            agent: view.agent.clone(),
         };
         self.0
             .write()
@@ -110,6 +116,15 @@ impl Tokens {
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .retain(|_, caller| caller.token_id != id);
+    }
+
+    /// Whether the token with this public id is live (known and not revoked).
+    pub fn is_live(&self, id: &str) -> bool {
+        self.0
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .values()
+            .any(|caller| caller.token_id == id)
     }
 
     /// The caller of an `Authorization` header value, if it holds a live token.
@@ -148,6 +163,7 @@ mod tests {
             id: t.id.clone(),
             name: "alice".into(),
             role: Role::User,
+            agent: None,
             created_at: Millis(1),
             revoked_at: None,
         };
@@ -165,7 +181,9 @@ mod tests {
                 allowed: vec![Role::Admin]
             })
         );
+        assert!(tokens.is_live(&t.id));
         tokens.revoke(&t.id);
+        assert!(!tokens.is_live(&t.id));
         assert!(tokens.caller(&format!("Bearer {}", t.secret)).is_none());
     }
 }

@@ -13,6 +13,14 @@
 //! - Every finished job has a stored report and `last_seq`, the sequence number of its final
 //!   log record (a note written by the controller), so followers know when they have it all.
 //! - Only live leases are in [`Leases`]; log frames for anything else are dropped.
+//! - Each live lease is held by at most one agent link ([`LeaseInfo::conn`]): the link of its
+//!   device's agent when it was granted, moved to the newer link when the agent connects
+//!   again, and none after a controller restart until the agent says hello. A job message
+//!   about a live lease from any other link is refused and logged at warn (rate-limited),
+//!   whatever its lease id and epoch.
+//! - An agent name belongs to the agent tokens bound to it (checked by the link); a device
+//!   belongs to the agent that registered it first, and no other agent may register it.
+//! - A newer link of an agent ends the older one (its session, so it gets a close frame).
 
 use crate::logs::LogStore;
 use crate::store::{Change, JobRow, Store};
@@ -29,14 +37,19 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-/// Identifies one agent connection (an agent that reconnects gets a new one).
-pub type ConnId = u64;
+use crate::link::{WarnLimit, more};
+pub use crate::sessions::ConnId;
+use crate::sessions::Sessions;
+use std::time::Instant;
 
 /// What a live lease is about, for routing log frames without asking the dispatcher.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LeaseInfo {
     pub job: JobId,
     pub epoch: Epoch,
+    /// The agent link that holds the lease (`None`: its agent has not said hello since the
+    /// controller started).
+    pub conn: Option<ConnId>,
 }
 
 /// Live leases, shared with the agent links.
@@ -56,6 +69,15 @@ impl Leases {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(lease, info);
+    }
+    /// Moves every live lease on `devices` to link `conn`.
+    fn move_to(&self, conn: ConnId, leases: &[LeaseId]) {
+        let mut map = self.0.write().unwrap_or_else(|p| p.into_inner());
+        for lease in leases {
+            if let Some(info) = map.get_mut(lease) {
+                info.conn = Some(conn);
+            }
+        }
     }
     fn remove(&self, lease: LeaseId) {
         self.0
@@ -165,6 +187,8 @@ struct AgentLink {
     conn: Option<(ConnId, mpsc::Sender<ControllerMessage>)>,
     version: String,
     last_seen: Millis,
+    /// Warn lines about refused messages of the current link.
+    refusals: WarnLimit,
 }
 
 /// Settings of the dispatcher.
@@ -180,6 +204,7 @@ pub struct Dispatcher {
     store: Store,
     logs: LogStore,
     leases: Leases,
+    sessions: Sessions,
     updates: broadcast::Sender<JobView>,
     next_event: u64,
     next_job: u64,
@@ -196,8 +221,15 @@ impl Dispatcher {
         store: Store,
         logs: LogStore,
         leases: Leases,
+        sessions: Sessions,
         updates: broadcast::Sender<JobView>,
     ) -> Result<Dispatcher, ControllerError> {
+        let mut config = config;
+        // Lease ids must be unguessable: the scheduler derives them from a key drawn here.
+        let mut key = [0u8; 32];
+        getrandom::fill(&mut key)
+            .map_err(|e| ControllerError::Stopped(format!("no randomness for lease ids: {e}")))?;
+        config.scheduler.lease_ids = scheduler::LeaseIds::Keyed(scheduler::LeaseKey(key));
         let events = store.events().await?;
         let next_event = events.last().map_or(1, |(seq, _)| seq + 1);
         let sched = Scheduler::replay(config.scheduler, events.iter().map(|(_, e)| e))
@@ -226,6 +258,7 @@ impl Dispatcher {
             store,
             logs,
             leases,
+            sessions,
             updates,
             next_event,
             next_job,
@@ -239,6 +272,7 @@ impl Dispatcher {
                 LeaseInfo {
                     job: lease.job,
                     epoch: lease.epoch,
+                    conn: None,
                 },
             );
         }
@@ -376,11 +410,18 @@ impl Dispatcher {
                     device,
                     ..
                 } => {
+                    let conn = self
+                        .sched
+                        .device(device)
+                        .and_then(|d| self.agents.get(&d.agent))
+                        .and_then(|l| l.conn.as_ref())
+                        .map(|(c, _)| *c);
                     self.leases.insert(
                         *lease,
                         LeaseInfo {
                             job: *job,
                             epoch: *epoch,
+                            conn,
                         },
                     );
                     let definition = self
@@ -700,21 +741,50 @@ impl Dispatcher {
                 "agent protocol {protocol} is not supported (this controller speaks {PROTOCOL_VERSION})"
             ));
         }
+        for d in &devices {
+            if let Some(owner) = self.sched.device(&d.name).map(|e| e.agent.as_str())
+                && owner != agent
+            {
+                return Err(format!(
+                    "device {:?} is registered by agent {owner:?}; an agent registers only its own devices (rename the device, or run it under agent {owner:?})",
+                    d.name
+                ));
+            }
+        }
         let pairs: Vec<(LeaseId, Epoch)> = held.iter().map(|h| (h.lease, h.epoch)).collect();
         let at = now();
         let events = self
             .sched
             .agent_connected(&agent, &devices, &pairs, at)
             .map_err(|r| r.to_string())?;
-        // The new connection replaces any older one of the same agent.
-        self.agents.insert(
+        // The new connection replaces any older one of the same agent, and holds its leases.
+        let older = self.agents.insert(
             agent.clone(),
             AgentLink {
                 conn: Some((conn, tx.clone())),
                 version,
                 last_seen: at,
+                refusals: WarnLimit::new(),
             },
         );
+        if let Some((old, _)) = older.and_then(|l| l.conn) {
+            tracing::info!("agent {agent}: link {conn} replaces link {old}");
+            self.sessions.close(
+                old,
+                &format!("replaced by a newer connection of agent {agent}"),
+            );
+        }
+        let mine: Vec<LeaseId> = self
+            .sched
+            .leases()
+            .filter(|l| {
+                self.sched
+                    .device(&l.device)
+                    .is_some_and(|d| d.agent == agent)
+            })
+            .map(|l| l.id)
+            .collect();
+        self.leases.move_to(conn, &mine);
         let mut resume = Vec::new();
         let mut dead = Vec::new();
         for h in &held {
@@ -763,6 +833,22 @@ impl Dispatcher {
         if let Some(link) = self.agents.get_mut(agent) {
             link.last_seen = at;
         }
+        if let Some(lease) = lease_of(&message)
+            && let Some(info) = self.leases.get(lease)
+            && info.conn != Some(conn)
+        {
+            if let Some(link) = self.agents.get_mut(agent)
+                && let Some(suppressed) = link.refusals.allow(Instant::now())
+            {
+                tracing::warn!(
+                    "agent {agent} (link {conn}): {} refused: lease {lease} of job {} is not held by this link{}",
+                    kind_of(&message),
+                    info.job,
+                    more(suppressed)
+                );
+            }
+            return;
+        }
         let result = match message {
             AgentMessage::Hello { .. } => {
                 tracing::warn!("agent {agent}: second hello ignored");
@@ -807,6 +893,17 @@ impl Dispatcher {
             AgentMessage::DeviceReady { device } => {
                 match self.sched.device_ready(agent, &device, at) {
                     Ok(events) => self.commit(events, Vec::new(), None, None).await,
+                    Err(refusal @ Refusal::NotYourDevice { .. }) => {
+                        if let Some(link) = self.agents.get_mut(agent)
+                            && let Some(suppressed) = link.refusals.allow(Instant::now())
+                        {
+                            tracing::warn!(
+                                "agent {agent} (link {conn}): device-ready refused: {refusal}{}",
+                                more(suppressed)
+                            );
+                        }
+                        Ok(())
+                    }
                     Err(refusal) => {
                         tracing::debug!("agent {agent}: device ready {device}: {refusal}");
                         Ok(())
@@ -878,6 +975,30 @@ impl Dispatcher {
             .await?;
         self.send(agent, ControllerMessage::FinishAcked { lease, epoch });
         Ok(())
+    }
+}
+
+/// The lease an agent message is about, if any.
+fn lease_of(message: &AgentMessage) -> Option<LeaseId> {
+    match message {
+        AgentMessage::JobStarted { lease, .. }
+        | AgentMessage::JobFinished { lease, .. }
+        | AgentMessage::StartRefused { lease, .. } => Some(*lease),
+        AgentMessage::Hello { .. } | AgentMessage::Heartbeat | AgentMessage::DeviceReady { .. } => {
+            None
+        }
+    }
+}
+
+/// The wire name of an agent message, for logs.
+fn kind_of(message: &AgentMessage) -> &'static str {
+    match message {
+        AgentMessage::Hello { .. } => "hello",
+        AgentMessage::Heartbeat => "heartbeat",
+        AgentMessage::JobStarted { .. } => "job-started",
+        AgentMessage::JobFinished { .. } => "job-finished",
+        AgentMessage::StartRefused { .. } => "start-refused",
+        AgentMessage::DeviceReady { .. } => "device-ready",
     }
 }
 

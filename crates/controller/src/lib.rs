@@ -11,6 +11,8 @@
 //! - Every route but `/healthz` needs a token; tokens are stored hashed and never logged.
 //! - Nothing is acknowledged before it is committed (see `dispatcher`).
 //! - The controller owns no device: it only talks to agents that dial in.
+//! - Every long-lived connection is a [`sessions::Session`] of the token that opened it:
+//!   revoking the token ends it.
 
 pub mod api;
 pub mod auth;
@@ -19,6 +21,7 @@ pub mod link;
 pub mod listener;
 pub mod logs;
 pub mod openapi;
+pub mod sessions;
 pub mod store;
 
 use auth::Tokens;
@@ -31,8 +34,6 @@ use proto::Millis;
 use proto::api::JobView;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use store::Store;
 use tokio::sync::{broadcast, mpsc};
@@ -104,7 +105,8 @@ pub struct AppState {
     pub dispatch: mpsc::Sender<Command>,
     pub updates: broadcast::Sender<JobView>,
     pub leases: Leases,
-    pub next_conn: Arc<AtomicU64>,
+    /// Open agent links and follow streams, by token (revocation ends them).
+    pub sessions: sessions::Sessions,
 }
 
 /// Wall-clock time as the pure crates take it.
@@ -151,7 +153,7 @@ async fn first_admin(state: &AppState, data_dir: &Path) -> Result<(), Controller
     if !state.store.tokens().await?.is_empty() {
         return Ok(());
     }
-    let created = api::make_token(state, "admin", proto::Role::Admin)
+    let created = api::make_token(state, "admin", proto::Role::Admin, None)
         .await
         .map_err(|e| ControllerError::AdminToken(format!("{e:?}")))?;
     let path = data_dir.join("admin-token");
@@ -201,9 +203,12 @@ pub async fn serve(
     }
     let logs = LogStore::new(&config.data_dir.join("logs"));
     let leases = Leases::default();
+    let sessions = sessions::Sessions::new(tokens.clone());
     let (updates, _) = broadcast::channel(4096);
     let dispatch_config = DispatchConfig {
         scheduler: scheduler::Config {
+            // Replaced by a key from the operating system in `Dispatcher::load`.
+            lease_ids: scheduler::LeaseIds::Sequential,
             lease_ttl: config.lease_ttl,
             disconnect_grace: config.disconnect_grace,
             cancel_grace: config.cancel_grace,
@@ -215,6 +220,7 @@ pub async fn serve(
         store.clone(),
         logs.clone(),
         leases.clone(),
+        sessions.clone(),
         updates.clone(),
     )
     .await?;
@@ -226,7 +232,7 @@ pub async fn serve(
         dispatch,
         updates,
         leases,
-        next_conn: Arc::new(AtomicU64::new(1)),
+        sessions,
     };
     first_admin(&state, &config.data_dir).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)

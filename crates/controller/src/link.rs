@@ -9,18 +9,26 @@
 //!   a job's records are stored before its `JobFinished` reaches the dispatcher.
 //! - When the socket ends, the dispatcher is told (`Gone`); a newer connection of the same
 //!   agent makes that a no-op.
+//! - An agent speaks only for itself: the token is bound to one agent name and a hello with
+//!   another is refused; log frames (here) and job messages (in the dispatcher) are stored
+//!   only when this connection holds the lease they name ([`LeaseInfo::conn`]), whatever
+//!   their lease id and epoch. Refusals are logged at warn, at most one line per link per
+//!   second ([`WarnLimit`]).
+//! - The link ends when its session is ended (a newer link of the same agent, or its token
+//!   revoked): the agent gets a close frame with the reason.
 
 use crate::AppState;
 use crate::auth::Caller;
-use crate::dispatcher::{AgentHello, Command};
+use crate::dispatcher::{AgentHello, Command, LeaseInfo};
+use crate::sessions::ConnId;
 use axum::extract::State;
+use axum::extract::ws::{CloseFrame, close_code};
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
 use proto::Role;
 use proto::link::{AgentMessage, ControllerMessage, LogFrame, MAX_FRAME};
-use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 /// How long an agent has to say hello.
@@ -42,19 +50,112 @@ pub async fn link(
     ws: WebSocketUpgrade,
 ) -> Result<Response, crate::api::ApiFailure> {
     caller.require(&[Role::Agent])?;
+    let Some(bound) = caller.agent.clone() else {
+        tracing::warn!(
+            "agent link refused: token {} ({}) is not bound to an agent name",
+            caller.token_id,
+            caller.name
+        );
+        return Err(crate::api::ApiFailure::new(
+            axum::http::StatusCode::FORBIDDEN,
+            format!(
+                "token {} was made before agent tokens were bound to an agent name; create a new one with `dutlab token create --role agent --name {}` (bound to that agent name), give it to the agent and revoke this one",
+                caller.token_id, caller.name
+            ),
+        ));
+    };
     Ok(ws
         .read_buffer_size(WS_BUFFER)
         .write_buffer_size(WS_BUFFER)
         .max_message_size(MAX_FRAME)
         .max_frame_size(MAX_FRAME)
-        .on_upgrade(move |socket| serve(socket, state))
+        .on_upgrade(move |socket| serve(socket, state, caller, bound))
         .into_response())
 }
 
-async fn serve(socket: WebSocket, state: AppState) {
-    let conn = state.next_conn.fetch_add(1, Ordering::Relaxed);
+/// At most one warn line per second per link, with a count of what it stands for.
+#[derive(Debug)]
+pub struct WarnLimit {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Default for WarnLimit {
+    fn default() -> WarnLimit {
+        WarnLimit::new()
+    }
+}
+
+impl WarnLimit {
+    pub const fn new() -> WarnLimit {
+        WarnLimit {
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(n)` when a line may be written now: `n` refusals were not logged since the last.
+    pub fn allow(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(last) if now.duration_since(last) < Duration::from_secs(1) => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
+/// " (and N more since the last line)" or nothing.
+pub fn more(suppressed: u64) -> String {
+    if suppressed == 0 {
+        String::new()
+    } else {
+        format!(" (and {suppressed} more refused since the last line)")
+    }
+}
+
+async fn send_close(sink: &mut futures_util::stream::SplitSink<WebSocket, Message>, reason: &str) {
+    // Close reasons are limited to 123 bytes by the WebSocket protocol.
+    let mut cut = reason.len().min(123);
+    while !reason.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let frame = CloseFrame {
+        code: close_code::POLICY,
+        reason: reason[..cut].to_owned().into(),
+    };
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        sink.send(Message::Close(Some(frame))),
+    )
+    .await;
+}
+
+async fn refuse(sink: &mut futures_util::stream::SplitSink<WebSocket, Message>, reason: String) {
+    if let Ok(text) = serde_json::to_string(&ControllerMessage::Refused {
+        reason: reason.clone(),
+    }) {
+        let _ = sink.send(Message::Text(text.into())).await;
+    }
+    send_close(sink, &reason).await;
+}
+
+async fn serve(socket: WebSocket, state: AppState, caller: Caller, bound: String) {
+    let session = state.sessions.open(&caller.token_id);
+    let conn = session.id;
+    let mut ender = session.ender();
     let (mut sink, mut stream) = socket.split();
-    let first = tokio::time::timeout(HELLO_TIMEOUT, stream.next()).await;
+    let first = tokio::select! {
+        first = tokio::time::timeout(HELLO_TIMEOUT, stream.next()) => first,
+        reason = ender.ended() => {
+            send_close(&mut sink, &reason).await;
+            return;
+        }
+    };
     let Ok(Some(Ok(Message::Text(text)))) = first else {
         tracing::debug!("agent link {conn}: no hello");
         return;
@@ -68,16 +169,22 @@ async fn serve(socket: WebSocket, state: AppState) {
             held,
         }) => (protocol, agent, version, devices, held),
         Ok(_) | Err(_) => {
-            let refusal = ControllerMessage::Refused {
-                reason: "the first message must be a hello".into(),
-            };
-            if let Ok(text) = serde_json::to_string(&refusal) {
-                let _ = sink.send(Message::Text(text.into())).await;
-            }
+            refuse(&mut sink, "the first message must be a hello".into()).await;
             return;
         }
     };
     let (protocol, agent, version, devices, held) = hello;
+    if agent != bound {
+        let reason =
+            format!("this token is bound to agent {bound:?}; it may not speak for agent {agent:?}");
+        tracing::warn!(
+            "agent link {conn} refused: token {} ({}) said hello as {agent:?}, but is bound to {bound:?}",
+            caller.token_id,
+            caller.name
+        );
+        refuse(&mut sink, reason).await;
+        return;
+    }
     let (tx, mut rx) = mpsc::channel::<ControllerMessage>(QUEUE);
     let (reply, answer) = oneshot::channel();
     let sent = state
@@ -98,10 +205,8 @@ async fn serve(socket: WebSocket, state: AppState) {
     let accepted = match (sent, answer.await) {
         (Ok(()), Ok(Ok(()))) => true,
         (_, Ok(Err(reason))) => {
-            tracing::warn!("agent {agent} refused: {reason}");
-            if let Ok(text) = serde_json::to_string(&ControllerMessage::Refused { reason }) {
-                let _ = sink.send(Message::Text(text.into())).await;
-            }
+            tracing::warn!("agent {agent} (link {conn}) refused: {reason}");
+            refuse(&mut sink, reason).await;
             false
         }
         _ => false,
@@ -110,19 +215,36 @@ async fn serve(socket: WebSocket, state: AppState) {
         return;
     }
     // Writer: everything for this agent goes through one queue, in order.
-    let writer = tokio::spawn(async move {
-        while let Some(message) = rx.recv().await {
-            let Ok(text) = serde_json::to_string(&message) else {
-                continue;
-            };
-            if sink.send(Message::Text(text.into())).await.is_err() {
-                break;
+    let mut writer_ender = ender.clone();
+    let mut writer = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                message = rx.recv() => {
+                    let Some(message) = message else { break };
+                    let Ok(text) = serde_json::to_string(&message) else {
+                        continue;
+                    };
+                    if sink.send(Message::Text(text.into())).await.is_err() {
+                        return;
+                    }
+                }
+                reason = writer_ender.ended() => {
+                    send_close(&mut sink, &reason).await;
+                    return;
+                }
             }
         }
         let _ = sink.close().await;
     });
-    while let Some(incoming) = stream.next().await {
-        let Ok(message) = incoming else { break };
+    let mut refusals = WarnLimit::new();
+    let ended = loop {
+        let incoming = tokio::select! {
+            incoming = stream.next() => incoming,
+            reason = ender.ended() => break Some(reason),
+        };
+        let Some(Ok(message)) = incoming else {
+            break None;
+        };
         match message {
             Message::Text(text) => match serde_json::from_str::<AgentMessage>(text.as_str()) {
                 Ok(message) => {
@@ -132,28 +254,32 @@ async fn serve(socket: WebSocket, state: AppState) {
                         message,
                     };
                     if state.dispatch.send(command).await.is_err() {
-                        break;
+                        break None;
                     }
                 }
                 Err(e) => tracing::warn!("agent {agent}: unreadable message ignored: {e}"),
             },
             Message::Binary(bytes) => match LogFrame::decode(&bytes) {
                 Ok(frame) => {
-                    if let Err(e) = store_frame(&state, &agent, &tx, frame).await {
+                    let from = Origin {
+                        agent: &agent,
+                        conn,
+                    };
+                    if let Err(e) = store_frame(&state, from, &tx, frame, &mut refusals).await {
                         // The records stay in the agent's spool; closing the link makes it
                         // reconnect and resend them from the stored cursor.
                         tracing::error!(
                             "agent {agent}: {e}; closing the link so the agent resends"
                         );
-                        break;
+                        break None;
                     }
                 }
                 Err(e) => tracing::warn!("agent {agent}: log frame refused: {e}"),
             },
-            Message::Close(_) => break,
+            Message::Close(_) => break None,
             Message::Ping(_) | Message::Pong(_) => {}
         }
-    }
+    };
     drop(tx);
     let _ = state
         .dispatch
@@ -162,15 +288,36 @@ async fn serve(socket: WebSocket, state: AppState) {
             agent: agent.clone(),
         })
         .await;
-    writer.abort();
+    if let Some(reason) = ended {
+        tracing::info!("agent {agent} (link {conn}) closed: {reason}");
+        // The writer sends the close frame with the reason, then ends.
+        if tokio::time::timeout(Duration::from_secs(2), &mut writer)
+            .await
+            .is_err()
+        {
+            writer.abort();
+        }
+    } else {
+        writer.abort();
+    }
+    drop(session);
+}
+
+/// Which link a frame came on.
+#[derive(Clone, Copy)]
+struct Origin<'a> {
+    agent: &'a str,
+    conn: ConnId,
 }
 
 async fn store_frame(
     state: &AppState,
-    agent: &str,
+    from: Origin<'_>,
     tx: &mpsc::Sender<ControllerMessage>,
     frame: LogFrame,
+    refusals: &mut WarnLimit,
 ) -> Result<(), crate::logs::LogError> {
+    let Origin { agent, conn } = from;
     let Some(info) = state.leases.get(frame.lease) else {
         tracing::debug!(
             "agent {agent}: log frame for lease {} that is not live",
@@ -178,11 +325,26 @@ async fn store_frame(
         );
         return Ok(());
     };
-    if info.epoch != frame.epoch {
+    let LeaseInfo {
+        job,
+        epoch,
+        conn: holder,
+    } = info;
+    if holder != Some(conn) {
+        if let Some(suppressed) = refusals.allow(Instant::now()) {
+            tracing::warn!(
+                "agent {agent} (link {conn}): log frame refused: lease {} of job {job} is not held by this link{}",
+                frame.lease,
+                more(suppressed)
+            );
+        }
+        return Ok(());
+    }
+    if epoch != frame.epoch {
         tracing::debug!("agent {agent}: log frame with stale epoch {}", frame.epoch);
         return Ok(());
     }
-    let stored = state.logs.append(info.job, &frame.records)?;
+    let stored = state.logs.append(job, &frame.records)?;
     let ack = ControllerMessage::LogAcked {
         lease: frame.lease,
         epoch: frame.epoch,
@@ -192,4 +354,21 @@ async fn store_frame(
         tracing::debug!("agent {agent}: link closed before a log ack");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warn_limit_lets_one_line_a_second_through_and_counts_the_rest() {
+        let mut limit = WarnLimit::new();
+        let t0 = Instant::now();
+        assert_eq!(limit.allow(t0), Some(0));
+        assert_eq!(limit.allow(t0 + Duration::from_millis(10)), None);
+        assert_eq!(limit.allow(t0 + Duration::from_millis(500)), None);
+        assert_eq!(limit.allow(t0 + Duration::from_millis(1001)), Some(2));
+        assert_eq!(more(2), " (and 2 more refused since the last line)");
+        assert_eq!(more(0), "");
+    }
 }

@@ -9,6 +9,7 @@
 //!   ([`Store::commit`]) before anyone is told about it.
 //! - Token secrets are never stored: only their SHA-256 (tokens are 160-bit random strings, so
 //!   a fast hash is enough; there is nothing to brute-force).
+//! - The schema moves forward only, by [`MIGRATIONS`]; the version reached is in `meta`.
 //! - SQLite runs in WAL mode with a busy timeout; the dispatcher is the only writer of jobs and
 //!   events.
 
@@ -62,6 +63,14 @@ const SCHEMA: [&str; 4] = [
         key TEXT PRIMARY KEY,
         value TEXT NOT NULL
     )",
+];
+
+/// Changes to the schema after its first version, in order: (version, statements). The
+/// version reached is kept in `meta` under `schema`; a database without it is version 1.
+const MIGRATIONS: [(i64, &[&str]); 1] = [
+    // Agent tokens are bound to one agent name. Agent tokens of version 1 keep NULL here and
+    // are refused by the agent link until the operator re-creates them (docs/security.md).
+    (2, &["ALTER TABLE tokens ADD COLUMN agent TEXT"]),
 ];
 
 /// A token as stored.
@@ -120,7 +129,46 @@ impl Store {
         for statement in SCHEMA {
             pool.execute(statement).await?;
         }
-        Ok(Store { pool })
+        let store = Store { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Brings the schema to the last of [`MIGRATIONS`], one transaction per version.
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let row = sqlx::query("SELECT value FROM meta WHERE key = 'schema'")
+            .fetch_optional(&self.pool)
+            .await?;
+        let mut version: i64 = match row {
+            Some(row) => {
+                let text: String = row.try_get("value")?;
+                text.parse().map_err(|_| StoreError::Corrupt {
+                    what: "schema version",
+                    reason: format!("meta.schema is {text:?}, not a number"),
+                })?
+            }
+            None => 1,
+        };
+        for (to, statements) in MIGRATIONS {
+            if to <= version {
+                continue;
+            }
+            let mut tx = self.pool.begin().await?;
+            for statement in statements {
+                (&mut *tx).execute(*statement).await?;
+            }
+            sqlx::query(
+                "INSERT INTO meta (key, value) VALUES ('schema', $1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )
+            .bind(to.to_string())
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            tracing::info!("database schema migrated to version {to}");
+            version = to;
+        }
+        Ok(())
     }
 
     /// The SQLite URL of a data directory.
@@ -130,7 +178,7 @@ impl Store {
 
     pub async fn tokens(&self) -> Result<Vec<StoredToken>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, name, role, hash, created_at, revoked_at FROM tokens ORDER BY created_at, id",
+            "SELECT id, name, role, agent, hash, created_at, revoked_at FROM tokens ORDER BY created_at, id",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -139,11 +187,12 @@ impl Store {
 
     pub async fn insert_token(&self, token: &StoredToken) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO tokens (id, name, role, hash, created_at, revoked_at) VALUES ($1, $2, $3, $4, $5, NULL)",
+            "INSERT INTO tokens (id, name, role, agent, hash, created_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6, NULL)",
         )
         .bind(token.view.id.clone())
         .bind(token.view.name.clone())
         .bind(token.view.role.as_str())
+        .bind(token.view.agent.clone())
         .bind(token.hash.clone())
         .bind(as_i64(token.view.created_at.0))
         .execute(&self.pool)
@@ -289,6 +338,7 @@ fn token_row(row: &AnyRow) -> Result<StoredToken, StoreError> {
                 what: "token role",
                 reason: role.clone(),
             })?,
+            agent: row.try_get("agent")?,
             created_at: Millis(as_u64(row.try_get("created_at")?)),
             revoked_at: revoked.map(|r| Millis(as_u64(r))),
         },

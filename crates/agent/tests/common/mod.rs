@@ -179,7 +179,7 @@ impl Peer {
 
     pub async fn start_job(&mut self, lease: u64, device: &str, definition: &str) -> Result<()> {
         self.send(&ControllerMessage::StartJob {
-            lease: LeaseId(lease),
+            lease: LeaseId(u128::from(lease)),
             epoch: Epoch(1),
             job: JobId(lease * 10),
             device: device.to_owned(),
@@ -196,7 +196,7 @@ pub fn seqs(records: &[LogRecord]) -> Vec<u64> {
 
 pub fn cursor(lease: u64, stored: u64) -> LogCursor {
     LogCursor {
-        lease: LeaseId(lease),
+        lease: LeaseId(u128::from(lease)),
         stored: Seq(stored),
     }
 }
