@@ -1,0 +1,518 @@
+//! System tests of agent identity and revocation: a real `dutlab serve`, agents simulated by
+//! raw WebSocket clients speaking the link protocol with the `proto` types (the attacker is
+//! one of them), and the real CLI as the client. No QEMU: a simulated agent holds the lease.
+
+use anyhow::{Context, Result, bail, ensure};
+use proto::link::{AgentMessage, ControllerMessage, DeviceInfo, HeldLease, LogFrame};
+use proto::log::{LogKind, LogRecord};
+use proto::{Epoch, JobId, JobReport, LeaseId, Millis, Outcome, Seq};
+use serde_json::Value;
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use testkit::{Finished, Sandbox, Spawned, expect_code, inline_job, wait_until};
+use tokio_tungstenite::tungstenite::{self, Message, WebSocket, client::IntoClientRequest};
+
+const DUTLAB: &str = env!("CARGO_BIN_EXE_dutlab");
+const LIMIT: Duration = Duration::from_secs(30);
+/// What docs/security.md promises for revocation.
+const REVOKE_DEADLINE: Duration = Duration::from_secs(1);
+
+struct Lab {
+    sandbox: Sandbox,
+    port: u16,
+    admin: String,
+    controller: Spawned,
+}
+
+impl Lab {
+    fn start() -> Result<Lab> {
+        let sandbox = Sandbox::new()?;
+        let data_dir = sandbox.path().join("data");
+        let mut cmd = sandbox.command(DUTLAB)?;
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data_dir);
+        let controller = Spawned::start(cmd)?;
+        controller.wait_for_stderr("listening on http://", LIMIT)?;
+        let stderr = controller.stderr_text();
+        let port = stderr
+            .split("listening on http://127.0.0.1:")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|p| p.parse().ok())
+            .with_context(|| format!("no port in {stderr}"))?;
+        let admin = std::fs::read_to_string(data_dir.join("admin-token"))?
+            .trim()
+            .to_owned();
+        Ok(Lab {
+            sandbox,
+            port,
+            admin,
+            controller,
+        })
+    }
+
+    fn cli_as(&self, token: &str, args: &[&str]) -> Result<Finished> {
+        let mut cmd = self.sandbox.command(DUTLAB)?;
+        cmd.args(args)
+            .env("DUTLAB_URL", format!("http://127.0.0.1:{}", self.port))
+            .env("DUTLAB_TOKEN", token)
+            .env("XDG_CONFIG_HOME", self.sandbox.path().join("config"));
+        Spawned::start(cmd)?.finish(LIMIT)
+    }
+
+    fn json(&self, args: &[&str]) -> Result<Value> {
+        let done = self.cli_as(&self.admin, args)?;
+        expect_code(&done, 0)?;
+        serde_json::from_str(&done.stdout).with_context(|| format!("not JSON: {}", done.stdout))
+    }
+
+    fn token(&self, name: &str, role: &str) -> Result<String> {
+        let done = self.cli_as(
+            &self.admin,
+            &["token", "create", "--name", name, "--role", role],
+        )?;
+        expect_code(&done, 0)?;
+        Ok(done.stdout.trim().to_owned())
+    }
+
+    fn token_id(&self, name: &str) -> Result<String> {
+        let list = self.json(&["token", "list", "--json"])?;
+        list.as_array()
+            .and_then(|l| l.iter().find(|t| t["name"] == name))
+            .and_then(|t| t["id"].as_str())
+            .map(str::to_owned)
+            .with_context(|| format!("no token named {name} in {list}"))
+    }
+
+    fn submit(&self, token: &str, name: &str) -> Result<u64> {
+        let path: PathBuf = self.sandbox.path().join(format!("{name}.yaml"));
+        std::fs::write(&path, inline_job(name, "  job: {minutes: 5}", &["true"]))?;
+        let done = self.cli_as(
+            token,
+            &["job", "submit", &path.display().to_string(), "--json"],
+        )?;
+        expect_code(&done, 0)?;
+        let view: Value = serde_json::from_str(&done.stdout)?;
+        view["id"].as_u64().context("job id")
+    }
+
+    fn job(&self, id: u64) -> Result<Value> {
+        self.json(&["job", "show", &id.to_string(), "--json"])
+    }
+
+    fn log_text(&self, id: u64) -> Result<String> {
+        let done = self.cli_as(&self.admin, &["job", "logs", &id.to_string(), "--json"])?;
+        expect_code(&done, 0)?;
+        Ok(done.stdout)
+    }
+
+    fn socket(&self, path: &str, token: &str) -> Result<WebSocket<TcpStream>> {
+        let url = format!("ws://127.0.0.1:{}{path}", self.port);
+        let mut request = url.as_str().into_client_request()?;
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse()?);
+        let tcp = TcpStream::connect(("127.0.0.1", self.port))?;
+        tcp.set_read_timeout(Some(Duration::from_millis(100)))?;
+        let (ws, _) = tungstenite::client::client(request, tcp)
+            .map_err(|e| anyhow::anyhow!("websocket {path}: {e}"))?;
+        Ok(ws)
+    }
+}
+
+/// A simulated agent: one link, driven by hand.
+struct Sim {
+    ws: WebSocket<TcpStream>,
+}
+
+/// How a wait on a link ended.
+#[derive(Debug)]
+enum Heard {
+    Message(ControllerMessage),
+    Closed(String),
+}
+
+impl Sim {
+    fn open(lab: &Lab, token: &str) -> Result<Sim> {
+        Ok(Sim {
+            ws: lab.socket(proto::link::LINK_PATH, token)?,
+        })
+    }
+
+    fn send(&mut self, message: &AgentMessage) -> Result<()> {
+        self.ws
+            .send(Message::Text(serde_json::to_string(message)?.into()))?;
+        Ok(())
+    }
+
+    fn hello(&mut self, agent: &str, devices: &[&str], held: Vec<HeldLease>) -> Result<()> {
+        self.send(&AgentMessage::Hello {
+            protocol: proto::link::PROTOCOL_VERSION,
+            agent: agent.into(),
+            version: "sim".into(),
+            devices: devices
+                .iter()
+                .map(|d| DeviceInfo {
+                    name: (*d).into(),
+                    device_type: "qemu".into(),
+                    tags: vec![],
+                    capabilities: vec![],
+                })
+                .collect(),
+            held,
+        })
+    }
+
+    /// The next control message or the close, within `within`.
+    fn next(&mut self, within: Duration) -> Result<Heard> {
+        let deadline = Instant::now() + within;
+        loop {
+            match self.ws.read() {
+                Ok(Message::Text(text)) => {
+                    return Ok(Heard::Message(serde_json::from_str(text.as_str())?));
+                }
+                Ok(Message::Close(frame)) => {
+                    return Ok(Heard::Closed(
+                        frame.map(|f| f.reason.to_string()).unwrap_or_default(),
+                    ));
+                }
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
+                    return Ok(Heard::Closed(String::new()));
+                }
+                Err(e) => return Ok(Heard::Closed(format!("socket error: {e}"))),
+            }
+            if Instant::now() > deadline {
+                bail!("nothing heard within {within:?}");
+            }
+        }
+    }
+
+    /// Skips messages until one that `pick` takes.
+    fn expect<T>(&mut self, what: &str, mut pick: impl FnMut(&Heard) -> Option<T>) -> Result<T> {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let heard = self
+                .next(left)
+                .with_context(|| format!("waiting for {what}"))?;
+            if let Some(value) = pick(&heard) {
+                return Ok(value);
+            }
+            if let Heard::Closed(reason) = heard {
+                bail!("link closed while waiting for {what}: {reason}");
+            }
+        }
+    }
+
+    fn welcome(&mut self) -> Result<Vec<proto::link::LogCursor>> {
+        self.expect("welcome", |h| match h {
+            Heard::Message(ControllerMessage::Welcome { resume, .. }) => Some(resume.clone()),
+            _ => None,
+        })
+    }
+
+    /// Waits for the refusal of a hello and the close; answers the reason.
+    fn refused(&mut self) -> Result<String> {
+        let reason = match self.next(LIMIT)? {
+            Heard::Message(ControllerMessage::Refused { reason }) => reason,
+            other => bail!("expected a refusal, got {other:?}"),
+        };
+        wait_until("the refused link closes", LIMIT, || {
+            Ok(matches!(self.next(LIMIT)?, Heard::Closed(_)).then_some(()))
+        })?;
+        Ok(reason)
+    }
+
+    fn start_job(&mut self) -> Result<(LeaseId, Epoch, JobId)> {
+        self.expect("start-job", |h| match h {
+            Heard::Message(ControllerMessage::StartJob {
+                lease, epoch, job, ..
+            }) => Some((*lease, *epoch, *job)),
+            _ => None,
+        })
+    }
+
+    fn log(&mut self, lease: LeaseId, epoch: Epoch, first: u64, text: &str) -> Result<()> {
+        let frame = LogFrame {
+            lease,
+            epoch,
+            records: vec![LogRecord {
+                seq: Seq(first),
+                at: Millis(1),
+                kind: LogKind::Console,
+                text: text.into(),
+            }],
+        };
+        self.ws.send(Message::Binary(frame.encode().into()))?;
+        Ok(())
+    }
+
+    fn finished(&mut self, lease: LeaseId, epoch: Epoch, reason: &str, last: u64) -> Result<()> {
+        self.send(&AgentMessage::JobFinished {
+            lease,
+            epoch,
+            report: JobReport {
+                job_name: "j".into(),
+                outcome: if reason.is_empty() {
+                    Outcome::Passed
+                } else {
+                    Outcome::Failed
+                },
+                reason: reason.into(),
+                cases: vec![],
+                duration_s: 0.1,
+            },
+            last_seq: Seq(last),
+        })
+    }
+
+    /// Closes before the deadline, answering the close reason.
+    fn closed_within(&mut self, within: Duration) -> Result<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!("the link is still open after {within:?}");
+            }
+            match self.next(left) {
+                Ok(Heard::Closed(reason)) => return Ok(reason),
+                Ok(Heard::Message(_)) => {}
+                Err(_) => bail!("the link is still open after {within:?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn a_second_agent_token_cannot_forge_results_or_inject_log_lines() -> Result<()> {
+    let lab = Lab::start()?;
+    let user = lab.token("alice", "user")?;
+    let mut victim = Sim::open(&lab, &lab.token("victim", "agent")?)?;
+    victim.hello("victim", &["victim-q1"], vec![])?;
+    victim.welcome()?;
+    let mut mallory = Sim::open(&lab, &lab.token("mallory", "agent")?)?;
+    mallory.hello("mallory", &[], vec![])?;
+    mallory.welcome()?;
+    let job = lab.submit(&user, "victim-job")?;
+    let (lease, epoch, granted) = victim.start_job()?;
+    ensure!(granted.0 == job);
+    victim.send(&AgentMessage::JobStarted { lease, epoch })?;
+    victim.log(lease, epoch, 1, "genuine line 1")?;
+    victim.expect("log ack", |h| {
+        matches!(h, Heard::Message(ControllerMessage::LogAcked { .. })).then_some(())
+    })?;
+    // Even knowing the lease id and epoch, the attacker's link does not hold the lease.
+    mallory.log(lease, epoch, 2, "FORGED line")?;
+    mallory.finished(lease, epoch, "FORGED result", 2)?;
+    mallory.send(&AgentMessage::StartRefused {
+        lease,
+        epoch,
+        reason: "FORGED refusal".into(),
+    })?;
+    lab.controller.wait_for_stderr("log frame refused", LIMIT)?;
+    lab.controller.wait_for_stderr("job-finished refused", LIMIT)?;
+    let stderr = lab.controller.stderr_text();
+    for needle in ["log frame refused", "job-finished refused"] {
+        let line = stderr
+            .lines()
+            .find(|l| l.contains(needle))
+            .context("warn line")?;
+        ensure!(
+            line.contains("WARN") && line.contains("mallory") && line.contains("not held by this link"),
+            "{line}"
+        );
+    }
+    ensure!(
+        lab.job(job)?["state"] == "running",
+        "{}",
+        lab.job(job)?
+    );
+    // The real agent goes on and finishes; the stored log and report are its own.
+    victim.log(lease, epoch, 2, "genuine line 2")?;
+    victim.finished(lease, epoch, "", 2)?;
+    victim.expect("finish ack", |h| {
+        matches!(h, Heard::Message(ControllerMessage::FinishAcked { .. })).then_some(())
+    })?;
+    let view = wait_until("job finished", LIMIT, || {
+        let view = lab.job(job)?;
+        Ok((view["state"] == "finished").then_some(view))
+    })?;
+    ensure!(view["outcome"] == "passed", "{view}");
+    let log = lab.log_text(job)?;
+    ensure!(
+        log.contains("genuine line 1") && log.contains("genuine line 2") && !log.contains("FORGED"),
+        "{log}"
+    );
+    let results = lab.json(&["job", "results", &job.to_string(), "--json"])?;
+    ensure!(!results.to_string().contains("FORGED"), "{results}");
+    Ok(())
+}
+
+#[test]
+fn a_token_speaks_only_for_its_own_agent_and_devices() -> Result<()> {
+    let lab = Lab::start()?;
+    let victim_token = lab.token("victim", "agent")?;
+    let mallory_token = lab.token("mallory", "agent")?;
+    let mut victim = Sim::open(&lab, &victim_token)?;
+    victim.hello("victim", &["victim-q1"], vec![])?;
+    victim.welcome()?;
+    // Another agent's name.
+    let mut mallory = Sim::open(&lab, &mallory_token)?;
+    mallory.hello("victim", &["victim-q1"], vec![])?;
+    let reason = mallory.refused()?;
+    ensure!(reason.contains("bound to agent \"mallory\""), "{reason}");
+    lab.controller.wait_for_stderr("said hello as \"victim\"", LIMIT)?;
+    ensure!(
+        lab.controller
+            .stderr_text()
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains("said hello as \"victim\"")),
+        "refusal not logged at warn"
+    );
+    // Its own name, another agent's device: refused, whether that agent is connected or not.
+    for round in ["connected", "disconnected"] {
+        let mut mallory = Sim::open(&lab, &mallory_token)?;
+        mallory.hello("mallory", &["victim-q1"], vec![])?;
+        let reason = mallory.refused()?;
+        ensure!(
+            reason.contains("registered by agent \"victim\""),
+            "{round}: {reason}"
+        );
+        if round == "connected" {
+            victim.ws.close(None)?;
+            let agents = || -> Result<Option<()>> {
+                let list = lab.json(&["agent", "list", "--json"])?;
+                Ok(list
+                    .as_array()
+                    .is_some_and(|l| l.iter().any(|a| a["name"] == "victim" && a["state"] == "disconnected"))
+                    .then_some(()))
+            };
+            wait_until("victim disconnected", LIMIT, agents)?;
+        }
+    }
+    let devices = lab.json(&["device", "list", "--json"])?;
+    let owner = devices
+        .as_array()
+        .and_then(|l| l.iter().find(|d| d["name"] == "victim-q1"))
+        .map(|d| d["agent"].clone());
+    ensure!(owner == Some(Value::from("victim")), "{devices}");
+    // An agent token bound to another name than its display name.
+    let done = lab.cli_as(
+        &lab.admin,
+        &["token", "create", "--name", "rack 3", "--role", "agent", "--agent", "rack-3"],
+    )?;
+    expect_code(&done, 0)?;
+    let mut rack = Sim::open(&lab, done.stdout.trim())?;
+    rack.hello("rack-3", &["rack-3-q1"], vec![])?;
+    rack.welcome()?;
+    let done = lab.cli_as(
+        &lab.admin,
+        &["token", "create", "--name", "u", "--role", "user", "--agent", "x"],
+    )?;
+    ensure!(!done.status.success(), "a user token bound to an agent: {}", done.stdout);
+    Ok(())
+}
+
+#[test]
+fn lease_ids_are_128_bits_and_not_a_counter() -> Result<()> {
+    let lab = Lab::start()?;
+    let user = lab.token("alice", "user")?;
+    let mut agent = Sim::open(&lab, &lab.token("rig", "agent")?)?;
+    agent.hello("rig", &["rig-q1", "rig-q2"], vec![])?;
+    agent.welcome()?;
+    lab.submit(&user, "one")?;
+    lab.submit(&user, "two")?;
+    let (a, _, _) = agent.start_job()?;
+    let (b, _, _) = agent.start_job()?;
+    ensure!(a != b);
+    // Random 128-bit ids: both use their upper half, and they are far apart.
+    ensure!(a.0 >> 64 != 0 && b.0 >> 64 != 0, "{a} {b}");
+    ensure!(a.0.abs_diff(b.0) > u128::from(u64::MAX), "{a} {b}");
+    Ok(())
+}
+
+#[test]
+fn a_newer_connection_of_an_agent_closes_the_older_and_takes_its_leases() -> Result<()> {
+    let lab = Lab::start()?;
+    let user = lab.token("alice", "user")?;
+    let token = lab.token("rig", "agent")?;
+    let mut old = Sim::open(&lab, &token)?;
+    old.hello("rig", &["rig-q1"], vec![])?;
+    old.welcome()?;
+    let job = lab.submit(&user, "moving")?;
+    let (lease, epoch, granted) = old.start_job()?;
+    old.send(&AgentMessage::JobStarted { lease, epoch })?;
+    let mut new = Sim::open(&lab, &token)?;
+    new.hello(
+        "rig",
+        &["rig-q1"],
+        vec![HeldLease {
+            lease,
+            epoch,
+            job: granted,
+            device: "rig-q1".into(),
+            report: None,
+        }],
+    )?;
+    let resume = new.welcome()?;
+    ensure!(resume.iter().any(|c| c.lease == lease), "{resume:?}");
+    let reason = old.closed_within(LIMIT)?;
+    ensure!(reason.contains("replaced by a newer connection"), "{reason:?}");
+    new.log(lease, epoch, 1, "from the new link")?;
+    new.finished(lease, epoch, "", 1)?;
+    new.expect("finish ack", |h| {
+        matches!(h, Heard::Message(ControllerMessage::FinishAcked { .. })).then_some(())
+    })?;
+    let view = lab.job(job)?;
+    ensure!(view["outcome"] == "passed", "{view}");
+    ensure!(lab.log_text(job)?.contains("from the new link"));
+    Ok(())
+}
+
+#[test]
+fn revoking_a_token_closes_its_agent_link_and_follow_streams() -> Result<()> {
+    let lab = Lab::start()?;
+    let user = lab.token("alice", "user")?;
+    let other = lab.token("bob", "user")?;
+    let mut agent = Sim::open(&lab, &lab.token("rig", "agent")?)?;
+    agent.hello("rig", &["rig-q1"], vec![])?;
+    agent.welcome()?;
+    let job = lab.submit(&user, "followed")?;
+    agent.start_job()?;
+    let path = format!("/api/v1/jobs/{job}/logs/follow");
+    let mut follower = Sim {
+        ws: lab.socket(&path, &user)?,
+    };
+    let mut bystander = Sim {
+        ws: lab.socket(&path, &other)?,
+    };
+    for ws in [&mut follower, &mut bystander] {
+        // The follow stream answers with the job first: it is open.
+        let first = match ws.ws.read()? {
+            Message::Text(t) => t.to_string(),
+            other => bail!("follow sent {other:?}"),
+        };
+        ensure!(first.contains("\"job\""), "{first}");
+    }
+    for name in ["rig", "alice"] {
+        let id = lab.token_id(name)?;
+        expect_code(&lab.cli_as(&lab.admin, &["token", "revoke", &id])?, 0)?;
+    }
+    let reason = agent.closed_within(REVOKE_DEADLINE)?;
+    ensure!(reason.contains("revoked"), "{reason:?}");
+    let reason = follower.closed_within(REVOKE_DEADLINE)?;
+    ensure!(reason.contains("revoked"), "{reason:?}");
+    // Another token's stream stays open.
+    ensure!(
+        bystander.closed_within(Duration::from_millis(300)).is_err(),
+        "bob's follow stream was closed"
+    );
+    Ok(())
+}
