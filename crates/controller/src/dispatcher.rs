@@ -70,7 +70,7 @@ impl Leases {
             .unwrap_or_else(|p| p.into_inner())
             .insert(lease, info);
     }
-    /// Moves every live lease on `devices` to link `conn`.
+    /// Moves these live leases to link `conn`.
     fn move_to(&self, conn: ConnId, leases: &[LeaseId]) {
         let mut map = self.0.write().unwrap_or_else(|p| p.into_inner());
         for lease in leases {
@@ -774,15 +774,11 @@ impl Dispatcher {
                 &format!("replaced by a newer connection of agent {agent}"),
             );
         }
-        let mine: Vec<LeaseId> = self
-            .sched
-            .leases()
-            .filter(|l| {
-                self.sched
-                    .device(&l.device)
-                    .is_some_and(|d| d.agent == agent)
-            })
-            .map(|l| l.id)
+        let mine: Vec<LeaseId> = devices
+            .iter()
+            .filter_map(|d| self.sched.device(&d.name))
+            .filter(|d| d.agent == agent)
+            .filter_map(|d| d.lease)
             .collect();
         self.leases.move_to(conn, &mine);
         let mut resume = Vec::new();

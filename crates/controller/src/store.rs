@@ -382,3 +382,53 @@ pub fn redact(url: &str) -> String {
         _ => url.to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn version_1_databases_migrate_and_keep_old_agent_tokens_unbound() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = Store::sqlite_url(dir.path());
+        {
+            // A database as a controller of schema version 1 left it.
+            sqlx::any::install_default_drivers();
+            let pool = AnyPoolOptions::new().connect(&url).await.expect("opens");
+            for statement in SCHEMA {
+                pool.execute(statement).await.expect("v1 schema");
+            }
+            pool.execute(
+                "INSERT INTO tokens (id, name, role, hash, created_at, revoked_at)
+                 VALUES ('0badc0de', 'old-rig', 'agent', 'h', 1, NULL)",
+            )
+            .await
+            .expect("old token");
+            pool.close().await;
+        }
+        let store = Store::open(&url).await.expect("migrates");
+        let tokens = store.tokens().await.expect("tokens");
+        assert_eq!(tokens.len(), 1);
+        assert_eq!(
+            tokens[0].view.agent, None,
+            "an old agent token stays unbound"
+        );
+        let fresh = StoredToken {
+            view: TokenView {
+                id: "00c0ffee".into(),
+                name: "rig".into(),
+                role: Role::Agent,
+                agent: Some("rig".into()),
+                created_at: Millis(2),
+                revoked_at: None,
+            },
+            hash: "h2".into(),
+        };
+        store.insert_token(&fresh).await.expect("insert");
+        drop(store);
+        // Opening again runs no migration twice.
+        let store = Store::open(&url).await.expect("opens again");
+        let tokens = store.tokens().await.expect("tokens");
+        assert_eq!(tokens[1].view.agent.as_deref(), Some("rig"));
+    }
+}

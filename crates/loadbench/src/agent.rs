@@ -151,19 +151,60 @@ impl Drop for Agent {
     }
 }
 
-/// Where agents dial and with which token.
+/// Where agents dial, and their tokens: an agent token is bound to one agent name, so each
+/// simulated agent gets its own, made by the admin on its first connection and kept.
 #[derive(Clone)]
 pub struct Dial {
     pub url: String,
-    pub token: String,
+    tokens_url: String,
+    admin: String,
+    http: reqwest::Client,
+    made: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
 }
 
 impl Dial {
-    pub fn new(ws_base: &str, token: String) -> Dial {
+    pub fn new(ws_base: &str, ctl: &crate::server::Controller) -> Dial {
         Dial {
             url: format!("{ws_base}{LINK_PATH}"),
-            token,
+            tokens_url: ctl.url("/api/v1/tokens"),
+            admin: ctl.admin.clone(),
+            http: ctl.http.clone(),
+            made: Arc::default(),
         }
+    }
+
+    /// The token of agent `name` (made on first use).
+    pub async fn token_for(&self, name: &str) -> anyhow::Result<String> {
+        if let Some(token) = self
+            .made
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+        {
+            return Ok(token.clone());
+        }
+        let r = self
+            .http
+            .post(&self.tokens_url)
+            .bearer_auth(&self.admin)
+            .json(&serde_json::json!({"name": name, "role": "agent"}))
+            .send()
+            .await
+            .context("POST /api/v1/tokens")?;
+        let status = r.status();
+        if !status.is_success() {
+            anyhow::bail!(
+                "POST /api/v1/tokens answered {status}: {}",
+                r.text().await.unwrap_or_default()
+            );
+        }
+        let created: proto::api::CreatedToken =
+            r.json().await.context("POST /api/v1/tokens: answer")?;
+        self.made
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_owned(), created.token.clone());
+        Ok(created.token)
     }
 }
 
@@ -207,7 +248,8 @@ pub async fn connect(
     behaviour: Arc<dyn Behaviour>,
     odd: Arc<Oddities>,
 ) -> anyhow::Result<Agent> {
-    let ws = open(&dial.url, &dial.token).await?;
+    let token = dial.token_for(name).await?;
+    let ws = open(&dial.url, &token).await?;
     let (mut sink, mut stream) = ws.split();
     let hello = AgentMessage::Hello {
         protocol: proto::link::PROTOCOL_VERSION,
