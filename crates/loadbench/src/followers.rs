@@ -174,7 +174,7 @@ async fn follow(
 
 pub async fn run(ctl: &mut Controller, p: &Params) -> anyhow::Result<Value> {
     let user = ctl.token("bench-user", "user").await?;
-    let dial = Dial::new(&ctl.ws_url(""), &ctl);
+    let dial = Dial::new(&ctl.ws_url(""), ctl);
     let per_tick = p.rate.div_ceil(10).max(1);
     let ticks = p.secs * 10;
     let (go_tx, go) = watch::channel(false);

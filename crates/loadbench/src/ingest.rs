@@ -112,7 +112,7 @@ impl Bench {
 
 pub async fn run(ctl: &mut Controller, p: &Params) -> anyhow::Result<Value> {
     let user = ctl.token("bench-user", "user").await?;
-    let dial = Dial::new(&ctl.ws_url(""), &ctl);
+    let dial = Dial::new(&ctl.ws_url(""), ctl);
     let (go_tx, go) = watch::channel(false);
     let bench = Arc::new(Bench {
         lines: p.lines,

@@ -55,7 +55,7 @@ struct Level {
 }
 
 pub async fn run(ctl: &mut Controller, p: &Params) -> anyhow::Result<Value> {
-    let dial = Dial::new(&ctl.ws_url(""), &ctl);
+    let dial = Dial::new(&ctl.ws_url(""), ctl);
     let user = ctl.token("bench-user", "user").await?;
     let base = ctl.memory()?;
     let odd = Arc::new(Oddities::default());

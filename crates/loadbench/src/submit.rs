@@ -210,7 +210,7 @@ async fn wait_finished(
 
 pub async fn run(ctl: &mut Controller, p: &Params) -> anyhow::Result<Value> {
     let user = ctl.token("bench-user", "user").await?;
-    let dial = Dial::new(&ctl.ws_url(""), &ctl);
+    let dial = Dial::new(&ctl.ws_url(""), ctl);
     let devices = p.agents * p.devices_per_agent;
     let total = p.jobs + p.idle_jobs;
     let bench = Arc::new(Bench {
