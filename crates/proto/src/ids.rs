@@ -36,19 +36,20 @@ id!(
 /// operating system, so an agent cannot guess another agent's leases. Unique across the
 /// controller's lifetime, never reused.
 ///
-/// On the wire (JSON) it is 32 lower-case hex digits; a plain number is accepted too, which is
+/// On the wire (JSON) and in messages it is lower-case hex without leading zeros (up to 32
+/// digits); a plain number is accepted too, which is
 /// how ids of older controllers (sequential u64 numbers) were stored in their event logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct LeaseId(pub u128);
 
 impl fmt::Display for LeaseId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:032x}", self.0)
+        write!(f, "{:x}", self.0)
     }
 }
 
 impl LeaseId {
-    /// Parses the 32 hex digits of [`LeaseId`]'s `Display` (any case); `None` otherwise.
+    /// Parses 1 to 32 hex digits, as [`LeaseId`]'s `Display` writes them (any case).
     pub fn parse_hex(text: &str) -> Option<LeaseId> {
         if text.is_empty() || text.len() > 32 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
@@ -69,14 +70,14 @@ impl<'de> Deserialize<'de> for LeaseId {
         impl serde::de::Visitor<'_> for Visit {
             type Value = LeaseId;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a lease id: 32 hex digits (or a number, from older controllers)")
+                f.write_str("a lease id: up to 32 hex digits (or a number, from older controllers)")
             }
             fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<LeaseId, E> {
                 Ok(LeaseId(u128::from(v)))
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<LeaseId, E> {
                 LeaseId::parse_hex(v)
-                    .ok_or_else(|| E::custom(format!("lease id {v:?} is not 32 hex digits")))
+                    .ok_or_else(|| E::custom(format!("lease id {v:?} is not 1 to 32 hex digits")))
             }
         }
         d.deserialize_any(Visit)
@@ -87,7 +88,7 @@ impl utoipa::PartialSchema for LeaseId {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
         utoipa::openapi::ObjectBuilder::new()
             .schema_type(utoipa::openapi::schema::Type::String)
-            .description(Some("a lease id: 32 hex digits"))
+            .description(Some("a lease id: 1 to 32 lower-case hex digits"))
             .into()
     }
 }

@@ -144,7 +144,7 @@ mod tests {
         let json = serde_json::to_string(&e).expect("serialises");
         assert_eq!(
             json,
-            r#"{"type":"lease-released","lease":"00000000000000000000000000000003","device_state":"needs-check","at":9}"#
+            r#"{"type":"lease-released","lease":"3","device_state":"needs-check","at":9}"#
         );
         assert!(json.contains(e.kind()));
         let back: Event = serde_json::from_str(&json).expect("parses");
