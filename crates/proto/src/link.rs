@@ -401,10 +401,7 @@ mod tests {
             epoch: Epoch(2),
         };
         let json = serde_json::to_string(&m).expect("serialises");
-        assert_eq!(
-            json,
-            r#"{"type":"job-started","lease":"4","epoch":2}"#
-        );
+        assert_eq!(json, r#"{"type":"job-started","lease":"4","epoch":2}"#);
         let back: AgentMessage = serde_json::from_str(&json).expect("parses");
         assert_eq!(back, m);
         let c: ControllerMessage =
