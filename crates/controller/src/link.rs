@@ -219,6 +219,13 @@ async fn serve(socket: WebSocket, state: AppState, caller: Caller, bound: String
     let mut writer = tokio::spawn(async move {
         loop {
             tokio::select! {
+                // An ended session wins over the closed queue: the reader drops the queue
+                // right after it sees the end, and the agent must still get the reason.
+                biased;
+                reason = writer_ender.ended() => {
+                    send_close(&mut sink, &reason).await;
+                    return;
+                }
                 message = rx.recv() => {
                     let Some(message) = message else { break };
                     let Ok(text) = serde_json::to_string(&message) else {
@@ -227,10 +234,6 @@ async fn serve(socket: WebSocket, state: AppState, caller: Caller, bound: String
                     if sink.send(Message::Text(text.into())).await.is_err() {
                         return;
                     }
-                }
-                reason = writer_ender.ended() => {
-                    send_close(&mut sink, &reason).await;
-                    return;
                 }
             }
         }
