@@ -4,7 +4,10 @@
 //! - The first message must be `Hello` within [`HELLO_TIMEOUT`]; the dispatcher answers
 //!   `Welcome` (or `Refused`, then the socket closes).
 //! - Log frames are stored here, without a round trip through the dispatcher, but only for
-//!   live leases with the current epoch; each stored batch is acknowledged with `LogAcked`.
+//!   live leases with the current epoch; each stored batch is acknowledged with `LogAcked`
+//!   once an `fsync` covers it (the log store syncs in batches; the ack names the last
+//!   durable record). A failed write or sync closes the link: the agent reconnects and
+//!   resends from the durable cursor.
 //!   Frames and control messages of one connection are handled in the order they arrive, so
 //!   a job's records are stored before its `JobFinished` reaches the dispatcher.
 //! - When the socket ends, the dispatcher is told (`Gone`); a newer connection of the same
@@ -17,8 +20,9 @@ use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
-use proto::Role;
 use proto::link::{AgentMessage, ControllerMessage, LogFrame, MAX_FRAME};
+use proto::{Epoch, JobId, LeaseId, Role, Seq};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -98,7 +102,7 @@ async fn serve(socket: WebSocket, state: AppState) {
     let accepted = match (sent, answer.await) {
         (Ok(()), Ok(Ok(()))) => true,
         (_, Ok(Err(reason))) => {
-            tracing::warn!("agent {agent} refused: {reason}");
+            tracing::warn!("agent {agent:?} refused: {reason}");
             if let Ok(text) = serde_json::to_string(&ControllerMessage::Refused { reason }) {
                 let _ = sink.send(Message::Text(text.into())).await;
             }
@@ -121,7 +125,23 @@ async fn serve(socket: WebSocket, state: AppState) {
         }
         let _ = sink.close().await;
     });
-    while let Some(incoming) = stream.next().await {
+    let mut synced = state.logs.synced();
+    let mut pending: HashMap<LeaseId, PendingAck> = HashMap::new();
+    loop {
+        let incoming = tokio::select! {
+            incoming = stream.next() => incoming,
+            changed = synced.changed(), if !pending.is_empty() => {
+                if changed.is_err() {
+                    break;
+                }
+                if let Err(e) = send_durable_acks(&state, &tx, &mut pending).await {
+                    tracing::error!("agent {agent}: {e}; closing the link so the agent resends");
+                    break;
+                }
+                continue;
+            }
+        };
+        let Some(incoming) = incoming else { break };
         let Ok(message) = incoming else { break };
         match message {
             Message::Text(text) => match serde_json::from_str::<AgentMessage>(text.as_str()) {
@@ -139,9 +159,15 @@ async fn serve(socket: WebSocket, state: AppState) {
             },
             Message::Binary(bytes) => match LogFrame::decode(&bytes) {
                 Ok(frame) => {
-                    if let Err(e) = store_frame(&state, &agent, &tx, frame).await {
+                    if let Err(e) = store_frame(&state, &agent, frame, &mut pending) {
                         // The records stay in the agent's spool; closing the link makes it
-                        // reconnect and resend them from the stored cursor.
+                        // reconnect and resend them from the durable cursor.
+                        tracing::error!(
+                            "agent {agent}: {e}; closing the link so the agent resends"
+                        );
+                        break;
+                    }
+                    if let Err(e) = send_durable_acks(&state, &tx, &mut pending).await {
                         tracing::error!(
                             "agent {agent}: {e}; closing the link so the agent resends"
                         );
@@ -165,11 +191,30 @@ async fn serve(socket: WebSocket, state: AppState) {
     writer.abort();
 }
 
-async fn store_frame(
+/// A lease's acknowledgement waiting for the `fsync` that covers its records.
+#[derive(Debug, Clone, Copy)]
+struct PendingAck {
+    epoch: Epoch,
+    job: JobId,
+    /// Last record stored for the lease so far (what the ack must cover).
+    want: Seq,
+}
+
+/// Why a link must close for its agent to resend.
+#[derive(Debug, thiserror::Error)]
+enum AckError {
+    #[error("log of job {job}: records up to {want} were written but their sync failed")]
+    Lost { job: JobId, want: Seq },
+    #[error("{0}")]
+    Log(#[from] crate::logs::LogError),
+}
+
+/// Stores a frame's records; its acknowledgement waits in `pending` until it is durable.
+fn store_frame(
     state: &AppState,
     agent: &str,
-    tx: &mpsc::Sender<ControllerMessage>,
     frame: LogFrame,
+    pending: &mut HashMap<LeaseId, PendingAck>,
 ) -> Result<(), crate::logs::LogError> {
     let Some(info) = state.leases.get(frame.lease) else {
         tracing::debug!(
@@ -183,13 +228,50 @@ async fn store_frame(
         return Ok(());
     }
     let stored = state.logs.append(info.job, &frame.records)?;
-    let ack = ControllerMessage::LogAcked {
-        lease: frame.lease,
-        epoch: frame.epoch,
-        stored,
-    };
-    if tx.send(ack).await.is_err() {
-        tracing::debug!("agent {agent}: link closed before a log ack");
+    pending.insert(
+        frame.lease,
+        PendingAck {
+            epoch: frame.epoch,
+            job: info.job,
+            want: stored,
+        },
+    );
+    Ok(())
+}
+
+/// Sends `LogAcked` for every pending lease whose records are durable now.
+async fn send_durable_acks(
+    state: &AppState,
+    tx: &mpsc::Sender<ControllerMessage>,
+    pending: &mut HashMap<LeaseId, PendingAck>,
+) -> Result<(), AckError> {
+    let mut ready = Vec::new();
+    for (lease, ack) in pending.iter() {
+        let durable = match state.logs.progress(ack.job) {
+            Some((last, _)) if last < ack.want => {
+                return Err(AckError::Lost {
+                    job: ack.job,
+                    want: ack.want,
+                });
+            }
+            Some((_, durable)) => durable,
+            // Closed (the job finished): closing synced the file.
+            None => state.logs.durable(ack.job)?,
+        };
+        if durable >= ack.want {
+            ready.push((*lease, ack.epoch, durable));
+        }
+    }
+    for (lease, epoch, stored) in ready {
+        pending.remove(&lease);
+        let ack = ControllerMessage::LogAcked {
+            lease,
+            epoch,
+            stored,
+        };
+        if tx.send(ack).await.is_err() {
+            tracing::debug!("link closed before a log ack");
+        }
     }
     Ok(())
 }

@@ -10,7 +10,9 @@
 //! - Token secrets are never stored: only their SHA-256 (tokens are 160-bit random strings, so
 //!   a fast hash is enough; there is nothing to brute-force).
 //! - SQLite runs in WAL mode with a busy timeout; the dispatcher is the only writer of jobs and
-//!   events.
+//!   events. With [`SqliteSync::Full`] (the default) every commit is on disk (the WAL is synced)
+//!   before it returns, so nothing acknowledged is lost to a power failure; `Normal` syncs only
+//!   at checkpoints (a crash of the machine may lose the last commits, never corrupt).
 
 use proto::api::TokenView;
 use proto::{JobId, JobReport, Millis, Role};
@@ -91,6 +93,25 @@ pub struct Change<'a> {
     pub reports: Vec<(JobId, &'a JobReport, u64)>,
 }
 
+/// SQLite's `synchronous` setting (PostgreSQL always syncs its commits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SqliteSync {
+    /// Every commit syncs the WAL (durable before it is acknowledged).
+    #[default]
+    Full,
+    /// The WAL is synced at checkpoints only.
+    Normal,
+}
+
+impl SqliteSync {
+    fn pragma(self) -> &'static str {
+        match self {
+            SqliteSync::Full => "PRAGMA synchronous = FULL",
+            SqliteSync::Normal => "PRAGMA synchronous = NORMAL",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
@@ -98,7 +119,7 @@ pub struct Store {
 
 impl Store {
     /// Opens (and creates) the database. `url` is `sqlite://PATH` or `postgres://...`.
-    pub async fn open(url: &str) -> Result<Store, StoreError> {
+    pub async fn open(url: &str, sync: SqliteSync) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let sqlite = url.starts_with("sqlite:");
         let connect = |source| StoreError::Connect {
@@ -107,11 +128,11 @@ impl Store {
         };
         let mut options = AnyPoolOptions::new().max_connections(if sqlite { 4 } else { 8 });
         if sqlite {
-            options = options.after_connect(|conn, _meta| {
+            options = options.after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     conn.execute("PRAGMA journal_mode = WAL").await?;
                     conn.execute("PRAGMA busy_timeout = 5000").await?;
-                    conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    conn.execute(sync.pragma()).await?;
                     Ok(())
                 })
             });
