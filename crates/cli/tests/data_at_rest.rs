@@ -240,7 +240,8 @@ impl SimAgent {
                 Some(ControllerMessage::StartJob {
                     lease, epoch, job, ..
                 }) => {
-                    self.send(&AgentMessage::JobStarted { lease, epoch }).await?;
+                    self.send(&AgentMessage::JobStarted { lease, epoch })
+                        .await?;
                     return Ok(Lease { lease, epoch, job });
                 }
                 Some(_) => {}
@@ -371,7 +372,13 @@ fn disk_full_on_the_log_directory_loses_no_acknowledged_record() -> Result<()> {
     let token = ctl.token("sim", "agent")?;
     let rt = runtime()?;
     let (mut agent, _) = rt
-        .block_on(SimAgent::connect(&ctl.url(), &token, "sim", "sim-d0", vec![]))?
+        .block_on(SimAgent::connect(
+            &ctl.url(),
+            &token,
+            "sim",
+            "sim-d0",
+            vec![],
+        ))?
         .map_err(anyhow::Error::msg)?;
     let job = ctl.submit(0)?;
     let lease = rt.block_on(agent.take_job())?;
@@ -506,7 +513,13 @@ fn reading_and_following_finished_logs_holds_no_descriptor() -> Result<()> {
     let token = ctl.token("sim", "agent")?;
     let rt = runtime()?;
     let (mut agent, _) = rt
-        .block_on(SimAgent::connect(&ctl.url(), &token, "sim", "sim-d0", vec![]))?
+        .block_on(SimAgent::connect(
+            &ctl.url(),
+            &token,
+            "sim",
+            "sim-d0",
+            vec![],
+        ))?
         .map_err(anyhow::Error::msg)?;
     const JOBS: usize = 8;
     let mut jobs = Vec::new();
@@ -578,7 +591,13 @@ fn the_data_directory_is_private_and_a_more_open_one_is_reported() -> Result<()>
     let token = ctl.token("sim", "agent")?;
     let rt = runtime()?;
     let (mut agent, _) = rt
-        .block_on(SimAgent::connect(&ctl.url(), &token, "sim", "sim-d0", vec![]))?
+        .block_on(SimAgent::connect(
+            &ctl.url(),
+            &token,
+            "sim",
+            "sim-d0",
+            vec![],
+        ))?
         .map_err(anyhow::Error::msg)?;
     let job = ctl.submit(0)?;
     rt.block_on(async {
@@ -599,7 +618,12 @@ fn the_data_directory_is_private_and_a_more_open_one_is_reported() -> Result<()>
         }
     }
     for file in &files {
-        ensure!(mode(file)? == 0o600, "{}: mode {:o}", file.display(), mode(file)?);
+        ensure!(
+            mode(file)? == 0o600,
+            "{}: mode {:o}",
+            file.display(),
+            mode(file)?
+        );
     }
     ensure!(
         !ctl.process.stderr_text().contains("lets group or others"),
@@ -653,7 +677,8 @@ fn the_agent_warns_about_a_token_file_others_can_read() -> Result<()> {
     let open = check(0o644)?;
     expect_code(&open, 0)?;
     ensure!(
-        open.stderr.contains("lets group or others read the agent token")
+        open.stderr
+            .contains("lets group or others read the agent token")
             && open.stderr.contains("chmod 600"),
         "no warning for a 0644 token file: {}",
         open.stderr
@@ -708,12 +733,20 @@ fn names_that_could_forge_log_lines_are_refused_in_a_hello() -> Result<()> {
     ctl.process.wait_for_stderr("refused", WAIT)?;
     let stderr = ctl.process.stderr_text();
     ensure!(
-        !stderr.lines().any(|l| l.starts_with("2026-12-01T00:00:00Z")),
+        !stderr
+            .lines()
+            .any(|l| l.starts_with("2026-12-01T00:00:00Z")),
         "a forged line reached the controller's log: {stderr}"
     );
     ensure!(!stderr.contains('\u{1b}'), "an escape reached the log");
     // A good name still gets in.
-    rt.block_on(SimAgent::connect(&ctl.url(), &token, "sim", "sim-d0", vec![]))?
-        .map_err(anyhow::Error::msg)?;
+    rt.block_on(SimAgent::connect(
+        &ctl.url(),
+        &token,
+        "sim",
+        "sim-d0",
+        vec![],
+    ))?
+    .map_err(anyhow::Error::msg)?;
     Ok(())
 }

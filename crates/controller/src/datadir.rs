@@ -93,13 +93,7 @@ mod tests {
         let top = tempfile::tempdir().expect("tempdir");
         let dir = top.path().join("a/data");
         prepare(&dir, true).expect("prepare");
-        let mode = |p: &Path| {
-            std::fs::metadata(p)
-                .expect("metadata")
-                .permissions()
-                .mode()
-                & 0o777
-        };
+        let mode = |p: &Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
         assert_eq!(mode(&dir), 0o700);
         assert_eq!(mode(&dir.join("logs")), 0o700);
         assert_eq!(mode(&dir.join("dutlab.db")), 0o600);

@@ -172,7 +172,9 @@ impl Drop for Subscription {
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
-    state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl LogStore {
@@ -438,7 +440,10 @@ impl LogStore {
             return Ok(());
         }
         let result = file.sync_data();
-        let failed = result.as_ref().err().map(|e| std::io::Error::new(e.kind(), e.to_string()));
+        let failed = result
+            .as_ref()
+            .err()
+            .map(|e| std::io::Error::new(e.kind(), e.to_string()));
         settle(log, &file, result, job, &path);
         log.dirty = None;
         drop(state);
@@ -524,13 +529,7 @@ impl LogStore {
 
 /// Records the outcome of an `fsync` of `log`'s file: on success what was written is durable;
 /// on failure the file is cut back to the last durable record.
-fn settle(
-    log: &mut JobLog,
-    file: &File,
-    result: std::io::Result<()>,
-    job: JobId,
-    path: &Path,
-) {
+fn settle(log: &mut JobLog, file: &File, result: std::io::Result<()>, job: JobId, path: &Path) {
     let Some(pos) = log.position.as_mut() else {
         return;
     };
@@ -548,7 +547,10 @@ fn settle(
             pos.last = pos.durable;
             pos.end = pos.durable_end;
             if let Err(cut) = file.set_len(pos.end) {
-                tracing::error!("log of job {job} ({}): cannot cut back: {cut}", path.display());
+                tracing::error!(
+                    "log of job {job} ({}): cannot cut back: {cut}",
+                    path.display()
+                );
             }
         }
     }
