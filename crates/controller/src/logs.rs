@@ -109,6 +109,9 @@ struct State {
     generation: u64,
     /// When the oldest unsynced write happened.
     dirty_since: Option<Instant>,
+    /// Jobs written since the sync thread last took this list (may hold duplicates and jobs
+    /// synced meanwhile; the thread checks each entry's `dirty`).
+    dirty_jobs: Vec<JobId>,
     stop: bool,
 }
 
@@ -363,7 +366,9 @@ impl LogStore {
             Ok(()) => {
                 pos.last = last;
                 pos.end += text.len() as u64;
-                log.dirty = Some(generation);
+                if log.dirty.replace(generation).is_none() {
+                    state.dirty_jobs.push(job);
+                }
                 state.dirty_since.get_or_insert_with(Instant::now);
                 self.shared.work.notify_one();
                 Ok(())
@@ -379,6 +384,8 @@ impl LogStore {
                     let used = *used;
                     log.file = None;
                     log.position = None;
+                    // Reopening rescans and syncs what the file holds.
+                    log.dirty = None;
                     state.order.remove(&used);
                 }
                 Err(self.io(job)(e))
@@ -587,13 +594,9 @@ fn sync_thread(shared: &Shared) {
         }
         let stop = state.stop;
         state.dirty_since = None;
-        let dirty: Vec<(JobId, u64)> = state
-            .jobs
-            .iter()
-            .filter_map(|(job, log)| log.dirty.map(|g| (*job, g)))
-            .collect();
+        let dirty = std::mem::take(&mut state.dirty_jobs);
         drop(state);
-        for (job, _) in dirty {
+        for job in dirty {
             // One file at a time, outside the lock: writers go on meanwhile.
             let picked = {
                 let mut state = lock(&shared.state);
@@ -623,6 +626,10 @@ fn sync_thread(shared: &Shared) {
                     }
                     if log.dirty == Some(generation) {
                         log.dirty = None;
+                    } else if log.dirty.is_some() {
+                        // Written again during the sync: the next round takes it.
+                        state.dirty_jobs.push(job);
+                        state.dirty_since.get_or_insert_with(Instant::now);
                     }
                 }
                 Err(e) => {
