@@ -44,9 +44,6 @@ use std::path::{Path, PathBuf};
 /// Longest configuration file accepted.
 const MAX_CONFIG_FILE: u64 = 1 << 20;
 
-/// Longest agent or device name.
-const MAX_NAME: usize = 128;
-
 /// A loaded agent configuration. Holds no secret (the token stays in its file).
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentConfig {
@@ -343,34 +340,33 @@ fn resolve(base: &Path, p: &Path) -> PathBuf {
 }
 
 /// The token file must be a readable, non-empty file. Its content is never put in a message.
+/// A file that group or others may read is accepted with a warning (the token is a bearer
+/// secret: whoever reads it can act as this agent).
 fn check_token_file(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
     let text = std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
     if text.iter().all(u8::is_ascii_whitespace) {
         return Err(format!("{}: the file is empty", path.display()));
     }
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode();
+        if mode & 0o044 != 0 {
+            tracing::warn!(
+                "token_file: {}: mode {:04o} lets group or others read the agent token; \
+                 chmod 600 {}",
+                path.display(),
+                mode & 0o7777,
+                path.display()
+            );
+        }
+    }
     Ok(())
 }
 
-/// Agent and device names: one path component of safe characters.
+/// Agent and device names: one path component of safe characters (`proto::names`, the rule
+/// the controller applies to every hello).
 pub(crate) fn check_name(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("must not be empty".into());
-    }
-    if name.len() > MAX_NAME {
-        return Err(format!("'{name}' is longer than {MAX_NAME} bytes"));
-    }
-    if name == "." || name == ".." {
-        return Err(format!("'{name}' is not a name"));
-    }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
-        return Err(format!(
-            "{name:?} contains {c:?}; use letters, digits, '.', '_' and '-'"
-        ));
-    }
-    Ok(())
+    proto::names::check_name(name).map_err(|e| e.to_string())
 }
 
 /// The same checks as a device file (`Device::parse`), with the field named.

@@ -44,6 +44,23 @@ pub struct ServeArgs {
     /// that answer /healthz only.
     #[arg(long, value_name = "N", default_value_t = controller::listener::Limits::default().max_connections)]
     max_connections: usize,
+    /// Job log files kept open at most (least recently used closed first, reopened on the
+    /// job's next record).
+    #[arg(long, value_name = "N", default_value_t = controller::logs::DEFAULT_OPEN_FILES,
+        value_parser = clap::value_parser!(usize))]
+    open_log_files: usize,
+    /// SQLite `synchronous`: `full` syncs every commit (nothing acknowledged is lost to a
+    /// power failure); `normal` syncs at WAL checkpoints only.
+    #[arg(long, value_name = "MODE", default_value = "full", value_parser = sqlite_sync)]
+    sqlite_synchronous: controller::store::SqliteSync,
+}
+
+fn sqlite_sync(text: &str) -> Result<controller::store::SqliteSync, String> {
+    match text {
+        "full" => Ok(controller::store::SqliteSync::Full),
+        "normal" => Ok(controller::store::SqliteSync::Normal),
+        other => Err(format!("{other:?}: use full or normal")),
+    }
 }
 
 fn duration(text: &str) -> Result<Duration, String> {
@@ -124,6 +141,8 @@ fn serve_inner(args: ServeArgs) -> anyhow::Result<()> {
         handshake_timeout: args.header_timeout,
         max_connections: args.max_connections,
     };
+    config.open_log_files = args.open_log_files.max(1);
+    config.sqlite_sync = args.sqlite_synchronous;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -741,6 +741,7 @@ impl Dispatcher {
                 "agent protocol {protocol} is not supported (this controller speaks {PROTOCOL_VERSION})"
             ));
         }
+        check_names(&agent, &version, &devices)?;
         for d in &devices {
             if let Some(owner) = self.sched.device(&d.name).map(|e| e.agent.as_str())
                 && owner != agent
@@ -788,7 +789,7 @@ impl Dispatcher {
                 let stored = self
                     .leases
                     .get(h.lease)
-                    .and_then(|info| self.logs.last(info.job).ok())
+                    .and_then(|info| self.logs.durable(info.job).ok())
                     .unwrap_or(Seq(0));
                 resume.push(LogCursor {
                     lease: h.lease,
@@ -967,6 +968,10 @@ impl Dispatcher {
             tracing::error!("{e}");
         }
         let last = self.final_note(info.job, &report, at);
+        // The agent deletes its spool on `FinishAcked`: every record must be on disk first.
+        if let Err(e) = self.logs.sync(info.job) {
+            tracing::error!("{e}");
+        }
         self.commit(events, vec![(info.job, report, last)], None, Some(lease))
             .await?;
         self.send(agent, ControllerMessage::FinishAcked { lease, epoch });
@@ -996,6 +1001,26 @@ fn kind_of(message: &AgentMessage) -> &'static str {
         AgentMessage::StartRefused { .. } => "start-refused",
         AgentMessage::DeviceReady { .. } => "device-ready",
     }
+}
+
+/// Names in a hello reach logs and paths: agent and device names must be safe names
+/// (`proto::names`), labels free of control characters. The refusal escapes what it shows.
+fn check_names(
+    agent: &str,
+    version: &str,
+    devices: &[proto::link::DeviceInfo],
+) -> Result<(), String> {
+    use proto::names::{check_label, check_name};
+    check_name(agent).map_err(|e| format!("agent name: {e}"))?;
+    check_label(version).map_err(|e| format!("agent version: {e}"))?;
+    for d in devices {
+        check_name(&d.name).map_err(|e| format!("device name: {e}"))?;
+        check_label(&d.device_type).map_err(|e| format!("device {}: device_type: {e}", d.name))?;
+        for label in d.tags.iter().chain(&d.capabilities) {
+            check_label(label).map_err(|e| format!("device {}: tag: {e}", d.name))?;
+        }
+    }
+    Ok(())
 }
 
 /// Whether `asker` may read a job: public jobs, one's own, or any job for admins.

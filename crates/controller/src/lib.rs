@@ -16,6 +16,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod datadir;
 pub mod dispatcher;
 pub mod link;
 pub mod listener;
@@ -78,6 +79,10 @@ pub struct Config {
     pub heartbeat: Duration,
     /// TLS and the listener's timeouts and connection cap.
     pub limits: listener::Limits,
+    /// Log files kept open at most (least recently used closed first).
+    pub open_log_files: usize,
+    /// SQLite's `synchronous` (ignored for PostgreSQL).
+    pub sqlite_sync: store::SqliteSync,
 }
 
 impl Config {
@@ -92,6 +97,8 @@ impl Config {
             cancel_grace: defaults.cancel_grace,
             heartbeat: Duration::from_secs(5),
             limits: listener::Limits::default(),
+            open_log_files: logs::DEFAULT_OPEN_FILES,
+            sqlite_sync: store::SqliteSync::default(),
         }
     }
 }
@@ -191,17 +198,17 @@ pub async fn serve(
         path: config.data_dir.clone(),
         source,
     };
-    std::fs::create_dir_all(&config.data_dir).map_err(data_err)?;
+    datadir::prepare(&config.data_dir, config.database.is_none()).map_err(data_err)?;
     let url = config
         .database
         .clone()
         .unwrap_or_else(|| Store::sqlite_url(&config.data_dir));
-    let store = Store::open(&url).await?;
+    let store = Store::open(&url, config.sqlite_sync).await?;
     let tokens = Tokens::default();
     for token in store.tokens().await? {
         tokens.insert(token.hash.clone(), &token.view);
     }
-    let logs = LogStore::new(&config.data_dir.join("logs"));
+    let logs = LogStore::with_capacity(&config.data_dir.join("logs"), config.open_log_files);
     let leases = Leases::default();
     let sessions = sessions::Sessions::new(tokens.clone());
     let (updates, _) = broadcast::channel(4096);

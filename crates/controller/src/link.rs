@@ -4,7 +4,10 @@
 //! - The first message must be `Hello` within [`HELLO_TIMEOUT`]; the dispatcher answers
 //!   `Welcome` (or `Refused`, then the socket closes).
 //! - Log frames are stored here, without a round trip through the dispatcher, but only for
-//!   live leases with the current epoch; each stored batch is acknowledged with `LogAcked`.
+//!   live leases with the current epoch; each stored batch is acknowledged with `LogAcked`
+//!   once an `fsync` covers it (the log store syncs in batches; the ack names the last
+//!   durable record). A failed write or sync closes the link: the agent reconnects and
+//!   resends from the durable cursor.
 //!   Frames and control messages of one connection are handled in the order they arrive, so
 //!   a job's records are stored before its `JobFinished` reaches the dispatcher.
 //! - When the socket ends, the dispatcher is told (`Gone`); a newer connection of the same
@@ -26,8 +29,9 @@ use axum::extract::ws::{CloseFrame, close_code};
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
-use proto::Role;
 use proto::link::{AgentMessage, ControllerMessage, LogFrame, MAX_FRAME};
+use proto::{Epoch, JobId, LeaseId, Role, Seq};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
@@ -240,10 +244,22 @@ async fn serve(socket: WebSocket, state: AppState, caller: Caller, bound: String
         let _ = sink.close().await;
     });
     let mut refusals = WarnLimit::new();
+    let mut synced = state.logs.synced();
+    let mut pending: HashMap<LeaseId, PendingAck> = HashMap::new();
     let ended = loop {
         let incoming = tokio::select! {
             incoming = stream.next() => incoming,
             reason = ender.ended() => break Some(reason),
+            changed = synced.changed(), if !pending.is_empty() => {
+                if changed.is_err() {
+                    break None;
+                }
+                if let Err(e) = send_durable_acks(&state, &tx, &mut pending).await {
+                    tracing::error!("agent {agent}: {e}; closing the link so the agent resends");
+                    break None;
+                }
+                continue;
+            }
         };
         let Some(Ok(message)) = incoming else {
             break None;
@@ -268,9 +284,15 @@ async fn serve(socket: WebSocket, state: AppState, caller: Caller, bound: String
                         agent: &agent,
                         conn,
                     };
-                    if let Err(e) = store_frame(&state, from, &tx, frame, &mut refusals).await {
+                    if let Err(e) = store_frame(&state, from, frame, &mut refusals, &mut pending) {
                         // The records stay in the agent's spool; closing the link makes it
-                        // reconnect and resend them from the stored cursor.
+                        // reconnect and resend them from the durable cursor.
+                        tracing::error!(
+                            "agent {agent}: {e}; closing the link so the agent resends"
+                        );
+                        break None;
+                    }
+                    if let Err(e) = send_durable_acks(&state, &tx, &mut pending).await {
                         tracing::error!(
                             "agent {agent}: {e}; closing the link so the agent resends"
                         );
@@ -313,12 +335,31 @@ struct Origin<'a> {
     conn: ConnId,
 }
 
-async fn store_frame(
+/// A lease's acknowledgement waiting for the `fsync` that covers its records.
+#[derive(Debug, Clone, Copy)]
+struct PendingAck {
+    epoch: Epoch,
+    job: JobId,
+    /// Last record stored for the lease so far (what the ack must cover).
+    want: Seq,
+}
+
+/// Why a link must close for its agent to resend.
+#[derive(Debug, thiserror::Error)]
+enum AckError {
+    #[error("log of job {job}: records up to {want} were written but their sync failed")]
+    Lost { job: JobId, want: Seq },
+    #[error("{0}")]
+    Log(#[from] crate::logs::LogError),
+}
+
+/// Stores a frame's records; its acknowledgement waits in `pending` until it is durable.
+fn store_frame(
     state: &AppState,
     from: Origin<'_>,
-    tx: &mpsc::Sender<ControllerMessage>,
     frame: LogFrame,
     refusals: &mut WarnLimit,
+    pending: &mut HashMap<LeaseId, PendingAck>,
 ) -> Result<(), crate::logs::LogError> {
     let Origin { agent, conn } = from;
     let Some(info) = state.leases.get(frame.lease) else {
@@ -348,13 +389,50 @@ async fn store_frame(
         return Ok(());
     }
     let stored = state.logs.append(job, &frame.records)?;
-    let ack = ControllerMessage::LogAcked {
-        lease: frame.lease,
-        epoch: frame.epoch,
-        stored,
-    };
-    if tx.send(ack).await.is_err() {
-        tracing::debug!("agent {agent}: link closed before a log ack");
+    pending.insert(
+        frame.lease,
+        PendingAck {
+            epoch: frame.epoch,
+            job,
+            want: stored,
+        },
+    );
+    Ok(())
+}
+
+/// Sends `LogAcked` for every pending lease whose records are durable now.
+async fn send_durable_acks(
+    state: &AppState,
+    tx: &mpsc::Sender<ControllerMessage>,
+    pending: &mut HashMap<LeaseId, PendingAck>,
+) -> Result<(), AckError> {
+    let mut ready = Vec::new();
+    for (lease, ack) in pending.iter() {
+        let durable = match state.logs.progress(ack.job) {
+            Some((last, _)) if last < ack.want => {
+                return Err(AckError::Lost {
+                    job: ack.job,
+                    want: ack.want,
+                });
+            }
+            Some((_, durable)) => durable,
+            // Closed (the job finished): closing synced the file.
+            None => state.logs.durable(ack.job)?,
+        };
+        if durable >= ack.want {
+            ready.push((*lease, ack.epoch, durable));
+        }
+    }
+    for (lease, epoch, stored) in ready {
+        pending.remove(&lease);
+        let ack = ControllerMessage::LogAcked {
+            lease,
+            epoch,
+            stored,
+        };
+        if tx.send(ack).await.is_err() {
+            tracing::debug!("link closed before a log ack");
+        }
     }
     Ok(())
 }

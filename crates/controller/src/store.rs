@@ -11,7 +11,9 @@
 //!   a fast hash is enough; there is nothing to brute-force).
 //! - The schema moves forward only, by [`MIGRATIONS`]; the version reached is in `meta`.
 //! - SQLite runs in WAL mode with a busy timeout; the dispatcher is the only writer of jobs and
-//!   events.
+//!   events. With [`SqliteSync::Full`] (the default) every commit is on disk (the WAL is synced)
+//!   before it returns, so nothing acknowledged is lost to a power failure; `Normal` syncs only
+//!   at checkpoints (a crash of the machine may lose the last commits, never corrupt).
 
 use proto::api::TokenView;
 use proto::{JobId, JobReport, Millis, Role};
@@ -100,6 +102,25 @@ pub struct Change<'a> {
     pub reports: Vec<(JobId, &'a JobReport, u64)>,
 }
 
+/// SQLite's `synchronous` setting (PostgreSQL always syncs its commits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SqliteSync {
+    /// Every commit syncs the WAL (durable before it is acknowledged).
+    #[default]
+    Full,
+    /// The WAL is synced at checkpoints only.
+    Normal,
+}
+
+impl SqliteSync {
+    fn pragma(self) -> &'static str {
+        match self {
+            SqliteSync::Full => "PRAGMA synchronous = FULL",
+            SqliteSync::Normal => "PRAGMA synchronous = NORMAL",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
@@ -107,7 +128,7 @@ pub struct Store {
 
 impl Store {
     /// Opens (and creates) the database. `url` is `sqlite://PATH` or `postgres://...`.
-    pub async fn open(url: &str) -> Result<Store, StoreError> {
+    pub async fn open(url: &str, sync: SqliteSync) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let sqlite = url.starts_with("sqlite:");
         let connect = |source| StoreError::Connect {
@@ -116,11 +137,11 @@ impl Store {
         };
         let mut options = AnyPoolOptions::new().max_connections(if sqlite { 4 } else { 8 });
         if sqlite {
-            options = options.after_connect(|conn, _meta| {
+            options = options.after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     conn.execute("PRAGMA journal_mode = WAL").await?;
                     conn.execute("PRAGMA busy_timeout = 5000").await?;
-                    conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    conn.execute(sync.pragma()).await?;
                     Ok(())
                 })
             });
@@ -406,7 +427,7 @@ mod tests {
             .expect("old token");
             pool.close().await;
         }
-        let store = Store::open(&url).await.expect("migrates");
+        let store = Store::open(&url, SqliteSync::Full).await.expect("migrates");
         let tokens = store.tokens().await.expect("tokens");
         assert_eq!(tokens.len(), 1);
         assert_eq!(
@@ -427,7 +448,9 @@ mod tests {
         store.insert_token(&fresh).await.expect("insert");
         drop(store);
         // Opening again runs no migration twice.
-        let store = Store::open(&url).await.expect("opens again");
+        let store = Store::open(&url, SqliteSync::Full)
+            .await
+            .expect("opens again");
         let tokens = store.tokens().await.expect("tokens");
         assert_eq!(tokens[1].view.agent.as_deref(), Some("rig"));
     }

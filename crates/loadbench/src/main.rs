@@ -73,6 +73,10 @@ struct Args {
     /// Log lines each ingest stream sends (ingest).
     #[arg(long, default_value_t = 1_000_000)]
     lines: u64,
+    /// Extra argument for `dutlab serve` (repeat for several), e.g.
+    /// `--serve-arg=--sqlite-synchronous --serve-arg=normal`.
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    serve_arg: Vec<String>,
     /// Print one JSON document instead of text lines.
     #[arg(long)]
     json: bool,
@@ -135,7 +139,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Scenario::Followers => "followers",
             Scenario::All => unreachable!("expanded above"),
         };
-        let result = match server::Controller::start(&args.dutlab).await {
+        let result = match server::Controller::start(&args.dutlab, &args.serve_arg).await {
             Err(e) => Err((e, None)),
             Ok(mut ctl) => {
                 let result = match run_one(s, &args, &mut ctl).await {

@@ -55,7 +55,7 @@ pub type ThreadCpu = BTreeMap<String, f64>;
 
 impl Controller {
     /// Starts `dutlab serve` and waits until `/healthz` answers.
-    pub async fn start(dutlab: &Path) -> anyhow::Result<Controller> {
+    pub async fn start(dutlab: &Path, extra: &[String]) -> anyhow::Result<Controller> {
         let dir = tempfile::Builder::new()
             .prefix("dutlab-loadbench-")
             .tempdir()
@@ -70,6 +70,7 @@ impl Controller {
             .arg(&addr)
             .arg("--data-dir")
             .arg(dir.path().join("data"))
+            .args(extra)
             .env("DUTLAB_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

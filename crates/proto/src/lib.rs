@@ -13,6 +13,7 @@ pub mod api;
 pub mod ids;
 pub mod link;
 pub mod log;
+pub mod names;
 pub mod state;
 
 pub use ids::{Epoch, JobId, LeaseId, Millis, Seq};
