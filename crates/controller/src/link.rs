@@ -178,6 +178,13 @@ async fn serve(socket: WebSocket, state: AppState, caller: Caller, bound: String
         }
     };
     let (protocol, agent, version, devices, held) = hello;
+    // The name is checked before it is compared or logged (the dispatcher checks the rest).
+    if let Err(e) = proto::names::check_name(&agent) {
+        let reason = format!("agent name: {e}");
+        tracing::warn!("agent link {conn} refused: {reason}");
+        refuse(&mut sink, reason).await;
+        return;
+    }
     if agent != bound {
         let reason =
             format!("this token is bound to agent {bound:?}; it may not speak for agent {agent:?}");
