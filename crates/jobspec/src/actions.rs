@@ -13,8 +13,8 @@
 //!   URLs (reduced to their path, %-escapes decoded) or `http(s)://` URLs with a host (kept as
 //!   written). An image is given either in `images` or at the action level, never both.
 //! - Boot prompts are not empty; `auto_login` has `password_prompt` exactly when `password`.
-//! - A test action has a non-empty `definitions` list unless it uses `monitors`, `interactive`
-//!   or `services`; definition names match `[-_a-zA-Z0-9.]+`, sources are `inline` or `git`,
+//! - A test action has exactly one of a non-empty `definitions`, `interactive` or `monitors`
+//!   list (or only `services`, which warns); definition names match `[-_a-zA-Z0-9.]+`, sources are `inline` or `git`,
 //!   `lava-signal` is `kmsg` or `stdout` (LAVA's schema refuses any other word).
 //! - Unknown keys and LAVA features not supported yet are warnings, never errors. A key kept in
 //!   the parsed action but not acted on by dutlab (`deploy.os`, `boot.commands`, a `media` other
@@ -28,6 +28,7 @@ use std::time::Duration;
 use crate::JobError;
 use crate::duration::timeout;
 use crate::fields::{Ctx, Fields, Path, boolean, text, text_list, text_or_list};
+use crate::interactive::{self, InteractiveScript, Monitor};
 use crate::job::TIMED_ACTIONS;
 use crate::testdef::{self, TestDefinition};
 use crate::yaml::Value;
@@ -52,11 +53,13 @@ impl Action {
 
     /// The LAVA action name this action answers to in `timeouts.actions` and
     /// `timeouts.connections`: one of [`TIMED_ACTIONS`] (`deployimages`, `boot-qemu-image`,
-    /// `lava-test-shell`).
+    /// `lava-test-shell`, `lava-test-interactive`, `lava-test-monitor`).
     pub fn lava_name(&self) -> &'static str {
         match self {
             Action::Deploy(_) => TIMED_ACTIONS[0],
             Action::Boot(_) => TIMED_ACTIONS[1],
+            Action::Test(t) if !t.interactive.is_empty() => TIMED_ACTIONS[3],
+            Action::Test(t) if !t.monitors.is_empty() => TIMED_ACTIONS[4],
             Action::Test(_) => TIMED_ACTIONS[2],
         }
     }
@@ -189,12 +192,14 @@ pub struct AutoLogin {
     pub login_commands: Vec<String>,
 }
 
-/// `test:` — run test definitions in the DUT's shell.
+/// `test:` — run test definitions in the DUT's shell, interactive scripts on its console, or
+/// monitors of its console output. Exactly one of `definitions`, `interactive` and `monitors`
+/// is not empty (unless the action has only `services`, which is not run).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Test {
-    /// Empty only when the action used `monitors:` or `interactive:` (not supported yet,
-    /// reported as warnings).
     pub definitions: Vec<DefinitionRef>,
+    pub interactive: Vec<InteractiveScript>,
+    pub monitors: Vec<Monitor>,
     pub timeout: Option<Duration>,
     pub role: Vec<String>,
     pub namespace: Option<String>,
@@ -706,7 +711,30 @@ fn auto_login(cx: &mut Ctx, path: Path, v: Value) -> Result<AutoLogin, JobError>
 fn test(cx: &mut Ctx, path: Path, v: Value) -> Result<Test, JobError> {
     let mut f = Fields::new(cx, path, v)?;
     let c = common(cx, &mut f)?;
-    let has_other_form = f.has("monitors") || f.has("interactive") || f.has("services");
+    // LAVA picks the schema by the first of these keys; each schema refuses the others.
+    let forms: Vec<&str> = ["definitions", "interactive", "monitors"]
+        .into_iter()
+        .filter(|k| f.has(k))
+        .collect();
+    if forms.len() > 1 {
+        return Err(cx.err(
+            &f.path,
+            format!(
+                "a test action has one of 'definitions', 'interactive' or 'monitors'; this \
+                 one has {}",
+                forms.join(" and ")
+            ),
+        ));
+    }
+    let has_other_form = !forms.is_empty() || f.has("services");
+    let interactive = match f.take("interactive") {
+        Some(v) => interactive::scripts(cx, &f.at("interactive"), v)?,
+        None => Vec::new(),
+    };
+    let monitors = match f.take("monitors") {
+        Some(v) => interactive::monitors(cx, &f.at("monitors"), v)?,
+        None => Vec::new(),
+    };
     let definitions = match f.take("definitions") {
         Some(v) => {
             let dpath = f.at("definitions");
@@ -734,11 +762,6 @@ fn test(cx: &mut Ctx, path: Path, v: Value) -> Result<Test, JobError> {
         cx,
         &[
             (
-                "monitors",
-                "monitor tests are not run (no pattern is watched)",
-            ),
-            ("interactive", "interactive tests are not run"),
-            (
                 "docker",
                 "definitions run in the DUT's shell, not in a container",
             ),
@@ -748,6 +771,8 @@ fn test(cx: &mut Ctx, path: Path, v: Value) -> Result<Test, JobError> {
     f.finish(cx);
     Ok(Test {
         definitions,
+        interactive,
+        monitors,
         timeout: c.timeout,
         role: c.role,
         namespace: c.namespace,

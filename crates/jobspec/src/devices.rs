@@ -15,7 +15,7 @@
 //!   needed and what the known device types offer.
 
 use crate::fields::Path;
-use crate::{Action, Compression, Job, JobError};
+use crate::{Action, Compression, Job, JobError, ScriptStep};
 
 /// What one kind of device dutlab drives can do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,7 +196,25 @@ pub fn check_runnable(file: &str, job: &Job) -> Result<(), JobError> {
                         .into(),
                 ));
             }
-            Action::Test(_) => {}
+            Action::Test(t) => {
+                for (i, script) in t.interactive.iter().enumerate() {
+                    for (j, step) in script.script.iter().enumerate() {
+                        if let ScriptStep::Multinode { call, .. } = step {
+                            return Err(err(
+                                &path
+                                    .key("interactive")
+                                    .index(i)
+                                    .key("script")
+                                    .index(j)
+                                    .key(call),
+                                "needs a multinode job (protocols.lava-multinode), which dutlab \
+                                 does not run yet"
+                                    .into(),
+                            ));
+                        }
+                    }
+                }
+            }
         }
     }
     if DEVICE_TYPES

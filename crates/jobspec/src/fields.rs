@@ -122,6 +122,11 @@ impl Fields {
         }
     }
 
+    /// The value of a key as written, null included (for keys where null means something).
+    pub(crate) fn take_raw(&mut self, key: &str) -> Option<Value> {
+        self.map.remove(key)
+    }
+
     /// The value of a required key.
     pub(crate) fn req(&mut self, cx: &Ctx, key: &str) -> Result<Value, JobError> {
         self.take(key)

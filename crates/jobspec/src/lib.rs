@@ -24,6 +24,7 @@ mod devices;
 mod duration;
 mod error;
 mod fields;
+mod interactive;
 mod job;
 mod testdef;
 mod yaml;
@@ -36,6 +37,10 @@ pub use devices::{DEVICE_TYPES, DeviceType, check_runnable};
 pub use duration::parse_duration;
 pub use error::{JobError, Warning};
 pub use fields::NOT_HONOURED;
+pub use interactive::{
+    AfterMatch, CommandStep, Echo, FailurePattern, InteractiveScript, LavaException, MAX_COMMAND,
+    Monitor, ScriptStep, console_pattern,
+};
 pub use job::{
     Context, DEFAULT_ACTION_TIMEOUT, DEFAULT_CONNECTION_TIMEOUT, DEFAULT_JOB_TIMEOUT,
     DEFAULT_PRIORITY, Job, Multinode, Protocols, Role, TIMED_ACTIONS, Timeouts, Visibility,

@@ -22,7 +22,7 @@ use crate::{JobError, Warning};
 pub const TEST_DEFINITION_FORMAT: &str = "Lava-Test Test Definition 1.0";
 
 /// Largest compiled size of a `parse.pattern` regex, in bytes.
-const MAX_REGEX_BYTES: usize = 1 << 20;
+pub(crate) const MAX_REGEX_BYTES: usize = 1 << 20;
 
 /// A LAVA test definition: what runs in the DUT's shell.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -274,7 +274,7 @@ fn parse_pattern(cx: &mut Ctx, path: Path, v: Value) -> Result<ParsePattern, Job
 }
 
 /// The regex crate's messages span several lines with a caret; keep the last `error:` line.
-fn regex_reason(e: &regex::Error) -> String {
+pub(crate) fn regex_reason(e: &regex::Error) -> String {
     let msg = e.to_string();
     msg.lines()
         .rev()

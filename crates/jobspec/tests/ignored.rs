@@ -422,18 +422,6 @@ const CASES: &[(At, &str, &str, &str)] = &[
     // Test actions and definitions.
     (
         At::Test,
-        "monitors: [{name: m, start: a, end: b, pattern: c}]",
-        "actions[2].test.monitors",
-        "monitor tests are not run",
-    ),
-    (
-        At::Test,
-        "interactive: [{name: i, prompts: ['#'], script: []}]",
-        "actions[2].test.interactive",
-        "interactive tests are not run",
-    ),
-    (
-        At::Test,
         "docker: {image: debian}",
         "actions[2].test.docker",
         "not in a container",

@@ -225,7 +225,7 @@ fn multinode_job() {
         warnings,
         [
             "timeouts.actions.multinode-test: accepted, not honoured by dutlab yet: dutlab times \
-             whole actions, by their LAVA names deployimages, boot-qemu-image, lava-test-shell; \
+             whole actions, by their LAVA names deployimages, boot-qemu-image, lava-test-shell, lava-test-interactive, lava-test-monitor; \
              'multinode-test' is not one"
         ]
     );
@@ -374,11 +374,8 @@ fn namespaces_and_interactive() {
         panic!()
     };
     assert!(t.definitions.is_empty());
-    assert!(
-        job.warnings
-            .iter()
-            .any(|w| w.field == "actions[1].test.interactive")
-    );
+    assert_eq!(t.interactive.len(), 1);
+    assert!(job.warnings.is_empty(), "{:?}", job.warnings);
 }
 
 #[test]
@@ -387,9 +384,11 @@ fn each_action_answers_to_its_timed_lava_name_and_only_those_do_not_warn() {
         "t.yaml",
         "job_name: x\ndevice_type: qemu\n\
          timeouts:\n  actions: {deployimages: 1m, boot-qemu-image: 2m, lava-test-shell: 3m, \
-         auto-login-action: 4m}\n\
+         lava-test-interactive: 4m, lava-test-monitor: 5m, auto-login-action: 6m}\n\
          actions:\n- deploy: {to: tmpfs, images: {}}\n- boot: {method: qemu}\n\
-         - test: {definitions: [{from: git, name: t, path: t.yaml, repository: r}]}\n",
+         - test: {definitions: [{from: git, name: t, path: t.yaml, repository: r}]}\n\
+         - test: {interactive: [{name: i, prompts: ['=> '], script: [{command: version}]}]}\n\
+         - test: {monitors: [{name: m, start: a, end: b, pattern: c}]}\n",
     );
     let names: Vec<&str> = job.actions.iter().map(Action::lava_name).collect();
     assert_eq!(names, TIMED_ACTIONS);
