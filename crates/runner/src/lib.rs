@@ -26,6 +26,8 @@
 
 pub mod deploy;
 pub mod device;
+mod interactive;
+mod monitor;
 pub mod overlay;
 pub mod policy;
 pub mod qemu_options;
@@ -41,7 +43,7 @@ use proto::{CaseResult, JobReport, Outcome, TestCase};
 use qemu::image::GuestImage;
 use qemu::{BootSpec, ChannelDisk, Vm};
 use regex::bytes::Regex;
-use session::{ActionSignals, DutShell, Login, OverlayState, RunEnd};
+use session::{ActionSignals, DutShell, Login, OverlayState, RunEnd, ShellSetup};
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -325,8 +327,43 @@ impl Run<'_> {
                 }
                 Action::Boot(b) => {
                     let login = self.login_for(b, index)?;
-                    self.boot_dut(index, &work, &login, limit, connection)
+                    self.boot_dut(index, &work, login.as_ref(), limit, connection)
                         .await?;
+                }
+                Action::Test(t) if !t.interactive.is_empty() => {
+                    let shell = Self::booted(&mut self.shell, index)?;
+                    let mut sink = interactive::Sink {
+                        events: &self.events,
+                        cases,
+                    };
+                    let field = format!("actions[{index}].test");
+                    let stage = definition_actions_before(self.job, index);
+                    interactive::run_scripts(
+                        shell,
+                        &t.interactive,
+                        stage,
+                        &field,
+                        limit,
+                        &mut sink,
+                    )
+                    .await?;
+                }
+                Action::Test(t) if !t.monitors.is_empty() => {
+                    let shell = Self::booted(&mut self.shell, index)?;
+                    let mut sink = interactive::Sink {
+                        events: &self.events,
+                        cases,
+                    };
+                    let field = format!("actions[{index}].test");
+                    monitor::run_monitors(
+                        shell,
+                        &t.monitors,
+                        &field,
+                        limit,
+                        || connection.start(),
+                        &mut sink,
+                    )
+                    .await?;
                 }
                 Action::Test(_) => {
                     self.test(index, limit, connection, cases).await?;
@@ -351,7 +388,33 @@ impl Run<'_> {
         Ok(())
     }
 
-    fn login_for(&self, boot: &Boot, index: usize) -> Result<Login, JobEnd> {
+    /// The shell of the DUT booted last, for the test action at `index`.
+    fn booted(shell: &mut Option<DutShell>, index: usize) -> Result<&mut DutShell, JobEnd> {
+        shell.as_mut().ok_or_else(|| {
+            JobEnd::job_error(format!(
+                "actions[{index}].test: no boot action before this test action"
+            ))
+        })
+    }
+
+    /// How the boot action at `index` reaches the DUT. `None`: it waits for nothing, as
+    /// LAVA's boot without `prompts` does; dutlab does so when the boot gives neither
+    /// `prompts` nor `auto_login` and the first test action after it is `interactive` or
+    /// `monitors` (which watch the console from power-on). Otherwise the device's defaults
+    /// fill in what the boot does not give.
+    fn login_for(&self, boot: &Boot, index: usize) -> Result<Option<Login>, JobEnd> {
+        if boot.prompts.is_empty() && boot.auto_login.is_none() {
+            let next_test = self.job.actions[index + 1..]
+                .iter()
+                .take_while(|a| !matches!(a, Action::Boot(_)))
+                .find_map(|a| match a {
+                    Action::Test(t) => Some(t),
+                    _ => None,
+                });
+            if next_test.is_some_and(|t| !t.interactive.is_empty() || !t.monitors.is_empty()) {
+                return Ok(None);
+            }
+        }
         let field = format!("actions[{index}].boot");
         let compile = |what: &str, p: &str| {
             Regex::new(p).map_err(|e| {
@@ -373,7 +436,7 @@ impl Run<'_> {
             .iter()
             .map(|p| compile("prompts", p))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(match (&boot.auto_login, &defaults.auto_login) {
+        Ok(Some(match (&boot.auto_login, &defaults.auto_login) {
             (Some(a), _) => Login {
                 prompts,
                 login_prompt: Some(compile("auto_login.login_prompt", &a.login_prompt)?),
@@ -406,14 +469,14 @@ impl Run<'_> {
                 password: None,
                 login_commands: Vec::new(),
             },
-        })
+        }))
     }
 
     async fn boot_dut(
         &mut self,
         index: usize,
         work: &std::path::Path,
-        login: &Login,
+        login: Option<&Login>,
         limit: Limit,
         connection: ConnectionTimeout,
     ) -> Result<(), JobEnd> {
@@ -452,8 +515,13 @@ impl Run<'_> {
             .map_err(|e| JobEnd::infra_error(e.to_string()))?;
         self.vm = Some(vm);
         let shell = self.shell.insert(shell);
-        shell.login(login, limit.min(connection.start())).await?;
-        shell.prepare_shell(limit.min(connection.start())).await?;
+        match login {
+            Some(login) => shell.login(login, limit.min(connection.start())).await?,
+            None => self.note(format!(
+                "actions[{index}].boot: no prompts: the DUT is on, nothing is waited for (the \
+                 next test action watches its console)"
+            )),
+        }
         Ok(())
     }
 
@@ -470,6 +538,11 @@ impl Run<'_> {
             ))
         })?;
         let runs = self.overlay.runs.get(&index).cloned().unwrap_or_default();
+        // LAVA's test shell sets its prompt when it starts, not at boot: an interactive
+        // script before it sees the DUT's own prompt.
+        if shell.setup == ShellSetup::AsBooted {
+            shell.prepare_shell(limit.min(connection.start())).await?;
+        }
         if shell.overlay == OverlayState::Absent
             && let Some(packed) = &self.packed
         {
@@ -537,6 +610,15 @@ impl Run<'_> {
             self.note(format!("cannot remove the work directory: {e}"));
         }
     }
+}
+
+/// LAVA's `stage` of the test action at `index`: how many test actions with definitions
+/// (the ones that need an overlay) come before it.
+fn definition_actions_before(job: &Job, index: usize) -> usize {
+    job.actions[..index]
+        .iter()
+        .filter(|a| matches!(a, Action::Test(t) if !t.definitions.is_empty()))
+        .count()
 }
 
 /// The connection timeout of an action: each wait for the DUT gets its own deadline.

@@ -82,9 +82,23 @@ pub struct ActionSignals {
     last_started: Option<String>,
 }
 
+/// Whether the runner's prompt and echo setting are in place (per boot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShellSetup {
+    /// As the boot left it: the DUT's own prompt and echo (what interactive scripts see), or
+    /// no shell at all (a boot that waited for nothing).
+    AsBooted,
+    /// `prepare_shell` ran: prompt `dutlab-test: # `, echo off.
+    Prepared,
+}
+
+/// The console of a booted DUT: the runner's shell adapter over it.
+pub type Console = Shell<OwnedReadHalf, OwnedWriteHalf>;
+
 pub struct DutShell {
-    shell: Shell<OwnedReadHalf, OwnedWriteHalf>,
+    shell: Console,
     pub overlay: OverlayState,
+    pub setup: ShellSetup,
 }
 
 impl DutShell {
@@ -109,7 +123,14 @@ impl DutShell {
         DutShell {
             shell,
             overlay: OverlayState::Absent,
+            setup: ShellSetup::AsBooted,
         }
+    }
+
+    /// The console itself, for actions that drive it without the runner's shell
+    /// (interactive scripts, monitors).
+    pub(crate) fn console(&mut self) -> &mut Console {
+        &mut self.shell
     }
 
     /// Logs in on the console and waits for a shell prompt.
@@ -141,6 +162,7 @@ impl DutShell {
             limit,
         )
         .await?;
+        self.setup = ShellSetup::Prepared;
         Ok(())
     }
 
@@ -530,7 +552,11 @@ impl<'a> RunSignals<'a> {
     }
 }
 
-fn push_case(cases: &mut Vec<TestCase>, events: &UnboundedSender<RunEvent>, case: TestCase) {
+pub(crate) fn push_case(
+    cases: &mut Vec<TestCase>,
+    events: &UnboundedSender<RunEvent>,
+    case: TestCase,
+) {
     let _ = events.send(RunEvent::Case(case.clone()));
     cases.push(case);
 }
@@ -588,7 +614,7 @@ pub fn pattern_case(
 }
 
 impl Limit {
-    fn expect_error(self, e: ExpectError) -> JobEnd {
+    pub(crate) fn expect_error(self, e: ExpectError) -> JobEnd {
         match e {
             ExpectError::Timeout { waited_for, tail } => JobEnd::timed_out(format!(
                 "{} timeout ({}) fired while waiting for {waited_for}; last output: {tail:?}",
