@@ -193,7 +193,7 @@ fn a_prompt_that_never_comes_ends_the_job_at_the_action_timeout() -> Result<()> 
          timeouts:\n  connections: {lava-test-interactive: 5s}\n\
          actions:\n\
          - boot: {method: qemu, prompts: ['# $'], auto_login: {login_prompt: 'login:', username: root}}\n\
-         - test:\n    timeout: 25s\n    interactive:\n    - name: never\n      prompts: ['=> ']\n\
+         - test:\n    timeout: 15s\n    interactive:\n    - name: never\n      prompts: ['=> ']\n\
          \x20     script:\n      - {command: echo waiting, name: waits}\n      - {command: echo not-sent, name: later}\n\
          \x20     expected: [waits, later]\n";
     let path = sb.path().join("never.yaml");
@@ -212,7 +212,7 @@ fn a_prompt_that_never_comes_ends_the_job_at_the_action_timeout() -> Result<()> 
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
     let reason = report["reason"].as_str().unwrap_or_default();
     ensure!(
-        reason.starts_with("test timeout (25s) fired while waiting for \"=> \""),
+        reason.starts_with("test timeout (15s) fired while waiting for \"=> \""),
         "{report}"
     );
     // The case waited for and the script are failed; the expected case that never ran too.

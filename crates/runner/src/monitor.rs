@@ -60,10 +60,11 @@ pub(crate) async fn run_monitors(
         let mut reported = BTreeMap::new();
         let console = shell.console().expect_mut();
         let watched = async {
+            let wait = limit.min(connection());
             console
-                .expect(&[&start], limit.min(connection()).at)
+                .expect(&[&start], wait.at)
                 .await
-                .map_err(|e| limit.min(connection()).expect_error(e))?;
+                .map_err(|e| wait.expect_error(e))?;
             loop {
                 let wait = limit.min(connection());
                 let matched = match console.expect(&[&end, &pattern], wait.at).await {
