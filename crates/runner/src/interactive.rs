@@ -309,3 +309,181 @@ impl ScriptRun<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use jobspec::Action;
+    use proto::Outcome;
+    use std::time::Duration;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::UnixStream;
+
+    /// A U-Boot-like console: `=> ` prompt, echo of each line, a few answers.
+    async fn fake_uboot(stream: UnixStream) {
+        let (r, mut w) = stream.into_split();
+        let mut lines = BufReader::new(r).lines();
+        w.write_all(b"U-Boot 2024.01\r\n=> ").await.unwrap();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let answer = match line.as_str() {
+                "version" => "U-Boot 2024.01-fake\r\n",
+                "dhcp" => "BOOTP broadcast 1\r\nTIMEOUT\r\n",
+                "mmc" => "Card did not respond\r\n",
+                "hang" => {
+                    // Silent from now on, the console still open.
+                    std::future::pending::<()>().await;
+                    return;
+                }
+                _ => "Unknown command\r\n",
+            };
+            let out = format!("{line}\r\n{answer}=> ");
+            if w.write_all(out.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn scripts(yaml: &str) -> Vec<InteractiveScript> {
+        let job = jobspec::parse_job(
+            "t.yaml",
+            &format!(
+                "job_name: t\ndevice_type: qemu\nactions:\n- boot: {{method: qemu}}\n- test:\n    interactive:\n{yaml}"
+            ),
+        )
+        .unwrap();
+        match &job.actions[1] {
+            Action::Test(t) => t.interactive.clone(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Runs `yaml`'s scripts against the fake console: the cases and how the action ended.
+    async fn run(yaml: &str, seconds: u64) -> (Vec<String>, Result<(), JobEnd>) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        tokio::spawn(fake_uboot(theirs));
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut shell = DutShell::new(ours, &tx);
+        let mut cases = Vec::new();
+        let mut sink = Sink {
+            events: &tx,
+            cases: &mut cases,
+        };
+        let limit = Limit::new("test", Duration::from_secs(seconds));
+        let end = run_scripts(
+            &mut shell,
+            &scripts(yaml),
+            2,
+            "actions[1].test",
+            limit,
+            &mut sink,
+        )
+        .await;
+        let cases = cases
+            .iter()
+            .map(|c| format!("{}/{} {}", c.suite, c.name, c.result.as_str()))
+            .collect();
+        (cases, end)
+    }
+
+    #[tokio::test]
+    async fn items_pass_and_fail_as_lava_decides() {
+        let (cases, end) = run(
+            "    - name: uboot\n      prompts: ['=> ']\n      echo: discard\n      script:\n\
+             \x20     - {command: null, name: first-prompt}\n\
+             \x20     - {command: version, name: version, successes: [{message: 'U-Boot 2024.01-fake'}]}\n\
+             \x20     - {command: dhcp, name: dhcp, successes: [{message: bound}], failures: [{message: TIMEOUT}]}\n\
+             \x20     - {command: nonsense, name: prompt-but-success-wanted, successes: [{message: never}]}\n\
+             \x20     - {command: version, name: go-on, successes: [{message: fake}], wait_for_prompt: false}\n\
+             \x20     - {command: version, name: stale-prompt-first, successes: [{message: fake}]}\n",
+            30,
+        )
+        .await;
+        assert!(end.is_ok(), "{end:?}");
+        assert_eq!(
+            cases,
+            [
+                "2_uboot/first-prompt pass",
+                "2_uboot/version pass",
+                "2_uboot/dhcp fail",
+                "2_uboot/prompt-but-success-wanted fail",
+                "2_uboot/go-on pass",
+                // `discard` read the rest of the line before ("\r\n"); the prompt left by
+                // the item before then comes first.
+                "2_uboot/stale-prompt-first fail",
+                "lava/2_uboot pass",
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unnamed_failure_and_exceptions_end_the_job() {
+        let (cases, end) = run(
+            "    - name: a\n      prompts: ['=> ']\n      script:\n\
+             \x20     - {command: null}\n\
+             \x20     - {command: dhcp, failures: [{message: TIMEOUT}]}\n\
+             \x20     - {command: version, name: never-run}\n",
+            30,
+        )
+        .await;
+        let end = end.unwrap_err();
+        assert_eq!(end.outcome, Outcome::Failed);
+        assert_eq!(
+            end.reason,
+            "actions[1].test.interactive[0].script[1]: Failed to run command 'dhcp'"
+        );
+        assert_eq!(cases, ["lava/2_a fail"]);
+        for (exception, outcome) in [
+            ("InfrastructureError", Outcome::InfraError),
+            ("JobError", Outcome::JobError),
+            ("TestError", Outcome::Failed),
+        ] {
+            let (cases, end) = run(
+                &format!(
+                    "    - name: a\n      prompts: ['=> ']\n      expected: [mmc, later]\n      script:\n\
+                     \x20     - {{command: null}}\n\
+                     \x20     - {{command: mmc, name: mmc, failures: [{{message: 'did not respond', exception: {exception}}}]}}\n\
+                     \x20   - name: b\n      prompts: ['=> ']\n      expected: [other]\n      script: []\n"
+                ),
+                30,
+            )
+            .await;
+            let end = end.unwrap_err();
+            assert_eq!(end.outcome, outcome, "{exception}");
+            assert_eq!(
+                end.reason,
+                format!(
+                    "actions[1].test.interactive[0].script[1].failures[0]: {exception}: did not respond"
+                )
+            );
+            assert_eq!(
+                cases,
+                [
+                    "2_a/mmc fail",
+                    "lava/2_a fail",
+                    "2_a/later fail",
+                    "2_b/other fail"
+                ]
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_console_that_goes_silent_ends_at_the_action_deadline() {
+        let (cases, end) = run(
+            "    - name: a\n      prompts: ['=> ']\n      script:\n\
+             \x20     - {command: null}\n\
+             \x20     - {command: hang, name: hangs}\n",
+            2,
+        )
+        .await;
+        let end = end.unwrap_err();
+        assert_eq!(end.outcome, Outcome::TimedOut);
+        assert!(
+            end.reason
+                .starts_with("test timeout (2s) fired while waiting for \"=> \""),
+            "{end:?}"
+        );
+        assert_eq!(cases, ["2_a/hangs fail", "lava/2_a fail"]);
+    }
+}
