@@ -248,6 +248,11 @@ fn validate_names_the_field_of_a_bad_script() -> Result<()> {
         "{}",
         done.stderr
     );
+    // The example job is valid as written, with nothing warned.
+    let example = testkit::workspace_root().join("examples/lava/qemu-interactive.yaml");
+    let done = run(&sb, &["job", "validate", example.to_str().context("path")?])?;
+    expect_code(&done, 0)?;
+    ensure!(!done.stderr.contains("warning"), "{}", done.stderr);
     Ok(())
 }
 
