@@ -4,8 +4,10 @@
 //!  prepare (images, test definitions; no DUT touched)
 //!     │ job-error on bad input
 //!     v
-//!  actions in order: deploy ─> boot (launch QEMU paused, console attached, power on, login)
-//!                           ─> test (install overlay once per boot, run definitions)
+//!  actions in order: deploy ─> boot (launch QEMU paused, console attached, power on, login
+//!                                    unless an interactive/monitors test comes next unprompted)
+//!                           ─> test: definitions (runner's prompt and overlay once per boot,
+//!                                    run definitions) | interactive scripts | monitors
 //!     │ any outcome: passed | failed | timed-out | canceled | job-error | infra-error
 //!     v
 //!  teardown: power off, wait for QEMU, remove the work directory   (always runs)
