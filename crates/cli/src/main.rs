@@ -341,7 +341,7 @@ fn run(args: RunArgs) -> i32 {
     let deploys = job
         .actions
         .iter()
-        .any(|a| matches!(a, jobspec::Action::Deploy(_)));
+        .any(|a| matches!(a, jobspec::Action::Deploy(d) if !d.only_downloads()));
     let default_image = if deploys {
         None
     } else {

@@ -130,11 +130,11 @@ fn url_schemes_dutlab_does_not_fetch_name_what_is_missing() {
             .starts_with("'rclone://' URLs need rclone and a remote configured for it"),
         "{e}"
     );
-    let e = refused(&format!(
-        "job_name: x\ndevice_type: qemu\nactions:\n- boot: {{method: qemu}}\n\
-         - test: {{definitions: [{{from: url, name: t, path: t.yaml, \
-         repository: 'scp://host/defs.tar'}}]}}\n"
-    ));
+    let e = refused(
+        "job_name: x\ndevice_type: qemu\nactions:\n- boot: {method: qemu}\n\
+         - test: {definitions: [{from: url, name: t, path: t.yaml, \
+         repository: 'scp://host/defs.tar'}]}\n",
+    );
     assert_eq!(e.field, "actions[1].test.definitions[0].repository");
     assert!(e.reason.contains("an SSH client"), "{e}");
 }
@@ -147,7 +147,7 @@ fn downloads_urls_need_an_earlier_downloads_deploy() {
          compression: zstd}}}}}}\n\
          - deploy: {{to: tmpfs, images: {{rootfs: {{url: 'downloads://r.img'}}}}}}\n{BOOT_TEST}"
     ))
-    .unwrap();
+    .expect("downloads:// after a downloads deploy runs");
     let e = refused(&with_deploy(
         "{to: tmpfs, images: {rootfs: {url: 'downloads://r.img'}}}",
     ));
@@ -160,11 +160,11 @@ fn downloads_urls_need_an_earlier_downloads_deploy() {
 
 #[test]
 fn uuu_boot_commands_are_valid_lava_but_no_device_here_runs_uuu() {
-    let e = refused(&format!(
+    let e = refused(
         "job_name: x\ndevice_type: imx8\nactions:\n\
-         - boot: {{method: uuu, commands: [{{uuu: '-b sd {{boot}}'}}, {{bcu: 'reset usb'}}, \
-         'plain']}}\n"
-    ));
+         - boot: {method: uuu, commands: [{uuu: '-b sd {boot}'}, {bcu: 'reset usb'}, \
+         'plain']}\n",
+    );
     assert_eq!(e.field, "actions[0].boot.method");
     assert!(e.reason.starts_with("'uuu' needs"), "{e}");
 }

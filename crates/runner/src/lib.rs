@@ -330,7 +330,7 @@ impl Run<'_> {
                         extension: &self.device.job_qemu_options,
                         downloads_dir: &downloads_dir,
                     };
-                    if d.to == "downloads" {
+                    if d.only_downloads() {
                         let names =
                             deploy::deploy_downloads(&d.images, &field, scope, limit.at).await?;
                         for name in names {
