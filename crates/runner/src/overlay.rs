@@ -750,6 +750,9 @@ impl ArchiveSource<'_> {
 /// only, paths relative without `..` after dropping `strip` leading components.
 fn unpack_archive(tar: &Path, dir: &Path, strip: usize, max_bytes: u64) -> Result<(), String> {
     use std::os::unix::fs::OpenOptionsExt;
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+    }
     std::fs::create_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let file = std::fs::File::open(tar).map_err(|e| format!("{}: {e}", tar.display()))?;
     let mut archive = tar::Archive::new(std::io::BufReader::new(file));
@@ -971,6 +974,59 @@ mod tests {
             std::fs::metadata(&run).unwrap().permissions().mode() & 0o111,
             0o111
         );
+    }
+
+    /// `from: url` with a path: fetched under the host policy, decompressed, unpacked with
+    /// `strip-components`, the definition read from the archive (locally), refused outside
+    /// `image_dirs` in the lab.
+    #[tokio::test]
+    async fn from_url_archives_are_fetched_under_the_policy_and_unpacked() {
+        use std::io::Write as _;
+        let dir = tempfile::tempdir().unwrap();
+        let def = b"metadata: {format: Lava-Test Test Definition 1.0, name: smoke}\n\
+                    run: {steps: [./smoke/run.sh]}\n";
+        let tar = tar_with(&[
+            ("defs-1.0/", tar::EntryType::Directory, b""),
+            ("defs-1.0/smoke/smoke.yaml", tar::EntryType::Regular, def),
+            (
+                "defs-1.0/smoke/run.sh",
+                tar::EntryType::Regular,
+                b"echo ok\n",
+            ),
+        ]);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&tar).unwrap();
+        std::fs::write(dir.path().join("defs.tar.gz"), gz.finish().unwrap()).unwrap();
+        let job = jobspec::parse_job(
+            "j.yaml",
+            "job_name: j\ndevice_type: qemu\nactions:\n- boot: {method: qemu}\n\
+             - test: {definitions: [{from: url, repository: defs.tar.gz, compression: gz, \
+             strip-components: 1, path: smoke/smoke.yaml, name: smoke}]}\n",
+        )
+        .unwrap();
+        let work = dir.path().join("work");
+        std::fs::create_dir(&work).unwrap();
+        let overlay = Overlay::prepare(&job, dir.path(), &work, &HostPolicy::local())
+            .await
+            .unwrap();
+        let run = &overlay.runs[&1][0];
+        assert_eq!(run.definition.metadata.name, "smoke");
+        let files = run.files.as_ref().unwrap();
+        assert!(files.starts_with(&work));
+        assert_eq!(
+            std::fs::read_to_string(files.join("smoke/run.sh")).unwrap(),
+            "echo ok\n"
+        );
+        // In the lab a path outside image_dirs is refused, naming the field.
+        let allowed = dir.path().join("allowed");
+        std::fs::create_dir(&allowed).unwrap();
+        let lab = HostPolicy::lab(&[allowed], Vec::new(), Default::default()).unwrap();
+        let work = dir.path().join("work2");
+        std::fs::create_dir(&work).unwrap();
+        let e = Overlay::prepare(&job, dir.path(), &work, &lab)
+            .await
+            .unwrap_err();
+        assert_eq!(e.field, "actions[1].test.definitions[0].repository", "{e}");
     }
 
     #[test]
