@@ -69,6 +69,11 @@ enum Command {
         #[command(subcommand)]
         command: remote::TokenCommand,
     },
+    /// List users and manage their groups (admin).
+    User {
+        #[command(subcommand)]
+        command: remote::UserCommand,
+    },
     /// Devices of the lab.
     Device {
         #[command(subcommand)]
@@ -183,6 +188,7 @@ fn main() {
         Command::Job { command } => job(command),
         Command::Login(args) => remote::login(args),
         Command::Token { command } => remote::token(command),
+        Command::User { command } => remote::user(command),
         Command::Device { command } => remote::device(command),
         Command::Agent {
             command: Some(AgentCommand::Remote(command)),

@@ -1,5 +1,5 @@
-//! The commands that talk to a controller: `login`, `token`, `job` (all but `validate`),
-//! `device`, `agent list`.
+//! The commands that talk to a controller: `login`, `token`, `user`, `job` (all but
+//! `validate`), `device`, `agent list`.
 //!
 //! Invariants:
 //! - Settings come from [`crate::settings`] (environment, then the file `dutlab login` wrote).
@@ -18,7 +18,7 @@ use crate::table::{self, Table};
 use anyhow::Context;
 use client::Client;
 use proto::Role;
-use proto::api::CreateToken;
+use proto::api::{CreateToken, UserOrigin};
 use std::future::Future;
 use std::io::{BufRead, IsTerminal, Read};
 use std::path::PathBuf;
@@ -76,6 +76,11 @@ pub enum TokenCommand {
         /// with another name is refused, and the agent registers only its own devices.
         #[arg(long)]
         agent: Option<String>,
+        /// The user the token speaks for (default: --name). The user is made if there is
+        /// none of that name; otherwise the token is one more token of that user, and sees
+        /// and owns that user's jobs.
+        #[arg(long)]
+        user: Option<String>,
     },
     /// List tokens (admin only); never shows the secrets.
     #[command(after_help = exit::HELP)]
@@ -87,6 +92,24 @@ pub enum TokenCommand {
     /// Revoke a token by its id (admin only).
     #[command(after_help = exit::HELP)]
     Revoke { id: String },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum UserCommand {
+    /// List users (admin only): id, name, groups.
+    #[command(after_help = exit::HELP)]
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a user a member of a group (admin only): they then read jobs with
+    /// `visibility: {group: [GROUP]}`.
+    #[command(after_help = exit::HELP)]
+    AddGroup { user: String, group: String },
+    /// Remove a user from a group (admin only).
+    #[command(after_help = exit::HELP)]
+    RemoveGroup { user: String, group: String },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -233,13 +256,19 @@ pub fn token(command: TokenCommand) -> i32 {
     block_on(async move {
         let client = connect()?;
         match command {
-            TokenCommand::Create { name, role, agent } => {
+            TokenCommand::Create {
+                name,
+                role,
+                agent,
+                user,
+            } => {
                 let role = Role::from(role);
                 let created = client
                     .create_token(&CreateToken {
                         name: name.clone(),
                         role,
                         agent,
+                        user,
                     })
                     .await
                     .context("cannot create the token")?;
@@ -250,10 +279,15 @@ pub fn token(command: TokenCommand) -> i32 {
                     .as_deref()
                     .map(|a| format!(", bound to agent {}", runner::report::printable(a)))
                     .unwrap_or_default();
+                let user = match created.user {
+                    UserOrigin::Created => "new user",
+                    UserOrigin::Existing => "existing user",
+                };
                 eprintln!(
-                    "dutlab: created token {} for {} ({role}{bound}); it is shown only now",
+                    "dutlab: created token {} for {} ({role}{bound}) of {user} {}; it is shown only now",
                     runner::report::printable(&created.view.id),
-                    runner::report::printable(&name)
+                    runner::report::printable(&name),
+                    runner::report::printable(&created.view.user)
                 );
             }
             TokenCommand::List { json } => {
@@ -262,7 +296,8 @@ pub fn token(command: TokenCommand) -> i32 {
                     print_json(&tokens);
                 } else {
                     let now = table::now();
-                    let mut t = Table::new(&["ID", "NAME", "ROLE", "AGENT", "CREATED", "REVOKED"]);
+                    let mut t =
+                        Table::new(&["ID", "NAME", "USER", "ROLE", "AGENT", "CREATED", "REVOKED"]);
                     for tok in &tokens {
                         let agent = match (tok.role, &tok.agent) {
                             (_, Some(agent)) => agent.clone(),
@@ -272,6 +307,7 @@ pub fn token(command: TokenCommand) -> i32 {
                         t.row(vec![
                             tok.id.clone(),
                             tok.name.clone(),
+                            tok.user.clone(),
                             tok.role.to_string(),
                             agent,
                             table::ago(now, tok.created_at),
@@ -295,6 +331,55 @@ pub fn token(command: TokenCommand) -> i32 {
                 );
             }
         }
+        Ok(0)
+    })
+}
+
+/// `dutlab user ...`.
+pub fn user(command: UserCommand) -> i32 {
+    block_on(async move {
+        let client = connect()?;
+        let user =
+            match command {
+                UserCommand::List { json } => {
+                    let users = client.list_users().await.context("cannot list users")?;
+                    if json {
+                        print_json(&users);
+                    } else {
+                        let now = table::now();
+                        let mut t = Table::new(&["ID", "NAME", "GROUPS", "CREATED"]);
+                        for u in &users {
+                            let groups: Vec<&str> = u.groups.iter().map(|g| g.as_str()).collect();
+                            t.row(vec![
+                                u.id.to_string(),
+                                u.name.clone(),
+                                groups.join(","),
+                                table::ago(now, u.created_at),
+                            ]);
+                        }
+                        print!("{}", t.render());
+                    }
+                    return Ok(0);
+                }
+                UserCommand::AddGroup { user, group } => client
+                    .add_member(&user, &group)
+                    .await
+                    .with_context(|| format!("cannot add {user} to group {group}"))?,
+                UserCommand::RemoveGroup { user, group } => client
+                    .remove_member(&user, &group)
+                    .await
+                    .with_context(|| format!("cannot remove {user} from group {group}"))?,
+            };
+        let groups: Vec<&str> = user.groups.iter().map(|g| g.as_str()).collect();
+        println!(
+            "user {} is in groups: {}",
+            runner::report::printable(&user.name),
+            if groups.is_empty() {
+                "(none)".to_owned()
+            } else {
+                groups.join(", ")
+            }
+        );
         Ok(0)
     })
 }

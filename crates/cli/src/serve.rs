@@ -53,6 +53,18 @@ pub struct ServeArgs {
     /// power failure); `normal` syncs at WAL checkpoints only.
     #[arg(long, value_name = "MODE", default_value = "full", value_parser = sqlite_sync)]
     sqlite_synchronous: controller::store::SqliteSync,
+    /// Per user: jobs not finished yet (queued to canceling); one more is refused with 429.
+    /// Admin tokens are exempt.
+    #[arg(long, value_name = "N", default_value_t = controller::queue_quota::QueueQuota::default().queued_jobs)]
+    quota_queued_jobs: u64,
+    /// Per job: bytes of its definition (at most 1048576 in any case); more is refused with
+    /// 429. Admin tokens are exempt.
+    #[arg(long, value_name = "BYTES", default_value_t = controller::queue_quota::QueueQuota::default().job_definition_bytes)]
+    quota_job_bytes: u64,
+    /// Per user: bytes of the definitions of the jobs not finished yet; a job that would pass
+    /// it is refused with 429. Admin tokens are exempt.
+    #[arg(long, value_name = "BYTES", default_value_t = controller::queue_quota::QueueQuota::default().queued_definition_bytes)]
+    quota_queued_bytes: u64,
 }
 
 fn sqlite_sync(text: &str) -> Result<controller::store::SqliteSync, String> {
@@ -143,6 +155,11 @@ fn serve_inner(args: ServeArgs) -> anyhow::Result<()> {
     };
     config.open_log_files = args.open_log_files.max(1);
     config.sqlite_sync = args.sqlite_synchronous;
+    config.quota = controller::queue_quota::QueueQuota {
+        queued_jobs: args.quota_queued_jobs,
+        job_definition_bytes: args.quota_job_bytes,
+        queued_definition_bytes: args.quota_queued_bytes,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

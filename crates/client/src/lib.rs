@@ -25,7 +25,7 @@ pub use follow::{Follow, FollowCursor};
 
 use proto::api::{
     AgentView, ApiError, CreateToken, CreatedToken, DeviceView, JobResults, JobView, LogPage,
-    SubmitJob, TokenView, WhoAmI,
+    SubmitJob, TokenView, UserView, WhoAmI,
 };
 use proto::{JobId, JobState, Seq};
 use reqwest::header::{AUTHORIZATION, HeaderValue};
@@ -158,6 +158,23 @@ impl Client {
     /// `DELETE /api/v1/tokens/{id}` (admin).
     pub async fn revoke_token(&self, id: &str) -> Result<TokenView, ClientError> {
         self.empty(Method::DELETE, &["tokens", id]).await
+    }
+
+    /// `GET /api/v1/users` (admin).
+    pub async fn list_users(&self) -> Result<Vec<UserView>, ClientError> {
+        self.get(&["users"], &[]).await
+    }
+
+    /// `PUT /api/v1/users/{name}/groups/{group}` (admin).
+    pub async fn add_member(&self, user: &str, group: &str) -> Result<UserView, ClientError> {
+        self.empty(Method::PUT, &["users", user, "groups", group])
+            .await
+    }
+
+    /// `DELETE /api/v1/users/{name}/groups/{group}` (admin).
+    pub async fn remove_member(&self, user: &str, group: &str) -> Result<UserView, ClientError> {
+        self.empty(Method::DELETE, &["users", user, "groups", group])
+            .await
     }
 
     /// `POST /api/v1/jobs`. A 400 answer names the file and field that are wrong.

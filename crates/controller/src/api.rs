@@ -3,7 +3,10 @@
 //! Invariants:
 //! - Every route here sits behind [`authenticate`]: no token or an unknown one is 401 before
 //!   the route looks at anything else; roles are checked first thing in each handler (403).
-//! - Reading or cancelling a job goes through the dispatcher's visibility check, on the server.
+//! - Reading or cancelling a job goes through the dispatcher, which asks [`crate::policy`]
+//!   with the caller's [`Viewer`] (user id, role, groups now); [`visible_job`] is that check
+//!   for any route that reads something of a job (artifacts too).
+//! - Job owners are the caller's principal id, never the token's name.
 //! - Job files are parsed by `jobspec` at submit and checked with `jobspec::check_runnable`,
 //!   as `dutlab job validate` does: a bad one, or one no device type dutlab knows can run, is
 //!   400 naming file, field and reason, and nothing is queued. Bodies above the limit are refused from their `Content-Length` (413).
@@ -13,8 +16,9 @@
 //!   to live records before reading the file and skips what it already sent.
 
 use crate::auth::{Caller, Forbidden, new_token};
-use crate::dispatcher::{Asker, Command, Failure, Submission};
-use crate::store::StoredToken;
+use crate::dispatcher::{Command, Failure, Submission};
+use crate::policy::Viewer;
+use crate::store::{Membership, StoredPrincipal, StoredToken};
 use crate::{AppState, now};
 use axum::Json;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -24,9 +28,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use proto::api::{
     AgentView, ApiError, CreateToken, CreatedToken, DeviceView, FollowEvent, JobResults, JobView,
-    LogPage, MAX_LOG_PAGE, SubmitJob, TokenView, WhoAmI,
+    LogPage, MAX_LOG_PAGE, SubmitJob, TokenView, UserOrigin, UserView, WhoAmI,
 };
-use proto::{JobId, JobState, Role, Seq};
+use proto::{GroupName, JobId, JobState, Role, Seq, Visibility};
 use serde::Deserialize;
 use tokio::sync::{broadcast, oneshot};
 
@@ -41,10 +45,7 @@ impl ApiFailure {
     pub fn new(status: StatusCode, error: impl Into<String>) -> ApiFailure {
         ApiFailure {
             status,
-            body: ApiError {
-                error: error.into(),
-                known_device_types: Vec::new(),
-            },
+            body: ApiError::new(error),
         }
     }
 }
@@ -62,14 +63,21 @@ impl From<Failure> for ApiFailure {
             Failure::Forbidden(m) => ApiFailure::new(StatusCode::FORBIDDEN, m),
             Failure::Conflict(m) => ApiFailure::new(StatusCode::CONFLICT, m),
             Failure::Unavailable(m) => ApiFailure::new(StatusCode::SERVICE_UNAVAILABLE, m),
+            Failure::OverQuota { message, quota } => ApiFailure {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                body: ApiError {
+                    quota: Some(quota),
+                    ..ApiError::new(message)
+                },
+            },
             Failure::BadRequest {
                 message,
                 known_device_types,
             } => ApiFailure {
                 status: StatusCode::BAD_REQUEST,
                 body: ApiError {
-                    error: message,
                     known_device_types,
+                    ..ApiError::new(message)
                 },
             },
         }
@@ -108,10 +116,13 @@ pub async fn authenticate(
     }
 }
 
-fn asker(caller: &Caller) -> Asker {
-    Asker {
-        name: caller.name.clone(),
+/// The caller as the policy sees it: its user, role, and that user's groups now.
+pub fn viewer(state: &AppState, caller: &Caller) -> Viewer {
+    Viewer {
+        principal: caller.principal,
+        name: caller.user.clone(),
         role: caller.role,
+        groups: state.principals.groups_of(caller.principal),
     }
 }
 
@@ -140,6 +151,8 @@ pub async fn whoami(axum::Extension(caller): axum::Extension<Caller>) -> Json<Wh
     Json(WhoAmI {
         name: caller.name,
         role: caller.role,
+        user: caller.user,
+        principal: caller.principal,
     })
 }
 
@@ -153,10 +166,17 @@ pub async fn create_token(
 ) -> ApiResult<(StatusCode, Json<CreatedToken>)> {
     caller.require(&[Role::Admin])?;
     let name = body.name.trim();
-    if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control()) {
+    if !valid_display_name(name) {
         return Err(ApiFailure::new(
             StatusCode::BAD_REQUEST,
             "name: must be 1 to 64 printable characters",
+        ));
+    }
+    let user = body.user.as_deref().map_or(name, str::trim);
+    if !valid_display_name(user) {
+        return Err(ApiFailure::new(
+            StatusCode::BAD_REQUEST,
+            "user: must be 1 to 64 printable characters",
         ));
     }
     let agent = match (body.role, body.agent.as_deref().map(str::trim)) {
@@ -183,16 +203,26 @@ pub async fn create_token(
         }
         (_, None) => None,
     };
-    let created = make_token(&state, name, body.role, agent.clone()).await?;
+    let created = make_token(&state, name, user, body.role, agent.clone()).await?;
     tracing::info!(
-        "token {} ({}, {}{}) created by {}",
+        "token {} ({}, user {} ({}), {}{}) created by {}",
         created.view.id,
         name,
+        created.view.user,
+        match created.user {
+            UserOrigin::Created => "new",
+            UserOrigin::Existing => "existing",
+        },
         body.role,
         agent.map(|a| format!(", agent {a}")).unwrap_or_default(),
         caller.name
     );
     Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// Whether `name` may name a token or a user: 1 to 64 printable characters.
+fn valid_display_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 64 && !name.chars().any(|c| c.is_control())
 }
 
 /// Whether `name` may be an agent's name: what an agent token is bound to.
@@ -204,19 +234,28 @@ pub fn valid_agent_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
-/// Makes, stores and activates a token (`agent`: the name an agent token is bound to).
+/// Makes, stores and activates a token of user `user` (made when there is no user of that
+/// name; `agent`: the name an agent token is bound to).
 pub async fn make_token(
     state: &AppState,
     name: &str,
+    user: &str,
     role: Role,
     agent: Option<String>,
 ) -> ApiResult<CreatedToken> {
     let fresh =
         new_token().map_err(|e| ApiFailure::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let (principal, origin) = state
+        .store
+        .principal_named(user, now())
+        .await
+        .map_err(|e| ApiFailure::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     let view = TokenView {
         id: fresh.id.clone(),
         name: name.to_owned(),
         role,
+        user: principal.name.clone(),
+        principal: principal.id,
         agent,
         created_at: now(),
         revoked_at: None,
@@ -230,10 +269,14 @@ pub async fn make_token(
         .insert_token(&stored)
         .await
         .map_err(|e| ApiFailure::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    if origin == UserOrigin::Created {
+        state.principals.put(principal);
+    }
     state.tokens.insert(fresh.hash.clone(), &view);
     Ok(CreatedToken {
         token: fresh.secret,
         view,
+        user: origin,
     })
 }
 
@@ -292,10 +335,98 @@ pub async fn revoke_token(
         .ok_or_else(|| ApiFailure::new(StatusCode::NOT_FOUND, format!("no token with id {id:?}")))
 }
 
+fn user_view(p: StoredPrincipal) -> UserView {
+    UserView {
+        id: p.id,
+        name: p.name,
+        groups: p.groups,
+        created_at: p.created_at,
+    }
+}
+
+/// Lists users (admin): who tokens speak for, with their groups.
+#[utoipa::path(get, path = "/api/v1/users", security(("bearer" = [])),
+    responses((status = 200, body = Vec<UserView>), (status = 401, body = ApiError), (status = 403, body = ApiError)))]
+pub async fn list_users(
+    State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+) -> ApiResult<Json<Vec<UserView>>> {
+    caller.require(&[Role::Admin])?;
+    Ok(Json(
+        state.principals.all().into_iter().map(user_view).collect(),
+    ))
+}
+
+/// Makes a user a member of a group (admin); idempotent.
+#[utoipa::path(put, path = "/api/v1/users/{name}/groups/{group}", security(("bearer" = [])),
+    params(("name" = String, Path, description = "user name"), ("group" = String, Path, description = "group name")),
+    responses((status = 200, body = UserView), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
+pub async fn add_member(
+    State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path((name, group)): Path<(String, String)>,
+) -> ApiResult<Json<UserView>> {
+    set_member(&state, &caller, &name, &group, Membership::Member).await
+}
+
+/// Removes a user from a group (admin); idempotent.
+#[utoipa::path(delete, path = "/api/v1/users/{name}/groups/{group}", security(("bearer" = [])),
+    params(("name" = String, Path, description = "user name"), ("group" = String, Path, description = "group name")),
+    responses((status = 200, body = UserView), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
+pub async fn remove_member(
+    State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path((name, group)): Path<(String, String)>,
+) -> ApiResult<Json<UserView>> {
+    set_member(&state, &caller, &name, &group, Membership::NotMember).await
+}
+
+async fn set_member(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    group: &str,
+    membership: Membership,
+) -> ApiResult<Json<UserView>> {
+    caller.require(&[Role::Admin])?;
+    let group = GroupName::new(group)
+        .map_err(|e| ApiFailure::new(StatusCode::BAD_REQUEST, format!("group: {e}")))?;
+    let mut principal = state.principals.named(name).ok_or_else(|| {
+        ApiFailure::new(
+            StatusCode::NOT_FOUND,
+            format!("no user named {name:?} (users are made by `dutlab token create`)"),
+        )
+    })?;
+    let changed = state
+        .store
+        .set_membership(principal.id, &group, membership)
+        .await
+        .map_err(|e| ApiFailure::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    principal.groups.retain(|g| *g != group);
+    if membership == Membership::Member {
+        principal.groups.push(group.clone());
+        principal.groups.sort();
+    }
+    state.principals.put(principal.clone());
+    if changed {
+        tracing::info!(
+            "user {} {} group {group} (by {})",
+            principal.name,
+            match membership {
+                Membership::Member => "joined",
+                Membership::NotMember => "left",
+            },
+            caller.user
+        );
+    }
+    Ok(Json(user_view(principal)))
+}
+
 /// Queues a job (LAVA job YAML).
 #[utoipa::path(post, path = "/api/v1/jobs", security(("bearer" = [])), request_body = SubmitJob,
     responses((status = 201, body = JobView), (status = 400, description = "bad job file; the field is named", body = ApiError),
-        (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 413, description = "body too large")))]
+        (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 413, description = "body too large"),
+        (status = 429, description = "a quota of the caller's user is reached; `quota` names it", body = ApiError)))]
 pub async fn submit_job(
     State(state): State<AppState>,
     axum::Extension(caller): axum::Extension<Caller>,
@@ -313,15 +444,27 @@ pub async fn submit_job(
     let job = jobspec::parse_job(&file_name, &body.definition).map_err(|e| bad(e.to_string()))?;
     // What `dutlab job validate` refuses (no device type dutlab knows runs it, multinode).
     jobspec::check_runnable(&file_name, &job).map_err(|e| bad(e.to_string()))?;
-    let visibility = match job.visibility {
-        jobspec::Visibility::Public => "public",
-        jobspec::Visibility::Personal => "personal",
-        jobspec::Visibility::Group(_) => "group",
+    let visibility = match &job.visibility {
+        jobspec::Visibility::Public => Visibility::Public,
+        jobspec::Visibility::Personal => Visibility::Personal,
+        jobspec::Visibility::Group(names) => {
+            let groups: Result<Vec<GroupName>, _> =
+                names.iter().map(|n| GroupName::new(n)).collect();
+            let groups = groups.map_err(|e| bad(format!("{file_name}: visibility.group: {e}")))?;
+            if groups.is_empty() {
+                return Err(bad(format!(
+                    "{file_name}: visibility.group: name at least one group"
+                )));
+            }
+            Visibility::Group(groups)
+        }
     };
     let submission = Submission {
         name: job.name.clone(),
-        owner: caller.name.clone(),
-        visibility: visibility.to_owned(),
+        owner: caller.principal,
+        owner_name: caller.user.clone(),
+        role: caller.role,
+        visibility,
         file_name,
         definition: body.definition,
         warnings: job.warnings.iter().map(|w| w.to_string()).collect(),
@@ -378,9 +521,9 @@ pub async fn list_jobs(
         ),
     };
     let limit = query.limit.unwrap_or(200).min(10_000);
-    let asker = asker(&caller);
+    let viewer = viewer(&state, &caller);
     let jobs = ask(&state, |reply| Command::Jobs {
-        asker,
+        viewer,
         state: wanted,
         limit,
         reply,
@@ -389,10 +532,12 @@ pub async fn list_jobs(
     Ok(Json(jobs))
 }
 
-async fn visible_job(state: &AppState, caller: &Caller, job: JobId) -> ApiResult<JobView> {
+/// The job's view if the caller may read it (403 naming who may, 404): the check of every
+/// route that reads a job or something of it.
+pub async fn visible_job(state: &AppState, caller: &Caller, job: JobId) -> ApiResult<JobView> {
     caller.require(&PEOPLE)?;
-    let asker = asker(caller);
-    Ok(ask(state, |reply| Command::Job { job, asker, reply }).await??)
+    let viewer = viewer(state, caller);
+    Ok(ask(state, |reply| Command::Job { job, viewer, reply }).await??)
 }
 
 /// One job.
@@ -415,10 +560,10 @@ pub async fn cancel_job(
     Path(id): Path<u64>,
 ) -> ApiResult<Json<JobView>> {
     caller.require(&PEOPLE)?;
-    let asker = asker(&caller);
+    let viewer = viewer(&state, &caller);
     let view = ask(&state, |reply| Command::Cancel {
         job: JobId(id),
-        asker,
+        viewer,
         reply,
     })
     .await??;
@@ -559,6 +704,7 @@ pub async fn follow(
     ws: WebSocketUpgrade,
 ) -> ApiResult<Response> {
     let view = visible_job(&state, &caller, JobId(id)).await?;
+    let viewer = viewer(&state, &caller);
     let cursor = Seq(query.cursor.unwrap_or(0));
     let ws = ws
         .read_buffer_size(crate::link::WS_BUFFER)
@@ -568,7 +714,7 @@ pub async fn follow(
     Ok(ws.on_upgrade(move |socket| async move {
         let session = state.sessions.open(&caller.token_id);
         let ender = session.ender();
-        if let Err(e) = stream_log(socket, state.clone(), view, cursor, ender).await {
+        if let Err(e) = stream_log(socket, state.clone(), view, viewer, cursor, ender).await {
             tracing::debug!("follower of job {id}: {e}");
         }
         drop(session);
@@ -593,14 +739,11 @@ async fn send_event(socket: &mut WebSocket, event: &FollowEvent) -> Result<(), F
     Ok(())
 }
 
-/// Re-reads a job's view (the caller was authorised when the stream opened).
-async fn refresh(state: &AppState, view: &mut JobView) {
-    let asker = Asker {
-        name: view.owner.clone(),
-        role: Role::Admin,
-    };
+/// Re-reads a job's view, as the follower (the policy decides again).
+async fn refresh(state: &AppState, viewer: &Viewer, view: &mut JobView) {
     let job = view.id;
-    if let Ok(Ok(fresh)) = ask(state, |reply| Command::Job { job, asker, reply }).await {
+    let viewer = viewer.clone();
+    if let Ok(Ok(fresh)) = ask(state, |reply| Command::Job { job, viewer, reply }).await {
         *view = fresh;
     }
 }
@@ -609,6 +752,7 @@ async fn stream_log(
     mut socket: WebSocket,
     state: AppState,
     mut view: JobView,
+    viewer: Viewer,
     mut last: Seq,
     mut ender: crate::sessions::Ender,
 ) -> Result<(), FollowError> {
@@ -616,7 +760,7 @@ async fn stream_log(
     let mut live = state.logs.subscribe(job)?;
     let mut updates = state.updates.subscribe();
     // The view may have changed between the check and the subscription.
-    refresh(&state, &mut view).await;
+    refresh(&state, &viewer, &mut view).await;
     send_event(&mut socket, &FollowEvent::Job { job: view.clone() }).await?;
     let mut catch_up = true;
     loop {
@@ -662,7 +806,7 @@ async fn stream_log(
                 }
                 Ok(_) => {}
                 Err(broadcast::error::RecvError::Lagged(_)) => {
-                    refresh(&state, &mut view).await;
+                    refresh(&state, &viewer, &mut view).await;
                     catch_up = true;
                 }
                 Err(broadcast::error::RecvError::Closed) => return Ok(()),

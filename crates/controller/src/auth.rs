@@ -10,8 +10,8 @@
 //! - Every request but `/healthz` resolves to a [`Caller`] or is answered 401; roles are checked
 //!   by the route ([`Caller::require`]) and answered 403.
 
-use proto::Role;
 use proto::api::TokenView;
+use proto::{PrincipalId, Role};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -20,7 +20,12 @@ use std::sync::{Arc, RwLock};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     pub token_id: String,
+    /// The token's own name (for logs; decisions use `principal`).
     pub name: String,
+    /// The user the token speaks for.
+    pub principal: PrincipalId,
+    /// That user's name.
+    pub user: String,
     pub role: Role,
     /// Agent tokens: the one agent name the token may say in its hello (`None` for other
     /// roles, and for agent tokens made before tokens were bound, which the link refuses).
@@ -102,6 +107,8 @@ impl Tokens {
         let caller = Caller {
             token_id: view.id.clone(),
             name: view.name.clone(),
+            principal: view.principal,
+            user: view.user.clone(),
             role: view.role,
             agent: view.agent.clone(),
         };
@@ -163,6 +170,8 @@ mod tests {
             id: t.id.clone(),
             name: "alice".into(),
             role: Role::User,
+            user: "alice".into(),
+            principal: PrincipalId(1),
             agent: None,
             created_at: Millis(1),
             revoked_at: None,
@@ -172,6 +181,7 @@ mod tests {
             .caller(&format!("Bearer {}", t.secret))
             .expect("known token");
         assert_eq!(caller.name, "alice");
+        assert_eq!(caller.principal, PrincipalId(1));
         assert!(tokens.caller(&t.secret).is_none(), "scheme is required");
         assert!(tokens.caller("Bearer dutlab_0000").is_none());
         assert_eq!(

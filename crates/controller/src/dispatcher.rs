@@ -21,16 +21,22 @@
 //! - An agent name belongs to the agent tokens bound to it (checked by the link); a device
 //!   belongs to the agent that registered it first, and no other agent may register it.
 //! - A newer link of an agent ends the older one (its session, so it gets a close frame).
+//! - Whether a request may read or cancel a job is decided by [`crate::policy`] only; per-user
+//!   queue quotas by [`crate::queue_quota`], before the scheduler sees the job.
 
 use crate::logs::LogStore;
+use crate::policy::{self, Viewer};
+use crate::queue_quota::{self, QueueQuota, QueueUsage};
 use crate::store::{Change, JobRow, Store};
 use crate::{ControllerError, now};
-use proto::api::{AgentState, AgentView, DeviceView, JobView};
+use proto::api::{AgentState, AgentView, DeviceView, JobView, QuotaExceeded};
 use proto::link::{
     AgentMessage, ControllerMessage, DeviceInfo, HeldLease, LogCursor, PROTOCOL_VERSION,
 };
 use proto::log::LogKind;
-use proto::{Epoch, JobId, JobReport, JobState, LeaseId, Millis, Role, Seq};
+use proto::{
+    Epoch, JobId, JobReport, JobState, LeaseId, Millis, PrincipalId, Role, Seq, Visibility,
+};
 use scheduler::{Config as SchedulerConfig, Event, JobSpec, Refusal, Scheduler};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -98,21 +104,22 @@ pub enum Failure {
     },
     Conflict(String),
     Unavailable(String),
-}
-
-/// Who asks, for visibility checks.
-#[derive(Debug, Clone)]
-pub struct Asker {
-    pub name: String,
-    pub role: Role,
+    /// A per-user quota refused the job (429).
+    OverQuota {
+        message: String,
+        quota: QuotaExceeded,
+    },
 }
 
 /// A job about to be submitted (validated by the API layer).
 #[derive(Debug)]
 pub struct Submission {
     pub name: String,
-    pub owner: String,
-    pub visibility: String,
+    pub owner: PrincipalId,
+    pub owner_name: String,
+    /// The submitting token's role (admins are exempt from quotas).
+    pub role: Role,
+    pub visibility: Visibility,
     pub file_name: String,
     pub definition: String,
     pub warnings: Vec<String>,
@@ -139,16 +146,16 @@ pub enum Command {
     },
     Cancel {
         job: JobId,
-        asker: Asker,
+        viewer: Viewer,
         reply: oneshot::Sender<Result<JobView, Failure>>,
     },
     Job {
         job: JobId,
-        asker: Asker,
+        viewer: Viewer,
         reply: oneshot::Sender<Result<JobView, Failure>>,
     },
     Jobs {
-        asker: Asker,
+        viewer: Viewer,
         state: Option<JobState>,
         limit: usize,
         reply: oneshot::Sender<Vec<JobView>>,
@@ -176,8 +183,9 @@ pub enum Command {
 
 struct JobMeta {
     name: String,
-    owner: String,
-    visibility: String,
+    owner: PrincipalId,
+    owner_name: String,
+    visibility: Visibility,
     warnings: Vec<String>,
     /// Kept until the job finishes (sent with StartJob).
     definition: Option<String>,
@@ -196,6 +204,7 @@ struct AgentLink {
 pub struct DispatchConfig {
     pub scheduler: SchedulerConfig,
     pub heartbeat: Duration,
+    pub quota: QueueQuota,
 }
 
 pub struct Dispatcher {
@@ -210,6 +219,8 @@ pub struct Dispatcher {
     next_job: u64,
     jobs: BTreeMap<JobId, JobMeta>,
     agents: BTreeMap<String, AgentLink>,
+    /// What each user holds in the queue (quotas).
+    usage: QueueUsage,
     /// Set when a commit failed: the dispatcher stops after the current command.
     fatal: Option<String>,
 }
@@ -235,17 +246,22 @@ impl Dispatcher {
         let sched = Scheduler::replay(config.scheduler, events.iter().map(|(_, e)| e))
             .map_err(|e| ControllerError::Replay(e.to_string()))?;
         let mut jobs = BTreeMap::new();
+        let mut usage = QueueUsage::default();
         let mut next_job = 1;
         for row in store.jobs().await? {
             next_job = next_job.max(row.id.0 + 1);
             let unfinished = sched
                 .job(row.id)
                 .is_some_and(|j| j.state != JobState::Finished);
+            if unfinished {
+                usage.add(row.owner, row.definition.len() as u64);
+            }
             jobs.insert(
                 row.id,
                 JobMeta {
                     name: row.name,
                     owner: row.owner,
+                    owner_name: row.owner_name,
                     visibility: row.visibility,
                     warnings: row.warnings,
                     definition: unfinished.then_some(row.definition),
@@ -264,6 +280,7 @@ impl Dispatcher {
             next_job,
             jobs,
             agents: BTreeMap::new(),
+            usage,
             fatal: None,
         };
         for lease in d.sched.leases() {
@@ -455,8 +472,10 @@ impl Dispatcher {
                     self.publish(*job);
                 }
                 Event::JobFinished { job, .. } => {
-                    if let Some(meta) = self.jobs.get_mut(job) {
-                        meta.definition = None;
+                    if let Some(meta) = self.jobs.get_mut(job)
+                        && let Some(definition) = meta.definition.take()
+                    {
+                        self.usage.remove(meta.owner, definition.len() as u64);
                     }
                     self.logs.close(*job);
                     self.publish(*job);
@@ -527,7 +546,8 @@ impl Dispatcher {
             tags: entry.spec.tags.clone(),
             priority: entry.spec.priority,
             visibility: meta.visibility.clone(),
-            owner: meta.owner.clone(),
+            owner: meta.owner_name.clone(),
+            owner_id: meta.owner,
             state: entry.state,
             outcome: entry.outcome,
             reason: entry.reason.clone(),
@@ -539,18 +559,13 @@ impl Dispatcher {
         })
     }
 
-    fn visible(&self, job: JobId, asker: &Asker) -> Result<JobView, Failure> {
+    /// The job's view, if `viewer` may read it ([`policy::may_read`]).
+    fn visible(&self, job: JobId, viewer: &Viewer) -> Result<JobView, Failure> {
         let view = self
             .view(job)
             .ok_or_else(|| Failure::NotFound(format!("job {job} does not exist")))?;
-        if may_read(&view, asker) {
-            Ok(view)
-        } else {
-            Err(Failure::Forbidden(format!(
-                "job {job} is {} to its owner",
-                view.visibility
-            )))
-        }
+        policy::may_read(&view, viewer).map_err(|d| Failure::Forbidden(d.to_string()))?;
+        Ok(view)
     }
 
     async fn handle(&mut self, command: Command) -> Result<(), ControllerError> {
@@ -559,15 +574,15 @@ impl Dispatcher {
                 let answer = self.submit(job).await;
                 let _ = reply.send(answer);
             }
-            Command::Cancel { job, asker, reply } => {
-                let answer = self.cancel(job, &asker).await;
+            Command::Cancel { job, viewer, reply } => {
+                let answer = self.cancel(job, &viewer).await;
                 let _ = reply.send(answer);
             }
-            Command::Job { job, asker, reply } => {
-                let _ = reply.send(self.visible(job, &asker));
+            Command::Job { job, viewer, reply } => {
+                let _ = reply.send(self.visible(job, &viewer));
             }
             Command::Jobs {
-                asker,
+                viewer,
                 state,
                 limit,
                 reply,
@@ -577,7 +592,7 @@ impl Dispatcher {
                     .keys()
                     .rev()
                     .filter_map(|id| self.view(*id))
-                    .filter(|v| may_read(v, &asker))
+                    .filter(|v| policy::may_read(v, &viewer).is_ok())
                     .filter(|v| state.is_none_or(|s| v.state == s))
                     .take(limit)
                     .collect();
@@ -666,11 +681,21 @@ impl Dispatcher {
                 known_device_types: known,
             });
         }
+        let bytes = job.definition.len() as u64;
+        if let Err(quota) = self
+            .usage
+            .check(&self.config.quota, job.owner, job.role, bytes)
+        {
+            let message = queue_quota::message(&quota, &job.owner_name);
+            tracing::info!("job of {} refused: {message}", job.owner_name);
+            return Err(Failure::OverQuota { message, quota });
+        }
         let id = JobId(self.next_job);
         let row = JobRow {
             id,
             name: job.name.clone(),
-            owner: job.owner.clone(),
+            owner: job.owner,
+            owner_name: job.owner_name.clone(),
             visibility: job.visibility.clone(),
             file_name: job.file_name.clone(),
             definition: job.definition.clone(),
@@ -682,6 +707,7 @@ impl Dispatcher {
             JobMeta {
                 name: job.name,
                 owner: job.owner,
+                owner_name: job.owner_name,
                 visibility: job.visibility,
                 warnings: job.warnings,
                 definition: Some(job.definition),
@@ -695,8 +721,11 @@ impl Dispatcher {
             }
         };
         self.next_job += 1;
+        // Counted before the effects could finish it (they run inside the commit).
+        self.usage.add(row.owner, bytes);
         if let Err(e) = self.commit(events, Vec::new(), Some(&row), None).await {
             self.jobs.remove(&id);
+            self.usage.remove(row.owner, bytes);
             return Err(Failure::Unavailable(e.to_string()));
         }
         tracing::info!("job {id} queued");
@@ -704,14 +733,11 @@ impl Dispatcher {
             .ok_or_else(|| Failure::Unavailable(format!("job {id} vanished after commit")))
     }
 
-    async fn cancel(&mut self, job: JobId, asker: &Asker) -> Result<JobView, Failure> {
-        let view = self.visible(job, asker)?;
-        if asker.role != Role::Admin && view.owner != asker.name {
-            return Err(Failure::Forbidden(format!(
-                "job {job} belongs to {}; only its owner or an admin may cancel it",
-                view.owner
-            )));
-        }
+    async fn cancel(&mut self, job: JobId, viewer: &Viewer) -> Result<JobView, Failure> {
+        let view = self
+            .view(job)
+            .ok_or_else(|| Failure::NotFound(format!("job {job} does not exist")))?;
+        policy::may_cancel(&view, viewer).map_err(|d| Failure::Forbidden(d.to_string()))?;
         let events = match self.sched.cancel(job, now()) {
             Ok(events) => events,
             Err(Refusal::Finished(_)) => {
@@ -722,8 +748,8 @@ impl Dispatcher {
         self.commit(events, Vec::new(), None, None)
             .await
             .map_err(|e| Failure::Unavailable(e.to_string()))?;
-        tracing::info!("job {job}: cancel requested by {}", asker.name);
-        self.visible(job, asker)
+        tracing::info!("job {job}: cancel requested by {}", viewer.name);
+        self.visible(job, viewer)
     }
 
     async fn hello(&mut self, hello: AgentHello) -> Result<(), String> {
@@ -1021,9 +1047,4 @@ fn check_names(
         }
     }
     Ok(())
-}
-
-/// Whether `asker` may read a job: public jobs, one's own, or any job for admins.
-pub fn may_read(view: &JobView, asker: &Asker) -> bool {
-    asker.role == Role::Admin || view.visibility == "public" || view.owner == asker.name
 }

@@ -11,6 +11,8 @@
 //! - Every route but `/healthz` needs a token; tokens are stored hashed and never logged.
 //! - Nothing is acknowledged before it is committed (see `dispatcher`).
 //! - The controller owns no device: it only talks to agents that dial in.
+//! - Jobs are owned by principals (users), and who may read or cancel one is decided by
+//!   [`policy`] alone; per-user queue quotas by [`queue_quota`].
 //! - Every long-lived connection is a [`sessions::Session`] of the token that opened it:
 //!   revoking the token ends it.
 
@@ -22,6 +24,9 @@ pub mod link;
 pub mod listener;
 pub mod logs;
 pub mod openapi;
+pub mod policy;
+pub mod principals;
+pub mod queue_quota;
 pub mod sessions;
 pub mod store;
 
@@ -83,6 +88,8 @@ pub struct Config {
     pub open_log_files: usize,
     /// SQLite's `synchronous` (ignored for PostgreSQL).
     pub sqlite_sync: store::SqliteSync,
+    /// Per-user limits on the queue.
+    pub quota: queue_quota::QueueQuota,
 }
 
 impl Config {
@@ -99,6 +106,7 @@ impl Config {
             limits: listener::Limits::default(),
             open_log_files: logs::DEFAULT_OPEN_FILES,
             sqlite_sync: store::SqliteSync::default(),
+            quota: queue_quota::QueueQuota::default(),
         }
     }
 }
@@ -107,6 +115,8 @@ impl Config {
 #[derive(Clone)]
 pub struct AppState {
     pub tokens: Tokens,
+    /// Users and their groups (the policy's view of callers).
+    pub principals: principals::Principals,
     pub store: Store,
     pub logs: LogStore,
     pub dispatch: mpsc::Sender<Command>,
@@ -133,6 +143,11 @@ pub fn router(state: AppState) -> Router {
             post(api::create_token).get(api::list_tokens),
         )
         .route("/api/v1/tokens/{id}", delete(api::revoke_token))
+        .route("/api/v1/users", get(api::list_users))
+        .route(
+            "/api/v1/users/{name}/groups/{group}",
+            axum::routing::put(api::add_member).delete(api::remove_member),
+        )
         .route("/api/v1/jobs", post(api::submit_job).get(api::list_jobs))
         .route("/api/v1/jobs/{id}", get(api::get_job))
         .route("/api/v1/jobs/{id}/cancel", post(api::cancel_job))
@@ -160,7 +175,7 @@ async fn first_admin(state: &AppState, data_dir: &Path) -> Result<(), Controller
     if !state.store.tokens().await?.is_empty() {
         return Ok(());
     }
-    let created = api::make_token(state, "admin", proto::Role::Admin, None)
+    let created = api::make_token(state, "admin", "admin", proto::Role::Admin, None)
         .await
         .map_err(|e| ControllerError::AdminToken(format!("{e:?}")))?;
     let path = data_dir.join("admin-token");
@@ -208,6 +223,10 @@ pub async fn serve(
     for token in store.tokens().await? {
         tokens.insert(token.hash.clone(), &token.view);
     }
+    let principals = principals::Principals::default();
+    for principal in store.principals().await? {
+        principals.put(principal);
+    }
     let logs = LogStore::with_capacity(&config.data_dir.join("logs"), config.open_log_files);
     let leases = Leases::default();
     let sessions = sessions::Sessions::new(tokens.clone());
@@ -221,6 +240,7 @@ pub async fn serve(
             cancel_grace: config.cancel_grace,
         },
         heartbeat: config.heartbeat,
+        quota: config.quota,
     };
     let dispatcher = Dispatcher::load(
         dispatch_config,
@@ -234,6 +254,7 @@ pub async fn serve(
     let (dispatch, commands) = mpsc::channel(4096);
     let state = AppState {
         tokens,
+        principals,
         store,
         logs,
         dispatch,

@@ -155,10 +155,9 @@ impl AsyncWrite for Conn {
 async fn at_cap() -> impl IntoResponse {
     (
         StatusCode::SERVICE_UNAVAILABLE,
-        axum::Json(proto::api::ApiError {
-            error: "the controller is at its connection cap; try again later".into(),
-            known_device_types: Vec::new(),
-        }),
+        axum::Json(proto::api::ApiError::new(
+            "the controller is at its connection cap; try again later",
+        )),
     )
 }
 

@@ -166,6 +166,8 @@ mod tests {
             id: id.into(),
             name: id.into(),
             role: Role::User,
+            user: id.into(),
+            principal: proto::PrincipalId(1),
             agent: None,
             created_at: Millis(1),
             revoked_at: None,

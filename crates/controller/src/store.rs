@@ -1,4 +1,5 @@
-//! The database: tokens, jobs (definition, owner, report) and the scheduler's event log.
+//! The database: principals (users) and their groups, tokens, jobs (definition, owner,
+//! report) and the scheduler's event log.
 //!
 //! One SQL text serves SQLite and PostgreSQL (`$1` placeholders, `BIGINT`/`TEXT` columns only)
 //! through sqlx's `Any` driver, with runtime queries (no compile-time macros).
@@ -10,13 +11,16 @@
 //! - Token secrets are never stored: only their SHA-256 (tokens are 160-bit random strings, so
 //!   a fast hash is enough; there is nothing to brute-force).
 //! - The schema moves forward only, by [`MIGRATIONS`]; the version reached is in `meta`.
+//! - Principal names are unique (a `UNIQUE` column) and a principal's id never changes; every
+//!   token belongs to one principal and every job is owned by one (`jobs.owner_id`).
+//!   `jobs.owner` keeps the owner's name as it was at submit, for people reading the table.
 //! - SQLite runs in WAL mode with a busy timeout; the dispatcher is the only writer of jobs and
 //!   events. With [`SqliteSync::Full`] (the default) every commit is on disk (the WAL is synced)
 //!   before it returns, so nothing acknowledged is lost to a power failure; `Normal` syncs only
 //!   at checkpoints (a crash of the machine may lose the last commits, never corrupt).
 
-use proto::api::TokenView;
-use proto::{JobId, JobReport, Millis, Role};
+use proto::api::{TokenView, UserOrigin};
+use proto::{GroupName, JobId, JobReport, Millis, PrincipalId, Role, Visibility};
 use scheduler::Event;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
@@ -69,11 +73,54 @@ const SCHEMA: [&str; 4] = [
 
 /// Changes to the schema after its first version, in order: (version, statements). The
 /// version reached is kept in `meta` under `schema`; a database without it is version 1.
-const MIGRATIONS: [(i64, &[&str]); 1] = [
+const MIGRATIONS: [(i64, &[&str]); 2] = [
     // Agent tokens are bound to one agent name. Agent tokens of version 1 keep NULL here and
     // are refused by the agent link until the operator re-creates them (docs/security.md).
     (2, &["ALTER TABLE tokens ADD COLUMN agent TEXT"]),
+    // Owners are principals. Every distinct name of a token or of a job's owner becomes one
+    // principal, numbered 1, 2, ... in byte order of the names (deterministic: the same
+    // database always migrates to the same ids), so tokens that shared a name, and the jobs
+    // they submitted, stay together.
+    (
+        3,
+        &[
+            "CREATE TABLE principals (
+                id BIGINT PRIMARY KEY,
+                name TEXT NOT NULL UNIQUE,
+                created_at BIGINT NOT NULL
+            )",
+            "CREATE TABLE memberships (
+                principal BIGINT NOT NULL,
+                grp TEXT NOT NULL,
+                PRIMARY KEY (principal, grp)
+            )",
+            "ALTER TABLE tokens ADD COLUMN principal BIGINT",
+            "ALTER TABLE jobs ADD COLUMN owner_id BIGINT",
+            "INSERT INTO principals (id, name, created_at)
+             SELECT ROW_NUMBER() OVER (ORDER BY n.name), n.name,
+                    COALESCE((SELECT MIN(t.created_at) FROM tokens t WHERE t.name = n.name), 0)
+             FROM (SELECT name FROM tokens UNION SELECT owner AS name FROM jobs) n",
+            "UPDATE tokens SET principal = (SELECT p.id FROM principals p WHERE p.name = tokens.name)",
+            "UPDATE jobs SET owner_id = (SELECT p.id FROM principals p WHERE p.name = jobs.owner)",
+        ],
+    ),
 ];
+
+/// A principal as stored, with its groups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPrincipal {
+    pub id: PrincipalId,
+    pub name: String,
+    pub created_at: Millis,
+    pub groups: Vec<GroupName>,
+}
+
+/// Whether a group membership is to exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Membership {
+    Member,
+    NotMember,
+}
 
 /// A token as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,8 +134,10 @@ pub struct StoredToken {
 pub struct JobRow {
     pub id: JobId,
     pub name: String,
-    pub owner: String,
-    pub visibility: String,
+    pub owner: PrincipalId,
+    /// The owner's name at submit (names never change).
+    pub owner_name: String,
+    pub visibility: Visibility,
     pub file_name: String,
     pub definition: String,
     pub warnings: Vec<String>,
@@ -199,7 +248,8 @@ impl Store {
 
     pub async fn tokens(&self) -> Result<Vec<StoredToken>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, name, role, agent, hash, created_at, revoked_at FROM tokens ORDER BY created_at, id",
+            "SELECT t.id, t.name, t.role, t.agent, t.hash, t.created_at, t.revoked_at, t.principal, p.name AS user_name
+             FROM tokens t JOIN principals p ON p.id = t.principal ORDER BY t.created_at, t.id",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -208,7 +258,7 @@ impl Store {
 
     pub async fn insert_token(&self, token: &StoredToken) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO tokens (id, name, role, agent, hash, created_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6, NULL)",
+            "INSERT INTO tokens (id, name, role, agent, hash, created_at, revoked_at, principal) VALUES ($1, $2, $3, $4, $5, $6, NULL, $7)",
         )
         .bind(token.view.id.clone())
         .bind(token.view.name.clone())
@@ -216,6 +266,7 @@ impl Store {
         .bind(token.view.agent.clone())
         .bind(token.hash.clone())
         .bind(as_i64(token.view.created_at.0))
+        .bind(as_i64(token.view.principal.0))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -229,6 +280,97 @@ impl Store {
                 .bind(id.to_owned())
                 .execute(&self.pool)
                 .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Every principal with its groups, in id order.
+    pub async fn principals(&self) -> Result<Vec<StoredPrincipal>, StoreError> {
+        let rows = sqlx::query("SELECT id, name, created_at FROM principals ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut principals = Vec::with_capacity(rows.len());
+        for row in &rows {
+            principals.push(StoredPrincipal {
+                id: PrincipalId(as_u64(row.try_get("id")?)),
+                name: row.try_get("name")?,
+                created_at: Millis(as_u64(row.try_get("created_at")?)),
+                groups: Vec::new(),
+            });
+        }
+        let rows = sqlx::query("SELECT principal, grp FROM memberships ORDER BY principal, grp")
+            .fetch_all(&self.pool)
+            .await?;
+        for row in &rows {
+            let id = PrincipalId(as_u64(row.try_get("principal")?));
+            let text: String = row.try_get("grp")?;
+            let group = GroupName::new(&text).map_err(|e| StoreError::Corrupt {
+                what: "group membership",
+                reason: format!("principal {id}: {e}"),
+            })?;
+            if let Some(p) = principals.iter_mut().find(|p| p.id == id) {
+                p.groups.push(group);
+            }
+        }
+        Ok(principals)
+    }
+
+    /// The principal named `name`, made (with the next id) when there is none.
+    pub async fn principal_named(
+        &self,
+        name: &str,
+        at: Millis,
+    ) -> Result<(StoredPrincipal, UserOrigin), StoreError> {
+        let find = || async {
+            let found = self.principals().await?;
+            Ok::<_, StoreError>(found.into_iter().find(|p| p.name == name))
+        };
+        if let Some(p) = find().await? {
+            return Ok((p, UserOrigin::Existing));
+        }
+        // One statement: the id is taken and the row written atomically. A concurrent insert
+        // of the same name (or id, on PostgreSQL) fails here; the lookup below settles it.
+        let inserted = sqlx::query(
+            "INSERT INTO principals (id, name, created_at)
+             SELECT COALESCE(MAX(id), 0) + 1, $1, $2 FROM principals",
+        )
+        .bind(name.to_owned())
+        .bind(as_i64(at.0))
+        .execute(&self.pool)
+        .await;
+        match (inserted, find().await?) {
+            (Ok(_), Some(p)) => Ok((p, UserOrigin::Created)),
+            (Err(_), Some(p)) => Ok((p, UserOrigin::Existing)),
+            (Err(e), None) => Err(e.into()),
+            (Ok(_), None) => Err(StoreError::Corrupt {
+                what: "principal",
+                reason: format!("{name:?} is missing right after it was inserted"),
+            }),
+        }
+    }
+
+    /// Makes `principal` a member of `group` or not; false when it already was as asked.
+    pub async fn set_membership(
+        &self,
+        principal: PrincipalId,
+        group: &GroupName,
+        membership: Membership,
+    ) -> Result<bool, StoreError> {
+        let done = match membership {
+            Membership::Member => sqlx::query(
+                "INSERT INTO memberships (principal, grp) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            )
+            .bind(as_i64(principal.0))
+            .bind(group.as_str().to_owned())
+            .execute(&self.pool)
+            .await?,
+            Membership::NotMember => {
+                sqlx::query("DELETE FROM memberships WHERE principal = $1 AND grp = $2")
+                    .bind(as_i64(principal.0))
+                    .bind(group.as_str().to_owned())
+                    .execute(&self.pool)
+                    .await?
+            }
+        };
         Ok(done.rows_affected() == 1)
     }
 
@@ -253,7 +395,7 @@ impl Store {
     /// Every job row, in id order.
     pub async fn jobs(&self) -> Result<Vec<JobRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, name, owner, visibility, file_name, definition, warnings FROM jobs ORDER BY id",
+            "SELECT id, name, owner, owner_id, visibility, file_name, definition, warnings FROM jobs ORDER BY id",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -307,16 +449,17 @@ impl Store {
                     reason: e.to_string(),
                 })?;
             sqlx::query(
-                "INSERT INTO jobs (id, name, owner, visibility, file_name, definition, warnings, report, last_seq)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, NULL)",
+                "INSERT INTO jobs (id, name, owner, owner_id, visibility, file_name, definition, warnings, report, last_seq)
+                 VALUES ($1, $2, $3, $8, $4, $5, $6, $7, NULL, NULL)",
             )
             .bind(as_i64(job.id.0))
             .bind(job.name.clone())
-            .bind(job.owner.clone())
-            .bind(job.visibility.clone())
+            .bind(job.owner_name.clone())
+            .bind(stored_visibility(&job.visibility))
             .bind(job.file_name.clone())
             .bind(job.definition.clone())
             .bind(warnings)
+            .bind(as_i64(job.owner.0))
             .execute(&mut *tx)
             .await?;
         }
@@ -360,6 +503,8 @@ fn token_row(row: &AnyRow) -> Result<StoredToken, StoreError> {
                 reason: role.clone(),
             })?,
             agent: row.try_get("agent")?,
+            user: row.try_get("user_name")?,
+            principal: PrincipalId(as_u64(row.try_get("principal")?)),
             created_at: Millis(as_u64(row.try_get("created_at")?)),
             revoked_at: revoked.map(|r| Millis(as_u64(r))),
         },
@@ -369,11 +514,21 @@ fn token_row(row: &AnyRow) -> Result<StoredToken, StoreError> {
 
 fn job_row(row: &AnyRow) -> Result<JobRow, StoreError> {
     let warnings: String = row.try_get("warnings")?;
+    let id = JobId(as_u64(row.try_get("id")?));
+    let visibility: String = row.try_get("visibility")?;
+    let owner: Option<i64> = row.try_get("owner_id")?;
     Ok(JobRow {
-        id: JobId(as_u64(row.try_get("id")?)),
+        id,
         name: row.try_get("name")?,
-        owner: row.try_get("owner")?,
-        visibility: row.try_get("visibility")?,
+        owner: PrincipalId(as_u64(owner.ok_or_else(|| StoreError::Corrupt {
+            what: "job owner",
+            reason: format!("job {id} has no owner_id"),
+        })?)),
+        owner_name: row.try_get("owner")?,
+        visibility: parse_visibility(&visibility).ok_or_else(|| StoreError::Corrupt {
+            what: "job visibility",
+            reason: format!("job {id}: {visibility:?}"),
+        })?,
         file_name: row.try_get("file_name")?,
         definition: row.try_get("definition")?,
         warnings: serde_json::from_str(&warnings).map_err(|e| StoreError::Corrupt {
@@ -381,6 +536,37 @@ fn job_row(row: &AnyRow) -> Result<JobRow, StoreError> {
             reason: e.to_string(),
         })?,
     })
+}
+
+/// How a visibility is stored: `public`, `personal`, or `group:` and the comma-separated
+/// names (group names hold no comma).
+fn stored_visibility(v: &Visibility) -> String {
+    match v {
+        Visibility::Group(groups) => {
+            let names: Vec<&str> = groups.iter().map(GroupName::as_str).collect();
+            format!("group:{}", names.join(","))
+        }
+        other => other.kind().to_owned(),
+    }
+}
+
+/// Reads [`stored_visibility`]; plain `group` (controllers before schema 3, which showed such
+/// jobs to their owner only) is a group job of no group: still owner-only.
+fn parse_visibility(text: &str) -> Option<Visibility> {
+    match text {
+        "public" => Some(Visibility::Public),
+        "personal" => Some(Visibility::Personal),
+        "group" => Some(Visibility::Group(Vec::new())),
+        _ => {
+            let names = text.strip_prefix("group:")?;
+            let groups: Result<Vec<GroupName>, _> = names
+                .split(',')
+                .filter(|n| !n.is_empty())
+                .map(GroupName::new)
+                .collect();
+            groups.ok().map(Visibility::Group)
+        }
+    }
 }
 
 /// Database integers are signed; ids and times never reach 2^63.
@@ -434,11 +620,18 @@ mod tests {
             tokens[0].view.agent, None,
             "an old agent token stays unbound"
         );
+        let (rig, origin) = store
+            .principal_named("rig", Millis(2))
+            .await
+            .expect("principal");
+        assert_eq!(origin, UserOrigin::Created);
         let fresh = StoredToken {
             view: TokenView {
                 id: "00c0ffee".into(),
                 name: "rig".into(),
                 role: Role::Agent,
+                user: rig.name.clone(),
+                principal: rig.id,
                 agent: Some("rig".into()),
                 created_at: Millis(2),
                 revoked_at: None,
@@ -453,5 +646,112 @@ mod tests {
             .expect("opens again");
         let tokens = store.tokens().await.expect("tokens");
         assert_eq!(tokens[1].view.agent.as_deref(), Some("rig"));
+        assert_eq!(tokens[0].view.user, "old-rig");
+    }
+
+    #[tokio::test]
+    async fn version_2_databases_map_owner_names_to_principals() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = Store::sqlite_url(dir.path());
+        {
+            // A database as a controller of schema version 2 left it: two tokens named
+            // "alice" (who shared jobs then), a token "bob", and jobs of each.
+            sqlx::any::install_default_drivers();
+            let pool = AnyPoolOptions::new().connect(&url).await.expect("opens");
+            for statement in SCHEMA {
+                pool.execute(statement).await.expect("v1 schema");
+            }
+            for statement in MIGRATIONS[0].1 {
+                pool.execute(*statement).await.expect("v2 schema");
+            }
+            for statement in [
+                "INSERT INTO meta (key, value) VALUES ('schema', '2')",
+                "INSERT INTO tokens (id, name, role, agent, hash, created_at, revoked_at)
+                 VALUES ('0000000b', 'bob', 'user', NULL, 'hb', 1, NULL),
+                        ('0000000a', 'alice', 'user', NULL, 'ha1', 2, NULL),
+                        ('000000a2', 'alice', 'user', NULL, 'ha2', 3, 4)",
+                "INSERT INTO jobs (id, name, owner, visibility, file_name, definition, warnings, report, last_seq)
+                 VALUES (1, 'j1', 'alice', 'personal', 'a.yaml', 'x', '[]', NULL, NULL),
+                        (2, 'j2', 'bob', 'group', 'b.yaml', 'y', '[]', NULL, NULL),
+                        (3, 'j3', 'alice', 'public', 'c.yaml', 'z', '[]', NULL, NULL)",
+            ] {
+                pool.execute(statement).await.expect("v2 rows");
+            }
+            pool.close().await;
+        }
+        let store = Store::open(&url, SqliteSync::Full).await.expect("migrates");
+        let principals = store.principals().await.expect("principals");
+        let names: Vec<(u64, &str)> = principals
+            .iter()
+            .map(|p| (p.id.0, p.name.as_str()))
+            .collect();
+        assert_eq!(names, [(1, "alice"), (2, "bob")], "ids in name order");
+        let tokens = store.tokens().await.expect("tokens");
+        for t in &tokens {
+            let want = if t.view.name == "alice" { 1 } else { 2 };
+            assert_eq!(t.view.principal, PrincipalId(want), "{:?}", t.view);
+        }
+        let jobs = store.jobs().await.expect("jobs");
+        let owners: Vec<(u64, u64, String)> = jobs
+            .iter()
+            .map(|j| (j.id.0, j.owner.0, j.visibility.to_string()))
+            .collect();
+        assert_eq!(
+            owners,
+            [
+                (1, 1, "personal".to_owned()),
+                (2, 2, "group: ".to_owned()),
+                (3, 1, "public".to_owned())
+            ]
+        );
+        // A new user gets the next id; an existing name is found, not made again.
+        let (carol, origin) = store
+            .principal_named("carol", Millis(9))
+            .await
+            .expect("carol");
+        assert_eq!((carol.id, origin), (PrincipalId(3), UserOrigin::Created));
+        let (alice, origin) = store
+            .principal_named("alice", Millis(9))
+            .await
+            .expect("alice");
+        assert_eq!((alice.id, origin), (PrincipalId(1), UserOrigin::Existing));
+        let qa = GroupName::new("qa").expect("group");
+        assert!(
+            store
+                .set_membership(alice.id, &qa, Membership::Member)
+                .await
+                .expect("join")
+        );
+        assert!(
+            !store
+                .set_membership(alice.id, &qa, Membership::Member)
+                .await
+                .expect("again")
+        );
+        let again = store.principals().await.expect("principals");
+        assert_eq!(again[0].groups, [qa.clone()]);
+        assert!(
+            store
+                .set_membership(alice.id, &qa, Membership::NotMember)
+                .await
+                .expect("leave")
+        );
+    }
+
+    #[test]
+    fn visibility_round_trips_through_its_stored_text() {
+        let g = |n: &str| GroupName::new(n).expect("group");
+        for v in [
+            Visibility::Public,
+            Visibility::Personal,
+            Visibility::Group(vec![g("qa"), g("kernel")]),
+        ] {
+            assert_eq!(parse_visibility(&stored_visibility(&v)), Some(v));
+        }
+        assert_eq!(
+            parse_visibility("group"),
+            Some(Visibility::Group(Vec::new()))
+        );
+        assert_eq!(parse_visibility("group:a b"), None);
     }
 }

@@ -265,10 +265,6 @@ fn visibility(cx: &mut Ctx, path: Path, v: Value) -> Result<Visibility, JobError
             let mut g = Fields::new(cx, path, v)?;
             let groups_path = g.at("group");
             let groups = text_list(cx, &groups_path, g.req(cx, "group")?)?;
-            cx.not_honoured(
-                &groups_path,
-                "group members cannot see the job; only its owner and admins can (as with personal)",
-            );
             g.finish(cx);
             Ok(Visibility::Group(groups))
         }

@@ -53,6 +53,16 @@ pub fn mib(kib: u64) -> String {
 /// CPU seconds per thread name (threads of a pool share a name), summed.
 pub type ThreadCpu = BTreeMap<String, f64>;
 
+/// The benchmark's one user queues far more than a lab's default quota allows (10,000 jobs):
+/// lift the queued-jobs quota unless `--serve-arg` sets it.
+fn quota_args(extra: &[String]) -> Vec<String> {
+    if extra.iter().any(|a| a.starts_with("--quota-queued-jobs")) {
+        Vec::new()
+    } else {
+        vec!["--quota-queued-jobs".into(), u64::MAX.to_string()]
+    }
+}
+
 impl Controller {
     /// Starts `dutlab serve` and waits until `/healthz` answers.
     pub async fn start(dutlab: &Path, extra: &[String]) -> anyhow::Result<Controller> {
@@ -71,6 +81,7 @@ impl Controller {
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             .args(extra)
+            .args(quota_args(extra))
             .env("DUTLAB_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

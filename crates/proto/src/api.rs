@@ -9,6 +9,9 @@
 //! | `POST /api/v1/tokens` | admin | [`CreateToken`] -> [`CreatedToken`] |
 //! | `GET /api/v1/tokens` | admin | [`TokenView`] list |
 //! | `DELETE /api/v1/tokens/{id}` | admin | -> [`TokenView`] (revoked) |
+//! | `GET /api/v1/users` | admin | [`UserView`] list |
+//! | `PUT /api/v1/users/{name}/groups/{group}` | admin | -> [`UserView`] (member now) |
+//! | `DELETE /api/v1/users/{name}/groups/{group}` | admin | -> [`UserView`] (not a member now) |
 //! | `POST /api/v1/jobs` | user, admin | [`SubmitJob`] -> [`JobView`] (201) |
 //! | `GET /api/v1/jobs` | user, admin | [`JobView`] list (visible ones) |
 //! | `GET /api/v1/jobs/{id}` | user, admin | [`JobView`] |
@@ -23,11 +26,13 @@
 //!
 //! Errors are [`ApiError`] with status 400 (bad input, the field named), 401 (no or bad token),
 //! 403 (wrong role, or another user's private job), 404, 409 (state does not allow it),
-//! 413 (body too large).
+//! 413 (body too large), 429 (a quota of the caller's user is reached: [`ApiError::quota`]
+//! names it, with limit and usage).
 
-use crate::ids::{JobId, Millis, Seq};
+use crate::ids::{JobId, Millis, PrincipalId, Seq};
 use crate::log::LogRecord;
 use crate::state::{DeviceState, JobState, Role};
+use crate::visibility::{GroupName, Visibility};
 use crate::{JobReport, Outcome};
 use serde::{Deserialize, Serialize};
 
@@ -45,13 +50,71 @@ pub struct ApiError {
     /// Device types known to the lab (only when a job asked for an unknown one).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub known_device_types: Vec<String>,
+    /// Status 429: the quota that refused the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<QuotaExceeded>,
+}
+
+impl ApiError {
+    /// An error with only a message.
+    pub fn new(error: impl Into<String>) -> ApiError {
+        ApiError {
+            error: error.into(),
+            known_device_types: Vec::new(),
+            quota: None,
+        }
+    }
+}
+
+/// A per-user quota (`dutlab serve --quota-...`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Quota {
+    /// Jobs of one user not finished yet (queued, assigned, running, canceling).
+    QueuedJobs,
+    /// Bytes of one job definition.
+    JobDefinitionBytes,
+    /// Bytes of the definitions of one user's jobs not finished yet.
+    QueuedDefinitionBytes,
+}
+
+impl Quota {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Quota::QueuedJobs => "queued-jobs",
+            Quota::JobDefinitionBytes => "job-definition-bytes",
+            Quota::QueuedDefinitionBytes => "queued-definition-bytes",
+        }
+    }
+}
+
+impl std::fmt::Display for Quota {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a 429 says: which quota, its limit, what the user holds now, and what the refused
+/// request would have added.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct QuotaExceeded {
+    pub quota: Quota,
+    pub limit: u64,
+    pub usage: u64,
+    pub requested: u64,
 }
 
 /// Who the token belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WhoAmI {
+    /// The token's own name.
     pub name: String,
     pub role: Role,
+    /// The user (principal) the token speaks for (empty from controllers before principals).
+    #[serde(default)]
+    pub user: String,
+    #[serde(default)]
+    pub principal: PrincipalId,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -62,6 +125,30 @@ pub struct CreateToken {
     /// Role `agent` only: the one agent name this token may say in its hello (default: `name`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<String>,
+    /// The user (principal) the token speaks for (default: `name`). Made when no user of that
+    /// name exists; otherwise the token is one more token of that user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+/// Whether `POST /api/v1/tokens` made the token's user or found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum UserOrigin {
+    Created,
+    Existing,
+}
+
+/// A user (principal) as listed: who tokens speak for and who owns jobs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct UserView {
+    pub id: PrincipalId,
+    /// Unique.
+    pub name: String,
+    /// Groups the user is a member of (job `visibility: {group: [...]}`).
+    #[serde(default)]
+    pub groups: Vec<GroupName>,
+    pub created_at: Millis,
 }
 
 /// A token as listed: never the secret itself.
@@ -71,6 +158,11 @@ pub struct TokenView {
     pub id: String,
     pub name: String,
     pub role: Role,
+    /// The user (principal) it speaks for (empty from controllers before principals).
+    #[serde(default)]
+    pub user: String,
+    #[serde(default)]
+    pub principal: PrincipalId,
     /// Role `agent`: the agent name the token is bound to. An agent token without one was made
     /// by an older controller and is refused until it is re-created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -85,6 +177,8 @@ pub struct TokenView {
 pub struct CreatedToken {
     pub token: String,
     pub view: TokenView,
+    /// Whether the token's user was made by this request.
+    pub user: UserOrigin,
 }
 
 /// Body of `POST /api/v1/jobs`.
@@ -110,10 +204,12 @@ pub struct JobView {
     pub tags: Vec<String>,
     /// 0 (low) to 100 (high).
     pub priority: u8,
-    /// `public`, `personal` or `group`.
-    pub visibility: String,
-    /// Name of the token that submitted it.
+    /// `"public"`, `"personal"` or `{"group": [names]}`.
+    pub visibility: Visibility,
+    /// Name of the user that submitted it.
     pub owner: String,
+    /// Id of that user (what visibility and cancel decisions use).
+    pub owner_id: PrincipalId,
     pub state: JobState,
     /// Set once the job is finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -28,9 +28,21 @@ id!(
     Epoch
 );
 id!(
+    /// A principal (a user: who tokens speak for, and who owns jobs). Given once when the
+    /// principal is made and never reused or changed; names are unique but decisions use this.
+    PrincipalId
+);
+id!(
     /// Position of a log record in its job's log: 1, 2, 3 ... without holes once stored.
     Seq
 );
+
+/// 0: no principal (what answers of controllers before principals decode to).
+impl Default for PrincipalId {
+    fn default() -> PrincipalId {
+        PrincipalId(0)
+    }
+}
 
 /// One grant of a device: 128 bits that the controller derives from a secret drawn from the
 /// operating system, so an agent cannot guess another agent's leases. Unique across the

@@ -15,9 +15,11 @@ pub mod link;
 pub mod log;
 pub mod names;
 pub mod state;
+pub mod visibility;
 
-pub use ids::{Epoch, JobId, LeaseId, Millis, Seq};
+pub use ids::{Epoch, JobId, LeaseId, Millis, PrincipalId, Seq};
 pub use state::{DeviceState, JobState, Role};
+pub use visibility::{GroupName, Visibility};
 
 /// How a job ended. Outcomes are data: a failed test is not an error of the program.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]

@@ -429,7 +429,7 @@ pub fn describe(job: &JobView, now: proto::Millis) -> String {
     field("device type", job.device_type.clone());
     field("tags", job.tags.join(", "));
     field("priority", job.priority.to_string());
-    field("visibility", job.visibility.clone());
+    field("visibility", job.visibility.to_string());
     field("owner", job.owner.clone());
     field("state", job.state.to_string());
     field(
@@ -540,8 +540,9 @@ mod tests {
             device_type: "qemu-x86_64".into(),
             tags: vec!["fast".into(), "kvm".into()],
             priority: 50,
-            visibility: "public".into(),
+            visibility: proto::Visibility::Public,
             owner: "ci".into(),
+            owner_id: proto::PrincipalId(1),
             state: JobState::Finished,
             outcome: Some(Outcome::Failed),
             reason: "1 case failed".into(),
