@@ -162,7 +162,7 @@ pub struct Follow {
 
 /// What one read from the socket gave.
 enum Read {
-    Event(FollowEvent),
+    Event(Box<FollowEvent>),
     Dropped,
     Bad(ClientError),
 }
@@ -231,7 +231,7 @@ impl Follow {
             match read(socket).await {
                 Read::Event(event) => {
                     self.backoff.reset();
-                    if let Some(event) = self.cursor.accept(event) {
+                    if let Some(event) = self.cursor.accept(*event) {
                         return Some(Ok(event));
                     }
                 }
@@ -326,7 +326,7 @@ async fn read(socket: &mut Socket) -> Read {
             Ok(Some(Ok(message))) => match message {
                 Message::Text(text) => {
                     return match serde_json::from_str::<FollowEvent>(&text) {
-                        Ok(event) => Read::Event(event),
+                        Ok(event) => Read::Event(Box::new(event)),
                         Err(e) => Read::Bad(ClientError::Decode {
                             url: "the log stream".into(),
                             source: Box::new(e),

@@ -729,7 +729,7 @@ mod tests {
                 .expect("again")
         );
         let again = store.principals().await.expect("principals");
-        assert_eq!(again[0].groups, [qa.clone()]);
+        assert_eq!(again[0].groups, std::slice::from_ref(&qa));
         assert!(
             store
                 .set_membership(alice.id, &qa, Membership::NotMember)
