@@ -183,7 +183,7 @@ fn kernel_and_initrd_job() {
     assert_eq!(
         warned,
         [
-            "visibility.group",
+            // `visibility: {group: ...}` is honoured (the controller shows group jobs to members).
             "context.cpu",
             "context.extra_options",
             "context.machine",
