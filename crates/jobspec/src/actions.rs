@@ -149,6 +149,8 @@ pub enum ImageSource {
     Path(String),
     /// An `http://` or `https://` URL as written.
     Http(String),
+    /// `artifact:sha256:<hex>`: a file uploaded to the controller with the job (the digest).
+    Artifact(String),
 }
 
 /// How an image is compressed.
@@ -507,6 +509,9 @@ fn url_scheme(s: &str) -> Option<&str> {
 }
 
 fn image_source(cx: &Ctx, path: &Path, url: &str) -> Result<ImageSource, JobError> {
+    if url.starts_with("artifact:") {
+        return artifact(cx, path, url).map(|hex| ImageSource::Artifact(hex.to_owned()));
+    }
     let Some(scheme) = url_scheme(url) else {
         return Ok(ImageSource::Path(url.to_owned()));
     };
@@ -538,7 +543,20 @@ fn image_source(cx: &Ctx, path: &Path, url: &str) -> Result<ImageSource, JobErro
     }
 }
 
-fn percent_decode(s: &str) -> Option<String> {
+/// The digest of an `artifact:` reference, or an error naming the field.
+fn artifact<'a>(cx: &Ctx, path: &Path, text: &'a str) -> Result<&'a str, JobError> {
+    crate::references::artifact_digest(text).ok_or_else(|| {
+        cx.err(
+            path,
+            format!(
+                "'{text}' is not an artifact reference (artifact:sha256: and 64 lowercase \
+                 hexadecimal digits)"
+            ),
+        )
+    })
+}
+
+pub(crate) fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -805,6 +823,9 @@ fn definition_ref(cx: &mut Ctx, path: Path, v: Value) -> Result<DefinitionRef, J
             let repository = text(cx, &repo_path, repository)?;
             if repository.trim().is_empty() {
                 return Err(cx.err(&repo_path, "must not be empty"));
+            }
+            if repository.starts_with("artifact:") {
+                artifact(cx, &repo_path, &repository)?;
             }
             let revision = f.opt_text(cx, "revision")?;
             let branch = f.opt_text(cx, "branch")?;
