@@ -53,6 +53,9 @@ pub struct ServeArgs {
     /// power failure); `normal` syncs at WAL checkpoints only.
     #[arg(long, value_name = "MODE", default_value = "full", value_parser = sqlite_sync)]
     sqlite_synchronous: controller::store::SqliteSync,
+    /// Largest artifact (image, git bundle) a user may upload, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = proto::api::DEFAULT_MAX_ARTIFACT)]
+    max_artifact_bytes: u64,
 }
 
 fn sqlite_sync(text: &str) -> Result<controller::store::SqliteSync, String> {
@@ -143,6 +146,7 @@ fn serve_inner(args: ServeArgs) -> anyhow::Result<()> {
     };
     config.open_log_files = args.open_log_files.max(1);
     config.sqlite_sync = args.sqlite_synchronous;
+    config.max_artifact = args.max_artifact_bytes;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -15,6 +15,7 @@
 //!   revoking the token ends it.
 
 pub mod api;
+pub mod artifacts;
 pub mod auth;
 pub mod datadir;
 pub mod dispatcher;
@@ -28,7 +29,7 @@ pub mod store;
 use auth::Tokens;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use dispatcher::{Command, DispatchConfig, Dispatcher, Leases};
 use logs::LogStore;
 use proto::Millis;
@@ -83,6 +84,8 @@ pub struct Config {
     pub open_log_files: usize,
     /// SQLite's `synchronous` (ignored for PostgreSQL).
     pub sqlite_sync: store::SqliteSync,
+    /// Largest artifact accepted, in bytes.
+    pub max_artifact: u64,
 }
 
 impl Config {
@@ -99,6 +102,7 @@ impl Config {
             limits: listener::Limits::default(),
             open_log_files: logs::DEFAULT_OPEN_FILES,
             sqlite_sync: store::SqliteSync::default(),
+            max_artifact: proto::api::DEFAULT_MAX_ARTIFACT,
         }
     }
 }
@@ -114,6 +118,7 @@ pub struct AppState {
     pub leases: Leases,
     /// Open agent links and follow streams, by token (revocation ends them).
     pub sessions: sessions::Sessions,
+    pub artifacts: artifacts::ArtifactStore,
 }
 
 /// Wall-clock time as the pure crates take it.
@@ -140,6 +145,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/jobs/{id}/logs", get(api::job_logs))
         .route("/api/v1/jobs/{id}/logs/follow", get(api::follow))
         .route("/api/v1/jobs/{id}/results", get(api::job_results))
+        .route(
+            "/api/v1/artifacts/sha256/{hex}",
+            put(artifacts::put_artifact)
+                .head(artifacts::head_artifact)
+                .get(artifacts::get_artifact),
+        )
         .route("/api/v1/devices", get(api::devices))
         .route("/api/v1/agents", get(api::agents))
         .route(proto::link::LINK_PATH, get(link::link))
@@ -209,6 +220,12 @@ pub async fn serve(
         tokens.insert(token.hash.clone(), &token.view);
     }
     let logs = LogStore::with_capacity(&config.data_dir.join("logs"), config.open_log_files);
+    let artifact_dir = config.data_dir.join("artifacts");
+    let artifacts = artifacts::ArtifactStore::new(artifact_dir.clone(), config.max_artifact)
+        .map_err(|source| ControllerError::DataDir {
+            path: artifact_dir,
+            source,
+        })?;
     let leases = Leases::default();
     let sessions = sessions::Sessions::new(tokens.clone());
     let (updates, _) = broadcast::channel(4096);
@@ -240,6 +257,7 @@ pub async fn serve(
         updates,
         leases,
         sessions,
+        artifacts,
     };
     first_admin(&state, &config.data_dir).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)

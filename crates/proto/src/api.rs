@@ -34,6 +34,17 @@ use serde::{Deserialize, Serialize};
 /// Largest job file accepted by `POST /api/v1/jobs`, in bytes.
 pub const MAX_JOB_BODY: usize = 1 << 20;
 
+/// Default size cap of one artifact (`dutlab serve --max-artifact-bytes`), 4 GiB.
+pub const DEFAULT_MAX_ARTIFACT: u64 = 4 << 30;
+
+/// A stored artifact: the answer of `PUT /api/v1/artifacts/sha256/{hex}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ArtifactView {
+    /// The content's SHA-256, 64 lowercase hexadecimal digits.
+    pub sha256: String,
+    pub size: u64,
+}
+
 /// Most records one `GET .../logs` answers with.
 pub const MAX_LOG_PAGE: usize = 10_000;
 
