@@ -61,7 +61,9 @@ pub fn client_code(e: &ClientError) -> i32 {
         ClientError::Api {
             status: 401 | 403, ..
         } => NO_PERMISSION,
-        ClientError::Api { .. } | ClientError::Decode { .. } => SOFTWARE,
+        ClientError::Api { .. } | ClientError::Decode { .. } | ClientError::Local { .. } => {
+            SOFTWARE
+        }
         ClientError::Unreachable { .. } | ClientError::Tls { .. } => UNREACHABLE,
     }
 }

@@ -8,7 +8,7 @@
 //!   connections); Ctrl-C stops following only, never cancels the job (exit 130).
 //! - `submit --follow` and `results` exit with the job's outcome code.
 
-use super::{block_on, connect, print_json};
+use super::{block_on, connect, print_json, uploads};
 use crate::exit::{self, Exit};
 use crate::logview::{LogView, json_line};
 use crate::table::{self, Table};
@@ -69,6 +69,9 @@ pub struct SubmitArgs {
     /// Print JSON: the job (or with --follow, its results; the log then goes to stderr).
     #[arg(long)]
     json: bool,
+    /// Print the local files that would be uploaded (images, git bundles); send nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 /// Job commands that need a controller (flattened into `dutlab job`).
@@ -224,7 +227,27 @@ fn refused(e: ClientError, file: &str) -> anyhow::Error {
 
 async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
     let (file_name, definition) = read_definition(&args.job)?;
+    // The controller validates the job too; parsing here finds the local files it names.
+    let parsed = jobspec::parse_job(&file_name, &definition)
+        .map_err(|e| Exit::new(exit::JOB_REFUSED, format!("job refused: {e}")))?;
+    let (uploads, _staging) = uploads::local_uploads(&args.job, &file_name, &parsed)?;
+    if args.dry_run {
+        if uploads.is_empty() {
+            println!("nothing to upload");
+        }
+        for upload in &uploads {
+            println!("{}", runner::report::printable(&uploads::describe(upload)));
+        }
+        return Ok(0);
+    }
     let client = connect()?;
+    let definition = if uploads.is_empty() {
+        definition
+    } else {
+        uploads::upload_all(&client, &uploads).await?;
+        jobspec::rewrite_references(&file_name, &definition, &uploads::references(&uploads))
+            .map_err(|e| Exit::new(exit::JOB_REFUSED, format!("job refused: {e}")))?
+    };
     let request = SubmitJob {
         definition,
         file_name: Some(file_name.clone()),
