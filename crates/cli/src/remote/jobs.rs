@@ -230,6 +230,9 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
     // The controller validates the job too; parsing here finds the local files it names.
     let parsed = jobspec::parse_job(&file_name, &definition)
         .map_err(|e| Exit::new(exit::JOB_REFUSED, format!("job refused: {e}")))?;
+    // Refused before anything is uploaded, with the message the controller would give.
+    jobspec::check_runnable(&file_name, &parsed)
+        .map_err(|e| Exit::new(exit::JOB_REFUSED, format!("job refused: {e}")))?;
     let (uploads, _staging) = uploads::local_uploads(&args.job, &file_name, &parsed)?;
     if args.dry_run {
         if uploads.is_empty() {

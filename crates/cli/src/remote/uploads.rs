@@ -7,8 +7,9 @@
 //! it) and the job is submitted with `artifact:sha256:<hex>` in place of the paths.
 //!
 //! Invariants:
-//! - Nothing is uploaded or submitted before every local file is found and hashed; a missing
-//!   one is a refused job (exit 4) naming the file and field.
+//! - Nothing is uploaded or submitted before every local file is hashed and bundled.
+//! - A path that names nothing on this machine is sent as written (it may be a file of the
+//!   agent host's image directories, which the agent checks), with a note naming the field.
 //! - `--dry-run` lists the uploads and sends nothing.
 //! - Bundles live in a temporary directory removed when [`Staging`] is dropped.
 
@@ -106,24 +107,26 @@ pub fn local_uploads(
             uploads.push(again);
             continue;
         }
+        if !source.exists() {
+            eprintln!(
+                "dutlab: note: {}: {} is not here; sent as written (the agent resolves it)",
+                reference.field,
+                runner::report::printable(&source.display().to_string())
+            );
+            continue;
+        }
         let file = match reference.kind {
             ReferenceKind::Image => {
                 if !source.is_file() {
                     return Err(refused(
                         &reference.field,
-                        format!("{}: no such file", source.display()),
+                        format!("{}: not a file", source.display()),
                     ));
                 }
                 source.clone()
             }
             ReferenceKind::GitRepository if source.is_file() => source.clone(),
             ReferenceKind::GitRepository => {
-                if !source.is_dir() {
-                    return Err(refused(
-                        &reference.field,
-                        format!("{}: no such repository", source.display()),
-                    ));
-                }
                 let dir = staging.dir().map_err(|e| refused(&reference.field, e))?;
                 let bundle = dir.join(format!("repo-{}.bundle", uploads.len()));
                 bundle_repository(&source, &bundle).map_err(|e| refused(&reference.field, e))?;
