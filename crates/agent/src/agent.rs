@@ -134,6 +134,7 @@ impl Agent {
         let artifacts = crate::artifacts::ArtifactSource {
             cache: prepared.cache,
             controller: crate::artifacts::http_base(&config.controller),
+            trust: config.trust.clone(),
             token_file: config.token_file.clone(),
         };
         let leases = prepared

@@ -7,7 +7,8 @@
 //!                                  │              └ corrupt: remove ─┐
 //!                                  └ missing ────────────────────────┴> fetch (?job=N) into
 //!                                     tmp/, verified ─> evict to fit ─> rename into sha256/
-//!              rewrite the job's urls and repositories to the cache paths ─> runner
+//!              admit each verified file into the job's HostPolicy ─> runner (asks the
+//!              policy for the file of each reference; the job text is unchanged)
 //! ```
 //!
 //! Files live at `<dir>/sha256/<hex>`; fetches write `<dir>/tmp/` first.
@@ -19,12 +20,16 @@
 //!   unpins when the job's run is over ([`Pinned`] drops). Pins and eviction take one lock.
 //! - Eviction removes the least recently used unpinned entries until the cache with the new
 //!   entry fits `max_bytes`; an entry larger than the cap is kept while it is pinned.
-//! - Only the controller the agent is configured with is asked, with the agent's token, for
-//!   the job being run.
+//! - Only the controller the agent is configured with is asked, with the agent's token and
+//!   TLS trust, for the job being run; the controller checks that this agent's current link
+//!   holds that job's lease.
+//! - The cache directory is not an image directory of the host policy: a job reaches a cached
+//!   file only through a reference of its own that was fetched (and so authorised) for it.
 
 use crate::link;
-use jobspec::{Action, DefinitionSource, ImageSource, Job};
+use jobspec::Job;
 use proto::JobId;
+use runner::policy::HostPolicy;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -252,8 +257,10 @@ impl ArtifactCache {
 #[derive(Debug, Clone)]
 pub struct ArtifactSource {
     pub cache: ArtifactCache,
-    /// The controller's base URL (`http://host:port[/prefix]`).
+    /// The controller's base URL (`http(s)://host:port[/prefix]`).
     pub controller: String,
+    /// What `https://` trusts (the agent's `ca_file` or `pin`).
+    pub trust: tls::Trust,
     pub token_file: PathBuf,
 }
 
@@ -271,12 +278,15 @@ pub fn http_base(controller: &str) -> String {
     format!("{scheme}://{rest}")
 }
 
-/// Replaces every artifact reference of `job` with a cached file; answers the pins (keep them
-/// for the run) and a line per artifact for the job's log.
+/// Fetches (or finds in the cache) every artifact `job` references and admits each verified
+/// file into the job's host policy; answers the pins (keep them for the run) and a line per
+/// artifact for the job's log. The job text is not changed: the runner asks the policy for
+/// the file of each reference.
 pub async fn resolve(
-    job: &mut Job,
+    job: &Job,
     id: JobId,
     source: &ArtifactSource,
+    policy: &mut HostPolicy,
 ) -> Result<(Vec<Pinned>, Vec<String>), CacheError> {
     let references = job.artifact_references();
     if references.is_empty() {
@@ -286,12 +296,11 @@ pub async fn resolve(
         sha256: String::new(),
         reason: e.to_string(),
     })?;
-    let client = client::Client::new(&source.controller, Some(token)).map_err(|e| {
-        CacheError::Fetch {
+    let client = client::Client::with_trust(&source.controller, Some(token), source.trust.clone())
+        .map_err(|e| CacheError::Fetch {
             sha256: String::new(),
-            reason: e.to_string(),
-        }
-    })?;
+            reason: error_chain(&e),
+        })?;
     let mut pins: Vec<Pinned> = Vec::new();
     let mut notes = Vec::new();
     for reference in references {
@@ -311,6 +320,12 @@ pub async fn resolve(
                     .map_err(|e| error_chain(&e))
             })
             .await?;
+        policy
+            .admit_artifact(hex, &pinned.path)
+            .map_err(|reason| CacheError::Fetch {
+                sha256: hex.to_owned(),
+                reason,
+            })?;
         notes.push(match found {
             Found::Cached => format!("artifact sha256:{hex}: from the agent's cache"),
             Found::Fetched(n) => format!("artifact sha256:{hex}: fetched {n} bytes"),
@@ -319,35 +334,6 @@ pub async fn resolve(
             }
         });
         pins.push(pinned);
-    }
-    let path_of = |hex: &str| {
-        pins.iter()
-            .find(|p| p.sha256 == hex)
-            .map(|p| p.path.display().to_string())
-    };
-    for action in &mut job.actions {
-        match action {
-            Action::Deploy(d) => {
-                for image in d.images.values_mut() {
-                    if let ImageSource::Artifact(hex) = &image.source
-                        && let Some(path) = path_of(hex)
-                    {
-                        image.source = ImageSource::Path(path);
-                    }
-                }
-            }
-            Action::Test(t) => {
-                for def in &mut t.definitions {
-                    if let DefinitionSource::Git { repository, .. } = &mut def.source
-                        && let Some(hex) = jobspec::artifact_digest(repository)
-                        && let Some(path) = path_of(hex)
-                    {
-                        *repository = path;
-                    }
-                }
-            }
-            Action::Boot(_) => {}
-        }
     }
     Ok((pins, notes))
 }
@@ -394,7 +380,9 @@ mod tests {
         assert_eq!(found, Found::Fetched(12));
         drop(pin);
         let (pin, found) = cache
-            .get(&sha(b"kernel bytes"), |_| async { Err("no fetch expected".into()) })
+            .get(&sha(b"kernel bytes"), |_| async {
+                Err("no fetch expected".into())
+            })
             .await
             .unwrap();
         assert_eq!(found, Found::Cached);
@@ -436,10 +424,7 @@ mod tests {
     fn controller_addresses_become_rest_bases() {
         assert_eq!(http_base("ws://lab:7780"), "http://lab:7780");
         assert_eq!(http_base("http://lab:7780/pre/"), "http://lab:7780/pre");
-        assert_eq!(
-            http_base("ws://lab:1/api/v1/agent/link"),
-            "http://lab:1"
-        );
+        assert_eq!(http_base("ws://lab:1/api/v1/agent/link"), "http://lab:1");
         assert_eq!(http_base("wss://lab"), "https://lab");
     }
 }

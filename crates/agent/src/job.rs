@@ -123,9 +123,11 @@ pub async fn run_lease(
             sink(entries);
             report
         }
-        Ok((mut job, ctx)) => {
+        Ok((job, mut ctx)) => {
             recorder = Recorder::new(secrets(&start.device, Some(&job)));
-            match crate::artifacts::resolve(&mut job, start.job, &start.artifacts).await {
+            match crate::artifacts::resolve(&job, start.job, &start.artifacts, &mut ctx.policy)
+                .await
+            {
                 Err(e) => {
                     let report = ended(&job.name, Outcome::InfraError, e.to_string());
                     let mut entries = Vec::new();

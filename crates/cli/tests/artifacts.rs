@@ -109,15 +109,19 @@ impl Lab {
         let mut cmd = self.sandbox.command(DUTLAB)?;
         cmd.arg("agent").arg("--config").arg(&config);
         self.agents.push(Spawned::start(cmd)?);
-        wait_until("the agent's device is idle", Duration::from_secs(30), || {
-            let devices = self.json_as(&self.admin, &["device", "list", "--json"])?;
-            Ok(devices
-                .as_array()
-                .context("device list")?
-                .iter()
-                .any(|d| d["agent"] == name && d["state"] == "idle")
-                .then_some(()))
-        })?;
+        wait_until(
+            "the agent's device is idle",
+            Duration::from_secs(30),
+            || {
+                let devices = self.json_as(&self.admin, &["device", "list", "--json"])?;
+                Ok(devices
+                    .as_array()
+                    .context("device list")?
+                    .iter()
+                    .any(|d| d["agent"] == name && d["state"] == "idle")
+                    .then_some(()))
+            },
+        )?;
         Ok(work)
     }
 
@@ -269,7 +273,11 @@ fn a_job_with_relative_paths_and_a_local_repository_runs_locally_and_in_the_lab(
         "actions[0].deploy.images.rootfs.url",
         "actions[2].test.definitions[0].repository: git bundle of",
     ] {
-        ensure!(done.stdout.contains(field), "{field} not listed:\n{}", done.stdout);
+        ensure!(
+            done.stdout.contains(field),
+            "{field} not listed:\n{}",
+            done.stdout
+        );
     }
     ensure!(
         std::fs::read_dir(&stored)?.next().is_none(),
@@ -297,7 +305,11 @@ fn a_job_with_relative_paths_and_a_local_repository_runs_locally_and_in_the_lab(
     // Again: nothing is uploaded (HEAD hits) and nothing is fetched (the cache hits).
     let done = lab.cli_as(&user, &["job", "submit", &job_arg, "--follow"])?;
     expect_code(&done, 0)?;
-    ensure!(!done.stderr.contains("dutlab: uploading"), "{}", done.stderr);
+    ensure!(
+        !done.stderr.contains("dutlab: uploading"),
+        "{}",
+        done.stderr
+    );
     ensure!(
         done.stderr.matches("in the lab already").count() == 4,
         "{}",
@@ -323,7 +335,9 @@ fn a_job_with_relative_paths_and_a_local_repository_runs_locally_and_in_the_lab(
         .context("id")?;
     let log = lab.log_text(third)?;
     ensure!(
-        log.contains(&format!("artifact sha256:{kernel_sha}: the cached copy was corrupt")),
+        log.contains(&format!(
+            "artifact sha256:{kernel_sha}: the cached copy was corrupt"
+        )),
         "{log}"
     );
     ensure!(sha256(&std::fs::read(&cached)?)? == kernel_sha);
@@ -346,9 +360,14 @@ fn artifacts_are_only_for_those_who_may_use_them() -> Result<()> {
     ensure!(status == 400, "a body with another hash: {status}");
     let big = vec![7u8; 5000];
     let (status, _) = lab.http_declaring("PUT", &at(&sha256(&big)?), &alice, b"", big.len())?;
-    ensure!(status == 413, "over the cap by its Content-Length: {status}");
     ensure!(
-        std::fs::read_dir(lab.data_dir.join("artifacts/tmp"))?.next().is_none(),
+        status == 413,
+        "over the cap by its Content-Length: {status}"
+    );
+    ensure!(
+        std::fs::read_dir(lab.data_dir.join("artifacts/tmp"))?
+            .next()
+            .is_none(),
         "a refused upload left a file"
     );
     for (hex, body) in [(&p, &private), (&q, &public)] {
@@ -356,7 +375,10 @@ fn artifacts_are_only_for_those_who_may_use_them() -> Result<()> {
         ensure!(status == 201, "upload: {status}");
     }
     let (status, body) = lab.http("GET", &at(&p), &alice, b"")?;
-    ensure!(status == 200 && body == private, "the uploader reads it: {status}");
+    ensure!(
+        status == 200 && body == private,
+        "the uploader reads it: {status}"
+    );
 
     // The hash alone grants nothing.
     for method in ["HEAD", "GET"] {
@@ -374,7 +396,12 @@ fn artifacts_are_only_for_those_who_may_use_them() -> Result<()> {
     std::fs::write(&bobs, job("bobs", &p, "public"))?;
     let done = lab.cli_as(
         &bob,
-        &["job", "submit", &bobs.display().to_string(), "--wait-for-device"],
+        &[
+            "job",
+            "submit",
+            &bobs.display().to_string(),
+            "--wait-for-device",
+        ],
     )?;
     expect_code(&done, 4)?;
     ensure!(
@@ -390,14 +417,26 @@ fn artifacts_are_only_for_those_who_may_use_them() -> Result<()> {
         std::fs::write(&file, job(name, hex, visibility))?;
         let view = lab.json_as(
             &alice,
-            &["job", "submit", &file.display().to_string(), "--wait-for-device", "--json"],
+            &[
+                "job",
+                "submit",
+                &file.display().to_string(),
+                "--wait-for-device",
+                "--json",
+            ],
         )?;
         ensure!(view["state"] == "queued", "{view}");
     }
     let (status, _) = lab.http("GET", &at(&p), &bob, b"")?;
-    ensure!(status == 404, "another user's private job's artifact: {status}");
+    ensure!(
+        status == 404,
+        "another user's private job's artifact: {status}"
+    );
     let (status, body) = lab.http("GET", &at(&q), &bob, b"")?;
-    ensure!(status == 200 && body == public, "a public job's artifact: {status}");
+    ensure!(
+        status == 200 && body == public,
+        "a public job's artifact: {status}"
+    );
 
     // An agent reads an artifact only for a job it runs: this one runs none.
     let jobs = lab.json_as(&alice, &["job", "list", "--json"])?;
@@ -409,7 +448,10 @@ fn artifacts_are_only_for_those_who_may_use_them() -> Result<()> {
         .and_then(|j| j["id"].as_u64())
         .context("secret job")?;
     let (status, _) = lab.http("GET", &format!("{}?job={secret}", at(&p)), &agent, b"")?;
-    ensure!(status == 403, "an agent that does not run the job: {status}");
+    ensure!(
+        status == 403,
+        "an agent that does not run the job: {status}"
+    );
     let (status, _) = lab.http("GET", &at(&p), &agent, b"")?;
     ensure!(status == 400, "an agent naming no job: {status}");
 

@@ -58,18 +58,15 @@ impl Client {
         if let Some(auth) = self.auth() {
             request = request.header(AUTHORIZATION, auth.clone());
         }
-        let response = request.send().await.map_err(|e| ClientError::Unreachable {
-            url: url.to_string(),
-            source: Box::new(e.without_url()),
-        })?;
+        let response = request
+            .send()
+            .await
+            .map_err(|e| self.transport_error(&url, Box::new(e.without_url())))?;
         let status = response.status();
         let body = response
             .bytes()
             .await
-            .map_err(|e| ClientError::Unreachable {
-                url: url.to_string(),
-                source: Box::new(e.without_url()),
-            })?;
+            .map_err(|e| self.transport_error(&url, Box::new(e.without_url())))?;
         if !status.is_success() {
             return Err(api_error(status, &body));
         }
@@ -88,10 +85,7 @@ impl Client {
         out: &Path,
     ) -> Result<u64, ClientError> {
         let url = self.artifact_url(sha256, job);
-        let unreachable = |e: reqwest::Error| ClientError::Unreachable {
-            url: url.to_string(),
-            source: Box::new(e.without_url()),
-        };
+        let unreachable = |e: reqwest::Error| self.transport_error(&url, Box::new(e.without_url()));
         let mut response = self.artifact_request(Method::GET, sha256, job).await?;
         let status = response.status();
         if !status.is_success() {
@@ -159,10 +153,10 @@ impl Client {
         if let Some(auth) = self.auth() {
             request = request.header(AUTHORIZATION, auth.clone());
         }
-        request.send().await.map_err(|e| ClientError::Unreachable {
-            url: url.to_string(),
-            source: Box::new(e.without_url()),
-        })
+        request
+            .send()
+            .await
+            .map_err(|e| self.transport_error(&url, Box::new(e.without_url())))
     }
 }
 
@@ -212,7 +206,10 @@ fn read_chunks(mut file: std::fs::File, tx: mpsc::Sender<std::io::Result<Vec<u8>
 }
 
 /// Writes the chunks to a new file, synced; answers its SHA-256 and size.
-fn write_hashed(path: &Path, mut chunks: mpsc::Receiver<Vec<u8>>) -> std::io::Result<(String, u64)> {
+fn write_hashed(
+    path: &Path,
+    mut chunks: mpsc::Receiver<Vec<u8>>,
+) -> std::io::Result<(String, u64)> {
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

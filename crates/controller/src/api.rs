@@ -427,7 +427,11 @@ pub async fn list_jobs(
     Ok(Json(jobs))
 }
 
-pub(crate) async fn visible_job(state: &AppState, caller: &Caller, job: JobId) -> ApiResult<JobView> {
+pub(crate) async fn visible_job(
+    state: &AppState,
+    caller: &Caller,
+    job: JobId,
+) -> ApiResult<JobView> {
     caller.require(&PEOPLE)?;
     let asker = asker(caller);
     Ok(ask(state, |reply| Command::Job { job, asker, reply }).await??)

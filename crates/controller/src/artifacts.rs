@@ -9,7 +9,8 @@
 //! ```
 //!
 //! Files live at `<data>/artifacts/sha256/<hex>`; uploads stream into
-//! `<data>/artifacts/tmp/` and are renamed into place once their hash is known.
+//! `<data>/artifacts/tmp/` and are renamed into place once their hash is known. Directories
+//! are created 0700 and files 0600, like the rest of the data directory.
 //!
 //! Invariants:
 //! - A stored file's name is its SHA-256: an upload whose bytes hash to another digest than
@@ -38,6 +39,7 @@ use proto::{JobId, Role};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -60,8 +62,11 @@ pub struct ArtifactStore {
 impl ArtifactStore {
     /// The store under `dir` (created when needed); uploads larger than `max_size` are refused.
     pub fn new(dir: PathBuf, max_size: u64) -> std::io::Result<ArtifactStore> {
-        std::fs::create_dir_all(dir.join("sha256"))?;
-        std::fs::create_dir_all(dir.join("tmp"))?;
+        // Private like the rest of the data directory (crate::datadir): 0700 and 0600.
+        crate::datadir::create_private_dir(&dir.join("sha256"))?;
+        crate::datadir::create_private_dir(&dir.join("tmp"))?;
+        crate::datadir::warn_if_open(&dir);
+        crate::datadir::warn_if_open(&dir.join("sha256"));
         // Leftovers of uploads cut by a crash.
         if let Ok(entries) = std::fs::read_dir(dir.join("tmp")) {
             for entry in entries.flatten() {
@@ -236,7 +241,10 @@ pub async fn put_artifact(
         .insert_artifact(&hex, size, &caller.name, now())
         .await
         .map_err(unavailable)?;
-    tracing::info!("artifact sha256:{hex} ({size} bytes) uploaded by {}", caller.name);
+    tracing::info!(
+        "artifact sha256:{hex} ({size} bytes) uploaded by {}",
+        caller.name
+    );
     Ok((status, Json(ArtifactView { sha256: hex, size })))
 }
 
@@ -256,10 +264,14 @@ fn temp_name() -> Result<String, ApiFailure> {
 }
 
 /// Writes every chunk to a new file at `path`, synced; answers the content's SHA-256.
-fn write_hashed(path: &std::path::Path, mut chunks: mpsc::Receiver<Bytes>) -> std::io::Result<String> {
+fn write_hashed(
+    path: &std::path::Path,
+    mut chunks: mpsc::Receiver<Bytes>,
+) -> std::io::Result<String> {
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(0o600)
         .open(path)?;
     let mut out = std::io::BufWriter::with_capacity(CHUNK, file);
     let mut hasher = Sha256::new();
@@ -360,9 +372,7 @@ pub async fn get_artifact(
                 );
                 return Err(ApiFailure::new(
                     StatusCode::FORBIDDEN,
-                    format!(
-                        "artifact sha256:{hex}: this agent runs no job {job} that uses it"
-                    ),
+                    format!("artifact sha256:{hex}: this agent runs no job {job} that uses it"),
                 ));
             }
             format!("agent {} for job {job}", caller.name)

@@ -353,12 +353,13 @@ impl Store {
 
     /// Whether `principal` uploaded the artifact.
     pub async fn uploaded_by(&self, sha256: &str, principal: &str) -> Result<bool, StoreError> {
-        let row =
-            sqlx::query("SELECT 1 AS one FROM artifact_uploaders WHERE sha256 = $1 AND principal = $2")
-                .bind(sha256.to_owned())
-                .bind(principal.to_owned())
-                .fetch_optional(&self.pool)
-                .await?;
+        let row = sqlx::query(
+            "SELECT 1 AS one FROM artifact_uploaders WHERE sha256 = $1 AND principal = $2",
+        )
+        .bind(sha256.to_owned())
+        .bind(principal.to_owned())
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(row.is_some())
     }
 

@@ -3,7 +3,8 @@
 //!
 //! `dutlab job submit` uploads the local files a job names and submits the job with
 //! references to them; the controller checks that each referenced artifact exists and may be
-//! used by the submitter; the agent replaces each reference with a file of its cache.
+//! used by the submitter; the agent fetches each into its cache and admits the verified file
+//! into the job's host policy, which the runner asks for the file of each reference.
 //!
 //! Invariants:
 //! - A reference is exactly `artifact:sha256:` and 64 lowercase hexadecimal digits; anything
@@ -212,7 +213,12 @@ fn json_string(s: &str, out: &mut String) {
             '\n' => out.push_str("\\n"),
             '\t' => out.push_str("\\t"),
             '\r' => out.push_str("\\r"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' || c == '\u{85}' || c == '\u{2028}' || c == '\u{2029}' => {
+            c if (c as u32) < 0x20
+                || c == '\u{7f}'
+                || c == '\u{85}'
+                || c == '\u{2028}'
+                || c == '\u{2029}' =>
+            {
                 out.push_str(&format!("\\u{:04x}", c as u32));
             }
             c => out.push(c),
@@ -292,7 +298,8 @@ actions:
         let bad = JOB.replace("./vmlinuz", "artifact:sha256:ABC");
         let e = crate::parse_job("job.yaml", &bad).expect_err("refused");
         assert!(
-            e.to_string().contains("actions[0].deploy.images.kernel.url"),
+            e.to_string()
+                .contains("actions[0].deploy.images.kernel.url"),
             "{e}"
         );
         let bad = JOB.replace("../tests", "artifact:md5:00");

@@ -186,13 +186,10 @@ async fn fetch(
             .policy
             .image_path(p, scope.job_dir)
             .map_err(|reason| JobEnd::job_error(format!("{field}.url: {reason}")))?,
-        ImageSource::Artifact(hex) => {
-            // The agent replaces references with files of its cache before the runner runs.
-            return Err(JobEnd::job_error(format!(
-                "{field}.url: artifact:sha256:{hex}: artifacts are resolved by an agent; \
-                 give a path or URL to run the job here"
-            )));
-        }
+        ImageSource::Artifact(hex) => scope
+            .policy
+            .artifact_path(hex)
+            .map_err(|reason| JobEnd::job_error(format!("{field}.url: {reason}")))?,
         ImageSource::Http(url) => {
             let out = dir.join("download");
             download(url, &out, deadline, scope.policy)
