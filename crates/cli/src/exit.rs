@@ -20,6 +20,8 @@ pub const UNREACHABLE: i32 = 69;
 pub const SOFTWARE: i32 = 70;
 /// The job has no results yet (EX_TEMPFAIL).
 pub const NOT_FINISHED: i32 = 75;
+/// Over a per-user quota, the controller's 429 (EX_TEMPFAIL as well: it may work later).
+pub const OVER_QUOTA: i32 = 75;
 /// No token, or the token was refused (EX_NOPERM).
 pub const NO_PERMISSION: i32 = 77;
 /// Ctrl-C stopped following (128 + SIGINT); the job keeps running.
@@ -27,7 +29,8 @@ pub const INTERRUPTED: i32 = 130;
 
 /// The exit codes, for `after_help` of the remote commands.
 pub const HELP: &str = "Exit codes: 0 done, 64 usage or missing settings (DUTLAB_URL, DUTLAB_TOKEN \
-or `dutlab login`), 69 controller unreachable, 70 other error, 77 no token or token refused (401/403).";
+or `dutlab login`), 69 controller unreachable, 70 other error, 75 over a quota (429), 77 no token or \
+token refused (401/403).";
 
 /// An error that carries the exit code it ends the program with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +64,7 @@ pub fn client_code(e: &ClientError) -> i32 {
         ClientError::Api {
             status: 401 | 403, ..
         } => NO_PERMISSION,
+        ClientError::Api { status: 429, .. } => OVER_QUOTA,
         ClientError::Api { .. } | ClientError::Decode { .. } | ClientError::Local { .. } => {
             SOFTWARE
         }
@@ -109,6 +113,7 @@ mod tests {
         assert_eq!(client_code(&api(403)), 77);
         assert_eq!(client_code(&api(404)), 70);
         assert_eq!(client_code(&api(500)), 70);
+        assert_eq!(client_code(&api(429)), 75);
         let unreachable = ClientError::Unreachable {
             url: "http://x".into(),
             source: "refused".into(),

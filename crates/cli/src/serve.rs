@@ -56,6 +56,10 @@ pub struct ServeArgs {
     /// Largest artifact (image, git bundle) a user may upload, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = proto::api::DEFAULT_MAX_ARTIFACT)]
     max_artifact_bytes: u64,
+    /// Bytes of artifacts one user may keep in the store (an upload past it is refused with
+    /// 429, naming the quota and the user's usage).
+    #[arg(long, value_name = "BYTES", default_value_t = controller::artifact_quota::DEFAULT_ARTIFACT_QUOTA)]
+    artifact_quota_bytes: u64,
 }
 
 fn sqlite_sync(text: &str) -> Result<controller::store::SqliteSync, String> {
@@ -147,6 +151,7 @@ fn serve_inner(args: ServeArgs) -> anyhow::Result<()> {
     config.open_log_files = args.open_log_files.max(1);
     config.sqlite_sync = args.sqlite_synchronous;
     config.max_artifact = args.max_artifact_bytes;
+    config.artifact_quota = args.artifact_quota_bytes;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

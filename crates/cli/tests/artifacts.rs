@@ -462,3 +462,105 @@ fn artifacts_are_only_for_those_who_may_use_them() -> Result<()> {
     ensure!(status == 200, "after uploading it: {status}");
     lab.finish()
 }
+
+/// A request with a chunked body (no `Content-Length`): (status, body).
+fn chunked(lab: &Lab, path: &str, token: &str, body: &[u8]) -> Result<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", lab.port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        stream,
+        "PUT {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+    )?;
+    for piece in body.chunks(1000) {
+        write!(stream, "{:x}\r\n", piece.len())?;
+        stream.write_all(piece)?;
+        stream.write_all(b"\r\n")?;
+    }
+    // The server may answer (and close) as soon as the stream passes the quota.
+    let _ = stream.write_all(b"0\r\n\r\n");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer)?;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("status in {text}"))?;
+    Ok((status, text))
+}
+
+#[test]
+fn an_upload_past_the_users_artifact_quota_is_429_naming_quota_and_usage() -> Result<()> {
+    let lab = Lab::start(&["--artifact-quota-bytes", "10000"])?;
+    let alice = lab.token("alice", "user")?;
+    let bob = lab.token("bob", "user")?;
+    let at = |hex: &str| format!("/api/v1/artifacts/sha256/{hex}");
+    let first = vec![1u8; 6000];
+    let second = vec![2u8; 6000];
+    let (h1, h2) = (sha256(&first)?, sha256(&second)?);
+
+    let (status, _) = lab.http("PUT", &at(&h1), &alice, &first)?;
+    ensure!(status == 201, "within the quota: {status}");
+    // Refused by its Content-Length, before the body is read.
+    let (status, body) = lab.http_declaring("PUT", &at(&h2), &alice, b"", second.len())?;
+    let body = String::from_utf8_lossy(&body).into_owned();
+    ensure!(
+        status == 429,
+        "past the quota by Content-Length: {status} {body}"
+    );
+    for part in [
+        "alice stores 6000 bytes",
+        "upload of 6000 bytes would make 12000",
+        "quota of 10000 bytes per user",
+        "--artifact-quota-bytes",
+    ] {
+        ensure!(body.contains(part), "{part:?} not in {body}");
+    }
+    // Refused while streaming when no length is declared.
+    let (status, text) = chunked(&lab, &at(&h2), &alice, &second)?;
+    ensure!(status == 429, "past the quota while streaming: {text}");
+    ensure!(text.contains("quota of 10000 bytes"), "{text}");
+    ensure!(
+        std::fs::read_dir(lab.data_dir.join("artifacts/tmp"))?
+            .next()
+            .is_none(),
+        "a refused upload left a file"
+    );
+    ensure!(!lab.data_dir.join("artifacts/sha256").join(&h2).exists());
+    // What alice has already costs nothing again; another user has a quota of their own.
+    let (status, _) = lab.http("PUT", &at(&h1), &alice, &first)?;
+    ensure!(status == 200, "alice's own artifact again: {status}");
+    let (status, _) = lab.http("PUT", &at(&h2), &bob, &second)?;
+    ensure!(status == 201, "bob within his quota: {status}");
+    // Stored bytes count for each user who uploaded them: bob takes alice's into his usage.
+    let (status, body) = lab.http("PUT", &at(&h1), &bob, &first)?;
+    ensure!(
+        status == 429 && String::from_utf8_lossy(&body).contains("bob stores 6000 bytes"),
+        "bob past his quota with bytes alice stored: {status}"
+    );
+
+    // The CLI says so and exits 75 (over a quota), submitting nothing.
+    let dir = lab.sandbox.path().join("quota-job");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("big.img"), vec![3u8; 6000])?;
+    std::fs::write(
+        dir.join("job.yaml"),
+        "job_name: over\ndevice_type: qemu\nactions:\n\
+         - deploy:\n    to: tmpfs\n    images:\n      kernel: {url: big.img}\n\
+         - boot: {method: qemu, prompts: ['# $']}\n",
+    )?;
+    let job = dir.join("job.yaml").display().to_string();
+    let done = lab.cli_as(&alice, &["job", "submit", &job, "--wait-for-device"])?;
+    expect_code(&done, 75)?;
+    ensure!(
+        done.stderr.contains("429")
+            && done.stderr.contains("alice stores 6000 bytes")
+            && done.stderr.contains("quota of 10000 bytes"),
+        "{}",
+        done.stderr
+    );
+    let jobs = lab.json_as(&alice, &["job", "list", "--json"])?;
+    ensure!(jobs.as_array().is_some_and(Vec::is_empty), "{jobs}");
+    lab.finish()
+}

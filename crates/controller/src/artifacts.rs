@@ -21,10 +21,14 @@
 //!   not exist (404). Uploading the bytes again (verified) makes it theirs too.
 //! - An agent reads an artifact only for a job it runs right now: the job references it and
 //!   the job's live lease is on a device of the agent connected with this token.
+//! - An upload that would take its uploader past the per-user quota on artifact bytes is
+//!   refused with 429 ([`crate::artifact_quota`]), before any byte is read when its
+//!   `Content-Length` says so, else as soon as the stream passes the room left.
 //! - Every byte sent is counted ([`ArtifactStore::served`]), so a benchmark can tell that a
 //!   cached start moved nothing.
 
 use crate::api::{ApiFailure, PEOPLE, visible_job};
+use crate::artifact_quota::{ArtifactQuota, OverArtifactQuota};
 use crate::auth::Caller;
 use crate::dispatcher::Command;
 use crate::{AppState, now};
@@ -56,12 +60,14 @@ const JOBS_CHECKED: u64 = 200;
 pub struct ArtifactStore {
     dir: PathBuf,
     max_size: u64,
+    quota: ArtifactQuota,
     served: Arc<AtomicU64>,
 }
 
 impl ArtifactStore {
-    /// The store under `dir` (created when needed); uploads larger than `max_size` are refused.
-    pub fn new(dir: PathBuf, max_size: u64) -> std::io::Result<ArtifactStore> {
+    /// The store under `dir` (created when needed); uploads larger than `max_size`, or that
+    /// would take their uploader past `quota` bytes of artifacts, are refused.
+    pub fn new(dir: PathBuf, max_size: u64, quota: u64) -> std::io::Result<ArtifactStore> {
         // Private like the rest of the data directory (crate::datadir): 0700 and 0600.
         crate::datadir::create_private_dir(&dir.join("sha256"))?;
         crate::datadir::create_private_dir(&dir.join("tmp"))?;
@@ -76,6 +82,7 @@ impl ArtifactStore {
         Ok(ArtifactStore {
             dir,
             max_size,
+            quota: ArtifactQuota::new(quota),
             served: Arc::new(AtomicU64::new(0)),
         })
     }
@@ -144,7 +151,8 @@ pub async fn may_use(state: &AppState, caller: &Caller, hex: &str) -> Result<boo
     params(("hex" = String, Path, description = "SHA-256 of the content, 64 lowercase hex digits")),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 201, body = ArtifactView), (status = 400, description = "bad digest, or the body hashes to another one", body = ApiError),
-        (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 413, description = "larger than the store's cap", body = ApiError)))]
+        (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 413, description = "larger than the store's cap", body = ApiError),
+        (status = 429, description = "the upload would take its uploader past the per-user artifact quota (the message names quota and usage)", body = ApiError)))]
 pub async fn put_artifact(
     State(state): State<AppState>,
     axum::Extension(caller): axum::Extension<Caller>,
@@ -163,10 +171,33 @@ pub async fn put_artifact(
             ),
         )
     };
-    if let Some(len) = content_length(request.headers())
+    let declared = content_length(request.headers());
+    if let Some(len) = declared
         && len > store.max_size
     {
         return Err(too_large(len));
+    }
+    // Bytes the caller already has cost nothing again; anything else must fit the quota.
+    let user = caller.name.clone();
+    let already_theirs = state
+        .store
+        .uploaded_by(&hex, &user)
+        .await
+        .map_err(unavailable)?;
+    let usage = state
+        .store
+        .artifact_bytes_of(&user)
+        .await
+        .map_err(unavailable)?;
+    let room = if already_theirs {
+        u64::MAX
+    } else {
+        store.quota.room(usage)
+    };
+    if let Some(len) = declared
+        && len > room
+    {
+        return Err(over_quota(store.quota.check(&user, usage, len)));
     }
     let temp = store.dir.join("tmp").join(temp_name()?);
     // Hashing and writing run on a blocking thread; this task only moves chunks to it.
@@ -185,6 +216,10 @@ pub async fn put_artifact(
                 size += chunk.len() as u64;
                 if size > store.max_size {
                     refusal = Some(too_large(size));
+                    break;
+                }
+                if size > room {
+                    refusal = Some(over_quota(store.quota.check(&user, usage, size)));
                     break;
                 }
                 if chunks.send(chunk).await.is_err() {
@@ -225,6 +260,25 @@ pub async fn put_artifact(
             format!("artifact sha256:{hex}: the uploaded bytes have sha256 {got}"),
         ));
     }
+    // The final check and the record in the uploader's turn: concurrent uploads of one user
+    // cannot together pass the quota.
+    let _turn = store.quota.turn(&user).await;
+    let now_theirs = state
+        .store
+        .uploaded_by(&hex, &user)
+        .await
+        .map_err(unavailable)?;
+    if !now_theirs {
+        let usage = state
+            .store
+            .artifact_bytes_of(&user)
+            .await
+            .map_err(unavailable)?;
+        if let Err(over) = store.quota.check(&user, usage, size) {
+            remove();
+            return Err(over_quota(Err(over)));
+        }
+    }
     let path = store.path(&hex);
     let status = if path.is_file() {
         remove();
@@ -246,6 +300,17 @@ pub async fn put_artifact(
         caller.name
     );
     Ok((status, Json(ArtifactView { sha256: hex, size })))
+}
+
+/// 429 for an upload over the quota (logged at info: it is the user's limit, not a fault).
+fn over_quota(check: Result<(), OverArtifactQuota>) -> ApiFailure {
+    let text = match check {
+        Err(over) => over.to_string(),
+        // Not reached: callers pass a failed check. Still an honest answer.
+        Ok(()) => "artifact quota: this upload does not fit".to_owned(),
+    };
+    tracing::info!("{text}");
+    ApiFailure::new(StatusCode::TOO_MANY_REQUESTS, text)
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {

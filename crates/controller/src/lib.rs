@@ -15,6 +15,7 @@
 //!   revoking the token ends it.
 
 pub mod api;
+pub mod artifact_quota;
 pub mod artifacts;
 pub mod auth;
 pub mod datadir;
@@ -86,6 +87,8 @@ pub struct Config {
     pub sqlite_sync: store::SqliteSync,
     /// Largest artifact accepted, in bytes.
     pub max_artifact: u64,
+    /// Bytes of artifacts one user may keep.
+    pub artifact_quota: u64,
 }
 
 impl Config {
@@ -103,6 +106,7 @@ impl Config {
             open_log_files: logs::DEFAULT_OPEN_FILES,
             sqlite_sync: store::SqliteSync::default(),
             max_artifact: proto::api::DEFAULT_MAX_ARTIFACT,
+            artifact_quota: artifact_quota::DEFAULT_ARTIFACT_QUOTA,
         }
     }
 }
@@ -221,11 +225,15 @@ pub async fn serve(
     }
     let logs = LogStore::with_capacity(&config.data_dir.join("logs"), config.open_log_files);
     let artifact_dir = config.data_dir.join("artifacts");
-    let artifacts = artifacts::ArtifactStore::new(artifact_dir.clone(), config.max_artifact)
-        .map_err(|source| ControllerError::DataDir {
-            path: artifact_dir,
-            source,
-        })?;
+    let artifacts = artifacts::ArtifactStore::new(
+        artifact_dir.clone(),
+        config.max_artifact,
+        config.artifact_quota,
+    )
+    .map_err(|source| ControllerError::DataDir {
+        path: artifact_dir,
+        source,
+    })?;
     let leases = Leases::default();
     let sessions = sessions::Sessions::new(tokens.clone());
     let (updates, _) = broadcast::channel(4096);

@@ -351,6 +351,18 @@ impl Store {
         }
     }
 
+    /// Bytes of the distinct artifacts `principal` uploaded (their artifact quota usage).
+    pub async fn artifact_bytes_of(&self, principal: &str) -> Result<u64, StoreError> {
+        let row = sqlx::query(
+            "SELECT CAST(COALESCE(SUM(a.size), 0) AS BIGINT) AS total FROM artifacts a \
+             JOIN artifact_uploaders u ON u.sha256 = a.sha256 WHERE u.principal = $1",
+        )
+        .bind(principal.to_owned())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(as_u64(row.try_get("total")?))
+    }
+
     /// Whether `principal` uploaded the artifact.
     pub async fn uploaded_by(&self, sha256: &str, principal: &str) -> Result<bool, StoreError> {
         let row = sqlx::query(

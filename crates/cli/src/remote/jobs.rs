@@ -22,8 +22,8 @@ use std::path::{Path, PathBuf};
 const SUBMIT_HELP: &str = "Exit codes: 0 submitted; with --follow the job's outcome: 0 passed, \
 1 failed, 2 timed out, 3 canceled, 4 job error, 5 infra error. 4 job refused (the controller's \
 400: file and field named), 64 usage or missing settings (DUTLAB_URL, DUTLAB_TOKEN or `dutlab \
-login`), 69 controller unreachable, 70 other error, 77 no token or token refused (401/403), \
-130 Ctrl-C stopped following (the job keeps running).";
+login`), 69 controller unreachable, 70 other error, 75 over a quota (429: artifact bytes), 77 no \
+token or token refused (401/403), 130 Ctrl-C stopped following (the job keeps running).";
 
 const LOGS_HELP: &str = "Exit codes: 0 done, 64 usage or missing settings (DUTLAB_URL, \
 DUTLAB_TOKEN or `dutlab login`), 69 controller unreachable, 70 other error, 77 no token or token \
