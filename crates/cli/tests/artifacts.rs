@@ -564,3 +564,99 @@ fn an_upload_past_the_users_artifact_quota_is_429_naming_quota_and_usage() -> Re
     ensure!(jobs.as_array().is_some_and(Vec::is_empty), "{jobs}");
     lab.finish()
 }
+
+#[test]
+fn only_the_agent_whose_link_runs_the_job_fetches_its_artifacts() -> Result<()> {
+    let mut lab = Lab::start(&[])?;
+    lab.agent("host-a")?;
+    let user = lab.token("alice", "user")?;
+    let dir = lab.sandbox.path().join("waiting");
+    std::fs::create_dir_all(dir.join("images"))?;
+    let image = testkit::guest_image()?;
+    for f in ["vmlinuz", "initramfs.cpio.gz", "rootfs.qcow2"] {
+        std::fs::copy(image.join(f), dir.join("images").join(f))?;
+    }
+    std::fs::write(
+        dir.join("job.yaml"),
+        "job_name: waiting\ndevice_type: qemu\nvisibility: personal\ntimeouts: {job: {minutes: 4}}\nactions:\n\
+         - deploy:\n    to: tmpfs\n    images:\n\
+         \x20     kernel: {url: images/vmlinuz}\n\
+         \x20     initrd: {url: images/initramfs.cpio.gz}\n\
+         \x20     rootfs: {url: images/rootfs.qcow2, format: qcow2}\n\
+         - boot: {method: qemu, prompts: ['# $'], auto_login: {login_prompt: 'login:', username: root}}\n\
+         - test:\n    definitions:\n    - from: inline\n      name: t\n      path: inline/t.yaml\n      repository:\n\
+         \x20       metadata: {format: Lava-Test Test Definition 1.0, name: t}\n        run:\n          steps:\n          - 'sleep 600'\n",
+    )?;
+    let view = lab.json_as(
+        &user,
+        &[
+            "job",
+            "submit",
+            &dir.join("job.yaml").display().to_string(),
+            "--json",
+        ],
+    )?;
+    let id = view["id"].as_u64().context("id")?;
+    let log = || lab.log_text(id);
+    wait_until("the agent fetched the job's artifacts", JOB_LIMIT, || {
+        Ok((log()?.matches(": fetched ").count() == 3).then_some(()))
+    })?;
+    let kernel = sha256(&std::fs::read(dir.join("images/vmlinuz"))?)?;
+    let path = format!("/api/v1/artifacts/sha256/{kernel}?job={id}");
+
+    // The token of the agent running the job may fetch it (its link holds the lease) ...
+    let host_a = std::fs::read_to_string(lab.sandbox.path().join("host-a/token"))?;
+    let (status, body) = lab.http("GET", &path, host_a.trim(), b"")?;
+    ensure!(
+        status == 200 && body == std::fs::read(dir.join("images/vmlinuz"))?,
+        "the running agent: {status}"
+    );
+    // ... another agent's token may not, with or without a link of its own.
+    let other = lab.token("host-c", "agent")?;
+    let (status, body) = lab.http("GET", &path, &other, b"")?;
+    ensure!(
+        status == 403 && String::from_utf8_lossy(&body).contains(&format!("runs no job {id}")),
+        "another agent's token: {status}"
+    );
+    lab.agent("host-b")?;
+    let host_b = std::fs::read_to_string(lab.sandbox.path().join("host-b/token"))?;
+    let (status, _) = lab.http("GET", &path, host_b.trim(), b"")?;
+    ensure!(status == 403, "another connected agent: {status}");
+    // A second token bound to host-a but holding no link is not the link holding the lease.
+    let done = lab.cli_as(
+        &lab.admin,
+        &[
+            "token", "create", "--name", "host-a-2", "--role", "agent", "--agent", "host-a",
+        ],
+    )?;
+    expect_code(&done, 0)?;
+    let (status, _) = lab.http("GET", &path, done.stdout.trim(), b"")?;
+    ensure!(
+        status == 403,
+        "a token of host-a without the link: {status}"
+    );
+    // A user reads it through the job (theirs); the job's artifact is not another user's.
+    let (status, _) = lab.http(
+        "GET",
+        &format!("/api/v1/artifacts/sha256/{kernel}"),
+        &user,
+        b"",
+    )?;
+    ensure!(status == 200, "the job's owner: {status}");
+    let bob = lab.token("bob", "user")?;
+    let (status, _) = lab.http(
+        "GET",
+        &format!("/api/v1/artifacts/sha256/{kernel}"),
+        &bob,
+        b"",
+    )?;
+    ensure!(status == 404, "another user, personal job: {status}");
+
+    let done = lab.cli_as(&user, &["job", "cancel", &id.to_string()])?;
+    expect_code(&done, 0)?;
+    wait_until("the job ended", JOB_LIMIT, || {
+        let view = lab.json_as(&user, &["job", "show", &id.to_string(), "--json"])?;
+        Ok((view["state"] == "finished").then_some(()))
+    })?;
+    lab.finish()
+}

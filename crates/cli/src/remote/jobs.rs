@@ -72,6 +72,10 @@ pub struct SubmitArgs {
     /// Print the local files that would be uploaded (images, git bundles); send nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Send the job file as written: upload nothing, keep paths and repositories as they are
+    /// (a lab agent then reads paths only inside its image_dirs).
+    #[arg(long, conflicts_with = "dry_run")]
+    as_written: bool,
 }
 
 /// Job commands that need a controller (flattened into `dutlab job`).
@@ -233,7 +237,12 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
     // Refused before anything is uploaded, with the message the controller would give.
     jobspec::check_runnable(&file_name, &parsed)
         .map_err(|e| Exit::new(exit::JOB_REFUSED, format!("job refused: {e}")))?;
-    let (uploads, _staging) = uploads::local_uploads(&args.job, &file_name, &parsed)?;
+    let (uploads, _staging) = if args.as_written {
+        (Vec::new(), None)
+    } else {
+        let (uploads, staging) = uploads::local_uploads(&args.job, &file_name, &parsed)?;
+        (uploads, Some(staging))
+    };
     if args.dry_run {
         if uploads.is_empty() {
             println!("nothing to upload");
