@@ -14,6 +14,7 @@
 #    is submitted twice through a real agent. The controller logs every artifact it sends
 #    ("artifact sha256:HEX (N bytes) sent to agent ..."): the bytes of each start are summed
 #    from that log, and the client's upload lines and the job log's cache lines are counted.
+# DUTLAB_IMAGE=DIR uses a built guest image (else one is built).
 # Needs cargo, curl, sha256sum, python3 and the packages of scripts/install-deps.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,8 +29,13 @@ while [ $# -gt 0 ]; do
     *) echo "usage: $0 [--size BYTES] [--no-tls] [--no-cache-run]" >&2; exit 64 ;;
   esac
 done
-cargo build --locked -q --release -p dutlab-cli
-dutlab="$(pwd)/${CARGO_TARGET_DIR:-target}/release/dutlab"
+# DUTLAB_BIN=path/to/dutlab uses that binary instead of building one.
+if [ -n "${DUTLAB_BIN:-}" ]; then
+  dutlab=$DUTLAB_BIN
+else
+  cargo build --locked -q --release -p dutlab-cli
+  dutlab="$(pwd)/${CARGO_TARGET_DIR:-target}/release/dutlab"
+fi
 
 work=$(mktemp -d)
 pids=()

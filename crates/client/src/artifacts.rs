@@ -182,23 +182,19 @@ fn hex(bytes: &[u8]) -> String {
 
 fn read_chunks(mut file: std::fs::File, tx: mpsc::Sender<std::io::Result<Vec<u8>>>) {
     loop {
-        let mut buf = vec![0u8; CHUNK];
-        let mut filled = 0;
-        while filled < CHUNK {
-            match file.read(&mut buf[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(e));
-                    return;
-                }
-            }
+        // `read_to_end` on a `File` reads into the spare capacity: no zeroing of each chunk.
+        let mut buf = Vec::with_capacity(CHUNK);
+        if let Err(e) = std::io::Read::by_ref(&mut file)
+            .take(CHUNK as u64)
+            .read_to_end(&mut buf)
+        {
+            let _ = tx.blocking_send(Err(e));
+            return;
         }
+        let filled = buf.len();
         if filled == 0 {
             return;
         }
-        buf.truncate(filled);
         if tx.blocking_send(Ok(buf)).is_err() {
             return;
         }
@@ -214,7 +210,8 @@ fn write_hashed(
         .write(true)
         .create_new(true)
         .open(path)?;
-    let mut out = std::io::BufWriter::with_capacity(CHUNK, file);
+    // Chunks go straight to the file: a BufWriter would copy every chunk smaller than it.
+    let mut out = file;
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     while let Some(chunk) = chunks.blocking_recv() {
@@ -222,7 +219,6 @@ fn write_hashed(
         size += chunk.len() as u64;
         out.write_all(&chunk)?;
     }
-    let file = out.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()?;
+    out.sync_all()?;
     Ok((hex(&hasher.finalize()), size))
 }

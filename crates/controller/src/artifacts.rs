@@ -338,14 +338,14 @@ fn write_hashed(
         .create_new(true)
         .mode(0o600)
         .open(path)?;
-    let mut out = std::io::BufWriter::with_capacity(CHUNK, file);
+    // Chunks go straight to the file: a BufWriter would copy every chunk smaller than it.
+    let mut out = file;
     let mut hasher = Sha256::new();
     while let Some(chunk) = chunks.blocking_recv() {
         hasher.update(&chunk);
         out.write_all(&chunk)?;
     }
-    let file = out.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()?;
+    out.sync_all()?;
     Ok(hex_of(&hasher.finalize()))
 }
 
@@ -477,23 +477,19 @@ fn read_chunks(
     served: Arc<AtomicU64>,
 ) {
     loop {
-        let mut buf = vec![0u8; CHUNK];
-        let mut filled = 0;
-        while filled < CHUNK {
-            match file.read(&mut buf[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(e));
-                    return;
-                }
-            }
+        // `read_to_end` on a `File` reads into the spare capacity: no zeroing of each chunk.
+        let mut buf = Vec::with_capacity(CHUNK);
+        if let Err(e) = std::io::Read::by_ref(&mut file)
+            .take(CHUNK as u64)
+            .read_to_end(&mut buf)
+        {
+            let _ = tx.blocking_send(Err(e));
+            return;
         }
+        let filled = buf.len();
         if filled == 0 {
             return;
         }
-        buf.truncate(filled);
         served.fetch_add(filled as u64, Ordering::Relaxed);
         if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
             return;
