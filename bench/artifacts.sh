@@ -3,7 +3,7 @@
 # loopback, plain and over TLS, and the bytes a job start moves when its images are cached
 # (not a test; results go to docs/benchmarks.md).
 #
-#   bench/artifacts.sh [--size BYTES] [--no-tls] [--no-cache-run]
+#   bench/artifacts.sh [--size BYTES] [--no-tls] [--no-cache-run] [--in DIR]
 #
 # 1. A file of BYTES random bytes (default 1 GB) is uploaded with curl
 #    (PUT /api/v1/artifacts/sha256/HEX: streamed, hashed while streaming, fsynced before the
@@ -15,18 +15,22 @@
 #    ("artifact sha256:HEX (N bytes) sent to agent ..."): the bytes of each start are summed
 #    from that log, and the client's upload lines and the job log's cache lines are counted.
 # DUTLAB_IMAGE=DIR uses a built guest image (else one is built).
+# --in DIR keeps the file and the controllers' data under DIR (e.g. /dev/shm, to tell the
+# controller's own cost from the disk's; default: $TMPDIR).
 # Needs cargo, curl, sha256sum, python3 and the packages of scripts/install-deps.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 size=1000000000
 tls=1
 cache_run=1
+parent=${TMPDIR:-/tmp}
 while [ $# -gt 0 ]; do
   case $1 in
     --size) size=$2; shift 2 ;;
     --no-tls) tls=0; shift ;;
     --no-cache-run) cache_run=0; shift ;;
-    *) echo "usage: $0 [--size BYTES] [--no-tls] [--no-cache-run]" >&2; exit 64 ;;
+    --in) parent=$2; shift 2 ;;
+    *) echo "usage: $0 [--size BYTES] [--no-tls] [--no-cache-run] [--in DIR]" >&2; exit 64 ;;
   esac
 done
 # DUTLAB_BIN=path/to/dutlab uses that binary instead of building one.
@@ -37,7 +41,7 @@ else
   dutlab="$(pwd)/${CARGO_TARGET_DIR:-target}/release/dutlab"
 fi
 
-work=$(mktemp -d)
+work=$(mktemp -d -p "$parent")
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
