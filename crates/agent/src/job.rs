@@ -178,7 +178,10 @@ fn prepare(start: &JobStart) -> Result<(Job, JobContext), JobReport> {
     let fallback_name = format!("job-{}", start.job);
     let job = jobspec::parse_job(&file, &start.definition)
         .map_err(|e| ended(&fallback_name, Outcome::JobError, e.to_string()))?;
-    let deploys = job.actions.iter().any(|a| matches!(a, Action::Deploy(_)));
+    let deploys = job
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::Deploy(d) if !d.only_downloads()));
     let default_image = if deploys {
         None
     } else {

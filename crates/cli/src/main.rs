@@ -270,7 +270,11 @@ fn read_job(path: &Path) -> Result<(String, jobspec::Job), String> {
 /// `job validate` and `run`, before anything is fetched, built or booted).
 fn read_runnable_job(path: &Path) -> Result<(String, jobspec::Job), String> {
     let (file, job) = read_job(path)?;
-    jobspec::check_runnable(&file, &job).map_err(|e| e.to_string())?;
+    if let Err(e) = jobspec::check_runnable(&file, &job) {
+        // Two questions, two answers: the file is valid LAVA; no device type here runs it.
+        eprintln!("dutlab: {file}: valid LAVA, but not runnable here:");
+        return Err(e.to_string());
+    }
     Ok((file, job))
 }
 
@@ -288,12 +292,15 @@ fn job(command: JobCommand) -> i32 {
                             "device_type": job.device_type,
                             "priority": job.priority,
                             "actions": job.actions.iter().map(|a| a.kind()).collect::<Vec<_>>(),
+                            "valid_lava": true,
+                            "runnable": true,
                             "warnings": job.warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>(),
                         })
                     );
                 } else {
                     println!(
-                        "{file}: valid: job '{}' for device type '{}', {} action(s)",
+                        "{file}: valid: job '{}' for device type '{}', {} action(s); valid \
+                         LAVA, runnable here",
                         job.name,
                         job.device_type,
                         job.actions.len()
@@ -334,7 +341,7 @@ fn run(args: RunArgs) -> i32 {
     let deploys = job
         .actions
         .iter()
-        .any(|a| matches!(a, jobspec::Action::Deploy(_)));
+        .any(|a| matches!(a, jobspec::Action::Deploy(d) if !d.only_downloads()));
     let default_image = if deploys {
         None
     } else {

@@ -267,7 +267,7 @@ fn tftp_deploy_is_refused_by_validate_and_by_run() -> Result<()> {
         &env,
         &job,
         "job.yaml: actions[0].deploy.to: 'tftp' needs a device with a TFTP server; the device \
-         types dutlab knows (qemu) deploy to tmpfs only",
+         types dutlab knows (qemu) deploy to tmpfs or downloads only",
     )
 }
 
@@ -382,7 +382,7 @@ fn submit_refuses_what_validate_refuses() -> Result<()> {
                  - boot:\n    method: qemu\n    prompts: ['# $']\n{TEST_ACTION}"
             ),
             "job.yaml: actions[0].deploy.to: 'tftp' needs a device with a TFTP server; the \
-             device types dutlab knows (qemu) deploy to tmpfs only",
+             device types dutlab knows (qemu) deploy to tmpfs or downloads only",
         ),
         (
             "uboot.yaml",
@@ -530,6 +530,88 @@ fn run_prints_the_warnings_of_a_definition_from_git_before_the_first_action() ->
             .contains("actions[0].deploy.images.kernel.url: /nonexistent/vmlinuz: no such file"),
         "{}",
         done.stdout
+    );
+    Ok(())
+}
+
+/// A job that is valid LAVA but that no device type here runs gets both answers: valid
+/// LAVA, then what it needs.
+#[test]
+fn validate_says_valid_lava_but_not_runnable_here() -> Result<()> {
+    let env = Env::new()?;
+    let job = env.write(
+        "fastboot.yaml",
+        "job_name: fb\ndevice_type: hikey\nactions:\n\
+         - deploy: {to: fastboot, images: {boot: {url: 'https://h.example/boot.img'}}}\n\
+         - boot: {method: fastboot}\n",
+    )?;
+    let done = env.dutlab(&["job", "validate", arg(&job)?])?;
+    expect_code(&done, JOB_ERROR)?;
+    let lines: Vec<&str> = done.stderr.lines().collect();
+    ensure!(
+        lines.contains(&"dutlab: fastboot.yaml: valid LAVA, but not runnable here:")
+            && lines.iter().any(|l| l.starts_with(
+                "dutlab: error: fastboot.yaml: actions[0].deploy.to: 'fastboot' needs a device \
+                 flashed with fastboot"
+            )),
+        "{}",
+        done.stderr
+    );
+    Ok(())
+}
+
+/// `deploy: {to: downloads}`, a `downloads://` image, and user commands of the device file
+/// (`do` during the run, `undo` at teardown), all before anything boots: no QEMU is needed.
+#[test]
+fn run_fetches_downloads_and_runs_the_devices_user_commands() -> Result<()> {
+    let env = Env::new()?;
+    std::fs::write(env.sandbox.path().join("vmlinuz"), b"not a kernel")?;
+    let marker = env.sandbox.path().join("relay-on");
+    let undone = env.sandbox.path().join("relay-off");
+    let device = env.write(
+        "device.yaml",
+        &format!(
+            "name: q1\ndevice_type: qemu\nuser_commands:\n  relay-on:\n    do: touch '{}'\n    \
+             undo: [\"touch '{}'\"]\n",
+            marker.display(),
+            undone.display()
+        ),
+    )?;
+    let job = env.write(
+        "job.yaml",
+        "job_name: downloads and a command\ndevice_type: qemu\nactions:\n\
+         - deploy: {to: downloads, images: {kernel: {url: vmlinuz}}}\n\
+         - deploy: {to: tmpfs, images: {kernel: {url: 'downloads://vmlinuz'}}}\n\
+         - command: {name: relay-on}\n",
+    )?;
+    let done = env.dutlab(&["run", "--device", arg(&device)?, arg(&job)?])?;
+    expect_code(&done, 0)?;
+    ensure!(
+        marker.is_file() && undone.is_file(),
+        "do and undo did not both run:\n{}",
+        done.stderr
+    );
+    ensure!(
+        done.stderr.contains("fetched downloads://vmlinuz"),
+        "{}",
+        done.stderr
+    );
+
+    // A name the device does not define is the job's fault, and names what it defines.
+    let job = env.write(
+        "other.yaml",
+        "job_name: other command\ndevice_type: qemu\nactions:\n\
+         - deploy: {to: tmpfs, images: {kernel: {url: vmlinuz}}}\n\
+         - command: {name: rm-rf}\n",
+    )?;
+    let done = env.dutlab(&["run", "--device", arg(&device)?, arg(&job)?])?;
+    expect_code(&done, JOB_ERROR)?;
+    let said = format!("{}{}", done.stdout, done.stderr);
+    ensure!(
+        said.contains(
+            "actions[1].command.name: device 'q1' has no user command 'rm-rf' (it defines relay-on)"
+        ),
+        "{said}"
     );
     Ok(())
 }

@@ -6,16 +6,22 @@
 //! all-or-nothing across actions) live in the job module.
 //!
 //! Invariants of a parsed [`Action`]:
-//! - An action is a mapping with exactly one key, `deploy`, `boot` or `test`; `actions` is not
-//!   empty and keeps file order.
+//! - An action is a mapping with exactly one key, `deploy`, `boot`, `test` or `command`;
+//!   `actions` is not empty and keeps file order. A `command` carries only a name: the
+//!   command line is the device configuration's, never the job's.
 //! - Every action timeout is positive; a `namespace` is never `common` or `docker-test-shell`.
 //! - Image `sha256sum`s are 64 lowercase hex digits; image sources are plain paths, `file://`
 //!   URLs (reduced to their path, %-escapes decoded) or `http(s)://` URLs with a host (kept as
 //!   written). An image is given either in `images` or at the action level, never both.
 //! - Boot prompts are not empty; `auto_login` has `password_prompt` exactly when `password`.
 //! - A test action has exactly one of a non-empty `definitions`, `interactive` or `monitors`
-//!   list (or only `services`, which warns); definition names match `[-_a-zA-Z0-9.]+`, sources are `inline` or `git`,
-//!   `lava-signal` is `kmsg` or `stdout` (LAVA's schema refuses any other word).
+//!   list (or only `services`, which warns); definition names match `[-_a-zA-Z0-9.]+`,
+//!   sources are `inline`, `git` or `url` (an archive; never `downloads://`), `lava-signal`
+//!   is `kmsg` or `stdout` (LAVA's schema refuses any other word).
+//! - Any URL scheme LAVA's schema takes parses (it takes any string): `downloads://NAME` only
+//!   with a clean relative NAME, other schemes kept as [`ImageSource::Other`] for
+//!   [`check_runnable`](crate::check_runnable) to refuse. Boot `commands` items are strings
+//!   or one-key mappings (uuu's form).
 //! - Unknown keys and LAVA features not supported yet are warnings, never errors. A key kept in
 //!   the parsed action but not acted on by dutlab (`deploy.os`, `boot.commands`, a `media` other
 //!   than tmpfs, an image's `type`, a `format` of a non-disk image, `dtb`/`modules`/`nfsrootfs`
@@ -39,6 +45,8 @@ pub enum Action {
     Deploy(Deploy),
     Boot(Boot),
     Test(Test),
+    /// `command:` — run a command the operator defined for the device, by name.
+    Command(Command),
 }
 
 impl Action {
@@ -48,12 +56,13 @@ impl Action {
             Action::Deploy(_) => "deploy",
             Action::Boot(_) => "boot",
             Action::Test(_) => "test",
+            Action::Command(_) => "command",
         }
     }
 
     /// The LAVA action name this action answers to in `timeouts.actions` and
     /// `timeouts.connections`: one of [`TIMED_ACTIONS`] (`deployimages`, `boot-qemu-image`,
-    /// `lava-test-shell`, `lava-test-interactive`, `lava-test-monitor`).
+    /// `lava-test-shell`, `lava-test-interactive`, `lava-test-monitor`, `user-command`).
     pub fn lava_name(&self) -> &'static str {
         match self {
             Action::Deploy(_) => TIMED_ACTIONS[0],
@@ -61,6 +70,7 @@ impl Action {
             Action::Test(t) if !t.interactive.is_empty() => TIMED_ACTIONS[3],
             Action::Test(t) if !t.monitors.is_empty() => TIMED_ACTIONS[4],
             Action::Test(_) => TIMED_ACTIONS[2],
+            Action::Command(_) => TIMED_ACTIONS[5],
         }
     }
 
@@ -69,6 +79,7 @@ impl Action {
             Action::Deploy(a) => a.timeout,
             Action::Boot(a) => a.timeout,
             Action::Test(a) => a.timeout,
+            Action::Command(a) => a.timeout,
         }
     }
 
@@ -78,6 +89,7 @@ impl Action {
             Action::Deploy(a) => &a.role,
             Action::Boot(a) => &a.role,
             Action::Test(a) => &a.role,
+            Action::Command(a) => &a.role,
         }
     }
 
@@ -86,8 +98,20 @@ impl Action {
             Action::Deploy(a) => a.namespace.as_deref(),
             Action::Boot(a) => a.namespace.as_deref(),
             Action::Test(a) => a.namespace.as_deref(),
+            Action::Command(a) => a.namespace.as_deref(),
         }
     }
+}
+
+/// `command:` — a named command of the device (LAVA's `user_commands`). The job names it; the
+/// command line itself comes only from the device's configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    /// The command's name; not empty.
+    pub name: String,
+    pub timeout: Option<Duration>,
+    pub role: Vec<String>,
+    pub namespace: Option<String>,
 }
 
 /// `deploy:` — get images onto (or next to) the device.
@@ -101,6 +125,14 @@ pub struct Deploy {
     pub timeout: Option<Duration>,
     pub role: Vec<String>,
     pub namespace: Option<String>,
+}
+
+impl Deploy {
+    /// `to: downloads`: the images are only fetched for later `downloads://` images; the
+    /// action gives the DUT nothing to boot.
+    pub fn only_downloads(&self) -> bool {
+        self.to == "downloads"
+    }
 }
 
 /// One image of a deploy action.
@@ -151,6 +183,16 @@ pub enum ImageSource {
     Http(String),
     /// `artifact:sha256:<hex>`: a file uploaded to the controller with the job (the digest).
     Artifact(String),
+    /// `downloads://NAME`: the file NAME an earlier `deploy: {to: downloads}` action of the
+    /// job fetched. NAME is relative, has no `.` or `..` component and no empty one.
+    Downloads(String),
+    /// A URL of another scheme LAVA's dispatcher may fetch (`rclone://`, `scp://`, ...):
+    /// valid LAVA, kept as written; whether a host can fetch it is not decided here.
+    Other {
+        /// Lower case.
+        scheme: String,
+        url: String,
+    },
 }
 
 /// How an image is compressed.
@@ -162,6 +204,22 @@ pub enum Compression {
     Xz,
     Bz2,
     Zstd,
+    /// A zip archive with exactly one member, the image.
+    Zip,
+}
+
+impl Compression {
+    /// The word LAVA's `compression:` uses (`none` for no compression).
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gz => "gz",
+            Compression::Xz => "xz",
+            Compression::Bz2 => "bz2",
+            Compression::Zstd => "zstd",
+            Compression::Zip => "zip",
+        }
+    }
 }
 
 /// `boot:` — power the device on and reach a shell.
@@ -175,7 +233,8 @@ pub struct Boot {
     pub auto_login: Option<AutoLogin>,
     /// `commands:` given as a name (a command set of the device).
     pub commands: Option<String>,
-    /// `commands:` given as a list of bootloader commands.
+    /// `commands:` given as a list of bootloader commands; an item given as a one-key mapping
+    /// (the uuu method's `- uuu: -b sd {boot}`) is `KEY: VALUE`.
     pub command_list: Vec<String>,
     pub timeout: Option<Duration>,
     pub role: Vec<String>,
@@ -238,6 +297,14 @@ pub enum LavaSignal {
 pub enum DefinitionSource {
     /// `from: inline`: the definition is in the job file.
     Inline(TestDefinition),
+    /// `from: url`: a tar archive of test definitions (optionally compressed).
+    Url {
+        /// An `http(s)://` URL, a path or the path of a `file://` URL, as [`ImageSource`].
+        source: ImageSource,
+        compression: Compression,
+        /// `strip-components`: leading path components dropped from every member.
+        strip_components: u32,
+    },
     /// `from: git`.
     Git {
         /// Path, `file://`, `http(s)://` or other git URL, as written.
@@ -297,10 +364,10 @@ fn action(cx: &mut Ctx, path: Path, v: Value) -> Result<Action, JobError> {
         "deploy" => deploy(cx, body_path, body).map(Action::Deploy),
         "boot" => boot(cx, body_path, body).map(Action::Boot),
         "test" => test(cx, body_path, body).map(Action::Test),
-        "command" => Err(cx.err(&path, "action type 'command' is not supported yet")),
+        "command" => command(cx, body_path, body).map(Action::Command),
         other => Err(cx.err(
             &path,
-            format!("unknown action type '{other}' (use deploy, boot or test)"),
+            format!("unknown action type '{other}' (use deploy, boot, test or command)"),
         )),
     }
 }
@@ -351,6 +418,19 @@ fn common(cx: &mut Ctx, f: &mut Fields) -> Result<Common, JobError> {
         timeout,
         role,
         namespace,
+    })
+}
+
+fn command(cx: &mut Ctx, path: Path, v: Value) -> Result<Command, JobError> {
+    let mut f = Fields::new(cx, path, v)?;
+    let name = f.req_nonempty(cx, "name")?;
+    let c = common(cx, &mut f)?;
+    f.finish(cx);
+    Ok(Command {
+        name,
+        timeout: c.timeout,
+        role: c.role,
+        namespace: c.namespace,
     })
 }
 
@@ -508,7 +588,7 @@ fn url_scheme(s: &str) -> Option<&str> {
     .then_some(scheme)
 }
 
-fn image_source(cx: &Ctx, path: &Path, url: &str) -> Result<ImageSource, JobError> {
+pub(crate) fn image_source(cx: &Ctx, path: &Path, url: &str) -> Result<ImageSource, JobError> {
     if url.starts_with("artifact:") {
         return artifact(cx, path, url).map(|hex| ImageSource::Artifact(hex.to_owned()));
     }
@@ -536,10 +616,21 @@ fn image_source(cx: &Ctx, path: &Path, url: &str) -> Result<ImageSource, JobErro
                 .map(ImageSource::Path)
                 .ok_or_else(|| cx.err(path, format!("file URL '{url}' has a bad %-escape")))
         }
-        _ => Err(cx.err(
-            path,
-            format!("unsupported URL scheme '{scheme}' (use a path, file://, http:// or https://)"),
-        )),
+        "downloads" => downloads_name(rest)
+            .map(ImageSource::Downloads)
+            .ok_or_else(|| {
+                cx.err(
+                    path,
+                    format!(
+                        "'{url}' must name a file as a relative path without '.', '..' or \
+                         empty components (downloads://NAME)"
+                    ),
+                )
+            }),
+        other => Ok(ImageSource::Other {
+            scheme: other.to_owned(),
+            url: url.to_owned(),
+        }),
     }
 }
 
@@ -554,6 +645,18 @@ fn artifact<'a>(cx: &Ctx, path: &Path, text: &'a str) -> Result<&'a str, JobErro
             ),
         )
     })
+}
+
+/// The file name of `downloads://REST` (LAVA joins host and path: `downloads://a/b`,
+/// `downloads:///a/b` both name `a/b`), if it is a clean relative path.
+fn downloads_name(rest: &str) -> Option<String> {
+    let name = rest.trim_start_matches('/');
+    let clean = !name.is_empty()
+        && name
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != ".." && !c.contains('\\'))
+        && !name.contains(['\0', '?', '#']);
+    clean.then(|| name.to_owned())
 }
 
 pub(crate) fn percent_decode(s: &str) -> Option<String> {
@@ -576,16 +679,17 @@ pub(crate) fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-fn compression(cx: &Ctx, path: &Path, v: Value) -> Result<Compression, JobError> {
+pub(crate) fn compression(cx: &Ctx, path: &Path, v: Value) -> Result<Compression, JobError> {
     let s = text(cx, path, v)?;
     match s.to_ascii_lowercase().as_str() {
         "gz" | "gzip" => Ok(Compression::Gz),
         "xz" => Ok(Compression::Xz),
         "bz2" | "bzip2" => Ok(Compression::Bz2),
         "zstd" | "zst" => Ok(Compression::Zstd),
+        "zip" => Ok(Compression::Zip),
         _ => Err(cx.err(
             path,
-            format!("unsupported compression '{s}' (use gz, xz, bz2 or zstd)"),
+            format!("unsupported compression '{s}' (use gz, xz, bz2, zstd or zip)"),
         )),
     }
 }
@@ -633,7 +737,7 @@ fn boot(cx: &mut Ctx, path: Path, v: Value) -> Result<Boot, JobError> {
         None => None,
     };
     let (commands, command_list) = match f.take("commands") {
-        Some(v @ Value::Seq(_)) => (None, text_list(cx, &f.at("commands"), v)?),
+        Some(v @ Value::Seq(_)) => (None, boot_commands(cx, &f.at("commands"), v)?),
         Some(v) => (Some(text(cx, &f.at("commands"), v)?), Vec::new()),
         None => (None, Vec::new()),
     };
@@ -695,6 +799,35 @@ fn boot(cx: &mut Ctx, path: Path, v: Value) -> Result<Boot, JobError> {
         namespace: c.namespace,
         connection_timeout,
     })
+}
+
+/// Boot commands: strings, or one-key mappings of a tool to its arguments (uuu's
+/// `- uuu: -b sd {boot}`, `- bcu: reset usb`), kept as `KEY: VALUE`.
+fn boot_commands(cx: &Ctx, path: &Path, v: Value) -> Result<Vec<String>, JobError> {
+    let Value::Seq(items) = v else {
+        return Err(cx.expected(path, "a list", &v));
+    };
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let ipath = path.index(i);
+            match item {
+                Value::Map(m) if m.len() == 1 => {
+                    let Some((k, v)) = m.into_iter().next() else {
+                        return Err(cx.err(&ipath, "empty mapping"));
+                    };
+                    let v = text(cx, &ipath.key(&k), v)?;
+                    Ok(format!("{k}: {v}"))
+                }
+                Value::Map(_) => Err(cx.err(
+                    &ipath,
+                    "a boot command is a string or a mapping with one key (tool: arguments)",
+                )),
+                other => text(cx, &ipath, other),
+            }
+        })
+        .collect()
 }
 
 fn auto_login(cx: &mut Ctx, path: Path, v: Value) -> Result<AutoLogin, JobError> {
@@ -841,6 +974,42 @@ fn definition_ref(cx: &mut Ctx, path: Path, v: Value) -> Result<DefinitionRef, J
                 history,
             }
         }
+        "url" => {
+            let url = text(cx, &repo_path, repository)?;
+            if url.trim().is_empty() {
+                return Err(cx.err(&repo_path, "must not be empty"));
+            }
+            let source = image_source(cx, &repo_path, url.trim())?;
+            if matches!(source, ImageSource::Downloads(_)) {
+                return Err(cx.err(
+                    &repo_path,
+                    "downloads:// URLs name images of a deploy action, not test definitions",
+                ));
+            }
+            let compression = match f.take("compression") {
+                Some(v) => compression(cx, &f.at("compression"), v)?,
+                None => Compression::None,
+            };
+            let strip_components = match f.take("strip-components") {
+                Some(Value::Int(n)) => {
+                    u32::try_from(n).ok().filter(|n| *n <= 64).ok_or_else(|| {
+                        cx.err(
+                            &f.at("strip-components"),
+                            format!("{n} is out of range (0 to 64)"),
+                        )
+                    })?
+                }
+                Some(other) => {
+                    return Err(cx.expected(&f.at("strip-components"), "an integer", &other));
+                }
+                None => 0,
+            };
+            DefinitionSource::Url {
+                source,
+                compression,
+                strip_components,
+            }
+        }
         "inline" => match repository {
             v @ Value::Map(_) => DefinitionSource::Inline(testdef::parse(cx, repo_path, v)?),
             other => {
@@ -854,7 +1023,7 @@ fn definition_ref(cx: &mut Ctx, path: Path, v: Value) -> Result<DefinitionRef, J
         other => {
             return Err(cx.err(
                 &from_path,
-                format!("unsupported source '{other}' (use inline or git)"),
+                format!("unsupported source '{other}' (use inline, git or url)"),
             ));
         }
     };
@@ -870,7 +1039,6 @@ fn definition_ref(cx: &mut Ctx, path: Path, v: Value) -> Result<DefinitionRef, J
             ));
         }
     };
-    const FROM_URL: &str = "used only with 'from: url', which dutlab does not support";
     f.ignore(
         cx,
         &[
@@ -879,9 +1047,12 @@ fn definition_ref(cx: &mut Ctx, path: Path, v: Value) -> Result<DefinitionRef, J
                 "expected",
                 "test cases that never reported are not listed as missing",
             ),
-            ("headers", FROM_URL),
-            ("compression", FROM_URL),
-            ("strip-components", FROM_URL),
+            ("headers", "downloads send no extra HTTP headers"),
+            ("compression", "only a 'from: url' archive is decompressed"),
+            (
+                "strip-components",
+                "the archive is unpacked as it is; 'path' is read from its top",
+            ),
         ],
     );
     f.finish(cx);

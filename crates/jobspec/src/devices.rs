@@ -10,12 +10,13 @@
 //!   method as supported.
 //! - [`check_runnable`] refuses a job exactly when no device type of the table supports every
 //!   deploy target, boot method and the architecture the job names, or when the job needs
-//!   something no device type has (multinode, a test before any boot, a compression dutlab
-//!   cannot undo). The error names the first such field in document order and says what is
-//!   needed and what the known device types offer.
+//!   something no host here has (multinode, a test before any boot, a URL scheme dutlab does
+//!   not fetch, a `downloads://` file no earlier action fetched). The error names the first
+//!   such field in document order and says what is needed and what the known device types
+//!   offer. Whether the job is valid LAVA at all is [`parse_job`](crate::parse_job)'s answer.
 
 use crate::fields::Path;
-use crate::{Action, Compression, Job, JobError, ScriptStep};
+use crate::{Action, DefinitionSource, ImageSource, Job, JobError, ScriptStep};
 
 /// What one kind of device dutlab drives can do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,13 +34,27 @@ pub struct DeviceType {
 /// Every device type dutlab can drive today.
 pub const DEVICE_TYPES: &[DeviceType] = &[DeviceType {
     name: "qemu",
-    deploy_to: &["tmpfs"],
+    deploy_to: &["tmpfs", "downloads"],
     boot_methods: &["qemu"],
     arches: &["amd64", "x86_64", "x86-64"],
 }];
 
-/// Image compressions dutlab can undo.
-const COMPRESSIONS: [Compression; 3] = [Compression::None, Compression::Gz, Compression::Xz];
+/// URL schemes the runner fetches itself (besides plain paths).
+const FETCHED_SCHEMES: &str = "http://, https://, file:// (dutlab run only) and downloads://";
+
+/// Why a URL of `scheme` cannot be fetched here, and what would be needed.
+fn scheme_reason(scheme: &str) -> String {
+    let needs = match scheme {
+        "rclone" => "rclone and a remote configured for it on the agent",
+        "scp" => "an SSH client and keys for the remote host on the agent",
+        "nfs" => "an NFS mount on the agent",
+        _ => "a downloader for it on the agent",
+    };
+    format!(
+        "'{scheme}://' URLs need {needs}, which dutlab does not provide yet; dutlab fetches \
+         {FETCHED_SCHEMES} (or upload the file with the job)"
+    )
+}
 
 /// One thing a job asks of its device.
 enum Need<'a> {
@@ -140,16 +155,6 @@ fn boot_needs(method: &str) -> String {
     }
 }
 
-fn compression_name(c: Compression) -> &'static str {
-    match c {
-        Compression::None => "none",
-        Compression::Gz => "gz",
-        Compression::Xz => "xz",
-        Compression::Bz2 => "bz2",
-        Compression::Zstd => "zstd",
-    }
-}
-
 /// Refuses `job` (read from `file`, used in messages) when no device type dutlab knows can
 /// run it.
 pub fn check_runnable(file: &str, job: &Job) -> Result<(), JobError> {
@@ -167,21 +172,41 @@ pub fn check_runnable(file: &str, job: &Job) -> Result<(), JobError> {
         needs.push((Path::root().key("context").key("arch"), Need::Arch(arch)));
     }
     let mut booted = false;
+    let mut fetched_downloads = false;
     for (i, action) in job.actions.iter().enumerate() {
         let path = Path::root().key("actions").index(i).key(action.kind());
         match action {
             Action::Deploy(d) => {
                 needs.push((path.key("to"), Need::DeployTo(&d.to)));
                 for (name, image) in &d.images {
-                    if !COMPRESSIONS.contains(&image.compression) {
-                        return Err(err(
-                            &path.key("images").key(name).key("compression"),
-                            format!(
-                                "'{}' is not supported by dutlab yet (use gz, xz or none)",
-                                compression_name(image.compression)
-                            ),
-                        ));
+                    let url = path.key("images").key(name).key("url");
+                    match &image.source {
+                        ImageSource::Other { scheme, .. } => {
+                            return Err(err(&url, scheme_reason(scheme)));
+                        }
+                        ImageSource::Downloads(file) if !fetched_downloads => {
+                            return Err(err(
+                                &url,
+                                format!(
+                                    "downloads://{file} names a file of an earlier \
+                                     'deploy: {{to: downloads}}' action; this job has none \
+                                     before this one"
+                                ),
+                            ));
+                        }
+                        ImageSource::Downloads(_) if d.to == "downloads" => {
+                            return Err(err(
+                                &url,
+                                "a 'deploy: {to: downloads}' action fetches files; it cannot \
+                                 take them from downloads://"
+                                    .into(),
+                            ));
+                        }
+                        _ => {}
                     }
+                }
+                if d.only_downloads() {
+                    fetched_downloads = true;
                 }
             }
             Action::Boot(b) => {
@@ -197,6 +222,18 @@ pub fn check_runnable(file: &str, job: &Job) -> Result<(), JobError> {
                 ));
             }
             Action::Test(t) => {
+                for (j, def) in t.definitions.iter().enumerate() {
+                    if let DefinitionSource::Url {
+                        source: ImageSource::Other { scheme, .. },
+                        ..
+                    } = &def.source
+                    {
+                        return Err(err(
+                            &path.key("definitions").index(j).key("repository"),
+                            scheme_reason(scheme),
+                        ));
+                    }
+                }
                 for (i, script) in t.interactive.iter().enumerate() {
                     for (j, step) in script.script.iter().enumerate() {
                         if let ScriptStep::Multinode { call, .. } = step {
@@ -215,6 +252,8 @@ pub fn check_runnable(file: &str, job: &Job) -> Result<(), JobError> {
                     }
                 }
             }
+            // Which commands exist is the device's configuration, checked by the runner.
+            Action::Command(_) => {}
         }
     }
     if DEVICE_TYPES

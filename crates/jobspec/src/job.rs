@@ -437,15 +437,16 @@ fn timeouts(cx: &mut Ctx, path: Path, v: Value) -> Result<Timeouts, JobError> {
     Ok(t)
 }
 
-/// The LAVA action names dutlab's deploy, boot and test actions (definitions, interactive,
-/// monitors) answer to in `timeouts.actions` and `timeouts.connections`, in that order
+/// The LAVA action names dutlab's deploy, boot, test (definitions, interactive, monitors) and
+/// command actions answer to in `timeouts.actions` and `timeouts.connections`, in that order
 /// ([`Action::lava_name`] picks an action's; the runner looks timeouts up by it).
-pub const TIMED_ACTIONS: [&str; 5] = [
+pub const TIMED_ACTIONS: [&str; 6] = [
     "deployimages",
     "boot-qemu-image",
     "lava-test-shell",
     "lava-test-interactive",
     "lava-test-monitor",
+    "user-command",
 ];
 
 fn protocols(cx: &mut Ctx, path: Path, v: Value) -> Result<Protocols, JobError> {

@@ -11,7 +11,8 @@
 //! - Hostile input is refused quickly in bounded memory: input over [`MAX_DOCUMENT_BYTES`] is
 //!   refused unparsed, and nesting depth, node count, aliases and expanded text are capped
 //!   ([`MAX_DEPTH`], [`MAX_NODES`], [`MAX_EXPANDED_BYTES`]).
-//! - Duplicate mapping keys are errors; unknown keys are [`Warning`]s, never errors.
+//! - A duplicate mapping key keeps its last value (as LAVA's loader does) with a [`Warning`]
+//!   naming both lines; unknown keys are [`Warning`]s, never errors.
 //! - Every key LAVA defines that dutlab accepts but does not act on is a [`Warning`] whose
 //!   message starts with [`NOT_HONOURED`] and gives the reason; a key dutlab acts on never is.
 //! - Parsing does not ask whether a device can run the job: [`check_runnable`] does, against
@@ -31,7 +32,7 @@ mod testdef;
 mod yaml;
 
 pub use actions::{
-    Action, AutoLogin, Boot, Compression, DefinitionRef, DefinitionSource, Deploy, Image,
+    Action, AutoLogin, Boot, Command, Compression, DefinitionRef, DefinitionSource, Deploy, Image,
     ImageRole, ImageSource, LavaSignal, Test, image_role,
 };
 pub use devices::{DEVICE_TYPES, DeviceType, check_runnable};
@@ -51,23 +52,28 @@ pub use references::{
     rewrite_references,
 };
 pub use testdef::{DefinitionMetadata, ParsePattern, TEST_DEFINITION_FORMAT, TestDefinition};
-pub use yaml::{MAX_DEPTH, MAX_DOCUMENT_BYTES, MAX_EXPANDED_BYTES, MAX_NODES};
+pub use yaml::{MAX_DEPTH, MAX_DOCUMENT_BYTES, MAX_DUPLICATES, MAX_EXPANDED_BYTES, MAX_NODES};
 
 use fields::{Ctx, Path};
 
 /// Parses and validates a LAVA job file. `file` is only used in messages.
 pub fn parse_job(file: &str, text: &str) -> Result<Job, JobError> {
-    let value = yaml::load(file, text)?;
+    let loaded = yaml::load(file, text)?;
     let mut cx = Ctx::new(file);
-    job::parse(&mut cx, value)
+    cx.warnings = yaml::duplicate_warnings(&loaded);
+    job::parse(&mut cx, loaded.value)
 }
 
 /// Parses and validates a LAVA test definition. `file` is only used in messages.
 pub fn parse_test_definition(file: &str, text: &str) -> Result<TestDefinition, JobError> {
-    let value = yaml::load(file, text)?;
+    let loaded = yaml::load(file, text)?;
     let mut cx = Ctx::new(file);
+    let duplicates = yaml::duplicate_warnings(&loaded);
+    let value = loaded.value;
     if value == yaml::Value::Null {
         return Err(cx.err(&Path::root(), "the document is empty"));
     }
-    testdef::parse(&mut cx, Path::root(), value)
+    let mut def = testdef::parse(&mut cx, Path::root(), value)?;
+    def.warnings.splice(0..0, duplicates);
+    Ok(def)
 }

@@ -78,6 +78,8 @@ impl Job {
                             ImageSource::Path(p) => p.clone(),
                             ImageSource::Http(u) => u.clone(),
                             ImageSource::Artifact(hex) => artifact_reference(hex),
+                            // Files of an earlier deploy and other schemes name nothing local.
+                            ImageSource::Downloads(_) | ImageSource::Other { .. } => continue,
                         };
                         out.push(Reference {
                             field: format!("actions[{i}].deploy.images.{name}.url"),
@@ -97,7 +99,7 @@ impl Job {
                         }
                     }
                 }
-                Action::Boot(_) => {}
+                Action::Boot(_) | Action::Command(_) => {}
             }
         }
         out
@@ -111,7 +113,7 @@ pub fn rewrite_references(
     text: &str,
     map: &BTreeMap<String, String>,
 ) -> Result<String, JobError> {
-    let mut value = yaml::load(file, text)?;
+    let mut value = yaml::load(file, text)?.value;
     let cx = Ctx::new(file);
     let lookup = |s: &str| -> Option<String> {
         if let Some(v) = map.get(s) {

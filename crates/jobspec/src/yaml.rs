@@ -9,18 +9,21 @@
 //!   alias replay), and the tree builder keeps its own account of nodes, depth and string
 //!   bytes *after* alias expansion, so an alias bomb cannot make the tree larger than
 //!   [`MAX_EXPANDED_BYTES`] / [`MAX_NODES`] however the parser's limits are tuned.
-//! - Duplicate mapping keys are an error (both as YAML sees them, e.g. `0xB` vs `11`, and
-//!   after keys are turned into strings, e.g. `1` vs `"1"`).
+//! - A duplicate mapping key (as YAML sees it, e.g. `0xB` vs `11`, or after keys are turned
+//!   into strings, e.g. `1` vs `"1"`) keeps its last value, as LAVA's YAML loader does, and is
+//!   reported as a [`Duplicate`] naming the lines of both; the budgets count every entry,
+//!   duplicates included, and at most [`MAX_DUPLICATES`] are reported one by one.
 //! - Mapping keys are scalars; a sequence or mapping used as a key is an error.
 //! - Exactly one YAML document per input.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::fmt;
 
+use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_saphyr::budget::BudgetBreach;
-use serde_saphyr::{DuplicateKeyPolicy, NonFiniteFloatPolicy};
+use serde_saphyr::{DuplicateKeyPolicy, NonFiniteFloatPolicy, Spanned};
 
 use crate::JobError;
 
@@ -32,6 +35,28 @@ pub const MAX_DEPTH: usize = 48;
 pub const MAX_NODES: usize = 200_000;
 /// Most string bytes (scalars and keys) in the expanded tree.
 pub const MAX_EXPANDED_BYTES: usize = 8 * 1024 * 1024;
+
+/// Duplicate keys reported one by one; the rest are counted in the last report.
+pub const MAX_DUPLICATES: usize = 20;
+
+/// A mapping key given twice: the later value was kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Duplicate {
+    pub(crate) key: String,
+    /// 1-based line of the earlier occurrence (0 when the parser did not know).
+    pub(crate) first_line: u64,
+    /// 1-based line of the occurrence whose value is kept.
+    pub(crate) line: u64,
+}
+
+/// What [`load`] read: the tree, and the duplicate keys it resolved.
+#[derive(Debug)]
+pub(crate) struct Loaded {
+    pub(crate) value: Value,
+    pub(crate) duplicates: Vec<Duplicate>,
+    /// Duplicates beyond [`MAX_DUPLICATES`], not listed.
+    pub(crate) more_duplicates: usize,
+}
 
 /// A loosely typed YAML node. Mappings are keyed by the key's string form.
 #[derive(Debug, Clone, PartialEq)]
@@ -85,9 +110,20 @@ pub(crate) fn float_text(f: f64) -> String {
 struct Account {
     nodes: Cell<usize>,
     bytes: Cell<usize>,
+    duplicates: RefCell<Vec<Duplicate>>,
+    more_duplicates: Cell<usize>,
 }
 
 impl Account {
+    fn duplicate(&self, d: Duplicate) {
+        let mut list = self.duplicates.borrow_mut();
+        if list.len() < MAX_DUPLICATES {
+            list.push(d);
+        } else {
+            self.more_duplicates.set(self.more_duplicates.get() + 1);
+        }
+    }
+
     fn node<E: de::Error>(&self) -> Result<(), E> {
         let n = self.nodes.get() + 1;
         self.nodes.set(n);
@@ -203,23 +239,99 @@ impl<'de> Visitor<'de> for NodeSeed<'_> {
             depth: self.depth + 1,
         };
         let mut entries = BTreeMap::new();
-        while let Some(key) = map.next_key_seed(child)? {
-            let key = match key {
-                Value::Null => String::new(),
-                other => other.scalar_text().ok_or_else(|| {
-                    de::Error::custom(format!(
-                        "mapping keys must be scalars, found {}",
-                        other.kind()
-                    ))
-                })?,
-            };
+        let mut lines: BTreeMap<String, u64> = BTreeMap::new();
+        while let Some(key) = map.next_key::<Spanned<KeyText>>()? {
+            self.account.node()?;
+            self.account.bytes(key.value.0.len())?;
+            let line = key.referenced.line();
+            let key = key.value.0;
             let value = map.next_value_seed(child)?;
-            if entries.contains_key(&key) {
-                return Err(de::Error::custom(format!("duplicate key '{key}'")));
+            if let Some(first_line) = lines.insert(key.clone(), line) {
+                self.account.duplicate(Duplicate {
+                    key: key.clone(),
+                    first_line,
+                    line,
+                });
             }
             entries.insert(key, value);
         }
         Ok(Value::Map(entries))
+    }
+}
+
+/// A mapping key as text: scalars are stringified (null is the empty key); a list or mapping
+/// used as a key is an error.
+struct KeyText(String);
+
+impl<'de> Deserialize<'de> for KeyText {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(KeyVisitor)
+    }
+}
+
+struct KeyVisitor;
+
+impl KeyVisitor {
+    fn not_scalar<E: de::Error>(kind: &str) -> Result<KeyText, E> {
+        Err(E::custom(format!(
+            "mapping keys must be scalars, found {kind}"
+        )))
+    }
+}
+
+impl<'de> Visitor<'de> for KeyVisitor {
+    type Value = KeyText;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a scalar mapping key")
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<KeyText, E> {
+        Ok(KeyText(v.to_string()))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<KeyText, E> {
+        Ok(KeyText(v.to_string()))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<KeyText, E> {
+        Ok(KeyText(v.to_string()))
+    }
+    fn visit_i128<E: de::Error>(self, v: i128) -> Result<KeyText, E> {
+        Ok(KeyText(v.to_string()))
+    }
+    fn visit_u128<E: de::Error>(self, v: u128) -> Result<KeyText, E> {
+        Ok(KeyText(v.to_string()))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<KeyText, E> {
+        Ok(KeyText(float_text(v)))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<KeyText, E> {
+        Ok(KeyText(v.to_owned()))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<KeyText, E> {
+        Ok(KeyText(v))
+    }
+    fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<KeyText, E> {
+        String::from_utf8(v.to_vec())
+            .map(KeyText)
+            .map_err(|_| E::custom("binary key is not UTF-8 text"))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<KeyText, E> {
+        Ok(KeyText(String::new()))
+    }
+    fn visit_none<E: de::Error>(self) -> Result<KeyText, E> {
+        Ok(KeyText(String::new()))
+    }
+    fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<KeyText, D::Error> {
+        d.deserialize_any(self)
+    }
+    fn visit_newtype_struct<D: de::Deserializer<'de>>(self, d: D) -> Result<KeyText, D::Error> {
+        d.deserialize_any(self)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, _seq: A) -> Result<KeyText, A::Error> {
+        Self::not_scalar("a list")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, _map: A) -> Result<KeyText, A::Error> {
+        Self::not_scalar("a mapping")
     }
 }
 
@@ -244,7 +356,7 @@ fn options() -> serde_saphyr::Options {
             max_replay_stack_depth: 16,
             max_alias_expansions_per_anchor: 1_000,
         },
-        duplicate_keys: DuplicateKeyPolicy::Error,
+        duplicate_keys: DuplicateKeyPolicy::PassThrough,
         strict_booleans: true,
         non_finite_float_policy: NonFiniteFloatPolicy::AsString,
         leading_zero_numbers_as_strings: true,
@@ -256,7 +368,7 @@ fn options() -> serde_saphyr::Options {
 
 /// Parses `text` into a [`Value`] within the budgets above. Errors name `file`
 /// and, when the parser knows it, the line and column.
-pub(crate) fn load(file: &str, text: &str) -> Result<Value, JobError> {
+pub(crate) fn load(file: &str, text: &str) -> Result<Loaded, JobError> {
     if text.len() > MAX_DOCUMENT_BYTES {
         return Err(JobError::new(
             file,
@@ -270,13 +382,48 @@ pub(crate) fn load(file: &str, text: &str) -> Result<Value, JobError> {
     let account = Account {
         nodes: Cell::new(0),
         bytes: Cell::new(0),
+        duplicates: RefCell::new(Vec::new()),
+        more_duplicates: Cell::new(0),
     };
     let seed = NodeSeed {
         account: &account,
         depth: 0,
     };
-    serde_saphyr::with_deserializer_from_str_with_options(text, options(), |d| seed.deserialize(d))
-        .map_err(|e| yaml_error(file, &e))
+    let value = serde_saphyr::with_deserializer_from_str_with_options(text, options(), |d| {
+        seed.deserialize(d)
+    })
+    .map_err(|e| yaml_error(file, &e))?;
+    Ok(Loaded {
+        value,
+        duplicates: account.duplicates.into_inner(),
+        more_duplicates: account.more_duplicates.get(),
+    })
+}
+
+/// Warnings for the duplicate keys of a load: `line 9: duplicate key 'timeout' (also at line
+/// 4); the value at line 9 is used, as LAVA does`.
+pub(crate) fn duplicate_warnings(loaded: &Loaded) -> Vec<crate::Warning> {
+    let mut out: Vec<crate::Warning> = loaded
+        .duplicates
+        .iter()
+        .map(|d| crate::Warning {
+            field: format!("line {}", d.line),
+            message: format!(
+                "duplicate key '{}' (also at line {}); the value at line {} is used, as LAVA does",
+                d.key, d.first_line, d.line
+            ),
+        })
+        .collect();
+    if loaded.more_duplicates > 0 {
+        out.push(crate::Warning {
+            field: "(document)".into(),
+            message: format!(
+                "{} more duplicate keys; each keeps its last value",
+                loaded.more_duplicates
+            ),
+        });
+    }
+    out
 }
 
 fn yaml_error(file: &str, err: &serde_saphyr::Error) -> JobError {
@@ -348,7 +495,8 @@ mod tests {
             "t.yaml",
             "a: 1\nb: [x, 2.0, true, ~]\nc: {d: '07'}\ne: 0755\n",
         )
-        .unwrap();
+        .unwrap()
+        .value;
         let Value::Map(m) = v else { panic!() };
         assert_eq!(m["a"], Value::Int(1));
         assert_eq!(
@@ -366,7 +514,7 @@ mod tests {
 
     #[test]
     fn yes_stays_a_string() {
-        let v = load("t.yaml", "a: yes\n").unwrap();
+        let v = load("t.yaml", "a: yes\n").unwrap().value;
         let Value::Map(m) = v else { panic!() };
         assert_eq!(m["a"], Value::Str("yes".into()));
     }
@@ -379,9 +527,40 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_after_stringification() {
-        let e = load("t.yaml", "1: a\n'1': b\n").unwrap_err();
-        assert!(e.reason.contains("duplicate"), "{e}");
+    fn duplicate_after_stringification_keeps_the_last() {
+        let l = load("t.yaml", "1: a\n'1': b\n").unwrap();
+        let Value::Map(m) = &l.value else { panic!() };
+        assert_eq!(m["1"], Value::Str("b".into()));
+        assert_eq!(
+            l.duplicates,
+            vec![Duplicate {
+                key: "1".into(),
+                first_line: 1,
+                line: 2
+            }]
+        );
+    }
+
+    #[test]
+    fn duplicate_nested_keeps_the_last_and_names_both_lines() {
+        let l = load("t.yaml", "a:\n  b: 1\n  c: 2\n  b: 3\nd: 4\n").unwrap();
+        let Value::Map(m) = &l.value else { panic!() };
+        let Value::Map(a) = &m["a"] else { panic!() };
+        assert_eq!(a["b"], Value::Int(3));
+        let w = duplicate_warnings(&l);
+        assert_eq!(w.len(), 1);
+        assert_eq!(w[0].field, "line 4");
+        assert!(w[0].message.contains("'b' (also at line 2)"), "{}", w[0]);
+    }
+
+    #[test]
+    fn many_duplicates_are_counted() {
+        let text: String = (0..50).map(|i| format!("k: {i}\n")).collect();
+        let l = load("t.yaml", &text).unwrap();
+        assert_eq!(l.duplicates.len(), MAX_DUPLICATES);
+        assert_eq!(l.more_duplicates, 49 - MAX_DUPLICATES);
+        let Value::Map(m) = &l.value else { panic!() };
+        assert_eq!(m["k"], Value::Int(49));
     }
 
     #[test]

@@ -72,13 +72,47 @@ fn fifty_megabyte_scalar() {
     assert!(e.reason.contains("larger than the limit"), "{e}");
 }
 
+/// Duplicate keys keep their last value (as LAVA's loader does), each with a warning naming
+/// both lines; integer spellings of one key are one key.
 #[test]
 fn duplicate_keys() {
-    let e =
-        refused("job_name: x\ndevice_type: q\nactions: [{boot: {method: q}}]\ndevice_type: evil\n");
-    assert!(e.reason.contains("duplicate"), "{e}");
-    let e = refused("job_name: x\nmetadata: {11: a, 0xB: b}\n");
-    assert!(e.reason.contains("duplicate"), "{e}");
+    let job = parse_job(
+        "evil.yaml",
+        "job_name: x\ndevice_type: q\nactions: [{boot: {method: q}}]\ndevice_type: evil\n",
+    )
+    .unwrap();
+    assert_eq!(job.device_type, "evil");
+    assert!(
+        job.warnings
+            .iter()
+            .any(|w| w.field == "line 4" && w.message.contains("also at line 2")),
+        "{:?}",
+        job.warnings
+    );
+    let job = parse_job(
+        "evil.yaml",
+        "job_name: x\ndevice_type: q\nmetadata: {11: a, 0xB: b}\nactions: [{boot: {method: q}}]\n",
+    )
+    .unwrap();
+    assert_eq!(job.metadata["11"], "b");
+}
+
+/// A flood of duplicate keys stays within the node budget and lists a bounded number of
+/// warnings.
+#[test]
+fn duplicate_key_flood() {
+    let mut text = String::from("job_name: x\ndevice_type: q\nactions: [{boot: {method: q}}]\n");
+    text.push_str(&"priority: 1\n".repeat(50_000));
+    let job = parse_job("evil.yaml", &text).unwrap();
+    assert!(job.warnings.len() <= dutlab_jobspec::MAX_DUPLICATES + 1);
+    let e = refused(&format!(
+        "job_name: x\ndevice_type: q\n{}",
+        "p: 1\n".repeat(120_000)
+    ));
+    assert!(
+        e.reason.contains("nodes") || e.reason.contains("bytes"),
+        "{e}"
+    );
 }
 
 #[test]

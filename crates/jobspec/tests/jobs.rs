@@ -225,8 +225,8 @@ fn multinode_job() {
         warnings,
         [
             "timeouts.actions.multinode-test: accepted, not honoured by dutlab yet: dutlab times \
-             whole actions, by their LAVA names deployimages, boot-qemu-image, lava-test-shell, lava-test-interactive, lava-test-monitor; \
-             'multinode-test' is not one"
+             whole actions, by their LAVA names deployimages, boot-qemu-image, lava-test-shell, \
+             lava-test-interactive, lava-test-monitor, user-command; 'multinode-test' is not one"
         ]
     );
 }
@@ -384,11 +384,13 @@ fn each_action_answers_to_its_timed_lava_name_and_only_those_do_not_warn() {
         "t.yaml",
         "job_name: x\ndevice_type: qemu\n\
          timeouts:\n  actions: {deployimages: 1m, boot-qemu-image: 2m, lava-test-shell: 3m, \
-         lava-test-interactive: 4m, lava-test-monitor: 5m, auto-login-action: 6m}\n\
+         lava-test-interactive: 4m, lava-test-monitor: 5m, user-command: 6m, \
+         auto-login-action: 7m}\n\
          actions:\n- deploy: {to: tmpfs, images: {}}\n- boot: {method: qemu}\n\
          - test: {definitions: [{from: git, name: t, path: t.yaml, repository: r}]}\n\
          - test: {interactive: [{name: i, prompts: ['=> '], script: [{command: version}]}]}\n\
-         - test: {monitors: [{name: m, start: a, end: b, pattern: c}]}\n",
+         - test: {monitors: [{name: m, start: a, end: b, pattern: c}]}\n\
+         - command: {name: relay-on}\n",
     );
     let names: Vec<&str> = job.actions.iter().map(Action::lava_name).collect();
     assert_eq!(names, TIMED_ACTIONS);

@@ -52,7 +52,7 @@ fn tftp_deploy_is_refused() {
     assert_eq!(
         e.to_string(),
         "job.yaml: actions[0].deploy.to: 'tftp' needs a device with a TFTP server; the device \
-         types dutlab knows (qemu) deploy to tmpfs only"
+         types dutlab knows (qemu) deploy to tmpfs or downloads only"
     );
 }
 
@@ -68,7 +68,10 @@ fn other_deploy_targets_are_refused() {
         )));
         assert_eq!(e.field, "actions[0].deploy.to", "{e}");
         assert!(e.reason.contains(needs), "{e}");
-        assert!(e.reason.ends_with("deploy to tmpfs only"), "{e}");
+        assert!(
+            e.reason.ends_with("deploy to tmpfs or downloads only"),
+            "{e}"
+        );
     }
 }
 
@@ -107,15 +110,63 @@ fn foreign_architectures_are_refused() {
 }
 
 #[test]
-fn compressions_dutlab_cannot_undo_are_refused() {
+fn every_lava_compression_is_runnable() {
+    for c in ["gz", "xz", "bz2", "zstd", "zip"] {
+        check(&with_deploy(&format!(
+            "{{to: tmpfs, images: {{rootfs: {{url: r.img.{c}, compression: {c}}}}}}}"
+        )))
+        .unwrap_or_else(|e| panic!("{c}: {e}"));
+    }
+}
+
+#[test]
+fn url_schemes_dutlab_does_not_fetch_name_what_is_missing() {
     let e = refused(&with_deploy(
-        "{to: tmpfs, images: {rootfs: {url: r.img.zst, compression: zstd}}}",
+        "{to: tmpfs, images: {rootfs: {url: 'rclone://remote/path/r.img'}}}",
     ));
-    assert_eq!(
-        e.to_string(),
-        "job.yaml: actions[0].deploy.images.rootfs.compression: 'zstd' is not supported by \
-         dutlab yet (use gz, xz or none)"
+    assert_eq!(e.field, "actions[0].deploy.images.rootfs.url");
+    assert!(
+        e.reason
+            .starts_with("'rclone://' URLs need rclone and a remote configured for it"),
+        "{e}"
     );
+    let e = refused(
+        "job_name: x\ndevice_type: qemu\nactions:\n- boot: {method: qemu}\n\
+         - test: {definitions: [{from: url, name: t, path: t.yaml, \
+         repository: 'scp://host/defs.tar'}]}\n",
+    );
+    assert_eq!(e.field, "actions[1].test.definitions[0].repository");
+    assert!(e.reason.contains("an SSH client"), "{e}");
+}
+
+#[test]
+fn downloads_urls_need_an_earlier_downloads_deploy() {
+    check(&format!(
+        "job_name: x\ndevice_type: qemu\nactions:\n\
+         - deploy: {{to: downloads, images: {{rootfs: {{url: 'https://h.example/r.img.zst', \
+         compression: zstd}}}}}}\n\
+         - deploy: {{to: tmpfs, images: {{rootfs: {{url: 'downloads://r.img'}}}}}}\n{BOOT_TEST}"
+    ))
+    .expect("downloads:// after a downloads deploy runs");
+    let e = refused(&with_deploy(
+        "{to: tmpfs, images: {rootfs: {url: 'downloads://r.img'}}}",
+    ));
+    assert_eq!(e.field, "actions[0].deploy.images.rootfs.url");
+    assert!(
+        e.reason.contains("earlier 'deploy: {to: downloads}'"),
+        "{e}"
+    );
+}
+
+#[test]
+fn uuu_boot_commands_are_valid_lava_but_no_device_here_runs_uuu() {
+    let e = refused(
+        "job_name: x\ndevice_type: imx8\nactions:\n\
+         - boot: {method: uuu, commands: [{uuu: '-b sd {boot}'}, {bcu: 'reset usb'}, \
+         'plain']}\n",
+    );
+    assert_eq!(e.field, "actions[0].boot.method");
+    assert!(e.reason.starts_with("'uuu' needs"), "{e}");
 }
 
 #[test]

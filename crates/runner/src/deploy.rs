@@ -11,8 +11,13 @@
 //!   after resolution, connected to the checked address, redirects followed by hand (each hop
 //!   checked again), proxies never used.
 //! - A checksum is verified on the file as given (before decompression), as LAVA does.
-//! - Decompression runs on a blocking thread, bounded in output bytes, ratio and by the
-//!   deploy deadline; originals are never written. Every disk image is checked to be a
+//! - Decompression (gz, xz, bz2, zstd, zip with exactly one member) runs on a blocking thread,
+//!   bounded in output bytes, ratio and by the deploy deadline; originals are never written.
+//! - `deploy: {to: downloads}` fetches its images into the job's `downloads/` directory (one
+//!   per job, file names from the URL, created new); a `downloads://NAME` image of a later
+//!   deploy is that file, found by a clean relative name (jobspec refuses `..`), never
+//!   through a symbolic link. URLs of other schemes (`rclone://`, ...) are refused naming
+//!   what is missing. Every disk image is checked to be a
 //!   self-contained raw or qcow2 file and boots from a fresh qcow2 linked clone.
 //! - `image_arg` is split like a shell would split words but nothing is evaluated: the only
 //!   substitution is `{name}` -> the path of image `name`; the result must pass the QEMU
@@ -51,6 +56,8 @@ pub struct DeployScope<'a> {
     pub policy: &'a HostPolicy,
     /// The operator's extension of the QEMU option allow-list for this device.
     pub extension: &'a JobQemuOptions,
+    /// The job's `downloads/` directory (`deploy: {to: downloads}` and `downloads://`).
+    pub downloads_dir: &'a Path,
 }
 
 /// An image name as a file name: 1 to [`MAX_IMAGE_NAME`] of `[a-z0-9_.-]`, no leading dot.
@@ -153,6 +160,116 @@ pub async fn deploy_images(
     Ok(boot)
 }
 
+/// `deploy: {to: downloads}`: fetches, checks and decompresses every image into the job's
+/// downloads directory, where later `downloads://NAME` images find them. NAME is the file name
+/// of the URL without the compression's extension (LAVA's naming); a name that is not a
+/// plain file name, or one already taken, is an error.
+pub async fn deploy_downloads(
+    images: &BTreeMap<String, Image>,
+    field: &str,
+    scope: DeployScope<'_>,
+    deadline: Instant,
+) -> Result<Vec<String>, JobEnd> {
+    for name in images.keys() {
+        check_image_name(name)
+            .map_err(|reason| JobEnd::job_error(format!("{field}.images: {name:?}: {reason}")))?;
+    }
+    let images_dir = scope.work_dir.join("images");
+    for dir in [&images_dir, &scope.downloads_dir.to_path_buf()] {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| JobEnd::infra_error(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    let mut names = Vec::new();
+    for (name, image) in images {
+        let field = format!("{field}.images.{name}");
+        let file_name = downloaded_name(image).ok_or_else(|| {
+            JobEnd::job_error(format!(
+                "{field}.url: its last path component is not a file name to keep it under"
+            ))
+        })?;
+        let target = scope.downloads_dir.join(&file_name);
+        if target.symlink_metadata().is_ok() {
+            return Err(JobEnd::job_error(format!(
+                "{field}.url: downloads://{file_name} was already fetched by this job"
+            )));
+        }
+        let dir = images_dir.join(name);
+        std::fs::create_dir(&dir).map_err(|e| {
+            JobEnd::job_error(format!("{field}: cannot create {}: {e}", dir.display()))
+        })?;
+        let local = fetch(image, &field, scope, &dir, deadline).await?;
+        // Inside the work directory a rename is enough; a lab path outside it is copied.
+        if local.starts_with(scope.work_dir) {
+            std::fs::rename(&local, &target)
+        } else {
+            std::fs::copy(&local, &target).map(|_| ())
+        }
+        .map_err(|e| JobEnd::infra_error(format!("{field}: cannot keep {file_name}: {e}")))?;
+        names.push(file_name);
+    }
+    Ok(names)
+}
+
+/// The name a `to: downloads` image is kept under: the URL's last path component, less the
+/// extension of its compression; `None` unless that is a plain file name.
+fn downloaded_name(image: &Image) -> Option<String> {
+    let url = match &image.source {
+        ImageSource::Path(p) => p.as_str(),
+        ImageSource::Http(u) => u.split(['?', '#']).next().unwrap_or_default(),
+        // An artifact has no file name of its own.
+        ImageSource::Artifact(_) | ImageSource::Downloads(_) | ImageSource::Other { .. } => {
+            return None;
+        }
+    };
+    let base = url.rsplit('/').next().unwrap_or_default();
+    let ext = match image.compression {
+        Compression::None => "",
+        Compression::Gz => ".gz",
+        Compression::Xz => ".xz",
+        Compression::Bz2 => ".bz2",
+        Compression::Zstd => ".zst",
+        Compression::Zip => ".zip",
+    };
+    let base = base.strip_suffix(ext).unwrap_or(base);
+    let base = if image.compression == Compression::Zstd {
+        base.strip_suffix(".zstd").unwrap_or(base)
+    } else {
+        base
+    };
+    let plain = !base.is_empty()
+        && base != "."
+        && base != ".."
+        && !base.contains(['\\', '\0'])
+        && !base.starts_with('.');
+    plain.then(|| base.to_owned())
+}
+
+/// The file `downloads://NAME` names: a regular file (not a link) the job fetched.
+fn downloaded_file(downloads_dir: &Path, name: &str) -> Result<PathBuf, String> {
+    let path = downloads_dir.join(name);
+    match path.symlink_metadata() {
+        Ok(m) if m.file_type().is_file() => Ok(path),
+        Ok(_) => Err(format!("downloads://{name} is not a regular file")),
+        Err(_) => {
+            let mut have: Vec<String> = std::fs::read_dir(downloads_dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            have.sort();
+            Err(if have.is_empty() {
+                format!("downloads://{name}: no file was fetched by a 'to: downloads' action")
+            } else {
+                format!(
+                    "downloads://{name}: no such file (fetched: {})",
+                    have.join(", ")
+                )
+            })
+        }
+    }
+}
+
 /// Boot spec for the device's default guest image.
 pub async fn deploy_default(image: &GuestImage, work_dir: &Path) -> Result<BootSpec, JobEnd> {
     let overlay = work_dir.join("rootfs.overlay.qcow2");
@@ -197,6 +314,14 @@ async fn fetch(
                 .map_err(|reason| JobEnd::job_error(format!("{field}.url: {url}: {reason}")))?;
             out
         }
+        ImageSource::Downloads(name) => downloaded_file(scope.downloads_dir, name)
+            .map_err(|reason| JobEnd::job_error(format!("{field}.url: {reason}")))?,
+        // Refused by `jobspec::check_runnable`, which names what is missing.
+        ImageSource::Other { scheme, .. } => {
+            return Err(JobEnd::job_error(format!(
+                "{field}.url: '{scheme}://' URLs are not fetched by dutlab"
+            )));
+        }
     };
     if !path.is_file() {
         return Err(JobEnd::job_error(format!(
@@ -217,17 +342,8 @@ async fn fetch(
             )));
         }
     }
-    let kind = match image.compression {
-        Compression::None => return Ok(path),
-        Compression::Gz => Codec::Gz,
-        Compression::Xz => Codec::Xz,
-        // Refused by `jobspec::check_runnable` before the run starts; kept for callers of
-        // `deploy_images` that did not check.
-        other => {
-            return Err(JobEnd::job_error(format!(
-                "{field}.compression: {other:?} is not supported yet (use gz, xz or none)"
-            )));
-        }
+    let Some(kind) = Codec::of(image.compression) else {
+        return Ok(path);
     };
     let out = dir.join("file");
     decompress(kind, &path, &out, scope.policy.decompress, deadline)
@@ -246,6 +362,24 @@ async fn fetch(
 pub enum Codec {
     Gz,
     Xz,
+    Bz2,
+    Zstd,
+    /// A zip archive holding exactly one file.
+    Zip,
+}
+
+impl Codec {
+    /// The codec of a job's `compression:`; `None` for no compression.
+    pub fn of(c: Compression) -> Option<Codec> {
+        match c {
+            Compression::None => None,
+            Compression::Gz => Some(Codec::Gz),
+            Compression::Xz => Some(Codec::Xz),
+            Compression::Bz2 => Some(Codec::Bz2),
+            Compression::Zstd => Some(Codec::Zstd),
+            Compression::Zip => Some(Codec::Zip),
+        }
+    }
 }
 
 /// Sets its flag when dropped: tells a blocking decompression to stop.
@@ -359,6 +493,33 @@ fn decompress_blocking(
                 lzma_rs::error::Error::IoError(io) => io.to_string(),
                 other => other.to_string(),
             })?;
+        }
+        Codec::Bz2 => {
+            let mut reader = bzip2::read::MultiBzDecoder::new(std::io::BufReader::new(source));
+            std::io::copy(&mut reader, &mut sink).map_err(|e| e.to_string())?;
+        }
+        Codec::Zstd => {
+            let mut reader =
+                ruzstd::decoding::StreamingDecoder::new(std::io::BufReader::new(source))
+                    .map_err(|e| format!("not a zstd stream: {e}"))?;
+            std::io::copy(&mut reader, &mut sink).map_err(|e| e.to_string())?;
+        }
+        Codec::Zip => {
+            let mut archive =
+                zip::ZipArchive::new(source).map_err(|e| format!("not a zip archive: {e}"))?;
+            let files = (0..archive.len())
+                .filter(|i| archive.by_index_raw(*i).is_ok_and(|f| !f.is_dir()))
+                .count();
+            if archive.len() != 1 || files != 1 {
+                return Err(format!(
+                    "the zip archive holds {} entries; a zip image holds exactly one file",
+                    archive.len()
+                ));
+            }
+            let mut member = archive
+                .by_index(0)
+                .map_err(|e| format!("cannot read the zip member: {e}"))?;
+            std::io::copy(&mut member, &mut sink).map_err(|e| e.to_string())?;
         }
     }
     sink.flush().map_err(|e| e.to_string())?;
@@ -719,6 +880,136 @@ mod tests {
         .await
         .unwrap_err();
         assert!(e.contains("exists"), "{e}");
+    }
+
+    /// bz2, zstd and zip images as LAVA's `compression:` names them; the encoders are the
+    /// crates' own (no tool on the host is needed).
+    fn compressed(codec: Codec, data: &[u8], members: usize) -> Vec<u8> {
+        use std::io::Write as _;
+        match codec {
+            Codec::Bz2 => {
+                let mut e = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::best());
+                e.write_all(data).unwrap();
+                e.finish().unwrap()
+            }
+            Codec::Zstd => {
+                ruzstd::encoding::compress_to_vec(data, ruzstd::encoding::CompressionLevel::Fastest)
+            }
+            Codec::Zip => {
+                let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+                let options = zip::write::SimpleFileOptions::default()
+                    .compression_method(zip::CompressionMethod::Deflated);
+                for i in 0..members {
+                    w.start_file(format!("image-{i}.img"), options).unwrap();
+                    w.write_all(data).unwrap();
+                }
+                w.finish().unwrap().into_inner()
+            }
+            Codec::Gz | Codec::Xz => unreachable!("covered by other tests"),
+        }
+    }
+
+    #[tokio::test]
+    async fn bz2_zstd_and_zip_decompress_within_the_same_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let deadline = Instant::now() + std::time::Duration::from_secs(60);
+        let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
+        let zeros = vec![0u8; 80 << 20];
+        for codec in [Codec::Bz2, Codec::Zstd, Codec::Zip] {
+            let name = format!("{codec:?}");
+            let input = dir.path().join(format!("{name}.in"));
+            std::fs::write(&input, compressed(codec, &data, 1)).unwrap();
+            let out = dir.path().join(format!("{name}.out"));
+            let n = decompress(codec, &input, &out, DecompressLimits::default(), deadline)
+                .await
+                .unwrap();
+            assert_eq!(n, data.len() as u64, "{name}");
+            assert!(std::fs::read(&out).unwrap() == data, "{name}");
+            // A bomb is cut at the ratio bound, as for gz.
+            let bomb = dir.path().join(format!("{name}.bomb"));
+            std::fs::write(&bomb, compressed(codec, &zeros, 1)).unwrap();
+            let limits = DecompressLimits {
+                max_bytes: 16 << 30,
+                max_ratio: 2,
+            };
+            let e = decompress(
+                codec,
+                &bomb,
+                &dir.path().join(format!("{name}.b")),
+                limits,
+                deadline,
+            )
+            .await
+            .unwrap_err();
+            assert!(e.contains("times its"), "{name}: {e}");
+        }
+        let two = dir.path().join("two.zip");
+        std::fs::write(&two, compressed(Codec::Zip, b"x", 2)).unwrap();
+        let e = decompress(
+            Codec::Zip,
+            &two,
+            &dir.path().join("two.out"),
+            DecompressLimits::default(),
+            deadline,
+        )
+        .await
+        .unwrap_err();
+        assert!(e.contains("holds 2 entries"), "{e}");
+        let junk = dir.path().join("junk.zst");
+        std::fs::write(&junk, b"not zstd at all").unwrap();
+        let e = decompress(
+            Codec::Zstd,
+            &junk,
+            &dir.path().join("junk.out"),
+            DecompressLimits::default(),
+            deadline,
+        )
+        .await
+        .unwrap_err();
+        assert!(e.contains("zstd"), "{e}");
+    }
+
+    #[test]
+    fn downloads_keep_the_url_file_name_without_the_compression_extension() {
+        let image = |url: &str, compression| Image {
+            source: ImageSource::Http(url.into()),
+            compression,
+            format: None,
+            image_arg: None,
+            sha256sum: None,
+            kind: None,
+        };
+        for (url, c, want) in [
+            (
+                "https://h/a/rootfs.ext4.zst",
+                Compression::Zstd,
+                Some("rootfs.ext4"),
+            ),
+            (
+                "https://h/a/rootfs.ext4.zstd",
+                Compression::Zstd,
+                Some("rootfs.ext4"),
+            ),
+            ("https://h/a/Image.gz?x=1", Compression::Gz, Some("Image")),
+            ("https://h/a/disk.img", Compression::None, Some("disk.img")),
+            ("https://h/a/", Compression::None, None),
+            ("https://h/a/..", Compression::None, None),
+            ("https://h/a/.hidden", Compression::None, None),
+        ] {
+            assert_eq!(downloaded_name(&image(url, c)).as_deref(), want, "{url}");
+        }
+    }
+
+    #[test]
+    fn downloads_urls_find_regular_files_only() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("rootfs.img"), b"x").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("link")).unwrap();
+        assert!(downloaded_file(dir.path(), "rootfs.img").is_ok());
+        let e = downloaded_file(dir.path(), "link").unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
+        let e = downloaded_file(dir.path(), "other").unwrap_err();
+        assert!(e.contains("fetched: link, rootfs.img"), "{e}");
     }
 
     #[test]

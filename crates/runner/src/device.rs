@@ -14,6 +14,10 @@
 //! login:                               # used when the job's boot action gives none
 //!   prompts: ["# $"]
 //!   auto_login: { login_prompt: "login:", username: root }
+//! user_commands:                       # what a job's `command: {name: ...}` may run on the
+//!   relay-on:                          # host (LAVA's user_commands); only this file says
+//!     do: usbrelay RELAY_1=1           # what runs: one command line, or a list run in
+//!     undo: usbrelay RELAY_1=0         # order; `undo` runs at teardown
 //! ```
 //!
 //! Invariants:
@@ -48,6 +52,9 @@ pub struct Device {
     /// The operator's extension of the QEMU options a job may give.
     #[serde(default)]
     pub job_qemu_options: crate::qemu_options::JobQemuOptions,
+    /// Host commands a job may run by name (`command:` actions); none by default.
+    #[serde(default)]
+    pub user_commands: crate::commands::UserCommands,
 }
 
 /// How to reach a shell when the job's boot action does not say.
@@ -103,6 +110,7 @@ impl Device {
             login: LoginDefaults::default(),
             overlay_channel: Default::default(),
             job_qemu_options: Default::default(),
+            user_commands: Default::default(),
         }
     }
 

@@ -26,6 +26,7 @@
 //!   one table: a job `jobspec::check_runnable` refuses ends as a job error with its
 //!   `field: reason` before anything is fetched or booted; the runner keeps no copy of it.
 
+pub mod commands;
 pub mod deploy;
 pub mod device;
 mod interactive;
@@ -190,6 +191,7 @@ pub async fn run_job(
         overlay: Overlay::default(),
         packed: None,
         overlay_disk: None,
+        undo: Vec::new(),
     };
     let job_limit = Limit::new("job", job.timeouts.job);
     let end = tokio::select! {
@@ -243,6 +245,8 @@ struct Run<'a> {
     packed: Option<PackedOverlay>,
     /// The packed overlay as a disk image, attached at every boot (disk channel only).
     overlay_disk: Option<ChannelDisk>,
+    /// `undo` commands of the user commands that ran, run at teardown (last first).
+    undo: Vec<commands::Undo>,
 }
 
 impl Run<'_> {
@@ -318,14 +322,25 @@ impl Run<'_> {
                     let field = format!("actions[{index}].deploy");
                     // Each deploy action gets its own directory: image names repeat.
                     let deploy_dir = work.join(format!("deploy-{index}"));
+                    let downloads_dir = work.join("downloads");
                     let scope = deploy::DeployScope {
                         job_dir: &self.ctx.job_dir,
                         work_dir: &deploy_dir,
                         policy: &self.ctx.policy,
                         extension: &self.device.job_qemu_options,
+                        downloads_dir: &downloads_dir,
                     };
-                    let boot = deploy::deploy_images(&d.images, &field, scope, limit.at).await?;
-                    self.boot = Some(boot);
+                    if d.only_downloads() {
+                        let names =
+                            deploy::deploy_downloads(&d.images, &field, scope, limit.at).await?;
+                        for name in names {
+                            self.note(format!("{field}: fetched downloads://{name}"));
+                        }
+                    } else {
+                        let boot =
+                            deploy::deploy_images(&d.images, &field, scope, limit.at).await?;
+                        self.boot = Some(boot);
+                    }
                 }
                 Action::Boot(b) => {
                     let login = self.login_for(b, index)?;
@@ -369,6 +384,20 @@ impl Run<'_> {
                 }
                 Action::Test(_) => {
                     self.test(index, limit, connection, cases).await?;
+                }
+                Action::Command(c) => {
+                    let field = format!("actions[{index}].command");
+                    let ran = commands::run_user_command(
+                        &self.device.user_commands,
+                        &self.device.name,
+                        &c.name,
+                        &field,
+                        &work,
+                        limit.at,
+                        &self.events,
+                    )
+                    .await?;
+                    self.undo.extend(ran);
                 }
             }
         }
@@ -606,6 +635,13 @@ impl Run<'_> {
 
     async fn teardown(&mut self) {
         self.power_off().await;
+        if let Some(work) = self.work_dir.as_ref().map(|d| d.path().to_path_buf()) {
+            while let Some(undo) = self.undo.pop() {
+                if let Err(e) = undo.run(&work, &self.events).await {
+                    self.note(format!("{}: {}", undo.field, e.reason));
+                }
+            }
+        }
         if let Some(dir) = self.work_dir.take()
             && let Err(e) = dir.close()
         {

@@ -35,9 +35,15 @@
 //! - A repository given as `artifact:sha256:<hex>` (a git bundle uploaded with the job) is
 //!   cloned only from the file the host policy admitted for that digest, with the lab's git
 //!   settings and the file transport allowed for that clone alone.
+//! - A `from: url` archive is fetched under the same host policy as an image (an allowed
+//!   http(s) destination, or in the lab a path inside `image_dirs`), decompressed within the
+//!   same bounds, and unpacked into `work/repos/<index>` by dutlab itself: only regular files
+//!   and directories, every member path relative with no `..` (after `strip-components`),
+//!   files created new with at most their owner's and the executable bits of their mode, at
+//!   most [`MAX_ARCHIVE_MEMBERS`] members and the decompression limit in bytes.
 
 use crate::policy::{HostPolicy, Reach};
-use jobspec::{DefinitionSource, Job, LavaSignal, TestDefinition};
+use jobspec::{Compression, DefinitionSource, ImageSource, Job, LavaSignal, TestDefinition};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -146,6 +152,37 @@ impl Overlay {
                 let (definition, files) =
                     match &def.source {
                         DefinitionSource::Inline(definition) => (definition.clone(), None),
+                        DefinitionSource::Url {
+                            source,
+                            compression,
+                            strip_components,
+                        } => {
+                            let dir = work_dir.join("repos").join(index.to_string());
+                            let deadline = tokio::time::Instant::now() + job.timeouts.job;
+                            let archive = ArchiveSource {
+                                source,
+                                compression: *compression,
+                                strip_components: *strip_components,
+                            };
+                            archive
+                                .fetch(job_dir, work_dir, index, &dir, policy, deadline)
+                                .await
+                                .map_err(|reason| OverlayError {
+                                    field: format!("{field}.repository"),
+                                    reason,
+                                })?;
+                            let file = dir.join(&def.path);
+                            let text = read_inside(&dir, &file).map_err(|reason| OverlayError {
+                                field: format!("{field}.path"),
+                                reason,
+                            })?;
+                            let definition = jobspec::parse_test_definition(&def.path, &text)
+                                .map_err(|e| OverlayError {
+                                    field: format!("{field}.path"),
+                                    reason: e.to_string(),
+                                })?;
+                            (definition, Some(dir))
+                        }
                         DefinitionSource::Git {
                             repository,
                             revision,
@@ -663,6 +700,142 @@ async fn git(cmd: &mut tokio::process::Command, what: &str) -> Result<(), String
 }
 
 /// Reads `file`, refusing paths that leave `root` (`..`, absolute paths, links outside).
+/// Most members of a `from: url` archive.
+pub const MAX_ARCHIVE_MEMBERS: usize = 100_000;
+
+/// A `from: url` tar archive of test definitions.
+struct ArchiveSource<'a> {
+    source: &'a ImageSource,
+    compression: Compression,
+    strip_components: u32,
+}
+
+impl ArchiveSource<'_> {
+    /// Fetches, decompresses and unpacks the archive into `dir` (new).
+    async fn fetch(
+        &self,
+        job_dir: &Path,
+        work_dir: &Path,
+        index: usize,
+        dir: &Path,
+        policy: &HostPolicy,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), String> {
+        let scratch = work_dir.join("archives").join(index.to_string());
+        std::fs::create_dir_all(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
+        let fetched = match self.source {
+            ImageSource::Path(p) => policy.image_path(p, job_dir)?,
+            // Only what the agent fetched for this job (today: images and git bundles).
+            ImageSource::Artifact(hex) => policy.artifact_path(hex)?,
+            ImageSource::Http(url) => {
+                let out = scratch.join("download");
+                crate::deploy::download(url, &out, deadline, policy)
+                    .await
+                    .map_err(|reason| format!("{url}: {reason}"))?;
+                out
+            }
+            // Refused by jobspec (downloads://) and check_runnable (other schemes).
+            ImageSource::Downloads(_) | ImageSource::Other { .. } => {
+                return Err("this URL scheme is not fetched for test definitions".into());
+            }
+        };
+        if !fetched.is_file() {
+            return Err(format!("{}: no such file", fetched.display()));
+        }
+        let tar = match crate::deploy::Codec::of(self.compression) {
+            None => fetched,
+            Some(codec) => {
+                let out = scratch.join("archive.tar");
+                crate::deploy::decompress(codec, &fetched, &out, policy.decompress, deadline)
+                    .await
+                    .map_err(|reason| format!("cannot decompress the archive: {reason}"))?;
+                out
+            }
+        };
+        let (dir, strip, max_bytes) = (
+            dir.to_path_buf(),
+            self.strip_components as usize,
+            policy.decompress.max_bytes,
+        );
+        tokio::task::spawn_blocking(move || unpack_archive(&tar, &dir, strip, max_bytes))
+            .await
+            .map_err(|e| format!("unpack task failed: {e}"))?
+    }
+}
+
+/// Unpacks the tar at `tar` into the new directory `dir`: regular files and directories
+/// only, paths relative without `..` after dropping `strip` leading components.
+fn unpack_archive(tar: &Path, dir: &Path, strip: usize, max_bytes: u64) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+    }
+    std::fs::create_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let file = std::fs::File::open(tar).map_err(|e| format!("{}: {e}", tar.display()))?;
+    let mut archive = tar::Archive::new(std::io::BufReader::new(file));
+    let mut written = 0u64;
+    let entries = archive
+        .entries()
+        .map_err(|e| format!("not a tar archive: {e}"))?;
+    for (n, entry) in entries.enumerate() {
+        if n >= MAX_ARCHIVE_MEMBERS {
+            return Err(format!(
+                "the archive has more than {MAX_ARCHIVE_MEMBERS} members"
+            ));
+        }
+        let mut entry = entry.map_err(|e| format!("not a tar archive: {e}"))?;
+        let raw = entry
+            .path()
+            .map_err(|e| format!("a member has a bad path: {e}"))?
+            .into_owned();
+        let shown = raw.display().to_string();
+        let mut rel = PathBuf::new();
+        for (i, c) in raw.components().enumerate() {
+            match c {
+                std::path::Component::Normal(part) if i >= strip => rel.push(part),
+                std::path::Component::Normal(_) | std::path::Component::CurDir => {}
+                _ => {
+                    return Err(format!(
+                        "member {shown:?}: paths must be relative, without '..'"
+                    ));
+                }
+            }
+        }
+        let kind = entry.header().entry_type();
+        if rel.as_os_str().is_empty() {
+            continue;
+        }
+        let target = dir.join(&rel);
+        if kind.is_dir() {
+            std::fs::create_dir_all(&target).map_err(|e| format!("{shown}: {e}"))?;
+        } else if kind.is_file() {
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| format!("{shown}: {e}"))?;
+            }
+            written = written.saturating_add(entry.size());
+            if written > max_bytes {
+                return Err(format!(
+                    "the archive unpacks to more than the {max_bytes} bytes allowed"
+                ));
+            }
+            let mode = entry.header().mode().unwrap_or(0o644) & 0o755 | 0o600;
+            let mut out = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode)
+                .open(&target)
+                .map_err(|e| format!("{shown}: {e}"))?;
+            std::io::copy(&mut std::io::Read::take(&mut entry, max_bytes), &mut out)
+                .map_err(|e| format!("{shown}: {e}"))?;
+        } else {
+            return Err(format!(
+                "member {shown:?} is not a file or directory (links and devices are refused)"
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn read_inside(root: &Path, file: &Path) -> Result<String, String> {
     let root = root
         .canonicalize()
@@ -776,6 +949,133 @@ mod tests {
         assert!(!is_identifier("a-b"));
         assert!(!is_identifier("a;b"));
         assert!(!is_identifier(""));
+    }
+
+    fn tar_with(entries: &[(&str, tar::EntryType, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, kind, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(*kind);
+            h.set_size(data.len() as u64);
+            h.set_mode(0o755);
+            // set_path refuses '..'; write the name bytes directly for hostile members.
+            let name = path.as_bytes();
+            h.as_old_mut().name[..name.len()].copy_from_slice(name);
+            if kind.is_symlink() {
+                h.set_link_name("/etc/passwd").unwrap();
+            }
+            h.set_cksum();
+            b.append(&h, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn archive_unpacks_files_and_strips_components() {
+        let dir = tempfile::tempdir().unwrap();
+        let tar = dir.path().join("a.tar");
+        std::fs::write(
+            &tar,
+            tar_with(&[
+                ("top/", tar::EntryType::Directory, b""),
+                ("top/smoke/run.sh", tar::EntryType::Regular, b"echo hi\n"),
+            ]),
+        )
+        .unwrap();
+        let out = dir.path().join("out");
+        unpack_archive(&tar, &out, 1, 1 << 20).unwrap();
+        let run = out.join("smoke/run.sh");
+        assert_eq!(std::fs::read_to_string(&run).unwrap(), "echo hi\n");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&run).unwrap().permissions().mode() & 0o111,
+            0o111
+        );
+    }
+
+    /// `from: url` with a path: fetched under the host policy, decompressed, unpacked with
+    /// `strip-components`, the definition read from the archive (locally), refused outside
+    /// `image_dirs` in the lab.
+    #[tokio::test]
+    async fn from_url_archives_are_fetched_under_the_policy_and_unpacked() {
+        use std::io::Write as _;
+        let dir = tempfile::tempdir().unwrap();
+        let def = b"metadata: {format: Lava-Test Test Definition 1.0, name: smoke}\n\
+                    run: {steps: [./smoke/run.sh]}\n";
+        let tar = tar_with(&[
+            ("defs-1.0/", tar::EntryType::Directory, b""),
+            ("defs-1.0/smoke/smoke.yaml", tar::EntryType::Regular, def),
+            (
+                "defs-1.0/smoke/run.sh",
+                tar::EntryType::Regular,
+                b"echo ok\n",
+            ),
+        ]);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&tar).unwrap();
+        std::fs::write(dir.path().join("defs.tar.gz"), gz.finish().unwrap()).unwrap();
+        let job = jobspec::parse_job(
+            "j.yaml",
+            "job_name: j\ndevice_type: qemu\nactions:\n- boot: {method: qemu}\n\
+             - test: {definitions: [{from: url, repository: defs.tar.gz, compression: gz, \
+             strip-components: 1, path: smoke/smoke.yaml, name: smoke}]}\n",
+        )
+        .unwrap();
+        let work = dir.path().join("work");
+        std::fs::create_dir(&work).unwrap();
+        let overlay = Overlay::prepare(&job, dir.path(), &work, &HostPolicy::local())
+            .await
+            .unwrap();
+        let run = &overlay.runs[&1][0];
+        assert_eq!(run.definition.metadata.name, "smoke");
+        let files = run.files.as_ref().unwrap();
+        assert!(files.starts_with(&work));
+        assert_eq!(
+            std::fs::read_to_string(files.join("smoke/run.sh")).unwrap(),
+            "echo ok\n"
+        );
+        // In the lab a path outside image_dirs is refused, naming the field.
+        let allowed = dir.path().join("allowed");
+        std::fs::create_dir(&allowed).unwrap();
+        let lab = HostPolicy::lab(&[allowed], Vec::new(), Default::default()).unwrap();
+        let work = dir.path().join("work2");
+        std::fs::create_dir(&work).unwrap();
+        let e = Overlay::prepare(&job, dir.path(), &work, &lab)
+            .await
+            .unwrap_err();
+        assert_eq!(e.field, "actions[1].test.definitions[0].repository", "{e}");
+    }
+
+    #[test]
+    fn archive_refuses_escapes_links_and_bombs() {
+        let dir = tempfile::tempdir().unwrap();
+        for (i, (entries, want)) in [
+            (
+                vec![("../evil", tar::EntryType::Regular, &b"x"[..])],
+                "without '..'",
+            ),
+            (
+                vec![("/etc/evil", tar::EntryType::Regular, &b"x"[..])],
+                "relative",
+            ),
+            (
+                vec![("link", tar::EntryType::Symlink, &b""[..])],
+                "links and devices are refused",
+            ),
+            (
+                vec![("big", tar::EntryType::Regular, &[0u8; 4096][..])],
+                "bytes allowed",
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let tar = dir.path().join(format!("{i}.tar"));
+            std::fs::write(&tar, tar_with(&entries)).unwrap();
+            let e = unpack_archive(&tar, &dir.path().join(format!("out{i}")), 0, 1024).unwrap_err();
+            assert!(e.contains(want), "{i}: {e}");
+        }
+        assert!(!dir.path().join("evil").exists());
     }
 
     #[test]

@@ -92,10 +92,10 @@ async fn a_foreign_architecture_is_refused_before_any_action() {
 }
 
 #[tokio::test]
-async fn an_unsupported_compression_is_refused_before_any_action() {
+async fn a_url_scheme_dutlab_does_not_fetch_is_refused_before_any_action() {
     refused_like_validate(&format!(
-        "job_name: zstd\ndevice_type: qemu\nactions:\n\
-         - deploy:\n    to: tmpfs\n    images:\n      rootfs: {{url: file:///nonexistent/r.img.zst, \
+        "job_name: rclone\ndevice_type: qemu\nactions:\n\
+         - deploy:\n    to: tmpfs\n    images:\n      rootfs: {{url: 'rclone://remote/r.img.zst', \
          compression: zstd}}\n\
          - boot:\n    method: qemu\n    prompts: ['# $']\n{TEST_ACTION}"
     ))
