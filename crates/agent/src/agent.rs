@@ -118,6 +118,8 @@ pub struct Agent {
     ready_unsent: BTreeSet<String>,
     notes_tx: UnboundedSender<JobNote>,
     notes: UnboundedReceiver<JobNote>,
+    /// Where jobs get their artifacts.
+    artifacts: crate::artifacts::ArtifactSource,
 }
 
 impl Agent {
@@ -129,6 +131,12 @@ impl Agent {
             .map(|d| (d.name.clone(), Slot::Idle))
             .collect();
         let spool = prepared.spool;
+        let artifacts = crate::artifacts::ArtifactSource {
+            cache: prepared.cache,
+            controller: crate::artifacts::http_base(&config.controller),
+            trust: config.trust.clone(),
+            token_file: config.token_file.clone(),
+        };
         let leases = prepared
             .recovered
             .into_iter()
@@ -160,6 +168,7 @@ impl Agent {
             ready_unsent: BTreeSet::new(),
             notes_tx,
             notes,
+            artifacts,
         }
     }
 
@@ -733,6 +742,7 @@ impl Agent {
             definition,
             device_dir: self.config.device_dir(&device),
             host: self.config.host.clone(),
+            artifacts: self.artifacts.clone(),
         };
         spawn_job(start, writer, self.notes_tx.clone(), stop_rx);
         tracing::info!(lease = %id, %job, %device, %epoch, "job started");

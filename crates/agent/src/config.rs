@@ -11,6 +11,9 @@
 //! image_dirs: [/srv/images]              # where jobs may read images by path (default: none)
 //! allowed_destinations: [10.1.0.0/16]     # http(s)/git ranges beyond public addresses
 //! decompress: {max_bytes: 17179869184, max_ratio: 2000}
+//! cache:                                  # artifacts of jobs, shared by the devices
+//!   dir: /var/cache/dutlab                # default: work_dir/cache
+//!   max_bytes: 21474836480                # default: 20 GiB
 //! devices:
 //!   - name: qemu-01                       # the fields of a device file (runner::device)
 //!     device_type: qemu
@@ -61,6 +64,8 @@ pub struct AgentConfig {
     pub devices: Vec<Device>,
     /// What jobs may reach on this host.
     pub host: HostSettings,
+    /// The artifact cache: where, and how large it may grow.
+    pub cache: CacheConfig,
 }
 
 /// The operator's host policy for every job of this agent (see `runner::policy`).
@@ -101,6 +106,22 @@ fn default_max_ratio() -> u64 {
     DecompressLimits::default().max_ratio
 }
 
+/// `cache:` of the configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheConfig {
+    pub dir: PathBuf,
+    pub max_bytes: u64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    #[serde(default)]
+    dir: Option<PathBuf>,
+    #[serde(default)]
+    max_bytes: Option<u64>,
+}
+
 /// The file as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -122,6 +143,8 @@ struct RawConfig {
     allowed_destinations: Vec<String>,
     #[serde(default)]
     decompress: Option<RawDecompress>,
+    #[serde(default)]
+    cache: RawCache,
 }
 
 impl AgentConfig {
@@ -230,18 +253,30 @@ impl AgentConfig {
                 }
             }
         };
+        let work_dir = resolve(base, &raw.work_dir);
+        let cache = CacheConfig {
+            dir: raw
+                .cache
+                .dir
+                .map_or_else(|| work_dir.join("cache"), |d| resolve(base, &d)),
+            max_bytes: raw
+                .cache
+                .max_bytes
+                .unwrap_or(crate::artifacts::DEFAULT_MAX_BYTES),
+        };
         Ok(AgentConfig {
             controller: raw.controller,
             trust,
             token_file,
             name,
-            work_dir: resolve(base, &raw.work_dir),
+            work_dir,
             devices,
             host: HostSettings {
                 image_dirs,
                 allowed_destinations,
                 decompress,
             },
+            cache,
         })
     }
 

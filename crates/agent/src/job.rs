@@ -4,6 +4,7 @@
 //! ```text
 //!  StartJob ─> parse ──(bad job)──────────────────────────────┐ job-error
 //!                │                                             │
+//!                ├─> artifacts::resolve (cache, fetch) ─(fails)┘ infra-error
 //!                └─> runner::run_job ──events──> Recorder ──> SpoolWriter ──> JobNote::Spooled
 //!                          │  <── Stop (cancel / drop / shutdown) via runner::Cancel
 //!                          v
@@ -19,6 +20,7 @@
 //! - A job stopped because the agent shuts down is an infra error, not `canceled` (nobody
 //!   canceled it).
 
+use crate::artifacts::ArtifactSource;
 use crate::recorder::{Entry, Recorder};
 use crate::spool::{SpoolWriter, now_millis};
 use jobspec::{Action, Job};
@@ -78,6 +80,8 @@ pub struct JobStart {
     pub device_dir: PathBuf,
     /// What the job may reach on this host.
     pub host: crate::config::HostSettings,
+    /// Where the job's `artifact:` references are fetched from and cached.
+    pub artifacts: ArtifactSource,
 }
 
 /// Runs the job of one lease to its end.
@@ -119,19 +123,39 @@ pub async fn run_lease(
             sink(entries);
             report
         }
-        Ok((job, ctx)) => {
+        Ok((job, mut ctx)) => {
             recorder = Recorder::new(secrets(&start.device, Some(&job)));
-            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            let run = run_stoppable(&job, &ctx, &start.device, tx, stop.clone());
-            let mut report = record(run, rx, &mut recorder, &mut sink).await;
-            if *stop.borrow() == Stop::Shutdown && report.outcome == Outcome::Canceled {
-                report.outcome = Outcome::InfraError;
-                report.reason = "the agent shut down while the job ran".into();
-                let mut entries = Vec::new();
-                recorder.note(&report.reason, now_millis(), &mut entries);
-                sink(entries);
+            match crate::artifacts::resolve(&job, start.job, &start.artifacts, &mut ctx.policy)
+                .await
+            {
+                Err(e) => {
+                    let report = ended(&job.name, Outcome::InfraError, e.to_string());
+                    let mut entries = Vec::new();
+                    recorder.note(&report.reason, now_millis(), &mut entries);
+                    sink(entries);
+                    report
+                }
+                Ok((pins, lines)) => {
+                    let mut entries = Vec::new();
+                    for line in lines {
+                        recorder.note(&line, now_millis(), &mut entries);
+                    }
+                    sink(entries);
+                    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                    let run = run_stoppable(&job, &ctx, &start.device, tx, stop.clone());
+                    let mut report = record(run, rx, &mut recorder, &mut sink).await;
+                    // The run is over (DUT off): the cache may evict these files again.
+                    drop(pins);
+                    if *stop.borrow() == Stop::Shutdown && report.outcome == Outcome::Canceled {
+                        report.outcome = Outcome::InfraError;
+                        report.reason = "the agent shut down while the job ran".into();
+                        let mut entries = Vec::new();
+                        recorder.note(&report.reason, now_millis(), &mut entries);
+                        sink(entries);
+                    }
+                    report
+                }
             }
-            report
         }
     };
     let last_seq = match writer.finish(report.clone()) {

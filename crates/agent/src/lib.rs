@@ -22,6 +22,7 @@
 //!   retried with backoff for ever.
 //! - On shutdown every running job is stopped and torn down (DUT off) before [`run`] returns.
 
+pub mod artifacts;
 pub mod config;
 
 mod agent;

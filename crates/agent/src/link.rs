@@ -241,7 +241,7 @@ async fn wait_welcome(socket: &mut Socket) -> Result<Welcome, LinkDown> {
 }
 
 /// The token, trimmed. Errors name the file, never its content.
-fn read_token(path: &Path) -> Result<String, LinkDown> {
+pub(crate) fn read_token(path: &Path) -> Result<String, LinkDown> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| lost(format!("token file {}: {e}", path.display())))?;
     let token = text.trim();

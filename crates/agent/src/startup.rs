@@ -33,6 +33,8 @@ pub struct Prepared {
     pub recovered: Vec<Recovered>,
     /// Held for the agent's life.
     pub lock: File,
+    /// The artifact cache of every device.
+    pub cache: crate::artifacts::ArtifactCache,
 }
 
 /// Claims the work directory, cleans up after a killed predecessor and recovers the spool.
@@ -74,10 +76,16 @@ pub fn prepare(config: &AgentConfig) -> Result<Prepared, AgentError> {
     let spool =
         Spool::open(&spool_dir).map_err(|e| local(&spool_dir, "the spool is not writable", e))?;
     let recovered = recover(&spool).map_err(|e| local(&spool_dir, "cannot read the spool", e))?;
+    let cache = crate::artifacts::ArtifactCache::open(&config.cache.dir, config.cache.max_bytes)
+        .map_err(|e| AgentError::LocalState {
+            path: config.cache.dir.display().to_string(),
+            reason: format!("artifact cache: {e}"),
+        })?;
     Ok(Prepared {
         spool,
         recovered,
         lock,
+        cache,
     })
 }
 

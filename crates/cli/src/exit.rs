@@ -66,7 +66,9 @@ pub fn client_code(e: &ClientError) -> i32 {
             status: 401 | 403, ..
         } => NO_PERMISSION,
         ClientError::Api { status: 429, .. } => OVER_QUOTA,
-        ClientError::Api { .. } | ClientError::Decode { .. } => SOFTWARE,
+        ClientError::Api { .. } | ClientError::Decode { .. } | ClientError::Local { .. } => {
+            SOFTWARE
+        }
         ClientError::Unreachable { .. } | ClientError::Tls { .. } => UNREACHABLE,
     }
 }

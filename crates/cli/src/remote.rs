@@ -9,6 +9,7 @@
 //! - A token is printed only by `token create`, alone on stdout, and never in an error.
 
 mod jobs;
+mod uploads;
 
 pub use jobs::{JobCommand, job};
 

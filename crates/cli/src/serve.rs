@@ -65,6 +65,13 @@ pub struct ServeArgs {
     /// it is refused with 429. Admin tokens are exempt.
     #[arg(long, value_name = "BYTES", default_value_t = controller::queue_quota::QueueQuota::default().queued_definition_bytes)]
     quota_queued_bytes: u64,
+    /// Largest artifact (image, git bundle) a user may upload, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = proto::api::DEFAULT_MAX_ARTIFACT)]
+    max_artifact_bytes: u64,
+    /// Bytes of artifacts one user may keep in the store (an upload past it is refused with
+    /// 429, naming the quota and the user's usage).
+    #[arg(long, value_name = "BYTES", default_value_t = controller::artifact_quota::DEFAULT_ARTIFACT_QUOTA)]
+    artifact_quota_bytes: u64,
 }
 
 fn sqlite_sync(text: &str) -> Result<controller::store::SqliteSync, String> {
@@ -160,6 +167,8 @@ fn serve_inner(args: ServeArgs) -> anyhow::Result<()> {
         job_definition_bytes: args.quota_job_bytes,
         queued_definition_bytes: args.quota_queued_bytes,
     };
+    config.max_artifact = args.max_artifact_bytes;
+    config.artifact_quota = args.artifact_quota_bytes;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -156,7 +156,15 @@ impl Lab {
         std::fs::write(&file, text)?;
         let done = self.cli_as(
             &self.user,
-            &["job", "submit", &file.display().to_string(), "--json"],
+            // As written: the job text itself names the agent host's paths (the CLI would
+            // otherwise upload the user's own files, which here are on the same machine).
+            &[
+                "job",
+                "submit",
+                &file.display().to_string(),
+                "--json",
+                "--as-written",
+            ],
         )?;
         if done.code() == Some(4) {
             return Ok(None);

@@ -516,3 +516,46 @@ fn an_oversized_message_closes_a_follow_socket() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn a_jobs_artifacts_are_uploaded_and_fetched_over_https() -> Result<()> {
+    let mut lab = Lab::start(true, &[])?;
+    let ca = lab.pki()?.ca().display().to_string();
+    let config = lab.agent_config("host-a", &format!("ca_file: {ca:?}"))?;
+    lab.spawn_agent(&config)?;
+    lab.wait_device_idle("host-a")?;
+    let dir = lab.sandbox.path().join("job");
+    std::fs::create_dir_all(dir.join("images"))?;
+    let image = testkit::guest_image()?;
+    for f in ["vmlinuz", "initramfs.cpio.gz", "rootfs.qcow2"] {
+        std::fs::copy(image.join(f), dir.join("images").join(f))?;
+    }
+    std::fs::write(
+        dir.join("job.yaml"),
+        "job_name: over-tls\ndevice_type: qemu\ntimeouts: {job: {minutes: 4}}\nactions:\n\
+         - deploy:\n    to: tmpfs\n    images:\n\
+         \x20     kernel: {url: images/vmlinuz}\n\
+         \x20     initrd: {url: images/initramfs.cpio.gz}\n\
+         \x20     rootfs: {url: images/rootfs.qcow2, format: qcow2}\n\
+         - boot: {method: qemu, prompts: ['# $'], auto_login: {login_prompt: 'login:', username: root}}\n",
+    )?;
+    let job = dir.join("job.yaml").display().to_string();
+    let done = lab.cli(&["job", "submit", &job, "--follow"])?;
+    expect_code(&done, 0)?;
+    ensure!(
+        done.stderr.matches("dutlab: uploading").count() == 3,
+        "{}",
+        done.stderr
+    );
+    let jobs = lab.json(&["job", "list", "--json"])?;
+    let id = jobs[0]["id"].as_u64().context("id")?;
+    ensure!(jobs[0]["outcome"] == "passed", "{}", jobs[0]);
+    let logs = lab.cli(&["job", "logs", &id.to_string()])?;
+    expect_code(&logs, 0)?;
+    ensure!(
+        logs.stdout.matches(": fetched ").count() == 3,
+        "the agent fetched over https:\n{}",
+        logs.stdout
+    );
+    lab.finish()
+}

@@ -47,6 +47,13 @@ pub enum ClientError {
     /// or the trust settings cannot be used.
     #[error("TLS with the controller at {url}: {reason}")]
     Tls { url: String, reason: String },
+    /// A local file could not be read or written.
+    #[error("{path}")]
+    Local {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl ClientError {

@@ -17,9 +17,11 @@
 //!   (system roots, a CA file, or a pinned certificate); a refused certificate is
 //!   [`ClientError::Tls`], naming the controller and the reason, and is never retried.
 
+mod artifacts;
 mod error;
 pub mod follow;
 
+pub use artifacts::sha256_file;
 pub use error::{Cause, ClientError};
 pub use follow::{Follow, FollowCursor};
 

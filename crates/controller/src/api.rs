@@ -126,7 +126,7 @@ pub fn viewer(state: &AppState, caller: &Caller) -> Viewer {
     }
 }
 
-const PEOPLE: [Role; 2] = [Role::Admin, Role::User];
+pub(crate) const PEOPLE: [Role; 2] = [Role::Admin, Role::User];
 
 async fn ask<T>(
     state: &AppState,
@@ -444,6 +444,7 @@ pub async fn submit_job(
     let job = jobspec::parse_job(&file_name, &body.definition).map_err(|e| bad(e.to_string()))?;
     // What `dutlab job validate` refuses (no device type dutlab knows runs it, multinode).
     jobspec::check_runnable(&file_name, &job).map_err(|e| bad(e.to_string()))?;
+    let artifacts = referenced_artifacts(&state, &caller, &file_name, &job).await?;
     let visibility = match &job.visibility {
         jobspec::Visibility::Public => Visibility::Public,
         jobspec::Visibility::Personal => Visibility::Personal,
@@ -474,6 +475,7 @@ pub async fn submit_job(
             priority: job.priority,
         },
         wait_for_device: body.wait_for_device,
+        artifacts,
     };
     let view = ask(&state, |reply| Command::Submit {
         job: submission,
@@ -481,6 +483,42 @@ pub async fn submit_job(
     })
     .await??;
     Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// The digests a job references, each stored and usable by the caller (else 400 naming the
+/// field).
+async fn referenced_artifacts(
+    state: &AppState,
+    caller: &Caller,
+    file_name: &str,
+    job: &jobspec::Job,
+) -> ApiResult<Vec<String>> {
+    let mut digests: Vec<String> = Vec::new();
+    for reference in job.artifact_references() {
+        let Some(hex) = jobspec::artifact_digest(&reference.text) else {
+            continue;
+        };
+        if digests.iter().any(|d| d == hex) {
+            continue;
+        }
+        let stored = state
+            .store
+            .artifact_size(hex)
+            .await
+            .map_err(|e| ApiFailure::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?
+            .is_some();
+        if !stored || !crate::artifacts::may_use(state, caller, hex).await? {
+            return Err(ApiFailure::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "{file_name}: {}: artifact sha256:{hex} does not exist or is not yours to use                      (upload it first: `dutlab job submit` does)",
+                    reference.field
+                ),
+            ));
+        }
+        digests.push(hex.to_owned());
+    }
+    Ok(digests)
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

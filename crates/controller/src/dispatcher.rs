@@ -125,11 +125,15 @@ pub struct Submission {
     pub warnings: Vec<String>,
     pub spec: JobSpec,
     pub wait_for_device: bool,
+    /// Digests of the artifacts the job references (checked by the API layer).
+    pub artifacts: Vec<String>,
 }
 
 /// An agent's `Hello`, with the connection it came on.
 pub struct AgentHello {
     pub conn: ConnId,
+    /// Public id of the token the connection was opened with.
+    pub token_id: String,
     pub agent: String,
     pub version: String,
     pub protocol: u32,
@@ -179,6 +183,14 @@ pub enum Command {
         conn: ConnId,
         agent: String,
     },
+    /// Whether the current link of `agent`, opened with token `token_id`, holds the live lease
+    /// of `job` (an agent fetches a job's artifacts only then).
+    HoldsJob {
+        job: JobId,
+        agent: String,
+        token_id: String,
+        reply: oneshot::Sender<bool>,
+    },
 }
 
 struct JobMeta {
@@ -193,6 +205,8 @@ struct JobMeta {
 
 struct AgentLink {
     conn: Option<(ConnId, mpsc::Sender<ControllerMessage>)>,
+    /// Token id of the current connection.
+    token_id: String,
     version: String,
     last_seen: Millis,
     /// Warn lines about refused messages of the current link.
@@ -559,6 +573,34 @@ impl Dispatcher {
         })
     }
 
+    /// True when `job` has a live lease held by the current link of agent `agent`, and that
+    /// link was opened with the token `token_id` (the identity checks of job messages: the
+    /// link holding the lease speaks for it, nobody else).
+    fn holds_job(&self, job: JobId, agent: &str, token_id: &str) -> bool {
+        let Some(entry) = self.sched.job(job) else {
+            return false;
+        };
+        let (Some(lease), Some(device)) = (entry.lease, entry.device.as_deref()) else {
+            return false;
+        };
+        let Some(info) = self.leases.get(lease) else {
+            return false;
+        };
+        if info.job != job {
+            return false;
+        }
+        if self.sched.device(device).is_none_or(|d| d.agent != agent) {
+            return false;
+        }
+        let Some(link) = self.agents.get(agent) else {
+            return false;
+        };
+        match (&link.conn, info.conn) {
+            (Some((current, _)), Some(holder)) => *current == holder && link.token_id == token_id,
+            _ => false,
+        }
+    }
+
     /// The job's view, if `viewer` may read it ([`policy::may_read`]).
     fn visible(&self, job: JobId, viewer: &Viewer) -> Result<JobView, Failure> {
         let view = self
@@ -642,6 +684,14 @@ impl Dispatcher {
                 agent,
                 message,
             } => self.agent_said(conn, &agent, message).await,
+            Command::HoldsJob {
+                job,
+                agent,
+                token_id,
+                reply,
+            } => {
+                let _ = reply.send(self.holds_job(job, &agent, &token_id));
+            }
             Command::Gone { conn, agent } => {
                 let current = self
                     .agents
@@ -700,6 +750,7 @@ impl Dispatcher {
             file_name: job.file_name.clone(),
             definition: job.definition.clone(),
             warnings: job.warnings.clone(),
+            artifacts: job.artifacts.clone(),
         };
         // The job must be known before its events run their effects (StartJob needs it).
         self.jobs.insert(
@@ -755,6 +806,7 @@ impl Dispatcher {
     async fn hello(&mut self, hello: AgentHello) -> Result<(), String> {
         let AgentHello {
             conn,
+            token_id,
             agent,
             version,
             protocol,
@@ -789,6 +841,7 @@ impl Dispatcher {
             agent.clone(),
             AgentLink {
                 conn: Some((conn, tx.clone())),
+                token_id,
                 version,
                 last_seen: at,
                 refusals: WarnLimit::new(),

@@ -17,6 +17,8 @@
 //!   revoking the token ends it.
 
 pub mod api;
+pub mod artifact_quota;
+pub mod artifacts;
 pub mod auth;
 pub mod datadir;
 pub mod dispatcher;
@@ -33,7 +35,7 @@ pub mod store;
 use auth::Tokens;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use dispatcher::{Command, DispatchConfig, Dispatcher, Leases};
 use logs::LogStore;
 use proto::Millis;
@@ -90,6 +92,10 @@ pub struct Config {
     pub sqlite_sync: store::SqliteSync,
     /// Per-user limits on the queue.
     pub quota: queue_quota::QueueQuota,
+    /// Largest artifact accepted, in bytes.
+    pub max_artifact: u64,
+    /// Bytes of artifacts one user may keep.
+    pub artifact_quota: u64,
 }
 
 impl Config {
@@ -107,6 +113,8 @@ impl Config {
             open_log_files: logs::DEFAULT_OPEN_FILES,
             sqlite_sync: store::SqliteSync::default(),
             quota: queue_quota::QueueQuota::default(),
+            max_artifact: proto::api::DEFAULT_MAX_ARTIFACT,
+            artifact_quota: artifact_quota::DEFAULT_ARTIFACT_QUOTA,
         }
     }
 }
@@ -124,6 +132,7 @@ pub struct AppState {
     pub leases: Leases,
     /// Open agent links and follow streams, by token (revocation ends them).
     pub sessions: sessions::Sessions,
+    pub artifacts: artifacts::ArtifactStore,
 }
 
 /// Wall-clock time as the pure crates take it.
@@ -155,6 +164,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/jobs/{id}/logs", get(api::job_logs))
         .route("/api/v1/jobs/{id}/logs/follow", get(api::follow))
         .route("/api/v1/jobs/{id}/results", get(api::job_results))
+        .route(
+            "/api/v1/artifacts/sha256/{hex}",
+            put(artifacts::put_artifact)
+                .head(artifacts::head_artifact)
+                .get(artifacts::get_artifact),
+        )
         .route("/api/v1/devices", get(api::devices))
         .route("/api/v1/agents", get(api::agents))
         .route(proto::link::LINK_PATH, get(link::link))
@@ -228,6 +243,16 @@ pub async fn serve(
         principals.put(principal);
     }
     let logs = LogStore::with_capacity(&config.data_dir.join("logs"), config.open_log_files);
+    let artifact_dir = config.data_dir.join("artifacts");
+    let artifacts = artifacts::ArtifactStore::new(
+        artifact_dir.clone(),
+        config.max_artifact,
+        config.artifact_quota,
+    )
+    .map_err(|source| ControllerError::DataDir {
+        path: artifact_dir,
+        source,
+    })?;
     let leases = Leases::default();
     let sessions = sessions::Sessions::new(tokens.clone());
     let (updates, _) = broadcast::channel(4096);
@@ -261,6 +286,7 @@ pub async fn serve(
         updates,
         leases,
         sessions,
+        artifacts,
     };
     first_admin(&state, &config.data_dir).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)

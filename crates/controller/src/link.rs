@@ -203,6 +203,7 @@ async fn serve(socket: WebSocket, state: AppState, caller: Caller, bound: String
         .send(Command::Hello {
             hello: AgentHello {
                 conn,
+                token_id: caller.token_id.clone(),
                 agent: agent.clone(),
                 version,
                 protocol,

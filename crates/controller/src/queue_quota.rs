@@ -125,6 +125,11 @@ pub fn message(over: &QuotaExceeded, user: &str) -> String {
             "quota {}: user {user}'s unfinished jobs hold {} bytes of definitions, and this one adds {}, more than the limit of {} (limit: dutlab serve --quota-queued-bytes)",
             over.quota, over.usage, over.requested, over.limit
         ),
+        // Counted by the artifact store (`artifact_quota`), named here for one table of texts.
+        Quota::ArtifactBytes => format!(
+            "quota {}: user {user} stores {} bytes of artifacts, and this upload adds {}, more than the limit of {} (limit: dutlab serve --artifact-quota-bytes)",
+            over.quota, over.usage, over.requested, over.limit
+        ),
     }
 }
 

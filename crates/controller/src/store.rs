@@ -41,7 +41,7 @@ pub enum StoreError {
     Corrupt { what: &'static str, reason: String },
 }
 
-const SCHEMA: [&str; 4] = [
+const SCHEMA: [&str; 7] = [
     "CREATE TABLE IF NOT EXISTS tokens (
         id TEXT PRIMARY KEY,
         name TEXT NOT NULL,
@@ -64,6 +64,22 @@ const SCHEMA: [&str; 4] = [
     "CREATE TABLE IF NOT EXISTS events (
         seq BIGINT PRIMARY KEY,
         body TEXT NOT NULL
+    )",
+    "CREATE TABLE IF NOT EXISTS artifacts (
+        sha256 TEXT PRIMARY KEY,
+        size BIGINT NOT NULL,
+        created_at BIGINT NOT NULL
+    )",
+    "CREATE TABLE IF NOT EXISTS artifact_uploaders (
+        sha256 TEXT NOT NULL,
+        principal TEXT NOT NULL,
+        uploaded_at BIGINT NOT NULL,
+        PRIMARY KEY (sha256, principal)
+    )",
+    "CREATE TABLE IF NOT EXISTS job_artifacts (
+        job BIGINT NOT NULL,
+        sha256 TEXT NOT NULL,
+        PRIMARY KEY (job, sha256)
     )",
     "CREATE TABLE IF NOT EXISTS meta (
         key TEXT PRIMARY KEY,
@@ -141,6 +157,8 @@ pub struct JobRow {
     pub file_name: String,
     pub definition: String,
     pub warnings: Vec<String>,
+    /// Digests of the artifacts the job references (written with the job; not read back).
+    pub artifacts: Vec<String>,
 }
 
 /// What one commit writes besides events.
@@ -434,6 +452,95 @@ impl Store {
         }
     }
 
+    /// Records a stored artifact (once) and that `principal` uploaded it.
+    pub async fn insert_artifact(
+        &self,
+        sha256: &str,
+        size: u64,
+        principal: &str,
+        at: Millis,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO artifacts (sha256, size, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(sha256.to_owned())
+        .bind(as_i64(size))
+        .bind(as_i64(at.0))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO artifact_uploaders (sha256, principal, uploaded_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(sha256.to_owned())
+        .bind(principal.to_owned())
+        .bind(as_i64(at.0))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The size of a stored artifact, if it is stored.
+    pub async fn artifact_size(&self, sha256: &str) -> Result<Option<u64>, StoreError> {
+        let row = sqlx::query("SELECT size FROM artifacts WHERE sha256 = $1")
+            .bind(sha256.to_owned())
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(row) => Ok(Some(as_u64(row.try_get("size")?))),
+            None => Ok(None),
+        }
+    }
+
+    /// Bytes of the distinct artifacts `principal` uploaded (their artifact quota usage).
+    pub async fn artifact_bytes_of(&self, principal: &str) -> Result<u64, StoreError> {
+        let row = sqlx::query(
+            "SELECT CAST(COALESCE(SUM(a.size), 0) AS BIGINT) AS total FROM artifacts a \
+             JOIN artifact_uploaders u ON u.sha256 = a.sha256 WHERE u.principal = $1",
+        )
+        .bind(principal.to_owned())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(as_u64(row.try_get("total")?))
+    }
+
+    /// Whether `principal` uploaded the artifact.
+    pub async fn uploaded_by(&self, sha256: &str, principal: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query(
+            "SELECT 1 AS one FROM artifact_uploaders WHERE sha256 = $1 AND principal = $2",
+        )
+        .bind(sha256.to_owned())
+        .bind(principal.to_owned())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
+    }
+
+    /// The newest `limit` jobs that reference the artifact.
+    pub async fn artifact_jobs(&self, sha256: &str, limit: u64) -> Result<Vec<JobId>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT job FROM job_artifacts WHERE sha256 = $1 ORDER BY job DESC LIMIT $2",
+        )
+        .bind(sha256.to_owned())
+        .bind(as_i64(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok(JobId(as_u64(r.try_get("job")?))))
+            .collect()
+    }
+
+    /// Whether `job` references the artifact.
+    pub async fn job_references(&self, job: JobId, sha256: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT 1 AS one FROM job_artifacts WHERE job = $1 AND sha256 = $2")
+            .bind(as_i64(job.0))
+            .bind(sha256.to_owned())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
     /// Commits events (numbered from `first_seq`) and the change in one transaction.
     pub async fn commit(
         &self,
@@ -462,6 +569,15 @@ impl Store {
             .bind(as_i64(job.owner.0))
             .execute(&mut *tx)
             .await?;
+            for sha256 in &job.artifacts {
+                sqlx::query(
+                    "INSERT INTO job_artifacts (job, sha256) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                )
+                .bind(as_i64(job.id.0))
+                .bind(sha256.clone())
+                .execute(&mut *tx)
+                .await?;
+            }
         }
         for (job, report, last_seq) in change.reports {
             let text = serde_json::to_string(report).map_err(|e| StoreError::Corrupt {
@@ -535,6 +651,7 @@ fn job_row(row: &AnyRow) -> Result<JobRow, StoreError> {
             what: "warning list",
             reason: e.to_string(),
         })?,
+        artifacts: Vec::new(),
     })
 }
 

@@ -181,6 +181,8 @@ pub enum ImageSource {
     Path(String),
     /// An `http://` or `https://` URL as written.
     Http(String),
+    /// `artifact:sha256:<hex>`: a file uploaded to the controller with the job (the digest).
+    Artifact(String),
     /// `downloads://NAME`: the file NAME an earlier `deploy: {to: downloads}` action of the
     /// job fetched. NAME is relative, has no `.` or `..` component and no empty one.
     Downloads(String),
@@ -587,6 +589,9 @@ fn url_scheme(s: &str) -> Option<&str> {
 }
 
 pub(crate) fn image_source(cx: &Ctx, path: &Path, url: &str) -> Result<ImageSource, JobError> {
+    if url.starts_with("artifact:") {
+        return artifact(cx, path, url).map(|hex| ImageSource::Artifact(hex.to_owned()));
+    }
     let Some(scheme) = url_scheme(url) else {
         return Ok(ImageSource::Path(url.to_owned()));
     };
@@ -629,6 +634,19 @@ pub(crate) fn image_source(cx: &Ctx, path: &Path, url: &str) -> Result<ImageSour
     }
 }
 
+/// The digest of an `artifact:` reference, or an error naming the field.
+fn artifact<'a>(cx: &Ctx, path: &Path, text: &'a str) -> Result<&'a str, JobError> {
+    crate::references::artifact_digest(text).ok_or_else(|| {
+        cx.err(
+            path,
+            format!(
+                "'{text}' is not an artifact reference (artifact:sha256: and 64 lowercase \
+                 hexadecimal digits)"
+            ),
+        )
+    })
+}
+
 /// The file name of `downloads://REST` (LAVA joins host and path: `downloads://a/b`,
 /// `downloads:///a/b` both name `a/b`), if it is a clean relative path.
 fn downloads_name(rest: &str) -> Option<String> {
@@ -641,7 +659,7 @@ fn downloads_name(rest: &str) -> Option<String> {
     clean.then(|| name.to_owned())
 }
 
-fn percent_decode(s: &str) -> Option<String> {
+pub(crate) fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -938,6 +956,9 @@ fn definition_ref(cx: &mut Ctx, path: Path, v: Value) -> Result<DefinitionRef, J
             let repository = text(cx, &repo_path, repository)?;
             if repository.trim().is_empty() {
                 return Err(cx.err(&repo_path, "must not be empty"));
+            }
+            if repository.starts_with("artifact:") {
+                artifact(cx, &repo_path, &repository)?;
             }
             let revision = f.opt_text(cx, "revision")?;
             let branch = f.opt_text(cx, "branch")?;

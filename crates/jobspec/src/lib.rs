@@ -27,6 +27,7 @@ mod error;
 mod fields;
 mod interactive;
 mod job;
+mod references;
 mod testdef;
 mod yaml;
 
@@ -45,6 +46,10 @@ pub use interactive::{
 pub use job::{
     Context, DEFAULT_ACTION_TIMEOUT, DEFAULT_CONNECTION_TIMEOUT, DEFAULT_JOB_TIMEOUT,
     DEFAULT_PRIORITY, Job, Multinode, Protocols, Role, TIMED_ACTIONS, Timeouts, Visibility,
+};
+pub use references::{
+    ARTIFACT_PREFIX, Reference, ReferenceKind, artifact_digest, artifact_reference, is_digest,
+    rewrite_references,
 };
 pub use testdef::{DefinitionMetadata, ParsePattern, TEST_DEFINITION_FORMAT, TestDefinition};
 pub use yaml::{MAX_DEPTH, MAX_DOCUMENT_BYTES, MAX_DUPLICATES, MAX_EXPANDED_BYTES, MAX_NODES};

@@ -98,7 +98,7 @@ impl Value {
 }
 
 /// Floats keep a fractional part (`1.0`, not `1`), as YAML authors wrote them.
-fn float_text(f: f64) -> String {
+pub(crate) fn float_text(f: f64) -> String {
     if f.is_finite() && f.fract() == 0.0 && f.abs() < 1e16 {
         format!("{f:.1}")
     } else {

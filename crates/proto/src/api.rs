@@ -39,6 +39,17 @@ use serde::{Deserialize, Serialize};
 /// Largest job file accepted by `POST /api/v1/jobs`, in bytes.
 pub const MAX_JOB_BODY: usize = 1 << 20;
 
+/// Default size cap of one artifact (`dutlab serve --max-artifact-bytes`), 4 GiB.
+pub const DEFAULT_MAX_ARTIFACT: u64 = 4 << 30;
+
+/// A stored artifact: the answer of `PUT /api/v1/artifacts/sha256/{hex}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ArtifactView {
+    /// The content's SHA-256, 64 lowercase hexadecimal digits.
+    pub sha256: String,
+    pub size: u64,
+}
+
 /// Most records one `GET .../logs` answers with.
 pub const MAX_LOG_PAGE: usize = 10_000;
 
@@ -76,6 +87,8 @@ pub enum Quota {
     JobDefinitionBytes,
     /// Bytes of the definitions of one user's jobs not finished yet.
     QueuedDefinitionBytes,
+    /// Bytes of the artifacts one user keeps in the store.
+    ArtifactBytes,
 }
 
 impl Quota {
@@ -84,6 +97,7 @@ impl Quota {
             Quota::QueuedJobs => "queued-jobs",
             Quota::JobDefinitionBytes => "job-definition-bytes",
             Quota::QueuedDefinitionBytes => "queued-definition-bytes",
+            Quota::ArtifactBytes => "artifact-bytes",
         }
     }
 }

@@ -216,7 +216,10 @@ fn downloaded_name(image: &Image) -> Option<String> {
     let url = match &image.source {
         ImageSource::Path(p) => p.as_str(),
         ImageSource::Http(u) => u.split(['?', '#']).next().unwrap_or_default(),
-        ImageSource::Downloads(_) | ImageSource::Other { .. } => return None,
+        // An artifact has no file name of its own.
+        ImageSource::Artifact(_) | ImageSource::Downloads(_) | ImageSource::Other { .. } => {
+            return None;
+        }
     };
     let base = url.rsplit('/').next().unwrap_or_default();
     let ext = match image.compression {
@@ -299,6 +302,10 @@ async fn fetch(
         ImageSource::Path(p) => scope
             .policy
             .image_path(p, scope.job_dir)
+            .map_err(|reason| JobEnd::job_error(format!("{field}.url: {reason}")))?,
+        ImageSource::Artifact(hex) => scope
+            .policy
+            .artifact_path(hex)
             .map_err(|reason| JobEnd::job_error(format!("{field}.url: {reason}")))?,
         ImageSource::Http(url) => {
             let out = dir.join("download");

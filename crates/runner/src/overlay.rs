@@ -32,6 +32,9 @@
 //!   environment: no system or global config, `HOME` in the job's work directory, no
 //!   credential helper, prompt or askpass, no proxy.
 //! - A clone goes to `work/repos/<index>`: nothing of the job's text names a host path.
+//! - A repository given as `artifact:sha256:<hex>` (a git bundle uploaded with the job) is
+//!   cloned only from the file the host policy admitted for that digest, with the lab's git
+//!   settings and the file transport allowed for that clone alone.
 //! - A `from: url` archive is fetched under the same host policy as an image (an allowed
 //!   http(s) destination, or in the lab a path inside `image_dirs`), decompressed within the
 //!   same bounds, and unpacked into `work/repos/<index>` by dutlab itself: only regular files
@@ -588,8 +591,20 @@ impl GitSource<'_> {
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
         }
-        let mut clone = match policy.reach {
-            Reach::Local => {
+        let mut clone = match (jobspec::artifact_digest(self.repository), policy.reach) {
+            (Some(hex), _) => {
+                // A bundle uploaded with the job: the file the agent fetched, verified and
+                // admitted (local runs have none and are refused here). The file transport
+                // is allowed for this one clone of that one file only.
+                let bundle = policy.artifact_path(hex)?;
+                let mut cmd = lab_git(work_dir);
+                cmd.args(["-c", "protocol.file.allow=always"]);
+                cmd.args(["clone", "--quiet", "--no-recurse-submodules"]);
+                self.branch_args(&mut cmd);
+                cmd.arg("--").arg(&bundle).arg(dest);
+                cmd
+            }
+            (None, Reach::Local) => {
                 let source = resolve_repository(self.repository, job_dir);
                 let mut cmd = tokio::process::Command::new("git");
                 cmd.args(["clone", "--quiet"]);
@@ -597,7 +612,7 @@ impl GitSource<'_> {
                 cmd.arg("--").arg(&source).arg(dest);
                 cmd
             }
-            Reach::Lab => {
+            (None, Reach::Lab) => {
                 let remote = lab_remote(self.repository)?;
                 let addr = policy.pinned_address(&remote.host, remote.port).await?;
                 let ip = match addr.ip() {
@@ -710,6 +725,8 @@ impl ArchiveSource<'_> {
         std::fs::create_dir_all(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
         let fetched = match self.source {
             ImageSource::Path(p) => policy.image_path(p, job_dir)?,
+            // Only what the agent fetched for this job (today: images and git bundles).
+            ImageSource::Artifact(hex) => policy.artifact_path(hex)?,
             ImageSource::Http(url) => {
                 let out = scratch.join("download");
                 crate::deploy::download(url, &out, deadline, policy)

@@ -20,6 +20,11 @@
 //!   broadcast, CGNAT, documentation/benchmark ranges, IPv6 ULA/link-local/site-local and every
 //!   IPv4-mapped or -compatible form of those. The operator's `allowed_destinations` (CIDR
 //!   ranges) are allowed on top.
+//! - An uploaded artifact (`artifact:sha256:<hex>`) is read only through
+//!   [`HostPolicy::artifact_path`], from the file the agent admitted for this job with
+//!   [`HostPolicy::admit_artifact`] after fetching and verifying it. The agent's cache
+//!   directory is never an image directory: a job that names a path into it is refused like
+//!   any other path, so knowing a digest cached for another job reads nothing.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -236,11 +241,13 @@ impl Resolver {
 #[derive(Debug, Clone)]
 pub struct HostPolicy {
     pub reach: Reach,
-    /// Canonical directories a lab job may read images from (operator's `image_dirs` and,
-    /// for uploaded artifacts, the agent's cache). Unused locally.
+    /// Canonical directories a lab job may read images from by path (the operator's
+    /// `image_dirs`). Unused locally.
     image_dirs: Vec<PathBuf>,
     /// Address ranges allowed on top of public addresses (lab only).
     allowed_destinations: Vec<Cidr>,
+    /// Artifacts this job references, by digest: the verified file the agent admitted.
+    artifacts: BTreeMap<String, PathBuf>,
     pub decompress: DecompressLimits,
     pub resolver: Resolver,
 }
@@ -252,6 +259,7 @@ impl HostPolicy {
             reach: Reach::Local,
             image_dirs: Vec::new(),
             allowed_destinations: Vec::new(),
+            artifacts: BTreeMap::new(),
             decompress: DecompressLimits::default(),
             resolver: Resolver::System,
         }
@@ -267,6 +275,7 @@ impl HostPolicy {
             reach: Reach::Lab,
             image_dirs: Vec::new(),
             allowed_destinations,
+            artifacts: BTreeMap::new(),
             decompress,
             resolver: Resolver::System,
         };
@@ -276,7 +285,7 @@ impl HostPolicy {
         Ok(policy)
     }
 
-    /// Adds a directory a lab job may read images from (e.g. the agent's artifact cache).
+    /// Adds a directory a lab job may read images from by path.
     pub fn allow_image_dir(&mut self, dir: &Path) -> Result<(), String> {
         let real = dir
             .canonicalize()
@@ -286,6 +295,35 @@ impl HostPolicy {
         }
         self.image_dirs.push(real);
         Ok(())
+    }
+
+    /// Admits the verified file of artifact `sha256` for this job (the agent calls this after
+    /// fetching or checking its cached copy; the file must stay while the job runs).
+    pub fn admit_artifact(&mut self, sha256: &str, file: &Path) -> Result<(), String> {
+        let real = file
+            .canonicalize()
+            .map_err(|e| format!("{}: {e}", file.display()))?;
+        if !real.is_file() {
+            return Err(format!("{}: not a file", file.display()));
+        }
+        self.artifacts.insert(sha256.to_owned(), real);
+        Ok(())
+    }
+
+    /// The file of an artifact reference: the one admitted for this job, else the reason.
+    pub fn artifact_path(&self, sha256: &str) -> Result<PathBuf, String> {
+        self.artifacts
+            .get(sha256)
+            .cloned()
+            .ok_or_else(|| match self.reach {
+                Reach::Local => format!(
+                    "artifact:sha256:{sha256}: artifacts are fetched by a lab agent; give a path \
+                 or URL to run the job here"
+                ),
+                Reach::Lab => format!(
+                    "artifact:sha256:{sha256}: the agent did not fetch this artifact for the job"
+                ),
+            })
     }
 
     pub fn image_dirs(&self) -> &[PathBuf] {

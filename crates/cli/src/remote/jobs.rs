@@ -8,7 +8,7 @@
 //!   connections); Ctrl-C stops following only, never cancels the job (exit 130).
 //! - `submit --follow` and `results` exit with the job's outcome code.
 
-use super::{block_on, connect, print_json};
+use super::{block_on, connect, print_json, uploads};
 use crate::exit::{self, Exit};
 use crate::logview::{LogView, json_line};
 use crate::table::{self, Table};
@@ -22,8 +22,8 @@ use std::path::{Path, PathBuf};
 const SUBMIT_HELP: &str = "Exit codes: 0 submitted; with --follow the job's outcome: 0 passed, \
 1 failed, 2 timed out, 3 canceled, 4 job error, 5 infra error. 4 job refused (the controller's \
 400: file and field named), 64 usage or missing settings (DUTLAB_URL, DUTLAB_TOKEN or `dutlab \
-login`), 69 controller unreachable, 70 other error, 77 no token or token refused (401/403), \
-130 Ctrl-C stopped following (the job keeps running).";
+login`), 69 controller unreachable, 70 other error, 75 over a quota (429: artifact bytes), 77 no \
+token or token refused (401/403), 130 Ctrl-C stopped following (the job keeps running).";
 
 const LOGS_HELP: &str = "Exit codes: 0 done, 64 usage or missing settings (DUTLAB_URL, \
 DUTLAB_TOKEN or `dutlab login`), 69 controller unreachable, 70 other error, 77 no token or token \
@@ -69,6 +69,13 @@ pub struct SubmitArgs {
     /// Print JSON: the job (or with --follow, its results; the log then goes to stderr).
     #[arg(long)]
     json: bool,
+    /// Print the local files that would be uploaded (images, git bundles); send nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Send the job file as written: upload nothing, keep paths and repositories as they are
+    /// (a lab agent then reads paths only inside its image_dirs).
+    #[arg(long, conflicts_with = "dry_run")]
+    as_written: bool,
 }
 
 /// Job commands that need a controller (flattened into `dutlab job`).
@@ -224,7 +231,35 @@ fn refused(e: ClientError, file: &str) -> anyhow::Error {
 
 async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
     let (file_name, definition) = read_definition(&args.job)?;
+    // The controller validates the job too; parsing here finds the local files it names.
+    let parsed = jobspec::parse_job(&file_name, &definition)
+        .map_err(|e| Exit::new(exit::JOB_REFUSED, format!("job refused: {e}")))?;
+    // Refused before anything is uploaded, with the message the controller would give.
+    jobspec::check_runnable(&file_name, &parsed)
+        .map_err(|e| Exit::new(exit::JOB_REFUSED, format!("job refused: {e}")))?;
+    let (uploads, _staging) = if args.as_written {
+        (Vec::new(), None)
+    } else {
+        let (uploads, staging) = uploads::local_uploads(&args.job, &file_name, &parsed)?;
+        (uploads, Some(staging))
+    };
+    if args.dry_run {
+        if uploads.is_empty() {
+            println!("nothing to upload");
+        }
+        for upload in &uploads {
+            println!("{}", runner::report::printable(&uploads::describe(upload)));
+        }
+        return Ok(0);
+    }
     let client = connect()?;
+    let definition = if uploads.is_empty() {
+        definition
+    } else {
+        uploads::upload_all(&client, &uploads).await?;
+        jobspec::rewrite_references(&file_name, &definition, &uploads::references(&uploads))
+            .map_err(|e| Exit::new(exit::JOB_REFUSED, format!("job refused: {e}")))?
+    };
     let request = SubmitJob {
         definition,
         file_name: Some(file_name.clone()),
