@@ -18,6 +18,8 @@ commands=(
   "git git"                              # test definitions from git repositories
   "cpio cpio"                            # tests inspect the initramfs
   "gzip gzip"
+  "sqlite3 sqlite3"                      # a test turns a database back into an older schema
+  "python3 python3"                      # a test serves images with python3 -m http.server
 )
 # Packages with no command of their own.
 extra_packages=(
