@@ -1,0 +1,324 @@
+//! Agent sessions: hello (names, device ownership, lease hand-over to the newer link), the
+//! messages of a link (only the link holding a lease speaks for it), and job ends.
+
+use super::*;
+
+impl Dispatcher {
+    pub(super) async fn hello(&mut self, hello: AgentHello) -> Result<(), String> {
+        let AgentHello {
+            conn,
+            token_id,
+            agent,
+            version,
+            protocol,
+            devices,
+            held,
+            tx,
+        } = hello;
+        if protocol != PROTOCOL_VERSION {
+            return Err(format!(
+                "agent protocol {protocol} is not supported (this controller speaks {PROTOCOL_VERSION})"
+            ));
+        }
+        check_names(&agent, &version, &devices)?;
+        for d in &devices {
+            if let Some(owner) = self.sched.device(&d.name).map(|e| e.agent.as_str())
+                && owner != agent
+            {
+                return Err(format!(
+                    "device {:?} is registered by agent {owner:?}; an agent registers only its own devices (rename the device, or run it under agent {owner:?})",
+                    d.name
+                ));
+            }
+        }
+        let pairs: Vec<(LeaseId, Epoch)> = held.iter().map(|h| (h.lease, h.epoch)).collect();
+        let at = now();
+        let events = self
+            .sched
+            .agent_connected(&agent, &devices, &pairs, at)
+            .map_err(|r| r.to_string())?;
+        // The new connection replaces any older one of the same agent, and holds its leases.
+        let older = self.agents.insert(
+            agent.clone(),
+            AgentLink {
+                conn: Some((conn, tx.clone())),
+                token_id,
+                version,
+                last_seen: at,
+                refusals: WarnLimit::new(),
+            },
+        );
+        if let Some((old, _)) = older.and_then(|l| l.conn) {
+            tracing::info!("agent {agent}: link {conn} replaces link {old}");
+            self.sessions.close(
+                old,
+                &format!("replaced by a newer connection of agent {agent}"),
+            );
+        }
+        let mine: Vec<LeaseId> = devices
+            .iter()
+            .filter_map(|d| self.sched.device(&d.name))
+            .filter(|d| d.agent == agent)
+            .filter_map(|d| d.lease)
+            .collect();
+        self.leases.move_to(conn, &mine);
+        let mut resume = Vec::new();
+        let mut dead = Vec::new();
+        for h in &held {
+            if self.sched.is_live(h.lease, h.epoch) {
+                let stored = self
+                    .leases
+                    .get(h.lease)
+                    .and_then(|info| self.logs.durable(info.job).ok())
+                    .unwrap_or(Seq(0));
+                resume.push(LogCursor {
+                    lease: h.lease,
+                    stored,
+                });
+            } else {
+                dead.push((h.lease, h.epoch));
+            }
+        }
+        let welcome = ControllerMessage::Welcome {
+            protocol: PROTOCOL_VERSION,
+            heartbeat_ms: u64::try_from(self.config.heartbeat.as_millis()).unwrap_or(5000),
+            resume,
+        };
+        if tx.try_send(welcome).is_err() {
+            return Err("connection closed during hello".into());
+        }
+        for (lease, epoch) in dead {
+            let _ = tx.try_send(ControllerMessage::DropLease { lease, epoch });
+        }
+        tracing::info!("agent {agent} connected with {} device(s)", devices.len());
+        self.commit(events, Vec::new(), None, None)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// The link `conn` of `agent` closed; only the current link's close disconnects the agent.
+    pub(super) async fn gone(&mut self, conn: ConnId, agent: &str) {
+        let current = self
+            .agents
+            .get(agent)
+            .and_then(|l| l.conn.as_ref())
+            .is_some_and(|(c, _)| *c == conn);
+        if current {
+            if let Some(link) = self.agents.get_mut(agent) {
+                link.conn = None;
+                link.last_seen = now();
+            }
+            let events = self.sched.agent_disconnected(agent, now());
+            tracing::info!("agent {agent} disconnected");
+            if let Err(e) = self.commit(events, Vec::new(), None, None).await {
+                tracing::error!("agent {agent} disconnected: {e}");
+            }
+        }
+    }
+
+    pub(super) async fn agent_said(&mut self, conn: ConnId, agent: &str, message: AgentMessage) {
+        let current = self
+            .agents
+            .get(agent)
+            .and_then(|l| l.conn.as_ref())
+            .is_some_and(|(c, _)| *c == conn);
+        if !current {
+            tracing::debug!("agent {agent}: message from a replaced connection ignored");
+            return;
+        }
+        let at = now();
+        if let Some(link) = self.agents.get_mut(agent) {
+            link.last_seen = at;
+        }
+        if let Some(lease) = lease_of(&message)
+            && let Some(info) = self.leases.get(lease)
+            && info.conn != Some(conn)
+        {
+            if let Some(link) = self.agents.get_mut(agent)
+                && let Some(suppressed) = link.refusals.allow(Instant::now())
+            {
+                tracing::warn!(
+                    "agent {agent} (link {conn}): {} refused: lease {lease} of job {} is not held by this link{}",
+                    kind_of(&message),
+                    info.job,
+                    more(suppressed)
+                );
+            }
+            return;
+        }
+        let result = match message {
+            AgentMessage::Hello { .. } => {
+                tracing::warn!("agent {agent}: second hello ignored");
+                Ok(())
+            }
+            AgentMessage::Heartbeat => {
+                let events = self.sched.heartbeat(agent, at);
+                self.commit(events, Vec::new(), None, None).await
+            }
+            AgentMessage::JobStarted { lease, epoch } => {
+                match self.sched.job_started(lease, epoch, at) {
+                    Ok(events) => self.commit(events, Vec::new(), None, None).await,
+                    Err(refusal) => {
+                        self.refused(agent, lease, epoch, &refusal);
+                        Ok(())
+                    }
+                }
+            }
+            AgentMessage::JobFinished {
+                lease,
+                epoch,
+                report,
+                last_seq,
+            } => {
+                self.job_finished(agent, lease, epoch, report, last_seq)
+                    .await
+            }
+            AgentMessage::StartRefused {
+                lease,
+                epoch,
+                reason,
+            } => {
+                tracing::warn!("agent {agent} refused lease {lease}: {reason}");
+                match self.sched.start_refused(lease, epoch, at) {
+                    Ok(events) => self.commit(events, Vec::new(), None, Some(lease)).await,
+                    Err(refusal) => {
+                        tracing::debug!("start refusal of lease {lease}: {refusal}");
+                        Ok(())
+                    }
+                }
+            }
+            AgentMessage::DeviceReady { device } => {
+                match self.sched.device_ready(agent, &device, at) {
+                    Ok(events) => self.commit(events, Vec::new(), None, None).await,
+                    Err(refusal @ Refusal::NotYourDevice { .. }) => {
+                        if let Some(link) = self.agents.get_mut(agent)
+                            && let Some(suppressed) = link.refusals.allow(Instant::now())
+                        {
+                            tracing::warn!(
+                                "agent {agent} (link {conn}): device-ready refused: {refusal}{}",
+                                more(suppressed)
+                            );
+                        }
+                        Ok(())
+                    }
+                    Err(refusal) => {
+                        tracing::debug!("agent {agent}: device ready {device}: {refusal}");
+                        Ok(())
+                    }
+                }
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!("agent {agent}: {e}");
+        }
+    }
+
+    pub(super) fn refused(&self, agent: &str, lease: LeaseId, epoch: Epoch, refusal: &Refusal) {
+        tracing::debug!("agent {agent}: lease {lease}: {refusal}");
+        if !self.sched.is_live(lease, epoch) {
+            self.send(agent, ControllerMessage::DropLease { lease, epoch });
+        }
+    }
+
+    pub(super) async fn job_finished(
+        &mut self,
+        agent: &str,
+        lease: LeaseId,
+        epoch: Epoch,
+        mut report: JobReport,
+        last_seq: Seq,
+    ) -> Result<(), ControllerError> {
+        let Some(info) = self.leases.get(lease).filter(|i| i.epoch == epoch) else {
+            // Already ended by the controller: the agent tears down and reports the device.
+            self.send(agent, ControllerMessage::DropLease { lease, epoch });
+            return Ok(());
+        };
+        let at = now();
+        let events =
+            match self
+                .sched
+                .job_finished(lease, epoch, report.outcome, report.reason.clone(), at)
+            {
+                Ok(events) => events,
+                Err(refusal) => {
+                    self.refused(agent, lease, epoch, &refusal);
+                    return Ok(());
+                }
+            };
+        if let Some(entry) = self.sched.job(info.job)
+            && let Some(outcome) = entry.outcome
+            && outcome != report.outcome
+        {
+            report.outcome = outcome;
+            report.reason = entry.reason.clone();
+        }
+        let stored = self.logs.last(info.job).unwrap_or(Seq(0));
+        if stored < last_seq
+            && let Err(e) = self.logs.note(
+                info.job,
+                LogKind::Gap,
+                format!(
+                    "log records {} to {} never arrived",
+                    stored.0 + 1,
+                    last_seq.0
+                ),
+                at,
+            )
+        {
+            tracing::error!("{e}");
+        }
+        let last = self.final_note(info.job, &report, at);
+        // The agent deletes its spool on `FinishAcked`: every record must be on disk first.
+        if let Err(e) = self.logs.sync(info.job) {
+            tracing::error!("{e}");
+        }
+        self.commit(events, vec![(info.job, report, last)], None, Some(lease))
+            .await?;
+        self.send(agent, ControllerMessage::FinishAcked { lease, epoch });
+        Ok(())
+    }
+}
+
+/// The lease an agent message is about, if any.
+fn lease_of(message: &AgentMessage) -> Option<LeaseId> {
+    match message {
+        AgentMessage::JobStarted { lease, .. }
+        | AgentMessage::JobFinished { lease, .. }
+        | AgentMessage::StartRefused { lease, .. } => Some(*lease),
+        AgentMessage::Hello { .. } | AgentMessage::Heartbeat | AgentMessage::DeviceReady { .. } => {
+            None
+        }
+    }
+}
+
+/// The wire name of an agent message, for logs.
+fn kind_of(message: &AgentMessage) -> &'static str {
+    match message {
+        AgentMessage::Hello { .. } => "hello",
+        AgentMessage::Heartbeat => "heartbeat",
+        AgentMessage::JobStarted { .. } => "job-started",
+        AgentMessage::JobFinished { .. } => "job-finished",
+        AgentMessage::StartRefused { .. } => "start-refused",
+        AgentMessage::DeviceReady { .. } => "device-ready",
+    }
+}
+
+/// Names in a hello reach logs and paths: agent and device names must be safe names
+/// (`proto::names`), labels free of control characters. The refusal escapes what it shows.
+fn check_names(
+    agent: &str,
+    version: &str,
+    devices: &[proto::link::DeviceInfo],
+) -> Result<(), String> {
+    use proto::names::{check_label, check_name};
+    check_name(agent).map_err(|e| format!("agent name: {e}"))?;
+    check_label(version).map_err(|e| format!("agent version: {e}"))?;
+    for d in devices {
+        check_name(&d.name).map_err(|e| format!("device name: {e}"))?;
+        check_label(&d.device_type).map_err(|e| format!("device {}: device_type: {e}", d.name))?;
+        for label in d.tags.iter().chain(&d.capabilities) {
+            check_label(label).map_err(|e| format!("device {}: tag: {e}", d.name))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,213 @@
+//! Committing the scheduler's events, then acting on them.
+//!
+//! Invariant: nothing is sent, answered or published before [`Dispatcher::commit`] has stored
+//! the events; a failed commit stops the dispatcher (crash-only).
+
+use super::*;
+
+impl Dispatcher {
+    /// Commits `events` with new job rows and reports, then runs their effects.
+    /// `from_agent`: the lease whose end the agent itself reported (no DropLease for it).
+    pub(super) async fn commit(
+        &mut self,
+        events: Vec<Event>,
+        agent_reports: Vec<(JobId, JobReport, u64)>,
+        new_job: Option<&JobRow>,
+        from_agent: Option<LeaseId>,
+    ) -> Result<(), ControllerError> {
+        let stored: Vec<Event> = events
+            .iter()
+            .filter(|e| !matches!(e, Event::LeaseRenewed { .. }))
+            .cloned()
+            .collect();
+        // Jobs the controller ends itself get a synthesized report.
+        let mut reports = agent_reports;
+        for event in &events {
+            if let Event::JobFinished {
+                job,
+                outcome,
+                reason,
+                at,
+            } = event
+                && !reports.iter().any(|(j, _, _)| j == job)
+            {
+                let name = self
+                    .jobs
+                    .get(job)
+                    .map(|m| m.name.clone())
+                    .unwrap_or_default();
+                let started = self.sched.job(*job).and_then(|j| j.started);
+                let duration_s = started.map_or(0.0, |s| at.0.saturating_sub(s.0) as f64 / 1000.0);
+                let report = JobReport {
+                    job_name: name,
+                    outcome: *outcome,
+                    reason: reason.clone(),
+                    cases: Vec::new(),
+                    duration_s,
+                };
+                let last = self.final_note(*job, &report, *at);
+                reports.push((*job, report, last));
+            }
+        }
+        if stored.is_empty() && new_job.is_none() && reports.is_empty() {
+            self.effects(&events, from_agent).await;
+            return Ok(());
+        }
+        let change = Change {
+            new_job,
+            reports: reports.iter().map(|(j, r, s)| (*j, r, *s)).collect(),
+        };
+        match self.store.commit(self.next_event, &stored, change).await {
+            Ok(()) => {
+                self.next_event += stored.len() as u64;
+                self.effects(&events, from_agent).await;
+                Ok(())
+            }
+            Err(e) => {
+                // Crash-only: the scheduler ran ahead of the database. Stop; a restart replays
+                // the database, which holds exactly what was acknowledged.
+                tracing::error!("commit failed; the controller stops: {e}");
+                self.fatal = Some(e.to_string());
+                Err(ControllerError::Store(e))
+            }
+        }
+    }
+
+    /// Writes the controller's last log record of a job and answers its sequence number.
+    pub(super) fn final_note(&self, job: JobId, report: &JobReport, at: Millis) -> u64 {
+        let text = if report.reason.is_empty() {
+            format!("job finished: {}", report.outcome)
+        } else {
+            format!("job finished: {}: {}", report.outcome, report.reason)
+        };
+        match self.logs.note(job, LogKind::Note, text, at) {
+            Ok(seq) => seq.0,
+            Err(e) => {
+                tracing::error!("{e}");
+                self.logs.last(job).map_or(0, |s| s.0)
+            }
+        }
+    }
+
+    pub(super) async fn effects(&mut self, events: &[Event], from_agent: Option<LeaseId>) {
+        for event in events {
+            match event {
+                Event::JobSubmitted { job, .. }
+                | Event::JobStarted { job, .. }
+                | Event::JobRequeued { job, .. } => self.publish(*job),
+                Event::LeaseGranted {
+                    lease,
+                    epoch,
+                    job,
+                    device,
+                    ..
+                } => {
+                    let conn = self
+                        .sched
+                        .device(device)
+                        .and_then(|d| self.agents.get(&d.agent))
+                        .and_then(|l| l.conn.as_ref())
+                        .map(|(c, _)| *c);
+                    self.leases.insert(
+                        *lease,
+                        LeaseInfo {
+                            job: *job,
+                            epoch: *epoch,
+                            conn,
+                        },
+                    );
+                    let definition = self
+                        .jobs
+                        .get(job)
+                        .and_then(|m| m.definition.clone())
+                        .unwrap_or_default();
+                    self.send_to_device(
+                        device,
+                        ControllerMessage::StartJob {
+                            lease: *lease,
+                            epoch: *epoch,
+                            job: *job,
+                            device: device.clone(),
+                            definition,
+                        },
+                    );
+                    self.publish(*job);
+                }
+                Event::CancelRequested { job, .. } => {
+                    if let Some(entry) = self.sched.job(*job)
+                        && let (Some(lease), Some(device)) = (entry.lease, entry.device.clone())
+                        && let Some(l) = self.sched.lease(lease)
+                    {
+                        let msg = ControllerMessage::CancelJob {
+                            lease,
+                            epoch: l.epoch,
+                        };
+                        self.send_to_device(&device, msg);
+                    }
+                    self.publish(*job);
+                }
+                Event::JobFinished { job, .. } => {
+                    if let Some(meta) = self.jobs.get_mut(job)
+                        && let Some(definition) = meta.definition.take()
+                    {
+                        self.usage.remove(meta.owner, definition.len() as u64);
+                    }
+                    self.logs.close(*job);
+                    self.publish(*job);
+                }
+                Event::LeaseReleased {
+                    lease,
+                    device_state,
+                    ..
+                } => {
+                    let info = self.leases.get(*lease);
+                    self.leases.remove(*lease);
+                    if *device_state == proto::DeviceState::NeedsCheck
+                        && from_agent != Some(*lease)
+                        && let Some(info) = info
+                        && let Some(device) =
+                            self.sched.job(info.job).and_then(|j| j.device.clone())
+                    {
+                        self.send_to_device(
+                            &device,
+                            ControllerMessage::DropLease {
+                                lease: *lease,
+                                epoch: info.epoch,
+                            },
+                        );
+                    }
+                }
+                Event::AgentConnected { .. }
+                | Event::AgentDisconnected { .. }
+                | Event::LeaseRenewed { .. }
+                | Event::DeviceReady { .. } => {}
+            }
+        }
+    }
+
+    pub(super) fn send_to_device(&self, device: &str, message: ControllerMessage) {
+        let Some(agent) = self.sched.device(device).map(|d| d.agent.clone()) else {
+            return;
+        };
+        self.send(&agent, message);
+    }
+
+    pub(super) fn send(&self, agent: &str, message: ControllerMessage) {
+        if let Some(AgentLink {
+            conn: Some((_, tx)),
+            ..
+        }) = self.agents.get(agent)
+            && tx.try_send(message).is_err()
+        {
+            tracing::warn!(
+                "agent {agent}: link queue full or closed; the agent resyncs when it reconnects"
+            );
+        }
+    }
+
+    pub(super) fn publish(&self, job: JobId) {
+        if let Some(view) = self.view(job) {
+            let _ = self.updates.send(view);
+        }
+    }
+}

@@ -1,0 +1,358 @@
+//! The dispatcher: the one task that owns the scheduler.
+//!
+//! Every change of a job, lease or device goes through [`Command`]s on one channel, so there
+//! is no lock around the scheduler and no two changes interleave.
+//!
+//! Invariants:
+//! - A change is committed to the database (events + job rows + reports, one transaction)
+//!   before any effect: before the requester gets its answer, before an agent is told to start
+//!   or cancel, before followers see it. If a commit fails, the requester gets an error and the
+//!   dispatcher stops (crash-only): a restarted controller replays the database.
+//! - Lease renewals are soft state and are not stored: a restarted controller renews every
+//!   live lease ([`scheduler::Scheduler::restarted`]).
+//! - Every finished job has a stored report and `last_seq`, the sequence number of its final
+//!   log record (a note written by the controller), so followers know when they have it all.
+//! - Only live leases are in [`Leases`]; log frames for anything else are dropped.
+//! - Each live lease is held by at most one agent link ([`LeaseInfo::conn`]): the link of its
+//!   device's agent when it was granted, moved to the newer link when the agent connects
+//!   again, and none after a controller restart until the agent says hello. A job message
+//!   about a live lease from any other link is refused and logged at warn (rate-limited),
+//!   whatever its lease id and epoch.
+//! - An agent name belongs to the agent tokens bound to it (checked by the link); a device
+//!   belongs to the agent that registered it first, and no other agent may register it.
+//! - A newer link of an agent ends the older one (its session, so it gets a close frame).
+//! - Whether a request may read or cancel a job is decided by [`crate::policy`] only; per-user
+//!   queue quotas by [`crate::queue_quota`], before the scheduler sees the job.
+
+use crate::logs::LogStore;
+use crate::policy::{self, Viewer};
+use crate::queue_quota::{self, QueueQuota, QueueUsage};
+use crate::store::{Change, JobRow, Store};
+use crate::{ControllerError, now};
+use proto::api::{AgentState, AgentView, DeviceView, JobView, QuotaExceeded};
+use proto::link::{
+    AgentMessage, ControllerMessage, DeviceInfo, HeldLease, LogCursor, PROTOCOL_VERSION,
+};
+use proto::log::LogKind;
+use proto::{
+    Epoch, JobId, JobReport, JobState, LeaseId, Millis, PrincipalId, Role, Seq, Visibility,
+};
+use scheduler::{Config as SchedulerConfig, Event, JobSpec, Refusal, Scheduler};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::link::{WarnLimit, more};
+pub use crate::sessions::ConnId;
+use crate::sessions::Sessions;
+use std::time::Instant;
+
+mod agents;
+mod commands;
+mod effects;
+mod leases;
+mod views;
+
+pub use leases::{LeaseInfo, Leases};
+
+/// Why a request was not done; becomes an HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    NotFound(String),
+    Forbidden(String),
+    BadRequest {
+        message: String,
+        known_device_types: Vec<String>,
+    },
+    Conflict(String),
+    Unavailable(String),
+    /// A per-user quota refused the job (429).
+    OverQuota {
+        message: String,
+        quota: QuotaExceeded,
+    },
+}
+
+/// A job about to be submitted (validated by the API layer).
+#[derive(Debug)]
+pub struct Submission {
+    pub name: String,
+    pub owner: PrincipalId,
+    pub owner_name: String,
+    /// The submitting token's role (admins are exempt from quotas).
+    pub role: Role,
+    pub visibility: Visibility,
+    pub file_name: String,
+    pub definition: String,
+    pub warnings: Vec<String>,
+    pub spec: JobSpec,
+    pub wait_for_device: bool,
+    /// Digests of the artifacts the job references (checked by the API layer).
+    pub artifacts: Vec<String>,
+}
+
+/// An agent's `Hello`, with the connection it came on.
+pub struct AgentHello {
+    pub conn: ConnId,
+    /// Public id of the token the connection was opened with.
+    pub token_id: String,
+    pub agent: String,
+    pub version: String,
+    pub protocol: u32,
+    pub devices: Vec<DeviceInfo>,
+    pub held: Vec<HeldLease>,
+    /// Where messages for this connection go.
+    pub tx: mpsc::Sender<ControllerMessage>,
+}
+
+pub enum Command {
+    Submit {
+        job: Submission,
+        reply: oneshot::Sender<Result<JobView, Failure>>,
+    },
+    Cancel {
+        job: JobId,
+        viewer: Viewer,
+        reply: oneshot::Sender<Result<JobView, Failure>>,
+    },
+    Job {
+        job: JobId,
+        viewer: Viewer,
+        reply: oneshot::Sender<Result<JobView, Failure>>,
+    },
+    Jobs {
+        viewer: Viewer,
+        state: Option<JobState>,
+        limit: usize,
+        reply: oneshot::Sender<Vec<JobView>>,
+    },
+    Devices {
+        reply: oneshot::Sender<Vec<DeviceView>>,
+    },
+    Agents {
+        reply: oneshot::Sender<Vec<AgentView>>,
+    },
+    Hello {
+        hello: AgentHello,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    FromAgent {
+        conn: ConnId,
+        agent: String,
+        message: AgentMessage,
+    },
+    Gone {
+        conn: ConnId,
+        agent: String,
+    },
+    /// Whether the current link of `agent`, opened with token `token_id`, holds the live lease
+    /// of `job` (an agent fetches a job's artifacts only then).
+    HoldsJob {
+        job: JobId,
+        agent: String,
+        token_id: String,
+        reply: oneshot::Sender<bool>,
+    },
+}
+
+struct JobMeta {
+    name: String,
+    owner: PrincipalId,
+    owner_name: String,
+    visibility: Visibility,
+    warnings: Vec<String>,
+    /// Kept until the job finishes (sent with StartJob).
+    definition: Option<String>,
+}
+
+struct AgentLink {
+    conn: Option<(ConnId, mpsc::Sender<ControllerMessage>)>,
+    /// Token id of the current connection.
+    token_id: String,
+    version: String,
+    last_seen: Millis,
+    /// Warn lines about refused messages of the current link.
+    refusals: WarnLimit,
+}
+
+/// Settings of the dispatcher.
+#[derive(Debug, Clone)]
+pub struct DispatchConfig {
+    pub scheduler: SchedulerConfig,
+    pub heartbeat: Duration,
+    pub quota: QueueQuota,
+}
+
+pub struct Dispatcher {
+    config: DispatchConfig,
+    sched: Scheduler,
+    store: Store,
+    logs: LogStore,
+    leases: Leases,
+    sessions: Sessions,
+    updates: broadcast::Sender<JobView>,
+    next_event: u64,
+    next_job: u64,
+    jobs: BTreeMap<JobId, JobMeta>,
+    agents: BTreeMap<String, AgentLink>,
+    /// What each user holds in the queue (quotas).
+    usage: QueueUsage,
+    /// Set when a commit failed: the dispatcher stops after the current command.
+    fatal: Option<String>,
+}
+
+impl Dispatcher {
+    /// Rebuilds the dispatcher from the database and renews every live lease.
+    pub async fn load(
+        config: DispatchConfig,
+        store: Store,
+        logs: LogStore,
+        leases: Leases,
+        sessions: Sessions,
+        updates: broadcast::Sender<JobView>,
+    ) -> Result<Dispatcher, ControllerError> {
+        let mut config = config;
+        // Lease ids must be unguessable: the scheduler derives them from a key drawn here.
+        let mut key = [0u8; 32];
+        getrandom::fill(&mut key)
+            .map_err(|e| ControllerError::Stopped(format!("no randomness for lease ids: {e}")))?;
+        config.scheduler.lease_ids = scheduler::LeaseIds::Keyed(scheduler::LeaseKey(key));
+        let events = store.events().await?;
+        let next_event = events.last().map_or(1, |(seq, _)| seq + 1);
+        let sched = Scheduler::replay(config.scheduler, events.iter().map(|(_, e)| e))
+            .map_err(|e| ControllerError::Replay(e.to_string()))?;
+        let mut jobs = BTreeMap::new();
+        let mut usage = QueueUsage::default();
+        let mut next_job = 1;
+        for row in store.jobs().await? {
+            next_job = next_job.max(row.id.0 + 1);
+            let unfinished = sched
+                .job(row.id)
+                .is_some_and(|j| j.state != JobState::Finished);
+            if unfinished {
+                usage.add(row.owner, row.definition.len() as u64);
+            }
+            jobs.insert(
+                row.id,
+                JobMeta {
+                    name: row.name,
+                    owner: row.owner,
+                    owner_name: row.owner_name,
+                    visibility: row.visibility,
+                    warnings: row.warnings,
+                    definition: unfinished.then_some(row.definition),
+                },
+            );
+        }
+        let mut d = Dispatcher {
+            config,
+            sched,
+            store,
+            logs,
+            leases,
+            sessions,
+            updates,
+            next_event,
+            next_job,
+            jobs,
+            agents: BTreeMap::new(),
+            usage,
+            fatal: None,
+        };
+        for lease in d.sched.leases() {
+            d.leases.insert(
+                lease.id,
+                LeaseInfo {
+                    job: lease.job,
+                    epoch: lease.epoch,
+                    conn: None,
+                },
+            );
+        }
+        let events = d.sched.restarted(now());
+        d.commit(events, Vec::new(), None, None).await?;
+        Ok(d)
+    }
+
+    /// Runs until every sender of `commands` is gone.
+    pub async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+    ) -> Result<(), ControllerError> {
+        loop {
+            let wait = self.until_next_deadline();
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(command) => self.handle(command).await?,
+                    None => return Ok(()),
+                },
+                () = tokio::time::sleep(wait) => {
+                    let events = self.sched.tick(now());
+                    if let Err(e) = self.commit(events, Vec::new(), None, None).await {
+                        tracing::error!("tick: {e}");
+                    }
+                }
+            }
+            if let Some(reason) = self.fatal.take() {
+                return Err(ControllerError::Stopped(reason));
+            }
+        }
+    }
+
+    fn until_next_deadline(&self) -> Duration {
+        let cap = Duration::from_secs(1);
+        match self.sched.next_deadline() {
+            Some(at) => Duration::from_millis(at.0.saturating_sub(now().0)).min(cap),
+            None => cap,
+        }
+    }
+
+    async fn handle(&mut self, command: Command) -> Result<(), ControllerError> {
+        match command {
+            Command::Submit { job, reply } => {
+                let answer = self.submit(job).await;
+                let _ = reply.send(answer);
+            }
+            Command::Cancel { job, viewer, reply } => {
+                let answer = self.cancel(job, &viewer).await;
+                let _ = reply.send(answer);
+            }
+            Command::Job { job, viewer, reply } => {
+                let _ = reply.send(self.visible(job, &viewer));
+            }
+            Command::Jobs {
+                viewer,
+                state,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(self.job_views(&viewer, state, limit));
+            }
+            Command::Devices { reply } => {
+                let _ = reply.send(self.device_views());
+            }
+            Command::Agents { reply } => {
+                let _ = reply.send(self.agent_views());
+            }
+            Command::Hello { hello, reply } => {
+                let answer = self.hello(hello).await;
+                let _ = reply.send(answer);
+            }
+            Command::FromAgent {
+                conn,
+                agent,
+                message,
+            } => self.agent_said(conn, &agent, message).await,
+            Command::HoldsJob {
+                job,
+                agent,
+                token_id,
+                reply,
+            } => {
+                let _ = reply.send(self.holds_job(job, &agent, &token_id));
+            }
+            Command::Gone { conn, agent } => self.gone(conn, &agent).await,
+        }
+        Ok(())
+    }
+}

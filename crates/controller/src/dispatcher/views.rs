@@ -1,0 +1,119 @@
+//! Read views: jobs, devices and agents as the API shows them, filtered by [`policy`].
+//!
+//! Invariant: every job a request sees passed [`policy::may_read`] for its viewer.
+
+use super::*;
+
+impl Dispatcher {
+    pub(super) fn view(&self, job: JobId) -> Option<JobView> {
+        let entry = self.sched.job(job)?;
+        let meta = self.jobs.get(&job)?;
+        Some(JobView {
+            id: job,
+            name: meta.name.clone(),
+            device_type: entry.spec.device_type.clone(),
+            tags: entry.spec.tags.clone(),
+            priority: entry.spec.priority,
+            visibility: meta.visibility.clone(),
+            owner: meta.owner_name.clone(),
+            owner_id: meta.owner,
+            state: entry.state,
+            outcome: entry.outcome,
+            reason: entry.reason.clone(),
+            device: entry.device.clone(),
+            submitted_at: entry.submitted,
+            started_at: entry.started,
+            finished_at: entry.finished,
+            warnings: meta.warnings.clone(),
+        })
+    }
+
+    /// True when `job` has a live lease held by the current link of agent `agent`, and that
+    /// link was opened with the token `token_id` (the identity checks of job messages: the
+    /// link holding the lease speaks for it, nobody else).
+    pub(super) fn holds_job(&self, job: JobId, agent: &str, token_id: &str) -> bool {
+        let Some(entry) = self.sched.job(job) else {
+            return false;
+        };
+        let (Some(lease), Some(device)) = (entry.lease, entry.device.as_deref()) else {
+            return false;
+        };
+        let Some(info) = self.leases.get(lease) else {
+            return false;
+        };
+        if info.job != job {
+            return false;
+        }
+        if self.sched.device(device).is_none_or(|d| d.agent != agent) {
+            return false;
+        }
+        let Some(link) = self.agents.get(agent) else {
+            return false;
+        };
+        match (&link.conn, info.conn) {
+            (Some((current, _)), Some(holder)) => *current == holder && link.token_id == token_id,
+            _ => false,
+        }
+    }
+
+    /// The job's view, if `viewer` may read it ([`policy::may_read`]).
+    pub(super) fn visible(&self, job: JobId, viewer: &Viewer) -> Result<JobView, Failure> {
+        let view = self
+            .view(job)
+            .ok_or_else(|| Failure::NotFound(format!("job {job} does not exist")))?;
+        policy::may_read(&view, viewer).map_err(|d| Failure::Forbidden(d.to_string()))?;
+        Ok(view)
+    }
+
+    /// The newest `limit` jobs `viewer` may read, in `state` if given.
+    pub(super) fn job_views(
+        &self,
+        viewer: &Viewer,
+        state: Option<JobState>,
+        limit: usize,
+    ) -> Vec<JobView> {
+        self.jobs
+            .keys()
+            .rev()
+            .filter_map(|id| self.view(*id))
+            .filter(|v| policy::may_read(v, viewer).is_ok())
+            .filter(|v| state.is_none_or(|s| v.state == s))
+            .take(limit)
+            .collect()
+    }
+
+    pub(super) fn device_views(&self) -> Vec<DeviceView> {
+        self.sched
+            .devices()
+            .map(|d| DeviceView {
+                name: d.info.name.clone(),
+                device_type: d.info.device_type.clone(),
+                tags: d.info.tags.clone(),
+                capabilities: d.info.capabilities.clone(),
+                state: d.state,
+                agent: d.agent.clone(),
+                job: d.lease.and_then(|l| self.sched.lease(l)).map(|l| l.job),
+            })
+            .collect()
+    }
+
+    pub(super) fn agent_views(&self) -> Vec<AgentView> {
+        let mut views: BTreeMap<String, AgentView> = BTreeMap::new();
+        for d in self.sched.devices() {
+            let link = self.agents.get(&d.agent);
+            let view = views.entry(d.agent.clone()).or_insert_with(|| AgentView {
+                name: d.agent.clone(),
+                state: if self.sched.agent_is_connected(&d.agent) {
+                    AgentState::Connected
+                } else {
+                    AgentState::Disconnected
+                },
+                version: link.map(|l| l.version.clone()).unwrap_or_default(),
+                devices: Vec::new(),
+                last_seen: link.map_or(Millis(0), |l| l.last_seen),
+            });
+            view.devices.push(d.info.name.clone());
+        }
+        views.into_values().collect()
+    }
+}
