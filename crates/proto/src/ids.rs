@@ -33,6 +33,11 @@ id!(
     PrincipalId
 );
 id!(
+    /// A person's lease (not a job's): one number from its request on, the same while it waits
+    /// and while it is held, never reused. Not the grant's [`LeaseId`], which fences agents.
+    PersonLeaseId
+);
+id!(
     /// Position of a log record in its job's log: 1, 2, 3 ... without holes once stored.
     Seq
 );

@@ -17,8 +17,8 @@ pub mod names;
 pub mod state;
 pub mod visibility;
 
-pub use ids::{Epoch, JobId, LeaseId, Millis, PrincipalId, Seq};
-pub use state::{DeviceState, JobState, Role};
+pub use ids::{Epoch, JobId, LeaseId, Millis, PersonLeaseId, PrincipalId, Seq};
+pub use state::{DeviceState, JobState, LeaseEnd, PersonLeaseState, Role};
 pub use visibility::{GroupName, Visibility};
 
 /// How a job ended. Outcomes are data: a failed test is not an error of the program.

@@ -70,6 +70,61 @@ impl fmt::Display for DeviceState {
     }
 }
 
+/// Where a person's lease is in its life. `Ended` is absorbing; [`LeaseEnd`] says how.
+///
+/// ```text
+///   (none) ──requested──> Waiting ──granted──> Held ──released / expired / ended──> Ended
+///                            └───────────── withdrawn / ended ──────────────────────^
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum PersonLeaseState {
+    /// In the queue, waiting for a device it fits.
+    Waiting,
+    /// It holds a device until its deadline.
+    Held,
+    /// Over; the device (if it had one) went back to the pool.
+    Ended,
+}
+
+impl PersonLeaseState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PersonLeaseState::Waiting => "waiting",
+            PersonLeaseState::Held => "held",
+            PersonLeaseState::Ended => "ended",
+        }
+    }
+}
+
+impl fmt::Display for PersonLeaseState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a person's lease ended.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum LeaseEnd {
+    /// Its holder released it.
+    Released,
+    /// Its deadline passed without a renewal.
+    Expired,
+    /// An admin ended it (the admin's name).
+    EndedBy(String),
+}
+
+impl fmt::Display for LeaseEnd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LeaseEnd::Released => f.write_str("released by its holder"),
+            LeaseEnd::Expired => f.write_str("expired at its deadline"),
+            LeaseEnd::EndedBy(admin) => write!(f, "ended by admin {admin}"),
+        }
+    }
+}
+
 /// Role of a token. Checked on the server for every route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]

@@ -2,11 +2,27 @@
 //! applies them one by one through [`Scheduler::apply`], and returns them in order.
 
 use crate::error::Refusal;
-use crate::event::{Event, JobSpec, MAX_PRIORITY};
+use crate::event::{Event, Holder, JobSpec, MAX_PRIORITY};
 use crate::state::{Lease, Scheduler};
 use proto::link::DeviceInfo;
-use proto::{DeviceState, Epoch, JobId, JobState, LeaseId, Millis, Outcome};
+use proto::{
+    DeviceState, Epoch, JobId, JobState, LeaseEnd, LeaseId, Millis, Outcome, PersonLeaseId,
+    PersonLeaseState, PrincipalId,
+};
 use std::collections::BTreeSet;
+use std::time::Duration;
+
+/// Which device a person asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Want {
+    /// This device (it must be registered).
+    Device(String),
+    /// Any device of this type with all these tags.
+    Type {
+        device_type: String,
+        tags: Vec<String>,
+    },
+}
 
 impl Scheduler {
     /// Applies `event` and records it in `out`. Commands only build events that fit; should
@@ -113,7 +129,7 @@ impl Scheduler {
         );
         let held_ids: BTreeSet<LeaseId> = held.iter().map(|(l, _)| *l).collect();
         let held: BTreeSet<(LeaseId, Epoch)> = held.iter().copied().collect();
-        for l in self.leases_of(agent) {
+        for l in self.job_leases_of(agent) {
             let withdrawn = self
                 .state
                 .devices
@@ -181,7 +197,9 @@ impl Scheduler {
     }
 
     /// The controller process restarted (after [`Scheduler::replay`]): no agent is connected
-    /// any more, and every live lease gets a full TTL, so the agents have time to come back.
+    /// any more, and every live job lease gets a full TTL, so the agents have time to come
+    /// back. A person's lease keeps its stored deadline: a restart neither shortens nor
+    /// lengthens it (if it passed meanwhile, the next `tick` ends it).
     pub fn restarted(&mut self, now: Millis) -> Vec<Event> {
         let mut out = Vec::new();
         let agents: Vec<String> = self
@@ -194,7 +212,13 @@ impl Scheduler {
         for agent in agents {
             self.emit(&mut out, Event::AgentDisconnected { agent, at: now });
         }
-        let leases: Vec<LeaseId> = self.state.leases.keys().copied().collect();
+        let leases: Vec<LeaseId> = self
+            .state
+            .leases
+            .values()
+            .filter(|l| l.job().is_some())
+            .map(|l| l.id)
+            .collect();
         let expires = now.plus(self.config.lease_ttl);
         for lease in leases {
             self.emit(&mut out, Event::LeaseRenewed { lease, expires });
@@ -202,14 +226,15 @@ impl Scheduler {
         out
     }
 
-    /// The agent is alive: renews the live leases on its devices (not on those it withdrew).
+    /// The agent is alive: renews the live job leases on its devices (not on those it
+    /// withdrew). People renew their own leases ([`Scheduler::renew_person_lease`]).
     pub fn heartbeat(&mut self, agent: &str, now: Millis) -> Vec<Event> {
         let mut out = Vec::new();
         if !self.agent_is_connected(agent) {
             return out;
         }
         let expires = now.plus(self.config.lease_ttl);
-        for l in self.leases_of(agent) {
+        for l in self.job_leases_of(agent) {
             let withdrawn = self
                 .state
                 .devices
@@ -235,15 +260,14 @@ impl Scheduler {
         epoch: Epoch,
         now: Millis,
     ) -> Result<Vec<Event>, Refusal> {
-        let l = self.live_lease(lease, epoch)?;
+        let (_, job) = self.live_job_lease(lease, epoch)?;
         let mut out = Vec::new();
         let assigned = self
             .state
             .jobs
-            .get(&l.job)
+            .get(&job)
             .is_some_and(|j| j.state == JobState::Assigned);
         if assigned {
-            let job = l.job;
             self.emit(
                 &mut out,
                 Event::JobStarted {
@@ -266,7 +290,7 @@ impl Scheduler {
         reason: String,
         now: Millis,
     ) -> Result<Vec<Event>, Refusal> {
-        let l = self.live_lease(lease, epoch)?;
+        let (l, _) = self.live_job_lease(lease, epoch)?;
         let mut out = Vec::new();
         self.end_lease(&mut out, &l, outcome, reason, DeviceState::Idle, now);
         out.extend(self.schedule(now));
@@ -282,23 +306,17 @@ impl Scheduler {
         epoch: Epoch,
         now: Millis,
     ) -> Result<Vec<Event>, Refusal> {
-        let l = self.live_lease(lease, epoch)?;
+        let (l, job) = self.live_job_lease(lease, epoch)?;
         let state = self
             .state
             .jobs
-            .get(&l.job)
-            .ok_or(Refusal::UnknownJob(l.job))?
+            .get(&job)
+            .ok_or(Refusal::UnknownJob(job))?
             .state;
         let mut out = Vec::new();
         match state {
             JobState::Assigned => {
-                self.emit(
-                    &mut out,
-                    Event::JobRequeued {
-                        job: l.job,
-                        at: now,
-                    },
-                );
+                self.emit(&mut out, Event::JobRequeued { job, at: now });
                 self.emit(
                     &mut out,
                     Event::LeaseReleased {
@@ -319,7 +337,7 @@ impl Scheduler {
                     now,
                 );
             }
-            state => return Err(Refusal::NotAssigned { job: l.job, state }),
+            state => return Err(Refusal::NotAssigned { job, state }),
         }
         out.extend(self.schedule(now));
         Ok(out)
@@ -365,9 +383,12 @@ impl Scheduler {
     /// Ends the leases whose time is up, then schedules:
     /// - a cancel not confirmed within the cancel grace: `canceled`;
     /// - an agent disconnected for the disconnect grace: `infra-error`;
-    /// - a lease not renewed before it expired: `infra-error`.
+    /// - a lease not renewed before it expired: `infra-error`;
+    /// - a person's lease at its deadline: ended `expired`.
     ///
-    /// Their devices need a check.
+    /// The devices of jobs need a check; a person's device is idle again (nothing on it was
+    /// started by the lease; powering and its cleanup through the agent come with the rig
+    /// layer).
     pub fn tick(&mut self, now: Millis) -> Vec<Event> {
         let mut out = Vec::new();
         let due: Vec<Lease> = self
@@ -376,6 +397,11 @@ impl Scheduler {
             .filter_map(|id| self.state.leases.get(&id).cloned())
             .collect();
         for l in due {
+            if let Holder::Person(p) = &l.holder {
+                let person = p.lease;
+                self.end_person(&mut out, person, LeaseEnd::Expired, now);
+                continue;
+            }
             let (outcome, reason) = self.why_due(&l, now);
             self.end_lease(&mut out, &l, outcome, reason, DeviceState::NeedsCheck, now);
         }
@@ -389,10 +415,9 @@ impl Scheduler {
             .devices
             .get(&l.device)
             .map_or("?", |d| d.agent.as_str());
-        let asked = self
-            .state
-            .jobs
-            .get(&l.job)
+        let asked = l
+            .job()
+            .and_then(|job| self.state.jobs.get(&job))
             .filter(|j| j.state == JobState::Canceling)
             .and_then(|j| j.cancel_requested);
         if let Some(asked) = asked
@@ -427,10 +452,13 @@ impl Scheduler {
         device_state: DeviceState,
         now: Millis,
     ) {
+        let Some(job) = l.job() else {
+            return;
+        };
         let canceling = self
             .state
             .jobs
-            .get(&l.job)
+            .get(&job)
             .is_some_and(|j| j.state == JobState::Canceling);
         let outcome = if canceling {
             Outcome::Canceled
@@ -440,7 +468,7 @@ impl Scheduler {
         self.emit(
             out,
             Event::JobFinished {
-                job: l.job,
+                job,
                 outcome,
                 reason,
                 at: now,
@@ -454,6 +482,162 @@ impl Scheduler {
                 at: now,
             },
         );
+    }
+
+    /// A person asks for a device for `ttl`, renewable up to `cap` after the grant (the
+    /// controller's cap for the person's role). The request waits in the one pool with the
+    /// jobs (`priority`, then fair share, then arrival); then schedules, so the answer may
+    /// already hold the grant.
+    #[allow(clippy::too_many_arguments)]
+    pub fn request_person_lease(
+        &mut self,
+        person: PersonLeaseId,
+        principal: PrincipalId,
+        name: &str,
+        want: Want,
+        priority: u8,
+        ttl: Duration,
+        cap: Duration,
+        now: Millis,
+    ) -> Result<Vec<Event>, Refusal> {
+        if self.state.persons.contains_key(&person) {
+            return Err(Refusal::DuplicatePersonLease(person));
+        }
+        if priority > MAX_PRIORITY {
+            return Err(Refusal::Priority(priority));
+        }
+        let (ttl_ms, cap_ms) = (millis(ttl), millis(cap));
+        if ttl_ms == 0 || ttl_ms > cap_ms {
+            return Err(Refusal::Duration { ttl_ms, cap_ms });
+        }
+        let spec = match want {
+            Want::Device(name) => {
+                let d = self
+                    .state
+                    .devices
+                    .get(&name)
+                    .ok_or_else(|| Refusal::UnknownDevice(name.clone()))?;
+                JobSpec {
+                    device_type: d.info.device_type.clone(),
+                    tags: Vec::new(),
+                    priority,
+                    owner: Some(principal),
+                    device: Some(name),
+                }
+            }
+            Want::Type { device_type, tags } => JobSpec {
+                device_type,
+                tags,
+                priority,
+                owner: Some(principal),
+                device: None,
+            },
+        };
+        let mut out = Vec::new();
+        self.emit(
+            &mut out,
+            Event::PersonLeaseRequested {
+                person,
+                principal,
+                name: name.to_owned(),
+                spec,
+                ttl_ms,
+                cap_ms,
+                at: now,
+            },
+        );
+        out.extend(self.schedule(now));
+        Ok(out)
+    }
+
+    /// Renews a held person's lease: its deadline becomes `now` + `ttl`, but never later than
+    /// the cap after its grant and never earlier than it was. Renewing a waiting request does
+    /// nothing (it has no deadline yet). The events are to be stored: the deadline must
+    /// survive a controller restart.
+    pub fn renew_person_lease(
+        &mut self,
+        person: PersonLeaseId,
+        ttl: Duration,
+        now: Millis,
+    ) -> Result<Vec<Event>, Refusal> {
+        let p = self.live_person(person)?;
+        let mut out = Vec::new();
+        if p.state != PersonLeaseState::Held {
+            return Ok(out);
+        }
+        let (Some(lease), Some(cap)) = (p.lease, p.cap()) else {
+            return Ok(out);
+        };
+        let current = self.state.leases.get(&lease).map_or(now, |l| l.expires);
+        let expires = now.plus(ttl).min(cap).max(current);
+        if expires != current {
+            self.emit(&mut out, Event::LeaseRenewed { lease, expires });
+        }
+        Ok(out)
+    }
+
+    /// Ends a person's lease (released by its holder, or ended by an admin): a waiting
+    /// request leaves the queue; a held device is idle again. Then schedules.
+    pub fn end_person_lease(
+        &mut self,
+        person: PersonLeaseId,
+        end: LeaseEnd,
+        now: Millis,
+    ) -> Result<Vec<Event>, Refusal> {
+        self.live_person(person)?;
+        let mut out = Vec::new();
+        self.end_person(&mut out, person, end, now);
+        out.extend(self.schedule(now));
+        Ok(out)
+    }
+
+    fn end_person(
+        &mut self,
+        out: &mut Vec<Event>,
+        person: PersonLeaseId,
+        end: LeaseEnd,
+        now: Millis,
+    ) {
+        let lease = self
+            .state
+            .persons
+            .get(&person)
+            .filter(|p| p.state == PersonLeaseState::Held)
+            .and_then(|p| p.lease);
+        self.emit(
+            out,
+            Event::PersonLeaseEnded {
+                person,
+                end,
+                at: now,
+            },
+        );
+        if let Some(lease) = lease {
+            self.emit(
+                out,
+                Event::LeaseReleased {
+                    lease,
+                    device_state: DeviceState::Idle,
+                    at: now,
+                },
+            );
+        }
+    }
+
+    /// A person's lease that has not ended, or why not.
+    fn live_person(&self, person: PersonLeaseId) -> Result<crate::PersonLease, Refusal> {
+        let p = self
+            .state
+            .persons
+            .get(&person)
+            .ok_or(Refusal::UnknownPersonLease(person))?;
+        if let Some(end) = &p.end {
+            return Err(Refusal::PersonLeaseEnded {
+                lease: person,
+                end: end.clone(),
+            });
+        }
+        Ok(p.clone())
     }
 
     /// A live lease named by an agent message, or why the message is refused.
@@ -475,12 +659,23 @@ impl Scheduler {
         }
     }
 
-    /// Live leases on the devices of `agent`, by lease id.
-    fn leases_of(&self, agent: &str) -> Vec<Lease> {
+    /// A live lease held by a job, named by an agent message (agents speak only of jobs).
+    fn live_job_lease(&self, lease: LeaseId, epoch: Epoch) -> Result<(Lease, JobId), Refusal> {
+        let l = self.live_lease(lease, epoch)?;
+        match l.job() {
+            Some(job) => Ok((l, job)),
+            None => Err(Refusal::NotAJobLease(lease)),
+        }
+    }
+
+    /// Live job leases on the devices of `agent`, by lease id (agents know nothing of the
+    /// leases people hold).
+    fn job_leases_of(&self, agent: &str) -> Vec<Lease> {
         let mut leases: Vec<Lease> = self
             .devices_of(agent)
             .filter_map(|d| d.lease)
             .filter_map(|id| self.state.leases.get(&id))
+            .filter(|l| l.job().is_some())
             .cloned()
             .collect();
         leases.sort_by_key(|l| l.id);

@@ -1,6 +1,9 @@
 //! Why a command was refused, and why an event does not fit the state.
 
-use proto::{DeviceState, Epoch, JobId, JobState, LeaseId};
+use crate::event::Waiter;
+use proto::{
+    DeviceState, Epoch, JobId, JobState, LeaseEnd, LeaseId, PersonLeaseId, PersonLeaseState,
+};
 
 /// A command the scheduler refused. Nothing changed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -37,6 +40,16 @@ pub enum Refusal {
     AgentNotConnected(String),
     #[error("device {device} still holds live lease {lease}")]
     DeviceBusy { device: String, lease: LeaseId },
+    #[error("lease {0} is held by a person, not by a job")]
+    NotAJobLease(LeaseId),
+    #[error("lease {0} does not exist")]
+    UnknownPersonLease(PersonLeaseId),
+    #[error("lease {0} was requested already")]
+    DuplicatePersonLease(PersonLeaseId),
+    #[error("lease {lease} has ended: {end}")]
+    PersonLeaseEnded { lease: PersonLeaseId, end: LeaseEnd },
+    #[error("duration: {ttl_ms} ms must be above 0 and at most the cap of {cap_ms} ms")]
+    Duration { ttl_ms: u64, cap_ms: u64 },
 }
 
 /// An event does not fit the scheduler's state: the log is corrupt (or was written by a
@@ -57,17 +70,17 @@ pub enum SchedulerError {
     },
     #[error("{event}: lease {lease} is not live")]
     LeaseNotLive { event: &'static str, lease: LeaseId },
-    #[error("{event}: lease {lease} belongs to job {owner}, not {job}")]
+    #[error("{event}: lease {lease} is held by {holder}, not job {job}")]
     LeaseOfOtherJob {
         event: &'static str,
         lease: LeaseId,
         job: JobId,
-        owner: JobId,
+        holder: Waiter,
     },
     #[error("lease-granted: lease {lease} is not above the last granted lease")]
     LeaseReused { lease: LeaseId },
-    #[error("lease-released: its job {job} is still {state}")]
-    LeaseInUse { job: JobId, state: JobState },
+    #[error("lease-released: its holder, {waiter}, is still {state}")]
+    LeaseInUse { waiter: Waiter, state: &'static str },
     #[error("lease-released: a released device becomes idle or needs-check, not {0}")]
     ReleaseState(DeviceState),
     #[error("{event}: device {device} is not registered")]
@@ -84,14 +97,29 @@ pub enum SchedulerError {
         epoch: Epoch,
         current: Epoch,
     },
-    #[error("lease-granted: job {job} does not fit device {device}")]
-    NoFit { job: JobId, device: String },
+    #[error("lease-granted: {waiter} does not fit device {device}")]
+    NoFit { waiter: Waiter, device: String },
     #[error("agent-connected: device {device} belongs to connected agent {agent}")]
     DeviceTaken { device: String, agent: String },
     #[error("agent-connected: device {0} is listed twice")]
     DuplicateDevice(String),
     #[error("{event}: agent {agent} is not connected")]
     AgentNotConnected { event: &'static str, agent: String },
+    #[error("{event}: lease {lease} was never requested")]
+    UnknownPersonLease {
+        event: &'static str,
+        lease: PersonLeaseId,
+    },
+    #[error("person-lease-requested: lease {0} exists already")]
+    DuplicatePersonLease(PersonLeaseId),
+    #[error("{event}: lease {lease} is {state}")]
+    PersonLeaseState {
+        event: &'static str,
+        lease: PersonLeaseId,
+        state: PersonLeaseState,
+    },
+    #[error("lease-granted: the holder does not match the request of lease {0}")]
+    HolderMismatch(PersonLeaseId),
     #[error("event {index} of the log does not fit")]
     Replay {
         index: usize,

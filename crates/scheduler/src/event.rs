@@ -1,14 +1,17 @@
 //! What the scheduler records: job specs and the events of its log.
 
 use proto::link::DeviceInfo;
-use proto::{DeviceState, Epoch, JobId, LeaseId, Millis, Outcome};
+use proto::{
+    DeviceState, Epoch, JobId, LeaseEnd, LeaseId, Millis, Outcome, PersonLeaseId, PrincipalId,
+};
 use serde::{Deserialize, Serialize};
 
 /// Highest job priority.
 pub const MAX_PRIORITY: u8 = 100;
 
-/// What a job needs from a device, and how urgent it is.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// What a waiter (a job, or a person's lease request) needs from a device, how urgent it
+/// is, and whom it is for.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobSpec {
     pub device_type: String,
     /// Every one must be among the device's tags.
@@ -16,13 +19,84 @@ pub struct JobSpec {
     pub tags: Vec<String>,
     /// 0 ..= [`MAX_PRIORITY`]; higher is served first.
     pub priority: u8,
+    /// The user it is for, for fair share between users. `None` (events of older
+    /// controllers) counts as one more user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<PrincipalId>,
+    /// Only this device (a person's lease of a device by name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
 }
 
 impl JobSpec {
-    /// Whether a job with this spec can run on `device`: same device type, and the job's tags
-    /// are a subset of the device's.
+    /// Whether a waiter with this spec can have `device`: same device type, the waiter's tags
+    /// are a subset of the device's, and the device is the named one if one is named.
     pub fn fits(&self, device: &DeviceInfo) -> bool {
-        device.device_type == self.device_type && self.tags.iter().all(|t| device.tags.contains(t))
+        device.device_type == self.device_type
+            && self.tags.iter().all(|t| device.tags.contains(t))
+            && self.device.as_ref().is_none_or(|d| *d == device.name)
+    }
+}
+
+/// Who holds a lease: a job, or a person (through a lease request).
+///
+/// Flattened into `LeaseGranted`: a job's grant reads `"job": N` as it always did, so event
+/// logs of older controllers replay unchanged; a person's reads `"person": {...}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Holder {
+    Job(JobId),
+    Person(PersonHolder),
+}
+
+/// A person holding a lease: their lease request, their principal and name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PersonHolder {
+    pub lease: PersonLeaseId,
+    pub principal: PrincipalId,
+    pub name: String,
+}
+
+impl Holder {
+    /// The job, if a job holds it.
+    pub fn job(&self) -> Option<JobId> {
+        match self {
+            Holder::Job(job) => Some(*job),
+            Holder::Person(_) => None,
+        }
+    }
+
+    /// The person's lease, if a person holds it.
+    pub fn person(&self) -> Option<&PersonHolder> {
+        match self {
+            Holder::Job(_) => None,
+            Holder::Person(p) => Some(p),
+        }
+    }
+
+    /// Its entry in the queue.
+    pub fn waiter(&self) -> Waiter {
+        match self {
+            Holder::Job(job) => Waiter::Job(*job),
+            Holder::Person(p) => Waiter::Person(p.lease),
+        }
+    }
+}
+
+/// Something in the queue: a job or a person's lease request. Both are served from one pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Waiter {
+    Job(JobId),
+    Person(PersonLeaseId),
+}
+
+impl std::fmt::Display for Waiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Waiter::Job(job) => write!(f, "job {job}"),
+            Waiter::Person(lease) => write!(f, "lease {lease}"),
+        }
     }
 }
 
@@ -45,11 +119,13 @@ pub enum Event {
     },
     /// An agent's connection ended. Its leases live on until the disconnect grace.
     AgentDisconnected { agent: String, at: Millis },
-    /// A queued job got an idle device. The device's epoch becomes `epoch`.
+    /// A waiter (a queued job or a waiting person's request) got an idle device. The
+    /// device's epoch becomes `epoch`.
     LeaseGranted {
         lease: LeaseId,
         epoch: Epoch,
-        job: JobId,
+        #[serde(flatten)]
+        holder: Holder,
         device: String,
         expires: Millis,
         at: Millis,
@@ -60,8 +136,26 @@ pub enum Event {
         lease: LeaseId,
         at: Millis,
     },
-    /// The lease was renewed (heartbeat, reconnect, controller restart).
+    /// The lease was renewed: a job's by heartbeat, reconnect or controller restart (soft
+    /// state, not stored); a person's by its holder (stored: it is the lease's deadline).
     LeaseRenewed { lease: LeaseId, expires: Millis },
+    /// A person asked for a device for `ttl_ms`, renewable up to `cap_ms` after the grant.
+    PersonLeaseRequested {
+        person: PersonLeaseId,
+        principal: PrincipalId,
+        name: String,
+        spec: JobSpec,
+        ttl_ms: u64,
+        cap_ms: u64,
+        at: Millis,
+    },
+    /// A person's lease (or its request) ended. If it held a device, the `LeaseReleased` of
+    /// its lease follows.
+    PersonLeaseEnded {
+        person: PersonLeaseId,
+        end: LeaseEnd,
+        at: Millis,
+    },
     /// Someone asked to cancel an assigned or running job.
     CancelRequested { job: JobId, at: Millis },
     /// An assigned job goes back to the queue, at its original place. Followed by the
@@ -95,6 +189,8 @@ impl Event {
             Event::LeaseGranted { .. } => "lease-granted",
             Event::JobStarted { .. } => "job-started",
             Event::LeaseRenewed { .. } => "lease-renewed",
+            Event::PersonLeaseRequested { .. } => "person-lease-requested",
+            Event::PersonLeaseEnded { .. } => "person-lease-ended",
             Event::CancelRequested { .. } => "cancel-requested",
             Event::JobRequeued { .. } => "job-requeued",
             Event::JobFinished { .. } => "job-finished",
@@ -122,16 +218,73 @@ mod tests {
         let spec = JobSpec {
             device_type: "qemu".into(),
             tags: vec!["a".into(), "b".into()],
-            priority: 0,
+            ..JobSpec::default()
         };
         assert!(spec.fits(&info(&["b", "c", "a"])));
         assert!(!spec.fits(&info(&["a"])));
         let other = JobSpec {
             device_type: "bbb".into(),
-            tags: vec![],
-            priority: 0,
+            ..JobSpec::default()
         };
         assert!(!other.fits(&info(&[])));
+        let named = JobSpec {
+            device_type: "qemu".into(),
+            device: Some("e".into()),
+            ..JobSpec::default()
+        };
+        assert!(!named.fits(&info(&[])), "another device by name");
+    }
+
+    #[test]
+    fn a_job_grant_keeps_its_old_shape_and_old_grants_replay() {
+        let job = Event::LeaseGranted {
+            lease: LeaseId(3),
+            epoch: Epoch(2),
+            holder: Holder::Job(JobId(5)),
+            device: "d".into(),
+            expires: Millis(10),
+            at: Millis(9),
+        };
+        let json = serde_json::to_string(&job).expect("serialises");
+        assert_eq!(
+            json,
+            r#"{"type":"lease-granted","lease":"3","epoch":2,"job":5,"device":"d","expires":10,"at":9}"#
+        );
+        let old: Event = serde_json::from_str(
+            r#"{"type":"lease-granted","lease":3,"epoch":2,"job":5,"device":"d","expires":10,"at":9}"#,
+        )
+        .expect("an old grant parses");
+        assert_eq!(old, job);
+        let person = Event::LeaseGranted {
+            lease: LeaseId(4),
+            epoch: Epoch(3),
+            holder: Holder::Person(PersonHolder {
+                lease: PersonLeaseId(1),
+                principal: PrincipalId(2),
+                name: "alice".into(),
+            }),
+            device: "d".into(),
+            expires: Millis(10),
+            at: Millis(9),
+        };
+        let json = serde_json::to_string(&person).expect("serialises");
+        assert!(
+            json.contains(r#""person":{"lease":1,"principal":2,"name":"alice"}"#),
+            "{json}"
+        );
+        assert_eq!(
+            serde_json::from_str::<Event>(&json).expect("parses"),
+            person
+        );
+        // A spec without owner or device is written as before.
+        let spec = JobSpec {
+            device_type: "qemu".into(),
+            ..JobSpec::default()
+        };
+        assert_eq!(
+            serde_json::to_string(&spec).expect("serialises"),
+            r#"{"device_type":"qemu","tags":[],"priority":0}"#
+        );
     }
 
     #[test]

@@ -77,13 +77,17 @@ mod state;
 
 mod commands;
 
+pub use commands::Want;
 pub use error::{Refusal, SchedulerError};
-pub use event::{Event, JobSpec, MAX_PRIORITY};
+pub use event::{Event, Holder, JobSpec, MAX_PRIORITY, PersonHolder, Waiter};
 pub use lease_ids::{LeaseIds, LeaseKey};
-pub use state::{DeviceEntry, JobEntry, Lease, Scheduler};
+pub use state::{DeviceEntry, JobEntry, Lease, PersonLease, Scheduler};
 
 pub use proto::link::DeviceInfo;
-pub use proto::{DeviceState, Epoch, JobId, JobState, LeaseId, Millis, Outcome};
+pub use proto::{
+    DeviceState, Epoch, JobId, JobState, LeaseEnd, LeaseId, Millis, Outcome, PersonLeaseId,
+    PersonLeaseState, PrincipalId,
+};
 
 use std::time::Duration;
 

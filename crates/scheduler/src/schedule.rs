@@ -1,19 +1,19 @@
-//! Matching queued jobs with idle devices.
+//! Matching waiters (queued jobs and waiting person leases, one pool) with idle devices.
 //!
-//! After every `schedule` no queued job fits an idle device. So a new match needs a job that
-//! became queued or a device that became idle since the last call: `schedule` looks only at
-//! those, per device type (jobs of different device types never compete):
+//! After every `schedule` no waiter fits an idle device. So a new match needs a waiter that
+//! entered the queue or a device that became idle since the last call: `schedule` looks only
+//! at those, per device type (waiters of different device types never compete):
 //!
 //! 1. While a fresh idle device of the type is left, walk the type's queue in serving order; a
-//!    fresh job may take any idle device, an older job only a fresh one.
-//! 2. Then walk the remaining fresh jobs, in serving order, against every idle device.
+//!    fresh waiter may take any idle device, an older one only a fresh one.
+//! 2. Then walk the remaining fresh waiters, in serving order, against every idle device.
 //!
-//! Among the idle devices a job fits, it takes the one with the fewest tags (then the first by
-//! name), leaving the specialised devices to the jobs that need them.
+//! Among the idle devices a waiter fits, it takes the one with the fewest tags (then the first
+//! by name), leaving the specialised devices to the waiters that need them.
 
-use crate::event::Event;
+use crate::event::{Event, Holder, PersonHolder, Waiter};
 use crate::state::{QueueKey, Scheduler};
-use proto::{DeviceState, Epoch, JobId, JobState, LeaseId, Millis};
+use proto::{DeviceState, Epoch, LeaseId, Millis};
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
@@ -24,13 +24,13 @@ struct Work {
 }
 
 impl Scheduler {
-    /// Grants leases to queued jobs, by priority then submission, on idle devices they fit.
-    /// Each grant raises the device's epoch by one and takes the next lease id (see [`crate::LeaseIds`]); the lease
-    /// expires at `now` + the lease TTL.
+    /// Grants leases to waiters, in serving order, on idle devices they fit. Each grant raises
+    /// the device's epoch by one and takes the next lease id (see [`crate::LeaseIds`]); a
+    /// job's lease expires at `now` + the lease TTL, a person's at `now` + its requested TTL.
     pub fn schedule(&mut self, now: Millis) -> Vec<Event> {
         let mut out = Vec::new();
         let fresh_devices = std::mem::take(&mut self.fresh.devices);
-        let fresh_jobs = std::mem::take(&mut self.fresh.jobs);
+        let fresh_waiters = std::mem::take(&mut self.fresh.waiters);
         if self.state.idle.is_empty() {
             return out;
         }
@@ -43,14 +43,14 @@ impl Scheduler {
                 work.entry(ty).or_default().devices.insert(name);
             }
         }
-        for id in fresh_jobs {
-            if let Some(j) = self.state.jobs.get(&id)
-                && j.state == JobState::Queued
-                && self.state.idle.contains_key(&j.spec.device_type)
+        for waiter in fresh_waiters {
+            if self.is_waiting(waiter)
+                && let Some(spec) = self.spec_of(waiter)
+                && self.state.idle.contains_key(&spec.device_type)
+                && let Some(key) = self.state.places.get(&waiter)
             {
-                let key = crate::state::queue_key(id, &j.spec);
-                let ty = j.spec.device_type.clone();
-                work.entry(ty).or_default().jobs.insert(key);
+                let ty = spec.device_type.clone();
+                work.entry(ty).or_default().jobs.insert(*key);
             }
         }
         for (ty, mut w) in work {
@@ -71,9 +71,9 @@ impl Scheduler {
             } else {
                 Some(&work.devices)
             };
-            if let Some(device) = self.best_device(key.1, among) {
+            if let Some(device) = self.best_device(key.3, among) {
                 work.devices.remove(&device);
-                self.grant(key.1, device, now, out);
+                self.grant(key.3, device, now, out);
             }
         }
         let rest = match after {
@@ -84,13 +84,10 @@ impl Scheduler {
             if !self.state.idle.contains_key(ty) {
                 break;
             }
-            let queued = self
-                .state
-                .jobs
-                .get(&key.1)
-                .is_some_and(|j| j.state == JobState::Queued);
-            if queued && let Some(device) = self.best_device(key.1, None) {
-                self.grant(key.1, device, now, out);
+            if self.is_waiting(key.3)
+                && let Some(device) = self.best_device(key.3, None)
+            {
+                self.grant(key.3, device, now, out);
             }
         }
     }
@@ -106,9 +103,9 @@ impl Scheduler {
         }
     }
 
-    /// The idle device (among `among`, or any) that `job` fits with the fewest tags.
-    fn best_device(&self, job: JobId, among: Option<&BTreeSet<String>>) -> Option<String> {
-        let spec = &self.state.jobs.get(&job)?.spec;
+    /// The idle device (among `among`, or any) that `waiter` fits with the fewest tags.
+    fn best_device(&self, waiter: Waiter, among: Option<&BTreeSet<String>>) -> Option<String> {
+        let spec = self.spec_of(waiter)?;
         let idle = self.state.idle.get(&spec.device_type)?;
         let candidates: Box<dyn Iterator<Item = &String>> = match among {
             Some(set) => Box::new(set.iter().filter(|n| idle.contains(*n))),
@@ -123,7 +120,7 @@ impl Scheduler {
             .map(|d| d.info.name.clone())
     }
 
-    fn grant(&mut self, job: JobId, device: String, now: Millis, out: &mut Vec<Event>) {
+    fn grant(&mut self, waiter: Waiter, device: String, now: Millis, out: &mut Vec<Event>) {
         let epoch = self
             .state
             .devices
@@ -133,12 +130,27 @@ impl Scheduler {
             crate::LeaseIds::Sequential => LeaseId(self.state.next_lease),
             crate::LeaseIds::Keyed(key) => key.derive(self.state.grants.saturating_add(1)),
         };
+        let (holder, expires) = match waiter {
+            Waiter::Job(job) => (Holder::Job(job), now.plus(self.config.lease_ttl)),
+            Waiter::Person(p) => {
+                let Some(entry) = self.state.persons.get(&p) else {
+                    return;
+                };
+                let holder = Holder::Person(PersonHolder {
+                    lease: p,
+                    principal: entry.principal,
+                    name: entry.name.clone(),
+                });
+                let ttl = entry.ttl_ms.min(entry.cap_ms);
+                (holder, Millis(now.0.saturating_add(ttl)))
+            }
+        };
         let event = Event::LeaseGranted {
             lease,
             epoch,
-            job,
+            holder,
             device,
-            expires: now.plus(self.config.lease_ttl),
+            expires,
             at: now,
         };
         self.emit(out, event);

@@ -7,19 +7,25 @@
 
 use crate::Config;
 use crate::error::SchedulerError;
-use crate::event::{Event, JobSpec, MAX_PRIORITY};
+use crate::event::{Event, Holder, JobSpec, MAX_PRIORITY, PersonHolder, Waiter};
 use proto::link::DeviceInfo;
-use proto::{DeviceState, Epoch, JobId, JobState, LeaseId, Millis, Outcome};
+use proto::{
+    DeviceState, Epoch, JobId, JobState, LeaseEnd, LeaseId, Millis, Outcome, PersonLeaseId,
+    PersonLeaseState, PrincipalId,
+};
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 
-/// Serving order of queued jobs: priority descending, then job id ascending.
-pub(crate) type QueueKey = (Reverse<u8>, JobId);
-
-pub(crate) fn queue_key(job: JobId, spec: &JobSpec) -> QueueKey {
-    (Reverse(spec.priority), job)
-}
+/// Serving order of waiters (queued jobs and waiting person leases, one pool): priority
+/// descending, then fair-share round ascending, then arrival ascending (FIFO). The key is
+/// given once, when the waiter enters the queue, and kept (a requeued job keeps its place).
+///
+/// Fair share: a waiter's round is one more than the last round of its user's previous
+/// waiter, but never below the round last served. So a user with many waiters takes one
+/// place per round, and a user who comes later enters the current round, ahead of the other
+/// users' later waiters; one user's waiters stay in their order.
+pub(crate) type QueueKey = (Reverse<u8>, u64, u64, Waiter);
 
 /// A job as the scheduler sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,9 +71,48 @@ pub struct DeviceEntry {
 pub struct Lease {
     pub id: LeaseId,
     pub epoch: Epoch,
-    pub job: JobId,
+    pub holder: Holder,
     pub device: String,
     pub expires: Millis,
+}
+
+impl Lease {
+    /// Its job, if a job holds it.
+    pub fn job(&self) -> Option<JobId> {
+        self.holder.job()
+    }
+}
+
+/// A person's lease, from its request on. Kept after it ended (a call about it is answered
+/// "gone", not "unknown").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PersonLease {
+    pub principal: PrincipalId,
+    pub name: String,
+    pub spec: JobSpec,
+    /// How long a grant or a renewal holds the device, in milliseconds.
+    pub ttl_ms: u64,
+    /// How long after the grant renewals may keep it, in milliseconds.
+    pub cap_ms: u64,
+    pub state: PersonLeaseState,
+    /// How it ended (set when ended).
+    pub end: Option<LeaseEnd>,
+    /// The grant's lease: live while held, the last one after.
+    pub lease: Option<LeaseId>,
+    pub device: Option<String>,
+    pub requested: Millis,
+    pub granted: Option<Millis>,
+    /// Its deadline while held (the last one after it ended).
+    pub expires: Option<Millis>,
+    pub ended: Option<Millis>,
+}
+
+impl PersonLease {
+    /// The latest deadline renewals may reach.
+    pub fn cap(&self) -> Option<Millis> {
+        self.granted
+            .map(|g| g.plus(std::time::Duration::from_millis(self.cap_ms)))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,11 +127,19 @@ pub(crate) struct AgentEntry {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct State {
     pub(crate) jobs: BTreeMap<JobId, JobEntry>,
+    pub(crate) persons: BTreeMap<PersonLeaseId, PersonLease>,
     pub(crate) devices: BTreeMap<String, DeviceEntry>,
     pub(crate) leases: BTreeMap<LeaseId, Lease>,
     pub(crate) agents: BTreeMap<String, AgentEntry>,
-    /// Queued jobs by device type; no empty sets.
+    /// Waiters by device type; no empty sets.
     pub(crate) queue: BTreeMap<String, BTreeSet<QueueKey>>,
+    /// The place of every unfinished job and every waiting person lease.
+    pub(crate) places: BTreeMap<Waiter, QueueKey>,
+    /// Waiters that entered the queue so far (the FIFO part of their key).
+    pub(crate) arrivals: u64,
+    /// The highest round granted so far, and the last round of each user's waiters.
+    pub(crate) served_round: u64,
+    pub(crate) rounds: BTreeMap<Option<PrincipalId>, u64>,
     /// Idle devices by device type; no empty sets.
     pub(crate) idle: BTreeMap<String, BTreeSet<String>>,
     /// Epochs of removed devices, so that a device registered again never reuses an epoch.
@@ -106,7 +159,7 @@ pub(crate) struct State {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Fresh {
     pub(crate) devices: BTreeSet<String>,
-    pub(crate) jobs: BTreeSet<JobId>,
+    pub(crate) waiters: BTreeSet<Waiter>,
 }
 
 /// Jobs, devices, leases and agents of one controller. See the crate documentation.
@@ -197,11 +250,11 @@ impl Scheduler {
             Event::LeaseGranted {
                 lease,
                 epoch,
-                job,
+                holder,
                 device,
                 expires,
-                at: _,
-            } => self.apply_granted(*lease, *epoch, *job, device, *expires),
+                at,
+            } => self.apply_granted(*lease, *epoch, holder, device, *expires, *at),
             Event::JobStarted { job, lease, at } => {
                 let entry = self.state.jobs.get(job).ok_or(unknown_job(kind, *job))?;
                 if entry.state != JobState::Assigned {
@@ -225,6 +278,11 @@ impl Scheduler {
                     .get_mut(lease)
                     .ok_or(not_live(kind, *lease))?;
                 l.expires = *expires;
+                if let Some(p) = l.holder.person().map(|p| p.lease)
+                    && let Some(entry) = self.state.persons.get_mut(&p)
+                {
+                    entry.expires = Some(*expires);
+                }
                 self.redeadline(*lease);
                 Ok(())
             }
@@ -265,10 +323,12 @@ impl Scheduler {
                 entry.lease = None;
                 entry.device = None;
                 entry.started = None;
-                let key = queue_key(*job, &entry.spec);
                 let ty = entry.spec.device_type.clone();
-                self.state.queue.entry(ty).or_default().insert(key);
-                self.fresh.jobs.insert(*job);
+                let waiter = Waiter::Job(*job);
+                if let Some(key) = self.state.places.get(&waiter) {
+                    self.state.queue.entry(ty).or_default().insert(*key);
+                }
+                self.fresh.waiters.insert(waiter);
                 Ok(())
             }
             Event::JobFinished {
@@ -289,9 +349,8 @@ impl Scheduler {
                         state: entry.state,
                     });
                 }
-                if entry.state == JobState::Queued {
-                    let key = queue_key(*job, &entry.spec);
-                    let ty = entry.spec.device_type.clone();
+                let ty = entry.spec.device_type.clone();
+                if let Some(key) = self.state.places.remove(&Waiter::Job(*job)) {
                     remove_from(&mut self.state.queue, &ty, &key);
                 }
                 entry.state = JobState::Finished;
@@ -308,6 +367,71 @@ impl Scheduler {
                 device_state,
                 at: _,
             } => self.apply_released(*lease, *device_state),
+            Event::PersonLeaseRequested {
+                person,
+                principal,
+                name,
+                spec,
+                ttl_ms,
+                cap_ms,
+                at,
+            } => {
+                if self.state.persons.contains_key(person) {
+                    return Err(SchedulerError::DuplicatePersonLease(*person));
+                }
+                if spec.priority > MAX_PRIORITY {
+                    return Err(SchedulerError::Priority(spec.priority));
+                }
+                let waiter = Waiter::Person(*person);
+                self.enqueue(waiter, spec);
+                self.state.persons.insert(
+                    *person,
+                    PersonLease {
+                        principal: *principal,
+                        name: name.clone(),
+                        spec: spec.clone(),
+                        ttl_ms: *ttl_ms,
+                        cap_ms: *cap_ms,
+                        state: PersonLeaseState::Waiting,
+                        end: None,
+                        lease: None,
+                        device: None,
+                        requested: *at,
+                        granted: None,
+                        expires: None,
+                        ended: None,
+                    },
+                );
+                Ok(())
+            }
+            Event::PersonLeaseEnded { person, end, at } => {
+                let entry = self.state.persons.get_mut(person).ok_or(
+                    SchedulerError::UnknownPersonLease {
+                        event: kind,
+                        lease: *person,
+                    },
+                )?;
+                if entry.state == PersonLeaseState::Ended {
+                    return Err(SchedulerError::PersonLeaseState {
+                        event: kind,
+                        lease: *person,
+                        state: entry.state,
+                    });
+                }
+                let ty = entry.spec.device_type.clone();
+                entry.state = PersonLeaseState::Ended;
+                entry.end = Some(end.clone());
+                entry.ended = Some(*at);
+                let lease = entry.lease;
+                if let Some(key) = self.state.places.remove(&Waiter::Person(*person)) {
+                    remove_from(&mut self.state.queue, &ty, &key);
+                }
+                self.fresh.waiters.remove(&Waiter::Person(*person));
+                if let Some(lease) = lease {
+                    self.redeadline(lease);
+                }
+                Ok(())
+            }
             Event::DeviceReady { device, at: _ } => {
                 let d = self.state.devices.get_mut(device).ok_or_else(|| {
                     SchedulerError::UnknownDevice {
@@ -341,11 +465,7 @@ impl Scheduler {
         if spec.priority > MAX_PRIORITY {
             return Err(SchedulerError::Priority(spec.priority));
         }
-        self.state
-            .queue
-            .entry(spec.device_type.clone())
-            .or_default()
-            .insert(queue_key(job, spec));
+        self.enqueue(Waiter::Job(job), spec);
         self.state.jobs.insert(
             job,
             JobEntry {
@@ -361,8 +481,49 @@ impl Scheduler {
                 finished: None,
             },
         );
-        self.fresh.jobs.insert(job);
         Ok(())
+    }
+
+    /// Gives a new waiter its place (see [`QueueKey`]) and puts it in the queue.
+    fn enqueue(&mut self, waiter: Waiter, spec: &JobSpec) {
+        let round = match self.state.rounds.get(&spec.owner) {
+            Some(last) => last.saturating_add(1).max(self.state.served_round),
+            None => self.state.served_round,
+        };
+        self.state.rounds.insert(spec.owner, round);
+        self.state.arrivals = self.state.arrivals.saturating_add(1);
+        let key = (Reverse(spec.priority), round, self.state.arrivals, waiter);
+        self.state.places.insert(waiter, key);
+        self.state
+            .queue
+            .entry(spec.device_type.clone())
+            .or_default()
+            .insert(key);
+        self.fresh.waiters.insert(waiter);
+    }
+
+    /// The spec of a job or a person's lease.
+    pub(crate) fn spec_of(&self, waiter: Waiter) -> Option<&JobSpec> {
+        match waiter {
+            Waiter::Job(job) => self.state.jobs.get(&job).map(|j| &j.spec),
+            Waiter::Person(p) => self.state.persons.get(&p).map(|p| &p.spec),
+        }
+    }
+
+    /// Whether the waiter is in the queue (a queued job, a waiting person's lease).
+    pub(crate) fn is_waiting(&self, waiter: Waiter) -> bool {
+        match waiter {
+            Waiter::Job(job) => self
+                .state
+                .jobs
+                .get(&job)
+                .is_some_and(|j| j.state == JobState::Queued),
+            Waiter::Person(p) => self
+                .state
+                .persons
+                .get(&p)
+                .is_some_and(|p| p.state == PersonLeaseState::Waiting),
+        }
     }
 
     fn apply_connected(
@@ -475,9 +636,10 @@ impl Scheduler {
         &mut self,
         lease: LeaseId,
         epoch: Epoch,
-        job: JobId,
+        holder: &Holder,
         device: &str,
         expires: Millis,
+        at: Millis,
     ) -> Result<(), SchedulerError> {
         const KIND: &str = "lease-granted";
         let sequential = self.config.lease_ids == crate::LeaseIds::Sequential;
@@ -485,14 +647,44 @@ impl Scheduler {
         {
             return Err(SchedulerError::LeaseReused { lease });
         }
-        let j = self.state.jobs.get(&job).ok_or(unknown_job(KIND, job))?;
-        if j.state != JobState::Queued {
-            return Err(SchedulerError::JobState {
-                event: KIND,
-                job,
-                state: j.state,
-            });
+        let waiter = holder.waiter();
+        match holder {
+            Holder::Job(job) => {
+                let j = self.state.jobs.get(job).ok_or(unknown_job(KIND, *job))?;
+                if j.state != JobState::Queued {
+                    return Err(SchedulerError::JobState {
+                        event: KIND,
+                        job: *job,
+                        state: j.state,
+                    });
+                }
+            }
+            Holder::Person(PersonHolder {
+                lease: person,
+                principal,
+                name,
+            }) => {
+                let p =
+                    self.state
+                        .persons
+                        .get(person)
+                        .ok_or(SchedulerError::UnknownPersonLease {
+                            event: KIND,
+                            lease: *person,
+                        })?;
+                if p.state != PersonLeaseState::Waiting {
+                    return Err(SchedulerError::PersonLeaseState {
+                        event: KIND,
+                        lease: *person,
+                        state: p.state,
+                    });
+                }
+                if p.principal != *principal || p.name != *name {
+                    return Err(SchedulerError::HolderMismatch(*person));
+                }
+            }
         }
+        let spec = self.spec_of(waiter).cloned().unwrap_or_default();
         let d = self
             .state
             .devices
@@ -508,9 +700,9 @@ impl Scheduler {
                 state: d.state,
             });
         }
-        if !j.spec.fits(&d.info) {
+        if !spec.fits(&d.info) {
             return Err(SchedulerError::NoFit {
-                job,
+                waiter,
                 device: device.to_owned(),
             });
         }
@@ -521,14 +713,28 @@ impl Scheduler {
                 current: d.epoch,
             });
         }
-        let key = queue_key(job, &j.spec);
-        let ty = j.spec.device_type.clone();
-        remove_from(&mut self.state.queue, &ty, &key);
-        if let Some(j) = self.state.jobs.get_mut(&job) {
-            j.state = JobState::Assigned;
-            j.lease = Some(lease);
-            j.device = Some(device.to_owned());
-            j.started = None;
+        if let Some(key) = self.state.places.get(&waiter).copied() {
+            remove_from(&mut self.state.queue, &spec.device_type, &key);
+            self.state.served_round = self.state.served_round.max(key.1);
+        }
+        match holder {
+            Holder::Job(job) => {
+                if let Some(j) = self.state.jobs.get_mut(job) {
+                    j.state = JobState::Assigned;
+                    j.lease = Some(lease);
+                    j.device = Some(device.to_owned());
+                    j.started = None;
+                }
+            }
+            Holder::Person(p) => {
+                if let Some(p) = self.state.persons.get_mut(&p.lease) {
+                    p.state = PersonLeaseState::Held;
+                    p.lease = Some(lease);
+                    p.device = Some(device.to_owned());
+                    p.granted = Some(at);
+                    p.expires = Some(expires);
+                }
+            }
         }
         if let Some(d) = self.state.devices.get_mut(device) {
             d.epoch = epoch;
@@ -539,7 +745,7 @@ impl Scheduler {
             Lease {
                 id: lease,
                 epoch,
-                job,
+                holder: holder.clone(),
                 device: device.to_owned(),
                 expires,
             },
@@ -561,16 +767,32 @@ impl Scheduler {
             return Err(SchedulerError::ReleaseState(device_state));
         }
         let l = self.state.leases.get(&lease).ok_or(not_live(KIND, lease))?;
-        let job = self
-            .state
-            .jobs
-            .get(&l.job)
-            .ok_or(unknown_job(KIND, l.job))?;
-        if !matches!(job.state, JobState::Queued | JobState::Finished) {
-            return Err(SchedulerError::LeaseInUse {
-                job: l.job,
-                state: job.state,
-            });
+        match &l.holder {
+            Holder::Job(job) => {
+                let entry = self.state.jobs.get(job).ok_or(unknown_job(KIND, *job))?;
+                if !matches!(entry.state, JobState::Queued | JobState::Finished) {
+                    return Err(SchedulerError::LeaseInUse {
+                        waiter: Waiter::Job(*job),
+                        state: entry.state.as_str(),
+                    });
+                }
+            }
+            Holder::Person(p) => {
+                let entry =
+                    self.state
+                        .persons
+                        .get(&p.lease)
+                        .ok_or(SchedulerError::UnknownPersonLease {
+                            event: KIND,
+                            lease: p.lease,
+                        })?;
+                if entry.state != PersonLeaseState::Ended {
+                    return Err(SchedulerError::LeaseInUse {
+                        waiter: Waiter::Person(p.lease),
+                        state: entry.state.as_str(),
+                    });
+                }
+            }
         }
         if !self.state.devices.contains_key(&l.device) {
             return Err(SchedulerError::UnknownDevice {
@@ -613,12 +835,12 @@ impl Scheduler {
             .leases
             .get(&lease)
             .ok_or(not_live(event, lease))?;
-        if l.job != job {
+        if l.job() != Some(job) {
             return Err(SchedulerError::LeaseOfOtherJob {
                 event,
                 lease,
                 job,
-                owner: l.job,
+                holder: l.holder.waiter(),
             });
         }
         Ok(())
@@ -733,13 +955,28 @@ impl Scheduler {
             .collect()
     }
 
-    /// 0-based position of a queued job among all queued jobs in serving order.
+    /// A person's lease (waiting, held or ended).
+    pub fn person_lease(&self, lease: PersonLeaseId) -> Option<&PersonLease> {
+        self.state.persons.get(&lease)
+    }
+
+    /// Every person's lease, by id.
+    pub fn person_leases(&self) -> impl Iterator<Item = (PersonLeaseId, &PersonLease)> {
+        self.state.persons.iter().map(|(id, p)| (*id, p))
+    }
+
+    /// 0-based position of a queued job among all waiters in serving order.
     pub fn queue_position(&self, job: JobId) -> Option<usize> {
-        let j = self.state.jobs.get(&job)?;
-        if j.state != JobState::Queued {
+        self.position(Waiter::Job(job))
+    }
+
+    /// 0-based position of a waiter (a queued job, a waiting person's lease) among all
+    /// waiters in serving order.
+    pub fn position(&self, waiter: Waiter) -> Option<usize> {
+        if !self.is_waiting(waiter) {
             return None;
         }
-        let key = queue_key(job, &j.spec);
+        let key = *self.state.places.get(&waiter)?;
         Some(
             self.state
                 .queue
@@ -749,11 +986,16 @@ impl Scheduler {
         )
     }
 
-    /// Queued jobs in serving order (all device types).
-    pub fn queued(&self) -> Vec<JobId> {
+    /// The serving order of a waiter: it comes before every waiter with a smaller value.
+    pub fn serving_key(&self, waiter: Waiter) -> Option<(Reverse<u8>, u64, u64, Waiter)> {
+        self.state.places.get(&waiter).copied()
+    }
+
+    /// Waiters in serving order (all device types).
+    pub fn queued(&self) -> Vec<Waiter> {
         let mut keys: Vec<QueueKey> = self.state.queue.values().flatten().copied().collect();
         keys.sort_unstable();
-        keys.into_iter().map(|(_, id)| id).collect()
+        keys.into_iter().map(|k| k.3).collect()
     }
 
     /// The earliest time at which [`Scheduler::tick`] would end a lease: its expiry, the end of
@@ -784,12 +1026,17 @@ impl Scheduler {
         }
     }
 
+    /// A job's lease ends at its expiry, its agent's disconnect grace or its cancel grace; a
+    /// person's only at its expiry (its holder, not the agent, keeps it).
     pub(crate) fn deadline_of(&self, l: &Lease) -> Millis {
         let mut at = l.expires;
+        let Some(job) = l.job() else {
+            return at;
+        };
         if let Some(since) = self.disconnected_since(&l.device) {
             at = at.min(since.plus(self.config.disconnect_grace));
         }
-        if let Some(asked) = self.state.jobs.get(&l.job).and_then(|j| {
+        if let Some(asked) = self.state.jobs.get(&job).and_then(|j| {
             (j.state == JobState::Canceling)
                 .then_some(j.cancel_requested)
                 .flatten()

@@ -1,8 +1,8 @@
 //! One test per command and refusal, through the public API only.
 
 use dutlab_scheduler::{
-    Config, DeviceInfo, DeviceState, Epoch, Event, JobId, JobSpec, JobState, LeaseId, Millis,
-    Outcome, Refusal, Scheduler, SchedulerError,
+    Config, DeviceInfo, DeviceState, Epoch, Event, Holder, JobId, JobSpec, JobState, LeaseId,
+    Millis, Outcome, Refusal, Scheduler, SchedulerError, Waiter,
 };
 use std::time::Duration;
 
@@ -22,6 +22,7 @@ fn spec(ty: &str, tags: &[&str], priority: u8) -> JobSpec {
         device_type: ty.into(),
         tags: tags.iter().map(|t| t.to_string()).collect(),
         priority,
+        ..JobSpec::default()
     }
 }
 
@@ -42,7 +43,7 @@ fn grants(events: &[Event]) -> Vec<(LeaseId, Epoch, JobId, String)> {
             Event::LeaseGranted {
                 lease,
                 epoch,
-                job,
+                holder: Holder::Job(job),
                 device,
                 ..
             } => Some((*lease, *epoch, *job, device.clone())),
@@ -130,7 +131,7 @@ fn submit_queues_then_grants_on_a_fitting_idle_device() {
         Event::LeaseGranted {
             lease: LeaseId(1),
             epoch: Epoch(1),
-            job: JobId(1),
+            holder: Holder::Job(JobId(1)),
             device: "q1".into(),
             expires: Millis(10 + TTL),
             at: Millis(10),
@@ -174,7 +175,7 @@ fn queued_jobs_are_served_by_priority_then_submission() {
     lab.ok(|s| s.submit(JobId(2), spec("qemu", &[], 90), Millis(0)));
     lab.ok(|s| s.submit(JobId(3), spec("qemu", &[], 10), Millis(0)));
     lab.ok(|s| s.submit(JobId(4), spec("bbb", &[], 100), Millis(0)));
-    assert_eq!(lab.s.queued(), [JobId(4), JobId(2), JobId(1), JobId(3)]);
+    assert_eq!(lab.s.queued(), [4, 2, 1, 3].map(|j| Waiter::Job(JobId(j))));
     assert_eq!(lab.s.queue_position(JobId(1)), Some(2));
 
     let ev = lab.ok(|s| s.agent_connected("a1", &[dev("q1", "qemu", &[])], &[], Millis(1)));
@@ -383,7 +384,7 @@ fn a_refused_start_requeues_at_the_old_place_and_the_device_needs_a_check() {
         lab.s.device("q1").map(|d| d.state),
         Some(DeviceState::NeedsCheck)
     );
-    assert_eq!(lab.s.queued(), [JobId(3), JobId(1), JobId(2)]);
+    assert_eq!(lab.s.queued(), [3, 1, 2].map(|j| Waiter::Job(JobId(j))));
     let job = lab.s.job(JobId(3)).expect("job");
     assert_eq!((job.state, job.lease), (JobState::Queued, None));
     // A second device takes the requeued job first.
@@ -767,7 +768,7 @@ fn replay_refuses_a_log_that_does_not_fit() {
         Event::LeaseGranted {
             lease: LeaseId(1),
             epoch: Epoch(1),
-            job: JobId(1),
+            holder: Holder::Job(JobId(1)),
             device: "ghost".into(),
             expires: Millis(1),
             at: Millis(0),
@@ -801,7 +802,7 @@ fn apply_changes_nothing_when_the_event_does_not_fit() {
         Event::LeaseGranted {
             lease: LeaseId(1),
             epoch: Epoch(5),
-            job: JobId(1),
+            holder: Holder::Job(JobId(1)),
             device: "q1".into(),
             expires: Millis(1),
             at: Millis(1),

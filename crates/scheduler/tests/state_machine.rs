@@ -12,14 +12,22 @@
 //! - no queued job fits an idle device, and a grant never passes over a queued job that comes
 //!   first in serving order and fits the device;
 //! - a refused command changes nothing; `tick` ends leases exactly when `next_deadline` is due;
-//! - after `agent_connected`, the agent's live leases are those it holds, and its devices that
-//!   need a check are those whose unconfirmed lease it holds.
+//! - after `agent_connected`, the agent's live leases are those it holds (and those people
+//!   hold: agents know nothing of them), and its devices that need a check are those whose
+//!   unconfirmed lease it holds;
+//! - jobs and people's lease requests share one queue in the order of a model computed here
+//!   from the events alone (priority, then fair-share round, then arrival);
+//! - a person's lease is held exactly while its grant is live, never past the cap after its
+//!   grant; renewals move its deadline as the model says; a restart keeps its deadline; an
+//!   ended one stays ended; and once time passes every cap, none is held (no leak).
 
 use dutlab_scheduler::{
-    Config, DeviceInfo, DeviceState, Epoch, Event, JobId, JobSpec, JobState, LeaseId, LeaseIds,
-    LeaseKey, Millis, Outcome, Refusal, Scheduler,
+    Config, DeviceInfo, DeviceState, Epoch, Event, Holder, JobId, JobSpec, JobState, LeaseEnd,
+    LeaseId, LeaseIds, LeaseKey, Millis, Outcome, PersonHolder, PersonLeaseId, PersonLeaseState,
+    PrincipalId, Refusal, Scheduler, Waiter, Want,
 };
 use proptest::prelude::*;
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -34,6 +42,12 @@ const DEVICES: [(&str, &str); 6] = [
 ];
 const TYPES: [&str; 3] = ["qemu", "bbb", "rpi"];
 const TAGS: [&str; 2] = ["usb", "gpu"];
+const PEOPLE: [(u64, &str); 3] = [(1, "alice"), (2, "bob"), (3, "carol")];
+/// How long renewals may keep a person's lease after its grant.
+const CAP: u64 = 4_000;
+
+/// The serving order of a waiter, as the model computes it.
+type Key = (Reverse<u8>, u64, u64);
 
 fn config() -> Config {
     Config {
@@ -67,6 +81,24 @@ enum Cmd {
         ty: usize,
         tags: u8,
         priority: u8,
+        owner: Option<usize>,
+    },
+    Request {
+        who: usize,
+        /// A device by name (an index of DEVICES), else a type and tags.
+        device: Option<usize>,
+        ty: usize,
+        tags: u8,
+        priority: u8,
+        ttl: u64,
+    },
+    Renew {
+        pick: usize,
+        ttl: u64,
+    },
+    Release {
+        pick: usize,
+        admin: bool,
     },
     Connect {
         agent: usize,
@@ -110,8 +142,12 @@ fn epochs() -> impl Strategy<Value = Epochs> {
 
 fn cmd() -> impl Strategy<Value = Cmd> {
     prop_oneof![
-        6 => (0..TYPES.len(), 0u8..4, prop_oneof![0u8..3, 0u8..=100])
-            .prop_map(|(ty, tags, priority)| Cmd::Submit { ty, tags, priority }),
+        6 => (0..TYPES.len(), 0u8..4, prop_oneof![0u8..3, 0u8..=100], proptest::option::of(0..PEOPLE.len()))
+            .prop_map(|(ty, tags, priority, owner)| Cmd::Submit { ty, tags, priority, owner }),
+        4 => (0..PEOPLE.len(), proptest::option::of(0..DEVICES.len() + 1), 0..TYPES.len(), 0u8..4, 0u8..3, prop_oneof![1u64..3_000, 0u64..6_000])
+            .prop_map(|(who, device, ty, tags, priority, ttl)| Cmd::Request { who, device, ty, tags, priority, ttl }),
+        2 => (any::<usize>(), 0u64..3_000).prop_map(|(pick, ttl)| Cmd::Renew { pick, ttl }),
+        2 => (any::<usize>(), any::<bool>()).prop_map(|(pick, admin)| Cmd::Release { pick, admin }),
         3 => (0..AGENTS.len(), any::<u8>(), any::<u16>(), prop_oneof![Just(u32::MAX), Just(0), any::<u32>()])
             .prop_map(|(agent, devices, tags, held)| Cmd::Connect { agent, devices, tags, held }),
         2 => (0..AGENTS.len()).prop_map(|agent| Cmd::Disconnect { agent }),
@@ -141,6 +177,14 @@ struct Harness {
     /// From the events: when each disconnected agent went away, when each cancel was asked.
     gone: BTreeMap<String, Millis>,
     cancels: BTreeMap<JobId, Millis>,
+    next_person: u64,
+    /// People's leases that ended, and how.
+    ended: BTreeMap<PersonLeaseId, LeaseEnd>,
+    /// The queue model: each waiter's key, the highest round served, each user's last round.
+    keys: BTreeMap<Waiter, Key>,
+    served: u64,
+    rounds: BTreeMap<Option<PrincipalId>, u64>,
+    arrivals: u64,
 }
 
 impl Harness {
@@ -156,6 +200,41 @@ impl Harness {
             epochs: BTreeMap::new(),
             gone: BTreeMap::new(),
             cancels: BTreeMap::new(),
+            next_person: 1,
+            ended: BTreeMap::new(),
+            keys: BTreeMap::new(),
+            served: 0,
+            rounds: BTreeMap::new(),
+            arrivals: 0,
+        }
+    }
+
+    /// A person's lease: mostly one that has not ended, else any id (maybe unknown).
+    fn pick_person(&self, pick: usize) -> PersonLeaseId {
+        let open: Vec<PersonLeaseId> = self
+            .s
+            .person_leases()
+            .filter(|(_, p)| p.state != PersonLeaseState::Ended)
+            .map(|(id, _)| id)
+            .collect();
+        if !pick.is_multiple_of(3) && !open.is_empty() {
+            open[pick / 3 % open.len()]
+        } else {
+            PersonLeaseId((pick / 3) as u64 % self.next_person.max(2))
+        }
+    }
+
+    /// What a call about a person's lease should get, before it is made.
+    fn expect_person(&self, id: PersonLeaseId) -> Result<(), Refusal> {
+        match self.s.person_lease(id) {
+            None => Err(Refusal::UnknownPersonLease(id)),
+            Some(p) => match &p.end {
+                Some(end) => Err(Refusal::PersonLeaseEnded {
+                    lease: id,
+                    end: end.clone(),
+                }),
+                None => Ok(()),
+            },
         }
     }
 
@@ -181,6 +260,7 @@ impl Harness {
     /// What a lease message should get, before it is sent.
     fn expect_lease(&self, lease: LeaseId, epoch: Epoch) -> Result<(), Refusal> {
         match self.s.lease(lease) {
+            Some(l) if l.epoch == epoch && l.job().is_none() => Err(Refusal::NotAJobLease(lease)),
             Some(l) if l.epoch == epoch => Ok(()),
             Some(l) => Err(Refusal::StaleEpoch {
                 lease,
@@ -201,6 +281,7 @@ impl Harness {
                 ty,
                 tags: t,
                 priority,
+                owner,
             } => {
                 let job = JobId(self.next_job);
                 self.next_job += 1;
@@ -208,6 +289,8 @@ impl Harness {
                     device_type: TYPES[*ty].into(),
                     tags: tags(*t),
                     priority: *priority,
+                    owner: owner.map(|o| PrincipalId(PEOPLE[o].0)),
+                    device: None,
                 };
                 let r = self.s.submit(job, spec, now);
                 let events = r
@@ -255,6 +338,105 @@ impl Harness {
                 }
                 r
             }
+            Cmd::Request {
+                who,
+                device,
+                ty,
+                tags: t,
+                priority,
+                ttl,
+            } => {
+                let id = PersonLeaseId(self.next_person);
+                let (principal, name) = PEOPLE[*who];
+                let want = match device {
+                    Some(i) => Want::Device(DEVICES.get(*i).map_or("nope", |d| d.0).to_owned()),
+                    None => Want::Type {
+                        device_type: TYPES[*ty].into(),
+                        tags: tags(*t),
+                    },
+                };
+                let expect = match &want {
+                    _ if *ttl == 0 || *ttl > CAP => Err(Refusal::Duration {
+                        ttl_ms: *ttl,
+                        cap_ms: CAP,
+                    }),
+                    Want::Device(d) if self.s.device(d).is_none() => {
+                        Err(Refusal::UnknownDevice(d.clone()))
+                    }
+                    _ => Ok(()),
+                };
+                let r = self.s.request_person_lease(
+                    id,
+                    PrincipalId(principal),
+                    name,
+                    want,
+                    *priority,
+                    Duration::from_millis(*ttl),
+                    Duration::from_millis(CAP),
+                    now,
+                );
+                assert_eq!(r.as_ref().err(), expect.as_ref().err());
+                if r.is_ok() {
+                    self.next_person += 1;
+                    let p = self.s.person_lease(id).expect("requested");
+                    assert_ne!(p.state, PersonLeaseState::Ended);
+                    assert_eq!(
+                        p.state == PersonLeaseState::Waiting,
+                        self.s.position(Waiter::Person(id)).is_some()
+                    );
+                }
+                r
+            }
+            Cmd::Renew { pick, ttl } => {
+                let id = self.pick_person(*pick);
+                let want = self.expect_person(id);
+                let held = self
+                    .s
+                    .person_lease(id)
+                    .filter(|p| p.state == PersonLeaseState::Held)
+                    .cloned();
+                let r = self
+                    .s
+                    .renew_person_lease(id, Duration::from_millis(*ttl), now);
+                assert_eq!(r.as_ref().err(), want.as_ref().err());
+                if let (Ok(_), Some(before)) = (&r, held) {
+                    let cap = before.granted.expect("granted").0 + CAP;
+                    let old = before.expires.expect("a deadline").0;
+                    let after = self.s.person_lease(id).and_then(|p| p.expires);
+                    assert_eq!(after, Some(Millis((now.0 + ttl).min(cap).max(old))));
+                }
+                r
+            }
+            Cmd::Release { pick, admin } => {
+                let id = self.pick_person(*pick);
+                let want = self.expect_person(id);
+                let lease = self.s.person_lease(id).and_then(|p| {
+                    (p.state == PersonLeaseState::Held)
+                        .then_some(p.lease)
+                        .flatten()
+                });
+                let end = if *admin {
+                    LeaseEnd::EndedBy("root".into())
+                } else {
+                    LeaseEnd::Released
+                };
+                let r = self.s.end_person_lease(id, end.clone(), now);
+                assert_eq!(r.as_ref().err(), want.as_ref().err());
+                if r.is_ok() {
+                    let p = self.s.person_lease(id).expect("known");
+                    assert_eq!(
+                        (p.state, p.end.as_ref()),
+                        (PersonLeaseState::Ended, Some(&end))
+                    );
+                    if let Some(lease) = lease {
+                        assert!(
+                            self.s.lease(lease).is_none(),
+                            "released lease {lease} is live"
+                        );
+                    }
+                }
+                r
+            }
             Cmd::Disconnect { agent } => {
                 let agent = AGENTS[*agent];
                 let events = self.s.agent_disconnected(agent, now);
@@ -287,7 +469,7 @@ impl Harness {
                 None => Ok(vec![]),
                 Some((lease, epoch)) => {
                     let want = self.expect_lease(lease, epoch);
-                    let job = self.s.lease(lease).map(|l| l.job);
+                    let job = self.s.lease(lease).and_then(|l| l.job());
                     let canceling = job
                         .and_then(|j| self.s.job(j))
                         .is_some_and(|j| j.state == JobState::Canceling);
@@ -327,7 +509,7 @@ impl Harness {
                 None => Ok(vec![]),
                 Some((lease, epoch)) => {
                     let mut want = self.expect_lease(lease, epoch);
-                    let job = self.s.lease(lease).map(|l| l.job);
+                    let job = self.s.lease(lease).and_then(|l| l.job());
                     let state = job.and_then(|j| self.s.job(j)).map(|j| j.state);
                     if want.is_ok()
                         && let (Some(job), Some(JobState::Running)) = (job, state)
@@ -351,7 +533,7 @@ impl Harness {
             },
             Cmd::Cancel { pick } => {
                 // Mostly a job that holds a lease, else any id (maybe unknown).
-                let live: Vec<JobId> = self.s.leases().map(|l| l.job).collect();
+                let live: Vec<JobId> = self.s.leases().filter_map(|l| l.job()).collect();
                 let job = if pick.is_multiple_of(2) && !live.is_empty() {
                     live[pick / 2 % live.len()]
                 } else {
@@ -380,10 +562,20 @@ impl Harness {
             }
             Cmd::Tick => {
                 let events = self.s.tick(now);
-                let ended = events.iter().any(|e| e.kind() == "job-finished");
+                let ended = events
+                    .iter()
+                    .any(|e| matches!(e.kind(), "job-finished" | "person-lease-ended"));
                 let due = deadline.is_some_and(|d| d <= now);
                 assert_eq!(ended, due, "deadline {deadline:?}, now {now:?}");
                 assert!(self.s.next_deadline().is_none_or(|d| d > now));
+                for (id, p) in self.s.person_leases() {
+                    if p.state == PersonLeaseState::Held {
+                        assert!(
+                            p.expires.is_some_and(|e| e > now),
+                            "lease {id} held past its deadline"
+                        );
+                    }
+                }
                 Ok(events)
             }
             Cmd::Restart => {
@@ -391,6 +583,10 @@ impl Harness {
                 assert_eq!(self.s, before);
                 let events = self.s.restarted(now);
                 assert!(AGENTS.iter().all(|a| !self.s.agent_is_connected(a)));
+                for (id, p) in self.s.person_leases() {
+                    let was = before.person_lease(id).and_then(|p| p.expires);
+                    assert_eq!(p.expires, was, "a restart moved the deadline of lease {id}");
+                }
                 Ok(events)
             }
         };
@@ -424,7 +620,8 @@ impl Harness {
         for d in self.s.devices().filter(|d| d.agent == agent) {
             if let Some(lease) = d.lease {
                 let l = self.s.lease(lease).expect("live");
-                let kept = held.contains(&(l.id, l.epoch)) || new.contains(&l.id);
+                let kept =
+                    held.contains(&(l.id, l.epoch)) || new.contains(&l.id) || l.job().is_none();
                 assert!(kept, "kept lease {lease}, which the agent does not hold");
             }
             if d.state == DeviceState::NeedsCheck {
@@ -450,10 +647,22 @@ impl Harness {
             let back: Event = serde_json::from_str(&json).expect("parses");
             assert_eq!(&back, e);
             match e {
+                Event::JobSubmitted { job, spec, .. } => {
+                    self.enqueue(Waiter::Job(*job), spec);
+                }
+                Event::PersonLeaseRequested { person, spec, .. } => {
+                    self.enqueue(Waiter::Person(*person), spec);
+                }
+                Event::PersonLeaseEnded { person, end, .. } => {
+                    assert!(
+                        self.ended.insert(*person, end.clone()).is_none(),
+                        "ended twice"
+                    );
+                }
                 Event::LeaseGranted {
                     lease,
                     epoch,
-                    job,
+                    holder,
                     device,
                     ..
                 } => {
@@ -465,7 +674,13 @@ impl Harness {
                     assert!(*epoch > last, "epochs of {device} rise");
                     self.epochs.insert(device.clone(), *epoch);
                     self.granted.push((*lease, *epoch, device.clone()));
-                    self.check_grant_order(*job, device);
+                    self.check_grant_order(holder.waiter(), device);
+                    let round = self
+                        .keys
+                        .get(&holder.waiter())
+                        .expect("a granted waiter has a place")
+                        .1;
+                    self.served = self.served.max(round);
                 }
                 Event::AgentConnected { agent, .. } => {
                     self.gone.remove(agent);
@@ -486,17 +701,49 @@ impl Harness {
         self.log.extend(events.iter().cloned());
     }
 
-    /// No job still queued that comes before `job` in serving order fits `device`.
-    fn check_grant_order(&self, job: JobId, device: &str) {
-        let spec = &self.s.job(job).expect("granted job").spec;
+    /// The model of a waiter's place: one round after its user's last, never below the round
+    /// served; arrivals count up.
+    fn enqueue(&mut self, waiter: Waiter, spec: &JobSpec) {
+        let round = match self.rounds.get(&spec.owner) {
+            Some(last) => (last + 1).max(self.served),
+            None => self.served,
+        };
+        self.rounds.insert(spec.owner, round);
+        self.arrivals += 1;
+        self.keys
+            .insert(waiter, (Reverse(spec.priority), round, self.arrivals));
+    }
+
+    fn spec(&self, waiter: Waiter) -> Option<&JobSpec> {
+        match waiter {
+            Waiter::Job(job) => self.s.job(job).map(|j| &j.spec),
+            Waiter::Person(p) => self.s.person_lease(p).map(|p| &p.spec),
+        }
+    }
+
+    /// No waiter still queued that comes before `waiter` in the model's serving order fits
+    /// `device`.
+    fn check_grant_order(&self, waiter: Waiter, device: &str) {
         let info = &self.s.device(device).expect("granted device").info;
-        for (id, j) in self.s.jobs() {
-            if j.state == JobState::Queued && j.spec.fits(info) {
-                let first = (std::cmp::Reverse(j.spec.priority), id)
-                    < (std::cmp::Reverse(spec.priority), job);
-                assert!(!first, "job {id} was passed over for job {job} on {device}");
+        let key = self.keys[&waiter];
+        for other in self.s.queued() {
+            let fits = self.spec(other).is_some_and(|s| s.fits(info));
+            if fits && self.keys[&other] < key {
+                panic!("{other} was passed over for {waiter} on {device}");
             }
         }
+    }
+
+    /// Time passes beyond every cap, once for each request (a tick may grant a waiting one):
+    /// then no person holds a device any more.
+    fn drain(&mut self) {
+        for _ in 0..=self.next_person {
+            self.step(CAP + 1, &Cmd::Tick);
+        }
+        for (id, p) in self.s.person_leases() {
+            assert_ne!(p.state, PersonLeaseState::Held, "lease {id} leaked");
+        }
+        assert!(self.s.leases().all(|l| l.job().is_some()));
     }
 
     fn check(&self) {
@@ -510,20 +757,58 @@ impl Harness {
                 "two leases on {}",
                 l.device
             );
-            assert!(jobs.insert(l.job), "two leases for job {}", l.job);
-            let job = s.job(l.job).expect("lease's job");
+            let d = s.device(&l.device).expect("lease's device");
+            assert_eq!(
+                (d.state, d.lease, d.epoch),
+                (DeviceState::Busy, Some(l.id), l.epoch)
+            );
+            let job = match &l.holder {
+                Holder::Job(job) => *job,
+                Holder::Person(PersonHolder {
+                    lease,
+                    principal,
+                    name,
+                }) => {
+                    let p = s.person_lease(*lease).expect("lease's person");
+                    assert_eq!((p.principal, &p.name), (*principal, name));
+                    assert_eq!(p.state, PersonLeaseState::Held);
+                    assert_eq!(p.lease, Some(l.id));
+                    assert_eq!(p.device.as_deref(), Some(l.device.as_str()));
+                    assert_eq!(p.expires, Some(l.expires));
+                    let granted = p.granted.expect("granted");
+                    assert!(l.expires.0 <= granted.0 + CAP, "lease {lease} past its cap");
+                    continue;
+                }
+            };
+            assert!(jobs.insert(job), "two leases for job {job}");
+            let job = s.job(job).expect("lease's job");
             assert!(matches!(
                 job.state,
                 JobState::Assigned | JobState::Running | JobState::Canceling
             ));
             assert_eq!(job.lease, Some(l.id));
             assert_eq!(job.device.as_deref(), Some(l.device.as_str()));
-            let d = s.device(&l.device).expect("lease's device");
-            assert_eq!(
-                (d.state, d.lease, d.epoch),
-                (DeviceState::Busy, Some(l.id), l.epoch)
-            );
             assert!(s.is_live(l.id, l.epoch));
+        }
+        for (id, p) in s.person_leases() {
+            let live = p.lease.and_then(|l| s.lease(l));
+            match p.state {
+                PersonLeaseState::Waiting => {
+                    assert!(p.lease.is_none() && p.end.is_none());
+                    assert!(s.position(Waiter::Person(id)).is_some());
+                }
+                PersonLeaseState::Held => {
+                    assert!(live.is_some_and(|l| l.holder.person().is_some_and(|h| h.lease == id)));
+                }
+                PersonLeaseState::Ended => {
+                    assert!(live.is_none(), "ended lease {id} still holds a device");
+                    assert_eq!(p.end.as_ref(), self.ended.get(&id));
+                    assert!(s.position(Waiter::Person(id)).is_none());
+                }
+            }
+            if let Some(end) = self.ended.get(&id) {
+                assert_eq!(p.end.as_ref(), Some(end), "lease {id} left ended");
+            }
         }
         for (id, j) in s.jobs() {
             if matches!(
@@ -572,28 +857,55 @@ impl Harness {
             .map(|d| &d.info)
             .collect();
         let queued = s.queued();
-        for (pos, job) in queued.iter().enumerate() {
-            let j = s.job(*job).expect("queued job");
-            assert_eq!(j.state, JobState::Queued);
-            assert_eq!(s.queue_position(*job), Some(pos));
-            if let Some(d) = idle.iter().find(|d| j.spec.fits(d)) {
-                panic!("queued job {job} fits idle device {}", d.name);
+        for (pos, waiter) in queued.iter().enumerate() {
+            match waiter {
+                Waiter::Job(job) => {
+                    let j = s.job(*job).expect("queued job");
+                    assert_eq!(j.state, JobState::Queued);
+                    assert_eq!(s.queue_position(*job), Some(pos));
+                }
+                Waiter::Person(p) => {
+                    let p = s.person_lease(*p).expect("waiting lease");
+                    assert_eq!(p.state, PersonLeaseState::Waiting);
+                }
+            }
+            assert_eq!(s.position(*waiter), Some(pos));
+            let (prio, round, arrival) = self.keys[waiter];
+            assert_eq!(
+                s.serving_key(*waiter),
+                Some((prio, round, arrival, *waiter))
+            );
+            let spec = self.spec(*waiter).expect("spec");
+            if let Some(d) = idle.iter().find(|d| spec.fits(d)) {
+                panic!("{waiter} fits idle device {}", d.name);
             }
         }
+        let mut model: Vec<(Key, Waiter)> = queued.iter().map(|w| (self.keys[w], *w)).collect();
+        model.sort();
+        assert_eq!(
+            model.into_iter().map(|(_, w)| w).collect::<Vec<_>>(),
+            queued
+        );
         let all_queued = s
             .jobs()
             .filter(|(_, j)| j.state == JobState::Queued)
-            .count();
+            .count()
+            + s.person_leases()
+                .filter(|(_, p)| p.state == PersonLeaseState::Waiting)
+                .count();
         assert_eq!(queued.len(), all_queued);
         // The next deadline, computed from the events.
         let c = config();
         let deadline = s
             .leases()
             .map(|l| {
+                let Some(job) = l.job() else {
+                    return Some(l.expires);
+                };
                 let agent = &s.device(&l.device).expect("device").agent;
                 let gone = self.gone.get(agent).map(|at| at.plus(c.disconnect_grace));
-                let canceling = s.job(l.job).is_some_and(|j| j.state == JobState::Canceling);
-                let cancel = self.cancels.get(&l.job).filter(|_| canceling);
+                let canceling = s.job(job).is_some_and(|j| j.state == JobState::Canceling);
+                let cancel = self.cancels.get(&job).filter(|_| canceling);
                 let cancel = cancel.map(|at| at.plus(c.cancel_grace));
                 [Some(l.expires), gone, cancel].into_iter().flatten().min()
             })
@@ -632,5 +944,6 @@ proptest! {
             h.step(*advance, cmd);
             h.remember_finished();
         }
+        h.drain();
     }
 }
