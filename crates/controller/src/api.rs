@@ -62,6 +62,7 @@ impl From<Failure> for ApiFailure {
             Failure::NotFound(m) => ApiFailure::new(StatusCode::NOT_FOUND, m),
             Failure::Forbidden(m) => ApiFailure::new(StatusCode::FORBIDDEN, m),
             Failure::Conflict(m) => ApiFailure::new(StatusCode::CONFLICT, m),
+            Failure::Gone(m) => ApiFailure::new(StatusCode::GONE, m),
             Failure::Unavailable(m) => ApiFailure::new(StatusCode::SERVICE_UNAVAILABLE, m),
             Failure::OverQuota { message, quota } => ApiFailure {
                 status: StatusCode::TOO_MANY_REQUESTS,
@@ -90,7 +91,7 @@ impl From<Forbidden> for ApiFailure {
     }
 }
 
-type ApiResult<T> = Result<T, ApiFailure>;
+pub(crate) type ApiResult<T> = Result<T, ApiFailure>;
 
 /// Resolves the bearer token to a [`Caller`] or answers 401.
 pub async fn authenticate(
@@ -128,7 +129,7 @@ pub fn viewer(state: &AppState, caller: &Caller) -> Viewer {
 
 pub(crate) const PEOPLE: [Role; 2] = [Role::Admin, Role::User];
 
-async fn ask<T>(
+pub(crate) async fn ask<T>(
     state: &AppState,
     make: impl FnOnce(oneshot::Sender<T>) -> Command,
 ) -> ApiResult<T> {
@@ -473,6 +474,8 @@ pub async fn submit_job(
             device_type: job.device_type.clone(),
             tags: job.tags.clone(),
             priority: job.priority,
+            owner: Some(caller.principal),
+            device: None,
         },
         wait_for_device: body.wait_for_device,
         artifacts,

@@ -22,6 +22,7 @@ pub mod artifacts;
 pub mod auth;
 pub mod datadir;
 pub mod dispatcher;
+pub mod lease_api;
 pub mod link;
 pub mod listener;
 pub mod logs;
@@ -96,6 +97,8 @@ pub struct Config {
     pub max_artifact: u64,
     /// Bytes of artifacts one user may keep.
     pub artifact_quota: u64,
+    /// Durations and caps of people's leases.
+    pub person_leases: dispatcher::PersonLeaseConfig,
 }
 
 impl Config {
@@ -115,6 +118,7 @@ impl Config {
             quota: queue_quota::QueueQuota::default(),
             max_artifact: proto::api::DEFAULT_MAX_ARTIFACT,
             artifact_quota: artifact_quota::DEFAULT_ARTIFACT_QUOTA,
+            person_leases: dispatcher::PersonLeaseConfig::default(),
         }
     }
 }
@@ -170,6 +174,13 @@ pub fn router(state: AppState) -> Router {
                 .head(artifacts::head_artifact)
                 .get(artifacts::get_artifact),
         )
+        .route(
+            "/api/v1/leases",
+            post(lease_api::acquire_lease).get(lease_api::list_leases),
+        )
+        .route("/api/v1/leases/{id}", get(lease_api::get_lease))
+        .route("/api/v1/leases/{id}/renew", post(lease_api::renew_lease))
+        .route("/api/v1/leases/{id}/release", post(lease_api::release_lease))
         .route("/api/v1/devices", get(api::devices))
         .route("/api/v1/agents", get(api::agents))
         .route(proto::link::LINK_PATH, get(link::link))
@@ -266,6 +277,7 @@ pub async fn serve(
         },
         heartbeat: config.heartbeat,
         quota: config.quota,
+        person_leases: config.person_leases,
     };
     let dispatcher = Dispatcher::load(
         dispatch_config,

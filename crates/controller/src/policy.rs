@@ -13,10 +13,13 @@
 //! - A user reads: their own jobs; public jobs; group jobs when a member of one of the job's
 //!   groups. A group job with no group (from older controllers) is owner-only.
 //! - Only the owner and admins cancel (group members and the public read only).
+//! - A person's lease is seen, renewed and released only by its holder (the principal that
+//!   requested it) and admins ([`may_use_lease`]); an admin who is not the holder ends it
+//!   as an admin ([`LeaseEnd::EndedBy`], stored in the event log: audited).
 //! - Pure: no I/O, no clock; the caller brings the viewer's groups.
 
 use proto::api::JobView;
-use proto::{GroupName, JobId, PrincipalId, Role, Visibility};
+use proto::{GroupName, JobId, LeaseEnd, PersonLeaseId, PrincipalId, Role, Visibility};
 use std::collections::BTreeSet;
 use std::fmt;
 
@@ -117,9 +120,65 @@ pub fn may_cancel(job: &JobView, viewer: &Viewer) -> Result<(), Denied> {
     }
 }
 
+/// Why a viewer may not use a person's lease.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("lease {lease} is held by {holder}; only its holder or an admin may see, renew or release it")]
+pub struct LeaseDenied {
+    pub lease: PersonLeaseId,
+    pub holder: String,
+}
+
+/// Whether `viewer` may see, renew or release lease `lease` held by principal `holder`
+/// (named `holder_name`): its holder and admins only; agent tokens never.
+pub fn may_use_lease(
+    lease: PersonLeaseId,
+    holder: PrincipalId,
+    holder_name: &str,
+    viewer: &Viewer,
+) -> Result<(), LeaseDenied> {
+    match viewer.role {
+        Role::Admin => Ok(()),
+        Role::User if viewer.principal == holder => Ok(()),
+        Role::User | Role::Agent => Err(LeaseDenied {
+            lease,
+            holder: holder_name.to_owned(),
+        }),
+    }
+}
+
+/// How a lease that `viewer` ends has ended: released by its holder, or ended by an admin.
+pub fn lease_end(holder: PrincipalId, viewer: &Viewer) -> LeaseEnd {
+    if viewer.principal == holder && viewer.role != Role::Agent {
+        LeaseEnd::Released
+    } else {
+        LeaseEnd::EndedBy(viewer.name.clone())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_holder_and_admins_use_a_lease() {
+        let v = |p: u64, role| Viewer {
+            principal: PrincipalId(p),
+            name: format!("u{p}"),
+            role,
+            groups: BTreeSet::new(),
+        };
+        let l = PersonLeaseId(3);
+        assert!(may_use_lease(l, PrincipalId(1), "u1", &v(1, Role::User)).is_ok());
+        assert!(may_use_lease(l, PrincipalId(1), "u1", &v(9, Role::Admin)).is_ok());
+        let denied = may_use_lease(l, PrincipalId(1), "u1", &v(2, Role::User)).expect_err("other");
+        assert!(denied.to_string().contains("held by u1"), "{denied}");
+        assert!(may_use_lease(l, PrincipalId(1), "u1", &v(1, Role::Agent)).is_err());
+        assert_eq!(lease_end(PrincipalId(1), &v(1, Role::User)), LeaseEnd::Released);
+        assert_eq!(
+            lease_end(PrincipalId(1), &v(9, Role::Admin)),
+            LeaseEnd::EndedBy("u9".into())
+        );
+    }
     use proto::{JobState, Millis};
 
     fn group(name: &str) -> GroupName {

@@ -23,15 +23,21 @@
 //! | `GET /api/v1/devices` | user, admin | [`DeviceView`] list |
 //! | `GET /api/v1/agents` | user, admin | [`AgentView`] list |
 //! | `GET /api/v1/agent/link` | agent | WebSocket of the agent link ([`crate::link`]) |
+//! | `POST /api/v1/leases` | user, admin | [`AcquireLease`] -> [`LeaseView`] (201: waiting with a position, or held) |
+//! | `GET /api/v1/leases?all=BOOL` | user, admin | [`LeaseView`] list (own; admins: everyone's) |
+//! | `GET /api/v1/leases/{id}?wait=SECONDS` | holder, admin | [`LeaseView`] (with `wait`: once it is no longer waiting, or after that long) |
+//! | `POST /api/v1/leases/{id}/renew` | holder, admin | [`RenewLease`] -> [`LeaseView`] |
+//! | `POST /api/v1/leases/{id}/release` | holder, admin | -> [`LeaseView`] (ended) |
 //!
 //! Errors are [`ApiError`] with status 400 (bad input, the field named), 401 (no or bad token),
-//! 403 (wrong role, or another user's private job), 404, 409 (state does not allow it),
-//! 413 (body too large), 429 (a quota of the caller's user is reached: [`ApiError::quota`]
-//! names it, with limit and usage).
+//! 403 (wrong role, or another user's private job or lease), 404, 409 (state does not allow
+//! it), 410 (the lease has ended: renew and release of an ended lease), 413 (body too large),
+//! 429 (a quota of the caller's user is reached: [`ApiError::quota`] names it, with limit and
+//! usage).
 
-use crate::ids::{JobId, Millis, PrincipalId, Seq};
+use crate::ids::{JobId, Millis, PersonLeaseId, PrincipalId, Seq};
 use crate::log::LogRecord;
-use crate::state::{DeviceState, JobState, Role};
+use crate::state::{DeviceState, JobState, LeaseEnd, PersonLeaseState, Role};
 use crate::visibility::{GroupName, Visibility};
 use crate::{JobReport, Outcome};
 use serde::{Deserialize, Serialize};
@@ -290,6 +296,85 @@ pub struct DeviceView {
     /// The job holding it, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<JobId>,
+    /// The person's lease holding it, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<PersonLeaseId>,
+    /// Who holds it: `job N`, or the name of the user holding it by a lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
+}
+
+/// Longest `wait` of `GET /api/v1/leases/{id}`, in seconds.
+pub const MAX_LEASE_WAIT_S: u64 = 60;
+
+/// `POST /api/v1/leases`: hold a device. Exactly one of `device` or `device_type` (with
+/// optional `tags`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AcquireLease {
+    /// This device, by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// Any device of this type ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_type: Option<String>,
+    /// ... with all these tags.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// How long the grant (and each renewal) holds the device, in seconds (default: the
+    /// controller's, 30 minutes); at most the cap of the caller's role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_s: Option<u64>,
+    /// 0 ..= 100, like a job's (default 50).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u8>,
+}
+
+/// `POST /api/v1/leases/{id}/renew`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RenewLease {
+    /// The deadline becomes now + this many seconds (default: the lease's duration), but
+    /// never later than its cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_s: Option<u64>,
+}
+
+/// A person's lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LeaseView {
+    pub id: PersonLeaseId,
+    /// The user holding it (or waiting for it).
+    pub holder: String,
+    pub holder_id: PrincipalId,
+    pub state: PersonLeaseState,
+    /// What was asked for: a device by name, or a device type and tags.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub want_device: Option<String>,
+    pub device_type: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    pub priority: u8,
+    /// Seconds each grant or renewal holds the device.
+    pub duration_s: u64,
+    /// 0-based place among everything waiting (jobs too), while waiting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<usize>,
+    /// The device it holds (held), or held last (ended).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    pub requested_at: Millis,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub granted_at: Option<Millis>,
+    /// Its deadline: it ends then unless renewed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Millis>,
+    /// The latest deadline renewals can reach.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cap_at: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<Millis>,
+    /// How it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<LeaseEnd>,
 }
 
 /// Whether an agent is connected.

@@ -4,6 +4,7 @@
 //! the events; a failed commit stops the dispatcher (crash-only).
 
 use super::*;
+use scheduler::Holder;
 
 impl Dispatcher {
     /// Commits `events` with new job rows and reports, then runs their effects.
@@ -15,9 +16,16 @@ impl Dispatcher {
         new_job: Option<&JobRow>,
         from_agent: Option<LeaseId>,
     ) -> Result<(), ControllerError> {
+        // Renewals of job leases are soft state; a person's renewal is its deadline.
         let stored: Vec<Event> = events
             .iter()
-            .filter(|e| !matches!(e, Event::LeaseRenewed { .. }))
+            .filter(|e| match e {
+                Event::LeaseRenewed { lease, .. } => self
+                    .sched
+                    .lease(*lease)
+                    .is_some_and(|l| l.holder.person().is_some()),
+                _ => true,
+            })
             .cloned()
             .collect();
         // Jobs the controller ends itself get a synthesized report.
@@ -96,9 +104,21 @@ impl Dispatcher {
                 | Event::JobStarted { job, .. }
                 | Event::JobRequeued { job, .. } => self.publish(*job),
                 Event::LeaseGranted {
+                    holder: Holder::Person(p),
+                    device,
+                    ..
+                } => {
+                    tracing::info!("lease {} of {}: holds device {device}", p.lease, p.name);
+                    self.lease_changed(p.lease);
+                }
+                Event::PersonLeaseEnded { person, end, .. } => {
+                    tracing::info!("lease {person}: {end}");
+                    self.lease_changed(*person);
+                }
+                Event::LeaseGranted {
                     lease,
                     epoch,
-                    job,
+                    holder: Holder::Job(job),
                     device,
                     ..
                 } => {
@@ -180,6 +200,7 @@ impl Dispatcher {
                 Event::AgentConnected { .. }
                 | Event::AgentDisconnected { .. }
                 | Event::LeaseRenewed { .. }
+                | Event::PersonLeaseRequested { .. }
                 | Event::DeviceReady { .. } => {}
             }
         }

@@ -8,8 +8,11 @@
 //!   before any effect: before the requester gets its answer, before an agent is told to start
 //!   or cancel, before followers see it. If a commit fails, the requester gets an error and the
 //!   dispatcher stops (crash-only): a restarted controller replays the database.
-//! - Lease renewals are soft state and are not stored: a restarted controller renews every
-//!   live lease ([`scheduler::Scheduler::restarted`]).
+//! - Renewals of job leases are soft state and are not stored: a restarted controller renews
+//!   every live job lease ([`scheduler::Scheduler::restarted`]). Renewals of people's leases
+//!   are stored: they are the lease's deadline, which a restart must neither extend nor lose.
+//! - Whether a request may see, renew or release a person's lease is decided by
+//!   [`policy::may_use_lease`] only ([`person_leases`]).
 //! - Every finished job has a stored report and `last_seq`, the sequence number of its final
 //!   log record (a note written by the controller), so followers know when they have it all.
 //! - Only live leases are in [`Leases`]; log frames for anything else are dropped.
@@ -29,13 +32,14 @@ use crate::policy::{self, Viewer};
 use crate::queue_quota::{self, QueueQuota, QueueUsage};
 use crate::store::{Change, JobRow, Store};
 use crate::{ControllerError, now};
-use proto::api::{AgentState, AgentView, DeviceView, JobView, QuotaExceeded};
+use proto::api::{AgentState, AgentView, DeviceView, JobView, LeaseView, QuotaExceeded};
 use proto::link::{
     AgentMessage, ControllerMessage, DeviceInfo, HeldLease, LogCursor, PROTOCOL_VERSION,
 };
 use proto::log::LogKind;
 use proto::{
-    Epoch, JobId, JobReport, JobState, LeaseId, Millis, PrincipalId, Role, Seq, Visibility,
+    Epoch, JobId, JobReport, JobState, LeaseId, Millis, PersonLeaseId, PrincipalId, Role, Seq,
+    Visibility,
 };
 use scheduler::{Config as SchedulerConfig, Event, JobSpec, Refusal, Scheduler};
 use std::collections::BTreeMap;
@@ -51,9 +55,11 @@ mod agents;
 mod commands;
 mod effects;
 mod leases;
+mod person_leases;
 mod views;
 
 pub use leases::{LeaseInfo, Leases};
+pub use person_leases::{LeaseRequest, PersonLeaseConfig};
 
 /// Why a request was not done; becomes an HTTP status.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +71,8 @@ pub enum Failure {
         known_device_types: Vec<String>,
     },
     Conflict(String),
+    /// The lease has ended (410).
+    Gone(String),
     Unavailable(String),
     /// A per-user quota refused the job (429).
     OverQuota {
@@ -145,6 +153,36 @@ pub enum Command {
         conn: ConnId,
         agent: String,
     },
+    /// A person asks for a device.
+    AcquireLease {
+        request: LeaseRequest,
+        reply: oneshot::Sender<Result<LeaseView, Failure>>,
+    },
+    /// One person's lease; with `wait`, answered once it no longer waits (or the caller
+    /// gives up: the API times out).
+    Lease {
+        lease: PersonLeaseId,
+        viewer: Viewer,
+        wait: bool,
+        reply: oneshot::Sender<Result<LeaseView, Failure>>,
+    },
+    /// People's leases `viewer` may see (not ended unless `all`).
+    PersonLeases {
+        viewer: Viewer,
+        all: bool,
+        reply: oneshot::Sender<Vec<LeaseView>>,
+    },
+    RenewLease {
+        lease: PersonLeaseId,
+        viewer: Viewer,
+        ttl: Option<Duration>,
+        reply: oneshot::Sender<Result<LeaseView, Failure>>,
+    },
+    ReleaseLease {
+        lease: PersonLeaseId,
+        viewer: Viewer,
+        reply: oneshot::Sender<Result<LeaseView, Failure>>,
+    },
     /// Whether the current link of `agent`, opened with token `token_id`, holds the live lease
     /// of `job` (an agent fetches a job's artifacts only then).
     HoldsJob {
@@ -181,6 +219,7 @@ pub struct DispatchConfig {
     pub scheduler: SchedulerConfig,
     pub heartbeat: Duration,
     pub quota: QueueQuota,
+    pub person_leases: PersonLeaseConfig,
 }
 
 pub struct Dispatcher {
@@ -197,6 +236,10 @@ pub struct Dispatcher {
     agents: BTreeMap<String, AgentLink>,
     /// What each user holds in the queue (quotas).
     usage: QueueUsage,
+    /// The id of the next person's lease.
+    next_person_lease: u64,
+    /// Requests waiting for a person's lease to stop waiting (`GET ...?wait=`).
+    lease_waits: BTreeMap<PersonLeaseId, Vec<oneshot::Sender<Result<LeaseView, Failure>>>>,
     /// Set when a commit failed: the dispatcher stops after the current command.
     fatal: Option<String>,
 }
@@ -244,6 +287,7 @@ impl Dispatcher {
                 },
             );
         }
+        let next_person_lease = sched.person_leases().last().map_or(1, |(id, _)| id.0 + 1);
         let mut d = Dispatcher {
             config,
             sched,
@@ -257,17 +301,21 @@ impl Dispatcher {
             jobs,
             agents: BTreeMap::new(),
             usage,
+            next_person_lease,
+            lease_waits: BTreeMap::new(),
             fatal: None,
         };
         for lease in d.sched.leases() {
-            d.leases.insert(
-                lease.id,
-                LeaseInfo {
-                    job: lease.job,
-                    epoch: lease.epoch,
-                    conn: None,
-                },
-            );
+            if let Some(job) = lease.job() {
+                d.leases.insert(
+                    lease.id,
+                    LeaseInfo {
+                        job,
+                        epoch: lease.epoch,
+                        conn: None,
+                    },
+                );
+            }
         }
         let events = d.sched.restarted(now());
         d.commit(events, Vec::new(), None, None).await?;
@@ -352,6 +400,36 @@ impl Dispatcher {
                 let _ = reply.send(self.holds_job(job, &agent, &token_id));
             }
             Command::Gone { conn, agent } => self.gone(conn, &agent).await,
+            Command::AcquireLease { request, reply } => {
+                let answer = self.acquire_lease(request).await;
+                let _ = reply.send(answer);
+            }
+            Command::Lease {
+                lease,
+                viewer,
+                wait,
+                reply,
+            } => self.show_lease(lease, &viewer, wait, reply),
+            Command::PersonLeases { viewer, all, reply } => {
+                let _ = reply.send(self.lease_views(&viewer, all));
+            }
+            Command::RenewLease {
+                lease,
+                viewer,
+                ttl,
+                reply,
+            } => {
+                let answer = self.renew_lease(lease, &viewer, ttl).await;
+                let _ = reply.send(answer);
+            }
+            Command::ReleaseLease {
+                lease,
+                viewer,
+                reply,
+            } => {
+                let answer = self.release_lease(lease, &viewer).await;
+                let _ = reply.send(answer);
+            }
         }
         Ok(())
     }

@@ -92,7 +92,18 @@ impl Dispatcher {
                 capabilities: d.info.capabilities.clone(),
                 state: d.state,
                 agent: d.agent.clone(),
-                job: d.lease.and_then(|l| self.sched.lease(l)).map(|l| l.job),
+                job: d.lease.and_then(|l| self.sched.lease(l)).and_then(|l| l.job()),
+                lease: d
+                    .lease
+                    .and_then(|l| self.sched.lease(l))
+                    .and_then(|l| l.holder.person().map(|p| p.lease)),
+                holder: d
+                    .lease
+                    .and_then(|l| self.sched.lease(l))
+                    .map(|l| match &l.holder {
+                        scheduler::Holder::Job(job) => format!("job {job}"),
+                        scheduler::Holder::Person(p) => p.name.clone(),
+                    }),
             })
             .collect()
     }
