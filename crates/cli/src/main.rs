@@ -74,6 +74,11 @@ enum Command {
         #[command(subcommand)]
         command: remote::UserCommand,
     },
+    /// Hold a device for yourself: acquire, list, show, renew, release, shell.
+    Lease {
+        #[command(subcommand)]
+        command: remote::LeaseCommand,
+    },
     /// Devices of the lab.
     Device {
         #[command(subcommand)]
@@ -190,6 +195,7 @@ fn main() {
         Command::Token { command } => remote::token(command),
         Command::User { command } => remote::user(command),
         Command::Device { command } => remote::device(command),
+        Command::Lease { command } => remote::lease(command),
         Command::Agent {
             command: Some(AgentCommand::Remote(command)),
             ..

@@ -9,9 +9,11 @@
 //! - A token is printed only by `token create`, alone on stdout, and never in an error.
 
 mod jobs;
+mod leases;
 mod uploads;
 
 pub use jobs::{JobCommand, job};
+pub use leases::{LeaseCommand, lease};
 
 use crate::exit::{self, Exit};
 use crate::settings::{self, Settings, SettingsFile};
@@ -115,7 +117,7 @@ pub enum UserCommand {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum DeviceCommand {
-    /// List devices: name, type, tags, state, agent, job.
+    /// List devices: name, type, tags, state, agent, holder (`job N` or a user's name).
     #[command(after_help = exit::HELP)]
     List {
         /// Print JSON instead of a table.
@@ -395,7 +397,7 @@ pub fn device(command: DeviceCommand) -> i32 {
                 if json {
                     print_json(&devices);
                 } else {
-                    let mut t = Table::new(&["NAME", "TYPE", "TAGS", "STATE", "AGENT", "JOB"]);
+                    let mut t = Table::new(&["NAME", "TYPE", "TAGS", "STATE", "AGENT", "HOLDER"]);
                     for d in &devices {
                         t.row(vec![
                             d.name.clone(),
@@ -403,7 +405,7 @@ pub fn device(command: DeviceCommand) -> i32 {
                             d.tags.join(","),
                             d.state.to_string(),
                             d.agent.clone(),
-                            d.job.map(|j| j.to_string()).unwrap_or_default(),
+                            d.holder.clone().unwrap_or_default(),
                         ]);
                     }
                     print!("{}", t.render());

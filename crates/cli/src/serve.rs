@@ -17,9 +17,18 @@ pub struct ServeArgs {
     /// Database URL (`postgres://...`); default: SQLite in the data directory.
     #[arg(long, value_name = "URL", env = "DUTLAB_DATABASE")]
     database: Option<String>,
-    /// How long a lease lives without a heartbeat from its agent.
+    /// How long a job's lease lives without a heartbeat from its agent.
     #[arg(long, value_name = "DURATION", value_parser = duration, default_value = "60s")]
     lease_ttl: Duration,
+    /// How long a person's lease holds its device when the request names no duration.
+    #[arg(long, value_name = "DURATION", value_parser = duration, default_value = "30m")]
+    lease_duration: Duration,
+    /// How long after its grant renewals may keep a user's lease.
+    #[arg(long, value_name = "DURATION", value_parser = duration, default_value = "8h")]
+    lease_cap_user: Duration,
+    /// How long after its grant renewals may keep an admin's lease.
+    #[arg(long, value_name = "DURATION", value_parser = duration, default_value = "24h")]
+    lease_cap_admin: Duration,
     /// How long a job waits for its agent to reconnect after the link closed.
     #[arg(long, value_name = "DURATION", value_parser = duration, default_value = "10s")]
     disconnect_grace: Duration,
@@ -152,6 +161,11 @@ fn serve_inner(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = controller::Config::new(args.listen, data_dir);
     config.database = args.database;
     config.lease_ttl = args.lease_ttl;
+    config.person_leases = controller::dispatcher::PersonLeaseConfig {
+        default_ttl: args.lease_duration,
+        user_cap: args.lease_cap_user,
+        admin_cap: args.lease_cap_admin,
+    };
     config.disconnect_grace = args.disconnect_grace;
     config.heartbeat = args.heartbeat;
     config.limits = controller::listener::Limits {

@@ -26,10 +26,10 @@ pub use error::{Cause, ClientError};
 pub use follow::{Follow, FollowCursor};
 
 use proto::api::{
-    AgentView, ApiError, CreateToken, CreatedToken, DeviceView, JobResults, JobView, LogPage,
-    SubmitJob, TokenView, UserView, WhoAmI,
+    AcquireLease, AgentView, ApiError, CreateToken, CreatedToken, DeviceView, JobResults, JobView,
+    LeaseView, LogPage, RenewLease, SubmitJob, TokenView, UserView, WhoAmI,
 };
-use proto::{JobId, JobState, Seq};
+use proto::{JobId, JobState, PersonLeaseId, Seq};
 use reqwest::header::{AUTHORIZATION, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 use serde::Serialize;
@@ -255,6 +255,54 @@ impl Client {
     /// `GET /api/v1/agents`.
     pub async fn agents(&self) -> Result<Vec<AgentView>, ClientError> {
         self.get(&["agents"], &[]).await
+    }
+
+    /// `POST /api/v1/leases`: the lease, held or waiting with its queue position.
+    pub async fn acquire_lease(&self, request: &AcquireLease) -> Result<LeaseView, ClientError> {
+        self.send(Method::POST, &["leases"], request).await
+    }
+
+    /// `GET /api/v1/leases`: this user's leases (admins: everyone's); ended ones with `all`.
+    pub async fn leases(&self, all: bool) -> Result<Vec<LeaseView>, ClientError> {
+        self.get(&["leases"], &[("all", all.to_string())]).await
+    }
+
+    /// `GET /api/v1/leases/{id}`.
+    pub async fn lease(&self, id: PersonLeaseId) -> Result<LeaseView, ClientError> {
+        self.get(&["leases", &id.to_string()], &[]).await
+    }
+
+    /// `GET /api/v1/leases/{id}?wait=N`: answered as soon as the lease no longer waits, or
+    /// after `wait` (capped below the read timeout) with the lease still waiting.
+    pub async fn wait_lease(
+        &self,
+        id: PersonLeaseId,
+        wait: Duration,
+    ) -> Result<LeaseView, ClientError> {
+        let secs = wait
+            .as_secs()
+            .clamp(1, READ_TIMEOUT.as_secs().saturating_sub(5));
+        self.get(&["leases", &id.to_string()], &[("wait", secs.to_string())])
+            .await
+    }
+
+    /// `POST /api/v1/leases/{id}/renew`. An ended lease is 410.
+    pub async fn renew_lease(
+        &self,
+        id: PersonLeaseId,
+        duration: Option<Duration>,
+    ) -> Result<LeaseView, ClientError> {
+        let body = RenewLease {
+            duration_s: duration.map(|d| d.as_secs().max(1)),
+        };
+        self.send(Method::POST, &["leases", &id.to_string(), "renew"], &body)
+            .await
+    }
+
+    /// `POST /api/v1/leases/{id}/release`. An ended lease is 410.
+    pub async fn release_lease(&self, id: PersonLeaseId) -> Result<LeaseView, ClientError> {
+        self.empty(Method::POST, &["leases", &id.to_string(), "release"])
+            .await
     }
 
     /// The URL of a route: the base URL's path, then `segments`, each percent-encoded.

@@ -13,15 +13,15 @@
 //! - `wait` holds a request at most [`MAX_LEASE_WAIT_S`] seconds; the dispatcher answers it
 //!   at the commit that grants or ends the lease.
 
+use crate::AppState;
 use crate::api::{ApiFailure, ApiResult, PEOPLE, ask, viewer};
 use crate::auth::Caller;
 use crate::dispatcher::{Command, LeaseRequest};
-use crate::AppState;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use proto::api::{AcquireLease, ApiError, LeaseView, MAX_LEASE_WAIT_S, RenewLease};
 use proto::PersonLeaseId;
+use proto::api::{AcquireLease, ApiError, LeaseView, MAX_LEASE_WAIT_S, RenewLease};
 use scheduler::Want;
 use serde::Deserialize;
 use std::time::Duration;
@@ -49,8 +49,7 @@ fn want(body: &AcquireLease) -> ApiResult<Want> {
             if device_type.is_empty() {
                 return Err(bad("device_type: must not be empty".into()));
             }
-            proto::names::check_label(device_type)
-                .map_err(|e| bad(format!("device_type: {e}")))?;
+            proto::names::check_label(device_type).map_err(|e| bad(format!("device_type: {e}")))?;
             if body.tags.len() > MAX_TAGS {
                 return Err(bad(format!("tags: at most {MAX_TAGS}")));
             }

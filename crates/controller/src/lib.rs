@@ -180,7 +180,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/leases/{id}", get(lease_api::get_lease))
         .route("/api/v1/leases/{id}/renew", post(lease_api::renew_lease))
-        .route("/api/v1/leases/{id}/release", post(lease_api::release_lease))
+        .route(
+            "/api/v1/leases/{id}/release",
+            post(lease_api::release_lease),
+        )
         .route("/api/v1/devices", get(api::devices))
         .route("/api/v1/agents", get(api::agents))
         .route(proto::link::LINK_PATH, get(link::link))

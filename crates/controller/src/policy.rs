@@ -122,7 +122,9 @@ pub fn may_cancel(job: &JobView, viewer: &Viewer) -> Result<(), Denied> {
 
 /// Why a viewer may not use a person's lease.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("lease {lease} is held by {holder}; only its holder or an admin may see, renew or release it")]
+#[error(
+    "lease {lease} is held by {holder}; only its holder or an admin may see, renew or release it"
+)]
 pub struct LeaseDenied {
     pub lease: PersonLeaseId,
     pub holder: String,
@@ -173,7 +175,10 @@ mod tests {
         let denied = may_use_lease(l, PrincipalId(1), "u1", &v(2, Role::User)).expect_err("other");
         assert!(denied.to_string().contains("held by u1"), "{denied}");
         assert!(may_use_lease(l, PrincipalId(1), "u1", &v(1, Role::Agent)).is_err());
-        assert_eq!(lease_end(PrincipalId(1), &v(1, Role::User)), LeaseEnd::Released);
+        assert_eq!(
+            lease_end(PrincipalId(1), &v(1, Role::User)),
+            LeaseEnd::Released
+        );
         assert_eq!(
             lease_end(PrincipalId(1), &v(9, Role::Admin)),
             LeaseEnd::EndedBy("u9".into())

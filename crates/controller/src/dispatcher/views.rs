@@ -92,7 +92,10 @@ impl Dispatcher {
                 capabilities: d.info.capabilities.clone(),
                 state: d.state,
                 agent: d.agent.clone(),
-                job: d.lease.and_then(|l| self.sched.lease(l)).and_then(|l| l.job()),
+                job: d
+                    .lease
+                    .and_then(|l| self.sched.lease(l))
+                    .and_then(|l| l.job()),
                 lease: d
                     .lease
                     .and_then(|l| self.sched.lease(l))
