@@ -322,23 +322,33 @@ impl Lab {
         Ok(out)
     }
 
-    /// One raw HTTP/1.1 request with a bearer token (`None`: no Authorization header);
-    /// answers (status, body).
+    /// One raw HTTP/1.1 request with a bearer token; answers (status, body).
     pub fn http(
         &self,
         method: &str,
         path: &str,
-        token: Option<&str>,
+        token: &str,
         body: &[u8],
+    ) -> Result<(u16, Vec<u8>)> {
+        self.http_declaring(method, path, token, body, body.len())
+    }
+
+    /// A request whose `Content-Length` says `declared` bytes (the body may be shorter: a
+    /// server that refuses by the header answers without reading it).
+    pub fn http_declaring(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: &[u8],
+        declared: usize,
     ) -> Result<(u16, Vec<u8>)> {
         let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
         stream.set_read_timeout(Some(START_LIMIT))?;
-        let auth = token.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
         write!(
             stream,
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Length: {}\r\n\
-             Connection: close\r\n\r\n",
-            body.len()
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\
+             Content-Length: {declared}\r\nConnection: close\r\n\r\n",
         )?;
         stream.write_all(body)?;
         let mut answer = Vec::new();
