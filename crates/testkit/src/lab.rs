@@ -107,8 +107,10 @@ impl Lab {
     }
 
     /// The running controller process.
-    pub fn controller(&self) -> Option<&Spawned> {
-        self.controller.as_ref()
+    pub fn controller(&self) -> Result<&Spawned> {
+        self.controller
+            .as_ref()
+            .context("the controller is not running")
     }
 
     pub fn sandbox(&self) -> &Sandbox {
