@@ -153,7 +153,8 @@ impl Lab {
     pub fn json_as(&self, token: &str, args: &[&str]) -> Result<Value> {
         let done = self.cli_as(token, args)?;
         expect_code(&done, 0)?;
-        serde_json::from_str(&done.stdout).with_context(|| format!("not JSON: {}", done.stdout))
+        serde_json::from_str(&done.stdout)
+            .with_context(|| format!("{args:?}: not JSON: {} {}", done.stdout, done.stderr))
     }
 
     /// [`Lab::json_as`] as the admin.
