@@ -113,10 +113,10 @@ impl Dispatcher {
     ) -> Result<LeaseView, Failure> {
         let id = PersonLeaseId(self.next_person_lease);
         let cap = self.config.person_leases.cap(request.role);
+        // A duration asked for beyond the cap is refused; the default is cut to the cap.
         let ttl = request
             .ttl
-            .unwrap_or(self.config.person_leases.default_ttl)
-            .min(cap);
+            .unwrap_or(self.config.person_leases.default_ttl.min(cap));
         let asked = request.ttl;
         let events = self
             .sched
