@@ -183,6 +183,7 @@ mod tests {
             submitted_at: Millis(0),
             started_at: None,
             finished_at: None,
+            position: None,
             warnings: vec![],
         };
         view.job(&job).expect("write");

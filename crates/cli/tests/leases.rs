@@ -224,7 +224,11 @@ fn a_queued_job_waits_while_a_lease_holds_the_only_device_and_runs_after_release
     )?;
     let job = lab.submit(&job)?;
     // The job is queued behind the held device: the scheduler does not give it away.
-    ensure!(lab.job(job)?["state"] == "queued");
+    let queued = lab.job(job)?;
+    ensure!(
+        queued["state"] == "queued" && queued["position"] == 0,
+        "{queued}"
+    );
     ensure!(device(&lab, &dev)?["holder"] == "alice");
     lab.json_as(&alice, &["lease", "release", &id.to_string(), "--json"])?;
     let done = lab.wait_state(job, "finished", JOB_LIMIT)?;

@@ -387,6 +387,7 @@ mod tests {
             submitted_at: Millis(1),
             started_at: None,
             finished_at: None,
+            position: None,
             warnings: vec![],
         }
     }

@@ -112,6 +112,7 @@ fn job_view(state: JobState, outcome: Option<Outcome>) -> JobView {
         submitted_at: Millis(1_000),
         started_at: None,
         finished_at: None,
+        position: None,
         warnings: vec![],
     }
 }

@@ -207,6 +207,7 @@ mod tests {
             submitted_at: Millis(0),
             started_at: None,
             finished_at: None,
+            position: None,
             warnings: Vec::new(),
         }
     }

@@ -248,6 +248,9 @@ pub struct JobView {
     /// Warnings found when the job file was parsed (unknown keys ...).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// 0-based place among everything waiting (jobs and people's leases), while queued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<usize>,
 }
 
 /// A page of a job's log.

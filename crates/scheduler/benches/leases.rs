@@ -73,7 +73,12 @@ fn main() {
         id += 1;
         let now = 1 + round as u64;
         let start = Instant::now();
-        request(&mut s, id, Want::Device(format!("q{:03}", round % 100)), now);
+        request(
+            &mut s,
+            id,
+            Want::Device(format!("q{:03}", round % 100)),
+            now,
+        );
         s.end_person_lease(PersonLeaseId(id), LeaseEnd::Released, Millis(now))
             .expect("released");
         samples.push(start.elapsed());

@@ -585,6 +585,7 @@ mod tests {
             submitted_at: Millis(1_000_000),
             started_at: Some(Millis(1_005_000)),
             finished_at: None,
+            position: None,
             warnings: vec!["job.yaml: foo: unknown key".into()],
         }
     }

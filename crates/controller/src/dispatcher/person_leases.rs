@@ -84,6 +84,20 @@ impl Dispatcher {
         })
     }
 
+    /// Ends every lease whose deadline has passed before a request looks at one, so a call
+    /// that arrives after a deadline but before the deadline loop ran finds it ended (410),
+    /// never renewable.
+    async fn expire_due(&mut self) -> Result<(), Failure> {
+        let now = now();
+        if self.sched.next_deadline().is_some_and(|d| d <= now) {
+            let events = self.sched.tick(now);
+            self.commit(events, Vec::new(), None, None)
+                .await
+                .map_err(|e| Failure::Unavailable(e.to_string()))?;
+        }
+        Ok(())
+    }
+
     /// The view of a lease `viewer` may use, or why not.
     fn usable_lease(&self, id: PersonLeaseId, viewer: &Viewer) -> Result<LeaseView, Failure> {
         let view = self
@@ -202,6 +216,7 @@ impl Dispatcher {
         viewer: &Viewer,
         ttl: Option<Duration>,
     ) -> Result<LeaseView, Failure> {
+        self.expire_due().await?;
         let view = self.usable_lease(id, viewer)?;
         if view.state == PersonLeaseState::Ended {
             return Err(Self::ended(&view));
@@ -222,6 +237,7 @@ impl Dispatcher {
         id: PersonLeaseId,
         viewer: &Viewer,
     ) -> Result<LeaseView, Failure> {
+        self.expire_due().await?;
         let view = self.usable_lease(id, viewer)?;
         if view.state == PersonLeaseState::Ended {
             return Err(Self::ended(&view));

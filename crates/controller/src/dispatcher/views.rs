@@ -25,6 +25,7 @@ impl Dispatcher {
             started_at: entry.started,
             finished_at: entry.finished,
             warnings: meta.warnings.clone(),
+            position: self.sched.queue_position(job),
         })
     }
 
