@@ -72,6 +72,8 @@
 mod error;
 mod event;
 mod lease_ids;
+mod person_leases;
+mod queries;
 mod schedule;
 mod state;
 
