@@ -20,14 +20,18 @@
 //! - A new viewer replays at most what the ring holds ([`ConsoleHub::subscribe_with_history`]).
 //! - Reads through [`tokio::io::AsyncRead`] are cancel-safe: a dropped read loses no byte.
 //! - When the console ends (end of stream, read error, or the hub dropped), viewers read what
-//!   is left and then end of stream; dropping the hub stops the task.
+//!   is left and then end of stream; dropping the hub stops its tasks.
+//! - Input has one writer task too: every [`ConsoleInput`] (a job's shell, later an
+//!   interactive viewer allowed to type) queues whole writes on one bounded queue, so writes
+//!   never interleave inside one `write` call and a stuck device only blocks its writers.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
-use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 /// Default bytes of history a console keeps (what a late viewer can replay, and how far a
@@ -35,6 +39,8 @@ use tokio::task::JoinHandle;
 pub const DEFAULT_HISTORY: usize = 1 << 20;
 /// Bytes read from the device per read call.
 const READ_CHUNK: usize = 16 << 10;
+/// Writes queued for the device before writers wait.
+const INPUT_QUEUE: usize = 64;
 
 /// Receives every console byte as it is read. Called on the pump task: it must not block.
 pub type Recorder = Box<dyn FnMut(&[u8]) + Send>;
@@ -110,6 +116,8 @@ impl Shared {
 pub struct ConsoleHub {
     shared: Arc<Shared>,
     task: JoinHandle<()>,
+    input: mpsc::Sender<Vec<u8>>,
+    input_task: JoinHandle<()>,
 }
 
 impl std::fmt::Debug for ConsoleHub {
@@ -123,19 +131,37 @@ impl std::fmt::Debug for ConsoleHub {
 }
 
 impl ConsoleHub {
-    /// Starts the pump over `reader` with [`DEFAULT_HISTORY`].
-    pub fn spawn<R>(reader: R, recorder: Recorder) -> ConsoleHub
+    /// Starts the pump over `reader` and the input task over `writer`, with
+    /// [`DEFAULT_HISTORY`].
+    pub fn spawn<R, W>(reader: R, writer: W, recorder: Recorder) -> ConsoleHub
     where
         R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
     {
-        ConsoleHub::with_history(reader, recorder, DEFAULT_HISTORY)
+        ConsoleHub::with_history(reader, writer, recorder, DEFAULT_HISTORY)
     }
 
-    /// Starts the pump over `reader`, keeping `history` bytes (at least 1).
-    pub fn with_history<R>(mut reader: R, mut recorder: Recorder, history: usize) -> ConsoleHub
+    /// Starts the pump over `reader` (keeping `history` bytes, at least 1) and the input task
+    /// over `writer`.
+    pub fn with_history<R, W>(
+        mut reader: R,
+        mut writer: W,
+        mut recorder: Recorder,
+        history: usize,
+    ) -> ConsoleHub
     where
         R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
     {
+        let (input, mut queued) = mpsc::channel::<Vec<u8>>(INPUT_QUEUE);
+        let input_task = tokio::spawn(async move {
+            while let Some(bytes) = queued.recv().await {
+                // A failed write ends input: dropping the queue fails every later write.
+                if writer.write_all(&bytes).await.is_err() || writer.flush().await.is_err() {
+                    break;
+                }
+            }
+        });
         let capacity = history.max(1);
         let shared = Arc::new(Shared {
             ring: Mutex::new(Ring {
@@ -165,7 +191,20 @@ impl ConsoleHub {
             ring.end = end;
             ring.wake_all();
         });
-        ConsoleHub { shared, task }
+        ConsoleHub {
+            shared,
+            task,
+            input,
+            input_task,
+        }
+    }
+
+    /// A handle that types on the console.
+    pub fn input(&self) -> ConsoleInput {
+        ConsoleInput {
+            sender: self.input.clone(),
+            reserving: None,
+        }
     }
 
     /// A viewer that reads from now on (no history).
@@ -201,6 +240,11 @@ impl ConsoleHub {
         }
     }
 
+    /// Waits until the pump has read the console to its end (the device closed it).
+    pub async fn closed(&mut self) {
+        let _ = (&mut self.task).await;
+    }
+
     /// Bytes read from the device so far.
     pub fn written(&self) -> u64 {
         self.shared.lock().written
@@ -215,6 +259,7 @@ impl ConsoleHub {
 impl Drop for ConsoleHub {
     fn drop(&mut self) {
         self.task.abort();
+        self.input_task.abort();
         let mut ring = self.shared.lock();
         if ring.end == ConsoleEnd::Open {
             ring.end = ConsoleEnd::Closed;
@@ -306,6 +351,72 @@ impl Drop for Viewer {
     }
 }
 
+type Reserving = Pin<
+    Box<dyn Future<Output = Result<mpsc::OwnedPermit<Vec<u8>>, mpsc::error::SendError<()>>> + Send>,
+>;
+
+/// Types on a console: each `write` is queued whole for the console's input task. Flushing
+/// returns once queued; the bytes reach the device in queue order.
+pub struct ConsoleInput {
+    sender: mpsc::Sender<Vec<u8>>,
+    reserving: Option<Reserving>,
+}
+
+impl Clone for ConsoleInput {
+    fn clone(&self) -> Self {
+        ConsoleInput {
+            sender: self.sender.clone(),
+            reserving: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for ConsoleInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsoleInput")
+            .field("closed", &self.sender.is_closed())
+            .finish()
+    }
+}
+
+impl AsyncWrite for ConsoleInput {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let sender = this.sender.clone();
+        let reserving = this
+            .reserving
+            .get_or_insert_with(|| Box::pin(sender.reserve_owned()));
+        match reserving.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(result) => {
+                this.reserving = None;
+                match result {
+                    Ok(permit) => {
+                        permit.send(buf.to_vec());
+                        Poll::Ready(Ok(buf.len()))
+                    }
+                    Err(_) => Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "the console is closed",
+                    ))),
+                }
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -338,7 +449,7 @@ mod tests {
     async fn a_viewer_that_never_reads_blocks_neither_the_device_nor_others() {
         let (mut device, console) = tokio::io::duplex(1024);
         let (recorder, recorded) = counting_recorder();
-        let hub = ConsoleHub::with_history(console, recorder, 4096);
+        let hub = ConsoleHub::with_history(console, tokio::io::sink(), recorder, 4096);
         let stuck = hub.subscribe_from_start();
         let mut live = hub.subscribe_from_start();
         let total: usize = 1 << 20;
@@ -372,7 +483,7 @@ mod tests {
     async fn a_late_viewer_replays_bounded_history_then_reads_live() {
         let (mut device, console) = tokio::io::duplex(1024);
         let (recorder, _) = counting_recorder();
-        let hub = ConsoleHub::with_history(console, recorder, 100);
+        let hub = ConsoleHub::with_history(console, tokio::io::sink(), recorder, 100);
         device.write_all(&[b'a'; 300]).await.unwrap();
         while hub.written() < 300 {
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -399,7 +510,7 @@ mod tests {
     async fn viewers_read_through_async_read_and_end_when_the_hub_goes() {
         let (mut device, console) = tokio::io::duplex(64);
         let (recorder, _) = counting_recorder();
-        let hub = ConsoleHub::spawn(console, recorder);
+        let hub = ConsoleHub::spawn(console, tokio::io::sink(), recorder);
         let mut viewer = hub.subscribe();
         device.write_all(b"hello").await.unwrap();
         let mut buf = [0u8; 5];
@@ -423,6 +534,7 @@ mod tests {
         let count = counted.clone();
         let hub = ConsoleHub::with_history(
             console,
+            tokio::io::sink(),
             Box::new(move |b: &[u8]| {
                 count.fetch_add(b.len() as u64, Ordering::Relaxed);
             }),
@@ -443,5 +555,36 @@ mod tests {
             assert_eq!(bytes, data);
         }
         assert_eq!(counted.load(Ordering::Relaxed), data.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn input_from_several_writers_reaches_the_device_whole_and_in_order() {
+        let (device, console) = tokio::io::duplex(64);
+        let (read, write) = tokio::io::split(console);
+        let (mut device_read, _device_write) = tokio::io::split(device);
+        let (recorder, _) = counting_recorder();
+        let hub = ConsoleHub::spawn(read, write, recorder);
+        let mut first = hub.input();
+        let mut second = hub.input();
+        first.write_all(b"ls /\n").await.unwrap();
+        second.write_all(b"uname -a\n").await.unwrap();
+        first.write_all(&[b'x'; 1000]).await.unwrap();
+        let mut got = vec![0u8; 5 + 9 + 1000];
+        device_read.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got[..14], b"ls /\nuname -a\n");
+        assert!(got[14..].iter().all(|&b| b == b'x'));
+        drop(hub);
+        // The input task goes at its next turn; from then on writes fail.
+        let e = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Err(e) = first.write_all(b"late").await {
+                    return e;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
     }
 }

@@ -11,7 +11,7 @@
 //! - Async traits are used through generics (no trait objects); callers gather rigs in enums.
 
 use crate::DriverError;
-use crate::console::{ConsoleHub, Viewer};
+use crate::console::{ConsoleHub, ConsoleInput, Viewer};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -22,6 +22,8 @@ use std::path::Path;
 pub enum Capability {
     Power,
     Console,
+    /// A shell reached over the console (the console shell adapter): every console has one.
+    Shell,
     Storage,
     Network,
     Video,
@@ -29,9 +31,10 @@ pub enum Capability {
 
 impl Capability {
     /// Every capability, in display order.
-    pub const ALL: [Capability; 5] = [
+    pub const ALL: [Capability; 6] = [
         Capability::Power,
         Capability::Console,
+        Capability::Shell,
         Capability::Storage,
         Capability::Network,
         Capability::Video,
@@ -41,6 +44,7 @@ impl Capability {
         match self {
             Capability::Power => "power",
             Capability::Console => "console",
+            Capability::Shell => "shell",
             Capability::Storage => "storage",
             Capability::Network => "network",
             Capability::Video => "video",
@@ -64,8 +68,10 @@ pub trait Console {
         self.hub().map(|hub| hub.subscribe_with_history(history))
     }
 
-    /// Types `bytes` on the console.
-    fn write(&mut self, bytes: &[u8]) -> impl Future<Output = Result<(), DriverError>> + Send;
+    /// A handle that types on the running console.
+    fn input(&self) -> Option<ConsoleInput> {
+        self.hub().map(ConsoleHub::input)
+    }
 }
 
 /// Writing a whole image to the device's storage.
@@ -147,9 +153,6 @@ impl Console for Absent {
     fn hub(&self) -> Option<&ConsoleHub> {
         match *self {}
     }
-    async fn write(&mut self, _: &[u8]) -> Result<(), DriverError> {
-        match *self {}
-    }
 }
 
 impl Storage for Absent {
@@ -184,13 +187,14 @@ pub trait Rig {
     fn network(&mut self) -> Option<&mut Self::Network>;
     fn video(&mut self) -> Option<&mut Self::Video>;
 
-    /// What the device can do: the capabilities whose driver is there.
+    /// What the device can do: the capabilities whose driver is there (and a shell, which
+    /// the console shell adapter gives every console).
     fn capabilities(&mut self) -> Vec<Capability> {
         let mut present = Vec::new();
         for capability in Capability::ALL {
             let there = match capability {
                 Capability::Power => self.power().is_some(),
-                Capability::Console => self.console().is_some(),
+                Capability::Console | Capability::Shell => self.console().is_some(),
                 Capability::Storage => self.storage().is_some(),
                 Capability::Network => self.network().is_some(),
                 Capability::Video => self.video().is_some(),
@@ -215,9 +219,6 @@ mod tests {
     impl Console for SerialOnly {
         fn hub(&self) -> Option<&ConsoleHub> {
             self.hub.as_ref()
-        }
-        async fn write(&mut self, _: &[u8]) -> Result<(), DriverError> {
-            Ok(())
         }
     }
 
@@ -247,9 +248,13 @@ mod tests {
     #[test]
     fn capabilities_are_the_drivers_a_rig_has() {
         let mut rig = SerialOnly { hub: None };
-        assert_eq!(rig.capabilities(), vec![Capability::Console]);
+        assert_eq!(
+            rig.capabilities(),
+            vec![Capability::Console, Capability::Shell]
+        );
         assert!(rig.subscribe(10).is_none(), "no console pump while off");
+        assert!(rig.input().is_none());
         let names: Vec<String> = Capability::ALL.iter().map(|c| c.to_string()).collect();
-        assert_eq!(names, ["power", "console", "storage", "network", "video"]);
+        assert_eq!(names, ["power", "console", "shell", "storage", "network", "video"]);
     }
 }
