@@ -184,7 +184,7 @@ fn init_config_writes_a_file_that_loads() -> Result<()> {
     ensure!(config.devices.iter().all(|d| d.device_type == "qemu"));
     let rigs = rigs(&config);
     ensure!(rigs.len() == 3);
-    ensure!(rigs[0].capabilities == ["power", "console", "shell"]);
+    ensure!(rigs[0].capabilities == ["power", "console", "shell", "storage", "network"]);
     // No devices is a valid (if idle) agent too.
     let text = init_config("ws://h:1", &token, 0, "idle", &dir.path().join("s"));
     let path = write(dir.path(), "idle.yaml", &text)?;

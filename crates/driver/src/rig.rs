@@ -100,11 +100,7 @@ pub trait Network {
         &self,
         endpoint: Endpoint,
     ) -> impl Future<Output = Result<bool, DriverError>> + Send {
-        async move {
-            Ok(tokio::net::TcpStream::connect(endpoint.host)
-                .await
-                .is_ok())
-        }
+        async move { Ok(tokio::net::TcpStream::connect(endpoint.host).await.is_ok()) }
     }
 }
 
@@ -255,6 +251,9 @@ mod tests {
         assert!(rig.subscribe(10).is_none(), "no console pump while off");
         assert!(rig.input().is_none());
         let names: Vec<String> = Capability::ALL.iter().map(|c| c.to_string()).collect();
-        assert_eq!(names, ["power", "console", "shell", "storage", "network", "video"]);
+        assert_eq!(
+            names,
+            ["power", "console", "shell", "storage", "network", "video"]
+        );
     }
 }

@@ -92,7 +92,8 @@ impl QemuRig {
                 ssh_host_port: free_loopback_port()?,
             },
         };
-        let (vm, console) = Vm::launch(&self.config, &self.boot, run_dir, self.nic, deadline).await?;
+        let (vm, console) =
+            Vm::launch(&self.config, &self.boot, run_dir, self.nic, deadline).await?;
         let (read, write) = console.into_split();
         self.console = Some(ConsoleHub::spawn(read, write, recorder));
         self.vm = Some(vm);

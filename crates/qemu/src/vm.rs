@@ -93,7 +93,9 @@ pub enum Nic {
     None,
     /// User-mode network; guest port [`GUEST_SSH_PORT`] is forwarded from
     /// `127.0.0.1:ssh_host_port`.
-    User { ssh_host_port: u16 },
+    User {
+        ssh_host_port: u16,
+    },
 }
 
 impl Nic {
@@ -710,7 +712,13 @@ mod tests {
     fn the_sandbox_comes_first_and_root_is_dropped_by_version() {
         let config = QemuConfig::default();
         let boot = BootSpec::default();
-        let keep = command_line(&config, &boot, Path::new("/w"), &Privileges::Keep, Nic::None);
+        let keep = command_line(
+            &config,
+            &boot,
+            Path::new("/w"),
+            &Privileges::Keep,
+            Nic::None,
+        );
         assert_eq!(keep[0], "-sandbox");
         assert_eq!(
             keep[1],
@@ -800,7 +808,10 @@ mod tests {
             args[at + 1],
             "user,id=dutlab-net0,hostfwd=tcp:127.0.0.1:40022-:22"
         );
-        assert_eq!(args[at + 2..at + 4], ["-device", "virtio-net-pci,netdev=dutlab-net0"]);
+        assert_eq!(
+            args[at + 2..at + 4],
+            ["-device", "virtio-net-pci,netdev=dutlab-net0"]
+        );
         let none = command_line(
             &QemuConfig::default(),
             &BootSpec::default(),

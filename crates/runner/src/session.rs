@@ -25,11 +25,11 @@
 use crate::overlay::{OVERLAY_DISK_SERIAL, OVERLAY_ROOT, OverlayChannel, PackedOverlay, TestRun};
 use crate::signals::{Signal, read_signal, result_word};
 use crate::{JobEnd, Limit, RunEvent};
+use driver::console::{ConsoleHub, ConsoleInput, Recorder, Viewer};
 use driver::expect::{Expect, ExpectError, LineOr};
 use driver::shell::{Shell, ShellError};
 use proto::TestCase;
 use regex::bytes::Regex;
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc::UnboundedSender;
 
 /// The prompt the runner sets once logged in.
@@ -92,8 +92,17 @@ pub enum ShellSetup {
     Prepared,
 }
 
-/// The console of a booted DUT: the runner's shell adapter over it.
-pub type Console = Shell<OwnedReadHalf, OwnedWriteHalf>;
+/// The console of a booted DUT: the runner's shell adapter over a viewer of its pump.
+pub type Console = Shell<Viewer, ConsoleInput>;
+
+/// The recorder of a DUT's console pump: every byte becomes a [`RunEvent::Console`], from
+/// power-on to power-off, whether or not the job is waiting for output.
+pub fn console_recorder(events: &UnboundedSender<RunEvent>) -> Recorder {
+    let out = events.clone();
+    Box::new(move |b| {
+        let _ = out.send(RunEvent::Console(b.to_vec()));
+    })
+}
 
 pub struct DutShell {
     shell: Console,
@@ -102,19 +111,14 @@ pub struct DutShell {
 }
 
 impl DutShell {
-    pub fn new(console: tokio::net::UnixStream, events: &UnboundedSender<RunEvent>) -> DutShell {
-        let (r, w) = console.into_split();
-        let out = events.clone();
+    /// The job's shell on the console of `hub`, reading from the console's first byte (the
+    /// pump's recorder already logs every byte, so the expect engine shows nothing itself).
+    pub fn new(hub: &ConsoleHub, events: &UnboundedSender<RunEvent>) -> DutShell {
         let input = events.clone();
-        let expect = Expect::new(
-            r,
-            Box::new(move |b| {
-                let _ = out.send(RunEvent::Console(b.to_vec()));
-            }),
-        );
+        let expect = Expect::new(hub.subscribe_from_start(), Box::new(|_| {}));
         let shell = Shell::new(
             expect,
-            w,
+            hub.input(),
             Regex::new(&regex::escape(TEST_PROMPT)).expect("escaped prompt is a valid pattern"),
             Box::new(move |b| {
                 let _ = input.send(RunEvent::Input(b.to_vec()));
