@@ -14,6 +14,8 @@ commands=(
   "qemu-system-x86_64 qemu-system-x86"   # the emulator (TCG)
   "qemu-img qemu-utils"                  # linked-clone overlays, rootfs.qcow2
   "busybox busybox-static"               # the guest userland
+  "dropbear dropbear-bin"                # the guest's SSH server (copied into the image with its libraries)
+  "ssh openssh-client"                   # tests log in to a DUT over its forwarded SSH port
   "mke2fs e2fsprogs"                     # mke2fs -d: the guest rootfs without root mounts
   "git git"                              # test definitions from git repositories
   "cpio cpio"                            # tests inspect the initramfs

@@ -14,8 +14,9 @@
 //! - User-supplied arguments (`image_arg`, `extra_args`) are passed as separate argv entries,
 //!   never through a shell.
 //! - With `network: user` (the default) the DUT has one virtio NIC on QEMU's user-mode network
-//!   (no root, no host interface): the guest is 10.0.2.15 behind QEMU's NAT, and only its SSH
-//!   port is reachable from the host, forwarded from a port on 127.0.0.1 ([`Nic`]).
+//!   (no root, no host interface), `restrict=on`: the guest (10.0.2.15) reaches nothing
+//!   outside, not even the host, and only its SSH port is reachable from the host, forwarded
+//!   from a port on 127.0.0.1 ([`Nic`]).
 //! - QEMU runs under its seccomp sandbox (`-sandbox on`, denying obsolete calls, spawning
 //!   processes, resource control and, unless it must drop root itself, privilege changes); a
 //!   QEMU without seccomp is refused at launch unless the device sets `qemu.sandbox: off`.
@@ -105,7 +106,8 @@ impl Nic {
             Nic::User { ssh_host_port } => vec![
                 "-netdev".into(),
                 format!(
-                    "user,id=dutlab-net0,hostfwd=tcp:127.0.0.1:{ssh_host_port}-:{GUEST_SSH_PORT}"
+                    "user,id=dutlab-net0,restrict=on,\
+                     hostfwd=tcp:127.0.0.1:{ssh_host_port}-:{GUEST_SSH_PORT}"
                 ),
                 "-device".into(),
                 "virtio-net-pci,netdev=dutlab-net0".into(),
@@ -806,7 +808,7 @@ mod tests {
         let at = args.iter().position(|a| a == "-netdev").unwrap();
         assert_eq!(
             args[at + 1],
-            "user,id=dutlab-net0,hostfwd=tcp:127.0.0.1:40022-:22"
+            "user,id=dutlab-net0,restrict=on,hostfwd=tcp:127.0.0.1:40022-:22"
         );
         assert_eq!(
             args[at + 2..at + 4],
