@@ -85,7 +85,9 @@ impl QemuRig {
         recorder: Recorder,
         deadline: Instant,
     ) -> Result<(), QemuError> {
-        self.stop().await;
+        if let Err(e) = self.stop().await {
+            tracing::warn!("QEMU power off before a new launch: {e}");
+        }
         self.nic = match self.config.network {
             NetworkMode::None => Nic::None,
             NetworkMode::User => Nic::User {
@@ -110,16 +112,17 @@ impl QemuRig {
         self.vm.as_mut()
     }
 
-    async fn stop(&mut self) {
-        if let Some(mut vm) = self.vm.take() {
-            if let Err(e) = vm.power_off().await {
-                tracing::warn!("QEMU power off: {e}");
-            }
-        }
+    /// Powers QEMU off (if it runs), lets the pump read the last bytes, drops the console.
+    async fn stop(&mut self) -> Result<(), DriverError> {
+        let result = match self.vm.take() {
+            Some(mut vm) => vm.power_off().await,
+            None => Ok(()),
+        };
         if let Some(mut hub) = self.console.take() {
             let _ = tokio::time::timeout(CONSOLE_DRAIN, hub.closed()).await;
         }
         self.nic = Nic::None;
+        result
     }
 }
 
@@ -144,12 +147,7 @@ impl Power for QemuRig {
     }
 
     async fn power_off(&mut self) -> Result<(), DriverError> {
-        let result = match self.vm.as_mut() {
-            Some(vm) => vm.power_off().await,
-            None => Ok(()),
-        };
-        self.stop().await;
-        result
+        self.stop().await
     }
 
     async fn reset(&mut self) -> Result<(), DriverError> {
