@@ -197,3 +197,26 @@ fn agent_errors_are_typed() {
     let e = dutlab_agent::link_url("ftp://h:1").expect_err("scheme");
     assert!(matches!(e, AgentError::Controller { .. }), "{e:?}");
 }
+
+#[test]
+fn capabilities_come_from_each_devices_rig() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    write(dir.path(), "token", SECRET)?;
+    let path = write(
+        dir.path(),
+        "agent.yaml",
+        &format!(
+            "{HEAD}devices:\n- {{name: q1, device_type: qemu}}\n\
+             - {{name: q2, device_type: qemu, qemu: {{network: none}}}}\n"
+        ),
+    )?;
+    let rigs = rigs(&AgentConfig::load(&path)?);
+    ensure!(rigs[0].capabilities == ["power", "console", "shell", "storage", "network"]);
+    // No NIC, no network capability; QEMU never has video.
+    ensure!(rigs[1].capabilities == ["power", "console", "shell", "storage"]);
+    let bad = load_error(&format!(
+        "{HEAD}devices:\n- {{name: q1, device_type: qemu, qemu: {{network: bridge}}}}\n"
+    ))?;
+    ensure!(bad.contains("network"), "{bad}");
+    Ok(())
+}
