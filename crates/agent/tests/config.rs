@@ -217,6 +217,9 @@ fn capabilities_come_from_each_devices_rig() -> Result<()> {
     let bad = load_error(&format!(
         "{HEAD}devices:\n- {{name: q1, device_type: qemu, qemu: {{network: bridge}}}}\n"
     ))?;
-    ensure!(bad.contains("network"), "{bad}");
+    ensure!(
+        bad.contains("line 5") && bad.contains("expected one of user, none"),
+        "{bad}"
+    );
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! The default guest image on a QEMU rig is reachable over SSH from the host: the rig
 //! forwards a free 127.0.0.1 port to the guest's dropbear, and a key made here and authorized
-//! over the console logs in. Needs `ssh` and `ssh-keygen` (openssh-client) and the image's
+//! over the console logs in, and the console pump records what the DUT prints whether or not
+//! anyone reads it. Needs `ssh` and `ssh-keygen` (openssh-client) and the image's
 //! dropbear (dropbear-bin), from scripts/install-deps.sh.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -67,8 +68,14 @@ async fn the_default_image_answers_ssh_through_the_forwarded_port() -> Result<()
     });
     let started = Instant::now();
     let deadline = started + Duration::from_secs(120);
-    rig.launch(&dir.path().join("run"), Box::new(|_| {}), deadline)
-        .await?;
+    let recorded = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let sink = recorded.clone();
+    rig.launch(
+        &dir.path().join("run"),
+        Box::new(move |b| sink.lock().unwrap().extend_from_slice(b)),
+        deadline,
+    )
+    .await?;
     ensure!(rig.capabilities().contains(&driver::Capability::Network));
     let endpoint = rig.ssh().context("no SSH endpoint while running")?;
     ensure!(endpoint.host.ip().is_loopback() && endpoint.guest_port == 22);
@@ -119,6 +126,24 @@ async fn the_default_image_answers_ssh_through_the_forwarded_port() -> Result<()
     let text = String::from_utf8_lossy(&output.stdout);
     ensure!(text.starts_with("Linux\ndutlab\n"), "ssh output: {text}");
     ensure!(text.contains("inet 10.0.2.15/24"), "eth0: {text}");
+
+    // The console is recorded while nobody reads it: what SSH writes to the serial line reaches
+    // the recorder though the job's viewer is not being read.
+    let marked = tokio::task::spawn_blocking({
+        let key = key.clone();
+        move || ssh(&key, port, "echo dutlab-''console-mark > /dev/ttyS0")
+    })
+    .await??;
+    ensure!(marked.status.success(), "{marked:?}");
+    loop {
+        let text = String::from_utf8_lossy(&recorded.lock().unwrap()).into_owned();
+        if text.contains("dutlab-console-mark") {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "never recorded: {text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(console);
 
     // No passwords: without the key the server refuses.
     let other = dir.path().join("other");
