@@ -303,7 +303,7 @@ fn an_oversized_message_closes_a_follow_socket() -> Result<()> {
     submit
         .args(["job", "submit", "--wait-for-device", "--json"])
         .arg(&smoke)
-        .env("DUTLAB_URL", &lab.url())
+        .env("DUTLAB_URL", lab.url())
         .env("DUTLAB_TOKEN", lab.admin())
         .env("XDG_CONFIG_HOME", lab.sandbox().path().join("config"));
     let done = Spawned::start(submit)?.finish(Duration::from_secs(60))?;
