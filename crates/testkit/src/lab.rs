@@ -435,6 +435,25 @@ impl Lab {
         self.http_declaring(method, path, token, body, body.len())
     }
 
+    /// [`Lab::http`] with `Content-Type: application/json`.
+    pub fn http_json(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: &serde_json::Value,
+    ) -> Result<(u16, Vec<u8>)> {
+        let body = body.to_string();
+        self.raw_http(
+            method,
+            path,
+            token,
+            "Content-Type: application/json\r\n",
+            body.as_bytes(),
+            body.len(),
+        )
+    }
+
     /// A request whose `Content-Length` says `declared` bytes (the body may be shorter: a
     /// server that refuses by the header answers without reading it).
     pub fn http_declaring(
@@ -445,12 +464,24 @@ impl Lab {
         body: &[u8],
         declared: usize,
     ) -> Result<(u16, Vec<u8>)> {
+        self.raw_http(method, path, token, "", body, declared)
+    }
+
+    fn raw_http(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        headers: &str,
+        body: &[u8],
+        declared: usize,
+    ) -> Result<(u16, Vec<u8>)> {
         let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
         stream.set_read_timeout(Some(START_LIMIT))?;
         write!(
             stream,
             "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\
-             Content-Length: {declared}\r\nConnection: close\r\n\r\n",
+             {headers}Content-Length: {declared}\r\nConnection: close\r\n\r\n",
         )?;
         stream.write_all(body)?;
         let mut answer = Vec::new();
