@@ -331,8 +331,11 @@ impl AsyncRead for Viewer {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
         loop {
-            match this.poll_chunk(cx, buf.remaining().max(1)) {
+            match this.poll_chunk(cx, buf.remaining()) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Chunk::Skipped(_)) => continue,
                 Poll::Ready(Chunk::Bytes(b)) => {
