@@ -10,6 +10,7 @@
 //!   mentions it after a run is a leak, and [`Sandbox::assert_no_qemu_left`] fails the test.
 
 pub mod linaro;
+pub mod postgres;
 
 use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, killpg};
