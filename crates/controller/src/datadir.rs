@@ -84,6 +84,29 @@ fn warn_mode(path: &Path, mode: u32, want: &str) {
     );
 }
 
+/// The data directory's lock file: held (`flock`) by the one `serve` using the directory.
+pub const LOCK_FILE: &str = "serve.lock";
+
+/// Locks the data directory for this process until the answered file is closed: `Ok(None)`
+/// when another process holds it and `wait` is false; with `wait`, blocks until it is free.
+pub fn lock(data_dir: &Path, wait: bool) -> std::io::Result<Option<std::fs::File>> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(data_dir.join(LOCK_FILE))?;
+    if wait {
+        file.lock()?;
+        return Ok(Some(file));
+    }
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
