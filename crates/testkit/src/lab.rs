@@ -8,6 +8,7 @@
 //! - The binary under test is given by the test (`env!("CARGO_BIN_EXE_dutlab")`): testkit
 //!   builds nothing.
 
+use crate::postgres::Postgres;
 use crate::{Finished, Sandbox, Spawned, expect_code, wait_until};
 use anyhow::{Context, Result, ensure};
 use nix::sys::signal::Signal;
@@ -33,6 +34,22 @@ pub struct Lab {
     admin: String,
     controller: Option<Spawned>,
     agents: Vec<Spawned>,
+    /// The private server of a lab on PostgreSQL (last: dropped after the processes).
+    postgres: Option<Postgres>,
+}
+
+/// The database of a lab's controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Database {
+    /// SQLite in the data directory (`serve`'s default).
+    Sqlite,
+    /// A private PostgreSQL server ([`Postgres`]), given with `--database`.
+    Postgres,
+}
+
+impl Database {
+    /// Both, for tests that run on each.
+    pub const ALL: [Database; 2] = [Database::Sqlite, Database::Postgres];
 }
 
 impl Lab {
@@ -43,17 +60,32 @@ impl Lab {
 
     /// Starts a controller with extra `dutlab serve` arguments.
     pub fn start_with(bin: &str, serve_args: &[&str]) -> Result<Lab> {
+        Self::start_on(bin, Database::Sqlite, serve_args)
+    }
+
+    /// Starts a controller on `database` with extra `dutlab serve` arguments.
+    pub fn start_on(bin: &str, database: Database, serve_args: &[&str]) -> Result<Lab> {
         let sandbox = Sandbox::new()?;
         let data_dir = sandbox.path().join("data");
+        let mut args: Vec<String> = serve_args.iter().map(|s| (*s).to_owned()).collect();
+        let postgres = match database {
+            Database::Sqlite => None,
+            Database::Postgres => {
+                let server = Postgres::start()?;
+                args.extend(["--database".to_owned(), server.create_database("dutlab")?]);
+                Some(server)
+            }
+        };
         let mut lab = Lab {
             sandbox,
             bin: PathBuf::from(bin),
             data_dir,
-            serve_args: serve_args.iter().map(|s| (*s).to_owned()).collect(),
+            serve_args: args,
             port: 0,
             admin: String::new(),
             controller: None,
             agents: Vec::new(),
+            postgres,
         };
         lab.serve()?;
         Ok(lab)
@@ -61,11 +93,7 @@ impl Lab {
 
     /// Starts the controller on the lab's data directory (and its port, once it has one).
     pub fn serve(&mut self) -> Result<()> {
-        let mut cmd = self.sandbox.command(&self.bin)?;
-        cmd.args(["serve", "--listen", &format!("127.0.0.1:{}", self.port)])
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .args(&self.serve_args);
+        let cmd = self.serve_command(&[])?;
         let controller = Spawned::start(cmd)?;
         controller.wait_for_stderr("listening on http://", START_LIMIT)?;
         let stderr = controller.stderr_text();
@@ -82,11 +110,38 @@ impl Lab {
         Ok(())
     }
 
-    /// Restarts the controller (same data, same port) with other `dutlab serve` arguments.
+    /// Restarts the controller (same data, same port, same database) with other
+    /// `dutlab serve` arguments.
     pub fn serve_with(&mut self, serve_args: &[&str]) -> Result<()> {
         self.stop_controller()?;
         self.serve_args = serve_args.iter().map(|s| (*s).to_owned()).collect();
+        self.serve_args.extend(self.database_args());
         self.serve()
+    }
+
+    /// The `--database` arguments of this lab's controller (none on SQLite).
+    pub fn database_args(&self) -> Vec<String> {
+        match &self.postgres {
+            Some(server) => vec!["--database".to_owned(), server.url("dutlab")],
+            None => Vec::new(),
+        }
+    }
+
+    /// The lab's PostgreSQL server, if it runs on one.
+    pub fn postgres(&mut self) -> Option<&mut Postgres> {
+        self.postgres.as_mut()
+    }
+
+    /// A `dutlab serve` command on this lab's data directory, database and port, with extra
+    /// arguments, not started.
+    pub fn serve_command(&self, extra: &[&str]) -> Result<std::process::Command> {
+        let mut cmd = self.sandbox.command(&self.bin)?;
+        cmd.args(["serve", "--listen", &format!("127.0.0.1:{}", self.port)])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(&self.serve_args)
+            .args(extra);
+        Ok(cmd)
     }
 
     /// Stops the controller with SIGTERM and waits for it to exit.
@@ -100,10 +155,21 @@ impl Lab {
 
     /// Kills the controller with SIGKILL and starts it again on the same port and data.
     pub fn restart_controller_hard(&mut self) -> Result<()> {
+        self.kill_controller_hard()?;
+        self.serve()
+    }
+
+    /// Kills the controller with SIGKILL (and starts none).
+    pub fn kill_controller_hard(&mut self) -> Result<()> {
         if let Some(mut old) = self.controller.take() {
             old.kill_hard()?;
         }
-        self.serve()
+        Ok(())
+    }
+
+    /// Makes `controller` (started by the test, e.g. a standby that took over) the lab's.
+    pub fn adopt_controller(&mut self, controller: Spawned) {
+        self.controller = Some(controller);
     }
 
     /// The running controller process.
@@ -369,7 +435,8 @@ impl Lab {
         Ok((status, answer[split + 4..].to_vec()))
     }
 
-    /// Stops the agents (SIGTERM) and the controller, then proves no QEMU is left.
+    /// Stops the agents (SIGTERM) and the controller, then proves no QEMU is left (and, on
+    /// PostgreSQL, that the server stopped with nothing left running).
     pub fn finish(mut self) -> Result<()> {
         for agent in &self.agents {
             let _ = agent.signal(Signal::SIGTERM);
@@ -377,6 +444,13 @@ impl Lab {
         for agent in std::mem::take(&mut self.agents) {
             let _ = agent.finish(START_LIMIT);
         }
-        self.sandbox.assert_no_qemu_left()
+        self.sandbox.assert_no_qemu_left()?;
+        if self.postgres.is_some() {
+            self.stop_controller()?;
+        }
+        if let Some(server) = self.postgres.as_mut() {
+            server.stop()?;
+        }
+        Ok(())
     }
 }

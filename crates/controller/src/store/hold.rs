@@ -21,6 +21,9 @@ use tokio::sync::watch;
 /// The advisory lock's key: "dutlab" in ASCII.
 pub const LOCK_KEY: i64 = 0x6475_746c_6162;
 
+/// How long a start retries a held lock before it is refused.
+const SETTLE: Duration = Duration::from_secs(2);
+
 /// How often the holder checks its lock connection.
 const PING: Duration = Duration::from_secs(1);
 
@@ -57,11 +60,20 @@ impl Hold {
                 url: redact(url),
                 source,
             })?;
-        let row = sqlx::query("SELECT pg_try_advisory_lock($1) AS got")
-            .bind(LOCK_KEY)
-            .fetch_one(&mut conn)
-            .await?;
-        let got: bool = row.try_get("got")?;
+        // A controller killed a moment ago holds the lock until its backend has seen the
+        // socket close: try for a short while before calling the database held.
+        let deadline = tokio::time::Instant::now() + SETTLE;
+        let got = loop {
+            let row = sqlx::query("SELECT pg_try_advisory_lock($1) AS got")
+                .bind(LOCK_KEY)
+                .fetch_one(&mut conn)
+                .await?;
+            let got: bool = row.try_get("got")?;
+            if got || tokio::time::Instant::now() >= deadline {
+                break got;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
         if !got {
             let current = current_holder(&mut conn).await;
             match wait {
