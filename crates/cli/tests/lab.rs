@@ -272,6 +272,38 @@ fn a_second_controller_is_refused_and_a_standby_takes_over_mid_job(
     lab.finish()
 }
 
+#[test]
+fn postgres_restarted_mid_job_stops_the_controller_and_a_restart_loses_nothing() -> Result<()> {
+    let mut lab = Lab::start_on(DUTLAB, Database::Postgres, &[])?;
+    lab.agent("host-q", 1)?;
+    let lines = 60;
+    let job = lab.write("numbered.yaml", &numbered_job("numbered", lines, "0.25"))?;
+    let id = lab.submit(&job)?;
+    lab.wait_state(id, "running", JOB_LIMIT)?;
+    lab.wait_for_line(id, "line-3")?;
+    // The server goes away: the controller cannot know that no other took the database
+    // meanwhile, so it stops (crash-only) instead of going on.
+    lab.postgres().context("postgres")?.stop()?;
+    let stopped = lab.wait_controller_exit(Duration::from_secs(30))?;
+    expect_code(&stopped, 5)?;
+    ensure!(
+        stopped
+            .stderr
+            .contains("lost the connection that holds the database's lock")
+            || stopped.stderr.contains("commit failed"),
+        "{}",
+        stopped.stderr
+    );
+    // Server back, controller restarted (as a supervisor would): the job finishes, its log
+    // holds every line once.
+    lab.postgres().context("postgres")?.start_again()?;
+    lab.serve()?;
+    let job = lab.wait_state(id, "finished", JOB_LIMIT)?;
+    ensure!(job["outcome"] == "passed", "{job}");
+    check_numbered(&lab.log(id)?, lines)?;
+    lab.finish()
+}
+
 fn serve_refuses_a_database_of_a_newer_schema(database: Database) -> Result<()> {
     let mut lab = Lab::start_on(DUTLAB, database, &[])?;
     lab.stop_controller()?;

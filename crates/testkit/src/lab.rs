@@ -159,6 +159,15 @@ impl Lab {
         self.serve()
     }
 
+    /// Waits for the controller to exit by itself (and starts none).
+    pub fn wait_controller_exit(&mut self, within: Duration) -> Result<Finished> {
+        let controller = self
+            .controller
+            .take()
+            .context("the controller is not running")?;
+        controller.finish(within)
+    }
+
     /// Kills the controller with SIGKILL (and starts none).
     pub fn kill_controller_hard(&mut self) -> Result<()> {
         if let Some(mut old) = self.controller.take() {
