@@ -96,6 +96,7 @@ on_both!(
     version_2_databases_map_owner_names_to_principals,
     version_3_databases_with_or_without_artifact_tables_reach_the_latest,
     a_newer_schema_is_refused_and_left_untouched,
+    principals_made_at_once_get_distinct_ids,
 );
 
 /// Schema version 1 (commit 75cfc57), as it created its tables.
@@ -337,6 +338,34 @@ async fn every_query_round_trips_on_a_fresh_database(backend: Backend) -> Result
     // Opening again migrates nothing and keeps everything.
     let store = db.open().await?;
     ensure!(store.jobs().await?.len() == 1 && store.tokens().await?.len() == 2);
+    Ok(())
+}
+
+async fn principals_made_at_once_get_distinct_ids(backend: Backend) -> Result<()> {
+    let db = Db::new(backend)?;
+    let store = db.open().await?;
+    let mut made = Vec::new();
+    for round in 0..3 {
+        let tasks: Vec<_> = (0..8)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .principal_named(&format!("user-{round}-{i}"), Millis(1))
+                        .await
+                })
+            })
+            .collect();
+        for task in tasks {
+            let (p, origin) = task.await??;
+            ensure!(origin == UserOrigin::Created, "{p:?}");
+            made.push(p.id);
+        }
+    }
+    made.sort();
+    made.dedup();
+    ensure!(made.len() == 24, "ids given twice: {made:?}");
+    ensure!(store.principals().await?.len() == 24);
     Ok(())
 }
 

@@ -130,6 +130,9 @@ impl SqliteSync {
     }
 }
 
+/// How often making a principal is tried when concurrent inserts took its id.
+const PRINCIPAL_ATTEMPTS: u32 = 32;
+
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
@@ -247,23 +250,30 @@ impl Store {
             return Ok((p, UserOrigin::Existing));
         }
         // One statement: the id is taken and the row written atomically. A concurrent insert
-        // of the same name (or id, on PostgreSQL) fails here; the lookup below settles it.
-        let inserted = sqlx::query(
-            "INSERT INTO principals (id, name, created_at)
-             SELECT COALESCE(MAX(id), 0) + 1, $1, $2 FROM principals",
-        )
-        .bind(name.to_owned())
-        .bind(as_i64(at.0))
-        .execute(&self.pool)
-        .await;
-        match (inserted, find().await?) {
-            (Ok(_), Some(p)) => Ok((p, UserOrigin::Created)),
-            (Err(_), Some(p)) => Ok((p, UserOrigin::Existing)),
-            (Err(e), None) => Err(e.into()),
-            (Ok(_), None) => Err(StoreError::Corrupt {
-                what: "principal",
-                reason: format!("{name:?} is missing right after it was inserted"),
-            }),
+        // of the same name fails here, and so (on PostgreSQL, where two such statements can
+        // read the same MAX) does one of another name that took the same id: the lookup
+        // settles the first case, another attempt with the next id the second.
+        let mut attempts = 0;
+        loop {
+            let inserted = sqlx::query(
+                "INSERT INTO principals (id, name, created_at)
+                 SELECT COALESCE(MAX(id), 0) + 1, $1, $2 FROM principals",
+            )
+            .bind(name.to_owned())
+            .bind(as_i64(at.0))
+            .execute(&self.pool)
+            .await;
+            attempts += 1;
+            return match (inserted, find().await?) {
+                (Ok(_), Some(p)) => Ok((p, UserOrigin::Created)),
+                (Err(_), Some(p)) => Ok((p, UserOrigin::Existing)),
+                (Err(_), None) if attempts < PRINCIPAL_ATTEMPTS => continue,
+                (Err(e), None) => Err(e.into()),
+                (Ok(_), None) => Err(StoreError::Corrupt {
+                    what: "principal",
+                    reason: format!("{name:?} is missing right after it was inserted"),
+                }),
+            };
         }
     }
 
