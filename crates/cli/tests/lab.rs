@@ -243,7 +243,9 @@ fn a_second_controller_is_refused_and_a_standby_takes_over_mid_job(
         ensure!(
             other
                 .stderr
-                .contains("another dutlab serve is using database")
+                .matches("another dutlab serve is using database")
+                .count()
+                == 1
                 && other.stderr.contains(&holder),
             "{}",
             other.stderr
@@ -326,7 +328,9 @@ fn serve_refuses_a_database_of_a_newer_schema(database: Database) -> Result<()> 
     ensure!(
         refused
             .stderr
-            .contains("database schema version 1000 is newer than this dutlab knows"),
+            .matches("database schema version 1000 is newer than this dutlab knows")
+            .count()
+            == 1,
         "{}",
         refused.stderr
     );

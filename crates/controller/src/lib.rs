@@ -49,7 +49,7 @@ use tokio::sync::{broadcast, mpsc};
 /// Why the controller could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] store::StoreError),
     #[error("the stored events do not replay: {0}")]
     Replay(String),

@@ -518,14 +518,44 @@ impl Store {
     }
 }
 
-/// A database URL with any password removed, for messages.
+/// A database URL with any password removed, for messages: the one in the user part
+/// (`user:***@`) and a `password=` parameter.
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            let user = userinfo.split(':').next().unwrap_or("");
+    let mut text = match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme && url[scheme + 3..at].contains(':') => {
+            let user = url[scheme + 3..at].split(':').next().unwrap_or("");
             format!("{}://{}:***@{}", &url[..scheme], user, &url[at + 1..])
         }
         _ => url.to_owned(),
+    };
+    if let Some(start) = text.find("password=").map(|i| i + "password=".len()) {
+        let end = text[start..].find('&').map_or(text.len(), |i| start + i);
+        text.replace_range(start..end, "***");
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(
+            redact("postgres://lab:s3cret@db/dutlab"),
+            "postgres://lab:***@db/dutlab"
+        );
+        assert_eq!(
+            redact("postgres://lab@localhost/dutlab?host=/run/pg"),
+            "postgres://lab@localhost/dutlab?host=/run/pg"
+        );
+        assert_eq!(
+            redact("postgres://db/dutlab?user=lab&password=s3cret&sslmode=require"),
+            "postgres://db/dutlab?user=lab&password=***&sslmode=require"
+        );
+        assert_eq!(
+            redact("sqlite:///var/lib/dutlab/dutlab.db"),
+            "sqlite:///var/lib/dutlab/dutlab.db"
+        );
     }
 }
