@@ -4,6 +4,8 @@
 //! - What the controller creates is private to its user: directories mode 0700, files 0600
 //!   (the SQLite database is created empty with 0600 before SQLite opens it, and SQLite gives
 //!   its `-wal` and `-shm` files the database's mode).
+//! - One `serve` uses a data directory at a time: it holds an `flock` on `serve.lock` there
+//!   for its lifetime (the kernel drops it when the process dies, however it dies).
 //! - Nothing existing is changed: a directory or file that group or others may read, write
 //!   or enter is reported at warn level with its mode and the command that fixes it.
 

@@ -15,6 +15,9 @@
 //!   [`policy`] alone; per-user queue quotas by [`queue_quota`].
 //! - Every long-lived connection is a [`sessions::Session`] of the token that opened it:
 //!   revoking the token ends it.
+//! - One controller at a time works on a data directory (`serve.lock`, [`datadir::lock`])
+//!   and on a PostgreSQL database ([`store::hold`]), taken before the database is migrated
+//!   or replayed; losing the database's lock stops the controller.
 
 pub mod api;
 pub mod artifact_quota;
