@@ -90,7 +90,8 @@ enum Token {
 
 struct Tokens<'a> {
     reader: Reader<&'a [u8]>,
-    peeked: Option<Token>,
+    /// Tokens read ahead, next first.
+    ahead: std::collections::VecDeque<Token>,
     values: usize,
 }
 
@@ -101,14 +102,14 @@ impl<'a> Tokens<'a> {
         reader.config_mut().check_end_names = true;
         Tokens {
             reader,
-            peeked: None,
+            ahead: std::collections::VecDeque::new(),
             values: 0,
         }
     }
 
     /// The next token; adjacent text and references are joined into one text.
     fn next(&mut self) -> Result<Token, ParseError> {
-        if let Some(t) = self.peeked.take() {
+        if let Some(t) = self.ahead.pop_front() {
             return Ok(t);
         }
         let mut text: Option<String> = None;
@@ -161,7 +162,7 @@ impl<'a> Tokens<'a> {
                 Event::Eof => Token::End,
             };
             if let Some(text) = text {
-                self.peeked = Some(token);
+                self.ahead.push_front(token);
                 return Ok(Token::Text(text));
             }
             return Ok(token);
@@ -169,11 +170,11 @@ impl<'a> Tokens<'a> {
     }
 
     fn peek(&mut self) -> Result<&Token, ParseError> {
-        if self.peeked.is_none() {
+        if self.ahead.is_empty() {
             let t = self.next()?;
-            self.peeked = Some(t);
+            self.ahead.push_front(t);
         }
-        Ok(self.peeked.as_ref().expect("peeked was just set"))
+        Ok(self.ahead.front().expect("a token was just read ahead"))
     }
 
     /// The next token that is not whitespace-only text.
