@@ -2,190 +2,16 @@
 //! `dutlab serve` and a real `dutlab agent`, and only those who may use an artifact get it.
 
 use anyhow::{Context, Result, ensure};
-use serde_json::Value;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use testkit::{Finished, Sandbox, Spawned, expect_code, wait_until};
+use testkit::lab::Lab;
+use testkit::{Spawned, expect_code, wait_until};
 
 const DUTLAB: &str = env!("CARGO_BIN_EXE_dutlab");
-const JOB_LIMIT: Duration = Duration::from_secs(240);
-
-struct Lab {
-    sandbox: Sandbox,
-    data_dir: PathBuf,
-    port: u16,
-    admin: String,
-    agents: Vec<Spawned>,
-    _controller: Spawned,
-}
-
-impl Lab {
-    fn start(extra: &[&str]) -> Result<Lab> {
-        let sandbox = Sandbox::new()?;
-        let data_dir = sandbox.path().join("data");
-        let mut cmd = sandbox.command(DUTLAB)?;
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(&data_dir)
-            .args(extra);
-        let controller = Spawned::start(cmd)?;
-        controller.wait_for_stderr("listening on http://", Duration::from_secs(30))?;
-        let stderr = controller.stderr_text();
-        let port = stderr
-            .split("listening on http://127.0.0.1:")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|p| p.parse().ok())
-            .with_context(|| format!("no port in {stderr}"))?;
-        let admin = std::fs::read_to_string(data_dir.join("admin-token"))?
-            .trim()
-            .to_owned();
-        Ok(Lab {
-            sandbox,
-            data_dir,
-            port,
-            admin,
-            agents: Vec::new(),
-            _controller: controller,
-        })
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn cli_as(&self, token: &str, args: &[&str]) -> Result<Finished> {
-        let mut cmd = self.sandbox.command(DUTLAB)?;
-        cmd.args(args)
-            .env("DUTLAB_URL", self.url())
-            .env("DUTLAB_TOKEN", token)
-            .env("XDG_CONFIG_HOME", self.sandbox.path().join("config"));
-        Spawned::start(cmd)?.finish(JOB_LIMIT)
-    }
-
-    fn json_as(&self, token: &str, args: &[&str]) -> Result<Value> {
-        let done = self.cli_as(token, args)?;
-        expect_code(&done, 0)?;
-        serde_json::from_str(&done.stdout).with_context(|| format!("not JSON: {}", done.stdout))
-    }
-
-    fn token(&self, name: &str, role: &str) -> Result<String> {
-        let done = self.cli_as(
-            &self.admin,
-            &["token", "create", "--name", name, "--role", role],
-        )?;
-        expect_code(&done, 0)?;
-        Ok(done.stdout.trim().to_owned())
-    }
-
-    /// Starts an agent with one QEMU device; answers its work directory.
-    fn agent(&mut self, name: &str) -> Result<PathBuf> {
-        let dir = self.sandbox.path().join(name);
-        std::fs::create_dir_all(&dir)?;
-        let token_file = dir.join("token");
-        std::fs::write(&token_file, self.token(name, "agent")?)?;
-        let work = dir.join("work");
-        let init = self.cli_as(
-            &self.admin,
-            &[
-                "agent",
-                "init",
-                "--controller",
-                &self.url(),
-                "--token-file",
-                &token_file.display().to_string(),
-                "--qemu",
-                "1",
-                "--name",
-                name,
-                "--work-dir",
-                &work.display().to_string(),
-            ],
-        )?;
-        expect_code(&init, 0)?;
-        let config = dir.join("agent.yaml");
-        std::fs::write(&config, &init.stdout)?;
-        let mut cmd = self.sandbox.command(DUTLAB)?;
-        cmd.arg("agent").arg("--config").arg(&config);
-        self.agents.push(Spawned::start(cmd)?);
-        wait_until(
-            "the agent's device is idle",
-            Duration::from_secs(30),
-            || {
-                let devices = self.json_as(&self.admin, &["device", "list", "--json"])?;
-                Ok(devices
-                    .as_array()
-                    .context("device list")?
-                    .iter()
-                    .any(|d| d["agent"] == name && d["state"] == "idle")
-                    .then_some(()))
-            },
-        )?;
-        Ok(work)
-    }
-
-    /// The stored log of a job as text, one record per line.
-    fn log_text(&self, id: u64) -> Result<String> {
-        let done = self.cli_as(&self.admin, &["job", "logs", &id.to_string(), "--json"])?;
-        expect_code(&done, 0)?;
-        let mut out = String::new();
-        for line in done.stdout.lines().filter(|l| !l.trim().is_empty()) {
-            let record: Value = serde_json::from_str(line)?;
-            out.push_str(record["text"].as_str().unwrap_or_default());
-            out.push('\n');
-        }
-        Ok(out)
-    }
-
-    /// One raw HTTP request: (status, body).
-    fn http(&self, method: &str, path: &str, token: &str, body: &[u8]) -> Result<(u16, Vec<u8>)> {
-        self.http_declaring(method, path, token, body, body.len())
-    }
-
-    /// A request whose `Content-Length` says `declared` bytes (the body may be shorter: a
-    /// server that refuses by the header answers without reading it).
-    fn http_declaring(
-        &self,
-        method: &str,
-        path: &str,
-        token: &str,
-        body: &[u8],
-        declared: usize,
-    ) -> Result<(u16, Vec<u8>)> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
-        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-        write!(
-            stream,
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\
-             Content-Length: {declared}\r\nConnection: close\r\n\r\n",
-        )?;
-        stream.write_all(body)?;
-        let mut answer = Vec::new();
-        stream.read_to_end(&mut answer)?;
-        let split = answer
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .context("no end of headers")?;
-        let head = String::from_utf8_lossy(&answer[..split]).into_owned();
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .context("status")?;
-        Ok((status, answer[split + 4..].to_vec()))
-    }
-
-    fn finish(mut self) -> Result<()> {
-        for agent in &mut self.agents {
-            let _ = agent.signal(nix::sys::signal::Signal::SIGTERM);
-        }
-        for agent in std::mem::take(&mut self.agents) {
-            let _ = agent.finish(Duration::from_secs(30));
-        }
-        self.sandbox.assert_no_qemu_left()
-    }
-}
+const JOB_LIMIT: std::time::Duration = testkit::lab::CLI_LIMIT;
 
 fn sha256(data: &[u8]) -> Result<String> {
     let mut child = std::process::Command::new("sha256sum")
@@ -248,21 +74,21 @@ fn job_dir(root: &Path) -> Result<PathBuf> {
 
 #[test]
 fn a_job_with_relative_paths_and_a_local_repository_runs_locally_and_in_the_lab() -> Result<()> {
-    let mut lab = Lab::start(&[])?;
-    let dir = job_dir(lab.sandbox.path())?;
+    let mut lab = Lab::start(DUTLAB)?;
+    let dir = job_dir(lab.sandbox().path())?;
     let job = dir.join("job.yaml");
     let job_arg = job.display().to_string();
 
     // Locally: paths resolve against the job file's directory.
-    let mut cmd = lab.sandbox.command(DUTLAB)?;
+    let mut cmd = lab.sandbox().command(DUTLAB)?;
     cmd.args(["run", &job_arg]);
     let done = Spawned::start(cmd)?.finish(JOB_LIMIT)?;
     expect_code(&done, 0)?;
     ensure!(done.stdout.contains("from-bundle"), "{}", done.stdout);
 
-    let work = lab.agent("host-a")?;
+    let work = lab.agent("host-a", 1)?;
     let user = lab.token("alice", "user")?;
-    let stored = lab.data_dir.join("artifacts/sha256");
+    let stored = lab.data_dir().join("artifacts/sha256");
 
     // --dry-run lists the three images and the bundle, and sends nothing.
     let done = lab.cli_as(&user, &["job", "submit", &job_arg, "--dry-run"])?;
@@ -346,7 +172,7 @@ fn a_job_with_relative_paths_and_a_local_repository_runs_locally_and_in_the_lab(
 
 #[test]
 fn artifacts_are_only_for_those_who_may_use_them() -> Result<()> {
-    let lab = Lab::start(&["--max-artifact-bytes", "4096"])?;
+    let lab = Lab::start_with(DUTLAB, &["--max-artifact-bytes", "4096"])?;
     let alice = lab.token("alice", "user")?;
     let bob = lab.token("bob", "user")?;
     let agent = lab.token("host-x", "agent")?;
@@ -365,7 +191,7 @@ fn artifacts_are_only_for_those_who_may_use_them() -> Result<()> {
         "over the cap by its Content-Length: {status}"
     );
     ensure!(
-        std::fs::read_dir(lab.data_dir.join("artifacts/tmp"))?
+        std::fs::read_dir(lab.data_dir().join("artifacts/tmp"))?
             .next()
             .is_none(),
         "a refused upload left a file"
@@ -392,7 +218,7 @@ fn artifacts_are_only_for_those_who_may_use_them() -> Result<()> {
              - boot: {{method: qemu, prompts: ['# $']}}\n"
         )
     };
-    let bobs = lab.sandbox.path().join("bob.yaml");
+    let bobs = lab.sandbox().path().join("bob.yaml");
     std::fs::write(&bobs, job("bobs", &p, "public"))?;
     let done = lab.cli_as(
         &bob,
@@ -413,7 +239,7 @@ fn artifacts_are_only_for_those_who_may_use_them() -> Result<()> {
 
     // A private job keeps its artifact private; a public job shares its artifact with readers.
     for (name, hex, visibility) in [("secret", &p, "personal"), ("open", &q, "public")] {
-        let file = lab.sandbox.path().join(format!("{name}.yaml"));
+        let file = lab.sandbox().path().join(format!("{name}.yaml"));
         std::fs::write(&file, job(name, hex, visibility))?;
         let view = lab.json_as(
             &alice,
@@ -465,7 +291,7 @@ fn artifacts_are_only_for_those_who_may_use_them() -> Result<()> {
 
 /// A request with a chunked body (no `Content-Length`): (status, body).
 fn chunked(lab: &Lab, path: &str, token: &str, body: &[u8]) -> Result<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", lab.port))?;
+    let mut stream = TcpStream::connect(("127.0.0.1", lab.port()))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     write!(
         stream,
@@ -492,7 +318,7 @@ fn chunked(lab: &Lab, path: &str, token: &str, body: &[u8]) -> Result<(u16, Stri
 
 #[test]
 fn an_upload_past_the_users_artifact_quota_is_429_naming_quota_and_usage() -> Result<()> {
-    let lab = Lab::start(&["--artifact-quota-bytes", "10000"])?;
+    let lab = Lab::start_with(DUTLAB, &["--artifact-quota-bytes", "10000"])?;
     let alice = lab.token("alice", "user")?;
     let bob = lab.token("bob", "user")?;
     let at = |hex: &str| format!("/api/v1/artifacts/sha256/{hex}");
@@ -522,12 +348,12 @@ fn an_upload_past_the_users_artifact_quota_is_429_naming_quota_and_usage() -> Re
     ensure!(status == 429, "past the quota while streaming: {text}");
     ensure!(text.contains("quota of 10000 bytes"), "{text}");
     ensure!(
-        std::fs::read_dir(lab.data_dir.join("artifacts/tmp"))?
+        std::fs::read_dir(lab.data_dir().join("artifacts/tmp"))?
             .next()
             .is_none(),
         "a refused upload left a file"
     );
-    ensure!(!lab.data_dir.join("artifacts/sha256").join(&h2).exists());
+    ensure!(!lab.data_dir().join("artifacts/sha256").join(&h2).exists());
     // What alice has already costs nothing again; another user has a quota of their own.
     let (status, _) = lab.http("PUT", &at(&h1), &alice, &first)?;
     ensure!(status == 200, "alice's own artifact again: {status}");
@@ -541,7 +367,7 @@ fn an_upload_past_the_users_artifact_quota_is_429_naming_quota_and_usage() -> Re
     );
 
     // The CLI says so and exits 75 (over a quota), submitting nothing.
-    let dir = lab.sandbox.path().join("quota-job");
+    let dir = lab.sandbox().path().join("quota-job");
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("big.img"), vec![3u8; 6000])?;
     std::fs::write(
@@ -567,10 +393,10 @@ fn an_upload_past_the_users_artifact_quota_is_429_naming_quota_and_usage() -> Re
 
 #[test]
 fn only_the_agent_whose_link_runs_the_job_fetches_its_artifacts() -> Result<()> {
-    let mut lab = Lab::start(&[])?;
-    lab.agent("host-a")?;
+    let mut lab = Lab::start(DUTLAB)?;
+    lab.agent("host-a", 1)?;
     let user = lab.token("alice", "user")?;
-    let dir = lab.sandbox.path().join("waiting");
+    let dir = lab.sandbox().path().join("waiting");
     std::fs::create_dir_all(dir.join("images"))?;
     let image = testkit::guest_image()?;
     for f in ["vmlinuz", "initramfs.cpio.gz", "rootfs.qcow2"] {
@@ -605,7 +431,7 @@ fn only_the_agent_whose_link_runs_the_job_fetches_its_artifacts() -> Result<()> 
     let path = format!("/api/v1/artifacts/sha256/{kernel}?job={id}");
 
     // The token of the agent running the job may fetch it (its link holds the lease) ...
-    let host_a = std::fs::read_to_string(lab.sandbox.path().join("host-a/token"))?;
+    let host_a = std::fs::read_to_string(lab.sandbox().path().join("host-a/token"))?;
     let (status, body) = lab.http("GET", &path, host_a.trim(), b"")?;
     ensure!(
         status == 200 && body == std::fs::read(dir.join("images/vmlinuz"))?,
@@ -618,13 +444,13 @@ fn only_the_agent_whose_link_runs_the_job_fetches_its_artifacts() -> Result<()> 
         status == 403 && String::from_utf8_lossy(&body).contains(&format!("runs no job {id}")),
         "another agent's token: {status}"
     );
-    lab.agent("host-b")?;
-    let host_b = std::fs::read_to_string(lab.sandbox.path().join("host-b/token"))?;
+    lab.agent("host-b", 1)?;
+    let host_b = std::fs::read_to_string(lab.sandbox().path().join("host-b/token"))?;
     let (status, _) = lab.http("GET", &path, host_b.trim(), b"")?;
     ensure!(status == 403, "another connected agent: {status}");
     // A second token bound to host-a but holding no link is not the link holding the lease.
     let done = lab.cli_as(
-        &lab.admin,
+        lab.admin(),
         &[
             "token", "create", "--name", "host-a-2", "--role", "agent", "--agent", "host-a",
         ],

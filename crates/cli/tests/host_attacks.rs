@@ -17,142 +17,55 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use testkit::{Finished, Sandbox, Spawned, expect_code, wait_until};
+use testkit::{expect_code, wait_until};
 
 const DUTLAB: &str = env!("CARGO_BIN_EXE_dutlab");
 const LIMIT: Duration = Duration::from_secs(120);
 const SECRET: &str = "TOPSECRET-4f1c9a-agent-host";
 
-/// A controller, one agent with one device and `image_dirs: [<sandbox>/images]`, and a `user`.
+/// The shared lab with one agent `host-a` with one device and
+/// `image_dirs: [<sandbox>/images]`, and a `user`.
 struct Lab {
-    sandbox: Sandbox,
-    port: u16,
-    admin: String,
+    lab: testkit::lab::Lab,
     user: String,
-    _controller: Spawned,
-    agent: Option<Spawned>,
+}
+
+impl std::ops::Deref for Lab {
+    type Target = testkit::lab::Lab;
+    fn deref(&self) -> &Self::Target {
+        &self.lab
+    }
 }
 
 impl Lab {
     fn start() -> Result<Lab> {
-        let sandbox = Sandbox::new()?;
-        let data_dir = sandbox.path().join("data");
-        let mut cmd = sandbox.command(DUTLAB)?;
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(&data_dir);
-        let controller = Spawned::start(cmd)?;
-        controller.wait_for_stderr("listening on http://", Duration::from_secs(30))?;
-        let stderr = controller.stderr_text();
-        let port = stderr
-            .split("listening on http://127.0.0.1:")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|p| p.parse().ok())
-            .with_context(|| format!("no port in {stderr}"))?;
-        let admin = std::fs::read_to_string(data_dir.join("admin-token"))?
-            .trim()
-            .to_owned();
-        let mut lab = Lab {
-            sandbox,
-            port,
-            admin,
-            user: String::new(),
-            _controller: controller,
-            agent: None,
-        };
-        lab.user = lab.token("mallory", "user")?;
-        std::fs::create_dir_all(lab.images())?;
+        let mut lab = testkit::lab::Lab::start(DUTLAB)?;
+        let user = lab.token("mallory", "user")?;
+        let images = lab.sandbox().path().join("images");
+        std::fs::create_dir_all(&images)?;
         // The secret lives next to the allowed directory, outside it.
-        std::fs::write(lab.sandbox.path().join("secret.txt"), SECRET)?;
-        lab.start_agent()?;
-        Ok(lab)
+        std::fs::write(lab.sandbox().path().join("secret.txt"), SECRET)?;
+        let path = lab.agent_config("host-a", 1)?;
+        let init = std::fs::read_to_string(&path)?;
+        ensure!(init.contains("image_dirs: []\n"), "{init}");
+        let config = init.replace(
+            "image_dirs: []\n",
+            &format!("image_dirs: [{:?}]\n", images.display().to_string()),
+        );
+        std::fs::write(&path, config)?;
+        lab.spawn_agent(&path)?;
+        lab.wait_devices_idle("host-a", 1)?;
+        Ok(Lab { lab, user })
     }
 
     fn images(&self) -> PathBuf {
-        self.sandbox.path().join("images")
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn cli_as(&self, token: &str, args: &[&str]) -> Result<Finished> {
-        let mut cmd = self.sandbox.command(DUTLAB)?;
-        cmd.args(args)
-            .env("DUTLAB_URL", self.url())
-            .env("DUTLAB_TOKEN", token)
-            .env("XDG_CONFIG_HOME", self.sandbox.path().join("config"));
-        Spawned::start(cmd)?.finish(LIMIT)
-    }
-
-    fn json(&self, args: &[&str]) -> Result<Value> {
-        let done = self.cli_as(&self.admin, args)?;
-        expect_code(&done, 0)?;
-        serde_json::from_str(&done.stdout)
-            .with_context(|| format!("{args:?}: not JSON: {} {}", done.stdout, done.stderr))
-    }
-
-    fn token(&self, name: &str, role: &str) -> Result<String> {
-        let done = self.cli_as(
-            &self.admin,
-            &["token", "create", "--name", name, "--role", role],
-        )?;
-        expect_code(&done, 0)?;
-        Ok(done.stdout.trim().to_owned())
-    }
-
-    fn start_agent(&mut self) -> Result<()> {
-        let dir = self.sandbox.path().join("agent");
-        std::fs::create_dir_all(&dir)?;
-        let token_file = dir.join("token");
-        std::fs::write(&token_file, self.token("host-a", "agent")?)?;
-        let init = self.cli_as(
-            &self.admin,
-            &[
-                "agent",
-                "init",
-                "--controller",
-                &self.url(),
-                "--token-file",
-                &token_file.display().to_string(),
-                "--qemu",
-                "1",
-                "--name",
-                "host-a",
-                "--work-dir",
-                &dir.join("work").display().to_string(),
-            ],
-        )?;
-        expect_code(&init, 0)?;
-        ensure!(init.stdout.contains("image_dirs: []\n"), "{}", init.stdout);
-        let config = init.stdout.replace(
-            "image_dirs: []\n",
-            &format!("image_dirs: [{:?}]\n", self.images().display().to_string()),
-        );
-        let path = dir.join("agent.yaml");
-        std::fs::write(&path, config)?;
-        let mut cmd = self.sandbox.command(DUTLAB)?;
-        cmd.arg("agent").arg("--config").arg(&path);
-        self.agent = Some(Spawned::start(cmd)?);
-        wait_until(
-            "the agent's device is idle",
-            Duration::from_secs(30),
-            || {
-                let devices = self.json(&["device", "list", "--json"])?;
-                let idle = devices
-                    .as_array()
-                    .context("device list")?
-                    .iter()
-                    .any(|d| d["agent"] == "host-a" && d["state"] == "idle");
-                Ok(idle.then_some(()))
-            },
-        )
+        self.sandbox().path().join("images")
     }
 
     /// Submits `text` as the ordinary user. `None` when the controller refused it at submit
     /// (nothing reached the agent); otherwise the finished job and its log text.
     fn attack(&self, name: &str, text: &str) -> Result<Option<(Value, String)>> {
-        let file = self.sandbox.path().join(format!("{name}.yaml"));
+        let file = self.sandbox().path().join(format!("{name}.yaml"));
         std::fs::write(&file, text)?;
         let done = self.cli_as(
             &self.user,
@@ -176,7 +89,7 @@ impl Lab {
             let job = self.json(&["job", "show", &id, "--json"])?;
             Ok((job["state"] == "finished").then_some(job))
         })?;
-        let logs = self.cli_as(&self.admin, &["job", "logs", &id, "--json"])?;
+        let logs = self.cli(&["job", "logs", &id, "--json"])?;
         expect_code(&logs, 0)?;
         Ok(Some((job, logs.stdout)))
     }
@@ -197,12 +110,8 @@ impl Lab {
         Ok(())
     }
 
-    fn finish(mut self) -> Result<()> {
-        if let Some(agent) = self.agent.take() {
-            let _ = agent.signal(nix::sys::signal::Signal::SIGTERM);
-            let _ = agent.finish(Duration::from_secs(30));
-        }
-        self.sandbox.assert_no_qemu_left()
+    fn finish(self) -> Result<()> {
+        self.lab.finish()
     }
 }
 
@@ -217,7 +126,7 @@ fn deploy_job(name: &str, images: &str) -> String {
 #[test]
 fn a_lab_job_reads_no_host_file_outside_image_dirs() -> Result<()> {
     let lab = Lab::start()?;
-    let secret = lab.sandbox.path().join("secret.txt");
+    let secret = lab.sandbox().path().join("secret.txt");
     std::os::unix::fs::symlink(&secret, lab.images().join("innocent.img"))?;
     let field = "actions[0].deploy.images.rootfs.url";
     for (name, url) in [
@@ -235,7 +144,7 @@ fn a_lab_job_reads_no_host_file_outside_image_dirs() -> Result<()> {
         lab.refused(name, &deploy_job(name, &images), field, "")?;
     }
     // A git definition from a local repository of the agent host is refused as well.
-    let repo = lab.sandbox.path().join("repo");
+    let repo = lab.sandbox().path().join("repo");
     std::fs::create_dir_all(&repo)?;
     let git = |args: &[&str]| -> Result<()> {
         let out = std::process::Command::new("git")
@@ -287,8 +196,8 @@ fn image_names_cannot_write_outside_the_work_directory() -> Result<()> {
     std::fs::write(&payload, b"payload written by a job\n")?;
     let status = std::process::Command::new("gzip").arg(&payload).status()?;
     ensure!(status.success(), "gzip: {status}");
-    let outside = lab.sandbox.path().join("written-by-job");
-    let relative_target = lab.sandbox.path().join("escaped");
+    let outside = lab.sandbox().path().join("written-by-job");
+    let relative_target = lab.sandbox().path().join("escaped");
     for (case, image) in [
         ("abs", outside.display().to_string()),
         ("rel", "../../../../../escaped".to_string()),
@@ -316,7 +225,7 @@ fn image_names_cannot_write_outside_the_work_directory() -> Result<()> {
         "{} was written",
         relative_target.display()
     );
-    let walk = walk_files(lab.sandbox.path())?;
+    let walk = walk_files(lab.sandbox().path())?;
     ensure!(
         !walk.iter().any(|p| p.ends_with("escaped")),
         "a file escaped: {walk:?}"
@@ -342,11 +251,11 @@ fn walk_files(dir: &Path) -> Result<Vec<PathBuf>> {
 fn image_arg_cannot_run_a_host_program_or_open_host_files() -> Result<()> {
     let lab = Lab::start()?;
     std::fs::write(lab.images().join("vmlinuz"), b"not a kernel")?;
-    let marker = lab.sandbox.path().join("marker");
-    let script = lab.sandbox.path().join("script.sh");
+    let marker = lab.sandbox().path().join("marker");
+    let script = lab.sandbox().path().join("script.sh");
     std::fs::write(&script, format!("#!/bin/sh\ntouch {}\n", marker.display()))?;
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-    let secret = lab.sandbox.path().join("secret.txt");
+    let secret = lab.sandbox().path().join("secret.txt");
     for (case, arg, option) in [
         (
             "tap-script",

@@ -10,7 +10,7 @@ use serde_json::Value;
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use testkit::{Finished, Sandbox, Spawned, expect_code, inline_job, wait_until};
+use testkit::{expect_code, inline_job, wait_until};
 use tokio_tungstenite::tungstenite::{self, Message, WebSocket, client::IntoClientRequest};
 
 const DUTLAB: &str = env!("CARGO_BIN_EXE_dutlab");
@@ -18,62 +18,19 @@ const LIMIT: Duration = Duration::from_secs(30);
 /// What docs/security.md promises for revocation.
 const REVOKE_DEADLINE: Duration = Duration::from_secs(1);
 
-struct Lab {
-    sandbox: Sandbox,
-    port: u16,
-    admin: String,
-    controller: Spawned,
+/// The shared lab with this file's helpers.
+struct Lab(testkit::lab::Lab);
+
+impl std::ops::Deref for Lab {
+    type Target = testkit::lab::Lab;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 impl Lab {
     fn start() -> Result<Lab> {
-        let sandbox = Sandbox::new()?;
-        let data_dir = sandbox.path().join("data");
-        let mut cmd = sandbox.command(DUTLAB)?;
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(&data_dir);
-        let controller = Spawned::start(cmd)?;
-        controller.wait_for_stderr("listening on http://", LIMIT)?;
-        let stderr = controller.stderr_text();
-        let port = stderr
-            .split("listening on http://127.0.0.1:")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|p| p.parse().ok())
-            .with_context(|| format!("no port in {stderr}"))?;
-        let admin = std::fs::read_to_string(data_dir.join("admin-token"))?
-            .trim()
-            .to_owned();
-        Ok(Lab {
-            sandbox,
-            port,
-            admin,
-            controller,
-        })
-    }
-
-    fn cli_as(&self, token: &str, args: &[&str]) -> Result<Finished> {
-        let mut cmd = self.sandbox.command(DUTLAB)?;
-        cmd.args(args)
-            .env("DUTLAB_URL", format!("http://127.0.0.1:{}", self.port))
-            .env("DUTLAB_TOKEN", token)
-            .env("XDG_CONFIG_HOME", self.sandbox.path().join("config"));
-        Spawned::start(cmd)?.finish(LIMIT)
-    }
-
-    fn json(&self, args: &[&str]) -> Result<Value> {
-        let done = self.cli_as(&self.admin, args)?;
-        expect_code(&done, 0)?;
-        serde_json::from_str(&done.stdout).with_context(|| format!("not JSON: {}", done.stdout))
-    }
-
-    fn token(&self, name: &str, role: &str) -> Result<String> {
-        let done = self.cli_as(
-            &self.admin,
-            &["token", "create", "--name", name, "--role", role],
-        )?;
-        expect_code(&done, 0)?;
-        Ok(done.stdout.trim().to_owned())
+        Ok(Lab(testkit::lab::Lab::start(DUTLAB)?))
     }
 
     fn token_id(&self, name: &str) -> Result<String> {
@@ -85,8 +42,8 @@ impl Lab {
             .with_context(|| format!("no token named {name} in {list}"))
     }
 
-    fn submit(&self, token: &str, name: &str) -> Result<u64> {
-        let path: PathBuf = self.sandbox.path().join(format!("{name}.yaml"));
+    fn submit_named(&self, token: &str, name: &str) -> Result<u64> {
+        let path: PathBuf = self.sandbox().path().join(format!("{name}.yaml"));
         std::fs::write(&path, inline_job(name, "  job: {minutes: 5}", &["true"]))?;
         let done = self.cli_as(
             token,
@@ -97,23 +54,20 @@ impl Lab {
         view["id"].as_u64().context("job id")
     }
 
-    fn job(&self, id: u64) -> Result<Value> {
-        self.json(&["job", "show", &id.to_string(), "--json"])
-    }
-
-    fn log_text(&self, id: u64) -> Result<String> {
-        let done = self.cli_as(&self.admin, &["job", "logs", &id.to_string(), "--json"])?;
+    /// The stored log as the CLI's JSON lines.
+    fn log_json(&self, id: u64) -> Result<String> {
+        let done = self.cli(&["job", "logs", &id.to_string(), "--json"])?;
         expect_code(&done, 0)?;
         Ok(done.stdout)
     }
 
     fn socket(&self, path: &str, token: &str) -> Result<WebSocket<TcpStream>> {
-        let url = format!("ws://127.0.0.1:{}{path}", self.port);
+        let url = format!("ws://127.0.0.1:{}{path}", self.port());
         let mut request = url.as_str().into_client_request()?;
         request
             .headers_mut()
             .insert("authorization", format!("Bearer {token}").parse()?);
-        let tcp = TcpStream::connect(("127.0.0.1", self.port))?;
+        let tcp = TcpStream::connect(("127.0.0.1", self.port()))?;
         tcp.set_read_timeout(Some(Duration::from_millis(100)))?;
         let (ws, _) = tungstenite::client::client(request, tcp)
             .map_err(|e| anyhow::anyhow!("websocket {path}: {e}"))?;
@@ -305,7 +259,7 @@ fn a_second_agent_token_cannot_forge_results_or_inject_log_lines() -> Result<()>
     let mut mallory = Sim::open(&lab, &lab.token("mallory", "agent")?)?;
     mallory.hello("mallory", &[], vec![])?;
     mallory.welcome()?;
-    let job = lab.submit(&user, "victim-job")?;
+    let job = lab.submit_named(&user, "victim-job")?;
     let (lease, epoch, granted) = victim.start_job()?;
     ensure!(granted.0 == job);
     victim.send(&AgentMessage::JobStarted { lease, epoch })?;
@@ -321,10 +275,11 @@ fn a_second_agent_token_cannot_forge_results_or_inject_log_lines() -> Result<()>
         epoch,
         reason: "FORGED refusal".into(),
     })?;
-    lab.controller.wait_for_stderr("log frame refused", LIMIT)?;
-    lab.controller
+    lab.controller()?
+        .wait_for_stderr("log frame refused", LIMIT)?;
+    lab.controller()?
         .wait_for_stderr("job-finished refused", LIMIT)?;
-    let stderr = lab.controller.stderr_text();
+    let stderr = lab.controller()?.stderr_text();
     for needle in ["log frame refused", "job-finished refused"] {
         let line = stderr
             .lines()
@@ -349,7 +304,7 @@ fn a_second_agent_token_cannot_forge_results_or_inject_log_lines() -> Result<()>
         Ok((view["state"] == "finished").then_some(view))
     })?;
     ensure!(view["outcome"] == "passed", "{view}");
-    let log = lab.log_text(job)?;
+    let log = lab.log_json(job)?;
     ensure!(
         log.contains("genuine line 1") && log.contains("genuine line 2") && !log.contains("FORGED"),
         "{log}"
@@ -372,10 +327,10 @@ fn a_token_speaks_only_for_its_own_agent_and_devices() -> Result<()> {
     mallory.hello("victim", &["victim-q1"], vec![])?;
     let reason = mallory.refused()?;
     ensure!(reason.contains("bound to agent \"mallory\""), "{reason}");
-    lab.controller
+    lab.controller()?
         .wait_for_stderr("said hello as \"victim\"", LIMIT)?;
     ensure!(
-        lab.controller
+        lab.controller()?
             .stderr_text()
             .lines()
             .any(|l| l.contains("WARN") && l.contains("said hello as \"victim\"")),
@@ -413,7 +368,7 @@ fn a_token_speaks_only_for_its_own_agent_and_devices() -> Result<()> {
     ensure!(owner == Some(Value::from("victim")), "{devices}");
     // An agent token bound to another name than its display name.
     let done = lab.cli_as(
-        &lab.admin,
+        lab.admin(),
         &[
             "token", "create", "--name", "rack 3", "--role", "agent", "--agent", "rack-3",
         ],
@@ -423,7 +378,7 @@ fn a_token_speaks_only_for_its_own_agent_and_devices() -> Result<()> {
     rack.hello("rack-3", &["rack-3-q1"], vec![])?;
     rack.welcome()?;
     let done = lab.cli_as(
-        &lab.admin,
+        lab.admin(),
         &[
             "token", "create", "--name", "u", "--role", "user", "--agent", "x",
         ],
@@ -443,8 +398,8 @@ fn lease_ids_are_128_bits_and_not_a_counter() -> Result<()> {
     let mut agent = Sim::open(&lab, &lab.token("rig", "agent")?)?;
     agent.hello("rig", &["rig-q1", "rig-q2"], vec![])?;
     agent.welcome()?;
-    lab.submit(&user, "one")?;
-    lab.submit(&user, "two")?;
+    lab.submit_named(&user, "one")?;
+    lab.submit_named(&user, "two")?;
     let (a, _, _) = agent.start_job()?;
     let (b, _, _) = agent.start_job()?;
     ensure!(a != b);
@@ -462,7 +417,7 @@ fn a_newer_connection_of_an_agent_closes_the_older_and_takes_its_leases() -> Res
     let mut old = Sim::open(&lab, &token)?;
     old.hello("rig", &["rig-q1"], vec![])?;
     old.welcome()?;
-    let job = lab.submit(&user, "moving")?;
+    let job = lab.submit_named(&user, "moving")?;
     let (lease, epoch, granted) = old.start_job()?;
     old.send(&AgentMessage::JobStarted { lease, epoch })?;
     let mut new = Sim::open(&lab, &token)?;
@@ -491,7 +446,7 @@ fn a_newer_connection_of_an_agent_closes_the_older_and_takes_its_leases() -> Res
     })?;
     let view = lab.job(job)?;
     ensure!(view["outcome"] == "passed", "{view}");
-    ensure!(lab.log_text(job)?.contains("from the new link"));
+    ensure!(lab.log_json(job)?.contains("from the new link"));
     Ok(())
 }
 
@@ -503,7 +458,7 @@ fn revoking_a_token_closes_its_agent_link_and_follow_streams() -> Result<()> {
     let mut agent = Sim::open(&lab, &lab.token("rig", "agent")?)?;
     agent.hello("rig", &["rig-q1"], vec![])?;
     agent.welcome()?;
-    let job = lab.submit(&user, "followed")?;
+    let job = lab.submit_named(&user, "followed")?;
     agent.start_job()?;
     let path = format!("/api/v1/jobs/{job}/logs/follow");
     let mut follower = Sim {
@@ -522,7 +477,7 @@ fn revoking_a_token_closes_its_agent_link_and_follow_streams() -> Result<()> {
     }
     for name in ["rig", "alice"] {
         let id = lab.token_id(name)?;
-        expect_code(&lab.cli_as(&lab.admin, &["token", "revoke", &id])?, 0)?;
+        expect_code(&lab.cli_as(lab.admin(), &["token", "revoke", &id])?, 0)?;
     }
     let reason = agent.closed_within(REVOKE_DEADLINE)?;
     ensure!(reason.contains("revoked"), "{reason:?}");

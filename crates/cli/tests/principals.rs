@@ -7,95 +7,31 @@ use serde_json::Value;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use testkit::{Finished, Sandbox, Spawned, expect_code, inline_job};
+use testkit::{Finished, expect_code, inline_job};
 use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest};
 
 const DUTLAB: &str = env!("CARGO_BIN_EXE_dutlab");
 const LIMIT: Duration = Duration::from_secs(30);
 
-struct Lab {
-    sandbox: Sandbox,
-    data_dir: PathBuf,
-    port: u16,
-    admin: String,
-    controller: Option<Spawned>,
+/// The shared lab with this file's helpers.
+struct Lab(testkit::lab::Lab);
+
+impl std::ops::Deref for Lab {
+    type Target = testkit::lab::Lab;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Lab {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
 }
 
 impl Lab {
-    fn start(extra: &[&str]) -> Result<Lab> {
-        let sandbox = Sandbox::new()?;
-        let data_dir = sandbox.path().join("data");
-        let mut lab = Lab {
-            sandbox,
-            data_dir,
-            port: 0,
-            admin: String::new(),
-            controller: None,
-        };
-        lab.serve(extra)?;
-        Ok(lab)
-    }
-
-    /// Starts (or restarts) the controller on the lab's data directory.
-    fn serve(&mut self, extra: &[&str]) -> Result<()> {
-        let mut cmd = self.sandbox.command(DUTLAB)?;
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(&self.data_dir)
-            .args(extra);
-        let controller = Spawned::start(cmd)?;
-        controller.wait_for_stderr("listening on http://", LIMIT)?;
-        let stderr = controller.stderr_text();
-        self.port = stderr
-            .split("listening on http://127.0.0.1:")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|p| p.parse().ok())
-            .with_context(|| format!("no port in {stderr}"))?;
-        self.admin = std::fs::read_to_string(self.data_dir.join("admin-token"))?
-            .trim()
-            .to_owned();
-        self.controller = Some(controller);
-        Ok(())
-    }
-
-    fn stop(&mut self) -> Result<()> {
-        if let Some(c) = self.controller.take() {
-            c.signal(nix::sys::signal::Signal::SIGTERM)?;
-            c.finish(LIMIT)?;
-        }
-        Ok(())
-    }
-
-    fn cli_as(&self, token: &str, args: &[&str]) -> Result<Finished> {
-        let mut cmd = self.sandbox.command(DUTLAB)?;
-        cmd.args(args)
-            .env("DUTLAB_URL", format!("http://127.0.0.1:{}", self.port))
-            .env("DUTLAB_TOKEN", token)
-            .env("XDG_CONFIG_HOME", self.sandbox.path().join("config"));
-        Spawned::start(cmd)?.finish(LIMIT)
-    }
-
-    fn json_as(&self, token: &str, args: &[&str]) -> Result<Value> {
-        let done = self.cli_as(token, args)?;
-        expect_code(&done, 0)?;
-        serde_json::from_str(&done.stdout).with_context(|| format!("not JSON: {}", done.stdout))
-    }
-
-    /// `token create`; `user`: the user it speaks for (default: its name).
-    fn token(&self, name: &str, user: Option<&str>) -> Result<String> {
-        let mut args = vec!["token", "create", "--name", name, "--role", "user"];
-        if let Some(user) = user {
-            args.extend(["--user", user]);
-        }
-        let done = self.cli_as(&self.admin, &args)?;
-        expect_code(&done, 0)?;
-        Ok(done.stdout.trim().to_owned())
-    }
-
-    fn write(&self, name: &str, text: &str) -> Result<PathBuf> {
-        let path = self.sandbox.path().join(name);
-        std::fs::write(&path, text)?;
-        Ok(path)
+    fn start(serve_args: &[&str]) -> Result<Lab> {
+        Ok(Lab(testkit::lab::Lab::start_with(DUTLAB, serve_args)?))
     }
 
     fn job_file(&self, name: &str, visibility: &str) -> Result<PathBuf> {
@@ -144,12 +80,12 @@ impl Lab {
     /// The first message of the follow stream, or the refusal of its handshake.
     fn follow(&self, token: &str, job: u64) -> Result<Followed> {
         let path = format!("/api/v1/jobs/{job}/logs/follow");
-        let url = format!("ws://127.0.0.1:{}{path}", self.port);
+        let url = format!("ws://127.0.0.1:{}{path}", self.port());
         let mut request = url.as_str().into_client_request()?;
         request
             .headers_mut()
             .insert("authorization", format!("Bearer {token}").parse()?);
-        let tcp = TcpStream::connect(("127.0.0.1", self.port))?;
+        let tcp = TcpStream::connect(("127.0.0.1", self.port()))?;
         tcp.set_read_timeout(Some(Duration::from_millis(100)))?;
         let mut ws = match tungstenite::client::client(request, tcp) {
             Ok((ws, _)) => ws,
@@ -178,8 +114,8 @@ impl Lab {
         }
     }
 
-    fn finish(mut self) -> Result<()> {
-        self.stop()
+    fn finish(self) -> Result<()> {
+        self.0.finish()
     }
 }
 
@@ -217,9 +153,9 @@ fn reads(lab: &Lab, token: &str, job: u64) -> Result<bool> {
 fn tokens_with_the_same_name_of_different_users_do_not_share_jobs() -> Result<()> {
     let lab = Lab::start(&[])?;
     // Two users, each with a token called "ci"; and a second token of alice.
-    let alice_ci = lab.token("ci", Some("alice"))?;
-    let bob_ci = lab.token("ci", Some("bob"))?;
-    let alice_laptop = lab.token("laptop", Some("alice"))?;
+    let alice_ci = lab.user_token("ci", "user", "alice")?;
+    let bob_ci = lab.user_token("ci", "user", "bob")?;
+    let alice_laptop = lab.user_token("laptop", "user", "alice")?;
     let job = lab.submit(&alice_ci, "secret", "personal")?;
     ensure!(reads(&lab, &alice_ci, job)?, "the owner reads her job");
     ensure!(
@@ -234,10 +170,10 @@ fn tokens_with_the_same_name_of_different_users_do_not_share_jobs() -> Result<()
         &lab.cli_as(&bob_ci, &["job", "cancel", &job.to_string()])?,
         77,
     )?;
-    let view = lab.json_as(&lab.admin, &["job", "show", &job.to_string(), "--json"])?;
+    let view = lab.json_as(lab.admin(), &["job", "show", &job.to_string(), "--json"])?;
     ensure!(view["owner"] == "alice", "owner is the user: {view}");
     let whoami_ids: Vec<Value> = lab
-        .json_as(&lab.admin, &["token", "list", "--json"])?
+        .json_as(lab.admin(), &["token", "list", "--json"])?
         .as_array()
         .context("tokens")?
         .iter()
@@ -249,7 +185,7 @@ fn tokens_with_the_same_name_of_different_users_do_not_share_jobs() -> Result<()
         "two users: {whoami_ids:?}"
     );
     // Revoking one token and making a new one for the same user keeps the jobs.
-    let fresh = lab.token("ci-2", Some("alice"))?;
+    let fresh = lab.user_token("ci-2", "user", "alice")?;
     ensure!(
         reads(&lab, &fresh, job)?,
         "a re-created token keeps the jobs"
@@ -264,18 +200,18 @@ fn tokens_with_the_same_name_of_different_users_do_not_share_jobs() -> Result<()
 #[test]
 fn group_jobs_are_read_by_members_only_on_every_read_path() -> Result<()> {
     let lab = Lab::start(&[])?;
-    let owner = lab.token("olga", None)?;
-    let member = lab.token("mia", None)?;
-    let outsider = lab.token("otto", None)?;
+    let owner = lab.token("olga", "user")?;
+    let member = lab.token("mia", "user")?;
+    let outsider = lab.token("otto", "user")?;
     expect_code(
-        &lab.cli_as(&lab.admin, &["user", "add-group", "mia", "kernel"])?,
+        &lab.cli_as(lab.admin(), &["user", "add-group", "mia", "kernel"])?,
         0,
     )?;
     expect_code(
-        &lab.cli_as(&lab.admin, &["user", "add-group", "otto", "docs"])?,
+        &lab.cli_as(lab.admin(), &["user", "add-group", "otto", "docs"])?,
         0,
     )?;
-    let users = lab.json_as(&lab.admin, &["user", "list", "--json"])?;
+    let users = lab.json_as(lab.admin(), &["user", "list", "--json"])?;
     let mia = users
         .as_array()
         .and_then(|u| u.iter().find(|u| u["name"] == "mia"))
@@ -295,7 +231,7 @@ fn group_jobs_are_read_by_members_only_on_every_read_path() -> Result<()> {
     );
     // Membership is decided at each request: leaving the group ends reading.
     expect_code(
-        &lab.cli_as(&lab.admin, &["user", "remove-group", "mia", "kernel"])?,
+        &lab.cli_as(lab.admin(), &["user", "remove-group", "mia", "kernel"])?,
         0,
     )?;
     ensure!(!reads(&lab, &member, job)?, "a former member reads nothing");
@@ -316,11 +252,11 @@ fn over_quota_submissions_get_429_and_leave_the_queue_unchanged() -> Result<()> 
         "--quota-queued-bytes",
         "6000",
     ])?;
-    let alice = lab.token("alice", None)?;
-    let bob = lab.token("bob", None)?;
+    let alice = lab.token("alice", "user")?;
+    let bob = lab.token("bob", "user")?;
     let first = lab.submit(&alice, "one", "public")?;
     lab.submit(&alice, "two", "public")?;
-    let before = lab.listed(&lab.admin)?;
+    let before = lab.listed(lab.admin())?;
     let done = lab.submit_file(&alice, &lab.job_file("three", "public")?)?;
     expect_code(&done, 75)?;
     for part in [
@@ -335,10 +271,10 @@ fn over_quota_submissions_get_429_and_leave_the_queue_unchanged() -> Result<()> 
             done.stderr
         );
     }
-    ensure!(lab.listed(&lab.admin)? == before, "the queue changed");
+    ensure!(lab.listed(lab.admin())? == before, "the queue changed");
     // Other users are not affected; admins are exempt.
     lab.submit(&bob, "bobs", "public")?;
-    lab.submit(&lab.admin, "admins", "public")?;
+    lab.submit(lab.admin(), "admins", "public")?;
     // A finished job frees its place.
     expect_code(
         &lab.cli_as(&alice, &["job", "cancel", &first.to_string()])?,
@@ -355,7 +291,7 @@ fn over_quota_submissions_get_429_and_leave_the_queue_unchanged() -> Result<()> 
         "big.yaml",
         &format!("{padding}{}", inline_job("big", "  job: 5m", &["true"])),
     )?;
-    let before = lab.listed(&lab.admin)?;
+    let before = lab.listed(lab.admin())?;
     let done = lab.submit_file(&bob, &big)?;
     expect_code(&done, 75)?;
     ensure!(
@@ -365,7 +301,7 @@ fn over_quota_submissions_get_429_and_leave_the_queue_unchanged() -> Result<()> 
     );
     // Bytes: the queued total (carol holds nothing; two 3600-byte jobs pass 6000, and two
     // jobs are within the job count).
-    let carol = lab.token("carol", None)?;
+    let carol = lab.token("carol", "user")?;
     let mid = format!("# {}\n", "y".repeat(3200));
     let medium = lab.write(
         "medium.yaml",
@@ -373,7 +309,7 @@ fn over_quota_submissions_get_429_and_leave_the_queue_unchanged() -> Result<()> 
     )?;
     let done = lab.submit_file(&carol, &medium)?;
     expect_code(&done, 0)?;
-    let after_one = lab.listed(&lab.admin)?;
+    let after_one = lab.listed(lab.admin())?;
     let done = lab.submit_file(&carol, &medium)?;
     expect_code(&done, 75)?;
     ensure!(
@@ -381,7 +317,7 @@ fn over_quota_submissions_get_429_and_leave_the_queue_unchanged() -> Result<()> 
         "{}",
         done.stderr
     );
-    ensure!(lab.listed(&lab.admin)? == after_one, "the queue changed");
+    ensure!(lab.listed(lab.admin())? == after_one, "the queue changed");
     ensure!(
         after_one.len() == before.len() + 1,
         "{after_one:?} {before:?}"
@@ -392,14 +328,14 @@ fn over_quota_submissions_get_429_and_leave_the_queue_unchanged() -> Result<()> 
 #[test]
 fn a_version_2_database_keeps_its_owners() -> Result<()> {
     let mut lab = Lab::start(&[])?;
-    let alice = lab.token("alice", None)?;
-    let bob = lab.token("bob", None)?;
+    let alice = lab.token("alice", "user")?;
+    let bob = lab.token("bob", "user")?;
     let private = lab.submit(&alice, "private", "personal")?;
     let public = lab.submit(&bob, "open", "public")?;
-    lab.stop()?;
+    lab.stop_controller()?;
     // Turn the database back into what a schema-2 controller left: no principals, owners and
     // tokens by name only.
-    let db = lab.data_dir.join("dutlab.db");
+    let db = lab.data_dir().join("dutlab.db");
     let script = "ALTER TABLE tokens DROP COLUMN principal;
         ALTER TABLE jobs DROP COLUMN owner_id;
         DROP TABLE principals;
@@ -415,10 +351,9 @@ fn a_version_2_database_keeps_its_owners() -> Result<()> {
         "sqlite3: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    lab.serve(&[])?;
+    lab.serve()?;
     let log = lab
-        .controller
-        .as_ref()
+        .controller()
         .map(|c| c.stderr_text())
         .unwrap_or_default();
     ensure!(log.contains("schema migrated to version 3"), "{log}");
@@ -429,7 +364,7 @@ fn a_version_2_database_keeps_its_owners() -> Result<()> {
     let view = lab.json_as(&alice, &["job", "show", &private.to_string(), "--json"])?;
     ensure!(view["owner"] == "alice", "{view}");
     // Names became users: alice's new token finds her jobs.
-    let again = lab.token("alice-2", Some("alice"))?;
+    let again = lab.user_token("alice-2", "user", "alice")?;
     ensure!(
         reads(&lab, &again, private)?,
         "a new token of alice reads them"

@@ -121,7 +121,8 @@ pub fn rewrite_references(
         }
         let path = s.strip_prefix("file://")?;
         let path = path.strip_prefix("localhost").unwrap_or(path);
-        map.get(&crate::actions::percent_decode(path)?).cloned()
+        map.get(&crate::actions::deploy::percent_decode(path)?)
+            .cloned()
     };
     let Value::Map(top) = &mut value else {
         return Err(cx.err(&Path::root(), "the job is not a mapping"));

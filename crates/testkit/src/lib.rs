@@ -9,6 +9,7 @@
 //! - A [`Sandbox`] gives its processes a private `TMPDIR`; any QEMU whose command line still
 //!   mentions it after a run is a leak, and [`Sandbox::assert_no_qemu_left`] fails the test.
 
+pub mod lab;
 pub mod linaro;
 
 use anyhow::{Context, bail};

@@ -1,0 +1,382 @@
+//! A lab for system tests: a real `dutlab serve` on a loopback port, real `dutlab agent`
+//! processes with QEMU devices, and the real CLI as each user, all in one [`Sandbox`].
+//!
+//! Invariants:
+//! - Every process runs in its own group in the sandbox; dropping the lab kills them all.
+//! - [`Lab::finish`] stops the agents with SIGTERM and proves that no QEMU of the sandbox is
+//!   left; a test that ends without it still kills its processes (drop), but proves nothing.
+//! - The binary under test is given by the test (`env!("CARGO_BIN_EXE_dutlab")`): testkit
+//!   builds nothing.
+
+use crate::{Finished, Sandbox, Spawned, expect_code, wait_until};
+use anyhow::{Context, Result, ensure};
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Generous bound for one CLI call (which may follow a job) under TCG on a busy 2-core machine.
+pub const CLI_LIMIT: Duration = Duration::from_secs(240);
+
+/// How long a controller may take to listen, an agent's devices to become idle.
+const START_LIMIT: Duration = Duration::from_secs(30);
+
+/// One controller, its agents, and a client environment, in one sandbox.
+pub struct Lab {
+    sandbox: Sandbox,
+    bin: PathBuf,
+    data_dir: PathBuf,
+    serve_args: Vec<String>,
+    port: u16,
+    admin: String,
+    controller: Option<Spawned>,
+    agents: Vec<Spawned>,
+}
+
+impl Lab {
+    /// Starts a controller with default settings.
+    pub fn start(bin: &str) -> Result<Lab> {
+        Self::start_with(bin, &[])
+    }
+
+    /// Starts a controller with extra `dutlab serve` arguments.
+    pub fn start_with(bin: &str, serve_args: &[&str]) -> Result<Lab> {
+        let sandbox = Sandbox::new()?;
+        let data_dir = sandbox.path().join("data");
+        let mut lab = Lab {
+            sandbox,
+            bin: PathBuf::from(bin),
+            data_dir,
+            serve_args: serve_args.iter().map(|s| (*s).to_owned()).collect(),
+            port: 0,
+            admin: String::new(),
+            controller: None,
+            agents: Vec::new(),
+        };
+        lab.serve()?;
+        Ok(lab)
+    }
+
+    /// Starts the controller on the lab's data directory (and its port, once it has one).
+    pub fn serve(&mut self) -> Result<()> {
+        let mut cmd = self.sandbox.command(&self.bin)?;
+        cmd.args(["serve", "--listen", &format!("127.0.0.1:{}", self.port)])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(&self.serve_args);
+        let controller = Spawned::start(cmd)?;
+        controller.wait_for_stderr("listening on http://", START_LIMIT)?;
+        let stderr = controller.stderr_text();
+        self.port = stderr
+            .split("listening on http://127.0.0.1:")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|p| p.parse().ok())
+            .with_context(|| format!("no port in {stderr}"))?;
+        self.admin = std::fs::read_to_string(self.data_dir.join("admin-token"))?
+            .trim()
+            .to_owned();
+        self.controller = Some(controller);
+        Ok(())
+    }
+
+    /// Restarts the controller (same data, same port) with other `dutlab serve` arguments.
+    pub fn serve_with(&mut self, serve_args: &[&str]) -> Result<()> {
+        self.stop_controller()?;
+        self.serve_args = serve_args.iter().map(|s| (*s).to_owned()).collect();
+        self.serve()
+    }
+
+    /// Stops the controller with SIGTERM and waits for it to exit.
+    pub fn stop_controller(&mut self) -> Result<()> {
+        if let Some(controller) = self.controller.take() {
+            controller.signal(Signal::SIGTERM)?;
+            controller.finish(START_LIMIT)?;
+        }
+        Ok(())
+    }
+
+    /// Kills the controller with SIGKILL and starts it again on the same port and data.
+    pub fn restart_controller_hard(&mut self) -> Result<()> {
+        if let Some(mut old) = self.controller.take() {
+            old.kill_hard()?;
+        }
+        self.serve()
+    }
+
+    /// The running controller process.
+    pub fn controller(&self) -> Result<&Spawned> {
+        self.controller
+            .as_ref()
+            .context("the controller is not running")
+    }
+
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.sandbox
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The admin token `dutlab serve` wrote on first start.
+    pub fn admin(&self) -> &str {
+        &self.admin
+    }
+
+    /// Runs the CLI with the given token.
+    pub fn cli_as(&self, token: &str, args: &[&str]) -> Result<Finished> {
+        let mut cmd = self.sandbox.command(&self.bin)?;
+        cmd.args(args)
+            .env("DUTLAB_URL", self.url())
+            .env("DUTLAB_TOKEN", token)
+            .env("XDG_CONFIG_HOME", self.sandbox.path().join("config"));
+        Spawned::start(cmd)?.finish(CLI_LIMIT)
+    }
+
+    /// Runs the CLI as the admin.
+    pub fn cli(&self, args: &[&str]) -> Result<Finished> {
+        self.cli_as(&self.admin, args)
+    }
+
+    /// Runs the CLI and parses its stdout as JSON (exit 0 required).
+    pub fn json_as(&self, token: &str, args: &[&str]) -> Result<Value> {
+        let done = self.cli_as(token, args)?;
+        expect_code(&done, 0)?;
+        serde_json::from_str(&done.stdout)
+            .with_context(|| format!("{args:?}: not JSON: {} {}", done.stdout, done.stderr))
+    }
+
+    /// [`Lab::json_as`] as the admin.
+    pub fn json(&self, args: &[&str]) -> Result<Value> {
+        self.json_as(&self.admin, args)
+    }
+
+    /// `token create --name NAME --role ROLE`: a token of the user `name`.
+    pub fn token(&self, name: &str, role: &str) -> Result<String> {
+        self.token_args(&["--name", name, "--role", role])
+    }
+
+    /// A token named `name` that speaks for `user`.
+    pub fn user_token(&self, name: &str, role: &str, user: &str) -> Result<String> {
+        self.token_args(&["--name", name, "--role", role, "--user", user])
+    }
+
+    fn token_args(&self, args: &[&str]) -> Result<String> {
+        let mut all = vec!["token", "create"];
+        all.extend_from_slice(args);
+        let done = self.cli(&all)?;
+        expect_code(&done, 0)?;
+        let token = done.stdout.trim().to_owned();
+        ensure!(
+            token.starts_with("dutlab_") && !token.contains('\n'),
+            "token create printed {:?}",
+            done.stdout
+        );
+        Ok(token)
+    }
+
+    /// Writes the configuration of agent `name` with `qemu` default QEMU devices (its token in
+    /// `<sandbox>/<name>/token`, work directory `<sandbox>/<name>/work`) without starting it;
+    /// answers the path of its `agent.yaml`.
+    pub fn agent_config(&self, name: &str, qemu: usize) -> Result<PathBuf> {
+        let dir = self.sandbox.path().join(name);
+        std::fs::create_dir_all(&dir)?;
+        let token_file = dir.join("token");
+        std::fs::write(&token_file, self.token(name, "agent")?)?;
+        let init = self.cli(&[
+            "agent",
+            "init",
+            "--controller",
+            &self.url(),
+            "--token-file",
+            &token_file.display().to_string(),
+            "--qemu",
+            &qemu.to_string(),
+            "--name",
+            name,
+            "--work-dir",
+            &dir.join("work").display().to_string(),
+        ])?;
+        expect_code(&init, 0)?;
+        let config = dir.join("agent.yaml");
+        std::fs::write(&config, &init.stdout)?;
+        Ok(config)
+    }
+
+    /// Starts agent `name` with `qemu` default QEMU devices and waits until they are idle;
+    /// answers its work directory.
+    pub fn agent(&mut self, name: &str, qemu: usize) -> Result<PathBuf> {
+        let config = self.agent_config(name, qemu)?;
+        self.spawn_agent(&config)?;
+        self.wait_devices_idle(name, qemu)?;
+        Ok(self.sandbox.path().join(name).join("work"))
+    }
+
+    /// Starts `dutlab agent --config CONFIG` (it is stopped by [`Lab::finish`]).
+    pub fn spawn_agent(&mut self, config: &Path) -> Result<&mut Spawned> {
+        let mut cmd = self.sandbox.command(&self.bin)?;
+        cmd.arg("agent").arg("--config").arg(config);
+        self.agents.push(Spawned::start(cmd)?);
+        let last = self.agents.len() - 1;
+        Ok(&mut self.agents[last])
+    }
+
+    /// The agents started so far, in start order.
+    pub fn agents_mut(&mut self) -> &mut Vec<Spawned> {
+        &mut self.agents
+    }
+
+    /// Waits until `count` devices of `agent` are idle.
+    pub fn wait_devices_idle(&self, agent: &str, count: usize) -> Result<()> {
+        wait_until(
+            &format!("{count} idle device(s) of agent {agent}"),
+            START_LIMIT,
+            || {
+                let devices = self.json(&["device", "list", "--json"])?;
+                let idle = devices
+                    .as_array()
+                    .context("device list is an array")?
+                    .iter()
+                    .filter(|d| d["agent"] == agent && d["state"] == "idle")
+                    .count();
+                Ok((idle == count).then_some(()))
+            },
+        )
+    }
+
+    /// Writes a file into the sandbox.
+    pub fn write(&self, name: &str, text: &str) -> Result<PathBuf> {
+        let path = self.sandbox.path().join(name);
+        std::fs::write(&path, text)?;
+        Ok(path)
+    }
+
+    /// Submits a job file as `token` and answers its id.
+    pub fn submit_as(&self, token: &str, job: &Path) -> Result<u64> {
+        let view = self.json_as(
+            token,
+            &["job", "submit", &job.display().to_string(), "--json"],
+        )?;
+        view["id"].as_u64().context("job id")
+    }
+
+    /// Submits a job file as the admin.
+    pub fn submit(&self, job: &Path) -> Result<u64> {
+        self.submit_as(&self.admin, job)
+    }
+
+    /// `job show --json` as the admin.
+    pub fn job(&self, id: u64) -> Result<Value> {
+        self.json(&["job", "show", &id.to_string(), "--json"])
+    }
+
+    /// Waits until job `id` is in `state`; answers its view then.
+    pub fn wait_state(&self, id: u64, state: &str, within: Duration) -> Result<Value> {
+        wait_until(&format!("job {id} {state}"), within, || {
+            let job = self.job(id)?;
+            Ok((job["state"] == state).then_some(job))
+        })
+    }
+
+    /// Waits until the stored log of a job has a record containing `text`.
+    pub fn wait_for_line(&self, id: u64, text: &str) -> Result<()> {
+        wait_until(
+            &format!("{text:?} in the log of job {id}"),
+            CLI_LIMIT,
+            || {
+                Ok(self
+                    .log(id)?
+                    .iter()
+                    .any(|r| r["text"].as_str().is_some_and(|t| t.contains(text)))
+                    .then_some(()))
+            },
+        )
+    }
+
+    /// The stored log of a job, one JSON record per line.
+    pub fn log(&self, id: u64) -> Result<Vec<Value>> {
+        let done = self.cli(&["job", "logs", &id.to_string(), "--json"])?;
+        expect_code(&done, 0)?;
+        done.stdout
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).with_context(|| format!("log line {l:?}")))
+            .collect()
+    }
+
+    /// The stored log of a job as text, one record per line.
+    pub fn log_text(&self, id: u64) -> Result<String> {
+        let mut out = String::new();
+        for record in self.log(id)? {
+            out.push_str(record["text"].as_str().unwrap_or_default());
+            out.push('\n');
+        }
+        Ok(out)
+    }
+
+    /// One raw HTTP/1.1 request with a bearer token; answers (status, body).
+    pub fn http(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: &[u8],
+    ) -> Result<(u16, Vec<u8>)> {
+        self.http_declaring(method, path, token, body, body.len())
+    }
+
+    /// A request whose `Content-Length` says `declared` bytes (the body may be shorter: a
+    /// server that refuses by the header answers without reading it).
+    pub fn http_declaring(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: &[u8],
+        declared: usize,
+    ) -> Result<(u16, Vec<u8>)> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
+        stream.set_read_timeout(Some(START_LIMIT))?;
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\
+             Content-Length: {declared}\r\nConnection: close\r\n\r\n",
+        )?;
+        stream.write_all(body)?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer)?;
+        let split = answer
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .context("no end of headers")?;
+        let head = String::from_utf8_lossy(&answer[..split]).into_owned();
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("no status in {head:?}"))?;
+        Ok((status, answer[split + 4..].to_vec()))
+    }
+
+    /// Stops the agents (SIGTERM) and the controller, then proves no QEMU is left.
+    pub fn finish(mut self) -> Result<()> {
+        for agent in &self.agents {
+            let _ = agent.signal(Signal::SIGTERM);
+        }
+        for agent in std::mem::take(&mut self.agents) {
+            let _ = agent.finish(START_LIMIT);
+        }
+        self.sandbox.assert_no_qemu_left()
+    }
+}
