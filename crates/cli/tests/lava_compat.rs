@@ -34,7 +34,10 @@ fn lavacli_path() -> Result<PathBuf> {
 fn lavacli(lab: &Lab, args: &[&str]) -> Result<Finished> {
     let mut cmd = lab.sandbox().command(lavacli_path()?)?;
     cmd.args(args)
-        .env("XDG_CONFIG_HOME", lab.sandbox().path().join("lavacli-config"))
+        .env(
+            "XDG_CONFIG_HOME",
+            lab.sandbox().path().join("lavacli-config"),
+        )
         .env_remove("FORCE_COLOR");
     Spawned::start(cmd)?.finish(CLI_LIMIT)
 }
@@ -101,7 +104,10 @@ fn http(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .with_context(|| format!("no status in {head:?}"))?;
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         unchunk(body)
     } else {
         body.to_owned()
@@ -149,7 +155,10 @@ fn marker_job(lab: &Lab, file: &str, visibility: &str, name: &str) -> Result<Pat
             inline_job(
                 name,
                 "  job: {minutes: 4}",
-                &["echo lava-compat-marker-$((6*7))", "lava-test-case hello --result pass"],
+                &[
+                    "echo lava-compat-marker-$((6*7))",
+                    "lava-test-case hello --result pass"
+                ],
             )
         ),
     )
@@ -207,7 +216,11 @@ fn lavacli_submits_follows_and_reads_results_of_a_qemu_job() -> Result<()> {
     ensure!(id.parse::<u64>().is_ok(), "submit printed {id:?}");
     // Bob may not see Alice's personal job, on any path.
     refused(&lab, &["-i", "bob", "jobs", "show", &id], "403")?;
-    refused(&lab, &["-i", "bob", "jobs", "logs", &id, "--no-follow"], "403")?;
+    refused(
+        &lab,
+        &["-i", "bob", "jobs", "logs", &id, "--no-follow"],
+        "403",
+    )?;
     refused(&lab, &["-i", "bob", "jobs", "definition", &id], "403")?;
     refused(&lab, &["-i", "bob", "results", &id], "403")?;
     refused(&lab, &["-i", "bob", "jobs", "cancel", &id], "403")?;
@@ -230,7 +243,10 @@ fn lavacli_submits_follows_and_reads_results_of_a_qemu_job() -> Result<()> {
         ensure!(shown.contains(want), "no {want:?} in\n{shown}");
     }
     let json: Value = serde_json::from_str(&ok(&lab, &["jobs", "show", &id, "--json"])?)?;
-    ensure!(json["end_time"].as_str().is_some_and(|t| t.len() == 17), "{json}");
+    ensure!(
+        json["end_time"].as_str().is_some_and(|t| t.len() == 17),
+        "{json}"
+    );
 
     // Raw logs are LAVA's YAML lines; paging by line offset sees the rest.
     let raw = ok(&lab, &["jobs", "logs", &id, "--raw", "--no-follow"])?;
@@ -240,7 +256,15 @@ fn lavacli_submits_follows_and_reads_results_of_a_qemu_job() -> Result<()> {
     let total = raw.lines().count();
     let tail = ok(
         &lab,
-        &["jobs", "logs", &id, "--raw", "--no-follow", "--start", &(total - 2).to_string()],
+        &[
+            "jobs",
+            "logs",
+            &id,
+            "--raw",
+            "--no-follow",
+            "--start",
+            &(total - 2).to_string(),
+        ],
     )?;
     ensure!(tail.lines().count() == 2, "{tail}");
     ensure!(raw.ends_with(&tail), "the last two lines differ:\n{tail}");
@@ -261,10 +285,17 @@ fn lavacli_submits_follows_and_reads_results_of_a_qemu_job() -> Result<()> {
     ensure!(definition.contains("job_name: lava-compat"), "{definition}");
     let listed = ok(&lab, &["jobs", "list"])?;
     ensure!(
-        listed.contains(&format!("* {id}: Finished,Complete [alice] (lava-compat) - qemu")),
+        listed.contains(&format!(
+            "* {id}: Finished,Complete [alice] (lava-compat) - qemu"
+        )),
         "{listed}"
     );
-    let finished = ok(&lab, &["jobs", "list", "--state", "FINISHED", "--health", "COMPLETE"])?;
+    let finished = ok(
+        &lab,
+        &[
+            "jobs", "list", "--state", "FINISHED", "--health", "COMPLETE",
+        ],
+    )?;
     ensure!(finished.contains(&format!("* {id}:")), "{finished}");
     let running = ok(&lab, &["jobs", "list", "--state", "RUNNING"])?;
     ensure!(!running.contains(&format!("* {id}:")), "{running}");
@@ -275,7 +306,11 @@ fn lavacli_submits_follows_and_reads_results_of_a_qemu_job() -> Result<()> {
         "multinode.yaml",
         include_str!("../../jobspec/tests/fixtures/multinode.yaml"),
     )?;
-    refused(&lab, &["jobs", "submit", &path_str(&multinode)], "multinode")?;
+    refused(
+        &lab,
+        &["jobs", "submit", &path_str(&multinode)],
+        "multinode",
+    )?;
     lab.finish()
 }
 
@@ -301,7 +336,10 @@ fn lavacli_cancels_a_running_job_and_resubmits() -> Result<()> {
     let number: u64 = id.parse()?;
     lab.wait_for_line(number, "started-2")?;
     let queue = ok(&lab, &["jobs", "queue"])?;
-    ensure!(!queue.contains(&format!("* {id}:")), "a running job is not queued: {queue}");
+    ensure!(
+        !queue.contains(&format!("* {id}:")),
+        "a running job is not queued: {queue}"
+    );
     let shown = ok(&lab, &["jobs", "show", &id])?;
     ensure!(shown.contains("state       : Running"), "{shown}");
     refused(&lab, &["-i", "bob", "jobs", "cancel", &id], "403")?;
@@ -310,10 +348,17 @@ fn lavacli_cancels_a_running_job_and_resubmits() -> Result<()> {
     let shown = ok(&lab, &["jobs", "show", &id])?;
     ensure!(shown.contains("Health      : Canceled"), "{shown}");
     let canceled = ok(&lab, &["jobs", "list", "--health", "CANCELED"])?;
-    ensure!(canceled.contains(&format!("* {id}: Finished,Canceled")), "{canceled}");
+    ensure!(
+        canceled.contains(&format!("* {id}: Finished,Canceled")),
+        "{canceled}"
+    );
 
     // Resubmit makes a new job of the same definition, owned by the caller.
-    refused(&lab, &["-i", "bob", "jobs", "resubmit", &id, "--url"], "403")?;
+    refused(
+        &lab,
+        &["-i", "bob", "jobs", "resubmit", &id, "--url"],
+        "403",
+    )?;
     let again = ok(&lab, &["jobs", "resubmit", &id])?.trim().to_owned();
     ensure!(again != id && again.parse::<u64>().is_ok(), "{again}");
     let again_number: u64 = again.parse()?;
@@ -340,7 +385,9 @@ fn rest_v02_submits_reads_and_refuses_with_plain_http() -> Result<()> {
     ensure!(finished["submitter"] == "alice", "{finished}");
     ensure!(finished["actual_device"] == "rig-qemu-01", "{finished}");
     ensure!(
-        finished["definition"].as_str().is_some_and(|d| d.contains("rest-job")),
+        finished["definition"]
+            .as_str()
+            .is_some_and(|d| d.contains("rest-job")),
         "{finished}"
     );
 
@@ -358,9 +405,18 @@ fn rest_v02_submits_reads_and_refuses_with_plain_http() -> Result<()> {
     let (status, bad) = rest(&lab, "GET", "/api/v0.2/jobs/?state=Queued", &alice, "")?;
     ensure!(status == 400, "{status} {bad}");
 
-    let (status, logs) = rest(&lab, "GET", &format!("/api/v0.2/jobs/{id}/logs/"), &alice, "")?;
+    let (status, logs) = rest(
+        &lab,
+        "GET",
+        &format!("/api/v0.2/jobs/{id}/logs/"),
+        &alice,
+        "",
+    )?;
     let logs = logs.as_str().context("logs are YAML text")?.to_owned();
-    ensure!(status == 200 && logs.contains("lava-compat-marker-42"), "{status} {logs}");
+    ensure!(
+        status == 200 && logs.contains("lava-compat-marker-42"),
+        "{status} {logs}"
+    );
     let (_, two) = rest(
         &lab,
         "GET",
@@ -368,11 +424,26 @@ fn rest_v02_submits_reads_and_refuses_with_plain_http() -> Result<()> {
         &alice,
         "",
     )?;
-    ensure!(two.as_str().is_some_and(|t| t.lines().count() == 2), "{two}");
+    ensure!(
+        two.as_str().is_some_and(|t| t.lines().count() == 2),
+        "{two}"
+    );
 
-    let (status, suites) = rest(&lab, "GET", &format!("/api/v0.2/jobs/{id}/suites/"), &alice, "")?;
+    let (status, suites) = rest(
+        &lab,
+        "GET",
+        &format!("/api/v0.2/jobs/{id}/suites/"),
+        &alice,
+        "",
+    )?;
     ensure!(status == 200, "{status} {suites}");
-    let (status, tests) = rest(&lab, "GET", &format!("/api/v0.2/jobs/{id}/tests/"), &alice, "")?;
+    let (status, tests) = rest(
+        &lab,
+        "GET",
+        &format!("/api/v0.2/jobs/{id}/tests/"),
+        &alice,
+        "",
+    )?;
     ensure!(status == 200, "{status} {tests}");
     let hello = tests["results"]
         .as_array()
@@ -397,32 +468,64 @@ fn rest_v02_submits_reads_and_refuses_with_plain_http() -> Result<()> {
         &alice,
         "",
     )?;
-    ensure!(status == 200 && in_suite["count"].as_u64() >= Some(1), "{in_suite}");
-    let (status, junit) = rest(&lab, "GET", &format!("/api/v0.2/jobs/{id}/junit/"), &alice, "")?;
+    ensure!(
+        status == 200 && in_suite["count"].as_u64() >= Some(1),
+        "{in_suite}"
+    );
+    let (status, junit) = rest(
+        &lab,
+        "GET",
+        &format!("/api/v0.2/jobs/{id}/junit/"),
+        &alice,
+        "",
+    )?;
     let junit = junit.as_str().context("junit is XML")?.to_owned();
-    ensure!(status == 200 && junit.contains("<testcase name=\"hello\""), "{junit}");
+    ensure!(
+        status == 200 && junit.contains("<testcase name=\"hello\""),
+        "{junit}"
+    );
 
     let (status, devices) = rest(&lab, "GET", "/api/v0.2/devices/", &alice, "")?;
-    ensure!(status == 200 && devices["results"][0]["hostname"] == "rig-qemu-01", "{devices}");
+    ensure!(
+        status == 200 && devices["results"][0]["hostname"] == "rig-qemu-01",
+        "{devices}"
+    );
     let (status, types) = rest(&lab, "GET", "/api/v0.2/devicetypes/", &alice, "")?;
-    ensure!(status == 200 && types["results"][0]["name"] == "qemu", "{types}");
+    ensure!(
+        status == 200 && types["results"][0]["name"] == "qemu",
+        "{types}"
+    );
 
     // Bob: Alice's personal job does not exist in his list and is 403 everywhere else.
     let (_, bobs) = rest(&lab, "GET", "/api/v0.2/jobs/", &bob, "")?;
     ensure!(bobs["count"] == 0, "{bobs}");
     for path in ["", "logs/", "tests/", "suites/", "junit/", "cancel/"] {
-        let (status, answer) = rest(&lab, "GET", &format!("/api/v0.2/jobs/{id}/{path}"), &bob, "")?;
+        let (status, answer) = rest(
+            &lab,
+            "GET",
+            &format!("/api/v0.2/jobs/{id}/{path}"),
+            &bob,
+            "",
+        )?;
         ensure!(status == 403, "bob GET {path}: {status} {answer}");
         ensure!(answer["detail"].is_string(), "{answer}");
     }
-    let (status, _) = rest(&lab, "POST", &format!("/api/v0.2/jobs/{id}/resubmit/"), &bob, "")?;
+    let (status, _) = rest(
+        &lab,
+        "POST",
+        &format!("/api/v0.2/jobs/{id}/resubmit/"),
+        &bob,
+        "",
+    )?;
     ensure!(status == 403, "bob resubmit: {status}");
     // A bad definition is 400 naming the field.
     let bad = serde_json::json!({ "definition": "job_name: x\n" }).to_string();
     let (status, answer) = rest(&lab, "POST", "/api/v0.2/jobs/", &alice, &bad)?;
     ensure!(status == 400, "{status} {answer}");
     ensure!(
-        answer["detail"].as_str().is_some_and(|d| d.contains("device_type")),
+        answer["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("device_type")),
         "{answer}"
     );
     lab.finish()
@@ -448,6 +551,20 @@ fn every_lava_route_needs_a_token() -> Result<()> {
             b"",
         )?;
         ensure!(agent == 403, "{method} {path} with an agent token: {agent}");
+        // The route exists: a user gets an answer of the route (job 1 does not exist), not
+        // the router's empty 404 or 405.
+        let user_header = format!("Token {user}");
+        let (status, body) = http(
+            lab.port(),
+            method,
+            path,
+            &[("Authorization", &user_header)],
+            b"",
+        )?;
+        ensure!(
+            status != 405 && !body.is_empty(),
+            "{method} {path} as a user: {status} {body:?}"
+        );
     }
     // XML-RPC: anonymous calls get fault 401 and nothing else, whatever the method.
     let call = |method: &str| {
@@ -455,11 +572,22 @@ fn every_lava_route_needs_a_token() -> Result<()> {
             "<?xml version='1.0'?><methodCall><methodName>{method}</methodName><params></params></methodCall>"
         )
     };
-    for method in ["system.version", "system.listMethods", "scheduler.jobs.list", "no.such"] {
+    for method in [
+        "system.version",
+        "system.listMethods",
+        "scheduler.jobs.list",
+        "no.such",
+    ] {
         let (status, body) = http(lab.port(), "POST", "/RPC2", &[], call(method).as_bytes())?;
         ensure!(status == 200, "{method}: {status}");
-        ensure!(body.contains("<name>faultCode</name><value><int>401</int>"), "{body}");
-        ensure!(!body.contains("2025.12") && !body.contains("scheduler."), "{body}");
+        ensure!(
+            body.contains("<name>faultCode</name><value><int>401</int>"),
+            "{body}"
+        );
+        ensure!(
+            !body.contains("2025.12") && !body.contains("scheduler."),
+            "{body}"
+        );
     }
     // A bad token is refused before the call is read; an agent token gets fault 403.
     for header in [bad.replace("Token", "Bearer"), "Basic !!!".to_owned()] {
@@ -479,7 +607,10 @@ fn every_lava_route_needs_a_token() -> Result<()> {
         &[("Authorization", &format!("Bearer {agent}"))],
         call("system.version").as_bytes(),
     )?;
-    ensure!(status == 200 && body.contains("<int>403</int>"), "{status} {body}");
+    ensure!(
+        status == 200 && body.contains("<int>403</int>"),
+        "{status} {body}"
+    );
     // A hostile body is a parse fault, not a crash or an expansion.
     let bomb = "<?xml version='1.0'?><!DOCTYPE x [<!ENTITY a 'aaaaaaaa'><!ENTITY b '&a;&a;&a;&a;'>]>\
                 <methodCall><methodName>&b;</methodName></methodCall>";
@@ -490,7 +621,10 @@ fn every_lava_route_needs_a_token() -> Result<()> {
         &[("Authorization", &format!("Bearer {user}"))],
         bomb.as_bytes(),
     )?;
-    ensure!(status == 200 && body.contains("<int>-32700</int>"), "{status} {body}");
+    ensure!(
+        status == 200 && body.contains("<int>-32700</int>"),
+        "{status} {body}"
+    );
     ensure!(!body.contains("aaaaaaaa"), "{body}");
     let (status, body) = http(
         lab.port(),
@@ -499,6 +633,9 @@ fn every_lava_route_needs_a_token() -> Result<()> {
         &[("Authorization", &format!("Bearer {user}"))],
         call("system.whoami").as_bytes(),
     )?;
-    ensure!(status == 200 && body.contains("<string>carol</string>"), "{status} {body}");
+    ensure!(
+        status == 200 && body.contains("<string>carol</string>"),
+        "{status} {body}"
+    );
     lab.finish()
 }

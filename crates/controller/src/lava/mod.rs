@@ -29,7 +29,9 @@ use crate::auth::Caller;
 use axum::http::StatusCode;
 use proto::api::{DeviceView, JobView};
 use proto::log::{LogKind, LogRecord};
-use proto::{CaseResult, DeviceState, JobId, JobReport, JobState, Millis, Outcome, Seq, Visibility};
+use proto::{
+    CaseResult, DeviceState, JobId, JobReport, JobState, Millis, Outcome, Seq, Visibility,
+};
 use text::Yaml;
 
 /// The LAVA release whose API this layer follows (lavacli gates commands on it).
@@ -138,7 +140,15 @@ fn civil(at: Millis) -> (i64, u32, u32, u32, u32, u32, u32) {
     let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day, rem / 3600, rem / 60 % 60, rem % 60, micros)
+    (
+        year,
+        month,
+        day,
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        micros,
+    )
 }
 
 /// `2026-01-02T03:04:05.678000` (UTC, as LAVA's log lines carry `dt`).
@@ -283,7 +293,11 @@ pub fn suites(report: &JobReport) -> Vec<(usize, &str)> {
             names.push(&c.suite);
         }
     }
-    names.into_iter().enumerate().map(|(i, n)| (i + 1, n)).collect()
+    names
+        .into_iter()
+        .enumerate()
+        .map(|(i, n)| (i + 1, n))
+        .collect()
 }
 
 /// LAVA's CSV export columns, in its order.
@@ -432,20 +446,32 @@ mod tests {
         assert_eq!(lava_health(Some(Outcome::Failed)), "Complete");
         assert_eq!(lava_health(Some(Outcome::InfraError)), "Incomplete");
         assert_eq!(lava_health(Some(Outcome::Canceled)), "Canceled");
-        assert_eq!(health_matches("INCOMPLETE", Some(Outcome::TimedOut)), Some(true));
-        assert_eq!(health_matches("complete", Some(Outcome::TimedOut)), Some(false));
+        assert_eq!(
+            health_matches("INCOMPLETE", Some(Outcome::TimedOut)),
+            Some(true)
+        );
+        assert_eq!(
+            health_matches("complete", Some(Outcome::TimedOut)),
+            Some(false)
+        );
         assert_eq!(health_matches("broken", None), None);
     }
 
     #[test]
     fn case_records_become_results_lines() {
         for (text, want) in [
-            ("0_smoke/uname: pass", Some(("0_smoke", "uname", CaseResult::Pass, None))),
+            (
+                "0_smoke/uname: pass",
+                Some(("0_smoke", "uname", CaseResult::Pass, None)),
+            ),
             (
                 "0_smoke/speed: fail 12.5 MB/s",
                 Some(("0_smoke", "speed", CaseResult::Fail, Some("12.5 MB/s"))),
             ),
-            ("lava/job: unknown", Some(("lava", "job", CaseResult::Unknown, None))),
+            (
+                "lava/job: unknown",
+                Some(("lava", "job", CaseResult::Unknown, None)),
+            ),
             ("no slash: pass", None),
             ("a/b: maybe", None),
         ] {

@@ -11,8 +11,8 @@
 //! - Errors are `{"detail": "..."}` (Django REST framework's shape) with the HTTP status.
 
 use super::{
-    device_state, exported_cases, lava_health, lava_state, log_page, report, states_named,
-    suites, text,
+    device_state, exported_cases, lava_health, lava_state, log_page, report, states_named, suites,
+    text,
 };
 use crate::AppState;
 use crate::api::{ApiFailure, PEOPLE, ask, prepare_submission, viewer, visible_job};
@@ -47,12 +47,19 @@ impl From<ApiFailure> for RestFailure {
 type RestResult<T> = Result<T, RestFailure>;
 
 /// Resolves `Authorization: Token T` (or `Bearer T`) to a caller, else 401.
-pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+pub async fn authenticate(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let caller = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Token ").or_else(|| v.strip_prefix("Bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Token ")
+                .or_else(|| v.strip_prefix("Bearer "))
+        })
         .and_then(|t| super::caller_of_token(&state, t));
     match caller {
         Some(caller) if caller.role == Role::Agent => RestFailure(
@@ -73,7 +80,9 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
 }
 
 fn iso_z(at: Option<Millis>) -> Value {
-    at.map_or(Value::Null, |t| Value::String(format!("{}Z", super::iso(t))))
+    at.map_or(Value::Null, |t| {
+        Value::String(format!("{}Z", super::iso(t)))
+    })
 }
 
 /// A job as LAVA's `TestJobSerializer` shows it.
@@ -495,7 +504,10 @@ async fn tests_of(
             if suite_name.is_some_and(|n| n != c.case.suite) {
                 continue;
             }
-            if f.result.as_ref().is_some_and(|r| r != c.case.result.as_str()) {
+            if f.result
+                .as_ref()
+                .is_some_and(|r| r != c.case.result.as_str())
+            {
                 continue;
             }
             if f.name.as_ref().is_some_and(|n| n != &c.case.name) {
@@ -651,7 +663,12 @@ pub async fn device_types(
             })
         })
         .collect();
-    Ok(Json(page("/api/v0.2/devicetypes/", items, p.limit, p.offset)))
+    Ok(Json(page(
+        "/api/v0.2/devicetypes/",
+        items,
+        p.limit,
+        p.offset,
+    )))
 }
 
 /// `GET /api/v0.2/system/version/`.
@@ -673,7 +690,10 @@ pub fn routes(state: AppState) -> axum::Router<AppState> {
         .route("/api/v0.2/jobs/{id}/logs/", get(logs))
         .route("/api/v0.2/jobs/{id}/junit/", get(junit))
         .route("/api/v0.2/jobs/{id}/suites/", get(job_suites))
-        .route("/api/v0.2/jobs/{id}/suites/{suite}/tests/", get(suite_tests))
+        .route(
+            "/api/v0.2/jobs/{id}/suites/{suite}/tests/",
+            get(suite_tests),
+        )
         .route("/api/v0.2/jobs/{id}/tests/", get(job_tests))
         .route("/api/v0.2/jobs/{id}/cancel/", get(cancel))
         .route("/api/v0.2/jobs/{id}/resubmit/", post(resubmit))

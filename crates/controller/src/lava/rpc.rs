@@ -15,9 +15,8 @@
 use super::text::{self, Yaml};
 use super::xmlrpc::{self, MethodCall, Value};
 use super::{
-    ExportedCase, cases_csv, device_state, error_type, exported_cases, health_matches,
-    lava_health, lava_state, log_page, python_time, report, states_named, visibility_text,
-    xmlrpc_time,
+    ExportedCase, cases_csv, device_state, error_type, exported_cases, health_matches, lava_health,
+    lava_state, log_page, python_time, report, states_named, visibility_text, xmlrpc_time,
 };
 use crate::AppState;
 use crate::api::{ApiFailure, ask, prepare_submission, viewer, visible_job};
@@ -99,9 +98,15 @@ enum Credentials {
     Known(Caller),
 }
 
-/// Why the header was refused at the HTTP level.
-fn http_refusal(status: StatusCode, message: &str) -> Response {
-    let mut response = (status, message.to_owned()).into_response();
+/// A header refused at the HTTP level: status and message.
+type Refusal = (StatusCode, &'static str);
+
+fn http_refusal(status: StatusCode, message: &'static str) -> Refusal {
+    (status, message)
+}
+
+fn refusal_response((status, message): Refusal) -> Response {
+    let mut response = (status, message).into_response();
     if status == StatusCode::UNAUTHORIZED {
         response.headers_mut().insert(
             header::WWW_AUTHENTICATE,
@@ -111,7 +116,7 @@ fn http_refusal(status: StatusCode, message: &str) -> Response {
     response
 }
 
-fn credentials(state: &AppState, headers: &HeaderMap) -> Result<Credentials, Response> {
+fn credentials(state: &AppState, headers: &HeaderMap) -> Result<Credentials, Refusal> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Ok(Credentials::Anonymous);
     };
@@ -161,7 +166,7 @@ fn credentials(state: &AppState, headers: &HeaderMap) -> Result<Credentials, Res
 /// The `/RPC2` handler.
 pub async fn rpc2(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     let answer = match credentials(&state, &headers) {
-        Err(refused) => return refused,
+        Err(refused) => return refusal_response(refused),
         Ok(Credentials::Anonymous) => Err(fault(
             401,
             "Authentication with user and token required for this API.",
@@ -187,11 +192,7 @@ pub async fn rpc2(State(state): State<AppState>, headers: HeaderMap, body: Bytes
         Ok(v) => xmlrpc::response(&v),
         Err(f) => xmlrpc::fault(f.code, &f.message),
     };
-    (
-        [(header::CONTENT_TYPE, "text/xml; charset=utf-8")],
-        text,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/xml; charset=utf-8")], text).into_response()
 }
 
 /// The arguments of one call, read by position with LAVA's defaults.
@@ -277,7 +278,9 @@ async fn call_method(state: &AppState, caller: &Caller, call: MethodCall) -> Rpc
         params: &call.params,
     };
     match call.method.as_str() {
-        "system.listMethods" => Ok(Value::Array(METHODS.iter().map(|m| Value::str(*m)).collect())),
+        "system.listMethods" => Ok(Value::Array(
+            METHODS.iter().map(|m| Value::str(*m)).collect(),
+        )),
         "system.version" => Ok(Value::str(super::version())),
         "system.api_version" => Ok(Value::Int(2)),
         "system.whoami" => Ok(Value::str(&caller.user)),
@@ -321,7 +324,11 @@ async fn call_method(state: &AppState, caller: &Caller, call: MethodCall) -> Rpc
             let end = a.opt_int(2)?.map(|e| e.max(0) as u64);
             let (yaml, truncated) =
                 log_page(state, job.id, start, end).map_err(|e| fault(500, e.to_string()))?;
-            let yaml = if yaml.is_empty() { "[]\n".to_owned() } else { yaml };
+            let yaml = if yaml.is_empty() {
+                "[]\n".to_owned()
+            } else {
+                yaml
+            };
             // Finished only when this page holds the end: lavacli stops polling then.
             let finished = job.state == JobState::Finished && !truncated;
             Ok(Value::Array(vec![
@@ -499,8 +506,7 @@ async fn list(state: &AppState, caller: &Caller, a: &Args<'_>) -> RpcResult {
         })
         .filter(|j| {
             since == 0
-                || j
-                    .finished_at
+                || j.finished_at
                     .is_some_and(|t| now.0.saturating_sub(t.0) <= since * 60_000)
         })
         .skip(start)
@@ -520,10 +526,7 @@ async fn list(state: &AppState, caller: &Caller, a: &Args<'_>) -> RpcResult {
                     ("actual_device", Value::opt_str(j.device.clone())),
                     ("start_time", Value::opt_str(j.started_at.map(python_time))),
                     ("end_time", Value::opt_str(j.finished_at.map(python_time))),
-                    (
-                        "error_msg",
-                        Value::opt_str(err.map(|_| j.reason.clone())),
-                    ),
+                    ("error_msg", Value::opt_str(err.map(|_| j.reason.clone()))),
                     ("error_type", Value::opt_str(err)),
                 ]);
             }
@@ -535,7 +538,9 @@ async fn list(state: &AppState, caller: &Caller, a: &Args<'_>) -> RpcResult {
 
 /// The newest jobs the caller may read (at most the list route's cap).
 async fn all_jobs(state: &AppState, caller: &Caller) -> Result<Vec<JobView>, Fault> {
-    caller.require(&crate::api::PEOPLE).map_err(ApiFailure::from)?;
+    caller
+        .require(&crate::api::PEOPLE)
+        .map_err(ApiFailure::from)?;
     let viewer = viewer(state, caller);
     Ok(ask(state, |reply| Command::Jobs {
         viewer,
@@ -585,7 +590,10 @@ async fn queue(state: &AppState, caller: &Caller, a: &Args<'_>) -> RpcResult {
 /// mode also refuses what dutlab accepts with a warning (unknown keys ...).
 pub fn validate(definition: &str, strict: bool) -> Value {
     match jobspec::parse_job("job.yaml", definition) {
-        Err(e) => Value::fields(vec![("path", Value::str(e.field)), ("msg", Value::str(e.reason))]),
+        Err(e) => Value::fields(vec![
+            ("path", Value::str(e.field)),
+            ("msg", Value::str(e.reason)),
+        ]),
         Ok(job) => match job.warnings.first() {
             Some(w) if strict => Value::fields(vec![
                 ("path", Value::str(&w.field)),
@@ -608,7 +616,10 @@ fn device_brief(d: &DeviceView) -> Value {
         ("type", Value::str(&d.device_type)),
         ("health", Value::str(health)),
         ("state", Value::str(state)),
-        ("current_job", d.job.map_or(Value::Nil, |j| Value::Int(j.0 as i64))),
+        (
+            "current_job",
+            d.job.map_or(Value::Nil, |j| Value::Int(j.0 as i64)),
+        ),
         ("pipeline", Value::Bool(true)),
     ])
 }
@@ -627,8 +638,14 @@ fn device_show(d: &DeviceView) -> Value {
         ("pipeline", Value::Bool(true)),
         ("has_device_dict", Value::Bool(true)),
         ("worker", Value::str(&d.agent)),
-        ("current_job", d.job.map_or(Value::Nil, |j| Value::Int(j.0 as i64))),
-        ("tags", Value::Array(tags.into_iter().map(Value::String).collect())),
+        (
+            "current_job",
+            d.job.map_or(Value::Nil, |j| Value::Int(j.0 as i64)),
+        ),
+        (
+            "tags",
+            Value::Array(tags.into_iter().map(Value::String).collect()),
+        ),
         ("permissions", Value::Array(Vec::new())),
     ])
 }
@@ -662,13 +679,21 @@ async fn results(state: &AppState, caller: &Caller, a: &Args<'_>) -> RpcResult {
     let report = report.unwrap_or(empty);
     let cases = exported_cases(&job, &report);
     let method = a.method.trim_start_matches("results.");
-    let (scope, format) = method
-        .rsplit_once('_')
-        .ok_or_else(|| fault(-32601, format!("Method '{}' is not served", short(a.method))))?;
+    let (scope, format) = method.rsplit_once('_').ok_or_else(|| {
+        fault(
+            -32601,
+            format!("Method '{}' is not served", short(a.method)),
+        )
+    })?;
     let yaml = match format {
         "yaml" => true,
         "csv" => false,
-        _ => return Err(fault(-32601, format!("Method '{}' is not served", short(a.method)))),
+        _ => {
+            return Err(fault(
+                -32601,
+                format!("Method '{}' is not served", short(a.method)),
+            ));
+        }
     };
     let picked: Vec<&ExportedCase<'_>> = match scope {
         "get_testjob_results" => cases.iter().collect(),
@@ -718,7 +743,12 @@ async fn results(state: &AppState, caller: &Caller, a: &Args<'_>) -> RpcResult {
                 out
             }));
         }
-        _ => return Err(fault(-32601, format!("Method '{}' is not served", short(a.method)))),
+        _ => {
+            return Err(fault(
+                -32601,
+                format!("Method '{}' is not served", short(a.method)),
+            ));
+        }
     };
     Ok(Value::String(if yaml {
         text::list(&picked.iter().map(|c| c.yaml()).collect::<Vec<_>>())
@@ -733,7 +763,11 @@ mod tests {
 
     #[test]
     fn validate_answers_in_lavas_shape() {
-        assert_eq!(validate("job_name: [", false).is_nil(), false);
+        let Value::Struct(syntax) = validate("job_name: [", false) else {
+            panic!("struct");
+        };
+        assert_eq!(syntax.len(), 2, "{syntax:?}");
+        assert!(matches!(&syntax[1], (k, Value::String(m)) if k == "msg" && !m.is_empty()));
         let Value::Struct(fields) = validate("job_name: x\n", false) else {
             panic!("struct");
         };

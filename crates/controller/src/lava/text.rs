@@ -143,7 +143,11 @@ mod tests {
             })
             .collect();
         let text = list(&items);
-        assert_eq!(text.lines().count(), nasty.len(), "one line per item:\n{text}");
+        assert_eq!(
+            text.lines().count(),
+            nasty.len(),
+            "one line per item:\n{text}"
+        );
         let back: Vec<Line> = serde_saphyr::from_str(&text).expect("valid YAML");
         let msgs: Vec<&str> = back.iter().map(|l| l.msg.as_str()).collect();
         assert_eq!(msgs, nasty);

@@ -48,12 +48,7 @@ impl Value {
 
     /// A struct from pairs.
     pub fn fields(pairs: Vec<(&str, Value)>) -> Value {
-        Value::Struct(
-            pairs
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), v))
-                .collect(),
-        )
+        Value::Struct(pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
     }
 
     pub fn is_nil(&self) -> bool {
@@ -201,14 +196,20 @@ impl<'a> Tokens<'a> {
         match self.next_tag()? {
             Token::Open(n) if n == want => Ok(true),
             Token::Empty(n) if n == want => Ok(false),
-            other => Err(bad(format!("expected <{want}>, found {}", describe(&other)))),
+            other => Err(bad(format!(
+                "expected <{want}>, found {}",
+                describe(&other)
+            ))),
         }
     }
 
     fn close(&mut self, want: &str) -> Result<(), ParseError> {
         match self.next_tag()? {
             Token::Close(n) if n == want => Ok(()),
-            other => Err(bad(format!("expected </{want}>, found {}", describe(&other)))),
+            other => Err(bad(format!(
+                "expected </{want}>, found {}",
+                describe(&other)
+            ))),
         }
     }
 
@@ -270,10 +271,7 @@ pub fn parse_call(text: &str) -> Result<MethodCall, ParseError> {
                         t.close("param")?;
                     }
                     other => {
-                        return Err(bad(format!(
-                            "expected <param>, found {}",
-                            describe(&other)
-                        )));
+                        return Err(bad(format!("expected <param>, found {}", describe(&other))));
                     }
                 }
             }
@@ -288,10 +286,7 @@ pub fn parse_call(text: &str) -> Result<MethodCall, ParseError> {
     }
     match t.next_tag()? {
         Token::End => Ok(MethodCall { method, params }),
-        other => Err(bad(format!(
-            "{} after </methodCall>",
-            describe(&other)
-        ))),
+        other => Err(bad(format!("{} after </methodCall>", describe(&other)))),
     }
 }
 
@@ -626,9 +621,18 @@ mod tests {
         let e = parse_call(&many).expect_err("too many");
         assert!(e.0.contains("values"), "{e}");
         for (doc, word) in [
-            ("<methodCall><methodName>m</methodName><params><param><value><int>x</int></value></param></params></methodCall>", "integer"),
-            ("<methodCall><methodName>m</methodName><params><param><value><foo>1</foo></value></param></params></methodCall>", "unknown"),
-            ("<methodCall><methodName>m</methodName></methodCall><extra/>", "after"),
+            (
+                "<methodCall><methodName>m</methodName><params><param><value><int>x</int></value></param></params></methodCall>",
+                "integer",
+            ),
+            (
+                "<methodCall><methodName>m</methodName><params><param><value><foo>1</foo></value></param></params></methodCall>",
+                "unknown",
+            ),
+            (
+                "<methodCall><methodName>m</methodName></methodCall><extra/>",
+                "after",
+            ),
             ("<methodCall><methodName>m</methodName>", "expected"),
             ("<methodCall><methodName>m</methodNam></methodCall>", "XML"),
             ("not xml", "methodCall"),
@@ -648,9 +652,14 @@ mod tests {
             ("ok", Value::Bool(true)),
             ("at", Value::DateTime("20260102T03:04:05".into())),
             ("data", Value::Base64(b"- {dt: 1}\n".to_vec())),
-            ("list", Value::Array(vec![Value::Double(0.25), Value::Array(vec![])])),
+            (
+                "list",
+                Value::Array(vec![Value::Double(0.25), Value::Array(vec![])]),
+            ),
         ]);
-        let back = parse_response(&response(&v)).expect("parses").expect("value");
+        let back = parse_response(&response(&v))
+            .expect("parses")
+            .expect("value");
         let Value::Struct(members) = back else {
             panic!("struct");
         };
