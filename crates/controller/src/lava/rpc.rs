@@ -9,8 +9,8 @@
 //! - Faults use LAVA's codes: 400 bad arguments or job, 401 no credentials, 403 refused by
 //!   role or [`crate::policy`], 404 no such job, device, suite or case; -32601 unknown
 //!   method, -32700 a body that is not an XML-RPC call.
-//! - The body is bounded by the router's body limit and parsed by [`super::xmlrpc`] (no
-//!   DTD, bounded nesting and count).
+//! - The body is read only after the credentials passed, at most [`MAX_CALL_BYTES`] (413
+//!   beyond), and parsed by [`super::xmlrpc`] (no DTD, bounded nesting and count).
 
 use super::text::{self, Yaml};
 use super::xmlrpc::{self, MethodCall, Value};
@@ -22,8 +22,7 @@ use crate::AppState;
 use crate::api::{ApiFailure, ask, prepare_submission, viewer, visible_job};
 use crate::auth::Caller;
 use crate::dispatcher::{Command, Failure};
-use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -163,30 +162,42 @@ fn credentials(state: &AppState, headers: &HeaderMap) -> Result<Credentials, Ref
     }
 }
 
-/// The `/RPC2` handler.
-pub async fn rpc2(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let answer = match credentials(&state, &headers) {
+/// Largest `/RPC2` body: a job definition (1 MiB) with room for XML escaping.
+pub const MAX_CALL_BYTES: usize = proto::api::MAX_JOB_BODY * 2 + 4096;
+
+/// The `/RPC2` handler: credentials first, then the body (bounded), then the call.
+pub async fn rpc2(State(state): State<AppState>, request: Request) -> Response {
+    let credentials = match credentials(&state, request.headers()) {
         Err(refused) => return refusal_response(refused),
-        Ok(Credentials::Anonymous) => Err(fault(
+        Ok(c) => c,
+    };
+    let answer = match credentials {
+        Credentials::Anonymous => Err(fault(
             401,
             "Authentication with user and token required for this API.",
         )),
-        Ok(Credentials::Known(caller)) => match std::str::from_utf8(&body) {
-            Err(_) => Err(fault(-32700, "the request body is not UTF-8")),
-            Ok(text) => match xmlrpc::parse_call(text) {
-                Err(e) => Err(fault(-32700, e.to_string())),
-                Ok(call) => {
-                    if caller.role == Role::Agent {
-                        Err(fault(
+        Credentials::Known(caller) => {
+            match axum::body::to_bytes(request.into_body(), MAX_CALL_BYTES).await {
+                Err(_) => {
+                    return (
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("an XML-RPC call is at most {MAX_CALL_BYTES} bytes"),
+                    )
+                        .into_response();
+                }
+                Ok(body) => match std::str::from_utf8(&body) {
+                    Err(_) => Err(fault(-32700, "the request body is not UTF-8")),
+                    Ok(text) => match xmlrpc::parse_call(text) {
+                        Err(e) => Err(fault(-32700, e.to_string())),
+                        Ok(_) if caller.role == Role::Agent => Err(fault(
                             403,
                             "agent tokens speak only on the agent link; use a user token",
-                        ))
-                    } else {
-                        call_method(&state, &caller, call).await
-                    }
-                }
-            },
-        },
+                        )),
+                        Ok(call) => call_method(&state, &caller, call).await,
+                    },
+                },
+            }
+        }
     };
     let text = match answer {
         Ok(v) => xmlrpc::response(&v),
