@@ -108,6 +108,28 @@ fn bad_jobs_are_refused_at_submit_and_nothing_is_queued() -> Result<()> {
     )?;
     let done = lab.cli(&["job", "submit", &bomb.display().to_string()])?;
     expect_code(&done, 4)?;
+    // Valid LAVA that no device here can run: refused, saying which of the two it is, by the
+    // CLI before anything is sent and by the controller for any other client.
+    let scp = inline_job("scp", "  job: 1m", &["true"]).replace(
+        "actions:\n",
+        "actions:\n- deploy:\n    to: tmpfs\n    images:\n      kernel: {url: 'scp://files.example/vmlinuz'}\n",
+    );
+    ensure!(scp.contains("scp://"), "{scp}");
+    let file = lab.write("scp.yaml", &scp)?;
+    let done = lab.cli(&["job", "submit", &file.display().to_string()])?;
+    expect_code(&done, 4)?;
+    ensure!(
+        done.stderr.contains("valid LAVA, but not runnable here") && done.stderr.contains("scp"),
+        "{}",
+        done.stderr
+    );
+    let body = serde_json::json!({"definition": scp, "file_name": "scp.yaml"});
+    let (status, answer) = lab.http_json("POST", "/api/v1/jobs", lab.admin(), &body)?;
+    let answer = String::from_utf8_lossy(&answer);
+    ensure!(
+        status == 400 && answer.contains("valid LAVA, but not runnable here"),
+        "{status} {answer}"
+    );
     // Unknown device type: refused with the known types, unless asked to wait.
     let other = lab.write(
         "other.yaml",

@@ -469,7 +469,8 @@ pub async fn prepare_submission(
     let bad = |message: String| ApiFailure::new(StatusCode::BAD_REQUEST, message);
     let job = jobspec::parse_job(&file_name, &body.definition).map_err(|e| bad(e.to_string()))?;
     // What `dutlab job validate` refuses (no device type dutlab knows runs it, multinode).
-    jobspec::check_runnable(&file_name, &job).map_err(|e| bad(e.to_string()))?;
+    jobspec::check_runnable(&file_name, &job)
+        .map_err(|e| bad(format!("valid LAVA, but not runnable here: {e}")))?;
     let artifacts = referenced_artifacts(state, caller, &file_name, &job).await?;
     let visibility = match &job.visibility {
         jobspec::Visibility::Public => Visibility::Public,
