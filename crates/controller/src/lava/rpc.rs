@@ -74,18 +74,22 @@ fn fault(code: i32, message: impl Into<String>) -> Fault {
     }
 }
 
+/// LAVA's fault code for an HTTP status of dutlab's API.
+fn code_of(status: StatusCode) -> i32 {
+    match status {
+        StatusCode::NOT_FOUND => 404,
+        StatusCode::FORBIDDEN => 403,
+        StatusCode::UNAUTHORIZED => 401,
+        StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => 400,
+        StatusCode::TOO_MANY_REQUESTS => 429,
+        StatusCode::CONFLICT => 409,
+        _ => 500,
+    }
+}
+
 impl From<ApiFailure> for Fault {
     fn from(f: ApiFailure) -> Fault {
-        let code = match f.status() {
-            StatusCode::NOT_FOUND => 404,
-            StatusCode::FORBIDDEN => 403,
-            StatusCode::UNAUTHORIZED => 401,
-            StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => 400,
-            StatusCode::TOO_MANY_REQUESTS => 429,
-            StatusCode::CONFLICT => 409,
-            _ => 500,
-        };
-        fault(code, f.message())
+        fault(code_of(f.status()), f.message())
     }
 }
 
@@ -430,11 +434,7 @@ async fn submit(state: &AppState, caller: &Caller, definition: String) -> RpcRes
     };
     let submission = prepare_submission(state, caller, body).await.map_err(|f| {
         fault(
-            if f.status() == StatusCode::BAD_REQUEST {
-                400
-            } else {
-                Fault::from(ApiFailure::new(f.status(), "")).code
-            },
+            code_of(f.status()),
             format!("Problem with submitted job data: {}", f.message()),
         )
     })?;
