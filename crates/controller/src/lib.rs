@@ -25,6 +25,7 @@ pub mod artifacts;
 pub mod auth;
 pub mod datadir;
 pub mod dispatcher;
+pub mod lava;
 pub mod link;
 pub mod listener;
 pub mod logs;
@@ -197,6 +198,10 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(api::healthz))
         .merge(api)
+        // LAVA's client API (lavacli's XML-RPC, REST v0.2): each authenticates itself.
+        .route("/RPC2", post(lava::rpc::rpc2))
+        .route("/RPC2/", post(lava::rpc::rpc2))
+        .merge(lava::rest::routes(state.clone()))
         // JSON escaping can grow a job file; leave room above the job limit.
         .layer(DefaultBodyLimit::max(proto::api::MAX_JOB_BODY * 2 + 4096))
         .with_state(state)
