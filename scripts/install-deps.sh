@@ -112,3 +112,5 @@ if ! postgres_present; then
   exit 1
 fi
 echo "install-deps: all commands present"
+# The real lavacli for the LAVA compatibility tests (a pinned version from PyPI in .venv/lavacli).
+"$(dirname "$0")/install-lavacli.sh"
