@@ -68,6 +68,7 @@ postgres_present() {
 
 if [ -z "$(missing_commands)" ] && qemu_consistent && kernel_present && postgres_present; then
   echo "install-deps: all commands present"
+  "$(dirname "$0")/install-lavacli.sh"
   exit 0
 fi
 
