@@ -8,6 +8,7 @@
 //! - The binary under test is given by the test (`env!("CARGO_BIN_EXE_dutlab")`): testkit
 //!   builds nothing.
 
+use crate::postgres::Postgres;
 use crate::{Finished, Sandbox, Spawned, expect_code, wait_until};
 use anyhow::{Context, Result, ensure};
 use nix::sys::signal::Signal;
@@ -74,6 +75,22 @@ pub struct Lab {
     admin: String,
     controller: Option<Spawned>,
     agents: Vec<Spawned>,
+    /// The private server of a lab on PostgreSQL (last: dropped after the processes).
+    postgres: Option<Postgres>,
+}
+
+/// The database of a lab's controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Database {
+    /// SQLite in the data directory (`serve`'s default).
+    Sqlite,
+    /// A private PostgreSQL server ([`Postgres`]), given with `--database`.
+    Postgres,
+}
+
+impl Database {
+    /// Both, for tests that run on each.
+    pub const ALL: [Database; 2] = [Database::Sqlite, Database::Postgres];
 }
 
 impl Lab {
@@ -84,16 +101,21 @@ impl Lab {
 
     /// Starts a controller with extra `dutlab serve` arguments.
     pub fn start_with(bin: &str, serve_args: &[&str]) -> Result<Lab> {
-        Self::begin(bin, serve_args, false)
+        Self::begin(bin, Database::Sqlite, serve_args, false)
+    }
+
+    /// Starts a controller on `database` with extra `dutlab serve` arguments.
+    pub fn start_on(bin: &str, database: Database, serve_args: &[&str]) -> Result<Lab> {
+        Self::begin(bin, database, serve_args, false)
     }
 
     /// Starts a controller serving TLS with a fresh lab PKI (`dutlab tls init`); the CLI
     /// trusts its CA (`DUTLAB_CA`) and [`Lab::agent_config`] writes `ca_file`.
     pub fn start_tls_with(bin: &str, serve_args: &[&str]) -> Result<Lab> {
-        Self::begin(bin, serve_args, true)
+        Self::begin(bin, Database::Sqlite, serve_args, true)
     }
 
-    fn begin(bin: &str, serve_args: &[&str], tls: bool) -> Result<Lab> {
+    fn begin(bin: &str, database: Database, serve_args: &[&str], tls: bool) -> Result<Lab> {
         let sandbox = Sandbox::new()?;
         let data_dir = sandbox.path().join("data");
         let pki = if tls {
@@ -101,16 +123,26 @@ impl Lab {
         } else {
             None
         };
+        let mut args: Vec<String> = serve_args.iter().map(|s| (*s).to_owned()).collect();
+        let postgres = match database {
+            Database::Sqlite => None,
+            Database::Postgres => {
+                let server = Postgres::start()?;
+                args.extend(["--database".to_owned(), server.create_database("dutlab")?]);
+                Some(server)
+            }
+        };
         let mut lab = Lab {
             sandbox,
             bin: PathBuf::from(bin),
             pki,
             data_dir,
-            serve_args: serve_args.iter().map(|s| (*s).to_owned()).collect(),
+            serve_args: args,
             port: 0,
             admin: String::new(),
             controller: None,
             agents: Vec::new(),
+            postgres,
         };
         lab.serve()?;
         Ok(lab)
@@ -118,17 +150,7 @@ impl Lab {
 
     /// Starts the controller on the lab's data directory (and its port, once it has one).
     pub fn serve(&mut self) -> Result<()> {
-        let mut cmd = self.sandbox.command(&self.bin)?;
-        cmd.args(["serve", "--listen", &format!("127.0.0.1:{}", self.port)])
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .args(&self.serve_args);
-        if let Some(pki) = &self.pki {
-            cmd.arg("--tls-cert")
-                .arg(pki.server_cert())
-                .arg("--tls-key")
-                .arg(pki.server_key());
-        }
+        let cmd = self.serve_command(&[])?;
         let controller = Spawned::start(cmd)?;
         let marker = format!("listening on {}://127.0.0.1:", self.scheme());
         controller.wait_for_stderr(&marker, START_LIMIT)?;
@@ -146,11 +168,44 @@ impl Lab {
         Ok(())
     }
 
-    /// Restarts the controller (same data, same port) with other `dutlab serve` arguments.
+    /// Restarts the controller (same data, same port, same database) with other
+    /// `dutlab serve` arguments.
     pub fn serve_with(&mut self, serve_args: &[&str]) -> Result<()> {
         self.stop_controller()?;
         self.serve_args = serve_args.iter().map(|s| (*s).to_owned()).collect();
+        self.serve_args.extend(self.database_args());
         self.serve()
+    }
+
+    /// The `--database` arguments of this lab's controller (none on SQLite).
+    pub fn database_args(&self) -> Vec<String> {
+        match &self.postgres {
+            Some(server) => vec!["--database".to_owned(), server.url("dutlab")],
+            None => Vec::new(),
+        }
+    }
+
+    /// The lab's PostgreSQL server, if it runs on one.
+    pub fn postgres(&mut self) -> Option<&mut Postgres> {
+        self.postgres.as_mut()
+    }
+
+    /// A `dutlab serve` command on this lab's data directory, database and port, with extra
+    /// arguments, not started.
+    pub fn serve_command(&self, extra: &[&str]) -> Result<std::process::Command> {
+        let mut cmd = self.sandbox.command(&self.bin)?;
+        cmd.args(["serve", "--listen", &format!("127.0.0.1:{}", self.port)])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(&self.serve_args)
+            .args(extra);
+        if let Some(pki) = &self.pki {
+            cmd.arg("--tls-cert")
+                .arg(pki.server_cert())
+                .arg("--tls-key")
+                .arg(pki.server_key());
+        }
+        Ok(cmd)
     }
 
     /// Stops the controller with SIGTERM and waits for it to exit.
@@ -164,10 +219,30 @@ impl Lab {
 
     /// Kills the controller with SIGKILL and starts it again on the same port and data.
     pub fn restart_controller_hard(&mut self) -> Result<()> {
+        self.kill_controller_hard()?;
+        self.serve()
+    }
+
+    /// Waits for the controller to exit by itself (and starts none).
+    pub fn wait_controller_exit(&mut self, within: Duration) -> Result<Finished> {
+        let controller = self
+            .controller
+            .take()
+            .context("the controller is not running")?;
+        controller.finish(within)
+    }
+
+    /// Kills the controller with SIGKILL (and starts none).
+    pub fn kill_controller_hard(&mut self) -> Result<()> {
         if let Some(mut old) = self.controller.take() {
             old.kill_hard()?;
         }
-        self.serve()
+        Ok(())
+    }
+
+    /// Makes `controller` (started by the test, e.g. a standby that took over) the lab's.
+    pub fn adopt_controller(&mut self, controller: Spawned) {
+        self.controller = Some(controller);
     }
 
     /// The running controller process.
@@ -499,7 +574,8 @@ impl Lab {
         Ok((status, answer[split + 4..].to_vec()))
     }
 
-    /// Stops the agents (SIGTERM) and the controller, then proves no QEMU is left.
+    /// Stops the agents (SIGTERM) and the controller, then proves no QEMU is left (and, on
+    /// PostgreSQL, that the server stopped with nothing left running).
     pub fn finish(mut self) -> Result<()> {
         for agent in &self.agents {
             let _ = agent.signal(Signal::SIGTERM);
@@ -507,6 +583,13 @@ impl Lab {
         for agent in std::mem::take(&mut self.agents) {
             let _ = agent.finish(START_LIMIT);
         }
-        self.sandbox.assert_no_qemu_left()
+        self.sandbox.assert_no_qemu_left()?;
+        if self.postgres.is_some() {
+            self.stop_controller()?;
+        }
+        if let Some(server) = self.postgres.as_mut() {
+            server.stop()?;
+        }
+        Ok(())
     }
 }
