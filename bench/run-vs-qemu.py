@@ -81,8 +81,18 @@ def now():
 # The bare side
 
 
-def qemu_args(kernel, initrd, overlay, run_dir):
-    """The argument vector of `command_line` in crates/qemu/src/vm.rs, default QemuConfig."""
+def free_loopback_port():
+    """A port on 127.0.0.1 that was free a moment ago, as the QEMU rig picks its SSH forward."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def qemu_args(kernel, initrd, overlay, run_dir, ssh_port=None):
+    """The argument vector of `command_line` in crates/qemu/src/vm.rs, default QemuConfig
+    (user-mode NIC with the guest's SSH port forwarded from 127.0.0.1)."""
+    if ssh_port is None:
+        ssh_port = free_loopback_port()
     return [
         "-name", "dutlab-dut",
         "-accel", QEMU_ACCEL,
@@ -98,6 +108,8 @@ def qemu_args(kernel, initrd, overlay, run_dir):
         "socket,id=console,path=%s,server=on,wait=off" % os.path.join(run_dir, "console.sock"),
         "-serial", "chardev:console",
         "-qmp", "unix:%s,server=on,wait=off" % os.path.join(run_dir, "qmp.sock"),
+        "-netdev", "user,id=dutlab-net0,restrict=on,hostfwd=tcp:127.0.0.1:%d-:22" % ssh_port,
+        "-device", "virtio-net-pci,netdev=dutlab-net0",
         "-kernel", kernel,
         "-append", QEMU_KERNEL_ARGS,
         "-initrd", initrd,
@@ -597,7 +609,8 @@ def qemu_child_args(pid):
 
 
 def normalise_args(args, root):
-    return [re.sub(re.escape(root) + r"[^,]*/", "<DIR>/", a) for a in args]
+    args = [re.sub(re.escape(root) + r"[^,]*/", "<DIR>/", a) for a in args]
+    return [re.sub(r"hostfwd=tcp:127\.0\.0\.1:\d+-", "hostfwd=tcp:127.0.0.1:<PORT>-", a) for a in args]
 
 
 def run_dutlab(cfg, index):

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs the Debian packages dutlab needs to build its guest image and run QEMU DUTs, then
-# checks that every command it needs is on PATH. Used by the README's quick start and by CI.
+# Installs the Debian packages dutlab needs to build its guest image, run QEMU DUTs and start
+# private PostgreSQL servers in tests, then checks that every command it needs is present.
+# Used by the README's quick start and by CI.
 #
 # - All packages go in one `apt-get install` transaction, so apt picks versions that fit together.
 # - The QEMU packages must be one release: a machine may carry a newer `qemu-utils` (a backport)
@@ -14,6 +15,8 @@ commands=(
   "qemu-system-x86_64 qemu-system-x86"   # the emulator (TCG)
   "qemu-img qemu-utils"                  # linked-clone overlays, rootfs.qcow2
   "busybox busybox-static"               # the guest userland
+  "dropbear dropbear-bin"                # the guest's SSH server (copied into the image with its libraries)
+  "ssh openssh-client"                   # tests log in to a DUT over its forwarded SSH port
   "mke2fs e2fsprogs"                     # mke2fs -d: the guest rootfs without root mounts
   "git git"                              # test definitions from git repositories
   "cpio cpio"                            # tests inspect the initramfs
@@ -24,6 +27,7 @@ commands=(
 # Packages with no command of their own.
 extra_packages=(
   linux-image-amd64 # the guest kernel (from the host's /boot)
+  postgresql        # tests start private servers (initdb, pg_ctl; not on PATH on Debian)
 )
 # Packages that must all be the version of the first one.
 qemu_family=(qemu-system-x86 qemu-utils)
@@ -53,8 +57,20 @@ qemu_consistent() {
 
 kernel_present() { ls /boot/vmlinuz-* >/dev/null 2>&1; }
 
-if [ -z "$(missing_commands)" ] && qemu_consistent && kernel_present; then
+# Debian keeps the server programs in /usr/lib/postgresql/<major>/bin, off PATH; testkit looks
+# there (and then on PATH). Installing the package also creates the `postgres` system user,
+# as whom tests run initdb when they run as root. No system service is used by tests.
+postgres_present() {
+  local bin
+  for bin in /usr/lib/postgresql/*/bin; do
+    [ -x "$bin/initdb" ] && [ -x "$bin/pg_ctl" ] && [ -x "$bin/postgres" ] && return 0
+  done
+  return 1
+}
+
+if [ -z "$(missing_commands)" ] && qemu_consistent && kernel_present && postgres_present; then
   echo "install-deps: all commands present"
+  "$(dirname "$0")/install-lavacli.sh"
   exit 0
 fi
 
@@ -94,4 +110,10 @@ if ! kernel_present; then
   echo "install-deps: no kernel in /boot after installing linux-image-amd64" >&2
   exit 1
 fi
+if ! postgres_present; then
+  echo "install-deps: no initdb, pg_ctl and postgres in /usr/lib/postgresql/*/bin after installing postgresql" >&2
+  exit 1
+fi
 echo "install-deps: all commands present"
+# The real lavacli for the LAVA compatibility tests (a pinned version from PyPI in .venv/lavacli).
+"$(dirname "$0")/install-lavacli.sh"

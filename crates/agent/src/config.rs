@@ -296,7 +296,8 @@ impl AgentConfig {
     }
 }
 
-/// What each device can do, as told to the controller in `Hello`.
+/// What each device can do, as told to the controller in `Hello`: the capabilities of its
+/// rig.
 pub fn rigs(config: &AgentConfig) -> Vec<DeviceInfo> {
     config
         .devices
@@ -305,15 +306,19 @@ pub fn rigs(config: &AgentConfig) -> Vec<DeviceInfo> {
             name: d.name.clone(),
             device_type: d.device_type.clone(),
             tags: d.tags.clone(),
-            capabilities: capabilities(d).iter().map(|c| (*c).to_owned()).collect(),
+            capabilities: capabilities(config, d)
+                .iter()
+                .map(|c| c.as_str().to_owned())
+                .collect(),
         })
         .collect()
 }
 
-/// Capabilities of a device's drivers. Every device is driven by the QEMU driver today,
-/// which powers the DUT, attaches its serial console and runs a shell on it.
-fn capabilities(_device: &Device) -> &'static [&'static str] {
-    &["power", "console", "shell"]
+/// Capabilities of a device's rig. Every device is a QEMU rig today; asking it launches
+/// nothing.
+fn capabilities(config: &AgentConfig, device: &Device) -> Vec<driver::Capability> {
+    use driver::Rig as _;
+    qemu::QemuRig::new(device.qemu.clone(), config.device_dir(&device.name)).capabilities()
 }
 
 /// A ready agent configuration with `qemu` default QEMU devices named `<name>-qemu-01` ...

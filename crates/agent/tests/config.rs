@@ -184,7 +184,7 @@ fn init_config_writes_a_file_that_loads() -> Result<()> {
     ensure!(config.devices.iter().all(|d| d.device_type == "qemu"));
     let rigs = rigs(&config);
     ensure!(rigs.len() == 3);
-    ensure!(rigs[0].capabilities == ["power", "console", "shell"]);
+    ensure!(rigs[0].capabilities == ["power", "console", "shell", "storage", "network"]);
     // No devices is a valid (if idle) agent too.
     let text = init_config("ws://h:1", &token, 0, "idle", &dir.path().join("s"));
     let path = write(dir.path(), "idle.yaml", &text)?;
@@ -196,4 +196,30 @@ fn init_config_writes_a_file_that_loads() -> Result<()> {
 fn agent_errors_are_typed() {
     let e = dutlab_agent::link_url("ftp://h:1").expect_err("scheme");
     assert!(matches!(e, AgentError::Controller { .. }), "{e:?}");
+}
+
+#[test]
+fn capabilities_come_from_each_devices_rig() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    write(dir.path(), "token", SECRET)?;
+    let path = write(
+        dir.path(),
+        "agent.yaml",
+        &format!(
+            "{HEAD}devices:\n- {{name: q1, device_type: qemu}}\n\
+             - {{name: q2, device_type: qemu, qemu: {{network: none}}}}\n"
+        ),
+    )?;
+    let rigs = rigs(&AgentConfig::load(&path)?);
+    ensure!(rigs[0].capabilities == ["power", "console", "shell", "storage", "network"]);
+    // No NIC, no network capability; QEMU never has video.
+    ensure!(rigs[1].capabilities == ["power", "console", "shell", "storage"]);
+    let bad = load_error(&format!(
+        "{HEAD}devices:\n- {{name: q1, device_type: qemu, qemu: {{network: bridge}}}}\n"
+    ))?;
+    ensure!(
+        bad.contains("line 5") && bad.contains("expected one of user, none"),
+        "{bad}"
+    );
+    Ok(())
 }

@@ -37,7 +37,7 @@ async fn hello_carries_devices_and_the_bearer_token() -> Result<()> {
     let names: Vec<&str> = hello.devices.iter().map(|d| d.name.as_str()).collect();
     ensure!(names == ["qemu-01", "qemu-02"], "{names:?}");
     ensure!(hello.devices[0].tags == ["tcg"]);
-    ensure!(hello.devices[0].capabilities == ["power", "console", "shell"]);
+    ensure!(hello.devices[0].capabilities == ["power", "console", "shell", "storage", "network"]);
     peer.welcome(100, Vec::new()).await?;
     // Heartbeats follow at the period the welcome asked for.
     for _ in 0..2 {

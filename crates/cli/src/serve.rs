@@ -17,6 +17,10 @@ pub struct ServeArgs {
     /// Database URL (`postgres://...`); default: SQLite in the data directory.
     #[arg(long, value_name = "URL", env = "DUTLAB_DATABASE")]
     database: Option<String>,
+    /// When another `dutlab serve` uses the data directory or the database, wait for it to
+    /// stop and then take over (without this, such a start is refused).
+    #[arg(long)]
+    standby: bool,
     /// How long a job's lease lives without a heartbeat from its agent.
     #[arg(long, value_name = "DURATION", value_parser = duration, default_value = "60s")]
     lease_ttl: Duration,
@@ -160,6 +164,11 @@ fn serve_inner(args: ServeArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
     let mut config = controller::Config::new(args.listen, data_dir);
     config.database = args.database;
+    config.when_held = if args.standby {
+        controller::store::hold::Wait::Standby
+    } else {
+        controller::store::hold::Wait::Refuse
+    };
     config.lease_ttl = args.lease_ttl;
     config.person_leases = controller::dispatcher::PersonLeaseConfig {
         default_ttl: args.lease_duration,

@@ -2,19 +2,44 @@
 //! under TCG, the real CLI as the client.
 //!
 //! Every process runs in its own group in a [`Sandbox`]; every test ends by proving that no
-//! QEMU of its sandbox survived (dropping a [`Spawned`] kills its group).
+//! QEMU of its sandbox survived (dropping a [`Spawned`] kills its group). The tests that matter
+//! most for the store (a job run and followed; the controller killed mid-job) run on SQLite
+//! and on a private PostgreSQL server.
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
-use testkit::lab::Lab;
-use testkit::{expect_code, inline_job, wait_until, workspace_root};
+use testkit::lab::{Database, Lab};
+use testkit::{Spawned, expect_code, inline_job, wait_until, workspace_root};
 
 const DUTLAB: &str = env!("CARGO_BIN_EXE_dutlab");
 /// Generous bound for one job under TCG on a busy 2-core machine.
 const JOB_LIMIT: Duration = testkit::lab::CLI_LIMIT;
+
+/// Runs a test once per database: `name::sqlite` and `name::postgres`.
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn sqlite() -> anyhow::Result<()> {
+                super::$name(super::Database::Sqlite)
+            }
+            #[test]
+            fn postgres() -> anyhow::Result<()> {
+                super::$name(super::Database::Postgres)
+            }
+        }
+    )*};
+}
+
+on_both!(
+    submitted_job_runs_on_an_agent_and_follow_exits_with_its_outcome,
+    controller_killed_and_restarted_mid_job_loses_nothing,
+    a_second_controller_is_refused_and_a_standby_takes_over_mid_job,
+    serve_refuses_a_database_of_a_newer_schema,
+);
 
 /// A job whose DUT prints `line-1` ... `line-N`, one every `pause` seconds.
 fn numbered_job(name: &str, lines: u32, pause: &str) -> String {
@@ -52,9 +77,10 @@ fn check_numbered(log: &[Value], lines: u32) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn submitted_job_runs_on_an_agent_and_follow_exits_with_its_outcome() -> Result<()> {
-    let mut lab = Lab::start(DUTLAB)?;
+fn submitted_job_runs_on_an_agent_and_follow_exits_with_its_outcome(
+    database: Database,
+) -> Result<()> {
+    let mut lab = Lab::start_on(DUTLAB, database, &[])?;
     lab.agent("host-a", 1)?;
     let smoke = workspace_root().join("examples/qemu-smoke.yaml");
     let done = lab.cli(&["job", "submit", &smoke.display().to_string(), "--follow"])?;
@@ -108,6 +134,28 @@ fn bad_jobs_are_refused_at_submit_and_nothing_is_queued() -> Result<()> {
     )?;
     let done = lab.cli(&["job", "submit", &bomb.display().to_string()])?;
     expect_code(&done, 4)?;
+    // Valid LAVA that no device here can run: refused, saying which of the two it is, by the
+    // CLI before anything is sent and by the controller for any other client.
+    let scp = inline_job("scp", "  job: 1m", &["true"]).replace(
+        "actions:\n",
+        "actions:\n- deploy:\n    to: tmpfs\n    images:\n      kernel: {url: 'scp://files.example/vmlinuz'}\n",
+    );
+    ensure!(scp.contains("scp://"), "{scp}");
+    let file = lab.write("scp.yaml", &scp)?;
+    let done = lab.cli(&["job", "submit", &file.display().to_string()])?;
+    expect_code(&done, 4)?;
+    ensure!(
+        done.stderr.contains("valid LAVA, but not runnable here") && done.stderr.contains("scp"),
+        "{}",
+        done.stderr
+    );
+    let body = serde_json::json!({"definition": scp, "file_name": "scp.yaml"});
+    let (status, answer) = lab.http_json("POST", "/api/v1/jobs", lab.admin(), &body)?;
+    let answer = String::from_utf8_lossy(&answer);
+    ensure!(
+        status == 400 && answer.contains("valid LAVA, but not runnable here"),
+        "{status} {answer}"
+    );
     // Unknown device type: refused with the known types, unless asked to wait.
     let other = lab.write(
         "other.yaml",
@@ -171,9 +219,8 @@ fn killing_the_agent_mid_job_ends_it_as_infra_error_and_the_device_is_not_reused
     lab.finish()
 }
 
-#[test]
-fn controller_killed_and_restarted_mid_job_loses_nothing() -> Result<()> {
-    let mut lab = Lab::start(DUTLAB)?;
+fn controller_killed_and_restarted_mid_job_loses_nothing(database: Database) -> Result<()> {
+    let mut lab = Lab::start_on(DUTLAB, database, &[])?;
     lab.agent("host-r", 1)?;
     let lines = 80;
     let job = lab.write("numbered.yaml", &numbered_job("numbered", lines, "0.25"))?;
@@ -189,6 +236,131 @@ fn controller_killed_and_restarted_mid_job_loses_nothing() -> Result<()> {
     let job = lab.wait_state(id, "finished", JOB_LIMIT)?;
     ensure!(job["outcome"] == "passed", "{job}");
     check_numbered(&lab.log(id)?, lines)?;
+    lab.finish()
+}
+
+fn a_second_controller_is_refused_and_a_standby_takes_over_mid_job(
+    database: Database,
+) -> Result<()> {
+    let mut lab = Lab::start_on(DUTLAB, database, &[])?;
+    lab.agent("host-s", 1)?;
+    let holder = format!("pid {}", lab.controller()?.pid());
+    // Another serve on the same data directory is refused, naming the lock.
+    let second = Spawned::start(lab.serve_command(&[])?)?.finish(Duration::from_secs(30))?;
+    expect_code(&second, 5)?;
+    ensure!(
+        second.stderr.contains("is used by another dutlab serve")
+            && second.stderr.contains("--standby"),
+        "{}",
+        second.stderr
+    );
+    if database == Database::Postgres {
+        // And so is one on another data directory but the same database, naming the holder.
+        let mut cmd = lab.sandbox().command(DUTLAB)?;
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(lab.sandbox().path().join("other-data"))
+            .args(lab.database_args());
+        let other = Spawned::start(cmd)?.finish(Duration::from_secs(30))?;
+        expect_code(&other, 5)?;
+        ensure!(
+            other
+                .stderr
+                .matches("another dutlab serve is using database")
+                .count()
+                == 1
+                && other.stderr.contains(&holder),
+            "{}",
+            other.stderr
+        );
+    }
+    let lines = 60;
+    let job = lab.write("numbered.yaml", &numbered_job("numbered", lines, "0.25"))?;
+    let id = lab.submit(&job)?;
+    lab.wait_state(id, "running", JOB_LIMIT)?;
+    lab.wait_for_line(id, "line-3")?;
+    // A standby on the same data directory, database and port waits without listening...
+    let standby = Spawned::start(lab.serve_command(&["--standby"])?)?;
+    standby.wait_for_stderr("standby", Duration::from_secs(30))?;
+    ensure!(
+        lab.job(id)?["state"] == "running" && !standby.stderr_text().contains("listening on"),
+        "the standby started while the controller ran: {}",
+        standby.stderr_text()
+    );
+    // ... and takes over when the controller is killed; the job loses nothing.
+    lab.kill_controller_hard()?;
+    standby.wait_for_stderr("listening on http://", Duration::from_secs(30))?;
+    lab.adopt_controller(standby);
+    let job = lab.wait_state(id, "finished", JOB_LIMIT)?;
+    ensure!(job["outcome"] == "passed", "{job}");
+    check_numbered(&lab.log(id)?, lines)?;
+    lab.finish()
+}
+
+#[test]
+fn postgres_restarted_mid_job_stops_the_controller_and_a_restart_loses_nothing() -> Result<()> {
+    let mut lab = Lab::start_on(DUTLAB, Database::Postgres, &[])?;
+    lab.agent("host-q", 1)?;
+    let lines = 60;
+    let job = lab.write("numbered.yaml", &numbered_job("numbered", lines, "0.25"))?;
+    let id = lab.submit(&job)?;
+    lab.wait_state(id, "running", JOB_LIMIT)?;
+    lab.wait_for_line(id, "line-3")?;
+    // The server goes away: the controller cannot know that no other took the database
+    // meanwhile, so it stops (crash-only) instead of going on.
+    lab.postgres().context("postgres")?.stop()?;
+    let stopped = lab.wait_controller_exit(Duration::from_secs(30))?;
+    expect_code(&stopped, 5)?;
+    ensure!(
+        stopped
+            .stderr
+            .contains("lost the connection that holds the database's lock")
+            || stopped.stderr.contains("commit failed"),
+        "{}",
+        stopped.stderr
+    );
+    // Server back, controller restarted (as a supervisor would): the job finishes, its log
+    // holds every line once.
+    lab.postgres().context("postgres")?.start_again()?;
+    lab.serve()?;
+    let job = lab.wait_state(id, "finished", JOB_LIMIT)?;
+    ensure!(job["outcome"] == "passed", "{job}");
+    check_numbered(&lab.log(id)?, lines)?;
+    lab.finish()
+}
+
+fn serve_refuses_a_database_of_a_newer_schema(database: Database) -> Result<()> {
+    let mut lab = Lab::start_on(DUTLAB, database, &[])?;
+    lab.stop_controller()?;
+    let newer = "UPDATE meta SET value = '1000' WHERE key = 'schema'";
+    match lab.postgres() {
+        Some(server) => {
+            server.psql("dutlab", newer)?;
+        }
+        None => {
+            let db = lab.data_dir().join("dutlab.db");
+            let done = std::process::Command::new("sqlite3")
+                .arg(&db)
+                .arg(newer)
+                .output()?;
+            ensure!(done.status.success(), "sqlite3: {done:?}");
+        }
+    }
+    let refused = Spawned::start(lab.serve_command(&[])?)?.finish(Duration::from_secs(30))?;
+    expect_code(&refused, 5)?;
+    ensure!(
+        refused
+            .stderr
+            .matches("database schema version 1000 is newer than this dutlab knows")
+            .count()
+            == 1,
+        "{}",
+        refused.stderr
+    );
+    ensure!(
+        !refused.stderr.contains("listening on"),
+        "{}",
+        refused.stderr
+    );
     lab.finish()
 }
 

@@ -6,205 +6,31 @@ use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+
 use std::time::{Duration, Instant};
-use testkit::{Finished, Sandbox, Spawned, expect_code, wait_until, workspace_root};
+use testkit::lab::{Lab, tls_init};
+use testkit::{Sandbox, Spawned, expect_code, wait_until, workspace_root};
 
 const DUTLAB: &str = env!("CARGO_BIN_EXE_dutlab");
-/// Generous bound for one job under TCG on a busy 2-core machine.
-const JOB_LIMIT: Duration = Duration::from_secs(240);
 /// Exit code of a remote command that cannot reach (or trust) the controller.
 const UNREACHABLE: i32 = 69;
 
-/// A controller (with or without TLS) and its client environment.
-struct Lab {
-    sandbox: Sandbox,
-    port: u16,
-    admin: String,
-    /// `https://...` or `http://...`.
-    url: String,
-    /// From `dutlab tls init`, when the controller speaks TLS.
-    pki: Option<Pki>,
-    controller: Spawned,
-    agents: Vec<Spawned>,
-}
-
-struct Pki {
-    dir: PathBuf,
-    /// The fingerprint `tls init` printed.
-    pin: String,
-}
-
-impl Pki {
-    fn ca(&self) -> PathBuf {
-        self.dir.join("ca.pem")
-    }
-}
-
-/// `dutlab tls init DIR` for 127.0.0.1 and localhost; answers the fingerprint it printed.
-fn tls_init(sandbox: &Sandbox, dir: &Path) -> Result<Pki> {
-    let mut cmd = sandbox.command(DUTLAB)?;
-    cmd.args(["tls", "init"])
-        .arg(dir)
-        .args(["--name", "localhost", "--name", "127.0.0.1"]);
-    let done = Spawned::start(cmd)?.finish(Duration::from_secs(60))?;
-    expect_code(&done, 0)?;
-    let pin = done
-        .stdout
-        .split_whitespace()
-        .find(|w| w.starts_with("sha256:"))
-        .with_context(|| format!("no fingerprint printed: {}", done.stdout))?
-        .to_owned();
-    Ok(Pki {
-        dir: dir.to_path_buf(),
-        pin,
-    })
-}
-
-impl Lab {
-    /// Starts `dutlab serve` on 127.0.0.1 with `extra` arguments, with TLS when `tls`.
-    fn start(tls: bool, extra: &[&str]) -> Result<Lab> {
-        let sandbox = Sandbox::new()?;
-        let data_dir = sandbox.path().join("data");
-        let pki = if tls {
-            Some(tls_init(&sandbox, &sandbox.path().join("pki"))?)
-        } else {
-            None
-        };
-        let mut cmd = sandbox.command(DUTLAB)?;
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(&data_dir)
-            .args(extra);
-        if let Some(pki) = &pki {
-            cmd.arg("--tls-cert")
-                .arg(pki.dir.join("server.pem"))
-                .arg("--tls-key")
-                .arg(pki.dir.join("server-key.pem"));
-        }
-        let controller = Spawned::start(cmd)?;
-        let scheme = if tls { "https" } else { "http" };
-        let marker = format!("listening on {scheme}://127.0.0.1:");
-        controller.wait_for_stderr(&marker, Duration::from_secs(30))?;
-        let stderr = controller.stderr_text();
-        let port: u16 = stderr
-            .split(&marker)
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|p| p.parse().ok())
-            .with_context(|| format!("no port in {stderr}"))?;
-        let admin = std::fs::read_to_string(data_dir.join("admin-token"))?
-            .trim()
-            .to_owned();
-        Ok(Lab {
-            url: format!("{scheme}://127.0.0.1:{port}"),
-            sandbox,
-            port,
-            admin,
-            pki,
-            controller,
-            agents: Vec::new(),
-        })
-    }
-
-    fn pki(&self) -> Result<&Pki> {
-        self.pki.as_ref().context("this lab has no TLS")
-    }
-
-    /// Runs the CLI with the admin token and `env` (e.g. `DUTLAB_CA`).
-    fn cli_env(&self, env: &[(&str, &str)], args: &[&str]) -> Result<Finished> {
-        let mut cmd = self.sandbox.command(DUTLAB)?;
-        cmd.args(args)
-            .env("DUTLAB_URL", &self.url)
-            .env("DUTLAB_TOKEN", &self.admin)
-            .env("XDG_CONFIG_HOME", self.sandbox.path().join("config"));
-        for (name, value) in env {
-            cmd.env(name, value);
-        }
-        Spawned::start(cmd)?.finish(JOB_LIMIT)
-    }
-
-    /// The CLI trusting the lab's CA.
-    fn cli(&self, args: &[&str]) -> Result<Finished> {
-        let ca = self.pki()?.ca().display().to_string();
-        self.cli_env(&[("DUTLAB_CA", &ca)], args)
-    }
-
-    fn json(&self, args: &[&str]) -> Result<Value> {
-        let done = self.cli(args)?;
-        expect_code(&done, 0)?;
-        serde_json::from_str(&done.stdout).with_context(|| format!("not JSON: {}", done.stdout))
-    }
-
-    /// Writes an agent.yaml (one QEMU device) dialling the lab with `trust` lines added.
-    fn agent_config(&self, name: &str, trust: &str) -> Result<PathBuf> {
-        let dir = self.sandbox.path().join(name);
-        std::fs::create_dir_all(&dir)?;
-        let token_file = dir.join("token");
-        let done = self.cli(&["token", "create", "--name", name, "--role", "agent"])?;
-        expect_code(&done, 0)?;
-        std::fs::write(&token_file, done.stdout.trim())?;
-        let init = self.cli(&[
-            "agent",
-            "init",
-            "--controller",
-            &self.url,
-            "--token-file",
-            &token_file.display().to_string(),
-            "--qemu",
-            "1",
-            "--name",
-            name,
-            "--work-dir",
-            &dir.join("work").display().to_string(),
-        ])?;
-        expect_code(&init, 0)?;
-        let config = dir.join("agent.yaml");
-        std::fs::write(&config, format!("{}\n{trust}\n", init.stdout))?;
-        Ok(config)
-    }
-
-    fn spawn_agent(&mut self, config: &Path) -> Result<&Spawned> {
-        let mut cmd = self.sandbox.command(DUTLAB)?;
-        cmd.arg("agent").arg("--config").arg(config);
-        self.agents.push(Spawned::start(cmd)?);
-        self.agents.last().context("agent")
-    }
-
-    fn wait_device_idle(&self, agent: &str) -> Result<()> {
-        wait_until(
-            &format!("the device of agent {agent} idle"),
-            Duration::from_secs(60),
-            || {
-                let devices = self.json(&["device", "list", "--json"])?;
-                Ok(devices
-                    .as_array()
-                    .context("device list")?
-                    .iter()
-                    .any(|d| d["agent"] == agent && d["state"] == "idle")
-                    .then_some(()))
-            },
-        )
-    }
-
-    fn finish(mut self) -> Result<()> {
-        for agent in &mut self.agents {
-            let _ = agent.signal(nix::sys::signal::Signal::SIGTERM);
-        }
-        for agent in std::mem::take(&mut self.agents) {
-            let _ = agent.finish(Duration::from_secs(30));
-        }
-        let _ = self.controller.signal(nix::sys::signal::Signal::SIGTERM);
-        self.sandbox.assert_no_qemu_left()
+/// A lab with (`true`) or without TLS.
+fn start(tls: bool, extra: &[&str]) -> Result<Lab> {
+    if tls {
+        Lab::start_tls_with(DUTLAB, extra)
+    } else {
+        Lab::start_with(DUTLAB, extra)
     }
 }
 
 #[test]
 fn a_job_is_submitted_run_and_followed_over_https_and_wss() -> Result<()> {
-    let mut lab = Lab::start(true, &[])?;
+    let mut lab = start(true, &[])?;
     let ca = lab.pki()?.ca().display().to_string();
-    let config = lab.agent_config("host-t", &format!("ca_file: {ca:?}"))?;
+    let config = lab.agent_config_trusting("host-t", 1, &format!("ca_file: {ca:?}"))?;
     lab.spawn_agent(&config)?;
-    lab.wait_device_idle("host-t")?;
+    lab.wait_devices_idle("host-t", 1)?;
     let smoke = workspace_root().join("examples/qemu-smoke.yaml");
     let done = lab.cli(&["job", "submit", &smoke.display().to_string(), "--follow"])?;
     expect_code(&done, 0)?;
@@ -214,7 +40,7 @@ fn a_job_is_submitted_run_and_followed_over_https_and_wss() -> Result<()> {
     let job = &jobs.as_array().context("job list")?[0];
     ensure!(job["outcome"] == "passed", "{job}");
     // Plain HTTP to the TLS port gets no answer but a closed connection.
-    let mut plain = TcpStream::connect(("127.0.0.1", lab.port))?;
+    let mut plain = TcpStream::connect(("127.0.0.1", lab.port()))?;
     plain.set_read_timeout(Some(Duration::from_secs(20)))?;
     plain.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")?;
     let mut buf = Vec::new();
@@ -228,47 +54,59 @@ fn a_job_is_submitted_run_and_followed_over_https_and_wss() -> Result<()> {
 
 #[test]
 fn a_wrong_ca_or_pin_is_refused_clearly_and_the_right_pin_is_accepted() -> Result<()> {
-    let mut lab = Lab::start(true, &[])?;
-    let other = tls_init(&lab.sandbox, &lab.sandbox.path().join("other-pki"))?;
+    let mut lab = start(true, &[])?;
+    let other = tls_init(
+        lab.sandbox(),
+        DUTLAB,
+        &lab.sandbox().path().join("other-pki"),
+    )?;
     let wrong_ca = other.ca().display().to_string();
 
     // Client, wrong CA: refused, naming the controller and the reason.
-    let done = lab.cli_env(&[("DUTLAB_CA", &wrong_ca)], &["device", "list"])?;
+    let done = lab.cli_env(
+        lab.admin(),
+        &[("DUTLAB_CA", &wrong_ca)],
+        &["device", "list"],
+    )?;
     expect_code(&done, UNREACHABLE)?;
     ensure!(
-        done.stderr.contains(&lab.url) && done.stderr.contains("not signed by the CA in"),
+        done.stderr.contains(&lab.url()) && done.stderr.contains("not signed by the CA in"),
         "{}",
         done.stderr
     );
     // Client, system roots only: refused too.
-    let done = lab.cli_env(&[], &["device", "list"])?;
+    let done = lab.cli_env(lab.admin(), &[], &["device", "list"])?;
     expect_code(&done, UNREACHABLE)?;
-    ensure!(done.stderr.contains(&lab.url), "{}", done.stderr);
+    ensure!(done.stderr.contains(&lab.url()), "{}", done.stderr);
 
     // Client, pin: the right one works (saved by login), a wrong one is refused.
     let pin = lab.pki()?.pin.clone();
-    let token_file = lab.sandbox.path().join("admin-token");
-    std::fs::write(&token_file, &lab.admin)?;
-    let mut login = lab.sandbox.command(DUTLAB)?;
+    let token_file = lab.sandbox().path().join("admin-token");
+    std::fs::write(&token_file, lab.admin())?;
+    let mut login = lab.sandbox().command(DUTLAB)?;
     login
-        .args(["login", "--url", &lab.url, "--pin", &pin, "--token-file"])
+        .args(["login", "--url", &lab.url(), "--pin", &pin, "--token-file"])
         .arg(&token_file)
-        .env("XDG_CONFIG_HOME", lab.sandbox.path().join("config"))
+        .env("XDG_CONFIG_HOME", lab.sandbox().path().join("config"))
         .env_remove("DUTLAB_URL")
         .env_remove("DUTLAB_TOKEN");
     let done = Spawned::start(login)?.finish(Duration::from_secs(60))?;
     expect_code(&done, 0)?;
-    let mut list = lab.sandbox.command(DUTLAB)?;
+    let mut list = lab.sandbox().command(DUTLAB)?;
     list.args(["device", "list", "--json"])
-        .env("XDG_CONFIG_HOME", lab.sandbox.path().join("config"))
+        .env("XDG_CONFIG_HOME", lab.sandbox().path().join("config"))
         .env_remove("DUTLAB_URL")
         .env_remove("DUTLAB_TOKEN");
     let done = Spawned::start(list)?.finish(Duration::from_secs(60))?;
     expect_code(&done, 0)?;
-    let done = lab.cli_env(&[("DUTLAB_PIN", &other.pin)], &["device", "list"])?;
+    let done = lab.cli_env(
+        lab.admin(),
+        &[("DUTLAB_PIN", &other.pin)],
+        &["device", "list"],
+    )?;
     expect_code(&done, UNREACHABLE)?;
     ensure!(
-        done.stderr.contains(&lab.url)
+        done.stderr.contains(&lab.url())
             && done
                 .stderr
                 .contains(&format!("not the pinned {}", other.pin)),
@@ -277,22 +115,22 @@ fn a_wrong_ca_or_pin_is_refused_clearly_and_the_right_pin_is_accepted() -> Resul
     );
 
     // Agent, wrong CA: it says why, naming the controller, and never registers.
-    let config = lab.agent_config("host-w", &format!("ca_file: {wrong_ca:?}"))?;
+    let config = lab.agent_config_trusting("host-w", 1, &format!("ca_file: {wrong_ca:?}"))?;
     let agent = lab.spawn_agent(&config)?;
     agent.wait_for_stderr("not signed by the CA in", Duration::from_secs(60))?;
     let stderr = agent.stderr_text();
     ensure!(
-        stderr.contains(&format!("wss://127.0.0.1:{}", lab.port)),
+        stderr.contains(&format!("wss://127.0.0.1:{}", lab.port())),
         "{stderr}"
     );
     // Agent, wrong pin: refused the same way.
-    let config = lab.agent_config("host-p", &format!("pin: {}", other.pin))?;
+    let config = lab.agent_config_trusting("host-p", 1, &format!("pin: {}", other.pin))?;
     let agent = lab.spawn_agent(&config)?;
     agent.wait_for_stderr("not the pinned", Duration::from_secs(60))?;
     // Agent, right pin: registers.
-    let config = lab.agent_config("host-ok", &format!("pin: {pin}"))?;
+    let config = lab.agent_config_trusting("host-ok", 1, &format!("pin: {pin}"))?;
     lab.spawn_agent(&config)?;
-    lab.wait_device_idle("host-ok")?;
+    lab.wait_devices_idle("host-ok", 1)?;
     let devices = lab.json(&["device", "list", "--json"])?;
     ensure!(
         !devices
@@ -304,7 +142,7 @@ fn a_wrong_ca_or_pin_is_refused_clearly_and_the_right_pin_is_accepted() -> Resul
     );
 
     // A TLS client that never starts its handshake is cut off after the handshake timeout.
-    let mut silent = TcpStream::connect(("127.0.0.1", lab.port))?;
+    let mut silent = TcpStream::connect(("127.0.0.1", lab.port()))?;
     wait_closed(&mut silent, Duration::from_secs(30))?;
     lab.finish()
 }
@@ -401,7 +239,7 @@ fn is_closed(stream: &mut TcpStream) -> Result<bool> {
 #[test]
 fn slow_clients_are_cut_off_at_the_header_timeout_while_healthz_answers() -> Result<()> {
     let cap = 8;
-    let lab = Lab::start(
+    let lab = start(
         false,
         &[
             "--header-timeout",
@@ -413,7 +251,7 @@ fn slow_clients_are_cut_off_at_the_header_timeout_while_healthz_answers() -> Res
     // More slow clients than the cap: the cap fills, and some take reserve slots.
     let mut slow = Vec::new();
     for _ in 0..cap + 6 {
-        let mut stream = TcpStream::connect(("127.0.0.1", lab.port))?;
+        let mut stream = TcpStream::connect(("127.0.0.1", lab.port()))?;
         stream.write_all(b"GET /api/v1/whoami HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")?;
         slow.push(stream);
     }
@@ -423,11 +261,12 @@ fn slow_clients_are_cut_off_at_the_header_timeout_while_healthz_answers() -> Res
     let mut refused_at_cap = false;
     while !slow.iter_mut().all(|s| is_closed(s).unwrap_or(true)) {
         ensure!(
-            status(lab.port, "/healthz")? == 200,
+            status(lab.port(), "/healthz")? == 200,
             "healthz failed while slow clients held the cap"
         );
         probes += 1;
-        if opened.elapsed() < Duration::from_secs(2) && status(lab.port, "/api/v1/whoami")? == 503 {
+        if opened.elapsed() < Duration::from_secs(2) && status(lab.port(), "/api/v1/whoami")? == 503
+        {
             refused_at_cap = true;
         }
         ensure!(
@@ -442,7 +281,7 @@ fn slow_clients_are_cut_off_at_the_header_timeout_while_healthz_answers() -> Res
     );
     // The cap is free again: an ordinary route answers (401 without a token).
     wait_until("whoami answers 401 again", Duration::from_secs(10), || {
-        Ok((status(lab.port, "/api/v1/whoami")? == 401).then_some(()))
+        Ok((status(lab.port(), "/api/v1/whoami")? == 401).then_some(()))
     })?;
     Ok(())
 }
@@ -457,29 +296,29 @@ fn frame_header(len: u64) -> Vec<u8> {
 
 #[test]
 fn an_oversized_message_closes_a_follow_socket() -> Result<()> {
-    let lab = Lab::start(false, &[])?;
+    let lab = start(false, &[])?;
     // A job no device can take yet: it stays queued, and its log can be followed.
     let smoke = workspace_root().join("examples/qemu-smoke.yaml");
-    let mut submit = lab.sandbox.command(DUTLAB)?;
+    let mut submit = lab.sandbox().command(DUTLAB)?;
     submit
         .args(["job", "submit", "--wait-for-device", "--json"])
         .arg(&smoke)
-        .env("DUTLAB_URL", &lab.url)
-        .env("DUTLAB_TOKEN", &lab.admin)
-        .env("XDG_CONFIG_HOME", lab.sandbox.path().join("config"));
+        .env("DUTLAB_URL", lab.url())
+        .env("DUTLAB_TOKEN", lab.admin())
+        .env("XDG_CONFIG_HOME", lab.sandbox().path().join("config"));
     let done = Spawned::start(submit)?.finish(Duration::from_secs(60))?;
     expect_code(&done, 0)?;
     let view: Value = serde_json::from_str(&done.stdout)?;
     let id = view["id"].as_u64().context("job id")?;
 
     let open = || -> Result<TcpStream> {
-        let mut stream = TcpStream::connect(("127.0.0.1", lab.port))?;
+        let mut stream = TcpStream::connect(("127.0.0.1", lab.port()))?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         let request = format!(
             "GET /api/v1/jobs/{id}/logs/follow HTTP/1.1\r\nHost: 127.0.0.1\r\n\
              Authorization: Bearer {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-            lab.admin
+            lab.admin()
         );
         stream.write_all(request.as_bytes())?;
         let mut head = Vec::new();
@@ -519,12 +358,12 @@ fn an_oversized_message_closes_a_follow_socket() -> Result<()> {
 
 #[test]
 fn a_jobs_artifacts_are_uploaded_and_fetched_over_https() -> Result<()> {
-    let mut lab = Lab::start(true, &[])?;
+    let mut lab = start(true, &[])?;
     let ca = lab.pki()?.ca().display().to_string();
-    let config = lab.agent_config("host-a", &format!("ca_file: {ca:?}"))?;
+    let config = lab.agent_config_trusting("host-a", 1, &format!("ca_file: {ca:?}"))?;
     lab.spawn_agent(&config)?;
-    lab.wait_device_idle("host-a")?;
-    let dir = lab.sandbox.path().join("job");
+    lab.wait_devices_idle("host-a", 1)?;
+    let dir = lab.sandbox().path().join("job");
     std::fs::create_dir_all(dir.join("images"))?;
     let image = testkit::guest_image()?;
     for f in ["vmlinuz", "initramfs.cpio.gz", "rootfs.qcow2"] {

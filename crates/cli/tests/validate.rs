@@ -419,7 +419,8 @@ fn submit_refuses_what_validate_refuses() -> Result<()> {
         // --wait-for-device: the refusal is not about the lab having no device yet.
         let done = env.job_remote(&lab, &["submit", arg(&job)?, "--wait-for-device"])?;
         expect_code(&done, JOB_ERROR)?;
-        let want = format!("dutlab: error: job refused: {message}");
+        let want =
+            format!("dutlab: error: job refused: valid LAVA, but not runnable here: {message}");
         ensure!(
             done.stderr.lines().any(|l| l == want),
             "submit {name}: wanted the line {want:?} in:\n{}",

@@ -48,6 +48,15 @@ impl ApiFailure {
             body: ApiError::new(error),
         }
     }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The error message of the answer.
+    pub fn message(&self) -> &str {
+        &self.body.error
+    }
 }
 
 impl IntoResponse for ApiFailure {
@@ -433,6 +442,23 @@ pub async fn submit_job(
     axum::Extension(caller): axum::Extension<Caller>,
     Json(body): Json<SubmitJob>,
 ) -> ApiResult<(StatusCode, Json<JobView>)> {
+    let submission = prepare_submission(&state, &caller, body).await?;
+    let view = ask(&state, |reply| Command::Submit {
+        job: submission,
+        reply,
+    })
+    .await??;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// Checks a job file as `POST /api/v1/jobs` does (role, parse, runnable here, artifacts,
+/// visibility) and makes the submission the dispatcher takes; every refusal is 400 naming
+/// file, field and reason (403 for a role that may not submit).
+pub async fn prepare_submission(
+    state: &AppState,
+    caller: &Caller,
+    body: SubmitJob,
+) -> ApiResult<Submission> {
     caller.require(&PEOPLE)?;
     let file_name = body
         .file_name
@@ -444,8 +470,9 @@ pub async fn submit_job(
     let bad = |message: String| ApiFailure::new(StatusCode::BAD_REQUEST, message);
     let job = jobspec::parse_job(&file_name, &body.definition).map_err(|e| bad(e.to_string()))?;
     // What `dutlab job validate` refuses (no device type dutlab knows runs it, multinode).
-    jobspec::check_runnable(&file_name, &job).map_err(|e| bad(e.to_string()))?;
-    let artifacts = referenced_artifacts(&state, &caller, &file_name, &job).await?;
+    jobspec::check_runnable(&file_name, &job)
+        .map_err(|e| bad(format!("valid LAVA, but not runnable here: {e}")))?;
+    let artifacts = referenced_artifacts(state, caller, &file_name, &job).await?;
     let visibility = match &job.visibility {
         jobspec::Visibility::Public => Visibility::Public,
         jobspec::Visibility::Personal => Visibility::Personal,
@@ -461,7 +488,7 @@ pub async fn submit_job(
             Visibility::Group(groups)
         }
     };
-    let submission = Submission {
+    Ok(Submission {
         name: job.name.clone(),
         owner: caller.principal,
         owner_name: caller.user.clone(),
@@ -479,13 +506,7 @@ pub async fn submit_job(
         },
         wait_for_device: body.wait_for_device,
         artifacts,
-    };
-    let view = ask(&state, |reply| Command::Submit {
-        job: submission,
-        reply,
     })
-    .await??;
-    Ok((StatusCode::CREATED, Json(view)))
 }
 
 /// The digests a job references, each stored and usable by the caller (else 400 naming the

@@ -4,6 +4,8 @@
 //! - What the controller creates is private to its user: directories mode 0700, files 0600
 //!   (the SQLite database is created empty with 0600 before SQLite opens it, and SQLite gives
 //!   its `-wal` and `-shm` files the database's mode).
+//! - One `serve` uses a data directory at a time: it holds an `flock` on `serve.lock` there
+//!   for its lifetime (the kernel drops it when the process dies, however it dies).
 //! - Nothing existing is changed: a directory or file that group or others may read, write
 //!   or enter is reported at warn level with its mode and the command that fixes it.
 
@@ -82,6 +84,29 @@ fn warn_mode(path: &Path, mode: u32, want: &str) {
         mode & 0o7777,
         path.display()
     );
+}
+
+/// The data directory's lock file: held (`flock`) by the one `serve` using the directory.
+pub const LOCK_FILE: &str = "serve.lock";
+
+/// Locks the data directory for this process until the answered file is closed: `Ok(None)`
+/// when another process holds it and `wait` is false; with `wait`, blocks until it is free.
+pub fn lock(data_dir: &Path, wait: bool) -> std::io::Result<Option<std::fs::File>> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(data_dir.join(LOCK_FILE))?;
+    if wait {
+        file.lock()?;
+        return Ok(Some(file));
+    }
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
+    }
 }
 
 #[cfg(test)]

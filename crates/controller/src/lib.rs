@@ -15,6 +15,9 @@
 //!   [`policy`] alone; per-user queue quotas by [`queue_quota`].
 //! - Every long-lived connection is a [`sessions::Session`] of the token that opened it:
 //!   revoking the token ends it.
+//! - One controller at a time works on a data directory (`serve.lock`, [`datadir::lock`])
+//!   and on a PostgreSQL database ([`store::hold`]), taken before the database is migrated
+//!   or replayed; losing the database's lock stops the controller.
 
 pub mod api;
 pub mod artifact_quota;
@@ -22,6 +25,7 @@ pub mod artifacts;
 pub mod auth;
 pub mod datadir;
 pub mod dispatcher;
+pub mod lava;
 pub mod lease_api;
 pub mod link;
 pub mod listener;
@@ -50,7 +54,7 @@ use tokio::sync::{broadcast, mpsc};
 /// Why the controller could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] store::StoreError),
     #[error("the stored events do not replay: {0}")]
     Replay(String),
@@ -72,6 +76,17 @@ pub enum ControllerError {
     Stopped(String),
     #[error("cannot make the admin token: {0}")]
     AdminToken(String),
+    #[error(
+        "data directory {path} is used by another dutlab serve (it holds {lock}); stop it, or \
+         start this one with --standby to wait and take over when it stops",
+        lock = datadir::LOCK_FILE
+    )]
+    DataDirInUse { path: PathBuf },
+    #[error(
+        "lost the connection that holds the database's lock ({0}): another controller may \
+         take over, so this one stops"
+    )]
+    LostHold(String),
 }
 
 /// Settings of `dutlab serve`.
@@ -97,6 +112,8 @@ pub struct Config {
     pub max_artifact: u64,
     /// Bytes of artifacts one user may keep.
     pub artifact_quota: u64,
+    /// When another controller uses the data directory or the database: refuse, or wait.
+    pub when_held: store::hold::Wait,
     /// Durations and caps of people's leases.
     pub person_leases: dispatcher::PersonLeaseConfig,
 }
@@ -118,6 +135,7 @@ impl Config {
             quota: queue_quota::QueueQuota::default(),
             max_artifact: proto::api::DEFAULT_MAX_ARTIFACT,
             artifact_quota: artifact_quota::DEFAULT_ARTIFACT_QUOTA,
+            when_held: store::hold::Wait::Refuse,
             person_leases: dispatcher::PersonLeaseConfig::default(),
         }
     }
@@ -194,6 +212,10 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(api::healthz))
         .merge(api)
+        // LAVA's client API (lavacli's XML-RPC, REST v0.2): each authenticates itself.
+        .route("/RPC2", post(lava::rpc::rpc2))
+        .route("/RPC2/", post(lava::rpc::rpc2))
+        .merge(lava::rest::routes(state.clone()))
         // JSON escaping can grow a job file; leave room above the job limit.
         .layer(DefaultBodyLimit::max(proto::api::MAX_JOB_BODY * 2 + 4096))
         .with_state(state)
@@ -233,6 +255,18 @@ fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
     file.sync_all()
 }
 
+/// Who this controller is, as another one names it when refused.
+fn holder(config: &Config) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "an unknown host".to_owned());
+    format!(
+        "pid {} on {host}, --listen {}",
+        std::process::id(),
+        config.listen
+    )
+}
+
 /// Starts the controller and serves until `shutdown` resolves.
 pub async fn serve(
     config: Config,
@@ -243,10 +277,23 @@ pub async fn serve(
         source,
     };
     datadir::prepare(&config.data_dir, config.database.is_none()).map_err(data_err)?;
+    let standby = config.when_held == store::hold::Wait::Standby;
+    if standby {
+        tracing::info!("standby: waiting for the data directory and the database to be free");
+    }
+    let dir = config.data_dir.clone();
+    let _dir_lock = tokio::task::spawn_blocking(move || datadir::lock(&dir, standby))
+        .await
+        .map_err(|e| ControllerError::Stopped(e.to_string()))?
+        .map_err(data_err)?
+        .ok_or_else(|| ControllerError::DataDirInUse {
+            path: config.data_dir.clone(),
+        })?;
     let url = config
         .database
         .clone()
         .unwrap_or_else(|| Store::sqlite_url(&config.data_dir));
+    let mut hold = store::hold::Hold::take(&url, &holder(&config), config.when_held).await?;
     let store = Store::open(&url, config.sqlite_sync).await?;
     let tokens = Tokens::default();
     for token in store.tokens().await? {
@@ -321,6 +368,7 @@ pub async fn serve(
     let server = listener::serve(listener, app, config.limits.clone(), shutdown);
     let dispatcher = tokio::spawn(dispatcher.run(commands));
     tokio::select! {
+        reason = hold.lost() => Err(ControllerError::LostHold(reason)),
         served = server => served.map_err(ControllerError::Serve),
         stopped = dispatcher => match stopped {
             Ok(Ok(())) => Ok(()),

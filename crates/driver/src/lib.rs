@@ -1,9 +1,10 @@
 //! Driver traits and the console machinery every driver shares.
 //!
 //! A *rig* is what an agent can do to one device: optional power, console, shell, storage,
-//! network, video. Each of those is a small trait here; a driver crate (e.g. `qemu`)
-//! implements the ones its hardware has, and the runner or agent gathers implementations in
-//! enums per role (no trait objects for async traits).
+//! network, video. Each of those is a small trait here ([`Power`], [`rig`]); a driver crate
+//! (e.g. `qemu`) implements the ones its hardware has, and a [`rig::Rig`] gathers them, from
+//! which the device's capabilities are derived. [`console`] is the pump that owns a console's
+//! output and fans it out to the recorder, a job's expect engine and viewers.
 //!
 //! Invariants:
 //! - Drivers know nothing about jobs, leases or the controller: they take device settings and
@@ -12,8 +13,12 @@
 //!   its buffer bounded, [`shell`] refuses command lines a shell could misread.
 
 pub mod ansi;
+pub mod console;
 pub mod expect;
+pub mod rig;
 pub mod shell;
+
+pub use rig::{Capability, Rig};
 
 use std::fmt;
 

@@ -159,6 +159,7 @@ pub struct Dial {
     tokens_url: String,
     admin: String,
     http: reqwest::Client,
+    tls: Option<Arc<rustls::ClientConfig>>,
     made: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
 }
 
@@ -169,6 +170,7 @@ impl Dial {
             tokens_url: ctl.url("/api/v1/tokens"),
             admin: ctl.admin.clone(),
             http: ctl.http.clone(),
+            tls: ctl.tls.clone(),
             made: Arc::default(),
         }
     }
@@ -217,10 +219,11 @@ pub fn ws_config() -> WebSocketConfig {
         .max_frame_size(Some(proto::link::MAX_FRAME))
 }
 
-/// Opens a WebSocket with `Authorization: Bearer TOKEN`.
+/// Opens a WebSocket with `Authorization: Bearer TOKEN` (over TLS with `tls` for `wss://`).
 pub async fn open(
     url: &str,
     token: &str,
+    tls: Option<Arc<rustls::ClientConfig>>,
 ) -> anyhow::Result<
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
 > {
@@ -229,9 +232,15 @@ pub async fn open(
         AUTHORIZATION,
         HeaderValue::from_str(&format!("Bearer {token}"))?,
     );
-    let (ws, _) = tokio_tungstenite::connect_async_with_config(request, Some(ws_config()), true)
-        .await
-        .with_context(|| format!("cannot open {url}"))?;
+    let connector = tls.map(tokio_tungstenite::Connector::Rustls);
+    let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(
+        request,
+        Some(ws_config()),
+        true,
+        connector,
+    )
+    .await
+    .with_context(|| format!("cannot open {url}"))?;
     Ok(ws)
 }
 
@@ -249,7 +258,7 @@ pub async fn connect(
     odd: Arc<Oddities>,
 ) -> anyhow::Result<Agent> {
     let token = dial.token_for(name).await?;
-    let ws = open(&dial.url, &token).await?;
+    let ws = open(&dial.url, &token, dial.tls.clone()).await?;
     let (mut sink, mut stream) = ws.split();
     let hello = AgentMessage::Hello {
         protocol: proto::link::PROTOCOL_VERSION,

@@ -118,10 +118,11 @@ struct Seen {
 async fn open_follower(
     url: String,
     token: String,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 ) -> anyhow::Result<
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
 > {
-    let mut ws = agent::open(&url, &token).await?;
+    let mut ws = agent::open(&url, &token, tls).await?;
     match tokio::time::timeout(Duration::from_secs(60), ws.next()).await {
         Ok(Some(Ok(Message::Text(_)))) => Ok(ws),
         Ok(other) => bail!("follow stream {url}: first message {other:?}"),
@@ -215,7 +216,7 @@ pub async fn run(ctl: &mut Controller, p: &Params) -> anyhow::Result<Value> {
         let mut pending = futures_util::stream::iter((0..p.followers).map(|i| {
             let job = jobs[i % jobs.len()];
             let url = ctl.ws_url(&format!("/api/v1/jobs/{job}/logs/follow?cursor=0"));
-            open_follower(url, user.clone())
+            open_follower(url, user.clone(), ctl.tls.clone())
         }))
         .buffered(64);
         while let Some(ws) = pending.next().await {

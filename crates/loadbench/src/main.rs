@@ -77,6 +77,10 @@ struct Args {
     /// `--serve-arg=--sqlite-synchronous --serve-arg=normal`.
     #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
     serve_arg: Vec<String>,
+    /// Serve https and wss (a fresh lab PKI, as `dutlab tls init` makes) and connect every
+    /// client over TLS: run a scenario with and without it to see what TLS costs.
+    #[arg(long)]
+    tls: bool,
     /// Print one JSON document instead of text lines.
     #[arg(long)]
     json: bool,
@@ -139,7 +143,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Scenario::Followers => "followers",
             Scenario::All => unreachable!("expanded above"),
         };
-        let result = match server::Controller::start(&args.dutlab, &args.serve_arg).await {
+        let result = match server::Controller::start(&args.dutlab, &args.serve_arg, args.tls).await
+        {
             Err(e) => Err((e, None)),
             Ok(mut ctl) => {
                 let result = match run_one(s, &args, &mut ctl).await {

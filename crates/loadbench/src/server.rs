@@ -3,12 +3,14 @@
 
 use anyhow::{Context, bail};
 use proto::api::{CreatedToken, JobView};
+use rustls::ClientConfig;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Clock ticks per second in `/proc/<pid>/stat` (USER_HZ, 100 on Linux).
@@ -21,6 +23,8 @@ pub struct Controller {
     pub addr: String,
     pub admin: String,
     pub http: reqwest::Client,
+    /// The client configuration trusting the controller's CA when it serves TLS.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     stderr: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -64,8 +68,9 @@ fn quota_args(extra: &[String]) -> Vec<String> {
 }
 
 impl Controller {
-    /// Starts `dutlab serve` and waits until `/healthz` answers.
-    pub async fn start(dutlab: &Path, extra: &[String]) -> anyhow::Result<Controller> {
+    /// Starts `dutlab serve` and waits until `/healthz` answers. `tls`: with a fresh lab PKI
+    /// (`tls::pki::init`, the code of `dutlab tls init`), serving https and wss only.
+    pub async fn start(dutlab: &Path, extra: &[String], tls: bool) -> anyhow::Result<Controller> {
         let dir = tempfile::Builder::new()
             .prefix("dutlab-loadbench-")
             .tempdir()
@@ -74,12 +79,26 @@ impl Controller {
         let addr = format!("127.0.0.1:{port}");
         let stderr = dir.path().join("serve.stderr");
         let err_file = File::create(&stderr).context("cannot create the controller's log")?;
+        let mut tls_args = Vec::new();
+        let mut client_tls = None;
+        if tls {
+            let pki = tls::pki::init(&dir.path().join("pki"), &["127.0.0.1".to_owned()])
+                .context("cannot make the lab PKI")?;
+            tls_args.push("--tls-cert".into());
+            tls_args.push(pki.server_cert.clone().into_os_string());
+            tls_args.push("--tls-key".into());
+            tls_args.push(pki.server_key.clone().into_os_string());
+            let config = tls::client_config(&tls::Trust::CaFile(pki.ca_cert))
+                .context("cannot build the TLS client configuration")?;
+            client_tls = Some(Arc::new(config));
+        }
         let child = Command::new(dutlab)
             .arg("serve")
             .arg("--listen")
             .arg(&addr)
             .arg("--data-dir")
             .arg(dir.path().join("data"))
+            .args(&tls_args)
             .args(extra)
             .args(quota_args(extra))
             .env("DUTLAB_LOG", "warn")
@@ -89,24 +108,27 @@ impl Controller {
             .spawn()
             .with_context(|| format!("cannot start {}", dutlab.display()))?;
         let pid = child.id();
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .pool_max_idle_per_host(64)
-            .tcp_nodelay(true)
-            .build()
-            .context("cannot build the HTTP client")?;
+            .tcp_nodelay(true);
+        if let Some(config) = &client_tls {
+            builder = builder.tls_backend_preconfigured(ClientConfig::clone(config));
+        }
+        let http = builder.build().context("cannot build the HTTP client")?;
         let mut controller = Controller {
             child,
             pid,
             addr,
             admin: String::new(),
             http,
+            tls: client_tls,
             stderr,
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             controller.check_alive()?;
-            let url = format!("http://{}/healthz", controller.addr);
+            let url = controller.url("/healthz");
             if let Ok(r) = controller.http.get(&url).send().await
                 && r.status().is_success()
             {
@@ -126,11 +148,13 @@ impl Controller {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}{path}", self.addr)
     }
 
     pub fn ws_url(&self, path: &str) -> String {
-        format!("ws://{}{path}", self.addr)
+        let scheme = if self.tls.is_some() { "wss" } else { "ws" };
+        format!("{scheme}://{}{path}", self.addr)
     }
 
     /// Fails with the tail of the controller's log when it is no longer running.

@@ -6,14 +6,16 @@
 //! | file | what |
 //! |---|---|
 //! | `vmlinuz` | a copy of the host's Debian kernel |
-//! | `initramfs.cpio.gz` | busybox (every applet linked), a few `/etc` files (`os-release` with `ID=dutlab`), `/init`, and the kernel modules for virtio block/net and ext4 |
+//! | `initramfs.cpio.gz` | busybox (every applet linked), dropbear with its shared libraries, a few `/etc` files (`os-release` with `ID=dutlab`), `/init`, and the kernel modules for virtio block/net and ext4 |
 //! | `rootfs.qcow2` | a small ext4 disk (label `dutlab-rootfs`) that `/init` mounts at `/mnt/rootfs` |
 //! | `image.json` | the [`Manifest`]: format version, kernel version, sizes and sha256 of the three files |
 //!
 //! The guest boots with `console=ttyS0`; `/init` mounts `/proc`, `/sys`, `/dev`, `/dev/pts`, `/tmp`
-//! and `/run`, loads the modules, mounts `/dev/vda` if present, brings up `lo` and hands PID 1 to
-//! busybox init, which respawns `getty` on `ttyS0`. Logging in as `root` needs no password and
-//! gives a shell whose prompt ends in `# `.
+//! and `/run`, loads the modules, mounts `/dev/vda` if present, brings up `lo` and `eth0`
+//! (10.0.2.15 on QEMU's user-mode network, when the DUT has a NIC) and hands PID 1 to busybox
+//! init, which respawns `getty` on `ttyS0` and the SSH server (dropbear on port 22, public keys
+//! in `/root/.ssh/authorized_keys` only, host key made at its first start). Logging in as
+//! `root` on the console needs no password and gives a shell whose prompt ends in `# `.
 //!
 //! Invariants:
 //! - [`build`] is atomic: it writes into a fresh temporary directory beside `out_dir`, fsyncs it,
@@ -24,8 +26,8 @@
 //! - [`GuestImage::open`] accepts a directory only if its manifest has format [`FORMAT_VERSION`]
 //!   and the three files exist with the sizes the manifest records; [`GuestImage::verify`] also
 //!   checks their sha256.
-//! - Nothing is downloaded: the kernel, modules, busybox, `mke2fs` and `qemu-img` come from the
-//!   host, and an error names the Debian package that provides what is missing.
+//! - Nothing is downloaded: the kernel, modules, busybox, dropbear, `mke2fs` and `qemu-img` come
+//!   from the host, and an error names the Debian package that provides what is missing.
 //! - The initramfs holds no timestamps (all zero), so the same inputs give the same archive.
 //!
 //! This module holds the image directory, its manifest, the host tool and busybox checks, and
@@ -35,6 +37,7 @@
 mod cpio;
 mod initramfs;
 mod kernel;
+mod ssh;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -51,12 +54,14 @@ use sha2::{Digest, Sha256};
 use self::initramfs::{initramfs_tree, write_initramfs};
 pub use self::kernel::find_kernel;
 use self::kernel::{GuestModules, collect_modules, kernel_version};
+pub use self::ssh::GUEST_ADDRESS;
+use self::ssh::collect_ssh_server;
 
 /// Format of the image directory this code writes and reads (`format` in `image.json`). It
 /// changes when the files or the guest's contents change in a way the runner or tests rely
 /// on, so an older image is refused (and rebuilt by the tests) rather than half working:
-/// 1 first image; 2 adds `/etc/os-release`.
-pub const FORMAT_VERSION: u32 = 2;
+/// 1 first image; 2 adds `/etc/os-release`; 3 adds the network and the SSH server.
+pub const FORMAT_VERSION: u32 = 3;
 /// File name of the kernel inside an image directory.
 pub const KERNEL_FILE: &str = "vmlinuz";
 /// File name of the gzip-compressed newc initramfs inside an image directory.
@@ -105,6 +110,9 @@ pub enum ImageError {
     /// The busybox found needs a dynamic loader the initramfs does not have.
     #[error("{} is dynamically linked (it has an ELF interpreter), the initramfs needs a static busybox; install the Debian package busybox-static", path.display())]
     BusyboxNotStatic { path: PathBuf },
+    /// A binary's shared libraries could not be listed.
+    #[error("shared libraries of {}: {reason}", binary.display())]
+    SharedLibrary { binary: PathBuf, reason: String },
     /// The busybox file is not an x86_64 ELF executable.
     #[error("{} cannot be the guest's busybox: {reason}", path.display())]
     BadBusybox { path: PathBuf, reason: String },
@@ -458,6 +466,7 @@ pub fn build(spec: &ImageSpec, progress: &mut dyn FnMut(&str)) -> Result<GuestIm
     progress(&format!("using busybox {}", busybox_path.display()));
 
     let modules = collect_modules(spec, version.as_deref(), progress)?;
+    let ssh_server = collect_ssh_server(progress)?;
 
     let out_dir = &spec.out_dir;
     let parent = match out_dir.parent() {
@@ -479,7 +488,7 @@ pub fn build(spec: &ImageSpec, progress: &mut dyn FnMut(&str)) -> Result<GuestIm
     write_file(&staged.kernel, &kernel_bytes)?;
     drop(kernel_bytes);
 
-    let tree = initramfs_tree(busybox, modules.as_ref());
+    let tree = initramfs_tree(busybox, modules.as_ref(), ssh_server);
     progress(&format!("writing initramfs ({} files)", tree.len()));
     write_initramfs(&tree, &staged.initramfs)?;
     drop(tree);

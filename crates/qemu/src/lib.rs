@@ -8,6 +8,8 @@
 pub mod disk;
 pub mod image;
 pub mod qmp;
+pub mod rig;
 pub mod vm;
 
-pub use vm::{Accel, BootSpec, ChannelDisk, Drive, QemuConfig, QemuError, Vm};
+pub use rig::QemuRig;
+pub use vm::{Accel, BootSpec, ChannelDisk, Drive, NetworkMode, Nic, QemuConfig, QemuError, Vm};

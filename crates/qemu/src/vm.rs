@@ -13,6 +13,10 @@
 //!   dropping a [`Vm`] kills the group synchronously. No path leaves a QEMU behind.
 //! - User-supplied arguments (`image_arg`, `extra_args`) are passed as separate argv entries,
 //!   never through a shell.
+//! - With `network: user` (the default) the DUT has one virtio NIC on QEMU's user-mode network
+//!   (no root, no host interface), `restrict=on`: the guest (10.0.2.15) reaches nothing
+//!   outside, not even the host, and only its SSH port is reachable from the host, forwarded
+//!   from a port on 127.0.0.1 ([`Nic`]).
 //! - QEMU runs under its seccomp sandbox (`-sandbox on`, denying obsolete calls, spawning
 //!   processes, resource control and, unless it must drop root itself, privilege changes); a
 //!   QEMU without seccomp is refused at launch unless the device sets `qemu.sandbox: off`.
@@ -70,6 +74,48 @@ pub enum SandboxMode {
     Off,
 }
 
+/// The DUT's network (`qemu.network`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    /// One virtio NIC on QEMU's user-mode network, SSH forwarded from 127.0.0.1.
+    #[default]
+    User,
+    /// No NIC.
+    None,
+}
+
+/// The SSH port inside the guest that the host forward reaches.
+pub const GUEST_SSH_PORT: u16 = 22;
+
+/// The NIC of one launch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Nic {
+    None,
+    /// User-mode network; guest port [`GUEST_SSH_PORT`] is forwarded from
+    /// `127.0.0.1:ssh_host_port`.
+    User {
+        ssh_host_port: u16,
+    },
+}
+
+impl Nic {
+    fn args(self) -> Vec<String> {
+        match self {
+            Nic::None => Vec::new(),
+            Nic::User { ssh_host_port } => vec![
+                "-netdev".into(),
+                format!(
+                    "user,id=dutlab-net0,restrict=on,\
+                     hostfwd=tcp:127.0.0.1:{ssh_host_port}-:{GUEST_SSH_PORT}"
+                ),
+                "-device".into(),
+                "virtio-net-pci,netdev=dutlab-net0".into(),
+            ],
+        }
+    }
+}
+
 /// Settings of a QEMU device (the `qemu:` block of a device file).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -88,6 +134,8 @@ pub struct QemuConfig {
     pub sandbox: SandboxMode,
     /// The user QEMU becomes when started by root (`-runas` / `-run-with user=`).
     pub run_as: String,
+    /// The DUT's network (default: user-mode, SSH forwarded from 127.0.0.1).
+    pub network: NetworkMode,
 }
 
 impl Default for QemuConfig {
@@ -102,6 +150,7 @@ impl Default for QemuConfig {
             extra_args: Vec::new(),
             sandbox: SandboxMode::On,
             run_as: "nobody".into(),
+            network: NetworkMode::User,
         }
     }
 }
@@ -317,6 +366,7 @@ pub fn command_line(
     boot: &BootSpec,
     run_dir: &Path,
     privileges: &Privileges,
+    nic: Nic,
 ) -> Vec<String> {
     let mut args: Vec<String> = Vec::new();
     if config.sandbox == SandboxMode::On {
@@ -363,6 +413,7 @@ pub fn command_line(
             run_dir.join("qmp.sock").display()
         ),
     ]);
+    args.extend(nic.args());
     if let Some(kernel) = &boot.kernel {
         args.push("-kernel".into());
         args.push(kernel.display().to_string());
@@ -399,6 +450,7 @@ impl Vm {
         config: &QemuConfig,
         boot: &BootSpec,
         run_dir: &Path,
+        nic: Nic,
         deadline: Instant,
     ) -> Result<(Vm, UnixStream), QemuError> {
         std::fs::create_dir_all(run_dir).map_err(|source| QemuError::RunDir {
@@ -406,7 +458,7 @@ impl Vm {
             source,
         })?;
         let privileges = Privileges::for_host(config).await?;
-        let args = command_line(config, boot, run_dir, &privileges);
+        let args = command_line(config, boot, run_dir, &privileges, nic);
         tracing::debug!(binary = %config.binary, ?args, "launching QEMU");
         let mut child = Command::new(&config.binary)
             .args(&args)
@@ -628,7 +680,13 @@ mod tests {
             extra_args: vec!["-device".into(), "virtio-rng-pci".into()],
             ..QemuConfig::default()
         };
-        let args = command_line(&config, &boot, Path::new("/w/run"), &Privileges::Keep);
+        let args = command_line(
+            &config,
+            &boot,
+            Path::new("/w/run"),
+            &Privileges::Keep,
+            Nic::None,
+        );
         let drives: Vec<&String> = args
             .iter()
             .zip(args.iter().skip(1))
@@ -656,7 +714,13 @@ mod tests {
     fn the_sandbox_comes_first_and_root_is_dropped_by_version() {
         let config = QemuConfig::default();
         let boot = BootSpec::default();
-        let keep = command_line(&config, &boot, Path::new("/w"), &Privileges::Keep);
+        let keep = command_line(
+            &config,
+            &boot,
+            Path::new("/w"),
+            &Privileges::Keep,
+            Nic::None,
+        );
         assert_eq!(keep[0], "-sandbox");
         assert_eq!(
             keep[1],
@@ -668,6 +732,7 @@ mod tests {
             &boot,
             Path::new("/w"),
             &Privileges::Runas("nobody".into()),
+            Nic::None,
         );
         assert!(old[1].contains("elevateprivileges=allow,spawn=deny"));
         assert_eq!(old[2..4], ["-runas".to_string(), "nobody".to_string()]);
@@ -676,6 +741,7 @@ mod tests {
             &boot,
             Path::new("/w"),
             &Privileges::RunWith("qemu".into()),
+            Nic::None,
         );
         assert_eq!(
             new[2..4],
@@ -686,7 +752,7 @@ mod tests {
             ..QemuConfig::default()
         };
         assert!(
-            !command_line(&off, &boot, Path::new("/w"), &Privileges::Keep)
+            !command_line(&off, &boot, Path::new("/w"), &Privileges::Keep, Nic::None)
                 .contains(&"-sandbox".to_string())
         );
         assert_eq!(
@@ -719,12 +785,43 @@ mod tests {
             &config,
             &BootSpec::default(),
             &dir.path().join("run"),
+            Nic::None,
             deadline,
         )
         .await
         .unwrap_err();
         assert!(matches!(e, QemuError::NoSandbox { .. }), "{e}");
         assert!(e.to_string().contains("qemu.sandbox: off"), "{e}");
+    }
+
+    #[test]
+    fn a_user_nic_forwards_only_ssh_from_loopback() {
+        let args = command_line(
+            &QemuConfig::default(),
+            &BootSpec::default(),
+            Path::new("/w"),
+            &Privileges::Keep,
+            Nic::User {
+                ssh_host_port: 40022,
+            },
+        );
+        let at = args.iter().position(|a| a == "-netdev").unwrap();
+        assert_eq!(
+            args[at + 1],
+            "user,id=dutlab-net0,restrict=on,hostfwd=tcp:127.0.0.1:40022-:22"
+        );
+        assert_eq!(
+            args[at + 2..at + 4],
+            ["-device", "virtio-net-pci,netdev=dutlab-net0"]
+        );
+        let none = command_line(
+            &QemuConfig::default(),
+            &BootSpec::default(),
+            Path::new("/w"),
+            &Privileges::Keep,
+            Nic::None,
+        );
+        assert!(!none.iter().any(|a| a == "-netdev"));
     }
 
     #[test]

@@ -363,7 +363,10 @@ mod tests {
         let (ours, theirs) = UnixStream::pair().unwrap();
         tokio::spawn(fake_uboot(theirs));
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut shell = DutShell::new(ours, &tx);
+        let (read, write) = ours.into_split();
+        let hub =
+            driver::console::ConsoleHub::spawn(read, write, crate::session::console_recorder(&tx));
+        let mut shell = DutShell::new(&hub, &tx);
         let mut cases = Vec::new();
         let mut sink = Sink {
             events: &tx,

@@ -40,11 +40,12 @@ pub mod signals;
 
 use device::Device;
 use driver::Power;
+use driver::rig::{Console as _, Network as _};
 use jobspec::{Action, Boot, Job};
 use overlay::{Overlay, OverlayChannel, PackedOverlay};
 use proto::{CaseResult, JobReport, Outcome, TestCase};
 use qemu::image::GuestImage;
-use qemu::{BootSpec, ChannelDisk, Vm};
+use qemu::{BootSpec, ChannelDisk, QemuRig};
 use regex::bytes::Regex;
 use session::{ActionSignals, DutShell, Login, OverlayState, RunEnd, ShellSetup};
 use sha2::{Digest, Sha256};
@@ -185,7 +186,7 @@ pub async fn run_job(
         device,
         events,
         work_dir: None,
-        vm: None,
+        rig: None,
         shell: None,
         boot: None,
         overlay: Overlay::default(),
@@ -238,7 +239,8 @@ struct Run<'a> {
     device: &'a Device,
     events: UnboundedSender<RunEvent>,
     work_dir: Option<tempfile::TempDir>,
-    vm: Option<Vm>,
+    /// The device's drivers (made with the work directory).
+    rig: Option<QemuRig>,
     shell: Option<DutShell>,
     boot: Option<BootSpec>,
     overlay: Overlay,
@@ -265,6 +267,7 @@ impl Run<'_> {
         .map_err(|e| JobEnd::infra_error(format!("cannot create a work directory: {e}")))?;
         let work = work_dir.path().to_path_buf();
         self.work_dir = Some(work_dir);
+        self.rig = Some(QemuRig::new(self.device.qemu.clone(), work.join("storage")));
         self.overlay = Overlay::prepare(self.job, &self.ctx.job_dir, &work, &self.ctx.policy)
             .await
             .map_err(|e| JobEnd::job_error(e.to_string()))?;
@@ -529,22 +532,36 @@ impl Run<'_> {
         let mut spec = spec;
         spec.channel_disks = self.overlay_disk.iter().cloned().collect();
         let run_dir = work.join(format!("vm-{index}"));
-        let (mut vm, console) = Vm::launch(&self.device.qemu, &spec, &run_dir, limit.at)
+        let rig = self
+            .rig
+            .as_mut()
+            .ok_or_else(|| JobEnd::infra_error("no rig: the work directory was not made"))?;
+        rig.set_boot(spec);
+        rig.launch(&run_dir, session::console_recorder(&self.events), limit.at)
             .await
             .map_err(|e| JobEnd::infra_error(format!("QEMU: {e}")))?;
-        self.note(format!(
+        let hub = rig
+            .hub()
+            .ok_or_else(|| JobEnd::infra_error("QEMU: launched without a console"))?;
+        let shell = DutShell::new(hub, &self.events);
+        let mut note = format!(
             "QEMU started (pid {}, {} accel)",
-            vm.pid(),
+            rig.pid().unwrap_or_default(),
             match self.device.qemu.accel {
                 qemu::Accel::Tcg => "tcg",
                 qemu::Accel::Kvm => "kvm",
             }
-        ));
-        let shell = DutShell::new(console, &self.events);
-        vm.power_on()
+        );
+        if let Some(ssh) = rig.ssh() {
+            note.push_str(&format!(
+                "; DUT SSH (port {}) forwarded from {}",
+                ssh.guest_port, ssh.host
+            ));
+        }
+        rig.power_on()
             .await
             .map_err(|e| JobEnd::infra_error(e.to_string()))?;
-        self.vm = Some(vm);
+        self.note(note);
         let shell = self.shell.insert(shell);
         match login {
             Some(login) => shell.login(login, limit.min(connection.start())).await?,
@@ -626,8 +643,8 @@ impl Run<'_> {
 
     async fn power_off(&mut self) {
         self.shell = None;
-        if let Some(mut vm) = self.vm.take()
-            && let Err(e) = vm.power_off().await
+        if let Some(rig) = self.rig.as_mut()
+            && let Err(e) = rig.power_off().await
         {
             self.note(format!("power off: {e}"));
         }

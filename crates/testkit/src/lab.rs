@@ -8,6 +8,7 @@
 //! - The binary under test is given by the test (`env!("CARGO_BIN_EXE_dutlab")`): testkit
 //!   builds nothing.
 
+use crate::postgres::Postgres;
 use crate::{Finished, Sandbox, Spawned, expect_code, wait_until};
 use anyhow::{Context, Result, ensure};
 use nix::sys::signal::Signal;
@@ -23,16 +24,73 @@ pub const CLI_LIMIT: Duration = Duration::from_secs(240);
 /// How long a controller may take to listen, an agent's devices to become idle.
 const START_LIMIT: Duration = Duration::from_secs(30);
 
+/// What `dutlab tls init DIR` wrote, and the fingerprint it printed.
+pub struct Pki {
+    pub dir: PathBuf,
+    /// `sha256:...`, what agents and clients may pin.
+    pub pin: String,
+}
+
+impl Pki {
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+    pub fn server_cert(&self) -> PathBuf {
+        self.dir.join("server.pem")
+    }
+    pub fn server_key(&self) -> PathBuf {
+        self.dir.join("server-key.pem")
+    }
+}
+
+/// Runs `dutlab tls init DIR` for 127.0.0.1 and localhost.
+pub fn tls_init(sandbox: &Sandbox, bin: &str, dir: &Path) -> Result<Pki> {
+    let mut cmd = sandbox.command(bin)?;
+    cmd.args(["tls", "init"])
+        .arg(dir)
+        .args(["--name", "localhost", "--name", "127.0.0.1"]);
+    let done = Spawned::start(cmd)?.finish(START_LIMIT)?;
+    expect_code(&done, 0)?;
+    let pin = done
+        .stdout
+        .split_whitespace()
+        .find(|w| w.starts_with("sha256:"))
+        .with_context(|| format!("no fingerprint printed: {}", done.stdout))?
+        .to_owned();
+    Ok(Pki {
+        dir: dir.to_path_buf(),
+        pin,
+    })
+}
+
 /// One controller, its agents, and a client environment, in one sandbox.
 pub struct Lab {
     sandbox: Sandbox,
     bin: PathBuf,
+    /// Set when the controller serves https and wss only.
+    pki: Option<Pki>,
     data_dir: PathBuf,
     serve_args: Vec<String>,
     port: u16,
     admin: String,
     controller: Option<Spawned>,
     agents: Vec<Spawned>,
+    /// The private server of a lab on PostgreSQL (last: dropped after the processes).
+    postgres: Option<Postgres>,
+}
+
+/// The database of a lab's controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Database {
+    /// SQLite in the data directory (`serve`'s default).
+    Sqlite,
+    /// A private PostgreSQL server ([`Postgres`]), given with `--database`.
+    Postgres,
+}
+
+impl Database {
+    /// Both, for tests that run on each.
+    pub const ALL: [Database; 2] = [Database::Sqlite, Database::Postgres];
 }
 
 impl Lab {
@@ -43,17 +101,48 @@ impl Lab {
 
     /// Starts a controller with extra `dutlab serve` arguments.
     pub fn start_with(bin: &str, serve_args: &[&str]) -> Result<Lab> {
+        Self::begin(bin, Database::Sqlite, serve_args, false)
+    }
+
+    /// Starts a controller on `database` with extra `dutlab serve` arguments.
+    pub fn start_on(bin: &str, database: Database, serve_args: &[&str]) -> Result<Lab> {
+        Self::begin(bin, database, serve_args, false)
+    }
+
+    /// Starts a controller serving TLS with a fresh lab PKI (`dutlab tls init`); the CLI
+    /// trusts its CA (`DUTLAB_CA`) and [`Lab::agent_config`] writes `ca_file`.
+    pub fn start_tls_with(bin: &str, serve_args: &[&str]) -> Result<Lab> {
+        Self::begin(bin, Database::Sqlite, serve_args, true)
+    }
+
+    fn begin(bin: &str, database: Database, serve_args: &[&str], tls: bool) -> Result<Lab> {
         let sandbox = Sandbox::new()?;
         let data_dir = sandbox.path().join("data");
+        let pki = if tls {
+            Some(tls_init(&sandbox, bin, &sandbox.path().join("pki"))?)
+        } else {
+            None
+        };
+        let mut args: Vec<String> = serve_args.iter().map(|s| (*s).to_owned()).collect();
+        let postgres = match database {
+            Database::Sqlite => None,
+            Database::Postgres => {
+                let server = Postgres::start()?;
+                args.extend(["--database".to_owned(), server.create_database("dutlab")?]);
+                Some(server)
+            }
+        };
         let mut lab = Lab {
             sandbox,
             bin: PathBuf::from(bin),
+            pki,
             data_dir,
-            serve_args: serve_args.iter().map(|s| (*s).to_owned()).collect(),
+            serve_args: args,
             port: 0,
             admin: String::new(),
             controller: None,
             agents: Vec::new(),
+            postgres,
         };
         lab.serve()?;
         Ok(lab)
@@ -61,16 +150,13 @@ impl Lab {
 
     /// Starts the controller on the lab's data directory (and its port, once it has one).
     pub fn serve(&mut self) -> Result<()> {
-        let mut cmd = self.sandbox.command(&self.bin)?;
-        cmd.args(["serve", "--listen", &format!("127.0.0.1:{}", self.port)])
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .args(&self.serve_args);
+        let cmd = self.serve_command(&[])?;
         let controller = Spawned::start(cmd)?;
-        controller.wait_for_stderr("listening on http://", START_LIMIT)?;
+        let marker = format!("listening on {}://127.0.0.1:", self.scheme());
+        controller.wait_for_stderr(&marker, START_LIMIT)?;
         let stderr = controller.stderr_text();
         self.port = stderr
-            .split("listening on http://127.0.0.1:")
+            .split(&marker)
             .nth(1)
             .and_then(|rest| rest.split_whitespace().next())
             .and_then(|p| p.parse().ok())
@@ -82,11 +168,44 @@ impl Lab {
         Ok(())
     }
 
-    /// Restarts the controller (same data, same port) with other `dutlab serve` arguments.
+    /// Restarts the controller (same data, same port, same database) with other
+    /// `dutlab serve` arguments.
     pub fn serve_with(&mut self, serve_args: &[&str]) -> Result<()> {
         self.stop_controller()?;
         self.serve_args = serve_args.iter().map(|s| (*s).to_owned()).collect();
+        self.serve_args.extend(self.database_args());
         self.serve()
+    }
+
+    /// The `--database` arguments of this lab's controller (none on SQLite).
+    pub fn database_args(&self) -> Vec<String> {
+        match &self.postgres {
+            Some(server) => vec!["--database".to_owned(), server.url("dutlab")],
+            None => Vec::new(),
+        }
+    }
+
+    /// The lab's PostgreSQL server, if it runs on one.
+    pub fn postgres(&mut self) -> Option<&mut Postgres> {
+        self.postgres.as_mut()
+    }
+
+    /// A `dutlab serve` command on this lab's data directory, database and port, with extra
+    /// arguments, not started.
+    pub fn serve_command(&self, extra: &[&str]) -> Result<std::process::Command> {
+        let mut cmd = self.sandbox.command(&self.bin)?;
+        cmd.args(["serve", "--listen", &format!("127.0.0.1:{}", self.port)])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(&self.serve_args)
+            .args(extra);
+        if let Some(pki) = &self.pki {
+            cmd.arg("--tls-cert")
+                .arg(pki.server_cert())
+                .arg("--tls-key")
+                .arg(pki.server_key());
+        }
+        Ok(cmd)
     }
 
     /// Stops the controller with SIGTERM and waits for it to exit.
@@ -100,10 +219,30 @@ impl Lab {
 
     /// Kills the controller with SIGKILL and starts it again on the same port and data.
     pub fn restart_controller_hard(&mut self) -> Result<()> {
+        self.kill_controller_hard()?;
+        self.serve()
+    }
+
+    /// Waits for the controller to exit by itself (and starts none).
+    pub fn wait_controller_exit(&mut self, within: Duration) -> Result<Finished> {
+        let controller = self
+            .controller
+            .take()
+            .context("the controller is not running")?;
+        controller.finish(within)
+    }
+
+    /// Kills the controller with SIGKILL (and starts none).
+    pub fn kill_controller_hard(&mut self) -> Result<()> {
         if let Some(mut old) = self.controller.take() {
             old.kill_hard()?;
         }
-        self.serve()
+        Ok(())
+    }
+
+    /// Makes `controller` (started by the test, e.g. a standby that took over) the lab's.
+    pub fn adopt_controller(&mut self, controller: Spawned) {
+        self.controller = Some(controller);
     }
 
     /// The running controller process.
@@ -125,8 +264,18 @@ impl Lab {
         self.port
     }
 
+    fn scheme(&self) -> &'static str {
+        if self.pki.is_some() { "https" } else { "http" }
+    }
+
+    /// `http://127.0.0.1:PORT`, or `https://...` for a TLS lab.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("{}://127.0.0.1:{}", self.scheme(), self.port)
+    }
+
+    /// The PKI of a TLS lab.
+    pub fn pki(&self) -> Result<&Pki> {
+        self.pki.as_ref().context("this lab serves no TLS")
     }
 
     /// The admin token `dutlab serve` wrote on first start.
@@ -134,13 +283,28 @@ impl Lab {
         &self.admin
     }
 
-    /// Runs the CLI with the given token.
+    /// Runs the CLI with the given token (trusting the lab's CA in a TLS lab).
     pub fn cli_as(&self, token: &str, args: &[&str]) -> Result<Finished> {
+        match &self.pki {
+            Some(pki) => {
+                let ca = pki.ca().display().to_string();
+                self.cli_env(token, &[("DUTLAB_CA", &ca)], args)
+            }
+            None => self.cli_env(token, &[], args),
+        }
+    }
+
+    /// Runs the CLI with the given token and exactly these extra environment variables (no
+    /// `DUTLAB_CA` unless given).
+    pub fn cli_env(&self, token: &str, env: &[(&str, &str)], args: &[&str]) -> Result<Finished> {
         let mut cmd = self.sandbox.command(&self.bin)?;
         cmd.args(args)
             .env("DUTLAB_URL", self.url())
             .env("DUTLAB_TOKEN", token)
             .env("XDG_CONFIG_HOME", self.sandbox.path().join("config"));
+        for (name, value) in env {
+            cmd.env(name, value);
+        }
         Spawned::start(cmd)?.finish(CLI_LIMIT)
     }
 
@@ -187,9 +351,19 @@ impl Lab {
     }
 
     /// Writes the configuration of agent `name` with `qemu` default QEMU devices (its token in
-    /// `<sandbox>/<name>/token`, work directory `<sandbox>/<name>/work`) without starting it;
-    /// answers the path of its `agent.yaml`.
+    /// `<sandbox>/<name>/token`, work directory `<sandbox>/<name>/work`; in a TLS lab it trusts
+    /// the lab's CA) without starting it; answers the path of its `agent.yaml`.
     pub fn agent_config(&self, name: &str, qemu: usize) -> Result<PathBuf> {
+        let trust = match &self.pki {
+            Some(pki) => format!("ca_file: {:?}", pki.ca().display().to_string()),
+            None => String::new(),
+        };
+        self.agent_config_trusting(name, qemu, &trust)
+    }
+
+    /// [`Lab::agent_config`] with `trust` (YAML lines such as `pin: sha256:...`) appended
+    /// instead of the lab's CA.
+    pub fn agent_config_trusting(&self, name: &str, qemu: usize, trust: &str) -> Result<PathBuf> {
         let dir = self.sandbox.path().join(name);
         std::fs::create_dir_all(&dir)?;
         let token_file = dir.join("token");
@@ -210,7 +384,7 @@ impl Lab {
         ])?;
         expect_code(&init, 0)?;
         let config = dir.join("agent.yaml");
-        std::fs::write(&config, &init.stdout)?;
+        std::fs::write(&config, format!("{}\n{trust}\n", init.stdout))?;
         Ok(config)
     }
 
@@ -325,7 +499,7 @@ impl Lab {
         Ok(out)
     }
 
-    /// One raw HTTP/1.1 request with a bearer token; answers (status, body).
+    /// One raw HTTP/1.1 request with a bearer token (plain HTTP only); answers (status, body).
     pub fn http(
         &self,
         method: &str,
@@ -334,6 +508,25 @@ impl Lab {
         body: &[u8],
     ) -> Result<(u16, Vec<u8>)> {
         self.http_declaring(method, path, token, body, body.len())
+    }
+
+    /// [`Lab::http`] with `Content-Type: application/json`.
+    pub fn http_json(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: &serde_json::Value,
+    ) -> Result<(u16, Vec<u8>)> {
+        let body = body.to_string();
+        self.raw_http(
+            method,
+            path,
+            token,
+            "Content-Type: application/json\r\n",
+            body.as_bytes(),
+            body.len(),
+        )
     }
 
     /// A request whose `Content-Length` says `declared` bytes (the body may be shorter: a
@@ -346,12 +539,24 @@ impl Lab {
         body: &[u8],
         declared: usize,
     ) -> Result<(u16, Vec<u8>)> {
+        self.raw_http(method, path, token, "", body, declared)
+    }
+
+    fn raw_http(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        headers: &str,
+        body: &[u8],
+        declared: usize,
+    ) -> Result<(u16, Vec<u8>)> {
         let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
         stream.set_read_timeout(Some(START_LIMIT))?;
         write!(
             stream,
             "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\
-             Content-Length: {declared}\r\nConnection: close\r\n\r\n",
+             {headers}Content-Length: {declared}\r\nConnection: close\r\n\r\n",
         )?;
         stream.write_all(body)?;
         let mut answer = Vec::new();
@@ -369,7 +574,8 @@ impl Lab {
         Ok((status, answer[split + 4..].to_vec()))
     }
 
-    /// Stops the agents (SIGTERM) and the controller, then proves no QEMU is left.
+    /// Stops the agents (SIGTERM) and the controller, then proves no QEMU is left (and, on
+    /// PostgreSQL, that the server stopped with nothing left running).
     pub fn finish(mut self) -> Result<()> {
         for agent in &self.agents {
             let _ = agent.signal(Signal::SIGTERM);
@@ -377,6 +583,13 @@ impl Lab {
         for agent in std::mem::take(&mut self.agents) {
             let _ = agent.finish(START_LIMIT);
         }
-        self.sandbox.assert_no_qemu_left()
+        self.sandbox.assert_no_qemu_left()?;
+        if self.postgres.is_some() {
+            self.stop_controller()?;
+        }
+        if let Some(server) = self.postgres.as_mut() {
+            server.stop()?;
+        }
+        Ok(())
     }
 }

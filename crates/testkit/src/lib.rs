@@ -11,6 +11,7 @@
 
 pub mod lab;
 pub mod linaro;
+pub mod postgres;
 
 use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, killpg};

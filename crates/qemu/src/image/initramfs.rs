@@ -11,10 +11,11 @@
 //!   adds no timestamps).
 //! - `/init` installs the busybox applets, mounts `/proc`, `/sys`, `/dev`, `/dev/pts`, `/tmp` and
 //!   `/run`, loads the modules in the given order (a module that fails to load is reported, not
-//!   fatal), mounts `/dev/vda` at [`GUEST_ROOTFS_MOUNT`] if present, brings up `lo` and execs
-//!   busybox init. It quotes nothing: versions and module paths come shell safe from the kernel
+//!   fatal), mounts `/dev/vda` at [`GUEST_ROOTFS_MOUNT`] if present, brings up `lo` and `eth0`
+//!   (if the DUT has a NIC) and execs busybox init. It quotes nothing: versions and module paths come shell safe from the kernel
 //!   module.
-//! - `root` has no password, and busybox init respawns `getty` on `ttyS0`.
+//! - `root` has no password, and busybox init respawns `getty` on `ttyS0` and the SSH server
+//!   (see `ssh`: public keys only).
 //! - [`write_initramfs`] fsyncs the archive before it returns.
 
 use std::collections::BTreeSet;
@@ -25,6 +26,7 @@ use std::path::Path;
 
 use super::cpio::CpioWriter;
 use super::kernel::{GuestModules, uncompressed_path};
+use super::ssh::{self, SSHD_SCRIPT, SshServer};
 use super::{FORMAT_VERSION, GUEST_ROOTFS_MOUNT, ImageError, io_err};
 
 const HOSTNAME: &str = "dutlab";
@@ -137,14 +139,16 @@ pub(super) fn init_script(modules: Option<&GuestModules>) -> String {
         "if [ -b /dev/vda ]; then\n    \
              mount -t ext4 /dev/vda {GUEST_ROOTFS_MOUNT} || echo \"dutlab-init: cannot mount /dev/vda\" >&2\n\
          fi\n\
-         ip link set lo up\n\
-         exec /sbin/init\n"
+         ip link set lo up\n"
     );
+    s.push_str(&ssh::network_setup());
+    s.push_str("exec /sbin/init\n");
     s
 }
 
 const INITTAB: &str = r#"# busybox init of the dutlab guest
 ttyS0::respawn:/sbin/getty -L 115200 ttyS0 vt100
+::respawn:/usr/sbin/dutlab-sshd
 ::ctrlaltdel:/sbin/reboot
 ::shutdown:/bin/sh -c "umount -r /mnt/rootfs 2>/dev/null; sync"
 "#;
@@ -156,7 +160,11 @@ PS1='\\w # '
 export PS1
 ";
 
-pub(super) fn initramfs_tree(busybox: Vec<u8>, modules: Option<&GuestModules>) -> Tree {
+pub(super) fn initramfs_tree(
+    busybox: Vec<u8>,
+    modules: Option<&GuestModules>,
+    ssh_server: SshServer,
+) -> Tree {
     let mut t = Tree::default();
     for dir in [
         "bin",
@@ -170,6 +178,7 @@ pub(super) fn initramfs_tree(busybox: Vec<u8>, modules: Option<&GuestModules>) -
         "mnt/rootfs",
         "run",
         "var",
+        "var/log",
         "lib",
     ] {
         t.dir(dir, 0o755);
@@ -190,6 +199,13 @@ pub(super) fn initramfs_tree(busybox: Vec<u8>, modules: Option<&GuestModules>) -
     t.file("etc/profile", 0o644, PROFILE);
     t.file("etc/inittab", 0o644, INITTAB);
     t.file("etc/os-release", 0o644, os_release());
+    t.file("etc/resolv.conf", 0o644, ssh::resolv_conf());
+    t.dir("etc/dropbear", 0o700);
+    t.dir("root/.ssh", 0o700);
+    for (path, data) in ssh_server.files {
+        t.file(&path, 0o755, data);
+    }
+    t.file(SSHD_SCRIPT, 0o755, ssh::sshd_script());
     if let Some(modules) = modules {
         let base = format!("lib/modules/{}", modules.version);
         for (path, data) in &modules.files {

@@ -10,7 +10,10 @@
 //!   ([`Store::commit`]) before anyone is told about it.
 //! - Token secrets are never stored: only their SHA-256 (tokens are 160-bit random strings, so
 //!   a fast hash is enough; there is nothing to brute-force).
-//! - The schema moves forward only, by [`MIGRATIONS`]; the version reached is in `meta`.
+//! - The schema moves forward only, by [`schema`]'s migrations; the version reached is in
+//!   `meta`, and a database newer than this build is refused ([`StoreError::TooNew`]).
+//! - One `dutlab serve` at a time works on a database: [`hold`] takes PostgreSQL's advisory
+//!   lock (a second controller is refused or waits as a standby).
 //! - Principal names are unique (a `UNIQUE` column) and a principal's id never changes; every
 //!   token belongs to one principal and every job is owned by one (`jobs.owner_id`).
 //!   `jobs.owner` keeps the owner's name as it was at submit, for people reading the table.
@@ -20,11 +23,16 @@
 //!   at checkpoints (a crash of the machine may lose the last commits, never corrupt).
 
 use proto::api::{TokenView, UserOrigin};
-use proto::{GroupName, JobId, JobReport, Millis, PrincipalId, Role, Visibility};
+use proto::{GroupName, JobId, JobReport, Millis, PrincipalId, Visibility};
+use rows::{as_i64, as_u64, job_row, stored_visibility, token_row};
 use scheduler::Event;
-use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Executor, Row};
 use std::path::Path;
+
+pub mod hold;
+mod rows;
+pub mod schema;
 
 /// Why the database failed.
 #[derive(Debug, thiserror::Error)]
@@ -39,88 +47,22 @@ pub enum StoreError {
     Sql(#[from] sqlx::Error),
     #[error("database holds a bad {what}: {reason}")]
     Corrupt { what: &'static str, reason: String },
+    #[error(
+        "database schema version {found} is newer than this dutlab knows (version {known}): \
+         a newer dutlab has used this database; run that version (a database is never \
+         migrated backwards)"
+    )]
+    TooNew {
+        found: schema::Version,
+        known: schema::Version,
+    },
+    #[error(
+        "another dutlab serve is using database {url} ({holder}); one controller works on a \
+         database at a time: stop it, or start this one with --standby to wait and take over \
+         when it stops"
+    )]
+    Held { url: String, holder: String },
 }
-
-const SCHEMA: [&str; 7] = [
-    "CREATE TABLE IF NOT EXISTS tokens (
-        id TEXT PRIMARY KEY,
-        name TEXT NOT NULL,
-        role TEXT NOT NULL,
-        hash TEXT NOT NULL UNIQUE,
-        created_at BIGINT NOT NULL,
-        revoked_at BIGINT
-    )",
-    "CREATE TABLE IF NOT EXISTS jobs (
-        id BIGINT PRIMARY KEY,
-        name TEXT NOT NULL,
-        owner TEXT NOT NULL,
-        visibility TEXT NOT NULL,
-        file_name TEXT NOT NULL,
-        definition TEXT NOT NULL,
-        warnings TEXT NOT NULL,
-        report TEXT,
-        last_seq BIGINT
-    )",
-    "CREATE TABLE IF NOT EXISTS events (
-        seq BIGINT PRIMARY KEY,
-        body TEXT NOT NULL
-    )",
-    "CREATE TABLE IF NOT EXISTS artifacts (
-        sha256 TEXT PRIMARY KEY,
-        size BIGINT NOT NULL,
-        created_at BIGINT NOT NULL
-    )",
-    "CREATE TABLE IF NOT EXISTS artifact_uploaders (
-        sha256 TEXT NOT NULL,
-        principal TEXT NOT NULL,
-        uploaded_at BIGINT NOT NULL,
-        PRIMARY KEY (sha256, principal)
-    )",
-    "CREATE TABLE IF NOT EXISTS job_artifacts (
-        job BIGINT NOT NULL,
-        sha256 TEXT NOT NULL,
-        PRIMARY KEY (job, sha256)
-    )",
-    "CREATE TABLE IF NOT EXISTS meta (
-        key TEXT PRIMARY KEY,
-        value TEXT NOT NULL
-    )",
-];
-
-/// Changes to the schema after its first version, in order: (version, statements). The
-/// version reached is kept in `meta` under `schema`; a database without it is version 1.
-const MIGRATIONS: [(i64, &[&str]); 2] = [
-    // Agent tokens are bound to one agent name. Agent tokens of version 1 keep NULL here and
-    // are refused by the agent link until the operator re-creates them (docs/security.md).
-    (2, &["ALTER TABLE tokens ADD COLUMN agent TEXT"]),
-    // Owners are principals. Every distinct name of a token or of a job's owner becomes one
-    // principal, numbered 1, 2, ... in byte order of the names (deterministic: the same
-    // database always migrates to the same ids), so tokens that shared a name, and the jobs
-    // they submitted, stay together.
-    (
-        3,
-        &[
-            "CREATE TABLE principals (
-                id BIGINT PRIMARY KEY,
-                name TEXT NOT NULL UNIQUE,
-                created_at BIGINT NOT NULL
-            )",
-            "CREATE TABLE memberships (
-                principal BIGINT NOT NULL,
-                grp TEXT NOT NULL,
-                PRIMARY KEY (principal, grp)
-            )",
-            "ALTER TABLE tokens ADD COLUMN principal BIGINT",
-            "ALTER TABLE jobs ADD COLUMN owner_id BIGINT",
-            "INSERT INTO principals (id, name, created_at)
-             SELECT ROW_NUMBER() OVER (ORDER BY n.name), n.name,
-                    COALESCE((SELECT MIN(t.created_at) FROM tokens t WHERE t.name = n.name), 0)
-             FROM (SELECT name FROM tokens UNION SELECT owner AS name FROM jobs) n",
-            "UPDATE tokens SET principal = (SELECT p.id FROM principals p WHERE p.name = tokens.name)",
-            "UPDATE jobs SET owner_id = (SELECT p.id FROM principals p WHERE p.name = jobs.owner)",
-        ],
-    ),
-];
 
 /// A principal as stored, with its groups.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,6 +130,9 @@ impl SqliteSync {
     }
 }
 
+/// How often making a principal is tried when concurrent inserts took its id.
+const PRINCIPAL_ATTEMPTS: u32 = 32;
+
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
@@ -214,49 +159,8 @@ impl Store {
             });
         }
         let pool = options.connect(url).await.map_err(connect)?;
-        for statement in SCHEMA {
-            pool.execute(statement).await?;
-        }
-        let store = Store { pool };
-        store.migrate().await?;
-        Ok(store)
-    }
-
-    /// Brings the schema to the last of [`MIGRATIONS`], one transaction per version.
-    async fn migrate(&self) -> Result<(), StoreError> {
-        let row = sqlx::query("SELECT value FROM meta WHERE key = 'schema'")
-            .fetch_optional(&self.pool)
-            .await?;
-        let mut version: i64 = match row {
-            Some(row) => {
-                let text: String = row.try_get("value")?;
-                text.parse().map_err(|_| StoreError::Corrupt {
-                    what: "schema version",
-                    reason: format!("meta.schema is {text:?}, not a number"),
-                })?
-            }
-            None => 1,
-        };
-        for (to, statements) in MIGRATIONS {
-            if to <= version {
-                continue;
-            }
-            let mut tx = self.pool.begin().await?;
-            for statement in statements {
-                (&mut *tx).execute(*statement).await?;
-            }
-            sqlx::query(
-                "INSERT INTO meta (key, value) VALUES ('schema', $1)
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            )
-            .bind(to.to_string())
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            tracing::info!("database schema migrated to version {to}");
-            version = to;
-        }
-        Ok(())
+        schema::migrate(&pool).await?;
+        Ok(Store { pool })
     }
 
     /// The SQLite URL of a data directory.
@@ -346,23 +250,30 @@ impl Store {
             return Ok((p, UserOrigin::Existing));
         }
         // One statement: the id is taken and the row written atomically. A concurrent insert
-        // of the same name (or id, on PostgreSQL) fails here; the lookup below settles it.
-        let inserted = sqlx::query(
-            "INSERT INTO principals (id, name, created_at)
-             SELECT COALESCE(MAX(id), 0) + 1, $1, $2 FROM principals",
-        )
-        .bind(name.to_owned())
-        .bind(as_i64(at.0))
-        .execute(&self.pool)
-        .await;
-        match (inserted, find().await?) {
-            (Ok(_), Some(p)) => Ok((p, UserOrigin::Created)),
-            (Err(_), Some(p)) => Ok((p, UserOrigin::Existing)),
-            (Err(e), None) => Err(e.into()),
-            (Ok(_), None) => Err(StoreError::Corrupt {
-                what: "principal",
-                reason: format!("{name:?} is missing right after it was inserted"),
-            }),
+        // of the same name fails here, and so (on PostgreSQL, where two such statements can
+        // read the same MAX) does one of another name that took the same id: the lookup
+        // settles the first case, another attempt with the next id the second.
+        let mut attempts = 0;
+        loop {
+            let inserted = sqlx::query(
+                "INSERT INTO principals (id, name, created_at)
+                 SELECT COALESCE(MAX(id), 0) + 1, $1, $2 FROM principals",
+            )
+            .bind(name.to_owned())
+            .bind(as_i64(at.0))
+            .execute(&self.pool)
+            .await;
+            attempts += 1;
+            return match (inserted, find().await?) {
+                (Ok(_), Some(p)) => Ok((p, UserOrigin::Created)),
+                (Err(_), Some(p)) => Ok((p, UserOrigin::Existing)),
+                (Err(_), None) if attempts < PRINCIPAL_ATTEMPTS => continue,
+                (Err(e), None) => Err(e.into()),
+                (Ok(_), None) => Err(StoreError::Corrupt {
+                    what: "principal",
+                    reason: format!("{name:?} is missing right after it was inserted"),
+                }),
+            };
         }
     }
 
@@ -607,268 +518,44 @@ impl Store {
     }
 }
 
-fn token_row(row: &AnyRow) -> Result<StoredToken, StoreError> {
-    let role: String = row.try_get("role")?;
-    let revoked: Option<i64> = row.try_get("revoked_at")?;
-    Ok(StoredToken {
-        view: TokenView {
-            id: row.try_get("id")?,
-            name: row.try_get("name")?,
-            role: Role::parse(&role).ok_or_else(|| StoreError::Corrupt {
-                what: "token role",
-                reason: role.clone(),
-            })?,
-            agent: row.try_get("agent")?,
-            user: row.try_get("user_name")?,
-            principal: PrincipalId(as_u64(row.try_get("principal")?)),
-            created_at: Millis(as_u64(row.try_get("created_at")?)),
-            revoked_at: revoked.map(|r| Millis(as_u64(r))),
-        },
-        hash: row.try_get("hash")?,
-    })
-}
-
-fn job_row(row: &AnyRow) -> Result<JobRow, StoreError> {
-    let warnings: String = row.try_get("warnings")?;
-    let id = JobId(as_u64(row.try_get("id")?));
-    let visibility: String = row.try_get("visibility")?;
-    let owner: Option<i64> = row.try_get("owner_id")?;
-    Ok(JobRow {
-        id,
-        name: row.try_get("name")?,
-        owner: PrincipalId(as_u64(owner.ok_or_else(|| StoreError::Corrupt {
-            what: "job owner",
-            reason: format!("job {id} has no owner_id"),
-        })?)),
-        owner_name: row.try_get("owner")?,
-        visibility: parse_visibility(&visibility).ok_or_else(|| StoreError::Corrupt {
-            what: "job visibility",
-            reason: format!("job {id}: {visibility:?}"),
-        })?,
-        file_name: row.try_get("file_name")?,
-        definition: row.try_get("definition")?,
-        warnings: serde_json::from_str(&warnings).map_err(|e| StoreError::Corrupt {
-            what: "warning list",
-            reason: e.to_string(),
-        })?,
-        artifacts: Vec::new(),
-    })
-}
-
-/// How a visibility is stored: `public`, `personal`, or `group:` and the comma-separated
-/// names (group names hold no comma).
-fn stored_visibility(v: &Visibility) -> String {
-    match v {
-        Visibility::Group(groups) => {
-            let names: Vec<&str> = groups.iter().map(GroupName::as_str).collect();
-            format!("group:{}", names.join(","))
-        }
-        other => other.kind().to_owned(),
-    }
-}
-
-/// Reads [`stored_visibility`]; plain `group` (controllers before schema 3, which showed such
-/// jobs to their owner only) is a group job of no group: still owner-only.
-fn parse_visibility(text: &str) -> Option<Visibility> {
-    match text {
-        "public" => Some(Visibility::Public),
-        "personal" => Some(Visibility::Personal),
-        "group" => Some(Visibility::Group(Vec::new())),
-        _ => {
-            let names = text.strip_prefix("group:")?;
-            let groups: Result<Vec<GroupName>, _> = names
-                .split(',')
-                .filter(|n| !n.is_empty())
-                .map(GroupName::new)
-                .collect();
-            groups.ok().map(Visibility::Group)
-        }
-    }
-}
-
-/// Database integers are signed; ids and times never reach 2^63.
-fn as_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-fn as_u64(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
-}
-
-/// A database URL with any password removed, for messages.
+/// A database URL with any password removed, for messages: the one in the user part
+/// (`user:***@`) and a `password=` parameter.
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            let user = userinfo.split(':').next().unwrap_or("");
+    let mut text = match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme && url[scheme + 3..at].contains(':') => {
+            let user = url[scheme + 3..at].split(':').next().unwrap_or("");
             format!("{}://{}:***@{}", &url[..scheme], user, &url[at + 1..])
         }
         _ => url.to_owned(),
+    };
+    if let Some(start) = text.find("password=").map(|i| i + "password=".len()) {
+        let end = text[start..].find('&').map_or(text.len(), |i| start + i);
+        text.replace_range(start..end, "***");
     }
+    text
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn version_1_databases_migrate_and_keep_old_agent_tokens_unbound() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let url = Store::sqlite_url(dir.path());
-        {
-            // A database as a controller of schema version 1 left it.
-            sqlx::any::install_default_drivers();
-            let pool = AnyPoolOptions::new().connect(&url).await.expect("opens");
-            for statement in SCHEMA {
-                pool.execute(statement).await.expect("v1 schema");
-            }
-            pool.execute(
-                "INSERT INTO tokens (id, name, role, hash, created_at, revoked_at)
-                 VALUES ('0badc0de', 'old-rig', 'agent', 'h', 1, NULL)",
-            )
-            .await
-            .expect("old token");
-            pool.close().await;
-        }
-        let store = Store::open(&url, SqliteSync::Full).await.expect("migrates");
-        let tokens = store.tokens().await.expect("tokens");
-        assert_eq!(tokens.len(), 1);
-        assert_eq!(
-            tokens[0].view.agent, None,
-            "an old agent token stays unbound"
-        );
-        let (rig, origin) = store
-            .principal_named("rig", Millis(2))
-            .await
-            .expect("principal");
-        assert_eq!(origin, UserOrigin::Created);
-        let fresh = StoredToken {
-            view: TokenView {
-                id: "00c0ffee".into(),
-                name: "rig".into(),
-                role: Role::Agent,
-                user: rig.name.clone(),
-                principal: rig.id,
-                agent: Some("rig".into()),
-                created_at: Millis(2),
-                revoked_at: None,
-            },
-            hash: "h2".into(),
-        };
-        store.insert_token(&fresh).await.expect("insert");
-        drop(store);
-        // Opening again runs no migration twice.
-        let store = Store::open(&url, SqliteSync::Full)
-            .await
-            .expect("opens again");
-        let tokens = store.tokens().await.expect("tokens");
-        assert_eq!(tokens[1].view.agent.as_deref(), Some("rig"));
-        assert_eq!(tokens[0].view.user, "old-rig");
-    }
-
-    #[tokio::test]
-    async fn version_2_databases_map_owner_names_to_principals() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let url = Store::sqlite_url(dir.path());
-        {
-            // A database as a controller of schema version 2 left it: two tokens named
-            // "alice" (who shared jobs then), a token "bob", and jobs of each.
-            sqlx::any::install_default_drivers();
-            let pool = AnyPoolOptions::new().connect(&url).await.expect("opens");
-            for statement in SCHEMA {
-                pool.execute(statement).await.expect("v1 schema");
-            }
-            for statement in MIGRATIONS[0].1 {
-                pool.execute(*statement).await.expect("v2 schema");
-            }
-            for statement in [
-                "INSERT INTO meta (key, value) VALUES ('schema', '2')",
-                "INSERT INTO tokens (id, name, role, agent, hash, created_at, revoked_at)
-                 VALUES ('0000000b', 'bob', 'user', NULL, 'hb', 1, NULL),
-                        ('0000000a', 'alice', 'user', NULL, 'ha1', 2, NULL),
-                        ('000000a2', 'alice', 'user', NULL, 'ha2', 3, 4)",
-                "INSERT INTO jobs (id, name, owner, visibility, file_name, definition, warnings, report, last_seq)
-                 VALUES (1, 'j1', 'alice', 'personal', 'a.yaml', 'x', '[]', NULL, NULL),
-                        (2, 'j2', 'bob', 'group', 'b.yaml', 'y', '[]', NULL, NULL),
-                        (3, 'j3', 'alice', 'public', 'c.yaml', 'z', '[]', NULL, NULL)",
-            ] {
-                pool.execute(statement).await.expect("v2 rows");
-            }
-            pool.close().await;
-        }
-        let store = Store::open(&url, SqliteSync::Full).await.expect("migrates");
-        let principals = store.principals().await.expect("principals");
-        let names: Vec<(u64, &str)> = principals
-            .iter()
-            .map(|p| (p.id.0, p.name.as_str()))
-            .collect();
-        assert_eq!(names, [(1, "alice"), (2, "bob")], "ids in name order");
-        let tokens = store.tokens().await.expect("tokens");
-        for t in &tokens {
-            let want = if t.view.name == "alice" { 1 } else { 2 };
-            assert_eq!(t.view.principal, PrincipalId(want), "{:?}", t.view);
-        }
-        let jobs = store.jobs().await.expect("jobs");
-        let owners: Vec<(u64, u64, String)> = jobs
-            .iter()
-            .map(|j| (j.id.0, j.owner.0, j.visibility.to_string()))
-            .collect();
-        assert_eq!(
-            owners,
-            [
-                (1, 1, "personal".to_owned()),
-                (2, 2, "group: ".to_owned()),
-                (3, 1, "public".to_owned())
-            ]
-        );
-        // A new user gets the next id; an existing name is found, not made again.
-        let (carol, origin) = store
-            .principal_named("carol", Millis(9))
-            .await
-            .expect("carol");
-        assert_eq!((carol.id, origin), (PrincipalId(3), UserOrigin::Created));
-        let (alice, origin) = store
-            .principal_named("alice", Millis(9))
-            .await
-            .expect("alice");
-        assert_eq!((alice.id, origin), (PrincipalId(1), UserOrigin::Existing));
-        let qa = GroupName::new("qa").expect("group");
-        assert!(
-            store
-                .set_membership(alice.id, &qa, Membership::Member)
-                .await
-                .expect("join")
-        );
-        assert!(
-            !store
-                .set_membership(alice.id, &qa, Membership::Member)
-                .await
-                .expect("again")
-        );
-        let again = store.principals().await.expect("principals");
-        assert_eq!(again[0].groups, std::slice::from_ref(&qa));
-        assert!(
-            store
-                .set_membership(alice.id, &qa, Membership::NotMember)
-                .await
-                .expect("leave")
-        );
-    }
+    use super::redact;
 
     #[test]
-    fn visibility_round_trips_through_its_stored_text() {
-        let g = |n: &str| GroupName::new(n).expect("group");
-        for v in [
-            Visibility::Public,
-            Visibility::Personal,
-            Visibility::Group(vec![g("qa"), g("kernel")]),
-        ] {
-            assert_eq!(parse_visibility(&stored_visibility(&v)), Some(v));
-        }
+    fn passwords_never_reach_messages() {
         assert_eq!(
-            parse_visibility("group"),
-            Some(Visibility::Group(Vec::new()))
+            redact("postgres://lab:s3cret@db/dutlab"),
+            "postgres://lab:***@db/dutlab"
         );
-        assert_eq!(parse_visibility("group:a b"), None);
+        assert_eq!(
+            redact("postgres://lab@localhost/dutlab?host=/run/pg"),
+            "postgres://lab@localhost/dutlab?host=/run/pg"
+        );
+        assert_eq!(
+            redact("postgres://db/dutlab?user=lab&password=s3cret&sslmode=require"),
+            "postgres://db/dutlab?user=lab&password=***&sslmode=require"
+        );
+        assert_eq!(
+            redact("sqlite:///var/lib/dutlab/dutlab.db"),
+            "sqlite:///var/lib/dutlab/dutlab.db"
+        );
     }
 }

@@ -1,0 +1,117 @@
+//! Rows to values and back: tokens, jobs, visibility, integers.
+
+use super::{JobRow, StoreError, StoredToken};
+use proto::api::TokenView;
+use proto::{GroupName, JobId, Millis, PrincipalId, Role, Visibility};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+pub(super) fn token_row(row: &AnyRow) -> Result<StoredToken, StoreError> {
+    let role: String = row.try_get("role")?;
+    let revoked: Option<i64> = row.try_get("revoked_at")?;
+    Ok(StoredToken {
+        view: TokenView {
+            id: row.try_get("id")?,
+            name: row.try_get("name")?,
+            role: Role::parse(&role).ok_or_else(|| StoreError::Corrupt {
+                what: "token role",
+                reason: role.clone(),
+            })?,
+            agent: row.try_get("agent")?,
+            user: row.try_get("user_name")?,
+            principal: PrincipalId(as_u64(row.try_get("principal")?)),
+            created_at: Millis(as_u64(row.try_get("created_at")?)),
+            revoked_at: revoked.map(|r| Millis(as_u64(r))),
+        },
+        hash: row.try_get("hash")?,
+    })
+}
+
+pub(super) fn job_row(row: &AnyRow) -> Result<JobRow, StoreError> {
+    let warnings: String = row.try_get("warnings")?;
+    let id = JobId(as_u64(row.try_get("id")?));
+    let visibility: String = row.try_get("visibility")?;
+    let owner: Option<i64> = row.try_get("owner_id")?;
+    Ok(JobRow {
+        id,
+        name: row.try_get("name")?,
+        owner: PrincipalId(as_u64(owner.ok_or_else(|| StoreError::Corrupt {
+            what: "job owner",
+            reason: format!("job {id} has no owner_id"),
+        })?)),
+        owner_name: row.try_get("owner")?,
+        visibility: parse_visibility(&visibility).ok_or_else(|| StoreError::Corrupt {
+            what: "job visibility",
+            reason: format!("job {id}: {visibility:?}"),
+        })?,
+        file_name: row.try_get("file_name")?,
+        definition: row.try_get("definition")?,
+        warnings: serde_json::from_str(&warnings).map_err(|e| StoreError::Corrupt {
+            what: "warning list",
+            reason: e.to_string(),
+        })?,
+        artifacts: Vec::new(),
+    })
+}
+
+/// How a visibility is stored: `public`, `personal`, or `group:` and the comma-separated
+/// names (group names hold no comma).
+pub(super) fn stored_visibility(v: &Visibility) -> String {
+    match v {
+        Visibility::Group(groups) => {
+            let names: Vec<&str> = groups.iter().map(GroupName::as_str).collect();
+            format!("group:{}", names.join(","))
+        }
+        other => other.kind().to_owned(),
+    }
+}
+
+/// Reads [`stored_visibility`]; plain `group` (controllers before schema 3, which showed such
+/// jobs to their owner only) is a group job of no group: still owner-only.
+pub(super) fn parse_visibility(text: &str) -> Option<Visibility> {
+    match text {
+        "public" => Some(Visibility::Public),
+        "personal" => Some(Visibility::Personal),
+        "group" => Some(Visibility::Group(Vec::new())),
+        _ => {
+            let names = text.strip_prefix("group:")?;
+            let groups: Result<Vec<GroupName>, _> = names
+                .split(',')
+                .filter(|n| !n.is_empty())
+                .map(GroupName::new)
+                .collect();
+            groups.ok().map(Visibility::Group)
+        }
+    }
+}
+
+/// Database integers are signed; ids and times never reach 2^63.
+pub(super) fn as_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+pub(super) fn as_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn visibility_round_trips_through_its_stored_text() {
+        let g = |n: &str| GroupName::new(n).expect("group");
+        for v in [
+            Visibility::Public,
+            Visibility::Personal,
+            Visibility::Group(vec![g("qa"), g("kernel")]),
+        ] {
+            assert_eq!(parse_visibility(&stored_visibility(&v)), Some(v));
+        }
+        assert_eq!(
+            parse_visibility("group"),
+            Some(Visibility::Group(Vec::new()))
+        );
+        assert_eq!(parse_visibility("group:a b"), None);
+    }
+}
