@@ -184,6 +184,7 @@ mod tests {
             started_at: None,
             finished_at: None,
             position: None,
+            estimated_start: None,
             warnings: vec![],
         };
         view.job(&job).expect("write");

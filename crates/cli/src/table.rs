@@ -81,6 +81,21 @@ pub fn ago(now: Millis, then: Millis) -> String {
     }
 }
 
+/// `now`, `in 40s`, `in 5m`, `in 3h`; further ahead (or in the past): RFC 3339.
+pub fn ahead(now: Millis, then: Millis) -> String {
+    if then < now {
+        return rfc3339(then);
+    }
+    let s = (then.0 - now.0) / 1000;
+    match s {
+        0 => "now".to_owned(),
+        1..60 => format!("in {s}s"),
+        60..3_600 => format!("in {}m", s / 60),
+        3_600..86_400 => format!("in {}h", s / 3_600),
+        _ => rfc3339(then),
+    }
+}
+
 /// `2026-11-22T06:18:03Z` (UTC, whole seconds).
 pub fn rfc3339(t: Millis) -> String {
     let secs = t.0 / 1000;

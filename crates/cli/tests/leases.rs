@@ -407,3 +407,68 @@ fn a_lease_survives_a_controller_kill_9_and_one_due_meanwhile_expires() -> Resul
     ensure!(ended["end"] == "expired", "{ended}");
     lab.finish()
 }
+
+#[test]
+fn queued_jobs_are_listed_in_serving_order_with_an_estimated_start() -> Result<()> {
+    let (lab, dev) = lab_with_device()?;
+    // One finished job teaches the controller how long a qemu job takes.
+    let first = lab.write("first.yaml", &inline_job("first", "  job: 5m", &["true"]))?;
+    let first = lab.submit(&first)?;
+    let done = lab.wait_state(first, "finished", JOB_LIMIT)?;
+    let run = done["finished_at"].as_u64().context("finished")?
+        - done["started_at"].as_u64().context("started")?;
+    // A lease holds the only device; two jobs queue behind it.
+    let alice = lab.token("alice", "user")?;
+    let held = lab.json_as(
+        &alice,
+        &[
+            "lease",
+            "acquire",
+            "--device",
+            &dev,
+            "--duration",
+            "10m",
+            "--json",
+        ],
+    )?;
+    let expires = held["expires_at"].as_u64().context("expires")?;
+    let a = lab.write("a.yaml", &inline_job("a", "  job: 5m", &["true"]))?;
+    let b = lab.write("b.yaml", &inline_job("b", "  job: 5m", &["true"]))?;
+    let (a, b) = (lab.submit(&a)?, lab.submit(&b)?);
+    let queue = lab.json(&["job", "list", "--queued", "--json"])?;
+    let queue = queue.as_array().context("a list")?;
+    let ids: Vec<u64> = queue.iter().filter_map(|j| j["id"].as_u64()).collect();
+    ensure!(ids == [a, b], "serving order {ids:?}");
+    ensure!(
+        queue[0]["position"] == 0 && queue[1]["position"] == 1,
+        "{queue:?}"
+    );
+    // The first waits for the lease's deadline, the second one mean run time more.
+    let starts: Vec<u64> = queue
+        .iter()
+        .filter_map(|j| j["estimated_start"].as_u64())
+        .collect();
+    ensure!(
+        starts == [expires, expires + run],
+        "{starts:?} (lease until {expires}, run {run} ms)"
+    );
+    let table = lab.cli(&["job", "list", "--queued"])?;
+    expect_code(&table, 0)?;
+    ensure!(
+        table.stdout.starts_with("POS") && table.stdout.contains("~in "),
+        "{}",
+        table.stdout
+    );
+    let shown = lab.cli(&["job", "show", &b.to_string()])?;
+    ensure!(
+        shown.stdout.contains("queue position:") && shown.stdout.contains("estimated start:"),
+        "{}",
+        shown.stdout
+    );
+    lab.json_as(
+        &alice,
+        &["lease", "release", &held["id"].to_string(), "--json"],
+    )?;
+    lab.wait_state(b, "finished", JOB_LIMIT)?;
+    lab.finish()
+}

@@ -388,6 +388,7 @@ mod tests {
             started_at: None,
             finished_at: None,
             position: None,
+            estimated_start: None,
             warnings: vec![],
         }
     }

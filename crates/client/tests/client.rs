@@ -113,6 +113,7 @@ fn job_view(state: JobState, outcome: Option<Outcome>) -> JobView {
         started_at: None,
         finished_at: None,
         position: None,
+        estimated_start: None,
         warnings: vec![],
     }
 }

@@ -208,6 +208,7 @@ mod tests {
             started_at: None,
             finished_at: None,
             position: None,
+            estimated_start: None,
             warnings: Vec::new(),
         }
     }

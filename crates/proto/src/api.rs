@@ -251,6 +251,10 @@ pub struct JobView {
     /// 0-based place among everything waiting (jobs and people's leases), while queued.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub position: Option<usize>,
+    /// A rough estimate of when a queued job starts: recent run times of its device type and
+    /// the devices freeing in turn (absent when nothing of its type has run yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimated_start: Option<Millis>,
 }
 
 /// A page of a job's log.

@@ -70,6 +70,7 @@
 //! index, so `next_deadline` and `tick` do not scan the leases.
 
 mod error;
+mod estimate;
 mod event;
 mod lease_ids;
 mod person_leases;
@@ -81,6 +82,7 @@ mod commands;
 
 pub use commands::Want;
 pub use error::{Refusal, SchedulerError};
+pub use estimate::RECENT_JOBS;
 pub use event::{Event, Holder, JobSpec, MAX_PRIORITY, PersonHolder, Waiter};
 pub use lease_ids::{LeaseIds, LeaseKey};
 pub use state::{DeviceEntry, JobEntry, Lease, PersonLease, Scheduler};

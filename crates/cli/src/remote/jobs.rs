@@ -88,8 +88,12 @@ pub enum JobCommand {
     #[command(after_help = exit::HELP)]
     List {
         /// Only jobs in this state.
-        #[arg(long, value_enum)]
+        #[arg(long, value_enum, conflicts_with = "queued")]
         state: Option<StateArg>,
+        /// Only queued jobs, in the order they will be served, with their position and a
+        /// rough estimate of when they start.
+        #[arg(long)]
+        queued: bool,
         /// At most this many (the controller's default otherwise).
         #[arg(long)]
         limit: Option<usize>,
@@ -137,8 +141,17 @@ pub fn job(command: JobCommand) -> i32 {
     block_on(async move {
         match command {
             JobCommand::Submit(args) => submit(args).await,
-            JobCommand::List { state, limit, json } => {
-                list(&connect()?, state.map(JobState::from), limit, json).await
+            JobCommand::List {
+                state,
+                queued,
+                limit,
+                json,
+            } => {
+                if queued {
+                    list_queued(&connect()?, limit, json).await
+                } else {
+                    list(&connect()?, state.map(JobState::from), limit, json).await
+                }
             }
             JobCommand::Show { id, json } => {
                 let job = connect()?
@@ -432,6 +445,51 @@ async fn list(
     Ok(0)
 }
 
+/// `job list --queued`: queued jobs in serving order.
+async fn list_queued(client: &Client, limit: Option<usize>, json: bool) -> anyhow::Result<i32> {
+    let mut jobs = client
+        .list_jobs_filtered(Some(JobState::Queued), limit)
+        .await
+        .context("cannot list jobs")?;
+    jobs.sort_by_key(|j| (j.position.unwrap_or(usize::MAX), j.id));
+    if json {
+        print_json(&jobs);
+    } else {
+        print!("{}", queue_table(&jobs, table::now()).render());
+    }
+    Ok(0)
+}
+
+/// The `job list --queued` table (positions 1-based, as people count).
+pub fn queue_table(jobs: &[JobView], now: proto::Millis) -> Table {
+    let mut t = Table::new(&[
+        "POS",
+        "ID",
+        "NAME",
+        "TYPE",
+        "PRIORITY",
+        "OWNER",
+        "SUBMITTED",
+        "STARTS",
+    ]);
+    for j in jobs {
+        t.row(vec![
+            j.position.map(|p| (p + 1).to_string()).unwrap_or_default(),
+            j.id.to_string(),
+            j.name.clone(),
+            j.device_type.clone(),
+            j.priority.to_string(),
+            j.owner.clone(),
+            table::ago(now, j.submitted_at),
+            j.estimated_start.map_or_else(
+                || "unknown".to_owned(),
+                |at| format!("~{}", table::ahead(now, at)),
+            ),
+        ]);
+    }
+    t
+}
+
 /// The `job list` table.
 pub fn jobs_table(jobs: &[JobView], now: proto::Millis) -> Table {
     let mut t = Table::new(&[
@@ -478,6 +536,16 @@ pub fn describe(job: &JobView, now: proto::Millis) -> String {
     field("reason", job.reason.clone());
     field("device", job.device.clone().unwrap_or_default());
     field("submitted", table::when(now, job.submitted_at));
+    if let Some(position) = job.position {
+        field("queue position", (position + 1).to_string());
+        field(
+            "estimated start",
+            job.estimated_start.map_or_else(
+                || "unknown".to_owned(),
+                |at| format!("~{}", table::ahead(now, at)),
+            ),
+        );
+    }
     field(
         "started",
         job.started_at
@@ -590,6 +658,7 @@ mod tests {
             started_at: Some(Millis(1_005_000)),
             finished_at: None,
             position: None,
+            estimated_start: None,
             warnings: vec!["job.yaml: foo: unknown key".into()],
         }
     }

@@ -26,7 +26,21 @@ impl Dispatcher {
             finished_at: entry.finished,
             warnings: meta.warnings.clone(),
             position: self.sched.queue_position(job),
+            // Filled in by what a request reads (`visible`, `job_views`), not for followers:
+            // the estimate walks the whole queue.
+            estimated_start: None,
         })
+    }
+
+    /// Sets the estimated start of queued views ([`Scheduler::estimated_starts`], one walk).
+    fn estimate(&self, views: &mut [JobView]) {
+        if views.iter().all(|v| v.position.is_none()) {
+            return;
+        }
+        let starts = self.sched.estimated_starts(now());
+        for v in views.iter_mut().filter(|v| v.position.is_some()) {
+            v.estimated_start = starts.get(&scheduler::Waiter::Job(v.id)).copied();
+        }
     }
 
     /// True when `job` has a live lease held by the current link of agent `agent`, and that
@@ -63,6 +77,9 @@ impl Dispatcher {
             .view(job)
             .ok_or_else(|| Failure::NotFound(format!("job {job} does not exist")))?;
         policy::may_read(&view, viewer).map_err(|d| Failure::Forbidden(d.to_string()))?;
+        let mut views = [view];
+        self.estimate(&mut views);
+        let [view] = views;
         Ok(view)
     }
 
@@ -73,14 +90,17 @@ impl Dispatcher {
         state: Option<JobState>,
         limit: usize,
     ) -> Vec<JobView> {
-        self.jobs
+        let mut views = self
+            .jobs
             .keys()
             .rev()
             .filter_map(|id| self.view(*id))
             .filter(|v| policy::may_read(v, viewer).is_ok())
             .filter(|v| state.is_none_or(|s| v.state == s))
             .take(limit)
-            .collect()
+            .collect::<Vec<_>>();
+        self.estimate(&mut views);
+        views
     }
 
     pub(super) fn device_views(&self) -> Vec<DeviceView> {
