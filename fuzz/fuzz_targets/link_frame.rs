@@ -1,4 +1,5 @@
-//! Fuzz target: bytes from an agent link (binary log frames and JSON control messages).
+//! Fuzz target: bytes from an agent link (binary log and stream frames, JSON control
+//! messages).
 //!
 //! Invariants checked: decoding never panics; a frame that decodes encodes back to the same
 //! bytes; a control message that parses serialises and parses back to itself.
@@ -7,11 +8,14 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use proto::link::{AgentMessage, ControllerMessage, LogFrame};
+use proto::link::{AgentMessage, Binary, ControllerMessage, LogFrame};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(frame) = LogFrame::decode(data) {
         assert_eq!(frame.encode(), data);
+    }
+    if let Ok(Binary::Stream(stream, payload)) = Binary::decode(data) {
+        assert_eq!(proto::stream::encode(stream, payload), data);
     }
     if let Ok(text) = std::str::from_utf8(data) {
         if let Ok(message) = serde_json::from_str::<AgentMessage>(text) {
@@ -19,6 +23,10 @@ fuzz_target!(|data: &[u8]| {
             let back: AgentMessage = serde_json::from_str(&again).expect("parses back");
             assert_eq!(back, message);
         }
-        let _ = serde_json::from_str::<ControllerMessage>(text);
+        if let Ok(message) = serde_json::from_str::<ControllerMessage>(text) {
+            let again = serde_json::to_string(&message).expect("serialises");
+            let back: ControllerMessage = serde_json::from_str(&again).expect("parses back");
+            assert_eq!(back, message);
+        }
     }
 });

@@ -15,6 +15,7 @@ pub mod link;
 pub mod log;
 pub mod names;
 pub mod state;
+pub mod stream;
 pub mod visibility;
 
 pub use ids::{Epoch, JobId, LeaseId, Millis, PersonLeaseId, PrincipalId, Seq};

@@ -16,10 +16,11 @@
 use crate::JobReport;
 use crate::ids::{Epoch, JobId, LeaseId, Millis, Seq};
 use crate::log::{LogKind, LogRecord, MAX_RECORD_TEXT};
+use crate::stream::{StreamFrameError, StreamId, StreamTarget};
 use serde::{Deserialize, Serialize};
 
 /// Version of this protocol. Raised on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Largest WebSocket frame either side sends or accepts.
 pub const MAX_FRAME: usize = 1 << 20;
@@ -96,6 +97,14 @@ pub enum AgentMessage {
     },
     /// The device is torn down (DUT off, work directory gone) and may take work again.
     DeviceReady { device: String },
+    /// The stream is open; the controller may send `window` bytes before credit comes.
+    StreamOpened { stream: StreamId, window: u32 },
+    /// The stream could not be opened (no session for the lease, nothing at that port ...).
+    StreamRefused { stream: StreamId, reason: String },
+    /// The agent consumed this many more bytes of the stream: the controller may send them.
+    StreamCredit { stream: StreamId, bytes: u32 },
+    /// The agent ended the stream (the DUT closed the connection, the console ended ...).
+    StreamClosed { stream: StreamId, reason: String },
 }
 
 /// Controller to agent.
@@ -134,6 +143,54 @@ pub enum ControllerMessage {
     },
     /// The report is committed; the agent forgets the lease.
     FinishAcked { lease: LeaseId, epoch: Epoch },
+    /// Open a stream to `target` of the device held under `lease`; the agent may send
+    /// `window` bytes before credit comes. Answered by `StreamOpened` or `StreamRefused`.
+    OpenStream {
+        stream: StreamId,
+        lease: LeaseId,
+        target: StreamTarget,
+        window: u32,
+    },
+    /// The controller delivered this many more bytes of the stream: the agent may send them.
+    StreamCredit { stream: StreamId, bytes: u32 },
+    /// End the stream (its client left, the lease ended, the link is being replaced).
+    CloseStream { stream: StreamId, reason: String },
+}
+
+/// A binary message of the link: a log frame (`'L'`) or a stream frame (`'S'`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Binary<'a> {
+    Log(LogFrame),
+    /// A stream's payload (empty: end of stream in this direction).
+    Stream(StreamId, &'a [u8]),
+}
+
+/// Why a binary message was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BinaryError {
+    #[error("{0}")]
+    Log(#[from] FrameError),
+    #[error("{0}")]
+    Stream(#[from] StreamFrameError),
+    #[error("binary message is empty")]
+    Empty,
+    #[error("binary message starts with {0:#04x}, neither 'L' (log) nor 'S' (stream)")]
+    BadTag(u8),
+}
+
+impl Binary<'_> {
+    /// Decodes an untrusted binary message by its tag.
+    pub fn decode(bytes: &[u8]) -> Result<Binary<'_>, BinaryError> {
+        match bytes.first() {
+            None => Err(BinaryError::Empty),
+            Some(b'L') => Ok(Binary::Log(LogFrame::decode(bytes)?)),
+            Some(b'S') => {
+                let (stream, data) = crate::stream::decode(bytes)?;
+                Ok(Binary::Stream(stream, data))
+            }
+            Some(&tag) => Err(BinaryError::BadTag(tag)),
+        }
+    }
 }
 
 /// A batch of consecutive log records of one lease, sent as a binary WebSocket frame.
