@@ -31,7 +31,8 @@ use crate::job::{self, JobNote, JobStart, Stop};
 use crate::link::{self, Link, LinkDown};
 use crate::spool::{Meta, Phase, Spool, SpoolReader};
 use crate::startup::Prepared;
-use proto::link::{AgentMessage, ControllerMessage, HeldLease, LogCursor, LogFrame};
+use crate::streams::{Reaches, Streams, ToLink};
+use proto::link::{AgentMessage, Binary, ControllerMessage, HeldLease, LogCursor, LogFrame};
 use proto::{Epoch, JobId, JobReport, LeaseId, Outcome, Seq};
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -120,6 +121,8 @@ pub struct Agent {
     notes: UnboundedReceiver<JobNote>,
     /// Where jobs get their artifacts.
     artifacts: crate::artifacts::ArtifactSource,
+    /// What streams of each session may reach.
+    reaches: Reaches,
 }
 
 impl Agent {
@@ -169,6 +172,7 @@ impl Agent {
             notes_tx,
             notes,
             artifacts,
+            reaches: Reaches::default(),
         }
     }
 
@@ -310,6 +314,8 @@ impl Agent {
         if let Err(why) = self.resume(&mut link, &resume).await {
             return SessionEnd::Lost(why);
         }
+        // Streams live and die with this connection.
+        let mut streams = Streams::new(self.reaches.clone());
         let period = link.heartbeat;
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -336,11 +342,17 @@ impl Agent {
                     Err(why) => Err(why),
                 },
                 message = link.next() => match message {
-                    Ok(Message::Text(text)) => self.on_text(&text, &mut link).await,
-                    Ok(Message::Binary(bytes)) => {
-                        tracing::debug!("ignoring a {}-byte binary frame from the controller", bytes.len());
-                        Ok(())
-                    }
+                    Ok(Message::Text(text)) => self.on_text(&text, &mut link, &mut streams).await,
+                    Ok(Message::Binary(bytes)) => match Binary::decode(&bytes) {
+                        Ok(Binary::Stream(stream, data)) => match streams.frame(stream, data) {
+                            Some(told) => send_stream(&mut link, told).await,
+                            None => Ok(()),
+                        },
+                        Ok(Binary::Log(_)) | Err(_) => {
+                            tracing::debug!("ignoring a {}-byte binary frame from the controller", bytes.len());
+                            Ok(())
+                        }
+                    },
                     Ok(_) => Ok(()),
                     Err(why) => Err(why),
                 },
@@ -348,6 +360,8 @@ impl Agent {
                     "nothing heard from the controller for {dead_after:?}"
                 ))),
                 Some(note) = self.notes.recv() => self.on_notes(note, &mut link).await,
+                // One stream message per turn: the log pump above runs between them.
+                told = streams.next() => send_stream(&mut link, told).await,
                 _ = std::future::ready(()), if more => Ok(()),
             };
             if let Err(why) = step {
@@ -566,7 +580,12 @@ impl Agent {
         Ok(())
     }
 
-    async fn on_text(&mut self, text: &str, link: &mut Link) -> Result<(), LinkDown> {
+    async fn on_text(
+        &mut self,
+        text: &str,
+        link: &mut Link,
+        streams: &mut Streams,
+    ) -> Result<(), LinkDown> {
         let message: ControllerMessage = match serde_json::from_str(text) {
             Ok(m) => m,
             Err(e) => {
@@ -619,6 +638,30 @@ impl Agent {
                 if self.known(lease, epoch, "log-acked").is_some() {
                     self.drop_stored(lease, stored);
                 }
+                Ok(())
+            }
+            ControllerMessage::OpenStream {
+                stream,
+                lease,
+                epoch,
+                target,
+                window,
+            } => {
+                tracing::info!(%lease, %stream, "opening the {target}");
+                match streams.open(stream, lease, epoch, target, window) {
+                    Some(told) => send_stream(link, told).await,
+                    None => Ok(()),
+                }
+            }
+            ControllerMessage::StreamCredit { stream, bytes } => {
+                match streams.credit(stream, bytes) {
+                    Some(told) => send_stream(link, told).await,
+                    None => Ok(()),
+                }
+            }
+            ControllerMessage::CloseStream { stream, reason } => {
+                tracing::debug!(%stream, "the controller closed the stream: {reason}");
+                streams.closed(stream, &reason);
                 Ok(())
             }
             ControllerMessage::FinishAcked { lease, epoch } => {
@@ -748,6 +791,14 @@ impl Agent {
         tracing::info!(lease = %id, %job, %device, %epoch, "job started");
         link.send(&AgentMessage::JobStarted { lease: id, epoch })
             .await
+    }
+}
+
+/// Sends what the streams have for the link.
+async fn send_stream(link: &mut Link, told: ToLink) -> Result<(), LinkDown> {
+    match told {
+        ToLink::Message(message) => link.send(&message).await,
+        ToLink::Frame(bytes) => link.send_frame(bytes).await,
     }
 }
 

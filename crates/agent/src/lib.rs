@@ -10,7 +10,8 @@
 //!
 //! Module map: [`config`] (the YAML file), `link` (dialling, frames, heartbeats),
 //! `agent` (main loop and lease state), `job` (one job's task), `recorder` and `lines`
-//! (runner events to log records), `spool` (records on disk), `startup`, `backoff`.
+//! (runner events to log records), `spool` (records on disk), `startup`, `backoff`,
+//! [`streams`] (consoles and TCP to a person's DUT over the link).
 //!
 //! Invariants:
 //! - The token is read from its file at connect time and is never printed: not in errors,
@@ -33,6 +34,7 @@ mod link;
 mod recorder;
 mod spool;
 mod startup;
+pub mod streams;
 
 pub use config::{AgentConfig, init_config, rigs};
 pub use lines::CONTINUED;

@@ -36,6 +36,8 @@ pub mod principals;
 pub mod queue_quota;
 pub mod sessions;
 pub mod store;
+pub mod stream_api;
+pub mod streams;
 
 use auth::Tokens;
 use axum::Router;
@@ -155,6 +157,7 @@ pub struct AppState {
     /// Open agent links and follow streams, by token (revocation ends them).
     pub sessions: sessions::Sessions,
     pub artifacts: artifacts::ArtifactStore,
+    pub streams: streams::Streams,
 }
 
 /// Wall-clock time as the pure crates take it.
@@ -202,6 +205,8 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/leases/{id}/release",
             post(lease_api::release_lease),
         )
+        .route("/api/v1/leases/{id}/console", get(stream_api::console))
+        .route("/api/v1/leases/{id}/tcp/{port}", get(stream_api::tcp))
         .route("/api/v1/devices", get(api::devices))
         .route("/api/v1/agents", get(api::agents))
         .route(proto::link::LINK_PATH, get(link::link))
@@ -316,6 +321,7 @@ pub async fn serve(
     })?;
     let leases = Leases::default();
     let sessions = sessions::Sessions::new(tokens.clone());
+    let streams = streams::Streams::default();
     let (updates, _) = broadcast::channel(4096);
     let dispatch_config = DispatchConfig {
         scheduler: scheduler::Config {
@@ -335,6 +341,7 @@ pub async fn serve(
         logs.clone(),
         leases.clone(),
         sessions.clone(),
+        streams.clone(),
         updates.clone(),
     )
     .await?;
@@ -349,6 +356,7 @@ pub async fn serve(
         leases,
         sessions,
         artifacts,
+        streams,
     };
     first_admin(&state, &config.data_dir).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)

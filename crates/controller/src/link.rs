@@ -29,7 +29,7 @@ use axum::extract::ws::{CloseFrame, close_code};
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
-use proto::link::{AgentMessage, ControllerMessage, LogFrame, MAX_FRAME};
+use proto::link::{AgentMessage, Binary, ControllerMessage, LogFrame, MAX_FRAME};
 use proto::{Epoch, JobId, LeaseId, Role, Seq};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -226,7 +226,11 @@ async fn serve(socket: WebSocket, state: AppState, caller: Caller, bound: String
     if !accepted {
         return;
     }
-    // Writer: everything for this agent goes through one queue, in order.
+    // Streams of people's leases ride on this link from now on.
+    let (out, mut stream_out) = mpsc::channel::<mux::Outgoing>(crate::streams::OUT_QUEUE);
+    state.streams.attach(conn, tx.clone(), out);
+    // Writer: control messages for this agent go through one queue, in order, ahead of
+    // stream traffic (bounded by the streams' windows).
     let mut writer_ender = ender.clone();
     let mut writer = tokio::spawn(async move {
         loop {
@@ -244,6 +248,11 @@ async fn serve(socket: WebSocket, state: AppState, caller: Caller, bound: String
                         continue;
                     };
                     if sink.send(Message::Text(text.into())).await.is_err() {
+                        return;
+                    }
+                }
+                Some(outgoing) = stream_out.recv() => {
+                    if sink.send(stream_message(outgoing)).await.is_err() {
                         return;
                     }
                 }
@@ -274,6 +283,13 @@ async fn serve(socket: WebSocket, state: AppState, caller: Caller, bound: String
         };
         match message {
             Message::Text(text) => match serde_json::from_str::<AgentMessage>(text.as_str()) {
+                Ok(message) if let Some(routed) = state.streams.message(conn, &message) => {
+                    if let Err(why) = routed
+                        && let Some(suppressed) = refusals.allow(Instant::now())
+                    {
+                        tracing::warn!("agent {agent} (link {conn}): {why}{}", more(suppressed));
+                    }
+                }
                 Ok(message) => {
                     let command = Command::FromAgent {
                         conn,
@@ -286,8 +302,15 @@ async fn serve(socket: WebSocket, state: AppState, caller: Caller, bound: String
                 }
                 Err(e) => tracing::warn!("agent {agent}: unreadable message ignored: {e}"),
             },
-            Message::Binary(bytes) => match LogFrame::decode(&bytes) {
-                Ok(frame) => {
+            Message::Binary(bytes) => match Binary::decode(&bytes) {
+                Ok(Binary::Stream(stream, data)) => {
+                    if let Err(why) = state.streams.frame(conn, stream, data)
+                        && let Some(suppressed) = refusals.allow(Instant::now())
+                    {
+                        tracing::warn!("agent {agent} (link {conn}): {why}{}", more(suppressed));
+                    }
+                }
+                Ok(Binary::Log(frame)) => {
                     let from = Origin {
                         agent: &agent,
                         conn,
@@ -307,13 +330,14 @@ async fn serve(socket: WebSocket, state: AppState, caller: Caller, bound: String
                         break None;
                     }
                 }
-                Err(e) => tracing::warn!("agent {agent}: log frame refused: {e}"),
+                Err(e) => tracing::warn!("agent {agent}: binary message refused: {e}"),
             },
             Message::Close(_) => break None,
             Message::Ping(_) | Message::Pong(_) => {}
         }
     };
     drop(tx);
+    state.streams.detach(conn, "the agent's link ended");
     let _ = state
         .dispatch
         .send(Command::Gone {
@@ -334,6 +358,19 @@ async fn serve(socket: WebSocket, state: AppState, caller: Caller, bound: String
         writer.abort();
     }
     drop(session);
+}
+
+/// The link message for a stream's outgoing traffic.
+fn stream_message(outgoing: mux::Outgoing) -> Message {
+    let control = match outgoing {
+        mux::Outgoing::Data { stream, data } => {
+            return Message::Binary(proto::stream::encode(stream, &data).into());
+        }
+        mux::Outgoing::Credit { stream, bytes } => ControllerMessage::StreamCredit { stream, bytes },
+        mux::Outgoing::Close { stream, reason } => ControllerMessage::CloseStream { stream, reason },
+    };
+    // These messages always serialise (plain fields).
+    Message::Text(serde_json::to_string(&control).unwrap_or_default().into())
 }
 
 /// Which link a frame came on.

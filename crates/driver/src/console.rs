@@ -214,15 +214,15 @@ impl ConsoleHub {
 
     /// A viewer that first replays up to `bytes` of history (as much as the ring holds).
     pub fn subscribe_with_history(&self, bytes: usize) -> Viewer {
-        let mut ring = self.shared.lock();
-        let id = ring.next_viewer;
-        ring.next_viewer += 1;
-        let cursor = ring.written - (bytes as u64).min(ring.bytes.len() as u64);
-        Viewer {
+        subscribe(&self.shared, bytes)
+    }
+
+    /// A handle for viewers and typing elsewhere (a person's console stream) that does not
+    /// own the pump.
+    pub fn tap(&self) -> ConsoleTap {
+        ConsoleTap {
             shared: self.shared.clone(),
-            id,
-            cursor,
-            skipped: 0,
+            input: self.input.clone(),
         }
     }
 
@@ -265,6 +265,51 @@ impl Drop for ConsoleHub {
             ring.end = ConsoleEnd::Closed;
         }
         ring.wake_all();
+    }
+}
+
+fn subscribe(shared: &Arc<Shared>, bytes: usize) -> Viewer {
+    let mut ring = shared.lock();
+    let id = ring.next_viewer;
+    ring.next_viewer += 1;
+    let cursor = ring.written - (bytes as u64).min(ring.bytes.len() as u64);
+    Viewer {
+        shared: shared.clone(),
+        id,
+        cursor,
+        skipped: 0,
+    }
+}
+
+/// Subscribes viewers and types on a console without owning its pump (cheap to clone). It
+/// does not keep the console alive: once the hub is dropped, its viewers read the end and
+/// typing fails.
+#[derive(Clone)]
+pub struct ConsoleTap {
+    shared: Arc<Shared>,
+    input: mpsc::Sender<Vec<u8>>,
+}
+
+impl std::fmt::Debug for ConsoleTap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsoleTap")
+            .field("closed", &self.input.is_closed())
+            .finish()
+    }
+}
+
+impl ConsoleTap {
+    /// [`ConsoleHub::subscribe_with_history`].
+    pub fn subscribe_with_history(&self, bytes: usize) -> Viewer {
+        subscribe(&self.shared, bytes)
+    }
+
+    /// [`ConsoleHub::input`].
+    pub fn input(&self) -> ConsoleInput {
+        ConsoleInput {
+            sender: self.input.clone(),
+            reserving: None,
+        }
     }
 }
 

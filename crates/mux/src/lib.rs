@@ -257,8 +257,9 @@ pub struct StreamRx {
 }
 
 impl StreamRx {
-    /// The next bytes from the peer; `None` at its end of stream. The bytes of the previous
-    /// call count as consumed now (credit goes back to the peer).
+    /// The next bytes from the peer; `None` at its end of stream (after it: waits for the
+    /// close, then `Closed`). The bytes of the previous call count as consumed now (credit
+    /// goes back to the peer).
     pub async fn recv(&mut self) -> Result<Option<Vec<u8>>, StreamError> {
         let consumed = std::mem::take(&mut self.unconsumed);
         if consumed > 0 {
@@ -274,7 +275,10 @@ impl StreamRx {
             }
         }
         if self.ended {
-            return Ok(None);
+            // Nothing more comes; wait for the stream's close.
+            let reason = self.closed.wait_for(Option::is_some).await;
+            let reason = reason.ok().and_then(|r| r.clone()).unwrap_or_default();
+            return Err(StreamError::Closed(reason));
         }
         let data = tokio::select! {
             biased;

@@ -148,6 +148,7 @@ pub enum ControllerMessage {
     OpenStream {
         stream: StreamId,
         lease: LeaseId,
+        epoch: Epoch,
         target: StreamTarget,
         window: u32,
     },

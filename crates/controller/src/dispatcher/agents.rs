@@ -207,6 +207,11 @@ impl Dispatcher {
                     }
                 }
             }
+            // The link routes these to their streams; they never reach the dispatcher.
+            AgentMessage::StreamOpened { .. }
+            | AgentMessage::StreamRefused { .. }
+            | AgentMessage::StreamCredit { .. }
+            | AgentMessage::StreamClosed { .. } => Ok(()),
         };
         if let Err(e) = result {
             tracing::error!("agent {agent}: {e}");
@@ -285,9 +290,13 @@ fn lease_of(message: &AgentMessage) -> Option<LeaseId> {
         AgentMessage::JobStarted { lease, .. }
         | AgentMessage::JobFinished { lease, .. }
         | AgentMessage::StartRefused { lease, .. } => Some(*lease),
-        AgentMessage::Hello { .. } | AgentMessage::Heartbeat | AgentMessage::DeviceReady { .. } => {
-            None
-        }
+        AgentMessage::Hello { .. }
+        | AgentMessage::Heartbeat
+        | AgentMessage::DeviceReady { .. }
+        | AgentMessage::StreamOpened { .. }
+        | AgentMessage::StreamRefused { .. }
+        | AgentMessage::StreamCredit { .. }
+        | AgentMessage::StreamClosed { .. } => None,
     }
 }
 
@@ -300,6 +309,10 @@ fn kind_of(message: &AgentMessage) -> &'static str {
         AgentMessage::JobFinished { .. } => "job-finished",
         AgentMessage::StartRefused { .. } => "start-refused",
         AgentMessage::DeviceReady { .. } => "device-ready",
+        AgentMessage::StreamOpened { .. } => "stream-opened",
+        AgentMessage::StreamRefused { .. } => "stream-refused",
+        AgentMessage::StreamCredit { .. } => "stream-credit",
+        AgentMessage::StreamClosed { .. } => "stream-closed",
     }
 }
 

@@ -113,6 +113,12 @@ impl Dispatcher {
                 }
                 Event::PersonLeaseEnded { person, end, .. } => {
                     tracing::info!("lease {person}: {end}");
+                    let closed = self
+                        .streams
+                        .close_lease(*person, &format!("lease {person} has ended: {end}"));
+                    if closed > 0 {
+                        tracing::info!("lease {person}: closed {closed} stream(s)");
+                    }
                     self.lease_changed(*person);
                 }
                 Event::LeaseGranted {

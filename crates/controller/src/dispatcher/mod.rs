@@ -56,10 +56,12 @@ mod commands;
 mod effects;
 mod leases;
 mod person_leases;
+mod stream_routes;
 mod views;
 
 pub use leases::{LeaseInfo, Leases};
 pub use person_leases::{LeaseRequest, PersonLeaseConfig};
+pub use stream_routes::StreamRoute;
 
 /// Why a request was not done; becomes an HTTP status.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -183,6 +185,12 @@ pub enum Command {
         viewer: Viewer,
         reply: oneshot::Sender<Result<LeaseView, Failure>>,
     },
+    /// Where a stream of a person's lease goes, if `viewer` may use the lease.
+    StreamRoute {
+        lease: PersonLeaseId,
+        viewer: Viewer,
+        reply: oneshot::Sender<Result<StreamRoute, Failure>>,
+    },
     /// Whether the current link of `agent`, opened with token `token_id`, holds the live lease
     /// of `job` (an agent fetches a job's artifacts only then).
     HoldsJob {
@@ -229,6 +237,8 @@ pub struct Dispatcher {
     logs: LogStore,
     leases: Leases,
     sessions: Sessions,
+    /// Streams of people's leases, closed when their lease ends.
+    streams: crate::streams::Streams,
     updates: broadcast::Sender<JobView>,
     next_event: u64,
     next_job: u64,
@@ -252,6 +262,7 @@ impl Dispatcher {
         logs: LogStore,
         leases: Leases,
         sessions: Sessions,
+        streams: crate::streams::Streams,
         updates: broadcast::Sender<JobView>,
     ) -> Result<Dispatcher, ControllerError> {
         let mut config = config;
@@ -295,6 +306,7 @@ impl Dispatcher {
             logs,
             leases,
             sessions,
+            streams,
             updates,
             next_event,
             next_job,
@@ -400,6 +412,14 @@ impl Dispatcher {
                 let _ = reply.send(self.holds_job(job, &agent, &token_id));
             }
             Command::Gone { conn, agent } => self.gone(conn, &agent).await,
+            Command::StreamRoute {
+                lease,
+                viewer,
+                reply,
+            } => {
+                let answer = self.stream_route(lease, &viewer).await;
+                let _ = reply.send(answer);
+            }
             Command::AcquireLease { request, reply } => {
                 let answer = self.acquire_lease(request).await;
                 let _ = reply.send(answer);
