@@ -53,7 +53,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest WebSocket message accepted (a record is at most 16 KiB of text, JSON-escaped).
 const MAX_EVENT: usize = 4 << 20;
 
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(crate) type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// What has been delivered so far: decides which events are new.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -260,49 +260,50 @@ impl Follow {
     }
 
     async fn connect(&self) -> Result<Socket, ClientError> {
-        let url = self.url()?;
-        let mut request = url
-            .as_str()
-            .into_client_request()
-            .map_err(|e| ClientError::BadUrl {
-                url: url.to_string(),
-                reason: e.to_string(),
-            })?;
-        if let Some(auth) = self.client.auth() {
-            request.headers_mut().insert(AUTHORIZATION, auth.clone());
+        connect_ws(&self.client, &self.url()?, MAX_EVENT).await
+    }
+}
+
+/// Opens a WebSocket to `url` of the controller with the client's token and trust.
+pub(crate) async fn connect_ws(
+    client: &Client,
+    url: &Url,
+    max_message: usize,
+) -> Result<Socket, ClientError> {
+    let mut request = url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| ClientError::BadUrl {
+            url: url.to_string(),
+            reason: e.to_string(),
+        })?;
+    if let Some(auth) = client.auth() {
+        request.headers_mut().insert(AUTHORIZATION, auth.clone());
+    }
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(max_message))
+        .max_frame_size(Some(max_message));
+    let connector = match url.scheme() {
+        "wss" => client.stream_tls().map(tokio_tungstenite::Connector::Rustls),
+        _ => None,
+    };
+    let handshake =
+        tokio_tungstenite::connect_async_tls_with_config(request, Some(config), true, connector);
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        Err(_) => Err(ClientError::Unreachable {
+            url: url.to_string(),
+            source: format!(
+                "no WebSocket handshake within {}s",
+                HANDSHAKE_TIMEOUT.as_secs()
+            )
+            .into(),
+        }),
+        Ok(Err(WsError::Http(response))) => {
+            let body = response.body().as_deref().unwrap_or_default();
+            Err(api_error(response.status(), body))
         }
-        let config = WebSocketConfig::default()
-            .max_message_size(Some(MAX_EVENT))
-            .max_frame_size(Some(MAX_EVENT));
-        let connector = match url.scheme() {
-            "wss" => self
-                .client
-                .stream_tls()
-                .map(tokio_tungstenite::Connector::Rustls),
-            _ => None,
-        };
-        let handshake = tokio_tungstenite::connect_async_tls_with_config(
-            request,
-            Some(config),
-            true,
-            connector,
-        );
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
-            Err(_) => Err(ClientError::Unreachable {
-                url: url.to_string(),
-                source: format!(
-                    "no WebSocket handshake within {}s",
-                    HANDSHAKE_TIMEOUT.as_secs()
-                )
-                .into(),
-            }),
-            Ok(Err(WsError::Http(response))) => {
-                let body = response.body().as_deref().unwrap_or_default();
-                Err(api_error(response.status(), body))
-            }
-            Ok(Err(e)) => Err(self.client.transport_error(&url, Box::new(e))),
-            Ok(Ok((socket, _))) => Ok(socket),
-        }
+        Ok(Err(e)) => Err(client.transport_error(url, Box::new(e))),
+        Ok(Ok((socket, _))) => Ok(socket),
     }
 }
 

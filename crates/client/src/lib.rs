@@ -20,6 +20,7 @@
 mod artifacts;
 mod error;
 pub mod follow;
+pub mod stream;
 
 pub use artifacts::sha256_file;
 pub use error::{Cause, ClientError};
