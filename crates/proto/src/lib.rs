@@ -14,6 +14,7 @@ pub mod ids;
 pub mod link;
 pub mod log;
 pub mod names;
+pub mod session;
 pub mod state;
 pub mod visibility;
 

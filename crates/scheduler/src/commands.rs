@@ -386,9 +386,8 @@ impl Scheduler {
     /// - a lease not renewed before it expired: `infra-error`;
     /// - a person's lease at its deadline: ended `expired`.
     ///
-    /// The devices of jobs need a check; a person's device is idle again (nothing on it was
-    /// started by the lease; powering and its cleanup through the agent come with the rig
-    /// layer).
+    /// Every device needs a check afterwards: its agent confirms the teardown (a job's, or
+    /// the session of a person's lease, DUT off) with `device_ready`.
     pub fn tick(&mut self, now: Millis) -> Vec<Event> {
         let mut out = Vec::new();
         let due: Vec<Lease> = self
@@ -498,6 +497,7 @@ impl Scheduler {
         priority: u8,
         ttl: Duration,
         cap: Duration,
+        ssh_keys: Vec<String>,
         now: Millis,
     ) -> Result<Vec<Event>, Refusal> {
         if self.state.persons.contains_key(&person) {
@@ -543,6 +543,7 @@ impl Scheduler {
                 spec,
                 ttl_ms,
                 cap_ms,
+                ssh_keys,
                 at: now,
             },
         );
@@ -577,7 +578,8 @@ impl Scheduler {
     }
 
     /// Ends a person's lease (released by its holder, or ended by an admin): a waiting
-    /// request leaves the queue; a held device is idle again. Then schedules.
+    /// request leaves the queue; a held device needs a check until its agent confirms that
+    /// the session is torn down (DUT off: `device_ready`). Then schedules.
     pub fn end_person_lease(
         &mut self,
         person: PersonLeaseId,
@@ -613,11 +615,12 @@ impl Scheduler {
             },
         );
         if let Some(lease) = lease {
+            // The holder may have powered the DUT: only its agent can say it is off again.
             self.emit(
                 out,
                 Event::LeaseReleased {
                     lease,
-                    device_state: DeviceState::Idle,
+                    device_state: DeviceState::NeedsCheck,
                     at: now,
                 },
             );

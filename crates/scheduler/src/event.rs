@@ -147,9 +147,13 @@ pub enum Event {
         spec: JobSpec,
         ttl_ms: u64,
         cap_ms: u64,
+        /// Public SSH keys to authorize on the DUT (checked lines; none in older events).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        ssh_keys: Vec<String>,
         at: Millis,
     },
-    /// A person's lease (or its request) ended. If it held a device, the `LeaseReleased` of
+    /// A person's lease (or its request) ended. If it held a device, the `LeaseReleased`
+    /// (needs-check: the agent must confirm that the DUT is off) of its lease follows. If it held a device, the `LeaseReleased` of
     /// its lease follows.
     PersonLeaseEnded {
         person: PersonLeaseId,

@@ -43,6 +43,9 @@
 //! A device's state is derived, never set: `Busy` while it holds a live lease, else `Offline`
 //! while its agent is disconnected, else `NeedsCheck` while a lease ended without its agent
 //! confirming teardown, else `Idle`. An offline device remembers that it needs a check.
+//! A person's lease always ends `NeedsCheck` (its holder may have powered the DUT; the
+//! agent's session confirms power-off with `DeviceReady`), as a job's does unless its agent
+//! reported the end itself.
 //!
 //! Invariants (checked by the state-machine tests after every step):
 //! - A device holds at most one live lease and a job at most one; a live lease's job is

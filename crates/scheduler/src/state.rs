@@ -94,6 +94,8 @@ pub struct PersonLease {
     pub ttl_ms: u64,
     /// How long after the grant renewals may keep it, in milliseconds.
     pub cap_ms: u64,
+    /// Public SSH keys the agent authorizes on the DUT (checked by the controller).
+    pub ssh_keys: Vec<String>,
     pub state: PersonLeaseState,
     /// How it ended (set when ended).
     pub end: Option<LeaseEnd>,
@@ -374,6 +376,7 @@ impl Scheduler {
                 spec,
                 ttl_ms,
                 cap_ms,
+                ssh_keys,
                 at,
             } => {
                 let request = PersonLease {
@@ -382,6 +385,7 @@ impl Scheduler {
                     spec: spec.clone(),
                     ttl_ms: *ttl_ms,
                     cap_ms: *cap_ms,
+                    ssh_keys: ssh_keys.clone(),
                     state: PersonLeaseState::Waiting,
                     end: None,
                     lease: None,

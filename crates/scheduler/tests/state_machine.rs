@@ -19,7 +19,9 @@
 //!   from the events alone (priority, then fair-share round, then arrival);
 //! - a person's lease is held exactly while its grant is live, never past the cap after its
 //!   grant; renewals move its deadline as the model says; a restart keeps its deadline; an
-//!   ended one stays ended; and once time passes every cap, none is held (no leak).
+//!   ended one stays ended; and once time passes every cap, none is held (no leak);
+//! - a person's grant always ends needs-check (its agent must confirm the DUT is off), and
+//!   its device then takes no work until the agent confirms; its SSH keys replay with it.
 
 use dutlab_scheduler::{
     Config, DeviceInfo, DeviceState, Epoch, Event, Holder, JobId, JobSpec, JobState, LeaseEnd,
@@ -61,6 +63,13 @@ fn config() -> Config {
         disconnect_grace: Duration::from_millis(2_000),
         cancel_grace: Duration::from_millis(1_500),
     }
+}
+
+/// The SSH keys a person's request brings (none for some, so both shapes replay).
+fn keys(who: usize) -> Vec<String> {
+    (0..who)
+        .map(|i| format!("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA{i:04} {}", PEOPLE[who].1))
+        .collect()
 }
 
 fn tags(mask: u8) -> Vec<String> {
@@ -176,6 +185,8 @@ struct Harness {
     /// Every grant so far: lease, epoch, device.
     granted: Vec<(LeaseId, Epoch, String)>,
     released: BTreeMap<LeaseId, usize>,
+    /// Grants held by people.
+    person_grants: BTreeSet<LeaseId>,
     finished: BTreeMap<JobId, (Outcome, String)>,
     epochs: BTreeMap<String, Epoch>,
     /// From the events: when each disconnected agent went away, when each cancel was asked.
@@ -200,6 +211,7 @@ impl Harness {
             next_job: 1,
             granted: vec![],
             released: BTreeMap::new(),
+            person_grants: BTreeSet::new(),
             finished: BTreeMap::new(),
             epochs: BTreeMap::new(),
             gone: BTreeMap::new(),
@@ -377,6 +389,7 @@ impl Harness {
                     *priority,
                     Duration::from_millis(*ttl),
                     Duration::from_millis(CAP),
+                    keys(*who),
                     now,
                 );
                 assert_eq!(r.as_ref().err(), expect.as_ref().err());
@@ -637,6 +650,12 @@ impl Harness {
                     assert!(*epoch > last, "epochs of {device} rise");
                     self.epochs.insert(device.clone(), *epoch);
                     self.granted.push((*lease, *epoch, device.clone()));
+                    if let Holder::Person(p) = holder {
+                        self.person_grants.insert(*lease);
+                        let given = &self.s.person_lease(p.lease).expect("granted").ssh_keys;
+                        let who = PEOPLE.iter().position(|(id, _)| *id == p.principal.0);
+                        assert_eq!(Some(given), who.map(keys).as_ref());
+                    }
                     self.check_grant_order(holder.waiter(), device);
                     let round = self
                         .keys
@@ -654,9 +673,26 @@ impl Harness {
                 Event::CancelRequested { job, at } => {
                     self.cancels.insert(*job, *at);
                 }
-                Event::LeaseReleased { lease, .. } => {
+                Event::LeaseReleased {
+                    lease,
+                    device_state,
+                    ..
+                } => {
                     assert!(self.granted.iter().any(|(l, _, _)| l == lease));
                     *self.released.entry(*lease).or_default() += 1;
+                    if self.person_grants.contains(lease) {
+                        assert_eq!(
+                            *device_state,
+                            DeviceState::NeedsCheck,
+                            "a person's lease {lease} ended without its agent's check"
+                        );
+                        let device = self.granted.iter().find(|(l, _, _)| l == lease);
+                        if let Some(d) = device.and_then(|(_, _, d)| self.s.device(d))
+                            && d.lease.is_none()
+                        {
+                            assert_ne!(d.state, DeviceState::Idle, "{} idle unchecked", d.info.name);
+                        }
+                    }
                 }
                 _ => {}
             }

@@ -142,6 +142,7 @@ impl Dispatcher {
                 request.priority,
                 ttl,
                 cap,
+                request.ssh_keys,
                 now(),
             )
             .map_err(|r| match r {
