@@ -9,7 +9,8 @@
 //! ```
 //!
 //! Module map: [`config`] (the YAML file), `link` (dialling, frames, heartbeats),
-//! `agent` (main loop and lease state), `job` (one job's task), `recorder` and `lines`
+//! `agent` (main loop and lease state), `job` (one job's task), [`session`] (one person's
+//! lease: the device kept for them, power, flash), `recorder` and `lines`
 //! (runner events to log records), `spool` (records on disk), `startup`, `backoff`.
 //!
 //! Invariants:
@@ -31,6 +32,7 @@ mod job;
 mod lines;
 mod link;
 mod recorder;
+pub mod session;
 mod spool;
 mod startup;
 

@@ -13,6 +13,7 @@ mod logview;
 mod remote;
 mod serve;
 mod settings;
+mod ssh_key;
 mod table;
 mod tls_init;
 
@@ -79,6 +80,13 @@ enum Command {
         #[command(subcommand)]
         command: remote::LeaseCommand,
     },
+    /// Power the device of a lease on or off (`--lease`, default $DUTLAB_LEASE).
+    Power(remote::PowerArgs),
+    /// Write an image to the device of a lease (uploaded as an artifact); its next power-on
+    /// boots it.
+    Flash(remote::FlashArgs),
+    /// Save a PNG of the display of a lease's device (devices with video).
+    Screenshot(remote::ScreenshotArgs),
     /// Devices of the lab.
     Device {
         #[command(subcommand)]
@@ -196,6 +204,9 @@ fn main() {
         Command::User { command } => remote::user(command),
         Command::Device { command } => remote::device(command),
         Command::Lease { command } => remote::lease(command),
+        Command::Power(args) => remote::power(args),
+        Command::Flash(args) => remote::flash(args),
+        Command::Screenshot(args) => remote::screenshot(args),
         Command::Agent {
             command: Some(AgentCommand::Remote(command)),
             ..

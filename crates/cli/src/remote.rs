@@ -9,10 +9,12 @@
 //! - A token is printed only by `token create`, alone on stdout, and never in an error.
 
 mod jobs;
+mod leased;
 mod leases;
 mod uploads;
 
 pub use jobs::{JobCommand, job};
+pub use leased::{FlashArgs, PowerArgs, ScreenshotArgs, flash, power, screenshot};
 pub use leases::{LeaseCommand, lease};
 
 use crate::exit::{self, Exit};

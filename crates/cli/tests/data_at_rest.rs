@@ -191,6 +191,7 @@ impl SimAgent {
                     capabilities: vec!["power".into(), "console".into()],
                 }],
                 held,
+                sessions: Vec::new(),
             })
             .await?;
         match agent.recv().await? {

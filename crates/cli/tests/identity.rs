@@ -117,6 +117,7 @@ impl Sim {
                 })
                 .collect(),
             held,
+            sessions: Vec::new(),
         })
     }
 

@@ -202,6 +202,15 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/leases/{id}/release",
             post(lease_api::release_lease),
         )
+        .route(
+            "/api/v1/leases/{id}/power",
+            get(lease_api::get_power).post(lease_api::post_power),
+        )
+        .route("/api/v1/leases/{id}/flash", post(lease_api::post_flash))
+        .route(
+            "/api/v1/leases/{id}/screenshot",
+            get(lease_api::get_screenshot),
+        )
         .route("/api/v1/devices", get(api::devices))
         .route("/api/v1/agents", get(api::agents))
         .route(proto::link::LINK_PATH, get(link::link))

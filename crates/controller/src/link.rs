@@ -171,13 +171,14 @@ async fn serve(socket: WebSocket, state: AppState, caller: Caller, bound: String
             version,
             devices,
             held,
-        }) => (protocol, agent, version, devices, held),
+            sessions,
+        }) => (protocol, agent, version, devices, held, sessions),
         Ok(_) | Err(_) => {
             refuse(&mut sink, "the first message must be a hello".into()).await;
             return;
         }
     };
-    let (protocol, agent, version, devices, held) = hello;
+    let (protocol, agent, version, devices, held, sessions) = hello;
     // The name is checked before it is compared or logged (the dispatcher checks the rest).
     if let Err(e) = proto::names::check_name(&agent) {
         let reason = format!("agent name: {e}");
@@ -209,6 +210,7 @@ async fn serve(socket: WebSocket, state: AppState, caller: Caller, bound: String
                 protocol,
                 devices,
                 held,
+                sessions,
                 tx: tx.clone(),
             },
             reply,

@@ -214,15 +214,16 @@ impl ConsoleHub {
 
     /// A viewer that first replays up to `bytes` of history (as much as the ring holds).
     pub fn subscribe_with_history(&self, bytes: usize) -> Viewer {
-        let mut ring = self.shared.lock();
-        let id = ring.next_viewer;
-        ring.next_viewer += 1;
-        let cursor = ring.written - (bytes as u64).min(ring.bytes.len() as u64);
-        Viewer {
+        subscribe(&self.shared, bytes)
+    }
+
+    /// A handle that subscribes viewers and types on this console without owning it (for
+    /// whoever serves people's viewers while the rig owns the hub). Once the hub is dropped
+    /// its viewers read to the end and its input fails.
+    pub fn tap(&self) -> ConsoleTap {
+        ConsoleTap {
             shared: self.shared.clone(),
-            id,
-            cursor,
-            skipped: 0,
+            input: self.input.clone(),
         }
     }
 
@@ -265,6 +266,55 @@ impl Drop for ConsoleHub {
             ring.end = ConsoleEnd::Closed;
         }
         ring.wake_all();
+    }
+}
+
+fn subscribe(shared: &Arc<Shared>, bytes: usize) -> Viewer {
+    let mut ring = shared.lock();
+    let id = ring.next_viewer;
+    ring.next_viewer += 1;
+    let cursor = ring.written - (bytes as u64).min(ring.bytes.len() as u64);
+    Viewer {
+        shared: shared.clone(),
+        id,
+        cursor,
+        skipped: 0,
+    }
+}
+
+/// A clonable handle to a console's pump ([`ConsoleHub::tap`]): viewers and input, nothing
+/// that keeps the pump alive.
+#[derive(Clone)]
+pub struct ConsoleTap {
+    shared: Arc<Shared>,
+    input: mpsc::Sender<Vec<u8>>,
+}
+
+impl std::fmt::Debug for ConsoleTap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsoleTap")
+            .field("end", &self.shared.lock().end)
+            .finish()
+    }
+}
+
+impl ConsoleTap {
+    /// A viewer that first replays up to `bytes` of history.
+    pub fn subscribe_with_history(&self, bytes: usize) -> Viewer {
+        subscribe(&self.shared, bytes)
+    }
+
+    /// A handle that types on the console.
+    pub fn input(&self) -> ConsoleInput {
+        ConsoleInput {
+            sender: self.input.clone(),
+            reserving: None,
+        }
+    }
+
+    /// Whether and how the console ended.
+    pub fn end(&self) -> ConsoleEnd {
+        self.shared.lock().end.clone()
     }
 }
 
@@ -558,6 +608,29 @@ mod tests {
             assert_eq!(bytes, data);
         }
         assert_eq!(counted.load(Ordering::Relaxed), data.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn a_tap_replays_history_types_and_ends_with_its_hub() {
+        let (device, console) = tokio::io::duplex(256);
+        let (read, write) = tokio::io::split(console);
+        let (mut device_read, mut device_write) = tokio::io::split(device);
+        let (recorder, _) = counting_recorder();
+        let hub = ConsoleHub::spawn(read, write, recorder);
+        let tap = hub.tap().clone();
+        device_write.write_all(b"login: ").await.unwrap();
+        while hub.written() < 7 {
+            tokio::task::yield_now().await;
+        }
+        let mut viewer = tap.subscribe_with_history(1024);
+        tap.input().write_all(b"root\n").await.unwrap();
+        let mut typed = [0u8; 5];
+        device_read.read_exact(&mut typed).await.unwrap();
+        assert_eq!(&typed, b"root\n");
+        drop(hub);
+        let (bytes, skipped) = read_all(&mut viewer).await;
+        assert_eq!((bytes.as_slice(), skipped), (&b"login: "[..], 0));
+        assert_eq!(tap.end(), ConsoleEnd::Closed);
     }
 
     #[tokio::test]

@@ -28,6 +28,10 @@
 //! | `GET /api/v1/leases/{id}?wait=SECONDS` | holder, admin | [`LeaseView`] (with `wait`: once it is no longer waiting, or after that long) |
 //! | `POST /api/v1/leases/{id}/renew` | holder, admin | [`RenewLease`] -> [`LeaseView`] |
 //! | `POST /api/v1/leases/{id}/release` | holder, admin | -> [`LeaseView`] (ended) |
+//! | `GET /api/v1/leases/{id}/power` | holder, admin | [`PowerView`] |
+//! | `POST /api/v1/leases/{id}/power` | holder, admin | [`PowerRequest`] -> [`PowerView`] |
+//! | `POST /api/v1/leases/{id}/flash` | holder, admin | [`FlashRequest`] -> [`FlashView`] |
+//! | `GET /api/v1/leases/{id}/screenshot` | holder, admin | `image/png` |
 //!
 //! Errors are [`ApiError`] with status 400 (bad input, the field named), 401 (no or bad token),
 //! 403 (wrong role, or another user's private job or lease), 404, 409 (state does not allow
@@ -334,6 +338,41 @@ pub struct AcquireLease {
     /// 0 ..= 100, like a job's (default 50).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<u8>,
+    /// Public SSH keys (`authorized_keys` lines: `ssh-ed25519`, `ssh-rsa` or `ecdsa-*`, no
+    /// options; at most 8) that the DUT accepts for `root` from each power-on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh_keys: Vec<String>,
+}
+
+/// `POST /api/v1/leases/{id}/power`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PowerRequest {
+    pub action: crate::session::PowerAction,
+}
+
+/// The power of a leased device (answer of `GET` and `POST /api/v1/leases/{id}/power`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PowerView {
+    pub lease: PersonLeaseId,
+    pub device: String,
+    pub state: crate::session::PowerState,
+}
+
+/// `POST /api/v1/leases/{id}/flash`: an artifact the caller may use (uploaded first).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FlashRequest {
+    /// 64 lower-case hex digits of the artifact's SHA-256.
+    pub sha256: String,
+}
+
+/// A finished flash: the image is the device's storage; its next power-on boots it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FlashView {
+    pub lease: PersonLeaseId,
+    pub device: String,
+    pub sha256: String,
+    /// Bytes of the image written.
+    pub bytes: u64,
 }
 
 /// `POST /api/v1/leases/{id}/renew`.

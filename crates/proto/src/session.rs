@@ -17,9 +17,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// Number of one request of a session, given by the controller; unique per controller run.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct RequestId(pub u64);
 
@@ -87,7 +85,10 @@ pub enum SessionAction {
     },
     /// Fetch this artifact (64 hex digits of its SHA-256) for the lease and make it the
     /// device's storage; the next power-on boots it.
-    Flash { sha256: String, size: u64 },
+    Flash {
+        sha256: String,
+        size: u64,
+    },
     /// A PNG of the device's display.
     Screenshot,
 }
@@ -100,11 +101,17 @@ pub enum SessionResult {
         state: PowerState,
     },
     /// The image is the device's storage now.
-    Flashed { bytes: u64 },
+    Flashed {
+        bytes: u64,
+    },
     /// `png` is base64 of at most [`MAX_SCREENSHOT`] bytes of PNG.
-    Screenshot { png: String },
+    Screenshot {
+        png: String,
+    },
     /// The action could not be done; `reason` is for people.
-    Failed { reason: String },
+    Failed {
+        reason: String,
+    },
 }
 
 /// Largest screenshot (PNG bytes) an agent sends: its base64 fits one link frame.
@@ -137,7 +144,10 @@ pub fn check_public_key(line: &str) -> Result<String, String> {
             line.len()
         ));
     }
-    if line.chars().any(|c| c.is_control() && c != '\n' && c != '\r') {
+    if line
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\r')
+    {
         return Err("holds a control character".into());
     }
     let line = line.trim();
@@ -225,7 +235,8 @@ mod tests {
         }
         let many = vec![format!("ssh-ed25519 {KEY}"); MAX_KEYS + 1];
         assert!(check_public_keys(&many).is_err());
-        let e = check_public_keys(&[format!("ssh-ed25519 {KEY}"), "x".into()]).unwrap_err();
+        let e =
+            check_public_keys(&[format!("ssh-ed25519 {KEY}"), "x".into()]).expect_err("refused");
         assert!(e.starts_with("[1]: "), "{e}");
     }
 

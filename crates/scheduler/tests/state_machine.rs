@@ -68,7 +68,12 @@ fn config() -> Config {
 /// The SSH keys a person's request brings (none for some, so both shapes replay).
 fn keys(who: usize) -> Vec<String> {
     (0..who)
-        .map(|i| format!("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA{i:04} {}", PEOPLE[who].1))
+        .map(|i| {
+            format!(
+                "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA{i:04} {}",
+                PEOPLE[who].1
+            )
+        })
         .collect()
 }
 
@@ -690,7 +695,12 @@ impl Harness {
                         if let Some(d) = device.and_then(|(_, _, d)| self.s.device(d))
                             && d.lease.is_none()
                         {
-                            assert_ne!(d.state, DeviceState::Idle, "{} idle unchecked", d.info.name);
+                            assert_ne!(
+                                d.state,
+                                DeviceState::Idle,
+                                "{} idle unchecked",
+                                d.info.name
+                            );
                         }
                     }
                 }

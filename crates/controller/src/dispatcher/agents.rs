@@ -13,6 +13,7 @@ impl Dispatcher {
             protocol,
             devices,
             held,
+            sessions,
             tx,
         } = hello;
         if protocol != PROTOCOL_VERSION {
@@ -31,7 +32,13 @@ impl Dispatcher {
                 ));
             }
         }
-        let pairs: Vec<(LeaseId, Epoch)> = held.iter().map(|h| (h.lease, h.epoch)).collect();
+        // Sessions count as held too: a device whose ended session the agent still keeps
+        // needs a check until the agent confirms its teardown.
+        let pairs: Vec<(LeaseId, Epoch)> = held
+            .iter()
+            .map(|h| (h.lease, h.epoch))
+            .chain(sessions.iter().map(|s| (s.lease, s.epoch)))
+            .collect();
         let at = now();
         let events = self
             .sched
@@ -90,6 +97,7 @@ impl Dispatcher {
         for (lease, epoch) in dead {
             let _ = tx.try_send(ControllerMessage::DropLease { lease, epoch });
         }
+        self.sessions_after_hello(&agent, &sessions);
         tracing::info!("agent {agent} connected with {} device(s)", devices.len());
         self.commit(events, Vec::new(), None, None)
             .await
@@ -186,6 +194,13 @@ impl Dispatcher {
                         Ok(())
                     }
                 }
+            }
+            message @ (AgentMessage::SessionStarted { .. }
+            | AgentMessage::SessionRefused { .. }
+            | AgentMessage::SessionProgress { .. }
+            | AgentMessage::SessionReply { .. }) => {
+                self.session_said(agent, message);
+                Ok(())
             }
             AgentMessage::DeviceReady { device } => {
                 match self.sched.device_ready(agent, &device, at) {
@@ -285,9 +300,13 @@ fn lease_of(message: &AgentMessage) -> Option<LeaseId> {
         AgentMessage::JobStarted { lease, .. }
         | AgentMessage::JobFinished { lease, .. }
         | AgentMessage::StartRefused { lease, .. } => Some(*lease),
-        AgentMessage::Hello { .. } | AgentMessage::Heartbeat | AgentMessage::DeviceReady { .. } => {
-            None
-        }
+        AgentMessage::Hello { .. }
+        | AgentMessage::Heartbeat
+        | AgentMessage::DeviceReady { .. }
+        | AgentMessage::SessionStarted { .. }
+        | AgentMessage::SessionRefused { .. }
+        | AgentMessage::SessionProgress { .. }
+        | AgentMessage::SessionReply { .. } => None,
     }
 }
 
@@ -300,6 +319,10 @@ fn kind_of(message: &AgentMessage) -> &'static str {
         AgentMessage::JobFinished { .. } => "job-finished",
         AgentMessage::StartRefused { .. } => "start-refused",
         AgentMessage::DeviceReady { .. } => "device-ready",
+        AgentMessage::SessionStarted { .. } => "session-started",
+        AgentMessage::SessionRefused { .. } => "session-refused",
+        AgentMessage::SessionProgress { .. } => "session-progress",
+        AgentMessage::SessionReply { .. } => "session-reply",
     }
 }
 

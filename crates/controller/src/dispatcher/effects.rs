@@ -104,11 +104,14 @@ impl Dispatcher {
                 | Event::JobStarted { job, .. }
                 | Event::JobRequeued { job, .. } => self.publish(*job),
                 Event::LeaseGranted {
+                    lease,
+                    epoch,
                     holder: Holder::Person(p),
                     device,
                     ..
                 } => {
                     tracing::info!("lease {} of {}: holds device {device}", p.lease, p.name);
+                    self.session_granted(*lease, *epoch, p.lease, device);
                     self.lease_changed(p.lease);
                 }
                 Event::PersonLeaseEnded { person, end, .. } => {
@@ -180,6 +183,7 @@ impl Dispatcher {
                     device_state,
                     ..
                 } => {
+                    self.session_released(*lease);
                     let info = self.leases.get(*lease);
                     self.leases.remove(*lease);
                     if *device_state == proto::DeviceState::NeedsCheck

@@ -54,6 +54,7 @@ use std::time::Instant;
 mod agents;
 mod commands;
 mod effects;
+mod lease_sessions;
 mod leases;
 mod person_leases;
 mod views;
@@ -109,6 +110,8 @@ pub struct AgentHello {
     pub protocol: u32,
     pub devices: Vec<DeviceInfo>,
     pub held: Vec<HeldLease>,
+    /// Sessions (people's leases) the agent still keeps.
+    pub sessions: Vec<proto::link::HeldSession>,
     /// Where messages for this connection go.
     pub tx: mpsc::Sender<ControllerMessage>,
 }
@@ -183,6 +186,23 @@ pub enum Command {
         viewer: Viewer,
         reply: oneshot::Sender<Result<LeaseView, Failure>>,
     },
+    /// Something the holder of a person's lease asks of its device (power, flash,
+    /// screenshot); answered when the agent replies (the API bounds the wait).
+    Session {
+        lease: PersonLeaseId,
+        viewer: Viewer,
+        action: proto::session::SessionAction,
+        reply: oneshot::Sender<Result<proto::session::SessionResult, Failure>>,
+    },
+    /// Whether the current link of `agent`, opened with token `token_id`, keeps the live
+    /// session `lease` and a flash of it names artifact `sha256`.
+    HoldsSession {
+        lease: LeaseId,
+        sha256: String,
+        agent: String,
+        token_id: String,
+        reply: oneshot::Sender<bool>,
+    },
     /// Whether the current link of `agent`, opened with token `token_id`, holds the live lease
     /// of `job` (an agent fetches a job's artifacts only then).
     HoldsJob {
@@ -238,6 +258,12 @@ pub struct Dispatcher {
     usage: QueueUsage,
     /// The id of the next person's lease.
     next_person_lease: u64,
+    /// Live grants of people's leases (their sessions on the agents).
+    grants: BTreeMap<LeaseId, lease_sessions::Grant>,
+    /// Session requests waiting for their agent's reply.
+    pending: BTreeMap<proto::session::RequestId, lease_sessions::Pending>,
+    /// The last request id given.
+    next_request: u64,
     /// Requests waiting for a person's lease to stop waiting (`GET ...?wait=`).
     lease_waits: BTreeMap<PersonLeaseId, Vec<oneshot::Sender<Result<LeaseView, Failure>>>>,
     /// Set when a commit failed: the dispatcher stops after the current command.
@@ -302,9 +328,13 @@ impl Dispatcher {
             agents: BTreeMap::new(),
             usage,
             next_person_lease,
+            grants: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            next_request: 0,
             lease_waits: BTreeMap::new(),
             fatal: None,
         };
+        d.load_grants();
         for lease in d.sched.leases() {
             if let Some(job) = lease.job() {
                 d.leases.insert(
@@ -398,6 +428,21 @@ impl Dispatcher {
                 reply,
             } => {
                 let _ = reply.send(self.holds_job(job, &agent, &token_id));
+            }
+            Command::Session {
+                lease,
+                viewer,
+                action,
+                reply,
+            } => self.session_request(lease, &viewer, action, reply).await,
+            Command::HoldsSession {
+                lease,
+                sha256,
+                agent,
+                token_id,
+                reply,
+            } => {
+                let _ = reply.send(self.holds_session(lease, &sha256, &agent, &token_id));
             }
             Command::Gone { conn, agent } => self.gone(conn, &agent).await,
             Command::AcquireLease { request, reply } => {

@@ -58,6 +58,8 @@ pub struct LeaseRequest {
     pub priority: u8,
     /// `None`: the default duration.
     pub ttl: Option<Duration>,
+    /// Public SSH keys for the DUT (checked lines, [`proto::session::check_public_keys`]).
+    pub ssh_keys: Vec<String>,
 }
 
 impl Dispatcher {
@@ -87,7 +89,7 @@ impl Dispatcher {
     /// Ends every lease whose deadline has passed before a request looks at one, so a call
     /// that arrives after a deadline but before the deadline loop ran finds it ended (410),
     /// never renewable.
-    async fn expire_due(&mut self) -> Result<(), Failure> {
+    pub(super) async fn expire_due(&mut self) -> Result<(), Failure> {
         let now = now();
         if self.sched.next_deadline().is_some_and(|d| d <= now) {
             let events = self.sched.tick(now);
@@ -99,7 +101,11 @@ impl Dispatcher {
     }
 
     /// The view of a lease `viewer` may use, or why not.
-    fn usable_lease(&self, id: PersonLeaseId, viewer: &Viewer) -> Result<LeaseView, Failure> {
+    pub(super) fn usable_lease(
+        &self,
+        id: PersonLeaseId,
+        viewer: &Viewer,
+    ) -> Result<LeaseView, Failure> {
         let view = self
             .lease_view(id)
             .ok_or_else(|| Failure::NotFound(format!("lease {id} does not exist")))?;
@@ -109,7 +115,7 @@ impl Dispatcher {
     }
 
     /// 410 for an ended lease, saying how and when.
-    fn ended(view: &LeaseView) -> Failure {
+    pub(super) fn ended(view: &LeaseView) -> Failure {
         let end = view
             .end
             .as_ref()
