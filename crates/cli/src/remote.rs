@@ -8,6 +8,7 @@
 //! - Exit codes come from [`crate::exit`]; outcomes of jobs from `Outcome::exit_code`.
 //! - A token is printed only by `token create`, alone on stdout, and never in an error.
 
+pub mod admin;
 mod jobs;
 mod leases;
 mod uploads;
@@ -121,6 +122,44 @@ pub enum DeviceCommand {
     #[command(after_help = exit::HELP)]
     List {
         /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a device: state (who set it, why, when), tags, history, last jobs.
+    #[command(after_help = exit::HELP)]
+    Show {
+        name: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take a device out of the pool (maintenance, retired) or return it (idle) (admin).
+    #[command(after_help = exit::HELP)]
+    Set {
+        name: String,
+        #[arg(long, value_enum)]
+        state: admin::AdminState,
+        /// Why (shown in `device show` and the audit).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Cancel its running job or end the lease on it now (default: they finish first).
+        #[arg(long)]
+        now: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add or remove tags of a device (admin); kept when its agent reconnects.
+    #[command(after_help = exit::HELP)]
+    Tag {
+        name: String,
+        /// A tag to add (repeat for more).
+        #[arg(long, value_name = "TAG")]
+        add: Vec<String>,
+        /// A tag to remove (repeat for more).
+        #[arg(long, value_name = "TAG")]
+        remove: Vec<String>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -390,6 +429,23 @@ pub fn user(command: UserCommand) -> i32 {
 /// `dutlab device ...`.
 pub fn device(command: DeviceCommand) -> i32 {
     block_on(async move {
+        match command {
+            DeviceCommand::Show { name, json } => return admin::show(&name, json).await,
+            DeviceCommand::Set {
+                name,
+                state,
+                reason,
+                now,
+                json,
+            } => return admin::set(&name, state, reason, now, json).await,
+            DeviceCommand::Tag {
+                name,
+                add,
+                remove,
+                json,
+            } => return admin::tag(&name, add, remove, json).await,
+            DeviceCommand::List { .. } => {}
+        }
         let client = connect()?;
         match command {
             DeviceCommand::List { json } => {
@@ -397,7 +453,9 @@ pub fn device(command: DeviceCommand) -> i32 {
                 if json {
                     print_json(&devices);
                 } else {
-                    let mut t = Table::new(&["NAME", "TYPE", "TAGS", "STATE", "AGENT", "HOLDER"]);
+                    let mut t = Table::new(&[
+                        "NAME", "TYPE", "TAGS", "STATE", "AGENT", "HOLDER", "REASON",
+                    ]);
                     for d in &devices {
                         t.row(vec![
                             d.name.clone(),
@@ -406,11 +464,13 @@ pub fn device(command: DeviceCommand) -> i32 {
                             d.state.to_string(),
                             d.agent.clone(),
                             d.holder.clone().unwrap_or_default(),
+                            d.set.as_ref().map(|s| s.reason.clone()).unwrap_or_default(),
                         ]);
                     }
                     print!("{}", t.render());
                 }
             }
+            _ => {}
         }
         Ok(0)
     })
@@ -433,10 +493,15 @@ pub fn agent(command: AgentCommand) -> i32 {
                             a.name.clone(),
                             match a.state {
                                 proto::api::AgentState::Connected => "connected".into(),
+                                proto::api::AgentState::Silent => "silent".into(),
                                 proto::api::AgentState::Disconnected => "disconnected".into(),
                             },
                             a.version.clone(),
-                            a.devices.join(","),
+                            a.device_states
+                                .iter()
+                                .map(|d| format!("{}({})", d.name, d.state))
+                                .collect::<Vec<_>>()
+                                .join(","),
                             table::ago(now, a.last_seen),
                         ]);
                     }
