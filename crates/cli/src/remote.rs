@@ -430,50 +430,47 @@ pub fn user(command: UserCommand) -> i32 {
 pub fn device(command: DeviceCommand) -> i32 {
     block_on(async move {
         match command {
-            DeviceCommand::Show { name, json } => return admin::show(&name, json).await,
+            DeviceCommand::Show { name, json } => admin::show(&name, json).await,
             DeviceCommand::Set {
                 name,
                 state,
                 reason,
                 now,
                 json,
-            } => return admin::set(&name, state, reason, now, json).await,
+            } => admin::set(&name, state, reason, now, json).await,
             DeviceCommand::Tag {
                 name,
                 add,
                 remove,
                 json,
-            } => return admin::tag(&name, add, remove, json).await,
-            DeviceCommand::List { .. } => {}
+            } => admin::tag(&name, add, remove, json).await,
+            DeviceCommand::List { json } => list_devices(json).await,
         }
-        let client = connect()?;
-        match command {
-            DeviceCommand::List { json } => {
-                let devices = client.devices().await.context("cannot list devices")?;
-                if json {
-                    print_json(&devices);
-                } else {
-                    let mut t = Table::new(&[
-                        "NAME", "TYPE", "TAGS", "STATE", "AGENT", "HOLDER", "REASON",
-                    ]);
-                    for d in &devices {
-                        t.row(vec![
-                            d.name.clone(),
-                            d.device_type.clone(),
-                            d.tags.join(","),
-                            d.state.to_string(),
-                            d.agent.clone(),
-                            d.holder.clone().unwrap_or_default(),
-                            d.set.as_ref().map(|s| s.reason.clone()).unwrap_or_default(),
-                        ]);
-                    }
-                    print!("{}", t.render());
-                }
-            }
-            _ => {}
-        }
-        Ok(0)
     })
+}
+
+/// `dutlab device list`.
+async fn list_devices(json: bool) -> anyhow::Result<i32> {
+    let client = connect()?;
+    let devices = client.devices().await.context("cannot list devices")?;
+    if json {
+        print_json(&devices);
+    } else {
+        let mut t = Table::new(&["NAME", "TYPE", "TAGS", "STATE", "AGENT", "HOLDER", "REASON"]);
+        for d in &devices {
+            t.row(vec![
+                d.name.clone(),
+                d.device_type.clone(),
+                d.tags.join(","),
+                d.state.to_string(),
+                d.agent.clone(),
+                d.holder.clone().unwrap_or_default(),
+                d.set.as_ref().map(|s| s.reason.clone()).unwrap_or_default(),
+            ]);
+        }
+        print!("{}", t.render());
+    }
+    Ok(0)
 }
 
 /// `dutlab agent list`.

@@ -11,10 +11,10 @@
 //! - Admin actions of the API layer (tokens, groups) are audited through
 //!   [`audit`], which the dispatcher commits.
 
+use crate::AppState;
 use crate::api::{ApiFailure, ApiResult, PEOPLE, ask, viewer};
 use crate::auth::Caller;
 use crate::dispatcher::Command;
-use crate::AppState;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;

@@ -229,7 +229,10 @@ pub async fn create_token(
             UserOrigin::Existing => "existing",
         },
         body.role,
-        agent.clone().map(|a| format!(", agent {a}")).unwrap_or_default(),
+        agent
+            .clone()
+            .map(|a| format!(", agent {a}"))
+            .unwrap_or_default(),
         caller.name
     );
     let detail = format!(
@@ -449,10 +452,7 @@ async fn set_member(
         Membership::Member => proto::admin::AuditAction::GroupAdd,
         Membership::NotMember => proto::admin::AuditAction::GroupRemove,
     };
-    let detail = format!(
-        "group {group}{}",
-        if changed { "" } else { " (no change)" }
-    );
+    let detail = format!("group {group}{}", if changed { "" } else { " (no change)" });
     crate::admin_api::audit(state, caller, action, &principal.name, detail).await?;
     if changed {
         tracing::info!(

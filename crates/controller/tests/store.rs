@@ -237,7 +237,10 @@ async fn audit_entries_are_kept_in_order_with_their_commit(backend: Backend) -> 
     ensure!(clash.is_err(), "event 1 written twice");
     ensure!(store.last_audit_seq().await? == 2);
     let all = store.audit(10).await?;
-    ensure!(all.len() == 2 && all[0] == first[1] && all[1] == first[0], "{all:?}");
+    ensure!(
+        all.len() == 2 && all[0] == first[1] && all[1] == first[0],
+        "{all:?}"
+    );
     ensure!(store.audit(1).await? == [first[1].clone()]);
     drop(store);
     let store = db.open().await?;

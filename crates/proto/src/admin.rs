@@ -7,10 +7,10 @@
 //! | `POST /api/v1/devices/{name}/tags` | admin | [`EditDeviceTags`] -> [`DeviceDetail`] |
 //! | `GET /api/v1/audit?limit=N` | admin | [`AuditEntry`] list, newest first |
 
+use crate::Outcome;
 use crate::api::DeviceView;
 use crate::ids::{JobId, Millis, PrincipalId};
 use crate::state::{DeviceState, JobState};
-use crate::Outcome;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 

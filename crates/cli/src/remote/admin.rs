@@ -167,7 +167,9 @@ fn print_detail(d: &DeviceDetail, json: bool) {
             j.id.to_string(),
             j.state.to_string(),
             j.outcome.map(|o| o.to_string()).unwrap_or_default(),
-            j.finished_at.map(|f| table::when(now, f)).unwrap_or_default(),
+            j.finished_at
+                .map(|f| table::when(now, f))
+                .unwrap_or_default(),
             j.reason.clone(),
         ]);
     }

@@ -109,29 +109,32 @@ impl Dispatcher {
 
     pub(super) fn device_view(&self, d: &scheduler::DeviceEntry) -> DeviceView {
         DeviceView {
-                name: d.info.name.clone(),
-                device_type: d.info.device_type.clone(),
-                tags: d.info.tags.clone(),
-                capabilities: d.info.capabilities.clone(),
-                state: d.state,
-                agent: d.agent.clone(),
-                job: d
-                    .lease
-                    .and_then(|l| self.sched.lease(l))
-                    .and_then(|l| l.job()),
-                lease: d
-                    .lease
-                    .and_then(|l| self.sched.lease(l))
-                    .and_then(|l| l.holder.person().map(|p| p.lease)),
-                holder: d
-                    .lease
-                    .and_then(|l| self.sched.lease(l))
-                    .map(|l| match &l.holder {
-                        scheduler::Holder::Job(job) => format!("job {job}"),
-                        scheduler::Holder::Person(p) => p.name.clone(),
-                    }),
-                set: self.sched.out_of_service(&d.info.name).map(super::devices::note_view),
-            }
+            name: d.info.name.clone(),
+            device_type: d.info.device_type.clone(),
+            tags: d.info.tags.clone(),
+            capabilities: d.info.capabilities.clone(),
+            state: d.state,
+            agent: d.agent.clone(),
+            job: d
+                .lease
+                .and_then(|l| self.sched.lease(l))
+                .and_then(|l| l.job()),
+            lease: d
+                .lease
+                .and_then(|l| self.sched.lease(l))
+                .and_then(|l| l.holder.person().map(|p| p.lease)),
+            holder: d
+                .lease
+                .and_then(|l| self.sched.lease(l))
+                .map(|l| match &l.holder {
+                    scheduler::Holder::Job(job) => format!("job {job}"),
+                    scheduler::Holder::Person(p) => p.name.clone(),
+                }),
+            set: self
+                .sched
+                .out_of_service(&d.info.name)
+                .map(super::devices::note_view),
+        }
     }
 
     /// Agents with their devices' states. A connected agent not heard from for more than two
