@@ -110,10 +110,11 @@ pub(super) const MIGRATIONS: [(Version, &[&str]); 4] = [
     ),
     // The audit of admin actions: who (user name and principal), when, what (action,
     // target, detail), from where (the request's remote address). Written by the dispatcher
-    // only, numbered by it (`seq`), never changed.
+    // only, numbered by it (`seq`), never changed. `IF NOT EXISTS`, as for version 4: a
+    // database taken back to an older version by hand may still hold it.
     (
         5,
-        &["CREATE TABLE audit (
+        &["CREATE TABLE IF NOT EXISTS audit (
                 seq BIGINT PRIMARY KEY,
                 at BIGINT NOT NULL,
                 actor TEXT NOT NULL,
