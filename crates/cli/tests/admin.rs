@@ -215,20 +215,27 @@ fn an_admin_ending_a_persons_lease_is_audited_and_now_ends_a_lease() -> Result<(
     lab.finish()
 }
 
-/// An agent whose one QEMU device has a QEMU binary that does not exist: every job on it
-/// ends `infra-error` when QEMU fails to start.
-fn broken_agent(lab: &mut Lab, name: &str) -> Result<std::path::PathBuf> {
+/// Writes agent `name`'s configuration with one QEMU device whose QEMU binary does not
+/// exist; answers its path and the working configuration's text.
+fn break_qemu(lab: &Lab, name: &str) -> Result<(std::path::PathBuf, String)> {
     let config = lab.agent_config(name, 1)?;
-    let text = std::fs::read_to_string(&config)?;
-    let broken = text.replace(
+    let good = std::fs::read_to_string(&config)?;
+    let broken = good.replace(
         "qemu: {accel: tcg, memory_mib: 512}",
         "qemu: {accel: tcg, memory_mib: 512, binary: /nonexistent/qemu-system-x86_64}",
     );
     ensure!(
-        broken != text,
-        "the generated agent.yaml changed shape:\n{text}"
+        broken != good,
+        "the generated agent.yaml changed shape:\n{good}"
     );
     std::fs::write(&config, broken)?;
+    Ok((config, good))
+}
+
+/// An agent whose one QEMU device has a QEMU binary that does not exist: every job on it
+/// ends `infra-error` when QEMU fails to start.
+fn broken_agent(lab: &mut Lab, name: &str) -> Result<std::path::PathBuf> {
+    let (config, _) = break_qemu(lab, name)?;
     lab.spawn_agent(&config)?;
     lab.wait_devices_idle(name, 1)?;
     Ok(config)
@@ -333,17 +340,7 @@ fn health_checks_run_when_devices_appear_and_on_demand_and_decide_bad_or_idle() 
     let mut lab = Lab::start_with(DUTLAB, &["--health-checks", &dir])?;
     let alice = lab.token("alice", "user")?;
     // A device whose QEMU cannot start: its first check fails, and it is bad with the job.
-    let config = lab.agent_config("broken", 1)?;
-    let good = std::fs::read_to_string(&config)?;
-    let broken = good.replace(
-        "qemu: {accel: tcg, memory_mib: 512}",
-        "qemu: {accel: tcg, memory_mib: 512, binary: /nonexistent/qemu-system-x86_64}",
-    );
-    ensure!(
-        broken != good,
-        "the generated agent.yaml changed shape:\n{good}"
-    );
-    std::fs::write(&config, &broken)?;
+    let (config, good) = break_qemu(&lab, "broken")?;
     lab.spawn_agent(&config)?;
     let dev = wait_until("a device registered", LIMIT, || {
         let devices = lab.json(&["device", "list", "--json"])?;
