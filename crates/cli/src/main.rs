@@ -87,10 +87,15 @@ enum Command {
     Flash(remote::FlashArgs),
     /// Save a PNG of the display of a lease's device (devices with video).
     Screenshot(remote::ScreenshotArgs),
-    /// Devices of the lab.
+    /// Devices of the lab: list, show; set state and tags (admin).
     Device {
         #[command(subcommand)]
         command: remote::DeviceCommand,
+    },
+    /// The audit of admin actions (admin).
+    Audit {
+        #[command(subcommand)]
+        command: remote::admin::AuditCommand,
     },
     /// Run an agent (`--config`), check its configuration, write one (`init`), or list agents.
     #[command(args_conflicts_with_subcommands = true)]
@@ -203,6 +208,7 @@ fn main() {
         Command::Token { command } => remote::token(command),
         Command::User { command } => remote::user(command),
         Command::Device { command } => remote::device(command),
+        Command::Audit { command } => remote::admin::audit(command),
         Command::Lease { command } => remote::lease(command),
         Command::Power(args) => remote::power(args),
         Command::Flash(args) => remote::flash(args),

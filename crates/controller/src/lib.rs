@@ -19,6 +19,7 @@
 //!   and on a PostgreSQL database ([`store::hold`]), taken before the database is migrated
 //!   or replayed; losing the database's lock stops the controller.
 
+pub mod admin_api;
 pub mod api;
 pub mod artifact_quota;
 pub mod artifacts;
@@ -45,6 +46,7 @@ use dispatcher::{Command, DispatchConfig, Dispatcher, Leases};
 use logs::LogStore;
 use proto::Millis;
 use proto::api::JobView;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -116,6 +118,10 @@ pub struct Config {
     pub when_held: store::hold::Wait,
     /// Durations and caps of people's leases.
     pub person_leases: dispatcher::PersonLeaseConfig,
+    /// Infra errors in a row that make a device `bad` (0: never).
+    pub quarantine_after: u32,
+    /// Health check jobs by device type (`--health-checks DIR`).
+    pub health_checks: BTreeMap<String, dispatcher::HealthJob>,
 }
 
 impl Config {
@@ -137,6 +143,8 @@ impl Config {
             artifact_quota: artifact_quota::DEFAULT_ARTIFACT_QUOTA,
             when_held: store::hold::Wait::Refuse,
             person_leases: dispatcher::PersonLeaseConfig::default(),
+            quarantine_after: defaults.quarantine_after,
+            health_checks: BTreeMap::new(),
         }
     }
 }
@@ -212,6 +220,20 @@ pub fn router(state: AppState) -> Router {
             get(lease_api::get_screenshot),
         )
         .route("/api/v1/devices", get(api::devices))
+        .route("/api/v1/devices/{name}", get(admin_api::get_device))
+        .route(
+            "/api/v1/devices/{name}/state",
+            post(admin_api::set_device_state),
+        )
+        .route(
+            "/api/v1/devices/{name}/tags",
+            post(admin_api::edit_device_tags),
+        )
+        .route(
+            "/api/v1/devices/{name}/check",
+            post(admin_api::check_device),
+        )
+        .route("/api/v1/audit", get(admin_api::list_audit))
         .route("/api/v1/agents", get(api::agents))
         .route(proto::link::LINK_PATH, get(link::link))
         .route_layer(axum::middleware::from_fn_with_state(
@@ -333,10 +355,19 @@ pub async fn serve(
             lease_ttl: config.lease_ttl,
             disconnect_grace: config.disconnect_grace,
             cancel_grace: config.cancel_grace,
+            quarantine_after: config.quarantine_after,
         },
         heartbeat: config.heartbeat,
         quota: config.quota,
         person_leases: config.person_leases,
+        health: dispatcher::HealthChecks {
+            principal: if config.health_checks.is_empty() {
+                proto::PrincipalId(0)
+            } else {
+                store.principal_named(scheduler::LAB, now()).await?.0.id
+            },
+            jobs: config.health_checks.clone(),
+        },
     };
     let dispatcher = Dispatcher::load(
         dispatch_config,

@@ -161,7 +161,7 @@ impl Scheduler {
                 .state
                 .devices
                 .get(&l.device)
-                .is_some_and(|d| d.state == DeviceState::NeedsCheck)
+                .is_some_and(crate::devices::needs_check)
             {
                 let device = l.device.clone();
                 self.emit(&mut out, Event::DeviceReady { device, at: now });
@@ -169,7 +169,7 @@ impl Scheduler {
         }
         let ready: Vec<String> = self
             .devices_of(agent)
-            .filter(|d| d.state == DeviceState::NeedsCheck)
+            .filter(|d| crate::devices::needs_check(d))
             .filter(|d| d.unconfirmed.is_none_or(|l| !held_ids.contains(&l)))
             .map(|d| d.info.name.clone())
             .collect();
@@ -372,7 +372,7 @@ impl Scheduler {
             });
         }
         let mut out = Vec::new();
-        if d.state == DeviceState::NeedsCheck {
+        if crate::devices::needs_check(d) {
             let device = device.to_owned();
             self.emit(&mut out, Event::DeviceReady { device, at: now });
         }
@@ -464,6 +464,13 @@ impl Scheduler {
         } else {
             outcome
         };
+        let check = self
+            .state
+            .jobs
+            .get(&job)
+            .is_some_and(|j| j.spec.purpose == crate::JobPurpose::HealthCheck);
+        let check_reason = check.then(|| reason.clone());
+        let quarantine = (outcome == Outcome::InfraError && !check).then(|| reason.clone());
         self.emit(
             out,
             Event::JobFinished {
@@ -473,6 +480,12 @@ impl Scheduler {
                 at: now,
             },
         );
+        if let Some(reason) = quarantine {
+            self.quarantine(out, &l.device, job, &reason, now);
+        }
+        if let Some(reason) = check_reason {
+            self.checked(out, &l.device, job, outcome, &reason, now);
+        }
         self.emit(
             out,
             Event::LeaseReleased {
@@ -523,6 +536,7 @@ impl Scheduler {
                     priority,
                     owner: Some(principal),
                     device: Some(name),
+                    purpose: crate::JobPurpose::Ordinary,
                 }
             }
             Want::Type { device_type, tags } => JobSpec {
@@ -531,6 +545,7 @@ impl Scheduler {
                 priority,
                 owner: Some(principal),
                 device: None,
+                purpose: crate::JobPurpose::Ordinary,
             },
         };
         let mut out = Vec::new();
@@ -593,7 +608,7 @@ impl Scheduler {
         Ok(out)
     }
 
-    fn end_person(
+    pub(crate) fn end_person(
         &mut self,
         out: &mut Vec<Event>,
         person: PersonLeaseId,

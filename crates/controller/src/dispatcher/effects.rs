@@ -57,13 +57,15 @@ impl Dispatcher {
                 reports.push((*job, report, last));
             }
         }
-        if stored.is_empty() && new_job.is_none() && reports.is_empty() {
+        let audit = std::mem::take(&mut self.pending_audit);
+        if stored.is_empty() && new_job.is_none() && reports.is_empty() && audit.is_empty() {
             self.effects(&events, from_agent).await;
             return Ok(());
         }
         let change = Change {
             new_job,
             reports: reports.iter().map(|(j, r, s)| (*j, r, *s)).collect(),
+            audit: &audit,
         };
         match self.store.commit(self.next_event, &stored, change).await {
             Ok(()) => {
@@ -98,6 +100,7 @@ impl Dispatcher {
     }
 
     pub(super) async fn effects(&mut self, events: &[Event], from_agent: Option<LeaseId>) {
+        self.note_checks(events);
         for event in events {
             match event {
                 Event::JobSubmitted { job, .. }
@@ -205,7 +208,17 @@ impl Dispatcher {
                 | Event::AgentDisconnected { .. }
                 | Event::LeaseRenewed { .. }
                 | Event::PersonLeaseRequested { .. }
-                | Event::DeviceReady { .. } => {}
+                | Event::DeviceReady { .. }
+                | Event::DeviceTagsSet { .. } => {}
+                Event::DeviceStateSet {
+                    device,
+                    state,
+                    reason,
+                    by,
+                    ..
+                } => {
+                    tracing::info!("device {device}: {state} (by {by}: {reason})");
+                }
             }
         }
     }

@@ -53,12 +53,15 @@ use std::time::Instant;
 
 mod agents;
 mod commands;
+mod devices;
 mod effects;
+mod health;
 mod lease_sessions;
 mod leases;
 mod person_leases;
 mod views;
 
+pub use health::{HealthChecks, HealthJob};
 pub use leases::{LeaseInfo, Leases};
 pub use person_leases::{LeaseRequest, PersonLeaseConfig};
 
@@ -203,6 +206,40 @@ pub enum Command {
         token_id: String,
         reply: oneshot::Sender<bool>,
     },
+    /// A device with its history and last jobs.
+    Device {
+        device: String,
+        viewer: Viewer,
+        reply: oneshot::Sender<Result<proto::admin::DeviceDetail, Failure>>,
+    },
+    /// An admin sets a device's state.
+    SetDeviceState {
+        device: String,
+        body: proto::admin::SetDeviceState,
+        viewer: Viewer,
+        reply: oneshot::Sender<Result<proto::admin::DeviceDetail, Failure>>,
+    },
+    /// An admin edits a device's tags.
+    EditDeviceTags {
+        device: String,
+        body: proto::admin::EditDeviceTags,
+        viewer: Viewer,
+        reply: oneshot::Sender<Result<proto::admin::DeviceDetail, Failure>>,
+    },
+    /// An admin asks for a health check of a device.
+    CheckDevice {
+        device: String,
+        viewer: Viewer,
+        reply: oneshot::Sender<Result<JobView, Failure>>,
+    },
+    /// An admin action done by the API layer (tokens, groups), to be audited.
+    Audit {
+        viewer: Viewer,
+        action: proto::admin::AuditAction,
+        target: String,
+        detail: String,
+        reply: oneshot::Sender<Result<(), Failure>>,
+    },
     /// Whether the current link of `agent`, opened with token `token_id`, holds the live lease
     /// of `job` (an agent fetches a job's artifacts only then).
     HoldsJob {
@@ -240,6 +277,8 @@ pub struct DispatchConfig {
     pub heartbeat: Duration,
     pub quota: QueueQuota,
     pub person_leases: PersonLeaseConfig,
+    /// Health checks per device type (none: no checks).
+    pub health: HealthChecks,
 }
 
 pub struct Dispatcher {
@@ -268,6 +307,11 @@ pub struct Dispatcher {
     lease_waits: BTreeMap<PersonLeaseId, Vec<oneshot::Sender<Result<LeaseView, Failure>>>>,
     /// Set when a commit failed: the dispatcher stops after the current command.
     fatal: Option<String>,
+    /// The number of the next audit entry, and entries waiting for the next commit.
+    next_audit: u64,
+    pending_audit: Vec<proto::admin::AuditEntry>,
+    /// Health checks to queue after the current command.
+    checks_due: Vec<(String, health::Trigger)>,
 }
 
 impl Dispatcher {
@@ -314,6 +358,7 @@ impl Dispatcher {
             );
         }
         let next_person_lease = sched.person_leases().last().map_or(1, |(id, _)| id.0 + 1);
+        let next_audit = store.last_audit_seq().await? + 1;
         let mut d = Dispatcher {
             config,
             sched,
@@ -333,6 +378,9 @@ impl Dispatcher {
             next_request: 0,
             lease_waits: BTreeMap::new(),
             fatal: None,
+            next_audit,
+            pending_audit: Vec::new(),
+            checks_due: Vec::new(),
         };
         d.load_grants();
         for lease in d.sched.leases() {
@@ -370,6 +418,9 @@ impl Dispatcher {
                         tracing::error!("tick: {e}");
                     }
                 }
+            }
+            if self.fatal.is_none() {
+                self.run_due_checks().await;
             }
             if let Some(reason) = self.fatal.take() {
                 return Err(ControllerError::Stopped(reason));
@@ -445,6 +496,49 @@ impl Dispatcher {
                 let _ = reply.send(self.holds_session(lease, &sha256, &agent, &token_id));
             }
             Command::Gone { conn, agent } => self.gone(conn, &agent).await,
+            Command::Device {
+                device,
+                viewer,
+                reply,
+            } => {
+                let _ = reply.send(self.device_detail(&device, &viewer));
+            }
+            Command::SetDeviceState {
+                device,
+                body,
+                viewer,
+                reply,
+            } => {
+                let answer = self.set_device_state(&device, body, &viewer).await;
+                let _ = reply.send(answer);
+            }
+            Command::EditDeviceTags {
+                device,
+                body,
+                viewer,
+                reply,
+            } => {
+                let answer = self.edit_device_tags(&device, body, &viewer).await;
+                let _ = reply.send(answer);
+            }
+            Command::CheckDevice {
+                device,
+                viewer,
+                reply,
+            } => {
+                let answer = self.check_on_demand(&device, &viewer).await;
+                let _ = reply.send(answer);
+            }
+            Command::Audit {
+                viewer,
+                action,
+                target,
+                detail,
+                reply,
+            } => {
+                let answer = self.record(&viewer, action, &target, detail).await;
+                let _ = reply.send(answer);
+            }
             Command::AcquireLease { request, reply } => {
                 let answer = self.acquire_lease(request).await;
                 let _ = reply.send(answer);
