@@ -49,7 +49,7 @@ impl PersonLeaseConfig {
 
 /// A person's request, validated by the API layer (names and tags are safe, priority in
 /// range).
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct LeaseRequest {
     pub principal: PrincipalId,
     pub name: String,
