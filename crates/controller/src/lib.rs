@@ -16,8 +16,10 @@
 //! - Every long-lived connection is a [`sessions::Session`] of the token that opened it:
 //!   revoking the token ends it.
 //! - One controller at a time works on a data directory (`serve.lock`, [`datadir::lock`])
-//!   and on a PostgreSQL database ([`store::hold`]), taken before the database is migrated
-//!   or replayed; losing the database's lock stops the controller.
+//!   and leads a PostgreSQL database ([`store::hold`]), taken before the database is migrated
+//!   or replayed; losing the database's lock stops the controller. With `--follow`, others
+//!   serve beside the leader as followers ([`dispatcher::forward`]) and one of them leads
+//!   when it stops.
 
 pub mod api;
 pub mod artifact_quota;
@@ -378,7 +380,12 @@ pub async fn serve(
     let hub = dispatcher::forward::Hub::default();
     if postgres {
         hub.listen(url.clone());
-        refresh_identities(store.clone(), tokens.clone(), principals.clone(), sessions.clone());
+        refresh_identities(
+            store.clone(),
+            tokens.clone(),
+            principals.clone(),
+            sessions.clone(),
+        );
     }
     let state = AppState {
         tokens,
@@ -416,7 +423,11 @@ pub async fn serve(
             Role::Leader(hold, dispatcher) => (hold, dispatcher),
             Role::Follower(replica) => {
                 let hold = replica
-                    .follow(&mut commands, hub.clone(), take_over(url.clone(), me.clone()))
+                    .follow(
+                        &mut commands,
+                        hub.clone(),
+                        take_over(url.clone(), me.clone()),
+                    )
                     .await?;
                 (hold, start.leader().await?)
             }
@@ -522,10 +533,8 @@ fn refresh_identities(
                         match token.view.revoked_at {
                             Some(_) if tokens.is_live(&token.view.id) => {
                                 tokens.revoke(&token.view.id);
-                                let closed = sessions.close_token(
-                                    &token.view.id,
-                                    "the token was revoked",
-                                );
+                                let closed =
+                                    sessions.close_token(&token.view.id, "the token was revoked");
                                 tracing::info!(
                                     "token {} revoked on another controller; {closed} open \
                                      connection(s) closed",
@@ -555,4 +564,3 @@ fn refresh_identities(
         }
     });
 }
-

@@ -292,7 +292,9 @@ async fn serve(socket: WebSocket, state: AppState, caller: Caller, bound: String
                         agent: &agent,
                         conn,
                     };
-                    if let Err(e) = store_frame(&state, from, frame, &mut refusals, &mut pending).await {
+                    if let Err(e) =
+                        store_frame(&state, from, frame, &mut refusals, &mut pending).await
+                    {
                         // The records stay in the agent's spool; closing the link makes it
                         // reconnect and resend them from the durable cursor.
                         tracing::error!(

@@ -45,7 +45,10 @@ async fn lines_stored_on_one_controller_reach_followers_on_another_once() -> Res
     let dir = tempfile::tempdir()?;
     let ingest = logs_on(&url, &dir.path().join("a")).await?;
     let follow = logs_on(&url, &dir.path().join("b")).await?;
-    ensure!(matches!(follow, Logs::Sql(_)), "PostgreSQL keeps logs in the database");
+    ensure!(
+        matches!(follow, Logs::Sql(_)),
+        "PostgreSQL keeps logs in the database"
+    );
     let job = JobId(3);
     ingest.append(job, &[record(1), record(2)]).await?;
     // A follower subscribes, then reads what is stored (as the follow route does)...

@@ -638,10 +638,15 @@ async fn log_records_are_stored_once_whichever_store_writes_them(backend: Backen
     let two = db.open().await?;
     let job = JobId(7);
     let lines = 300;
-    let agent: Vec<_> = (1..=lines).map(|n| record(n, &format!("line-{n}"))).collect();
+    let agent: Vec<_> = (1..=lines)
+        .map(|n| record(n, &format!("line-{n}")))
+        .collect();
     // Records beyond the end (a hole) are refused.
     let (last, fresh) = one.append_log(job, &[record(3, "early")]).await?;
-    ensure!(last == proto::Seq(0) && fresh.is_empty(), "stored across a hole");
+    ensure!(
+        last == proto::Seq(0) && fresh.is_empty(),
+        "stored across a hole"
+    );
     let resend = |store: Store, step: usize| {
         let agent = agent.clone();
         tokio::spawn(async move {
@@ -663,7 +668,10 @@ async fn log_records_are_stored_once_whichever_store_writes_them(backend: Backen
         w.await??;
     }
     let stored = one.log_records(job, proto::Seq(0), 10_000).await?;
-    ensure!(stored == agent, "the agent's records are not 1..{lines} once each");
+    ensure!(
+        stored == agent,
+        "the agent's records are not 1..{lines} once each"
+    );
     // Notes of both controllers at once: each takes the next free number.
     let note = |store: Store, who: &'static str| {
         tokio::spawn(async move {

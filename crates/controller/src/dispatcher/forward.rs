@@ -184,14 +184,8 @@ pub async fn forward(
         loop {
             match store.command_answer(id).await {
                 Ok(Some(CommandAnswer::Answered { body, seq })) => break Ok((body, seq)),
-                Ok(Some(CommandAnswer::DoneUnanswered)) => {
-                    break Err(Failure::Unavailable(
-                        "the leader stopped after committing this request and before answering \
-                         it: it was done; read the jobs or leases to see its effect"
-                            .into(),
-                    ));
-                }
-                Ok(Some(CommandAnswer::Pending)) => {}
+                // Committed; the answer follows (or the next leader writes that none came).
+                Ok(Some(CommandAnswer::Pending | CommandAnswer::DoneUnanswered)) => {}
                 Ok(None) => break Err(unavailable("the request vanished from the database")),
                 // The database may be restarting: keep waiting within the limit.
                 Err(e) => tracing::debug!("command {id}: {e}"),
@@ -220,8 +214,30 @@ pub async fn forward(
     Ok(answer)
 }
 
+/// What a new leader answers for a command the last leader committed but did not answer.
+fn unanswered() -> Answer {
+    Answer::Job(Err(Failure::Unavailable(
+        "the leader stopped after committing this request and before answering it: it was \
+         done; read the jobs or leases to see its effect"
+            .into(),
+    )))
+}
+
 /// The leader's side: runs every pending command in the dispatcher and writes its answer.
+/// First answers what the last leader committed and did not answer (it is gone: this
+/// controller holds the lock).
 pub async fn execute(store: Store, hub: Hub, dispatch: mpsc::Sender<Command>) {
+    match serde_json::to_string(&unanswered()) {
+        Ok(body) => match store.answer_unanswered(&body).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                "{n} forwarded command(s) were committed by the last leader but not answered; \
+                 their followers are told so"
+            ),
+            Err(e) => tracing::warn!("forwarded commands: {e}"),
+        },
+        Err(e) => tracing::warn!("forwarded commands: {e}"),
+    }
     let running: Arc<Mutex<HashSet<i64>>> = Arc::default();
     let mut last_prune = 0;
     loop {
@@ -241,10 +257,10 @@ pub async fn execute(store: Store, hub: Hub, dispatch: mpsc::Sender<Command>) {
                 (store.clone(), dispatch.clone(), Arc::clone(&running));
             tokio::spawn(async move {
                 let id = stored.id;
-                if let Some((body, seq)) = run(&dispatch, id, &stored.body).await {
-                    if let Err(e) = store.answer_command(id, &body, seq).await {
-                        tracing::warn!("forwarded command {id}: answer not stored: {e}");
-                    }
+                if let Some((body, seq)) = run(&dispatch, id, &stored.body).await
+                    && let Err(e) = store.answer_command(id, &body, seq).await
+                {
+                    tracing::warn!("forwarded command {id}: answer not stored: {e}");
                 }
                 lock(&running).remove(&id);
             });

@@ -119,12 +119,7 @@ impl Dispatcher {
     }
 
     /// One command on a follower: views from the replica, changes forwarded to the leader.
-    async fn as_follower(
-        &mut self,
-        command: Command,
-        hub: &Hub,
-        applied: &watch::Receiver<u64>,
-    ) {
+    async fn as_follower(&mut self, command: Command, hub: &Hub, applied: &watch::Receiver<u64>) {
         let relay = |command: Forwarded| {
             let (store, hub, applied) = (self.store.clone(), hub.clone(), applied.clone());
             async move { forward::forward(&store, &hub, applied, command).await }
@@ -132,15 +127,21 @@ impl Dispatcher {
         match command {
             Command::Submit { job, reply } => {
                 let asked = relay(Forwarded::Submit { job });
-                tokio::spawn(async move { let _ = reply.send(job_answer(asked.await)); });
+                tokio::spawn(async move {
+                    let _ = reply.send(job_answer(asked.await));
+                });
             }
             Command::Cancel { job, viewer, reply } => {
                 let asked = relay(Forwarded::Cancel { job, viewer });
-                tokio::spawn(async move { let _ = reply.send(job_answer(asked.await)); });
+                tokio::spawn(async move {
+                    let _ = reply.send(job_answer(asked.await));
+                });
             }
             Command::AcquireLease { request, reply } => {
                 let asked = relay(Forwarded::AcquireLease { request });
-                tokio::spawn(async move { let _ = reply.send(lease_answer(asked.await)); });
+                tokio::spawn(async move {
+                    let _ = reply.send(lease_answer(asked.await));
+                });
             }
             Command::RenewLease {
                 lease,
@@ -154,7 +155,9 @@ impl Dispatcher {
                     viewer,
                     ttl_ms,
                 });
-                tokio::spawn(async move { let _ = reply.send(lease_answer(asked.await)); });
+                tokio::spawn(async move {
+                    let _ = reply.send(lease_answer(asked.await));
+                });
             }
             Command::ReleaseLease {
                 lease,
@@ -162,7 +165,9 @@ impl Dispatcher {
                 reply,
             } => {
                 let asked = relay(Forwarded::ReleaseLease { lease, viewer });
-                tokio::spawn(async move { let _ = reply.send(lease_answer(asked.await)); });
+                tokio::spawn(async move {
+                    let _ = reply.send(lease_answer(asked.await));
+                });
             }
             Command::Hello { reply, .. } => {
                 let _ = reply.send(Err(
@@ -197,7 +202,8 @@ impl Dispatcher {
 fn job_answer(answer: Result<Answer, Failure>) -> Result<JobView, Failure> {
     match answer? {
         Answer::Job(result) => result,
-        Answer::Lease(_) => Err(Failure::Unavailable(
+        Answer::Lease(Err(failure)) => Err(failure),
+        Answer::Lease(Ok(_)) => Err(Failure::Unavailable(
             "the leader answered a job request with a lease".into(),
         )),
     }
@@ -206,7 +212,8 @@ fn job_answer(answer: Result<Answer, Failure>) -> Result<JobView, Failure> {
 fn lease_answer(answer: Result<Answer, Failure>) -> Result<LeaseView, Failure> {
     match answer? {
         Answer::Lease(result) => result,
-        Answer::Job(_) => Err(Failure::Unavailable(
+        Answer::Job(Err(failure)) => Err(failure),
+        Answer::Job(Ok(_)) => Err(Failure::Unavailable(
             "the leader answered a lease request with a job".into(),
         )),
     }

@@ -285,9 +285,10 @@ async fn listen_task(url: String, shared: Weak<Shared>) {
             // Nothing for a while: the poll task covers followed jobs.
             Err(_) => {}
             Ok(Ok(Some(n))) => {
-                let parsed = n.payload().split_once(':').and_then(|(j, s)| {
-                    Some((JobId(j.parse().ok()?), Seq(s.parse().ok()?)))
-                });
+                let parsed = n
+                    .payload()
+                    .split_once(':')
+                    .and_then(|(j, s)| Some((JobId(j.parse().ok()?), Seq(s.parse().ok()?))));
                 if let Some(hint) = parsed {
                     let jobs = followed(&shared, Some(hint));
                     catch_up(&shared, jobs).await;

@@ -9,7 +9,8 @@
 //!   command is executed at most once even when the leader dies right after its commit; a
 //!   command never done is executed by the next leader.
 //! - The answer is written to the row after the commit and notified on `dutlab_answers`; the
-//!   follower that asked deletes the row when it has read the answer.
+//!   follower that asked deletes the row when it has read the answer. A new leader first
+//!   answers what the last one committed and never answered (as such).
 //! - Every commit of events notifies `dutlab_events` with the last sequence number, in the
 //!   same transaction (PostgreSQL delivers notifications of committed transactions only).
 
@@ -35,7 +36,7 @@ pub struct StoredCommand {
 pub enum CommandAnswer {
     /// Not executed yet.
     Pending,
-    /// Executed and committed, but the leader stopped before writing its answer.
+    /// Executed and committed; the answer is not written yet.
     DoneUnanswered,
     /// The answer, and the last event the leader had committed when it answered.
     Answered { body: String, seq: u64 },
@@ -79,17 +80,33 @@ impl Store {
     /// Marks a command done without events (it was refused or changed nothing).
     pub async fn answer_command(&self, id: i64, body: &str, seq: u64) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "UPDATE commands SET done = 1, answer = $1, answer_seq = $2 WHERE id = $3",
-        )
-        .bind(body.to_owned())
-        .bind(as_i64(seq))
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        self.notify(&mut tx, ANSWER_CHANNEL, &id.to_string()).await?;
+        sqlx::query("UPDATE commands SET done = 1, answer = $1, answer_seq = $2 WHERE id = $3")
+            .bind(body.to_owned())
+            .bind(as_i64(seq))
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        self.notify(&mut tx, ANSWER_CHANNEL, &id.to_string())
+            .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Answers every command that is done but has no answer with `body` (a new leader: the
+    /// last one committed them and stopped before answering); answers how many.
+    pub async fn answer_unanswered(&self, body: &str) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE commands SET answer = $1, answer_seq = 0 WHERE done = 1 AND answer IS NULL",
+        )
+        .bind(body.to_owned())
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() > 0 {
+            self.notify(&mut tx, ANSWER_CHANNEL, "0").await?;
+        }
+        tx.commit().await?;
+        Ok(done.rows_affected())
     }
 
     /// Where a command stands; `None` when there is no such command.

@@ -89,8 +89,7 @@ impl Store {
                     if attempt < APPEND_ATTEMPTS && raced(&*e) =>
                 {
                     tracing::debug!("log of job {job}: another writer stored first; retrying");
-                    tokio::time::sleep(std::time::Duration::from_millis(u64::from(attempt)))
-                        .await;
+                    tokio::time::sleep(std::time::Duration::from_millis(u64::from(attempt))).await;
                 }
                 other => return other,
             }

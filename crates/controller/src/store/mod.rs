@@ -12,8 +12,10 @@
 //!   a fast hash is enough; there is nothing to brute-force).
 //! - The schema moves forward only, by [`schema`]'s migrations; the version reached is in
 //!   `meta`, and a database newer than this build is refused ([`StoreError::TooNew`]).
-//! - One `dutlab serve` at a time works on a database: [`hold`] takes PostgreSQL's advisory
-//!   lock (a second controller is refused or waits as a standby).
+//! - One `dutlab serve` at a time leads a database: [`hold`] takes PostgreSQL's advisory
+//!   lock (a second controller is refused, waits as a standby, or follows: it opens the
+//!   database without migrating it, [`Store::open_following`], and writes only forwarded
+//!   commands, log records, tokens and users).
 //! - Principal names are unique (a `UNIQUE` column) and a principal's id never changes; every
 //!   token belongs to one principal and every job is owned by one (`jobs.owner_id`).
 //!   `jobs.owner` keeps the owner's name as it was at submit, for people reading the table.
