@@ -79,10 +79,15 @@ enum Command {
         #[command(subcommand)]
         command: remote::LeaseCommand,
     },
-    /// Devices of the lab.
+    /// Devices of the lab: list, show; set state and tags (admin).
     Device {
         #[command(subcommand)]
         command: remote::DeviceCommand,
+    },
+    /// The audit of admin actions (admin).
+    Audit {
+        #[command(subcommand)]
+        command: remote::admin::AuditCommand,
     },
     /// Run an agent (`--config`), check its configuration, write one (`init`), or list agents.
     #[command(args_conflicts_with_subcommands = true)]
@@ -195,6 +200,7 @@ fn main() {
         Command::Token { command } => remote::token(command),
         Command::User { command } => remote::user(command),
         Command::Device { command } => remote::device(command),
+        Command::Audit { command } => remote::admin::audit(command),
         Command::Lease { command } => remote::lease(command),
         Command::Agent {
             command: Some(AgentCommand::Remote(command)),

@@ -41,9 +41,13 @@ pub struct ServeArgs {
     /// How long a job waits for its agent to reconnect after the link closed.
     #[arg(long, value_name = "DURATION", value_parser = duration, default_value = "10s")]
     disconnect_grace: Duration,
-    /// How often agents send heartbeats.
+    /// How often agents send heartbeats (an agent not heard from for two of them is shown
+    /// `silent`).
     #[arg(long, value_name = "DURATION", value_parser = duration, default_value = "5s")]
     heartbeat: Duration,
+    /// Infra errors in a row on one device that take it out of the pool as `bad` (0: never).
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    quarantine_after: u32,
     /// Certificate chain (PEM) for TLS; with --tls-key. Agents, followers and every REST
     /// route then use https:// and wss://.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
@@ -184,6 +188,7 @@ fn serve_inner(args: ServeArgs) -> anyhow::Result<()> {
     };
     config.disconnect_grace = args.disconnect_grace;
     config.heartbeat = args.heartbeat;
+    config.quarantine_after = args.quarantine_after;
     config.limits = controller::listener::Limits {
         tls,
         header_timeout: args.header_timeout,

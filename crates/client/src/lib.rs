@@ -257,6 +257,36 @@ impl Client {
         self.get(&["agents"], &[]).await
     }
 
+    /// `GET /api/v1/devices/{name}`.
+    pub async fn device(&self, name: &str) -> Result<proto::admin::DeviceDetail, ClientError> {
+        self.get(&["devices", name], &[]).await
+    }
+
+    /// `POST /api/v1/devices/{name}/state` (admin).
+    pub async fn set_device_state(
+        &self,
+        name: &str,
+        request: &proto::admin::SetDeviceState,
+    ) -> Result<proto::admin::DeviceDetail, ClientError> {
+        self.send(Method::POST, &["devices", name, "state"], request)
+            .await
+    }
+
+    /// `POST /api/v1/devices/{name}/tags` (admin).
+    pub async fn edit_device_tags(
+        &self,
+        name: &str,
+        request: &proto::admin::EditDeviceTags,
+    ) -> Result<proto::admin::DeviceDetail, ClientError> {
+        self.send(Method::POST, &["devices", name, "tags"], request)
+            .await
+    }
+
+    /// `GET /api/v1/audit?limit=N` (admin), newest first.
+    pub async fn audit(&self, limit: u64) -> Result<Vec<proto::admin::AuditEntry>, ClientError> {
+        self.get(&["audit"], &[("limit", limit.to_string())]).await
+    }
+
     /// `POST /api/v1/leases`: the lease, held or waiting with its queue position.
     pub async fn acquire_lease(&self, request: &AcquireLease) -> Result<LeaseView, ClientError> {
         self.send(Method::POST, &["leases"], request).await

@@ -114,7 +114,11 @@ pub async fn authenticate(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| state.tokens.caller(v));
     match caller {
-        Some(caller) => {
+        Some(mut caller) => {
+            caller.remote = request
+                .extensions()
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0);
             request.extensions_mut().insert(caller);
             next.run(request).await
         }
@@ -133,6 +137,7 @@ pub fn viewer(state: &AppState, caller: &Caller) -> Viewer {
         name: caller.user.clone(),
         role: caller.role,
         groups: state.principals.groups_of(caller.principal),
+        remote: caller.remote,
     }
 }
 
@@ -224,9 +229,26 @@ pub async fn create_token(
             UserOrigin::Existing => "existing",
         },
         body.role,
-        agent.map(|a| format!(", agent {a}")).unwrap_or_default(),
+        agent
+            .clone()
+            .map(|a| format!(", agent {a}"))
+            .unwrap_or_default(),
         caller.name
     );
+    let detail = format!(
+        "{name} ({}) of user {}{}",
+        body.role,
+        created.view.user,
+        agent.map(|a| format!(", agent {a}")).unwrap_or_default()
+    );
+    crate::admin_api::audit(
+        &state,
+        &caller,
+        proto::admin::AuditAction::TokenCreate,
+        &created.view.id,
+        detail,
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
 
@@ -337,6 +359,14 @@ pub async fn revoke_token(
         "token {id} revoked by {}; {closed} open connection(s) closed",
         caller.name
     );
+    crate::admin_api::audit(
+        &state,
+        &caller,
+        proto::admin::AuditAction::TokenRevoke,
+        &id,
+        format!("{closed} open connection(s) closed"),
+    )
+    .await?;
     let tokens = state.store.tokens().await.map_err(unavailable)?;
     tokens
         .into_iter()
@@ -418,6 +448,12 @@ async fn set_member(
         principal.groups.sort();
     }
     state.principals.put(principal.clone());
+    let action = match membership {
+        Membership::Member => proto::admin::AuditAction::GroupAdd,
+        Membership::NotMember => proto::admin::AuditAction::GroupRemove,
+    };
+    let detail = format!("group {group}{}", if changed { "" } else { " (no change)" });
+    crate::admin_api::audit(state, caller, action, &principal.name, detail).await?;
     if changed {
         tracing::info!(
             "user {} {} group {group} (by {})",

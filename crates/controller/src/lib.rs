@@ -21,6 +21,7 @@
 //!   serve beside the leader as followers ([`dispatcher::forward`]) and one of them leads
 //!   when it stops.
 
+pub mod admin_api;
 pub mod api;
 pub mod artifact_quota;
 pub mod artifacts;
@@ -125,6 +126,8 @@ pub struct Config {
     pub when_held: store::hold::Wait,
     /// Durations and caps of people's leases.
     pub person_leases: dispatcher::PersonLeaseConfig,
+    /// Infra errors in a row that make a device `bad` (0: never).
+    pub quarantine_after: u32,
 }
 
 impl Config {
@@ -146,6 +149,7 @@ impl Config {
             artifact_quota: artifact_quota::DEFAULT_ARTIFACT_QUOTA,
             when_held: store::hold::Wait::Refuse,
             person_leases: dispatcher::PersonLeaseConfig::default(),
+            quarantine_after: defaults.quarantine_after,
         }
     }
 }
@@ -212,6 +216,16 @@ pub fn router(state: AppState) -> Router {
             post(lease_api::release_lease),
         )
         .route("/api/v1/devices", get(api::devices))
+        .route("/api/v1/devices/{name}", get(admin_api::get_device))
+        .route(
+            "/api/v1/devices/{name}/state",
+            post(admin_api::set_device_state),
+        )
+        .route(
+            "/api/v1/devices/{name}/tags",
+            post(admin_api::edit_device_tags),
+        )
+        .route("/api/v1/audit", get(admin_api::list_audit))
         .route("/api/v1/agents", get(api::agents))
         .route(proto::link::LINK_PATH, get(link::link))
         .route_layer(axum::middleware::from_fn_with_state(
@@ -358,6 +372,7 @@ pub async fn serve(
             lease_ttl: config.lease_ttl,
             disconnect_grace: config.disconnect_grace,
             cancel_grace: config.cancel_grace,
+            quarantine_after: config.quarantine_after,
         },
         heartbeat: config.heartbeat,
         quota: config.quota,

@@ -46,6 +46,10 @@ impl Modify for Bearer {
         crate::lease_api::release_lease,
         crate::api::devices,
         crate::api::agents,
+        crate::admin_api::get_device,
+        crate::admin_api::set_device_state,
+        crate::admin_api::edit_device_tags,
+        crate::admin_api::list_audit,
         crate::link::link,
     ),
     modifiers(&Bearer)

@@ -22,6 +22,7 @@
 //! | `GET /api/v1/jobs/{id}/results` | user, admin | [`JobResults`] |
 //! | `GET /api/v1/devices` | user, admin | [`DeviceView`] list |
 //! | `GET /api/v1/agents` | user, admin | [`AgentView`] list |
+//! | device details, states, tags; the audit | | see [`crate::admin`] |
 //! | `GET /api/v1/agent/link` | agent | WebSocket of the agent link ([`crate::link`]) |
 //! | `POST /api/v1/leases` | user, admin | [`AcquireLease`] -> [`LeaseView`] (201: waiting with a position, or held) |
 //! | `GET /api/v1/leases?all=BOOL` | user, admin | [`LeaseView`] list (own; admins: everyone's) |
@@ -309,6 +310,10 @@ pub struct DeviceView {
     /// Who holds it: `job N`, or the name of the user holding it by a lease.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub holder: Option<String>,
+    /// The state an admin or the lab set (maintenance, retired, bad), why, by whom, when; also
+    /// while the device finishes its lease first (`state` is then `busy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set: Option<crate::admin::DeviceNote>,
 }
 
 /// Longest `wait` of `GET /api/v1/leases/{id}`, in seconds.
@@ -389,7 +394,17 @@ pub struct LeaseView {
 #[serde(rename_all = "kebab-case")]
 pub enum AgentState {
     Connected,
+    /// Connected, but nothing heard from it for more than two heartbeat intervals (stopped,
+    /// partitioned): its jobs keep their leases until the lease TTL.
+    Silent,
     Disconnected,
+}
+
+/// A device of an agent and its state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AgentDevice {
+    pub name: String,
+    pub state: DeviceState,
 }
 
 /// An agent as the API shows it.
@@ -400,6 +415,9 @@ pub struct AgentView {
     /// dutlab version it runs.
     pub version: String,
     pub devices: Vec<String>,
+    /// Its devices with their states.
+    #[serde(default)]
+    pub device_states: Vec<AgentDevice>,
     /// Last time the controller heard from it.
     pub last_seen: Millis,
 }

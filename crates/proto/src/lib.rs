@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+pub mod admin;
 pub mod api;
 pub mod ids;
 pub mod link;

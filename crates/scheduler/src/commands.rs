@@ -161,7 +161,7 @@ impl Scheduler {
                 .state
                 .devices
                 .get(&l.device)
-                .is_some_and(|d| d.state == DeviceState::NeedsCheck)
+                .is_some_and(crate::devices::needs_check)
             {
                 let device = l.device.clone();
                 self.emit(&mut out, Event::DeviceReady { device, at: now });
@@ -169,7 +169,7 @@ impl Scheduler {
         }
         let ready: Vec<String> = self
             .devices_of(agent)
-            .filter(|d| d.state == DeviceState::NeedsCheck)
+            .filter(|d| crate::devices::needs_check(d))
             .filter(|d| d.unconfirmed.is_none_or(|l| !held_ids.contains(&l)))
             .map(|d| d.info.name.clone())
             .collect();
@@ -372,7 +372,7 @@ impl Scheduler {
             });
         }
         let mut out = Vec::new();
-        if d.state == DeviceState::NeedsCheck {
+        if crate::devices::needs_check(d) {
             let device = device.to_owned();
             self.emit(&mut out, Event::DeviceReady { device, at: now });
         }
@@ -465,6 +465,7 @@ impl Scheduler {
         } else {
             outcome
         };
+        let quarantine = (outcome == Outcome::InfraError).then(|| reason.clone());
         self.emit(
             out,
             Event::JobFinished {
@@ -474,6 +475,9 @@ impl Scheduler {
                 at: now,
             },
         );
+        if let Some(reason) = quarantine {
+            self.quarantine(out, &l.device, job, &reason, now);
+        }
         self.emit(
             out,
             Event::LeaseReleased {
@@ -591,7 +595,7 @@ impl Scheduler {
         Ok(out)
     }
 
-    fn end_person(
+    pub(crate) fn end_person(
         &mut self,
         out: &mut Vec<Event>,
         person: PersonLeaseId,

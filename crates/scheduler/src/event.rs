@@ -177,6 +177,31 @@ pub enum Event {
     },
     /// The agent confirmed that the device is torn down; it takes work again.
     DeviceReady { device: String, at: Millis },
+    /// An admin (`by`: their name) or the lab (`by`: [`crate::LAB`]) took a device out of
+    /// the pool (`state`: maintenance, retired or bad) or returned it (`idle`), saying why;
+    /// `job`: the job that showed it (a failed health check, the last infra error). A device
+    /// holding a lease keeps it; the state applies once the lease ends.
+    DeviceStateSet {
+        device: String,
+        state: DeviceState,
+        reason: String,
+        by: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        job: Option<JobId>,
+        at: Millis,
+    },
+    /// An admin edited a device's tags: `add` extends its agent's tags, `remove` hides some
+    /// (an edit undoes the opposite earlier edit of the same tag). Kept by device name: the
+    /// agent's reconnects do not undo it.
+    DeviceTagsSet {
+        device: String,
+        #[serde(default)]
+        add: Vec<String>,
+        #[serde(default)]
+        remove: Vec<String>,
+        by: String,
+        at: Millis,
+    },
 }
 
 impl Event {
@@ -196,6 +221,8 @@ impl Event {
             Event::JobFinished { .. } => "job-finished",
             Event::LeaseReleased { .. } => "lease-released",
             Event::DeviceReady { .. } => "device-ready",
+            Event::DeviceStateSet { .. } => "device-state-set",
+            Event::DeviceTagsSet { .. } => "device-tags-set",
         }
     }
 }

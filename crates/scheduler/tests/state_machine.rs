@@ -19,12 +19,17 @@
 //!   from the events alone (priority, then fair-share round, then arrival);
 //! - a person's lease is held exactly while its grant is live, never past the cap after its
 //!   grant; renewals move its deadline as the model says; a restart keeps its deadline; an
-//!   ended one stays ended; and once time passes every cap, none is held (no leak).
+//!   ended one stays ended; and once time passes every cap, none is held (no leak);
+//! - a device set maintenance, retired or bad is never granted and shows that state once it
+//!   holds no lease; setting it with `Interrupt::Now` cancels its job or ends its person's
+//!   lease; infra errors in a row counted from the events alone match the scheduler's count,
+//!   and reaching `quarantine_after` of them leaves the device out of service;
+//! - a device's tags are its agent's with the admins' edits (modelled from the events).
 
 use dutlab_scheduler::{
-    Config, DeviceInfo, DeviceState, Epoch, Event, Holder, JobId, JobSpec, JobState, LeaseEnd,
-    LeaseId, LeaseIds, LeaseKey, Millis, Outcome, PersonHolder, PersonLeaseId, PersonLeaseState,
-    PrincipalId, Refusal, Scheduler, Waiter, Want,
+    Config, DeviceInfo, DeviceState, Epoch, Event, Holder, Interrupt, JobId, JobSpec, JobState,
+    LeaseEnd, LeaseId, LeaseIds, LeaseKey, Millis, Outcome, PersonHolder, PersonLeaseId,
+    PersonLeaseState, PrincipalId, Refusal, Scheduler, StateNote, Waiter, Want,
 };
 use proptest::prelude::*;
 use std::cmp::Reverse;
@@ -60,8 +65,20 @@ fn config() -> Config {
         lease_ttl: Duration::from_millis(5_000),
         disconnect_grace: Duration::from_millis(2_000),
         cancel_grace: Duration::from_millis(1_500),
+        quarantine_after: QUARANTINE,
     }
 }
+
+/// Infra errors in a row that make a device bad.
+const QUARANTINE: u32 = 2;
+/// What `SetState` asks for (busy is not settable).
+const SET: [DeviceState; 5] = [
+    DeviceState::Idle,
+    DeviceState::Maintenance,
+    DeviceState::Retired,
+    DeviceState::Bad,
+    DeviceState::Busy,
+];
 
 fn tags(mask: u8) -> Vec<String> {
     TAGS.iter()
@@ -136,6 +153,16 @@ enum Cmd {
         agent: usize,
         device: usize,
     },
+    SetState {
+        device: usize,
+        state: usize,
+        now: bool,
+    },
+    Tags {
+        device: usize,
+        add: u8,
+        remove: u8,
+    },
     Tick,
     Restart,
 }
@@ -163,6 +190,10 @@ fn cmd() -> impl Strategy<Value = Cmd> {
         2 => any::<usize>().prop_map(|pick| Cmd::Cancel { pick }),
         2 => (0..AGENTS.len(), 0..DEVICES.len() + 1)
             .prop_map(|(agent, device)| Cmd::DeviceReady { agent, device }),
+        3 => (0..DEVICES.len() + 1, 0..SET.len(), any::<bool>())
+            .prop_map(|(device, state, now)| Cmd::SetState { device, state, now }),
+        1 => (0..DEVICES.len() + 1, 0u8..4, 0u8..4)
+            .prop_map(|(device, add, remove)| Cmd::Tags { device, add, remove }),
         3 => Just(Cmd::Tick),
         1 => Just(Cmd::Restart),
     ]
@@ -189,6 +220,12 @@ struct Harness {
     served: u64,
     rounds: BTreeMap<Option<PrincipalId>, u64>,
     arrivals: u64,
+    /// From the events: devices out of service, infra errors in a row, the device of each
+    /// job that holds or held a lease, and the admins' tag edits (added, removed).
+    out: BTreeMap<String, DeviceState>,
+    streak: BTreeMap<String, u32>,
+    ran_on: BTreeMap<JobId, String>,
+    edits: BTreeMap<String, (BTreeSet<String>, BTreeSet<String>)>,
 }
 
 impl Harness {
@@ -210,7 +247,29 @@ impl Harness {
             served: 0,
             rounds: BTreeMap::new(),
             arrivals: 0,
+            out: BTreeMap::new(),
+            streak: BTreeMap::new(),
+            ran_on: BTreeMap::new(),
+            edits: BTreeMap::new(),
         }
+    }
+
+    /// A device's tags as the model computes them from its agent's and the edits.
+    pub(crate) fn model_tags(&self, device: &str, agent_tags: &[String]) -> Vec<String> {
+        let Some((add, remove)) = self.edits.get(device) else {
+            return agent_tags.to_vec();
+        };
+        let mut tags: Vec<String> = agent_tags
+            .iter()
+            .filter(|t| !remove.contains(*t))
+            .cloned()
+            .collect();
+        for t in add {
+            if !tags.contains(t) {
+                tags.push(t.clone());
+            }
+        }
+        tags
     }
 
     /// A person's lease: mostly one that has not ended, else any id (maybe unknown).
@@ -448,6 +507,8 @@ impl Harness {
                 for d in self.s.devices().filter(|d| d.agent == agent) {
                     let want = if d.lease.is_some() {
                         DeviceState::Busy
+                    } else if let Some(out) = self.out.get(&d.info.name) {
+                        *out
                     } else {
                         DeviceState::Offline
                     };
@@ -497,8 +558,14 @@ impl Harness {
                                 at: now
                             }
                         );
+                        // A quarantine comes between them, before the device is free.
+                        let quarantined = matches!(
+                            &events[1],
+                            Event::DeviceStateSet { state: DeviceState::Bad, job: Some(j), .. }
+                                if *j == job && want_outcome == Outcome::InfraError
+                        );
                         assert_eq!(
-                            events[1],
+                            events[usize::from(quarantined) + 1],
                             Event::LeaseReleased {
                                 lease,
                                 device_state: DeviceState::Idle,
@@ -563,6 +630,89 @@ impl Harness {
             Cmd::DeviceReady { agent, device } => {
                 let name = DEVICES.get(*device).map_or("nope", |d| d.0);
                 self.s.device_ready(AGENTS[*agent], name, now)
+            }
+            Cmd::SetState {
+                device,
+                state,
+                now: at_once,
+            } => {
+                let name = DEVICES.get(*device).map_or("nope", |d| d.0);
+                let state = SET[*state];
+                let registered = self.s.device(name).cloned();
+                let expect = match &registered {
+                    None => Err(Refusal::UnknownDevice(name.to_owned())),
+                    Some(_) if state == DeviceState::Busy => Err(Refusal::NotSettable(state)),
+                    Some(_) => Ok(()),
+                };
+                let holder = registered
+                    .as_ref()
+                    .and_then(|d| d.lease)
+                    .and_then(|l| self.s.lease(l))
+                    .map(|l| l.holder.clone());
+                let interrupt = if *at_once {
+                    Interrupt::Now
+                } else {
+                    Interrupt::AfterLease
+                };
+                let note = StateNote {
+                    state,
+                    reason: "model".into(),
+                    by: "root".into(),
+                    job: None,
+                    at: now,
+                };
+                let r = self.s.set_device_state(name, note, interrupt);
+                assert_eq!(r.as_ref().err(), expect.as_ref().err());
+                if r.is_ok() {
+                    // A withdrawn device whose lease the command ended is removed.
+                    let d = self.s.device(name).cloned();
+                    assert!(d.is_some() || registered.is_some_and(|d| d.withdrawn));
+                    if state == DeviceState::Idle {
+                        assert!(self.s.out_of_service(name).is_none());
+                        assert_eq!(self.s.infra_streak(name), 0);
+                    } else {
+                        assert_eq!(self.s.out_of_service(name).map(|n| n.state), Some(state));
+                        if let Some(d) = d.filter(|d| d.lease.is_none()) {
+                            assert_eq!(d.state, state);
+                        }
+                    }
+                    if *at_once && state != DeviceState::Idle {
+                        match holder {
+                            Some(Holder::Job(job)) => {
+                                let j = self.s.job(job).expect("job");
+                                assert!(
+                                    matches!(j.state, JobState::Canceling | JobState::Finished),
+                                    "job {job} still {} after set --now",
+                                    j.state
+                                );
+                            }
+                            Some(Holder::Person(p)) => {
+                                let p = self.s.person_lease(p.lease).expect("lease");
+                                assert_eq!(p.end, Some(LeaseEnd::EndedBy("root".into())));
+                            }
+                            None => {}
+                        }
+                    }
+                }
+                r
+            }
+            Cmd::Tags {
+                device,
+                add,
+                remove,
+            } => {
+                let name = DEVICES.get(*device).map_or("nope", |d| d.0);
+                let (add, remove) = (tags(*add), tags(*remove));
+                let expect = if self.s.device(name).is_none() {
+                    Err(Refusal::UnknownDevice(name.to_owned()))
+                } else if let Some(both) = add.iter().find(|t| remove.contains(t)) {
+                    Err(Refusal::TagConflict(both.clone()))
+                } else {
+                    Ok(())
+                };
+                let r = self.s.set_device_tags(name, add, remove, "root", now);
+                assert_eq!(r.as_ref().err(), expect.as_ref().err());
+                r
             }
             Cmd::Tick => {
                 let events = self.s.tick(now);
@@ -630,6 +780,13 @@ impl Harness {
                     ..
                 } => {
                     assert!(
+                        !self.out.contains_key(device),
+                        "out-of-service device {device} granted"
+                    );
+                    if let Holder::Job(job) = holder {
+                        self.ran_on.insert(*job, device.clone());
+                    }
+                    assert!(
                         !self.granted.iter().any(|(l, _, _)| l == lease),
                         "lease ids are never reused"
                     );
@@ -653,6 +810,44 @@ impl Harness {
                 }
                 Event::CancelRequested { job, at } => {
                     self.cancels.insert(*job, *at);
+                }
+                Event::JobRequeued { job, .. } => {
+                    self.ran_on.remove(job);
+                }
+                Event::JobFinished { job, outcome, .. } => {
+                    if let Some(device) = self.ran_on.remove(job) {
+                        match outcome {
+                            Outcome::InfraError => *self.streak.entry(device).or_default() += 1,
+                            Outcome::Canceled => {}
+                            _ => {
+                                self.streak.remove(&device);
+                            }
+                        }
+                    }
+                }
+                Event::DeviceStateSet { device, state, .. } => {
+                    if *state == DeviceState::Idle {
+                        self.out.remove(device);
+                        self.streak.remove(device);
+                    } else {
+                        self.out.insert(device.clone(), *state);
+                    }
+                }
+                Event::DeviceTagsSet {
+                    device,
+                    add,
+                    remove,
+                    ..
+                } => {
+                    let (added, removed) = self.edits.entry(device.clone()).or_default();
+                    for t in add {
+                        removed.remove(t);
+                        added.insert(t.clone());
+                    }
+                    for t in remove {
+                        added.remove(t);
+                        removed.insert(t.clone());
+                    }
                 }
                 Event::LeaseReleased { lease, .. } => {
                     assert!(self.granted.iter().any(|(l, _, _)| l == lease));

@@ -136,9 +136,34 @@ impl Lab {
         Self::begin(bin, Database::Sqlite, serve_args, true)
     }
 
+    /// Starts a plain controller on SQLite whose data directory is `data_dir` (relative to
+    /// the sandbox), after `prepare` ran on that path (e.g. to mount a small file system on
+    /// its `logs`).
+    pub fn start_prepared(
+        bin: &str,
+        data_dir: &str,
+        prepare: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<Lab> {
+        let sandbox = Sandbox::new()?;
+        let dir = sandbox.path().join(data_dir);
+        prepare(&dir)?;
+        Self::begin_in(sandbox, dir, bin, Database::Sqlite, &[], false)
+    }
+
     fn begin(bin: &str, database: Database, serve_args: &[&str], tls: bool) -> Result<Lab> {
         let sandbox = Sandbox::new()?;
         let data_dir = sandbox.path().join("data");
+        Self::begin_in(sandbox, data_dir, bin, database, serve_args, tls)
+    }
+
+    fn begin_in(
+        sandbox: Sandbox,
+        data_dir: PathBuf,
+        bin: &str,
+        database: Database,
+        serve_args: &[&str],
+        tls: bool,
+    ) -> Result<Lab> {
         let pki = if tls {
             Some(tls_init(&sandbox, bin, &sandbox.path().join("pki"))?)
         } else {

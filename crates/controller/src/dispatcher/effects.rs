@@ -57,7 +57,8 @@ impl Dispatcher {
                 reports.push((*job, report, last));
             }
         }
-        if stored.is_empty() && new_job.is_none() && reports.is_empty() {
+        let audit = std::mem::take(&mut self.pending_audit);
+        if stored.is_empty() && new_job.is_none() && reports.is_empty() && audit.is_empty() {
             self.effects(&events, from_agent).await;
             return Ok(());
         }
@@ -65,6 +66,7 @@ impl Dispatcher {
             new_job,
             reports: reports.iter().map(|(j, r, s)| (*j, r, *s)).collect(),
             command: self.forwarded.take(),
+            audit: &audit,
         };
         match self.store.commit(self.next_event, &stored, change).await {
             Ok(()) => {
@@ -202,7 +204,17 @@ impl Dispatcher {
                 | Event::AgentDisconnected { .. }
                 | Event::LeaseRenewed { .. }
                 | Event::PersonLeaseRequested { .. }
-                | Event::DeviceReady { .. } => {}
+                | Event::DeviceReady { .. }
+                | Event::DeviceTagsSet { .. } => {}
+                Event::DeviceStateSet {
+                    device,
+                    state,
+                    reason,
+                    by,
+                    ..
+                } => {
+                    tracing::info!("device {device}: {state} (by {by}: {reason})");
+                }
             }
         }
     }

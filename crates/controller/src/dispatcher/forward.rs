@@ -1,5 +1,6 @@
 //! Commands between controllers on one PostgreSQL database: a follower forwards what changes
-//! the queue (submit, cancel, people's leases) to the leader through the `commands` table
+//! the scheduler or is audited (submit, cancel, people's leases, device administration, the
+//! audit of admin actions done by the API layer) to the leader through the `commands` table
 //! ([`crate::store::commands`]); the leader executes them in its dispatcher and answers.
 //!
 //! Invariants:
@@ -60,6 +61,22 @@ pub enum Forwarded {
         lease: PersonLeaseId,
         viewer: Viewer,
     },
+    SetDeviceState {
+        device: String,
+        body: proto::admin::SetDeviceState,
+        viewer: Viewer,
+    },
+    EditDeviceTags {
+        device: String,
+        body: proto::admin::EditDeviceTags,
+        viewer: Viewer,
+    },
+    Audit {
+        viewer: Viewer,
+        action: proto::admin::AuditAction,
+        target: String,
+        detail: String,
+    },
 }
 
 /// The leader's answer.
@@ -68,6 +85,8 @@ pub enum Forwarded {
 pub enum Answer {
     Job(Result<JobView, Failure>),
     Lease(Result<LeaseView, Failure>),
+    Device(Result<proto::admin::DeviceDetail, Failure>),
+    Done(Result<(), Failure>),
 }
 
 /// Wake-ups from the notifications of other controllers.
@@ -338,6 +357,56 @@ async fn run(dispatch: &mpsc::Sender<Command>, id: i64, body: &str) -> Option<(S
             .await
             .ok()?;
             Answer::Lease(rx.await.ok()?)
+        }
+        Forwarded::SetDeviceState {
+            device,
+            body,
+            viewer,
+        } => {
+            let (reply, rx) = oneshot::channel();
+            send(Command::SetDeviceState {
+                device,
+                body,
+                viewer,
+                reply,
+            })
+            .await
+            .ok()?;
+            Answer::Device(rx.await.ok()?)
+        }
+        Forwarded::EditDeviceTags {
+            device,
+            body,
+            viewer,
+        } => {
+            let (reply, rx) = oneshot::channel();
+            send(Command::EditDeviceTags {
+                device,
+                body,
+                viewer,
+                reply,
+            })
+            .await
+            .ok()?;
+            Answer::Device(rx.await.ok()?)
+        }
+        Forwarded::Audit {
+            viewer,
+            action,
+            target,
+            detail,
+        } => {
+            let (reply, rx) = oneshot::channel();
+            send(Command::Audit {
+                viewer,
+                action,
+                target,
+                detail,
+                reply,
+            })
+            .await
+            .ok()?;
+            Answer::Done(rx.await.ok()?)
         }
     };
     let seq = seq_rx.await.ok()?;

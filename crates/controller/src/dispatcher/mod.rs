@@ -53,6 +53,7 @@ use std::time::Instant;
 
 mod agents;
 mod commands;
+mod devices;
 mod effects;
 pub mod forward;
 mod leases;
@@ -185,6 +186,34 @@ pub enum Command {
         viewer: Viewer,
         reply: oneshot::Sender<Result<LeaseView, Failure>>,
     },
+    /// A device with its history and last jobs.
+    Device {
+        device: String,
+        viewer: Viewer,
+        reply: oneshot::Sender<Result<proto::admin::DeviceDetail, Failure>>,
+    },
+    /// An admin sets a device's state.
+    SetDeviceState {
+        device: String,
+        body: proto::admin::SetDeviceState,
+        viewer: Viewer,
+        reply: oneshot::Sender<Result<proto::admin::DeviceDetail, Failure>>,
+    },
+    /// An admin edits a device's tags.
+    EditDeviceTags {
+        device: String,
+        body: proto::admin::EditDeviceTags,
+        viewer: Viewer,
+        reply: oneshot::Sender<Result<proto::admin::DeviceDetail, Failure>>,
+    },
+    /// An admin action done by the API layer (tokens, groups), to be audited.
+    Audit {
+        viewer: Viewer,
+        action: proto::admin::AuditAction,
+        target: String,
+        detail: String,
+        reply: oneshot::Sender<Result<(), Failure>>,
+    },
     /// Whether the current link of `agent`, opened with token `token_id`, holds the live lease
     /// of `job` (an agent fetches a job's artifacts only then).
     HoldsJob {
@@ -253,6 +282,9 @@ pub struct Dispatcher {
     fatal: Option<String>,
     /// The forwarded command being handled, until its first commit marks it done.
     forwarded: Option<i64>,
+    /// The number of the next audit entry, and entries waiting for the next commit.
+    next_audit: u64,
+    pending_audit: Vec<proto::admin::AuditEntry>,
 }
 
 impl Dispatcher {
@@ -327,6 +359,7 @@ impl Dispatcher {
             );
         }
         let next_person_lease = sched.person_leases().last().map_or(1, |(id, _)| id.0 + 1);
+        let next_audit = store.last_audit_seq().await? + 1;
         Ok(Dispatcher {
             config,
             sched,
@@ -344,6 +377,8 @@ impl Dispatcher {
             lease_waits: BTreeMap::new(),
             fatal: None,
             forwarded: None,
+            next_audit,
+            pending_audit: Vec::new(),
         })
     }
 
@@ -425,6 +460,41 @@ impl Dispatcher {
                 let _ = reply.send(self.holds_job(job, &agent, &token_id));
             }
             Command::Gone { conn, agent } => self.gone(conn, &agent).await,
+            Command::Device {
+                device,
+                viewer,
+                reply,
+            } => {
+                let _ = reply.send(self.device_detail(&device, &viewer));
+            }
+            Command::SetDeviceState {
+                device,
+                body,
+                viewer,
+                reply,
+            } => {
+                let answer = self.set_device_state(&device, body, &viewer).await;
+                let _ = reply.send(answer);
+            }
+            Command::EditDeviceTags {
+                device,
+                body,
+                viewer,
+                reply,
+            } => {
+                let answer = self.edit_device_tags(&device, body, &viewer).await;
+                let _ = reply.send(answer);
+            }
+            Command::Audit {
+                viewer,
+                action,
+                target,
+                detail,
+                reply,
+            } => {
+                let answer = self.record(&viewer, action, &target, detail).await;
+                let _ = reply.send(answer);
+            }
             Command::AcquireLease { request, reply } => {
                 let answer = self.acquire_lease(request).await;
                 let _ = reply.send(answer);

@@ -246,10 +246,16 @@ impl Dispatcher {
         if let LeaseEnd::EndedBy(admin) = &end {
             tracing::warn!("lease {id} of {}: ended by admin {admin}", view.holder);
         }
+        let by_admin = matches!(end, LeaseEnd::EndedBy(_));
         let events = self
             .sched
             .end_person_lease(id, end, now())
             .map_err(|r| Failure::Conflict(r.to_string()))?;
+        if by_admin {
+            let detail = format!("ended the lease of {}", view.holder);
+            let target = format!("lease {id}");
+            self.audit(viewer, proto::admin::AuditAction::LeaseEnd, &target, detail);
+        }
         self.commit(events, Vec::new(), None, None)
             .await
             .map_err(|e| Failure::Unavailable(e.to_string()))?;

@@ -169,6 +169,57 @@ impl Dispatcher {
                     let _ = reply.send(lease_answer(asked.await));
                 });
             }
+            Command::SetDeviceState {
+                device,
+                body,
+                viewer,
+                reply,
+            } => {
+                let asked = relay(Forwarded::SetDeviceState {
+                    device,
+                    body,
+                    viewer,
+                });
+                tokio::spawn(async move {
+                    let _ = reply.send(device_answer(asked.await));
+                });
+            }
+            Command::EditDeviceTags {
+                device,
+                body,
+                viewer,
+                reply,
+            } => {
+                let asked = relay(Forwarded::EditDeviceTags {
+                    device,
+                    body,
+                    viewer,
+                });
+                tokio::spawn(async move {
+                    let _ = reply.send(device_answer(asked.await));
+                });
+            }
+            Command::Audit {
+                viewer,
+                action,
+                target,
+                detail,
+                reply,
+            } => {
+                let asked = relay(Forwarded::Audit {
+                    viewer,
+                    action,
+                    target,
+                    detail,
+                });
+                tokio::spawn(async move {
+                    let _ = reply.send(match asked.await {
+                        Ok(Answer::Done(result)) => result,
+                        Ok(other) => Err(failure_of(other)),
+                        Err(f) => Err(f),
+                    });
+                });
+            }
             Command::Hello { reply, .. } => {
                 let _ = reply.send(Err(
                     "this controller follows the leader of its database and serves no agent \
@@ -190,7 +241,8 @@ impl Dispatcher {
             | Command::Devices { .. }
             | Command::Agents { .. }
             | Command::Lease { .. }
-            | Command::PersonLeases { .. }) => {
+            | Command::PersonLeases { .. }
+            | Command::Device { .. }) => {
                 if let Err(e) = self.handle(view).await {
                     tracing::error!("follower: {e}");
                 }
@@ -199,22 +251,35 @@ impl Dispatcher {
     }
 }
 
+/// The failure an answer of the wrong kind carries (a new leader answers an unanswered
+/// command of any kind as a job's), or says that the kind was wrong.
+fn failure_of(answer: Answer) -> Failure {
+    match answer {
+        Answer::Job(Err(f))
+        | Answer::Lease(Err(f))
+        | Answer::Device(Err(f))
+        | Answer::Done(Err(f)) => f,
+        _ => Failure::Unavailable("the leader answered with another kind of answer".into()),
+    }
+}
+
 fn job_answer(answer: Result<Answer, Failure>) -> Result<JobView, Failure> {
     match answer? {
         Answer::Job(result) => result,
-        Answer::Lease(Err(failure)) => Err(failure),
-        Answer::Lease(Ok(_)) => Err(Failure::Unavailable(
-            "the leader answered a job request with a lease".into(),
-        )),
+        other => Err(failure_of(other)),
     }
 }
 
 fn lease_answer(answer: Result<Answer, Failure>) -> Result<LeaseView, Failure> {
     match answer? {
         Answer::Lease(result) => result,
-        Answer::Job(Err(failure)) => Err(failure),
-        Answer::Job(Ok(_)) => Err(Failure::Unavailable(
-            "the leader answered a lease request with a job".into(),
-        )),
+        other => Err(failure_of(other)),
+    }
+}
+
+fn device_answer(answer: Result<Answer, Failure>) -> Result<proto::admin::DeviceDetail, Failure> {
+    match answer? {
+        Answer::Device(result) => result,
+        other => Err(failure_of(other)),
     }
 }

@@ -114,13 +114,17 @@ pub fn visibility_text(v: &Visibility) -> String {
 
 /// LAVA's device state and health for a dutlab device: idle devices are `Idle`/`Good`, busy
 /// ones `Running`/`Good`, offline ones (agent gone) `Idle`/`Unknown`, and devices waiting for
-/// their agent to confirm teardown `Idle`/`Bad` (LAVA schedules neither).
+/// their agent to confirm teardown `Idle`/`Bad` (LAVA schedules neither); the states an
+/// admin or the lab set are LAVA's healths of the same names.
 pub fn device_state(d: &DeviceView) -> (&'static str, &'static str) {
     match d.state {
         DeviceState::Idle => ("Idle", "Good"),
         DeviceState::Busy => ("Running", "Good"),
         DeviceState::Offline => ("Idle", "Unknown"),
         DeviceState::NeedsCheck => ("Idle", "Bad"),
+        DeviceState::Maintenance => ("Idle", "Maintenance"),
+        DeviceState::Retired => ("Idle", "Retired"),
+        DeviceState::Bad => ("Idle", "Bad"),
     }
 }
 

@@ -24,6 +24,7 @@
 //!   before it returns, so nothing acknowledged is lost to a power failure; `Normal` syncs only
 //!   at checkpoints (a crash of the machine may lose the last commits, never corrupt).
 
+use proto::admin::{AuditAction, AuditEntry};
 use proto::api::{TokenView, UserOrigin};
 use proto::{GroupName, JobId, JobReport, Millis, PrincipalId, Visibility};
 use rows::{as_i64, as_u64, job_row, stored_visibility, token_row};
@@ -124,6 +125,8 @@ pub struct Change<'a> {
     pub reports: Vec<(JobId, &'a JobReport, u64)>,
     /// The forwarded command these events answer (marked done with them: [`commands`]).
     pub command: Option<i64>,
+    /// Admin actions, numbered by the dispatcher.
+    pub audit: &'a [AuditEntry],
 }
 
 /// SQLite's `synchronous` setting (PostgreSQL always syncs its commits).
@@ -522,6 +525,43 @@ impl Store {
         Ok(row.is_some())
     }
 
+    /// The newest `limit` audit entries, newest first.
+    pub async fn audit(&self, limit: u64) -> Result<Vec<AuditEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, at, actor, principal, action, target, detail, remote FROM audit
+             ORDER BY seq DESC LIMIT $1",
+        )
+        .bind(as_i64(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let action: String = row.try_get("action")?;
+                Ok(AuditEntry {
+                    seq: as_u64(row.try_get("seq")?),
+                    at: Millis(as_u64(row.try_get("at")?)),
+                    actor: row.try_get("actor")?,
+                    principal: PrincipalId(as_u64(row.try_get("principal")?)),
+                    action: AuditAction::parse(&action).ok_or_else(|| StoreError::Corrupt {
+                        what: "audit action",
+                        reason: action.clone(),
+                    })?,
+                    target: row.try_get("target")?,
+                    detail: row.try_get("detail")?,
+                    remote: row.try_get("remote")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The highest audit number so far (0: none).
+    pub async fn last_audit_seq(&self) -> Result<u64, StoreError> {
+        let row = sqlx::query("SELECT CAST(COALESCE(MAX(seq), 0) AS BIGINT) AS last FROM audit")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(as_u64(row.try_get("last")?))
+    }
+
     /// Commits events (numbered from `first_seq`) and the change in one transaction.
     pub async fn commit(
         &self,
@@ -577,6 +617,22 @@ impl Store {
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
+        }
+        for entry in change.audit {
+            sqlx::query(
+                "INSERT INTO audit (seq, at, actor, principal, action, target, detail, remote)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(as_i64(entry.seq))
+            .bind(as_i64(entry.at.0))
+            .bind(entry.actor.clone())
+            .bind(as_i64(entry.principal.0))
+            .bind(entry.action.as_str())
+            .bind(entry.target.clone())
+            .bind(entry.detail.clone())
+            .bind(entry.remote.clone())
+            .execute(&mut *tx)
+            .await?;
         }
         for (i, event) in events.iter().enumerate() {
             let body = serde_json::to_string(event).map_err(|e| StoreError::Corrupt {
