@@ -149,6 +149,14 @@ pub enum DeviceCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Queue a health check of a device (admin); prints the check's job id.
+    #[command(after_help = exit::HELP)]
+    Check {
+        name: String,
+        /// Print the job as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Add or remove tags of a device (admin); kept when its agent reconnects.
     #[command(after_help = exit::HELP)]
     Tag {
@@ -444,6 +452,7 @@ pub fn device(command: DeviceCommand) -> i32 {
                 remove,
                 json,
             } => admin::tag(&name, add, remove, json).await,
+            DeviceCommand::Check { name, json } => admin::check(&name, json).await,
             DeviceCommand::List { json } => list_devices(json).await,
         }
     })

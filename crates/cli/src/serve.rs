@@ -48,6 +48,10 @@ pub struct ServeArgs {
     /// Infra errors in a row on one device that take it out of the pool as `bad` (0: never).
     #[arg(long, value_name = "N", default_value_t = 3)]
     quarantine_after: u32,
+    /// Health checks: a directory of LAVA job files named `<device-type>.yaml`, one per
+    /// device type (see docs/admin.md).
+    #[arg(long, value_name = "DIR")]
+    health_checks: Option<PathBuf>,
     /// Certificate chain (PEM) for TLS; with --tls-key. Agents, followers and every REST
     /// route then use https:// and wss://.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
@@ -155,6 +159,53 @@ fn check_plain_http(args: &ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Reads `DIR/<device-type>.yaml` health check jobs; each must be a valid, runnable job of
+/// that device type.
+fn health_checks(
+    dir: &std::path::Path,
+) -> anyhow::Result<std::collections::BTreeMap<String, controller::dispatcher::HealthJob>> {
+    let mut jobs = std::collections::BTreeMap::new();
+    let entries = std::fs::read_dir(dir)
+        .with_context(|| format!("--health-checks {}: cannot read it", dir.display()))?;
+    for entry in entries {
+        let path = entry?.path();
+        let (Some(stem), Some("yaml")) = (
+            path.file_stem().and_then(|s| s.to_str()),
+            path.extension().and_then(|e| e.to_str()),
+        ) else {
+            continue;
+        };
+        let file_name = format!("{stem}.yaml");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let job = jobspec::parse_job(&file_name, &text)
+            .map_err(|e| anyhow::anyhow!("health check {}: {e}", path.display()))?;
+        jobspec::check_runnable(&file_name, &job).map_err(|e| {
+            anyhow::anyhow!("health check {}: not runnable here: {e}", path.display())
+        })?;
+        if job.device_type != stem {
+            anyhow::bail!(
+                "health check {}: device_type: {:?}, but the file is named for device type {stem:?}",
+                path.display(),
+                job.device_type
+            );
+        }
+        jobs.insert(
+            stem.to_owned(),
+            controller::dispatcher::HealthJob {
+                file_name,
+                name: job.name.clone(),
+                definition: text,
+            },
+        );
+    }
+    tracing::info!(
+        "health checks for device types: {}",
+        jobs.keys().cloned().collect::<Vec<_>>().join(", ")
+    );
+    Ok(jobs)
+}
+
 fn serve_inner(args: ServeArgs) -> anyhow::Result<()> {
     check_plain_http(&args)?;
     let tls = match (&args.tls_cert, &args.tls_key) {
@@ -189,6 +240,9 @@ fn serve_inner(args: ServeArgs) -> anyhow::Result<()> {
     config.disconnect_grace = args.disconnect_grace;
     config.heartbeat = args.heartbeat;
     config.quarantine_after = args.quarantine_after;
+    if let Some(dir) = &args.health_checks {
+        config.health_checks = health_checks(dir)?;
+    }
     config.limits = controller::listener::Limits {
         tls,
         header_timeout: args.header_timeout,

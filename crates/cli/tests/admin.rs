@@ -215,20 +215,27 @@ fn an_admin_ending_a_persons_lease_is_audited_and_now_ends_a_lease() -> Result<(
     lab.finish()
 }
 
-/// An agent whose one QEMU device has a QEMU binary that does not exist: every job on it
-/// ends `infra-error` when QEMU fails to start.
-fn broken_agent(lab: &mut Lab, name: &str) -> Result<std::path::PathBuf> {
+/// Writes agent `name`'s configuration with one QEMU device whose QEMU binary does not
+/// exist; answers its path and the working configuration's text.
+fn break_qemu(lab: &Lab, name: &str) -> Result<(std::path::PathBuf, String)> {
     let config = lab.agent_config(name, 1)?;
-    let text = std::fs::read_to_string(&config)?;
-    let broken = text.replace(
+    let good = std::fs::read_to_string(&config)?;
+    let broken = good.replace(
         "qemu: {accel: tcg, memory_mib: 512}",
         "qemu: {accel: tcg, memory_mib: 512, binary: /nonexistent/qemu-system-x86_64}",
     );
     ensure!(
-        broken != text,
-        "the generated agent.yaml changed shape:\n{text}"
+        broken != good,
+        "the generated agent.yaml changed shape:\n{good}"
     );
     std::fs::write(&config, broken)?;
+    Ok((config, good))
+}
+
+/// An agent whose one QEMU device has a QEMU binary that does not exist: every job on it
+/// ends `infra-error` when QEMU fails to start.
+fn broken_agent(lab: &mut Lab, name: &str) -> Result<std::path::PathBuf> {
+    let (config, _) = break_qemu(lab, name)?;
     lab.spawn_agent(&config)?;
     lab.wait_devices_idle(name, 1)?;
     Ok(config)
@@ -319,5 +326,99 @@ fn a_stopped_agent_is_shown_silent_within_seconds() -> Result<()> {
     wait_until("agent a1 connected again", LIMIT, || {
         Ok((lab.json(&["agent", "list", "--json"])?[0]["state"] == "connected").then_some(()))
     })?;
+    lab.finish()
+}
+
+#[test]
+fn health_checks_run_when_devices_appear_and_on_demand_and_decide_bad_or_idle() -> Result<()> {
+    let checks = tempfile::tempdir()?;
+    std::fs::write(
+        checks.path().join("qemu.yaml"),
+        inline_job("health", "  job: 4m", &["true"]),
+    )?;
+    let dir = checks.path().display().to_string();
+    let mut lab = Lab::start_with(DUTLAB, &["--health-checks", &dir])?;
+    let alice = lab.token("alice", "user")?;
+    // A device whose QEMU cannot start: its first check fails, and it is bad with the job.
+    let (config, good) = break_qemu(&lab, "broken")?;
+    lab.spawn_agent(&config)?;
+    let dev = wait_until("a device registered", LIMIT, || {
+        let devices = lab.json(&["device", "list", "--json"])?;
+        Ok(devices[0]["name"].as_str().map(str::to_owned))
+    })?;
+    let d = wait_device(&lab, &dev, "bad", JOB_LIMIT)?;
+    let set = &d["device"]["set"];
+    let check = set["job"].as_u64().context("the check's job")?;
+    ensure!(
+        set["by"] == "dutlab"
+            && set["reason"]
+                .as_str()
+                .is_some_and(|r| r.starts_with(&format!("health check job {check} infra-error"))),
+        "{d}"
+    );
+    let job = lab.job(check)?;
+    ensure!(
+        job["owner"] == "dutlab" && job["priority"] == 100 && job["device"] == dev.as_str(),
+        "{job}"
+    );
+    // Only admins ask for a check.
+    expect_code(&lab.cli_as(&alice, &["device", "check", &dev])?, 77)?;
+    // Repaired (the agent restarted with a working QEMU), a check on demand returns it.
+    lab.agents_mut()[0].signal(Signal::SIGTERM)?;
+    wait_until("the agent gone", LIMIT, || {
+        Ok((lab.json(&["agent", "list", "--json"])?[0]["state"] == "disconnected").then_some(()))
+    })?;
+    std::fs::write(&config, &good)?;
+    lab.spawn_agent(&config)?;
+    wait_until("the agent back", LIMIT, || {
+        Ok((lab.json(&["agent", "list", "--json"])?[0]["state"] == "connected").then_some(()))
+    })?;
+    ensure!(
+        show(&lab, &dev)?["device"]["state"] == "bad",
+        "a reconnect cleared bad"
+    );
+    let asked = lab.cli(&["device", "check", &dev])?;
+    expect_code(&asked, 0)?;
+    let again: u64 = asked.stdout.trim().parse().context("the check's job id")?;
+    ensure!(again != check);
+    let done = lab.wait_state(again, "finished", JOB_LIMIT)?;
+    ensure!(done["outcome"] == "passed", "{done}");
+    let d = wait_device(&lab, &dev, "idle", LIMIT)?;
+    let jobs = d["jobs"].as_array().context("jobs")?;
+    ensure!(
+        jobs[0]["id"] == again && jobs[0]["outcome"] == "passed" && jobs[1]["id"] == check,
+        "{jobs:?}"
+    );
+    let history = d["history"].as_array().context("history")?;
+    ensure!(
+        history.len() == 2 && history[0]["state"] == "bad" && history[1]["state"] == "idle",
+        "{history:?}"
+    );
+    ensure!(
+        audit(&lab)?
+            .iter()
+            .any(|e| e["action"] == "device-check" && e["target"] == dev.as_str()),
+        "device-check not audited"
+    );
+    // A device that appears in working order passes its first check and stays idle.
+    lab.agent_config("fine", 1)
+        .and_then(|c| lab.spawn_agent(&c).map(drop))?;
+    let fine = wait_until("the second device", LIMIT, || {
+        let devices = lab.json(&["device", "list", "--json"])?;
+        Ok(devices
+            .as_array()
+            .and_then(|a| a.iter().find(|d| d["agent"] == "fine"))
+            .and_then(|d| d["name"].as_str().map(str::to_owned)))
+    })?;
+    let checked = wait_until("the first check of the second device", JOB_LIMIT, || {
+        let d = show(&lab, &fine)?;
+        Ok(d["jobs"]
+            .as_array()
+            .and_then(|j| j.first())
+            .filter(|j| j["outcome"] == "passed")
+            .cloned())
+    })?;
+    ensure!(lab.job(checked["id"].as_u64().context("id")?)?["owner"] == "dutlab");
+    ensure!(show(&lab, &fine)?["device"]["state"] == "idle");
     lab.finish()
 }

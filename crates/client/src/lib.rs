@@ -282,6 +282,11 @@ impl Client {
             .await
     }
 
+    /// `POST /api/v1/devices/{name}/check` (admin): the health check's job.
+    pub async fn check_device(&self, name: &str) -> Result<JobView, ClientError> {
+        self.empty(Method::POST, &["devices", name, "check"]).await
+    }
+
     /// `GET /api/v1/audit?limit=N` (admin), newest first.
     pub async fn audit(&self, limit: u64) -> Result<Vec<proto::admin::AuditEntry>, ClientError> {
         self.get(&["audit"], &[("limit", limit.to_string())]).await

@@ -31,7 +31,7 @@ fn bad(message: String) -> ApiFailure {
     ApiFailure::new(StatusCode::BAD_REQUEST, message)
 }
 
-fn check_device(name: &str) -> ApiResult<()> {
+fn check_device_name(name: &str) -> ApiResult<()> {
     check_name(name).map_err(|e| bad(format!("device: {e}")))
 }
 
@@ -45,7 +45,7 @@ pub async fn get_device(
     Path(name): Path<String>,
 ) -> ApiResult<Json<DeviceDetail>> {
     caller.require(&PEOPLE)?;
-    check_device(&name)?;
+    check_device_name(&name)?;
     let viewer = viewer(&state, &caller);
     let detail = ask(&state, |reply| Command::Device {
         device: name,
@@ -68,7 +68,7 @@ pub async fn set_device_state(
     Json(body): Json<SetDeviceState>,
 ) -> ApiResult<Json<DeviceDetail>> {
     caller.require(&[Role::Admin])?;
-    check_device(&name)?;
+    check_device_name(&name)?;
     if body.reason.len() > MAX_REASON {
         return Err(bad(format!(
             "reason: {} bytes, at most {MAX_REASON}",
@@ -101,7 +101,7 @@ pub async fn edit_device_tags(
     Json(body): Json<EditDeviceTags>,
 ) -> ApiResult<Json<DeviceDetail>> {
     caller.require(&[Role::Admin])?;
-    check_device(&name)?;
+    check_device_name(&name)?;
     if body.add.len() + body.remove.len() > MAX_TAG_EDIT {
         return Err(bad(format!("tags: at most {MAX_TAG_EDIT} per edit")));
     }
@@ -122,6 +122,29 @@ pub async fn edit_device_tags(
     })
     .await??;
     Ok(Json(detail))
+}
+
+/// Queues a health check of a device (admin): the device type's health job, pinned to it,
+/// first in the queue; a `bad` device is returned to the pool for it. Answers the check's job
+/// (the pending one if one is queued or running).
+#[utoipa::path(post, path = "/api/v1/devices/{name}/check", security(("bearer" = [])),
+    params(("name" = String, Path, description = "device name")),
+    responses((status = 201, body = proto::api::JobView), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
+pub async fn check_device(
+    State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(name): Path<String>,
+) -> ApiResult<(StatusCode, Json<proto::api::JobView>)> {
+    caller.require(&[Role::Admin])?;
+    check_device_name(&name)?;
+    let viewer = viewer(&state, &caller);
+    let view = ask(&state, |reply| Command::CheckDevice {
+        device: name,
+        viewer,
+        reply,
+    })
+    .await??;
+    Ok((StatusCode::CREATED, Json(view)))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

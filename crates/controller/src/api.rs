@@ -539,6 +539,7 @@ pub async fn prepare_submission(
             priority: job.priority,
             owner: Some(caller.principal),
             device: None,
+            purpose: scheduler::JobPurpose::Ordinary,
         },
         wait_for_device: body.wait_for_device,
         artifacts,

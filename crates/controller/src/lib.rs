@@ -48,6 +48,7 @@ use dispatcher::{Command, DispatchConfig, Dispatcher, Leases};
 use logs::Logs;
 use proto::Millis;
 use proto::api::JobView;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -128,6 +129,8 @@ pub struct Config {
     pub person_leases: dispatcher::PersonLeaseConfig,
     /// Infra errors in a row that make a device `bad` (0: never).
     pub quarantine_after: u32,
+    /// Health check jobs by device type (`--health-checks DIR`).
+    pub health_checks: BTreeMap<String, dispatcher::HealthJob>,
 }
 
 impl Config {
@@ -150,6 +153,7 @@ impl Config {
             when_held: store::hold::Wait::Refuse,
             person_leases: dispatcher::PersonLeaseConfig::default(),
             quarantine_after: defaults.quarantine_after,
+            health_checks: BTreeMap::new(),
         }
     }
 }
@@ -224,6 +228,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/v1/devices/{name}/tags",
             post(admin_api::edit_device_tags),
+        )
+        .route(
+            "/api/v1/devices/{name}/check",
+            post(admin_api::check_device),
         )
         .route("/api/v1/audit", get(admin_api::list_audit))
         .route("/api/v1/agents", get(api::agents))
@@ -377,6 +385,14 @@ pub async fn serve(
         heartbeat: config.heartbeat,
         quota: config.quota,
         person_leases: config.person_leases,
+        health: dispatcher::HealthChecks {
+            principal: if config.health_checks.is_empty() {
+                proto::PrincipalId(0)
+            } else {
+                store.principal_named(scheduler::LAB, now()).await?.0.id
+            },
+            jobs: config.health_checks.clone(),
+        },
     };
     let start = Start {
         config: dispatch_config,

@@ -49,6 +49,7 @@ impl Modify for Bearer {
         crate::admin_api::get_device,
         crate::admin_api::set_device_state,
         crate::admin_api::edit_device_tags,
+        crate::admin_api::check_device,
         crate::admin_api::list_audit,
         crate::link::link,
     ),

@@ -5,6 +5,7 @@
 //! | `GET /api/v1/devices/{name}` | user, admin | [`DeviceDetail`] |
 //! | `POST /api/v1/devices/{name}/state` | admin | [`SetDeviceState`] -> [`DeviceDetail`] |
 //! | `POST /api/v1/devices/{name}/tags` | admin | [`EditDeviceTags`] -> [`DeviceDetail`] |
+//! | `POST /api/v1/devices/{name}/check` | admin | -> the health check's `JobView` (201) |
 //! | `GET /api/v1/audit?limit=N` | admin | [`AuditEntry`] list, newest first |
 
 use crate::Outcome;
@@ -101,6 +102,8 @@ pub enum AuditAction {
     DeviceSet,
     /// Edited a device's tags.
     DeviceTag,
+    /// Asked for a health check of a device.
+    DeviceCheck,
     /// Ended another user's lease.
     LeaseEnd,
     TokenCreate,
@@ -110,9 +113,10 @@ pub enum AuditAction {
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 7] = [
+    pub const ALL: [AuditAction; 8] = [
         AuditAction::DeviceSet,
         AuditAction::DeviceTag,
+        AuditAction::DeviceCheck,
         AuditAction::LeaseEnd,
         AuditAction::TokenCreate,
         AuditAction::TokenRevoke,
@@ -124,6 +128,7 @@ impl AuditAction {
         match self {
             AuditAction::DeviceSet => "device-set",
             AuditAction::DeviceTag => "device-tag",
+            AuditAction::DeviceCheck => "device-check",
             AuditAction::LeaseEnd => "lease-end",
             AuditAction::TokenCreate => "token-create",
             AuditAction::TokenRevoke => "token-revoke",

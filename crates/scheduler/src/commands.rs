@@ -465,7 +465,13 @@ impl Scheduler {
         } else {
             outcome
         };
-        let quarantine = (outcome == Outcome::InfraError).then(|| reason.clone());
+        let check = self
+            .state
+            .jobs
+            .get(&job)
+            .is_some_and(|j| j.spec.purpose == crate::JobPurpose::HealthCheck);
+        let check_reason = check.then(|| reason.clone());
+        let quarantine = (outcome == Outcome::InfraError && !check).then(|| reason.clone());
         self.emit(
             out,
             Event::JobFinished {
@@ -477,6 +483,9 @@ impl Scheduler {
         );
         if let Some(reason) = quarantine {
             self.quarantine(out, &l.device, job, &reason, now);
+        }
+        if let Some(reason) = check_reason {
+            self.checked(out, &l.device, job, outcome, &reason, now);
         }
         self.emit(
             out,
@@ -527,6 +536,7 @@ impl Scheduler {
                     priority,
                     owner: Some(principal),
                     device: Some(name),
+                    purpose: crate::JobPurpose::Ordinary,
                 }
             }
             Want::Type { device_type, tags } => JobSpec {
@@ -535,6 +545,7 @@ impl Scheduler {
                 priority,
                 owner: Some(principal),
                 device: None,
+                purpose: crate::JobPurpose::Ordinary,
             },
         };
         let mut out = Vec::new();

@@ -212,6 +212,48 @@ impl Scheduler {
         );
     }
 
+    /// After a health check on `device` ended: passed returns a `bad` device to the pool;
+    /// any other outcome but `canceled` makes it `bad` (unless an admin set it maintenance or
+    /// retired meanwhile: theirs stays).
+    pub(crate) fn checked(
+        &mut self,
+        out: &mut Vec<Event>,
+        device: &str,
+        job: JobId,
+        outcome: Outcome,
+        reason: &str,
+        now: Millis,
+    ) {
+        let set = self.state.out_of_service.get(device).map(|n| n.state);
+        let (state, reason) = match outcome {
+            Outcome::Canceled => return,
+            Outcome::Passed if set == Some(DeviceState::Bad) => {
+                (DeviceState::Idle, format!("health check job {job} passed"))
+            }
+            Outcome::Passed => return,
+            _ if matches!(set, Some(DeviceState::Maintenance | DeviceState::Retired)) => return,
+            other => (
+                DeviceState::Bad,
+                if reason.is_empty() {
+                    format!("health check job {job} {other}")
+                } else {
+                    format!("health check job {job} {other}: {reason}")
+                },
+            ),
+        };
+        self.emit(
+            out,
+            Event::DeviceStateSet {
+                device: device.to_owned(),
+                state,
+                reason,
+                by: LAB.to_owned(),
+                job: Some(job),
+                at: now,
+            },
+        );
+    }
+
     /// `device-state-set`.
     pub(crate) fn apply_state_set(
         &mut self,

@@ -23,9 +23,30 @@ pub struct JobSpec {
     /// controllers) counts as one more user.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<PrincipalId>,
-    /// Only this device (a person's lease of a device by name).
+    /// Only this device (a person's lease of a device by name, a health check).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
+    /// What the job is for: a health check's outcome decides its device's state.
+    #[serde(default, skip_serializing_if = "JobPurpose::is_ordinary")]
+    pub purpose: JobPurpose,
+}
+
+/// What a job is for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JobPurpose {
+    /// A user's job.
+    #[default]
+    Ordinary,
+    /// The lab's health check of its (one, named) device: passing returns a `bad` device to
+    /// the pool, any other outcome but `canceled` makes it `bad`.
+    HealthCheck,
+}
+
+impl JobPurpose {
+    pub fn is_ordinary(&self) -> bool {
+        *self == JobPurpose::Ordinary
+    }
 }
 
 impl JobSpec {

@@ -93,7 +93,7 @@ pub use commands::Want;
 pub use devices::{Interrupt, LAB, MAX_HISTORY, StateNote};
 pub use error::{Refusal, SchedulerError};
 pub use estimate::RECENT_JOBS;
-pub use event::{Event, Holder, JobSpec, MAX_PRIORITY, PersonHolder, Waiter};
+pub use event::{Event, Holder, JobPurpose, JobSpec, MAX_PRIORITY, PersonHolder, Waiter};
 pub use lease_ids::{LeaseIds, LeaseKey};
 pub use state::{DeviceEntry, JobEntry, Lease, PersonLease, Scheduler};
 

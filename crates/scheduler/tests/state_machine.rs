@@ -24,11 +24,13 @@
 //!   holds no lease; setting it with `Interrupt::Now` cancels its job or ends its person's
 //!   lease; infra errors in a row counted from the events alone match the scheduler's count,
 //!   and reaching `quarantine_after` of them leaves the device out of service;
-//! - a device's tags are its agent's with the admins' edits (modelled from the events).
+//! - a device's tags are its agent's with the admins' edits (modelled from the events);
+//! - a health check that ends other than passed or canceled leaves its device `bad` (unless
+//!   an admin's maintenance or retired holds it); one that passes leaves it not `bad`.
 
 use dutlab_scheduler::{
-    Config, DeviceInfo, DeviceState, Epoch, Event, Holder, Interrupt, JobId, JobSpec, JobState,
-    LeaseEnd, LeaseId, LeaseIds, LeaseKey, Millis, Outcome, PersonHolder, PersonLeaseId,
+    Config, DeviceInfo, DeviceState, Epoch, Event, Holder, Interrupt, JobId, JobPurpose, JobSpec,
+    JobState, LeaseEnd, LeaseId, LeaseIds, LeaseKey, Millis, Outcome, PersonHolder, PersonLeaseId,
     PersonLeaseState, PrincipalId, Refusal, Scheduler, StateNote, Waiter, Want,
 };
 use proptest::prelude::*;
@@ -99,6 +101,8 @@ enum Epochs {
 #[derive(Clone, Debug)]
 enum Cmd {
     Submit {
+        /// A health check of this device (an index of DEVICES) instead.
+        check: Option<usize>,
         ty: usize,
         tags: u8,
         priority: u8,
@@ -174,7 +178,8 @@ fn epochs() -> impl Strategy<Value = Epochs> {
 fn cmd() -> impl Strategy<Value = Cmd> {
     prop_oneof![
         6 => (0..TYPES.len(), 0u8..4, prop_oneof![0u8..3, 0u8..=100], proptest::option::of(0..PEOPLE.len()))
-            .prop_map(|(ty, tags, priority, owner)| Cmd::Submit { ty, tags, priority, owner }),
+            .prop_map(|(ty, tags, priority, owner)| Cmd::Submit { check: None, ty, tags, priority, owner }),
+        2 => (0..DEVICES.len()).prop_map(|d| Cmd::Submit { check: Some(d), ty: 0, tags: 0, priority: 100, owner: None }),
         4 => (0..PEOPLE.len(), proptest::option::of(0..DEVICES.len() + 1), 0..TYPES.len(), 0u8..4, 0u8..3, prop_oneof![1u64..3_000, 0u64..6_000])
             .prop_map(|(who, device, ty, tags, priority, ttl)| Cmd::Request { who, device, ty, tags, priority, ttl }),
         2 => (any::<usize>(), 0u64..3_000).prop_map(|(pick, ttl)| Cmd::Renew { pick, ttl }),
@@ -341,6 +346,7 @@ impl Harness {
         let deadline = self.s.next_deadline();
         let result: Result<Vec<Event>, Refusal> = match cmd {
             Cmd::Submit {
+                check,
                 ty,
                 tags: t,
                 priority,
@@ -348,12 +354,22 @@ impl Harness {
             } => {
                 let job = JobId(self.next_job);
                 self.next_job += 1;
-                let spec = JobSpec {
-                    device_type: TYPES[*ty].into(),
-                    tags: tags(*t),
-                    priority: *priority,
-                    owner: owner.map(|o| PrincipalId(PEOPLE[o].0)),
-                    device: None,
+                let spec = match check {
+                    Some(d) => JobSpec {
+                        device_type: DEVICES[*d].1.into(),
+                        priority: *priority,
+                        device: Some(DEVICES[*d].0.into()),
+                        purpose: JobPurpose::HealthCheck,
+                        ..JobSpec::default()
+                    },
+                    None => JobSpec {
+                        device_type: TYPES[*ty].into(),
+                        tags: tags(*t),
+                        priority: *priority,
+                        owner: owner.map(|o| PrincipalId(PEOPLE[o].0)),
+                        device: None,
+                        purpose: JobPurpose::Ordinary,
+                    },
                 };
                 let r = self.s.submit(job, spec, now);
                 let events = r
@@ -558,11 +574,17 @@ impl Harness {
                                 at: now
                             }
                         );
-                        // A quarantine comes between them, before the device is free.
+                        // A quarantine or a health check's verdict comes between them,
+                        // before the device is free.
+                        let check = self
+                            .s
+                            .job(job)
+                            .is_some_and(|j| j.spec.purpose == JobPurpose::HealthCheck);
                         let quarantined = matches!(
                             &events[1],
-                            Event::DeviceStateSet { state: DeviceState::Bad, job: Some(j), .. }
-                                if *j == job && want_outcome == Outcome::InfraError
+                            Event::DeviceStateSet { job: Some(j), by, .. }
+                                if *j == job && by == "dutlab"
+                                    && (check || want_outcome == Outcome::InfraError)
                         );
                         assert_eq!(
                             events[usize::from(quarantined) + 1],
@@ -755,7 +777,18 @@ impl Harness {
     }
 
     fn record(&mut self, events: &[Event]) {
+        // Health checks that ended in this batch: (device, outcome).
+        let mut checks = Vec::new();
         for e in events {
+            if let Event::JobFinished { job, outcome, .. } = e
+                && let Some(device) = self.ran_on.get(job)
+                && self
+                    .s
+                    .job(*job)
+                    .is_some_and(|j| j.spec.purpose == JobPurpose::HealthCheck)
+            {
+                checks.push((device.clone(), *outcome));
+            }
             let json = serde_json::to_string(e).expect("serialises");
             let back: Event = serde_json::from_str(&json).expect("parses");
             assert_eq!(&back, e);
@@ -854,6 +887,20 @@ impl Harness {
                     *self.released.entry(*lease).or_default() += 1;
                 }
                 _ => {}
+            }
+        }
+        for (device, outcome) in checks {
+            let out = self.out.get(&device).copied();
+            match outcome {
+                Outcome::Canceled => {}
+                Outcome::Passed => assert_ne!(out, Some(DeviceState::Bad), "{device}"),
+                _ => assert!(
+                    matches!(
+                        out,
+                        Some(DeviceState::Bad | DeviceState::Maintenance | DeviceState::Retired)
+                    ),
+                    "{device} after a failed check: {out:?}"
+                ),
             }
         }
         self.log.extend(events.iter().cloned());

@@ -87,6 +87,22 @@ pub async fn set(
     Ok(0)
 }
 
+/// `dutlab device check NAME`: prints the check's job id (stderr: what it is).
+pub async fn check(name: &str, json: bool) -> anyhow::Result<i32> {
+    let client = connect()?;
+    let job = client
+        .check_device(name)
+        .await
+        .with_context(|| format!("cannot check device {name}"))?;
+    if json {
+        print_json(&job);
+    } else {
+        eprintln!("health check of {name}: job {} ({})", job.id, job.state);
+        println!("{}", job.id);
+    }
+    Ok(0)
+}
+
 /// `dutlab device tag NAME --add X --remove Y`.
 pub async fn tag(
     name: &str,

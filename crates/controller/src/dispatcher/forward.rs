@@ -77,6 +77,10 @@ pub enum Forwarded {
         target: String,
         detail: String,
     },
+    CheckDevice {
+        device: String,
+        viewer: Viewer,
+    },
 }
 
 /// The leader's answer.
@@ -318,6 +322,17 @@ async fn run(dispatch: &mpsc::Sender<Command>, id: i64, body: &str) -> Option<(S
         Forwarded::Submit { job } => {
             let (reply, rx) = oneshot::channel();
             send(Command::Submit { job, reply }).await.ok()?;
+            Answer::Job(rx.await.ok()?)
+        }
+        Forwarded::CheckDevice { device, viewer } => {
+            let (reply, rx) = oneshot::channel();
+            send(Command::CheckDevice {
+                device,
+                viewer,
+                reply,
+            })
+            .await
+            .ok()?;
             Answer::Job(rx.await.ok()?)
         }
         Forwarded::Cancel { job, viewer } => {

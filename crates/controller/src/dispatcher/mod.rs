@@ -56,11 +56,13 @@ mod commands;
 mod devices;
 mod effects;
 pub mod forward;
+mod health;
 mod leases;
 mod person_leases;
 mod replica;
 mod views;
 
+pub use health::{HealthChecks, HealthJob};
 pub use leases::{LeaseInfo, Leases};
 pub use person_leases::{LeaseRequest, PersonLeaseConfig};
 
@@ -206,6 +208,12 @@ pub enum Command {
         viewer: Viewer,
         reply: oneshot::Sender<Result<proto::admin::DeviceDetail, Failure>>,
     },
+    /// An admin asks for a health check of a device.
+    CheckDevice {
+        device: String,
+        viewer: Viewer,
+        reply: oneshot::Sender<Result<JobView, Failure>>,
+    },
     /// An admin action done by the API layer (tokens, groups), to be audited.
     Audit {
         viewer: Viewer,
@@ -258,6 +266,8 @@ pub struct DispatchConfig {
     pub heartbeat: Duration,
     pub quota: QueueQuota,
     pub person_leases: PersonLeaseConfig,
+    /// Health checks per device type (none: no checks).
+    pub health: HealthChecks,
 }
 
 pub struct Dispatcher {
@@ -285,6 +295,8 @@ pub struct Dispatcher {
     /// The number of the next audit entry, and entries waiting for the next commit.
     next_audit: u64,
     pending_audit: Vec<proto::admin::AuditEntry>,
+    /// Health checks to queue after the current command.
+    checks_due: Vec<(String, health::Trigger)>,
 }
 
 impl Dispatcher {
@@ -379,6 +391,7 @@ impl Dispatcher {
             forwarded: None,
             next_audit,
             pending_audit: Vec::new(),
+            checks_due: Vec::new(),
         })
     }
 
@@ -400,6 +413,9 @@ impl Dispatcher {
                         tracing::error!("tick: {e}");
                     }
                 }
+            }
+            if self.fatal.is_none() {
+                self.run_due_checks().await;
             }
             if let Some(reason) = self.fatal.take() {
                 return Err(ControllerError::Stopped(reason));
@@ -483,6 +499,14 @@ impl Dispatcher {
                 reply,
             } => {
                 let answer = self.edit_device_tags(&device, body, &viewer).await;
+                let _ = reply.send(answer);
+            }
+            Command::CheckDevice {
+                device,
+                viewer,
+                reply,
+            } => {
+                let answer = self.check_on_demand(&device, &viewer).await;
                 let _ = reply.send(answer);
             }
             Command::Audit {

@@ -131,6 +131,16 @@ impl Dispatcher {
                     let _ = reply.send(job_answer(asked.await));
                 });
             }
+            Command::CheckDevice {
+                device,
+                viewer,
+                reply,
+            } => {
+                let asked = relay(Forwarded::CheckDevice { device, viewer });
+                tokio::spawn(async move {
+                    let _ = reply.send(job_answer(asked.await));
+                });
+            }
             Command::Cancel { job, viewer, reply } => {
                 let asked = relay(Forwarded::Cancel { job, viewer });
                 tokio::spawn(async move {
