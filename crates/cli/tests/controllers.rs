@@ -126,6 +126,18 @@ fn a_follower_serves_the_api_forwards_changes_and_follows_logs_stored_by_the_lea
             Ok((who.code() == Some(77)).then_some(()))
         },
     )?;
+    // An agent linked to the follower is refused with the reason (agents link to the leader).
+    let config = lab.agent_config("host-f", 1)?;
+    let text = std::fs::read_to_string(&config)?.replace(
+        &format!("127.0.0.1:{}", lab.port()),
+        &format!("127.0.0.1:{follower}"),
+    );
+    std::fs::write(&config, text)?;
+    let agent = lab.spawn_agent(&config)?;
+    agent.wait_for_stderr(
+        "follows the leader of its database",
+        Duration::from_secs(30),
+    )?;
     // Jobs are neither lost nor doubled: both controllers list the same two.
     let ids = |port: u16| -> Result<Vec<u64>> {
         let list = lab.json_on(port, &["job", "list", "--json"])?;
