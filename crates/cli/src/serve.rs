@@ -19,8 +19,13 @@ pub struct ServeArgs {
     database: Option<String>,
     /// When another `dutlab serve` uses the data directory or the database, wait for it to
     /// stop and then take over (without this, such a start is refused).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "follow")]
     standby: bool,
+    /// On PostgreSQL, when another `dutlab serve` leads the database, serve beside it as a
+    /// follower (the API and log followers here, changes forwarded to the leader) and lead
+    /// when it stops. Each controller needs its own data directory.
+    #[arg(long)]
+    follow: bool,
     /// How long a job's lease lives without a heartbeat from its agent.
     #[arg(long, value_name = "DURATION", value_parser = duration, default_value = "60s")]
     lease_ttl: Duration,
@@ -221,6 +226,8 @@ fn serve_inner(args: ServeArgs) -> anyhow::Result<()> {
     config.database = args.database;
     config.when_held = if args.standby {
         controller::store::hold::Wait::Standby
+    } else if args.follow {
+        controller::store::hold::Wait::Follow
     } else {
         controller::store::hold::Wait::Refuse
     };

@@ -716,6 +716,7 @@ pub async fn job_logs(
     let records = state
         .logs
         .read(JobId(id), cursor, limit)
+        .await
         .map_err(|e| ApiFailure::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     let next = records.last().map_or(cursor, |r| r.seq);
     let complete = match final_seq(&state, &view).await? {
@@ -856,7 +857,7 @@ async fn stream_log(
     mut ender: crate::sessions::Ender,
 ) -> Result<(), FollowError> {
     let job = view.id;
-    let mut live = state.logs.subscribe(job)?;
+    let mut live = state.logs.subscribe(job).await?;
     let mut updates = state.updates.subscribe();
     // The view may have changed between the check and the subscription.
     refresh(&state, &viewer, &mut view).await;
@@ -865,7 +866,7 @@ async fn stream_log(
     loop {
         if catch_up {
             loop {
-                let records = state.logs.read(job, last, 1000)?;
+                let records = state.logs.read(job, last, 1000).await?;
                 if records.is_empty() {
                     break;
                 }
@@ -893,7 +894,7 @@ async fn stream_log(
                 Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => catch_up = true,
                 Err(broadcast::error::RecvError::Closed) => {
                     // The log was closed (job finished): re-subscribe and read the rest.
-                    live = state.logs.subscribe(job)?;
+                    live = state.logs.subscribe(job).await?;
                     catch_up = true;
                 }
             },

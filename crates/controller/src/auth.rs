@@ -128,6 +128,16 @@ impl Tokens {
             .retain(|_, caller| caller.token_id != id);
     }
 
+    /// Public ids of the live tokens.
+    pub fn ids(&self) -> std::collections::HashSet<String> {
+        self.0
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .values()
+            .map(|caller| caller.token_id.clone())
+            .collect()
+    }
+
     /// Whether the token with this public id is live (known and not revoked).
     pub fn is_live(&self, id: &str) -> bool {
         self.0

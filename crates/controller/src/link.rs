@@ -294,7 +294,9 @@ async fn serve(socket: WebSocket, state: AppState, caller: Caller, bound: String
                         agent: &agent,
                         conn,
                     };
-                    if let Err(e) = store_frame(&state, from, frame, &mut refusals, &mut pending) {
+                    if let Err(e) =
+                        store_frame(&state, from, frame, &mut refusals, &mut pending).await
+                    {
                         // The records stay in the agent's spool; closing the link makes it
                         // reconnect and resend them from the durable cursor.
                         tracing::error!(
@@ -364,7 +366,7 @@ enum AckError {
 }
 
 /// Stores a frame's records; its acknowledgement waits in `pending` until it is durable.
-fn store_frame(
+async fn store_frame(
     state: &AppState,
     from: Origin<'_>,
     frame: LogFrame,
@@ -398,7 +400,7 @@ fn store_frame(
         tracing::debug!("agent {agent}: log frame with stale epoch {}", frame.epoch);
         return Ok(());
     }
-    let stored = state.logs.append(job, &frame.records)?;
+    let stored = state.logs.append(job, &frame.records).await?;
     pending.insert(
         frame.lease,
         PendingAck {
@@ -427,7 +429,7 @@ async fn send_durable_acks(
             }
             Some((_, durable)) => durable,
             // Closed (the job finished): closing synced the file.
-            None => state.logs.durable(ack.job)?,
+            None => state.logs.durable(ack.job).await?,
         };
         if durable >= ack.want {
             ready.push((*lease, ack.epoch, durable));

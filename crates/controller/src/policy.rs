@@ -24,7 +24,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 /// Who asks: a user with a role and their groups at the time of the request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Viewer {
     pub principal: PrincipalId,
     /// The user's name, for messages.

@@ -73,11 +73,10 @@ impl Dispatcher {
         let mut dead = Vec::new();
         for h in &held {
             if self.sched.is_live(h.lease, h.epoch) {
-                let stored = self
-                    .leases
-                    .get(h.lease)
-                    .and_then(|info| self.logs.durable(info.job).ok())
-                    .unwrap_or(Seq(0));
+                let stored = match self.leases.get(h.lease) {
+                    Some(info) => self.logs.durable(info.job).await.unwrap_or(Seq(0)),
+                    None => Seq(0),
+                };
                 resume.push(LogCursor {
                     lease: h.lease,
                     stored,
@@ -267,22 +266,25 @@ impl Dispatcher {
             report.outcome = outcome;
             report.reason = entry.reason.clone();
         }
-        let stored = self.logs.last(info.job).unwrap_or(Seq(0));
+        let stored = self.logs.last(info.job).await.unwrap_or(Seq(0));
         if stored < last_seq
-            && let Err(e) = self.logs.note(
-                info.job,
-                LogKind::Gap,
-                format!(
-                    "log records {} to {} never arrived",
-                    stored.0 + 1,
-                    last_seq.0
-                ),
-                at,
-            )
+            && let Err(e) = self
+                .logs
+                .note(
+                    info.job,
+                    LogKind::Gap,
+                    format!(
+                        "log records {} to {} never arrived",
+                        stored.0 + 1,
+                        last_seq.0
+                    ),
+                    at,
+                )
+                .await
         {
             tracing::error!("{e}");
         }
-        let last = self.final_note(info.job, &report, at);
+        let last = self.final_note(info.job, &report, at).await;
         // The agent deletes its spool on `FinishAcked`: every record must be on disk first.
         if let Err(e) = self.logs.sync(info.job) {
             tracing::error!("{e}");

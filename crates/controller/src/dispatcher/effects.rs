@@ -53,7 +53,7 @@ impl Dispatcher {
                     cases: Vec::new(),
                     duration_s,
                 };
-                let last = self.final_note(*job, &report, *at);
+                let last = self.final_note(*job, &report, *at).await;
                 reports.push((*job, report, last));
             }
         }
@@ -65,6 +65,7 @@ impl Dispatcher {
         let change = Change {
             new_job,
             reports: reports.iter().map(|(j, r, s)| (*j, r, *s)).collect(),
+            command: self.forwarded.take(),
             audit: &audit,
         };
         match self.store.commit(self.next_event, &stored, change).await {
@@ -84,17 +85,17 @@ impl Dispatcher {
     }
 
     /// Writes the controller's last log record of a job and answers its sequence number.
-    pub(super) fn final_note(&self, job: JobId, report: &JobReport, at: Millis) -> u64 {
+    pub(super) async fn final_note(&self, job: JobId, report: &JobReport, at: Millis) -> u64 {
         let text = if report.reason.is_empty() {
             format!("job finished: {}", report.outcome)
         } else {
             format!("job finished: {}: {}", report.outcome, report.reason)
         };
-        match self.logs.note(job, LogKind::Note, text, at) {
+        match self.logs.note(job, LogKind::Note, text, at).await {
             Ok(seq) => seq.0,
             Err(e) => {
                 tracing::error!("{e}");
-                self.logs.last(job).map_or(0, |s| s.0)
+                self.logs.last(job).await.map_or(0, |s| s.0)
             }
         }
     }

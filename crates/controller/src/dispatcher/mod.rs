@@ -27,7 +27,7 @@
 //! - Whether a request may read or cancel a job is decided by [`crate::policy`] only; per-user
 //!   queue quotas by [`crate::queue_quota`], before the scheduler sees the job.
 
-use crate::logs::LogStore;
+use crate::logs::Logs;
 use crate::policy::{self, Viewer};
 use crate::queue_quota::{self, QueueQuota, QueueUsage};
 use crate::store::{Change, JobRow, Store};
@@ -55,10 +55,12 @@ mod agents;
 mod commands;
 mod devices;
 mod effects;
+pub mod forward;
 mod health;
 mod lease_sessions;
 mod leases;
 mod person_leases;
+mod replica;
 mod views;
 
 pub use health::{HealthChecks, HealthJob};
@@ -66,7 +68,7 @@ pub use leases::{LeaseInfo, Leases};
 pub use person_leases::{LeaseRequest, PersonLeaseConfig};
 
 /// Why a request was not done; becomes an HTTP status.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Failure {
     NotFound(String),
     Forbidden(String),
@@ -86,7 +88,7 @@ pub enum Failure {
 }
 
 /// A job about to be submitted (validated by the API layer).
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Submission {
     pub name: String,
     pub owner: PrincipalId,
@@ -248,6 +250,13 @@ pub enum Command {
         token_id: String,
         reply: oneshot::Sender<bool>,
     },
+    /// A command a follower forwarded (row `id` of `commands`): it is marked done in the
+    /// commit of its events; `seq` gets the last event committed after it.
+    Forwarded {
+        id: i64,
+        command: Box<Command>,
+        seq: oneshot::Sender<u64>,
+    },
 }
 
 struct JobMeta {
@@ -285,7 +294,7 @@ pub struct Dispatcher {
     config: DispatchConfig,
     sched: Scheduler,
     store: Store,
-    logs: LogStore,
+    logs: Logs,
     leases: Leases,
     sessions: Sessions,
     updates: broadcast::Sender<JobView>,
@@ -307,6 +316,8 @@ pub struct Dispatcher {
     lease_waits: BTreeMap<PersonLeaseId, Vec<oneshot::Sender<Result<LeaseView, Failure>>>>,
     /// Set when a commit failed: the dispatcher stops after the current command.
     fatal: Option<String>,
+    /// The forwarded command being handled, until its first commit marks it done.
+    forwarded: Option<i64>,
     /// The number of the next audit entry, and entries waiting for the next commit.
     next_audit: u64,
     pending_audit: Vec<proto::admin::AuditEntry>,
@@ -319,7 +330,36 @@ impl Dispatcher {
     pub async fn load(
         config: DispatchConfig,
         store: Store,
-        logs: LogStore,
+        logs: Logs,
+        leases: Leases,
+        sessions: Sessions,
+        updates: broadcast::Sender<JobView>,
+    ) -> Result<Dispatcher, ControllerError> {
+        let mut d = Dispatcher::replica(config, store, logs, leases, sessions, updates).await?;
+        d.load_grants();
+        for lease in d.sched.leases() {
+            if let Some(job) = lease.job() {
+                d.leases.insert(
+                    lease.id,
+                    LeaseInfo {
+                        job,
+                        epoch: lease.epoch,
+                        conn: None,
+                    },
+                );
+            }
+        }
+        let events = d.sched.restarted(now());
+        d.commit(events, Vec::new(), None, None).await?;
+        Ok(d)
+    }
+
+    /// The state the stored events make, acting on nothing: a leader's start
+    /// ([`Dispatcher::load`]) or a follower's replica ([`Dispatcher::follow`]).
+    pub async fn replica(
+        config: DispatchConfig,
+        store: Store,
+        logs: Logs,
         leases: Leases,
         sessions: Sessions,
         updates: broadcast::Sender<JobView>,
@@ -359,7 +399,7 @@ impl Dispatcher {
         }
         let next_person_lease = sched.person_leases().last().map_or(1, |(id, _)| id.0 + 1);
         let next_audit = store.last_audit_seq().await? + 1;
-        let mut d = Dispatcher {
+        Ok(Dispatcher {
             config,
             sched,
             store,
@@ -378,26 +418,11 @@ impl Dispatcher {
             next_request: 0,
             lease_waits: BTreeMap::new(),
             fatal: None,
+            forwarded: None,
             next_audit,
             pending_audit: Vec::new(),
             checks_due: Vec::new(),
-        };
-        d.load_grants();
-        for lease in d.sched.leases() {
-            if let Some(job) = lease.job() {
-                d.leases.insert(
-                    lease.id,
-                    LeaseInfo {
-                        job,
-                        epoch: lease.epoch,
-                        conn: None,
-                    },
-                );
-            }
-        }
-        let events = d.sched.restarted(now());
-        d.commit(events, Vec::new(), None, None).await?;
-        Ok(d)
+        })
     }
 
     /// Runs until every sender of `commands` is gone.
@@ -568,6 +593,13 @@ impl Dispatcher {
             } => {
                 let answer = self.release_lease(lease, &viewer).await;
                 let _ = reply.send(answer);
+            }
+            Command::Forwarded { id, command, seq } => {
+                self.forwarded = Some(id);
+                let handled = Box::pin(self.handle(*command)).await;
+                self.forwarded = None;
+                let _ = seq.send(self.next_event.saturating_sub(1));
+                handled?;
             }
         }
         Ok(())

@@ -49,7 +49,7 @@ impl PersonLeaseConfig {
 
 /// A person's request, validated by the API layer (names and tags are safe, priority in
 /// range).
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct LeaseRequest {
     pub principal: PrincipalId,
     pub name: String,
@@ -59,6 +59,7 @@ pub struct LeaseRequest {
     /// `None`: the default duration.
     pub ttl: Option<Duration>,
     /// Public SSH keys for the DUT (checked lines, [`proto::session::check_public_keys`]).
+    #[serde(default)]
     pub ssh_keys: Vec<String>,
 }
 

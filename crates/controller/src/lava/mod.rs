@@ -234,7 +234,7 @@ pub const MAX_LOG_BYTES: usize = 4 << 20;
 
 /// Log lines `start..end` (0-based, end exclusive) as LAVA YAML, and whether the page
 /// stopped at its own bound (lines or bytes) before `end` or the log's end.
-pub fn log_page(
+pub async fn log_page(
     state: &AppState,
     job: JobId,
     start: u64,
@@ -249,7 +249,7 @@ pub fn log_page(
         if chunk == 0 {
             return Ok((out, want > 0));
         }
-        let records = state.logs.read(job, cursor, chunk)?;
+        let records = state.logs.read(job, cursor, chunk).await?;
         if records.is_empty() {
             return Ok((out, false));
         }

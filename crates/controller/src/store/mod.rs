@@ -12,8 +12,10 @@
 //!   a fast hash is enough; there is nothing to brute-force).
 //! - The schema moves forward only, by [`schema`]'s migrations; the version reached is in
 //!   `meta`, and a database newer than this build is refused ([`StoreError::TooNew`]).
-//! - One `dutlab serve` at a time works on a database: [`hold`] takes PostgreSQL's advisory
-//!   lock (a second controller is refused or waits as a standby).
+//! - One `dutlab serve` at a time leads a database: [`hold`] takes PostgreSQL's advisory
+//!   lock (a second controller is refused, waits as a standby, or follows: it opens the
+//!   database without migrating it, [`Store::open_following`], and writes only forwarded
+//!   commands, log records, tokens and users).
 //! - Principal names are unique (a `UNIQUE` column) and a principal's id never changes; every
 //!   token belongs to one principal and every job is owned by one (`jobs.owner_id`).
 //!   `jobs.owner` keeps the owner's name as it was at submit, for people reading the table.
@@ -31,7 +33,9 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Executor, Row};
 use std::path::Path;
 
+pub mod commands;
 pub mod hold;
+pub mod log_records;
 mod rows;
 pub mod schema;
 
@@ -58,11 +62,20 @@ pub enum StoreError {
         known: schema::Version,
     },
     #[error(
-        "another dutlab serve is using database {url} ({holder}); one controller works on a \
+        "another dutlab serve is using database {url} ({holder}); one controller leads a \
          database at a time: stop it, or start this one with --standby to wait and take over \
-         when it stops"
+         when it stops, or with --follow to serve beside it"
     )]
     Held { url: String, holder: String },
+    #[error(
+        "database schema version {found} differs from this dutlab's (version {known}): a \
+         follower neither migrates a database nor works on another version; run the same \
+         dutlab as the leader"
+    )]
+    OtherVersion {
+        found: schema::Version,
+        known: schema::Version,
+    },
 }
 
 /// A principal as stored, with its groups.
@@ -110,6 +123,8 @@ pub struct Change<'a> {
     pub new_job: Option<&'a JobRow>,
     /// Final reports with the sequence number of each job's last log record.
     pub reports: Vec<(JobId, &'a JobReport, u64)>,
+    /// The forwarded command these events answer (marked done with them: [`commands`]).
+    pub command: Option<i64>,
     /// Admin actions, numbered by the dispatcher.
     pub audit: &'a [AuditEntry],
 }
@@ -136,14 +151,48 @@ impl SqliteSync {
 /// How often making a principal is tried when concurrent inserts took its id.
 const PRINCIPAL_ATTEMPTS: u32 = 32;
 
+/// Which database a store works on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// The backend of a database URL (`postgres://` or `postgresql://`; anything else is
+    /// SQLite's).
+    pub fn of(url: &str) -> Backend {
+        if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            Backend::Sqlite
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
+    backend: Backend,
 }
 
 impl Store {
     /// Opens (and creates) the database. `url` is `sqlite://PATH` or `postgres://...`.
     pub async fn open(url: &str, sync: SqliteSync) -> Result<Store, StoreError> {
+        Store::connect(url, sync, schema::Migrate::Forward).await
+    }
+
+    /// Opens a database another controller leads: never migrates, and refuses a schema of
+    /// another version ([`StoreError::OtherVersion`]).
+    pub async fn open_following(url: &str) -> Result<Store, StoreError> {
+        Store::connect(url, SqliteSync::Full, schema::Migrate::Never).await
+    }
+
+    async fn connect(
+        url: &str,
+        sync: SqliteSync,
+        migrate: schema::Migrate,
+    ) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let sqlite = url.starts_with("sqlite:");
         let connect = |source| StoreError::Connect {
@@ -162,8 +211,29 @@ impl Store {
             });
         }
         let pool = options.connect(url).await.map_err(connect)?;
-        schema::migrate(&pool).await?;
-        Ok(Store { pool })
+        match migrate {
+            schema::Migrate::Forward => {
+                schema::migrate(&pool).await?;
+            }
+            schema::Migrate::Never => {
+                let found = schema::version(&pool).await?;
+                if found != schema::LATEST {
+                    return Err(StoreError::OtherVersion {
+                        found,
+                        known: schema::LATEST,
+                    });
+                }
+            }
+        }
+        Ok(Store {
+            pool,
+            backend: Backend::of(url),
+        })
+    }
+
+    /// The database this store works on.
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     /// The SQLite URL of a data directory.
@@ -542,6 +612,12 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
+        if let Some(id) = change.command {
+            sqlx::query("UPDATE commands SET done = 1 WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
         for entry in change.audit {
             sqlx::query(
                 "INSERT INTO audit (seq, at, actor, principal, action, target, detail, remote)
@@ -567,6 +643,11 @@ impl Store {
                 .bind(as_i64(first_seq + i as u64))
                 .bind(body)
                 .execute(&mut *tx)
+                .await?;
+        }
+        if !events.is_empty() {
+            let last = first_seq + events.len() as u64 - 1;
+            self.notify(&mut tx, commands::EVENT_CHANNEL, &last.to_string())
                 .await?;
         }
         tx.commit().await?;
