@@ -3,7 +3,11 @@
 # holding its PostgreSQL database (and data directory) is killed with SIGKILL (not a test;
 # results go to docs/benchmarks.md).
 #
-#   bench/standby-takeover.sh [--rounds N] [--dutlab PATH]
+#   bench/standby-takeover.sh [--rounds N] [--dutlab PATH] [--follow]
+#
+# With --follow the second controller is a follower (`serve --follow`, its own data directory
+# and port, serving all along) instead of a standby: the time printed is until it says it
+# leads (`this controller leads now`), after replaying the database.
 #
 # A private PostgreSQL server is made in a temporary directory (initdb + pg_ctl, unix socket
 # only; as the `postgres` user when run as root) and stopped at the end. Each round: a
@@ -16,11 +20,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=5
 dutlab=target/release/dutlab
+follow=0
 while [ $# -gt 0 ]; do
   case $1 in
     --rounds) rounds=$2; shift 2 ;;
     --dutlab) dutlab=$2; shift 2 ;;
-    *) echo "usage: $0 [--rounds N] [--dutlab PATH]" >&2; exit 64 ;;
+    --follow) follow=1; shift ;;
+    *) echo "usage: $0 [--rounds N] [--dutlab PATH] [--follow]" >&2; exit 64 ;;
   esac
 done
 [ -x "$dutlab" ] || { echo "no $dutlab: cargo build --release -p dutlab-cli" >&2; exit 1; }
@@ -46,6 +52,30 @@ port=$((20000 + RANDOM % 10000))
 data="$work/data"
 mkdir -p "$data"
 wait_for() { until grep -q "$2" "$1" 2>/dev/null; do sleep 0.01; done; }
+if [ "$follow" -eq 1 ]; then
+  port2=$((port + 1))
+  echo "round leads_s"
+  for round in $(seq 1 "$rounds"); do
+    "$dutlab" serve --listen "127.0.0.1:$port" --data-dir "$data" --database "$url" >"$work/a.log" 2>&1 &
+    leader=$!
+    pids+=("$leader")
+    wait_for "$work/a.log" "listening on"
+    "$dutlab" serve --listen "127.0.0.1:$port2" --data-dir "$data-f" --database "$url" --follow >"$work/b.log" 2>&1 &
+    follower=$!
+    pids+=("$follower")
+    wait_for "$work/b.log" "listening on"
+    sleep 1
+    t0=$(date +%s.%N)
+    kill -9 "$leader"
+    wait_for "$work/b.log" "leads now"
+    t1=$(date +%s.%N)
+    echo "$round $(echo "$t1 - $t0" | bc)"
+    kill "$follower"
+    wait "$follower" 2>/dev/null || true
+    wait "$leader" 2>/dev/null || true
+  done
+  exit 0
+fi
 echo "round listening_s healthz_s"
 for round in $(seq 1 "$rounds"); do
   "$dutlab" serve --listen "127.0.0.1:$port" --data-dir "$data" --database "$url" >"$work/a.log" 2>&1 &

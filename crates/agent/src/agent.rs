@@ -16,8 +16,14 @@
 //! Invariants:
 //! - The main loop owns all lease and device state; job tasks only append to their spool and
 //!   send [`JobNote`]s. Notes are handled whether or not the link is up.
-//! - A device runs at most one lease; it is busy from `StartJob` until the runner's teardown
-//!   ended (then `DeviceReady` if the lease was dropped).
+//! - A device runs at most one lease, a job's or a session's; it is busy from `StartJob` until
+//!   the runner's teardown ended (then `DeviceReady` if the lease was dropped), or from
+//!   `StartSession` until the session's teardown (DUT off) after `DropLease` (then
+//!   `DeviceReady`). Sessions are listed in every hello; the controller starts them again
+//!   after a reconnect (a repeated `StartSession` of a kept session is answered again).
+//! - Session requests go to the session's task; its replies go out on the link that is up
+//!   when they come (a reply while the link is down is lost: the controller's caller times
+//!   out).
 //! - Log records reach the link only from the spool, in order; on every connection the
 //!   controller's cursor says where to resume, so it sees every record at least once.
 //! - `JobFinished` goes out after the lease's last record, once per connection, until
@@ -29,10 +35,13 @@ use crate::AgentConfig;
 use crate::backoff::Backoff;
 use crate::job::{self, JobNote, JobStart, Stop};
 use crate::link::{self, Link, LinkDown};
+use crate::session::{self, SessionHandle, SessionNote, SessionStart};
 use crate::spool::{Meta, Phase, Spool, SpoolReader};
 use crate::startup::Prepared;
 use crate::streams::{Reaches, Streams, ToLink};
-use proto::link::{AgentMessage, Binary, ControllerMessage, HeldLease, LogCursor, LogFrame};
+use proto::link::{
+    AgentMessage, Binary, ControllerMessage, HeldLease, HeldSession, LogCursor, LogFrame,
+};
 use proto::{Epoch, JobId, JobReport, LeaseId, Outcome, Seq};
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -115,6 +124,8 @@ pub struct Agent {
     mode: Mode,
     devices: BTreeMap<String, Slot>,
     leases: BTreeMap<LeaseId, Lease>,
+    /// Sessions of people's leases (see [`crate::session`] for what other parts may use).
+    sessions: BTreeMap<LeaseId, SessionHandle>,
     /// Devices torn down for dropped leases whose `DeviceReady` is not sent yet.
     ready_unsent: BTreeSet<String>,
     notes_tx: UnboundedSender<JobNote>,
@@ -168,6 +179,7 @@ impl Agent {
             mode: Mode::Serving,
             devices,
             leases,
+            sessions: BTreeMap::new(),
             ready_unsent: BTreeSet::new(),
             notes_tx,
             notes,
@@ -259,11 +271,13 @@ impl Agent {
         }
     }
 
+    /// Jobs running and sessions not yet torn down.
     fn running(&self) -> usize {
         self.leases
             .values()
             .filter(|l| matches!(l.state, LeaseState::Running { .. }))
             .count()
+            + self.sessions.len()
     }
 
     fn hello(&self) -> AgentMessage {
@@ -287,6 +301,15 @@ impl Agent {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             devices: crate::rigs(&self.config),
             held,
+            sessions: self
+                .sessions
+                .iter()
+                .map(|(id, s)| HeldSession {
+                    lease: *id,
+                    epoch: s.epoch,
+                    device: s.device.clone(),
+                })
+                .collect(),
         }
     }
 
@@ -302,6 +325,9 @@ impl Agent {
             {
                 stop.send_replace(Stop::Shutdown);
             }
+        }
+        for session in self.sessions.values_mut() {
+            session.end();
         }
     }
 
@@ -514,6 +540,7 @@ impl Agent {
 
     async fn on_note(&mut self, note: JobNote, link: Option<&mut Link>) -> Result<(), LinkDown> {
         let (id, report, last_seq) = match note {
+            JobNote::Session(note) => return self.on_session_note(note, link).await,
             JobNote::Spooled { lease, last } => {
                 if let Some(l) = self.leases.get_mut(&lease) {
                     l.spooled = l.spooled.max(last);
@@ -580,6 +607,144 @@ impl Agent {
         Ok(())
     }
 
+    async fn on_session_note(
+        &mut self,
+        note: SessionNote,
+        link: Option<&mut Link>,
+    ) -> Result<(), LinkDown> {
+        let message = match note {
+            SessionNote::Reply {
+                lease,
+                epoch,
+                request,
+                result,
+            } => AgentMessage::SessionReply {
+                lease,
+                epoch,
+                request,
+                result,
+            },
+            SessionNote::Progress {
+                lease,
+                epoch,
+                request,
+                done,
+                total,
+            } => AgentMessage::SessionProgress {
+                lease,
+                epoch,
+                request,
+                done,
+                total,
+            },
+            SessionNote::Ended { lease } => {
+                let Some(s) = self.sessions.remove(&lease) else {
+                    return Ok(());
+                };
+                if self.devices.get(&s.device) == Some(&Slot::Busy(lease)) {
+                    self.devices.insert(s.device.clone(), Slot::Idle);
+                }
+                self.ready_unsent.insert(s.device);
+                return match link {
+                    Some(link) => self.send_ready(link).await,
+                    None => Ok(()),
+                };
+            }
+        };
+        match link {
+            Some(link) => link.send(&message).await,
+            None => Ok(()),
+        }
+    }
+
+    /// `StartSession`: keep the device for a person's lease (a repeat is answered again).
+    async fn start_session(
+        &mut self,
+        id: LeaseId,
+        epoch: Epoch,
+        device: String,
+        ssh_keys: Vec<String>,
+        link: &mut Link,
+    ) -> Result<(), LinkDown> {
+        let refuse = |reason: String| AgentMessage::SessionRefused {
+            lease: id,
+            epoch,
+            reason,
+        };
+        if let Some(s) = self.sessions.get(&id) {
+            if s.epoch == epoch && s.device == device && !s.is_ending() {
+                return link
+                    .send(&AgentMessage::SessionStarted { lease: id, epoch })
+                    .await;
+            }
+            tracing::debug!(lease = %id, "ignoring start-session for a session held otherwise");
+            return Ok(());
+        }
+        if self.leases.contains_key(&id) {
+            tracing::debug!(lease = %id, "ignoring start-session for a job's lease");
+            return Ok(());
+        }
+        if self.mode == Mode::Stopping {
+            return link
+                .send(&refuse("the agent is shutting down".into()))
+                .await;
+        }
+        let Some(spec) = self.config.devices.iter().find(|d| d.name == device) else {
+            return link
+                .send(&refuse(format!(
+                    "agent {} has no device named '{device}'",
+                    self.config.name
+                )))
+                .await;
+        };
+        if let Some(Slot::Busy(other)) = self.devices.get(&device) {
+            return link
+                .send(&refuse(format!(
+                    "device {device} is busy with lease {other}"
+                )))
+                .await;
+        }
+        let keys = match proto::session::check_public_keys(&ssh_keys) {
+            Ok(keys) => keys,
+            Err(e) => return link.send(&refuse(format!("ssh_keys{e}"))).await,
+        };
+        let start = SessionStart {
+            agent: self.config.name.clone(),
+            lease: id,
+            epoch,
+            device: spec.clone(),
+            dir: self.config.device_dir(&device).join("session"),
+            ssh_keys: keys,
+            artifacts: self.artifacts.clone(),
+        };
+        let handle = session::spawn(start, self.notes_tx.clone());
+        self.sessions.insert(id, handle);
+        self.devices.insert(device.clone(), Slot::Busy(id));
+        tracing::info!(lease = %id, %device, %epoch, "session started: the device is kept for a person");
+        link.send(&AgentMessage::SessionStarted { lease: id, epoch })
+            .await
+    }
+
+    /// The session if it is ours under this epoch; otherwise a debug line.
+    fn known_session(
+        &mut self,
+        id: LeaseId,
+        epoch: Epoch,
+        what: &str,
+    ) -> Option<&mut SessionHandle> {
+        match self.sessions.get_mut(&id) {
+            Some(s) if s.epoch == epoch => Some(s),
+            Some(s) => {
+                tracing::debug!(lease = %id, "ignoring {what} for epoch {epoch} (the session has {})", s.epoch);
+                None
+            }
+            None => {
+                tracing::debug!(lease = %id, "ignoring {what} for an unknown session");
+                None
+            }
+        }
+    }
+
     async fn on_text(
         &mut self,
         text: &str,
@@ -622,6 +787,49 @@ impl Agent {
                 }
                 Ok(())
             }
+            ControllerMessage::StartSession {
+                lease,
+                epoch,
+                device,
+                ssh_keys,
+            } => {
+                self.start_session(lease, epoch, device, ssh_keys, link)
+                    .await
+            }
+            ControllerMessage::SessionRequest {
+                lease,
+                epoch,
+                request,
+                action,
+            } => {
+                let queued = match self.known_session(lease, epoch, "session-request") {
+                    Some(s) => s.request(request, action),
+                    None => return Ok(()),
+                };
+                if !queued {
+                    let reason = format!(
+                        "the session is ending or has {} requests queued already",
+                        session::QUEUE
+                    );
+                    let result = proto::session::SessionResult::Failed { reason };
+                    return link
+                        .send(&AgentMessage::SessionReply {
+                            lease,
+                            epoch,
+                            request,
+                            result,
+                        })
+                        .await;
+                }
+                Ok(())
+            }
+            ControllerMessage::DropLease { lease, epoch } if self.sessions.contains_key(&lease) => {
+                if let Some(s) = self.known_session(lease, epoch, "drop-lease") {
+                    tracing::info!(%lease, "the controller dropped the session; powering the DUT off");
+                    s.end();
+                }
+                Ok(())
+            }
             ControllerMessage::DropLease { lease, epoch } => {
                 if self.known(lease, epoch, "drop-lease").is_some() {
                     tracing::info!(%lease, "the controller dropped the lease");
@@ -648,6 +856,22 @@ impl Agent {
                 window,
             } => {
                 tracing::info!(%lease, %stream, "opening the {target}");
+                // What the session offers right now: its console and the DUT's SSH port.
+                match self.sessions.get(&lease) {
+                    Some(s) if !s.is_ending() => self.reaches.set(
+                        lease,
+                        crate::streams::Reach {
+                            epoch: s.epoch,
+                            console: s.console(),
+                            ports: s
+                                .ssh_endpoint()
+                                .map(|e| (e.guest_port, e.host))
+                                .into_iter()
+                                .collect(),
+                        },
+                    ),
+                    _ => self.reaches.remove(lease),
+                }
                 match streams.open(stream, lease, epoch, target, window) {
                     Some(told) => send_stream(link, told).await,
                     None => Ok(()),

@@ -65,6 +65,8 @@ pub enum JobNote {
     },
     /// The task died without a report (a bug); the device state is unknown.
     Crashed { lease: LeaseId, reason: String },
+    /// From a session's task (a person's lease).
+    Session(crate::session::SessionNote),
 }
 
 /// Everything a job task needs.

@@ -9,9 +9,10 @@
 //! ```
 //!
 //! Module map: [`config`] (the YAML file), `link` (dialling, frames, heartbeats),
-//! `agent` (main loop and lease state), `job` (one job's task), `recorder` and `lines`
-//! (runner events to log records), `spool` (records on disk), `startup`, `backoff`,
-//! [`streams`] (consoles and TCP to a person's DUT over the link).
+//! `agent` (main loop and lease state), `job` (one job's task), [`session`] (one person's
+//! lease: the device kept for them, power, flash), [`streams`] (consoles and TCP to a
+//! person's DUT over the link), `recorder` and `lines` (runner events to log records),
+//! `spool` (records on disk), `startup`, `backoff`.
 //!
 //! Invariants:
 //! - The token is read from its file at connect time and is never printed: not in errors,
@@ -32,6 +33,7 @@ mod job;
 mod lines;
 mod link;
 mod recorder;
+pub mod session;
 mod spool;
 mod startup;
 pub mod streams;

@@ -299,7 +299,10 @@ impl Drop for Streams {
 }
 
 enum Source {
-    Console { tap: ConsoleTap, input: ConsoleInput },
+    Console {
+        tap: ConsoleTap,
+        input: ConsoleInput,
+    },
     Tcp(SocketAddr),
 }
 

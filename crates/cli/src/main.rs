@@ -13,6 +13,7 @@ mod logview;
 mod remote;
 mod serve;
 mod settings;
+mod ssh_key;
 mod table;
 mod tls_init;
 
@@ -79,10 +80,22 @@ enum Command {
         #[command(subcommand)]
         command: remote::LeaseCommand,
     },
-    /// Devices of the lab.
+    /// Power the device of a lease on or off (`--lease`, default $DUTLAB_LEASE).
+    Power(remote::PowerArgs),
+    /// Write an image to the device of a lease (uploaded as an artifact); its next power-on
+    /// boots it.
+    Flash(remote::FlashArgs),
+    /// Save a PNG of the display of a lease's device (devices with video).
+    Screenshot(remote::ScreenshotArgs),
+    /// Devices of the lab: list, show; set state and tags (admin).
     Device {
         #[command(subcommand)]
         command: remote::DeviceCommand,
+    },
+    /// The audit of admin actions (admin).
+    Audit {
+        #[command(subcommand)]
+        command: remote::admin::AuditCommand,
     },
     /// Run an agent (`--config`), check its configuration, write one (`init`), or list agents.
     #[command(args_conflicts_with_subcommands = true)]
@@ -195,7 +208,11 @@ fn main() {
         Command::Token { command } => remote::token(command),
         Command::User { command } => remote::user(command),
         Command::Device { command } => remote::device(command),
+        Command::Audit { command } => remote::admin::audit(command),
         Command::Lease { command } => remote::lease(command),
+        Command::Power(args) => remote::power(args),
+        Command::Flash(args) => remote::flash(args),
+        Command::Screenshot(args) => remote::screenshot(args),
         Command::Agent {
             command: Some(AgentCommand::Remote(command)),
             ..

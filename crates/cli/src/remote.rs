@@ -8,11 +8,14 @@
 //! - Exit codes come from [`crate::exit`]; outcomes of jobs from `Outcome::exit_code`.
 //! - A token is printed only by `token create`, alone on stdout, and never in an error.
 
+pub mod admin;
 mod jobs;
+mod leased;
 mod leases;
 mod uploads;
 
 pub use jobs::{JobCommand, job};
+pub use leased::{FlashArgs, PowerArgs, ScreenshotArgs, flash, power, screenshot};
 pub use leases::{LeaseCommand, lease};
 
 use crate::exit::{self, Exit};
@@ -121,6 +124,52 @@ pub enum DeviceCommand {
     #[command(after_help = exit::HELP)]
     List {
         /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a device: state (who set it, why, when), tags, history, last jobs.
+    #[command(after_help = exit::HELP)]
+    Show {
+        name: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take a device out of the pool (maintenance, retired) or return it (idle) (admin).
+    #[command(after_help = exit::HELP)]
+    Set {
+        name: String,
+        #[arg(long, value_enum)]
+        state: admin::AdminState,
+        /// Why (shown in `device show` and the audit).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Cancel its running job or end the lease on it now (default: they finish first).
+        #[arg(long)]
+        now: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Queue a health check of a device (admin); prints the check's job id.
+    #[command(after_help = exit::HELP)]
+    Check {
+        name: String,
+        /// Print the job as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add or remove tags of a device (admin); kept when its agent reconnects.
+    #[command(after_help = exit::HELP)]
+    Tag {
+        name: String,
+        /// A tag to add (repeat for more).
+        #[arg(long, value_name = "TAG")]
+        add: Vec<String>,
+        /// A tag to remove (repeat for more).
+        #[arg(long, value_name = "TAG")]
+        remove: Vec<String>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -390,30 +439,49 @@ pub fn user(command: UserCommand) -> i32 {
 /// `dutlab device ...`.
 pub fn device(command: DeviceCommand) -> i32 {
     block_on(async move {
-        let client = connect()?;
         match command {
-            DeviceCommand::List { json } => {
-                let devices = client.devices().await.context("cannot list devices")?;
-                if json {
-                    print_json(&devices);
-                } else {
-                    let mut t = Table::new(&["NAME", "TYPE", "TAGS", "STATE", "AGENT", "HOLDER"]);
-                    for d in &devices {
-                        t.row(vec![
-                            d.name.clone(),
-                            d.device_type.clone(),
-                            d.tags.join(","),
-                            d.state.to_string(),
-                            d.agent.clone(),
-                            d.holder.clone().unwrap_or_default(),
-                        ]);
-                    }
-                    print!("{}", t.render());
-                }
-            }
+            DeviceCommand::Show { name, json } => admin::show(&name, json).await,
+            DeviceCommand::Set {
+                name,
+                state,
+                reason,
+                now,
+                json,
+            } => admin::set(&name, state, reason, now, json).await,
+            DeviceCommand::Tag {
+                name,
+                add,
+                remove,
+                json,
+            } => admin::tag(&name, add, remove, json).await,
+            DeviceCommand::Check { name, json } => admin::check(&name, json).await,
+            DeviceCommand::List { json } => list_devices(json).await,
         }
-        Ok(0)
     })
+}
+
+/// `dutlab device list`.
+async fn list_devices(json: bool) -> anyhow::Result<i32> {
+    let client = connect()?;
+    let devices = client.devices().await.context("cannot list devices")?;
+    if json {
+        print_json(&devices);
+    } else {
+        let mut t = Table::new(&["NAME", "TYPE", "TAGS", "STATE", "AGENT", "HOLDER", "REASON"]);
+        for d in &devices {
+            t.row(vec![
+                d.name.clone(),
+                d.device_type.clone(),
+                d.tags.join(","),
+                d.state.to_string(),
+                d.agent.clone(),
+                d.holder.clone().unwrap_or_default(),
+                d.set.as_ref().map(|s| s.reason.clone()).unwrap_or_default(),
+            ]);
+        }
+        print!("{}", t.render());
+    }
+    Ok(0)
 }
 
 /// `dutlab agent list`.
@@ -433,10 +501,15 @@ pub fn agent(command: AgentCommand) -> i32 {
                             a.name.clone(),
                             match a.state {
                                 proto::api::AgentState::Connected => "connected".into(),
+                                proto::api::AgentState::Silent => "silent".into(),
                                 proto::api::AgentState::Disconnected => "disconnected".into(),
                             },
                             a.version.clone(),
-                            a.devices.join(","),
+                            a.device_states
+                                .iter()
+                                .map(|d| format!("{}({})", d.name, d.state))
+                                .collect::<Vec<_>>()
+                                .join(","),
                             table::ago(now, a.last_seen),
                         ]);
                     }

@@ -19,8 +19,13 @@ pub struct ServeArgs {
     database: Option<String>,
     /// When another `dutlab serve` uses the data directory or the database, wait for it to
     /// stop and then take over (without this, such a start is refused).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "follow")]
     standby: bool,
+    /// On PostgreSQL, when another `dutlab serve` leads the database, serve beside it as a
+    /// follower (the API and log followers here, changes forwarded to the leader) and lead
+    /// when it stops. Each controller needs its own data directory.
+    #[arg(long)]
+    follow: bool,
     /// How long a job's lease lives without a heartbeat from its agent.
     #[arg(long, value_name = "DURATION", value_parser = duration, default_value = "60s")]
     lease_ttl: Duration,
@@ -36,9 +41,17 @@ pub struct ServeArgs {
     /// How long a job waits for its agent to reconnect after the link closed.
     #[arg(long, value_name = "DURATION", value_parser = duration, default_value = "10s")]
     disconnect_grace: Duration,
-    /// How often agents send heartbeats.
+    /// How often agents send heartbeats (an agent not heard from for two of them is shown
+    /// `silent`).
     #[arg(long, value_name = "DURATION", value_parser = duration, default_value = "5s")]
     heartbeat: Duration,
+    /// Infra errors in a row on one device that take it out of the pool as `bad` (0: never).
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    quarantine_after: u32,
+    /// Health checks: a directory of LAVA job files named `<device-type>.yaml`, one per
+    /// device type (see docs/admin.md).
+    #[arg(long, value_name = "DIR")]
+    health_checks: Option<PathBuf>,
     /// Certificate chain (PEM) for TLS; with --tls-key. Agents, followers and every REST
     /// route then use https:// and wss://.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
@@ -146,6 +159,53 @@ fn check_plain_http(args: &ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Reads `DIR/<device-type>.yaml` health check jobs; each must be a valid, runnable job of
+/// that device type.
+fn health_checks(
+    dir: &std::path::Path,
+) -> anyhow::Result<std::collections::BTreeMap<String, controller::dispatcher::HealthJob>> {
+    let mut jobs = std::collections::BTreeMap::new();
+    let entries = std::fs::read_dir(dir)
+        .with_context(|| format!("--health-checks {}: cannot read it", dir.display()))?;
+    for entry in entries {
+        let path = entry?.path();
+        let (Some(stem), Some("yaml")) = (
+            path.file_stem().and_then(|s| s.to_str()),
+            path.extension().and_then(|e| e.to_str()),
+        ) else {
+            continue;
+        };
+        let file_name = format!("{stem}.yaml");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let job = jobspec::parse_job(&file_name, &text)
+            .map_err(|e| anyhow::anyhow!("health check {}: {e}", path.display()))?;
+        jobspec::check_runnable(&file_name, &job).map_err(|e| {
+            anyhow::anyhow!("health check {}: not runnable here: {e}", path.display())
+        })?;
+        if job.device_type != stem {
+            anyhow::bail!(
+                "health check {}: device_type: {:?}, but the file is named for device type {stem:?}",
+                path.display(),
+                job.device_type
+            );
+        }
+        jobs.insert(
+            stem.to_owned(),
+            controller::dispatcher::HealthJob {
+                file_name,
+                name: job.name.clone(),
+                definition: text,
+            },
+        );
+    }
+    tracing::info!(
+        "health checks for device types: {}",
+        jobs.keys().cloned().collect::<Vec<_>>().join(", ")
+    );
+    Ok(jobs)
+}
+
 fn serve_inner(args: ServeArgs) -> anyhow::Result<()> {
     check_plain_http(&args)?;
     let tls = match (&args.tls_cert, &args.tls_key) {
@@ -166,6 +226,8 @@ fn serve_inner(args: ServeArgs) -> anyhow::Result<()> {
     config.database = args.database;
     config.when_held = if args.standby {
         controller::store::hold::Wait::Standby
+    } else if args.follow {
+        controller::store::hold::Wait::Follow
     } else {
         controller::store::hold::Wait::Refuse
     };
@@ -177,6 +239,10 @@ fn serve_inner(args: ServeArgs) -> anyhow::Result<()> {
     };
     config.disconnect_grace = args.disconnect_grace;
     config.heartbeat = args.heartbeat;
+    config.quarantine_after = args.quarantine_after;
+    if let Some(dir) = &args.health_checks {
+        config.health_checks = health_checks(dir)?;
+    }
     config.limits = controller::listener::Limits {
         tls,
         header_timeout: args.header_timeout,

@@ -1,5 +1,5 @@
 //! System tests of the controller's data at rest: a real `dutlab serve`, simulated agents
-//! speaking the link protocol over a real WebSocket, the real CLI.
+//! speaking the link protocol over a real WebSocket (`testkit::sim_agent`), the real CLI.
 //!
 //! - Disk full on the log directory (a 256 KiB tmpfs, when the test may mount one) loses no
 //!   acknowledged record and leaves no hole or duplicate.
@@ -10,126 +10,21 @@
 //!
 //! Every wait has a deadline; nothing sleeps to synchronise.
 
-use anyhow::{Context, Result, bail, ensure};
-use futures_util::{SinkExt, StreamExt};
-use proto::link::{AgentMessage, ControllerMessage, DeviceInfo, HeldLease, LINK_PATH, LogFrame};
+use anyhow::{Context, Result, ensure};
+use proto::link::ControllerMessage;
 use proto::log::{LogKind, LogRecord};
-use proto::{Epoch, JobId, JobReport, LeaseId, Millis, Outcome, Seq};
-use serde_json::Value;
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use testkit::lab::Lab;
+use testkit::sim_agent::{Heard, SimAgent, SimLease, console_frame, device};
 use testkit::{Finished, Sandbox, Spawned, expect_code, wait_until};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 const DUTLAB: &str = env!("CARGO_BIN_EXE_dutlab");
 const WAIT: Duration = Duration::from_secs(30);
 const DEVICE_TYPE: &str = "sim";
-
-/// A controller in a sandbox.
-struct Controller {
-    sandbox: Sandbox,
-    port: u16,
-    admin: String,
-    process: Spawned,
-}
-
-impl Controller {
-    fn start(sandbox: Sandbox, data_dir: PathBuf) -> Result<Controller> {
-        let mut cmd = sandbox.command(DUTLAB)?;
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(&data_dir);
-        let process = Spawned::start(cmd)?;
-        process.wait_for_stderr("listening on http://", WAIT)?;
-        let stderr = process.stderr_text();
-        let port = stderr
-            .split("listening on http://127.0.0.1:")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|p| p.parse().ok())
-            .with_context(|| format!("no port in {stderr}"))?;
-        let admin = std::fs::read_to_string(data_dir.join("admin-token"))?
-            .trim()
-            .to_owned();
-        Ok(Controller {
-            sandbox,
-            port,
-            admin,
-            process,
-        })
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn cli(&self, args: &[&str]) -> Result<Finished> {
-        let mut cmd = self.sandbox.command(DUTLAB)?;
-        cmd.args(args)
-            .env("DUTLAB_URL", self.url())
-            .env("DUTLAB_TOKEN", &self.admin)
-            .env("XDG_CONFIG_HOME", self.sandbox.path().join("config"));
-        Spawned::start(cmd)?.finish(WAIT)
-    }
-
-    fn token(&self, name: &str, role: &str) -> Result<String> {
-        let done = self.cli(&["token", "create", "--name", name, "--role", role])?;
-        expect_code(&done, 0)?;
-        Ok(done.stdout.trim().to_owned())
-    }
-
-    fn submit(&self, n: usize) -> Result<JobId> {
-        let path = self.sandbox.path().join(format!("job-{n}.yaml"));
-        std::fs::write(&path, definition(n))?;
-        let done = self.cli(&["job", "submit", &path.display().to_string(), "--json"])?;
-        expect_code(&done, 0)?;
-        let view: Value = serde_json::from_str(&done.stdout)?;
-        Ok(JobId(view["id"].as_u64().context("job id")?))
-    }
-
-    fn job(&self, job: JobId) -> Result<Value> {
-        let done = self.cli(&["job", "show", &job.to_string(), "--json"])?;
-        expect_code(&done, 0)?;
-        Ok(serde_json::from_str(&done.stdout)?)
-    }
-
-    /// The stored log, one record per line.
-    fn log(&self, job: JobId) -> Result<Vec<LogRecord>> {
-        let done = self.cli(&["job", "logs", &job.to_string(), "--json"])?;
-        expect_code(&done, 0)?;
-        done.stdout
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| serde_json::from_str(l).with_context(|| format!("log line {l:?}")))
-            .collect()
-    }
-
-    /// Open file descriptors of the controller process.
-    fn fds(&self) -> Result<usize> {
-        Ok(std::fs::read_dir(format!("/proc/{}/fd", self.process.pid()))?.count())
-    }
-
-    /// `GET path` with the admin token; answers the status code (the body is read to the end).
-    fn get(&self, path: &str) -> Result<u16> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
-        stream.set_read_timeout(Some(WAIT))?;
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
-            self.admin
-        )?;
-        let mut answer = Vec::new();
-        stream.read_to_end(&mut answer)?;
-        let text = String::from_utf8_lossy(&answer);
-        text.get(9..12)
-            .and_then(|s| s.parse().ok())
-            .with_context(|| format!("bad answer {text:?}"))
-    }
-}
+const DEVICE: &str = "sim-d0";
 
 fn definition(n: usize) -> String {
     format!(
@@ -140,151 +35,38 @@ fn definition(n: usize) -> String {
     )
 }
 
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// A simulated agent: one link, one device.
-struct SimAgent {
-    ws: Socket,
-    device: String,
+fn submit(lab: &Lab, n: usize) -> Result<u64> {
+    let path = lab.write(&format!("job-{n}.yaml"), &definition(n))?;
+    lab.submit(&path)
 }
 
-/// A job the simulated agent was given.
-#[derive(Debug, Clone, Copy)]
-struct Lease {
-    lease: LeaseId,
-    epoch: Epoch,
-    job: JobId,
+/// The stored log, one record per line.
+fn stored_log(lab: &Lab, job: u64) -> Result<Vec<LogRecord>> {
+    let done = lab.cli(&["job", "logs", &job.to_string(), "--json"])?;
+    expect_code(&done, 0)?;
+    done.stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).with_context(|| format!("log line {l:?}")))
+        .collect()
 }
 
-impl SimAgent {
-    /// Connects and says hello; answers the agent or the controller's refusal reason.
-    async fn connect(
-        url: &str,
-        token: &str,
-        name: &str,
-        device: &str,
-        held: Vec<HeldLease>,
-    ) -> Result<std::result::Result<(SimAgent, Vec<proto::link::LogCursor>), String>> {
-        let ws_url = format!("{}{LINK_PATH}", url.replacen("http://", "ws://", 1));
-        let mut request = ws_url.as_str().into_client_request()?;
-        request.headers_mut().insert(
-            "authorization",
-            HeaderValue::from_str(&format!("Bearer {token}"))?,
-        );
-        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
-            .await
-            .context("connect timed out")??;
-        let mut agent = SimAgent {
-            ws,
-            device: device.to_owned(),
-        };
-        agent
-            .send(&AgentMessage::Hello {
-                protocol: proto::link::PROTOCOL_VERSION,
-                agent: name.to_owned(),
-                version: "sim".into(),
-                devices: vec![DeviceInfo {
-                    name: device.to_owned(),
-                    device_type: DEVICE_TYPE.into(),
-                    tags: Vec::new(),
-                    capabilities: vec!["power".into(), "console".into()],
-                }],
-                held,
-            })
-            .await?;
-        match agent.recv().await? {
-            Some(ControllerMessage::Welcome { resume, .. }) => Ok(Ok((agent, resume))),
-            Some(ControllerMessage::Refused { reason }) => Ok(Err(reason)),
-            other => bail!("expected welcome, got {other:?}"),
-        }
-    }
+/// Open file descriptors of the controller process.
+fn fds(lab: &Lab) -> Result<usize> {
+    Ok(std::fs::read_dir(format!("/proc/{}/fd", lab.controller()?.pid()))?.count())
+}
 
-    async fn send(&mut self, message: &AgentMessage) -> Result<()> {
-        let text = serde_json::to_string(message)?;
-        tokio::time::timeout(WAIT, self.ws.send(Message::text(text)))
-            .await
-            .context("send timed out")??;
-        Ok(())
-    }
-
-    /// Sends a frame; false when the link is closed.
-    async fn frame(&mut self, frame: &LogFrame) -> Result<bool> {
-        match tokio::time::timeout(WAIT, self.ws.send(Message::binary(frame.encode()))).await {
-            Ok(Ok(())) => Ok(true),
-            Ok(Err(_)) => Ok(false),
-            Err(_) => bail!("frame send timed out"),
-        }
-    }
-
-    /// The next controller message; `None` when the link closed.
-    async fn recv(&mut self) -> Result<Option<ControllerMessage>> {
-        loop {
-            let next = tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .context("nothing from the controller in time")?;
-            match next {
-                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Ok(None),
-                Some(Ok(Message::Text(text))) => {
-                    return Ok(Some(serde_json::from_str(text.as_str())?));
-                }
-                Some(Ok(_)) => {}
-            }
-        }
-    }
-
-    /// Waits for `StartJob` and answers `JobStarted`.
-    async fn take_job(&mut self) -> Result<Lease> {
-        loop {
-            match self.recv().await? {
-                Some(ControllerMessage::StartJob {
-                    lease, epoch, job, ..
-                }) => {
-                    self.send(&AgentMessage::JobStarted { lease, epoch })
-                        .await?;
-                    return Ok(Lease { lease, epoch, job });
-                }
-                Some(_) => {}
-                None => bail!("link closed before StartJob"),
-            }
-        }
-    }
-
-    /// Reports the job passed and waits for `FinishAcked`.
-    async fn finish(&mut self, l: Lease, last_seq: u64) -> Result<()> {
-        self.send(&AgentMessage::JobFinished {
-            lease: l.lease,
-            epoch: l.epoch,
-            report: JobReport {
-                job_name: String::new(),
-                outcome: Outcome::Passed,
-                reason: String::new(),
-                cases: Vec::new(),
-                duration_s: 0.0,
-            },
-            last_seq: Seq(last_seq),
-        })
-        .await?;
-        loop {
-            match self.recv().await? {
-                Some(ControllerMessage::FinishAcked { lease, .. }) if lease == l.lease => {
-                    return Ok(());
-                }
-                Some(_) => {}
-                None => bail!("link closed before FinishAcked"),
-            }
-        }
-    }
-
-    fn held(&self, l: Lease) -> HeldLease {
-        HeldLease {
-            lease: l.lease,
-            epoch: l.epoch,
-            job: l.job,
-            device: self.device.clone(),
-            report: None,
-        }
-    }
+/// A simulated agent `sim` with the one device, welcomed.
+fn sim_agent(lab: &Lab, token: &str) -> Result<SimAgent> {
+    let (agent, welcome) = SimAgent::connect(
+        lab.port(),
+        token,
+        "sim",
+        vec![device(DEVICE, DEVICE_TYPE)],
+        vec![],
+    )?;
+    welcome.map_err(anyhow::Error::msg)?;
+    Ok(agent)
 }
 
 /// The text of record `seq` (1000 bytes, so a few frames fill the small disk).
@@ -296,26 +78,25 @@ fn text_of(seq: u64) -> String {
     text
 }
 
-fn frame(l: Lease, first: u64, count: u64) -> LogFrame {
-    LogFrame {
-        lease: l.lease,
-        epoch: l.epoch,
-        records: (first..first + count)
-            .map(|seq| LogRecord {
-                seq: Seq(seq),
-                at: Millis(seq),
-                kind: LogKind::Console,
-                text: text_of(seq),
-            })
-            .collect(),
-    }
+fn frame(l: SimLease, first: u64, count: u64) -> proto::link::LogFrame {
+    let texts: Vec<String> = (first..first + count).map(text_of).collect();
+    console_frame(l, first, &texts)
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?)
+/// Waits until `stored` covers `until`; false when the link closed first.
+fn acked_until(agent: &mut SimAgent, acked: &mut u64, until: u64) -> Result<bool> {
+    loop {
+        match agent.next(WAIT)? {
+            Heard::Message(ControllerMessage::LogAcked { stored, .. }) => {
+                *acked = (*acked).max(stored.0);
+                if stored.0 >= until {
+                    return Ok(true);
+                }
+            }
+            Heard::Closed(_) => return Ok(false),
+            Heard::Message(_) | Heard::Text(_) => {}
+        }
+    }
 }
 
 /// Unmounts a test's tmpfs when the test ends, however it ends.
@@ -352,37 +133,36 @@ fn check_log(log: &[LogRecord]) -> Result<()> {
 
 #[test]
 fn disk_full_on_the_log_directory_loses_no_acknowledged_record() -> Result<()> {
-    let sandbox = Sandbox::new()?;
-    let data_dir = sandbox.path().join("data");
-    let logs = data_dir.join("logs");
-    std::fs::create_dir_all(&logs)?;
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs"])
-        .arg(&logs)
-        .output()?;
-    if !mounted.status.success() {
+    let mut refusal = None;
+    let lab = Lab::start_prepared(DUTLAB, "data", |data_dir| {
+        let logs = data_dir.join("logs");
+        std::fs::create_dir_all(&logs)?;
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs"])
+            .arg(&logs)
+            .output()?;
+        if !mounted.status.success() {
+            refusal = Some(String::from_utf8_lossy(&mounted.stderr).trim().to_owned());
+        }
+        Ok(())
+    })?;
+    if let Some(refusal) = refusal {
         eprintln!(
-            "SKIPPED: this test mounts a 256 KiB tmpfs as the log directory and may not here: {}",
-            String::from_utf8_lossy(&mounted.stderr).trim()
+            "SKIPPED: this test mounts a 256 KiB tmpfs as the log directory and may not here: {refusal}"
         );
         return Ok(());
     }
+    let logs = lab.data_dir().join("logs");
     let _unmount = Mounted(logs.clone());
-    let ctl = Controller::start(sandbox, data_dir)?;
-    let token = ctl.token("sim", "agent")?;
-    let rt = runtime()?;
-    let (mut agent, _) = rt
-        .block_on(SimAgent::connect(
-            &ctl.url(),
-            &token,
-            "sim",
-            "sim-d0",
-            vec![],
-        ))?
-        .map_err(anyhow::Error::msg)?;
-    let job = ctl.submit(0)?;
-    let lease = rt.block_on(agent.take_job())?;
-    ensure!(lease.job == job, "started {:?}, submitted {job}", lease.job);
+    let token = lab.token("sim", "agent")?;
+    let mut agent = sim_agent(&lab, &token)?;
+    let job = submit(&lab, 0)?;
+    let lease = agent.take_job()?;
+    ensure!(
+        lease.job.0 == job,
+        "started {:?}, submitted {job}",
+        lease.job
+    );
 
     // Fill the disk but for about 48 KiB: a few frames of 10 records fit, then writes fail.
     let filler = logs.join("filler");
@@ -402,36 +182,27 @@ fn disk_full_on_the_log_directory_loses_no_acknowledged_record() -> Result<()> {
     const PER_FRAME: u64 = 10;
     let mut acked = 0u64;
     let mut next = 1u64;
-    let closed = rt.block_on(async {
-        while next <= TOTAL {
-            if !agent.frame(&frame(lease, next, PER_FRAME)).await? {
-                return Ok::<bool, anyhow::Error>(true);
-            }
-            next += PER_FRAME;
-            // Wait for this frame's ack or the close.
-            loop {
-                match agent.recv().await? {
-                    Some(ControllerMessage::LogAcked { stored, .. }) => {
-                        acked = acked.max(stored.0);
-                        if stored.0 + 1 >= next {
-                            break;
-                        }
-                    }
-                    Some(_) => {}
-                    None => return Ok(true),
-                }
-            }
+    let mut closed = false;
+    while next <= TOTAL {
+        if !agent.try_frame(&frame(lease, next, PER_FRAME)) {
+            closed = true;
+            break;
         }
-        Ok(false)
-    })?;
+        next += PER_FRAME;
+        // Wait for this frame's ack or the close.
+        if !acked_until(&mut agent, &mut acked, next - 1)? {
+            closed = true;
+            break;
+        }
+    }
+    let controller = lab.controller()?;
     ensure!(
         closed,
         "all {TOTAL} records fit: the disk never filled ({})",
-        ctl.process.stderr_text()
+        controller.stderr_text()
     );
     ensure!(acked > 0, "nothing was acknowledged before the disk filled");
-    ctl.process
-        .wait_for_stderr("closing the link so the agent resends", WAIT)?;
+    controller.wait_for_stderr("closing the link so the agent resends", WAIT)?;
 
     // The file holds whole records only, every acknowledged one among them.
     let file = logs.join(format!("{job}.log"));
@@ -448,16 +219,14 @@ fn disk_full_on_the_log_directory_loses_no_acknowledged_record() -> Result<()> {
 
     // Free the space; the agent reconnects and resends from the controller's cursor.
     std::fs::remove_file(&filler)?;
-    let held = agent.held(lease);
-    let (mut agent, resume) = rt
-        .block_on(SimAgent::connect(
-            &ctl.url(),
-            &token,
-            "sim",
-            "sim-d0",
-            vec![held],
-        ))?
-        .map_err(anyhow::Error::msg)?;
+    let (mut agent, resume) = SimAgent::connect(
+        lab.port(),
+        &token,
+        "sim",
+        vec![device(DEVICE, DEVICE_TYPE)],
+        vec![lease.held(DEVICE)],
+    )?;
+    let resume = resume.map_err(anyhow::Error::msg)?;
     let cursor = resume
         .iter()
         .find(|c| c.lease == lease.lease)
@@ -473,72 +242,51 @@ fn disk_full_on_the_log_directory_loses_no_acknowledged_record() -> Result<()> {
         cursor >= acked,
         "resume cursor {cursor} is behind the acknowledged {acked}"
     );
-    rt.block_on(async {
-        let mut from = cursor + 1;
-        while from <= TOTAL {
-            let n = PER_FRAME.min(TOTAL - from + 1);
-            ensure!(
-                agent.frame(&frame(lease, from, n)).await?,
-                "link closed again"
-            );
-            from += n;
-        }
-        loop {
-            match agent.recv().await? {
-                Some(ControllerMessage::LogAcked { stored, .. }) if stored.0 >= TOTAL => break,
-                Some(_) => {}
-                None => bail!("link closed before everything was acked"),
-            }
-        }
-        agent.finish(lease, TOTAL).await
-    })?;
-    let log = ctl.log(job)?;
+    let mut from = cursor + 1;
+    while from <= TOTAL {
+        let n = PER_FRAME.min(TOTAL - from + 1);
+        ensure!(agent.try_frame(&frame(lease, from, n)), "link closed again");
+        from += n;
+    }
+    ensure!(
+        acked_until(&mut agent, &mut acked, TOTAL)?,
+        "link closed before everything was acked"
+    );
+    agent.finish(lease, TOTAL)?;
+    let log = stored_log(&lab, job)?;
     check_log(&log)?;
     let console = log.iter().filter(|r| r.kind == LogKind::Console).count() as u64;
     ensure!(
         console == TOTAL,
         "{console} console records stored of {TOTAL}"
     );
-    ensure!(ctl.job(job)?["outcome"] == "passed", "job outcome");
+    ensure!(lab.job(job)?["outcome"] == "passed", "job outcome");
     drop(agent);
-    drop(ctl);
-    Ok(())
+    lab.finish()
 }
 
 #[test]
 fn reading_and_following_finished_logs_holds_no_descriptor() -> Result<()> {
-    let sandbox = Sandbox::new()?;
-    let data_dir = sandbox.path().join("data");
-    let ctl = Controller::start(sandbox, data_dir)?;
-    let token = ctl.token("sim", "agent")?;
-    let rt = runtime()?;
-    let (mut agent, _) = rt
-        .block_on(SimAgent::connect(
-            &ctl.url(),
-            &token,
-            "sim",
-            "sim-d0",
-            vec![],
-        ))?
-        .map_err(anyhow::Error::msg)?;
+    let lab = Lab::start(DUTLAB)?;
+    let token = lab.token("sim", "agent")?;
+    let mut agent = sim_agent(&lab, &token)?;
     const JOBS: usize = 8;
     let mut jobs = Vec::new();
     for n in 0..JOBS {
-        let job = ctl.submit(n)?;
-        rt.block_on(async {
-            let lease = agent.take_job().await?;
-            ensure!(agent.frame(&frame(lease, 1, 3)).await?, "link closed");
-            agent.finish(lease, 3).await
-        })?;
+        let job = submit(&lab, n)?;
+        let lease = agent.take_job()?;
+        ensure!(agent.try_frame(&frame(lease, 1, 3)), "link closed");
+        agent.finish(lease, 3)?;
         jobs.push(job);
     }
-    let before = ctl.fds()?;
+    let before = fds(&lab)?;
     // Each finished log read a few times over REST and followed to its end over WebSocket.
     for round in 0..3 {
         for job in &jobs {
-            let status = ctl.get(&format!("/api/v1/jobs/{job}/logs"))?;
+            let (status, _) =
+                lab.http("GET", &format!("/api/v1/jobs/{job}/logs"), lab.admin(), b"")?;
             ensure!(status == 200, "round {round}: GET logs of {job}: {status}");
-            let done = ctl.cli(&["job", "logs", &job.to_string(), "--follow"])?;
+            let done = lab.cli(&["job", "logs", &job.to_string(), "--follow"])?;
             ensure!(
                 done.code() == Some(0),
                 "follow of {job}: {:?} {}",
@@ -551,7 +299,7 @@ fn reading_and_following_finished_logs_holds_no_descriptor() -> Result<()> {
         "the controller's descriptors back to where they were",
         WAIT,
         || {
-            let now = ctl.fds()?;
+            let now = fds(&lab)?;
             Ok((now <= before + 2).then_some(now))
         },
     )
@@ -560,19 +308,19 @@ fn reading_and_following_finished_logs_holds_no_descriptor() -> Result<()> {
             "{} descriptors before {} reads and follows of finished logs, {} after",
             before,
             JOBS * 6,
-            ctl.fds().unwrap_or(0)
+            fds(&lab).unwrap_or(0)
         )
     })?;
     eprintln!("controller descriptors: {before} before, {after} after");
     // No log file of a finished job is open.
-    let open_logs = std::fs::read_dir(format!("/proc/{}/fd", ctl.process.pid()))?
+    let open_logs = std::fs::read_dir(format!("/proc/{}/fd", lab.controller()?.pid()))?
         .flatten()
         .filter_map(|e| std::fs::read_link(e.path()).ok())
         .filter(|target| target.extension().is_some_and(|x| x == "log"))
         .count();
     ensure!(open_logs == 0, "{open_logs} log files still open");
     drop(agent);
-    Ok(())
+    lab.finish()
 }
 
 fn mode(path: &Path) -> Result<u32> {
@@ -585,26 +333,14 @@ fn mode(path: &Path) -> Result<u32> {
 
 #[test]
 fn the_data_directory_is_private_and_a_more_open_one_is_reported() -> Result<()> {
-    let sandbox = Sandbox::new()?;
-    let data_dir = sandbox.path().join("nested/data");
-    let ctl = Controller::start(sandbox, data_dir.clone())?;
-    let token = ctl.token("sim", "agent")?;
-    let rt = runtime()?;
-    let (mut agent, _) = rt
-        .block_on(SimAgent::connect(
-            &ctl.url(),
-            &token,
-            "sim",
-            "sim-d0",
-            vec![],
-        ))?
-        .map_err(anyhow::Error::msg)?;
-    let job = ctl.submit(0)?;
-    rt.block_on(async {
-        let lease = agent.take_job().await?;
-        ensure!(agent.frame(&frame(lease, 1, 2)).await?, "link closed");
-        agent.finish(lease, 2).await
-    })?;
+    let mut lab = Lab::start_prepared(DUTLAB, "nested/data", |_| Ok(()))?;
+    let data_dir = lab.data_dir().to_path_buf();
+    let token = lab.token("sim", "agent")?;
+    let mut agent = sim_agent(&lab, &token)?;
+    let job = submit(&lab, 0)?;
+    let lease = agent.take_job()?;
+    ensure!(agent.try_frame(&frame(lease, 1, 2)), "link closed");
+    agent.finish(lease, 2)?;
     ensure!(mode(&data_dir)? == 0o700, "data dir {:o}", mode(&data_dir)?);
     ensure!(mode(&data_dir.join("logs"))? == 0o700, "logs dir");
     let mut files = vec![
@@ -626,15 +362,14 @@ fn the_data_directory_is_private_and_a_more_open_one_is_reported() -> Result<()>
         );
     }
     ensure!(
-        !ctl.process.stderr_text().contains("lets group or others"),
+        !lab.controller()?
+            .stderr_text()
+            .contains("lets group or others"),
         "a fresh data directory was reported: {}",
-        ctl.process.stderr_text()
+        lab.controller()?.stderr_text()
     );
     drop(agent);
-    let Controller {
-        sandbox, process, ..
-    } = ctl;
-    drop(process);
+    lab.stop_controller()?;
 
     // An existing directory more open than 0700 is kept as it is, and reported.
     std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o755))?;
@@ -642,8 +377,8 @@ fn the_data_directory_is_private_and_a_more_open_one_is_reported() -> Result<()>
         data_dir.join("admin-token"),
         std::fs::Permissions::from_mode(0o644),
     )?;
-    let again = Controller::start(sandbox, data_dir.clone())?;
-    let stderr = again.process.stderr_text();
+    lab.serve()?;
+    let stderr = lab.controller()?.stderr_text();
     for needle in [
         format!("{}: mode 0755", data_dir.display()),
         format!("{}: mode 0644", data_dir.join("admin-token").display()),
@@ -651,7 +386,7 @@ fn the_data_directory_is_private_and_a_more_open_one_is_reported() -> Result<()>
         ensure!(stderr.contains(&needle), "no {needle:?} in {stderr}");
     }
     ensure!(mode(&data_dir)? == 0o755, "the operator's mode was changed");
-    Ok(())
+    lab.finish()
 }
 
 #[test]
@@ -707,22 +442,25 @@ fn the_agent_warns_about_a_token_file_others_can_read() -> Result<()> {
 
 #[test]
 fn names_that_could_forge_log_lines_are_refused_in_a_hello() -> Result<()> {
-    let sandbox = Sandbox::new()?;
-    let data_dir = sandbox.path().join("data");
-    let ctl = Controller::start(sandbox, data_dir)?;
-    let token = ctl.token("sim", "agent")?;
-    let rt = runtime()?;
+    let lab = Lab::start(DUTLAB)?;
+    let token = lab.token("sim", "agent")?;
     let forged = "sim\n2026-12-01T00:00:00Z  INFO agent admin connected";
-    for (agent, device, field) in [
+    for (agent, name, field) in [
         (forged, "sim-d0", "agent name"),
         ("sim", "d0\u{1b}[2J", "device name"),
         ("sim", "d0 x", "device name"),
         ("sim\u{7}", "sim-d0", "agent name"),
     ] {
-        let refused = rt
-            .block_on(SimAgent::connect(&ctl.url(), &token, agent, device, vec![]))?
+        let (_, answer) = SimAgent::connect(
+            lab.port(),
+            &token,
+            agent,
+            vec![device(name, DEVICE_TYPE)],
+            vec![],
+        )?;
+        let refused = answer
             .err()
-            .with_context(|| format!("hello of {agent:?} with {device:?} was welcomed"))?;
+            .with_context(|| format!("hello of {agent:?} with {name:?} was welcomed"))?;
         ensure!(refused.contains(field), "refusal {refused:?} names {field}");
         ensure!(
             !refused.chars().any(char::is_control),
@@ -730,8 +468,9 @@ fn names_that_could_forge_log_lines_are_refused_in_a_hello() -> Result<()> {
         );
     }
     // The controller's own log shows the names escaped, never as a line of their own.
-    ctl.process.wait_for_stderr("refused", WAIT)?;
-    let stderr = ctl.process.stderr_text();
+    let controller = lab.controller()?;
+    controller.wait_for_stderr("refused", WAIT)?;
+    let stderr = controller.stderr_text();
     ensure!(
         !stderr
             .lines()
@@ -740,13 +479,6 @@ fn names_that_could_forge_log_lines_are_refused_in_a_hello() -> Result<()> {
     );
     ensure!(!stderr.contains('\u{1b}'), "an escape reached the log");
     // A good name still gets in.
-    rt.block_on(SimAgent::connect(
-        &ctl.url(),
-        &token,
-        "sim",
-        "sim-d0",
-        vec![],
-    ))?
-    .map_err(anyhow::Error::msg)?;
-    Ok(())
+    sim_agent(&lab, &token)?;
+    lab.finish()
 }

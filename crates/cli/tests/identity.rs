@@ -2,16 +2,15 @@
 //! raw WebSocket clients speaking the link protocol with the `proto` types (the attacker is
 //! one of them), and the real CLI as the client. No QEMU: a simulated agent holds the lease.
 
-use anyhow::{Context, Result, bail, ensure};
-use proto::link::{AgentMessage, ControllerMessage, DeviceInfo, HeldLease, LogFrame};
-use proto::log::{LogKind, LogRecord};
-use proto::{Epoch, JobId, JobReport, LeaseId, Millis, Outcome, Seq};
+use anyhow::{Context, Result, ensure};
+use proto::link::{AgentMessage, ControllerMessage, HeldLease};
 use serde_json::Value;
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use testkit::sim_agent::{self, Heard, SimAgent as Sim};
 use testkit::{expect_code, inline_job, wait_until};
-use tokio_tungstenite::tungstenite::{self, Message, WebSocket, client::IntoClientRequest};
+use tokio_tungstenite::tungstenite::WebSocket;
 
 const DUTLAB: &str = env!("CARGO_BIN_EXE_dutlab");
 const LIMIT: Duration = Duration::from_secs(30);
@@ -62,190 +61,7 @@ impl Lab {
     }
 
     fn socket(&self, path: &str, token: &str) -> Result<WebSocket<TcpStream>> {
-        let url = format!("ws://127.0.0.1:{}{path}", self.port());
-        let mut request = url.as_str().into_client_request()?;
-        request
-            .headers_mut()
-            .insert("authorization", format!("Bearer {token}").parse()?);
-        let tcp = TcpStream::connect(("127.0.0.1", self.port()))?;
-        tcp.set_read_timeout(Some(Duration::from_millis(100)))?;
-        let (ws, _) = tungstenite::client::client(request, tcp)
-            .map_err(|e| anyhow::anyhow!("websocket {path}: {e}"))?;
-        Ok(ws)
-    }
-}
-
-/// A simulated agent: one link, driven by hand.
-struct Sim {
-    ws: WebSocket<TcpStream>,
-}
-
-/// How a wait on a link ended.
-#[derive(Debug)]
-enum Heard {
-    Message(ControllerMessage),
-    /// Text that is not a controller message (follow streams send `FollowEvent`s).
-    Text(String),
-    Closed(String),
-}
-
-impl Sim {
-    fn open(lab: &Lab, token: &str) -> Result<Sim> {
-        Ok(Sim {
-            ws: lab.socket(proto::link::LINK_PATH, token)?,
-        })
-    }
-
-    fn send(&mut self, message: &AgentMessage) -> Result<()> {
-        self.ws
-            .send(Message::Text(serde_json::to_string(message)?.into()))?;
-        Ok(())
-    }
-
-    fn hello(&mut self, agent: &str, devices: &[&str], held: Vec<HeldLease>) -> Result<()> {
-        self.send(&AgentMessage::Hello {
-            protocol: proto::link::PROTOCOL_VERSION,
-            agent: agent.into(),
-            version: "sim".into(),
-            devices: devices
-                .iter()
-                .map(|d| DeviceInfo {
-                    name: (*d).into(),
-                    device_type: "qemu".into(),
-                    tags: vec![],
-                    capabilities: vec![],
-                })
-                .collect(),
-            held,
-        })
-    }
-
-    /// The next control message or the close, within `within`.
-    fn next(&mut self, within: Duration) -> Result<Heard> {
-        let deadline = Instant::now() + within;
-        loop {
-            match self.ws.read() {
-                Ok(Message::Text(text)) => {
-                    return Ok(match serde_json::from_str(text.as_str()) {
-                        Ok(message) => Heard::Message(message),
-                        Err(_) => Heard::Text(text.to_string()),
-                    });
-                }
-                Ok(Message::Close(frame)) => {
-                    return Ok(Heard::Closed(
-                        frame.map(|f| f.reason.to_string()).unwrap_or_default(),
-                    ));
-                }
-                Ok(_) => {}
-                Err(tungstenite::Error::Io(e))
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
-                    return Ok(Heard::Closed(String::new()));
-                }
-                Err(e) => return Ok(Heard::Closed(format!("socket error: {e}"))),
-            }
-            if Instant::now() > deadline {
-                bail!("nothing heard within {within:?}");
-            }
-        }
-    }
-
-    /// Skips messages until one that `pick` takes.
-    fn expect<T>(&mut self, what: &str, mut pick: impl FnMut(&Heard) -> Option<T>) -> Result<T> {
-        let deadline = Instant::now() + LIMIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let heard = self
-                .next(left)
-                .with_context(|| format!("waiting for {what}"))?;
-            if let Some(value) = pick(&heard) {
-                return Ok(value);
-            }
-            if let Heard::Closed(reason) = heard {
-                bail!("link closed while waiting for {what}: {reason}");
-            }
-        }
-    }
-
-    fn welcome(&mut self) -> Result<Vec<proto::link::LogCursor>> {
-        self.expect("welcome", |h| match h {
-            Heard::Message(ControllerMessage::Welcome { resume, .. }) => Some(resume.clone()),
-            _ => None,
-        })
-    }
-
-    /// Waits for the refusal of a hello and the close; answers the reason.
-    fn refused(&mut self) -> Result<String> {
-        let reason = match self.next(LIMIT)? {
-            Heard::Message(ControllerMessage::Refused { reason }) => reason,
-            other => bail!("expected a refusal, got {other:?}"),
-        };
-        wait_until("the refused link closes", LIMIT, || {
-            Ok(matches!(self.next(LIMIT)?, Heard::Closed(_)).then_some(()))
-        })?;
-        Ok(reason)
-    }
-
-    fn start_job(&mut self) -> Result<(LeaseId, Epoch, JobId)> {
-        self.expect("start-job", |h| match h {
-            Heard::Message(ControllerMessage::StartJob {
-                lease, epoch, job, ..
-            }) => Some((*lease, *epoch, *job)),
-            _ => None,
-        })
-    }
-
-    fn log(&mut self, lease: LeaseId, epoch: Epoch, first: u64, text: &str) -> Result<()> {
-        let frame = LogFrame {
-            lease,
-            epoch,
-            records: vec![LogRecord {
-                seq: Seq(first),
-                at: Millis(1),
-                kind: LogKind::Console,
-                text: text.into(),
-            }],
-        };
-        self.ws.send(Message::Binary(frame.encode().into()))?;
-        Ok(())
-    }
-
-    fn finished(&mut self, lease: LeaseId, epoch: Epoch, reason: &str, last: u64) -> Result<()> {
-        self.send(&AgentMessage::JobFinished {
-            lease,
-            epoch,
-            report: JobReport {
-                job_name: "j".into(),
-                outcome: if reason.is_empty() {
-                    Outcome::Passed
-                } else {
-                    Outcome::Failed
-                },
-                reason: reason.into(),
-                cases: vec![],
-                duration_s: 0.1,
-            },
-            last_seq: Seq(last),
-        })
-    }
-
-    /// Closes before the deadline, answering the close reason.
-    fn closed_within(&mut self, within: Duration) -> Result<String> {
-        let deadline = Instant::now() + within;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                bail!("the link is still open after {within:?}");
-            }
-            match self.next(left) {
-                Ok(Heard::Closed(reason)) => return Ok(reason),
-                Ok(Heard::Message(_) | Heard::Text(_)) => {}
-                Err(_) => bail!("the link is still open after {within:?}"),
-            }
-        }
+        sim_agent::socket(self.port(), path, token)
     }
 }
 
@@ -253,10 +69,10 @@ impl Sim {
 fn a_second_agent_token_cannot_forge_results_or_inject_log_lines() -> Result<()> {
     let lab = Lab::start()?;
     let user = lab.token("alice", "user")?;
-    let mut victim = Sim::open(&lab, &lab.token("victim", "agent")?)?;
+    let mut victim = Sim::open(lab.port(), &lab.token("victim", "agent")?)?;
     victim.hello("victim", &["victim-q1"], vec![])?;
     victim.welcome()?;
-    let mut mallory = Sim::open(&lab, &lab.token("mallory", "agent")?)?;
+    let mut mallory = Sim::open(lab.port(), &lab.token("mallory", "agent")?)?;
     mallory.hello("mallory", &[], vec![])?;
     mallory.welcome()?;
     let job = lab.submit_named(&user, "victim-job")?;
@@ -319,11 +135,11 @@ fn a_token_speaks_only_for_its_own_agent_and_devices() -> Result<()> {
     let lab = Lab::start()?;
     let victim_token = lab.token("victim", "agent")?;
     let mallory_token = lab.token("mallory", "agent")?;
-    let mut victim = Sim::open(&lab, &victim_token)?;
+    let mut victim = Sim::open(lab.port(), &victim_token)?;
     victim.hello("victim", &["victim-q1"], vec![])?;
     victim.welcome()?;
     // Another agent's name.
-    let mut mallory = Sim::open(&lab, &mallory_token)?;
+    let mut mallory = Sim::open(lab.port(), &mallory_token)?;
     mallory.hello("victim", &["victim-q1"], vec![])?;
     let reason = mallory.refused()?;
     ensure!(reason.contains("bound to agent \"mallory\""), "{reason}");
@@ -338,7 +154,7 @@ fn a_token_speaks_only_for_its_own_agent_and_devices() -> Result<()> {
     );
     // Its own name, another agent's device: refused, whether that agent is connected or not.
     for round in ["connected", "disconnected"] {
-        let mut mallory = Sim::open(&lab, &mallory_token)?;
+        let mut mallory = Sim::open(lab.port(), &mallory_token)?;
         mallory.hello("mallory", &["victim-q1"], vec![])?;
         let reason = mallory.refused()?;
         ensure!(
@@ -346,7 +162,7 @@ fn a_token_speaks_only_for_its_own_agent_and_devices() -> Result<()> {
             "{round}: {reason}"
         );
         if round == "connected" {
-            victim.ws.close(None)?;
+            victim.close()?;
             let agents = || -> Result<Option<()>> {
                 let list = lab.json(&["agent", "list", "--json"])?;
                 Ok(list
@@ -374,7 +190,7 @@ fn a_token_speaks_only_for_its_own_agent_and_devices() -> Result<()> {
         ],
     )?;
     expect_code(&done, 0)?;
-    let mut rack = Sim::open(&lab, done.stdout.trim())?;
+    let mut rack = Sim::open(lab.port(), done.stdout.trim())?;
     rack.hello("rack-3", &["rack-3-q1"], vec![])?;
     rack.welcome()?;
     let done = lab.cli_as(
@@ -395,7 +211,7 @@ fn a_token_speaks_only_for_its_own_agent_and_devices() -> Result<()> {
 fn lease_ids_are_128_bits_and_not_a_counter() -> Result<()> {
     let lab = Lab::start()?;
     let user = lab.token("alice", "user")?;
-    let mut agent = Sim::open(&lab, &lab.token("rig", "agent")?)?;
+    let mut agent = Sim::open(lab.port(), &lab.token("rig", "agent")?)?;
     agent.hello("rig", &["rig-q1", "rig-q2"], vec![])?;
     agent.welcome()?;
     lab.submit_named(&user, "one")?;
@@ -414,13 +230,13 @@ fn a_newer_connection_of_an_agent_closes_the_older_and_takes_its_leases() -> Res
     let lab = Lab::start()?;
     let user = lab.token("alice", "user")?;
     let token = lab.token("rig", "agent")?;
-    let mut old = Sim::open(&lab, &token)?;
+    let mut old = Sim::open(lab.port(), &token)?;
     old.hello("rig", &["rig-q1"], vec![])?;
     old.welcome()?;
     let job = lab.submit_named(&user, "moving")?;
     let (lease, epoch, granted) = old.start_job()?;
     old.send(&AgentMessage::JobStarted { lease, epoch })?;
-    let mut new = Sim::open(&lab, &token)?;
+    let mut new = Sim::open(lab.port(), &token)?;
     new.hello(
         "rig",
         &["rig-q1"],
@@ -455,18 +271,14 @@ fn revoking_a_token_closes_its_agent_link_and_follow_streams() -> Result<()> {
     let lab = Lab::start()?;
     let user = lab.token("alice", "user")?;
     let other = lab.token("bob", "user")?;
-    let mut agent = Sim::open(&lab, &lab.token("rig", "agent")?)?;
+    let mut agent = Sim::open(lab.port(), &lab.token("rig", "agent")?)?;
     agent.hello("rig", &["rig-q1"], vec![])?;
     agent.welcome()?;
     let job = lab.submit_named(&user, "followed")?;
     agent.start_job()?;
     let path = format!("/api/v1/jobs/{job}/logs/follow");
-    let mut follower = Sim {
-        ws: lab.socket(&path, &user)?,
-    };
-    let mut bystander = Sim {
-        ws: lab.socket(&path, &other)?,
-    };
+    let mut follower = Sim::from_socket(lab.socket(&path, &user)?);
+    let mut bystander = Sim::from_socket(lab.socket(&path, &other)?);
     for ws in [&mut follower, &mut bystander] {
         // The follow stream answers with the job first: it is open.
         let first = ws.expect("the job", |h| match h {

@@ -11,7 +11,7 @@ use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
-use testkit::lab::{Database, Lab};
+use testkit::lab::{Database, Lab, check_numbered, numbered_job};
 use testkit::{Spawned, expect_code, inline_job, wait_until, workspace_root};
 
 const DUTLAB: &str = env!("CARGO_BIN_EXE_dutlab");
@@ -40,42 +40,6 @@ on_both!(
     a_second_controller_is_refused_and_a_standby_takes_over_mid_job,
     serve_refuses_a_database_of_a_newer_schema,
 );
-
-/// A job whose DUT prints `line-1` ... `line-N`, one every `pause` seconds.
-fn numbered_job(name: &str, lines: u32, pause: &str) -> String {
-    let step =
-        format!("i=1; while [ $i -le {lines} ]; do echo line-$i; i=$((i+1)); sleep {pause}; done");
-    inline_job(
-        name,
-        "  job: 5m",
-        &[&step, "lava-test-case counted --result pass"],
-    )
-}
-
-/// Checks that the console records hold `line-1` .. `line-N` exactly once, in order.
-fn check_numbered(log: &[Value], lines: u32) -> Result<()> {
-    let seqs: Vec<u64> = log.iter().filter_map(|r| r["seq"].as_u64()).collect();
-    let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
-    ensure!(seqs == expected, "sequence numbers are not 1..n: {seqs:?}");
-    ensure!(
-        !log.iter().any(|r| r["kind"] == "gap"),
-        "the log has a gap marker"
-    );
-    let numbered: Vec<u32> = log
-        .iter()
-        .filter(|r| r["kind"] == "console")
-        .filter_map(|r| r["text"].as_str())
-        .filter_map(|t| t.trim().strip_prefix("line-"))
-        .filter_map(|n| n.parse().ok())
-        .collect();
-    let wanted: Vec<u32> = (1..=lines).collect();
-    ensure!(
-        numbered == wanted,
-        "numbered lines lost or repeated: got {} lines: {numbered:?}",
-        numbered.len()
-    );
-    Ok(())
-}
 
 fn submitted_job_runs_on_an_agent_and_follow_exits_with_its_outcome(
     database: Database,

@@ -133,7 +133,10 @@ fn acquire_show_renew_release_and_nobody_else_may_touch_it() -> Result<()> {
         released["state"] == "ended" && released["end"] == "released",
         "{released}"
     );
-    ensure!(device(&lab, &dev)?["state"] == "idle");
+    // Back in the pool once the agent confirms the session is torn down (DUT off).
+    wait_until("device idle", LIMIT, || {
+        Ok((device(&lab, &dev)?["state"] == "idle").then_some(()))
+    })?;
     let again = lab.cli_as(&alice, &["lease", "release", &id.to_string()])?;
     expect_code(&again, 70)?;
     ensure!(
@@ -201,7 +204,10 @@ fn an_expired_lease_is_gone_and_its_device_back_in_the_pool() -> Result<()> {
     let id = view["id"].as_u64().context("id")?;
     let ended = wait_ended(&lab, &alice, id, LIMIT)?;
     ensure!(ended["end"] == "expired", "{ended}");
-    ensure!(device(&lab, &dev)?["state"] == "idle");
+    // Back in the pool once the agent confirms the session is torn down (DUT off).
+    wait_until("device idle", LIMIT, || {
+        Ok((device(&lab, &dev)?["state"] == "idle").then_some(()))
+    })?;
     let renew = lab.cli_as(&alice, &["lease", "renew", &id.to_string()])?;
     expect_code(&renew, 70)?;
     ensure!(

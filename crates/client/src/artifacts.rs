@@ -7,8 +7,8 @@
 //!   asked for; the caller decides what to do with the file (the agent's cache removes it).
 
 use crate::{Client, ClientError, api_error};
-use proto::JobId;
 use proto::api::ArtifactView;
+use proto::{JobId, LeaseId};
 use reqwest::header::AUTHORIZATION;
 use reqwest::{Body, Method, StatusCode};
 use sha2::{Digest, Sha256};
@@ -19,11 +19,24 @@ use tokio::sync::{mpsc, oneshot};
 /// Bytes per chunk read from or written to disk.
 const CHUNK: usize = 1 << 20;
 
+/// What an agent fetches an artifact for (the controller checks that it runs the job or
+/// keeps the session).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchFor {
+    /// A person: no query (the controller checks that they may use it).
+    Person,
+    Job(JobId),
+    /// A session's flash (the grant's lease id).
+    Lease(LeaseId),
+}
+
 impl Client {
     /// `HEAD`: the size of an artifact this token may use, `None` when it does not exist for
     /// this token (it may exist for others).
     pub async fn artifact_size(&self, sha256: &str) -> Result<Option<u64>, ClientError> {
-        let response = self.artifact_request(Method::HEAD, sha256, None).await?;
+        let response = self
+            .artifact_request(Method::HEAD, sha256, FetchFor::Person)
+            .await?;
         match response.status() {
             StatusCode::NOT_FOUND => Ok(None),
             s if s.is_success() => Ok(Some(response.content_length().unwrap_or(0))),
@@ -37,6 +50,18 @@ impl Client {
         sha256: &str,
         path: &Path,
     ) -> Result<ArtifactView, ClientError> {
+        self.upload_artifact_with_progress(sha256, path, |_| {})
+            .await
+    }
+
+    /// [`Client::upload_artifact`], calling `progress` with the bytes read so far after each
+    /// chunk.
+    pub async fn upload_artifact_with_progress(
+        &self,
+        sha256: &str,
+        path: &Path,
+        progress: impl Fn(u64) + Send + 'static,
+    ) -> Result<ArtifactView, ClientError> {
         let local = |source: std::io::Error| ClientError::Local {
             path: path.display().to_string(),
             source,
@@ -44,11 +69,11 @@ impl Client {
         let file = std::fs::File::open(path).map_err(local)?;
         let size = file.metadata().map_err(local)?.len();
         let (tx, rx) = mpsc::channel::<std::io::Result<Vec<u8>>>(4);
-        tokio::task::spawn_blocking(move || read_chunks(file, tx));
+        tokio::task::spawn_blocking(move || read_chunks(file, tx, progress));
         let stream = futures_util::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|chunk| (chunk, rx))
         });
-        let url = self.artifact_url(sha256, None);
+        let url = self.artifact_url(sha256, FetchFor::Person);
         let mut request = self
             .http
             .request(Method::PUT, url.clone())
@@ -84,9 +109,21 @@ impl Client {
         job: Option<JobId>,
         out: &Path,
     ) -> Result<u64, ClientError> {
-        let url = self.artifact_url(sha256, job);
+        let what = job.map_or(FetchFor::Person, FetchFor::Job);
+        self.download_artifact_for(sha256, what, out, &|_| {}).await
+    }
+
+    /// `GET` for `what`, calling `progress` with the bytes received so far after each chunk.
+    pub async fn download_artifact_for(
+        &self,
+        sha256: &str,
+        what: FetchFor,
+        out: &Path,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<u64, ClientError> {
+        let url = self.artifact_url(sha256, what);
         let unreachable = |e: reqwest::Error| self.transport_error(&url, Box::new(e.without_url()));
-        let mut response = self.artifact_request(Method::GET, sha256, job).await?;
+        let mut response = self.artifact_request(Method::GET, sha256, what).await?;
         let status = response.status();
         if !status.is_success() {
             let body = response.bytes().await.map_err(unreachable)?;
@@ -99,9 +136,12 @@ impl Client {
             let _ = done.send(write_hashed(&path, rx));
         });
         let mut broke = None;
+        let mut received = 0u64;
         loop {
             match response.chunk().await {
                 Ok(Some(chunk)) => {
+                    received += chunk.len() as u64;
+                    progress(received);
                     if tx.send(chunk.to_vec()).await.is_err() {
                         break;
                     }
@@ -134,10 +174,17 @@ impl Client {
         Ok(size)
     }
 
-    fn artifact_url(&self, sha256: &str, job: Option<JobId>) -> reqwest::Url {
+    fn artifact_url(&self, sha256: &str, what: FetchFor) -> reqwest::Url {
         let mut url = self.api_endpoint(&["artifacts", "sha256", sha256]);
-        if let Some(job) = job {
-            url.query_pairs_mut().append_pair("job", &job.0.to_string());
+        match what {
+            FetchFor::Person => {}
+            FetchFor::Job(job) => {
+                url.query_pairs_mut().append_pair("job", &job.0.to_string());
+            }
+            FetchFor::Lease(lease) => {
+                url.query_pairs_mut()
+                    .append_pair("lease", &lease.to_string());
+            }
         }
         url
     }
@@ -146,9 +193,9 @@ impl Client {
         &self,
         method: Method,
         sha256: &str,
-        job: Option<JobId>,
+        what: FetchFor,
     ) -> Result<reqwest::Response, ClientError> {
-        let url = self.artifact_url(sha256, job);
+        let url = self.artifact_url(sha256, what);
         let mut request = self.http.request(method, url.clone());
         if let Some(auth) = self.auth() {
             request = request.header(AUTHORIZATION, auth.clone());
@@ -180,7 +227,12 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn read_chunks(mut file: std::fs::File, tx: mpsc::Sender<std::io::Result<Vec<u8>>>) {
+fn read_chunks(
+    mut file: std::fs::File,
+    tx: mpsc::Sender<std::io::Result<Vec<u8>>>,
+    progress: impl Fn(u64),
+) {
+    let mut sent = 0u64;
     loop {
         // `read_to_end` on a `File` reads into the spare capacity: no zeroing of each chunk.
         let mut buf = Vec::with_capacity(CHUNK);
@@ -198,6 +250,8 @@ fn read_chunks(mut file: std::fs::File, tx: mpsc::Sender<std::io::Result<Vec<u8>
         if tx.blocking_send(Ok(buf)).is_err() {
             return;
         }
+        sent += filled as u64;
+        progress(sent);
     }
 }
 

@@ -284,7 +284,9 @@ pub(crate) async fn connect_ws(
         .max_message_size(Some(max_message))
         .max_frame_size(Some(max_message));
     let connector = match url.scheme() {
-        "wss" => client.stream_tls().map(tokio_tungstenite::Connector::Rustls),
+        "wss" => client
+            .stream_tls()
+            .map(tokio_tungstenite::Connector::Rustls),
         _ => None,
     };
     let handshake =

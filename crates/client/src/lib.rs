@@ -22,13 +22,14 @@ mod error;
 pub mod follow;
 pub mod stream;
 
-pub use artifacts::sha256_file;
+pub use artifacts::{FetchFor, sha256_file};
 pub use error::{Cause, ClientError};
 pub use follow::{Follow, FollowCursor};
 
 use proto::api::{
-    AcquireLease, AgentView, ApiError, CreateToken, CreatedToken, DeviceView, JobResults, JobView,
-    LeaseView, LogPage, RenewLease, SubmitJob, TokenView, UserView, WhoAmI,
+    AcquireLease, AgentView, ApiError, CreateToken, CreatedToken, DeviceView, FlashRequest,
+    FlashView, JobResults, JobView, LeaseView, LogPage, PowerRequest, PowerView, RenewLease,
+    SubmitJob, TokenView, UserView, WhoAmI,
 };
 use proto::{JobId, JobState, PersonLeaseId, Seq};
 use reqwest::header::{AUTHORIZATION, HeaderValue};
@@ -108,26 +109,22 @@ impl Client {
         } else {
             None
         };
-        let mut builder = reqwest::Client::builder();
-        if let Some(config) = &tls {
-            builder = builder.tls_backend_preconfigured(rustls::ClientConfig::clone(config));
-        }
-        let http = builder
-            .connect_timeout(CONNECT_TIMEOUT)
-            .read_timeout(READ_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("dutlab/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| ClientError::Unreachable {
-                url: base.to_string(),
-                source: Box::new(e),
-            })?;
+        let http = http_client(&base, tls.as_deref(), READ_TIMEOUT)?;
         Ok(Client {
             http,
             base,
             auth,
             trust,
             tls,
+        })
+    }
+
+    /// The same client waiting up to `read` for each part of an answer (for requests the
+    /// controller answers only when a device is done: power, flash).
+    pub fn with_read_timeout(&self, read: Duration) -> Result<Client, ClientError> {
+        Ok(Client {
+            http: http_client(&self.base, self.tls.as_deref(), read)?,
+            ..self.clone()
         })
     }
 
@@ -258,6 +255,41 @@ impl Client {
         self.get(&["agents"], &[]).await
     }
 
+    /// `GET /api/v1/devices/{name}`.
+    pub async fn device(&self, name: &str) -> Result<proto::admin::DeviceDetail, ClientError> {
+        self.get(&["devices", name], &[]).await
+    }
+
+    /// `POST /api/v1/devices/{name}/state` (admin).
+    pub async fn set_device_state(
+        &self,
+        name: &str,
+        request: &proto::admin::SetDeviceState,
+    ) -> Result<proto::admin::DeviceDetail, ClientError> {
+        self.send(Method::POST, &["devices", name, "state"], request)
+            .await
+    }
+
+    /// `POST /api/v1/devices/{name}/tags` (admin).
+    pub async fn edit_device_tags(
+        &self,
+        name: &str,
+        request: &proto::admin::EditDeviceTags,
+    ) -> Result<proto::admin::DeviceDetail, ClientError> {
+        self.send(Method::POST, &["devices", name, "tags"], request)
+            .await
+    }
+
+    /// `POST /api/v1/devices/{name}/check` (admin): the health check's job.
+    pub async fn check_device(&self, name: &str) -> Result<JobView, ClientError> {
+        self.empty(Method::POST, &["devices", name, "check"]).await
+    }
+
+    /// `GET /api/v1/audit?limit=N` (admin), newest first.
+    pub async fn audit(&self, limit: u64) -> Result<Vec<proto::admin::AuditEntry>, ClientError> {
+        self.get(&["audit"], &[("limit", limit.to_string())]).await
+    }
+
     /// `POST /api/v1/leases`: the lease, held or waiting with its queue position.
     pub async fn acquire_lease(&self, request: &AcquireLease) -> Result<LeaseView, ClientError> {
         self.send(Method::POST, &["leases"], request).await
@@ -304,6 +336,42 @@ impl Client {
     pub async fn release_lease(&self, id: PersonLeaseId) -> Result<LeaseView, ClientError> {
         self.empty(Method::POST, &["leases", &id.to_string(), "release"])
             .await
+    }
+
+    /// `GET /api/v1/leases/{id}/power`.
+    pub async fn power_status(&self, id: PersonLeaseId) -> Result<PowerView, ClientError> {
+        self.get(&["leases", &id.to_string(), "power"], &[]).await
+    }
+
+    /// `POST /api/v1/leases/{id}/power`: answered once the device is done.
+    pub async fn power(
+        &self,
+        id: PersonLeaseId,
+        action: proto::session::PowerAction,
+    ) -> Result<PowerView, ClientError> {
+        self.send(
+            Method::POST,
+            &["leases", &id.to_string(), "power"],
+            &PowerRequest { action },
+        )
+        .await
+    }
+
+    /// `POST /api/v1/leases/{id}/flash` of an uploaded artifact: answered once the agent
+    /// wrote it.
+    pub async fn flash(&self, id: PersonLeaseId, sha256: &str) -> Result<FlashView, ClientError> {
+        let body = FlashRequest {
+            sha256: sha256.to_owned(),
+        };
+        self.send(Method::POST, &["leases", &id.to_string(), "flash"], &body)
+            .await
+    }
+
+    /// `GET /api/v1/leases/{id}/screenshot`: PNG bytes.
+    pub async fn screenshot(&self, id: PersonLeaseId) -> Result<Vec<u8>, ClientError> {
+        let id = id.to_string();
+        let all = api_path(&["leases", &id, "screenshot"]);
+        self.call(Method::GET, &all, &[], None::<&()>).await
     }
 
     /// The URL of a route: the base URL's path, then `segments`, each percent-encoded.
@@ -497,6 +565,29 @@ pub(crate) fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
         message,
         known_device_types: Vec::new(),
     }
+}
+
+/// The HTTP client of a controller: its TLS, the connect timeout, `read` per answer part, no
+/// redirects.
+fn http_client(
+    base: &Url,
+    tls: Option<&rustls::ClientConfig>,
+    read: Duration,
+) -> Result<reqwest::Client, ClientError> {
+    let mut builder = reqwest::Client::builder();
+    if let Some(config) = tls {
+        builder = builder.tls_backend_preconfigured(config.clone());
+    }
+    builder
+        .connect_timeout(CONNECT_TIMEOUT)
+        .read_timeout(read)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("dutlab/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| ClientError::Unreachable {
+            url: base.to_string(),
+            source: Box::new(e),
+        })
 }
 
 #[cfg(test)]

@@ -114,7 +114,11 @@ pub async fn authenticate(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| state.tokens.caller(v));
     match caller {
-        Some(caller) => {
+        Some(mut caller) => {
+            caller.remote = request
+                .extensions()
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0);
             request.extensions_mut().insert(caller);
             next.run(request).await
         }
@@ -133,6 +137,7 @@ pub fn viewer(state: &AppState, caller: &Caller) -> Viewer {
         name: caller.user.clone(),
         role: caller.role,
         groups: state.principals.groups_of(caller.principal),
+        remote: caller.remote,
     }
 }
 
@@ -224,9 +229,26 @@ pub async fn create_token(
             UserOrigin::Existing => "existing",
         },
         body.role,
-        agent.map(|a| format!(", agent {a}")).unwrap_or_default(),
+        agent
+            .clone()
+            .map(|a| format!(", agent {a}"))
+            .unwrap_or_default(),
         caller.name
     );
+    let detail = format!(
+        "{name} ({}) of user {}{}",
+        body.role,
+        created.view.user,
+        agent.map(|a| format!(", agent {a}")).unwrap_or_default()
+    );
+    crate::admin_api::audit(
+        &state,
+        &caller,
+        proto::admin::AuditAction::TokenCreate,
+        &created.view.id,
+        detail,
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
 
@@ -337,6 +359,14 @@ pub async fn revoke_token(
         "token {id} revoked by {}; {closed} open connection(s) closed",
         caller.name
     );
+    crate::admin_api::audit(
+        &state,
+        &caller,
+        proto::admin::AuditAction::TokenRevoke,
+        &id,
+        format!("{closed} open connection(s) closed"),
+    )
+    .await?;
     let tokens = state.store.tokens().await.map_err(unavailable)?;
     tokens
         .into_iter()
@@ -418,6 +448,12 @@ async fn set_member(
         principal.groups.sort();
     }
     state.principals.put(principal.clone());
+    let action = match membership {
+        Membership::Member => proto::admin::AuditAction::GroupAdd,
+        Membership::NotMember => proto::admin::AuditAction::GroupRemove,
+    };
+    let detail = format!("group {group}{}", if changed { "" } else { " (no change)" });
+    crate::admin_api::audit(state, caller, action, &principal.name, detail).await?;
     if changed {
         tracing::info!(
             "user {} {} group {group} (by {})",
@@ -503,6 +539,7 @@ pub async fn prepare_submission(
             priority: job.priority,
             owner: Some(caller.principal),
             device: None,
+            purpose: scheduler::JobPurpose::Ordinary,
         },
         wait_for_device: body.wait_for_device,
         artifacts,
@@ -679,6 +716,7 @@ pub async fn job_logs(
     let records = state
         .logs
         .read(JobId(id), cursor, limit)
+        .await
         .map_err(|e| ApiFailure::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     let next = records.last().map_or(cursor, |r| r.seq);
     let complete = match final_seq(&state, &view).await? {
@@ -819,7 +857,7 @@ async fn stream_log(
     mut ender: crate::sessions::Ender,
 ) -> Result<(), FollowError> {
     let job = view.id;
-    let mut live = state.logs.subscribe(job)?;
+    let mut live = state.logs.subscribe(job).await?;
     let mut updates = state.updates.subscribe();
     // The view may have changed between the check and the subscription.
     refresh(&state, &viewer, &mut view).await;
@@ -828,7 +866,7 @@ async fn stream_log(
     loop {
         if catch_up {
             loop {
-                let records = state.logs.read(job, last, 1000)?;
+                let records = state.logs.read(job, last, 1000).await?;
                 if records.is_empty() {
                     break;
                 }
@@ -856,7 +894,7 @@ async fn stream_log(
                 Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => catch_up = true,
                 Err(broadcast::error::RecvError::Closed) => {
                     // The log was closed (job finished): re-subscribe and read the rest.
-                    live = state.logs.subscribe(job)?;
+                    live = state.logs.subscribe(job).await?;
                     catch_up = true;
                 }
             },

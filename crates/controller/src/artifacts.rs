@@ -4,7 +4,8 @@
 //! ```text
 //!  PUT  /api/v1/artifacts/sha256/{hex}   people: stream in, hash while streaming, keep
 //!  HEAD /api/v1/artifacts/sha256/{hex}   people: 200 only if the caller may use it
-//!  GET  /api/v1/artifacts/sha256/{hex}   people: if they may use it; agents: ?job=N of a
+//!  GET  /api/v1/artifacts/sha256/{hex}   people: if they may use it; agents: ?lease=L of a
+//!                                        session whose flash names it, or ?job=N of a
 //!                                        job whose live lease their connection holds
 //! ```
 //!
@@ -92,7 +93,7 @@ impl ArtifactStore {
         self.served.load(Ordering::Relaxed)
     }
 
-    fn path(&self, hex: &str) -> PathBuf {
+    pub(crate) fn path(&self, hex: &str) -> PathBuf {
         self.dir.join("sha256").join(hex)
     }
 }
@@ -399,6 +400,9 @@ pub async fn head_artifact(
 pub struct FetchQuery {
     /// Agents: the job the artifact is fetched for (the agent must hold its lease).
     job: Option<u64>,
+    /// Agents: the session (a person's lease, the grant's id in hex) a flash fetches the
+    /// artifact for (the agent must keep that session, and a flash of it must name it).
+    lease: Option<String>,
 }
 
 /// Downloads an artifact (people: if they may use it; agents: for a job they run).
@@ -414,6 +418,49 @@ pub async fn get_artifact(
 ) -> Result<Response, ApiFailure> {
     checked_digest(&hex)?;
     let reader = match caller.role {
+        Role::Agent if query.lease.is_some() => {
+            let lease = query
+                .lease
+                .as_deref()
+                .and_then(proto::LeaseId::parse_hex)
+                .ok_or_else(|| {
+                    ApiFailure::new(StatusCode::BAD_REQUEST, "lease: 1 to 32 hex digits")
+                })?;
+            let Some(agent) = caller.agent.clone() else {
+                return Err(ApiFailure::new(
+                    StatusCode::FORBIDDEN,
+                    "this agent token is bound to no agent name",
+                ));
+            };
+            let (reply, answer) = oneshot::channel();
+            state
+                .dispatch
+                .send(Command::HoldsSession {
+                    lease,
+                    sha256: hex.clone(),
+                    agent,
+                    token_id: caller.token_id.clone(),
+                    reply,
+                })
+                .await
+                .map_err(|_| unavailable("the dispatcher stopped"))?;
+            let holds = answer
+                .await
+                .map_err(|_| unavailable("the dispatcher stopped"))?;
+            if !holds {
+                tracing::warn!(
+                    "agent token {} asked for artifact sha256:{hex} for lease {lease}, which it does not keep or which flashes no such artifact",
+                    caller.token_id
+                );
+                return Err(ApiFailure::new(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "artifact sha256:{hex}: this agent keeps no session {lease} that flashes it"
+                    ),
+                ));
+            }
+            format!("agent {} for lease {lease}", caller.name)
+        }
         Role::Agent => {
             let job = JobId(query.job.ok_or_else(|| {
                 ApiFailure::new(

@@ -30,6 +30,8 @@ pub struct Caller {
     /// Agent tokens: the one agent name the token may say in its hello (`None` for other
     /// roles, and for agent tokens made before tokens were bound, which the link refuses).
     pub agent: Option<String>,
+    /// Where the request came from (set per request by the listener; `None` when unknown).
+    pub remote: Option<std::net::SocketAddr>,
 }
 
 impl Caller {
@@ -111,6 +113,7 @@ impl Tokens {
             user: view.user.clone(),
             role: view.role,
             agent: view.agent.clone(),
+            remote: None,
         };
         self.0
             .write()
@@ -123,6 +126,16 @@ impl Tokens {
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .retain(|_, caller| caller.token_id != id);
+    }
+
+    /// Public ids of the live tokens.
+    pub fn ids(&self) -> std::collections::HashSet<String> {
+        self.0
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .values()
+            .map(|caller| caller.token_id.clone())
+            .collect()
     }
 
     /// Whether the token with this public id is live (known and not revoked).

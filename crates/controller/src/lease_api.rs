@@ -12,6 +12,13 @@
 //!   caller's role (checked by the dispatcher, which knows the caps).
 //! - `wait` holds a request at most [`MAX_LEASE_WAIT_S`] seconds; the dispatcher answers it
 //!   at the commit that grants or ends the lease.
+//! - `ssh_keys` are checked lines ([`proto::session::check_public_keys`]): at most 8, known
+//!   key types, no options, no control characters; a refusal names the key's index.
+//! - Power, flash and screenshot go to the device's agent through the dispatcher (holder or
+//!   admin only, 410 after the end, 409 while waiting, 503 without the agent); each waits at
+//!   most its bound ([`POWER_WAIT`], [`FLASH_WAIT`], [`SCREENSHOT_WAIT`]) for the agent's
+//!   answer, then 504. A flash names an artifact the caller may use (404 otherwise, as for
+//!   `GET /api/v1/artifacts`).
 
 use crate::AppState;
 use crate::api::{ApiFailure, ApiResult, PEOPLE, ask, viewer};
@@ -21,7 +28,11 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use proto::PersonLeaseId;
-use proto::api::{AcquireLease, ApiError, LeaseView, MAX_LEASE_WAIT_S, RenewLease};
+use proto::api::{
+    AcquireLease, ApiError, FlashRequest, FlashView, LeaseView, MAX_LEASE_WAIT_S, PowerRequest,
+    PowerView, RenewLease,
+};
+use proto::session::{PowerAction, SessionAction, SessionResult};
 use scheduler::Want;
 use serde::Deserialize;
 use std::time::Duration;
@@ -91,6 +102,8 @@ pub async fn acquire_lease(
     if body.duration_s == Some(0) {
         return Err(bad("duration_s: must be above 0".into()));
     }
+    let ssh_keys = proto::session::check_public_keys(&body.ssh_keys)
+        .map_err(|e| bad(format!("ssh_keys{e}")))?;
     let request = LeaseRequest {
         principal: caller.principal,
         name: caller.user.clone(),
@@ -98,6 +111,7 @@ pub async fn acquire_lease(
         want,
         priority,
         ttl: body.duration_s.map(Duration::from_secs),
+        ssh_keys,
     };
     let view = ask(&state, |reply| Command::AcquireLease { request, reply }).await??;
     Ok((StatusCode::CREATED, Json(view)))
@@ -232,3 +246,234 @@ pub async fn release_lease(
     .await??;
     Ok(Json(view))
 }
+
+/// How long a power request waits for the agent (a launch under TCG and QEMU's quit grace).
+pub const POWER_WAIT: Duration = Duration::from_secs(120);
+/// How long a flash waits for the agent to fetch, verify and write the image.
+pub const FLASH_WAIT: Duration = Duration::from_secs(30 * 60);
+/// How long a screenshot waits.
+pub const SCREENSHOT_WAIT: Duration = Duration::from_secs(60);
+
+/// Asks the lease's agent for `action` and waits at most `bound` for its result.
+async fn on_device(
+    state: &AppState,
+    caller: &Caller,
+    id: u64,
+    action: SessionAction,
+    bound: Duration,
+) -> ApiResult<SessionResult> {
+    let viewer = viewer(state, caller);
+    let lease = PersonLeaseId(id);
+    let what = match &action {
+        SessionAction::Power { power } => format!("power {power}"),
+        SessionAction::Flash { .. } => "flash".to_owned(),
+        SessionAction::Screenshot => "screenshot".to_owned(),
+    };
+    let asked = ask(state, |reply| Command::Session {
+        lease,
+        viewer,
+        action,
+        reply,
+    });
+    match tokio::time::timeout(bound, asked).await {
+        Ok(answer) => match answer?? {
+            SessionResult::Failed { reason } => Err(ApiFailure::new(
+                StatusCode::BAD_GATEWAY,
+                format!("lease {id}: {what}: the device's agent says: {reason}"),
+            )),
+            result => Ok(result),
+        },
+        Err(_) => Err(ApiFailure::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("lease {id}: {what}: the device's agent did not answer within {bound:?}"),
+        )),
+    }
+}
+
+fn unexpected(id: u64, result: &SessionResult) -> ApiFailure {
+    ApiFailure::new(
+        StatusCode::BAD_GATEWAY,
+        format!("lease {id}: the agent answered with an unexpected result: {result:?}"),
+    )
+}
+
+async fn power(
+    state: &AppState,
+    caller: &Caller,
+    id: u64,
+    action: PowerAction,
+) -> ApiResult<Json<PowerView>> {
+    caller.require(&PEOPLE)?;
+    let result = on_device(
+        state,
+        caller,
+        id,
+        SessionAction::Power { power: action },
+        POWER_WAIT,
+    )
+    .await?;
+    let SessionResult::Power { state: power } = result else {
+        return Err(unexpected(id, &result));
+    };
+    let device = device_of(state, caller, id).await?;
+    Ok(Json(PowerView {
+        lease: PersonLeaseId(id),
+        device,
+        state: power,
+    }))
+}
+
+/// The device a lease holds (for answers).
+async fn device_of(state: &AppState, caller: &Caller, id: u64) -> ApiResult<String> {
+    let viewer = viewer(state, caller);
+    let view = ask(state, |reply| Command::Lease {
+        lease: PersonLeaseId(id),
+        viewer,
+        wait: false,
+        reply,
+    })
+    .await??;
+    Ok(view.device.unwrap_or_default())
+}
+
+/// The power state of the leased device (its holder or an admin).
+#[utoipa::path(get, path = "/api/v1/leases/{id}/power", security(("bearer" = [])), params(("id" = u64, Path, description = "lease id")),
+    responses((status = 200, body = PowerView), (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError),
+        (status = 409, description = "the lease is waiting for a device", body = ApiError), (status = 410, description = "the lease has ended", body = ApiError),
+        (status = 502, description = "the agent could not do it", body = ApiError), (status = 503, description = "the device's agent is not connected", body = ApiError),
+        (status = 504, description = "the agent did not answer in time", body = ApiError)))]
+pub async fn get_power(
+    State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(id): Path<u64>,
+) -> ApiResult<Json<PowerView>> {
+    power(&state, &caller, id, PowerAction::Status).await
+}
+
+/// Powers the leased device on, off, or off and on again (`cycle`); `status` only reports.
+/// QEMU: power-on boots the lease's storage (the default guest image, or the image flashed
+/// last) with the lease's SSH keys authorized.
+#[utoipa::path(post, path = "/api/v1/leases/{id}/power", security(("bearer" = [])), params(("id" = u64, Path, description = "lease id")), request_body = PowerRequest,
+    responses((status = 200, body = PowerView), (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError),
+        (status = 409, description = "the lease is waiting for a device", body = ApiError), (status = 410, description = "the lease has ended", body = ApiError),
+        (status = 502, description = "the agent could not do it", body = ApiError), (status = 503, description = "the device's agent is not connected", body = ApiError),
+        (status = 504, description = "the agent did not answer in time", body = ApiError)))]
+pub async fn post_power(
+    State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(id): Path<u64>,
+    Json(body): Json<PowerRequest>,
+) -> ApiResult<Json<PowerView>> {
+    power(&state, &caller, id, body.action).await
+}
+
+/// Makes an uploaded artifact the leased device's storage (QEMU: a fresh linked clone of it
+/// becomes the disk); the next power-on boots it. The agent fetches the artifact for this
+/// lease only, verifies its SHA-256 and writes it.
+#[utoipa::path(post, path = "/api/v1/leases/{id}/flash", security(("bearer" = [])), params(("id" = u64, Path, description = "lease id")), request_body = FlashRequest,
+    responses((status = 200, body = FlashView), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 403, body = ApiError),
+        (status = 404, description = "no such lease, or an artifact the caller may not use", body = ApiError),
+        (status = 409, description = "the lease is waiting for a device", body = ApiError), (status = 410, description = "the lease has ended", body = ApiError),
+        (status = 502, description = "the agent could not do it", body = ApiError), (status = 503, description = "the device's agent is not connected", body = ApiError),
+        (status = 504, description = "the agent did not answer in time", body = ApiError)))]
+pub async fn post_flash(
+    State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(id): Path<u64>,
+    Json(body): Json<FlashRequest>,
+) -> ApiResult<Json<FlashView>> {
+    caller.require(&PEOPLE)?;
+    let hex = body
+        .sha256
+        .strip_prefix("sha256:")
+        .unwrap_or(&body.sha256)
+        .to_owned();
+    if !proto::session::check_digest(&hex) {
+        return Err(bad(format!(
+            "sha256: {:?} is not 64 lowercase hexadecimal digits",
+            body.sha256.chars().take(80).collect::<String>()
+        )));
+    }
+    // Who may flash is checked before anything about the artifact is said.
+    device_of(&state, &caller, id).await?;
+    let size = state
+        .store
+        .artifact_size(&hex)
+        .await
+        .map_err(|e| ApiFailure::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let usable = crate::artifacts::may_use(&state, &caller, &hex).await?;
+    let Some(size) = size.filter(|_| usable && state.artifacts.path(&hex).is_file()) else {
+        return Err(ApiFailure::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "sha256: artifact sha256:{hex} does not exist or is not yours to use (upload it first)"
+            ),
+        ));
+    };
+    let action = SessionAction::Flash {
+        sha256: hex.clone(),
+        size,
+    };
+    let result = on_device(&state, &caller, id, action, FLASH_WAIT).await?;
+    let SessionResult::Flashed { bytes } = result else {
+        return Err(unexpected(id, &result));
+    };
+    let device = device_of(&state, &caller, id).await?;
+    Ok(Json(FlashView {
+        lease: PersonLeaseId(id),
+        device,
+        sha256: hex,
+        bytes,
+    }))
+}
+
+/// A PNG of the leased device's display (devices with the `video` capability).
+#[utoipa::path(get, path = "/api/v1/leases/{id}/screenshot", security(("bearer" = [])), params(("id" = u64, Path, description = "lease id")),
+    responses((status = 200, description = "the picture", body = Vec<u8>, content_type = "image/png"), (status = 401, body = ApiError), (status = 403, body = ApiError),
+        (status = 404, body = ApiError), (status = 409, description = "the lease is waiting for a device", body = ApiError),
+        (status = 410, description = "the lease has ended", body = ApiError),
+        (status = 502, description = "the agent could not do it (no video, device off)", body = ApiError),
+        (status = 503, description = "the device's agent is not connected", body = ApiError),
+        (status = 504, description = "the agent did not answer in time", body = ApiError)))]
+pub async fn get_screenshot(
+    State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(id): Path<u64>,
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
+    use base64::Engine as _;
+    caller.require(&PEOPLE)?;
+    let result = on_device(
+        &state,
+        &caller,
+        id,
+        SessionAction::Screenshot,
+        SCREENSHOT_WAIT,
+    )
+    .await?;
+    let SessionResult::Screenshot { png } = result else {
+        return Err(unexpected(id, &result));
+    };
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(png.as_bytes())
+        .ok()
+        .filter(|b| b.len() <= proto::session::MAX_SCREENSHOT && b.starts_with(PNG_SIGNATURE))
+        .ok_or_else(|| {
+            ApiFailure::new(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "lease {id}: the agent's screenshot is not a PNG of at most {} bytes",
+                    proto::session::MAX_SCREENSHOT
+                ),
+            )
+        })?;
+    Ok((
+        StatusCode::OK,
+        [(axum::http::header::CONTENT_TYPE, "image/png")],
+        bytes,
+    )
+        .into_response())
+}
+
+/// The first bytes of every PNG file.
+pub const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";

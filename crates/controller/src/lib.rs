@@ -16,9 +16,12 @@
 //! - Every long-lived connection is a [`sessions::Session`] of the token that opened it:
 //!   revoking the token ends it.
 //! - One controller at a time works on a data directory (`serve.lock`, [`datadir::lock`])
-//!   and on a PostgreSQL database ([`store::hold`]), taken before the database is migrated
-//!   or replayed; losing the database's lock stops the controller.
+//!   and leads a PostgreSQL database ([`store::hold`]), taken before the database is migrated
+//!   or replayed; losing the database's lock stops the controller. With `--follow`, others
+//!   serve beside the leader as followers ([`dispatcher::forward`]) and one of them leads
+//!   when it stops.
 
+pub mod admin_api;
 pub mod api;
 pub mod artifact_quota;
 pub mod artifacts;
@@ -44,9 +47,10 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post, put};
 use dispatcher::{Command, DispatchConfig, Dispatcher, Leases};
-use logs::LogStore;
+use logs::Logs;
 use proto::Millis;
 use proto::api::JobView;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -76,6 +80,8 @@ pub enum ControllerError {
     Serve(std::io::Error),
     #[error("the dispatcher stopped: {0}")]
     Stopped(String),
+    #[error(transparent)]
+    Logs(#[from] logs::LogError),
     #[error("cannot make the admin token: {0}")]
     AdminToken(String),
     #[error(
@@ -89,6 +95,11 @@ pub enum ControllerError {
          take over, so this one stops"
     )]
     LostHold(String),
+    #[error(
+        "--follow needs a database several controllers share (--database postgres://...); \
+         on SQLite one controller works on its data directory"
+    )]
+    FollowNeedsPostgres,
 }
 
 /// Settings of `dutlab serve`.
@@ -118,6 +129,10 @@ pub struct Config {
     pub when_held: store::hold::Wait,
     /// Durations and caps of people's leases.
     pub person_leases: dispatcher::PersonLeaseConfig,
+    /// Infra errors in a row that make a device `bad` (0: never).
+    pub quarantine_after: u32,
+    /// Health check jobs by device type (`--health-checks DIR`).
+    pub health_checks: BTreeMap<String, dispatcher::HealthJob>,
 }
 
 impl Config {
@@ -139,6 +154,8 @@ impl Config {
             artifact_quota: artifact_quota::DEFAULT_ARTIFACT_QUOTA,
             when_held: store::hold::Wait::Refuse,
             person_leases: dispatcher::PersonLeaseConfig::default(),
+            quarantine_after: defaults.quarantine_after,
+            health_checks: BTreeMap::new(),
         }
     }
 }
@@ -150,7 +167,7 @@ pub struct AppState {
     /// Users and their groups (the policy's view of callers).
     pub principals: principals::Principals,
     pub store: Store,
-    pub logs: LogStore,
+    pub logs: Logs,
     pub dispatch: mpsc::Sender<Command>,
     pub updates: broadcast::Sender<JobView>,
     pub leases: Leases,
@@ -207,7 +224,30 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/leases/{id}/console", get(stream_api::console))
         .route("/api/v1/leases/{id}/tcp/{port}", get(stream_api::tcp))
+        .route(
+            "/api/v1/leases/{id}/power",
+            get(lease_api::get_power).post(lease_api::post_power),
+        )
+        .route("/api/v1/leases/{id}/flash", post(lease_api::post_flash))
+        .route(
+            "/api/v1/leases/{id}/screenshot",
+            get(lease_api::get_screenshot),
+        )
         .route("/api/v1/devices", get(api::devices))
+        .route("/api/v1/devices/{name}", get(admin_api::get_device))
+        .route(
+            "/api/v1/devices/{name}/state",
+            post(admin_api::set_device_state),
+        )
+        .route(
+            "/api/v1/devices/{name}/tags",
+            post(admin_api::edit_device_tags),
+        )
+        .route(
+            "/api/v1/devices/{name}/check",
+            post(admin_api::check_device),
+        )
+        .route("/api/v1/audit", get(admin_api::list_audit))
         .route("/api/v1/agents", get(api::agents))
         .route(proto::link::LINK_PATH, get(link::link))
         .route_layer(axum::middleware::from_fn_with_state(
@@ -298,8 +338,27 @@ pub async fn serve(
         .database
         .clone()
         .unwrap_or_else(|| Store::sqlite_url(&config.data_dir));
-    let mut hold = store::hold::Hold::take(&url, &holder(&config), config.when_held).await?;
-    let store = Store::open(&url, config.sqlite_sync).await?;
+    let postgres = store::Backend::of(&url) == store::Backend::Postgres;
+    let follow = config.when_held == store::hold::Wait::Follow;
+    if follow && !postgres {
+        return Err(ControllerError::FollowNeedsPostgres);
+    }
+    let me = holder(&config);
+    let hold = match store::hold::Hold::take(&url, &me, config.when_held).await {
+        Ok(hold) => Some(hold),
+        Err(store::StoreError::Held { holder, .. }) if follow => {
+            tracing::info!(
+                "following the leader of database {} ({holder}); taking over when it stops",
+                store::redact(&url)
+            );
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let store = match hold {
+        Some(_) => Store::open(&url, config.sqlite_sync).await?,
+        None => Store::open_following(&url).await?,
+    };
     let tokens = Tokens::default();
     for token in store.tokens().await? {
         tokens.insert(token.hash.clone(), &token.view);
@@ -308,7 +367,13 @@ pub async fn serve(
     for principal in store.principals().await? {
         principals.put(principal);
     }
-    let logs = LogStore::with_capacity(&config.data_dir.join("logs"), config.open_log_files);
+    let logs = Logs::open(
+        &config.data_dir.join("logs"),
+        config.open_log_files,
+        &store,
+        &url,
+    )
+    .await?;
     let artifact_dir = config.data_dir.join("artifacts");
     let artifacts = artifacts::ArtifactStore::new(
         artifact_dir.clone(),
@@ -330,22 +395,45 @@ pub async fn serve(
             lease_ttl: config.lease_ttl,
             disconnect_grace: config.disconnect_grace,
             cancel_grace: config.cancel_grace,
+            quarantine_after: config.quarantine_after,
         },
         heartbeat: config.heartbeat,
         quota: config.quota,
         person_leases: config.person_leases,
+        health: dispatcher::HealthChecks {
+            principal: if config.health_checks.is_empty() {
+                proto::PrincipalId(0)
+            } else {
+                store.principal_named(scheduler::LAB, now()).await?.0.id
+            },
+            jobs: config.health_checks.clone(),
+        },
     };
-    let dispatcher = Dispatcher::load(
-        dispatch_config,
-        store.clone(),
-        logs.clone(),
-        leases.clone(),
-        sessions.clone(),
-        streams.clone(),
-        updates.clone(),
-    )
-    .await?;
+    let start = Start {
+        config: dispatch_config,
+        store: store.clone(),
+        logs: logs.clone(),
+        leases: leases.clone(),
+        sessions: sessions.clone(),
+        streams: streams.clone(),
+        updates: updates.clone(),
+    };
+    // A leader replays before it listens; a follower listens with its replica.
+    let first = match hold {
+        Some(hold) => Role::Leader(hold, start.leader().await?),
+        None => Role::Follower(start.replica().await?),
+    };
     let (dispatch, commands) = mpsc::channel(4096);
+    let hub = dispatcher::forward::Hub::default();
+    if postgres {
+        hub.listen(url.clone());
+        refresh_identities(
+            store.clone(),
+            tokens.clone(),
+            principals.clone(),
+            sessions.clone(),
+        );
+    }
     let state = AppState {
         tokens,
         principals,
@@ -358,7 +446,9 @@ pub async fn serve(
         artifacts,
         streams,
     };
-    first_admin(&state, &config.data_dir).await?;
+    if matches!(first, Role::Leader(..)) {
+        first_admin(&state, &config.data_dir).await?;
+    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ControllerError::Listen {
@@ -372,16 +462,156 @@ pub async fn serve(
         "http"
     };
     tracing::info!("listening on {scheme}://{local}");
+    let forwarded = postgres.then(|| (state.store.clone(), hub.clone(), state.dispatch.clone()));
     let app = router(state);
     let server = listener::serve(listener, app, config.limits.clone(), shutdown);
-    let dispatcher = tokio::spawn(dispatcher.run(commands));
+    let roles = async move {
+        let mut commands = commands;
+        let (mut hold, dispatcher) = match first {
+            Role::Leader(hold, dispatcher) => (hold, dispatcher),
+            Role::Follower(replica) => {
+                let hold = replica
+                    .follow(
+                        &mut commands,
+                        hub.clone(),
+                        take_over(url.clone(), me.clone()),
+                    )
+                    .await?;
+                (hold, start.leader().await?)
+            }
+        };
+        if let Some((store, hub, dispatch)) = forwarded {
+            tokio::spawn(dispatcher::forward::execute(store, hub, dispatch));
+        }
+        let dispatcher = tokio::spawn(dispatcher.run(commands));
+        tokio::select! {
+            reason = hold.lost() => Err(ControllerError::LostHold(reason)),
+            stopped = dispatcher => match stopped {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(ControllerError::Stopped(e.to_string())),
+            },
+        }
+    };
     tokio::select! {
-        reason = hold.lost() => Err(ControllerError::LostHold(reason)),
         served = server => served.map_err(ControllerError::Serve),
-        stopped = dispatcher => match stopped {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e),
-            Err(e) => Err(ControllerError::Stopped(e.to_string())),
-        },
+        stopped = roles => stopped,
     }
+}
+
+/// What a controller starts as.
+enum Role {
+    /// It holds the database (or works on SQLite): its dispatcher leads.
+    Leader(store::hold::Hold, Dispatcher),
+    /// Another controller leads the database: a replica follows it.
+    Follower(Dispatcher),
+}
+
+/// What a dispatcher is built from (kept to build the leader's after following).
+struct Start {
+    config: DispatchConfig,
+    store: Store,
+    logs: Logs,
+    leases: Leases,
+    sessions: sessions::Sessions,
+    streams: streams::Streams,
+    updates: broadcast::Sender<JobView>,
+}
+
+impl Start {
+    async fn leader(&self) -> Result<Dispatcher, ControllerError> {
+        Dispatcher::load(
+            self.config.clone(),
+            self.store.clone(),
+            self.logs.clone(),
+            self.leases.clone(),
+            self.sessions.clone(),
+            self.streams.clone(),
+            self.updates.clone(),
+        )
+        .await
+    }
+
+    async fn replica(&self) -> Result<Dispatcher, ControllerError> {
+        Dispatcher::replica(
+            self.config.clone(),
+            self.store.clone(),
+            self.logs.clone(),
+            self.leases.clone(),
+            self.sessions.clone(),
+            self.streams.clone(),
+            self.updates.clone(),
+        )
+        .await
+    }
+}
+
+/// Waits for the database's lock (a follower taking over when the leader stops); a lost
+/// connection while waiting (the server restarting) is tried again.
+async fn take_over(url: String, me: String) -> store::hold::Hold {
+    loop {
+        match store::hold::Hold::take(&url, &me, store::hold::Wait::Standby).await {
+            Ok(hold) => return hold,
+            Err(e) => {
+                tracing::warn!("waiting for the database's lock: {e}; trying again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// How often tokens and users are read again from a database several controllers share.
+const IDENTITY_REFRESH: Duration = Duration::from_secs(1);
+
+/// Keeps tokens and users in step with a database other controllers write too: a token made
+/// on another controller works here within [`IDENTITY_REFRESH`], one revoked there stops
+/// working here (and ends its connections) within the same time.
+fn refresh_identities(
+    store: Store,
+    tokens: Tokens,
+    principals: principals::Principals,
+    sessions: sessions::Sessions,
+) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(IDENTITY_REFRESH).await;
+            // Only tokens this controller did not know before the read are added: one revoked
+            // here meanwhile must not come back from a read made before its revocation.
+            let known = tokens.ids();
+            match store.tokens().await {
+                Ok(stored) => {
+                    for token in stored {
+                        match token.view.revoked_at {
+                            Some(_) if tokens.is_live(&token.view.id) => {
+                                tokens.revoke(&token.view.id);
+                                let closed =
+                                    sessions.close_token(&token.view.id, "the token was revoked");
+                                tracing::info!(
+                                    "token {} revoked on another controller; {closed} open \
+                                     connection(s) closed",
+                                    token.view.id
+                                );
+                            }
+                            Some(_) => {}
+                            None if !known.contains(&token.view.id)
+                                && !tokens.is_live(&token.view.id) =>
+                            {
+                                tokens.insert(token.hash.clone(), &token.view);
+                            }
+                            None => {}
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!("refreshing tokens: {e}"),
+            }
+            match store.principals().await {
+                Ok(stored) => {
+                    for principal in stored {
+                        principals.put(principal);
+                    }
+                }
+                Err(e) => tracing::debug!("refreshing users: {e}"),
+            }
+        }
+    });
 }

@@ -171,13 +171,14 @@ async fn serve(socket: WebSocket, state: AppState, caller: Caller, bound: String
             version,
             devices,
             held,
-        }) => (protocol, agent, version, devices, held),
+            sessions,
+        }) => (protocol, agent, version, devices, held, sessions),
         Ok(_) | Err(_) => {
             refuse(&mut sink, "the first message must be a hello".into()).await;
             return;
         }
     };
-    let (protocol, agent, version, devices, held) = hello;
+    let (protocol, agent, version, devices, held, sessions) = hello;
     // The name is checked before it is compared or logged (the dispatcher checks the rest).
     if let Err(e) = proto::names::check_name(&agent) {
         let reason = format!("agent name: {e}");
@@ -209,6 +210,7 @@ async fn serve(socket: WebSocket, state: AppState, caller: Caller, bound: String
                 protocol,
                 devices,
                 held,
+                sessions,
                 tx: tx.clone(),
             },
             reply,
@@ -315,7 +317,9 @@ async fn serve(socket: WebSocket, state: AppState, caller: Caller, bound: String
                         agent: &agent,
                         conn,
                     };
-                    if let Err(e) = store_frame(&state, from, frame, &mut refusals, &mut pending) {
+                    if let Err(e) =
+                        store_frame(&state, from, frame, &mut refusals, &mut pending).await
+                    {
                         // The records stay in the agent's spool; closing the link makes it
                         // reconnect and resend them from the durable cursor.
                         tracing::error!(
@@ -366,8 +370,12 @@ fn stream_message(outgoing: mux::Outgoing) -> Message {
         mux::Outgoing::Data { stream, data } => {
             return Message::Binary(proto::stream::encode(stream, &data).into());
         }
-        mux::Outgoing::Credit { stream, bytes } => ControllerMessage::StreamCredit { stream, bytes },
-        mux::Outgoing::Close { stream, reason } => ControllerMessage::CloseStream { stream, reason },
+        mux::Outgoing::Credit { stream, bytes } => {
+            ControllerMessage::StreamCredit { stream, bytes }
+        }
+        mux::Outgoing::Close { stream, reason } => {
+            ControllerMessage::CloseStream { stream, reason }
+        }
     };
     // These messages always serialise (plain fields).
     Message::Text(serde_json::to_string(&control).unwrap_or_default().into())
@@ -399,7 +407,7 @@ enum AckError {
 }
 
 /// Stores a frame's records; its acknowledgement waits in `pending` until it is durable.
-fn store_frame(
+async fn store_frame(
     state: &AppState,
     from: Origin<'_>,
     frame: LogFrame,
@@ -433,7 +441,7 @@ fn store_frame(
         tracing::debug!("agent {agent}: log frame with stale epoch {}", frame.epoch);
         return Ok(());
     }
-    let stored = state.logs.append(job, &frame.records)?;
+    let stored = state.logs.append(job, &frame.records).await?;
     pending.insert(
         frame.lease,
         PendingAck {
@@ -462,7 +470,7 @@ async fn send_durable_acks(
             }
             Some((_, durable)) => durable,
             // Closed (the job finished): closing synced the file.
-            None => state.logs.durable(ack.job)?,
+            None => state.logs.durable(ack.job).await?,
         };
         if durable >= ack.want {
             ready.push((*lease, ack.epoch, durable));

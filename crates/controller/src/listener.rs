@@ -151,6 +151,33 @@ impl AsyncWrite for Conn {
     }
 }
 
+/// The router of one connection: every request carries the peer's address
+/// (`axum::extract::ConnectInfo`), which the audit records as where an action came from.
+#[derive(Clone)]
+struct WithPeer {
+    inner: TowerToHyperService<Router>,
+    peer: std::net::SocketAddr,
+}
+
+impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for WithPeer {
+    type Response = <TowerToHyperService<Router> as hyper::service::Service<
+        hyper::Request<hyper::body::Incoming>,
+    >>::Response;
+    type Error = <TowerToHyperService<Router> as hyper::service::Service<
+        hyper::Request<hyper::body::Incoming>,
+    >>::Error;
+    type Future = <TowerToHyperService<Router> as hyper::service::Service<
+        hyper::Request<hyper::body::Incoming>,
+    >>::Future;
+
+    fn call(&self, mut request: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(self.peer));
+        self.inner.call(request)
+    }
+}
+
 /// What a reserve connection answers to anything but `/healthz`.
 async fn at_cap() -> impl IntoResponse {
     (
@@ -237,9 +264,19 @@ pub async fn serve(
             tracing::debug!("TCP_NODELAY: {e}");
         }
         let (service, header_timeout, keep_alive) = match slot.pool {
-            Pool::Main => (full.clone(), limits.header_timeout, true),
+            Pool::Main => (
+                WithPeer {
+                    inner: full.clone(),
+                    peer,
+                },
+                limits.header_timeout,
+                true,
+            ),
             Pool::Reserve => (
-                health.clone(),
+                WithPeer {
+                    inner: health.clone(),
+                    peer,
+                },
                 RESERVE_HEADER_TIMEOUT.min(limits.header_timeout),
                 false,
             ),

@@ -1,4 +1,8 @@
-//! The log store: one append-only file of JSON lines per job under `DATA_DIR/logs/`.
+//! Job logs: [`Logs`] is either files ([`LogStore`], one append-only file of JSON lines per
+//! job under `DATA_DIR/logs/`, the store of a controller on SQLite) or the database
+//! ([`sql::SqlLogs`], the `log_records` table, for controllers on PostgreSQL, which several
+//! controllers share). Both keep the invariants below on records (1..n, no hole, no
+//! duplicate; acknowledged only when durable); the rest of this text is about the files.
 //!
 //! Invariants:
 //! - A job's stored records are numbered 1, 2, 3 ... with no hole and no duplicate: a record
@@ -47,6 +51,8 @@ pub const SYNC_INTERVAL: Duration = Duration::from_millis(5);
 const EMFILE: i32 = 24;
 const ENFILE: i32 = 23;
 
+pub mod sql;
+
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
     #[error("log of job {job} ({path}): {source}")]
@@ -56,6 +62,158 @@ pub enum LogError {
         #[source]
         source: std::io::Error,
     },
+    #[error("log of job {job}: {source}")]
+    Store {
+        job: JobId,
+        #[source]
+        source: crate::store::StoreError,
+    },
+}
+
+/// Every job's log, in files or in the database.
+#[derive(Debug, Clone)]
+pub enum Logs {
+    Files(LogStore),
+    Sql(sql::SqlLogs),
+}
+
+/// Live records of one job ([`Logs::subscribe`]).
+#[derive(Debug)]
+pub enum LiveLog {
+    Files(Subscription),
+    Sql(sql::SqlSubscription),
+}
+
+impl LiveLog {
+    pub async fn recv(&mut self) -> Result<LogRecord, broadcast::error::RecvError> {
+        match self {
+            LiveLog::Files(s) => s.recv().await,
+            LiveLog::Sql(s) => s.recv().await,
+        }
+    }
+}
+
+fn stored(job: JobId) -> impl Fn(crate::store::StoreError) -> LogError {
+    move |source| LogError::Store { job, source }
+}
+
+impl Logs {
+    /// The logs of a controller: files in `dir` on SQLite; the database on PostgreSQL (`url`),
+    /// after importing any files a controller of an older version left in `dir` (once: the
+    /// imported files move to `logs.imported`).
+    pub async fn open(
+        dir: &Path,
+        capacity: usize,
+        store: &crate::store::Store,
+        url: &str,
+    ) -> Result<Logs, LogError> {
+        match store.backend() {
+            crate::store::Backend::Sqlite => {
+                Ok(Logs::Files(LogStore::with_capacity(dir, capacity)))
+            }
+            crate::store::Backend::Postgres => {
+                let sql = sql::SqlLogs::new(store.clone(), Some(url.to_owned()));
+                import_files(dir, &sql).await?;
+                Ok(Logs::Sql(sql))
+            }
+        }
+    }
+
+    /// Stores the records that continue the log; answers the last stored number (written;
+    /// durable once [`Logs::progress`] says so).
+    pub async fn append(&self, job: JobId, records: &[LogRecord]) -> Result<Seq, LogError> {
+        match self {
+            Logs::Files(files) => files.append(job, records),
+            Logs::Sql(sql) => sql.append(job, records).await.map_err(stored(job)),
+        }
+    }
+
+    /// Appends a record written by the controller itself (a lab note, a gap).
+    pub async fn note(
+        &self,
+        job: JobId,
+        kind: LogKind,
+        text: String,
+        at: Millis,
+    ) -> Result<Seq, LogError> {
+        match self {
+            Logs::Files(files) => files.note(job, kind, text, at),
+            Logs::Sql(sql) => sql.note(job, kind, text, at).await.map_err(stored(job)),
+        }
+    }
+
+    /// Number of the last stored record (0: none).
+    pub async fn last(&self, job: JobId) -> Result<Seq, LogError> {
+        match self {
+            Logs::Files(files) => files.last(job),
+            Logs::Sql(sql) => sql.last(job).await.map_err(stored(job)),
+        }
+    }
+
+    /// Number of the last durable record (0: none).
+    pub async fn durable(&self, job: JobId) -> Result<Seq, LogError> {
+        match self {
+            Logs::Files(files) => files.durable(job),
+            Logs::Sql(sql) => sql.last(job).await.map_err(stored(job)),
+        }
+    }
+
+    /// (last written, last durable) of a job this controller is writing.
+    pub fn progress(&self, job: JobId) -> Option<(Seq, Seq)> {
+        match self {
+            Logs::Files(files) => files.progress(job),
+            Logs::Sql(sql) => sql.progress(job),
+        }
+    }
+
+    /// Changes whenever records may have become durable.
+    pub fn synced(&self) -> watch::Receiver<u64> {
+        match self {
+            Logs::Files(files) => files.synced(),
+            Logs::Sql(sql) => sql.synced(),
+        }
+    }
+
+    /// Makes one job's records durable now (a finished job, before its end is committed).
+    pub fn sync(&self, job: JobId) -> Result<(), LogError> {
+        match self {
+            Logs::Files(files) => files.sync(job),
+            Logs::Sql(_) => Ok(()),
+        }
+    }
+
+    /// Live records from now on. Subscribe before reading so nothing falls between.
+    pub async fn subscribe(&self, job: JobId) -> Result<LiveLog, LogError> {
+        match self {
+            Logs::Files(files) => files.subscribe(job).map(LiveLog::Files),
+            Logs::Sql(sql) => sql
+                .subscribe(job)
+                .await
+                .map(LiveLog::Sql)
+                .map_err(stored(job)),
+        }
+    }
+
+    /// Up to `limit` stored records after `after`.
+    pub async fn read(
+        &self,
+        job: JobId,
+        after: Seq,
+        limit: usize,
+    ) -> Result<Vec<LogRecord>, LogError> {
+        match self {
+            Logs::Files(files) => files.read(job, after, limit),
+            Logs::Sql(sql) => sql.read(job, after, limit).await.map_err(stored(job)),
+        }
+    }
+
+    /// Syncs and forgets a finished job's log.
+    pub fn close(&self, job: JobId) {
+        match self {
+            Logs::Files(files) => files.close(job),
+            Logs::Sql(sql) => sql.close(job),
+        }
+    }
 }
 
 /// Where a job's file stands: what was written and what an `fsync` covered.
@@ -532,6 +690,63 @@ impl LogStore {
     pub fn open_files(&self) -> usize {
         lock(&self.shared.state).order.len()
     }
+}
+
+/// Copies the log files in `dir` into the database (the records that continue what the table
+/// holds; the rest are there already), moving each imported file to `<dir>.imported/`, so
+/// each is imported once.
+async fn import_files(dir: &Path, sql: &sql::SqlLogs) -> Result<(), LogError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| LogError::Io {
+            job: JobId(0),
+            path,
+            source,
+        }
+    };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io(dir)(e)),
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let name = entry.map_err(io(dir))?.file_name();
+        if let Some(job) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".log"))
+            .and_then(|n| n.parse().ok())
+        {
+            found.push(JobId(job));
+        }
+    }
+    if found.is_empty() {
+        return Ok(());
+    }
+    let done = dir.with_extension("imported");
+    crate::datadir::create_private_dir(&done).map_err(io(&done))?;
+    let files = LogStore::new(dir);
+    for &job in &found {
+        let mut after = sql.last(job).await.map_err(stored(job))?;
+        loop {
+            let records = files.read(job, after, 1000)?;
+            let Some(last) = records.last().map(|r| r.seq) else {
+                break;
+            };
+            sql.append(job, &records).await.map_err(stored(job))?;
+            after = last;
+        }
+        sql.close(job);
+        let name = format!("{job}.log");
+        std::fs::rename(dir.join(&name), done.join(&name)).map_err(io(&dir.join(&name)))?;
+    }
+    tracing::info!(
+        "logs of {} job(s) imported from {} into the database; the files are kept in {}",
+        found.len(),
+        dir.display(),
+        done.display()
+    );
+    Ok(())
 }
 
 /// Records the outcome of an `fsync` of `log`'s file: on success what was written is durable;

@@ -24,13 +24,15 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 /// Who asks: a user with a role and their groups at the time of the request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Viewer {
     pub principal: PrincipalId,
     /// The user's name, for messages.
     pub name: String,
     pub role: Role,
     pub groups: BTreeSet<GroupName>,
+    /// Where the request came from, for the audit of admin actions (`None`: unknown).
+    pub remote: Option<std::net::SocketAddr>,
 }
 
 /// Why a viewer may not do something with a job; the message says who may.
@@ -168,6 +170,7 @@ mod tests {
             name: format!("u{p}"),
             role,
             groups: BTreeSet::new(),
+            remote: None,
         };
         let l = PersonLeaseId(3);
         assert!(may_use_lease(l, PrincipalId(1), "u1", &v(1, Role::User)).is_ok());
@@ -220,6 +223,7 @@ mod tests {
             name: "ci".into(),
             role,
             groups: groups.iter().map(|g| group(g)).collect(),
+            remote: None,
         }
     }
 

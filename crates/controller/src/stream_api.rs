@@ -64,7 +64,14 @@ pub async fn console(
     } else {
         ConsoleInput::ReadOnly
     };
-    open(state, caller, PersonLeaseId(id), StreamTarget::Console { input }, ws).await
+    open(
+        state,
+        caller,
+        PersonLeaseId(id),
+        StreamTarget::Console { input },
+        ws,
+    )
+    .await
 }
 
 /// A TCP connection to a port of the DUT, as a WebSocket of binary messages (an empty one:
@@ -80,16 +87,20 @@ pub async fn tcp(
     Path((id, port)): Path<(u64, u32)>,
     ws: WebSocketUpgrade,
 ) -> ApiResult<Response> {
-    let port = u16::try_from(port)
-        .ok()
-        .filter(|p| *p > 0)
-        .ok_or_else(|| {
-            ApiFailure::new(
-                StatusCode::BAD_REQUEST,
-                format!("port: {port} is not a TCP port (1 to 65535)"),
-            )
-        })?;
-    open(state, caller, PersonLeaseId(id), StreamTarget::Tcp { port }, ws).await
+    let port = u16::try_from(port).ok().filter(|p| *p > 0).ok_or_else(|| {
+        ApiFailure::new(
+            StatusCode::BAD_REQUEST,
+            format!("port: {port} is not a TCP port (1 to 65535)"),
+        )
+    })?;
+    open(
+        state,
+        caller,
+        PersonLeaseId(id),
+        StreamTarget::Tcp { port },
+        ws,
+    )
+    .await
 }
 
 /// Closes the stream on both sides when the route or its socket task lets go of it.
@@ -126,9 +137,10 @@ async fn open(
         .streams
         .open(route.conn, lease, (route.grant, route.epoch), target)
         .map_err(|e| match e {
-            OpenError::NoLink | OpenError::Busy => {
-                ApiFailure::new(StatusCode::SERVICE_UNAVAILABLE, format!("lease {lease}: {e}"))
-            }
+            OpenError::NoLink | OpenError::Busy => ApiFailure::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("lease {lease}: {e}"),
+            ),
         })?;
     let mut bound = Bound {
         state: state.clone(),
@@ -172,7 +184,10 @@ async fn open(
     Ok(ws.on_upgrade(move |socket| async move {
         let session = state.sessions.open(&caller.token_id);
         let reason = relay(socket, &mut bound, typing, session.ender()).await;
-        tracing::info!("lease {lease}: {target} of {} closed: {reason}", caller.user);
+        tracing::info!(
+            "lease {lease}: {target} of {} closed: {reason}",
+            caller.user
+        );
         bound.reason = reason;
         drop(bound);
         drop(session);
@@ -253,10 +268,7 @@ async fn relay(
     }
 }
 
-async fn send_close(
-    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
-    reason: &str,
-) {
+async fn send_close(sink: &mut futures_util::stream::SplitSink<WebSocket, Message>, reason: &str) {
     let mut cut = reason.len().min(123);
     while !reason.is_char_boundary(cut) {
         cut -= 1;

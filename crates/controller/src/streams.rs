@@ -230,17 +230,17 @@ impl Streams {
 /// The agent broke the protocol of one stream: close it on both sides, answer why.
 fn broken(link: &mut LinkStreams, stream: StreamId, why: &str) -> Result<(), String> {
     let reason = format!("stream {stream} closed: the agent broke its protocol: {why}");
-        if let Some(entry) = link.open.remove(&stream) {
-            entry.handle.close(&reason);
-            if let Some(opened) = entry.opened {
-                let _ = opened.send(Err(reason.clone()));
-            }
+    if let Some(entry) = link.open.remove(&stream) {
+        entry.handle.close(&reason);
+        if let Some(opened) = entry.opened {
+            let _ = opened.send(Err(reason.clone()));
         }
-        let _ = link.out.try_send(Outgoing::Close {
-            stream,
-            reason: reason.clone(),
-        });
-        Err(reason)
+    }
+    let _ = link.out.try_send(Outgoing::Close {
+        stream,
+        reason: reason.clone(),
+    });
+    Err(reason)
 }
 
 impl Streams {
@@ -333,7 +333,12 @@ mod tests {
         streams.attach(ConnId(1), control_a, out_a);
         streams.attach(ConnId(2), control_b, out_b);
         let mut opening = streams
-            .open(ConnId(1), PersonLeaseId(5), (LeaseId(99), Epoch(1)), console())
+            .open(
+                ConnId(1),
+                PersonLeaseId(5),
+                (LeaseId(99), Epoch(1)),
+                console(),
+            )
             .unwrap();
         let Some(ControllerMessage::OpenStream { stream, lease, .. }) = opens_a.recv().await else {
             panic!("no open-stream");
@@ -345,7 +350,12 @@ mod tests {
         assert_eq!(streams.frame(ConnId(2), stream, b"forged"), Ok(()));
         // Data before opened is a protocol error of link 1, and closes the stream.
         let mut second = streams
-            .open(ConnId(1), PersonLeaseId(5), (LeaseId(99), Epoch(1)), console())
+            .open(
+                ConnId(1),
+                PersonLeaseId(5),
+                (LeaseId(99), Epoch(1)),
+                console(),
+            )
             .unwrap();
         assert!(streams.frame(ConnId(1), second.stream, b"early").is_err());
         assert!(second.opened().await.is_err());
@@ -369,10 +379,20 @@ mod tests {
         let (out, mut queue) = mpsc::channel(8);
         streams.attach(ConnId(1), control, out);
         let mut mine = streams
-            .open(ConnId(1), PersonLeaseId(1), (LeaseId(10), Epoch(1)), console())
+            .open(
+                ConnId(1),
+                PersonLeaseId(1),
+                (LeaseId(10), Epoch(1)),
+                console(),
+            )
             .unwrap();
         let mut other = streams
-            .open(ConnId(1), PersonLeaseId(2), (LeaseId(20), Epoch(1)), console())
+            .open(
+                ConnId(1),
+                PersonLeaseId(2),
+                (LeaseId(20), Epoch(1)),
+                console(),
+            )
             .unwrap();
         assert_eq!(
             streams.close_lease(PersonLeaseId(1), "lease 1 has ended"),
@@ -387,7 +407,12 @@ mod tests {
         streams.detach(ConnId(1), "the agent's link ended");
         assert_eq!(other.opened().await, Err("the agent's link ended".into()));
         assert!(matches!(
-            streams.open(ConnId(1), PersonLeaseId(2), (LeaseId(20), Epoch(1)), console()),
+            streams.open(
+                ConnId(1),
+                PersonLeaseId(2),
+                (LeaseId(20), Epoch(1)),
+                console()
+            ),
             Err(OpenError::NoLink)
         ));
     }

@@ -8,6 +8,7 @@
 use anyhow::{Context, Result, ensure};
 use dutlab_controller::store::hold::{Hold, Wait};
 use dutlab_controller::store::{Change, JobRow, Membership, SqliteSync, Store, StoreError, schema};
+use proto::admin::{AuditAction, AuditEntry};
 use proto::api::{TokenView, UserOrigin};
 use proto::{GroupName, JobId, JobReport, Millis, Outcome, PrincipalId, Role, Visibility};
 use sqlx::any::AnyPoolOptions;
@@ -97,6 +98,11 @@ on_both!(
     version_3_databases_with_or_without_artifact_tables_reach_the_latest,
     a_newer_schema_is_refused_and_left_untouched,
     principals_made_at_once_get_distinct_ids,
+    version_4_databases_reach_the_latest_and_keep_their_rows,
+    version_5_databases_keep_their_audit_and_get_the_log_and_command_tables,
+    log_records_are_stored_once_whichever_store_writes_them,
+    version_4_databases_get_the_audit_table,
+    audit_entries_are_kept_in_order_with_their_commit,
 );
 
 /// Schema version 1 (commit 75cfc57), as it created its tables.
@@ -137,6 +143,120 @@ const V3_ARTIFACT_DDL: [&str; 3] = [
         principal TEXT NOT NULL, uploaded_at BIGINT NOT NULL, PRIMARY KEY (sha256, principal))",
     "CREATE TABLE IF NOT EXISTS job_artifacts (job BIGINT NOT NULL, sha256 TEXT NOT NULL,
         PRIMARY KEY (job, sha256))",
+];
+
+/// Version 4 (commit cd7275e): the artifact tables got a version of their own.
+const V4_DDL: [&str; 4] = [
+    "CREATE TABLE IF NOT EXISTS artifacts (sha256 TEXT PRIMARY KEY, size BIGINT NOT NULL,
+        created_at BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS artifact_uploaders (sha256 TEXT NOT NULL,
+        principal TEXT NOT NULL, uploaded_at BIGINT NOT NULL, PRIMARY KEY (sha256, principal))",
+    "CREATE TABLE IF NOT EXISTS job_artifacts (job BIGINT NOT NULL, sha256 TEXT NOT NULL,
+        PRIMARY KEY (job, sha256))",
+    "UPDATE meta SET value = '4' WHERE key = 'schema'",
+];
+
+fn audit_entry(seq: u64, action: AuditAction, target: &str) -> AuditEntry {
+    AuditEntry {
+        seq,
+        at: Millis(100 + seq),
+        actor: "root".into(),
+        principal: PrincipalId(1),
+        action,
+        target: target.into(),
+        detail: "maintenance: new PSU".into(),
+        remote: "127.0.0.1:4242".into(),
+    }
+}
+
+async fn version_4_databases_get_the_audit_table(backend: Backend) -> Result<()> {
+    let db = Db::new(backend)?;
+    db.run(&V1_DDL).await?;
+    db.run(&V2_DDL).await?;
+    db.run(&V3_DDL).await?;
+    db.run(&V4_DDL).await?;
+    db.run(&[
+        "INSERT INTO principals (id, name, created_at) VALUES (1, 'root', 1)",
+        "INSERT INTO tokens (id, name, role, agent, hash, created_at, revoked_at, principal)
+         VALUES ('0a', 'root', 'admin', NULL, 'ha', 1, NULL, 1)",
+    ])
+    .await?;
+    ensure!(schema_version(&db).await? == "4");
+    let store = db.open().await?;
+    ensure!(schema_version(&db).await? == schema::LATEST.to_string());
+    ensure!(store.audit(10).await?.is_empty() && store.last_audit_seq().await? == 0);
+    ensure!(store.tokens().await?[0].view.user == "root");
+    let entry = audit_entry(1, AuditAction::DeviceSet, "qemu-1");
+    store
+        .commit(
+            1,
+            &[],
+            Change {
+                audit: std::slice::from_ref(&entry),
+                ..Change::default()
+            },
+        )
+        .await?;
+    ensure!(store.audit(10).await? == [entry]);
+    Ok(())
+}
+
+async fn audit_entries_are_kept_in_order_with_their_commit(backend: Backend) -> Result<()> {
+    let db = Db::new(backend)?;
+    let store = db.open().await?;
+    let first = [
+        audit_entry(1, AuditAction::TokenCreate, "0a"),
+        audit_entry(2, AuditAction::GroupAdd, "alice"),
+    ];
+    store
+        .commit(
+            1,
+            &[],
+            Change {
+                audit: &first,
+                ..Change::default()
+            },
+        )
+        .await?;
+    // A commit that fails (its event number is taken) writes no audit entry either.
+    let event = scheduler::Event::AgentDisconnected {
+        agent: "a".into(),
+        at: Millis(1),
+    };
+    store
+        .commit(1, std::slice::from_ref(&event), Change::default())
+        .await?;
+    let lost = [audit_entry(3, AuditAction::LeaseEnd, "lease 1")];
+    let clash = store
+        .commit(
+            1,
+            std::slice::from_ref(&event),
+            Change {
+                audit: &lost,
+                ..Change::default()
+            },
+        )
+        .await;
+    ensure!(clash.is_err(), "event 1 written twice");
+    ensure!(store.last_audit_seq().await? == 2);
+    let all = store.audit(10).await?;
+    ensure!(
+        all.len() == 2 && all[0] == first[1] && all[1] == first[0],
+        "{all:?}"
+    );
+    ensure!(store.audit(1).await? == [first[1].clone()]);
+    drop(store);
+    let store = db.open().await?;
+    ensure!(store.audit(10).await?.len() == 2);
+    Ok(())
+}
+
+/// Version 5 (commit 0f00578): the audit of admin actions.
+const V5_DDL: [&str; 2] = [
+    "CREATE TABLE IF NOT EXISTS audit (seq BIGINT PRIMARY KEY, at BIGINT NOT NULL,
+        actor TEXT NOT NULL, principal BIGINT NOT NULL, action TEXT NOT NULL,
+        target TEXT NOT NULL, detail TEXT NOT NULL, remote TEXT NOT NULL)",
+    "UPDATE meta SET value = '5' WHERE key = 'schema'",
 ];
 
 async fn schema_version(db: &Db) -> Result<String> {
@@ -290,6 +410,8 @@ async fn every_query_round_trips_on_a_fresh_database(backend: Backend) -> Result
             Change {
                 new_job: Some(&job),
                 reports: Vec::new(),
+                command: None,
+                audit: &[],
             },
         )
         .await?;
@@ -320,6 +442,8 @@ async fn every_query_round_trips_on_a_fresh_database(backend: Backend) -> Result
             Change {
                 new_job: None,
                 reports: vec![(JobId(1), &report, 17)],
+                command: None,
+                audit: &[],
             },
         )
         .await?;
@@ -576,5 +700,155 @@ async fn a_second_holder_of_a_postgres_database_is_refused_and_a_standby_takes_o
         .await
         .context("a lost lock went unnoticed")?;
     ensure!(!reason.is_empty());
+    Ok(())
+}
+
+async fn version_4_databases_reach_the_latest_and_keep_their_rows(backend: Backend) -> Result<()> {
+    let db = Db::new(backend)?;
+    db.run(&V1_DDL).await?;
+    db.run(&V2_DDL).await?;
+    db.run(&V3_DDL).await?;
+    db.run(&V4_DDL).await?;
+    let digest = "56".repeat(32);
+    db.run(&[
+        "INSERT INTO principals (id, name, created_at) VALUES (1, 'alice', 1)",
+        "INSERT INTO tokens (id, name, role, agent, hash, created_at, revoked_at, principal)
+         VALUES ('0a', 'alice', 'user', NULL, 'ha', 1, NULL, 1)",
+        &format!("INSERT INTO artifacts (sha256, size, created_at) VALUES ('{digest}', 5, 1)"),
+    ])
+    .await?;
+    let store = db.open().await?;
+    ensure!(schema_version(&db).await? == schema::LATEST.to_string());
+    ensure!(store.tokens().await?[0].view.user == "alice");
+    ensure!(store.artifact_size(&digest).await? == Some(5));
+    // The log table is there, and empty.
+    ensure!(store.log_last(JobId(1)).await? == proto::Seq(0));
+    Ok(())
+}
+
+fn record(seq: u64, text: &str) -> proto::log::LogRecord {
+    proto::log::LogRecord {
+        seq: proto::Seq(seq),
+        at: Millis(seq),
+        kind: proto::log::LogKind::Console,
+        text: text.to_owned(),
+    }
+}
+
+/// Two stores on one database (two controllers) write one job's log at once: the agent's
+/// records, resent to both with overlaps (as an agent resends from its cursor after moving
+/// to another controller), then notes of both controllers at once. The log is 1..n, each of
+/// the agent's lines once and in order, each note once with the number it was given, and
+/// records that do not continue the log are not stored.
+async fn log_records_are_stored_once_whichever_store_writes_them(backend: Backend) -> Result<()> {
+    use proto::log::{LogKind, LogRecord};
+    let db = Db::new(backend)?;
+    let one = db.open().await?;
+    let two = db.open().await?;
+    let job = JobId(7);
+    let lines = 300;
+    let agent: Vec<_> = (1..=lines)
+        .map(|n| record(n, &format!("line-{n}")))
+        .collect();
+    // Records beyond the end (a hole) are refused.
+    let (last, fresh) = one.append_log(job, &[record(3, "early")]).await?;
+    ensure!(
+        last == proto::Seq(0) && fresh.is_empty(),
+        "stored across a hole"
+    );
+    let resend = |store: Store, step: usize| {
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            let mut at = 0;
+            while at < agent.len() {
+                let end = (at + step).min(agent.len());
+                store.append_log(job, &agent[at..end]).await?;
+                at = end.saturating_sub(2).max(at + 1);
+            }
+            anyhow::Ok(())
+        })
+    };
+    let writers = [
+        resend(one.clone(), 7),
+        resend(two.clone(), 5),
+        resend(two.clone(), 11),
+    ];
+    for w in writers {
+        w.await??;
+    }
+    let stored = one.log_records(job, proto::Seq(0), 10_000).await?;
+    ensure!(
+        stored == agent,
+        "the agent's records are not 1..{lines} once each"
+    );
+    // Notes of both controllers at once: each takes the next free number.
+    let note = |store: Store, who: &'static str| {
+        tokio::spawn(async move {
+            let mut numbers = Vec::new();
+            for n in 0..20 {
+                let r = store
+                    .append_log_note(job, |seq| LogRecord {
+                        seq,
+                        at: Millis(0),
+                        kind: LogKind::Note,
+                        text: format!("{who}-{n}"),
+                    })
+                    .await?;
+                numbers.push((r.seq, r.text));
+            }
+            anyhow::Ok(numbers)
+        })
+    };
+    let (a, b) = (note(one.clone(), "one"), note(two.clone(), "two"));
+    let mut given = a.await??;
+    given.extend(b.await??);
+    let all = two.log_records(job, proto::Seq(0), 10_000).await?;
+    let seqs: Vec<u64> = all.iter().map(|r| r.seq.0).collect();
+    ensure!(
+        seqs == (1..=lines + 40).collect::<Vec<_>>(),
+        "numbers are not 1..n: {seqs:?}"
+    );
+    for (seq, text) in &given {
+        let at = &all[usize::try_from(seq.0 - 1)?];
+        ensure!(&at.text == text, "note {text} is not at {seq}: {at:?}");
+    }
+    ensure!(two.log_last(job).await?.0 == lines + 40);
+    // Pages continue where the last page ended.
+    let page = two.log_records(job, proto::Seq(5), 3).await?;
+    ensure!(page.iter().map(|r| r.seq.0).collect::<Vec<_>>() == [6, 7, 8]);
+    Ok(())
+}
+
+async fn version_5_databases_keep_their_audit_and_get_the_log_and_command_tables(
+    backend: Backend,
+) -> Result<()> {
+    let db = Db::new(backend)?;
+    db.run(&V1_DDL).await?;
+    db.run(&V2_DDL).await?;
+    db.run(&V3_DDL).await?;
+    db.run(&V4_DDL).await?;
+    db.run(&V5_DDL).await?;
+    db.run(&[
+        "INSERT INTO principals (id, name, created_at) VALUES (1, 'root', 1)",
+        "INSERT INTO audit (seq, at, actor, principal, action, target, detail, remote)
+         VALUES (1, 5, 'root', 1, 'device-set', 'qemu-1', 'psu', '127.0.0.1:1')",
+    ])
+    .await?;
+    ensure!(schema_version(&db).await? == "5");
+    let store = db.open().await?;
+    ensure!(schema_version(&db).await? == schema::LATEST.to_string());
+    ensure!(store.last_audit_seq().await? == 1 && store.audit(10).await?.len() == 1);
+    ensure!(store.log_last(JobId(1)).await? == proto::Seq(0));
+    ensure!(store.pending_commands().await?.is_empty());
+    // A follower opens the migrated database; one at another version is refused unchanged.
+    Store::open_following(&db.url).await?;
+    db.run(&["UPDATE meta SET value = '5' WHERE key = 'schema'"])
+        .await?;
+    match Store::open_following(&db.url).await {
+        Err(StoreError::OtherVersion { found: 5, known }) => ensure!(known == schema::LATEST),
+        Err(other) => anyhow::bail!("refused for another reason: {other}"),
+        Ok(_) => anyhow::bail!("a follower opened a database of another version"),
+    }
+    ensure!(schema_version(&db).await? == "5", "the follower migrated");
     Ok(())
 }

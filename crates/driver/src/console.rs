@@ -217,8 +217,9 @@ impl ConsoleHub {
         subscribe(&self.shared, bytes)
     }
 
-    /// A handle for viewers and typing elsewhere (a person's console stream) that does not
-    /// own the pump.
+    /// A handle that subscribes viewers and types on this console without owning it (for
+    /// whoever serves people's viewers while the rig owns the hub). Once the hub is dropped
+    /// its viewers read to the end and its input fails.
     pub fn tap(&self) -> ConsoleTap {
         ConsoleTap {
             shared: self.shared.clone(),
@@ -281,9 +282,8 @@ fn subscribe(shared: &Arc<Shared>, bytes: usize) -> Viewer {
     }
 }
 
-/// Subscribes viewers and types on a console without owning its pump (cheap to clone). It
-/// does not keep the console alive: once the hub is dropped, its viewers read the end and
-/// typing fails.
+/// A clonable handle to a console's pump ([`ConsoleHub::tap`]): viewers and input, nothing
+/// that keeps the pump alive.
 #[derive(Clone)]
 pub struct ConsoleTap {
     shared: Arc<Shared>,
@@ -293,23 +293,28 @@ pub struct ConsoleTap {
 impl std::fmt::Debug for ConsoleTap {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConsoleTap")
-            .field("closed", &self.input.is_closed())
+            .field("end", &self.shared.lock().end)
             .finish()
     }
 }
 
 impl ConsoleTap {
-    /// [`ConsoleHub::subscribe_with_history`].
+    /// A viewer that first replays up to `bytes` of history.
     pub fn subscribe_with_history(&self, bytes: usize) -> Viewer {
         subscribe(&self.shared, bytes)
     }
 
-    /// [`ConsoleHub::input`].
+    /// A handle that types on the console.
     pub fn input(&self) -> ConsoleInput {
         ConsoleInput {
             sender: self.input.clone(),
             reserving: None,
         }
+    }
+
+    /// Whether and how the console ended.
+    pub fn end(&self) -> ConsoleEnd {
+        self.shared.lock().end.clone()
     }
 }
 
@@ -603,6 +608,29 @@ mod tests {
             assert_eq!(bytes, data);
         }
         assert_eq!(counted.load(Ordering::Relaxed), data.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn a_tap_replays_history_types_and_ends_with_its_hub() {
+        let (device, console) = tokio::io::duplex(256);
+        let (read, write) = tokio::io::split(console);
+        let (mut device_read, mut device_write) = tokio::io::split(device);
+        let (recorder, _) = counting_recorder();
+        let hub = ConsoleHub::spawn(read, write, recorder);
+        let tap = hub.tap().clone();
+        device_write.write_all(b"login: ").await.unwrap();
+        while hub.written() < 7 {
+            tokio::task::yield_now().await;
+        }
+        let mut viewer = tap.subscribe_with_history(1024);
+        tap.input().write_all(b"root\n").await.unwrap();
+        let mut typed = [0u8; 5];
+        device_read.read_exact(&mut typed).await.unwrap();
+        assert_eq!(&typed, b"root\n");
+        drop(hub);
+        let (bytes, skipped) = read_all(&mut viewer).await;
+        assert_eq!((bytes.as_slice(), skipped), (&b"login: "[..], 0));
+        assert_eq!(tap.end(), ConsoleEnd::Closed);
     }
 
     #[tokio::test]

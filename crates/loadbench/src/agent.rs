@@ -274,6 +274,7 @@ pub async fn connect(
             })
             .collect(),
         held: Vec::new(),
+        sessions: Vec::new(),
     };
     behaviour.hello_sent(devices, Instant::now());
     sink.send(Message::text(serde_json::to_string(&hello)?))

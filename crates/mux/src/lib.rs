@@ -316,12 +316,7 @@ pub enum PumpEnd {
 /// Copies `reader` into the stream and the stream into `writer` until both directions ended,
 /// the stream closed, or the local side failed. Reads only under credit, so a stalled peer
 /// stops the reader (a TCP peer then feels backpressure).
-pub async fn pump<R, W>(
-    tx: &StreamTx,
-    rx: &mut StreamRx,
-    mut reader: R,
-    mut writer: W,
-) -> PumpEnd
+pub async fn pump<R, W>(tx: &StreamTx, rx: &mut StreamRx, mut reader: R, mut writer: W) -> PumpEnd
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,

@@ -22,12 +22,17 @@
 //! | `GET /api/v1/jobs/{id}/results` | user, admin | [`JobResults`] |
 //! | `GET /api/v1/devices` | user, admin | [`DeviceView`] list |
 //! | `GET /api/v1/agents` | user, admin | [`AgentView`] list |
+//! | device details, states, tags; the audit | | see [`crate::admin`] |
 //! | `GET /api/v1/agent/link` | agent | WebSocket of the agent link ([`crate::link`]) |
 //! | `POST /api/v1/leases` | user, admin | [`AcquireLease`] -> [`LeaseView`] (201: waiting with a position, or held) |
 //! | `GET /api/v1/leases?all=BOOL` | user, admin | [`LeaseView`] list (own; admins: everyone's) |
 //! | `GET /api/v1/leases/{id}?wait=SECONDS` | holder, admin | [`LeaseView`] (with `wait`: once it is no longer waiting, or after that long) |
 //! | `POST /api/v1/leases/{id}/renew` | holder, admin | [`RenewLease`] -> [`LeaseView`] |
 //! | `POST /api/v1/leases/{id}/release` | holder, admin | -> [`LeaseView`] (ended) |
+//! | `GET /api/v1/leases/{id}/power` | holder, admin | [`PowerView`] |
+//! | `POST /api/v1/leases/{id}/power` | holder, admin | [`PowerRequest`] -> [`PowerView`] |
+//! | `POST /api/v1/leases/{id}/flash` | holder, admin | [`FlashRequest`] -> [`FlashView`] |
+//! | `GET /api/v1/leases/{id}/screenshot` | holder, admin | `image/png` |
 //!
 //! Errors are [`ApiError`] with status 400 (bad input, the field named), 401 (no or bad token),
 //! 403 (wrong role, or another user's private job or lease), 404, 409 (state does not allow
@@ -309,6 +314,10 @@ pub struct DeviceView {
     /// Who holds it: `job N`, or the name of the user holding it by a lease.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub holder: Option<String>,
+    /// The state an admin or the lab set (maintenance, retired, bad), why, by whom, when; also
+    /// while the device finishes its lease first (`state` is then `busy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set: Option<crate::admin::DeviceNote>,
 }
 
 /// Longest `wait` of `GET /api/v1/leases/{id}`, in seconds.
@@ -334,6 +343,41 @@ pub struct AcquireLease {
     /// 0 ..= 100, like a job's (default 50).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<u8>,
+    /// Public SSH keys (`authorized_keys` lines: `ssh-ed25519`, `ssh-rsa` or `ecdsa-*`, no
+    /// options; at most 8) that the DUT accepts for `root` from each power-on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh_keys: Vec<String>,
+}
+
+/// `POST /api/v1/leases/{id}/power`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PowerRequest {
+    pub action: crate::session::PowerAction,
+}
+
+/// The power of a leased device (answer of `GET` and `POST /api/v1/leases/{id}/power`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PowerView {
+    pub lease: PersonLeaseId,
+    pub device: String,
+    pub state: crate::session::PowerState,
+}
+
+/// `POST /api/v1/leases/{id}/flash`: an artifact the caller may use (uploaded first).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FlashRequest {
+    /// 64 lower-case hex digits of the artifact's SHA-256.
+    pub sha256: String,
+}
+
+/// A finished flash: the image is the device's storage; its next power-on boots it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FlashView {
+    pub lease: PersonLeaseId,
+    pub device: String,
+    pub sha256: String,
+    /// Bytes of the image written.
+    pub bytes: u64,
 }
 
 /// `POST /api/v1/leases/{id}/renew`.
@@ -389,7 +433,17 @@ pub struct LeaseView {
 #[serde(rename_all = "kebab-case")]
 pub enum AgentState {
     Connected,
+    /// Connected, but nothing heard from it for more than two heartbeat intervals (stopped,
+    /// partitioned): its jobs keep their leases until the lease TTL.
+    Silent,
     Disconnected,
+}
+
+/// A device of an agent and its state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AgentDevice {
+    pub name: String,
+    pub state: DeviceState,
 }
 
 /// An agent as the API shows it.
@@ -400,6 +454,9 @@ pub struct AgentView {
     /// dutlab version it runs.
     pub version: String,
     pub devices: Vec<String>,
+    /// Its devices with their states.
+    #[serde(default)]
+    pub device_states: Vec<AgentDevice>,
     /// Last time the controller heard from it.
     pub last_seen: Millis,
 }

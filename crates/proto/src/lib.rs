@@ -9,11 +9,13 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+pub mod admin;
 pub mod api;
 pub mod ids;
 pub mod link;
 pub mod log;
 pub mod names;
+pub mod session;
 pub mod state;
 pub mod stream;
 pub mod visibility;

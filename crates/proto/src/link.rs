@@ -6,8 +6,10 @@
 //! record.
 //!
 //! Invariants:
-//! - Every message about a job carries its lease id and epoch; the controller refuses a message
-//!   whose epoch is older than the device's current one.
+//! - Every message about a job or a session carries its lease id and epoch; the controller
+//!   refuses a message whose epoch is not the lease's, the agent ignores one.
+//! - A session is the agent's side of a person's lease (`StartSession` .. `DropLease`, see
+//!   [`crate::session`]); a job lease and a session never share a lease id.
 //! - `Hello` is the first message and names [`PROTOCOL_VERSION`]; any other version is refused.
 //! - Decoding never trusts lengths: a frame is refused when it is longer than [`MAX_FRAME`],
 //!   when a record claims more bytes than remain, or when a text is longer than
@@ -16,6 +18,7 @@
 use crate::JobReport;
 use crate::ids::{Epoch, JobId, LeaseId, Millis, Seq};
 use crate::log::{LogKind, LogRecord, MAX_RECORD_TEXT};
+use crate::session::{RequestId, SessionAction, SessionResult};
 use crate::stream::{StreamFrameError, StreamId, StreamTarget};
 use serde::{Deserialize, Serialize};
 
@@ -53,6 +56,14 @@ pub struct HeldLease {
     pub report: Option<JobReport>,
 }
 
+/// A person's lease the agent keeps a device for (a session) when it says hello.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldSession {
+    pub lease: LeaseId,
+    pub epoch: Epoch,
+    pub device: String,
+}
+
 /// Where the controller's copy of a lease's log ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogCursor {
@@ -76,6 +87,9 @@ pub enum AgentMessage {
         /// Leases the agent still holds from before (after a reconnect).
         #[serde(default)]
         held: Vec<HeldLease>,
+        /// Sessions the agent still keeps (after a reconnect; none after a restart).
+        #[serde(default)]
+        sessions: Vec<HeldSession>,
     },
     /// The agent is alive; renews the leases it holds.
     Heartbeat,
@@ -105,6 +119,30 @@ pub enum AgentMessage {
     StreamCredit { stream: StreamId, bytes: u32 },
     /// The agent ended the stream (the DUT closed the connection, the console ended ...).
     StreamClosed { stream: StreamId, reason: String },
+    /// The agent keeps `device` for the session (also the answer to a repeated
+    /// `StartSession`).
+    SessionStarted { lease: LeaseId, epoch: Epoch },
+    /// The agent cannot keep the device for the session (unknown device, busy, shutting down).
+    SessionRefused {
+        lease: LeaseId,
+        epoch: Epoch,
+        reason: String,
+    },
+    /// Progress of a long request (a flash): `done` of `total` bytes.
+    SessionProgress {
+        lease: LeaseId,
+        epoch: Epoch,
+        request: RequestId,
+        done: u64,
+        total: u64,
+    },
+    /// The answer to `SessionRequest`.
+    SessionReply {
+        lease: LeaseId,
+        epoch: Epoch,
+        request: RequestId,
+        result: SessionResult,
+    },
 }
 
 /// Controller to agent.
@@ -132,9 +170,28 @@ pub enum ControllerMessage {
     },
     /// Cancel the job: power the DUT off and report the outcome `canceled`.
     CancelJob { lease: LeaseId, epoch: Epoch },
-    /// The lease is no longer live (the job was ended by the controller): stop, tear down,
-    /// send `DeviceReady`, and report nothing more about it.
+    /// The lease is no longer live (the job or the person's lease was ended by the
+    /// controller): stop, power the DUT off, tear down, send `DeviceReady`, and report
+    /// nothing more about it.
     DropLease { lease: LeaseId, epoch: Epoch },
+    /// A person holds `device` under this lease: keep it for them (unpowered) until
+    /// `DropLease`; answer `SessionStarted` or `SessionRefused`. Repeated after every hello
+    /// while the lease lives. `ssh_keys` (checked lines, see [`crate::session`]) are
+    /// authorized on the DUT at each power-on.
+    StartSession {
+        lease: LeaseId,
+        epoch: Epoch,
+        device: String,
+        #[serde(default)]
+        ssh_keys: Vec<String>,
+    },
+    /// Do `action` on the session's device; answer `SessionReply` with the same `request`.
+    SessionRequest {
+        lease: LeaseId,
+        epoch: Epoch,
+        request: RequestId,
+        action: SessionAction,
+    },
     /// Log records up to `stored` are stored; the agent may drop them from its spool.
     LogAcked {
         lease: LeaseId,

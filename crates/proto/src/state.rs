@@ -51,6 +51,13 @@ pub enum DeviceState {
     /// Something went wrong on it (its agent died mid-job, a start was refused); it takes no
     /// work until its agent confirms teardown by registering it again.
     NeedsCheck,
+    /// An admin took it out of the pool for work on it; `idle` returns it.
+    Maintenance,
+    /// An admin took it out of the pool for good (until set `idle` again).
+    Retired,
+    /// The lab took it out of the pool: a health check failed on it, or it had too many
+    /// infra errors in a row. A passing health check (or an admin) returns it.
+    Bad,
 }
 
 impl DeviceState {
@@ -60,7 +67,32 @@ impl DeviceState {
             DeviceState::Busy => "busy",
             DeviceState::Offline => "offline",
             DeviceState::NeedsCheck => "needs-check",
+            DeviceState::Maintenance => "maintenance",
+            DeviceState::Retired => "retired",
+            DeviceState::Bad => "bad",
         }
+    }
+
+    /// The states an admin or the lab set on a device, which keep it out of the pool.
+    pub fn is_out_of_service(self) -> bool {
+        matches!(
+            self,
+            DeviceState::Maintenance | DeviceState::Retired | DeviceState::Bad
+        )
+    }
+
+    pub fn parse(word: &str) -> Option<DeviceState> {
+        [
+            DeviceState::Idle,
+            DeviceState::Busy,
+            DeviceState::Offline,
+            DeviceState::NeedsCheck,
+            DeviceState::Maintenance,
+            DeviceState::Retired,
+            DeviceState::Bad,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == word)
     }
 }
 

@@ -328,6 +328,48 @@ fn io_err(action: &'static str, path: &Path, source: io::Error) -> ImageError {
     }
 }
 
+/// Writes to `out` (a new file) the image's initramfs followed by a newc cpio holding
+/// `/root/.ssh/authorized_keys` (0600, in 0700 directories) with `keys`, one per line. Linux
+/// unpacks every archive of a concatenated initramfs in turn, so the guest boots the image
+/// unchanged with the keys authorized, and nothing is typed on its console. The cpio starts
+/// at a 4-byte boundary (zero padding, which the kernel skips), as newc requires.
+///
+/// Each key must be a single line (the caller checks the key format); one holding a line
+/// break or NUL is refused.
+pub fn initrd_with_keys(initramfs: &Path, keys: &[String], out: &Path) -> Result<(), ImageError> {
+    let invalid = |reason: &str| {
+        io_err(
+            "add SSH keys to",
+            out,
+            io::Error::new(io::ErrorKind::InvalidInput, reason.to_owned()),
+        )
+    };
+    if keys.iter().any(|k| k.contains(['\n', '\r', '\0'])) {
+        return Err(invalid("an SSH key holds a line break or NUL"));
+    }
+    let mut text = keys.join("\n");
+    text.push('\n');
+    let mut image = fs::read(initramfs).map_err(|source| io_err("read", initramfs, source))?;
+    image.resize(image.len().next_multiple_of(4), 0);
+    let mut archive = cpio::CpioWriter::new(image);
+    let entries = archive
+        .dir("root", 0o700)
+        .and_then(|()| archive.dir("root/.ssh", 0o700))
+        .and_then(|()| archive.file("root/.ssh/authorized_keys", 0o600, text.as_bytes()));
+    entries.map_err(|source| io_err("add SSH keys to", out, source))?;
+    let bytes = archive
+        .finish()
+        .map_err(|source| io_err("add SSH keys to", out, source))?;
+    let mut file = File::options()
+        .write(true)
+        .create_new(true)
+        .open(out)
+        .map_err(|source| io_err("create", out, source))?;
+    file.write_all(&bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|source| io_err("write", out, source))
+}
+
 /// Where images live by default: `$DUTLAB_IMAGE_DIR`, else `$XDG_CACHE_HOME/dutlab/image`,
 /// else `$HOME/.cache/dutlab/image` (else `dutlab/image` in the temporary directory).
 pub fn default_image_dir() -> PathBuf {

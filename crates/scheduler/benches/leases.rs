@@ -47,6 +47,7 @@ fn request(s: &mut Scheduler, id: u64, want: Want, now: u64) {
         50,
         Duration::from_secs(1800),
         Duration::from_secs(8 * 3600),
+        Vec::new(),
         Millis(now),
     )
     .expect("requested");

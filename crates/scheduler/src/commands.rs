@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 /// Which device a person asks for.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Want {
     /// This device (it must be registered).
     Device(String),
@@ -161,7 +161,7 @@ impl Scheduler {
                 .state
                 .devices
                 .get(&l.device)
-                .is_some_and(|d| d.state == DeviceState::NeedsCheck)
+                .is_some_and(crate::devices::needs_check)
             {
                 let device = l.device.clone();
                 self.emit(&mut out, Event::DeviceReady { device, at: now });
@@ -169,7 +169,7 @@ impl Scheduler {
         }
         let ready: Vec<String> = self
             .devices_of(agent)
-            .filter(|d| d.state == DeviceState::NeedsCheck)
+            .filter(|d| crate::devices::needs_check(d))
             .filter(|d| d.unconfirmed.is_none_or(|l| !held_ids.contains(&l)))
             .map(|d| d.info.name.clone())
             .collect();
@@ -372,7 +372,7 @@ impl Scheduler {
             });
         }
         let mut out = Vec::new();
-        if d.state == DeviceState::NeedsCheck {
+        if crate::devices::needs_check(d) {
             let device = device.to_owned();
             self.emit(&mut out, Event::DeviceReady { device, at: now });
         }
@@ -386,9 +386,8 @@ impl Scheduler {
     /// - a lease not renewed before it expired: `infra-error`;
     /// - a person's lease at its deadline: ended `expired`.
     ///
-    /// The devices of jobs need a check; a person's device is idle again (nothing on it was
-    /// started by the lease; powering and its cleanup through the agent come with the rig
-    /// layer).
+    /// Every device needs a check afterwards: its agent confirms the teardown (a job's, or
+    /// the session of a person's lease, DUT off) with `device_ready`.
     pub fn tick(&mut self, now: Millis) -> Vec<Event> {
         let mut out = Vec::new();
         let due: Vec<Lease> = self
@@ -465,6 +464,13 @@ impl Scheduler {
         } else {
             outcome
         };
+        let check = self
+            .state
+            .jobs
+            .get(&job)
+            .is_some_and(|j| j.spec.purpose == crate::JobPurpose::HealthCheck);
+        let check_reason = check.then(|| reason.clone());
+        let quarantine = (outcome == Outcome::InfraError && !check).then(|| reason.clone());
         self.emit(
             out,
             Event::JobFinished {
@@ -474,6 +480,12 @@ impl Scheduler {
                 at: now,
             },
         );
+        if let Some(reason) = quarantine {
+            self.quarantine(out, &l.device, job, &reason, now);
+        }
+        if let Some(reason) = check_reason {
+            self.checked(out, &l.device, job, outcome, &reason, now);
+        }
         self.emit(
             out,
             Event::LeaseReleased {
@@ -498,6 +510,7 @@ impl Scheduler {
         priority: u8,
         ttl: Duration,
         cap: Duration,
+        ssh_keys: Vec<String>,
         now: Millis,
     ) -> Result<Vec<Event>, Refusal> {
         if self.state.persons.contains_key(&person) {
@@ -523,6 +536,7 @@ impl Scheduler {
                     priority,
                     owner: Some(principal),
                     device: Some(name),
+                    purpose: crate::JobPurpose::Ordinary,
                 }
             }
             Want::Type { device_type, tags } => JobSpec {
@@ -531,6 +545,7 @@ impl Scheduler {
                 priority,
                 owner: Some(principal),
                 device: None,
+                purpose: crate::JobPurpose::Ordinary,
             },
         };
         let mut out = Vec::new();
@@ -543,6 +558,7 @@ impl Scheduler {
                 spec,
                 ttl_ms,
                 cap_ms,
+                ssh_keys,
                 at: now,
             },
         );
@@ -577,7 +593,8 @@ impl Scheduler {
     }
 
     /// Ends a person's lease (released by its holder, or ended by an admin): a waiting
-    /// request leaves the queue; a held device is idle again. Then schedules.
+    /// request leaves the queue; a held device needs a check until its agent confirms that
+    /// the session is torn down (DUT off: `device_ready`). Then schedules.
     pub fn end_person_lease(
         &mut self,
         person: PersonLeaseId,
@@ -591,7 +608,7 @@ impl Scheduler {
         Ok(out)
     }
 
-    fn end_person(
+    pub(crate) fn end_person(
         &mut self,
         out: &mut Vec<Event>,
         person: PersonLeaseId,
@@ -613,11 +630,12 @@ impl Scheduler {
             },
         );
         if let Some(lease) = lease {
+            // The holder may have powered the DUT: only its agent can say it is off again.
             self.emit(
                 out,
                 Event::LeaseReleased {
                     lease,
-                    device_state: DeviceState::Idle,
+                    device_state: DeviceState::NeedsCheck,
                     at: now,
                 },
             );

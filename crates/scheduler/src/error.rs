@@ -50,6 +50,10 @@ pub enum Refusal {
     PersonLeaseEnded { lease: PersonLeaseId, end: LeaseEnd },
     #[error("duration: {ttl_ms} ms must be above 0 and at most the cap of {cap_ms} ms")]
     Duration { ttl_ms: u64, cap_ms: u64 },
+    #[error("state: a device is set idle, maintenance, retired or bad, not {0}")]
+    NotSettable(DeviceState),
+    #[error("tags: {0:?} is both added and removed")]
+    TagConflict(String),
 }
 
 /// An event does not fit the scheduler's state: the log is corrupt (or was written by a
@@ -120,6 +124,8 @@ pub enum SchedulerError {
     },
     #[error("lease-granted: the holder does not match the request of lease {0}")]
     HolderMismatch(PersonLeaseId),
+    #[error("device-state-set: a device is set idle, maintenance, retired or bad, not {0}")]
+    NotSettable(DeviceState),
     #[error("event {index} of the log does not fit")]
     Replay {
         index: usize,

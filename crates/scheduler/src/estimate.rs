@@ -56,6 +56,8 @@ impl Scheduler {
                 .devices
                 .values()
                 .filter(|d| &d.info.device_type == device_type && !d.withdrawn)
+                // Out of service, or to be once its lease ends.
+                .filter(|d| !self.state.out_of_service.contains_key(&d.info.name))
                 .filter_map(|d| match d.state {
                     DeviceState::Idle => Some(now.0),
                     DeviceState::Busy => {
@@ -68,7 +70,11 @@ impl Scheduler {
                             None => Some(lease.expires.0.max(now.0)),
                         }
                     }
-                    DeviceState::Offline | DeviceState::NeedsCheck => None,
+                    DeviceState::Offline
+                    | DeviceState::NeedsCheck
+                    | DeviceState::Maintenance
+                    | DeviceState::Retired
+                    | DeviceState::Bad => None,
                 })
                 .map(Reverse)
                 .collect();

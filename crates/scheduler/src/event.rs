@@ -23,9 +23,30 @@ pub struct JobSpec {
     /// controllers) counts as one more user.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<PrincipalId>,
-    /// Only this device (a person's lease of a device by name).
+    /// Only this device (a person's lease of a device by name, a health check).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
+    /// What the job is for: a health check's outcome decides its device's state.
+    #[serde(default, skip_serializing_if = "JobPurpose::is_ordinary")]
+    pub purpose: JobPurpose,
+}
+
+/// What a job is for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JobPurpose {
+    /// A user's job.
+    #[default]
+    Ordinary,
+    /// The lab's health check of its (one, named) device: passing returns a `bad` device to
+    /// the pool, any other outcome but `canceled` makes it `bad`.
+    HealthCheck,
+}
+
+impl JobPurpose {
+    pub fn is_ordinary(&self) -> bool {
+        *self == JobPurpose::Ordinary
+    }
 }
 
 impl JobSpec {
@@ -147,9 +168,13 @@ pub enum Event {
         spec: JobSpec,
         ttl_ms: u64,
         cap_ms: u64,
+        /// Public SSH keys to authorize on the DUT (checked lines; none in older events).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        ssh_keys: Vec<String>,
         at: Millis,
     },
-    /// A person's lease (or its request) ended. If it held a device, the `LeaseReleased` of
+    /// A person's lease (or its request) ended. If it held a device, the `LeaseReleased`
+    /// (needs-check: the agent must confirm that the DUT is off) of its lease follows. If it held a device, the `LeaseReleased` of
     /// its lease follows.
     PersonLeaseEnded {
         person: PersonLeaseId,
@@ -177,6 +202,31 @@ pub enum Event {
     },
     /// The agent confirmed that the device is torn down; it takes work again.
     DeviceReady { device: String, at: Millis },
+    /// An admin (`by`: their name) or the lab (`by`: [`crate::LAB`]) took a device out of
+    /// the pool (`state`: maintenance, retired or bad) or returned it (`idle`), saying why;
+    /// `job`: the job that showed it (a failed health check, the last infra error). A device
+    /// holding a lease keeps it; the state applies once the lease ends.
+    DeviceStateSet {
+        device: String,
+        state: DeviceState,
+        reason: String,
+        by: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        job: Option<JobId>,
+        at: Millis,
+    },
+    /// An admin edited a device's tags: `add` extends its agent's tags, `remove` hides some
+    /// (an edit undoes the opposite earlier edit of the same tag). Kept by device name: the
+    /// agent's reconnects do not undo it.
+    DeviceTagsSet {
+        device: String,
+        #[serde(default)]
+        add: Vec<String>,
+        #[serde(default)]
+        remove: Vec<String>,
+        by: String,
+        at: Millis,
+    },
 }
 
 impl Event {
@@ -196,6 +246,8 @@ impl Event {
             Event::JobFinished { .. } => "job-finished",
             Event::LeaseReleased { .. } => "lease-released",
             Event::DeviceReady { .. } => "device-ready",
+            Event::DeviceStateSet { .. } => "device-state-set",
+            Event::DeviceTagsSet { .. } => "device-tags-set",
         }
     }
 }

@@ -40,9 +40,19 @@
 //!      └─── AgentDisconnected ┴──────────────────────────── NeedsCheck
 //! ```
 //!
-//! A device's state is derived, never set: `Busy` while it holds a live lease, else `Offline`
-//! while its agent is disconnected, else `NeedsCheck` while a lease ended without its agent
-//! confirming teardown, else `Idle`. An offline device remembers that it needs a check.
+//! A device's state is derived, never set: `Busy` while it holds a live lease, else the state
+//! an admin or the lab set (`Maintenance`, `Retired`, `Bad`: `DeviceStateSet`, kept across
+//! the agent's reconnects until set `Idle`), else `Offline` while its agent is disconnected,
+//! else `NeedsCheck` while a lease ended without its agent confirming teardown, else `Idle`.
+//! An offline device remembers that it needs a check. A person's lease always ends
+//! `NeedsCheck` (its holder may have powered the DUT; the agent's session confirms power-off
+//! with `DeviceReady`), as a job's does unless its agent reported the end itself. A device set out of service while it
+//! holds a lease keeps the lease (unless the admin interrupts it) and leaves the pool when
+//! the lease ends. [`Config::quarantine_after`] infra errors in a row on one device set it
+//! `Bad` (the command that ends the last of them emits the `DeviceStateSet`).
+//!
+//! A device's tags are its agent's, extended and reduced by the admin's edits
+//! (`DeviceTagsSet`), which are kept by device name and survive the agent's reconnects.
 //!
 //! Invariants (checked by the state-machine tests after every step):
 //! - A device holds at most one live lease and a job at most one; a live lease's job is
@@ -79,11 +89,13 @@ mod schedule;
 mod state;
 
 mod commands;
+mod devices;
 
 pub use commands::Want;
+pub use devices::{Interrupt, LAB, MAX_HISTORY, StateNote};
 pub use error::{Refusal, SchedulerError};
 pub use estimate::RECENT_JOBS;
-pub use event::{Event, Holder, JobSpec, MAX_PRIORITY, PersonHolder, Waiter};
+pub use event::{Event, Holder, JobPurpose, JobSpec, MAX_PRIORITY, PersonHolder, Waiter};
 pub use lease_ids::{LeaseIds, LeaseKey};
 pub use state::{DeviceEntry, JobEntry, Lease, PersonLease, Scheduler};
 
@@ -106,6 +118,8 @@ pub struct Config {
     pub disconnect_grace: Duration,
     /// How long the agent has to confirm a cancel before the job ends anyway.
     pub cancel_grace: Duration,
+    /// Infra errors in a row on one device that take it out of the pool as `bad` (0: never).
+    pub quarantine_after: u32,
 }
 
 impl Default for Config {
@@ -115,6 +129,7 @@ impl Default for Config {
             lease_ttl: Duration::from_secs(60),
             disconnect_grace: Duration::from_secs(10),
             cancel_grace: Duration::from_secs(8),
+            quarantine_after: 3,
         }
     }
 }

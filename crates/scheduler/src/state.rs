@@ -51,7 +51,10 @@ pub struct JobEntry {
 /// A registered device.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceEntry {
+    /// As its agent describes it, with the tags edited by admins ([`Event::DeviceTagsSet`]).
     pub info: DeviceInfo,
+    /// The tags its agent gave.
+    pub agent_tags: Vec<String>,
     /// The agent that offers it (the last one that did).
     pub agent: String,
     /// Derived: see the crate documentation.
@@ -94,6 +97,8 @@ pub struct PersonLease {
     pub ttl_ms: u64,
     /// How long after the grant renewals may keep it, in milliseconds.
     pub cap_ms: u64,
+    /// Public SSH keys the agent authorizes on the DUT (checked by the controller).
+    pub ssh_keys: Vec<String>,
     pub state: PersonLeaseState,
     /// How it ended (set when ended).
     pub end: Option<LeaseEnd>,
@@ -153,6 +158,14 @@ pub(crate) struct State {
     /// ordered by time.
     pub(crate) deadline: BTreeMap<LeaseId, Millis>,
     pub(crate) deadlines: BTreeSet<(Millis, LeaseId)>,
+    /// Devices an admin or the lab took out of the pool, by name (kept while unregistered).
+    pub(crate) out_of_service: BTreeMap<String, crate::StateNote>,
+    /// The last [`crate::MAX_HISTORY`] state changes of each device, oldest first.
+    pub(crate) history: BTreeMap<String, std::collections::VecDeque<crate::StateNote>>,
+    /// Admins' tag edits by device name.
+    pub(crate) tag_edits: BTreeMap<String, crate::devices::TagEdits>,
+    /// Infra errors in a row of each device (since its last other outcome or return to idle).
+    pub(crate) infra_streak: BTreeMap<String, u32>,
 }
 
 /// Changes `schedule` has not looked at yet.
@@ -350,6 +363,9 @@ impl Scheduler {
                     });
                 }
                 let ty = entry.spec.device_type.clone();
+                let ran_on = (entry.state != JobState::Queued)
+                    .then(|| entry.device.clone())
+                    .flatten();
                 if let Some(key) = self.state.places.remove(&Waiter::Job(*job)) {
                     remove_from(&mut self.state.queue, &ty, &key);
                 }
@@ -359,6 +375,9 @@ impl Scheduler {
                 entry.finished = Some(*at);
                 if let Some(lease) = entry.lease {
                     self.redeadline(lease);
+                }
+                if let Some(device) = ran_on {
+                    self.count_outcome(&device, *outcome);
                 }
                 Ok(())
             }
@@ -374,6 +393,7 @@ impl Scheduler {
                 spec,
                 ttl_ms,
                 cap_ms,
+                ssh_keys,
                 at,
             } => {
                 let request = PersonLease {
@@ -382,6 +402,7 @@ impl Scheduler {
                     spec: spec.clone(),
                     ttl_ms: *ttl_ms,
                     cap_ms: *cap_ms,
+                    ssh_keys: ssh_keys.clone(),
                     state: PersonLeaseState::Waiting,
                     end: None,
                     lease: None,
@@ -396,14 +417,44 @@ impl Scheduler {
             Event::PersonLeaseEnded { person, end, at } => {
                 self.apply_person_ended(*person, end, *at)
             }
+            Event::DeviceStateSet {
+                device,
+                state,
+                reason,
+                by,
+                job,
+                at,
+            } => {
+                let note = crate::StateNote {
+                    state: *state,
+                    reason: reason.clone(),
+                    by: by.clone(),
+                    job: *job,
+                    at: *at,
+                };
+                self.apply_state_set(device, note)
+            }
+            Event::DeviceTagsSet {
+                device,
+                add,
+                remove,
+                by: _,
+                at: _,
+            } => self.apply_tags_set(device, add, remove),
             Event::DeviceReady { device, at: _ } => {
+                let connected = self
+                    .state
+                    .devices
+                    .get(device)
+                    .is_some_and(|d| self.agent_is_connected(&d.agent));
                 let d = self.state.devices.get_mut(device).ok_or_else(|| {
                     SchedulerError::UnknownDevice {
                         event: kind,
                         device: device.clone(),
                     }
                 })?;
-                if d.state != DeviceState::NeedsCheck {
+                // Out of service or not: the agent confirms teardown either way.
+                if !(connected && d.lease.is_none() && d.unconfirmed.is_some()) {
                     return Err(SchedulerError::DeviceState {
                         event: kind,
                         device: device.clone(),
@@ -548,9 +599,12 @@ impl Scheduler {
             {
                 a.devices.remove(&info.name);
             }
+            let tags = self.effective_tags(&info.name, &info.tags);
             match self.state.devices.get_mut(&info.name) {
                 Some(d) => {
                     d.info = info.clone();
+                    d.info.tags = tags;
+                    d.agent_tags = info.tags.clone();
                     d.agent = agent.to_owned();
                     d.withdrawn = false;
                 }
@@ -559,7 +613,11 @@ impl Scheduler {
                     self.state.devices.insert(
                         info.name.clone(),
                         DeviceEntry {
-                            info: info.clone(),
+                            info: DeviceInfo {
+                                tags,
+                                ..info.clone()
+                            },
+                            agent_tags: info.tags.clone(),
                             agent: agent.to_owned(),
                             state: DeviceState::Offline,
                             epoch,
@@ -811,7 +869,7 @@ impl Scheduler {
     }
 
     /// Removes a device that holds no lease, keeping its epoch for a later registration.
-    fn retire(&mut self, name: &str) {
+    pub(crate) fn retire(&mut self, name: &str) {
         self.unindex(name);
         if let Some(d) = self.state.devices.remove(name) {
             if let Some(a) = self.state.agents.get_mut(&d.agent) {
@@ -832,13 +890,16 @@ impl Scheduler {
 
     /// Derives a device's state from its facts and keeps the idle index in step. A device that
     /// becomes idle is noted for `schedule`.
-    fn refresh(&mut self, name: &str) {
+    pub(crate) fn refresh(&mut self, name: &str) {
         let Some(d) = self.state.devices.get(name) else {
             return;
         };
         let connected = self.agent_is_connected(&d.agent);
+        let set = self.state.out_of_service.get(name).map(|n| n.state);
         let state = if d.lease.is_some() {
             DeviceState::Busy
+        } else if let Some(set) = set {
+            set
         } else if !connected {
             DeviceState::Offline
         } else if d.unconfirmed.is_some() {

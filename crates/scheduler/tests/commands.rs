@@ -10,6 +10,10 @@ use std::time::Duration;
 #[path = "commands/agents.rs"]
 mod agents;
 
+/// Devices out of service, quarantine, tag edits.
+#[path = "commands/devices.rs"]
+mod devices;
+
 const TTL: u64 = 60_000;
 
 fn dev(name: &str, ty: &str, tags: &[&str]) -> DeviceInfo {

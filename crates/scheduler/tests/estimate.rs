@@ -83,6 +83,7 @@ fn waiters_take_the_device_that_frees_first_with_the_mean_of_recent_runs() {
         50,
         Duration::from_secs(600),
         Duration::from_secs(3600),
+        Vec::new(),
         Millis(42_000),
     )
     .expect("waits");

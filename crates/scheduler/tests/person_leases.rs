@@ -52,6 +52,7 @@ fn request(
         50,
         secs(ttl),
         secs(cap),
+        Vec::new(),
         Millis(at),
     )?;
     log.extend(events);
@@ -124,7 +125,8 @@ fn a_lease_by_name_is_granted_renewed_up_to_its_cap_and_expires_at_its_deadline(
         Some(Millis(301_000))
     );
 
-    // Nothing happens before the deadline; at it the lease ends and the device is idle.
+    // Nothing happens before the deadline; at it the lease ends and the device needs a
+    // check until its agent says the session is torn down (the DUT is off).
     assert_eq!(s.next_deadline(), Some(Millis(301_000)));
     assert!(s.tick(Millis(300_999)).is_empty());
     let ev = s.tick(Millis(301_000));
@@ -137,6 +139,12 @@ fn a_lease_by_name_is_granted_renewed_up_to_its_cap_and_expires_at_its_deadline(
         (p.state, p.end.clone()),
         (PersonLeaseState::Ended, Some(LeaseEnd::Expired))
     );
+    assert_eq!(
+        s.device("q2").map(|d| d.state),
+        Some(dutlab_scheduler::DeviceState::NeedsCheck)
+    );
+    s.device_ready("a1", "q2", Millis(301_500))
+        .expect("its agent confirms");
     assert_eq!(
         s.device("q2").map(|d| d.state),
         Some(dutlab_scheduler::DeviceState::Idle)
@@ -215,10 +223,13 @@ fn a_queued_job_waits_for_a_held_device_and_runs_after_release() {
         .end_person_lease(PersonLeaseId(1), LeaseEnd::Released, Millis(2))
         .expect("releases");
     let kinds: Vec<&str> = ev.iter().map(Event::kind).collect();
-    assert_eq!(
-        kinds,
-        ["person-lease-ended", "lease-released", "lease-granted"]
-    );
+    assert_eq!(kinds, ["person-lease-ended", "lease-released"]);
+    // The job waits for the agent to confirm that the DUT the person used is off.
+    assert_eq!(s.job(JobId(1)).map(|j| j.state), Some(JobState::Queued));
+    log.extend(ev);
+    let ev = s.device_ready("a1", "q1", Millis(3)).expect("confirms");
+    let kinds: Vec<&str> = ev.iter().map(Event::kind).collect();
+    assert_eq!(kinds, ["device-ready", "lease-granted"]);
     assert_eq!(s.job(JobId(1)).map(|j| j.state), Some(JobState::Assigned));
     log.extend(ev);
     assert_eq!(
@@ -255,10 +266,12 @@ fn a_released_device_goes_to_the_waiting_lease_and_a_waiting_request_can_be_with
         )
         .expect("ends"),
     );
+    assert_eq!(state(&s, 2), PersonLeaseState::Waiting);
+    log.extend(s.device_ready("a1", "q1", Millis(5)).expect("confirms"));
     assert_eq!(state(&s, 2), PersonLeaseState::Held);
     assert_eq!(
         s.person_lease(PersonLeaseId(2)).and_then(|p| p.granted),
-        Some(Millis(4))
+        Some(Millis(5))
     );
     assert_eq!(
         Scheduler::replay(Config::default(), &log).expect("replays"),

@@ -19,12 +19,21 @@
 //!   from the events alone (priority, then fair-share round, then arrival);
 //! - a person's lease is held exactly while its grant is live, never past the cap after its
 //!   grant; renewals move its deadline as the model says; a restart keeps its deadline; an
-//!   ended one stays ended; and once time passes every cap, none is held (no leak).
+//!   ended one stays ended; and once time passes every cap, none is held (no leak);
+//! - a device set maintenance, retired or bad is never granted and shows that state once it
+//!   holds no lease; setting it with `Interrupt::Now` cancels its job or ends its person's
+//!   lease; infra errors in a row counted from the events alone match the scheduler's count,
+//!   and reaching `quarantine_after` of them leaves the device out of service;
+//! - a device's tags are its agent's with the admins' edits (modelled from the events);
+//! - a health check that ends other than passed or canceled leaves its device `bad` (unless
+//!   an admin's maintenance or retired holds it); one that passes leaves it not `bad`.
+//! - a person's grant always ends needs-check (its agent must confirm the DUT is off), and
+//!   its device then takes no work until the agent confirms; its SSH keys replay with it.
 
 use dutlab_scheduler::{
-    Config, DeviceInfo, DeviceState, Epoch, Event, Holder, JobId, JobSpec, JobState, LeaseEnd,
-    LeaseId, LeaseIds, LeaseKey, Millis, Outcome, PersonHolder, PersonLeaseId, PersonLeaseState,
-    PrincipalId, Refusal, Scheduler, Waiter, Want,
+    Config, DeviceInfo, DeviceState, Epoch, Event, Holder, Interrupt, JobId, JobPurpose, JobSpec,
+    JobState, LeaseEnd, LeaseId, LeaseIds, LeaseKey, Millis, Outcome, PersonHolder, PersonLeaseId,
+    PersonLeaseState, PrincipalId, Refusal, Scheduler, StateNote, Waiter, Want,
 };
 use proptest::prelude::*;
 use std::cmp::Reverse;
@@ -60,8 +69,32 @@ fn config() -> Config {
         lease_ttl: Duration::from_millis(5_000),
         disconnect_grace: Duration::from_millis(2_000),
         cancel_grace: Duration::from_millis(1_500),
+        quarantine_after: QUARANTINE,
     }
 }
+
+/// The SSH keys a person's request brings (none for some, so both shapes replay).
+fn keys(who: usize) -> Vec<String> {
+    (0..who)
+        .map(|i| {
+            format!(
+                "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA{i:04} {}",
+                PEOPLE[who].1
+            )
+        })
+        .collect()
+}
+
+/// Infra errors in a row that make a device bad.
+const QUARANTINE: u32 = 2;
+/// What `SetState` asks for (busy is not settable).
+const SET: [DeviceState; 5] = [
+    DeviceState::Idle,
+    DeviceState::Maintenance,
+    DeviceState::Retired,
+    DeviceState::Bad,
+    DeviceState::Busy,
+];
 
 fn tags(mask: u8) -> Vec<String> {
     TAGS.iter()
@@ -82,6 +115,8 @@ enum Epochs {
 #[derive(Clone, Debug)]
 enum Cmd {
     Submit {
+        /// A health check of this device (an index of DEVICES) instead.
+        check: Option<usize>,
         ty: usize,
         tags: u8,
         priority: u8,
@@ -136,6 +171,16 @@ enum Cmd {
         agent: usize,
         device: usize,
     },
+    SetState {
+        device: usize,
+        state: usize,
+        now: bool,
+    },
+    Tags {
+        device: usize,
+        add: u8,
+        remove: u8,
+    },
     Tick,
     Restart,
 }
@@ -147,7 +192,8 @@ fn epochs() -> impl Strategy<Value = Epochs> {
 fn cmd() -> impl Strategy<Value = Cmd> {
     prop_oneof![
         6 => (0..TYPES.len(), 0u8..4, prop_oneof![0u8..3, 0u8..=100], proptest::option::of(0..PEOPLE.len()))
-            .prop_map(|(ty, tags, priority, owner)| Cmd::Submit { ty, tags, priority, owner }),
+            .prop_map(|(ty, tags, priority, owner)| Cmd::Submit { check: None, ty, tags, priority, owner }),
+        2 => (0..DEVICES.len()).prop_map(|d| Cmd::Submit { check: Some(d), ty: 0, tags: 0, priority: 100, owner: None }),
         4 => (0..PEOPLE.len(), proptest::option::of(0..DEVICES.len() + 1), 0..TYPES.len(), 0u8..4, 0u8..3, prop_oneof![1u64..3_000, 0u64..6_000])
             .prop_map(|(who, device, ty, tags, priority, ttl)| Cmd::Request { who, device, ty, tags, priority, ttl }),
         2 => (any::<usize>(), 0u64..3_000).prop_map(|(pick, ttl)| Cmd::Renew { pick, ttl }),
@@ -163,6 +209,10 @@ fn cmd() -> impl Strategy<Value = Cmd> {
         2 => any::<usize>().prop_map(|pick| Cmd::Cancel { pick }),
         2 => (0..AGENTS.len(), 0..DEVICES.len() + 1)
             .prop_map(|(agent, device)| Cmd::DeviceReady { agent, device }),
+        3 => (0..DEVICES.len() + 1, 0..SET.len(), any::<bool>())
+            .prop_map(|(device, state, now)| Cmd::SetState { device, state, now }),
+        1 => (0..DEVICES.len() + 1, 0u8..4, 0u8..4)
+            .prop_map(|(device, add, remove)| Cmd::Tags { device, add, remove }),
         3 => Just(Cmd::Tick),
         1 => Just(Cmd::Restart),
     ]
@@ -176,6 +226,8 @@ struct Harness {
     /// Every grant so far: lease, epoch, device.
     granted: Vec<(LeaseId, Epoch, String)>,
     released: BTreeMap<LeaseId, usize>,
+    /// Grants held by people.
+    person_grants: BTreeSet<LeaseId>,
     finished: BTreeMap<JobId, (Outcome, String)>,
     epochs: BTreeMap<String, Epoch>,
     /// From the events: when each disconnected agent went away, when each cancel was asked.
@@ -189,6 +241,12 @@ struct Harness {
     served: u64,
     rounds: BTreeMap<Option<PrincipalId>, u64>,
     arrivals: u64,
+    /// From the events: devices out of service, infra errors in a row, the device of each
+    /// job that holds or held a lease, and the admins' tag edits (added, removed).
+    out: BTreeMap<String, DeviceState>,
+    streak: BTreeMap<String, u32>,
+    ran_on: BTreeMap<JobId, String>,
+    edits: BTreeMap<String, (BTreeSet<String>, BTreeSet<String>)>,
 }
 
 impl Harness {
@@ -200,6 +258,7 @@ impl Harness {
             next_job: 1,
             granted: vec![],
             released: BTreeMap::new(),
+            person_grants: BTreeSet::new(),
             finished: BTreeMap::new(),
             epochs: BTreeMap::new(),
             gone: BTreeMap::new(),
@@ -210,7 +269,29 @@ impl Harness {
             served: 0,
             rounds: BTreeMap::new(),
             arrivals: 0,
+            out: BTreeMap::new(),
+            streak: BTreeMap::new(),
+            ran_on: BTreeMap::new(),
+            edits: BTreeMap::new(),
         }
+    }
+
+    /// A device's tags as the model computes them from its agent's and the edits.
+    pub(crate) fn model_tags(&self, device: &str, agent_tags: &[String]) -> Vec<String> {
+        let Some((add, remove)) = self.edits.get(device) else {
+            return agent_tags.to_vec();
+        };
+        let mut tags: Vec<String> = agent_tags
+            .iter()
+            .filter(|t| !remove.contains(*t))
+            .cloned()
+            .collect();
+        for t in add {
+            if !tags.contains(t) {
+                tags.push(t.clone());
+            }
+        }
+        tags
     }
 
     /// A person's lease: mostly one that has not ended, else any id (maybe unknown).
@@ -282,6 +363,7 @@ impl Harness {
         let deadline = self.s.next_deadline();
         let result: Result<Vec<Event>, Refusal> = match cmd {
             Cmd::Submit {
+                check,
                 ty,
                 tags: t,
                 priority,
@@ -289,12 +371,22 @@ impl Harness {
             } => {
                 let job = JobId(self.next_job);
                 self.next_job += 1;
-                let spec = JobSpec {
-                    device_type: TYPES[*ty].into(),
-                    tags: tags(*t),
-                    priority: *priority,
-                    owner: owner.map(|o| PrincipalId(PEOPLE[o].0)),
-                    device: None,
+                let spec = match check {
+                    Some(d) => JobSpec {
+                        device_type: DEVICES[*d].1.into(),
+                        priority: *priority,
+                        device: Some(DEVICES[*d].0.into()),
+                        purpose: JobPurpose::HealthCheck,
+                        ..JobSpec::default()
+                    },
+                    None => JobSpec {
+                        device_type: TYPES[*ty].into(),
+                        tags: tags(*t),
+                        priority: *priority,
+                        owner: owner.map(|o| PrincipalId(PEOPLE[o].0)),
+                        device: None,
+                        purpose: JobPurpose::Ordinary,
+                    },
                 };
                 let r = self.s.submit(job, spec, now);
                 let events = r
@@ -377,6 +469,7 @@ impl Harness {
                     *priority,
                     Duration::from_millis(*ttl),
                     Duration::from_millis(CAP),
+                    keys(*who),
                     now,
                 );
                 assert_eq!(r.as_ref().err(), expect.as_ref().err());
@@ -448,6 +541,8 @@ impl Harness {
                 for d in self.s.devices().filter(|d| d.agent == agent) {
                     let want = if d.lease.is_some() {
                         DeviceState::Busy
+                    } else if let Some(out) = self.out.get(&d.info.name) {
+                        *out
                     } else {
                         DeviceState::Offline
                     };
@@ -497,8 +592,20 @@ impl Harness {
                                 at: now
                             }
                         );
+                        // A quarantine or a health check's verdict comes between them,
+                        // before the device is free.
+                        let check = self
+                            .s
+                            .job(job)
+                            .is_some_and(|j| j.spec.purpose == JobPurpose::HealthCheck);
+                        let quarantined = matches!(
+                            &events[1],
+                            Event::DeviceStateSet { job: Some(j), by, .. }
+                                if *j == job && by == "dutlab"
+                                    && (check || want_outcome == Outcome::InfraError)
+                        );
                         assert_eq!(
-                            events[1],
+                            events[usize::from(quarantined) + 1],
                             Event::LeaseReleased {
                                 lease,
                                 device_state: DeviceState::Idle,
@@ -564,6 +671,89 @@ impl Harness {
                 let name = DEVICES.get(*device).map_or("nope", |d| d.0);
                 self.s.device_ready(AGENTS[*agent], name, now)
             }
+            Cmd::SetState {
+                device,
+                state,
+                now: at_once,
+            } => {
+                let name = DEVICES.get(*device).map_or("nope", |d| d.0);
+                let state = SET[*state];
+                let registered = self.s.device(name).cloned();
+                let expect = match &registered {
+                    None => Err(Refusal::UnknownDevice(name.to_owned())),
+                    Some(_) if state == DeviceState::Busy => Err(Refusal::NotSettable(state)),
+                    Some(_) => Ok(()),
+                };
+                let holder = registered
+                    .as_ref()
+                    .and_then(|d| d.lease)
+                    .and_then(|l| self.s.lease(l))
+                    .map(|l| l.holder.clone());
+                let interrupt = if *at_once {
+                    Interrupt::Now
+                } else {
+                    Interrupt::AfterLease
+                };
+                let note = StateNote {
+                    state,
+                    reason: "model".into(),
+                    by: "root".into(),
+                    job: None,
+                    at: now,
+                };
+                let r = self.s.set_device_state(name, note, interrupt);
+                assert_eq!(r.as_ref().err(), expect.as_ref().err());
+                if r.is_ok() {
+                    // A withdrawn device whose lease the command ended is removed.
+                    let d = self.s.device(name).cloned();
+                    assert!(d.is_some() || registered.is_some_and(|d| d.withdrawn));
+                    if state == DeviceState::Idle {
+                        assert!(self.s.out_of_service(name).is_none());
+                        assert_eq!(self.s.infra_streak(name), 0);
+                    } else {
+                        assert_eq!(self.s.out_of_service(name).map(|n| n.state), Some(state));
+                        if let Some(d) = d.filter(|d| d.lease.is_none()) {
+                            assert_eq!(d.state, state);
+                        }
+                    }
+                    if *at_once && state != DeviceState::Idle {
+                        match holder {
+                            Some(Holder::Job(job)) => {
+                                let j = self.s.job(job).expect("job");
+                                assert!(
+                                    matches!(j.state, JobState::Canceling | JobState::Finished),
+                                    "job {job} still {} after set --now",
+                                    j.state
+                                );
+                            }
+                            Some(Holder::Person(p)) => {
+                                let p = self.s.person_lease(p.lease).expect("lease");
+                                assert_eq!(p.end, Some(LeaseEnd::EndedBy("root".into())));
+                            }
+                            None => {}
+                        }
+                    }
+                }
+                r
+            }
+            Cmd::Tags {
+                device,
+                add,
+                remove,
+            } => {
+                let name = DEVICES.get(*device).map_or("nope", |d| d.0);
+                let (add, remove) = (tags(*add), tags(*remove));
+                let expect = if self.s.device(name).is_none() {
+                    Err(Refusal::UnknownDevice(name.to_owned()))
+                } else if let Some(both) = add.iter().find(|t| remove.contains(t)) {
+                    Err(Refusal::TagConflict(both.clone()))
+                } else {
+                    Ok(())
+                };
+                let r = self.s.set_device_tags(name, add, remove, "root", now);
+                assert_eq!(r.as_ref().err(), expect.as_ref().err());
+                r
+            }
             Cmd::Tick => {
                 let events = self.s.tick(now);
                 let ended = events
@@ -605,7 +795,18 @@ impl Harness {
     }
 
     fn record(&mut self, events: &[Event]) {
+        // Health checks that ended in this batch: (device, outcome).
+        let mut checks = Vec::new();
         for e in events {
+            if let Event::JobFinished { job, outcome, .. } = e
+                && let Some(device) = self.ran_on.get(job)
+                && self
+                    .s
+                    .job(*job)
+                    .is_some_and(|j| j.spec.purpose == JobPurpose::HealthCheck)
+            {
+                checks.push((device.clone(), *outcome));
+            }
             let json = serde_json::to_string(e).expect("serialises");
             let back: Event = serde_json::from_str(&json).expect("parses");
             assert_eq!(&back, e);
@@ -630,6 +831,13 @@ impl Harness {
                     ..
                 } => {
                     assert!(
+                        !self.out.contains_key(device),
+                        "out-of-service device {device} granted"
+                    );
+                    if let Holder::Job(job) = holder {
+                        self.ran_on.insert(*job, device.clone());
+                    }
+                    assert!(
                         !self.granted.iter().any(|(l, _, _)| l == lease),
                         "lease ids are never reused"
                     );
@@ -637,6 +845,12 @@ impl Harness {
                     assert!(*epoch > last, "epochs of {device} rise");
                     self.epochs.insert(device.clone(), *epoch);
                     self.granted.push((*lease, *epoch, device.clone()));
+                    if let Holder::Person(p) = holder {
+                        self.person_grants.insert(*lease);
+                        let given = &self.s.person_lease(p.lease).expect("granted").ssh_keys;
+                        let who = PEOPLE.iter().position(|(id, _)| *id == p.principal.0);
+                        assert_eq!(Some(given), who.map(keys).as_ref());
+                    }
                     self.check_grant_order(holder.waiter(), device);
                     let round = self
                         .keys
@@ -654,11 +868,85 @@ impl Harness {
                 Event::CancelRequested { job, at } => {
                     self.cancels.insert(*job, *at);
                 }
-                Event::LeaseReleased { lease, .. } => {
+                Event::JobRequeued { job, .. } => {
+                    self.ran_on.remove(job);
+                }
+                Event::JobFinished { job, outcome, .. } => {
+                    if let Some(device) = self.ran_on.remove(job) {
+                        match outcome {
+                            Outcome::InfraError => *self.streak.entry(device).or_default() += 1,
+                            Outcome::Canceled => {}
+                            _ => {
+                                self.streak.remove(&device);
+                            }
+                        }
+                    }
+                }
+                Event::DeviceStateSet { device, state, .. } => {
+                    if *state == DeviceState::Idle {
+                        self.out.remove(device);
+                        self.streak.remove(device);
+                    } else {
+                        self.out.insert(device.clone(), *state);
+                    }
+                }
+                Event::DeviceTagsSet {
+                    device,
+                    add,
+                    remove,
+                    ..
+                } => {
+                    let (added, removed) = self.edits.entry(device.clone()).or_default();
+                    for t in add {
+                        removed.remove(t);
+                        added.insert(t.clone());
+                    }
+                    for t in remove {
+                        added.remove(t);
+                        removed.insert(t.clone());
+                    }
+                }
+                Event::LeaseReleased {
+                    lease,
+                    device_state,
+                    ..
+                } => {
                     assert!(self.granted.iter().any(|(l, _, _)| l == lease));
                     *self.released.entry(*lease).or_default() += 1;
+                    if self.person_grants.contains(lease) {
+                        assert_eq!(
+                            *device_state,
+                            DeviceState::NeedsCheck,
+                            "a person's lease {lease} ended without its agent's check"
+                        );
+                        let device = self.granted.iter().find(|(l, _, _)| l == lease);
+                        if let Some(d) = device.and_then(|(_, _, d)| self.s.device(d))
+                            && d.lease.is_none()
+                        {
+                            assert_ne!(
+                                d.state,
+                                DeviceState::Idle,
+                                "{} idle unchecked",
+                                d.info.name
+                            );
+                        }
+                    }
                 }
                 _ => {}
+            }
+        }
+        for (device, outcome) in checks {
+            let out = self.out.get(&device).copied();
+            match outcome {
+                Outcome::Canceled => {}
+                Outcome::Passed => assert_ne!(out, Some(DeviceState::Bad), "{device}"),
+                _ => assert!(
+                    matches!(
+                        out,
+                        Some(DeviceState::Bad | DeviceState::Maintenance | DeviceState::Retired)
+                    ),
+                    "{device} after a failed check: {out:?}"
+                ),
             }
         }
         self.log.extend(events.iter().cloned());

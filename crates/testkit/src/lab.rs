@@ -74,9 +74,30 @@ pub struct Lab {
     port: u16,
     admin: String,
     controller: Option<Spawned>,
+    /// Followers of the controller's database (`serve --follow`), each with its own data
+    /// directory and port.
+    followers: Vec<Follower>,
     agents: Vec<Spawned>,
     /// The private server of a lab on PostgreSQL (last: dropped after the processes).
     postgres: Option<Postgres>,
+}
+
+/// A `dutlab serve --follow` beside the lab's controller.
+pub struct Follower {
+    pub port: u16,
+    pub data_dir: PathBuf,
+    pub process: Spawned,
+}
+
+/// The port in `listening on SCHEME://127.0.0.1:PORT` of a controller's stderr.
+fn listening_port(controller: &Spawned, marker: &str) -> Result<u16> {
+    let stderr = controller.stderr_text();
+    stderr
+        .split(marker)
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .with_context(|| format!("no port in {stderr}"))
 }
 
 /// The database of a lab's controller.
@@ -115,9 +136,34 @@ impl Lab {
         Self::begin(bin, Database::Sqlite, serve_args, true)
     }
 
+    /// Starts a plain controller on SQLite whose data directory is `data_dir` (relative to
+    /// the sandbox), after `prepare` ran on that path (e.g. to mount a small file system on
+    /// its `logs`).
+    pub fn start_prepared(
+        bin: &str,
+        data_dir: &str,
+        prepare: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<Lab> {
+        let sandbox = Sandbox::new()?;
+        let dir = sandbox.path().join(data_dir);
+        prepare(&dir)?;
+        Self::begin_in(sandbox, dir, bin, Database::Sqlite, &[], false)
+    }
+
     fn begin(bin: &str, database: Database, serve_args: &[&str], tls: bool) -> Result<Lab> {
         let sandbox = Sandbox::new()?;
         let data_dir = sandbox.path().join("data");
+        Self::begin_in(sandbox, data_dir, bin, database, serve_args, tls)
+    }
+
+    fn begin_in(
+        sandbox: Sandbox,
+        data_dir: PathBuf,
+        bin: &str,
+        database: Database,
+        serve_args: &[&str],
+        tls: bool,
+    ) -> Result<Lab> {
         let pki = if tls {
             Some(tls_init(&sandbox, bin, &sandbox.path().join("pki"))?)
         } else {
@@ -141,6 +187,7 @@ impl Lab {
             port: 0,
             admin: String::new(),
             controller: None,
+            followers: Vec::new(),
             agents: Vec::new(),
             postgres,
         };
@@ -154,13 +201,7 @@ impl Lab {
         let controller = Spawned::start(cmd)?;
         let marker = format!("listening on {}://127.0.0.1:", self.scheme());
         controller.wait_for_stderr(&marker, START_LIMIT)?;
-        let stderr = controller.stderr_text();
-        self.port = stderr
-            .split(&marker)
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|p| p.parse().ok())
-            .with_context(|| format!("no port in {stderr}"))?;
+        self.port = listening_port(&controller, &marker)?;
         self.admin = std::fs::read_to_string(self.data_dir.join("admin-token"))?
             .trim()
             .to_owned();
@@ -238,6 +279,76 @@ impl Lab {
             old.kill_hard()?;
         }
         Ok(())
+    }
+
+    /// Starts another controller on the lab's PostgreSQL database (`serve --follow`, its own
+    /// data directory and a free port) and waits until it listens; answers its port.
+    pub fn follow(&mut self) -> Result<u16> {
+        let database = self.database_args();
+        ensure!(!database.is_empty(), "followers need a lab on PostgreSQL");
+        let data_dir = self
+            .sandbox
+            .path()
+            .join(format!("data-{}", self.followers.len() + 2));
+        let mut cmd = self.sandbox.command(&self.bin)?;
+        cmd.args(["serve", "--follow", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data_dir)
+            .args(&database);
+        if let Some(pki) = &self.pki {
+            cmd.arg("--tls-cert")
+                .arg(pki.server_cert())
+                .arg("--tls-key")
+                .arg(pki.server_key());
+        }
+        let process = Spawned::start(cmd)?;
+        let marker = format!("listening on {}://127.0.0.1:", self.scheme());
+        process.wait_for_stderr(&marker, START_LIMIT)?;
+        let port = listening_port(&process, &marker)?;
+        self.followers.push(Follower {
+            port,
+            data_dir,
+            process,
+        });
+        Ok(port)
+    }
+
+    /// The followers started so far, in start order.
+    pub fn followers(&self) -> &[Follower] {
+        &self.followers
+    }
+
+    /// Makes the follower on `port` the lab's controller (it took over the database): the
+    /// CLI, agents configured from now on and [`Lab::finish`] use it. The admin token stays
+    /// the first controller's.
+    pub fn lead_from(&mut self, port: u16) -> Result<()> {
+        let at = self
+            .followers
+            .iter()
+            .position(|f| f.port == port)
+            .with_context(|| format!("no follower on port {port}"))?;
+        let follower = self.followers.remove(at);
+        self.port = follower.port;
+        self.controller = Some(follower.process);
+        Ok(())
+    }
+
+    /// Runs the CLI with `token` against the controller on `port` (the lab's or a follower).
+    pub fn cli_on(&self, port: u16, token: &str, args: &[&str]) -> Result<Finished> {
+        let url = format!("{}://127.0.0.1:{port}", self.scheme());
+        let mut env = vec![("DUTLAB_URL", url.as_str())];
+        let ca = self.pki.as_ref().map(|p| p.ca().display().to_string());
+        if let Some(ca) = &ca {
+            env.push(("DUTLAB_CA", ca));
+        }
+        self.cli_env(token, &env, args)
+    }
+
+    /// [`Lab::cli_on`] as the admin, stdout parsed as JSON (exit 0 required).
+    pub fn json_on(&self, port: u16, args: &[&str]) -> Result<Value> {
+        let done = self.cli_on(port, &self.admin, args)?;
+        expect_code(&done, 0)?;
+        serde_json::from_str(&done.stdout)
+            .with_context(|| format!("{args:?}: not JSON: {} {}", done.stdout, done.stderr))
     }
 
     /// Makes `controller` (started by the test, e.g. a standby that took over) the lab's.
@@ -585,6 +696,10 @@ impl Lab {
         }
         self.sandbox.assert_no_qemu_left()?;
         if self.postgres.is_some() {
+            for follower in std::mem::take(&mut self.followers) {
+                follower.process.signal(Signal::SIGTERM)?;
+                follower.process.finish(START_LIMIT)?;
+            }
             self.stop_controller()?;
         }
         if let Some(server) = self.postgres.as_mut() {
@@ -592,4 +707,41 @@ impl Lab {
         }
         Ok(())
     }
+}
+
+/// A job whose DUT prints `line-1` ... `line-N`, one every `pause` seconds.
+pub fn numbered_job(name: &str, lines: u32, pause: &str) -> String {
+    let step =
+        format!("i=1; while [ $i -le {lines} ]; do echo line-$i; i=$((i+1)); sleep {pause}; done");
+    crate::inline_job(
+        name,
+        "  job: 5m",
+        &[&step, "lava-test-case counted --result pass"],
+    )
+}
+
+/// Checks that log records (JSON, as `job logs --json` prints them) are numbered 1..n with no
+/// gap marker, and that their console lines hold `line-1` .. `line-N` exactly once, in order.
+pub fn check_numbered(log: &[Value], lines: u32) -> Result<()> {
+    let seqs: Vec<u64> = log.iter().filter_map(|r| r["seq"].as_u64()).collect();
+    let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
+    ensure!(seqs == expected, "sequence numbers are not 1..n: {seqs:?}");
+    ensure!(
+        !log.iter().any(|r| r["kind"] == "gap"),
+        "the log has a gap marker"
+    );
+    let numbered: Vec<u32> = log
+        .iter()
+        .filter(|r| r["kind"] == "console")
+        .filter_map(|r| r["text"].as_str())
+        .filter_map(|t| t.trim().strip_prefix("line-"))
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let wanted: Vec<u32> = (1..=lines).collect();
+    ensure!(
+        numbered == wanted,
+        "numbered lines lost or repeated: got {} lines: {numbered:?}",
+        numbered.len()
+    );
+    Ok(())
 }

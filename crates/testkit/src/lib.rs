@@ -12,6 +12,7 @@
 pub mod lab;
 pub mod linaro;
 pub mod postgres;
+pub mod sim_agent;
 
 use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, killpg};

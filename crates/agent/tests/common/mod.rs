@@ -144,6 +144,7 @@ impl Peer {
                 version,
                 devices,
                 held,
+                sessions: _,
             }) => {
                 anyhow::ensure!(protocol == PROTOCOL_VERSION, "protocol {protocol}");
                 Ok(Hello {

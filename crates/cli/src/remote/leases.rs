@@ -47,6 +47,10 @@ pub struct Want {
     /// 0 to 100, as a job's priority (default 50).
     #[arg(long)]
     priority: Option<u8>,
+    /// A public key file whose keys the DUT accepts for root over SSH (repeat for more;
+    /// default: dutlab's own key pair, made on first use under the configuration directory).
+    #[arg(long, value_name = "FILE")]
+    ssh_key: Vec<std::path::PathBuf>,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -210,20 +214,21 @@ fn leases_table(leases: &[LeaseView]) -> Table {
     t
 }
 
-fn request(want: &Want) -> AcquireLease {
-    AcquireLease {
+fn request(want: &Want) -> anyhow::Result<AcquireLease> {
+    Ok(AcquireLease {
         device: want.device.clone(),
         device_type: want.device_type.clone(),
         tags: want.tag.clone(),
         duration_s: want.duration.map(|d| d.as_secs()),
         priority: want.priority,
-    }
+        ssh_keys: crate::ssh_key::lease_keys(&want.ssh_key)?,
+    })
 }
 
 /// Asks for the lease; with `wait`, until it is held. Ctrl-C while waiting withdraws it.
 async fn acquire(client: &Client, want: &Want, wait: bool) -> anyhow::Result<LeaseView> {
     let mut view = client
-        .acquire_lease(&request(want))
+        .acquire_lease(&request(want)?)
         .await
         .context("cannot acquire a lease")?;
     let ctrl_c = tokio::signal::ctrl_c();

@@ -13,6 +13,7 @@ impl Dispatcher {
             protocol,
             devices,
             held,
+            sessions,
             tx,
         } = hello;
         if protocol != PROTOCOL_VERSION {
@@ -31,7 +32,13 @@ impl Dispatcher {
                 ));
             }
         }
-        let pairs: Vec<(LeaseId, Epoch)> = held.iter().map(|h| (h.lease, h.epoch)).collect();
+        // Sessions count as held too: a device whose ended session the agent still keeps
+        // needs a check until the agent confirms its teardown.
+        let pairs: Vec<(LeaseId, Epoch)> = held
+            .iter()
+            .map(|h| (h.lease, h.epoch))
+            .chain(sessions.iter().map(|s| (s.lease, s.epoch)))
+            .collect();
         let at = now();
         let events = self
             .sched
@@ -66,11 +73,10 @@ impl Dispatcher {
         let mut dead = Vec::new();
         for h in &held {
             if self.sched.is_live(h.lease, h.epoch) {
-                let stored = self
-                    .leases
-                    .get(h.lease)
-                    .and_then(|info| self.logs.durable(info.job).ok())
-                    .unwrap_or(Seq(0));
+                let stored = match self.leases.get(h.lease) {
+                    Some(info) => self.logs.durable(info.job).await.unwrap_or(Seq(0)),
+                    None => Seq(0),
+                };
                 resume.push(LogCursor {
                     lease: h.lease,
                     stored,
@@ -90,6 +96,7 @@ impl Dispatcher {
         for (lease, epoch) in dead {
             let _ = tx.try_send(ControllerMessage::DropLease { lease, epoch });
         }
+        self.sessions_after_hello(&agent, &sessions);
         tracing::info!("agent {agent} connected with {} device(s)", devices.len());
         self.commit(events, Vec::new(), None, None)
             .await
@@ -187,6 +194,13 @@ impl Dispatcher {
                     }
                 }
             }
+            message @ (AgentMessage::SessionStarted { .. }
+            | AgentMessage::SessionRefused { .. }
+            | AgentMessage::SessionProgress { .. }
+            | AgentMessage::SessionReply { .. }) => {
+                self.session_said(agent, message);
+                Ok(())
+            }
             AgentMessage::DeviceReady { device } => {
                 match self.sched.device_ready(agent, &device, at) {
                     Ok(events) => self.commit(events, Vec::new(), None, None).await,
@@ -257,22 +271,25 @@ impl Dispatcher {
             report.outcome = outcome;
             report.reason = entry.reason.clone();
         }
-        let stored = self.logs.last(info.job).unwrap_or(Seq(0));
+        let stored = self.logs.last(info.job).await.unwrap_or(Seq(0));
         if stored < last_seq
-            && let Err(e) = self.logs.note(
-                info.job,
-                LogKind::Gap,
-                format!(
-                    "log records {} to {} never arrived",
-                    stored.0 + 1,
-                    last_seq.0
-                ),
-                at,
-            )
+            && let Err(e) = self
+                .logs
+                .note(
+                    info.job,
+                    LogKind::Gap,
+                    format!(
+                        "log records {} to {} never arrived",
+                        stored.0 + 1,
+                        last_seq.0
+                    ),
+                    at,
+                )
+                .await
         {
             tracing::error!("{e}");
         }
-        let last = self.final_note(info.job, &report, at);
+        let last = self.final_note(info.job, &report, at).await;
         // The agent deletes its spool on `FinishAcked`: every record must be on disk first.
         if let Err(e) = self.logs.sync(info.job) {
             tracing::error!("{e}");
@@ -297,6 +314,10 @@ fn lease_of(message: &AgentMessage) -> Option<LeaseId> {
         | AgentMessage::StreamRefused { .. }
         | AgentMessage::StreamCredit { .. }
         | AgentMessage::StreamClosed { .. } => None,
+        AgentMessage::SessionStarted { .. }
+        | AgentMessage::SessionRefused { .. }
+        | AgentMessage::SessionProgress { .. }
+        | AgentMessage::SessionReply { .. } => None,
     }
 }
 
@@ -313,6 +334,10 @@ fn kind_of(message: &AgentMessage) -> &'static str {
         AgentMessage::StreamRefused { .. } => "stream-refused",
         AgentMessage::StreamCredit { .. } => "stream-credit",
         AgentMessage::StreamClosed { .. } => "stream-closed",
+        AgentMessage::SessionStarted { .. } => "session-started",
+        AgentMessage::SessionRefused { .. } => "session-refused",
+        AgentMessage::SessionProgress { .. } => "session-progress",
+        AgentMessage::SessionReply { .. } => "session-reply",
     }
 }
 

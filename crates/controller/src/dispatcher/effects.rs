@@ -53,17 +53,20 @@ impl Dispatcher {
                     cases: Vec::new(),
                     duration_s,
                 };
-                let last = self.final_note(*job, &report, *at);
+                let last = self.final_note(*job, &report, *at).await;
                 reports.push((*job, report, last));
             }
         }
-        if stored.is_empty() && new_job.is_none() && reports.is_empty() {
+        let audit = std::mem::take(&mut self.pending_audit);
+        if stored.is_empty() && new_job.is_none() && reports.is_empty() && audit.is_empty() {
             self.effects(&events, from_agent).await;
             return Ok(());
         }
         let change = Change {
             new_job,
             reports: reports.iter().map(|(j, r, s)| (*j, r, *s)).collect(),
+            command: self.forwarded.take(),
+            audit: &audit,
         };
         match self.store.commit(self.next_event, &stored, change).await {
             Ok(()) => {
@@ -82,33 +85,37 @@ impl Dispatcher {
     }
 
     /// Writes the controller's last log record of a job and answers its sequence number.
-    pub(super) fn final_note(&self, job: JobId, report: &JobReport, at: Millis) -> u64 {
+    pub(super) async fn final_note(&self, job: JobId, report: &JobReport, at: Millis) -> u64 {
         let text = if report.reason.is_empty() {
             format!("job finished: {}", report.outcome)
         } else {
             format!("job finished: {}: {}", report.outcome, report.reason)
         };
-        match self.logs.note(job, LogKind::Note, text, at) {
+        match self.logs.note(job, LogKind::Note, text, at).await {
             Ok(seq) => seq.0,
             Err(e) => {
                 tracing::error!("{e}");
-                self.logs.last(job).map_or(0, |s| s.0)
+                self.logs.last(job).await.map_or(0, |s| s.0)
             }
         }
     }
 
     pub(super) async fn effects(&mut self, events: &[Event], from_agent: Option<LeaseId>) {
+        self.note_checks(events);
         for event in events {
             match event {
                 Event::JobSubmitted { job, .. }
                 | Event::JobStarted { job, .. }
                 | Event::JobRequeued { job, .. } => self.publish(*job),
                 Event::LeaseGranted {
+                    lease,
+                    epoch,
                     holder: Holder::Person(p),
                     device,
                     ..
                 } => {
                     tracing::info!("lease {} of {}: holds device {device}", p.lease, p.name);
+                    self.session_granted(*lease, *epoch, p.lease, device);
                     self.lease_changed(p.lease);
                 }
                 Event::PersonLeaseEnded { person, end, .. } => {
@@ -186,6 +193,7 @@ impl Dispatcher {
                     device_state,
                     ..
                 } => {
+                    self.session_released(*lease);
                     let info = self.leases.get(*lease);
                     self.leases.remove(*lease);
                     if *device_state == proto::DeviceState::NeedsCheck
@@ -207,7 +215,17 @@ impl Dispatcher {
                 | Event::AgentDisconnected { .. }
                 | Event::LeaseRenewed { .. }
                 | Event::PersonLeaseRequested { .. }
-                | Event::DeviceReady { .. } => {}
+                | Event::DeviceReady { .. }
+                | Event::DeviceTagsSet { .. } => {}
+                Event::DeviceStateSet {
+                    device,
+                    state,
+                    reason,
+                    by,
+                    ..
+                } => {
+                    tracing::info!("device {device}: {state} (by {by}: {reason})");
+                }
             }
         }
     }

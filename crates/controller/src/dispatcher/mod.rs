@@ -27,7 +27,7 @@
 //! - Whether a request may read or cancel a job is decided by [`crate::policy`] only; per-user
 //!   queue quotas by [`crate::queue_quota`], before the scheduler sees the job.
 
-use crate::logs::LogStore;
+use crate::logs::Logs;
 use crate::policy::{self, Viewer};
 use crate::queue_quota::{self, QueueQuota, QueueUsage};
 use crate::store::{Change, JobRow, Store};
@@ -53,18 +53,24 @@ use std::time::Instant;
 
 mod agents;
 mod commands;
+mod devices;
 mod effects;
+pub mod forward;
+mod health;
+mod lease_sessions;
 mod leases;
 mod person_leases;
+mod replica;
 mod stream_routes;
 mod views;
 
+pub use health::{HealthChecks, HealthJob};
 pub use leases::{LeaseInfo, Leases};
 pub use person_leases::{LeaseRequest, PersonLeaseConfig};
 pub use stream_routes::StreamRoute;
 
 /// Why a request was not done; becomes an HTTP status.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Failure {
     NotFound(String),
     Forbidden(String),
@@ -84,7 +90,7 @@ pub enum Failure {
 }
 
 /// A job about to be submitted (validated by the API layer).
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Submission {
     pub name: String,
     pub owner: PrincipalId,
@@ -111,6 +117,8 @@ pub struct AgentHello {
     pub protocol: u32,
     pub devices: Vec<DeviceInfo>,
     pub held: Vec<HeldLease>,
+    /// Sessions (people's leases) the agent still keeps.
+    pub sessions: Vec<proto::link::HeldSession>,
     /// Where messages for this connection go.
     pub tx: mpsc::Sender<ControllerMessage>,
 }
@@ -191,6 +199,57 @@ pub enum Command {
         viewer: Viewer,
         reply: oneshot::Sender<Result<StreamRoute, Failure>>,
     },
+    /// Something the holder of a person's lease asks of its device (power, flash,
+    /// screenshot); answered when the agent replies (the API bounds the wait).
+    Session {
+        lease: PersonLeaseId,
+        viewer: Viewer,
+        action: proto::session::SessionAction,
+        reply: oneshot::Sender<Result<proto::session::SessionResult, Failure>>,
+    },
+    /// Whether the current link of `agent`, opened with token `token_id`, keeps the live
+    /// session `lease` and a flash of it names artifact `sha256`.
+    HoldsSession {
+        lease: LeaseId,
+        sha256: String,
+        agent: String,
+        token_id: String,
+        reply: oneshot::Sender<bool>,
+    },
+    /// A device with its history and last jobs.
+    Device {
+        device: String,
+        viewer: Viewer,
+        reply: oneshot::Sender<Result<proto::admin::DeviceDetail, Failure>>,
+    },
+    /// An admin sets a device's state.
+    SetDeviceState {
+        device: String,
+        body: proto::admin::SetDeviceState,
+        viewer: Viewer,
+        reply: oneshot::Sender<Result<proto::admin::DeviceDetail, Failure>>,
+    },
+    /// An admin edits a device's tags.
+    EditDeviceTags {
+        device: String,
+        body: proto::admin::EditDeviceTags,
+        viewer: Viewer,
+        reply: oneshot::Sender<Result<proto::admin::DeviceDetail, Failure>>,
+    },
+    /// An admin asks for a health check of a device.
+    CheckDevice {
+        device: String,
+        viewer: Viewer,
+        reply: oneshot::Sender<Result<JobView, Failure>>,
+    },
+    /// An admin action done by the API layer (tokens, groups), to be audited.
+    Audit {
+        viewer: Viewer,
+        action: proto::admin::AuditAction,
+        target: String,
+        detail: String,
+        reply: oneshot::Sender<Result<(), Failure>>,
+    },
     /// Whether the current link of `agent`, opened with token `token_id`, holds the live lease
     /// of `job` (an agent fetches a job's artifacts only then).
     HoldsJob {
@@ -198,6 +257,13 @@ pub enum Command {
         agent: String,
         token_id: String,
         reply: oneshot::Sender<bool>,
+    },
+    /// A command a follower forwarded (row `id` of `commands`): it is marked done in the
+    /// commit of its events; `seq` gets the last event committed after it.
+    Forwarded {
+        id: i64,
+        command: Box<Command>,
+        seq: oneshot::Sender<u64>,
     },
 }
 
@@ -228,13 +294,15 @@ pub struct DispatchConfig {
     pub heartbeat: Duration,
     pub quota: QueueQuota,
     pub person_leases: PersonLeaseConfig,
+    /// Health checks per device type (none: no checks).
+    pub health: HealthChecks,
 }
 
 pub struct Dispatcher {
     config: DispatchConfig,
     sched: Scheduler,
     store: Store,
-    logs: LogStore,
+    logs: Logs,
     leases: Leases,
     sessions: Sessions,
     /// Streams of people's leases, closed when their lease ends.
@@ -248,10 +316,23 @@ pub struct Dispatcher {
     usage: QueueUsage,
     /// The id of the next person's lease.
     next_person_lease: u64,
+    /// Live grants of people's leases (their sessions on the agents).
+    grants: BTreeMap<LeaseId, lease_sessions::Grant>,
+    /// Session requests waiting for their agent's reply.
+    pending: BTreeMap<proto::session::RequestId, lease_sessions::Pending>,
+    /// The last request id given.
+    next_request: u64,
     /// Requests waiting for a person's lease to stop waiting (`GET ...?wait=`).
     lease_waits: BTreeMap<PersonLeaseId, Vec<oneshot::Sender<Result<LeaseView, Failure>>>>,
     /// Set when a commit failed: the dispatcher stops after the current command.
     fatal: Option<String>,
+    /// The forwarded command being handled, until its first commit marks it done.
+    forwarded: Option<i64>,
+    /// The number of the next audit entry, and entries waiting for the next commit.
+    next_audit: u64,
+    pending_audit: Vec<proto::admin::AuditEntry>,
+    /// Health checks to queue after the current command.
+    checks_due: Vec<(String, health::Trigger)>,
 }
 
 impl Dispatcher {
@@ -259,7 +340,38 @@ impl Dispatcher {
     pub async fn load(
         config: DispatchConfig,
         store: Store,
-        logs: LogStore,
+        logs: Logs,
+        leases: Leases,
+        sessions: Sessions,
+        streams: crate::streams::Streams,
+        updates: broadcast::Sender<JobView>,
+    ) -> Result<Dispatcher, ControllerError> {
+        let mut d =
+            Dispatcher::replica(config, store, logs, leases, sessions, streams, updates).await?;
+        d.load_grants();
+        for lease in d.sched.leases() {
+            if let Some(job) = lease.job() {
+                d.leases.insert(
+                    lease.id,
+                    LeaseInfo {
+                        job,
+                        epoch: lease.epoch,
+                        conn: None,
+                    },
+                );
+            }
+        }
+        let events = d.sched.restarted(now());
+        d.commit(events, Vec::new(), None, None).await?;
+        Ok(d)
+    }
+
+    /// The state the stored events make, acting on nothing: a leader's start
+    /// ([`Dispatcher::load`]) or a follower's replica ([`Dispatcher::follow`]).
+    pub async fn replica(
+        config: DispatchConfig,
+        store: Store,
+        logs: Logs,
         leases: Leases,
         sessions: Sessions,
         streams: crate::streams::Streams,
@@ -299,7 +411,8 @@ impl Dispatcher {
             );
         }
         let next_person_lease = sched.person_leases().last().map_or(1, |(id, _)| id.0 + 1);
-        let mut d = Dispatcher {
+        let next_audit = store.last_audit_seq().await? + 1;
+        Ok(Dispatcher {
             config,
             sched,
             store,
@@ -314,24 +427,16 @@ impl Dispatcher {
             agents: BTreeMap::new(),
             usage,
             next_person_lease,
+            grants: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            next_request: 0,
             lease_waits: BTreeMap::new(),
             fatal: None,
-        };
-        for lease in d.sched.leases() {
-            if let Some(job) = lease.job() {
-                d.leases.insert(
-                    lease.id,
-                    LeaseInfo {
-                        job,
-                        epoch: lease.epoch,
-                        conn: None,
-                    },
-                );
-            }
-        }
-        let events = d.sched.restarted(now());
-        d.commit(events, Vec::new(), None, None).await?;
-        Ok(d)
+            forwarded: None,
+            next_audit,
+            pending_audit: Vec::new(),
+            checks_due: Vec::new(),
+        })
     }
 
     /// Runs until every sender of `commands` is gone.
@@ -352,6 +457,9 @@ impl Dispatcher {
                         tracing::error!("tick: {e}");
                     }
                 }
+            }
+            if self.fatal.is_none() {
+                self.run_due_checks().await;
             }
             if let Some(reason) = self.fatal.take() {
                 return Err(ControllerError::Stopped(reason));
@@ -411,6 +519,21 @@ impl Dispatcher {
             } => {
                 let _ = reply.send(self.holds_job(job, &agent, &token_id));
             }
+            Command::Session {
+                lease,
+                viewer,
+                action,
+                reply,
+            } => self.session_request(lease, &viewer, action, reply).await,
+            Command::HoldsSession {
+                lease,
+                sha256,
+                agent,
+                token_id,
+                reply,
+            } => {
+                let _ = reply.send(self.holds_session(lease, &sha256, &agent, &token_id));
+            }
             Command::Gone { conn, agent } => self.gone(conn, &agent).await,
             Command::StreamRoute {
                 lease,
@@ -418,6 +541,49 @@ impl Dispatcher {
                 reply,
             } => {
                 let answer = self.stream_route(lease, &viewer).await;
+                let _ = reply.send(answer);
+            }
+            Command::Device {
+                device,
+                viewer,
+                reply,
+            } => {
+                let _ = reply.send(self.device_detail(&device, &viewer));
+            }
+            Command::SetDeviceState {
+                device,
+                body,
+                viewer,
+                reply,
+            } => {
+                let answer = self.set_device_state(&device, body, &viewer).await;
+                let _ = reply.send(answer);
+            }
+            Command::EditDeviceTags {
+                device,
+                body,
+                viewer,
+                reply,
+            } => {
+                let answer = self.edit_device_tags(&device, body, &viewer).await;
+                let _ = reply.send(answer);
+            }
+            Command::CheckDevice {
+                device,
+                viewer,
+                reply,
+            } => {
+                let answer = self.check_on_demand(&device, &viewer).await;
+                let _ = reply.send(answer);
+            }
+            Command::Audit {
+                viewer,
+                action,
+                target,
+                detail,
+                reply,
+            } => {
+                let answer = self.record(&viewer, action, &target, detail).await;
                 let _ = reply.send(answer);
             }
             Command::AcquireLease { request, reply } => {
@@ -449,6 +615,13 @@ impl Dispatcher {
             } => {
                 let answer = self.release_lease(lease, &viewer).await;
                 let _ = reply.send(answer);
+            }
+            Command::Forwarded { id, command, seq } => {
+                self.forwarded = Some(id);
+                let handled = Box::pin(self.handle(*command)).await;
+                self.forwarded = None;
+                let _ = seq.send(self.next_event.saturating_sub(1));
+                handled?;
             }
         }
         Ok(())

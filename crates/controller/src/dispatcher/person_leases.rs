@@ -49,7 +49,7 @@ impl PersonLeaseConfig {
 
 /// A person's request, validated by the API layer (names and tags are safe, priority in
 /// range).
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct LeaseRequest {
     pub principal: PrincipalId,
     pub name: String,
@@ -58,6 +58,9 @@ pub struct LeaseRequest {
     pub priority: u8,
     /// `None`: the default duration.
     pub ttl: Option<Duration>,
+    /// Public SSH keys for the DUT (checked lines, [`proto::session::check_public_keys`]).
+    #[serde(default)]
+    pub ssh_keys: Vec<String>,
 }
 
 impl Dispatcher {
@@ -99,7 +102,11 @@ impl Dispatcher {
     }
 
     /// The view of a lease `viewer` may use, or why not.
-    pub(super) fn usable_lease(&self, id: PersonLeaseId, viewer: &Viewer) -> Result<LeaseView, Failure> {
+    pub(super) fn usable_lease(
+        &self,
+        id: PersonLeaseId,
+        viewer: &Viewer,
+    ) -> Result<LeaseView, Failure> {
         let view = self
             .lease_view(id)
             .ok_or_else(|| Failure::NotFound(format!("lease {id} does not exist")))?;
@@ -142,6 +149,7 @@ impl Dispatcher {
                 request.priority,
                 ttl,
                 cap,
+                request.ssh_keys,
                 now(),
             )
             .map_err(|r| match r {
@@ -246,10 +254,16 @@ impl Dispatcher {
         if let LeaseEnd::EndedBy(admin) = &end {
             tracing::warn!("lease {id} of {}: ended by admin {admin}", view.holder);
         }
+        let by_admin = matches!(end, LeaseEnd::EndedBy(_));
         let events = self
             .sched
             .end_person_lease(id, end, now())
             .map_err(|r| Failure::Conflict(r.to_string()))?;
+        if by_admin {
+            let detail = format!("ended the lease of {}", view.holder);
+            let target = format!("lease {id}");
+            self.audit(viewer, proto::admin::AuditAction::LeaseEnd, &target, detail);
+        }
         self.commit(events, Vec::new(), None, None)
             .await
             .map_err(|e| Failure::Unavailable(e.to_string()))?;

@@ -47,11 +47,10 @@ impl Dispatcher {
                 "lease {id} is held but names no device"
             )));
         };
-        let epoch = self
-            .sched
-            .lease(grant)
-            .map(|l| l.epoch)
-            .ok_or_else(|| Failure::Unavailable(format!("lease {id}: its grant is not live")))?;
+        let epoch =
+            self.sched.lease(grant).map(|l| l.epoch).ok_or_else(|| {
+                Failure::Unavailable(format!("lease {id}: its grant is not live"))
+            })?;
         let agent = self
             .sched
             .device(device)

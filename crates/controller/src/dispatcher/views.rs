@@ -104,50 +104,67 @@ impl Dispatcher {
     }
 
     pub(super) fn device_views(&self) -> Vec<DeviceView> {
-        self.sched
-            .devices()
-            .map(|d| DeviceView {
-                name: d.info.name.clone(),
-                device_type: d.info.device_type.clone(),
-                tags: d.info.tags.clone(),
-                capabilities: d.info.capabilities.clone(),
-                state: d.state,
-                agent: d.agent.clone(),
-                job: d
-                    .lease
-                    .and_then(|l| self.sched.lease(l))
-                    .and_then(|l| l.job()),
-                lease: d
-                    .lease
-                    .and_then(|l| self.sched.lease(l))
-                    .and_then(|l| l.holder.person().map(|p| p.lease)),
-                holder: d
-                    .lease
-                    .and_then(|l| self.sched.lease(l))
-                    .map(|l| match &l.holder {
-                        scheduler::Holder::Job(job) => format!("job {job}"),
-                        scheduler::Holder::Person(p) => p.name.clone(),
-                    }),
-            })
-            .collect()
+        self.sched.devices().map(|d| self.device_view(d)).collect()
     }
 
+    pub(super) fn device_view(&self, d: &scheduler::DeviceEntry) -> DeviceView {
+        DeviceView {
+            name: d.info.name.clone(),
+            device_type: d.info.device_type.clone(),
+            tags: d.info.tags.clone(),
+            capabilities: d.info.capabilities.clone(),
+            state: d.state,
+            agent: d.agent.clone(),
+            job: d
+                .lease
+                .and_then(|l| self.sched.lease(l))
+                .and_then(|l| l.job()),
+            lease: d
+                .lease
+                .and_then(|l| self.sched.lease(l))
+                .and_then(|l| l.holder.person().map(|p| p.lease)),
+            holder: d
+                .lease
+                .and_then(|l| self.sched.lease(l))
+                .map(|l| match &l.holder {
+                    scheduler::Holder::Job(job) => format!("job {job}"),
+                    scheduler::Holder::Person(p) => p.name.clone(),
+                }),
+            set: self
+                .sched
+                .out_of_service(&d.info.name)
+                .map(super::devices::note_view),
+        }
+    }
+
+    /// Agents with their devices' states. A connected agent not heard from for more than two
+    /// heartbeat intervals is `silent` (its leases still run to their TTL).
     pub(super) fn agent_views(&self) -> Vec<AgentView> {
+        let at = now();
+        let silent_after = self.config.heartbeat.saturating_mul(2);
         let mut views: BTreeMap<String, AgentView> = BTreeMap::new();
         for d in self.sched.devices() {
             let link = self.agents.get(&d.agent);
+            let last_seen = link.map_or(Millis(0), |l| l.last_seen);
             let view = views.entry(d.agent.clone()).or_insert_with(|| AgentView {
                 name: d.agent.clone(),
-                state: if self.sched.agent_is_connected(&d.agent) {
-                    AgentState::Connected
-                } else {
+                state: if !self.sched.agent_is_connected(&d.agent) {
                     AgentState::Disconnected
+                } else if last_seen.plus(silent_after) < at {
+                    AgentState::Silent
+                } else {
+                    AgentState::Connected
                 },
                 version: link.map(|l| l.version.clone()).unwrap_or_default(),
                 devices: Vec::new(),
-                last_seen: link.map_or(Millis(0), |l| l.last_seen),
+                device_states: Vec::new(),
+                last_seen,
             });
             view.devices.push(d.info.name.clone());
+            view.device_states.push(proto::api::AgentDevice {
+                name: d.info.name.clone(),
+                state: d.state,
+            });
         }
         views.into_values().collect()
     }

@@ -114,13 +114,17 @@ pub fn visibility_text(v: &Visibility) -> String {
 
 /// LAVA's device state and health for a dutlab device: idle devices are `Idle`/`Good`, busy
 /// ones `Running`/`Good`, offline ones (agent gone) `Idle`/`Unknown`, and devices waiting for
-/// their agent to confirm teardown `Idle`/`Bad` (LAVA schedules neither).
+/// their agent to confirm teardown `Idle`/`Bad` (LAVA schedules neither); the states an
+/// admin or the lab set are LAVA's healths of the same names.
 pub fn device_state(d: &DeviceView) -> (&'static str, &'static str) {
     match d.state {
         DeviceState::Idle => ("Idle", "Good"),
         DeviceState::Busy => ("Running", "Good"),
         DeviceState::Offline => ("Idle", "Unknown"),
         DeviceState::NeedsCheck => ("Idle", "Bad"),
+        DeviceState::Maintenance => ("Idle", "Maintenance"),
+        DeviceState::Retired => ("Idle", "Retired"),
+        DeviceState::Bad => ("Idle", "Bad"),
     }
 }
 
@@ -230,7 +234,7 @@ pub const MAX_LOG_BYTES: usize = 4 << 20;
 
 /// Log lines `start..end` (0-based, end exclusive) as LAVA YAML, and whether the page
 /// stopped at its own bound (lines or bytes) before `end` or the log's end.
-pub fn log_page(
+pub async fn log_page(
     state: &AppState,
     job: JobId,
     start: u64,
@@ -245,7 +249,7 @@ pub fn log_page(
         if chunk == 0 {
             return Ok((out, want > 0));
         }
-        let records = state.logs.read(job, cursor, chunk)?;
+        let records = state.logs.read(job, cursor, chunk).await?;
         if records.is_empty() {
             return Ok((out, false));
         }

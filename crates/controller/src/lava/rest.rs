@@ -325,6 +325,7 @@ pub async fn logs(
     let start = number("start")?.unwrap_or(0);
     let end = number("end")?;
     let (yaml, _) = log_page(&state, job.id, start, end)
+        .await
         .map_err(|e| RestFailure(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     if yaml.is_empty() && start == 0 {
         return Err(RestFailure(StatusCode::NOT_FOUND, "Not found.".into()));

@@ -337,8 +337,9 @@ async fn call_method(state: &AppState, caller: &Caller, call: MethodCall) -> Rpc
             let job = visible(state, caller, a.job(0)?).await?;
             let start = a.int(1, 0)?.max(0) as u64;
             let end = a.opt_int(2)?.map(|e| e.max(0) as u64);
-            let (yaml, truncated) =
-                log_page(state, job.id, start, end).map_err(|e| fault(500, e.to_string()))?;
+            let (yaml, truncated) = log_page(state, job.id, start, end)
+                .await
+                .map_err(|e| fault(500, e.to_string()))?;
             let yaml = if yaml.is_empty() {
                 "[]\n".to_owned()
             } else {

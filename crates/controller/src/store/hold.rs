@@ -35,6 +35,10 @@ pub enum Wait {
     Refuse,
     /// Wait until the lock is free, then start.
     Standby,
+    /// Serve as a follower of the holder until the lock is free, then lead (PostgreSQL only;
+    /// [`Hold::take`] treats it as [`Wait::Refuse`], and the caller follows on
+    /// [`StoreError::Held`]).
+    Follow,
 }
 
 /// The database held by this controller (nothing to hold for SQLite).
@@ -77,7 +81,7 @@ impl Hold {
         if !got {
             let current = current_holder(&mut conn).await;
             match wait {
-                Wait::Refuse => {
+                Wait::Refuse | Wait::Follow => {
                     return Err(StoreError::Held {
                         url: redact(url),
                         holder: current,

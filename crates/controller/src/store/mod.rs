@@ -12,8 +12,10 @@
 //!   a fast hash is enough; there is nothing to brute-force).
 //! - The schema moves forward only, by [`schema`]'s migrations; the version reached is in
 //!   `meta`, and a database newer than this build is refused ([`StoreError::TooNew`]).
-//! - One `dutlab serve` at a time works on a database: [`hold`] takes PostgreSQL's advisory
-//!   lock (a second controller is refused or waits as a standby).
+//! - One `dutlab serve` at a time leads a database: [`hold`] takes PostgreSQL's advisory
+//!   lock (a second controller is refused, waits as a standby, or follows: it opens the
+//!   database without migrating it, [`Store::open_following`], and writes only forwarded
+//!   commands, log records, tokens and users).
 //! - Principal names are unique (a `UNIQUE` column) and a principal's id never changes; every
 //!   token belongs to one principal and every job is owned by one (`jobs.owner_id`).
 //!   `jobs.owner` keeps the owner's name as it was at submit, for people reading the table.
@@ -22,6 +24,7 @@
 //!   before it returns, so nothing acknowledged is lost to a power failure; `Normal` syncs only
 //!   at checkpoints (a crash of the machine may lose the last commits, never corrupt).
 
+use proto::admin::{AuditAction, AuditEntry};
 use proto::api::{TokenView, UserOrigin};
 use proto::{GroupName, JobId, JobReport, Millis, PrincipalId, Visibility};
 use rows::{as_i64, as_u64, job_row, stored_visibility, token_row};
@@ -30,7 +33,9 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Executor, Row};
 use std::path::Path;
 
+pub mod commands;
 pub mod hold;
+pub mod log_records;
 mod rows;
 pub mod schema;
 
@@ -57,11 +62,20 @@ pub enum StoreError {
         known: schema::Version,
     },
     #[error(
-        "another dutlab serve is using database {url} ({holder}); one controller works on a \
+        "another dutlab serve is using database {url} ({holder}); one controller leads a \
          database at a time: stop it, or start this one with --standby to wait and take over \
-         when it stops"
+         when it stops, or with --follow to serve beside it"
     )]
     Held { url: String, holder: String },
+    #[error(
+        "database schema version {found} differs from this dutlab's (version {known}): a \
+         follower neither migrates a database nor works on another version; run the same \
+         dutlab as the leader"
+    )]
+    OtherVersion {
+        found: schema::Version,
+        known: schema::Version,
+    },
 }
 
 /// A principal as stored, with its groups.
@@ -109,6 +123,10 @@ pub struct Change<'a> {
     pub new_job: Option<&'a JobRow>,
     /// Final reports with the sequence number of each job's last log record.
     pub reports: Vec<(JobId, &'a JobReport, u64)>,
+    /// The forwarded command these events answer (marked done with them: [`commands`]).
+    pub command: Option<i64>,
+    /// Admin actions, numbered by the dispatcher.
+    pub audit: &'a [AuditEntry],
 }
 
 /// SQLite's `synchronous` setting (PostgreSQL always syncs its commits).
@@ -133,14 +151,48 @@ impl SqliteSync {
 /// How often making a principal is tried when concurrent inserts took its id.
 const PRINCIPAL_ATTEMPTS: u32 = 32;
 
+/// Which database a store works on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// The backend of a database URL (`postgres://` or `postgresql://`; anything else is
+    /// SQLite's).
+    pub fn of(url: &str) -> Backend {
+        if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            Backend::Sqlite
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
+    backend: Backend,
 }
 
 impl Store {
     /// Opens (and creates) the database. `url` is `sqlite://PATH` or `postgres://...`.
     pub async fn open(url: &str, sync: SqliteSync) -> Result<Store, StoreError> {
+        Store::connect(url, sync, schema::Migrate::Forward).await
+    }
+
+    /// Opens a database another controller leads: never migrates, and refuses a schema of
+    /// another version ([`StoreError::OtherVersion`]).
+    pub async fn open_following(url: &str) -> Result<Store, StoreError> {
+        Store::connect(url, SqliteSync::Full, schema::Migrate::Never).await
+    }
+
+    async fn connect(
+        url: &str,
+        sync: SqliteSync,
+        migrate: schema::Migrate,
+    ) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let sqlite = url.starts_with("sqlite:");
         let connect = |source| StoreError::Connect {
@@ -159,8 +211,29 @@ impl Store {
             });
         }
         let pool = options.connect(url).await.map_err(connect)?;
-        schema::migrate(&pool).await?;
-        Ok(Store { pool })
+        match migrate {
+            schema::Migrate::Forward => {
+                schema::migrate(&pool).await?;
+            }
+            schema::Migrate::Never => {
+                let found = schema::version(&pool).await?;
+                if found != schema::LATEST {
+                    return Err(StoreError::OtherVersion {
+                        found,
+                        known: schema::LATEST,
+                    });
+                }
+            }
+        }
+        Ok(Store {
+            pool,
+            backend: Backend::of(url),
+        })
+    }
+
+    /// The database this store works on.
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     /// The SQLite URL of a data directory.
@@ -452,6 +525,43 @@ impl Store {
         Ok(row.is_some())
     }
 
+    /// The newest `limit` audit entries, newest first.
+    pub async fn audit(&self, limit: u64) -> Result<Vec<AuditEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, at, actor, principal, action, target, detail, remote FROM audit
+             ORDER BY seq DESC LIMIT $1",
+        )
+        .bind(as_i64(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let action: String = row.try_get("action")?;
+                Ok(AuditEntry {
+                    seq: as_u64(row.try_get("seq")?),
+                    at: Millis(as_u64(row.try_get("at")?)),
+                    actor: row.try_get("actor")?,
+                    principal: PrincipalId(as_u64(row.try_get("principal")?)),
+                    action: AuditAction::parse(&action).ok_or_else(|| StoreError::Corrupt {
+                        what: "audit action",
+                        reason: action.clone(),
+                    })?,
+                    target: row.try_get("target")?,
+                    detail: row.try_get("detail")?,
+                    remote: row.try_get("remote")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The highest audit number so far (0: none).
+    pub async fn last_audit_seq(&self) -> Result<u64, StoreError> {
+        let row = sqlx::query("SELECT CAST(COALESCE(MAX(seq), 0) AS BIGINT) AS last FROM audit")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(as_u64(row.try_get("last")?))
+    }
+
     /// Commits events (numbered from `first_seq`) and the change in one transaction.
     pub async fn commit(
         &self,
@@ -502,6 +612,28 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
+        if let Some(id) = change.command {
+            sqlx::query("UPDATE commands SET done = 1 WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for entry in change.audit {
+            sqlx::query(
+                "INSERT INTO audit (seq, at, actor, principal, action, target, detail, remote)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(as_i64(entry.seq))
+            .bind(as_i64(entry.at.0))
+            .bind(entry.actor.clone())
+            .bind(as_i64(entry.principal.0))
+            .bind(entry.action.as_str())
+            .bind(entry.target.clone())
+            .bind(entry.detail.clone())
+            .bind(entry.remote.clone())
+            .execute(&mut *tx)
+            .await?;
+        }
         for (i, event) in events.iter().enumerate() {
             let body = serde_json::to_string(event).map_err(|e| StoreError::Corrupt {
                 what: "event",
@@ -511,6 +643,11 @@ impl Store {
                 .bind(as_i64(first_seq + i as u64))
                 .bind(body)
                 .execute(&mut *tx)
+                .await?;
+        }
+        if !events.is_empty() {
+            let last = first_seq + events.len() as u64 - 1;
+            self.notify(&mut tx, commands::EVENT_CHANNEL, &last.to_string())
                 .await?;
         }
         tx.commit().await?;

@@ -49,11 +49,20 @@ pub(super) const META: &str = "CREATE TABLE IF NOT EXISTS meta (
 /// A schema version.
 pub type Version = i64;
 
+/// Whether opening a database may migrate it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Migrate {
+    /// Bring it to [`LATEST`] (the controller holding the database's lock).
+    Forward,
+    /// Never (a follower): it must be at [`LATEST`] already.
+    Never,
+}
+
 /// The version this build writes and the newest it can open.
 pub const LATEST: Version = MIGRATIONS[MIGRATIONS.len() - 1].0;
 
 /// Changes after version 1, in order: (version reached, statements).
-pub(super) const MIGRATIONS: [(Version, &[&str]); 3] = [
+pub(super) const MIGRATIONS: [(Version, &[&str]); 5] = [
     // Agent tokens are bound to one agent name. Agent tokens of version 1 keep NULL here and
     // are refused by the agent link until the operator re-creates them (docs/security.md).
     (2, &["ALTER TABLE tokens ADD COLUMN agent TEXT"]),
@@ -105,6 +114,45 @@ pub(super) const MIGRATIONS: [(Version, &[&str]); 3] = [
                 job BIGINT NOT NULL,
                 sha256 TEXT NOT NULL,
                 PRIMARY KEY (job, sha256)
+            )",
+        ],
+    ),
+    // The audit of admin actions: who (user name and principal), when, what (action,
+    // target, detail), from where (the request's remote address). Written by the dispatcher
+    // only, numbered by it (`seq`), never changed. `IF NOT EXISTS`, as for version 4: a
+    // database taken back to an older version by hand may still hold it.
+    (
+        5,
+        &["CREATE TABLE IF NOT EXISTS audit (
+                seq BIGINT PRIMARY KEY,
+                at BIGINT NOT NULL,
+                actor TEXT NOT NULL,
+                principal BIGINT NOT NULL,
+                action TEXT NOT NULL,
+                target TEXT NOT NULL,
+                detail TEXT NOT NULL,
+                remote TEXT NOT NULL
+            )"],
+    ),
+    // Several controllers on one database (used on PostgreSQL; SQLite keeps its logs in
+    // files and has one controller): job logs, one row per record, stored once by (job, seq);
+    // commands forwarded by followers to the leader, with their answers.
+    (
+        6,
+        &[
+            "CREATE TABLE log_records (
+                job BIGINT NOT NULL,
+                seq BIGINT NOT NULL,
+                body TEXT NOT NULL,
+                PRIMARY KEY (job, seq)
+            )",
+            "CREATE TABLE commands (
+                id BIGINT PRIMARY KEY,
+                body TEXT NOT NULL,
+                created_at BIGINT NOT NULL,
+                done BIGINT NOT NULL,
+                answer TEXT,
+                answer_seq BIGINT
             )",
         ],
     ),

@@ -33,7 +33,14 @@ impl Harness {
             }
             let listed = infos.iter().find(|i| i.name == d.info.name);
             match listed {
-                Some(info) => assert_eq!(&d.info, info),
+                Some(info) => {
+                    assert_eq!(d.agent_tags, info.tags);
+                    let effective = DeviceInfo {
+                        tags: self.model_tags(&info.name, &info.tags),
+                        ..info.clone()
+                    };
+                    assert_eq!(d.info, effective);
+                }
                 None => assert!(d.withdrawn && d.lease.is_some()),
             }
         }
@@ -140,8 +147,26 @@ impl Harness {
         }
         // Device states are derived.
         for d in s.devices() {
+            let name = &d.info.name;
+            let out = self.out.get(name).copied();
+            assert_eq!(s.out_of_service(name).map(|n| n.state), out, "{name}");
+            let streak = self.streak.get(name).copied().unwrap_or(0);
+            assert_eq!(
+                s.infra_streak(name),
+                streak,
+                "infra errors in a row on {name}"
+            );
+            if streak >= QUARANTINE {
+                assert!(
+                    out.is_some(),
+                    "{name}: {streak} infra errors in a row, in service"
+                );
+            }
+            assert_eq!(d.info.tags, self.model_tags(name, &d.agent_tags), "{name}");
             let want = if d.lease.is_some() {
                 DeviceState::Busy
+            } else if let Some(out) = out {
+                out
             } else if !s.agent_is_connected(&d.agent) {
                 DeviceState::Offline
             } else if d.unconfirmed.is_some() {

@@ -1,0 +1,208 @@
+//! Health checks: the lab's own jobs that check one device, per device type (LAVA's idea).
+//!
+//! Invariants:
+//! - A health check is an ordinary job of the system principal `dutlab` with visibility
+//!   public, pinned to its device (`JobSpec::device`), at the highest priority, with
+//!   `JobPurpose::HealthCheck`; the scheduler turns its outcome into the device's state
+//!   (passed returns a `bad` device, anything else but canceled makes it `bad` with the job).
+//! - A check runs when a device that never ran anything registers, after an infra error of
+//!   another job on it, and on demand (admins). At most one check per device is queued or
+//!   running at a time: a trigger while one is pending does nothing.
+//! - A check on demand of a `bad` device returns it to the pool in the same step, so the
+//!   check (first in the queue) can run on it; an automatic check of a device that is `bad`
+//!   (quarantined by the same infra error) waits for an admin's `device check`.
+
+use super::*;
+use proto::DeviceState;
+use proto::admin::AuditAction;
+use scheduler::{Interrupt, JobPurpose, LAB, MAX_PRIORITY, StateNote};
+
+/// One device type's health check job.
+#[derive(Debug, Clone)]
+pub struct HealthJob {
+    pub file_name: String,
+    pub name: String,
+    pub definition: String,
+}
+
+/// Health checks of the controller (`dutlab serve --health-checks DIR`).
+#[derive(Debug, Clone, Default)]
+pub struct HealthChecks {
+    /// The system principal that owns the checks.
+    pub principal: PrincipalId,
+    /// By device type.
+    pub jobs: BTreeMap<String, HealthJob>,
+}
+
+/// Why a check is run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Trigger {
+    FirstSeen,
+    InfraError,
+    OnDemand,
+}
+
+impl Dispatcher {
+    /// The unfinished health check of `device`, if any.
+    fn pending_check(&self, device: &str) -> Option<JobId> {
+        self.sched
+            .jobs()
+            .filter(|(_, j)| j.state != JobState::Finished)
+            .find(|(_, j)| {
+                j.spec.purpose == JobPurpose::HealthCheck
+                    && j.spec.device.as_deref() == Some(device)
+            })
+            .map(|(id, _)| id)
+    }
+
+    /// Queues a health check of `device`; answers its view (the pending one's if one is
+    /// queued or running already).
+    pub(super) async fn check_device(
+        &mut self,
+        device: &str,
+        trigger: Trigger,
+    ) -> Result<JobView, Failure> {
+        let d = self.sched.device(device).ok_or_else(|| {
+            Failure::NotFound(format!(
+                "device: no device named {device:?} is registered (see `dutlab device list`)"
+            ))
+        })?;
+        let device_type = d.info.device_type.clone();
+        let job = self.config.health.jobs.get(&device_type).cloned().ok_or_else(|| {
+            Failure::BadRequest {
+                message: format!(
+                    "device {device}: no health check for device type {device_type:?} (dutlab serve --health-checks DIR with {device_type}.yaml)"
+                ),
+                known_device_types: Vec::new(),
+            }
+        })?;
+        let view = match self.pending_check(device) {
+            Some(pending) => self
+                .view(pending)
+                .ok_or_else(|| Failure::Unavailable(format!("job {pending} vanished")))?,
+            None => {
+                let submission = Submission {
+                    name: job.name,
+                    owner: self.config.health.principal,
+                    owner_name: LAB.to_owned(),
+                    role: Role::Admin,
+                    visibility: Visibility::Public,
+                    file_name: job.file_name,
+                    definition: job.definition,
+                    warnings: Vec::new(),
+                    spec: JobSpec {
+                        device_type,
+                        tags: Vec::new(),
+                        priority: MAX_PRIORITY,
+                        owner: Some(self.config.health.principal),
+                        device: Some(device.to_owned()),
+                        purpose: JobPurpose::HealthCheck,
+                    },
+                    wait_for_device: true,
+                    artifacts: Vec::new(),
+                };
+                let view = self.submit(submission).await?;
+                tracing::info!(
+                    "device {device}: health check job {} ({trigger:?})",
+                    view.id
+                );
+                view
+            }
+        };
+        let bad = self
+            .sched
+            .out_of_service(device)
+            .is_some_and(|n| n.state == DeviceState::Bad);
+        if bad && trigger == Trigger::OnDemand {
+            let note = StateNote {
+                state: DeviceState::Idle,
+                reason: format!("health check job {} on demand", view.id),
+                by: LAB.to_owned(),
+                job: Some(view.id),
+                at: now(),
+            };
+            let events = self
+                .sched
+                .set_device_state(device, note, Interrupt::AfterLease)
+                .map_err(|r| Failure::Conflict(r.to_string()))?;
+            self.commit(events, Vec::new(), None, None)
+                .await
+                .map_err(|e| Failure::Unavailable(e.to_string()))?;
+        }
+        self.view(view.id)
+            .ok_or_else(|| Failure::Unavailable(format!("job {} vanished", view.id)))
+    }
+
+    /// `dutlab device check NAME` (admins).
+    pub(super) async fn check_on_demand(
+        &mut self,
+        device: &str,
+        viewer: &Viewer,
+    ) -> Result<JobView, Failure> {
+        if viewer.role != Role::Admin {
+            return Err(Failure::Forbidden(format!(
+                "device check: only admins check devices ({} is {})",
+                viewer.name, viewer.role
+            )));
+        }
+        let view = self.check_device(device, Trigger::OnDemand).await?;
+        self.record(
+            viewer,
+            AuditAction::DeviceCheck,
+            device,
+            format!("job {}", view.id),
+        )
+        .await?;
+        Ok(view)
+    }
+
+    /// Notes the checks `events` call for (run by [`Dispatcher::run_due_checks`]).
+    pub(super) fn note_checks(&mut self, events: &[Event]) {
+        if self.config.health.jobs.is_empty() {
+            return;
+        }
+        for event in events {
+            match event {
+                Event::AgentConnected { devices, .. } => {
+                    for d in devices {
+                        let fresh = self.sched.device(&d.name).is_some_and(|e| {
+                            e.epoch == Epoch(0) && self.sched.out_of_service(&e.info.name).is_none()
+                        });
+                        if fresh {
+                            self.checks_due.push((d.name.clone(), Trigger::FirstSeen));
+                        }
+                    }
+                }
+                Event::JobFinished {
+                    job,
+                    outcome: proto::Outcome::InfraError,
+                    ..
+                } => {
+                    if let Some(j) = self.sched.job(*job)
+                        && j.spec.purpose != JobPurpose::HealthCheck
+                        && let Some(device) = j.device.clone()
+                    {
+                        self.checks_due.push((device, Trigger::InfraError));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Queues the checks noted since the last call.
+    pub(super) async fn run_due_checks(&mut self) {
+        for (device, trigger) in std::mem::take(&mut self.checks_due) {
+            if self
+                .sched
+                .device(&device)
+                .is_none_or(|d| !self.config.health.jobs.contains_key(&d.info.device_type))
+            {
+                continue;
+            }
+            if let Err(e) = self.check_device(&device, trigger).await {
+                tracing::warn!("device {device}: health check not queued: {e:?}");
+            }
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! A follower's dispatcher: a read-only replica of the leader's scheduler, rebuilt from the
+//! same event log and kept up to date by reading the events the leader commits.
+//!
+//! Invariants:
+//! - The replica changes only by applying stored events, in `seq` order, with no hole (the
+//!   leader commits them in order, one transaction per batch): it never runs a scheduler
+//!   command, never ticks, never commits. Views are answered from it with the same code and
+//!   the same [`policy`] as on the leader.
+//! - What changes the queue is forwarded to the leader ([`forward`]); agent links are not
+//!   served by a follower (refused with the reason, so agents keep dialling their
+//!   controller).
+//! - Events are read when the leader notifies `dutlab_events` and at least once per
+//!   [`forward::POLL`] whatever the notifications said.
+//! - When this controller takes the database's lock it stops following and the caller
+//!   starts a leader's dispatcher from the database ([`Dispatcher::load`]).
+
+use super::forward::{self, Answer, Forwarded, Hub};
+use super::*;
+use crate::store::hold::Hold;
+use tokio::sync::watch;
+
+impl Dispatcher {
+    /// Follows the leader until `promoted` resolves (this controller took the lock), then
+    /// answers the lock.
+    pub async fn follow(
+        mut self,
+        commands: &mut mpsc::Receiver<Command>,
+        hub: Hub,
+        promoted: impl std::future::Future<Output = Hold>,
+    ) -> Result<Hold, ControllerError> {
+        let (applied_tx, applied) = watch::channel(self.next_event.saturating_sub(1));
+        let mut promoted = std::pin::pin!(promoted);
+        loop {
+            tokio::select! {
+                hold = &mut promoted => {
+                    tracing::info!("took the database's lock: this controller leads now");
+                    return Ok(hold);
+                }
+                command = commands.recv() => match command {
+                    Some(command) => self.as_follower(command, &hub, &applied).await,
+                    None => return Err(ControllerError::Stopped("the server stopped".into())),
+                },
+                () = hub.events.notified() => self.catch_up(&applied_tx).await?,
+                () = tokio::time::sleep(forward::POLL) => self.catch_up(&applied_tx).await?,
+            }
+        }
+    }
+
+    /// Reads and applies the events the leader committed since the last call.
+    async fn catch_up(&mut self, applied: &watch::Sender<u64>) -> Result<(), ControllerError> {
+        let events = match self.store.events_from(self.next_event).await {
+            Ok(events) => events,
+            Err(e) => {
+                // The database may be restarting: the next round tries again.
+                tracing::warn!("following the leader: {e}");
+                return Ok(());
+            }
+        };
+        if events.is_empty() {
+            return Ok(());
+        }
+        // Job rows are committed with their submission's events: every job these events
+        // name is readable now.
+        let rows = self.store.jobs_from(self.next_job).await?;
+        for row in rows {
+            self.next_job = self.next_job.max(row.id.0 + 1);
+            self.jobs.insert(
+                row.id,
+                JobMeta {
+                    name: row.name,
+                    owner: row.owner,
+                    owner_name: row.owner_name,
+                    visibility: row.visibility,
+                    warnings: row.warnings,
+                    definition: None,
+                },
+            );
+        }
+        let mut touched_jobs = Vec::new();
+        let mut touched_leases = Vec::new();
+        for (seq, event) in events {
+            if seq != self.next_event {
+                tracing::warn!(
+                    "following the leader: event {seq} where {} was expected; reading again",
+                    self.next_event
+                );
+                break;
+            }
+            self.sched
+                .apply(&event)
+                .map_err(|e| ControllerError::Replay(format!("event {seq}: {e}")))?;
+            self.next_event += 1;
+            match &event {
+                Event::JobSubmitted { job, .. }
+                | Event::JobStarted { job, .. }
+                | Event::JobRequeued { job, .. }
+                | Event::CancelRequested { job, .. }
+                | Event::JobFinished { job, .. }
+                | Event::LeaseGranted {
+                    holder: scheduler::Holder::Job(job),
+                    ..
+                } => touched_jobs.push(*job),
+                Event::LeaseGranted {
+                    holder: scheduler::Holder::Person(p),
+                    ..
+                } => touched_leases.push(p.lease),
+                Event::PersonLeaseEnded { person, .. } => touched_leases.push(*person),
+                _ => {}
+            }
+        }
+        for job in touched_jobs {
+            self.publish(job);
+        }
+        for lease in touched_leases {
+            self.lease_changed(lease);
+        }
+        let _ = applied.send(self.next_event.saturating_sub(1));
+        Ok(())
+    }
+
+    /// One command on a follower: views from the replica, changes forwarded to the leader.
+    async fn as_follower(&mut self, command: Command, hub: &Hub, applied: &watch::Receiver<u64>) {
+        let relay = |command: Forwarded| {
+            let (store, hub, applied) = (self.store.clone(), hub.clone(), applied.clone());
+            async move { forward::forward(&store, &hub, applied, command).await }
+        };
+        match command {
+            Command::Submit { job, reply } => {
+                let asked = relay(Forwarded::Submit { job });
+                tokio::spawn(async move {
+                    let _ = reply.send(job_answer(asked.await));
+                });
+            }
+            Command::CheckDevice {
+                device,
+                viewer,
+                reply,
+            } => {
+                let asked = relay(Forwarded::CheckDevice { device, viewer });
+                tokio::spawn(async move {
+                    let _ = reply.send(job_answer(asked.await));
+                });
+            }
+            Command::Cancel { job, viewer, reply } => {
+                let asked = relay(Forwarded::Cancel { job, viewer });
+                tokio::spawn(async move {
+                    let _ = reply.send(job_answer(asked.await));
+                });
+            }
+            Command::AcquireLease { request, reply } => {
+                let asked = relay(Forwarded::AcquireLease { request });
+                tokio::spawn(async move {
+                    let _ = reply.send(lease_answer(asked.await));
+                });
+            }
+            Command::RenewLease {
+                lease,
+                viewer,
+                ttl,
+                reply,
+            } => {
+                let ttl_ms = ttl.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
+                let asked = relay(Forwarded::RenewLease {
+                    lease,
+                    viewer,
+                    ttl_ms,
+                });
+                tokio::spawn(async move {
+                    let _ = reply.send(lease_answer(asked.await));
+                });
+            }
+            Command::ReleaseLease {
+                lease,
+                viewer,
+                reply,
+            } => {
+                let asked = relay(Forwarded::ReleaseLease { lease, viewer });
+                tokio::spawn(async move {
+                    let _ = reply.send(lease_answer(asked.await));
+                });
+            }
+            Command::SetDeviceState {
+                device,
+                body,
+                viewer,
+                reply,
+            } => {
+                let asked = relay(Forwarded::SetDeviceState {
+                    device,
+                    body,
+                    viewer,
+                });
+                tokio::spawn(async move {
+                    let _ = reply.send(device_answer(asked.await));
+                });
+            }
+            Command::EditDeviceTags {
+                device,
+                body,
+                viewer,
+                reply,
+            } => {
+                let asked = relay(Forwarded::EditDeviceTags {
+                    device,
+                    body,
+                    viewer,
+                });
+                tokio::spawn(async move {
+                    let _ = reply.send(device_answer(asked.await));
+                });
+            }
+            Command::Audit {
+                viewer,
+                action,
+                target,
+                detail,
+                reply,
+            } => {
+                let asked = relay(Forwarded::Audit {
+                    viewer,
+                    action,
+                    target,
+                    detail,
+                });
+                tokio::spawn(async move {
+                    let _ = reply.send(match asked.await {
+                        Ok(Answer::Done(result)) => result,
+                        Ok(other) => Err(failure_of(other)),
+                        Err(f) => Err(f),
+                    });
+                });
+            }
+            Command::Hello { reply, .. } => {
+                let _ = reply.send(Err(
+                    "this controller follows the leader of its database and serves no agent \
+                     links yet; link the agent to the leading controller"
+                        .into(),
+                ));
+            }
+            Command::FromAgent { .. } | Command::Gone { .. } => {}
+            Command::HoldsJob { reply, .. } | Command::HoldsSession { reply, .. } => {
+                let _ = reply.send(false);
+            }
+            Command::Session { reply, .. } => {
+                let _ = reply.send(Err(Failure::Unavailable(
+                    "this controller follows the leader of its database and serves no agent \
+                     links: power, flash and screenshots go through the leading controller"
+                        .into(),
+                )));
+            }
+            Command::StreamRoute { reply, .. } => {
+                let _ = reply.send(Err(Failure::Unavailable(
+                    "this controller follows the leader of its database and serves no agent \
+                     links: consoles and forwards go through the leading controller"
+                        .into(),
+                )));
+            }
+            Command::Forwarded { command, seq, .. } => {
+                tracing::warn!("a follower was handed a forwarded command; refused");
+                drop(command);
+                drop(seq);
+            }
+            view @ (Command::Job { .. }
+            | Command::Jobs { .. }
+            | Command::Devices { .. }
+            | Command::Agents { .. }
+            | Command::Lease { .. }
+            | Command::PersonLeases { .. }
+            | Command::Device { .. }) => {
+                if let Err(e) = self.handle(view).await {
+                    tracing::error!("follower: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// The failure an answer of the wrong kind carries (a new leader answers an unanswered
+/// command of any kind as a job's), or says that the kind was wrong.
+fn failure_of(answer: Answer) -> Failure {
+    match answer {
+        Answer::Job(Err(f))
+        | Answer::Lease(Err(f))
+        | Answer::Device(Err(f))
+        | Answer::Done(Err(f)) => f,
+        _ => Failure::Unavailable("the leader answered with another kind of answer".into()),
+    }
+}
+
+fn job_answer(answer: Result<Answer, Failure>) -> Result<JobView, Failure> {
+    match answer? {
+        Answer::Job(result) => result,
+        other => Err(failure_of(other)),
+    }
+}
+
+fn lease_answer(answer: Result<Answer, Failure>) -> Result<LeaseView, Failure> {
+    match answer? {
+        Answer::Lease(result) => result,
+        other => Err(failure_of(other)),
+    }
+}
+
+fn device_answer(answer: Result<Answer, Failure>) -> Result<proto::admin::DeviceDetail, Failure> {
+    match answer? {
+        Answer::Device(result) => result,
+        other => Err(failure_of(other)),
+    }
+}
