@@ -136,17 +136,18 @@ pub(super) const MIGRATIONS: [(Version, &[&str]); 5] = [
     ),
     // Several controllers on one database (used on PostgreSQL; SQLite keeps its logs in
     // files and has one controller): job logs, one row per record, stored once by (job, seq);
-    // commands forwarded by followers to the leader, with their answers.
+    // commands forwarded by followers to the leader, with their answers. `IF NOT EXISTS`
+    // for the same reason as version 5.
     (
         6,
         &[
-            "CREATE TABLE log_records (
+            "CREATE TABLE IF NOT EXISTS log_records (
                 job BIGINT NOT NULL,
                 seq BIGINT NOT NULL,
                 body TEXT NOT NULL,
                 PRIMARY KEY (job, seq)
             )",
-            "CREATE TABLE commands (
+            "CREATE TABLE IF NOT EXISTS commands (
                 id BIGINT PRIMARY KEY,
                 body TEXT NOT NULL,
                 created_at BIGINT NOT NULL,
