@@ -684,26 +684,10 @@ impl Agent {
             tracing::debug!(lease = %id, "ignoring start-session for a job's lease");
             return Ok(());
         }
-        if self.mode == Mode::Stopping {
-            return link
-                .send(&refuse("the agent is shutting down".into()))
-                .await;
-        }
-        let Some(spec) = self.config.devices.iter().find(|d| d.name == device) else {
-            return link
-                .send(&refuse(format!(
-                    "agent {} has no device named '{device}'",
-                    self.config.name
-                )))
-                .await;
+        let spec = match self.admit(&device) {
+            Ok(spec) => spec,
+            Err(reason) => return link.send(&refuse(reason)).await,
         };
-        if let Some(Slot::Busy(other)) = self.devices.get(&device) {
-            return link
-                .send(&refuse(format!(
-                    "device {device} is busy with lease {other}"
-                )))
-                .await;
-        }
         let keys = match proto::session::check_public_keys(&ssh_keys) {
             Ok(keys) => keys,
             Err(e) => return link.send(&refuse(format!("ssh_keys{e}"))).await,
@@ -712,7 +696,7 @@ impl Agent {
             agent: self.config.name.clone(),
             lease: id,
             epoch,
-            device: spec.clone(),
+            device: spec,
             dir: self.config.device_dir(&device).join("session"),
             ssh_keys: keys,
             artifacts: self.artifacts.clone(),
@@ -902,6 +886,24 @@ impl Agent {
     }
 
     /// The lease if it is ours under this epoch; otherwise a debug line.
+    /// The configured device a new job or session may take, or why not (the agent is
+    /// stopping, it has no such device, or the device is busy): one rule for both.
+    fn admit(&self, device: &str) -> Result<runner::device::Device, String> {
+        if self.mode == Mode::Stopping {
+            return Err("the agent is shutting down".into());
+        }
+        let Some(spec) = self.config.devices.iter().find(|d| d.name == device) else {
+            return Err(format!(
+                "agent {} has no device named '{device}'",
+                self.config.name
+            ));
+        };
+        if let Some(Slot::Busy(other)) = self.devices.get(device) {
+            return Err(format!("device {device} is busy with lease {other}"));
+        }
+        Ok(spec.clone())
+    }
+
     fn known(&self, id: LeaseId, epoch: Epoch, what: &str) -> Option<&Lease> {
         match self.leases.get(&id) {
             Some(l) if l.epoch == epoch => Some(l),
@@ -943,26 +945,10 @@ impl Agent {
             tracing::debug!(lease = %id, "ignoring start-job for a lease already held");
             return Ok(());
         }
-        if self.mode == Mode::Stopping {
-            return link
-                .send(&refuse("the agent is shutting down".into()))
-                .await;
-        }
-        let Some(spec) = self.config.devices.iter().find(|d| d.name == device) else {
-            return link
-                .send(&refuse(format!(
-                    "agent {} has no device named '{device}'",
-                    self.config.name
-                )))
-                .await;
+        let spec = match self.admit(&device) {
+            Ok(spec) => spec,
+            Err(reason) => return link.send(&refuse(reason)).await,
         };
-        if let Some(Slot::Busy(other)) = self.devices.get(&device) {
-            return link
-                .send(&refuse(format!(
-                    "device {device} is busy with lease {other}"
-                )))
-                .await;
-        }
         let meta = Meta {
             lease: id,
             epoch,
@@ -1005,7 +991,7 @@ impl Agent {
             lease: id,
             epoch,
             job,
-            device: spec.clone(),
+            device: spec,
             definition,
             device_dir: self.config.device_dir(&device),
             host: self.config.host.clone(),
