@@ -5,7 +5,6 @@
 
 use anyhow::{Context, Result, ensure};
 use serde_json::Value;
-use std::process::Command;
 use std::time::Duration;
 use testkit::lab::Lab;
 use testkit::{expect_code, inline_job, wait_until};
@@ -112,28 +111,11 @@ fn power_on_boots_with_the_lease_key_others_get_403_and_off_leaves_no_qemu() -> 
     let port = ssh_port(&qemus[0])?;
     let public = std::fs::read_to_string(key.with_extension("pub"))?;
     let out = wait_until("ssh into the DUT", BOOT_LIMIT, || {
-        let out = Command::new("ssh")
-            .arg("-i")
-            .arg(&key)
-            .args(["-p", &port.to_string()])
-            .args([
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "IdentitiesOnly=yes",
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "ConnectTimeout=20",
-                "-o",
-                "LogLevel=ERROR",
-                "root@127.0.0.1",
-                "cat /root/.ssh/authorized_keys; ls -ld /root/.ssh",
-            ])
-            .output()
-            .context("running ssh (openssh-client)")?;
+        let out = testkit::ssh_root(
+            &key,
+            port,
+            "cat /root/.ssh/authorized_keys; ls -ld /root/.ssh",
+        )?;
         if out.status.success() {
             return Ok(Some(out));
         }

@@ -350,3 +350,31 @@ fn pump(
         }
     }))
 }
+
+/// Runs `command` as root on a DUT over SSH at `127.0.0.1:port` with the private `key`
+/// (no agent, no known hosts, batch mode). Needs `ssh` (openssh-client).
+pub fn ssh_root(key: &Path, port: u16, command: &str) -> anyhow::Result<std::process::Output> {
+    use anyhow::Context as _;
+    Command::new("ssh")
+        .arg("-i")
+        .arg(key)
+        .args(["-p", &port.to_string()])
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "ConnectTimeout=20",
+            "-o",
+            "LogLevel=ERROR",
+            "root@127.0.0.1",
+            command,
+        ])
+        .output()
+        .context("running ssh (Debian package openssh-client)")
+}

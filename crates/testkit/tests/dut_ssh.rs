@@ -16,31 +16,6 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
-fn ssh(key: &std::path::Path, port: u16, command: &str) -> Result<std::process::Output> {
-    Command::new("ssh")
-        .arg("-i")
-        .arg(key)
-        .args(["-p", &port.to_string()])
-        .args([
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "ConnectTimeout=20",
-            "-o",
-            "LogLevel=ERROR",
-            "root@127.0.0.1",
-            command,
-        ])
-        .output()
-        .context("running ssh (Debian package openssh-client)")
-}
-
 #[tokio::test]
 async fn the_default_image_answers_ssh_through_the_forwarded_port() -> Result<()> {
     let image = qemu::image::GuestImage::open(&dutlab_testkit::guest_image()?)?;
@@ -103,7 +78,7 @@ async fn the_default_image_answers_ssh_through_the_forwarded_port() -> Result<()
         let out = tokio::task::spawn_blocking({
             let key = key.clone();
             move || {
-                ssh(
+                dutlab_testkit::ssh_root(
                     &key,
                     port,
                     "uname -s; cat /etc/hostname; ip -4 addr show eth0",
@@ -131,7 +106,7 @@ async fn the_default_image_answers_ssh_through_the_forwarded_port() -> Result<()
     // the recorder though the job's viewer is not being read.
     let marked = tokio::task::spawn_blocking({
         let key = key.clone();
-        move || ssh(&key, port, "echo dutlab-''console-mark > /dev/ttyS0")
+        move || dutlab_testkit::ssh_root(&key, port, "echo dutlab-''console-mark > /dev/ttyS0")
     })
     .await??;
     ensure!(marked.status.success(), "{marked:?}");
@@ -151,7 +126,9 @@ async fn the_default_image_answers_ssh_through_the_forwarded_port() -> Result<()
         .args(["-q", "-t", "ed25519", "-N", "", "-f"])
         .arg(&other)
         .status()?;
-    let refused = tokio::task::spawn_blocking(move || ssh(&other, port, "true")).await??;
+    let refused =
+        tokio::task::spawn_blocking(move || dutlab_testkit::ssh_root(&other, port, "true"))
+            .await??;
     ensure!(!refused.status.success(), "a key not authorized logged in");
 
     rig.power_off().await?;
