@@ -50,6 +50,9 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
+mod jobs;
+mod sessions;
+
 /// Log bytes per binary frame (well under `MAX_FRAME`).
 const FRAME_BUDGET: usize = 256 << 10;
 /// Frames sent before the loop looks at incoming messages again.
@@ -607,128 +610,6 @@ impl Agent {
         Ok(())
     }
 
-    async fn on_session_note(
-        &mut self,
-        note: SessionNote,
-        link: Option<&mut Link>,
-    ) -> Result<(), LinkDown> {
-        let message = match note {
-            SessionNote::Reply {
-                lease,
-                epoch,
-                request,
-                result,
-            } => AgentMessage::SessionReply {
-                lease,
-                epoch,
-                request,
-                result,
-            },
-            SessionNote::Progress {
-                lease,
-                epoch,
-                request,
-                done,
-                total,
-            } => AgentMessage::SessionProgress {
-                lease,
-                epoch,
-                request,
-                done,
-                total,
-            },
-            SessionNote::Ended { lease } => {
-                let Some(s) = self.sessions.remove(&lease) else {
-                    return Ok(());
-                };
-                if self.devices.get(&s.device) == Some(&Slot::Busy(lease)) {
-                    self.devices.insert(s.device.clone(), Slot::Idle);
-                }
-                self.ready_unsent.insert(s.device);
-                return match link {
-                    Some(link) => self.send_ready(link).await,
-                    None => Ok(()),
-                };
-            }
-        };
-        match link {
-            Some(link) => link.send(&message).await,
-            None => Ok(()),
-        }
-    }
-
-    /// `StartSession`: keep the device for a person's lease (a repeat is answered again).
-    async fn start_session(
-        &mut self,
-        id: LeaseId,
-        epoch: Epoch,
-        device: String,
-        ssh_keys: Vec<String>,
-        link: &mut Link,
-    ) -> Result<(), LinkDown> {
-        let refuse = |reason: String| AgentMessage::SessionRefused {
-            lease: id,
-            epoch,
-            reason,
-        };
-        if let Some(s) = self.sessions.get(&id) {
-            if s.epoch == epoch && s.device == device && !s.is_ending() {
-                return link
-                    .send(&AgentMessage::SessionStarted { lease: id, epoch })
-                    .await;
-            }
-            tracing::debug!(lease = %id, "ignoring start-session for a session held otherwise");
-            return Ok(());
-        }
-        if self.leases.contains_key(&id) {
-            tracing::debug!(lease = %id, "ignoring start-session for a job's lease");
-            return Ok(());
-        }
-        let spec = match self.admit(&device) {
-            Ok(spec) => spec,
-            Err(reason) => return link.send(&refuse(reason)).await,
-        };
-        let keys = match proto::session::check_public_keys(&ssh_keys) {
-            Ok(keys) => keys,
-            Err(e) => return link.send(&refuse(format!("ssh_keys{e}"))).await,
-        };
-        let start = SessionStart {
-            agent: self.config.name.clone(),
-            lease: id,
-            epoch,
-            device: spec,
-            dir: self.config.device_dir(&device).join("session"),
-            ssh_keys: keys,
-            artifacts: self.artifacts.clone(),
-        };
-        let handle = session::spawn(start, self.notes_tx.clone());
-        self.sessions.insert(id, handle);
-        self.devices.insert(device.clone(), Slot::Busy(id));
-        tracing::info!(lease = %id, %device, %epoch, "session started: the device is kept for a person");
-        link.send(&AgentMessage::SessionStarted { lease: id, epoch })
-            .await
-    }
-
-    /// The session if it is ours under this epoch; otherwise a debug line.
-    fn known_session(
-        &mut self,
-        id: LeaseId,
-        epoch: Epoch,
-        what: &str,
-    ) -> Option<&mut SessionHandle> {
-        match self.sessions.get_mut(&id) {
-            Some(s) if s.epoch == epoch => Some(s),
-            Some(s) => {
-                tracing::debug!(lease = %id, "ignoring {what} for epoch {epoch} (the session has {})", s.epoch);
-                None
-            }
-            None => {
-                tracing::debug!(lease = %id, "ignoring {what} for an unknown session");
-                None
-            }
-        }
-    }
-
     async fn on_text(
         &mut self,
         text: &str,
@@ -916,91 +797,6 @@ impl Agent {
                 None
             }
         }
-    }
-
-    async fn start_job(
-        &mut self,
-        id: LeaseId,
-        epoch: Epoch,
-        job: JobId,
-        device: String,
-        definition: String,
-        link: &mut Link,
-    ) -> Result<(), LinkDown> {
-        let refuse = |reason: String| AgentMessage::StartRefused {
-            lease: id,
-            epoch,
-            reason,
-        };
-        if let Some(existing) = self.leases.get(&id) {
-            // A repeated StartJob (the controller did not hear JobStarted): say it again.
-            if existing.epoch == epoch
-                && existing.device == device
-                && matches!(existing.state, LeaseState::Running { .. })
-            {
-                return link
-                    .send(&AgentMessage::JobStarted { lease: id, epoch })
-                    .await;
-            }
-            tracing::debug!(lease = %id, "ignoring start-job for a lease already held");
-            return Ok(());
-        }
-        let spec = match self.admit(&device) {
-            Ok(spec) => spec,
-            Err(reason) => return link.send(&refuse(reason)).await,
-        };
-        let meta = Meta {
-            lease: id,
-            epoch,
-            job,
-            device: device.clone(),
-            job_name: None,
-            phase: Phase::Running,
-        };
-        let writer = match self.spool.create(meta) {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::error!(lease = %id, "cannot create the spool: {e}");
-                let _ = self.spool.remove(id);
-                return link
-                    .send(&refuse(format!(
-                        "agent {} cannot spool the job's log: {e}",
-                        self.config.name
-                    )))
-                    .await;
-            }
-        };
-        let (stop, stop_rx) = watch::channel(Stop::Go);
-        self.leases.insert(
-            id,
-            Lease {
-                epoch,
-                job,
-                device: device.clone(),
-                state: LeaseState::Running { stop },
-                fate: Fate::Report,
-                spooled: Seq(0),
-                sent: Seq(0),
-                report_sent: ReportSent::No,
-                reader: self.spool.reader(id),
-            },
-        );
-        self.devices.insert(device.clone(), Slot::Busy(id));
-        let start = JobStart {
-            agent: self.config.name.clone(),
-            lease: id,
-            epoch,
-            job,
-            device: spec,
-            definition,
-            device_dir: self.config.device_dir(&device),
-            host: self.config.host.clone(),
-            artifacts: self.artifacts.clone(),
-        };
-        spawn_job(start, writer, self.notes_tx.clone(), stop_rx);
-        tracing::info!(lease = %id, %job, %device, %epoch, "job started");
-        link.send(&AgentMessage::JobStarted { lease: id, epoch })
-            .await
     }
 }
 

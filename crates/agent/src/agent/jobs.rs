@@ -1,0 +1,90 @@
+//! The main loop's start of a job: checks, the spool's meta, the job task.
+
+use super::*;
+
+impl Agent {
+    pub(super) async fn start_job(
+        &mut self,
+        id: LeaseId,
+        epoch: Epoch,
+        job: JobId,
+        device: String,
+        definition: String,
+        link: &mut Link,
+    ) -> Result<(), LinkDown> {
+        let refuse = |reason: String| AgentMessage::StartRefused {
+            lease: id,
+            epoch,
+            reason,
+        };
+        if let Some(existing) = self.leases.get(&id) {
+            // A repeated StartJob (the controller did not hear JobStarted): say it again.
+            if existing.epoch == epoch
+                && existing.device == device
+                && matches!(existing.state, LeaseState::Running { .. })
+            {
+                return link
+                    .send(&AgentMessage::JobStarted { lease: id, epoch })
+                    .await;
+            }
+            tracing::debug!(lease = %id, "ignoring start-job for a lease already held");
+            return Ok(());
+        }
+        let spec = match self.admit(&device) {
+            Ok(spec) => spec,
+            Err(reason) => return link.send(&refuse(reason)).await,
+        };
+        let meta = Meta {
+            lease: id,
+            epoch,
+            job,
+            device: device.clone(),
+            job_name: None,
+            phase: Phase::Running,
+        };
+        let writer = match self.spool.create(meta) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(lease = %id, "cannot create the spool: {e}");
+                let _ = self.spool.remove(id);
+                return link
+                    .send(&refuse(format!(
+                        "agent {} cannot spool the job's log: {e}",
+                        self.config.name
+                    )))
+                    .await;
+            }
+        };
+        let (stop, stop_rx) = watch::channel(Stop::Go);
+        self.leases.insert(
+            id,
+            Lease {
+                epoch,
+                job,
+                device: device.clone(),
+                state: LeaseState::Running { stop },
+                fate: Fate::Report,
+                spooled: Seq(0),
+                sent: Seq(0),
+                report_sent: ReportSent::No,
+                reader: self.spool.reader(id),
+            },
+        );
+        self.devices.insert(device.clone(), Slot::Busy(id));
+        let start = JobStart {
+            agent: self.config.name.clone(),
+            lease: id,
+            epoch,
+            job,
+            device: spec,
+            definition,
+            device_dir: self.config.device_dir(&device),
+            host: self.config.host.clone(),
+            artifacts: self.artifacts.clone(),
+        };
+        spawn_job(start, writer, self.notes_tx.clone(), stop_rx);
+        tracing::info!(lease = %id, %job, %device, %epoch, "job started");
+        link.send(&AgentMessage::JobStarted { lease: id, epoch })
+            .await
+    }
+}
