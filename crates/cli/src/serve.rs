@@ -42,7 +42,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", value_parser = duration, default_value = "10s")]
     disconnect_grace: Duration,
     /// How often agents send heartbeats (an agent not heard from for two of them is shown
-    /// `silent`).
+    /// `silent`; after four its link is closed and its devices leave the pool).
     #[arg(long, value_name = "DURATION", value_parser = duration, default_value = "5s")]
     heartbeat: Duration,
     /// Infra errors in a row on one device that take it out of the pool as `bad` (0: never).
@@ -52,6 +52,17 @@ pub struct ServeArgs {
     /// device type (see docs/admin.md).
     #[arg(long, value_name = "DIR")]
     health_checks: Option<PathBuf>,
+    /// Also check a device after every N other jobs on it (0: never).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        requires = "health_checks"
+    )]
+    health_check_every_jobs: u32,
+    /// Also check a device when its last check finished longer ago than this (e.g. 24h).
+    #[arg(long, value_name = "DURATION", value_parser = duration, requires = "health_checks")]
+    health_check_every: Option<Duration>,
     /// Certificate chain (PEM) for TLS; with --tls-key. Agents, followers and every REST
     /// route then use https:// and wss://.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
@@ -243,6 +254,8 @@ fn serve_inner(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(dir) = &args.health_checks {
         config.health_checks = health_checks(dir)?;
     }
+    config.health_every_jobs = std::num::NonZeroU32::new(args.health_check_every_jobs);
+    config.health_every = args.health_check_every;
     config.limits = controller::listener::Limits {
         tls,
         header_timeout: args.header_timeout,

@@ -322,10 +322,21 @@ fn a_stopped_agent_is_shown_silent_within_seconds() -> Result<()> {
     eprintln!("silent after {:?}", stopped.elapsed());
     let table = lab.cli(&["agent", "list"])?;
     ensure!(table.stdout.contains("silent"), "{}", table.stdout);
+    // Four missed: the controller closes its link and its device leaves the pool, so a job
+    // submitted now waits instead of being sent to a frozen agent.
+    wait_until("agent a1 disconnected", Duration::from_secs(20), || {
+        Ok((lab.json(&["agent", "list", "--json"])?[0]["state"] == "disconnected").then_some(()))
+    })?;
+    let file = lab.write("thawed.yaml", &inline_job("thawed", "  job: 4m", &["true"]))?;
+    let job = lab.submit(&file)?;
+    ensure!(lab.job(job)?["state"] == "queued");
     lab.agents_mut()[0].signal(Signal::SIGCONT)?;
     wait_until("agent a1 connected again", LIMIT, || {
         Ok((lab.json(&["agent", "list", "--json"])?[0]["state"] == "connected").then_some(()))
     })?;
+    // Back in the pool: the waiting job runs on it.
+    let done = lab.wait_state(job, "finished", JOB_LIMIT)?;
+    ensure!(done["outcome"] == "passed", "{done}");
     lab.finish()
 }
 
@@ -421,4 +432,98 @@ fn health_checks_run_when_devices_appear_and_on_demand_and_decide_bad_or_idle() 
     ensure!(lab.job(checked["id"].as_u64().context("id")?)?["owner"] == "dutlab");
     ensure!(show(&lab, &fine)?["device"]["state"] == "idle");
     lab.finish()
+}
+
+/// Runs the next job the simulated agent is given to a pass; answers its id. (It does not
+/// wait for the ack: the next `StartJob` may come first.)
+fn pass_next(sim: &mut testkit::sim_agent::SimAgent) -> Result<u64> {
+    let lease = sim.take_job()?;
+    sim.finished(lease.lease, lease.epoch, "", 0)?;
+    Ok(lease.job.0)
+}
+
+/// The health check jobs of `dev`, oldest first.
+fn checks_of(lab: &Lab, dev: &str) -> Result<Vec<u64>> {
+    let d = show(lab, dev)?;
+    let mut ids = Vec::new();
+    for id in d["jobs"]
+        .as_array()
+        .context("jobs")?
+        .iter()
+        .filter_map(|j| j["id"].as_u64())
+    {
+        if lab.job(id)?["owner"] == "dutlab" {
+            ids.push(id);
+        }
+    }
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+#[test]
+fn health_checks_also_run_after_every_n_jobs_and_after_an_interval() -> Result<()> {
+    use testkit::sim_agent::SimAgent;
+    let checks = tempfile::tempdir()?;
+    std::fs::write(
+        checks.path().join("qemu.yaml"),
+        inline_job("health", "  job: 4m", &["true"]),
+    )?;
+    let dir = checks.path().display().to_string();
+    // After every 2 jobs. The simulated agent sends no heartbeats: a long interval keeps
+    // its idle link open.
+    let lab = Lab::start_with(
+        DUTLAB,
+        &[
+            "--health-checks",
+            &dir,
+            "--health-check-every-jobs",
+            "2",
+            "--heartbeat",
+            "60s",
+        ],
+    )?;
+    let mut sim = SimAgent::open(lab.port(), &lab.token("sim", "agent")?)?;
+    sim.hello("sim", &["sim-q1"], vec![])?;
+    sim.welcome()?;
+    // First seen: checked.
+    let first = pass_next(&mut sim).context("the first check")?;
+    ensure!(checks_of(&lab, "sim-q1")? == vec![first], "first check");
+    let job = lab.write("true.yaml", &inline_job("quick", "  job: 4m", &["true"]))?;
+    let one = lab.submit(&job)?;
+    ensure!(pass_next(&mut sim).context("job one")? == one);
+    ensure!(
+        checks_of(&lab, "sim-q1")? == vec![first],
+        "checked after one job"
+    );
+    let (two, three) = (lab.submit(&job)?, lab.submit(&job)?);
+    ensure!(pass_next(&mut sim).context("job two")? == two);
+    // After the second job the check goes first, at the highest priority.
+    let second = pass_next(&mut sim).context("the check after two jobs")?;
+    ensure!(
+        checks_of(&lab, "sim-q1")? == vec![first, second],
+        "no check after two jobs"
+    );
+    ensure!(pass_next(&mut sim).context("job three")? == three);
+    drop(lab);
+
+    // Every 2 s (looked at every 10 s): a passed check is followed by another.
+    let lab = Lab::start_with(
+        DUTLAB,
+        &[
+            "--health-checks",
+            &dir,
+            "--health-check-every",
+            "2s",
+            "--heartbeat",
+            "60s",
+        ],
+    )?;
+    let mut sim = SimAgent::open(lab.port(), &lab.token("sim", "agent")?)?;
+    sim.hello("sim", &["sim-q1"], vec![])?;
+    sim.welcome()?;
+    let first = pass_next(&mut sim).context("the first check")?;
+    let again = pass_next(&mut sim).context("the check after the interval")?;
+    ensure!(again != first);
+    ensure!(checks_of(&lab, "sim-q1")? == vec![first, again]);
+    Ok(())
 }

@@ -133,6 +133,10 @@ pub struct Config {
     pub quarantine_after: u32,
     /// Health check jobs by device type (`--health-checks DIR`).
     pub health_checks: BTreeMap<String, dispatcher::HealthJob>,
+    /// Check a device after this many other jobs on it (`--health-check-every-jobs`).
+    pub health_every_jobs: Option<std::num::NonZeroU32>,
+    /// Check a device when its last check is older than this (`--health-check-every`).
+    pub health_every: Option<Duration>,
 }
 
 impl Config {
@@ -156,6 +160,8 @@ impl Config {
             person_leases: dispatcher::PersonLeaseConfig::default(),
             quarantine_after: defaults.quarantine_after,
             health_checks: BTreeMap::new(),
+            health_every_jobs: None,
+            health_every: None,
         }
     }
 }
@@ -407,6 +413,8 @@ pub async fn serve(
                 store.principal_named(scheduler::LAB, now()).await?.0.id
             },
             jobs: config.health_checks.clone(),
+            every_jobs: config.health_every_jobs,
+            every: config.health_every,
         },
     };
     let start = Start {

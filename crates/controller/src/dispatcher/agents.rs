@@ -3,6 +3,12 @@
 
 use super::*;
 
+/// Heartbeat intervals without a word after which the controller closes an agent's link
+/// (it is shown `silent` after [`SILENT_AFTER_HEARTBEATS`]).
+pub const DROP_AFTER_HEARTBEATS: u32 = 4;
+/// Heartbeat intervals without a word after which an agent is shown `silent`.
+pub const SILENT_AFTER_HEARTBEATS: u32 = 2;
+
 impl Dispatcher {
     pub(super) async fn hello(&mut self, hello: AgentHello) -> Result<(), String> {
         let AgentHello {
@@ -101,6 +107,43 @@ impl Dispatcher {
         self.commit(events, Vec::new(), None, None)
             .await
             .map_err(|e| e.to_string())
+    }
+
+    /// Closes the links of agents that run no job and were not heard from for
+    /// [`DROP_AFTER_HEARTBEATS`] heartbeat intervals: their devices leave the pool (the agent
+    /// is disconnected and registers them again when it dials back). A frozen agent whose
+    /// socket stays open would otherwise keep idle devices that jobs are sent to and then
+    /// wait a lease TTL on. An agent running a job keeps its link: the job's lease TTL
+    /// fences it, so a network hiccup does not turn into an infra error.
+    pub(super) async fn drop_silent_links(&mut self) {
+        let limit = self.config.heartbeat.saturating_mul(DROP_AFTER_HEARTBEATS);
+        let at = now();
+        let runs_a_job = |agent: &str| {
+            self.sched.devices().any(|d| {
+                d.agent == agent
+                    && d.lease
+                        .and_then(|l| self.sched.lease(l))
+                        .is_some_and(|l| l.job().is_some())
+            })
+        };
+        let silent: Vec<(String, ConnId)> = self
+            .agents
+            .iter()
+            .filter(|(_, l)| l.last_seen.plus(limit) < at)
+            .filter(|(name, _)| !runs_a_job(name))
+            .filter_map(|(name, l)| l.conn.as_ref().map(|(c, _)| (name.clone(), *c)))
+            .collect();
+        for (agent, conn) in silent {
+            tracing::warn!(
+                "agent {agent}: nothing heard for {} heartbeat intervals; closing its link {conn}, its devices leave the pool",
+                DROP_AFTER_HEARTBEATS
+            );
+            self.sessions.close(
+                conn,
+                &format!("nothing heard for {DROP_AFTER_HEARTBEATS} heartbeat intervals"),
+            );
+            self.gone(conn, &agent).await;
+        }
     }
 
     /// The link `conn` of `agent` closed; only the current link's close disconnects the agent.

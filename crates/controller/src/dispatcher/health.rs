@@ -6,8 +6,14 @@
 //!   `JobPurpose::HealthCheck`; the scheduler turns its outcome into the device's state
 //!   (passed returns a `bad` device, anything else but canceled makes it `bad` with the job).
 //! - A check runs when a device that never ran anything registers, after an infra error of
-//!   another job on it, and on demand (admins). At most one check per device is queued or
-//!   running at a time: a trigger while one is pending does nothing.
+//!   another job on it, on demand (admins), after every N other jobs on it
+//!   (`--health-check-every-jobs`: queued when the Nth job since the last check is given
+//!   the device, so it runs right after that job) and when its last check finished more than T ago
+//!   (`--health-check-every`; a device with no check on record is due). At most one check
+//!   per device is queued or running at a time: a trigger while one is pending does nothing.
+//! - The periodic triggers are computed from the scheduler's jobs (every job is kept), so a
+//!   controller restart neither forgets nor repeats them; only devices in service (idle or
+//!   busy) are checked periodically.
 //! - A check on demand of a `bad` device returns it to the pool in the same step, so the
 //!   check (first in the queue) can run on it; an automatic check of a device that is `bad`
 //!   (quarantined by the same infra error) waits for an admin's `device check`.
@@ -32,7 +38,14 @@ pub struct HealthChecks {
     pub principal: PrincipalId,
     /// By device type.
     pub jobs: BTreeMap<String, HealthJob>,
+    /// Check a device after this many other jobs finished on it since its last check.
+    pub every_jobs: Option<std::num::NonZeroU32>,
+    /// Check a device when its last check finished longer ago than this.
+    pub every: Option<Duration>,
 }
+
+/// How often the interval trigger looks at the devices.
+const INTERVAL_SCAN: Duration = Duration::from_secs(10);
 
 /// Why a check is run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +53,10 @@ pub(super) enum Trigger {
     FirstSeen,
     InfraError,
     OnDemand,
+    /// The `every_jobs`th other job since the device's last check was given it.
+    JobCount,
+    /// Its last check finished longer ago than `every`.
+    Interval,
 }
 
 impl Dispatcher {
@@ -173,15 +190,35 @@ impl Dispatcher {
                         }
                     }
                 }
-                Event::JobFinished {
-                    job,
-                    outcome: proto::Outcome::InfraError,
+                Event::LeaseGranted {
+                    holder: scheduler::Holder::Job(job),
+                    device,
                     ..
                 } => {
-                    if let Some(j) = self.sched.job(*job)
-                        && j.spec.purpose != JobPurpose::HealthCheck
-                        && let Some(device) = j.device.clone()
+                    let ordinary = self
+                        .sched
+                        .job(*job)
+                        .is_some_and(|j| j.spec.purpose != JobPurpose::HealthCheck);
+                    if ordinary
+                        && let Some(n) = self.config.health.every_jobs
+                        && self.count_job_since_check(device) >= n.get()
                     {
+                        self.checks_due.push((device.clone(), Trigger::JobCount));
+                    }
+                }
+                Event::JobFinished { job, outcome, .. } => {
+                    let Some(j) = self.sched.job(*job) else {
+                        continue;
+                    };
+                    let Some(device) = j.device.clone() else {
+                        continue;
+                    };
+                    if j.spec.purpose == JobPurpose::HealthCheck {
+                        // A canceled check decided nothing about the device.
+                        if *outcome != proto::Outcome::Canceled {
+                            self.jobs_since_check.insert(device, 0);
+                        }
+                    } else if *outcome == proto::Outcome::InfraError {
                         self.checks_due.push((device, Trigger::InfraError));
                     }
                 }
@@ -190,8 +227,77 @@ impl Dispatcher {
         }
     }
 
+    /// Counts a job just given `device`; answers the jobs given it since its last check
+    /// (this one included). The count starts from the scheduler's jobs the first time a
+    /// device is seen (one pass), then follows the events.
+    fn count_job_since_check(&mut self, device: &str) -> u32 {
+        if let Some(n) = self.jobs_since_check.get_mut(device) {
+            *n = n.saturating_add(1);
+            return *n;
+        }
+        let last = self.last_checks().get(device).copied();
+        let n = self
+            .sched
+            .jobs()
+            .filter(|(_, j)| j.device.as_deref() == Some(device) && j.state != JobState::Queued)
+            .filter(|(_, j)| j.spec.purpose != JobPurpose::HealthCheck)
+            .filter(|(_, j)| {
+                let at = j.finished.or(j.started);
+                at.is_none_or(|at| last.is_none_or(|l| at > l))
+            })
+            .count();
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        self.jobs_since_check.insert(device.to_owned(), n);
+        n
+    }
+
+    /// When each device's last check that decided something (not canceled) finished.
+    fn last_checks(&self) -> BTreeMap<String, Millis> {
+        let mut last: BTreeMap<String, Millis> = BTreeMap::new();
+        for (_, j) in self.sched.jobs() {
+            if j.spec.purpose != JobPurpose::HealthCheck
+                || j.outcome == Some(proto::Outcome::Canceled)
+            {
+                continue;
+            }
+            if let (Some(device), Some(at)) = (&j.device, j.finished) {
+                let entry = last.entry(device.clone()).or_insert(at);
+                *entry = (*entry).max(at);
+            }
+        }
+        last
+    }
+
+    /// Notes the devices whose last check is older than `every` (at most every
+    /// [`INTERVAL_SCAN`]).
+    fn note_interval_checks(&mut self) {
+        let Some(every) = self.config.health.every else {
+            return;
+        };
+        let at = now();
+        if self.next_interval_scan > at {
+            return;
+        }
+        self.next_interval_scan = at.plus(INTERVAL_SCAN);
+        let last = self.last_checks();
+        let due: Vec<String> = self
+            .sched
+            .devices()
+            .filter(|d| matches!(d.state, DeviceState::Idle | DeviceState::Busy))
+            .filter(|d| self.config.health.jobs.contains_key(&d.info.device_type))
+            .filter(|d| last.get(&d.info.name).is_none_or(|l| l.plus(every) <= at))
+            .map(|d| d.info.name.clone())
+            .collect();
+        for device in due {
+            if self.pending_check(&device).is_none() {
+                self.checks_due.push((device, Trigger::Interval));
+            }
+        }
+    }
+
     /// Queues the checks noted since the last call.
     pub(super) async fn run_due_checks(&mut self) {
+        self.note_interval_checks();
         for (device, trigger) in std::mem::take(&mut self.checks_due) {
             if self
                 .sched

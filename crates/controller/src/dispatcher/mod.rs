@@ -333,6 +333,10 @@ pub struct Dispatcher {
     pending_audit: Vec<proto::admin::AuditEntry>,
     /// Health checks to queue after the current command.
     checks_due: Vec<(String, health::Trigger)>,
+    /// When the interval health trigger looks at the devices next.
+    next_interval_scan: Millis,
+    /// Jobs finished on each device since its last check (filled as devices finish jobs).
+    jobs_since_check: BTreeMap<String, u32>,
 }
 
 impl Dispatcher {
@@ -436,6 +440,8 @@ impl Dispatcher {
             next_audit,
             pending_audit: Vec::new(),
             checks_due: Vec::new(),
+            next_interval_scan: Millis(0),
+            jobs_since_check: BTreeMap::new(),
         })
     }
 
@@ -459,6 +465,7 @@ impl Dispatcher {
                 }
             }
             if self.fatal.is_none() {
+                self.drop_silent_links().await;
                 self.run_due_checks().await;
             }
             if let Some(reason) = self.fatal.take() {

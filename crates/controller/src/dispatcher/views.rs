@@ -141,7 +141,10 @@ impl Dispatcher {
     /// heartbeat intervals is `silent` (its leases still run to their TTL).
     pub(super) fn agent_views(&self) -> Vec<AgentView> {
         let at = now();
-        let silent_after = self.config.heartbeat.saturating_mul(2);
+        let silent_after = self
+            .config
+            .heartbeat
+            .saturating_mul(super::agents::SILENT_AFTER_HEARTBEATS);
         let mut views: BTreeMap<String, AgentView> = BTreeMap::new();
         for d in self.sched.devices() {
             let link = self.agents.get(&d.agent);
