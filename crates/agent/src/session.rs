@@ -12,8 +12,9 @@
 //! Access for other parts of the agent (console viewers, TCP forwards): the main loop keeps
 //! `sessions: BTreeMap<LeaseId, SessionHandle>`; [`SessionHandle::console`] gives a
 //! [`ConsoleTap`] of the running console (viewers with history, input) and
-//! [`SessionHandle::ssh_endpoint`] the host address of the DUT's SSH server, both `None`
-//! while the DUT is off. [`SessionHandle::live`] is a `watch` of both, updated at every power
+//! [`SessionHandle::ssh_endpoint`] the host address of the DUT's SSH server,
+//! [`SessionHandle::forwards`] its other ports (forwarded on demand), all `None` while the
+//! DUT is off. [`SessionHandle::live`] is a `watch` of both, updated at every power
 //! change.
 //!
 //! Invariants:
@@ -108,6 +109,8 @@ pub enum SessionNote {
 pub struct Live {
     pub console: Option<ConsoleTap>,
     pub ssh: Option<Endpoint>,
+    /// The DUT's ports forwarded on demand (QEMU user-mode network).
+    pub forwards: Option<std::sync::Arc<qemu::PortForwards>>,
 }
 
 /// The main loop's handle of a running session.
@@ -129,6 +132,11 @@ impl SessionHandle {
     /// Where the host reaches the DUT's SSH server (`None` while it is off or has no NIC).
     pub fn ssh_endpoint(&self) -> Option<Endpoint> {
         self.live.borrow().ssh
+    }
+
+    /// The DUT's ports reachable from the agent on demand (`None` while it is off).
+    pub fn forwards(&self) -> Option<std::sync::Arc<qemu::PortForwards>> {
+        self.live.borrow().forwards.clone()
     }
 
     /// Changes of [`SessionHandle::console`] and [`SessionHandle::ssh_endpoint`].
@@ -345,6 +353,7 @@ impl Session {
         let live = Live {
             console: self.rig.hub().map(|h| h.tap()),
             ssh: self.rig.ssh(),
+            forwards: self.rig.forwards(),
         };
         tracing::info!(
             lease = %self.start.lease, device = %self.start.device.name,

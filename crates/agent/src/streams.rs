@@ -4,15 +4,17 @@
 //! ```text
 //!  open-stream {lease, target} ──> Reaches (what each session lets streams reach)
 //!     ├─ console: a viewer of the console hub (history, then live), input if `write`
-//!     └─ tcp port: a connection to the DUT's own address for that port
+//!     └─ tcp port: a connection to the DUT's own address for that port (forwarded first
+//!        when it is not the SSH port)
 //!  one task per stream: pump under credit ──Outgoing──> main loop ──> link
 //! ```
 //!
 //! Invariants:
 //! - A stream reaches only what the session of its lease offers ([`Reach`]): the device's
-//!   console, and the DUT's forwarded ports. Nothing else on the agent's host is ever
-//!   connected to, whatever port the controller names; a lease without a session (or
-//!   another epoch) is refused.
+//!   console, and the DUT's forwarded ports (its SSH port, and others that
+//!   [`qemu::PortForwards`] forwards on demand from 127.0.0.1 into the guest itself).
+//!   Nothing else on the agent's host is ever connected to, whatever port the controller
+//!   names; port 0 is refused; a lease without a session (or another epoch) is refused.
 //! - A console stream reads the console as a viewer (a cursor): a stream without credit
 //!   never slows the console, its recorder or the job log; it skips ahead and says so in the
 //!   stream. A read-only stream drops what the controller sends.
@@ -44,8 +46,11 @@ pub struct Reach {
     /// The device's console while it is powered.
     pub console: Option<ConsoleTap>,
     /// DUT ports reachable from the agent, each with the local address that leads to it
-    /// (QEMU user networking: `hostfwd` from 127.0.0.1, port 22 only).
+    /// (QEMU user networking: `hostfwd` from 127.0.0.1, port 22).
     pub ports: Vec<(u16, SocketAddr)>,
+    /// The DUT's other ports, forwarded when a stream asks (QEMU: `hostfwd_add` from
+    /// 127.0.0.1 to the guest itself); `None` when the DUT offers no more than `ports`.
+    pub forwards: Option<Arc<qemu::PortForwards>>,
 }
 
 /// Sessions' reaches, by lease; kept by the sessions, read when a stream opens.
@@ -158,8 +163,15 @@ impl Streams {
                 Some(tap) => Source::Console { tap, input },
                 None => return refuse("the device is not powered: no console yet".into()),
             },
+            StreamTarget::Tcp { port: 0 } => {
+                return refuse("port 0 is not a TCP port (1 to 65535)".into());
+            }
             StreamTarget::Tcp { port } => match reach.ports.iter().find(|(p, _)| *p == port) {
                 Some((_, addr)) => Source::Tcp(*addr),
+                None if reach.forwards.is_some() => Source::Forwarded {
+                    forwards: reach.forwards.clone().expect("checked: some"),
+                    port,
+                },
                 None => {
                     let offered: Vec<String> =
                         reach.ports.iter().map(|(p, _)| p.to_string()).collect();
@@ -304,6 +316,11 @@ enum Source {
         input: ConsoleInput,
     },
     Tcp(SocketAddr),
+    /// A port of the DUT to forward first.
+    Forwarded {
+        forwards: Arc<qemu::PortForwards>,
+        port: u16,
+    },
 }
 
 /// One stream's task: connect, say so, pump until the end, say why.
@@ -315,6 +332,24 @@ async fn serve(
 ) {
     let stream = tx.id();
     let end = match source {
+        Source::Forwarded { forwards, port } => {
+            let addr = match tokio::time::timeout(CONNECT_TIMEOUT, forwards.reach(port)).await {
+                Ok(Ok(addr)) => addr,
+                Ok(Err(e)) => {
+                    let _ = ready.send(Ready::Refused(stream, format!("port {port}: {e}")));
+                    return;
+                }
+                Err(_) => {
+                    let _ = ready.send(Ready::Refused(
+                        stream,
+                        format!("port {port}: no forward within {CONNECT_TIMEOUT:?}"),
+                    ));
+                    return;
+                }
+            };
+            Box::pin(serve(Source::Tcp(addr), tx, rx, ready)).await;
+            return;
+        }
         Source::Tcp(addr) => {
             let connected =
                 tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await;
@@ -417,6 +452,7 @@ mod tests {
             epoch: Epoch(1),
             console: Some(hub.tap()),
             ports: port.into_iter().collect(),
+            forwards: None,
         }
     }
 
@@ -507,6 +543,18 @@ mod tests {
         ) {
             Some(ToLink::Message(AgentMessage::StreamRefused { reason, .. })) => {
                 assert!(reason.contains("only port(s) 22"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        match streams.open(
+            StreamId(1),
+            LeaseId(7),
+            Epoch(1),
+            StreamTarget::Tcp { port: 0 },
+            STREAM_WINDOW,
+        ) {
+            Some(ToLink::Message(AgentMessage::StreamRefused { reason, .. })) => {
+                assert!(reason.contains("port 0"), "{reason}");
             }
             other => panic!("{other:?}"),
         }

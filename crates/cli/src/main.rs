@@ -87,6 +87,12 @@ enum Command {
     Flash(remote::FlashArgs),
     /// Save a PNG of the display of a lease's device (devices with video).
     Screenshot(remote::ScreenshotArgs),
+    /// Forward a local port (or stdin/stdout) to a TCP port of a lease's DUT.
+    Forward(remote::ForwardArgs),
+    /// Log in to a lease's DUT as root with OpenSSH (or run a command there).
+    Ssh(remote::SshArgs),
+    /// Copy a file to or from a lease's DUT (one side dut:PATH).
+    Copy(remote::CopyArgs),
     /// Devices of the lab: list, show; set state and tags (admin).
     Device {
         #[command(subcommand)]
@@ -213,6 +219,9 @@ fn main() {
         Command::Power(args) => remote::power(args),
         Command::Flash(args) => remote::flash(args),
         Command::Screenshot(args) => remote::screenshot(args),
+        Command::Forward(args) => remote::forward(args),
+        Command::Ssh(args) => remote::ssh(args),
+        Command::Copy(args) => remote::copy(args),
         Command::Agent {
             command: Some(AgentCommand::Remote(command)),
             ..

@@ -9,14 +9,18 @@
 //! - A token is printed only by `token create`, alone on stdout, and never in an error.
 
 pub mod admin;
+mod forward;
 mod jobs;
 mod leased;
 mod leases;
+mod ssh;
 mod uploads;
 
+pub use forward::{ForwardArgs, forward};
 pub use jobs::{JobCommand, job};
 pub use leased::{FlashArgs, PowerArgs, ScreenshotArgs, flash, power, screenshot};
 pub use leases::{LeaseCommand, lease};
+pub use ssh::{CopyArgs, SshArgs, copy, ssh};
 
 use crate::exit::{self, Exit};
 use crate::settings::{self, Settings, SettingsFile};

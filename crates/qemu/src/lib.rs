@@ -6,10 +6,12 @@
 //! - Base images are read-only; each boot writes to a fresh linked-clone overlay ([`disk`]).
 
 pub mod disk;
+pub mod forward;
 pub mod image;
 pub mod qmp;
 pub mod rig;
 pub mod vm;
 
+pub use forward::{ForwardError, PortForwards};
 pub use rig::QemuRig;
 pub use vm::{Accel, BootSpec, ChannelDisk, Drive, NetworkMode, Nic, QemuConfig, QemuError, Vm};

@@ -10,19 +10,22 @@
 //!   every byte from power-on until QEMU exits; power-off waits briefly for the pump to read
 //!   the last bytes, then drops it.
 //! - With `network: user` each launch forwards a free port on 127.0.0.1 (picked just before
-//!   launch) to the guest's SSH port; nothing else of the guest is reachable from the host.
+//!   launch) to the guest's SSH port; other guest ports are forwarded only when asked
+//!   ([`QemuRig::forwards`], [`crate::forward`]), always from 127.0.0.1 to the guest itself.
 //! - Storage writes never touch the image: `write_image` makes a linked-clone overlay in the
 //!   rig's own directory and boots that.
 //! - No video: QEMU runs with `-display none` and no display device, so the rig has none and
 //!   does not advertise it.
 
 use crate::disk;
-use crate::vm::{BootSpec, Drive, GUEST_SSH_PORT, NetworkMode, Nic, QemuConfig, QemuError, Vm};
+use crate::forward::PortForwards;
+use crate::vm::{BootSpec, Drive, FORWARD_MONITOR, GUEST_SSH_PORT, NetworkMode, Nic, QemuConfig, QemuError, Vm};
 use driver::console::{ConsoleHub, Recorder};
 use driver::rig::{Absent, Console, Endpoint, Network, Rig, Storage};
 use driver::{DriverError, Power, PowerState};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -38,6 +41,8 @@ pub struct QemuRig {
     vm: Option<Vm>,
     console: Option<ConsoleHub>,
     nic: Nic,
+    /// Forwarded DUT ports of the running launch (user-mode NIC only).
+    forwards: Option<Arc<PortForwards>>,
     images: usize,
 }
 
@@ -60,6 +65,7 @@ impl QemuRig {
             vm: None,
             console: None,
             nic: Nic::None,
+            forwards: None,
             images: 0,
         }
     }
@@ -99,12 +105,28 @@ impl QemuRig {
         let (read, write) = console.into_split();
         self.console = Some(ConsoleHub::spawn(read, write, recorder));
         self.vm = Some(vm);
+        self.forwards = match self.nic {
+            Nic::None => None,
+            Nic::User { ssh_host_port } => Some(Arc::new(PortForwards::new(
+                run_dir.join(FORWARD_MONITOR),
+                [(
+                    GUEST_SSH_PORT,
+                    SocketAddr::from((Ipv4Addr::LOCALHOST, ssh_host_port)),
+                )],
+            ))),
+        };
         Ok(())
     }
 
     /// The QEMU process id, while one runs.
     pub fn pid(&self) -> Option<u32> {
         self.vm.as_ref().map(Vm::pid)
+    }
+
+    /// The DUT's ports reachable from the host, forwarded on demand (`None` while QEMU does
+    /// not run or the DUT has no NIC).
+    pub fn forwards(&self) -> Option<Arc<PortForwards>> {
+        self.forwards.clone()
     }
 
     /// The running QEMU (QMP, exit status).
@@ -122,6 +144,7 @@ impl QemuRig {
             let _ = tokio::time::timeout(CONSOLE_DRAIN, hub.closed()).await;
         }
         self.nic = Nic::None;
+        self.forwards = None;
         result
     }
 }

@@ -16,7 +16,9 @@
 //! - With `network: user` (the default) the DUT has one virtio NIC on QEMU's user-mode network
 //!   (no root, no host interface), `restrict=on`: the guest (10.0.2.15) reaches nothing
 //!   outside, not even the host, and only its SSH port is reachable from the host, forwarded
-//!   from a port on 127.0.0.1 ([`Nic`]).
+//!   from a port on 127.0.0.1 ([`Nic`]); other guest ports only when forwarded on demand
+//!   through the launch's second monitor (`forward.sock`, [`crate::forward`]), likewise from
+//!   127.0.0.1 to the guest itself.
 //! - QEMU runs under its seccomp sandbox (`-sandbox on`, denying obsolete calls, spawning
 //!   processes, resource control and, unless it must drop root itself, privilege changes); a
 //!   QEMU without seccomp is refused at launch unless the device sets `qemu.sandbox: off`.
@@ -84,6 +86,9 @@ pub enum NetworkMode {
     /// No NIC.
     None,
 }
+
+/// The monitor socket in a launch's run directory for port forwards ([`crate::forward`]).
+pub const FORWARD_MONITOR: &str = "forward.sock";
 
 /// The SSH port inside the guest that the host forward reaches.
 pub const GUEST_SSH_PORT: u16 = 22;
@@ -414,6 +419,14 @@ pub fn command_line(
         ),
     ]);
     args.extend(nic.args());
+    if let Nic::User { .. } = nic {
+        // A second monitor for on-demand port forwards (`crate::forward`).
+        args.push("-qmp".into());
+        args.push(format!(
+            "unix:{},server=on,wait=off",
+            run_dir.join(FORWARD_MONITOR).display()
+        ));
+    }
     if let Some(kernel) = &boot.kernel {
         args.push("-kernel".into());
         args.push(kernel.display().to_string());

@@ -721,7 +721,7 @@ impl Agent {
                 window,
             } => {
                 tracing::info!(%lease, %stream, "opening the {target}");
-                // What the session offers right now: its console and the DUT's SSH port.
+                // What the session offers right now: its console, the DUT's SSH port, its other ports.
                 match self.sessions.get(&lease) {
                     Some(s) if !s.is_ending() => self.reaches.set(
                         lease,
@@ -733,6 +733,7 @@ impl Agent {
                                 .map(|e| (e.guest_port, e.host))
                                 .into_iter()
                                 .collect(),
+                            forwards: s.forwards(),
                         },
                     ),
                     _ => self.reaches.remove(lease),

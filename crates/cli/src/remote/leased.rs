@@ -31,7 +31,7 @@ pub struct LeaseArg {
 }
 
 impl LeaseArg {
-    fn id(&self) -> anyhow::Result<PersonLeaseId> {
+    pub(super) fn id(&self) -> anyhow::Result<PersonLeaseId> {
         if let Some(id) = self.lease {
             return Ok(PersonLeaseId(id));
         }
@@ -109,6 +109,10 @@ pub fn power(args: PowerArgs) -> i32 {
             other => client.power(id, other).await,
         }
         .with_context(|| format!("lease {id}: power {action}"))?;
+        if matches!(action, PowerAction::On | PowerAction::Cycle) {
+            // A boot makes a new host key: `dutlab ssh` learns it again.
+            super::ssh::forget_host_key(&client, id);
+        }
         if args.json {
             print_json(&view);
         } else {
