@@ -139,13 +139,20 @@ fn ssh_runs_commands_with_their_exit_codes_copy_round_trips_and_others_get_403()
     let bytes = pattern(300 << 10, 7);
     std::fs::write(&local, &bytes)?;
     let local_text = local.to_str().context("utf-8 path")?;
-    let up = cli(&lab, &alice, &["copy", "--lease", &lease, local_text, "dut:/tmp/"])?;
+    let up = cli(
+        &lab,
+        &alice,
+        &["copy", "--lease", &lease, local_text, "dut:/tmp/"],
+    )?;
     expect_code(&up, 0)?;
     let remote = format!("/tmp/{name}");
     let there = ssh(&lab, &alice, id, &["wc", "-c", &remote])?;
     expect_code(&there, 0)?;
     ensure!(
-        there.stdout.trim_start().starts_with(&bytes.len().to_string()),
+        there
+            .stdout
+            .trim_start()
+            .starts_with(&bytes.len().to_string()),
         "{}",
         there.stdout
     );
@@ -188,7 +195,14 @@ fn ssh_runs_commands_with_their_exit_codes_copy_round_trips_and_others_get_403()
         ],
     )?;
     expect_code(&failed, 70)?;
-    ensure!(!missing.exists() && !lab.sandbox().path().join("missing.bin.dutlab-part").exists());
+    ensure!(
+        !missing.exists()
+            && !lab
+                .sandbox()
+                .path()
+                .join("missing.bin.dutlab-part")
+                .exists()
+    );
     lab.finish()
 }
 

@@ -100,7 +100,9 @@ impl PortForwards {
                 listener.local_addr()?.port()
             };
             let rule = format!("tcp:127.0.0.1:{host_port}-:{guest_port}");
-            let said = self.human(&mut state, &format!("hostfwd_add {NETDEV} {rule}")).await?;
+            let said = self
+                .human(&mut state, &format!("hostfwd_add {NETDEV} {rule}"))
+                .await?;
             if said.trim().is_empty() {
                 let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, host_port));
                 tracing::debug!(guest_port, %addr, "DUT port forwarded");

@@ -19,7 +19,9 @@
 
 use crate::disk;
 use crate::forward::PortForwards;
-use crate::vm::{BootSpec, Drive, FORWARD_MONITOR, GUEST_SSH_PORT, NetworkMode, Nic, QemuConfig, QemuError, Vm};
+use crate::vm::{
+    BootSpec, Drive, FORWARD_MONITOR, GUEST_SSH_PORT, NetworkMode, Nic, QemuConfig, QemuError, Vm,
+};
 use driver::console::{ConsoleHub, Recorder};
 use driver::rig::{Absent, Console, Endpoint, Network, Rig, Storage};
 use driver::{DriverError, Power, PowerState};

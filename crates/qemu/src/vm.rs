@@ -827,6 +827,21 @@ mod tests {
             args[at + 2..at + 4],
             ["-device", "virtio-net-pci,netdev=dutlab-net0"]
         );
+        // Other ports are forwarded on demand through a second monitor, a unix socket in the
+        // run directory (never a network listener).
+        let monitors: Vec<&String> = args
+            .iter()
+            .zip(args.iter().skip(1))
+            .filter(|(flag, _)| *flag == "-qmp")
+            .map(|(_, value)| value)
+            .collect();
+        assert_eq!(
+            monitors,
+            [
+                "unix:/w/qmp.sock,server=on,wait=off",
+                "unix:/w/forward.sock,server=on,wait=off"
+            ]
+        );
         let none = command_line(
             &QemuConfig::default(),
             &BootSpec::default(),
@@ -835,6 +850,7 @@ mod tests {
             Nic::None,
         );
         assert!(!none.iter().any(|a| a == "-netdev"));
+        assert!(!none.iter().any(|a| a.contains("forward.sock")));
     }
 
     #[test]

@@ -235,9 +235,7 @@ fn stdio(args: ForwardArgs) -> i32 {
             .open_stream(id, Target::Tcp(dut))
             .await
             .with_context(|| format!("lease {id}: port {dut}"))?;
-        let end = stream
-            .carry(tokio::io::stdin(), tokio::io::stdout())
-            .await;
+        let end = stream.carry(tokio::io::stdin(), tokio::io::stdout()).await;
         tracing::debug!("stream of port {dut} ended: {end}");
         match end {
             StreamEnd::Dropped(why) => {
@@ -262,13 +260,7 @@ mod tests {
 
     #[test]
     fn ports_are_checked() {
-        assert_eq!(
-            parse_ports("0:22"),
-            Ok(Ports {
-                local: 0,
-                dut: 22
-            })
-        );
+        assert_eq!(parse_ports("0:22"), Ok(Ports { local: 0, dut: 22 }));
         assert_eq!(
             parse_ports("8080:80"),
             Ok(Ports {

@@ -28,8 +28,8 @@
 //! - `copy` writes a local file only complete: into a temporary name next to it, renamed
 //!   once the DUT's `cat` succeeded (removed otherwise).
 
-use super::leased::LeaseArg;
 use super::connect;
+use super::leased::LeaseArg;
 use crate::exit::{self, Exit};
 use anyhow::Context;
 use client::Client;
@@ -392,7 +392,12 @@ fn download(args: &CopyArgs, path: &str, file: &Path) -> anyhow::Result<i32> {
         .write(true)
         .create_new(true)
         .open(&part)
-        .map_err(|e| Exit::new(exit::SOFTWARE, format!("cannot create {}: {e}", part.display())))?;
+        .map_err(|e| {
+            Exit::new(
+                exit::SOFTWARE,
+                format!("cannot create {}: {e}", part.display()),
+            )
+        })?;
     let mut ssh = login.command(Some(&format!("cat < {}", quote(path))), Terminal::Never)?;
     ssh.stdout(Stdio::from(out));
     let status = run_ssh(ssh);
