@@ -203,6 +203,37 @@ fn ssh_runs_commands_with_their_exit_codes_copy_round_trips_and_others_get_403()
                 .join("missing.bin.dutlab-part")
                 .exists()
     );
+
+    // A forward reaches the DUT's port, never the agent host's port of the same number: a
+    // listener on the host's loopback gets no connection; the DUT has nothing there, so the
+    // connection just ends.
+    let host = std::net::TcpListener::bind("127.0.0.1:0")?;
+    host.set_nonblocking(true)?;
+    let host_port = host.local_addr()?.port();
+    let forward = spawn_cli(
+        &lab,
+        &alice,
+        &["forward", "--lease", &lease, &format!("0:{host_port}")],
+    )?;
+    forward.wait_for_stdout("\n", Duration::from_secs(120))?;
+    let address = forward.stdout_text().trim().to_owned();
+    let mut socket = std::net::TcpStream::connect(address.as_str())?;
+    socket.set_read_timeout(Some(Duration::from_secs(120)))?;
+    let mut got = Vec::new();
+    let _ = socket.read_to_end(&mut got);
+    ensure!(got.is_empty(), "{} bytes from port {host_port}", got.len());
+    match host.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => anyhow::bail!("the host's port {host_port} was reached: {other:?}"),
+    }
+    forward.signal(nix::sys::signal::Signal::SIGTERM)?;
+    expect_code(&forward.finish(Duration::from_secs(60))?, 0)?;
+
+    // A power cycle boots with a new host key: ssh learns it again.
+    let cycled = cli(&lab, &alice, &["power", "cycle", "--lease", &lease])?;
+    expect_code(&cycled, 0)?;
+    wait_ssh(&lab, &alice, id)?;
+    expect_code(&ssh(&lab, &alice, id, &["true"])?, 0)?;
     lab.finish()
 }
 
