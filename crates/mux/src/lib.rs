@@ -297,7 +297,11 @@ impl StreamRx {
                 self.unconsumed = data.len();
                 Ok(Some(data))
             }
-            None => Err(StreamError::LinkGone),
+            // The sender goes when the stream is closed too: then its reason is the answer.
+            None => match self.closed.borrow().clone() {
+                Some(reason) => Err(StreamError::Closed(reason)),
+                None => Err(StreamError::LinkGone),
+            },
         }
     }
 }
@@ -482,6 +486,19 @@ mod tests {
         assert_eq!(
             rx.recv().await,
             Err(StreamError::Closed("the lease ended".into()))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stream_closed_and_let_go_answers_its_reason_not_a_lost_link() {
+        let (out, _queue) = mpsc::channel(8);
+        let (handle, _tx, mut rx) = open(StreamId(4), 0, 10, out);
+        // What the registry does at a lease's end: close, then drop its handle.
+        handle.close("lease 1 has ended: released");
+        drop(handle);
+        assert_eq!(
+            rx.recv().await,
+            Err(StreamError::Closed("lease 1 has ended: released".into()))
         );
     }
 
