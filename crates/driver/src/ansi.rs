@@ -241,7 +241,10 @@ pub fn allowed_csi(seq: &[u8]) -> bool {
     let Some(params) = body.strip_prefix(b"\x1b[") else {
         return false;
     };
-    if !params.iter().all(|b| b.is_ascii_digit() || *b == b';' || *b == b':') {
+    if !params
+        .iter()
+        .all(|b| b.is_ascii_digit() || *b == b';' || *b == b':')
+    {
         return false;
     }
     match last {

@@ -69,7 +69,10 @@ fn the_filter_drops_strings_modes_reports_and_unknown_sequences() {
         (b"\x1b[?1049h\x1b[?25l\x1b[?1000h\x1b[4h", ""),
         (b"\x1b[>4;2m\x1b[?1m\x1b[0 q\x1b[3J", ""),
         (b"\x1bc\x1b7\x1b8\x1b(0\x1b)B\x1b#8\x1b=\x1bN", ""),
-        (b"bell\x07 so\x0e si\x0f nul\x00 del\x7f", "bell so si nul del"),
+        (
+            b"bell\x07 so\x0e si\x0f nul\x00 del\x7f",
+            "bell so si nul del",
+        ),
         (b"csi\xc2\x9b31m osc\xc2\x9d0;t\xc2\x9c", "csi31m osc0;t"),
     ];
     for (input, want) in cases {
