@@ -93,6 +93,9 @@ enum Command {
     Ssh(remote::SshArgs),
     /// Copy a file to or from a lease's DUT (one side dut:PATH).
     Copy(remote::CopyArgs),
+    /// Attach to the console of a lease's device: history, then live (read-only unless
+    /// --write; Enter ~. leaves).
+    Console(remote::ConsoleArgs),
     /// Devices of the lab: list, show; set state and tags (admin).
     Device {
         #[command(subcommand)]
@@ -222,6 +225,7 @@ fn main() {
         Command::Forward(args) => remote::forward(args),
         Command::Ssh(args) => remote::ssh(args),
         Command::Copy(args) => remote::copy(args),
+        Command::Console(args) => remote::console(args),
         Command::Agent {
             command: Some(AgentCommand::Remote(command)),
             ..

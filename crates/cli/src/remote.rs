@@ -9,6 +9,7 @@
 //! - A token is printed only by `token create`, alone on stdout, and never in an error.
 
 pub mod admin;
+mod console;
 mod forward;
 mod jobs;
 mod leased;
@@ -16,6 +17,7 @@ mod leases;
 mod ssh;
 mod uploads;
 
+pub use console::{ConsoleArgs, console};
 pub use forward::{ForwardArgs, forward};
 pub use jobs::{JobCommand, job};
 pub use leased::{FlashArgs, PowerArgs, ScreenshotArgs, flash, power, screenshot};
