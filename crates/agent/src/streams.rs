@@ -331,10 +331,12 @@ async fn serve(
     ready: mpsc::UnboundedSender<Ready>,
 ) {
     let stream = tx.id();
-    let end = match source {
+    // A forwarded port is first made reachable: then it is a plain address.
+    let target = match source {
+        other @ (Source::Console { .. } | Source::Tcp(_)) => other,
         Source::Forwarded { forwards, port } => {
-            let addr = match tokio::time::timeout(CONNECT_TIMEOUT, forwards.reach(port)).await {
-                Ok(Ok(addr)) => addr,
+            match tokio::time::timeout(CONNECT_TIMEOUT, forwards.reach(port)).await {
+                Ok(Ok(addr)) => Source::Tcp(addr),
                 Ok(Err(e)) => {
                     let _ = ready.send(Ready::Refused(stream, format!("port {port}: {e}")));
                     return;
@@ -346,10 +348,12 @@ async fn serve(
                     ));
                     return;
                 }
-            };
-            Box::pin(serve(Source::Tcp(addr), tx, rx, ready)).await;
-            return;
+            }
         }
+    };
+    let end = match target {
+        // Resolved above.
+        Source::Forwarded { .. } => return,
         Source::Tcp(addr) => {
             let connected =
                 tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await;

@@ -226,6 +226,10 @@ impl Login {
                 "StrictHostKeyChecking=accept-new",
                 "-o",
                 "HashKnownHosts=no",
+                // Also bounds the wait for the DUT's banner: while the guest boots, QEMU may
+                // accept the connection and never get an answer from the guest.
+                "-o",
+                "ConnectTimeout=30",
                 "-o",
                 "IdentitiesOnly=yes",
                 "-o",
