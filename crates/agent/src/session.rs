@@ -29,6 +29,9 @@
 //!   images are never written.
 //! - The console is recorded from power-on to power-off into `console.log` in the session
 //!   directory, at most [`CONSOLE_LOG_CAP`] bytes per session.
+//! - A screenshot exists only on a rig with video (`qemu.video: vga`); QEMU writes it into a
+//!   private file in the session directory, and it is checked as a PNG of at most
+//!   [`proto::session::MAX_SCREENSHOT`] bytes before it leaves the agent.
 //! - A flash fetches only the artifact the controller named, for this lease, verifies its
 //!   SHA-256 (the cache's rule) and makes a fresh linked clone of it the disk.
 
@@ -503,11 +506,23 @@ impl Session {
         Ok(bytes)
     }
 
+    /// A PNG of the display (at most [`proto::session::MAX_SCREENSHOT`] bytes, checked by the
+    /// driver), as base64 for the reply.
     async fn screenshot(&mut self) -> Result<String, String> {
-        Err(format!(
-            "device {} has no video (set qemu.video: true in its configuration)",
-            self.start.device.name
-        ))
+        use base64::Engine as _;
+        use driver::rig::{Rig, Video};
+        let device = self.start.device.name.clone();
+        let Some(video) = self.rig.video() else {
+            return Err(format!(
+                "device {device} has no video (the operator sets qemu.video: vga in its configuration)"
+            ));
+        };
+        let png = video
+            .screenshot(proto::session::MAX_SCREENSHOT)
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(lease = %self.start.lease, %device, width = png.width(), height = png.height(), bytes = png.bytes().len(), "screenshot");
+        Ok(base64::engine::general_purpose::STANDARD.encode(png.bytes()))
     }
 
     async fn teardown(mut self) {

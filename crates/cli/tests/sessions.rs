@@ -208,3 +208,132 @@ fn expiry_powers_the_dut_off_and_the_queued_job_runs_after() -> Result<()> {
     );
     lab.finish()
 }
+
+/// Width and height from a PNG's IHDR chunk, after checking the signature.
+fn png_size(bytes: &[u8]) -> Result<(u32, u32)> {
+    ensure!(
+        bytes.starts_with(b"\x89PNG\r\n\x1a\n"),
+        "no PNG signature: {:?}",
+        &bytes[..bytes.len().min(16)]
+    );
+    let ihdr = bytes.get(8..24).context("no IHDR chunk")?;
+    ensure!(
+        ihdr[..4] == 13u32.to_be_bytes() && &ihdr[4..8] == b"IHDR",
+        "first chunk is not IHDR: {ihdr:?}"
+    );
+    let word = |i: usize| u32::from_be_bytes([ihdr[i], ihdr[i + 1], ihdr[i + 2], ihdr[i + 3]]);
+    Ok((word(8), word(12)))
+}
+
+#[test]
+fn a_video_device_gives_its_holder_a_png_and_others_nothing() -> Result<()> {
+    let mut lab = Lab::start(DUTLAB)?;
+    // Two devices; the operator gives the first a display.
+    let config = lab.agent_config("a1", 2)?;
+    let text = std::fs::read_to_string(&config)?;
+    let plain = "qemu: {accel: tcg, memory_mib: 512}";
+    ensure!(text.contains(plain), "agent init wrote: {text}");
+    std::fs::write(
+        &config,
+        text.replacen(plain, "qemu: {accel: tcg, memory_mib: 512, video: vga}", 1),
+    )?;
+    lab.spawn_agent(&config)?;
+    lab.wait_devices_idle("a1", 2)?;
+    let (screen, blind) = ("a1-qemu-01", "a1-qemu-02");
+    // The capability comes from the rig: only the device with a display has video.
+    let has_video = |d: &Value| {
+        d["capabilities"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c == "video"))
+    };
+    ensure!(
+        has_video(&device(&lab, screen)?),
+        "{}",
+        device(&lab, screen)?
+    );
+    ensure!(
+        !has_video(&device(&lab, blind)?),
+        "{}",
+        device(&lab, blind)?
+    );
+
+    let alice = lab.token("alice", "user")?;
+    let bob = lab.token("bob", "user")?;
+    let acquire = |dev: &str| -> Result<u64> {
+        let view = lab.json_as(
+            &alice,
+            &["lease", "acquire", "--device", dev, "--wait", "--json"],
+        )?;
+        view["id"].as_u64().context("id")
+    };
+    let id = acquire(screen)?;
+    let out = lab.sandbox().path().join("out.png");
+    let shot = |token: &str, lease: u64, file: &std::path::Path| {
+        lab.cli_as(
+            token,
+            &[
+                "screenshot",
+                &file.display().to_string(),
+                "--lease",
+                &lease.to_string(),
+            ],
+        )
+    };
+    // Off: no picture, and the reason says so.
+    let off = shot(&alice, id, &out)?;
+    expect_code(&off, 70)?;
+    ensure!(off.stderr.contains("off"), "{}", off.stderr);
+    ensure!(!out.exists(), "a file while the device is off");
+
+    ensure!(power(&lab, &alice, id, "on")? == "on");
+    let done = shot(&alice, id, &out)?;
+    expect_code(&done, 0)?;
+    let bytes = std::fs::read(&out)?;
+    let (width, height) = png_size(&bytes)?;
+    ensure!(width > 0 && height > 0, "{width}x{height}");
+    // QEMU wrote into a private file of the session and it is gone.
+    let session = lab
+        .sandbox()
+        .path()
+        .join(format!("a1/work/devices/{screen}/session"));
+    let left: Vec<_> = walk(&session)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("screendump-"))
+        .collect();
+    ensure!(left.is_empty(), "screendump files left: {left:?}");
+
+    // Someone else gets 403 and no file.
+    let stolen = lab.sandbox().path().join("bob.png");
+    let denied = shot(&bob, id, &stolen)?;
+    expect_code(&denied, 77)?;
+    ensure!(!stolen.exists(), "bob got a file");
+
+    // A device without video says so.
+    let other = acquire(blind)?;
+    let none = shot(&alice, other, &lab.sandbox().path().join("none.png"))?;
+    expect_code(&none, 70)?;
+    ensure!(none.stderr.contains("has no video"), "{}", none.stderr);
+
+    ensure!(power(&lab, &alice, id, "off")? == "off");
+    for lease in [id, other] {
+        lab.json_as(&alice, &["lease", "release", &lease.to_string(), "--json"])?;
+    }
+    lab.finish()
+}
+
+/// Every file under `dir` (none if it does not exist).
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(walk(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found
+}

@@ -104,25 +104,80 @@ pub trait Network {
     }
 }
 
-/// Pixel layout of a [`Frame`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PixelFormat {
-    /// 8-bit red, green, blue per pixel, rows top to bottom.
-    Rgb8,
+/// The first bytes of every PNG file.
+pub const PNG_SIGNATURE: &[u8; 8] = b"\x89PNG\r\n\x1a\n";
+
+/// Why bytes are not a [`Png`].
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PngError {
+    #[error("{0} bytes, more than the {1} allowed")]
+    TooLarge(usize, usize),
+    #[error("no PNG signature")]
+    Signature,
+    #[error("no IHDR chunk with a width and height above 0 after the signature")]
+    Header,
 }
 
-/// One picture of the device's display.
+/// One picture of the device's display as PNG bytes, checked: the signature, then an IHDR
+/// chunk (always the first) with a width and height above 0, at most the size asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Frame {
-    pub width: u32,
-    pub height: u32,
-    pub format: PixelFormat,
-    pub pixels: Vec<u8>,
+pub struct Png {
+    bytes: Vec<u8>,
+    width: u32,
+    height: u32,
+}
+
+impl Png {
+    /// Checks `bytes` (at most `max` of them).
+    pub fn parse(bytes: Vec<u8>, max: usize) -> Result<Png, PngError> {
+        if bytes.len() > max {
+            return Err(PngError::TooLarge(bytes.len(), max));
+        }
+        let rest = bytes
+            .strip_prefix(PNG_SIGNATURE.as_slice())
+            .ok_or(PngError::Signature)?;
+        // Length (4 bytes, 13 for IHDR), type, width, height.
+        let header = rest.get(..16).ok_or(PngError::Header)?;
+        let word =
+            |i: usize| u32::from_be_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
+        if word(0) != 13 || &header[4..8] != b"IHDR" {
+            return Err(PngError::Header);
+        }
+        let (width, height) = (word(8), word(12));
+        if width == 0 || height == 0 {
+            return Err(PngError::Header);
+        }
+        Ok(Png {
+            bytes,
+            width,
+            height,
+        })
+    }
+
+    pub fn width(&self) -> u32 {
+        self.width
+    }
+
+    pub fn height(&self) -> u32 {
+        self.height
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
 }
 
 /// Capturing the device's display.
 pub trait Video {
-    fn frame(&mut self) -> impl Future<Output = Result<Frame, DriverError>> + Send;
+    /// A picture of the display now, at most `max_bytes` of PNG.
+    fn screenshot(
+        &mut self,
+        max_bytes: usize,
+    ) -> impl Future<Output = Result<Png, DriverError>> + Send;
 }
 
 /// The driver of a capability a rig does not have: it has no values, so no accessor can
@@ -164,7 +219,7 @@ impl Network for Absent {
 }
 
 impl Video for Absent {
-    async fn frame(&mut self) -> Result<Frame, DriverError> {
+    async fn screenshot(&mut self, _: usize) -> Result<Png, DriverError> {
         match *self {}
     }
 }
@@ -255,5 +310,33 @@ mod tests {
             names,
             ["power", "console", "shell", "storage", "network", "video"]
         );
+    }
+
+    #[test]
+    fn a_png_is_checked_before_it_is_one() {
+        let mut bytes = PNG_SIGNATURE.to_vec();
+        bytes.extend_from_slice(&13u32.to_be_bytes());
+        bytes.extend_from_slice(b"IHDR");
+        bytes.extend_from_slice(&720u32.to_be_bytes());
+        bytes.extend_from_slice(&400u32.to_be_bytes());
+        bytes.extend_from_slice(&[8, 2, 0, 0, 0]);
+        let png = Png::parse(bytes.clone(), 1 << 10).expect("a PNG header");
+        assert_eq!((png.width(), png.height()), (720, 400));
+        assert_eq!(png.bytes(), bytes.as_slice());
+        assert_eq!(
+            Png::parse(bytes.clone(), 10),
+            Err(PngError::TooLarge(bytes.len(), 10))
+        );
+        assert_eq!(
+            Png::parse(b"GIF89a".to_vec(), 100),
+            Err(PngError::Signature)
+        );
+        assert_eq!(
+            Png::parse(PNG_SIGNATURE.to_vec(), 100),
+            Err(PngError::Header)
+        );
+        let mut flat = bytes;
+        flat[20..24].copy_from_slice(&0u32.to_be_bytes());
+        assert_eq!(Png::parse(flat, 100), Err(PngError::Header));
     }
 }

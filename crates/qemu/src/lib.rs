@@ -14,4 +14,6 @@ pub mod vm;
 
 pub use forward::{ForwardError, PortForwards};
 pub use rig::QemuRig;
-pub use vm::{Accel, BootSpec, ChannelDisk, Drive, NetworkMode, Nic, QemuConfig, QemuError, Vm};
+pub use vm::{
+    Accel, BootSpec, ChannelDisk, Drive, NetworkMode, Nic, QemuConfig, QemuError, VideoMode, Vm,
+};

@@ -5,6 +5,8 @@
 //! - Asynchronous events interleaved with replies are skipped (and counted), never mistaken for
 //!   a reply; a command's reply is the next `return` or `error` object.
 //! - Lines are bounded ([`MAX_LINE`]): a monitor that floods us gets an error, not our memory.
+//! - A file descriptor passed to QEMU ([`Qmp::execute_with_fd`], SCM_RIGHTS) travels with the
+//!   first bytes of its command, so QEMU takes it for that command and no other.
 
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -61,13 +63,45 @@ impl Qmp {
 
     /// Runs a command and returns its `return` value.
     pub async fn execute(&mut self, command: &str, args: Option<Value>) -> Result<Value, QmpError> {
-        let mut request = json!({ "execute": command });
-        if let Some(args) = args {
-            request["arguments"] = args;
-        }
-        let mut line = serde_json::to_vec(&request)?;
-        line.push(b'\n');
+        let line = request_line(command, args)?;
         self.writer.write_all(&line).await?;
+        self.reply(command).await
+    }
+
+    /// Runs a command that takes a file descriptor (`add-fd`, `getfd`): `fd` is sent with
+    /// the command's bytes as SCM_RIGHTS ancillary data. QEMU keeps its own copy.
+    pub async fn execute_with_fd(
+        &mut self,
+        command: &str,
+        args: Option<Value>,
+        fd: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<Value, QmpError> {
+        use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+        use std::os::fd::{AsFd, AsRawFd};
+        let line = request_line(command, args)?;
+        let socket: &UnixStream = self.writer.as_ref();
+        let raw = socket.as_fd().as_raw_fd();
+        let fds = [fd.as_raw_fd()];
+        let sent = socket
+            .async_io(tokio::io::Interest::WRITABLE, || {
+                let iov = [std::io::IoSlice::new(&line)];
+                sendmsg::<()>(
+                    raw,
+                    &iov,
+                    &[ControlMessage::ScmRights(&fds)],
+                    MsgFlags::empty(),
+                    None,
+                )
+                .map_err(std::io::Error::from)
+            })
+            .await?;
+        // The descriptor went with the first bytes; the rest of a long line follows plainly.
+        self.writer.write_all(&line[sent..]).await?;
+        self.reply(command).await
+    }
+
+    /// The reply to `command`: the next `return` or `error`, skipping events.
+    async fn reply(&mut self, command: &str) -> Result<Value, QmpError> {
         loop {
             let v = self.read_value().await?;
             if v.get("event").is_some() {
@@ -122,6 +156,17 @@ impl Qmp {
             return Ok(serde_json::from_slice(&line)?);
         }
     }
+}
+
+/// One command as a JSON line.
+fn request_line(command: &str, args: Option<Value>) -> Result<Vec<u8>, QmpError> {
+    let mut request = json!({ "execute": command });
+    if let Some(args) = args {
+        request["arguments"] = args;
+    }
+    let mut line = serde_json::to_vec(&request)?;
+    line.push(b'\n');
+    Ok(line)
 }
 
 #[cfg(test)]

@@ -14,16 +14,18 @@
 //!   ([`QemuRig::forwards`], [`crate::forward`]), always from 127.0.0.1 to the guest itself.
 //! - Storage writes never touch the image: `write_image` makes a linked-clone overlay in the
 //!   rig's own directory and boots that.
-//! - No video: QEMU runs with `-display none` and no display device, so the rig has none and
-//!   does not advertise it.
+//! - Video only with `qemu.video: vga`: QEMU always runs with `-display none` (no window, no
+//!   VNC), and only then gets a display device, read by QMP `screendump` into a private file
+//!   in the rig's directory; without it the rig has no video and does not advertise it.
 
 use crate::disk;
 use crate::forward::PortForwards;
 use crate::vm::{
-    BootSpec, Drive, FORWARD_MONITOR, GUEST_SSH_PORT, NetworkMode, Nic, QemuConfig, QemuError, Vm,
+    BootSpec, Drive, FORWARD_MONITOR, GUEST_SSH_PORT, NetworkMode, Nic, QemuConfig, QemuError,
+    VideoMode, Vm,
 };
 use driver::console::{ConsoleHub, Recorder};
-use driver::rig::{Absent, Console, Endpoint, Network, Rig, Storage};
+use driver::rig::{Console, Endpoint, Network, Png, Rig, Storage, Video};
 use driver::{DriverError, Power, PowerState};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -237,12 +239,27 @@ impl Network for QemuRig {
     }
 }
 
+impl Video for QemuRig {
+    /// A PNG of the display of the running guest (a paused one shows its last picture).
+    async fn screenshot(&mut self, max_bytes: usize) -> Result<Png, DriverError> {
+        let dir = self.dir.clone();
+        match self.vm.as_mut() {
+            Some(vm) => vm.screendump_png(&dir, max_bytes).await,
+            None => Err(DriverError::Operation {
+                driver: "qemu",
+                operation: "screenshot",
+                reason: "QEMU is not running (the device is off)".into(),
+            }),
+        }
+    }
+}
+
 impl Rig for QemuRig {
     type Power = QemuRig;
     type Console = QemuRig;
     type Storage = QemuRig;
     type Network = QemuRig;
-    type Video = Absent;
+    type Video = QemuRig;
 
     fn power(&mut self) -> Option<&mut QemuRig> {
         Some(self)
@@ -259,8 +276,11 @@ impl Rig for QemuRig {
             NetworkMode::None => None,
         }
     }
-    fn video(&mut self) -> Option<&mut Absent> {
-        None
+    fn video(&mut self) -> Option<&mut QemuRig> {
+        match self.config.video {
+            VideoMode::Vga => Some(self),
+            VideoMode::None => None,
+        }
     }
 }
 
@@ -287,6 +307,17 @@ mod tests {
             dir,
         );
         assert_eq!(offline.capabilities(), [Power, Console, Shell, Storage]);
+        let mut screen = QemuRig::new(
+            QemuConfig {
+                video: VideoMode::Vga,
+                ..QemuConfig::default()
+            },
+            std::env::temp_dir(),
+        );
+        assert_eq!(
+            screen.capabilities(),
+            [Power, Console, Shell, Storage, Network, Video]
+        );
         assert!(rig.ssh().is_none(), "no endpoint before launch");
     }
 

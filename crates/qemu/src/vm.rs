@@ -28,6 +28,7 @@
 //!   work directory stays private to root.
 
 use crate::qmp::{Qmp, QmpError};
+use driver::rig::Png;
 use driver::{DriverError, Power, PowerState};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -90,6 +91,18 @@ pub enum NetworkMode {
 /// The monitor socket in a launch's run directory for port forwards ([`crate::forward`]).
 pub const FORWARD_MONITOR: &str = "forward.sock";
 
+/// The DUT's display (`qemu.video`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VideoMode {
+    /// No display device: the rig has no video.
+    #[default]
+    None,
+    /// A standard VGA card (`-device VGA`), still with `-display none`: no window, no VNC;
+    /// its picture is read by QMP `screendump` only.
+    Vga,
+}
+
 /// The SSH port inside the guest that the host forward reaches.
 pub const GUEST_SSH_PORT: u16 = 22;
 
@@ -141,6 +154,8 @@ pub struct QemuConfig {
     pub run_as: String,
     /// The DUT's network (default: user-mode, SSH forwarded from 127.0.0.1).
     pub network: NetworkMode,
+    /// The DUT's display (default none; `vga` gives it a picture for screenshots).
+    pub video: VideoMode,
 }
 
 impl Default for QemuConfig {
@@ -156,6 +171,7 @@ impl Default for QemuConfig {
             sandbox: SandboxMode::On,
             run_as: "nobody".into(),
             network: NetworkMode::User,
+            video: VideoMode::None,
         }
     }
 }
@@ -427,6 +443,10 @@ pub fn command_line(
             run_dir.join(FORWARD_MONITOR).display()
         ));
     }
+    match config.video {
+        VideoMode::None => {}
+        VideoMode::Vga => args.extend(["-device".to_owned(), "VGA".to_owned()]),
+    }
     if let Some(kernel) = &boot.kernel {
         args.push("-kernel".into());
         args.push(kernel.display().to_string());
@@ -564,6 +584,58 @@ impl Vm {
     /// The QMP session, while QEMU runs.
     pub fn qmp(&mut self) -> Option<&mut Qmp> {
         self.qmp.as_mut()
+    }
+
+    /// A PNG of the display (QMP `screendump`, `format: png`), at most `max` bytes. QEMU
+    /// writes into a fresh private file in `dir` (mode 0600, removed after) through a
+    /// descriptor passed to it (`add-fd`), so it needs no access to `dir`, also when it runs
+    /// as another user; the file is read back through the agent's own descriptor.
+    pub async fn screendump_png(&mut self, dir: &Path, max: usize) -> Result<Png, DriverError> {
+        let failed = |reason: String| DriverError::Operation {
+            driver: "qemu",
+            operation: "screenshot",
+            reason,
+        };
+        if self.exited().is_some() {
+            return Err(failed("QEMU is not running (the device is off)".into()));
+        }
+        let qmp = self
+            .qmp
+            .as_mut()
+            .ok_or_else(|| failed("QEMU is not running (the device is off)".into()))?;
+        std::fs::create_dir_all(dir)?;
+        let file = tempfile::Builder::new()
+            .prefix("screendump-")
+            .suffix(".png")
+            .tempfile_in(dir)?;
+        // QEMU opens /dev/fdset/N write-only and takes a descriptor of the same access mode.
+        let for_qemu = std::fs::OpenOptions::new().write(true).open(file.path())?;
+        let added = qmp
+            .execute_with_fd("add-fd", None, std::os::fd::AsFd::as_fd(&for_qemu))
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        drop(for_qemu);
+        let set = added
+            .get("fdset-id")
+            .and_then(serde_json::Value::as_u64)
+            .ok_or_else(|| failed(format!("add-fd answered {added} without an fdset-id")))?;
+        let dumped = qmp
+            .execute(
+                "screendump",
+                Some(
+                    serde_json::json!({ "filename": format!("/dev/fdset/{set}"), "format": "png" }),
+                ),
+            )
+            .await;
+        let removed = qmp
+            .execute("remove-fd", Some(serde_json::json!({ "fdset-id": set })))
+            .await;
+        dumped.map_err(|e| failed(e.to_string()))?;
+        removed.map_err(|e| failed(e.to_string()))?;
+        let mut bytes = Vec::new();
+        let mut reader = std::io::Read::take(file.as_file(), max as u64 + 1);
+        std::io::Read::read_to_end(&mut reader, &mut bytes)?;
+        Png::parse(bytes, max).map_err(|e| failed(format!("QEMU's picture: {e}")))
     }
 
     /// Waits for QEMU to exit on its own (guest power-off with `-no-reboot`).
