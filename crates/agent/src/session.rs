@@ -301,6 +301,13 @@ impl Session {
                 .screenshot()
                 .await
                 .map(|png| SessionResult::Screenshot { png }),
+            SessionAction::Address => self
+                .address()
+                .map(|address| SessionResult::Address { address }),
+            SessionAction::Serial => self
+                .serial()
+                .await
+                .map(|(log, skipped)| SessionResult::Serial { log, skipped }),
         };
         answer.unwrap_or_else(|reason| {
             tracing::warn!(%lease, "request {request} failed: {reason}");
@@ -523,6 +530,53 @@ impl Session {
             .map_err(|e| e.to_string())?;
         tracing::info!(lease = %self.start.lease, %device, width = png.width(), height = png.height(), bytes = png.bytes().len(), "screenshot");
         Ok(base64::engine::general_purpose::STANDARD.encode(png.bytes()))
+    }
+
+    /// The DUT's own address on its network, while it runs.
+    fn address(&mut self) -> Result<String, String> {
+        use driver::rig::Rig;
+        let device = self.start.device.name.clone();
+        let Some(network) = self.rig.network() else {
+            return Err(format!(
+                "device {device} has no network (qemu.network: none)"
+            ));
+        };
+        network
+            .address()
+            .map(|a| a.to_string())
+            .ok_or_else(|| format!("device {device} is off: it has no address"))
+    }
+
+    /// The end of `console.log` (at most [`proto::session::MAX_SERIAL`] bytes) as base64,
+    /// and how many bytes came before it.
+    async fn serial(&mut self) -> Result<(String, u64), String> {
+        use base64::Engine as _;
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        let path = self.start.dir.join("console.log");
+        let mut file = match tokio::fs::File::open(&path).await {
+            Ok(file) => file,
+            // Never powered on in this session: nothing recorded yet.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((String::new(), 0)),
+            Err(e) => return Err(format!("console log: {e}")),
+        };
+        let len = file
+            .metadata()
+            .await
+            .map_err(|e| format!("console log: {e}"))?
+            .len();
+        let skipped = len.saturating_sub(proto::session::MAX_SERIAL as u64);
+        file.seek(std::io::SeekFrom::Start(skipped))
+            .await
+            .map_err(|e| format!("console log: {e}"))?;
+        let mut bytes = Vec::new();
+        file.take(proto::session::MAX_SERIAL as u64)
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(|e| format!("console log: {e}"))?;
+        Ok((
+            base64::engine::general_purpose::STANDARD.encode(&bytes),
+            skipped,
+        ))
     }
 
     async fn teardown(mut self) {

@@ -168,17 +168,45 @@ pub async fn put_artifact(
 ) -> Result<(StatusCode, Json<ArtifactView>), ApiFailure> {
     caller.require(&PEOPLE)?;
     checked_digest(&hex)?;
+    let (status, view) = receive(&state, &caller, Some(&hex), Encoding::Identity, request).await?;
+    Ok((status, Json(view)))
+}
+
+/// How an upload's body is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Encoding {
+    /// The artifact's bytes as they are.
+    Identity,
+    /// gzip: the artifact is what it decompresses to (bounded like any upload).
+    Gzip,
+}
+
+/// Stores the body of `request` as an artifact of `caller`: streamed to a temporary file
+/// while hashed (decompressed first with [`Encoding::Gzip`]), refused past the size cap or
+/// the caller's quota, and kept under its digest, which must be `expected` if given.
+pub(crate) async fn receive(
+    state: &AppState,
+    caller: &Caller,
+    expected: Option<&str>,
+    encoding: Encoding,
+    request: Request,
+) -> Result<(StatusCode, ArtifactView), ApiFailure> {
+    let label = match expected {
+        Some(hex) => format!("artifact sha256:{hex}"),
+        None => "the upload".to_owned(),
+    };
     let store = state.artifacts.clone();
     let too_large = |size: u64| {
         ApiFailure::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(
-                "artifact sha256:{hex}: {size} bytes or more; this controller keeps artifacts up to {} bytes",
+                "{label}: {size} bytes or more; this controller keeps artifacts up to {} bytes",
                 store.max_size
             ),
         )
     };
-    let declared = content_length(request.headers());
+    // A compressed body says nothing certain about the size of what it holds.
+    let declared = content_length(request.headers()).filter(|_| encoding == Encoding::Identity);
     if let Some(len) = declared
         && len > store.max_size
     {
@@ -186,13 +214,16 @@ pub async fn put_artifact(
     }
     // Bytes the caller already has cost nothing again; anything else must fit the quota.
     // Stored and counted by principal id; messages name the user.
-    let user = uploader(&caller);
+    let user = uploader(caller);
     let shown = caller.user.clone();
-    let already_theirs = state
-        .store
-        .uploaded_by(&hex, &user)
-        .await
-        .map_err(unavailable)?;
+    let already_theirs = match expected {
+        Some(hex) => state
+            .store
+            .uploaded_by(hex, &user)
+            .await
+            .map_err(unavailable)?,
+        None => false,
+    };
     let usage = state
         .store
         .artifact_bytes_of(&user)
@@ -209,12 +240,13 @@ pub async fn put_artifact(
         return Err(over_quota(store.quota.check(&shown, usage, len)));
     }
     let temp = store.dir.join("tmp").join(temp_name()?);
-    // Hashing and writing run on a blocking thread; this task only moves chunks to it.
+    // Decoding, hashing and writing run on a blocking thread; this task only moves chunks.
     let (chunks, rx) = mpsc::channel::<Bytes>(8);
     let (done, written) = oneshot::channel();
     let file_path = temp.clone();
+    let bound = store.max_size.min(room);
     tokio::task::spawn_blocking(move || {
-        let _ = done.send(write_hashed(&file_path, rx));
+        let _ = done.send(write_hashed(&file_path, rx, encoding, bound));
     });
     let mut body = request.into_body().into_data_stream();
     let mut size = 0u64;
@@ -238,7 +270,7 @@ pub async fn put_artifact(
             Err(e) => {
                 refusal = Some(ApiFailure::new(
                     StatusCode::BAD_REQUEST,
-                    format!("artifact sha256:{hex}: the upload broke off: {e}"),
+                    format!("{label}: the upload broke off: {e}"),
                 ));
                 break;
             }
@@ -255,20 +287,38 @@ pub async fn put_artifact(
         remove();
         return Err(refusal);
     }
-    let got = match written {
+    let (got, size) = match written {
         Ok(got) => got,
-        Err(e) => {
+        Err(Written::Past(at)) => {
             remove();
-            return Err(unavailable(format!("artifact sha256:{hex}: {e}")));
+            return Err(if at > store.max_size {
+                too_large(at)
+            } else {
+                over_quota(store.quota.check(&shown, usage, at))
+            });
+        }
+        Err(Written::Undecodable(e)) => {
+            remove();
+            return Err(ApiFailure::new(
+                StatusCode::BAD_REQUEST,
+                format!("{label}: not gzip: {e}"),
+            ));
+        }
+        Err(Written::Io(e)) => {
+            remove();
+            return Err(unavailable(format!("{label}: {e}")));
         }
     };
-    if got != hex {
+    if let Some(hex) = expected
+        && got != hex
+    {
         remove();
         return Err(ApiFailure::new(
             StatusCode::BAD_REQUEST,
-            format!("artifact sha256:{hex}: the uploaded bytes have sha256 {got}"),
+            format!("{label}: the uploaded bytes have sha256 {got}"),
         ));
     }
+    let hex = got;
     // The final check and the record in the uploader's turn: concurrent uploads of one user
     // cannot together pass the quota.
     let _turn = store.quota.turn(&user).await;
@@ -301,14 +351,14 @@ pub async fn put_artifact(
     };
     state
         .store
-        .insert_artifact(&hex, size, &uploader(&caller), now())
+        .insert_artifact(&hex, size, &uploader(caller), now())
         .await
         .map_err(unavailable)?;
     tracing::info!(
         "artifact sha256:{hex} ({size} bytes) uploaded by {}",
         caller.name
     );
-    Ok((status, Json(ArtifactView { sha256: hex, size })))
+    Ok((status, ArtifactView { sha256: hex, size }))
 }
 
 /// 429 for an upload over the quota (logged at info: it is the user's limit, not a fault).
@@ -347,25 +397,102 @@ fn temp_name() -> Result<String, ApiFailure> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>() + ".part")
 }
 
-/// Writes every chunk to a new file at `path`, synced; answers the content's SHA-256.
+/// Why an upload was not written.
+#[derive(Debug)]
+enum Written {
+    /// What it holds passed the bound at this many bytes.
+    Past(u64),
+    /// A gzip body that does not decompress.
+    Undecodable(std::io::Error),
+    Io(std::io::Error),
+}
+
+/// The file an upload goes to: hashes and counts what is written, up to a bound.
+struct Hashed {
+    out: std::fs::File,
+    hasher: Sha256,
+    size: u64,
+    bound: u64,
+}
+
+impl Write for Hashed {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.size += bytes.len() as u64;
+        if self.size > self.bound {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::FileTooLarge,
+                "past the bound",
+            ));
+        }
+        self.hasher.update(bytes);
+        self.out.write_all(bytes)?;
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// Writes every chunk (decompressed with [`Encoding::Gzip`]) to a new file at `path`,
+/// synced, at most `bound` bytes; answers the content's SHA-256 and size.
 fn write_hashed(
     path: &std::path::Path,
     mut chunks: mpsc::Receiver<Bytes>,
-) -> std::io::Result<String> {
-    let file = std::fs::OpenOptions::new()
+    encoding: Encoding,
+    bound: u64,
+) -> Result<(String, u64), Written> {
+    let out = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(path)?;
+        .open(path)
+        .map_err(Written::Io)?;
     // Chunks go straight to the file: a BufWriter would copy every chunk smaller than it.
-    let mut out = file;
-    let mut hasher = Sha256::new();
-    while let Some(chunk) = chunks.blocking_recv() {
-        hasher.update(&chunk);
-        out.write_all(&chunk)?;
-    }
-    out.sync_all()?;
-    Ok(hex_of(&hasher.finalize()))
+    let sink = Hashed {
+        out,
+        hasher: Sha256::new(),
+        size: 0,
+        bound,
+    };
+    let past = |sink_size: u64, e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::FileTooLarge {
+            Written::Past(sink_size)
+        } else {
+            Written::Io(e)
+        }
+    };
+    let sink = match encoding {
+        Encoding::Identity => {
+            let mut sink = sink;
+            while let Some(chunk) = chunks.blocking_recv() {
+                sink.write_all(&chunk).map_err(|e| past(sink.size, e))?;
+            }
+            sink
+        }
+        Encoding::Gzip => {
+            let mut decoder = flate2::write::GzDecoder::new(sink);
+            let failed =
+                |decoder: &flate2::write::GzDecoder<Hashed>, e: std::io::Error| match e.kind() {
+                    std::io::ErrorKind::FileTooLarge => Written::Past(decoder.get_ref().size),
+                    std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData => {
+                        Written::Undecodable(e)
+                    }
+                    _ => Written::Io(e),
+                };
+            while let Some(chunk) = chunks.blocking_recv() {
+                if let Err(e) = decoder.write_all(&chunk) {
+                    return Err(failed(&decoder, e));
+                }
+            }
+            match decoder.try_finish() {
+                Ok(()) => {}
+                Err(e) => return Err(failed(&decoder, e)),
+            }
+            decoder.finish().map_err(Written::Undecodable)?
+        }
+    };
+    sink.out.sync_all().map_err(Written::Io)?;
+    Ok((hex_of(&sink.hasher.finalize()), sink.size))
 }
 
 fn hex_of(bytes: &[u8]) -> String {

@@ -255,24 +255,33 @@ pub const FLASH_WAIT: Duration = Duration::from_secs(30 * 60);
 pub const SCREENSHOT_WAIT: Duration = Duration::from_secs(60);
 
 /// Asks the lease's agent for `action` and waits at most `bound` for its result.
-async fn on_device(
+pub(crate) async fn on_device(
     state: &AppState,
     caller: &Caller,
     id: u64,
     action: SessionAction,
     bound: Duration,
 ) -> ApiResult<SessionResult> {
+    on_device_reporting(state, caller, id, action, bound, None).await
+}
+
+/// [`on_device`], with the agent's progress reports (bytes done, total) sent to `progress`.
+pub(crate) async fn on_device_reporting(
+    state: &AppState,
+    caller: &Caller,
+    id: u64,
+    action: SessionAction,
+    bound: Duration,
+    progress: Option<crate::dispatcher::Progress>,
+) -> ApiResult<SessionResult> {
     let viewer = viewer(state, caller);
     let lease = PersonLeaseId(id);
-    let what = match &action {
-        SessionAction::Power { power } => format!("power {power}"),
-        SessionAction::Flash { .. } => "flash".to_owned(),
-        SessionAction::Screenshot => "screenshot".to_owned(),
-    };
+    let what = action.describe();
     let asked = ask(state, |reply| Command::Session {
         lease,
         viewer,
         action,
+        progress,
         reply,
     });
     match tokio::time::timeout(bound, asked).await {
@@ -290,7 +299,7 @@ async fn on_device(
     }
 }
 
-fn unexpected(id: u64, result: &SessionResult) -> ApiFailure {
+pub(crate) fn unexpected(id: u64, result: &SessionResult) -> ApiFailure {
     ApiFailure::new(
         StatusCode::BAD_GATEWAY,
         format!("lease {id}: the agent answered with an unexpected result: {result:?}"),
@@ -441,20 +450,29 @@ pub async fn get_screenshot(
     Path(id): Path<u64>,
 ) -> ApiResult<axum::response::Response> {
     use axum::response::IntoResponse;
-    use base64::Engine as _;
     caller.require(&PEOPLE)?;
-    let result = on_device(
-        &state,
-        &caller,
-        id,
-        SessionAction::Screenshot,
-        SCREENSHOT_WAIT,
+    let bytes = get_screenshot_bytes(&state, &caller, id, SCREENSHOT_WAIT).await?;
+    Ok((
+        StatusCode::OK,
+        [(axum::http::header::CONTENT_TYPE, "image/png")],
+        bytes,
     )
-    .await?;
+        .into_response())
+}
+
+/// The PNG of the lease's display, checked (signature, size) before it is passed on.
+pub(crate) async fn get_screenshot_bytes(
+    state: &AppState,
+    caller: &Caller,
+    id: u64,
+    bound: Duration,
+) -> ApiResult<Vec<u8>> {
+    use base64::Engine as _;
+    let result = on_device(state, caller, id, SessionAction::Screenshot, bound).await?;
     let SessionResult::Screenshot { png } = result else {
         return Err(unexpected(id, &result));
     };
-    let bytes = base64::engine::general_purpose::STANDARD
+    base64::engine::general_purpose::STANDARD
         .decode(png.as_bytes())
         .ok()
         .filter(|b| b.len() <= proto::session::MAX_SCREENSHOT && b.starts_with(PNG_SIGNATURE))
@@ -466,13 +484,7 @@ pub async fn get_screenshot(
                     proto::session::MAX_SCREENSHOT
                 ),
             )
-        })?;
-    Ok((
-        StatusCode::OK,
-        [(axum::http::header::CONTENT_TYPE, "image/png")],
-        bytes,
-    )
-        .into_response())
+        })
 }
 
 /// The first bytes of every PNG file.

@@ -30,6 +30,7 @@ pub mod datadir;
 pub mod dispatcher;
 pub mod lava;
 pub mod lease_api;
+pub mod leviathan;
 pub mod link;
 pub mod listener;
 pub mod logs;
@@ -239,6 +240,14 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/leases/{id}/screenshot",
             get(lease_api::get_screenshot),
         )
+        // Leviathan's worker routes on a lease (docs/leviathan.md); not in openapi.json.
+        .route("/dut/on", post(leviathan::on))
+        .route("/dut/off", post(leviathan::off))
+        .route("/dut/flash", post(leviathan::flash))
+        .route("/dut/network", post(leviathan::network))
+        .route("/dut/serial", get(leviathan::serial))
+        .route("/dut/ip", get(leviathan::ip))
+        .route("/dut/capture", get(leviathan::capture))
         .route("/api/v1/devices", get(api::devices))
         .route("/api/v1/devices/{name}", get(admin_api::get_device))
         .route(

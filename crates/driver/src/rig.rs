@@ -95,6 +95,10 @@ pub trait Network {
     /// The host-reachable endpoint of the device's SSH server (`None` if it has none).
     fn ssh(&self) -> Option<Endpoint>;
 
+    /// The device's own address on its network, as the device knows itself (`None` while it
+    /// has none). Not necessarily one the host or anyone else can route to.
+    fn address(&self) -> Option<std::net::IpAddr>;
+
     /// Whether `endpoint` accepts a TCP connection now.
     fn reachable(
         &self,
@@ -214,6 +218,9 @@ impl Storage for Absent {
 
 impl Network for Absent {
     fn ssh(&self) -> Option<Endpoint> {
+        match *self {}
+    }
+    fn address(&self) -> Option<std::net::IpAddr> {
         match *self {}
     }
 }

@@ -91,6 +91,24 @@ pub enum SessionAction {
     },
     /// A PNG of the device's display.
     Screenshot,
+    /// The DUT's own address on its network.
+    Address,
+    /// The end of the console output recorded in this session (at most [`MAX_SERIAL`]
+    /// bytes), whether the DUT is on or off.
+    Serial,
+}
+
+impl SessionAction {
+    /// For messages: `power on`, `flash`, `screenshot`, ...
+    pub fn describe(&self) -> String {
+        match self {
+            SessionAction::Power { power } => format!("power {power}"),
+            SessionAction::Flash { .. } => "flash".to_owned(),
+            SessionAction::Screenshot => "screenshot".to_owned(),
+            SessionAction::Address => "address".to_owned(),
+            SessionAction::Serial => "serial log".to_owned(),
+        }
+    }
 }
 
 /// The answer to one [`SessionAction`].
@@ -108,6 +126,17 @@ pub enum SessionResult {
     Screenshot {
         png: String,
     },
+    /// The DUT's address on its own network (`10.0.2.15` for QEMU's user-mode network): what
+    /// the DUT calls itself, not an address the client can route to.
+    Address {
+        address: String,
+    },
+    /// `log` is base64 of the last at most [`MAX_SERIAL`] bytes of the session's console
+    /// output; `skipped` counts the bytes before them.
+    Serial {
+        log: String,
+        skipped: u64,
+    },
     /// The action could not be done; `reason` is for people.
     Failed {
         reason: String,
@@ -116,6 +145,10 @@ pub enum SessionResult {
 
 /// Largest screenshot (PNG bytes) an agent sends: its base64 fits one link frame.
 pub const MAX_SCREENSHOT: usize = 512 << 10;
+
+/// Most console bytes an agent sends for [`SessionAction::Serial`]: its base64 fits one link
+/// frame.
+pub const MAX_SERIAL: usize = 512 << 10;
 
 /// Key types accepted in a lease's SSH keys.
 pub const KEY_TYPES: [&str; 5] = [

@@ -237,7 +237,20 @@ impl Network for QemuRig {
             _ => None,
         }
     }
+
+    /// With `network: user`, while QEMU runs: the guest's address on QEMU's user-mode
+    /// network (the first address its DHCP server gives, which the default image also sets
+    /// statically), reachable only from inside that network.
+    fn address(&self) -> Option<std::net::IpAddr> {
+        match (self.nic, &self.vm) {
+            (Nic::User { .. }, Some(_)) => Some(std::net::IpAddr::V4(USER_NET_GUEST)),
+            _ => None,
+        }
+    }
 }
+
+/// The guest's address on QEMU's user-mode network (slirp's first DHCP lease, 10.0.2.15).
+pub const USER_NET_GUEST: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
 
 impl Video for QemuRig {
     /// A PNG of the display of the running guest (a paused one shows its last picture).

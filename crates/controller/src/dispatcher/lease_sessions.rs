@@ -51,6 +51,8 @@ pub(super) struct Pending {
     pub(super) reply: oneshot::Sender<Result<SessionResult, Failure>>,
     /// For a flash: its digest (fetchable while pending).
     pub(super) artifact: Option<String>,
+    /// Where the agent's progress reports go.
+    pub(super) progress: Option<Progress>,
 }
 
 impl Dispatcher {
@@ -252,6 +254,11 @@ impl Dispatcher {
                 let counts = self.grant_of(agent, lease, epoch, "session-progress");
                 if counts {
                     tracing::debug!("lease {lease}: request {request}: {done} of {total} bytes");
+                    if let Some(p) = self.pending.get(&request).filter(|p| p.lease == lease)
+                        && let Some(progress) = &p.progress
+                    {
+                        progress.send_replace((done, total));
+                    }
                 }
             }
             AgentMessage::SessionReply {
@@ -286,6 +293,7 @@ impl Dispatcher {
         id: PersonLeaseId,
         viewer: &Viewer,
         action: SessionAction,
+        progress: Option<Progress>,
         reply: oneshot::Sender<Result<SessionResult, Failure>>,
     ) {
         match self.check_session(id, viewer).await {
@@ -310,6 +318,7 @@ impl Dispatcher {
                         lease,
                         reply,
                         artifact,
+                        progress,
                     },
                 );
                 self.send_to_device(

@@ -65,6 +65,9 @@ mod stream_routes;
 mod views;
 
 pub use health::{HealthChecks, HealthJob};
+
+/// Where a session request's progress reports go: (bytes done, total), the latest only.
+pub type Progress = tokio::sync::watch::Sender<(u64, u64)>;
 pub use leases::{LeaseInfo, Leases};
 pub use person_leases::{LeaseRequest, PersonLeaseConfig};
 pub use stream_routes::StreamRoute;
@@ -205,6 +208,8 @@ pub enum Command {
         lease: PersonLeaseId,
         viewer: Viewer,
         action: proto::session::SessionAction,
+        /// Progress reports of the agent, for whoever shows them (a flash).
+        progress: Option<Progress>,
         reply: oneshot::Sender<Result<proto::session::SessionResult, Failure>>,
     },
     /// Whether the current link of `agent`, opened with token `token_id`, keeps the live
@@ -530,8 +535,12 @@ impl Dispatcher {
                 lease,
                 viewer,
                 action,
+                progress,
                 reply,
-            } => self.session_request(lease, &viewer, action, reply).await,
+            } => {
+                self.session_request(lease, &viewer, action, progress, reply)
+                    .await
+            }
             Command::HoldsSession {
                 lease,
                 sha256,
