@@ -362,11 +362,9 @@ pub async fn flash(
 }
 
 fn progress_line(done: u64, total: u64) -> String {
-    let percentage = if total == 0 {
-        100
-    } else {
-        (done.min(total) * 100) / total
-    };
+    let percentage = (done.min(total).saturating_mul(100))
+        .checked_div(total)
+        .unwrap_or(100);
     format!("progress: {{\"percentage\": {percentage}, \"done\": {done}, \"total\": {total}}}\n")
 }
 
