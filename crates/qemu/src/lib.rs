@@ -10,6 +10,7 @@ pub mod forward;
 pub mod image;
 pub mod qmp;
 pub mod rig;
+pub mod video;
 pub mod vm;
 
 pub use forward::{ForwardError, PortForwards};

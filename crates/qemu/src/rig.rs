@@ -257,7 +257,7 @@ impl Video for QemuRig {
     async fn screenshot(&mut self, max_bytes: usize) -> Result<Png, DriverError> {
         let dir = self.dir.clone();
         match self.vm.as_mut() {
-            Some(vm) => vm.screendump_png(&dir, max_bytes).await,
+            Some(vm) => crate::video::screendump_png(vm, &dir, max_bytes).await,
             None => Err(DriverError::Operation {
                 driver: "qemu",
                 operation: "screenshot",
