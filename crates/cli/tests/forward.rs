@@ -234,6 +234,21 @@ fn ssh_runs_commands_with_their_exit_codes_copy_round_trips_and_others_get_403()
     expect_code(&cycled, 0)?;
     wait_ssh(&lab, &alice, id)?;
     expect_code(&ssh(&lab, &alice, id, &["true"])?, 0)?;
+
+    // The lease ends under a running forward: its next connection is refused (410) and the
+    // forward stops with 70.
+    let forward = spawn_cli(&lab, &alice, &["forward", "--lease", &lease, "0:22"])?;
+    forward.wait_for_stdout("\n", Duration::from_secs(120))?;
+    let address = forward.stdout_text().trim().to_owned();
+    lab.json_as(&alice, &["lease", "release", &lease, "--json"])?;
+    let mut socket = std::net::TcpStream::connect(address.as_str())?;
+    socket.set_read_timeout(Some(Duration::from_secs(120)))?;
+    let mut got = Vec::new();
+    let _ = socket.read_to_end(&mut got);
+    ensure!(got.is_empty(), "{} bytes after the lease ended", got.len());
+    let stopped = forward.finish(Duration::from_secs(120))?;
+    expect_code(&stopped, 70)?;
+    ensure!(stopped.stderr.contains("410"), "{}", stopped.stderr);
     lab.finish()
 }
 
