@@ -185,6 +185,10 @@ mod tests {
             finished_at: None,
             position: None,
             estimated_start: None,
+            retry: proto::RetryPolicy::Never,
+            retry_of: None,
+            retried_as: None,
+            avoid_devices: Vec::new(),
             warnings: vec![],
         };
         view.job(&job).expect("write");

@@ -527,3 +527,112 @@ fn health_checks_also_run_after_every_n_jobs_and_after_an_interval() -> Result<(
     ensure!(checks_of(&lab, "sim-q1")? == vec![first, again]);
     Ok(())
 }
+
+/// Waits for `StartJob`, answers `JobStarted`; answers the job and its device.
+fn started(
+    sim: &mut testkit::sim_agent::SimAgent,
+) -> Result<(testkit::sim_agent::SimLease, String)> {
+    use proto::link::{AgentMessage, ControllerMessage};
+    use testkit::sim_agent::{Heard, SimLease};
+    let (lease, device) = sim.expect("start-job", |h| match h {
+        Heard::Message(ControllerMessage::StartJob {
+            lease,
+            epoch,
+            job,
+            device,
+            ..
+        }) => Some((
+            SimLease {
+                lease: *lease,
+                epoch: *epoch,
+                job: *job,
+            },
+            device.clone(),
+        )),
+        _ => None,
+    })?;
+    sim.send(&AgentMessage::JobStarted {
+        lease: lease.lease,
+        epoch: lease.epoch,
+    })?;
+    Ok((lease, device))
+}
+
+#[test]
+fn a_job_that_allows_it_is_retried_once_on_another_device_after_an_infra_error() -> Result<()> {
+    use proto::link::AgentMessage;
+    use testkit::sim_agent::{self, SimAgent};
+    let lab = Lab::start_with(DUTLAB, &["--heartbeat", "60s"])?;
+    let alice = lab.token("alice", "user")?;
+    let mut sim = SimAgent::open(lab.port(), &lab.token("sim", "agent")?)?;
+    sim.hello("sim", &["sim-q1", "sim-q2"], vec![])?;
+    sim.welcome()?;
+    let infra = |sim: &mut SimAgent, lease: testkit::sim_agent::SimLease| {
+        sim.send(&AgentMessage::JobFinished {
+            lease: lease.lease,
+            epoch: lease.epoch,
+            report: sim_agent::report(proto::Outcome::InfraError, "the DUT's power switch failed"),
+            last_seq: proto::Seq(0),
+        })
+    };
+    let file = lab.write("retry.yaml", &inline_job("flaky", "  job: 4m", &["true"]))?;
+    let submit = |args: &[&str]| -> Result<Value> {
+        let mut all = vec!["job", "submit", file.to_str().context("path")?, "--json"];
+        all.extend_from_slice(args);
+        lab.json_as(&alice, &all)
+    };
+    let first = submit(&["--retry", "once-on-another-device"])?;
+    let first = first["id"].as_u64().context("id")?;
+    ensure!(lab.job(first)?["retry"] == "once-on-another-device");
+    let (lease, failed_on) = started(&mut sim)?;
+    ensure!(lease.job.0 == first);
+    infra(&mut sim, lease)?;
+    // The retry: a new job of alice's that may not use the device that failed.
+    let (again, device) = started(&mut sim)?;
+    ensure!(
+        device != failed_on,
+        "the retry ran on {device}, where the error was"
+    );
+    let view = lab.job(again.job.0)?;
+    ensure!(
+        view["retry_of"] == first
+            && view["owner"] == "alice"
+            && view["avoid_devices"] == serde_json::json!([failed_on])
+            && view.get("retry").is_none(),
+        "{view}"
+    );
+    let shown = lab.json_as(&alice, &["job", "show", &first.to_string(), "--json"])?;
+    ensure!(
+        shown["outcome"] == "infra-error" && shown["retried_as"] == again.job.0,
+        "{shown}"
+    );
+    let text = lab.cli_as(&alice, &["job", "show", &first.to_string()])?;
+    ensure!(
+        text.stdout
+            .lines()
+            .any(|l| l.starts_with("retried as:") && l.ends_with(&format!("job {}", again.job.0))),
+        "{}",
+        text.stdout
+    );
+    // A retry is never retried itself.
+    infra(&mut sim, again)?;
+    // Without --retry, an infra error stands: the next job to start is the one submitted next.
+    let plain = submit(&[])?["id"].as_u64().context("id")?;
+    let (lease, _) = started(&mut sim)?;
+    ensure!(
+        lease.job.0 == plain,
+        "job {} started, not {plain}",
+        lease.job.0
+    );
+    infra(&mut sim, lease)?;
+    let last = submit(&[])?["id"].as_u64().context("id")?;
+    let (lease, _) = started(&mut sim)?;
+    ensure!(
+        lease.job.0 == last,
+        "job {} started, not {last}",
+        lease.job.0
+    );
+    ensure!(lab.job(again.job.0)?.get("retried_as").is_none());
+    ensure!(lab.job(plain)?.get("retried_as").is_none());
+    Ok(())
+}

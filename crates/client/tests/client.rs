@@ -114,6 +114,10 @@ fn job_view(state: JobState, outcome: Option<Outcome>) -> JobView {
         finished_at: None,
         position: None,
         estimated_start: None,
+        retry: proto::RetryPolicy::Never,
+        retry_of: None,
+        retried_as: None,
+        avoid_devices: Vec::new(),
         warnings: vec![],
     }
 }
@@ -179,6 +183,7 @@ async fn an_api_error_body_becomes_client_error_api() {
             definition: "job_name: x\n".into(),
             file_name: Some("job.yaml".into()),
             wait_for_device: false,
+            retry: proto::RetryPolicy::Never,
         };
         let err = client.submit_job(&submit).await.expect_err("refused");
         let seen = server.await.expect("server");

@@ -540,6 +540,8 @@ pub async fn prepare_submission(
             owner: Some(caller.principal),
             device: None,
             purpose: scheduler::JobPurpose::Ordinary,
+            retry: body.retry,
+            ..Default::default()
         },
         wait_for_device: body.wait_for_device,
         artifacts,

@@ -212,6 +212,10 @@ mod tests {
             finished_at: None,
             position: None,
             estimated_start: None,
+            retry: proto::RetryPolicy::Never,
+            retry_of: None,
+            retried_as: None,
+            avoid_devices: Vec::new(),
             warnings: Vec::new(),
         }
     }

@@ -42,7 +42,7 @@
 
 use crate::ids::{JobId, Millis, PersonLeaseId, PrincipalId, Seq};
 use crate::log::LogRecord;
-use crate::state::{DeviceState, JobState, LeaseEnd, PersonLeaseState, Role};
+use crate::state::{DeviceState, JobState, LeaseEnd, PersonLeaseState, RetryPolicy, Role};
 use crate::visibility::{GroupName, Visibility};
 use crate::{JobReport, Outcome};
 use serde::{Deserialize, Serialize};
@@ -217,6 +217,9 @@ pub struct SubmitJob {
     /// Queue even when no device of the job's type is registered yet.
     #[serde(default)]
     pub wait_for_device: bool,
+    /// Run it again once on another device if it ends `infra-error` (default never).
+    #[serde(default, skip_serializing_if = "RetryPolicy::is_never")]
+    pub retry: RetryPolicy,
 }
 
 /// A job as the API shows it.
@@ -260,6 +263,18 @@ pub struct JobView {
     /// the devices freeing in turn (absent when nothing of its type has run yet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub estimated_start: Option<Millis>,
+    /// What happens after an infra error.
+    #[serde(default, skip_serializing_if = "RetryPolicy::is_never")]
+    pub retry: RetryPolicy,
+    /// The job this one runs again (after its infra error).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<JobId>,
+    /// The job that runs this one again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retried_as: Option<JobId>,
+    /// Devices it may not run on (a retry's: where the infra error happened).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub avoid_devices: Vec<String>,
 }
 
 /// A page of a job's log.

@@ -21,7 +21,7 @@ pub mod stream;
 pub mod visibility;
 
 pub use ids::{Epoch, JobId, LeaseId, Millis, PersonLeaseId, PrincipalId, Seq};
-pub use state::{DeviceState, JobState, LeaseEnd, PersonLeaseState, Role};
+pub use state::{DeviceState, JobState, LeaseEnd, PersonLeaseState, RetryPolicy, Role};
 pub use visibility::{GroupName, Visibility};
 
 /// How a job ended. Outcomes are data: a failed test is not an error of the program.

@@ -4,6 +4,26 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+/// Whether a job that ended `infra-error` is run again (chosen at submission; LAVA job
+/// files have no such key, so a job file stays valid for LAVA).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum RetryPolicy {
+    /// Never: the infra error is the job's outcome.
+    #[default]
+    Never,
+    /// Once, as a new job that may not use the device the error happened on.
+    OnceOnAnotherDevice,
+}
+
+impl RetryPolicy {
+    pub fn is_never(&self) -> bool {
+        *self == RetryPolicy::Never
+    }
+}
+
 /// Where a job is in its life. `Finished` is absorbing; the outcome says how it ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]

@@ -537,6 +537,7 @@ impl Scheduler {
                     owner: Some(principal),
                     device: Some(name),
                     purpose: crate::JobPurpose::Ordinary,
+                    ..Default::default()
                 }
             }
             Want::Type { device_type, tags } => JobSpec {
@@ -546,6 +547,7 @@ impl Scheduler {
                 owner: Some(principal),
                 device: None,
                 purpose: crate::JobPurpose::Ordinary,
+                ..Default::default()
             },
         };
         let mut out = Vec::new();

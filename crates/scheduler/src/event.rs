@@ -3,6 +3,7 @@
 use proto::link::DeviceInfo;
 use proto::{
     DeviceState, Epoch, JobId, LeaseEnd, LeaseId, Millis, Outcome, PersonLeaseId, PrincipalId,
+    RetryPolicy,
 };
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +30,15 @@ pub struct JobSpec {
     /// What the job is for: a health check's outcome decides its device's state.
     #[serde(default, skip_serializing_if = "JobPurpose::is_ordinary")]
     pub purpose: JobPurpose,
+    /// Never these devices (a retry avoids the device its first run failed on).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub avoid: Vec<String>,
+    /// Whether an infra error runs it again (the dispatcher submits the retry).
+    #[serde(default, skip_serializing_if = "RetryPolicy::is_never")]
+    pub retry: RetryPolicy,
+    /// The job this one runs again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<JobId>,
 }
 
 /// What a job is for.
@@ -56,6 +66,7 @@ impl JobSpec {
         device.device_type == self.device_type
             && self.tags.iter().all(|t| device.tags.contains(t))
             && self.device.as_ref().is_none_or(|d| *d == device.name)
+            && !self.avoid.contains(&device.name)
     }
 }
 
@@ -285,6 +296,19 @@ mod tests {
             ..JobSpec::default()
         };
         assert!(!named.fits(&info(&[])), "another device by name");
+        let retry = JobSpec {
+            device_type: "qemu".into(),
+            avoid: vec!["d".into()],
+            ..JobSpec::default()
+        };
+        assert!(!retry.fits(&info(&[])), "the device a retry avoids");
+        assert!(
+            retry.fits(&DeviceInfo {
+                name: "e".into(),
+                ..info(&[])
+            }),
+            "any other"
+        );
     }
 
     #[test]

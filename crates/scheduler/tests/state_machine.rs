@@ -386,6 +386,7 @@ impl Harness {
                         owner: owner.map(|o| PrincipalId(PEOPLE[o].0)),
                         device: None,
                         purpose: JobPurpose::Ordinary,
+                        ..Default::default()
                     },
                 };
                 let r = self.s.submit(job, spec, now);

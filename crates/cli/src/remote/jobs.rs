@@ -56,6 +56,13 @@ impl From<StateArg> for JobState {
     }
 }
 
+/// `job submit --retry`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Retry {
+    Never,
+    OnceOnAnotherDevice,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct SubmitArgs {
     /// The job file (LAVA job YAML).
@@ -66,6 +73,10 @@ pub struct SubmitArgs {
     /// Queue even when no device of the job's type is registered yet.
     #[arg(long)]
     wait_for_device: bool,
+    /// After an infra error, run the job once more on another device (`job show` names the
+    /// retry; --follow follows only this job).
+    #[arg(long, value_enum, default_value = "never")]
+    retry: Retry,
     /// Print JSON: the job (or with --follow, its results; the log then goes to stderr).
     #[arg(long)]
     json: bool,
@@ -281,6 +292,10 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
         definition,
         file_name: Some(file_name.clone()),
         wait_for_device: args.wait_for_device,
+        retry: match args.retry {
+            Retry::Never => proto::RetryPolicy::Never,
+            Retry::OnceOnAnotherDevice => proto::RetryPolicy::OnceOnAnotherDevice,
+        },
     };
     let job = client
         .submit_job(&request)
@@ -535,6 +550,20 @@ pub fn describe(job: &JobView, now: proto::Millis) -> String {
     );
     field("reason", job.reason.clone());
     field("device", job.device.clone().unwrap_or_default());
+    if let Some(first) = job.retry_of {
+        field(
+            "retry of",
+            format!("job {first} (not on {})", job.avoid_devices.join(", ")),
+        );
+    }
+    if let Some(again) = job.retried_as {
+        field("retried as", format!("job {again}"));
+    } else if !job.retry.is_never() {
+        field(
+            "retry",
+            "once on another device after an infra error".into(),
+        );
+    }
     field("submitted", table::when(now, job.submitted_at));
     if let Some(position) = job.position {
         field("queue position", (position + 1).to_string());
@@ -659,6 +688,10 @@ mod tests {
             finished_at: None,
             position: None,
             estimated_start: None,
+            retry: proto::RetryPolicy::Never,
+            retry_of: None,
+            retried_as: None,
+            avoid_devices: Vec::new(),
             warnings: vec!["job.yaml: foo: unknown key".into()],
         }
     }

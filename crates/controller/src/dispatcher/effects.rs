@@ -102,6 +102,7 @@ impl Dispatcher {
 
     pub(super) async fn effects(&mut self, events: &[Event], from_agent: Option<LeaseId>) {
         self.note_checks(events);
+        self.note_retries(events);
         for event in events {
             match event {
                 Event::JobSubmitted { job, .. }

@@ -114,6 +114,7 @@ impl Dispatcher {
                         owner: Some(self.config.health.principal),
                         device: Some(device.to_owned()),
                         purpose: JobPurpose::HealthCheck,
+                        ..Default::default()
                     },
                     wait_for_device: true,
                     artifacts: Vec::new(),

@@ -61,6 +61,7 @@ mod lease_sessions;
 mod leases;
 mod person_leases;
 mod replica;
+mod retries;
 mod stream_routes;
 mod views;
 
@@ -338,6 +339,8 @@ pub struct Dispatcher {
     pending_audit: Vec<proto::admin::AuditEntry>,
     /// Health checks to queue after the current command.
     checks_due: Vec<(String, health::Trigger)>,
+    /// Jobs whose infra error calls for a retry ([`retries`]).
+    retries_due: Vec<JobId>,
     /// When the interval health trigger looks at the devices next.
     next_interval_scan: Millis,
     /// Jobs finished on each device since its last check (filled as devices finish jobs).
@@ -446,6 +449,7 @@ impl Dispatcher {
             pending_audit: Vec::new(),
             checks_due: Vec::new(),
             next_interval_scan: Millis(0),
+            retries_due: Vec::new(),
             jobs_since_check: BTreeMap::new(),
         })
     }
@@ -472,6 +476,7 @@ impl Dispatcher {
             if self.fatal.is_none() {
                 self.drop_silent_links().await;
                 self.run_due_checks().await;
+                self.run_due_retries().await;
             }
             if let Some(reason) = self.fatal.take() {
                 return Err(ControllerError::Stopped(reason));

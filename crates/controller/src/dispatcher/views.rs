@@ -29,6 +29,10 @@ impl Dispatcher {
             // Filled in by what a request reads (`visible`, `job_views`), not for followers:
             // the estimate walks the whole queue.
             estimated_start: None,
+            retry: entry.spec.retry,
+            retry_of: entry.spec.retry_of,
+            retried_as: self.retried_as(job),
+            avoid_devices: entry.spec.avoid.clone(),
         })
     }
 

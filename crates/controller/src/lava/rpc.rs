@@ -433,6 +433,8 @@ async fn submit(state: &AppState, caller: &Caller, definition: String) -> RpcRes
         definition,
         file_name: None,
         wait_for_device: false,
+        // LAVA's submissions never ask for a retry.
+        retry: proto::RetryPolicy::Never,
     };
     let submission = prepare_submission(state, caller, body).await.map_err(|f| {
         fault(

@@ -415,6 +415,30 @@ impl Store {
         })
     }
 
+    /// The file name a job was submitted as and the artifacts it references.
+    pub async fn job_source(
+        &self,
+        job: JobId,
+    ) -> Result<Option<(String, Vec<String>)>, StoreError> {
+        let Some(row) = sqlx::query("SELECT file_name FROM jobs WHERE id = $1")
+            .bind(as_i64(job.0))
+            .fetch_optional(&self.pool)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let file_name: String = row.try_get("file_name")?;
+        let rows = sqlx::query("SELECT sha256 FROM job_artifacts WHERE job = $1 ORDER BY sha256")
+            .bind(as_i64(job.0))
+            .fetch_all(&self.pool)
+            .await?;
+        let artifacts = rows
+            .iter()
+            .map(|r| r.try_get("sha256"))
+            .collect::<Result<Vec<String>, _>>()?;
+        Ok(Some((file_name, artifacts)))
+    }
+
     /// The stored report and the sequence number of the job's last log record.
     pub async fn report(&self, job: JobId) -> Result<Option<(JobReport, u64)>, StoreError> {
         let row = sqlx::query("SELECT report, last_seq FROM jobs WHERE id = $1")
