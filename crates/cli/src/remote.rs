@@ -133,6 +133,13 @@ pub enum DeviceCommand {
         #[arg(long)]
         json: bool,
     },
+    /// List device types: devices by state, what waits, the health check.
+    #[command(after_help = exit::HELP)]
+    Types {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show a device: state (who set it, why, when), tags, history, last jobs.
     #[command(after_help = exit::HELP)]
     Show {
@@ -462,6 +469,7 @@ pub fn device(command: DeviceCommand) -> i32 {
             } => admin::tag(&name, add, remove, json).await,
             DeviceCommand::Check { name, json } => admin::check(&name, json).await,
             DeviceCommand::List { json } => list_devices(json).await,
+            DeviceCommand::Types { json } => list_device_types(json).await,
         }
     })
 }
@@ -487,6 +495,45 @@ async fn list_devices(json: bool) -> anyhow::Result<i32> {
         }
         print!("{}", t.render());
     }
+    Ok(0)
+}
+
+async fn list_device_types(json: bool) -> anyhow::Result<i32> {
+    let client = connect()?;
+    let types = client
+        .device_types()
+        .await
+        .context("cannot list device types")?;
+    if json {
+        print_json(&types);
+        return Ok(0);
+    }
+    let mut t = Table::new(&["TYPE", "DEVICES", "STATES", "WAITING", "HEALTH CHECK"]);
+    for ty in &types {
+        let states: Vec<String> = ty
+            .states
+            .iter()
+            .map(|c| format!("{} {}", c.count, c.state))
+            .collect();
+        let check = ty.health_check.as_ref().map_or_else(String::new, |h| {
+            let mut text = format!("{} ({})", h.file_name, h.job_name);
+            if let Some(n) = h.every_jobs {
+                text.push_str(&format!(", every {n} jobs"));
+            }
+            if let Some(s) = h.every_s {
+                text.push_str(&format!(", every {s} s"));
+            }
+            text
+        });
+        t.row(vec![
+            ty.name.clone(),
+            ty.devices.to_string(),
+            states.join(", "),
+            ty.waiting.to_string(),
+            check,
+        ]);
+    }
+    print!("{}", t.render());
     Ok(0)
 }
 

@@ -504,6 +504,44 @@ fn health_checks_also_run_after_every_n_jobs_and_after_an_interval() -> Result<(
         "no check after two jobs"
     );
     ensure!(pass_next(&mut sim).context("job three")? == three);
+    // The device types, as any user reads them: the check and what waits (a job of a type
+    // with no device yet).
+    let later = lab.write(
+        "later.yaml",
+        &inline_job("later", "  job: 4m", &["true"])
+            .replace("device_type: qemu", "device_type: bbb"),
+    )?;
+    let alice = lab.token("alice", "user")?;
+    let queued = lab.cli_as(
+        &alice,
+        &[
+            "job",
+            "submit",
+            later.to_str().context("path")?,
+            "--wait-for-device",
+        ],
+    )?;
+    expect_code(&queued, 0)?;
+    let types = lab.json_as(&alice, &["device", "types", "--json"])?;
+    let qemu = &types[1];
+    ensure!(
+        types[0]["name"] == "bbb"
+            && types[0]["devices"] == 0
+            && types[0]["waiting"] == 1
+            && types[0].get("health_check").is_none()
+            && qemu["name"] == "qemu"
+            && qemu["devices"] == 1
+            && qemu["health_check"]["file_name"] == "qemu.yaml"
+            && qemu["health_check"]["job_name"] == "health"
+            && qemu["health_check"]["every_jobs"] == 2,
+        "{types}"
+    );
+    let table = lab.cli_as(&alice, &["device", "types"])?;
+    ensure!(
+        table.stdout.contains("qemu.yaml (health), every 2 jobs"),
+        "{}",
+        table.stdout
+    );
     drop(lab);
 
     // Every 2 s (looked at every 10 s): a passed check is followed by another.

@@ -255,6 +255,11 @@ impl Client {
         self.get(&["agents"], &[]).await
     }
 
+    /// `GET /api/v1/device-types`.
+    pub async fn device_types(&self) -> Result<Vec<proto::admin::DeviceTypeView>, ClientError> {
+        self.get(&["device-types"], &[]).await
+    }
+
     /// `GET /api/v1/devices/{name}`.
     pub async fn device(&self, name: &str) -> Result<proto::admin::DeviceDetail, ClientError> {
         self.get(&["devices", name], &[]).await

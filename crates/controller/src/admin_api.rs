@@ -20,8 +20,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use proto::Role;
 use proto::admin::{
-    AuditAction, AuditEntry, DeviceDetail, EditDeviceTags, MAX_AUDIT_PAGE, MAX_REASON,
-    MAX_TAG_EDIT, SetDeviceState,
+    AuditAction, AuditEntry, DeviceDetail, DeviceTypeView, EditDeviceTags, MAX_AUDIT_PAGE,
+    MAX_REASON, MAX_TAG_EDIT, SetDeviceState,
 };
 use proto::api::ApiError;
 use proto::names::{check_label, check_name};
@@ -33,6 +33,19 @@ fn bad(message: String) -> ApiFailure {
 
 fn check_device_name(name: &str) -> ApiResult<()> {
     check_name(name).map_err(|e| bad(format!("device: {e}")))
+}
+
+/// The lab's device types: how many devices in which state, what waits, the health check.
+#[utoipa::path(get, path = "/api/v1/device-types", security(("bearer" = [])),
+    responses((status = 200, body = Vec<DeviceTypeView>), (status = 401, body = ApiError), (status = 403, body = ApiError)))]
+pub async fn device_types(
+    State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+) -> ApiResult<Json<Vec<DeviceTypeView>>> {
+    caller.require(&PEOPLE)?;
+    Ok(Json(
+        ask(&state, |reply| Command::DeviceTypes { reply }).await?,
+    ))
 }
 
 /// A device with its state (and who set it, why, when), history, last jobs and tags.

@@ -249,6 +249,7 @@ pub fn router(state: AppState) -> Router {
         .route("/dut/ip", get(leviathan::ip))
         .route("/dut/capture", get(leviathan::capture))
         .route("/api/v1/devices", get(api::devices))
+        .route("/api/v1/device-types", get(admin_api::device_types))
         .route("/api/v1/devices/{name}", get(admin_api::get_device))
         .route(
             "/api/v1/devices/{name}/state",

@@ -52,6 +52,7 @@ impl Modify for Bearer {
         crate::lease_api::get_screenshot,
         crate::api::devices,
         crate::api::agents,
+        crate::admin_api::device_types,
         crate::admin_api::get_device,
         crate::admin_api::set_device_state,
         crate::admin_api::edit_device_tags,

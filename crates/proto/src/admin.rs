@@ -7,6 +7,7 @@
 //! | `POST /api/v1/devices/{name}/tags` | admin | [`EditDeviceTags`] -> [`DeviceDetail`] |
 //! | `POST /api/v1/devices/{name}/check` | admin | -> the health check's `JobView` (201) |
 //! | `GET /api/v1/audit?limit=N` | admin | [`AuditEntry`] list, newest first |
+//! | `GET /api/v1/device-types` | user, admin | [`DeviceTypeView`] list, by name |
 
 use crate::Outcome;
 use crate::api::DeviceView;
@@ -178,4 +179,41 @@ mod tests {
             assert_eq!(AuditAction::parse(a.as_str()), Some(a));
         }
     }
+}
+
+/// A device type of the lab: its devices, what waits for it, its health check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DeviceTypeView {
+    pub name: String,
+    /// Registered devices of the type.
+    pub devices: usize,
+    /// How many of them are in each state (states with none left out).
+    pub states: Vec<StateCount>,
+    /// Jobs and people's lease requests waiting for a device of the type.
+    pub waiting: usize,
+    /// The health check job of the type, if the lab has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheckView>,
+}
+
+/// How many devices are in one state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct StateCount {
+    pub state: DeviceState,
+    pub count: usize,
+}
+
+/// A device type's health check and when it runs besides the usual triggers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HealthCheckView {
+    /// The check's file in the controller's `--health-checks` directory.
+    pub file_name: String,
+    /// The job's name in it.
+    pub job_name: String,
+    /// Also after this many other jobs on a device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every_jobs: Option<u32>,
+    /// Also when a device's last check is older than this many seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every_s: Option<u64>,
 }

@@ -93,6 +93,15 @@ impl Scheduler {
         self.state.places.get(&waiter).copied()
     }
 
+    /// How many waiters each device type's queue holds (types with none left out).
+    pub fn waiting_by_type(&self) -> impl Iterator<Item = (&str, usize)> {
+        self.state
+            .queue
+            .iter()
+            .filter(|(_, q)| !q.is_empty())
+            .map(|(ty, q)| (ty.as_str(), q.len()))
+    }
+
     /// Waiters in serving order (all device types).
     pub fn queued(&self) -> Vec<Waiter> {
         let mut keys: Vec<QueueKey> = self.state.queue.values().flatten().copied().collect();

@@ -174,6 +174,59 @@ impl Dispatcher {
         Ok(view)
     }
 
+    /// The lab's device types with their devices' states, what waits, their health check.
+    pub(super) fn device_type_views(&self) -> Vec<proto::admin::DeviceTypeView> {
+        use proto::admin::{DeviceTypeView, HealthCheckView, StateCount};
+        let mut states: BTreeMap<String, BTreeMap<String, (DeviceState, usize)>> = BTreeMap::new();
+        for d in self.sched.devices() {
+            let entry = states
+                .entry(d.info.device_type.clone())
+                .or_default()
+                .entry(d.state.to_string())
+                .or_insert((d.state, 0));
+            entry.1 += 1;
+        }
+        let waiting: BTreeMap<String, usize> = self
+            .sched
+            .waiting_by_type()
+            .map(|(ty, n)| (ty.to_owned(), n))
+            .collect();
+        let names: std::collections::BTreeSet<String> = states
+            .keys()
+            .chain(waiting.keys())
+            .chain(self.config.health.jobs.keys())
+            .cloned()
+            .collect();
+        names
+            .into_iter()
+            .map(|name| {
+                let counts: Vec<StateCount> = states
+                    .get(&name)
+                    .map(|m| {
+                        m.values()
+                            .map(|(state, count)| StateCount {
+                                state: *state,
+                                count: *count,
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                DeviceTypeView {
+                    devices: counts.iter().map(|c| c.count).sum(),
+                    states: counts,
+                    waiting: waiting.get(&name).copied().unwrap_or(0),
+                    health_check: self.config.health.jobs.get(&name).map(|j| HealthCheckView {
+                        file_name: j.file_name.clone(),
+                        job_name: j.name.clone(),
+                        every_jobs: self.config.health.every_jobs.map(|n| n.get()),
+                        every_s: self.config.health.every.map(|d| d.as_secs()),
+                    }),
+                    name,
+                }
+            })
+            .collect()
+    }
+
     /// Notes the checks `events` call for (run by [`Dispatcher::run_due_checks`]).
     pub(super) fn note_checks(&mut self, events: &[Event]) {
         if self.config.health.jobs.is_empty() {

@@ -154,6 +154,9 @@ pub enum Command {
     Agents {
         reply: oneshot::Sender<Vec<AgentView>>,
     },
+    DeviceTypes {
+        reply: oneshot::Sender<Vec<proto::admin::DeviceTypeView>>,
+    },
     Hello {
         hello: AgentHello,
         reply: oneshot::Sender<Result<(), String>>,
@@ -518,6 +521,9 @@ impl Dispatcher {
             }
             Command::Agents { reply } => {
                 let _ = reply.send(self.agent_views());
+            }
+            Command::DeviceTypes { reply } => {
+                let _ = reply.send(self.device_type_views());
             }
             Command::Hello { hello, reply } => {
                 let answer = self.hello(hello).await;

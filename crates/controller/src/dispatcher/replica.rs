@@ -264,6 +264,7 @@ impl Dispatcher {
             | Command::Jobs { .. }
             | Command::Devices { .. }
             | Command::Agents { .. }
+            | Command::DeviceTypes { .. }
             | Command::Lease { .. }
             | Command::PersonLeases { .. }
             | Command::Device { .. }) => {
