@@ -9,9 +9,11 @@
 mod agent;
 mod followers;
 mod ingest;
+mod real;
 mod rss;
 mod server;
 mod stats;
+mod streams;
 mod submit;
 
 use anyhow::{Context, bail};
@@ -29,7 +31,15 @@ enum Scenario {
     Rss,
     /// End-to-end latency of `--followers` live log followers.
     Followers,
-    /// All four, each on a fresh controller.
+    /// Console keystroke round trip through the controller to a simulated agent that echoes.
+    ConsoleRtt,
+    /// TCP stream throughput both ways through the controller to a simulated agent.
+    Forward,
+    /// Job log rate with 0 and `--viewers` console viewers on the same simulated agent.
+    Viewers,
+    /// Keystrokes, SSH through a TCP stream, and console viewers on a real agent's QEMU DUT.
+    RealDut,
+    /// Submit, ingest, rss and followers, each on a fresh controller.
     All,
 }
 
@@ -73,6 +83,31 @@ struct Args {
     /// Log lines each ingest stream sends (ingest).
     #[arg(long, default_value_t = 1_000_000)]
     lines: u64,
+    /// Keystrokes timed (console-rtt, real-dut).
+    #[arg(long, default_value_t = 1000)]
+    keystrokes: usize,
+    /// Megabytes (10^6 bytes) carried each way (forward).
+    #[arg(long, default_value_t = 256)]
+    forward_mb: u64,
+    /// Console viewers (viewers, real-dut).
+    #[arg(long, default_value_t = 100)]
+    viewers: usize,
+    /// Bytes per second the simulated console prints to each viewer (viewers).
+    #[arg(long, default_value_t = 65_536)]
+    console_rate: u64,
+    /// Log lines of the job while the viewers watch (viewers).
+    #[arg(long, default_value_t = 500_000)]
+    log_lines: u64,
+    /// Megabytes each way over SSH to the DUT (real-dut).
+    #[arg(long, default_value_t = 16)]
+    ssh_mb: u64,
+    /// Lines the DUT prints on its console per burst (real-dut).
+    #[arg(long, default_value_t = 20_000)]
+    console_lines: u64,
+    /// Guest image directory for the real agent (real-dut; default: DUTLAB_IMAGE_DIR or the
+    /// image cache, as `dutlab agent` finds it).
+    #[arg(long, value_name = "DIR")]
+    image_dir: Option<PathBuf>,
     /// Extra argument for `dutlab serve` (repeat for several), e.g.
     /// `--serve-arg=--sqlite-synchronous --serve-arg=normal`.
     #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
@@ -141,6 +176,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Scenario::Ingest => "ingest",
             Scenario::Rss => "rss",
             Scenario::Followers => "followers",
+            Scenario::ConsoleRtt => "console-rtt",
+            Scenario::Forward => "forward",
+            Scenario::Viewers => "viewers",
+            Scenario::RealDut => "real-dut",
             Scenario::All => unreachable!("expanded above"),
         };
         let result = match server::Controller::start(&args.dutlab, &args.serve_arg, args.tls).await
@@ -223,7 +262,32 @@ async fn run_one(s: Scenario, args: &Args, ctl: &mut server::Controller) -> anyh
             };
             followers::run(ctl, &p).await
         }
+        Scenario::ConsoleRtt => streams::console_rtt(ctl, &stream_params(args)).await,
+        Scenario::Forward => streams::forward(ctl, &stream_params(args)).await,
+        Scenario::Viewers => {
+            streams::viewers(ctl, &args.dutlab, &args.serve_arg, &stream_params(args)).await
+        }
+        Scenario::RealDut => {
+            let p = real::Params {
+                keystrokes: args.keystrokes,
+                ssh_bytes: args.ssh_mb * 1_000_000,
+                viewers: args.viewers,
+                console_lines: args.console_lines.clamp(1, 9_999_999),
+                image_dir: args.image_dir.clone(),
+            };
+            real::run(ctl, &args.dutlab, &p).await
+        }
         Scenario::All => unreachable!("expanded by the caller"),
+    }
+}
+
+fn stream_params(args: &Args) -> streams::Params {
+    streams::Params {
+        keystrokes: args.keystrokes,
+        forward_bytes: args.forward_mb * 1_000_000,
+        viewers: args.viewers,
+        console_rate: args.console_rate,
+        log_lines: args.log_lines,
     }
 }
 
