@@ -1,7 +1,9 @@
 //! System tests of what a person's lease does with its device through the agent (the
-//! session): power, SSH keys, expiry powering the DUT off. Real `dutlab serve`, a real agent
-//! with a QEMU device, the real CLI as each user, real QEMU (`testkit::lab`). Needs `ssh` and
-//! `ssh-keygen` (openssh-client) for the key delivery.
+//! session): power, SSH keys, flash, expiry powering the DUT off, a controller killed while
+//! the DUT runs. Real `dutlab serve`, a real agent with a QEMU device, the real CLI as each
+//! user (the console stream through the client library), real QEMU (`testkit::lab`). Needs
+//! `ssh` and `ssh-keygen` (openssh-client) for the key delivery and `mke2fs` (e2fsprogs) for
+//! the flashed image.
 
 use anyhow::{Context, Result, ensure};
 use serde_json::Value;
@@ -65,6 +67,56 @@ fn ssh_port(cmdline: &str) -> Result<u16> {
     let rest = &cmdline[at + "hostfwd=tcp:127.0.0.1:".len()..];
     let port = rest.split('-').next().context("port")?;
     Ok(port.parse()?)
+}
+
+/// Process ids of the QEMU processes of `dev`'s session in this lab.
+fn session_qemu_pids(lab: &Lab, dev: &str) -> Vec<u32> {
+    let needle = format!("/devices/{dev}/session/vm-");
+    lab.sandbox()
+        .qemu_processes()
+        .into_iter()
+        .filter(|(_, cmdline)| cmdline.contains(&needle))
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// Runs `command` as root on the DUT over SSH (the lease's key), retrying until the DUT's
+/// SSH server answers; answers its stdout.
+fn ssh_until_up(lab: &Lab, dev: &str, command: &str) -> Result<String> {
+    let key = lab.sandbox().path().join("config/dutlab/ssh/id_ed25519");
+    let qemus = session_qemus(lab, dev);
+    ensure!(qemus.len() == 1, "QEMU processes: {qemus:?}");
+    let port = ssh_port(&qemus[0])?;
+    let out = wait_until("ssh into the DUT", BOOT_LIMIT, || {
+        let out = testkit::ssh_root(&key, port, command)?;
+        if out.status.success() {
+            return Ok(Some(out));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        Ok(None)
+    })?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A raw ext4 disk (the guest's `/init` mounts `/dev/vda`) holding `etc/flash-marker` with
+/// `marker` in it; answers its path.
+fn marked_image(lab: &Lab, name: &str, marker: &str) -> Result<std::path::PathBuf> {
+    let staging = lab.sandbox().path().join(format!("{name}-staging"));
+    std::fs::create_dir_all(staging.join("etc"))?;
+    std::fs::write(staging.join("etc/flash-marker"), format!("{marker}\n"))?;
+    let image = lab.sandbox().path().join(format!("{name}.img"));
+    let mke2fs = ["/usr/sbin/mke2fs", "/sbin/mke2fs"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).is_file())
+        .context("mke2fs (e2fsprogs) is not installed")?;
+    let done = std::process::Command::new(mke2fs)
+        .args(["-q", "-F", "-t", "ext4", "-m", "0", "-L", name, "-d"])
+        .arg(&staging)
+        .arg(&image)
+        .arg("8M")
+        .output()?;
+    ensure!(done.status.success(), "mke2fs: {done:?}");
+    Ok(image)
 }
 
 fn power(lab: &Lab, token: &str, lease: u64, action: &str) -> Result<String> {
@@ -336,4 +388,193 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     found
+}
+
+#[test]
+fn a_flashed_image_boots_and_nobody_else_may_flash() -> Result<()> {
+    let (lab, dev) = lab_with_device()?;
+    let alice = lab.token("alice", "user")?;
+    let bob = lab.token("bob", "user")?;
+    let view = lab.json_as(
+        &alice,
+        &["lease", "acquire", "--device", &dev, "--wait", "--json"],
+    )?;
+    let id = view["id"].as_u64().context("id")?.to_string();
+
+    let mine = marked_image(&lab, "alices", "flashed by alice")?;
+    let flashed = lab.json_as(
+        &alice,
+        &[
+            "flash",
+            &mine.display().to_string(),
+            "--lease",
+            &id,
+            "--json",
+        ],
+    )?;
+    ensure!(
+        flashed["device"] == dev.as_str() && flashed["bytes"] == std::fs::metadata(&mine)?.len(),
+        "{flashed}"
+    );
+    // Bob may not flash alice's device: 403 before anything reaches the agent.
+    let theirs = marked_image(&lab, "bobs", "flashed by bob")?;
+    let denied = lab.cli_as(
+        &bob,
+        &["flash", &theirs.display().to_string(), "--lease", &id],
+    )?;
+    expect_code(&denied, 77)?;
+    ensure!(session_qemus(&lab, &dev).is_empty(), "bob powered it");
+
+    // The DUT boots alice's image as its disk: her marker, not the default rootfs's, and
+    // not bob's.
+    ensure!(power(&lab, &alice, view["id"].as_u64().context("id")?, "on")? == "on");
+    let seen = ssh_until_up(
+        &lab,
+        &dev,
+        "cat /mnt/rootfs/etc/flash-marker; \
+         test -e /mnt/rootfs/etc/dutlab-rootfs && echo default-rootfs; echo end",
+    )?;
+    ensure!(
+        seen == "flashed by alice\nend\n",
+        "the DUT's disk: {seen:?}"
+    );
+    lab.json_as(&alice, &["lease", "release", &id, "--json"])?;
+    wait_until("device idle", LIMIT, || {
+        Ok((device(&lab, &dev)?["state"] == "idle").then_some(()))
+    })?;
+    ensure!(session_qemus(&lab, &dev).is_empty(), "QEMU after release");
+    lab.finish()
+}
+
+/// Reads `stream` until the bytes read in this call contain `needle`, within `within`.
+async fn read_until(
+    stream: &mut client::stream::StreamSocket,
+    needle: &str,
+    within: Duration,
+) -> Result<String> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut seen = Vec::new();
+    loop {
+        let next = tokio::time::timeout_at(deadline, stream.next()).await;
+        match next {
+            Err(_) => anyhow::bail!(
+                "no {needle:?} on the console within {within:?}; read {:?}",
+                String::from_utf8_lossy(&seen[seen.len().saturating_sub(2000)..])
+            ),
+            Ok(client::stream::Incoming::Bytes(bytes)) => seen.extend_from_slice(&bytes),
+            Ok(other) => anyhow::bail!("the console ended ({other:?}) before {needle:?}"),
+        }
+        let text = String::from_utf8_lossy(&seen);
+        if text.contains(needle) {
+            return Ok(text.into_owned());
+        }
+    }
+}
+
+#[test]
+fn a_powered_lease_survives_a_controller_kill_9_and_its_console_reattaches() -> Result<()> {
+    let (mut lab, dev) = lab_with_device()?;
+    let alice = lab.token("alice", "user")?;
+    let view = lab.json_as(
+        &alice,
+        &[
+            "lease",
+            "acquire",
+            "--device",
+            &dev,
+            "--duration",
+            "10m",
+            "--wait",
+            "--json",
+        ],
+    )?;
+    let id = view["id"].as_u64().context("id")?;
+    let lease = proto::PersonLeaseId(id);
+    ensure!(power(&lab, &alice, id, "on")? == "on");
+    let pids = session_qemu_pids(&lab, &dev);
+    ensure!(pids.len() == 1, "QEMU processes: {pids:?}");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let client = client::Client::new(&lab.url(), Some(alice.clone()))?;
+    let write = client::stream::Target::Console { write: true };
+    let mut console = rt.block_on(client.open_stream(lease, write))?;
+    rt.block_on(read_until(&mut console, "login:", BOOT_LIMIT))?;
+
+    lab.kill_controller_hard()?;
+    // The console's WebSocket went with the controller.
+    let ended = rt.block_on(async {
+        loop {
+            match tokio::time::timeout(LIMIT, console.next()).await {
+                Ok(client::stream::Incoming::Bytes(_)) => continue,
+                Ok(other) => return Ok(other),
+                Err(_) => anyhow::bail!("the console stayed open after the controller died"),
+            }
+        }
+    })?;
+    ensure!(
+        !matches!(ended, client::stream::Incoming::Bytes(_)),
+        "{ended:?}"
+    );
+    lab.serve()?;
+
+    // The lease is held as stored; once the agent is back, the session answers: the same
+    // DUT runs on (same QEMU process), nothing was torn down or rebooted.
+    let after = lab.json_as(&alice, &["lease", "show", &id.to_string(), "--json"])?;
+    ensure!(
+        after["state"] == "held" && after["expires_at"] == view["expires_at"],
+        "{after} vs {view}"
+    );
+    let state = wait_until("the session answers again", LIMIT, || {
+        let done = lab.cli_as(&alice, &["power", "status", "--lease", &id.to_string()])?;
+        Ok((done.code() == Some(0)).then(|| done.stdout.trim().to_owned()))
+    })?;
+    ensure!(state == "on", "power status after the restart: {state}");
+    ensure!(
+        session_qemu_pids(&lab, &dev) == pids,
+        "the DUT was restarted: {:?} then {pids:?}",
+        session_qemu_pids(&lab, &dev)
+    );
+
+    // The console opens again and takes input: log in and run a command whose output is
+    // not in the replayed history (the typed line shows `$((6*7))`, the shell prints 42).
+    let mut console = rt.block_on(async {
+        let deadline = tokio::time::Instant::now() + LIMIT;
+        loop {
+            match client.open_stream(lease, write).await {
+                Ok(s) => return Ok(s),
+                Err(e) if tokio::time::Instant::now() > deadline => {
+                    return Err(anyhow::Error::from(e).context("reopening the console"));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    })?;
+    rt.block_on(async {
+        let deadline = tokio::time::Instant::now() + BOOT_LIMIT;
+        loop {
+            console
+                .send(b"root\n".to_vec())
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            console
+                .send(b"echo reattached-$((6*7))\n".to_vec())
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            match read_until(&mut console, "reattached-42", Duration::from_secs(5)).await {
+                Ok(_) => return Ok(()),
+                Err(e) if tokio::time::Instant::now() > deadline => return Err(e),
+                Err(_) => {}
+            }
+        }
+    })?;
+    rt.block_on(console.close());
+
+    ensure!(power(&lab, &alice, id, "off")? == "off");
+    ensure!(
+        session_qemus(&lab, &dev).is_empty(),
+        "QEMU left after power off"
+    );
+    lab.json_as(&alice, &["lease", "release", &id.to_string(), "--json"])?;
+    lab.finish()
 }
