@@ -146,7 +146,8 @@ impl Sim {
                 let credit = credit.clone();
                 open.task = Some(tokio::spawn(async move {
                     // 100 ticks a second, each printing rate/100 bytes.
-                    let chunk = vec![b'.'; usize::try_from(sim.console_rate / 100).unwrap_or(1).max(1)];
+                    let chunk =
+                        vec![b'.'; usize::try_from(sim.console_rate / 100).unwrap_or(1).max(1)];
                     let mut tick = tokio::time::interval(Duration::from_millis(10));
                     loop {
                         tick.tick().await;
@@ -524,7 +525,10 @@ pub async fn forward(ctl: &mut Controller, p: &Params) -> anyhow::Result<Value> 
             .is_err()
             && Instant::now() > deadline
         {
-            bail!("the sink got {} of {target} bytes", sim.counters.sunk.load(Ordering::Relaxed));
+            bail!(
+                "the sink got {} of {target} bytes",
+                sim.counters.sunk.load(Ordering::Relaxed)
+            );
         }
     }
     let up_took = t0.elapsed();
