@@ -42,6 +42,7 @@ pub mod sessions;
 pub mod store;
 pub mod stream_api;
 pub mod streams;
+pub mod token_api;
 
 use auth::Tokens;
 use axum::Router;
@@ -195,16 +196,16 @@ pub fn now() -> Millis {
 /// The routes (used by `serve` and by the OpenAPI test).
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
-        .route("/api/v1/whoami", get(api::whoami))
+        .route("/api/v1/whoami", get(token_api::whoami))
         .route(
             "/api/v1/tokens",
-            post(api::create_token).get(api::list_tokens),
+            post(token_api::create_token).get(token_api::list_tokens),
         )
-        .route("/api/v1/tokens/{id}", delete(api::revoke_token))
-        .route("/api/v1/users", get(api::list_users))
+        .route("/api/v1/tokens/{id}", delete(token_api::revoke_token))
+        .route("/api/v1/users", get(token_api::list_users))
         .route(
             "/api/v1/users/{name}/groups/{group}",
-            axum::routing::put(api::add_member).delete(api::remove_member),
+            axum::routing::put(token_api::add_member).delete(token_api::remove_member),
         )
         .route("/api/v1/jobs", post(api::submit_job).get(api::list_jobs))
         .route("/api/v1/jobs/{id}", get(api::get_job))
@@ -287,7 +288,7 @@ async fn first_admin(state: &AppState, data_dir: &Path) -> Result<(), Controller
     if !state.store.tokens().await?.is_empty() {
         return Ok(());
     }
-    let created = api::make_token(state, "admin", "admin", proto::Role::Admin, None)
+    let created = token_api::make_token(state, "admin", "admin", proto::Role::Admin, None)
         .await
         .map_err(|e| ControllerError::AdminToken(format!("{e:?}")))?;
     let path = data_dir.join("admin-token");
