@@ -402,7 +402,7 @@ fn a_flashed_image_boots_and_nobody_else_may_flash() -> Result<()> {
     let id = view["id"].as_u64().context("id")?.to_string();
 
     let mine = marked_image(&lab, "alices", "flashed by alice")?;
-    let flashed = lab.json_as(
+    let done = lab.cli_as(
         &alice,
         &[
             "flash",
@@ -412,6 +412,18 @@ fn a_flashed_image_boots_and_nobody_else_may_flash() -> Result<()> {
             "--json",
         ],
     )?;
+    expect_code(&done, 0)?;
+    let flashed: Value = serde_json::from_str(&done.stdout)?;
+    // Both steps show progress: the upload, then the agent's fetch and write.
+    for step in ["upload", "write"] {
+        ensure!(
+            done.stderr
+                .lines()
+                .any(|l| l.starts_with(&format!("dutlab: {step} [")) && l.contains("100%")),
+            "no finished {step} bar: {}",
+            done.stderr
+        );
+    }
     ensure!(
         flashed["device"] == dev.as_str() && flashed["bytes"] == std::fs::metadata(&mine)?.len(),
         "{flashed}"

@@ -372,6 +372,71 @@ impl Client {
             .await
     }
 
+    /// `POST /api/v1/leases/{id}/flash` with the agent's progress: `progress(done, total)` is
+    /// called as the agent fetches and writes the image. A failure after the answer began
+    /// is [`ClientError::Api`] with status 502 and the controller's reason.
+    pub async fn flash_with_progress(
+        &self,
+        id: PersonLeaseId,
+        sha256: &str,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<FlashView, ClientError> {
+        let id = id.to_string();
+        let all = api_path(&["leases", &id, "flash"]);
+        let url = self.endpoint(&all);
+        let mut request = self
+            .http
+            .request(Method::POST, url.clone())
+            .header(reqwest::header::ACCEPT, "application/x-ndjson")
+            .json(&FlashRequest {
+                sha256: sha256.to_owned(),
+            });
+        if let Some(auth) = &self.auth {
+            request = request.header(AUTHORIZATION, auth.clone());
+        }
+        let unreachable = |e: reqwest::Error| self.transport_error(&url, Box::new(e.without_url()));
+        let mut response = request.send().await.map_err(unreachable)?;
+        let status = response.status();
+        let mut pending = Vec::new();
+        if !status.is_success() {
+            while let Some(chunk) = response.chunk().await.map_err(unreachable)? {
+                if pending.len() + chunk.len() > MAX_ANSWER {
+                    break;
+                }
+                pending.extend_from_slice(&chunk);
+            }
+            return Err(api_error(status, &pending));
+        }
+        let bad = |reason: String| ClientError::Decode {
+            url: url.to_string(),
+            source: reason.into(),
+        };
+        while let Some(chunk) = response.chunk().await.map_err(unreachable)? {
+            pending.extend_from_slice(&chunk);
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                match serde_json::from_slice::<proto::api::FlashLine>(&line) {
+                    Ok(proto::api::FlashLine::Progress { done, total }) => progress(done, total),
+                    Ok(proto::api::FlashLine::Flashed(view)) => return Ok(view),
+                    Ok(proto::api::FlashLine::Error(e)) => {
+                        return Err(ClientError::Api {
+                            status: 502,
+                            message: e.error,
+                            known_device_types: e.known_device_types,
+                        });
+                    }
+                    Err(e) => return Err(bad(format!("a progress line: {e}"))),
+                }
+            }
+            if pending.len() > MAX_ANSWER {
+                return Err(bad(format!(
+                    "a progress line longer than {MAX_ANSWER} bytes"
+                )));
+            }
+        }
+        Err(bad("the answer ended before the flash did".into()))
+    }
+
     /// `GET /api/v1/leases/{id}/screenshot`: PNG bytes.
     pub async fn screenshot(&self, id: PersonLeaseId) -> Result<Vec<u8>, ClientError> {
         let id = id.to_string();

@@ -56,6 +56,11 @@ impl ApiFailure {
     pub fn message(&self) -> &str {
         &self.body.error
     }
+
+    /// The body it answers with.
+    pub fn into_body(self) -> ApiError {
+        self.body
+    }
 }
 
 impl IntoResponse for ApiFailure {

@@ -26,11 +26,13 @@ use crate::auth::Caller;
 use crate::dispatcher::{Command, LeaseRequest};
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use futures_util::StreamExt;
 use proto::PersonLeaseId;
 use proto::api::{
-    AcquireLease, ApiError, FlashRequest, FlashView, LeaseView, MAX_LEASE_WAIT_S, PowerRequest,
-    PowerView, RenewLease,
+    AcquireLease, ApiError, FlashLine, FlashRequest, FlashView, LeaseView, MAX_LEASE_WAIT_S,
+    PowerRequest, PowerView, RenewLease,
 };
 use proto::session::{PowerAction, SessionAction, SessionResult};
 use scheduler::Want;
@@ -378,9 +380,10 @@ pub async fn post_power(
 
 /// Makes an uploaded artifact the leased device's storage (QEMU: a fresh linked clone of it
 /// becomes the disk); the next power-on boots it. The agent fetches the artifact for this
-/// lease only, verifies its SHA-256 and writes it.
+/// lease only, verifies its SHA-256 and writes it. With `Accept: application/x-ndjson` the
+/// answer is a stream of `FlashLine`s: progress while the agent works, then the end.
 #[utoipa::path(post, path = "/api/v1/leases/{id}/flash", security(("bearer" = [])), params(("id" = u64, Path, description = "lease id")), request_body = FlashRequest,
-    responses((status = 200, body = FlashView), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 403, body = ApiError),
+    responses((status = 200, body = FlashView, description = "the flash is done (with Accept: application/x-ndjson: FlashLine documents, one a line)"), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 403, body = ApiError),
         (status = 404, description = "no such lease, or an artifact the caller may not use", body = ApiError),
         (status = 409, description = "the lease is waiting for a device", body = ApiError), (status = 410, description = "the lease has ended", body = ApiError),
         (status = 502, description = "the agent could not do it", body = ApiError), (status = 503, description = "the device's agent is not connected", body = ApiError),
@@ -389,8 +392,9 @@ pub async fn post_flash(
     State(state): State<AppState>,
     axum::Extension(caller): axum::Extension<Caller>,
     Path(id): Path<u64>,
+    headers: axum::http::HeaderMap,
     Json(body): Json<FlashRequest>,
-) -> ApiResult<Json<FlashView>> {
+) -> ApiResult<axum::response::Response> {
     caller.require(&PEOPLE)?;
     let hex = body
         .sha256
@@ -404,7 +408,7 @@ pub async fn post_flash(
         )));
     }
     // Who may flash is checked before anything about the artifact is said.
-    device_of(&state, &caller, id).await?;
+    let device = device_of(&state, &caller, id).await?;
     let size = state
         .store
         .artifact_size(&hex)
@@ -419,21 +423,101 @@ pub async fn post_flash(
             ),
         ));
     };
-    let action = SessionAction::Flash {
-        sha256: hex.clone(),
-        size,
-    };
-    let result = on_device(&state, &caller, id, action, FLASH_WAIT).await?;
-    let SessionResult::Flashed { bytes } = result else {
-        return Err(unexpected(id, &result));
-    };
-    let device = device_of(&state, &caller, id).await?;
-    Ok(Json(FlashView {
+    let lines = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains(NDJSON));
+    let flashed = FlashView {
         lease: PersonLeaseId(id),
         device,
-        sha256: hex,
-        bytes,
-    }))
+        sha256: hex.clone(),
+        bytes: 0,
+    };
+    if !lines {
+        let action = SessionAction::Flash {
+            sha256: hex.clone(),
+            size,
+        };
+        let result = on_device(&state, &caller, id, action, FLASH_WAIT).await?;
+        let SessionResult::Flashed { bytes } = result else {
+            return Err(unexpected(id, &result));
+        };
+        return Ok(Json(FlashView { bytes, ..flashed }).into_response());
+    }
+    let mut steps = flash_steps(state, caller, id, hex.clone(), size);
+    let mut flashed = Some(flashed);
+    let stream = futures_util::stream::poll_fn(move |cx| steps.poll_recv(cx)).map(move |step| {
+        let line = match step {
+            FlashStep::Progress { done, total } => FlashLine::Progress { done, total },
+            FlashStep::End(Ok(SessionResult::Flashed { bytes })) => match flashed.take() {
+                Some(view) => FlashLine::Flashed(FlashView { bytes, ..view }),
+                None => FlashLine::Error(ApiError::new("the flash ended twice")),
+            },
+            FlashStep::End(Ok(other)) => FlashLine::Error(unexpected(id, &other).into_body()),
+            FlashStep::End(Err(failure)) => FlashLine::Error(failure.into_body()),
+        };
+        let mut text = serde_json::to_string(&line).unwrap_or_else(|e| {
+            format!("{{\"error\":{{\"error\":\"cannot encode a progress line: {e}\"}}}}")
+        });
+        text.push('\n');
+        Ok::<_, std::io::Error>(text)
+    });
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, NDJSON)],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+/// The media type of an answer of [`FlashLine`]s, one JSON document a line.
+pub const NDJSON: &str = "application/x-ndjson";
+
+/// One step of a flash as it goes.
+pub(crate) enum FlashStep {
+    /// Bytes done of the total, as the agent reports them.
+    Progress { done: u64, total: u64 },
+    /// The agent's answer, or why there is none.
+    End(ApiResult<SessionResult>),
+}
+
+/// Starts flashing artifact `sha256` (`size` bytes) onto lease `id`'s device; answers its
+/// steps as they come: progress, then the end. The flash goes on if the receiver is dropped
+/// (the caller left): the agent finishes it and the lease keeps the result.
+pub(crate) fn flash_steps(
+    state: AppState,
+    caller: Caller,
+    id: u64,
+    sha256: String,
+    size: u64,
+) -> tokio::sync::mpsc::Receiver<FlashStep> {
+    let (progress_tx, mut progress_rx) = tokio::sync::watch::channel((0u64, size));
+    let (steps_tx, steps_rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        let action = SessionAction::Flash { sha256, size };
+        let work = on_device_reporting(&state, &caller, id, action, FLASH_WAIT, Some(progress_tx));
+        tokio::pin!(work);
+        let first = FlashStep::Progress {
+            done: 0,
+            total: size,
+        };
+        let mut listening = steps_tx.send(first).await.is_ok();
+        let end = loop {
+            tokio::select! {
+                result = &mut work => break result,
+                changed = progress_rx.changed(), if listening => {
+                    if changed.is_err() {
+                        listening = false;
+                        continue;
+                    }
+                    let (done, total) = *progress_rx.borrow_and_update();
+                    listening = steps_tx.send(FlashStep::Progress { done, total }).await.is_ok();
+                }
+            }
+        };
+        let _ = steps_tx.send(FlashStep::End(end)).await;
+    });
+    steps_rx
 }
 
 /// A PNG of the leased device's display (devices with the `video` capability).

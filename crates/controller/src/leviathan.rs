@@ -33,7 +33,7 @@ use crate::artifacts::{Encoding, receive};
 use crate::auth::Caller;
 use crate::dispatcher::Command;
 use crate::lease_api::{
-    FLASH_WAIT, POWER_WAIT, SCREENSHOT_WAIT, get_screenshot_bytes, on_device, on_device_reporting,
+    FlashStep, POWER_WAIT, SCREENSHOT_WAIT, flash_steps, get_screenshot_bytes, on_device,
     unexpected,
 };
 use axum::body::Body;
@@ -41,6 +41,7 @@ use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
+use futures_util::StreamExt;
 use proto::PersonLeaseState;
 use proto::session::{PowerAction, SessionAction, SessionResult};
 use serde::Deserialize;
@@ -317,42 +318,18 @@ pub async fn flash(
         artifact.sha256,
         artifact.size
     );
-    let (progress_tx, mut progress_rx) = tokio::sync::watch::channel((0u64, artifact.size));
-    let (lines_tx, lines_rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(16);
-    tokio::spawn(async move {
-        let action = SessionAction::Flash {
-            sha256: artifact.sha256.clone(),
-            size: artifact.size,
-        };
-        let work = on_device_reporting(&state, &caller, id, action, FLASH_WAIT, Some(progress_tx));
-        tokio::pin!(work);
-        let _ = lines_tx.send(Ok(progress_line(0, artifact.size))).await;
-        let last = loop {
-            tokio::select! {
-                result = &mut work => break result,
-                changed = progress_rx.changed() => {
-                    if changed.is_err() {
-                        break (&mut work).await;
-                    }
-                    let (done, total) = *progress_rx.borrow_and_update();
-                    if lines_tx.send(Ok(progress_line(done, total))).await.is_err() {
-                        // The client left; the flash still finishes on the agent.
-                        break (&mut work).await;
-                    }
-                }
+    let size = artifact.size;
+    let mut steps = flash_steps(state, caller, id, artifact.sha256, size);
+    let stream = futures_util::stream::poll_fn(move |cx| steps.poll_recv(cx)).map(move |step| {
+        Ok::<_, std::io::Error>(match step {
+            FlashStep::Progress { done, total } => progress_line(done, total),
+            FlashStep::End(Ok(SessionResult::Flashed { .. })) => {
+                format!("{}status: done\n", progress_line(size, size))
             }
-        };
-        let end = match last {
-            Ok(SessionResult::Flashed { .. }) => format!(
-                "{}status: done\n",
-                progress_line(artifact.size, artifact.size)
-            ),
-            Ok(other) => format!("error: {}\n", unexpected(id, &other).message()),
-            Err(failure) => format!("error: {}\n", failure.message()),
-        };
-        let _ = lines_tx.send(Ok(end)).await;
+            FlashStep::End(Ok(other)) => format!("error: {}\n", unexpected(id, &other).message()),
+            FlashStep::End(Err(failure)) => format!("error: {}\n", failure.message()),
+        })
     });
-    let stream = tokio_stream_of(lines_rx);
     Ok((
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
@@ -366,13 +343,6 @@ fn progress_line(done: u64, total: u64) -> String {
         .checked_div(total)
         .unwrap_or(100);
     format!("progress: {{\"percentage\": {percentage}, \"done\": {done}, \"total\": {total}}}\n")
-}
-
-/// A receiver of lines as a body stream.
-fn tokio_stream_of(
-    mut rx: tokio::sync::mpsc::Receiver<Result<String, std::io::Error>>,
-) -> impl futures_util::Stream<Item = Result<String, std::io::Error>> {
-    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 /// Leviathan's client gzips the image without saying so in a header: a body that starts

@@ -395,6 +395,19 @@ pub struct FlashView {
     pub bytes: u64,
 }
 
+/// One line of `POST /api/v1/leases/{id}/flash` asked with `Accept: application/x-ndjson`:
+/// progress lines while the agent fetches and writes the image, then the end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum FlashLine {
+    /// Bytes done of the total.
+    Progress { done: u64, total: u64 },
+    /// The flash is done.
+    Flashed(FlashView),
+    /// It failed after the answer began (the status of the answer is 200 by then).
+    Error(ApiError),
+}
+
 /// `POST /api/v1/leases/{id}/renew`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RenewLease {

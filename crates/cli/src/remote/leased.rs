@@ -6,7 +6,8 @@
 //! - Every command waits for the device's answer (the controller bounds it and answers 504
 //!   when the agent is silent); 403 (not your lease) exits 77, 410 (ended) 70.
 //! - `flash` uploads the image as an artifact first (skipped when the lab has it for you),
-//!   with a progress bar on a terminal, then asks the agent to write it.
+//!   with a progress bar on a terminal, then asks the agent to write it, with a second bar
+//!   of the agent's progress.
 //! - `screenshot` writes the PNG to a new file only after checking its signature.
 
 use super::{block_on, connect, print_json};
@@ -149,10 +150,13 @@ pub fn flash(args: FlashArgs) -> i32 {
             eprintln!();
         }
         eprintln!("dutlab: lease {id}: the agent fetches and writes the image");
+        let bar = Bar::new("write", size);
         let view = client
-            .flash(id, &sha256)
+            .flash_with_progress(id, &sha256, |done, _| bar.show(done))
             .await
             .with_context(|| format!("lease {id}: flash"))?;
+        bar.show(size);
+        eprintln!();
         if args.json {
             print_json(&view);
         } else {
