@@ -36,8 +36,16 @@ impl Dispatcher {
         }
     }
 
-    /// The job that runs `job` again, if any.
+    /// The job that runs `job` again, if any. Only a job that asked for a retry can have
+    /// one, so views of the others (nearly all) walk nothing.
     pub(super) fn retried_as(&self, job: JobId) -> Option<JobId> {
+        let asked = self
+            .sched
+            .job(job)
+            .is_some_and(|j| j.spec.retry != RetryPolicy::Never);
+        if !asked {
+            return None;
+        }
         self.sched
             .jobs()
             .find(|(_, j)| j.spec.retry_of == Some(job))
