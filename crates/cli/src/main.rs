@@ -52,7 +52,7 @@ enum Command {
         command: ImageCommand,
     },
     /// Start the controller (REST API, agent links, scheduler, database).
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// TLS certificates for the controller.
     Tls {
         #[command(subcommand)]
@@ -207,7 +207,7 @@ fn main() {
         .init();
     let code = match cli.command {
         Command::Run(args) => run(args),
-        Command::Serve(args) => serve::serve(args),
+        Command::Serve(args) => serve::serve(*args),
         Command::Tls {
             command: TlsCommand::Init(args),
         } => tls_init::init(args),

@@ -63,6 +63,10 @@ pub struct ServeArgs {
     /// Also check a device when its last check finished longer ago than this (e.g. 24h).
     #[arg(long, value_name = "DURATION", value_parser = duration, requires = "health_checks")]
     health_check_every: Option<Duration>,
+    /// Per device type intervals that replace the two above for the types it names: YAML,
+    /// `TYPE: {every_jobs: N, every: DURATION}` (see docs/admin.md).
+    #[arg(long, value_name = "FILE", requires = "health_checks")]
+    health_check_schedule: Option<PathBuf>,
     /// Certificate chain (PEM) for TLS; with --tls-key. Agents, followers and every REST
     /// route then use https:// and wss://.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
@@ -172,8 +176,12 @@ fn check_plain_http(args: &ServeArgs) -> anyhow::Result<()> {
 
 /// Reads `DIR/<device-type>.yaml` health check jobs; each must be a valid, runnable job of
 /// that device type.
+/// Every check gets `interval`; `schedule` (a `--health-check-schedule` file) replaces it for
+/// the types it names.
 fn health_checks(
     dir: &std::path::Path,
+    interval: controller::dispatcher::CheckInterval,
+    schedule: Option<&std::path::Path>,
 ) -> anyhow::Result<std::collections::BTreeMap<String, controller::dispatcher::HealthJob>> {
     let mut jobs = std::collections::BTreeMap::new();
     let entries = std::fs::read_dir(dir)
@@ -207,8 +215,25 @@ fn health_checks(
                 file_name,
                 name: job.name.clone(),
                 definition: text,
+                interval,
             },
         );
+    }
+    if let Some(file) = schedule {
+        let text = std::fs::read_to_string(file).with_context(|| {
+            format!("--health-check-schedule {}: cannot read it", file.display())
+        })?;
+        let by_type = controller::dispatcher::parse_schedule(
+            &file.display().to_string(),
+            &text,
+            &jobs,
+            interval,
+        )?;
+        for (device_type, interval) in by_type {
+            if let Some(job) = jobs.get_mut(&device_type) {
+                job.interval = interval;
+            }
+        }
     }
     tracing::info!(
         "health checks for device types: {}",
@@ -252,10 +277,12 @@ fn serve_inner(args: ServeArgs) -> anyhow::Result<()> {
     config.heartbeat = args.heartbeat;
     config.quarantine_after = args.quarantine_after;
     if let Some(dir) = &args.health_checks {
-        config.health_checks = health_checks(dir)?;
+        let interval = controller::dispatcher::CheckInterval {
+            every_jobs: std::num::NonZeroU32::new(args.health_check_every_jobs),
+            every: args.health_check_every,
+        };
+        config.health_checks = health_checks(dir, interval, args.health_check_schedule.as_deref())?;
     }
-    config.health_every_jobs = std::num::NonZeroU32::new(args.health_check_every_jobs);
-    config.health_every = args.health_check_every;
     config.limits = controller::listener::Limits {
         tls,
         header_timeout: args.header_timeout,

@@ -566,6 +566,66 @@ fn health_checks_also_run_after_every_n_jobs_and_after_an_interval() -> Result<(
     Ok(())
 }
 
+#[test]
+fn a_schedule_file_sets_a_device_types_check_interval_and_a_bad_one_stops_serve() -> Result<()> {
+    use testkit::sim_agent::SimAgent;
+    let checks = tempfile::tempdir()?;
+    std::fs::write(
+        checks.path().join("qemu.yaml"),
+        inline_job("health", "  job: 4m", &["true"]),
+    )?;
+    let dir = checks.path().display().to_string();
+    let schedule = checks.path().join("schedule.conf");
+    // The flag says every 5 jobs; the schedule says every job for qemu.
+    std::fs::write(&schedule, "qemu:\n  every_jobs: 1\n")?;
+    let lab = Lab::start_with(
+        DUTLAB,
+        &[
+            "--health-checks",
+            &dir,
+            "--health-check-every-jobs",
+            "5",
+            "--health-check-schedule",
+            schedule.to_str().context("path")?,
+            "--heartbeat",
+            "60s",
+        ],
+    )?;
+    let mut sim = SimAgent::open(lab.port(), &lab.token("sim", "agent")?)?;
+    sim.hello("sim", &["sim-q1"], vec![])?;
+    sim.welcome()?;
+    let first = pass_next(&mut sim).context("the first check")?;
+    let job = lab.write("true.yaml", &inline_job("quick", "  job: 4m", &["true"]))?;
+    let one = lab.submit(&job)?;
+    ensure!(pass_next(&mut sim).context("job one")? == one);
+    let second = pass_next(&mut sim).context("the check after one job")?;
+    ensure!(
+        checks_of(&lab, "sim-q1")? == vec![first, second],
+        "no check after one job"
+    );
+    let types = lab.json(&["device", "types", "--json"])?;
+    ensure!(types[0]["health_check"]["every_jobs"] == 1, "{types}");
+    drop(lab);
+
+    // A schedule naming a type with no check job: serve refuses to start, naming the file,
+    // the type and the reason.
+    std::fs::write(&schedule, "bbb:\n  every: 24h\n")?;
+    let data = tempfile::tempdir()?;
+    let out = std::process::Command::new(DUTLAB)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data.path())
+        .args(["--health-checks", &dir, "--health-check-schedule"])
+        .arg(&schedule)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success(), "serve started: {stderr}");
+    ensure!(
+        stderr.contains("schedule.conf: bbb: no health check job bbb.yaml"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
 /// Waits for `StartJob`, answers `JobStarted`; answers the job and its device.
 fn started(
     sim: &mut testkit::sim_agent::SimAgent,

@@ -133,12 +133,8 @@ pub struct Config {
     pub person_leases: dispatcher::PersonLeaseConfig,
     /// Infra errors in a row that make a device `bad` (0: never).
     pub quarantine_after: u32,
-    /// Health check jobs by device type (`--health-checks DIR`).
+    /// Health check jobs by device type (`--health-checks DIR`), each with its intervals.
     pub health_checks: BTreeMap<String, dispatcher::HealthJob>,
-    /// Check a device after this many other jobs on it (`--health-check-every-jobs`).
-    pub health_every_jobs: Option<std::num::NonZeroU32>,
-    /// Check a device when its last check is older than this (`--health-check-every`).
-    pub health_every: Option<Duration>,
 }
 
 impl Config {
@@ -162,8 +158,6 @@ impl Config {
             person_leases: dispatcher::PersonLeaseConfig::default(),
             quarantine_after: defaults.quarantine_after,
             health_checks: BTreeMap::new(),
-            health_every_jobs: None,
-            health_every: None,
         }
     }
 }
@@ -424,8 +418,6 @@ pub async fn serve(
                 store.principal_named(scheduler::LAB, now()).await?.0.id
             },
             jobs: config.health_checks.clone(),
-            every_jobs: config.health_every_jobs,
-            every: config.health_every,
         },
     };
     let start = Start {

@@ -9,7 +9,9 @@
 //!   another job on it, on demand (admins), after every N other jobs on it
 //!   (`--health-check-every-jobs`: queued when the Nth job since the last check is given
 //!   the device, so it runs right after that job) and when its last check finished more than T ago
-//!   (`--health-check-every`; a device with no check on record is due). At most one check
+//!   (`--health-check-every`; a device with no check on record is due). Both intervals are
+//!   per device type ([`HealthJob::interval`]): `--health-check-schedule FILE` sets them for
+//!   some types, the flags for the others. At most one check
 //!   per device is queued or running at a time: a trigger while one is pending does nothing.
 //! - The periodic triggers are computed from the scheduler's jobs (every job is kept), so a
 //!   controller restart neither forgets nor repeats them; only devices in service (idle or
@@ -29,6 +31,72 @@ pub struct HealthJob {
     pub file_name: String,
     pub name: String,
     pub definition: String,
+    /// When its devices are checked besides the first time, after infra errors and on demand.
+    pub interval: CheckInterval,
+}
+
+/// The periodic triggers of one device type's check.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CheckInterval {
+    /// Check a device after this many other jobs finished on it since its last check.
+    pub every_jobs: Option<std::num::NonZeroU32>,
+    /// Check a device when its last check finished longer ago than this.
+    pub every: Option<Duration>,
+}
+
+/// A bad `--health-check-schedule` file.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {reason}")]
+pub struct ScheduleError {
+    pub file: String,
+    pub reason: String,
+}
+
+/// Reads a health check schedule: a YAML map from device type to `every_jobs: N` and/or
+/// `every: DURATION` (`24h`, `90m`; `every_jobs: 0` and `every: never` turn a trigger off).
+/// Every type must have a check in `jobs`; a field a type leaves out keeps `default`'s.
+/// Answers the intervals by type.
+pub fn parse_schedule(
+    file: &str,
+    text: &str,
+    jobs: &BTreeMap<String, HealthJob>,
+    default: CheckInterval,
+) -> Result<BTreeMap<String, CheckInterval>, ScheduleError> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Entry {
+        every_jobs: Option<u32>,
+        every: Option<String>,
+    }
+    let err = |reason: String| ScheduleError {
+        file: file.to_owned(),
+        reason,
+    };
+    let entries: BTreeMap<String, Entry> =
+        serde_saphyr::from_str(text).map_err(|e| err(e.to_string()))?;
+    let mut out = BTreeMap::new();
+    for (device_type, entry) in entries {
+        if !jobs.contains_key(&device_type) {
+            return Err(err(format!(
+                "{device_type}: no health check job {device_type}.yaml in --health-checks"
+            )));
+        }
+        let every_jobs = match entry.every_jobs {
+            None => default.every_jobs,
+            Some(0) => None,
+            Some(n) => std::num::NonZeroU32::new(n),
+        };
+        let every = match entry.every.as_deref() {
+            None => default.every,
+            Some("never") => None,
+            Some(text) => Some(
+                jobspec::parse_duration(text)
+                    .map_err(|e| err(format!("{device_type}.every: {e}")))?,
+            ),
+        };
+        out.insert(device_type, CheckInterval { every_jobs, every });
+    }
+    Ok(out)
 }
 
 /// Health checks of the controller (`dutlab serve --health-checks DIR`).
@@ -38,10 +106,16 @@ pub struct HealthChecks {
     pub principal: PrincipalId,
     /// By device type.
     pub jobs: BTreeMap<String, HealthJob>,
-    /// Check a device after this many other jobs finished on it since its last check.
-    pub every_jobs: Option<std::num::NonZeroU32>,
-    /// Check a device when its last check finished longer ago than this.
-    pub every: Option<Duration>,
+}
+
+impl HealthChecks {
+    /// The periodic triggers of `device_type` (none for a type without a check).
+    fn interval(&self, device_type: &str) -> CheckInterval {
+        self.jobs
+            .get(device_type)
+            .map(|j| j.interval)
+            .unwrap_or_default()
+    }
 }
 
 /// How often the interval trigger looks at the devices.
@@ -218,8 +292,8 @@ impl Dispatcher {
                     health_check: self.config.health.jobs.get(&name).map(|j| HealthCheckView {
                         file_name: j.file_name.clone(),
                         job_name: j.name.clone(),
-                        every_jobs: self.config.health.every_jobs.map(|n| n.get()),
-                        every_s: self.config.health.every.map(|d| d.as_secs()),
+                        every_jobs: j.interval.every_jobs.map(|n| n.get()),
+                        every_s: j.interval.every.map(|d| d.as_secs()),
                     }),
                     name,
                 }
@@ -253,8 +327,12 @@ impl Dispatcher {
                         .sched
                         .job(*job)
                         .is_some_and(|j| j.spec.purpose != JobPurpose::HealthCheck);
+                    let every_jobs = self
+                        .sched
+                        .device(device)
+                        .and_then(|d| self.config.health.interval(&d.info.device_type).every_jobs);
                     if ordinary
-                        && let Some(n) = self.config.health.every_jobs
+                        && let Some(n) = every_jobs
                         && self.count_job_since_check(device) >= n.get()
                     {
                         self.checks_due.push((device.clone(), Trigger::JobCount));
@@ -322,12 +400,18 @@ impl Dispatcher {
         last
     }
 
-    /// Notes the devices whose last check is older than `every` (at most every
-    /// [`INTERVAL_SCAN`]).
+    /// Notes the devices whose last check is older than their type's `every` (at most
+    /// every [`INTERVAL_SCAN`]).
     fn note_interval_checks(&mut self) {
-        let Some(every) = self.config.health.every else {
+        if self
+            .config
+            .health
+            .jobs
+            .values()
+            .all(|j| j.interval.every.is_none())
+        {
             return;
-        };
+        }
         let at = now();
         if self.next_interval_scan > at {
             return;
@@ -338,8 +422,12 @@ impl Dispatcher {
             .sched
             .devices()
             .filter(|d| matches!(d.state, DeviceState::Idle | DeviceState::Busy))
-            .filter(|d| self.config.health.jobs.contains_key(&d.info.device_type))
-            .filter(|d| last.get(&d.info.name).is_none_or(|l| l.plus(every) <= at))
+            .filter(|d| {
+                let Some(every) = self.config.health.interval(&d.info.device_type).every else {
+                    return false;
+                };
+                last.get(&d.info.name).is_none_or(|l| l.plus(every) <= at)
+            })
             .map(|d| d.info.name.clone())
             .collect();
         for device in due {
@@ -364,5 +452,78 @@ impl Dispatcher {
                 tracing::warn!("device {device}: health check not queued: {e:?}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::num::NonZeroU32;
+
+    fn jobs(types: &[&str]) -> BTreeMap<String, HealthJob> {
+        types
+            .iter()
+            .map(|t| {
+                let job = HealthJob {
+                    file_name: format!("{t}.yaml"),
+                    name: "health".into(),
+                    definition: String::new(),
+                    interval: CheckInterval::default(),
+                };
+                ((*t).to_owned(), job)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_schedule_sets_the_fields_it_names_and_keeps_the_flags_for_the_others() {
+        let default = CheckInterval {
+            every_jobs: NonZeroU32::new(5),
+            every: Some(Duration::from_secs(3600)),
+        };
+        let text =
+            "qemu:\n  every_jobs: 1\nbbb:\n  every: 24h\nrpi:\n  every_jobs: 0\n  every: never\n";
+        let got = parse_schedule("s.yaml", text, &jobs(&["qemu", "bbb", "rpi"]), default)
+            .expect("a good schedule");
+        assert_eq!(
+            got["qemu"],
+            CheckInterval {
+                every_jobs: NonZeroU32::new(1),
+                every: Some(Duration::from_secs(3600)),
+            }
+        );
+        assert_eq!(
+            got["bbb"],
+            CheckInterval {
+                every_jobs: NonZeroU32::new(5),
+                every: Some(Duration::from_secs(24 * 3600)),
+            }
+        );
+        // `0` and `never` turn the triggers off for that type.
+        assert_eq!(got["rpi"], CheckInterval::default());
+    }
+
+    #[test]
+    fn a_bad_schedule_names_the_file_the_type_and_the_reason() {
+        let jobs = jobs(&["qemu"]);
+        let default = CheckInterval::default();
+        let e = parse_schedule("s.yaml", "bbb:\n  every_jobs: 2\n", &jobs, default)
+            .expect_err("a type with no check");
+        assert_eq!(
+            e.to_string(),
+            "s.yaml: bbb: no health check job bbb.yaml in --health-checks"
+        );
+        let e = parse_schedule("s.yaml", "qemu:\n  every: soon\n", &jobs, default)
+            .expect_err("a bad duration");
+        assert!(e.to_string().starts_with("s.yaml: qemu.every: "), "{e}");
+        let e = parse_schedule("s.yaml", "qemu:\n  evry_jobs: 2\n", &jobs, default)
+            .expect_err("an unknown field");
+        assert!(
+            e.to_string().starts_with("s.yaml: ") && e.to_string().contains("evry_jobs"),
+            "{e}"
+        );
+        let e = parse_schedule("s.yaml", "qemu:\n  every_jobs: -1\n", &jobs, default)
+            .expect_err("a negative count");
+        assert!(e.to_string().starts_with("s.yaml: "), "{e}");
     }
 }

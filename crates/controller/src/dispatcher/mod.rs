@@ -65,7 +65,7 @@ mod retries;
 mod stream_routes;
 mod views;
 
-pub use health::{HealthChecks, HealthJob};
+pub use health::{CheckInterval, HealthChecks, HealthJob, ScheduleError, parse_schedule};
 
 /// Where a session request's progress reports go: (bytes done, total), the latest only.
 pub type Progress = tokio::sync::watch::Sender<(u64, u64)>;
