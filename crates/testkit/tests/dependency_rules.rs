@@ -1,6 +1,6 @@
 //! The dependency rules of DESIGN.md §3, checked against `cargo metadata`.
 //!
-//! - `proto`, `jobspec`, `scheduler` do no I/O and never read the clock.
+//! - `proto`, `jobspec`, `scheduler`, `multinode` do no I/O and never read the clock.
 //! - `controller` and `agent` never depend on each other.
 //! - drivers (`driver`, `qemu`, later driver crates) know nothing about jobs, leases or the
 //!   controller.
@@ -43,7 +43,7 @@ fn workspace_dependencies() -> Result<BTreeMap<String, Vec<String>>> {
     Ok(map)
 }
 
-const PURE: [&str; 3] = ["proto", "jobspec", "scheduler"];
+const PURE: [&str; 4] = ["proto", "jobspec", "scheduler", "multinode"];
 const IO_CRATES: [&str; 8] = [
     "tokio", "reqwest", "sqlx", "axum", "hyper", "nix", "libc", "tempfile",
 ];
