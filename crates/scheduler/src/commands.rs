@@ -29,8 +29,29 @@ impl Scheduler {
     /// one not fit (a bug), it is left out, so the returned events still rebuild this state,
     /// and debug builds panic to show the bug.
     pub(crate) fn emit(&mut self, out: &mut Vec<Event>, event: Event) {
+        // A job's end reaches its group once its lease is released (or at once if queued).
+        let ended = match &event {
+            Event::LeaseReleased { lease, at, .. } => self
+                .state
+                .leases
+                .get(lease)
+                .and_then(|l| l.job())
+                .map(|job| (job, *at)),
+            Event::JobFinished { job, at, .. } => self
+                .state
+                .jobs
+                .get(job)
+                .filter(|j| j.state == JobState::Queued)
+                .map(|_| (*job, *at)),
+            _ => None,
+        };
         match self.apply(&event) {
-            Ok(()) => out.push(event),
+            Ok(()) => {
+                out.push(event);
+                if let Some((job, at)) = ended {
+                    self.follow_group(out, job, at);
+                }
+            }
             Err(e) => {
                 if cfg!(debug_assertions) {
                     panic!("the scheduler built an event that does not fit its state: {e}");
@@ -69,6 +90,20 @@ impl Scheduler {
             .ok_or(Refusal::UnknownJob(job))?
             .state;
         let mut out = Vec::new();
+        if let Some(g) = self.group_of(job).cloned() {
+            // A group is canceled as a whole, whichever sub-job is named.
+            if state == JobState::Finished
+                && self.group(g.id).is_some_and(|members| {
+                    members
+                        .iter()
+                        .all(|m| self.job(*m).is_some_and(|j| j.state == JobState::Finished))
+                })
+            {
+                return Err(Refusal::Finished(job));
+            }
+            self.end_group(&mut out, g.id, "canceled while queued", now);
+            return Ok(out);
+        }
         match state {
             JobState::Queued => self.emit(
                 &mut out,
@@ -314,7 +349,20 @@ impl Scheduler {
             .ok_or(Refusal::UnknownJob(job))?
             .state;
         let mut out = Vec::new();
+        let grouped = self.group_of(job).is_some();
         match state {
+            JobState::Assigned if grouped => {
+                // A group is never partly requeued: its other sub-jobs may have started.
+                let reason = "the agent could not start this sub-job of a group".to_owned();
+                self.end_lease(
+                    &mut out,
+                    &l,
+                    Outcome::InfraError,
+                    reason,
+                    DeviceState::NeedsCheck,
+                    now,
+                );
+            }
             JobState::Assigned => {
                 self.emit(&mut out, Event::JobRequeued { job, at: now });
                 self.emit(

@@ -54,6 +54,8 @@ pub enum Refusal {
     NotSettable(DeviceState),
     #[error("tags: {0:?} is both added and removed")]
     TagConflict(String),
+    #[error("group: {0}")]
+    BadGroup(String),
 }
 
 /// An event does not fit the scheduler's state: the log is corrupt (or was written by a
@@ -126,6 +128,8 @@ pub enum SchedulerError {
     HolderMismatch(PersonLeaseId),
     #[error("device-state-set: a device is set idle, maintenance, retired or bad, not {0}")]
     NotSettable(DeviceState),
+    #[error("job-submitted: job {job}: {why}")]
+    Group { job: JobId, why: String },
     #[error("event {index} of the log does not fit")]
     Replay {
         index: usize,

@@ -39,6 +39,23 @@ pub struct JobSpec {
     /// The job this one runs again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_of: Option<JobId>,
+    /// The MultiNode group this job is a sub-job of (see [`crate::groups`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupRef>,
+}
+
+/// A sub-job's place in its MultiNode group: the group is named by its first sub-job's id,
+/// the sub-job by its index in the roster (LAVA's `ID.N`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRef {
+    /// The group: the id of its sub-job 0.
+    pub id: JobId,
+    /// This sub-job's index in the group, from 0.
+    pub index: u32,
+    /// How many sub-jobs the group has.
+    pub size: u32,
+    /// The role this sub-job plays.
+    pub role: String,
 }
 
 /// What a job is for.

@@ -70,6 +70,13 @@
 //!   served by priority (higher first), then by job id (first submitted first); a requeued job
 //!   keeps its place.
 //!
+//! # Groups
+//!
+//! A MultiNode group's sub-jobs are ordinary jobs placed together: the group waits as one
+//! queue entry and is granted all its devices in one `schedule` or none (see `groups`: no
+//! partial grant, so groups never deadlock; an infra error or cancel of one sub-job ends the
+//! group).
+//!
 //! # Cost
 //!
 //! The queue is kept ordered per device type and idle devices are indexed by device type.
@@ -82,6 +89,7 @@
 mod error;
 mod estimate;
 mod event;
+mod groups;
 mod lease_ids;
 mod person_leases;
 mod queries;
@@ -95,7 +103,8 @@ pub use commands::Want;
 pub use devices::{Interrupt, LAB, MAX_HISTORY, StateNote};
 pub use error::{Refusal, SchedulerError};
 pub use estimate::RECENT_JOBS;
-pub use event::{Event, Holder, JobPurpose, JobSpec, MAX_PRIORITY, PersonHolder, Waiter};
+pub use event::{Event, GroupRef, Holder, JobPurpose, JobSpec, MAX_PRIORITY, PersonHolder, Waiter};
+pub use groups::MAX_GROUP;
 pub use lease_ids::{LeaseIds, LeaseKey};
 pub use state::{DeviceEntry, JobEntry, Lease, PersonLease, Scheduler};
 

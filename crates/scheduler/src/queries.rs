@@ -67,9 +67,10 @@ impl Scheduler {
         self.state.persons.iter().map(|(id, p)| (*id, p))
     }
 
-    /// 0-based position of a queued job among all waiters in serving order.
+    /// 0-based position of a queued job among all waiters in serving order (a sub-job of a
+    /// group: its group's).
     pub fn queue_position(&self, job: JobId) -> Option<usize> {
-        self.position(Waiter::Job(job))
+        self.position(self.queue_waiter(job))
     }
 
     /// 0-based position of a waiter (a queued job, a waiting person's lease) among all
@@ -79,13 +80,24 @@ impl Scheduler {
             return None;
         }
         let key = *self.state.places.get(&waiter)?;
-        Some(
-            self.state
-                .queue
-                .values()
-                .map(|q| q.range(..key).count())
-                .sum(),
-        )
+        if self.state.groups.is_empty() {
+            return Some(
+                self.state
+                    .queue
+                    .values()
+                    .map(|q| q.range(..key).count())
+                    .sum(),
+            );
+        }
+        // A group waits in several queues and counts once.
+        let ahead: BTreeSet<Waiter> = self
+            .state
+            .queue
+            .values()
+            .flat_map(|q| q.range(..key))
+            .map(|k| k.3)
+            .collect();
+        Some(ahead.len())
     }
 
     /// The serving order of a waiter: it comes before every waiter with a smaller value.
@@ -106,6 +118,7 @@ impl Scheduler {
     pub fn queued(&self) -> Vec<Waiter> {
         let mut keys: Vec<QueueKey> = self.state.queue.values().flatten().copied().collect();
         keys.sort_unstable();
+        keys.dedup();
         keys.into_iter().map(|k| k.3).collect()
     }
 

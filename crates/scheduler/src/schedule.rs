@@ -10,6 +10,13 @@
 //!
 //! Among the idle devices a waiter fits, it takes the one with the fewest tags (then the first
 //! by name), leaving the specialised devices to the waiters that need them.
+//!
+//! A MultiNode group is one waiter in the queue of each device type it needs; where it is
+//! met, it takes idle devices of any of its types (fresh or not) for all its sub-jobs at
+//! once, or nothing (`crate::groups`), but never a device that a single waiter ahead of it
+//! fits (that one is served first, in its own type's walk). Every group met is tried once
+//! more at the end, in serving order, so after `schedule` no queued group can be placed
+//! whole on the idle devices either.
 
 use crate::event::{Event, Holder, PersonHolder, Waiter};
 use crate::state::{QueueKey, Scheduler};
@@ -44,6 +51,15 @@ impl Scheduler {
             }
         }
         for waiter in fresh_waiters {
+            if self.is_group(waiter) {
+                if self.is_waiting(waiter)
+                    && let Some(key) = self.state.places.get(&waiter).copied()
+                    && let Some(ty) = self.spec_of(waiter).map(|s| s.device_type.clone())
+                {
+                    work.entry(ty).or_default().jobs.insert(key);
+                }
+                continue;
+            }
             if self.is_waiting(waiter)
                 && let Some(spec) = self.spec_of(waiter)
                 && self.state.idle.contains_key(&spec.device_type)
@@ -53,19 +69,40 @@ impl Scheduler {
                 work.entry(ty).or_default().jobs.insert(*key);
             }
         }
+        let mut groups = BTreeSet::new();
         for (ty, mut w) in work {
-            self.schedule_type(&ty, &mut w, now, &mut out);
+            self.schedule_type(&ty, &mut w, now, &mut out, &mut groups);
+        }
+        for key in groups {
+            if self.state.idle.is_empty() {
+                break;
+            }
+            self.grant_group(key, now, &mut out);
         }
         out
     }
 
-    fn schedule_type(&mut self, ty: &str, work: &mut Work, now: Millis, out: &mut Vec<Event>) {
+    fn schedule_type(
+        &mut self,
+        ty: &str,
+        work: &mut Work,
+        now: Millis,
+        out: &mut Vec<Event>,
+        groups: &mut BTreeSet<QueueKey>,
+    ) {
         let mut after: Option<QueueKey> = None;
         while !work.devices.is_empty() {
             let Some(key) = self.next_queued(ty, after) else {
                 break;
             };
             after = Some(key);
+            if self.is_group(key.3) {
+                groups.insert(key);
+                for device in self.grant_group(key, now, out) {
+                    work.devices.remove(&device);
+                }
+                continue;
+            }
             let among = if work.jobs.contains(&key) {
                 None
             } else {
@@ -81,6 +118,11 @@ impl Scheduler {
             None => work.jobs.range(..),
         };
         for key in rest {
+            if self.is_group(key.3) {
+                groups.insert(*key);
+                self.grant_group(*key, now, out);
+                continue;
+            }
             if !self.state.idle.contains_key(ty) {
                 break;
             }
@@ -90,6 +132,26 @@ impl Scheduler {
                 self.grant(key.3, device, now, out);
             }
         }
+    }
+
+    /// Grants every sub-job of the group led by `waiter` a device, if all can have one now;
+    /// answers the devices granted (none if the group keeps waiting).
+    fn grant_group(&mut self, key: QueueKey, now: Millis, out: &mut Vec<Event>) -> Vec<String> {
+        let Waiter::Job(id) = key.3 else {
+            return Vec::new();
+        };
+        if !self.is_waiting(key.3) {
+            return Vec::new();
+        }
+        let Some(placed) = self.place_group(id, key) else {
+            return Vec::new();
+        };
+        let mut devices = Vec::with_capacity(placed.len());
+        for (job, device) in placed {
+            devices.push(device.clone());
+            self.grant(Waiter::Job(job), device, now, out);
+        }
+        devices
     }
 
     fn next_queued(&self, ty: &str, after: Option<QueueKey>) -> Option<QueueKey> {

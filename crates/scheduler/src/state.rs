@@ -169,6 +169,8 @@ pub(crate) struct State {
     pub(crate) tag_edits: BTreeMap<String, crate::devices::TagEdits>,
     /// Infra errors in a row of each device (since its last other outcome or return to idle).
     pub(crate) infra_streak: BTreeMap<String, u32>,
+    /// MultiNode groups by the id of their sub-job 0 (see [`crate::groups`]).
+    pub(crate) groups: BTreeMap<JobId, crate::groups::Group>,
 }
 
 /// Changes `schedule` has not looked at yet.
@@ -335,6 +337,12 @@ impl Scheduler {
                         state: entry.state,
                     });
                 }
+                if entry.spec.group.is_some() {
+                    return Err(SchedulerError::Group {
+                        job: *job,
+                        why: "a sub-job of a group is never requeued".into(),
+                    });
+                }
                 entry.state = JobState::Queued;
                 entry.lease = None;
                 entry.device = None;
@@ -369,6 +377,13 @@ impl Scheduler {
                 let ran_on = (entry.state != JobState::Queued)
                     .then(|| entry.device.clone())
                     .flatten();
+                let group = entry.spec.group.as_ref().map(|g| g.id);
+                if let Some(group) = group {
+                    self.dequeue_group(group);
+                }
+                let Some(entry) = self.state.jobs.get_mut(job) else {
+                    return Err(unknown_job(kind, *job));
+                };
                 if let Some(key) = self.state.places.remove(&Waiter::Job(*job)) {
                     remove_from(&mut self.state.queue, &ty, &key);
                 }
@@ -483,7 +498,10 @@ impl Scheduler {
         if spec.priority > MAX_PRIORITY {
             return Err(SchedulerError::Priority(spec.priority));
         }
-        self.enqueue(Waiter::Job(job), spec);
+        match &spec.group {
+            Some(g) => self.check_member(job, g)?,
+            None => self.enqueue(Waiter::Job(job), spec),
+        }
         self.state.jobs.insert(
             job,
             JobEntry {
@@ -499,11 +517,23 @@ impl Scheduler {
                 finished: None,
             },
         );
+        self.add_member(job, spec);
         Ok(())
     }
 
     /// Gives a new waiter its place (see [`QueueKey`]) and puts it in the queue.
     pub(crate) fn enqueue(&mut self, waiter: Waiter, spec: &JobSpec) {
+        let key = self.enqueue_keyed(waiter, spec);
+        self.state
+            .queue
+            .entry(spec.device_type.clone())
+            .or_default()
+            .insert(key);
+    }
+
+    /// Gives a new waiter its place (see [`QueueKey`]): one more arrival, its owner's next
+    /// fair-share round. The caller puts the key in the queue.
+    pub(crate) fn enqueue_keyed(&mut self, waiter: Waiter, spec: &JobSpec) -> QueueKey {
         let round = match self.state.rounds.get(&spec.owner) {
             Some(last) => last.saturating_add(1).max(self.state.served_round),
             None => self.state.served_round,
@@ -512,12 +542,8 @@ impl Scheduler {
         self.state.arrivals = self.state.arrivals.saturating_add(1);
         let key = (Reverse(spec.priority), round, self.state.arrivals, waiter);
         self.state.places.insert(waiter, key);
-        self.state
-            .queue
-            .entry(spec.device_type.clone())
-            .or_default()
-            .insert(key);
         self.fresh.waiters.insert(waiter);
+        key
     }
 
     /// The spec of a job or a person's lease.
@@ -528,14 +554,18 @@ impl Scheduler {
         }
     }
 
-    /// Whether the waiter is in the queue (a queued job, a waiting person's lease).
+    /// Whether the waiter is in the queue (a queued job, a waiting person's lease; a group's
+    /// lead while its whole group is queued).
     pub(crate) fn is_waiting(&self, waiter: Waiter) -> bool {
         match waiter {
-            Waiter::Job(job) => self
-                .state
-                .jobs
-                .get(&job)
-                .is_some_and(|j| j.state == JobState::Queued),
+            Waiter::Job(job) => match self.state.groups.get(&job) {
+                Some(g) => g.queued,
+                None => self
+                    .state
+                    .jobs
+                    .get(&job)
+                    .is_some_and(|j| j.state == JobState::Queued && j.spec.group.is_none()),
+            },
             Waiter::Person(p) => self
                 .state
                 .persons

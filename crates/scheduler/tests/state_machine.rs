@@ -29,6 +29,12 @@
 //!   an admin's maintenance or retired holds it); one that passes leaves it not `bad`.
 //! - a person's grant always ends needs-check (its agent must confirm the DUT is off), and
 //!   its device then takes no work until the agent confirms; its SSH keys replay with it.
+//! - MultiNode groups (`state_machine/groups.rs`): a group's sub-jobs are granted all in one
+//!   batch or not at all (no partial grant ever: either every sub-job is queued or none is);
+//!   a queued group cannot be placed whole on the idle devices (so a waiting group never
+//!   holds a device another waiter could use, and groups cannot deadlock); a group takes one
+//!   place in the queue, with one arrival and one fair-share round; a sub-job that ended
+//!   infra-error or canceled leaves none of its group running without a cancel request.
 
 use dutlab_scheduler::{
     Config, DeviceInfo, DeviceState, Epoch, Event, Holder, Interrupt, JobId, JobPurpose, JobSpec,
@@ -43,6 +49,9 @@ use std::time::Duration;
 /// The invariants checked after every step (the list in the module docs).
 #[path = "state_machine/checks.rs"]
 mod checks;
+/// MultiNode groups: submitting them and their invariants.
+#[path = "state_machine/groups.rs"]
+mod groups;
 /// What each batch of events means for the model.
 #[path = "state_machine/record.rs"]
 mod record;
@@ -186,6 +195,12 @@ enum Cmd {
     },
     Tick,
     Restart,
+    /// A MultiNode group: each role a device type index and a tags mask.
+    SubmitGroup {
+        roles: Vec<(usize, u8)>,
+        priority: u8,
+        owner: Option<usize>,
+    },
 }
 
 fn epochs() -> impl Strategy<Value = Epochs> {
@@ -218,6 +233,8 @@ fn cmd() -> impl Strategy<Value = Cmd> {
             .prop_map(|(device, add, remove)| Cmd::Tags { device, add, remove }),
         3 => Just(Cmd::Tick),
         1 => Just(Cmd::Restart),
+        3 => (proptest::collection::vec((0..TYPES.len(), 0u8..4), 1..4), 0u8..3, proptest::option::of(0..PEOPLE.len()))
+            .prop_map(|(roles, priority, owner)| Cmd::SubmitGroup { roles, priority, owner }),
     ]
 }
 
@@ -638,10 +655,14 @@ impl Harness {
                     assert_eq!(r.as_ref().err(), want.as_ref().err());
                     if let (Ok(_), Some(job), Some(JobState::Assigned)) = (&r, job, state) {
                         let j = self.s.job(job).expect("job");
-                        assert!(
-                            j.state == JobState::Queued || j.lease != Some(lease),
-                            "requeued"
-                        );
+                        if self.s.group_of(job).is_some() {
+                            assert_eq!(j.outcome, Some(Outcome::InfraError), "ends its group");
+                        } else {
+                            assert!(
+                                j.state == JobState::Queued || j.lease != Some(lease),
+                                "requeued"
+                            );
+                        }
                     }
                     r
                 }
@@ -659,7 +680,9 @@ impl Harness {
                 match (state, &r) {
                     (None, Err(Refusal::UnknownJob(_))) => {}
                     (Some(JobState::Finished), Err(Refusal::Finished(_))) => {}
-                    (Some(JobState::Canceling), Ok(events)) => assert!(events.is_empty()),
+                    (Some(JobState::Canceling), Ok(events)) if self.s.group_of(job).is_none() => {
+                        assert!(events.is_empty())
+                    }
                     (Some(_), Ok(_)) => {
                         let after = self.s.job(job).map(|j| j.state);
                         assert!(matches!(
@@ -776,6 +799,11 @@ impl Harness {
                 }
                 Ok(events)
             }
+            Cmd::SubmitGroup {
+                roles,
+                priority,
+                owner,
+            } => self.submit_group(roles, *priority, *owner, now),
             Cmd::Restart => {
                 self.s = Scheduler::replay(config(), &self.log).expect("the log replays");
                 assert_eq!(self.s, before);
@@ -789,7 +817,10 @@ impl Harness {
             }
         };
         match result {
-            Ok(events) => self.record(&events),
+            Ok(events) => {
+                self.check_group_grants(&events);
+                self.record(&events)
+            }
             Err(refusal) => {
                 assert!(!refusal.to_string().is_empty());
                 assert_eq!(self.s, before, "refused ({refusal}) but changed the state");

@@ -199,7 +199,13 @@ impl Scheduler {
                 current: d.epoch,
             });
         }
-        if let Some(key) = self.state.places.get(&waiter).copied() {
+        if let Some(g) = &spec.group {
+            let id = g.id;
+            if let Some(key) = self.state.places.get(&Waiter::Job(id)).copied() {
+                self.state.served_round = self.state.served_round.max(key.1);
+            }
+            self.dequeue_group(id);
+        } else if let Some(key) = self.state.places.get(&waiter).copied() {
             remove_from(&mut self.state.queue, &spec.device_type, &key);
             self.state.served_round = self.state.served_round.max(key.1);
         }

@@ -58,6 +58,10 @@ impl Harness {
         let info = &self.s.device(device).expect("granted device").info;
         let key = self.keys[&waiter];
         for other in self.s.queued() {
+            if self.is_group(other) {
+                // A group ahead that cannot be placed whole does not hold the device.
+                continue;
+            }
             let fits = self.spec(other).is_some_and(|s| s.fits(info));
             if fits && self.keys[&other] < key {
                 panic!("{other} was passed over for {waiter} on {device}");
@@ -212,6 +216,13 @@ impl Harness {
                 s.serving_key(*waiter),
                 Some((prio, round, arrival, *waiter))
             );
+            if self.is_group(*waiter) {
+                assert!(
+                    !self.placeable(*waiter, &idle),
+                    "{waiter}'s group fits the idle devices"
+                );
+                continue;
+            }
             let spec = self.spec(*waiter).expect("spec");
             if let Some(d) = idle.iter().find(|d| spec.fits(d)) {
                 panic!("{waiter} fits idle device {}", d.name);
@@ -226,11 +237,13 @@ impl Harness {
         let all_queued = s
             .jobs()
             .filter(|(_, j)| j.state == JobState::Queued)
+            .filter(|(id, j)| j.spec.group.as_ref().is_none_or(|g| g.id == *id))
             .count()
             + s.person_leases()
                 .filter(|(_, p)| p.state == PersonLeaseState::Waiting)
                 .count();
         assert_eq!(queued.len(), all_queued);
+        self.check_groups();
         // The next deadline, computed from the events.
         let c = config();
         let deadline = s

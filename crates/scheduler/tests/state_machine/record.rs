@@ -21,9 +21,15 @@ impl Harness {
             let back: Event = serde_json::from_str(&json).expect("parses");
             assert_eq!(&back, e);
             match e {
-                Event::JobSubmitted { job, spec, .. } => {
-                    self.enqueue(Waiter::Job(*job), spec);
-                }
+                Event::JobSubmitted { job, spec, .. } => match &spec.group {
+                    None => self.enqueue(Waiter::Job(*job), spec),
+                    // A group enters the queue once, with its sub-job 0's place, when complete.
+                    Some(g) if g.index + 1 == g.size => {
+                        let lead = self.s.job(g.id).expect("sub-job 0").spec.clone();
+                        self.enqueue(Waiter::Job(g.id), &lead);
+                    }
+                    Some(_) => {}
+                },
                 Event::PersonLeaseRequested { person, spec, .. } => {
                     self.enqueue(Waiter::Person(*person), spec);
                 }
@@ -61,10 +67,16 @@ impl Harness {
                         let who = PEOPLE.iter().position(|(id, _)| *id == p.principal.0);
                         assert_eq!(Some(given), who.map(keys).as_ref());
                     }
-                    self.check_grant_order(holder.waiter(), device);
+                    let waiter = match holder {
+                        Holder::Job(job) => {
+                            Waiter::Job(self.s.group_of(*job).map_or(*job, |g| g.id))
+                        }
+                        Holder::Person(_) => holder.waiter(),
+                    };
+                    self.check_grant_order(waiter, device);
                     let round = self
                         .keys
-                        .get(&holder.waiter())
+                        .get(&waiter)
                         .expect("a granted waiter has a place")
                         .1;
                     self.served = self.served.max(round);
