@@ -35,7 +35,7 @@ mod coordinator;
 pub mod helpers;
 mod reply;
 
-pub use call::{CallError, CallKind, Field, FieldProblem, MessageId, limits, parse_call};
+pub use call::{Call, CallError, CallKind, Field, FieldProblem, MessageId, limits, parse_call};
 pub use coordinator::{Coordinator, Due};
 pub use helpers::helper_scripts;
 pub use reply::{MessageData, NackReason, Reply};
