@@ -310,3 +310,66 @@ fn the_group_store_is_bounded() {
         "the duplicate repeats the nack"
     );
 }
+
+mod no_lost_wakeups {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn call() -> impl Strategy<Value = Call> {
+        let id = (0u8..3).prop_map(|n| MessageId::new(&format!("m{n}")).expect("valid"));
+        let pairs = proptest::collection::vec(("[ab]", "[a-z]{0,3}"), 0..3);
+        prop_oneof![
+            (id.clone(), pairs).prop_map(|(id, data)| Call::Send { id, data }),
+            id.clone().prop_map(|id| Call::Wait { id }),
+            (id.clone(), proptest::option::of("r[0-2]"))
+                .prop_map(|(id, role)| Call::WaitAll { id, role }),
+            id.prop_map(|id| Call::Sync { id }),
+        ]
+    }
+
+    /// Whether `member`'s waiting call should already have been answered.
+    fn satisfied(g: &Coordinator, member: InstanceId, call: &Call) -> bool {
+        match call {
+            Call::Wait { id } => g.messages.contains_key(id),
+            Call::WaitAll { id, role } => g.all_sent(id, role.as_deref()),
+            Call::Sync { id } => g.barriers.get(id).is_some_and(|arrived| {
+                arrived.len() >= g.roster.len() && arrived.contains(&member)
+            }),
+            Call::Send { .. } => true,
+        }
+    }
+
+    proptest! {
+        /// After every call, no member waits on a condition that already holds, and a waiting
+        /// sync's member is counted at its barrier.
+        #[test]
+        fn no_waiter_is_left_behind(
+            roles in proptest::collection::vec(0u8..3, 1..5),
+            steps in proptest::collection::vec((0usize..4, call()), 0..80),
+        ) {
+            let roles: Vec<String> = roles.iter().map(|r| format!("r{r}")).collect();
+            let refs: Vec<&str> = roles.iter().map(String::as_str).collect();
+            let mut g = Coordinator::new(roster(&refs));
+            let mut seq = vec![0u64; refs.len()];
+            for (m, call) in steps {
+                let m = m % refs.len();
+                seq[m] += 1;
+                g.call(InstanceId(m as u32), seq[m], call);
+                for (member, _) in g.waiting() {
+                    let latest = g.latest[member.index()].as_ref().expect("a waiting call");
+                    prop_assert!(!satisfied(&g, member, &latest.call), "{:?} waits on {:?}", member, latest.call);
+                    if let Call::Sync { id } = &latest.call {
+                        prop_assert!(g.barriers.get(id).is_some_and(|a| a.contains(&member)));
+                    }
+                }
+                let barrier_bytes: usize = g.barriers.keys().map(|id| id.as_str().len()).sum();
+                let message_bytes: usize = g
+                    .messages
+                    .iter()
+                    .map(|(id, senders)| id.as_str().len() + senders.iter().map(|(_, d)| pairs_bytes(d)).sum::<usize>())
+                    .sum();
+                prop_assert_eq!(g.stored_bytes(), barrier_bytes + message_bytes);
+            }
+        }
+    }
+}
