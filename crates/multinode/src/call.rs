@@ -300,7 +300,9 @@ fn find_call(line: &[u8]) -> Option<(&[u8], &[u8])> {
         let args = &rest[name_len + 1..];
         match args.iter().position(|&b| b == b'>') {
             Some(end) if end > 0 => return Some((&rest[..name_len], &args[..end])),
-            _ => continue,
+            Some(_) => continue,
+            // No '>' after here: no later prefix can match either (linear time on any line).
+            None => return None,
         }
     }
     None

@@ -257,3 +257,27 @@ fn validate_checks_calls_built_in_code_and_ids_check_on_deserialize() {
         Call::Wait { id: id("ok") }
     );
 }
+
+#[test]
+fn long_and_broken_lines() {
+    // The args end at the first '>', even the '>' of a following prefix.
+    let line = "<LAVA_MULTI_NODE> <LAVA_SEND a ".repeat(3);
+    assert_eq!(
+        parse_call(line.as_bytes()),
+        Some(Err(CallError::BadField {
+            kind: CallKind::Send,
+            field: Field::Id,
+            problem: FieldProblem::BadChar(' ')
+        }))
+    );
+    let line = format!("<LAVA_MULTI_NODE> <LAVA_SEND a {}", "x ".repeat(100_000));
+    assert_eq!(parse_call(line.as_bytes()), None);
+    let line = format!(
+        "{}<LAVA_MULTI_NODE> <LAVA_SYNC z>",
+        "<LAVA_MULTI_NODE> <LAVA_SYNC >".repeat(100_000)
+    );
+    assert_eq!(
+        parse_call(line.as_bytes()),
+        Some(Ok(Call::Sync { id: id("z") }))
+    );
+}
