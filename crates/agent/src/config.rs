@@ -2,7 +2,7 @@
 //! offers, and where the agent keeps its spool and per-device work directories.
 //!
 //! ```yaml
-//! controller: http://127.0.0.1:7780
+//! controller: http://127.0.0.1:7780     # or a list: [http://c1:7780, http://c2:7780]
 //! token_file: /etc/dutlab/agent-token     # relative paths are relative to this file
 //! ca_file: /etc/dutlab/ca.pem             # https/wss: trust this CA (default: system roots)
 //! # pin: sha256:HEX                       # ... or exactly this server certificate
@@ -32,6 +32,9 @@
 //!   and `allowed_destinations` only, and decompress within `decompress`.
 //! - `ca_file` and `pin` exclude each other; a CA file must hold PEM certificates and a pin
 //!   must be `sha256:` and 64 hex digits, checked at load.
+//! - `controller` is one address or a non-empty list of them (several controllers sharing
+//!   one PostgreSQL database); every address must be usable as a link URL. The agent dials
+//!   them in order and moves to the next when one cannot be reached.
 //! - The token never enters this module's types: loading only checks that the token file is
 //!   readable and non-empty; the link reads it at connect time. Nothing here can print it.
 
@@ -50,8 +53,9 @@ const MAX_CONFIG_FILE: u64 = 1 << 20;
 /// A loaded agent configuration. Holds no secret (the token stays in its file).
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentConfig {
-    /// The controller: `http(s)://host:port[/prefix]` or `ws(s)://host:port[/prefix]`.
-    pub controller: String,
+    /// The controllers, in the order they are tried (never empty):
+    /// `http(s)://host:port[/prefix]` or `ws(s)://host:port[/prefix]`.
+    pub controllers: Vec<String>,
     /// What `https://` / `wss://` trusts: `ca_file`, `pin`, or the system's roots.
     pub trust: tls::Trust,
     /// File holding the agent's bearer token (read at every connect, never printed).
@@ -122,11 +126,22 @@ struct RawCache {
     max_bytes: Option<u64>,
 }
 
+/// `controller:` as written: one address or a list of them.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawControllers {
+    One(String),
+    Several(Vec<String>),
+}
+
+/// Most controller addresses an agent tries.
+const MAX_CONTROLLERS: usize = 16;
+
 /// The file as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    controller: String,
+    controller: RawControllers,
     token_file: PathBuf,
     #[serde(default)]
     ca_file: Option<PathBuf>,
@@ -179,8 +194,24 @@ impl AgentConfig {
         };
         let raw: RawConfig = serde_saphyr::from_str_with_options(text, yaml_options())
             .map_err(|e| fail(yaml_error(text, &e)))?;
-        link::websocket_url(&raw.controller)
-            .map_err(|e| fail(format!("controller: {:?}: {e}", raw.controller)))?;
+        let several = matches!(raw.controller, RawControllers::Several(_));
+        let controllers = match raw.controller {
+            RawControllers::One(url) => vec![url],
+            RawControllers::Several(urls) => urls,
+        };
+        if controllers.is_empty() || controllers.len() > MAX_CONTROLLERS {
+            return Err(fail(format!(
+                "controller: give one address or a list of 1 to {MAX_CONTROLLERS}"
+            )));
+        }
+        for (i, url) in controllers.iter().enumerate() {
+            let field = if several {
+                format!("controller[{i}]")
+            } else {
+                "controller".to_owned()
+            };
+            link::websocket_url(url).map_err(|e| fail(format!("{field}: {url:?}: {e}")))?;
+        }
         let trust = match (&raw.ca_file, &raw.pin) {
             (Some(_), Some(_)) => {
                 return Err(fail(
@@ -265,7 +296,7 @@ impl AgentConfig {
                 .unwrap_or(crate::artifacts::DEFAULT_MAX_BYTES),
         };
         Ok(AgentConfig {
-            controller: raw.controller,
+            controllers,
             trust,
             token_file,
             name,
@@ -323,7 +354,7 @@ fn capabilities(config: &AgentConfig, device: &Device) -> Vec<driver::Capability
 
 /// A ready agent configuration with `qemu` default QEMU devices named `<name>-qemu-01` ...
 pub fn init_config(
-    controller: &str,
+    controllers: &[String],
     token_file: &Path,
     qemu: usize,
     name: &str,
@@ -333,8 +364,15 @@ pub fn init_config(
     let mut out = String::new();
     out.push_str("# dutlab agent configuration (dutlab agent --config THIS_FILE).\n");
     out.push_str("# Relative paths are relative to this file. Unknown keys are errors.\n\n");
-    out.push_str("# The controller this agent dials (http(s)://host:port or ws(s)://host:port).\n");
-    out.push_str(&format!("controller: {}\n", quote(controller)));
+    out.push_str("# The controller this agent dials (http(s)://host:port or ws(s)://host:port);\n");
+    out.push_str("# a list when several controllers share one database (tried in order).\n");
+    match controllers {
+        [one] => out.push_str(&format!("controller: {}\n", quote(one))),
+        several => {
+            let listed: Vec<String> = several.iter().map(|c| quote(c)).collect();
+            out.push_str(&format!("controller: [{}]\n", listed.join(", ")));
+        }
+    }
     out.push_str("# For https: trust this CA file (`dutlab tls init` makes one), or pin the\n");
     out.push_str("# server certificate; default: the system's roots.\n");
     out.push_str("# ca_file: ca.pem\n# pin: sha256:HEX\n");

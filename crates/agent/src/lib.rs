@@ -65,7 +65,11 @@ pub async fn run(
     config: AgentConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
-    let dialer = link::Dialer::new(&config.controller, &config.trust)?;
+    let dialers = config
+        .controllers
+        .iter()
+        .map(|c| link::Dialer::new(c, &config.trust))
+        .collect::<Result<Vec<_>, _>>()?;
     let prepared = startup::prepare(&config)?;
     tracing::info!(
         agent = %config.name,
@@ -81,7 +85,7 @@ pub async fn run(
             path: config.work_dir.display().to_string(),
             reason: format!("agent lock: {e}"),
         })?;
-    agent::Agent::new(config, dialer, prepared)
+    agent::Agent::new(config, dialers, prepared)
         .run(shutdown)
         .await;
     Ok(())

@@ -138,7 +138,7 @@ fn relative_paths_start_at_the_configuration_file() -> Result<()> {
     ensure!(config.work_dir == etc.join("work"));
     ensure!(config.devices[0].image_dir == Some(etc.join("img")));
     ensure!(config.name == "lab-1");
-    ensure!(config.controller == "http://127.0.0.1:7780");
+    ensure!(config.controllers == ["http://127.0.0.1:7780"]);
     Ok(())
 }
 
@@ -158,7 +158,7 @@ fn init_config_writes_a_file_that_loads() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let token = write(dir.path(), "agent-token", SECRET)?;
     let text = init_config(
-        "http://10.0.0.1:7780",
+        &["http://10.0.0.1:7780".to_owned()],
         &token,
         3,
         "lab-host-1",
@@ -168,7 +168,7 @@ fn init_config_writes_a_file_that_loads() -> Result<()> {
     let path = write(dir.path(), "agent.yaml", &text)?;
     let config = AgentConfig::load(&path)?;
     ensure!(config.name == "lab-host-1");
-    ensure!(config.controller == "http://10.0.0.1:7780");
+    ensure!(config.controllers == ["http://10.0.0.1:7780"]);
     ensure!(config.token_file == token);
     ensure!(config.work_dir == dir.path().join("state"));
     let names: Vec<&str> = config.devices.iter().map(|d| d.name.as_str()).collect();
@@ -186,7 +186,13 @@ fn init_config_writes_a_file_that_loads() -> Result<()> {
     ensure!(rigs.len() == 3);
     ensure!(rigs[0].capabilities == ["power", "console", "shell", "storage", "network"]);
     // No devices is a valid (if idle) agent too.
-    let text = init_config("ws://h:1", &token, 0, "idle", &dir.path().join("s"));
+    let text = init_config(
+        &["ws://h:1".to_owned()],
+        &token,
+        0,
+        "idle",
+        &dir.path().join("s"),
+    );
     let path = write(dir.path(), "idle.yaml", &text)?;
     ensure!(AgentConfig::load(&path)?.devices.is_empty());
     Ok(())
@@ -221,5 +227,27 @@ fn capabilities_come_from_each_devices_rig() -> Result<()> {
         bad.contains("line 5") && bad.contains("expected one of user, none"),
         "{bad}"
     );
+    Ok(())
+}
+
+#[test]
+fn several_controllers_are_a_list_tried_in_order() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let token = write(dir.path(), "token", SECRET)?;
+    let text = "controller: [http://10.0.0.1:7780, 'wss://c2:7780/lab']\ntoken_file: token\nwork_dir: work\n";
+    let path = write(dir.path(), "agent.yaml", text)?;
+    let config = AgentConfig::load(&path)?;
+    ensure!(config.controllers == ["http://10.0.0.1:7780", "wss://c2:7780/lab"]);
+    let both = ["http://a:1".to_owned(), "http://b:2".to_owned()];
+    let written = init_config(&both, &token, 0, "two", &dir.path().join("s"));
+    let path = write(dir.path(), "two.yaml", &written)?;
+    ensure!(AgentConfig::load(&path)?.controllers == both);
+    for (bad, why) in [
+        ("controller: []\n", "1 to 16"),
+        ("controller: [http://a:1, 'ftp://b:2']\n", "controller[1]"),
+    ] {
+        let e = load_error(&format!("{bad}token_file: token\nwork_dir: work\n"))?;
+        ensure!(e.contains(why), "{bad}: {e}");
+    }
     Ok(())
 }

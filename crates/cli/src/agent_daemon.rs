@@ -5,9 +5,10 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, clap::Args)]
 pub struct InitArgs {
-    /// The controller's URL (http://host:port).
-    #[arg(long, value_name = "URL")]
-    controller: String,
+    /// The controller's URL (http://host:port); repeat it for several controllers sharing
+    /// one database (the agent tries them in order).
+    #[arg(long, value_name = "URL", required = true)]
+    controller: Vec<String>,
     /// File holding the agent's token (`dutlab token create --role agent`).
     #[arg(long, value_name = "FILE")]
     token_file: PathBuf,
@@ -58,7 +59,7 @@ pub fn check_config(path: &Path) -> i32 {
                 "{}: agent {} dials {}, work dir {}",
                 path.display(),
                 config.name,
-                config.controller,
+                config.controllers.join(" or "),
                 config.work_dir.display()
             );
             for rig in agent::rigs(&config) {

@@ -14,6 +14,10 @@
 //! ```
 //!
 //! Invariants:
+//! - With several controller addresses, a failed connect moves to the next one at once (the
+//!   backoff pause comes after a whole round failed); a lost link is dialled again at the
+//!   same address first. Artifacts and session files are fetched from the controller of the
+//!   current link.
 //! - The main loop owns all lease and device state; job tasks only append to their spool and
 //!   send [`JobNote`]s. Notes are handled whether or not the link is up.
 //! - A device runs at most one lease, a job's or a session's; it is busy from `StartJob` until
@@ -122,7 +126,9 @@ enum SessionEnd {
 
 pub struct Agent {
     config: AgentConfig,
-    dialer: link::Dialer,
+    /// One per controller address (never empty), and the one dialled next.
+    dialers: Vec<link::Dialer>,
+    current: usize,
     spool: Spool,
     mode: Mode,
     devices: BTreeMap<String, Slot>,
@@ -140,7 +146,7 @@ pub struct Agent {
 }
 
 impl Agent {
-    pub fn new(config: AgentConfig, dialer: link::Dialer, prepared: Prepared) -> Agent {
+    pub fn new(config: AgentConfig, dialers: Vec<link::Dialer>, prepared: Prepared) -> Agent {
         let (notes_tx, notes) = unbounded_channel();
         let devices = config
             .devices
@@ -150,7 +156,7 @@ impl Agent {
         let spool = prepared.spool;
         let artifacts = crate::artifacts::ArtifactSource {
             cache: prepared.cache,
-            controller: crate::artifacts::http_base(&config.controller),
+            controller: crate::artifacts::http_base(&config.controllers[0]),
             trust: config.trust.clone(),
             token_file: config.token_file.clone(),
         };
@@ -177,7 +183,8 @@ impl Agent {
             .collect();
         Agent {
             config,
-            dialer,
+            dialers,
+            current: 0,
             spool,
             mode: Mode::Serving,
             devices,
@@ -196,20 +203,26 @@ impl Agent {
         let mut shutdown = pin!(shutdown);
         let mut backoff = Backoff::new();
         let mut failures = 0u32;
+        // Failed connects since the last pause (a pause comes after a whole round).
+        let mut round = 0usize;
         loop {
             if self.mode == Mode::Stopping {
                 self.wait_for_teardown().await;
                 return;
             }
             let hello = self.hello();
-            let (dialer, token_file) = (self.dialer.clone(), self.config.token_file.clone());
+            let dialer = self.dialers[self.current % self.dialers.len()].clone();
+            let token_file = self.config.token_file.clone();
             let attempt = link::connect(&dialer, &token_file, &hello);
             match self.wait(attempt, shutdown.as_mut()).await {
                 None => continue,
                 Some(Ok((socket, welcome))) => {
                     backoff.reset();
                     failures = 0;
-                    tracing::info!(url = %self.dialer.url, agent = %self.config.name, "connected to the controller");
+                    round = 0;
+                    let base = &self.config.controllers[self.current % self.dialers.len()];
+                    self.artifacts.controller = crate::artifacts::http_base(base);
+                    tracing::info!(url = %dialer.url, agent = %self.config.name, "connected to the controller");
                     let link = Link::new(socket, welcome.heartbeat);
                     match self.session(link, welcome.resume, shutdown.as_mut()).await {
                         SessionEnd::Done => {
@@ -223,6 +236,8 @@ impl Agent {
                 }
                 Some(Err(why)) => {
                     failures += 1;
+                    round += 1;
+                    self.current = (self.current + 1) % self.dialers.len();
                     match &why {
                         LinkDown::Refused(_) | LinkDown::Tls(_) => tracing::warn!("{why}"),
                         LinkDown::Lost(_) if failures == 1 => {
@@ -234,6 +249,11 @@ impl Agent {
                     }
                 }
             }
+            if round > 0 && round < self.dialers.len() {
+                // Another address of this round is still to be tried.
+                continue;
+            }
+            round = 0;
             let pause = backoff.next_pause();
             let _ = self
                 .wait(tokio::time::sleep(pause), shutdown.as_mut())
