@@ -19,6 +19,49 @@ fn records(stdout: &str) -> Result<Vec<Value>> {
         .collect()
 }
 
+/// The configuration of agent `name` with one QEMU device, dialling the controllers on
+/// `ports` in that order.
+fn agent_dialing(lab: &Lab, name: &str, ports: &[u16]) -> Result<std::path::PathBuf> {
+    let config = lab.agent_config(name, 1)?;
+    let text = std::fs::read_to_string(&config)?;
+    let listed: Vec<String> = ports
+        .iter()
+        .map(|p| format!("\"http://127.0.0.1:{p}\""))
+        .collect();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("controller:"))
+        .context("no controller line in agent.yaml")?;
+    let text = text.replace(line, &format!("controller: [{}]", listed.join(", ")));
+    std::fs::write(&config, text)?;
+    // Tokens made on the leader reach a follower within moments: wait, so the agent's first
+    // dial is not refused there for a token it does not know yet.
+    let token = std::fs::read_to_string(config.with_file_name("token"))?;
+    for port in ports {
+        wait_until(
+            "the agent's token known to every controller",
+            Duration::from_secs(10),
+            || Ok((whoami_status(*port, token.trim())? == 200).then_some(())),
+        )?;
+    }
+    Ok(config)
+}
+
+/// The status of `GET /api/v1/whoami` with `token` on the controller on `port`.
+fn whoami_status(port: u16, token: &str) -> Result<u16> {
+    use std::io::{Read, Write};
+    let mut socket = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    socket.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        socket,
+        "GET /api/v1/whoami HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut answer = String::new();
+    socket.read_to_string(&mut answer)?;
+    let status = answer.split_whitespace().nth(1).context("no HTTP status")?;
+    Ok(status.parse()?)
+}
+
 fn job_on(lab: &Lab, port: u16, id: u64) -> Result<Value> {
     lab.json_on(port, &["job", "show", &id.to_string(), "--json"])
 }
@@ -126,18 +169,11 @@ fn a_follower_serves_the_api_forwards_changes_and_follows_logs_stored_by_the_lea
             Ok((who.code() == Some(77)).then_some(()))
         },
     )?;
-    // An agent linked to the follower is refused with the reason (agents link to the leader).
-    let config = lab.agent_config("host-f", 1)?;
-    let text = std::fs::read_to_string(&config)?.replace(
-        &format!("127.0.0.1:{}", lab.port()),
-        &format!("127.0.0.1:{follower}"),
-    );
-    std::fs::write(&config, text)?;
-    let agent = lab.spawn_agent(&config)?;
-    agent.wait_for_stderr(
-        "follows the leader of its database",
-        Duration::from_secs(30),
-    )?;
+    // An agent linked to the follower is served: the follower relays its hello to the
+    // leader, which lists its device.
+    let config = agent_dialing(&lab, "host-f", &[follower])?;
+    lab.spawn_agent(&config)?;
+    lab.wait_devices_idle("host-f", 1)?;
     // Jobs are neither lost nor doubled: both controllers list the same two.
     let ids = |port: u16| -> Result<Vec<u64>> {
         let list = lab.json_on(port, &["job", "list", "--json"])?;
@@ -202,5 +238,120 @@ fn killing_the_leader_hands_the_database_to_a_follower_and_nothing_is_lost() -> 
         let job = lab.wait_state(id, "finished", JOB_LIMIT)?;
         ensure!(job["outcome"] == "passed", "{job}");
     }
+    lab.finish()
+}
+
+/// Submits the job in `file` through the controller on `port`; answers its id.
+fn submit_on(lab: &Lab, port: u16, file: &std::path::Path) -> Result<u64> {
+    let view = lab.json_on(
+        port,
+        &["job", "submit", &file.display().to_string(), "--json"],
+    )?;
+    view["id"].as_u64().context("job id")
+}
+
+/// Waits until jobs `ids` run at once (so each holds one of the lab's two devices); answers
+/// their devices.
+fn running_together(lab: &Lab, port: u16, ids: [u64; 2]) -> Result<Vec<String>> {
+    wait_until("both jobs running at once", JOB_LIMIT, || {
+        let a = job_on(lab, port, ids[0])?;
+        let b = job_on(lab, port, ids[1])?;
+        let running = a["state"] == "running" && b["state"] == "running";
+        Ok(running.then(|| {
+            [a, b]
+                .iter()
+                .map(|j| j["device"].as_str().unwrap_or_default().to_owned())
+                .collect::<Vec<_>>()
+        }))
+    })
+}
+
+#[test]
+fn agents_on_both_controllers_run_jobs_and_the_dead_leaders_agent_moves_to_the_survivor()
+-> Result<()> {
+    let mut lab = Lab::start_on(DUTLAB, Database::Postgres, &[])?;
+    let leader = lab.port();
+    let follower = lab.follow()?;
+    // One agent dials the leader first, the other the follower first; each knows both.
+    let of_leader = agent_dialing(&lab, "host-l", &[leader, follower])?;
+    let of_follower = agent_dialing(&lab, "host-f", &[follower, leader])?;
+    lab.spawn_agent(&of_leader)?;
+    lab.spawn_agent(&of_follower)?;
+    lab.wait_devices_idle("host-l", 1)?;
+    lab.wait_devices_idle("host-f", 1)?;
+    let relayed = lab.followers()[0].process.stderr_text();
+    ensure!(
+        relayed.contains("agent host-f (link"),
+        "the follower does not relay host-f:\n{relayed}\n{}",
+        lab.agents_mut()[1].stderr_text()
+    );
+
+    // Jobs run on both agents, to their end: the follower relays the start, the records
+    // and the end of its agent's job, and the leader's acknowledgement back.
+    let short = lab.write("short.yaml", &numbered_job("short", 5, "0.1"))?;
+    let first = [
+        submit_on(&lab, leader, &short)?,
+        submit_on(&lab, follower, &short)?,
+    ];
+    let devices = running_together(&lab, leader, first)?;
+    ensure!(devices[0] != devices[1], "one device ran both: {devices:?}");
+    for id in first {
+        let job = lab.wait_state(id, "finished", JOB_LIMIT)?;
+        ensure!(job["outcome"] == "passed", "{job}");
+        check_numbered(&lab.log(id)?, 5)?;
+    }
+    lab.wait_devices_idle("host-l", 1)?;
+    lab.wait_devices_idle("host-f", 1)?;
+
+    // Two long jobs, one on each agent; the leader dies in the middle of both.
+    let lines = 60;
+    let long = lab.write("long.yaml", &numbered_job("long", lines, "0.2"))?;
+    let second = [
+        submit_on(&lab, follower, &long)?,
+        submit_on(&lab, leader, &long)?,
+    ];
+    let devices = running_together(&lab, follower, second)?;
+    ensure!(devices[0] != devices[1], "one device ran both: {devices:?}");
+    for id in second {
+        lab.wait_for_line(id, "line-5")?;
+    }
+    lab.kill_controller_hard()?;
+    lab.followers()[0]
+        .process
+        .wait_for_stderr("this controller leads now", Duration::from_secs(5))?;
+    lab.lead_from(follower)?;
+    // Both jobs end once, passed, with every line exactly once: the agent of the dead
+    // leader dialled its second address, the survivor's agent said hello to it again.
+    for id in second {
+        let job = lab.wait_state(id, "finished", JOB_LIMIT)?;
+        ensure!(
+            job["outcome"] == "passed",
+            "job {id} after the takeover: {job}"
+        );
+        let log = lab.log(id)?;
+        check_numbered(&log, lines)?;
+    }
+    let moved = format!("127.0.0.1:{follower}");
+    let of_dead = lab.agents_mut()[0].stderr_text();
+    ensure!(
+        of_dead
+            .lines()
+            .any(|l| l.contains("connected to the controller") && l.contains(&moved)),
+        "agent host-l did not link to the survivor:\n{of_dead}"
+    );
+    // Nothing lost or doubled: four jobs, each finished once; both devices idle again.
+    let list = lab.json(&["job", "list", "--json"])?;
+    let mut ids: Vec<u64> = list
+        .as_array()
+        .context("job list")?
+        .iter()
+        .filter_map(|j| j["id"].as_u64())
+        .collect();
+    ids.sort_unstable();
+    let mut all: Vec<u64> = first.iter().chain(&second).copied().collect();
+    all.sort_unstable();
+    ensure!(ids == all, "jobs after the takeover: {ids:?}");
+    lab.wait_devices_idle("host-l", 1)?;
+    lab.wait_devices_idle("host-f", 1)?;
     lab.finish()
 }

@@ -485,6 +485,7 @@ pub async fn serve(
                     .follow(
                         &mut commands,
                         hub.clone(),
+                        controller_id()?,
                         take_over(url.clone(), me.clone()),
                     )
                     .await?;
@@ -555,6 +556,19 @@ impl Start {
         )
         .await
     }
+}
+
+/// A fresh id of this controller among the controllers of its database (names the agent
+/// links it holds in `agent_links` and `agent_outbox`): random, so no two processes share one.
+fn controller_id() -> Result<String, ControllerError> {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| ControllerError::Stopped(format!("no randomness for a controller id: {e}")))?;
+    Ok(format!(
+        "{:016x}-{}",
+        u64::from_le_bytes(bytes),
+        std::process::id()
+    ))
 }
 
 /// Waits for the database's lock (a follower taking over when the leader stops); a lost

@@ -88,6 +88,14 @@ impl Sessions {
         session
     }
 
+    /// A connection id no session has, for a link this controller does not hold itself (an
+    /// agent link another controller relays): unique like every other id.
+    pub fn fresh_id(&self) -> ConnId {
+        let mut registry = self.registry();
+        registry.last += 1;
+        ConnId(registry.last)
+    }
+
     /// Ends one session with `reason` (no-op when it is gone already).
     pub fn close(&self, conn: ConnId, reason: &str) {
         if let Some(open) = self.registry().open.get(&conn) {

@@ -63,7 +63,7 @@ impl Dispatcher {
         );
         if let Some((old, _)) = older.and_then(|l| l.conn) {
             tracing::info!("agent {agent}: link {conn} replaces link {old}");
-            self.sessions.close(
+            self.close_link(
                 old,
                 &format!("replaced by a newer connection of agent {agent}"),
             );
@@ -138,7 +138,7 @@ impl Dispatcher {
                 "agent {agent}: nothing heard for {} heartbeat intervals; closing its link {conn}, its devices leave the pool",
                 DROP_AFTER_HEARTBEATS
             );
-            self.sessions.close(
+            self.close_link(
                 conn,
                 &format!("nothing heard for {DROP_AFTER_HEARTBEATS} heartbeat intervals"),
             );

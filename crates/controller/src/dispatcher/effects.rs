@@ -71,6 +71,7 @@ impl Dispatcher {
         match self.store.commit(self.next_event, &stored, change).await {
             Ok(()) => {
                 self.next_event += stored.len() as u64;
+                self.remote.set_committed(self.next_event.saturating_sub(1));
                 self.effects(&events, from_agent).await;
                 Ok(())
             }

@@ -19,6 +19,7 @@
 use super::{Command, Failure, LeaseRequest, Submission};
 use crate::policy::Viewer;
 use crate::store::Store;
+use crate::store::agent_links::OUTBOX_CHANNEL;
 use crate::store::commands::{ANSWER_CHANNEL, COMMAND_CHANNEL, CommandAnswer, EVENT_CHANNEL};
 use proto::api::{JobView, LeaseView};
 use proto::{JobId, PersonLeaseId};
@@ -81,6 +82,10 @@ pub enum Forwarded {
         device: String,
         viewer: Viewer,
     },
+    /// An agent link's hello or message, relayed by the controller holding the link.
+    Agent {
+        relayed: super::relay::Relayed,
+    },
 }
 
 /// The leader's answer.
@@ -100,6 +105,8 @@ pub struct Hub {
     pub events: Arc<Notify>,
     /// A follower wrote a command.
     pub commands: Arc<Notify>,
+    /// The leader wrote messages for agent links (of any controller).
+    pub outbox: Arc<Notify>,
     answers: Arc<Mutex<HashMap<i64, Arc<Notify>>>>,
 }
 
@@ -119,6 +126,7 @@ impl Hub {
     fn wake_all(&self) {
         self.events.notify_one();
         self.commands.notify_one();
+        self.outbox.notify_one();
         for waker in lock(&self.answers).values() {
             waker.notify_one();
         }
@@ -133,8 +141,13 @@ impl Hub {
             loop {
                 let connected = async {
                     let mut l = PgListener::connect(&url).await?;
-                    l.listen_all([EVENT_CHANNEL, COMMAND_CHANNEL, ANSWER_CHANNEL])
-                        .await?;
+                    l.listen_all([
+                        EVENT_CHANNEL,
+                        COMMAND_CHANNEL,
+                        ANSWER_CHANNEL,
+                        OUTBOX_CHANNEL,
+                    ])
+                    .await?;
                     Ok::<_, sqlx::Error>(l)
                 };
                 let mut listener = match connected.await {
@@ -151,6 +164,7 @@ impl Hub {
                         Ok(Some(n)) => match n.channel() {
                             EVENT_CHANNEL => hub.events.notify_one(),
                             COMMAND_CHANNEL => hub.commands.notify_one(),
+                            OUTBOX_CHANNEL => hub.outbox.notify_one(),
                             _ => {
                                 if let Ok(id) = n.payload().parse::<i64>()
                                     && let Some(w) = lock(&hub.answers).get(&id)
@@ -404,6 +418,11 @@ async fn run(dispatch: &mpsc::Sender<Command>, id: i64, body: &str) -> Option<(S
             .await
             .ok()?;
             Answer::Device(rx.await.ok()?)
+        }
+        Forwarded::Agent { relayed } => {
+            let (reply, rx) = oneshot::channel();
+            send(Command::Relayed { relayed, reply }).await.ok()?;
+            Answer::Done(rx.await.ok()?)
         }
         Forwarded::Audit {
             viewer,

@@ -43,6 +43,10 @@ impl Leases {
             }
         }
     }
+    /// Forgets every lease (a dispatcher starting from the database).
+    pub(super) fn clear(&self) {
+        self.0.write().unwrap_or_else(|p| p.into_inner()).clear();
+    }
     pub(super) fn remove(&self, lease: LeaseId) {
         self.0
             .write()

@@ -60,6 +60,8 @@ mod health;
 mod lease_sessions;
 mod leases;
 mod person_leases;
+pub mod relay;
+mod relay_links;
 mod replica;
 mod retries;
 mod stream_routes;
@@ -267,6 +269,12 @@ pub enum Command {
         token_id: String,
         reply: oneshot::Sender<bool>,
     },
+    /// What a follower relayed for an agent link it holds (forwarded, so it runs on the
+    /// leader only).
+    Relayed {
+        relayed: relay::Relayed,
+        reply: oneshot::Sender<Result<(), Failure>>,
+    },
     /// A command a follower forwarded (row `id` of `commands`): it is marked done in the
     /// commit of its events; `seq` gets the last event committed after it.
     Forwarded {
@@ -348,6 +356,8 @@ pub struct Dispatcher {
     next_interval_scan: Millis,
     /// Jobs finished on each device since its last check (filled as devices finish jobs).
     jobs_since_check: BTreeMap<String, u32>,
+    /// Agent links other controllers hold and relay ([`relay`]).
+    remote: relay::RemoteLinks,
 }
 
 impl Dispatcher {
@@ -361,6 +371,7 @@ impl Dispatcher {
         streams: crate::streams::Streams,
         updates: broadcast::Sender<JobView>,
     ) -> Result<Dispatcher, ControllerError> {
+        leases.clear();
         let mut d =
             Dispatcher::replica(config, store, logs, leases, sessions, streams, updates).await?;
         d.load_grants();
@@ -454,6 +465,7 @@ impl Dispatcher {
             next_interval_scan: Millis(0),
             retries_due: Vec::new(),
             jobs_since_check: BTreeMap::new(),
+            remote: relay::RemoteLinks::new(next_event.saturating_sub(1)),
         })
     }
 
@@ -478,6 +490,7 @@ impl Dispatcher {
             }
             if self.fatal.is_none() {
                 self.drop_silent_links().await;
+                self.check_relayed_links().await;
                 self.run_due_checks().await;
                 self.run_due_retries().await;
             }
@@ -641,6 +654,10 @@ impl Dispatcher {
                 reply,
             } => {
                 let answer = self.release_lease(lease, &viewer).await;
+                let _ = reply.send(answer);
+            }
+            Command::Relayed { relayed, reply } => {
+                let answer = self.relayed(relayed).await;
                 let _ = reply.send(answer);
             }
             Command::Forwarded { id, command, seq } => {

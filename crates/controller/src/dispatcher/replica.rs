@@ -6,15 +6,17 @@
 //!   leader commits them in order, one transaction per batch): it never runs a scheduler
 //!   command, never ticks, never commits. Views are answered from it with the same code and
 //!   the same [`policy`] as on the leader.
-//! - What changes the queue is forwarded to the leader ([`forward`]); agent links are not
-//!   served by a follower (refused with the reason, so agents keep dialling their
-//!   controller).
+//! - What changes the queue is forwarded to the leader ([`forward`]); agent links are
+//!   accepted and relayed to the leader ([`relay_links`]). The replica keeps the live job
+//!   leases in [`Leases`] with the local link that holds them, so log frames are stored
+//!   here with the leader's fencing (lease live, its epoch, held by this link).
 //! - Events are read when the leader notifies `dutlab_events` and at least once per
 //!   [`forward::POLL`] whatever the notifications said.
 //! - When this controller takes the database's lock it stops following and the caller
 //!   starts a leader's dispatcher from the database ([`Dispatcher::load`]).
 
 use super::forward::{self, Answer, Forwarded, Hub};
+use super::relay_links::FollowerLinks;
 use super::*;
 use crate::store::hold::Hold;
 use tokio::sync::watch;
@@ -22,32 +24,59 @@ use tokio::sync::watch;
 impl Dispatcher {
     /// Follows the leader until `promoted` resolves (this controller took the lock), then
     /// answers the lock.
+    /// `me` names this controller in the tables of relayed agent links.
     pub async fn follow(
         mut self,
         commands: &mut mpsc::Receiver<Command>,
         hub: Hub,
+        me: String,
         promoted: impl std::future::Future<Output = Hold>,
     ) -> Result<Hold, ControllerError> {
         let (applied_tx, applied) = watch::channel(self.next_event.saturating_sub(1));
+        let links = FollowerLinks::start(
+            me,
+            self.store.clone(),
+            hub.clone(),
+            self.sessions.clone(),
+            applied.clone(),
+        );
+        self.leases.clear();
+        for lease in self.sched.leases() {
+            if let Some(job) = lease.job() {
+                let info = LeaseInfo {
+                    job,
+                    epoch: lease.epoch,
+                    conn: None,
+                };
+                self.leases.insert(lease.id, info);
+            }
+        }
         let mut promoted = std::pin::pin!(promoted);
         loop {
             tokio::select! {
                 hold = &mut promoted => {
                     tracing::info!("took the database's lock: this controller leads now");
+                    links.close_all(
+                        "this controller leads its database now; say hello again",
+                    );
                     return Ok(hold);
                 }
                 command = commands.recv() => match command {
-                    Some(command) => self.as_follower(command, &hub, &applied).await,
+                    Some(command) => self.as_follower(command, &hub, &applied, &links).await,
                     None => return Err(ControllerError::Stopped("the server stopped".into())),
                 },
-                () = hub.events.notified() => self.catch_up(&applied_tx).await?,
-                () = tokio::time::sleep(forward::POLL) => self.catch_up(&applied_tx).await?,
+                () = hub.events.notified() => self.catch_up(&applied_tx, &links).await?,
+                () = tokio::time::sleep(forward::POLL) => self.catch_up(&applied_tx, &links).await?,
             }
         }
     }
 
     /// Reads and applies the events the leader committed since the last call.
-    async fn catch_up(&mut self, applied: &watch::Sender<u64>) -> Result<(), ControllerError> {
+    async fn catch_up(
+        &mut self,
+        applied: &watch::Sender<u64>,
+        links: &FollowerLinks,
+    ) -> Result<(), ControllerError> {
         let events = match self.store.events_from(self.next_event).await {
             Ok(events) => events,
             Err(e) => {
@@ -90,6 +119,7 @@ impl Dispatcher {
                 .apply(&event)
                 .map_err(|e| ControllerError::Replay(format!("event {seq}: {e}")))?;
             self.next_event += 1;
+            self.follow_lease(&event, links);
             match &event {
                 Event::JobSubmitted { job, .. }
                 | Event::JobStarted { job, .. }
@@ -118,8 +148,41 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// Keeps [`Leases`] as the leader's: live job leases, held by the local link of their
+    /// device's agent, if any.
+    fn follow_lease(&self, event: &Event, links: &FollowerLinks) {
+        match event {
+            Event::LeaseGranted {
+                lease,
+                epoch,
+                holder: scheduler::Holder::Job(job),
+                device,
+                ..
+            } => {
+                let conn = self
+                    .sched
+                    .device(device)
+                    .and_then(|d| links.conn_of(&d.agent));
+                let info = LeaseInfo {
+                    job: *job,
+                    epoch: *epoch,
+                    conn,
+                };
+                self.leases.insert(*lease, info);
+            }
+            Event::LeaseReleased { lease, .. } => self.leases.remove(*lease),
+            _ => {}
+        }
+    }
+
     /// One command on a follower: views from the replica, changes forwarded to the leader.
-    async fn as_follower(&mut self, command: Command, hub: &Hub, applied: &watch::Receiver<u64>) {
+    async fn as_follower(
+        &mut self,
+        command: Command,
+        hub: &Hub,
+        applied: &watch::Receiver<u64>,
+        links: &FollowerLinks,
+    ) {
         let relay = |command: Forwarded| {
             let (store, hub, applied) = (self.store.clone(), hub.clone(), applied.clone());
             async move { forward::forward(&store, &hub, applied, command).await }
@@ -230,14 +293,26 @@ impl Dispatcher {
                     });
                 });
             }
-            Command::Hello { reply, .. } => {
-                let _ = reply.send(Err(
-                    "this controller follows the leader of its database and serves no agent \
-                     links yet; link the agent to the leading controller"
-                        .into(),
-                ));
+            Command::Hello { hello, reply } => {
+                // The link holds the leases of its agent's devices from now on, as on the
+                // leader (the leader's answer decides whether the link lives).
+                let mine: Vec<LeaseId> = hello
+                    .devices
+                    .iter()
+                    .filter_map(|d| self.sched.device(&d.name))
+                    .filter(|d| d.agent == hello.agent)
+                    .filter_map(|d| d.lease)
+                    .collect();
+                self.leases.move_to(hello.conn, &mine);
+                links.hello(hello, reply);
             }
-            Command::FromAgent { .. } | Command::Gone { .. } => {}
+            Command::FromAgent { conn, message, .. } => links.said(conn, message),
+            Command::Gone { conn, .. } => links.gone(conn),
+            Command::Relayed { reply, .. } => {
+                let _ = reply.send(Err(Failure::Unavailable(
+                    "a follower was handed a relayed agent message".into(),
+                )));
+            }
             Command::HoldsJob { reply, .. } | Command::HoldsSession { reply, .. } => {
                 let _ = reply.send(false);
             }

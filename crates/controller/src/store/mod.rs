@@ -33,6 +33,7 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Executor, Row};
 use std::path::Path;
 
+pub mod agent_links;
 pub mod commands;
 pub mod hold;
 pub mod log_records;

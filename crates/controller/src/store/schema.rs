@@ -62,7 +62,7 @@ pub enum Migrate {
 pub const LATEST: Version = MIGRATIONS[MIGRATIONS.len() - 1].0;
 
 /// Changes after version 1, in order: (version reached, statements).
-pub(super) const MIGRATIONS: [(Version, &[&str]); 5] = [
+pub(super) const MIGRATIONS: [(Version, &[&str]); 6] = [
     // Agent tokens are bound to one agent name. Agent tokens of version 1 keep NULL here and
     // are refused by the agent link until the operator re-creates them (docs/security.md).
     (2, &["ALTER TABLE tokens ADD COLUMN agent TEXT"]),
@@ -154,6 +154,29 @@ pub(super) const MIGRATIONS: [(Version, &[&str]); 5] = [
                 done BIGINT NOT NULL,
                 answer TEXT,
                 answer_seq BIGINT
+            )",
+        ],
+    ),
+    // Agent links held by followers (used on PostgreSQL): which controller holds which
+    // agent's link, until a deadline its holder keeps moving; and what the leader sends to
+    // agents whose link another controller holds, in order per link.
+    (
+        7,
+        &[
+            "CREATE TABLE IF NOT EXISTS agent_links (
+                agent TEXT PRIMARY KEY,
+                controller TEXT NOT NULL,
+                conn BIGINT NOT NULL,
+                expires_at BIGINT NOT NULL
+            )",
+            "CREATE TABLE IF NOT EXISTS agent_outbox (
+                controller TEXT NOT NULL,
+                conn BIGINT NOT NULL,
+                seq BIGINT NOT NULL,
+                after_event BIGINT NOT NULL,
+                body TEXT NOT NULL,
+                created_at BIGINT NOT NULL,
+                PRIMARY KEY (controller, conn, seq)
             )",
         ],
     ),
