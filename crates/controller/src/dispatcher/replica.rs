@@ -318,15 +318,15 @@ impl Dispatcher {
             }
             Command::Session { reply, .. } => {
                 let _ = reply.send(Err(Failure::Unavailable(
-                    "this controller follows the leader of its database and serves no agent \
-                     links: power, flash and screenshots go through the leading controller"
+                    "this controller follows the leader of its database: power, flash and \
+                     screenshots of people's leases go through the leading controller"
                         .into(),
                 )));
             }
             Command::StreamRoute { reply, .. } => {
                 let _ = reply.send(Err(Failure::Unavailable(
-                    "this controller follows the leader of its database and serves no agent \
-                     links: consoles and forwards go through the leading controller"
+                    "this controller follows the leader of its database: consoles and forwards \
+                     go through the leading controller"
                         .into(),
                 )));
             }
