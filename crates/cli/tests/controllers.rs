@@ -355,3 +355,38 @@ fn agents_on_both_controllers_run_jobs_and_the_dead_leaders_agent_moves_to_the_s
     lab.wait_devices_idle("host-f", 1)?;
     lab.finish()
 }
+
+#[test]
+fn killing_a_follower_moves_its_agent_to_the_leader_and_its_job_goes_on() -> Result<()> {
+    let mut lab = Lab::start_on(DUTLAB, Database::Postgres, &[])?;
+    let leader = lab.port();
+    let follower = lab.follow()?;
+    let config = agent_dialing(&lab, "host-f", &[follower, leader])?;
+    lab.spawn_agent(&config)?;
+    lab.wait_devices_idle("host-f", 1)?;
+    let relayed = lab.followers()[0].process.stderr_text();
+    ensure!(
+        relayed.contains("agent host-f (link"),
+        "the follower does not relay host-f:\n{relayed}"
+    );
+    let lines = 40;
+    let long = lab.write("long.yaml", &numbered_job("long", lines, "0.2"))?;
+    let id = submit_on(&lab, follower, &long)?;
+    lab.wait_for_line(id, "line-5")?;
+    lab.kill_follower_hard(follower)?;
+    // The agent dials its next address, the leader; the job ends once, passed, every line
+    // stored once although two controllers stored them.
+    let job = lab.wait_state(id, "finished", JOB_LIMIT)?;
+    ensure!(job["outcome"] == "passed", "{job}");
+    check_numbered(&lab.log(id)?, lines)?;
+    let agent = lab.agents_mut()[0].stderr_text();
+    let moved = format!("127.0.0.1:{leader}");
+    ensure!(
+        agent
+            .lines()
+            .any(|l| l.contains("connected to the controller") && l.contains(&moved)),
+        "agent host-f did not link to the leader:\n{agent}"
+    );
+    lab.wait_devices_idle("host-f", 1)?;
+    lab.finish()
+}

@@ -312,6 +312,19 @@ impl Lab {
         Ok(port)
     }
 
+    /// Kills the follower on `port` with SIGKILL (it is gone from the lab); answers its
+    /// stderr.
+    pub fn kill_follower_hard(&mut self, port: u16) -> Result<String> {
+        let at = self
+            .followers
+            .iter()
+            .position(|f| f.port == port)
+            .with_context(|| format!("no follower on port {port}"))?;
+        let mut follower = self.followers.remove(at);
+        follower.process.kill_hard()?;
+        Ok(follower.process.stderr_text())
+    }
+
     /// The followers started so far, in start order.
     pub fn followers(&self) -> &[Follower] {
         &self.followers

@@ -50,6 +50,10 @@ enum Step {
 
 struct Local {
     agent: String,
+    /// The token the link was opened with.
+    token_id: String,
+    /// The leader accepted the hello.
+    accepted: bool,
     /// The link's queue of messages to the agent.
     tx: mpsc::Sender<ControllerMessage>,
     /// Messages to relay, in order.
@@ -169,6 +173,17 @@ impl FollowerLinks {
         self.context.registry().by_agent.get(agent).copied()
     }
 
+    /// Whether `conn` is the newest link of `agent` here, accepted by the leader and opened
+    /// with token `token_id`.
+    pub(super) fn is_current(&self, conn: ConnId, agent: &str, token_id: &str) -> bool {
+        let registry = self.context.registry();
+        registry.by_agent.get(agent) == Some(&conn)
+            && registry
+                .by_conn
+                .get(&conn)
+                .is_some_and(|l| l.accepted && l.token_id == token_id)
+    }
+
     /// Relays a hello: answered when the leader accepted or refused it.
     pub(super) fn hello(&self, hello: AgentHello, reply: oneshot::Sender<Result<(), String>>) {
         let (steps, queue) = mpsc::channel(QUEUE);
@@ -178,6 +193,8 @@ impl FollowerLinks {
                 hello.conn,
                 Local {
                     agent: hello.agent.clone(),
+                    token_id: hello.token_id.clone(),
+                    accepted: false,
                     tx: hello.tx.clone(),
                     steps,
                     delivered: 0,
@@ -268,6 +285,9 @@ async fn relay_link(
         }
         let _ = reply.send(Err(reason(&failure)));
         return;
+    }
+    if let Some(local) = context.registry().by_conn.get_mut(&conn) {
+        local.accepted = true;
     }
     let _ = reply.send(Ok(()));
     tracing::info!("agent {agent} (link {conn}): relayed to the leading controller");

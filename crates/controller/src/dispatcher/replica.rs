@@ -175,6 +175,32 @@ impl Dispatcher {
         }
     }
 
+    /// [`Dispatcher::holds_job`] for this controller's links: the job's live lease is held by
+    /// the current local link of `agent`, opened with token `token_id` (an agent fetches a
+    /// job's artifacts from the controller it is linked to).
+    fn link_holds_job(
+        &self,
+        job: JobId,
+        agent: &str,
+        token_id: &str,
+        links: &FollowerLinks,
+    ) -> bool {
+        let Some(entry) = self.sched.job(job) else {
+            return false;
+        };
+        let (Some(lease), Some(device)) = (entry.lease, entry.device.as_deref()) else {
+            return false;
+        };
+        let Some(info) = self.leases.get(lease).filter(|i| i.job == job) else {
+            return false;
+        };
+        if self.sched.device(device).is_none_or(|d| d.agent != agent) {
+            return false;
+        }
+        info.conn
+            .is_some_and(|holder| links.is_current(holder, agent, token_id))
+    }
+
     /// One command on a follower: views from the replica, changes forwarded to the leader.
     async fn as_follower(
         &mut self,
@@ -313,7 +339,15 @@ impl Dispatcher {
                     "a follower was handed a relayed agent message".into(),
                 )));
             }
-            Command::HoldsJob { reply, .. } | Command::HoldsSession { reply, .. } => {
+            Command::HoldsJob {
+                job,
+                agent,
+                token_id,
+                reply,
+            } => {
+                let _ = reply.send(self.link_holds_job(job, &agent, &token_id, links));
+            }
+            Command::HoldsSession { reply, .. } => {
                 let _ = reply.send(false);
             }
             Command::Session { reply, .. } => {
