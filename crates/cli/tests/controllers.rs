@@ -390,3 +390,73 @@ fn killing_a_follower_moves_its_agent_to_the_leader_and_its_job_goes_on() -> Res
     lab.wait_devices_idle("host-f", 1)?;
     lab.finish()
 }
+
+#[test]
+fn a_follower_relays_an_agent_link_at_the_wire_and_a_dead_followers_claim_lapses() -> Result<()> {
+    use proto::link::ControllerMessage;
+    use testkit::sim_agent::{Heard, SimAgent, console_frame};
+    // Leases outlive the test: only the lapsed claim can end the dead follower's job.
+    let mut lab = Lab::start_on(DUTLAB, Database::Postgres, &["--lease-ttl", "10m"])?;
+    let follower = lab.follow()?;
+    let known = |token: &str| -> Result<()> {
+        wait_until(
+            "the token known to the follower",
+            Duration::from_secs(10),
+            || Ok((whoami_status(follower, token)? == 200).then_some(())),
+        )
+    };
+    let token = lab.token("sim-f", "agent")?;
+    let other = lab.token("sim-g", "agent")?;
+    known(&token)?;
+    known(&other)?;
+    // The welcome comes from the leader, through the outbox and the follower.
+    let mut sim = SimAgent::open(follower, &token)?;
+    sim.hello("sim-f", &["sim-f1"], vec![])?;
+    sim.welcome()?;
+    let mut intruder = SimAgent::open(follower, &other)?;
+    intruder.hello("sim-g", &["sim-g1"], vec![])?;
+    intruder.welcome()?;
+    let file = lab.write("job.yaml", &inline_job("relayed", "  job: 5m", &["true"]))?;
+    // Two jobs at once: one on each device; sim-f's is followed here.
+    let first = submit_on(&lab, lab.port(), &file)?;
+    let second = submit_on(&lab, lab.port(), &file)?;
+    let lease = sim.take_job()?;
+    let theirs = intruder.take_job()?;
+    ensure!([first, second].contains(&lease.job.0) && lease.job != theirs.job);
+    // Records are stored by the follower and acknowledged once committed.
+    let texts: Vec<String> = (1..=3).map(|i| format!("line-{i}")).collect();
+    sim.frame(&console_frame(lease, 1, &texts))?;
+    sim.expect("log-acked", |h| match h {
+        Heard::Message(ControllerMessage::LogAcked {
+            lease: l, stored, ..
+        }) if *l == lease.lease && stored.0 == 3 => Some(()),
+        _ => None,
+    })?;
+    // Another agent's link may not log for sim-f's lease, nor end its job.
+    intruder.frame(&console_frame(lease, 4, &["forged".to_owned()]))?;
+    intruder.finished(lease.lease, lease.epoch, "forged end", 4)?;
+    // The end of the job is acknowledged by the leader, after its commit.
+    sim.finish(lease, 3)?;
+    let job = lab.wait_state(lease.job.0, "finished", JOB_LIMIT)?;
+    ensure!(job["outcome"] == "passed", "{job}");
+    let log = lab.log(lease.job.0)?;
+    check_numbered(&log, 3)?;
+    ensure!(
+        !log.iter()
+            .any(|r| r["text"].as_str().is_some_and(|t| t.contains("forged"))),
+        "a forged record was stored: {log:?}"
+    );
+    ensure!(lab.job(theirs.job.0)?["state"] == "running");
+    // The follower dies with the links it holds; the simulated agents do not dial again.
+    // Their claims lapse, the leader counts them disconnected, and their job ends with an
+    // infra error after the grace instead of waiting for ever.
+    lab.kill_follower_hard(follower)?;
+    wait_until("both agents disconnected", JOB_LIMIT, || {
+        let agents = lab.json(&["agent", "list", "--json"])?;
+        let all = agents.as_array().context("agent list")?;
+        Ok((all.len() == 2 && all.iter().all(|a| a["state"] == "disconnected")).then_some(()))
+    })?;
+    let ended = lab.wait_state(theirs.job.0, "finished", JOB_LIMIT)?;
+    ensure!(ended["outcome"] == "infra-error", "{ended}");
+    lab.finish()
+}
