@@ -460,3 +460,56 @@ fn a_follower_relays_an_agent_link_at_the_wire_and_a_dead_followers_claim_lapses
     ensure!(ended["outcome"] == "infra-error", "{ended}");
     lab.finish()
 }
+
+#[test]
+fn with_three_controllers_every_relayed_link_says_hello_to_the_new_leader() -> Result<()> {
+    use proto::link::AgentMessage;
+    use testkit::sim_agent::SimAgent;
+    let mut lab = Lab::start_on(DUTLAB, Database::Postgres, &[])?;
+    let followers = [lab.follow()?, lab.follow()?];
+    let mut sims = Vec::new();
+    for (i, port) in followers.iter().enumerate() {
+        let name = format!("sim-{i}");
+        let token = lab.token(&name, "agent")?;
+        wait_until(
+            "the token known to the follower",
+            Duration::from_secs(10),
+            || Ok((whoami_status(*port, &token)? == 200).then_some(())),
+        )?;
+        let mut sim = SimAgent::open(*port, &token)?;
+        sim.hello(&name, &[&format!("{name}-dev")], vec![])?;
+        sim.welcome()?;
+        sims.push((name, token, sim));
+    }
+    lab.kill_controller_hard()?;
+    let leads = wait_until("a follower leads", Duration::from_secs(10), || {
+        Ok(lab
+            .followers()
+            .iter()
+            .find(|f| {
+                f.process
+                    .stderr_text()
+                    .contains("this controller leads now")
+            })
+            .map(|f| f.port))
+    })?;
+    lab.lead_from(leads)?;
+    // The new leader knows none of the links it did not accept itself: the one it held is
+    // closed at its promotion, the other follower's when its agent next speaks. Each agent
+    // then says hello again, on the same controller, and is served.
+    for ((name, token, sim), port) in sims.iter_mut().zip(followers) {
+        sim.send(&AgentMessage::Heartbeat)?;
+        let reason = sim.closed_within(Duration::from_secs(60))?;
+        ensure!(reason.contains("hello again"), "{name}: closed: {reason}");
+        let mut again = SimAgent::open(port, token)?;
+        again.hello(name, &[&format!("{name}-dev")], vec![])?;
+        again.welcome()?;
+        *sim = again;
+    }
+    wait_until("both agents connected", Duration::from_secs(30), || {
+        let agents = lab.json(&["agent", "list", "--json"])?;
+        let all = agents.as_array().context("agent list")?;
+        Ok((all.len() == 2 && all.iter().all(|a| a["state"] == "connected")).then_some(()))
+    })?;
+    lab.finish()
+}

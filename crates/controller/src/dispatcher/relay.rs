@@ -76,9 +76,9 @@ pub enum Outbound {
 }
 
 /// Why a relayed message of an unknown link is refused.
+/// (Short enough for a WebSocket close reason, 123 bytes.)
 pub const UNKNOWN_LINK: &str = "the leading controller has no hello from this link (the \
-                                leader changed, or a newer link of the agent replaced it); \
-                                the agent must say hello again";
+                                leader changed, or a newer link replaced it): say hello again";
 
 #[derive(Debug)]
 struct RemoteLink {
