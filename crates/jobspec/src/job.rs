@@ -9,6 +9,8 @@
 //! - Every timeout is positive, and none of the action and connection timeouts (global,
 //!   per-action-name, per-action) is longer than `timeouts.job` (as LAVA checks).
 //! - In a multinode job every action names at least one role, and every role it names exists.
+//!   A role has a `device_type` unless it is a secondary connection (`connection: ssh`),
+//!   checked in the secondary module.
 //! - Namespaces are all-or-nothing across actions, and never `common` or `docker-test-shell`.
 //! - Image `sha256sum`s are 64 lowercase hex digits; image sources are plain paths, `file://`
 //!   URLs (reduced to their path) or `http(s)://` URLs (kept as written).
@@ -23,6 +25,7 @@ use std::time::Duration;
 use crate::actions::{Action, actions};
 use crate::duration::{self, timeout};
 use crate::fields::{Ctx, Fields, Path, text, text_list};
+use crate::secondary::{self, SecondaryRole};
 use crate::yaml::Value;
 use crate::{JobError, Warning};
 
@@ -122,7 +125,10 @@ pub struct Multinode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Role {
     pub count: u32,
+    /// Empty for a secondary connection role (it runs on its host role's device).
     pub device_type: String,
+    /// `connection: ssh` and its keys: the role logs in to its host role's device.
+    pub secondary: Option<SecondaryRole>,
     pub tags: Vec<String>,
     /// Scalar context variables, stringified.
     pub context: BTreeMap<String, String>,
@@ -226,6 +232,7 @@ pub(crate) fn parse(cx: &mut Ctx, v: Value) -> Result<Job, JobError> {
     };
     check_timeouts(cx, &job)?;
     check_roles(cx, &job)?;
+    secondary::check_actions(cx, &job)?;
     check_namespaces(cx, &job)?;
     warn_namespaces(cx, &job);
     Ok(Job {
@@ -483,18 +490,29 @@ fn multinode(cx: &mut Ctx, path: Path, v: Value) -> Result<Multinode, JobError> 
         None => None,
     };
     f.finish(cx);
+    secondary::check_roles(cx, &roles_path, &roles)?;
     Ok(Multinode { roles, timeout })
 }
 
 fn role(cx: &mut Ctx, path: Path, v: Value) -> Result<Role, JobError> {
     let mut f = Fields::new(cx, path, v)?;
-    if f.has("connection") || f.has("host_role") {
-        return Err(cx.err(
-            &f.path,
-            "dynamic connection roles (connection, host_role, expect_role) are not supported yet",
-        ));
-    }
-    let device_type = f.req_nonempty(cx, "device_type")?;
+    let secondary = secondary::role(cx, &mut f)?;
+    let device_type = match &secondary {
+        None => f.req_nonempty(cx, "device_type")?,
+        Some(s) => {
+            let dt = f.opt_text(cx, "device_type")?.unwrap_or_default();
+            if !dt.is_empty() {
+                cx.not_honoured(
+                    &f.at("device_type"),
+                    &format!(
+                        "a secondary connection runs on the device of its host role '{}'",
+                        s.host_role
+                    ),
+                );
+            }
+            String::new()
+        }
+    };
     let count_path = f.at("count");
     let count = match f.req(cx, "count")? {
         Value::Int(n) => u32::try_from(n)
@@ -529,6 +547,7 @@ fn role(cx: &mut Ctx, path: Path, v: Value) -> Result<Role, JobError> {
     Ok(Role {
         count,
         device_type,
+        secondary,
         tags,
         context,
         context_lists,

@@ -28,6 +28,7 @@ mod fields;
 mod interactive;
 mod job;
 mod references;
+mod secondary;
 mod testdef;
 mod yaml;
 
@@ -50,6 +51,10 @@ pub use job::{
 pub use references::{
     ARTIFACT_PREFIX, Reference, ReferenceKind, artifact_digest, artifact_reference, is_digest,
     rewrite_references,
+};
+pub use secondary::{
+    Authorize, Connection, DelayedStart, ProtocolRequest, SecondaryRole, SshParameters,
+    StartRequest, check_secondary, is_secondary,
 };
 pub use testdef::{DefinitionMetadata, ParsePattern, TEST_DEFINITION_FORMAT, TestDefinition};
 pub use yaml::{MAX_DEPTH, MAX_DOCUMENT_BYTES, MAX_DUPLICATES, MAX_EXPANDED_BYTES, MAX_NODES};

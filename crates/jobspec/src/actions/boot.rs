@@ -1,6 +1,7 @@
 //! `boot` actions: method, prompts, `auto_login`, boot `commands`.
 
 use super::*;
+use crate::secondary;
 
 pub(super) fn boot(cx: &mut Ctx, path: Path, v: Value) -> Result<Boot, JobError> {
     let mut f = Fields::new(cx, path, v)?;
@@ -43,6 +44,20 @@ pub(super) fn boot(cx: &mut Ctx, path: Path, v: Value) -> Result<Boot, JobError>
             "the QEMU device has no bootloader to send commands to",
         );
     }
+    // `method: ssh` logs in over SSH: its `connection` and `parameters` are acted on.
+    let (connection, ssh) = if method == "ssh" {
+        let connection = match f.take("connection") {
+            Some(v) => Some(secondary::connection(cx, &f.at("connection"), v)?),
+            None => None,
+        };
+        let ssh = match f.take("parameters") {
+            Some(v) => secondary::ssh_parameters(cx, f.at("parameters"), v)?,
+            None => None,
+        };
+        (connection, ssh)
+    } else {
+        (None, None)
+    };
     let connection_timeout = match f.take("connection_timeout") {
         Some(v) => Some(timeout(cx, &f.at("connection_timeout"), v)?),
         None => None,
@@ -94,6 +109,8 @@ pub(super) fn boot(cx: &mut Ctx, path: Path, v: Value) -> Result<Boot, JobError>
         role: c.role,
         namespace: c.namespace,
         connection_timeout,
+        connection,
+        ssh,
     })
 }
 

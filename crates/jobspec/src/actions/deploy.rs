@@ -2,11 +2,36 @@
 //! artifacts), compression and checksums.
 
 use super::*;
+use crate::secondary::{self, Authorize};
 
 pub(super) fn deploy(cx: &mut Ctx, path: Path, v: Value) -> Result<Deploy, JobError> {
     let mut f = Fields::new(cx, path, v)?;
     let to = f.req_nonempty(cx, "to")?;
+    // Taken before `common`, which ignores the `protocols` of other actions.
+    let delayed_start = match f.take("protocols") {
+        Some(v) => secondary::deploy_protocols(cx, f.at("protocols"), v)?,
+        None => Vec::new(),
+    };
     let c = common(cx, &mut f)?;
+    let connection = match f.take("connection") {
+        Some(v) => Some(secondary::connection(cx, &f.at("connection"), v)?),
+        None => None,
+    };
+    let authorize = match f.take("authorize") {
+        Some(v) => {
+            let apath = f.at("authorize");
+            match text(cx, &apath, v)?.as_str() {
+                "ssh" => Some(Authorize::Ssh),
+                other => {
+                    return Err(cx.err(
+                        &apath,
+                        format!("'{other}' is not an authorize method (LAVA has only 'ssh')"),
+                    ));
+                }
+            }
+        }
+        None => None,
+    };
     let os = f.opt_text(cx, "os")?;
     if os.is_some() {
         cx.not_honoured(
@@ -28,7 +53,6 @@ pub(super) fn deploy(cx: &mut Ctx, path: Path, v: Value) -> Result<Deploy, JobEr
     f.ignore(
         cx,
         &[
-            ("authorize", "no SSH key is installed in the DUT"),
             ("overlay_backend", "nothing is written into images"),
             ("type", "deploy types (such as monitor) are not used"),
             ("postprocess", "images are not post-processed"),
@@ -38,7 +62,7 @@ pub(super) fn deploy(cx: &mut Ctx, path: Path, v: Value) -> Result<Deploy, JobEr
     // Deploy methods such as tftp give images at the action level: `kernel: {url: ...}`.
     let inline_images: Vec<String> = f
         .keys()
-        .filter(|k| !["to", "images", "os"].contains(&k.as_str()))
+        .filter(|k| !["to", "images", "os", "connection", "authorize"].contains(&k.as_str()))
         .cloned()
         .collect();
     for name in inline_images {
@@ -63,6 +87,9 @@ pub(super) fn deploy(cx: &mut Ctx, path: Path, v: Value) -> Result<Deploy, JobEr
         to,
         images,
         os,
+        connection,
+        authorize,
+        delayed_start,
         timeout: c.timeout,
         role: c.role,
         namespace: c.namespace,

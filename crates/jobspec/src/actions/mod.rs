@@ -36,6 +36,7 @@ use crate::duration::timeout;
 use crate::fields::{Ctx, Fields, Path, boolean, text, text_list, text_or_list};
 use crate::interactive::{self, InteractiveScript, Monitor};
 use crate::job::TIMED_ACTIONS;
+use crate::secondary::{Authorize, Connection, DelayedStart, SshParameters};
 use crate::testdef::{self, TestDefinition};
 use crate::yaml::Value;
 
@@ -48,6 +49,8 @@ use deploy::deploy;
 use test::test;
 
 /// One entry of `actions:`.
+// A job has a handful of actions, parsed once: boxing the larger ones would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     Deploy(Deploy),
@@ -130,6 +133,13 @@ pub struct Deploy {
     /// By role: `kernel`, `initrd`, `ramdisk`, `rootfs`, `dtb`, ... May be empty.
     pub images: BTreeMap<String, Image>,
     pub os: Option<String>,
+    /// `connection: ssh` (`to: ssh`).
+    pub connection: Option<Connection>,
+    /// `authorize: ssh`: the group's public key goes into the DUT with the overlay.
+    pub authorize: Option<Authorize>,
+    /// `protocols: lava-multinode:` requests made before the action (a secondary
+    /// connection's wait for its host's message).
+    pub delayed_start: Vec<DelayedStart>,
     pub timeout: Option<Duration>,
     pub role: Vec<String>,
     pub namespace: Option<String>,
@@ -248,6 +258,10 @@ pub struct Boot {
     pub role: Vec<String>,
     pub namespace: Option<String>,
     pub connection_timeout: Option<Duration>,
+    /// `connection: ssh` of `method: ssh`.
+    pub connection: Option<Connection>,
+    /// `parameters: {hostID, host_key}` of `method: ssh`: where the host's address comes from.
+    pub ssh: Option<SshParameters>,
 }
 
 /// `auto_login:` — how to log in at the console.
