@@ -227,6 +227,8 @@ fn prepare(start: &JobStart) -> Result<(Job, JobContext), JobReport> {
         default_image,
         work_root: Some(start.device_dir.clone()),
         policy,
+        secondary: None,
+        authorized_keys: Vec::new(),
     };
     Ok((job, ctx))
 }

@@ -422,6 +422,8 @@ fn run(args: RunArgs) -> i32 {
         default_image,
         work_root: None,
         policy: runner::policy::HostPolicy::local(),
+        secondary: None,
+        authorized_keys: Vec::new(),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

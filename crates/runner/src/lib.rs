@@ -35,8 +35,10 @@ pub mod overlay;
 pub mod policy;
 pub mod qemu_options;
 pub mod report;
+pub mod secondary;
 pub mod session;
 pub mod signals;
+pub mod ssh;
 
 use device::Device;
 use driver::Power;
@@ -168,6 +170,11 @@ pub struct JobContext {
     pub work_root: Option<PathBuf>,
     /// What the job may reach on this host.
     pub policy: policy::HostPolicy,
+    /// Where a job that boots over ssh (a secondary connection) logs in.
+    pub secondary: Option<secondary::SecondaryContext>,
+    /// Public keys (`authorized_keys` lines) a deploy with `authorize: ssh` installs in the
+    /// DUT: the group's, so its secondary connections can log in.
+    pub authorized_keys: Vec<String>,
 }
 
 /// Runs `job` on `device` and reports how it ended.
@@ -193,6 +200,8 @@ pub async fn run_job(
         packed: None,
         overlay_disk: None,
         undo: Vec::new(),
+        remote: secondary::Remote::default(),
+        keys: KeyState::Absent,
     };
     let job_limit = Limit::new("job", job.timeouts.job);
     let end = tokio::select! {
@@ -249,6 +258,17 @@ struct Run<'a> {
     overlay_disk: Option<ChannelDisk>,
     /// `undo` commands of the user commands that ran, run at teardown (last first).
     undo: Vec<commands::Undo>,
+    /// A secondary connection's state and SSH console.
+    remote: secondary::Remote,
+    /// Whether `authorized_keys` are in the DUT booted last.
+    keys: KeyState,
+}
+
+/// Whether the group's public keys are in the DUT (per boot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyState {
+    Absent,
+    Installed,
 }
 
 impl Run<'_> {
@@ -271,6 +291,16 @@ impl Run<'_> {
         self.overlay = Overlay::prepare(self.job, &self.ctx.job_dir, &work, &self.ctx.policy)
             .await
             .map_err(|e| JobEnd::job_error(e.to_string()))?;
+        if let Some(sec) = self
+            .ctx
+            .secondary
+            .as_ref()
+            .filter(|_| jobspec::is_secondary(self.job))
+        {
+            self.overlay
+                .relocate(&secondary::overlay_root(&sec.job_id)?)
+                .map_err(|e| JobEnd::infra_error(e.to_string()))?;
+        }
         // Warnings of definitions fetched from git: only the run reads those files.
         for warning in &self.overlay.warnings {
             self.note(format!("warning: {warning}"));
@@ -321,6 +351,10 @@ impl Run<'_> {
                 length: connection,
             };
             match action {
+                Action::Deploy(d) if d.to == "ssh" => self.deploy_ssh(index).await?,
+                Action::Boot(b) if b.method == "ssh" => {
+                    self.boot_ssh(index, b, &work, limit, connection).await?;
+                }
                 Action::Deploy(d) => {
                     let field = format!("actions[{index}].deploy");
                     // Each deploy action gets its own directory: image names repeat.
@@ -411,6 +445,11 @@ impl Run<'_> {
     /// run (`jobspec::check_runnable`, the check of `dutlab job validate`; the reason is its
     /// `field: reason`) or whose `device_type` is not this device's.
     fn check_device(&self) -> Result<(), JobEnd> {
+        // A secondary connection runs on its host role's device, not on `device`.
+        if jobspec::is_secondary(self.job) {
+            return jobspec::check_secondary("job", self.job)
+                .map_err(|e| JobEnd::job_error(format!("{}: {}", e.field, e.reason)));
+        }
         jobspec::check_runnable("job", self.job)
             .map_err(|e| JobEnd::job_error(format!("{}: {}", e.field, e.reason)))?;
         if self.job.device_type != self.device.device_type {
@@ -591,6 +630,19 @@ impl Run<'_> {
         if shell.setup == ShellSetup::AsBooted {
             shell.prepare_shell(limit.min(connection.start())).await?;
         }
+        if self.keys == KeyState::Absent
+            && authorizes(self.job)
+            && !self.ctx.authorized_keys.is_empty()
+        {
+            shell
+                .authorize_keys(&self.ctx.authorized_keys, limit.min(connection.start()))
+                .await?;
+            self.keys = KeyState::Installed;
+            let _ = self.events.send(RunEvent::Note(format!(
+                "{} SSH key(s) authorized in the DUT for secondary connections",
+                self.ctx.authorized_keys.len()
+            )));
+        }
         if shell.overlay == OverlayState::Absent
             && let Some(packed) = &self.packed
         {
@@ -643,6 +695,10 @@ impl Run<'_> {
 
     async fn power_off(&mut self) {
         self.shell = None;
+        self.keys = KeyState::Absent;
+        if let Some(console) = self.remote.console.take() {
+            console.close().await;
+        }
         if let Some(rig) = self.rig.as_mut()
             && let Err(e) = rig.power_off().await
         {
@@ -665,6 +721,13 @@ impl Run<'_> {
             self.note(format!("cannot remove the work directory: {e}"));
         }
     }
+}
+
+/// Whether a deploy of `job` says `authorize: ssh`.
+fn authorizes(job: &Job) -> bool {
+    job.actions
+        .iter()
+        .any(|a| matches!(a, Action::Deploy(d) if d.authorize.is_some()))
 }
 
 /// LAVA's `stage` of the test action at `index`: how many test actions with definitions

@@ -32,6 +32,8 @@ async fn run(text: &str, job_dir: &Path) -> (JobReport, Vec<RunEvent>) {
         default_image: None,
         work_root: Some(work.path().to_path_buf()),
         policy: dutlab_runner::policy::HostPolicy::local(),
+        secondary: None,
+        authorized_keys: Vec::new(),
     };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let report = run_job(&job, &ctx, &device(), tx, Cancel::default()).await;

@@ -650,6 +650,7 @@ fn test_run(id: &str, yaml: &str, params: &[(&str, &str)]) -> TestRun {
         files: None,
         uuid: "u_0".into(),
         lava_signal: jobspec::LavaSignal::Stdout,
+        root: dutlab_runner::overlay::OVERLAY_ROOT.to_string(),
     }
 }
 

@@ -106,12 +106,15 @@ pub struct TestRun {
     pub uuid: String,
     /// The definition's `lava-signal`: with `kmsg`, the run's signals go to `/dev/kmsg`.
     pub lava_signal: LavaSignal,
+    /// Where the overlay unpacks in the DUT: [`OVERLAY_ROOT`], or a secondary connection's
+    /// own directory ([`Overlay::relocate`]).
+    pub root: String,
 }
 
 impl TestRun {
     /// The directory of this run in the DUT.
     pub fn dut_dir(&self) -> String {
-        format!("{OVERLAY_ROOT}/tests/{}", self.id)
+        format!("{}/tests/{}", self.root, self.id)
     }
 
     /// The command that runs this test definition in the DUT shell.
@@ -128,6 +131,8 @@ pub struct Overlay {
     /// the job), for people: `actions[1].test.definitions[0].path: FILE: FIELD: MESSAGE`,
     /// control characters replaced.
     pub warnings: Vec<String>,
+    /// Where the overlay unpacks in the DUT; `None`: [`OVERLAY_ROOT`].
+    root: Option<String>,
 }
 
 /// Why the overlay could not be prepared. Always the job's fault or a missing tool on the host.
@@ -252,6 +257,7 @@ impl Overlay {
                     definition,
                     params,
                     files,
+                    root: OVERLAY_ROOT.to_string(),
                 });
                 index += 1;
             }
@@ -261,6 +267,35 @@ impl Overlay {
     }
 
     /// Whether there is anything to send to the DUT.
+    /// Where the overlay unpacks in the DUT.
+    pub fn root(&self) -> &str {
+        self.root.as_deref().unwrap_or(OVERLAY_ROOT)
+    }
+
+    /// Moves the overlay (and every run in it) to unpack under `root` instead of
+    /// [`OVERLAY_ROOT`]: a secondary connection shares its host's device with the host's own
+    /// test shell and the other connections, so each gets its own directory. `root` is an
+    /// absolute path of `[-_.a-zA-Z0-9/]` characters (the caller builds it from checked ids).
+    pub fn relocate(&mut self, root: &str) -> Result<(), OverlayError> {
+        let clean = root.starts_with('/')
+            && root.len() > 1
+            && root
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
+            && !root.split('/').any(|c| c == "..");
+        if !clean {
+            return Err(OverlayError {
+                field: "overlay".into(),
+                reason: format!("{root:?} is not a plain absolute path for the overlay"),
+            });
+        }
+        self.root = Some(root.to_string());
+        for run in self.runs.values_mut().flatten() {
+            run.root = root.to_string();
+        }
+        Ok(())
+    }
+
     pub fn is_empty(&self) -> bool {
         self.runs.values().all(Vec::is_empty)
     }
@@ -274,7 +309,7 @@ impl Overlay {
         };
         let mut tar = tar::Builder::new(Vec::new());
         tar.follow_symlinks(false);
-        let root = OVERLAY_ROOT.trim_start_matches('/');
+        let root = self.root().trim_start_matches('/');
         for (name, body) in HELPERS {
             append(
                 &mut tar,
@@ -310,7 +345,10 @@ impl Overlay {
                 ),
             });
         }
-        Ok(PackedOverlay { tar: bytes })
+        Ok(PackedOverlay {
+            tar: bytes,
+            root: self.root().to_string(),
+        })
     }
 }
 
@@ -318,9 +356,27 @@ impl Overlay {
 #[derive(Debug, Clone)]
 pub struct PackedOverlay {
     tar: Vec<u8>,
+    /// Where it unpacks in the DUT.
+    root: String,
 }
 
 impl PackedOverlay {
+    /// Where the tar unpacks in the DUT (its members are under this path, without the `/`).
+    pub fn root(&self) -> &str {
+        &self.root
+    }
+
+    /// The tar compressed with gzip (a secondary connection copies it as a file).
+    pub fn gzip(&self) -> Result<Vec<u8>, OverlayError> {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&self.tar)
+            .and_then(|()| gz.finish())
+            .map_err(|e| OverlayError {
+                field: "overlay".into(),
+                reason: e.to_string(),
+            })
+    }
+
     /// The tar itself (what the overlay disk holds).
     pub fn tar(&self) -> &[u8] {
         &self.tar
@@ -329,14 +385,7 @@ impl PackedOverlay {
     /// The tar compressed with gzip, for the console; refused when over
     /// [`MAX_CONSOLE_OVERLAY`].
     pub fn for_console(&self) -> Result<Vec<u8>, OverlayError> {
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        let compressed = gz
-            .write_all(&self.tar)
-            .and_then(|()| gz.finish())
-            .map_err(|e| OverlayError {
-                field: "overlay".into(),
-                reason: e.to_string(),
-            })?;
+        let compressed = self.gzip()?;
         if compressed.len() > MAX_CONSOLE_OVERLAY {
             return Err(OverlayError {
                 field: "actions[].test.definitions".into(),

@@ -53,7 +53,7 @@ pub fn run_script(run: &TestRun) -> String {
         run.id,
         run.definition.metadata.name.replace('\n', " ")
     ));
-    s.push_str(&format!("export PATH={OVERLAY_ROOT}/bin:$PATH\n"));
+    s.push_str(&format!("export PATH={}/bin:$PATH\n", run.root));
     let kmsg = run.lava_signal == LavaSignal::Kmsg;
     if kmsg {
         // As LAVA's lava-test-runner: the install steps and the runner's signals use it too.
@@ -61,7 +61,7 @@ pub fn run_script(run: &TestRun) -> String {
     }
     s.push_str(&format!(
         "LAVA_RESULT_DIR={}-$(date +%s)\n",
-        quote(&format!("{OVERLAY_ROOT}/results/{}", run.id))
+        quote(&format!("{}/results/{}", run.root, run.id))
     ));
     s.push_str("mkdir -p \"$LAVA_RESULT_DIR\"\n");
     if !run.definition.install_steps.is_empty() {

@@ -253,6 +253,7 @@ fn run_script_escapes_positional_parameters_only_in_helper_steps() {
         files: None,
         uuid: "u_0".into(),
         lava_signal: LavaSignal::Stdout,
+        root: crate::overlay::OVERLAY_ROOT.to_string(),
     };
     let script = run_script(&run);
     assert!(
@@ -282,6 +283,7 @@ fn kmsg_runs_write_the_runner_signals_into_the_kernel_log() {
         files: None,
         uuid: "u_0".into(),
         lava_signal: LavaSignal::Kmsg,
+        root: crate::overlay::OVERLAY_ROOT.to_string(),
     };
     let script = run_script(&run);
     let kmsg = |line: &str| {

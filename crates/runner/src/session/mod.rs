@@ -662,5 +662,6 @@ pub fn base64(data: &[u8]) -> String {
     out
 }
 
+mod remote;
 #[cfg(test)]
 mod tests;

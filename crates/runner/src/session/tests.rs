@@ -84,6 +84,7 @@ fn test_run(id: &str, yaml: &str) -> TestRun {
         files: None,
         uuid: format!("u_{id}"),
         lava_signal: jobspec::LavaSignal::Stdout,
+        root: crate::overlay::OVERLAY_ROOT.to_string(),
     }
 }
 
