@@ -229,6 +229,7 @@ fn prepare(start: &JobStart) -> Result<(Job, JobContext), JobReport> {
         policy,
         secondary: None,
         authorized_keys: Vec::new(),
+        publish_ssh: None,
     };
     Ok((job, ctx))
 }

@@ -424,6 +424,7 @@ fn run(args: RunArgs) -> i32 {
         policy: runner::policy::HostPolicy::local(),
         secondary: None,
         authorized_keys: Vec::new(),
+        publish_ssh: None,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

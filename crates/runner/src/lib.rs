@@ -175,6 +175,9 @@ pub struct JobContext {
     /// Public keys (`authorized_keys` lines) a deploy with `authorize: ssh` installs in the
     /// DUT: the group's, so its secondary connections can log in.
     pub authorized_keys: Vec<String>,
+    /// Where the DUT's SSH endpoint is published once QEMU runs, for the secondary
+    /// connections of a local group ([`secondary::SshRoute::Published`]).
+    pub publish_ssh: Option<secondary::HostEndpoint>,
 }
 
 /// Runs `job` on `device` and reports how it ended.
@@ -592,6 +595,9 @@ impl Run<'_> {
             }
         );
         if let Some(ssh) = rig.ssh() {
+            if let Some(publish) = &self.ctx.publish_ssh {
+                publish.publish(ssh.host);
+            }
             note.push_str(&format!(
                 "; DUT SSH (port {}) forwarded from {}",
                 ssh.guest_port, ssh.host

@@ -32,6 +32,8 @@ use crate::{ConnectionTimeout, JobEnd, Limit, Run};
 use jobspec::Boot;
 use regex::bytes::Regex;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use tokio::sync::watch;
 
 /// What the runner of a secondary connection needs besides the job.
 #[derive(Clone)]
@@ -57,15 +59,51 @@ impl std::fmt::Debug for SecondaryContext {
 }
 
 /// Where the host role's device accepts SSH, as the group's runner knows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum SshRoute {
     /// Through this address, which leads to the host's device (a QEMU DUT's SSH forward on
     /// 127.0.0.1, a stream of the controller's router): the address the host announces is
     /// checked for form and shown, not connected to.
     Forward(SocketAddr),
+    /// As `Forward`, through the address the host instance's runner publishes once its DUT
+    /// runs ([`HostEndpoint`]; a local group, where the forward's port is picked at launch).
+    Published(HostEndpoint),
     /// To the address the host announces, on `port`, when it lies in one of `ranges` (the
     /// group's network, the host device's addresses).
     Direct { port: u16, ranges: Vec<Cidr> },
+}
+
+/// The SSH endpoint of a host instance's DUT, published by its runner once QEMU runs
+/// (`JobContext::publish_ssh`) and awaited by its guests' runners ([`SshRoute::Published`]).
+#[derive(Debug, Clone)]
+pub struct HostEndpoint(Arc<watch::Sender<Option<SocketAddr>>>);
+
+impl Default for HostEndpoint {
+    fn default() -> Self {
+        HostEndpoint(Arc::new(watch::Sender::new(None)))
+    }
+}
+
+impl HostEndpoint {
+    /// Says where the DUT's SSH is now (a new boot publishes again).
+    pub fn publish(&self, addr: SocketAddr) {
+        self.0.send_replace(Some(addr));
+    }
+
+    /// Waits until an endpoint was published, within `limit`.
+    pub async fn wait(&self, limit: Limit) -> Result<SocketAddr, JobEnd> {
+        let mut rx = self.0.subscribe();
+        let got = tokio::time::timeout_at(limit.at, rx.wait_for(Option::is_some)).await;
+        match got {
+            Ok(Ok(addr)) => (*addr).ok_or_else(|| JobEnd::infra_error("no host endpoint")),
+            Ok(Err(_)) => Err(JobEnd::infra_error("the host's runner ended")),
+            Err(_) => Err(JobEnd::timed_out(format!(
+                "{} timeout ({}) fired before the host role's DUT was running",
+                limit.level,
+                crate::human_duration(limit.length)
+            ))),
+        }
+    }
 }
 
 /// The guest's state between its deploy and its boot, and its connection.
@@ -106,8 +144,13 @@ pub fn overlay_file(job_id: &str, level: &str) -> Result<String, JobEnd> {
     Ok(format!("/{}-overlay-{level}.tar.gz", check_job_id(job_id)?))
 }
 
-/// Where to connect, from the route and the address the host announced (if any).
-pub fn host_address(route: &SshRoute, announced: Option<&str>) -> Result<SocketAddr, JobEnd> {
+/// Where to connect, from the route and the address the host announced (if any); a
+/// published endpoint counts as a forward at `published`.
+pub fn host_address(
+    route: &SshRoute,
+    announced: Option<&str>,
+    published: Option<SocketAddr>,
+) -> Result<SocketAddr, JobEnd> {
     let parsed = announced
         .map(|text| {
             text.trim().parse::<IpAddr>().map_err(|_| {
@@ -120,6 +163,9 @@ pub fn host_address(route: &SshRoute, announced: Option<&str>) -> Result<SocketA
         .transpose()?;
     match route {
         SshRoute::Forward(addr) => Ok(*addr),
+        SshRoute::Published(_) => {
+            published.ok_or_else(|| JobEnd::infra_error("the host's endpoint is not known"))
+        }
         SshRoute::Direct { port, ranges } => {
             let ip = parsed.map(canonical_ip).ok_or_else(|| {
                 JobEnd::job_error("boot: the host's address is not known (no hostID message came)")
@@ -164,7 +210,11 @@ impl Run<'_> {
     ) -> Result<(), JobEnd> {
         self.power_off().await;
         let sec = self.secondary()?.clone();
-        let address = host_address(&sec.route, self.remote.announced.as_deref())?;
+        let published = match &sec.route {
+            SshRoute::Published(endpoint) => Some(endpoint.wait(limit).await?),
+            _ => None,
+        };
+        let address = host_address(&sec.route, self.remote.announced.as_deref(), published)?;
         let target = match &self.remote.target {
             Some(t) => SshTarget {
                 address,
@@ -285,14 +335,14 @@ mod tests {
     fn a_forward_ignores_what_the_host_announced_but_its_form() {
         let forward = SshRoute::Forward("127.0.0.1:2222".parse().unwrap());
         assert_eq!(
-            host_address(&forward, Some("10.0.2.15")).unwrap(),
+            host_address(&forward, Some("10.0.2.15"), None).unwrap(),
             "127.0.0.1:2222".parse().unwrap()
         );
         assert_eq!(
-            host_address(&forward, None).unwrap(),
+            host_address(&forward, None, None).unwrap(),
             "127.0.0.1:2222".parse().unwrap()
         );
-        let e = host_address(&forward, Some("-oProxyCommand=sh")).unwrap_err();
+        let e = host_address(&forward, Some("-oProxyCommand=sh"), None).unwrap_err();
         assert!(e.reason.contains("not an IP address"), "{}", e.reason);
     }
 
@@ -303,22 +353,22 @@ mod tests {
             ranges: vec![Cidr::parse("10.77.0.0/24").unwrap()],
         };
         assert_eq!(
-            host_address(&direct, Some(" 10.77.0.1\n")).unwrap(),
+            host_address(&direct, Some(" 10.77.0.1\n"), None).unwrap(),
             "10.77.0.1:22".parse().unwrap()
         );
         assert_eq!(
-            host_address(&direct, Some("::ffff:10.77.0.3")).unwrap(),
+            host_address(&direct, Some("::ffff:10.77.0.3"), None).unwrap(),
             "10.77.0.3:22".parse().unwrap()
         );
         for outside in ["8.8.8.8", "127.0.0.1", "10.77.1.1"] {
-            let e = host_address(&direct, Some(outside)).unwrap_err();
+            let e = host_address(&direct, Some(outside), None).unwrap_err();
             assert!(
                 e.reason.contains("not an address of its device"),
                 "{}",
                 e.reason
             );
         }
-        assert!(host_address(&direct, None).is_err());
-        assert!(host_address(&direct, Some("host.example")).is_err());
+        assert!(host_address(&direct, None, None).is_err());
+        assert!(host_address(&direct, Some("host.example"), None).is_err());
     }
 }

@@ -1,18 +1,17 @@
 //! A secondary connection over SSH with a real QEMU DUT (TCG) as its host: the host job
 //! boots the shared guest image (dropbear) with `authorize: ssh`, which installs the group's
-//! public key; a guest job (`deploy: to: ssh`, `boot: method: ssh`) logs in through the host
-//! DUT's SSH forward, copies its overlay as `/<job_id>-overlay-<level>.tar.gz`, unpacks it
+//! public key; a guest job (`deploy: to: ssh`, `boot: method: ssh`), started at the same time,
+//! waits for the host DUT's SSH forward its runner publishes, logs in through it, copies its overlay as `/<job_id>-overlay-<level>.tar.gz`, unpacks it
 //! under `/lava-<job_id>` and runs its definition there, whose results come back; the host's
 //! test waits until the guest has been there. One QEMU. Needs `ssh`, `ssh-keygen`
 //! (openssh-client) and dropbear-bin, from scripts/install-deps.sh.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Result, ensure};
 use dutlab_runner::device::Device;
-use dutlab_runner::secondary::{SecondaryContext, SshRoute};
+use dutlab_runner::secondary::{HostEndpoint, SecondaryContext, SshRoute};
 use dutlab_runner::{Cancel, JobContext, RunEvent, run_job};
 use proto::{CaseResult, JobReport, Outcome};
-use std::net::SocketAddr;
 use std::time::Duration;
 
 fn host_job(image: &std::path::Path) -> String {
@@ -64,6 +63,9 @@ async fn a_guest_logs_in_over_ssh_copies_its_overlay_and_runs_its_test_on_the_ho
 
     let host_text = host_job(&image);
     let host = jobspec::parse_job("host.yaml", &host_text)?;
+    // The host's runner publishes its DUT's SSH forward; the guest, started at once, waits
+    // for it and then for the key to be authorized (sshd refuses it until then).
+    let endpoint = HostEndpoint::default();
     let host_ctx = JobContext {
         job_dir: dir.path().to_path_buf(),
         default_image: None,
@@ -71,43 +73,22 @@ async fn a_guest_logs_in_over_ssh_copies_its_overlay_and_runs_its_test_on_the_ho
         policy: dutlab_runner::policy::HostPolicy::local(),
         secondary: None,
         authorized_keys: vec![pair.public.clone()],
+        publish_ssh: Some(endpoint.clone()),
     };
     let (tx, mut host_events) = tokio::sync::mpsc::unbounded_channel();
     let host_device = device.clone();
     let host_run = tokio::spawn(async move {
         run_job(&host, &host_ctx, &host_device, tx, Cancel::default()).await
     });
-
-    // The host DUT's SSH forward, then the key installed in it.
-    let mut forward: Option<SocketAddr> = None;
-    let mut host_console = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
-    loop {
-        let event = tokio::time::timeout_at(deadline, host_events.recv())
-            .await
-            .context("the host did not authorize the key in time")?;
-        match event {
-            Some(RunEvent::Note(note)) => {
-                eprintln!("host: {note}");
-                if let Some(addr) = note.split("forwarded from ").nth(1) {
-                    forward = Some(addr.trim().parse()?);
-                }
-                if note.contains("SSH key(s) authorized") {
-                    break;
-                }
+    let host_notes = tokio::spawn(async move {
+        let mut notes = Vec::new();
+        while let Some(event) = host_events.recv().await {
+            if let RunEvent::Note(n) = event {
+                notes.push(n);
             }
-            Some(RunEvent::Console(b)) => host_console.extend_from_slice(&b),
-            Some(_) => {}
-            None => bail!(
-                "the host job ended first: {:?}\n{}",
-                host_run.await?,
-                String::from_utf8_lossy(&host_console)
-            ),
         }
-    }
-    let forward = forward.context("no SSH forward was noted")?;
-    ensure!(forward.ip().is_loopback(), "{forward}");
-    let drain = tokio::spawn(async move { while host_events.recv().await.is_some() {} });
+        notes
+    });
 
     let guest = jobspec::parse_job("guest.yaml", GUEST_JOB)?;
     let guest_ctx = JobContext {
@@ -119,9 +100,10 @@ async fn a_guest_logs_in_over_ssh_copies_its_overlay_and_runs_its_test_on_the_ho
             job_id: "g7".into(),
             user: "root".into(),
             private_key: pair.private.clone(),
-            route: SshRoute::Forward(forward),
+            route: SshRoute::Published(endpoint.clone()),
         }),
         authorized_keys: Vec::new(),
+        publish_ssh: None,
     };
     let (tx, mut guest_events) = tokio::sync::mpsc::unbounded_channel();
     let guest_report = run_job(&guest, &guest_ctx, &device, tx, Cancel::default()).await;
@@ -150,10 +132,11 @@ async fn a_guest_logs_in_over_ssh_copies_its_overlay_and_runs_its_test_on_the_ho
             "{name}: {shown}"
         );
     }
+    // Through the host DUT's forward on 127.0.0.1.
     ensure!(
         notes
             .iter()
-            .any(|n| n.contains("copied to") && n.contains("/g7-overlay-1.tar.gz")),
+            .any(|n| n.contains("copied to 127.0.0.1:") && n.contains("as /g7-overlay-1.tar.gz")),
         "{shown}"
     );
     // The guest's work directory (key, known hosts) is gone.
@@ -165,8 +148,17 @@ async fn a_guest_logs_in_over_ssh_copies_its_overlay_and_runs_its_test_on_the_ho
     ensure!(left.len() <= 1, "{left:?}");
 
     let host_report = tokio::time::timeout(Duration::from_secs(300), host_run).await??;
-    drain.abort();
-    ensure!(host_report.outcome == Outcome::Passed, "{host_report:?}");
+    let host_notes = host_notes.await?;
+    ensure!(
+        host_report.outcome == Outcome::Passed,
+        "{host_report:?}\n{host_notes:#?}"
+    );
+    ensure!(
+        host_notes
+            .iter()
+            .any(|n| n.contains("SSH key(s) authorized")),
+        "{host_notes:#?}"
+    );
     ensure!(
         case(&host_report, "keys") == Some(CaseResult::Pass),
         "{host_report:?}"
