@@ -123,10 +123,15 @@ pub(super) struct FollowerLinks {
 }
 
 impl Drop for FollowerLinks {
+    /// Stops delivering and renewing; every link's task ends (its queue closes), releasing
+    /// its claim and relaying its end.
     fn drop(&mut self) {
         for task in &self.tasks {
             task.abort();
         }
+        let mut registry = self.context.registry();
+        registry.by_conn.clear();
+        registry.by_agent.clear();
     }
 }
 
