@@ -10,8 +10,11 @@
 //!   method as supported.
 //! - [`check_runnable`] refuses a job exactly when no device type of the table supports every
 //!   deploy target, boot method and the architecture the job names, or when the job needs
-//!   something no host here has (multinode, a test before any boot, a URL scheme dutlab does
-//!   not fetch, a `downloads://` file no earlier action fetched). The error names the first
+//!   something no host here has (a test before any boot, a URL scheme dutlab does
+//!   not fetch, a `downloads://` file no earlier action fetched). A multinode job is checked
+//!   role by role, each role's actions as one device's job.
+//! - [`check_schedulable`] is what the lab accepts: [`check_runnable`] minus multinode jobs,
+//!   until the controller schedules groups. The error names the first
 //!   such field in document order and says what is needed and what the known device types
 //!   offer. Whether the job is valid LAVA at all is [`parse_job`](crate::parse_job)'s answer.
 
@@ -156,24 +159,74 @@ fn boot_needs(method: &str) -> String {
 }
 
 /// Refuses `job` (read from `file`, used in messages) when no device type dutlab knows can
-/// run it.
+/// run it. A multinode job is checked per role: each role's actions (and the role's
+/// `context.arch`) must suit one device type.
 pub fn check_runnable(file: &str, job: &Job) -> Result<(), JobError> {
-    let err = |path: &Path, reason: String| JobError::new(file, path.to_string(), reason);
+    match &job.protocols.multinode {
+        None => check_device_actions(file, job, None, job.context.arch.as_deref()),
+        Some(m) => {
+            for (name, role) in &m.roles {
+                let arch = role
+                    .context
+                    .get("arch")
+                    .map(String::as_str)
+                    .or(job.context.arch.as_deref());
+                check_device_actions(file, job, Some(name), arch)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// [`check_runnable`], then what the lab cannot do yet that a local run can: a multinode
+/// job is refused (the controller does not schedule groups of devices yet).
+pub fn check_schedulable(file: &str, job: &Job) -> Result<(), JobError> {
+    check_runnable(file, job)?;
     if job.protocols.multinode.is_some() {
-        return Err(err(
-            &Path::root().key("protocols").key("lava-multinode"),
-            "multinode jobs are not run by dutlab yet (a local run drives one device, and the \
-             controller does not schedule them)"
-                .into(),
+        return Err(JobError::new(
+            file,
+            Path::root()
+                .key("protocols")
+                .key("lava-multinode")
+                .to_string(),
+            "multinode jobs are not scheduled by the lab yet (the controller does not place \
+             groups of devices); `dutlab run` runs them locally",
         ));
     }
+    Ok(())
+}
+
+/// The check of one device's actions: every action of `job` (those naming `role`, when
+/// given), with `arch` as the device's architecture. Paths name the actions' places in `job`.
+fn check_device_actions(
+    file: &str,
+    job: &Job,
+    role: Option<&str>,
+    arch: Option<&str>,
+) -> Result<(), JobError> {
+    let err = |path: &Path, reason: String| JobError::new(file, path.to_string(), reason);
     let mut needs: Vec<(Path, Need)> = Vec::new();
-    if let Some(arch) = &job.context.arch {
-        needs.push((Path::root().key("context").key("arch"), Need::Arch(arch)));
+    if let Some(arch) = arch {
+        let path = match role {
+            Some(r) => Path::root()
+                .key("protocols")
+                .key("lava-multinode")
+                .key("roles")
+                .key(r)
+                .key("context")
+                .key("arch"),
+            None => Path::root().key("context").key("arch"),
+        };
+        needs.push((path, Need::Arch(arch)));
     }
     let mut booted = false;
     let mut fetched_downloads = false;
     for (i, action) in job.actions.iter().enumerate() {
+        if let Some(r) = role
+            && !action.role().iter().any(|a| a == r)
+        {
+            continue;
+        }
         let path = Path::root().key("actions").index(i).key(action.kind());
         match action {
             Action::Deploy(d) => {
@@ -244,9 +297,15 @@ pub fn check_runnable(file: &str, job: &Job) -> Result<(), JobError> {
                                     .key("script")
                                     .index(j)
                                     .key(call),
-                                "needs a multinode job (protocols.lava-multinode), which dutlab \
-                                 does not run yet"
-                                    .into(),
+                                match role {
+                                    None => "needs a multinode job (protocols.lava-multinode)",
+                                    Some(_) => {
+                                        "multinode calls in interactive scripts are not run by \
+                                         dutlab yet (use lava-send and friends in a test \
+                                         definition)"
+                                    }
+                                }
+                                .into(),
                             ));
                         }
                     }

@@ -1,0 +1,64 @@
+//! `jobspec::multinode::instances` and the runnable checks of multinode jobs.
+
+use dutlab_jobspec::multinode::instances;
+use dutlab_jobspec::{Action, check_runnable, check_schedulable, parse_job};
+
+const MULTINODE: &str = include_str!("fixtures/multinode.yaml");
+
+#[test]
+fn a_group_expands_into_role_instances_in_roster_order() {
+    let job = parse_job("multinode.yaml", MULTINODE).expect("valid");
+    let all = instances(&job);
+    let seen: Vec<(&str, u32)> = all.iter().map(|i| (i.role.as_str(), i.index)).collect();
+    // Roles in name order, then the instances of each role.
+    assert_eq!(seen, [("client", 0), ("client", 1), ("server", 2)]);
+    let client = &all[0];
+    assert_eq!(client.device_type, "qemu");
+    assert_eq!(client.job.device_type, "qemu");
+    assert!(client.tags.is_empty());
+    // deploy, boot and the client's own test.
+    assert_eq!(client.job.actions.len(), 3);
+    assert!(matches!(client.job.actions[2], Action::Test(_)));
+    let server = &all[2];
+    assert_eq!(server.tags, ["big"]);
+    assert_eq!(server.job.tags, ["big"]);
+    assert_eq!(server.job.actions.len(), 2);
+    assert_eq!(server.job.context.arch.as_deref(), Some("amd64"));
+    assert_eq!(server.job.context.extra_options, ["-m", "512"]);
+    // Still a multinode job: its calls are allowed, and it checks as runnable.
+    assert!(server.job.protocols.multinode.is_some());
+    check_runnable("server.yaml", &server.job).expect("an instance is runnable");
+}
+
+#[test]
+fn a_job_without_multinode_has_no_instances() {
+    let job = parse_job(
+        "one.yaml",
+        "job_name: one\ndevice_type: qemu\nactions:\n- boot: {method: qemu, prompts: ['# ']}\n",
+    )
+    .expect("valid");
+    assert!(instances(&job).is_empty());
+}
+
+#[test]
+fn multinode_runs_locally_but_the_lab_refuses_it() {
+    let job = parse_job("multinode.yaml", MULTINODE).expect("valid");
+    check_runnable("multinode.yaml", &job).expect("runnable locally");
+    let e = check_schedulable("multinode.yaml", &job).expect_err("refused by the lab");
+    assert_eq!(e.field, "protocols.lava-multinode");
+    assert!(e.reason.contains("dutlab run"), "{}", e.reason);
+}
+
+#[test]
+fn each_role_is_checked_as_one_device() {
+    // The server's test comes before any boot of the server: the client's boot does not count.
+    let text = "job_name: mn\nprotocols:\n  lava-multinode:\n    roles:\n      \
+                server: {device_type: qemu, count: 1}\n      client: {device_type: qemu, count: 1}\n\
+                actions:\n- boot: {method: qemu, role: [client], prompts: ['# ']}\n\
+                - test:\n    role: [server]\n    definitions:\n    - {from: inline, name: t, path: t.yaml, \
+                repository: {metadata: {format: Lava-Test Test Definition 1.0, name: t}, run: {steps: [true]}}}\n";
+    let job = parse_job("mn.yaml", text).expect("valid LAVA");
+    let e = check_runnable("mn.yaml", &job).expect_err("refused");
+    assert_eq!(e.field, "actions[1].test");
+    assert!(e.reason.contains("no boot action"), "{}", e.reason);
+}
