@@ -78,6 +78,8 @@ pub struct JobStart {
     pub job: JobId,
     pub device: Device,
     pub definition: String,
+    /// For a sub-job of a MultiNode group: the role instance of `definition` to run.
+    pub sub_job: Option<proto::link::SubJob>,
     /// `work_dir/devices/<device>`: job directory and work root of the runner.
     pub device_dir: PathBuf,
     /// What the job may reach on this host.
@@ -180,6 +182,25 @@ fn prepare(start: &JobStart) -> Result<(Job, JobContext), JobReport> {
     let fallback_name = format!("job-{}", start.job);
     let job = jobspec::parse_job(&file, &start.definition)
         .map_err(|e| ended(&fallback_name, Outcome::JobError, e.to_string()))?;
+    // A sub-job runs its role instance's actions only (the controller sends the group's file).
+    let job = match &start.sub_job {
+        None => job,
+        Some(sub) => jobspec::multinode::instances(&job)
+            .into_iter()
+            .nth(sub.index as usize)
+            .filter(|i| i.role == sub.role)
+            .map(|i| i.job)
+            .ok_or_else(|| {
+                ended(
+                    &job.name,
+                    Outcome::JobError,
+                    format!(
+                        "sub-job {}.{}: the job file has no instance {} of role {:?}",
+                        sub.group, sub.index, sub.index, sub.role
+                    ),
+                )
+            })?,
+    };
     let deploys = job
         .actions
         .iter()

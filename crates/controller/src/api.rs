@@ -8,7 +8,7 @@
 //!   for any route that reads something of a job (artifacts too).
 //! - Job owners are the caller's principal id, never the token's name.
 //! - Job files are parsed by `jobspec` at submit and checked with `jobspec::check_schedulable`
-//!   (`check_runnable`, and no multinode job until groups are scheduled),
+//!   (a multinode job per role, then submitted as a group of sub-jobs),
 //!   as `dutlab job validate` does: a bad one, or one no device type dutlab knows can run, is
 //!   400 naming file, field and reason, and nothing is queued. Bodies above the limit are refused from their `Content-Length` (413).
 //! - Follow streams are sessions of their token: revoking it closes them (close frame with the
@@ -201,8 +201,7 @@ pub async fn prepare_submission(
         .to_owned();
     let bad = |message: String| ApiFailure::new(StatusCode::BAD_REQUEST, message);
     let job = jobspec::parse_job(&file_name, &body.definition).map_err(|e| bad(e.to_string()))?;
-    // What `dutlab job validate` refuses (no device type dutlab knows runs it), and multinode
-    // jobs, which the lab does not schedule yet.
+    // What `dutlab job validate` refuses (no device type dutlab knows runs it).
     jobspec::check_schedulable(&file_name, &job)
         .map_err(|e| bad(format!("valid LAVA, but not runnable here: {e}")))?;
     let artifacts = referenced_artifacts(state, caller, &file_name, &job).await?;
@@ -221,7 +220,28 @@ pub async fn prepare_submission(
             Visibility::Group(groups)
         }
     };
+    let roles: Vec<crate::dispatcher::RoleInstance> = jobspec::multinode::instances(&job)
+        .into_iter()
+        .map(|i| crate::dispatcher::RoleInstance {
+            role: i.role,
+            device_type: i.device_type,
+            tags: i.tags,
+        })
+        .collect();
+    if !roles.is_empty() && !body.retry.is_never() {
+        return Err(bad(format!(
+            "{file_name}: retry: a multinode group is not retried (its sub-jobs run together)"
+        )));
+    }
+    if roles.len() > scheduler::MAX_GROUP {
+        return Err(bad(format!(
+            "{file_name}: protocols.lava-multinode.roles: {} role instances; a group has at most {}",
+            roles.len(),
+            scheduler::MAX_GROUP
+        )));
+    }
     Ok(Submission {
+        roles,
         name: job.name.clone(),
         owner: caller.principal,
         owner_name: caller.user.clone(),

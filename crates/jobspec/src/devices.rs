@@ -13,8 +13,8 @@
 //!   something no host here has (a test before any boot, a URL scheme dutlab does
 //!   not fetch, a `downloads://` file no earlier action fetched). A multinode job is checked
 //!   role by role, each role's actions as one device's job.
-//! - [`check_schedulable`] is what the lab accepts: [`check_runnable`] minus multinode jobs,
-//!   until the controller schedules groups. The error names the first
+//! - [`check_schedulable`] is what the lab accepts: today the same as [`check_runnable`]
+//!   (the controller schedules multinode jobs as groups). The error names the first
 //!   such field in document order and says what is needed and what the known device types
 //!   offer. Whether the job is valid LAVA at all is [`parse_job`](crate::parse_job)'s answer.
 
@@ -178,22 +178,11 @@ pub fn check_runnable(file: &str, job: &Job) -> Result<(), JobError> {
     }
 }
 
-/// [`check_runnable`], then what the lab cannot do yet that a local run can: a multinode
-/// job is refused (the controller does not schedule groups of devices yet).
+/// What the lab accepts: [`check_runnable`]; a multinode job is scheduled as a group, one
+/// sub-job per role instance ([`crate::multinode::instances`]). Kept apart from
+/// [`check_runnable`] for what a local run can do and the lab cannot.
 pub fn check_schedulable(file: &str, job: &Job) -> Result<(), JobError> {
-    check_runnable(file, job)?;
-    if job.protocols.multinode.is_some() {
-        return Err(JobError::new(
-            file,
-            Path::root()
-                .key("protocols")
-                .key("lava-multinode")
-                .to_string(),
-            "multinode jobs are not scheduled by the lab yet (the controller does not place \
-             groups of devices); `dutlab run` runs them locally",
-        ));
-    }
-    Ok(())
+    check_runnable(file, job)
 }
 
 /// The check of one device's actions: every action of `job` (those naming `role`, when

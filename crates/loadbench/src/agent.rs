@@ -342,6 +342,7 @@ pub async fn connect(
                     job,
                     device,
                     definition,
+                    ..
                 } => {
                     let start = StartJob {
                         lease,

@@ -275,6 +275,30 @@ pub struct JobView {
     /// Devices it may not run on (a retry's: where the infra error happened).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub avoid_devices: Vec<String>,
+    /// The MultiNode group it is a sub-job of (LAVA's `ID.N`: `group.id`.`group.index`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<JobGroup>,
+}
+
+/// A sub-job's MultiNode group. Sub-jobs of a group have consecutive ids from the group's
+/// id (sub-job N is job `id + N`), one submitter and one visibility.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct JobGroup {
+    /// The group: the id of its sub-job 0.
+    pub id: JobId,
+    /// This sub-job's index in the group, from 0.
+    pub index: u32,
+    /// The role it plays.
+    pub role: String,
+    /// Every sub-job of the group by index (this one included), with its role.
+    pub jobs: Vec<GroupMember>,
+}
+
+/// One sub-job of a group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct GroupMember {
+    pub job: JobId,
+    pub role: String,
 }
 
 /// A page of a job's log.

@@ -167,6 +167,10 @@ pub enum ControllerMessage {
         device: String,
         /// The job file as submitted (LAVA YAML).
         definition: String,
+        /// For a sub-job of a MultiNode group: which role instance of `definition` it runs
+        /// (the agent runs only that instance's actions).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sub_job: Option<SubJob>,
     },
     /// Cancel the job: power the DUT off and report the outcome `canceled`.
     CancelJob { lease: LeaseId, epoch: Epoch },
@@ -529,4 +533,14 @@ mod tests {
             }
         );
     }
+}
+
+/// A sub-job's place in its MultiNode group, as `StartJob` names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubJob {
+    /// The group: the id of its sub-job 0.
+    pub group: JobId,
+    /// The role instance's index in the group (`jobspec::multinode::instances` order).
+    pub index: u32,
+    pub role: String,
 }

@@ -9,7 +9,7 @@ impl Agent {
         epoch: Epoch,
         job: JobId,
         device: String,
-        definition: String,
+        (definition, sub_job): (String, Option<proto::link::SubJob>),
         link: &mut Link,
     ) -> Result<(), LinkDown> {
         let refuse = |reason: String| AgentMessage::StartRefused {
@@ -78,6 +78,7 @@ impl Agent {
             job,
             device: spec,
             definition,
+            sub_job,
             device_dir: self.config.device_dir(&device),
             host: self.config.host.clone(),
             artifacts: self.artifacts.clone(),

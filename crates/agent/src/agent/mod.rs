@@ -658,7 +658,9 @@ impl Agent {
                 job,
                 device,
                 definition,
+                sub_job,
             } => {
+                let definition = (definition, sub_job);
                 self.start_job(lease, epoch, job, device, definition, link)
                     .await
             }

@@ -185,6 +185,7 @@ impl Peer {
             job: JobId(lease * 10),
             device: device.to_owned(),
             definition: definition.to_owned(),
+            sub_job: None,
         })
         .await
     }

@@ -19,6 +19,10 @@ use proto::{JobId, JobState, Seq};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+/// MultiNode groups: `ID.N`, group views, following every sub-job.
+mod groups;
+use groups::JobRef;
+
 const SUBMIT_HELP: &str = "Exit codes: 0 submitted; with --follow the job's outcome: 0 passed, \
 1 failed, 2 timed out, 3 canceled, 4 job error, 5 infra error. 4 job refused (the controller's \
 400: file and field named), 64 usage or missing settings (DUTLAB_URL, DUTLAB_TOKEN or `dutlab \
@@ -115,7 +119,8 @@ pub enum JobCommand {
     /// Show one job.
     #[command(after_help = exit::HELP)]
     Show {
-        id: u64,
+        /// A job id, or ID.N for sub-job N of group ID.
+        id: JobRef,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -123,7 +128,8 @@ pub enum JobCommand {
     /// Print a job's log (escape sequences removed).
     #[command(after_help = LOGS_HELP)]
     Logs {
-        id: u64,
+        /// A job id, or ID.N (a group's id follows every sub-job with --follow).
+        id: JobRef,
         /// Keep printing until the job ends.
         #[arg(long)]
         follow: bool,
@@ -133,11 +139,15 @@ pub enum JobCommand {
     },
     /// Cancel a job (yours, or any as admin).
     #[command(after_help = exit::HELP)]
-    Cancel { id: u64 },
+    Cancel {
+        /// A job id, or ID.N (either cancels the whole group).
+        id: JobRef,
+    },
     /// Show a finished job's results; exits with its outcome.
     #[command(after_help = RESULTS_HELP)]
     Results {
-        id: u64,
+        /// A job id, or ID.N for sub-job N of group ID.
+        id: JobRef,
         /// Write JUnit XML here.
         #[arg(long, value_name = "PATH")]
         junit: Option<PathBuf>,
@@ -165,10 +175,24 @@ pub fn job(command: JobCommand) -> i32 {
                 }
             }
             JobCommand::Show { id, json } => {
-                let job = connect()?
-                    .job(JobId(id))
+                let client = connect()?;
+                let resolved = groups::resolve(&client, id).await?;
+                let job = client
+                    .job(resolved)
                     .await
                     .with_context(|| format!("cannot show job {id}"))?;
+                // `show ID` of a group's id shows the whole group.
+                if let (None, Some(g)) = (id.sub, &job.group)
+                    && g.id == job.id
+                {
+                    let jobs = groups::members(&client, g).await?;
+                    if json {
+                        print_json(&jobs);
+                    } else {
+                        print!("{}", groups::describe_group(g, &jobs, table::now()));
+                    }
+                    return Ok(0);
+                }
                 if json {
                     print_json(&job);
                 } else {
@@ -177,18 +201,38 @@ pub fn job(command: JobCommand) -> i32 {
                 Ok(0)
             }
             JobCommand::Logs { id, follow, json } => {
-                logs(&connect()?, JobId(id), follow, json).await
+                let client = connect()?;
+                let resolved = groups::resolve(&client, id).await?;
+                if follow && !json && id.sub.is_none() {
+                    let job = client
+                        .job(resolved)
+                        .await
+                        .with_context(|| format!("cannot follow job {id}"))?;
+                    if let Some(g) = job.group.as_ref().filter(|g| g.id == job.id) {
+                        return match groups::follow_group(&client, g, Box::new(std::io::stdout()))
+                            .await?
+                        {
+                            Some(_) => Ok(0),
+                            None => Ok(interrupted(job.id)),
+                        };
+                    }
+                }
+                logs(&client, resolved, follow, json).await
             }
             JobCommand::Cancel { id } => {
-                let job = connect()?
-                    .cancel_job(JobId(id))
+                let client = connect()?;
+                let resolved = groups::resolve(&client, id).await?;
+                let job = client
+                    .cancel_job(resolved)
                     .await
                     .with_context(|| format!("cannot cancel job {id}"))?;
                 println!("job {id}: {}", job.state);
                 Ok(0)
             }
             JobCommand::Results { id, junit, json } => {
-                results(&connect()?, JobId(id), junit.as_deref(), json).await
+                let client = connect()?;
+                let resolved = groups::resolve(&client, id).await?;
+                results(&client, resolved, junit.as_deref(), json).await
             }
         }
     })
@@ -307,6 +351,48 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
             "dutlab: warning: {}",
             runner::report::printable(&format!("{file_name}: {w}"))
         );
+    }
+    if let Some(g) = job.group.clone() {
+        // A group: its id on stdout (what scripts read), its sub-jobs on stderr.
+        for (i, m) in g.jobs.iter().enumerate() {
+            eprintln!(
+                "dutlab: group {}: sub-job {} (role {}) is job {}",
+                g.id,
+                groups::name(&g, i),
+                runner::report::printable(&m.role),
+                m.job
+            );
+        }
+        if !args.follow {
+            if args.json {
+                print_json(&job);
+            } else {
+                println!("{}", g.id);
+            }
+            return Ok(0);
+        }
+        eprintln!(
+            "dutlab: submitted group {} ({}); following every sub-job, Ctrl-C stops following (the jobs keep running)",
+            g.id,
+            runner::report::printable(&job.name)
+        );
+        let out: Box<dyn Write + Send> = if args.json {
+            Box::new(std::io::stderr())
+        } else {
+            Box::new(std::io::stdout())
+        };
+        let Some(ends) = groups::follow_group(&client, &g, out).await? else {
+            return Ok(interrupted(g.id));
+        };
+        let jobs = groups::members(&client, &g).await?;
+        if args.json {
+            print_json(&jobs);
+        } else {
+            print!("\n{}", groups::describe_group(&g, &jobs, table::now()));
+        }
+        return Ok(groups::worst(&jobs)
+            .or_else(|| groups::worst(&ends))
+            .map_or(exit::SOFTWARE, |o| o.exit_code()));
     }
     if !args.follow {
         if args.json {
@@ -550,6 +636,9 @@ pub fn describe(job: &JobView, now: proto::Millis) -> String {
     );
     field("reason", job.reason.clone());
     field("device", job.device.clone().unwrap_or_default());
+    if let Some(g) = &job.group {
+        field("sub-job", groups::group_field(g));
+    }
     if let Some(first) = job.retry_of {
         field(
             "retry of",

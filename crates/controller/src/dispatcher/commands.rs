@@ -5,6 +5,9 @@ use super::*;
 
 impl Dispatcher {
     pub(super) async fn submit(&mut self, job: Submission) -> Result<JobView, Failure> {
+        if !job.roles.is_empty() {
+            return self.submit_group(job).await;
+        }
         if !job.wait_for_device && !self.sched.device_types().contains(&job.spec.device_type) {
             let known: Vec<String> = self.sched.device_types().into_iter().collect();
             return Err(Failure::BadRequest {
@@ -41,6 +44,7 @@ impl Dispatcher {
             definition: job.definition.clone(),
             warnings: job.warnings.clone(),
             artifacts: job.artifacts.clone(),
+            group: None,
         };
         // The job must be known before its events run their effects (StartJob needs it).
         self.jobs.insert(

@@ -16,6 +16,29 @@ impl Dispatcher {
         new_job: Option<&JobRow>,
         from_agent: Option<LeaseId>,
     ) -> Result<(), ControllerError> {
+        self.commit_with(events, agent_reports, new_job, &[], from_agent)
+            .await
+    }
+
+    /// Commits the events of a group's submission with its sub-jobs' rows.
+    pub(super) async fn commit_jobs(
+        &mut self,
+        events: Vec<Event>,
+        first: &JobRow,
+        more: &[JobRow],
+    ) -> Result<(), ControllerError> {
+        self.commit_with(events, Vec::new(), Some(first), more, None)
+            .await
+    }
+
+    async fn commit_with(
+        &mut self,
+        events: Vec<Event>,
+        agent_reports: Vec<(JobId, JobReport, u64)>,
+        new_job: Option<&JobRow>,
+        more_jobs: &[JobRow],
+        from_agent: Option<LeaseId>,
+    ) -> Result<(), ControllerError> {
         // Renewals of job leases are soft state; a person's renewal is its deadline.
         let stored: Vec<Event> = events
             .iter()
@@ -64,6 +87,7 @@ impl Dispatcher {
         }
         let change = Change {
             new_job,
+            more_jobs,
             reports: reports.iter().map(|(j, r, s)| (*j, r, *s)).collect(),
             command: self.forwarded.take(),
             audit: &audit,
@@ -156,6 +180,11 @@ impl Dispatcher {
                         .get(job)
                         .and_then(|m| m.definition.clone())
                         .unwrap_or_default();
+                    let sub_job = self.sched.group_of(*job).map(|g| proto::link::SubJob {
+                        group: g.id,
+                        index: g.index,
+                        role: g.role.clone(),
+                    });
                     self.send_to_device(
                         device,
                         ControllerMessage::StartJob {
@@ -164,6 +193,7 @@ impl Dispatcher {
                             job: *job,
                             device: device.clone(),
                             definition,
+                            sub_job,
                         },
                     );
                     self.publish(*job);

@@ -192,6 +192,7 @@ impl Dispatcher {
                     },
                     wait_for_device: true,
                     artifacts: Vec::new(),
+                    roles: Vec::new(),
                 };
                 let view = self.submit(submission).await?;
                 tracing::info!(

@@ -56,6 +56,7 @@ mod commands;
 mod devices;
 mod effects;
 pub mod forward;
+mod groups;
 mod health;
 mod lease_sessions;
 mod leases;
@@ -111,6 +112,19 @@ pub struct Submission {
     pub wait_for_device: bool,
     /// Digests of the artifacts the job references (checked by the API layer).
     pub artifacts: Vec<String>,
+    /// A MultiNode job's role instances, in roster order (`jobspec::multinode::instances`):
+    /// each becomes a sub-job with `spec` but for the instance's device type and tags.
+    /// Empty for a single-device job.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<RoleInstance>,
+}
+
+/// One role instance of a MultiNode submission.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RoleInstance {
+    pub role: String,
+    pub device_type: String,
+    pub tags: Vec<String>,
 }
 
 /// An agent's `Hello`, with the connection it came on.

@@ -123,6 +123,7 @@ impl Dispatcher {
             spec,
             wait_for_device: true,
             artifacts,
+            roles: Vec::new(),
         };
         let view = self.submit(submission).await?;
         self.publish(job);

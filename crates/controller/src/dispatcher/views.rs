@@ -33,6 +33,31 @@ impl Dispatcher {
             retry_of: entry.spec.retry_of,
             retried_as: self.retried_as(job),
             avoid_devices: entry.spec.avoid.clone(),
+            group: self.job_group(job),
+        })
+    }
+
+    /// The group of a sub-job, with every sub-job's id and role.
+    fn job_group(&self, job: JobId) -> Option<proto::api::JobGroup> {
+        let g = self.sched.group_of(job)?;
+        let jobs = self
+            .sched
+            .group(g.id)?
+            .iter()
+            .map(|m| proto::api::GroupMember {
+                job: *m,
+                role: self
+                    .sched
+                    .group_of(*m)
+                    .map(|r| r.role.clone())
+                    .unwrap_or_default(),
+            })
+            .collect();
+        Some(proto::api::JobGroup {
+            id: g.id,
+            index: g.index,
+            role: g.role.clone(),
+            jobs,
         })
     }
 

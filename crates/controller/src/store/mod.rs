@@ -116,12 +116,24 @@ pub struct JobRow {
     pub warnings: Vec<String>,
     /// Digests of the artifacts the job references (written with the job; not read back).
     pub artifacts: Vec<String>,
+    /// Its MultiNode group, for a sub-job (table `job_groups`).
+    pub group: Option<GroupRow>,
+}
+
+/// A sub-job's membership: group (sub-job 0's id), index, role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupRow {
+    pub group: JobId,
+    pub index: u32,
+    pub role: String,
 }
 
 /// What one commit writes besides events.
 #[derive(Debug, Default)]
 pub struct Change<'a> {
     pub new_job: Option<&'a JobRow>,
+    /// More new jobs (the other sub-jobs of a group submitted with `new_job`).
+    pub more_jobs: &'a [JobRow],
     /// Final reports with the sequence number of each job's last log record.
     pub reports: Vec<(JobId, &'a JobReport, u64)>,
     /// The forwarded command these events answer (marked done with them: [`commands`]).
@@ -398,7 +410,9 @@ impl Store {
     /// Every job row, in id order.
     pub async fn jobs(&self) -> Result<Vec<JobRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, name, owner, owner_id, visibility, file_name, definition, warnings FROM jobs ORDER BY id",
+            "SELECT j.id, j.name, j.owner, j.owner_id, j.visibility, j.file_name, j.definition, j.warnings,
+                    g.grp, g.idx, g.role
+             FROM jobs j LEFT JOIN job_groups g ON g.job = j.id ORDER BY j.id",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -595,7 +609,16 @@ impl Store {
         change: Change<'_>,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        if let Some(job) = change.new_job {
+        for job in change.new_job.into_iter().chain(change.more_jobs) {
+            if let Some(g) = &job.group {
+                sqlx::query("INSERT INTO job_groups (job, grp, idx, role) VALUES ($1, $2, $3, $4)")
+                    .bind(as_i64(job.id.0))
+                    .bind(as_i64(g.group.0))
+                    .bind(i64::from(g.index))
+                    .bind(g.role.clone())
+                    .execute(&mut *tx)
+                    .await?;
+            }
             let warnings =
                 serde_json::to_string(&job.warnings).map_err(|e| StoreError::Corrupt {
                     what: "warning list",

@@ -1,6 +1,6 @@
 //! Rows to values and back: tokens, jobs, visibility, integers.
 
-use super::{JobRow, StoreError, StoredToken};
+use super::{GroupRow, JobRow, StoreError, StoredToken};
 use proto::api::TokenView;
 use proto::{GroupName, JobId, Millis, PrincipalId, Role, Visibility};
 use sqlx::Row;
@@ -51,6 +51,22 @@ pub(super) fn job_row(row: &AnyRow) -> Result<JobRow, StoreError> {
             reason: e.to_string(),
         })?,
         artifacts: Vec::new(),
+        group: match (
+            row.try_get::<Option<i64>, _>("grp")?,
+            row.try_get::<Option<i64>, _>("idx")?,
+        ) {
+            (Some(grp), Some(idx)) => Some(GroupRow {
+                group: JobId(as_u64(grp)),
+                index: u32::try_from(idx).map_err(|_| StoreError::Corrupt {
+                    what: "group index",
+                    reason: format!("job {id}: {idx}"),
+                })?,
+                role: row
+                    .try_get::<Option<String>, _>("role")?
+                    .unwrap_or_default(),
+            }),
+            _ => None,
+        },
     })
 }
 

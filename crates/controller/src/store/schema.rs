@@ -62,7 +62,7 @@ pub enum Migrate {
 pub const LATEST: Version = MIGRATIONS[MIGRATIONS.len() - 1].0;
 
 /// Changes after version 1, in order: (version reached, statements).
-pub(super) const MIGRATIONS: [(Version, &[&str]); 6] = [
+pub(super) const MIGRATIONS: [(Version, &[&str]); 7] = [
     // Agent tokens are bound to one agent name. Agent tokens of version 1 keep NULL here and
     // are refused by the agent link until the operator re-creates them (docs/security.md).
     (2, &["ALTER TABLE tokens ADD COLUMN agent TEXT"]),
@@ -179,6 +179,18 @@ pub(super) const MIGRATIONS: [(Version, &[&str]); 6] = [
                 PRIMARY KEY (controller, conn, seq)
             )",
         ],
+    ),
+    // MultiNode groups: each sub-job's group (the id of its sub-job 0), index and role. The
+    // scheduler's events carry the same membership; this table keeps it beside the job rows
+    // for what reads the store without replaying (and for people reading the database).
+    (
+        8,
+        &["CREATE TABLE IF NOT EXISTS job_groups (
+                job BIGINT PRIMARY KEY,
+                grp BIGINT NOT NULL,
+                idx BIGINT NOT NULL,
+                role TEXT NOT NULL
+            )"],
     ),
 ];
 
