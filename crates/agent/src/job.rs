@@ -182,8 +182,10 @@ fn prepare(start: &JobStart) -> Result<(Job, JobContext), JobReport> {
     let fallback_name = format!("job-{}", start.job);
     let job = jobspec::parse_job(&file, &start.definition)
         .map_err(|e| ended(&fallback_name, Outcome::JobError, e.to_string()))?;
-    // A sub-job runs its role instance's actions only (the controller sends the group's file).
-    let job = match &start.sub_job {
+    // A sub-job runs its role instance's actions only (the controller sends the group's file),
+    // as an ordinary job: without `protocols`, since the lab has no coordinator for its
+    // MultiNode calls yet (docs/multinode.md).
+    let mut job = match &start.sub_job {
         None => job,
         Some(sub) => jobspec::multinode::instances(&job)
             .into_iter()
@@ -201,6 +203,7 @@ fn prepare(start: &JobStart) -> Result<(Job, JobContext), JobReport> {
                 )
             })?,
     };
+    job.protocols.multinode = None;
     let deploys = job
         .actions
         .iter()

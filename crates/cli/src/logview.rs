@@ -189,6 +189,7 @@ mod tests {
             retry_of: None,
             retried_as: None,
             avoid_devices: Vec::new(),
+            group: None,
             warnings: vec![],
         };
         view.job(&job).expect("write");

@@ -301,16 +301,7 @@ fn lavacli_submits_follows_and_reads_results_of_a_qemu_job() -> Result<()> {
     ensure!(!running.contains(&format!("* {id}:")), "{running}");
     refused(&lab, &["jobs", "show", "999999"], "404")?;
 
-    // MultiNode does not exist in dutlab yet: refused as at `dutlab job submit`.
-    let multinode = lab.write(
-        "multinode.yaml",
-        include_str!("../../jobspec/tests/fixtures/multinode.yaml"),
-    )?;
-    refused(
-        &lab,
-        &["jobs", "submit", &path_str(&multinode)],
-        "multinode",
-    )?;
+    // MultiNode submissions: `a_multinode_submission_answers_its_sub_job_ids_as_lava_does`.
     lab.finish()
 }
 
@@ -638,4 +629,48 @@ fn every_lava_route_needs_a_token() -> Result<()> {
         "{status} {body}"
     );
     lab.finish()
+}
+
+#[test]
+fn a_multinode_submission_answers_its_sub_job_ids_as_lava_does() -> Result<()> {
+    let (lab, alice, _) = start_lab()?;
+    identity(&lab, "default", Some(("alice", &alice)))?;
+    // Two roles, one device: the group waits (queued), and submitting answers at once.
+    let pair = "job_name: pair
+timeouts:
+  job: {minutes: 4}
+visibility: personal
+protocols:
+  lava-multinode:
+    roles:
+      server: {device_type: qemu, count: 1}
+      client: {device_type: qemu, count: 1}
+actions:
+- boot: {role: [server, client], method: qemu, prompts: ['# $']}
+";
+    let file = lab.write("pair.yaml", pair)?;
+    let out = ok(&lab, &["jobs", "submit", &path_str(&file)])?;
+    let ids: Vec<&str> = out.split_whitespace().collect();
+    ensure!(ids.len() == 2, "lavacli printed {out:?}");
+    let group = ids[0].strip_suffix(".0").context("ID.0 first")?;
+    ensure!(ids[1] == format!("{group}.1"), "{out}");
+    // REST v0.2 answers the same shape.
+    let body = serde_json::json!({ "definition": pair }).to_string();
+    let (status, created) = rest(&lab, "POST", "/api/v0.2/jobs/", &alice, &body)?;
+    ensure!(status == 201, "{status} {created}");
+    let rest_ids = created["job_ids"].as_array().context("job_ids")?;
+    ensure!(
+        rest_ids.len() == 2
+            && rest_ids[0].as_str().is_some_and(|s| s.ends_with(".0"))
+            && rest_ids[1].as_str().is_some_and(|s| s.ends_with(".1")),
+        "{created}"
+    );
+    for id in [
+        group.to_owned(),
+        created["job_ids"][0].as_str().unwrap_or("").to_owned(),
+    ] {
+        let canceled = lab.cli_as(&alice, &["job", "cancel", &id])?;
+        expect_code(&canceled, 0)?;
+    }
+    Ok(())
 }

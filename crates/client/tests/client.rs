@@ -118,6 +118,7 @@ fn job_view(state: JobState, outcome: Option<Outcome>) -> JobView {
         retry_of: None,
         retried_as: None,
         avoid_devices: Vec::new(),
+        group: None,
         warnings: vec![],
     }
 }

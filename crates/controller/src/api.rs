@@ -176,7 +176,7 @@ pub async fn submit_job(
 ) -> ApiResult<(StatusCode, Json<JobView>)> {
     let submission = prepare_submission(&state, &caller, body).await?;
     let view = ask(&state, |reply| Command::Submit {
-        job: submission,
+        job: Box::new(submission),
         reply,
     })
     .await??;

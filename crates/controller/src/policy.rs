@@ -216,6 +216,7 @@ mod tests {
             retry_of: None,
             retried_as: None,
             avoid_devices: Vec::new(),
+            group: None,
             warnings: Vec::new(),
         }
     }

@@ -16,6 +16,11 @@ use sqlx::{AnyPool, Executor, Row};
 use std::time::Duration;
 use testkit::postgres::Postgres;
 
+/// Schema 7: MultiNode groups.
+#[path = "store/groups.rs"]
+mod groups;
+use groups::version_6_databases_keep_their_jobs_and_store_groups;
+
 #[derive(Debug, Clone, Copy)]
 enum Backend {
     Sqlite,
@@ -103,6 +108,7 @@ on_both!(
     log_records_are_stored_once_whichever_store_writes_them,
     version_4_databases_get_the_audit_table,
     audit_entries_are_kept_in_order_with_their_commit,
+    version_6_databases_keep_their_jobs_and_store_groups,
 );
 
 /// Schema version 1 (commit 75cfc57), as it created its tables.
@@ -392,6 +398,7 @@ async fn every_query_round_trips_on_a_fresh_database(backend: Backend) -> Result
         definition: "job_name: smoke\n".into(),
         warnings: vec!["a warning".into()],
         artifacts: vec![digest.clone()],
+        group: None,
     };
     let events = [
         scheduler::Event::AgentDisconnected {
@@ -409,6 +416,7 @@ async fn every_query_round_trips_on_a_fresh_database(backend: Backend) -> Result
             &events,
             Change {
                 new_job: Some(&job),
+                more_jobs: &[],
                 reports: Vec::new(),
                 command: None,
                 audit: &[],
@@ -441,6 +449,7 @@ async fn every_query_round_trips_on_a_fresh_database(backend: Backend) -> Result
             &[],
             Change {
                 new_job: None,
+                more_jobs: &[],
                 reports: vec![(JobId(1), &report, 17)],
                 command: None,
                 audit: &[],

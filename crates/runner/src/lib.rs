@@ -453,6 +453,15 @@ impl Run<'_> {
             return jobspec::check_secondary("job", self.job)
                 .map_err(|e| JobEnd::job_error(format!("{}: {}", e.field, e.reason)));
         }
+        // A role instance the lab runs comes without `protocols` (the agent drops it): here
+        // only a whole group's file has it, and one device cannot run a whole group.
+        if self.job.protocols.multinode.is_some() {
+            return Err(JobEnd::job_error(
+                "protocols.lava-multinode: a multinode job runs as its role instances, each \
+                 on its own device with the group's coordinator (`dutlab run` runs the whole \
+                 group)",
+            ));
+        }
         jobspec::check_runnable("job", self.job)
             .map_err(|e| JobEnd::job_error(format!("{}: {}", e.field, e.reason)))?;
         if self.job.device_type != self.device.device_type {

@@ -106,13 +106,31 @@ async fn a_url_scheme_dutlab_does_not_fetch_is_refused_before_any_action() {
 }
 
 #[tokio::test]
-async fn multinode_is_refused_before_any_action() {
-    refused_like_validate(
+async fn a_multinode_job_without_its_group_is_refused_before_any_action() {
+    // A multinode job runs as role instances, each given its group; the job itself alone
+    // has nowhere to send its calls.
+    let dir = tempfile::tempdir().unwrap();
+    let (report, events) = run(
         "job_name: mn\nprotocols:\n  lava-multinode:\n    roles:\n      \
          server: {device_type: qemu, count: 1}\n      client: {device_type: qemu, count: 1}\n\
          actions:\n- boot: {method: qemu, role: [server, client]}\n",
+        dir.path(),
     )
     .await;
+    assert_eq!(report.outcome, Outcome::JobError, "{}", report.reason);
+    assert!(
+        report
+            .reason
+            .starts_with("protocols.lava-multinode: a multinode job runs as its role instances"),
+        "{}",
+        report.reason
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, RunEvent::ActionStarted { .. })),
+        "an action started: {events:?}"
+    );
 }
 
 #[tokio::test]

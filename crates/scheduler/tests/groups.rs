@@ -399,3 +399,30 @@ fn malformed_groups_are_refused_and_change_nothing() {
     assert!(s.apply(&e).is_err());
     assert_eq!(s, before);
 }
+
+#[test]
+fn a_group_behind_running_jobs_starts_when_the_last_of_them_ends() {
+    let mut lab = Lab::new(&[dev("sim-q1", "qemu", &[]), dev("sim-q2", "qemu", &[])]);
+    let now = lab.at();
+    let r = lab.s.submit(JobId(1), single("qemu", 2), now);
+    lab.run(r);
+    let (lease, epoch) = lab.lease_of(JobId(1));
+    let now = lab.at();
+    let r = lab.s.job_started(lease, epoch, now);
+    lab.run(r);
+    let now = lab.at();
+    let r = lab
+        .s
+        .submit_group(group(2, 2, &[("qemu", &[]), ("qemu", &[])]), now);
+    lab.run(r);
+    let now = lab.at();
+    let r = lab.s.submit(JobId(4), single("qemu", 2), now);
+    assert_eq!(granted(&lab.run(r)).len(), 1);
+    let (lease, epoch) = lab.lease_of(JobId(4));
+    let now = lab.at();
+    let r = lab.s.job_started(lease, epoch, now);
+    lab.run(r);
+    lab.finish(JobId(1), Outcome::Passed);
+    let events = lab.finish(JobId(4), Outcome::Passed);
+    assert_eq!(granted(&events).len(), 2, "{events:?}");
+}

@@ -181,16 +181,13 @@ pub fn job(command: JobCommand) -> i32 {
                     .job(resolved)
                     .await
                     .with_context(|| format!("cannot show job {id}"))?;
-                // `show ID` of a group's id shows the whole group.
-                if let (None, Some(g)) = (id.sub, &job.group)
+                // `show ID` of a group's id shows the whole group (JSON keeps one view's
+                // shape: sub-job 0's, whose `group` names every sub-job).
+                if let (None, Some(g), false) = (id.sub, &job.group, json)
                     && g.id == job.id
                 {
                     let jobs = groups::members(&client, g).await?;
-                    if json {
-                        print_json(&jobs);
-                    } else {
-                        print!("{}", groups::describe_group(g, &jobs, table::now()));
-                    }
+                    print!("{}", groups::describe_group(g, &jobs, table::now()));
                     return Ok(0);
                 }
                 if json {
@@ -781,6 +778,7 @@ mod tests {
             retry_of: None,
             retried_as: None,
             avoid_devices: Vec::new(),
+            group: None,
             warnings: vec!["job.yaml: foo: unknown key".into()],
         }
     }

@@ -44,7 +44,7 @@ const KEEP_ANSWERS_MS: u64 = 10 * 60 * 1000;
 #[serde(rename_all = "kebab-case", tag = "command")]
 pub enum Forwarded {
     Submit {
-        job: Submission,
+        job: Box<Submission>,
     },
     Cancel {
         job: JobId,

@@ -145,7 +145,7 @@ pub struct AgentHello {
 
 pub enum Command {
     Submit {
-        job: Submission,
+        job: Box<Submission>,
         reply: oneshot::Sender<Result<JobView, Failure>>,
     },
     Cancel {
@@ -525,7 +525,7 @@ impl Dispatcher {
     async fn handle(&mut self, command: Command) -> Result<(), ControllerError> {
         match command {
             Command::Submit { job, reply } => {
-                let answer = self.submit(job).await;
+                let answer = self.submit(*job).await;
                 let _ = reply.send(answer);
             }
             Command::Cancel { job, viewer, reply } => {

@@ -152,18 +152,28 @@ pub async fn submit(
             )
         })?
         .to_owned();
-    let id = submit_definition(&state, &caller, definition).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "message": "job(s) successfully submitted", "job_ids": [id.0] })),
-    ))
+    let view = submit_definition(&state, &caller, definition).await?;
+    Ok((StatusCode::CREATED, Json(submitted(&view))))
+}
+
+/// LAVA's answer to a submission: `job_ids`, for a multinode job its sub-jobs' `ID.N`.
+fn submitted(view: &JobView) -> Value {
+    let ids = match &view.group {
+        Some(g) => json!(
+            (0..g.jobs.len())
+                .map(|n| format!("{}.{n}", g.id))
+                .collect::<Vec<_>>()
+        ),
+        None => json!([view.id.0]),
+    };
+    json!({ "message": "job(s) successfully submitted", "job_ids": ids })
 }
 
 async fn submit_definition(
     state: &AppState,
     caller: &Caller,
     definition: String,
-) -> RestResult<JobId> {
+) -> RestResult<JobView> {
     let body = SubmitJob {
         definition,
         file_name: None,
@@ -178,12 +188,12 @@ async fn submit_definition(
         )
     })?;
     let view = ask(state, |reply| Command::Submit {
-        job: submission,
+        job: Box::new(submission),
         reply,
     })
     .await?
     .map_err(|f| RestFailure::from(ApiFailure::from(f)))?;
-    Ok(view.id)
+    Ok(view)
 }
 
 #[derive(Debug, Deserialize)]
@@ -599,10 +609,7 @@ pub async fn resubmit(
         .map_err(|e| RestFailure(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?
         .ok_or_else(|| RestFailure(StatusCode::NOT_FOUND, "Not found.".into()))?;
     let new = submit_definition(&state, &caller, definition).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "message": "job(s) successfully submitted", "job_ids": [new.0] })),
-    ))
+    Ok((StatusCode::CREATED, Json(submitted(&new))))
 }
 
 /// `GET /api/v0.2/devices/`.

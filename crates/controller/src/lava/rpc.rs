@@ -443,7 +443,7 @@ async fn submit(state: &AppState, caller: &Caller, definition: String) -> RpcRes
         )
     })?;
     let view = ask(state, |reply| Command::Submit {
-        job: submission,
+        job: Box::new(submission),
         reply,
     })
     .await?
@@ -455,7 +455,15 @@ async fn submit(state: &AppState, caller: &Caller, definition: String) -> RpcRes
         ),
         other => job_failure(JobId(0), other),
     })?;
-    Ok(Value::Int(view.id.0 as i64))
+    // LAVA: a multinode job answers the list of its sub-jobs' ids, `ID.N` strings.
+    match &view.group {
+        Some(g) => Ok(Value::Array(
+            (0..g.jobs.len())
+                .map(|n| Value::String(format!("{}.{n}", g.id)))
+                .collect(),
+        )),
+        None => Ok(Value::Int(view.id.0 as i64)),
+    }
 }
 
 fn time_value(at: Option<proto::Millis>) -> Value {

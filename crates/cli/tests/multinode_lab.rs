@@ -1,0 +1,376 @@
+//! MultiNode groups in the lab: a real `dutlab serve`, the real CLI, and simulated agents
+//! at the wire (`testkit::sim_agent`), so scheduling is tested without QEMU.
+//!
+//! A group waits until every sub-job has a device and then starts all of them; while it
+//! waits it holds nothing (a single job takes the free device); `job show ID` shows every
+//! sub-job and `ID.N` one; the group's outcome is its worst sub-job's; a cancel of the group
+//! mid-run reaches every sub-job's agent and releases every lease; an infra error of one
+//! sub-job cancels the others; LAVA's `scheduler.jobs.submit` answers the `ID.N` list.
+
+use anyhow::{Context, Result, ensure};
+use proto::link::{AgentMessage, ControllerMessage, SubJob};
+use serde_json::Value;
+use std::time::Duration;
+use testkit::lab::Lab;
+use testkit::sim_agent::{self, Heard, SimAgent, SimLease};
+use testkit::{inline_job, wait_until};
+
+const DUTLAB: &str = env!("CARGO_BIN_EXE_dutlab");
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// Two roles of one instance each on qemu devices: `client` is sub-job 0, `server` 1 (roles
+/// in name order).
+const PAIR: &str = "job_name: pair
+timeouts:
+  job: {minutes: 4}
+visibility: public
+protocols:
+  lava-multinode:
+    roles:
+      server: {device_type: qemu, count: 1}
+      client: {device_type: qemu, count: 1}
+actions:
+- boot: {role: [server, client], method: qemu, prompts: ['# $']}
+- test:
+    role: [server, client]
+    definitions:
+    - from: inline
+      name: t
+      path: inline/t.yaml
+      repository:
+        metadata: {format: Lava-Test Test Definition 1.0, name: t}
+        run: {steps: ['true']}
+";
+
+/// Waits for `StartJob`, answers `JobStarted`: the lease and the sub-job it names.
+fn started(sim: &mut SimAgent) -> Result<(SimLease, Option<SubJob>)> {
+    let (lease, sub) = sim.expect("start-job", |h| match h {
+        Heard::Message(ControllerMessage::StartJob {
+            lease,
+            epoch,
+            job,
+            sub_job,
+            ..
+        }) => Some((
+            SimLease {
+                lease: *lease,
+                epoch: *epoch,
+                job: *job,
+            },
+            sub_job.clone(),
+        )),
+        _ => None,
+    })?;
+    sim.send(&AgentMessage::JobStarted {
+        lease: lease.lease,
+        epoch: lease.epoch,
+    })?;
+    Ok((lease, sub))
+}
+
+fn report(sim: &mut SimAgent, lease: SimLease, outcome: proto::Outcome) -> Result<()> {
+    sim.send(&AgentMessage::JobFinished {
+        lease: lease.lease,
+        epoch: lease.epoch,
+        report: sim_agent::report(outcome, "as the test says"),
+        last_seq: proto::Seq(0),
+    })
+}
+
+fn submit(lab: &Lab, token: &str, name: &str, text: &str) -> Result<(u64, String)> {
+    let file = lab.write(name, text)?;
+    let out = lab.cli_as(token, &["job", "submit", file.to_str().context("path")?])?;
+    ensure!(out.status.code() == Some(0), "submit: {out:?}");
+    let id = out.stdout.trim().parse().context("a job id on stdout")?;
+    Ok((id, out.stderr))
+}
+
+#[test]
+fn a_group_waits_for_all_its_devices_holds_none_meanwhile_and_shows_its_sub_jobs() -> Result<()> {
+    let lab = Lab::start_with(DUTLAB, &["--heartbeat", "60s"])?;
+    let alice = lab.token("alice", "user")?;
+    let mut sim = SimAgent::open(lab.port(), &lab.token("sim", "agent")?)?;
+    sim.hello("sim", &["sim-q1", "sim-q2"], vec![])?;
+    sim.welcome()?;
+    let single = inline_job("single", "  job: 4m", &["true"]);
+    // A single job holds one device.
+    let (first, _) = submit(&lab, &alice, "first.yaml", &single)?;
+    let (first_lease, sub) = started(&mut sim)?;
+    ensure!(first_lease.job.0 == first && sub.is_none());
+    // The group needs both devices: it waits, holding nothing.
+    let (group, stderr) = submit(&lab, &alice, "pair.yaml", PAIR)?;
+    ensure!(
+        stderr.contains(&format!("sub-job {group}.0 (role client) is job {group}"))
+            && stderr.contains(&format!(
+                "sub-job {group}.1 (role server) is job {}",
+                group + 1
+            )),
+        "{stderr}"
+    );
+    let shown = lab.json_as(&alice, &["job", "show", &group.to_string(), "--json"])?;
+    ensure!(
+        shown["group"]["jobs"]
+            == serde_json::json!([{"job": group, "role": "client"}, {"job": group + 1, "role": "server"}]),
+        "{shown}"
+    );
+    for n in 0..2u64 {
+        let s = lab.json_as(&alice, &["job", "show", &format!("{group}.{n}"), "--json"])?;
+        ensure!(s["state"] == "queued" && s["position"] == 0, "{s}");
+        ensure!(s["group"]["id"] == group && s["group"]["index"] == n, "{s}");
+    }
+    // A single job submitted after the group takes the free device.
+    let (second, _) = submit(&lab, &alice, "second.yaml", &single)?;
+    let (second_lease, _) = started(&mut sim)?;
+    ensure!(
+        second_lease.job.0 == second,
+        "job {} started",
+        second_lease.job.0
+    );
+    // One device frees: not enough for the group.
+    sim.finish(first_lease, 0)?;
+    lab.wait_state(first, "finished", LIMIT)?;
+    for id in [group, group + 1] {
+        ensure!(
+            lab.job(id)?["state"] == "queued",
+            "{id} started with one device"
+        );
+    }
+    // Both free: both sub-jobs start, each told its role instance.
+    // (Not `finish`: it skips what comes before the ack, and the StartJobs do.)
+    report(&mut sim, second_lease, proto::Outcome::Passed)?;
+    let mut leases = Vec::new();
+    for _ in 0..2 {
+        let (lease, sub) = started(&mut sim)?;
+        let sub = sub.context("a sub-job's StartJob names its instance")?;
+        ensure!(sub.group.0 == group && lease.job.0 == group + u64::from(sub.index));
+        ensure!(sub.role == ["client", "server"][sub.index as usize]);
+        leases.push((sub.index, lease));
+    }
+    leases.sort_by_key(|(i, _)| *i);
+    lab.wait_state(group + 1, "running", LIMIT)?;
+    // `ID.1` is the server's sub-job; a sub-job that does not exist is an error.
+    let one = lab.cli_as(&alice, &["job", "show", &format!("{group}.1")])?;
+    ensure!(one.status.code() == Some(0), "{one:?}");
+    ensure!(
+        one.stdout.lines().any(|l| l.starts_with("sub-job:")
+            && l.contains(&format!("{group}.1 (role server); group {group}"))),
+        "{}",
+        one.stdout
+    );
+    let none = lab.cli_as(&alice, &["job", "show", &format!("{group}.2")])?;
+    ensure!(none.status.code() != Some(0), "{none:?}");
+    // The group's outcome is the worst: one passes, one fails.
+    report(&mut sim, leases[0].1, proto::Outcome::Passed)?;
+    report(&mut sim, leases[1].1, proto::Outcome::Failed)?;
+    lab.wait_state(group + 1, "finished", LIMIT)?;
+    lab.wait_state(group, "finished", LIMIT)?;
+    let text = lab.cli_as(&alice, &["job", "show", &group.to_string()])?;
+    ensure!(
+        text.stdout
+            .starts_with(&format!("group {group}: 2 sub-jobs, outcome failed")),
+        "{}",
+        text.stdout
+    );
+    ensure!(
+        text.stdout
+            .contains(&format!("sub-job {group}.0 (role client, job {group})")),
+        "{}",
+        text.stdout
+    );
+    let results = lab.cli_as(&alice, &["job", "results", &format!("{group}.1")])?;
+    ensure!(
+        results.status.code() == Some(1),
+        "the failed sub-job's exit code: {results:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn canceling_a_group_mid_run_ends_every_sub_job_and_an_infra_error_ends_the_rest() -> Result<()> {
+    let lab = Lab::start_with(DUTLAB, &["--heartbeat", "60s"])?;
+    let alice = lab.token("alice", "user")?;
+    let bob = lab.token("bob", "user")?;
+    let mut sim = SimAgent::open(lab.port(), &lab.token("sim", "agent")?)?;
+    sim.hello("sim", &["sim-q1", "sim-q2"], vec![])?;
+    sim.welcome()?;
+    let (group, _) = submit(&lab, &alice, "pair.yaml", PAIR)?;
+    let mut leases = vec![started(&mut sim)?.0, started(&mut sim)?.0];
+    lab.wait_state(group, "running", LIMIT)?;
+    lab.wait_state(group + 1, "running", LIMIT)?;
+    // Another user may not cancel it (the policy decides for the group as for a job).
+    let denied = lab.cli_as(&bob, &["job", "cancel", &format!("{group}.1")])?;
+    ensure!(denied.status.code() != Some(0), "{denied:?}");
+    // The owner cancels sub-job 1 by name: every sub-job's agent is told.
+    let out = lab.cli_as(&alice, &["job", "cancel", &format!("{group}.1")])?;
+    ensure!(out.status.code() == Some(0), "{out:?}");
+    let mut told = Vec::new();
+    for _ in 0..2 {
+        told.push(sim.expect("cancel-job", |h| match h {
+            Heard::Message(ControllerMessage::CancelJob { lease, .. }) => Some(*lease),
+            _ => None,
+        })?);
+    }
+    told.sort();
+    let mut held: Vec<proto::LeaseId> = leases.iter().map(|l| l.lease).collect();
+    held.sort();
+    ensure!(told == held, "cancel sent for {told:?}, leases {held:?}");
+    for lease in leases.drain(..) {
+        report(&mut sim, lease, proto::Outcome::Canceled)?;
+    }
+    for id in [group, group + 1] {
+        let view = lab.wait_state(id, "finished", LIMIT)?;
+        ensure!(view["outcome"] == "canceled", "{view}");
+    }
+    wait_until("every lease released", LIMIT, || {
+        let devices = lab.json(&["device", "list", "--json"])?;
+        let idle = devices
+            .as_array()
+            .context("devices")?
+            .iter()
+            .filter(|d| d["state"] == "idle")
+            .count();
+        Ok((idle == 2).then_some(()))
+    })?;
+    // An infra error of one sub-job cancels the other.
+    let (again, _) = submit(&lab, &alice, "pair.yaml", PAIR)?;
+    let a = started(&mut sim)?.0;
+    let b = started(&mut sim)?.0;
+    report(&mut sim, a, proto::Outcome::InfraError)?;
+    let canceled = sim.expect("cancel-job", |h| match h {
+        Heard::Message(ControllerMessage::CancelJob { lease, .. }) => Some(*lease),
+        _ => None,
+    })?;
+    ensure!(canceled == b.lease);
+    report(&mut sim, b, proto::Outcome::Canceled)?;
+    let other = if a.job.0 == again { again + 1 } else { again };
+    let view = lab.wait_state(other, "finished", LIMIT)?;
+    ensure!(view["outcome"] == "canceled", "{view}");
+    let text = lab.cli_as(&alice, &["job", "show", &again.to_string()])?;
+    ensure!(
+        text.stdout
+            .starts_with(&format!("group {again}: 2 sub-jobs, outcome infra-error")),
+        "{}",
+        text.stdout
+    );
+    Ok(())
+}
+
+#[test]
+fn a_group_naming_a_device_type_the_lab_lacks_is_refused_naming_the_role() -> Result<()> {
+    let lab = Lab::start_with(DUTLAB, &["--heartbeat", "60s"])?;
+    let alice = lab.token("alice", "user")?;
+    let mut sim = SimAgent::open(lab.port(), &lab.token("sim", "agent")?)?;
+    sim.hello("sim", &["sim-q1"], vec![])?;
+    sim.welcome()?;
+    let text = PAIR.replace(
+        "server: {device_type: qemu",
+        "server: {device_type: qemu-aarch64",
+    );
+    let file = lab.write("odd.yaml", &text)?;
+    let out = lab.cli_as(&alice, &["job", "submit", file.to_str().context("path")?])?;
+    ensure!(out.status.code() == Some(4), "{out:?}");
+    ensure!(
+        out.stderr.contains("roles.server.device_type")
+            && out.stderr.contains("no device of type \"qemu-aarch64\""),
+        "{}",
+        out.stderr
+    );
+    let jobs: Value = lab.json_as(&alice, &["job", "list", "--json"])?;
+    ensure!(jobs.as_array().is_some_and(Vec::is_empty), "{jobs}");
+    Ok(())
+}
+
+/// A test action for one role: prints a marker and passes one case.
+fn role_test(role: &str) -> String {
+    format!(
+        "- test:
+    role: [{role}]
+    definitions:
+    - from: inline
+      name: {role}
+      path: inline/{role}.yaml
+      repository:
+        metadata: {{format: Lava-Test Test Definition 1.0, name: {role}}}
+        run:
+          steps:
+          - echo i-am-$((1+1))-{role}
+          - lava-test-case {role}-ran --result pass
+"
+    )
+}
+
+#[test]
+fn a_group_runs_each_role_instance_on_its_own_qemu_device_and_follows_them_by_role() -> Result<()> {
+    let mut lab = Lab::start(DUTLAB)?;
+    lab.agent("host-m", 2)?;
+    let text = format!(
+        "job_name: roles
+timeouts:
+  job: {{minutes: 4}}
+visibility: public
+protocols:
+  lava-multinode:
+    roles:
+      server: {{device_type: qemu, count: 1}}
+      client: {{device_type: qemu, count: 1}}
+actions:
+- boot:
+    role: [server, client]
+    method: qemu
+    prompts: ['# $']
+    auto_login: {{login_prompt: 'login:', username: root}}
+{}{}",
+        role_test("server"),
+        role_test("client")
+    );
+    let file = lab.write("roles.yaml", &text)?;
+    let done = lab.cli(&["job", "submit", file.to_str().context("path")?, "--follow"])?;
+    testkit::expect_code(&done, 0)?;
+    let group: u64 = done
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("dutlab: submitted group "))
+        .and_then(|l| l.split_whitespace().next())
+        .context("the group's id")?
+        .parse()?;
+    // Each role's lines come prefixed by its sub-job and role, and each ran only its own test.
+    let client = format!("[{group}.0 client] ");
+    let server = format!("[{group}.1 server] ");
+    let lines: Vec<&str> = done.stdout.lines().collect();
+    ensure!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&client) && l.contains("i-am-2-client")),
+        "{}",
+        done.stdout
+    );
+    ensure!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&server) && l.contains("i-am-2-server")),
+        "{}",
+        done.stdout
+    );
+    ensure!(
+        !lines
+            .iter()
+            .any(|l| l.starts_with(&server) && l.contains("i-am-2-client")),
+        "the server ran the client's test:\n{}",
+        done.stdout
+    );
+    ensure!(
+        done.stdout
+            .contains(&format!("group {group}: 2 sub-jobs, outcome passed")),
+        "{}",
+        done.stdout
+    );
+    let results = lab.json(&["job", "results", &format!("{group}.1"), "--json"])?;
+    let cases = results["report"]["cases"].as_array().context("cases")?;
+    ensure!(
+        cases.iter().any(|c| c["name"] == "server-ran")
+            && !cases.iter().any(|c| c["name"] == "client-ran"),
+        "{results}"
+    );
+    lab.wait_devices_idle("host-m", 2)?;
+    lab.finish()
+}
