@@ -16,10 +16,10 @@ use sqlx::{AnyPool, Executor, Row};
 use std::time::Duration;
 use testkit::postgres::Postgres;
 
-/// Schema 7: MultiNode groups.
+/// Schema 8: MultiNode groups.
 #[path = "store/groups.rs"]
 mod groups;
-use groups::version_6_databases_keep_their_jobs_and_store_groups;
+use groups::version_7_databases_keep_their_jobs_and_store_groups;
 
 #[derive(Debug, Clone, Copy)]
 enum Backend {
@@ -108,7 +108,7 @@ on_both!(
     log_records_are_stored_once_whichever_store_writes_them,
     version_4_databases_get_the_audit_table,
     audit_entries_are_kept_in_order_with_their_commit,
-    version_6_databases_keep_their_jobs_and_store_groups,
+    version_7_databases_keep_their_jobs_and_store_groups,
 );
 
 /// Schema version 1 (commit 75cfc57), as it created its tables.

@@ -1,4 +1,4 @@
-//! Schema 7: MultiNode group membership (`job_groups`), migrated from version 6 and
+//! Schema 8: MultiNode group membership (`job_groups`), migrated from version 7 and
 //! written with the sub-jobs' rows.
 
 use super::*;
@@ -11,6 +11,16 @@ pub(super) const V6_DDL: [&str; 3] = [
     "CREATE TABLE IF NOT EXISTS commands (id BIGINT PRIMARY KEY, body TEXT NOT NULL,
         created_at BIGINT NOT NULL, done BIGINT NOT NULL, answer TEXT, answer_seq BIGINT)",
     "UPDATE meta SET value = '6' WHERE key = 'schema'",
+];
+
+/// Version 7 (commit 44beb29): agent links held by followers and the leader's outbox.
+pub(super) const V7_DDL: [&str; 3] = [
+    "CREATE TABLE IF NOT EXISTS agent_links (agent TEXT PRIMARY KEY, controller TEXT NOT NULL,
+        conn BIGINT NOT NULL, expires_at BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS agent_outbox (controller TEXT NOT NULL, conn BIGINT NOT NULL,
+        seq BIGINT NOT NULL, after_event BIGINT NOT NULL, body TEXT NOT NULL,
+        created_at BIGINT NOT NULL, PRIMARY KEY (controller, conn, seq))",
+    "UPDATE meta SET value = '7' WHERE key = 'schema'",
 ];
 
 fn row(id: u64, group: Option<GroupRow>) -> JobRow {
@@ -28,11 +38,19 @@ fn row(id: u64, group: Option<GroupRow>) -> JobRow {
     }
 }
 
-pub(super) async fn version_6_databases_keep_their_jobs_and_store_groups(
+pub(super) async fn version_7_databases_keep_their_jobs_and_store_groups(
     backend: Backend,
 ) -> Result<()> {
     let db = Db::new(backend)?;
-    for ddl in [&V1_DDL[..], &V2_DDL, &V3_DDL, &V4_DDL, &V5_DDL, &V6_DDL] {
+    for ddl in [
+        &V1_DDL[..],
+        &V2_DDL,
+        &V3_DDL,
+        &V4_DDL,
+        &V5_DDL,
+        &V6_DDL,
+        &V7_DDL,
+    ] {
         db.run(ddl).await?;
     }
     db.run(&[
@@ -41,7 +59,7 @@ pub(super) async fn version_6_databases_keep_their_jobs_and_store_groups(
          VALUES (1, 'old', 'alice', 1, 'public', 'old.yaml', 'job_name: old', '[]', NULL, NULL)",
     ])
     .await?;
-    ensure!(schema_version(&db).await? == "6");
+    ensure!(schema_version(&db).await? == "7");
     let store = db.open().await?;
     ensure!(schema_version(&db).await? == schema::LATEST.to_string());
     let jobs = store.jobs().await?;
