@@ -447,6 +447,35 @@ fn a_follower_relays_an_agent_link_at_the_wire_and_a_dead_followers_claim_lapses
         "a forged record was stored: {log:?}"
     );
     ensure!(lab.job(theirs.job.0)?["state"] == "running");
+    // A cancel through the follower reaches the agent as the leader's CancelJob, through
+    // the outbox; the agent's end is acknowledged after the leader's commit.
+    let next = submit_on(&lab, follower, &file)?;
+    let lease = sim.take_job()?;
+    ensure!(lease.job.0 == next);
+    let canceled = lab.cli_on(follower, lab.admin(), &["job", "cancel", &next.to_string()])?;
+    expect_code(&canceled, 0)?;
+    sim.expect("cancel-job", |h| match h {
+        Heard::Message(ControllerMessage::CancelJob { lease: l, epoch })
+            if *l == lease.lease && *epoch == lease.epoch =>
+        {
+            Some(())
+        }
+        _ => None,
+    })?;
+    sim.send(&proto::link::AgentMessage::JobFinished {
+        lease: lease.lease,
+        epoch: lease.epoch,
+        report: testkit::sim_agent::report(proto::Outcome::Canceled, "canceled"),
+        last_seq: proto::Seq(0),
+    })?;
+    sim.expect("finish-acked", |h| match h {
+        Heard::Message(ControllerMessage::FinishAcked { lease: l, .. }) if *l == lease.lease => {
+            Some(())
+        }
+        _ => None,
+    })?;
+    let done = lab.wait_state(next, "finished", JOB_LIMIT)?;
+    ensure!(done["outcome"] == "canceled", "{done}");
     // The follower dies with the links it holds; the simulated agents do not dial again.
     // Their claims lapse, the leader counts them disconnected, and their job ends with an
     // infra error after the grace instead of waiting for ever.
