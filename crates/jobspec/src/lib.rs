@@ -55,7 +55,7 @@ pub use references::{
 };
 pub use secondary::{
     Authorize, Connection, DelayedStart, ProtocolRequest, SecondaryRole, SshParameters,
-    StartRequest, check_secondary, is_secondary,
+    StartRequest, check_secondary, check_secondary_actions, is_secondary,
 };
 pub use testdef::{DefinitionMetadata, ParsePattern, TEST_DEFINITION_FORMAT, TestDefinition};
 pub use yaml::{MAX_DEPTH, MAX_DOCUMENT_BYTES, MAX_DUPLICATES, MAX_EXPANDED_BYTES, MAX_NODES};

@@ -380,6 +380,17 @@ pub fn is_secondary(job: &crate::Job) -> bool {
 /// there is no `command` (a secondary connection has no device of its own). The error names
 /// the first such action (`file` is only used in messages).
 pub fn check_secondary(file: &str, job: &crate::Job) -> Result<(), JobError> {
+    check_secondary_actions(file, job, None)
+}
+
+/// [`check_secondary`] of the actions of `job` that name `role` (all of them when `None`),
+/// with paths naming their places in `job`: how a MultiNode job's secondary connection roles
+/// are checked.
+pub fn check_secondary_actions(
+    file: &str,
+    job: &crate::Job,
+    role: Option<&str>,
+) -> Result<(), JobError> {
     use crate::Action;
     let err = |i: usize, a: &Action, reason: &str| {
         JobError::new(
@@ -394,6 +405,11 @@ pub fn check_secondary(file: &str, job: &crate::Job) -> Result<(), JobError> {
     };
     let mut booted = false;
     for (i, a) in job.actions.iter().enumerate() {
+        if let Some(r) = role
+            && !a.role().iter().any(|n| n == r)
+        {
+            continue;
+        }
         match a {
             Action::Deploy(d) if d.to != "ssh" => {
                 return Err(err(
