@@ -542,3 +542,72 @@ fn with_three_controllers_every_relayed_link_says_hello_to_the_new_leader() -> R
     })?;
     lab.finish()
 }
+
+/// A MultiNode group of two roles on qemu devices, each running `true`.
+const PAIR: &str = "job_name: pair
+timeouts:
+  job: {minutes: 4}
+visibility: public
+protocols:
+  lava-multinode:
+    roles:
+      server: {device_type: qemu, count: 1}
+      client: {device_type: qemu, count: 1}
+actions:
+- boot:
+    role: [server, client]
+    method: qemu
+    prompts: ['# $']
+    auto_login: {login_prompt: 'login:', username: root}
+- test:
+    role: [server, client]
+    definitions:
+    - from: inline
+      name: t
+      path: inline/t.yaml
+      repository:
+        metadata: {format: Lava-Test Test Definition 1.0, name: t}
+        run: {steps: ['true']}
+";
+
+#[test]
+fn a_follower_shows_a_group_it_forwarded_with_every_sub_job_and_its_outcome() -> Result<()> {
+    let mut lab = Lab::start_on(DUTLAB, Database::Postgres, &[])?;
+    lab.agent("host-m", 2)?;
+    let follower = lab.follow()?;
+    let file = lab.write("pair.yaml", PAIR)?;
+    // Submitted through the follower; its replica carries the group rows the leader stored.
+    let submitted = lab.json_on(
+        follower,
+        &["job", "submit", &file.display().to_string(), "--json"],
+    )?;
+    let group = submitted["id"].as_u64().context("group id")?;
+    let members = serde_json::json!([
+        {"job": group, "role": "client"},
+        {"job": group + 1, "role": "server"}
+    ]);
+    for port in [follower, lab.port()] {
+        let shown = job_on(&lab, port, group)?;
+        ensure!(shown["group"]["jobs"] == members, "on {port}: {shown}");
+        let second = lab.json_on(port, &["job", "show", &format!("{group}.1"), "--json"])?;
+        ensure!(
+            second["id"] == group + 1 && second["group"]["index"] == 1,
+            "on {port}: {second}"
+        );
+    }
+    // Followed to the end on the follower: the group's outcome is its sub-jobs'.
+    let followed = lab.cli_on(
+        follower,
+        lab.admin(),
+        &["job", "logs", &group.to_string(), "--follow"],
+    )?;
+    expect_code(&followed, 0)?;
+    for n in 0..2u64 {
+        let sub = lab.json_on(
+            follower,
+            &["job", "show", &format!("{group}.{n}"), "--json"],
+        )?;
+        ensure!(sub["outcome"] == "passed", "sub-job {n}: {sub}");
+    }
+    lab.finish()
+}

@@ -758,3 +758,19 @@ pub fn check_numbered(log: &[Value], lines: u32) -> Result<()> {
     );
     Ok(())
 }
+/// A lab that is dropped prints what its controllers wrote on stderr: the test harness shows it
+/// only for a failing test, which is where a follower's or the leader's last error is wanted.
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Some(controller) = &self.controller {
+            eprintln!("--- controller stderr ---\n{}", controller.stderr_text());
+        }
+        for follower in &self.followers {
+            eprintln!(
+                "--- follower on port {} stderr ---\n{}",
+                follower.port,
+                follower.process.stderr_text()
+            );
+        }
+    }
+}

@@ -14,7 +14,7 @@
 //! - Every commit of events notifies `dutlab_events` with the last sequence number, in the
 //!   same transaction (PostgreSQL delivers notifications of committed transactions only).
 
-use super::rows::{as_i64, as_u64, job_row};
+use super::rows::{as_i64, as_u64, job_row, job_rows};
 use super::{Backend, JobRow, Store, StoreError};
 use scheduler::Event;
 use sqlx::Row;
@@ -168,12 +168,10 @@ impl Store {
 
     /// Job rows from id `first` on, in id order.
     pub async fn jobs_from(&self, first: u64) -> Result<Vec<JobRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, name, owner, owner_id, visibility, file_name, definition, warnings FROM jobs WHERE id >= $1 ORDER BY id",
-        )
-        .bind(as_i64(first))
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(job_rows!("WHERE j.id >= $1 ORDER BY j.id"))
+            .bind(as_i64(first))
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(job_row).collect()
     }
 

@@ -27,7 +27,7 @@
 use proto::admin::{AuditAction, AuditEntry};
 use proto::api::{TokenView, UserOrigin};
 use proto::{GroupName, JobId, JobReport, Millis, PrincipalId, Visibility};
-use rows::{as_i64, as_u64, job_row, stored_visibility, token_row};
+use rows::{as_i64, as_u64, job_row, job_rows, stored_visibility, token_row};
 use scheduler::Event;
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Executor, Row};
@@ -409,13 +409,9 @@ impl Store {
 
     /// Every job row, in id order.
     pub async fn jobs(&self) -> Result<Vec<JobRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT j.id, j.name, j.owner, j.owner_id, j.visibility, j.file_name, j.definition, j.warnings,
-                    g.grp, g.idx, g.role
-             FROM jobs j LEFT JOIN job_groups g ON g.job = j.id ORDER BY j.id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(job_rows!("ORDER BY j.id"))
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(job_row).collect()
     }
 

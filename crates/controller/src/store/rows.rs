@@ -27,6 +27,20 @@ pub(super) fn token_row(row: &AnyRow) -> Result<StoredToken, StoreError> {
     })
 }
 
+/// The one query of job rows that [`job_row`] reads: a job with its group membership, if any,
+/// followed by the caller's own `WHERE` (on `j.`) and `ORDER BY` (a literal: the text is static).
+macro_rules! job_rows {
+    ($tail:literal) => {
+        concat!(
+            "SELECT j.id, j.name, j.owner, j.owner_id, j.visibility, j.file_name, j.definition, ",
+            "j.warnings, g.grp, g.idx, g.role FROM jobs j LEFT JOIN job_groups g ON g.job = j.id ",
+            $tail
+        )
+    };
+}
+pub(super) use job_rows;
+
+/// A row of [`job_rows!`].
 pub(super) fn job_row(row: &AnyRow) -> Result<JobRow, StoreError> {
     let warnings: String = row.try_get("warnings")?;
     let id = JobId(as_u64(row.try_get("id")?));
