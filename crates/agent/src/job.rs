@@ -254,6 +254,7 @@ fn prepare(start: &JobStart) -> Result<(Job, JobContext), JobReport> {
         secondary: None,
         authorized_keys: Vec::new(),
         publish_ssh: None,
+        multinode: None,
     };
     Ok((job, ctx))
 }

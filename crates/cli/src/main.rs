@@ -425,6 +425,7 @@ fn run(args: RunArgs) -> i32 {
         secondary: None,
         authorized_keys: Vec::new(),
         publish_ssh: None,
+        multinode: None,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

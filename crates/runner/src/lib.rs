@@ -31,6 +31,7 @@ pub mod deploy;
 pub mod device;
 mod interactive;
 mod monitor;
+pub mod multinode;
 pub mod overlay;
 pub mod policy;
 pub mod qemu_options;
@@ -178,6 +179,10 @@ pub struct JobContext {
     /// Where the DUT's SSH endpoint is published once QEMU runs, for the secondary
     /// connections of a local group ([`secondary::SshRoute::Published`]).
     pub publish_ssh: Option<secondary::HostEndpoint>,
+    /// The group of a MultiNode role instance: its roster and the link to the group's
+    /// coordinator. `None`: not a role instance (a job with `protocols.lava-multinode` is
+    /// then refused).
+    pub multinode: Option<multinode::MultinodeContext>,
 }
 
 /// Runs `job` on `device` and reports how it ended.
@@ -308,6 +313,13 @@ impl Run<'_> {
         for warning in &self.overlay.warnings {
             self.note(format!("warning: {warning}"));
         }
+        if let Some(group) = &self.ctx.multinode {
+            self.overlay.helpers = group
+                .helper_scripts()
+                .into_iter()
+                .map(|(name, text)| (name.to_string(), text))
+                .collect();
+        }
         if !self.overlay.is_empty() {
             let packed = self
                 .overlay
@@ -334,6 +346,7 @@ impl Run<'_> {
             }
             self.packed = Some(packed);
         }
+        self.delayed_start(job_limit).await?;
         let timeouts = &self.job.timeouts;
         for (index, action) in self.job.actions.iter().enumerate() {
             let (name, lava_name) = (action.kind(), action.lava_name());
@@ -354,7 +367,7 @@ impl Run<'_> {
                 length: connection,
             };
             match action {
-                Action::Deploy(d) if d.to == "ssh" => self.deploy_ssh(index).await?,
+                Action::Deploy(d) if d.to == "ssh" => self.deploy_ssh(index, d, limit).await?,
                 Action::Boot(b) if b.method == "ssh" => {
                     self.boot_ssh(index, b, &work, limit, connection).await?;
                 }
@@ -455,7 +468,7 @@ impl Run<'_> {
         }
         // A role instance the lab runs comes without `protocols` (the agent drops it): here
         // only a whole group's file has it, and one device cannot run a whole group.
-        if self.job.protocols.multinode.is_some() {
+        if self.job.protocols.multinode.is_some() && self.ctx.multinode.is_none() {
             return Err(JobEnd::job_error(
                 "protocols.lava-multinode: a multinode job runs as its role instances, each \
                  on its own device with the group's coordinator (`dutlab run` runs the whole \
@@ -688,7 +701,14 @@ impl Run<'_> {
                 cases.push(case);
             };
             match shell
-                .run_test(run, &mut signals, limit, &self.events, cases)
+                .run_test(
+                    run,
+                    &mut signals,
+                    limit,
+                    &self.events,
+                    cases,
+                    self.ctx.multinode.as_ref(),
+                )
                 .await?
             {
                 RunEnd::Completed => {}

@@ -35,6 +35,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use tokio::sync::watch;
 
+/// The message a host role sends to start its `request: lava-start` guests (LAVA's name).
+pub const LAVA_START: &str = "lava_start";
+
 /// What the runner of a secondary connection needs besides the job.
 #[derive(Clone)]
 pub struct SecondaryContext {
@@ -113,6 +116,8 @@ pub(crate) struct Remote {
     level: Option<String>,
     /// The host's address as its message gave it (DUT output, unchecked).
     announced: Option<String>,
+    /// Messages the runner waited for itself (delayed start, `hostID`), by id.
+    received: std::collections::BTreeMap<String, Vec<::multinode::MessageData>>,
     target: Option<SshTarget>,
     pub(crate) console: Option<SshConsole>,
 }
@@ -192,11 +197,103 @@ impl Run<'_> {
         })
     }
 
-    /// `deploy: to: ssh`: notes the level; the copy itself is the boot's.
-    pub(crate) async fn deploy_ssh(&mut self, index: usize) -> Result<(), JobEnd> {
+    /// `deploy: to: ssh`: notes the level and, in a group, waits for each message its
+    /// `protocols: lava-multinode` block names (LAVA's delayed start); the copy itself is the
+    /// boot's.
+    pub(crate) async fn deploy_ssh(
+        &mut self,
+        index: usize,
+        deploy: &jobspec::Deploy,
+        limit: Limit,
+    ) -> Result<(), JobEnd> {
         self.secondary()?;
         self.remote.level = Some((index + 1).to_string());
+        for start in &deploy.delayed_start {
+            let limit = match start.timeout {
+                Some(t) => limit.min(Limit::new("lava-multinode", t)),
+                None => limit,
+            };
+            let data = self.wait_message(&start.message_id, limit).await?;
+            let received: std::collections::BTreeMap<String, String> =
+                data.iter().flat_map(|m| m.data.iter().cloned()).collect();
+            let substituted = start.substitute(&received);
+            self.note(crate::report::printable(&format!(
+                "actions[{index}].deploy: message '{}' received: {}",
+                start.message_id,
+                substituted
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )));
+        }
         Ok(())
+    }
+
+    /// A secondary role with `request: lava-start` starts when its expected role sends
+    /// `lava_start`; a deploy with its own `lava-wait` block waits there instead.
+    pub(crate) async fn delayed_start(&mut self, limit: Limit) -> Result<(), JobEnd> {
+        let Some(group) = self.ctx.multinode.clone() else {
+            return Ok(());
+        };
+        let wants_start = self
+            .job
+            .protocols
+            .multinode
+            .as_ref()
+            .and_then(|m| m.roles.get(&group.role()))
+            .and_then(|r| r.secondary.as_ref())
+            .is_some_and(|s| s.request == Some(jobspec::StartRequest::LavaStart));
+        let own_wait = self
+            .job
+            .actions
+            .iter()
+            .any(|a| matches!(a, jobspec::Action::Deploy(d) if !d.delayed_start.is_empty()));
+        if wants_start && !own_wait {
+            self.wait_message(LAVA_START, limit).await?;
+            self.note("lava_start received: the secondary connection starts");
+        }
+        Ok(())
+    }
+
+    /// Waits for message `id` from the group (as `lava-wait` does) and keeps its data for
+    /// later actions; a message already received is not waited for again.
+    pub(crate) async fn wait_message(
+        &mut self,
+        id: &str,
+        limit: Limit,
+    ) -> Result<Vec<::multinode::MessageData>, JobEnd> {
+        if let Some(data) = self.remote.received.get(id) {
+            return Ok(data.clone());
+        }
+        let Some(group) = self.ctx.multinode.clone() else {
+            return Err(JobEnd::job_error(format!(
+                "waiting for message '{id}' needs the job's group (protocols.lava-multinode)"
+            )));
+        };
+        let message_id = ::multinode::MessageId::new(id)
+            .map_err(|e| JobEnd::job_error(format!("messageID {id:?}: {e}")))?;
+        let call = ::multinode::Call::Wait { id: message_id };
+        let reply = tokio::time::timeout_at(limit.at, group.link.call(group.next_seq(), call))
+            .await
+            .map_err(|_| {
+                JobEnd::timed_out(format!(
+                    "{} timeout ({}) fired while waiting for message '{id}' from the group",
+                    limit.level,
+                    crate::human_duration(limit.length)
+                ))
+            })?
+            .map_err(|e| JobEnd::infra_error(e.to_string()))?;
+        let data = match reply {
+            ::multinode::Reply::WaitComplete(data) => data,
+            other => {
+                return Err(JobEnd::infra_error(format!(
+                    "the group answered the wait for '{id}' with {other:?}"
+                )));
+            }
+        };
+        self.remote.received.insert(id.to_string(), data.clone());
+        Ok(data)
     }
 
     /// `boot: method: ssh`: logs in to the host's device and prepares the test shell there.
@@ -210,6 +307,33 @@ impl Run<'_> {
     ) -> Result<(), JobEnd> {
         self.power_off().await;
         let sec = self.secondary()?.clone();
+        // In a group the host's address comes in message `hostID`, key `host_key`, from a
+        // member of the host role.
+        if let (Some(params), Some(group)) = (&boot.ssh, self.ctx.multinode.clone()) {
+            let data = self.wait_message(&params.host_id, limit).await?;
+            let hosts: Vec<String> = self
+                .job
+                .protocols
+                .multinode
+                .as_ref()
+                .and_then(|m| m.roles.get(&group.role()))
+                .and_then(|r| r.secondary.as_ref().map(|s| s.host_role.clone()))
+                .map(|host| {
+                    group
+                        .roster
+                        .of_role(&host)
+                        .into_iter()
+                        .filter_map(|id| group.roster.member(id).map(|m| m.name.clone()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            self.remote.announced = data
+                .iter()
+                .filter(|m| hosts.is_empty() || hosts.contains(&m.from))
+                .flat_map(|m| m.data.iter())
+                .find(|(k, _)| *k == params.host_key)
+                .map(|(_, v)| v.clone());
+        }
         let published = match &sec.route {
             SshRoute::Published(endpoint) => Some(endpoint.wait(limit).await?),
             _ => None,

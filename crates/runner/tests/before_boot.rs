@@ -35,6 +35,7 @@ async fn run(text: &str, job_dir: &Path) -> (JobReport, Vec<RunEvent>) {
         secondary: None,
         authorized_keys: Vec::new(),
         publish_ssh: None,
+        multinode: None,
     };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let report = run_job(&job, &ctx, &device(), tx, Cancel::default()).await;

@@ -133,6 +133,9 @@ pub struct Overlay {
     pub warnings: Vec<String>,
     /// Where the overlay unpacks in the DUT; `None`: [`OVERLAY_ROOT`].
     root: Option<String>,
+    /// More helper scripts for `bin/` beside the `lava-test-*` ones, as `(file name, text)`:
+    /// a MultiNode member's `lava-send`, `lava-wait`, ... (names from dutlab's own table).
+    pub helpers: Vec<(String, String)>,
 }
 
 /// Why the overlay could not be prepared. Always the job's fault or a missing tool on the host.
@@ -310,7 +313,8 @@ impl Overlay {
         let mut tar = tar::Builder::new(Vec::new());
         tar.follow_symlinks(false);
         let root = self.root().trim_start_matches('/');
-        for (name, body) in HELPERS {
+        let extra = self.helpers.iter().map(|(n, b)| (n.as_str(), b.as_str()));
+        for (name, body) in HELPERS.into_iter().chain(extra) {
             append(
                 &mut tar,
                 &format!("{root}/bin/{name}"),

@@ -22,13 +22,14 @@
 //!   of the rest.
 //! - Every wait has a deadline (a [`Limit`]); running out maps to timed-out with the level named.
 
+use crate::multinode::MultinodeContext;
 use crate::overlay::{OVERLAY_DISK_SERIAL, OVERLAY_ROOT, OverlayChannel, PackedOverlay, TestRun};
 use crate::signals::{Signal, read_signal, result_word};
 use crate::{JobEnd, Limit, RunEvent};
 use driver::console::{ConsoleHub, ConsoleInput, Recorder, Viewer};
 use driver::expect::{Expect, ExpectError, LineOr};
 use driver::shell::{Shell, ShellError};
-use proto::TestCase;
+use proto::{CaseResult, TestCase};
 use regex::bytes::Regex;
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -291,6 +292,7 @@ impl DutShell {
         limit: Limit,
         events: &UnboundedSender<RunEvent>,
         cases: &mut Vec<TestCase>,
+        multinode: Option<&MultinodeContext>,
     ) -> Result<RunEnd, JobEnd> {
         let pattern = match &run.definition.parse {
             Some(p) => Some(
@@ -318,6 +320,14 @@ impl DutShell {
             if std::mem::take(&mut first) && line.ends_with(command.as_bytes()) {
                 continue; // the echo, on shells that still echo
             }
+            if let Some(call) = ::multinode::parse_call(&line) {
+                self.multinode_call(call, multinode, &mut reader, limit, events, cases)
+                    .await?;
+                if reader.raised.is_some() {
+                    break;
+                }
+                continue;
+            }
             match reader.line(&line) {
                 Some(Step::Case(case)) => push_case(cases, events, case),
                 Some(Step::Note(text)) => {
@@ -333,6 +343,81 @@ impl DutShell {
             let _ = events.send(RunEvent::Note(text));
         }
         Ok(reader.end())
+    }
+
+    /// Answers one MultiNode call the DUT printed: hands it to the group's coordinator and
+    /// types the reply back where the helper reads it. The call is recorded as LAVA records
+    /// it (`multinode-<call>-<id>`, pass once answered); a test timeout while waiting records
+    /// it failed and ends the job timed out.
+    async fn multinode_call(
+        &mut self,
+        call: Result<::multinode::Call, ::multinode::CallError>,
+        multinode: Option<&MultinodeContext>,
+        reader: &mut RunSignals<'_>,
+        limit: Limit,
+        events: &UnboundedSender<RunEvent>,
+        cases: &mut Vec<TestCase>,
+    ) -> Result<(), JobEnd> {
+        let Some(group) = multinode else {
+            let _ = events.send(RunEvent::Note(format!(
+                "{}: a MultiNode call in a job without protocols.lava-multinode is ignored",
+                reader.run.id
+            )));
+            // Release a blocked helper (it reads one line) with the call's nack.
+            if let Some(line) = call
+                .ok()
+                .map(|c| ::multinode::Reply::Nack {
+                    call: c.kind(),
+                    reason: ::multinode::NackReason::Invalid,
+                })
+                .and_then(|r| r.console_line())
+            {
+                self.send_line(&line).await?;
+            }
+            return Ok(());
+        };
+        let call = match call {
+            Ok(call) => call,
+            Err(refused) => {
+                let _ = events.send(RunEvent::Note(crate::report::printable(&format!(
+                    "{}: MultiNode call refused: {refused}",
+                    reader.run.id
+                ))));
+                if let Some(line) = refused.nack().and_then(|r| r.console_line()) {
+                    self.send_line(&line).await?;
+                }
+                return Ok(());
+            }
+        };
+        let name = call.test_case_name();
+        let seq = group.next_seq();
+        let reply = match tokio::time::timeout_at(limit.at, group.link.call(seq, call)).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(gone)) => return Err(JobEnd::infra_error(gone.to_string())),
+            Err(_) => {
+                if let Some(Step::Case(case)) = reader.case(name.clone(), CaseResult::Fail) {
+                    push_case(cases, events, case);
+                }
+                return Err(JobEnd::timed_out(format!(
+                    "{} timeout ({}) fired while waiting for the group ({name})",
+                    limit.level,
+                    crate::human_duration(limit.length)
+                )));
+            }
+        };
+        if reply.ends_test() {
+            reader.raise(format!(
+                "Coordinator was unable to accept LAVA_SEND ({name})"
+            ));
+            return Ok(());
+        }
+        if let Some(line) = reply.console_line() {
+            self.send_line(&line).await?;
+        }
+        if let Some(Step::Case(case)) = reader.case(name, CaseResult::Pass) {
+            push_case(cases, events, case);
+        }
+        Ok(())
     }
 
     /// Asks the DUT to power itself off (best effort; the VM is stopped afterwards anyway).
@@ -502,6 +587,21 @@ impl<'a> RunSignals<'a> {
             }
             Signal::StartTestCase(_) | Signal::EndTestCase(_) => return None,
         };
+        case.set = self.set.clone();
+        Some(Step::Case(case))
+    }
+
+    /// A case the runner itself records in this run (a MultiNode call), filed as a TESTCASE
+    /// signal would be.
+    fn case(&mut self, id: String, result: CaseResult) -> Option<Step> {
+        if self.raised.is_some() {
+            return None;
+        }
+        let suite = match (self.phase, &self.action.last_started) {
+            (RunPhase::NotStarted, Some(last)) => last.clone(),
+            _ => self.run.id.clone(),
+        };
+        let mut case = TestCase::new(suite, id, result);
         case.set = self.set.clone();
         Some(Step::Case(case))
     }
