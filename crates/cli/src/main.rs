@@ -9,6 +9,7 @@
 
 mod agent_daemon;
 mod exit;
+mod group_run;
 mod logview;
 mod remote;
 mod serve;
@@ -380,31 +381,22 @@ fn run(args: RunArgs) -> i32 {
             }
         },
     };
-    let deploys = job
-        .actions
-        .iter()
-        .any(|a| matches!(a, jobspec::Action::Deploy(d) if !d.only_downloads()));
-    let default_image = if deploys {
-        None
-    } else {
-        let dir = device
-            .image_dir
-            .clone()
-            .unwrap_or_else(qemu::image::default_image_dir);
-        match GuestImage::open(&dir) {
+    let group = job
+        .protocols
+        .multinode
+        .is_some()
+        .then(|| group_run::members(&job));
+    let needs_image = match &group {
+        None => !deploys(&job),
+        Some(members) => members.iter().any(|m| !m.secondary && !deploys(&m.job)),
+    };
+    let default_image = if needs_image {
+        match default_image(&device) {
             Ok(image) => Some(image),
-            Err(_) if device.image_dir.is_none() => match build_image(&dir) {
-                Ok(image) => Some(image),
-                Err(e) => {
-                    report_error(&e);
-                    return Outcome::InfraError.exit_code();
-                }
-            },
-            Err(e) => {
-                eprintln!("dutlab: error: device {}: image_dir: {e}", device.name);
-                return Outcome::JobError.exit_code();
-            }
+            Err(code) => return code,
         }
+    } else {
+        None
     };
     let job_dir = args
         .job
@@ -438,8 +430,131 @@ fn run(args: RunArgs) -> i32 {
             return Outcome::InfraError.exit_code();
         }
     };
-    let report = runtime.block_on(run_local(&job, &ctx, &device, args.json));
-    finish(&report, &args)
+    match group {
+        None => {
+            let report = runtime.block_on(run_local(&job, &ctx, &device, args.json));
+            finish(&report, &args)
+        }
+        Some(members) => {
+            let keys = if group_run::needs_keys(&members) {
+                match runner::ssh::generate_key_pair(&std::env::temp_dir()) {
+                    Ok(keys) => Some(keys),
+                    Err(e) => {
+                        eprintln!("dutlab: error: the group's ssh key: {e}");
+                        return Outcome::InfraError.exit_code();
+                    }
+                }
+            } else {
+                None
+            };
+            let setup = group_run::GroupSetup {
+                base: ctx,
+                device,
+                keys,
+            };
+            let report = runtime.block_on(run_local_group(&job, members, setup, args.json));
+            finish_group(&report, &args)
+        }
+    }
+}
+
+/// Whether `job` deploys an image of its own (else it boots the device's default image).
+fn deploys(job: &jobspec::Job) -> bool {
+    job.actions
+        .iter()
+        .any(|a| matches!(a, jobspec::Action::Deploy(d) if !d.only_downloads()))
+}
+
+/// The device's default guest image, built first when it is the default one and missing;
+/// an exit code when there is none.
+fn default_image(device: &Device) -> Result<GuestImage, i32> {
+    let dir = device
+        .image_dir
+        .clone()
+        .unwrap_or_else(qemu::image::default_image_dir);
+    match GuestImage::open(&dir) {
+        Ok(image) => Ok(image),
+        Err(_) if device.image_dir.is_none() => build_image(&dir).map_err(|e| {
+            report_error(&e);
+            Outcome::InfraError.exit_code()
+        }),
+        Err(e) => {
+            eprintln!("dutlab: error: device {}: image_dir: {e}", device.name);
+            Err(Outcome::JobError.exit_code())
+        }
+    }
+}
+
+/// Cancels on the first Ctrl-C; the runners still power every DUT off.
+fn cancel_on_ctrl_c(cancel: &Cancel, what: &'static str) {
+    let on_signal = cancel.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("\ndutlab: canceling (Ctrl-C); powering {what} off");
+            on_signal.cancel();
+        }
+    });
+}
+
+async fn run_local_group(
+    job: &jobspec::Job,
+    members: Vec<group_run::MemberJob>,
+    setup: group_run::GroupSetup,
+    json: bool,
+) -> group_run::GroupReport {
+    eprintln!(
+        "dutlab: running group '{}': {} member(s) on copies of {} ({}, {} MiB each)",
+        job.name,
+        members.len(),
+        setup.device.name,
+        setup.device.device_type,
+        setup.device.qemu.memory_mib
+    );
+    let prefixes: Vec<String> = members.iter().map(group_run::prefix).collect();
+    for (m, p) in members.iter().zip(&prefixes) {
+        let place = if m.secondary {
+            "a secondary connection".to_owned()
+        } else {
+            format!("device {}-{}", setup.device.name, m.name)
+        };
+        eprintln!("dutlab: {p}role {}, {place}", m.role);
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<group_run::MemberEvent>();
+    let printer = tokio::spawn(async move {
+        let mut lines: Vec<group_run::PrefixedLines> = prefixes
+            .iter()
+            .map(|p| group_run::PrefixedLines::new(p.clone()))
+            .collect();
+        let show = |bytes: &[u8]| {
+            let _ = if json {
+                std::io::stderr().write_all(bytes)
+            } else {
+                let mut out = std::io::stdout().lock();
+                out.write_all(bytes).and_then(|_| out.flush())
+            };
+        };
+        while let Some(group_run::MemberEvent { member, event }) = rx.recv().await {
+            let Some(member_lines) = lines.get_mut(member) else {
+                continue;
+            };
+            match event {
+                RunEvent::Console(bytes) => show(&member_lines.feed(&bytes)),
+                RunEvent::ActionStarted { index, name } => {
+                    eprintln!("\ndutlab: {}action {index}: {name}", member_lines.prefix());
+                }
+                RunEvent::Note(text) => eprintln!("\ndutlab: {}{text}", member_lines.prefix()),
+                RunEvent::Input(_) | RunEvent::Case(_) => {}
+            }
+        }
+        for member_lines in &mut lines {
+            show(&member_lines.finish());
+        }
+    });
+    let cancel = Cancel::default();
+    cancel_on_ctrl_c(&cancel, "every DUT");
+    let report = group_run::run_group(job, members, setup, tx, cancel).await;
+    let _ = printer.await;
+    report
 }
 
 async fn run_local(job: &jobspec::Job, ctx: &JobContext, device: &Device, json: bool) -> JobReport {
@@ -472,19 +587,29 @@ async fn run_local(job: &jobspec::Job, ctx: &JobContext, device: &Device, json: 
         }
     });
     let cancel = Cancel::default();
-    let on_signal = cancel.clone();
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("\ndutlab: canceling (Ctrl-C); powering the DUT off");
-            on_signal.cancel();
-        }
-    });
+    cancel_on_ctrl_c(&cancel, "the DUT");
     let report = runner::run_job(job, ctx, device, tx, cancel).await;
     let _ = printer.await;
     report
 }
 
 fn finish(report: &JobReport, args: &RunArgs) -> i32 {
+    let json = runner::report::json(report);
+    let table = runner::report::table(report);
+    write_results(report, &json, &table, args)
+}
+
+/// [`finish`] of a group: JUnit of every member's cases (suites `<N>.<role>/<suite>`), the
+/// group's JSON report (each member's report under `members`), the outcome of the worst.
+fn finish_group(report: &group_run::GroupReport, args: &RunArgs) -> i32 {
+    let json = serde_json::to_string_pretty(report).expect("a report always serialises");
+    let table = group_run::table(report);
+    write_results(&group_run::merged(report), &json, &table, args)
+}
+
+/// Writes `--junit` (from `report`) and `--results-json` (`json`), prints `json` or `table`;
+/// the exit code of the report's outcome, or of an infra error when a file cannot be written.
+fn write_results(report: &JobReport, json: &str, table: &str, args: &RunArgs) -> i32 {
     let mut code = report.outcome.exit_code();
     if let Some(path) = &args.junit {
         let written = runner::report::junit(report)
@@ -497,16 +622,16 @@ fn finish(report: &JobReport, args: &RunArgs) -> i32 {
         }
     }
     if let Some(path) = &args.results_json
-        && let Err(e) = std::fs::write(path, runner::report::json(report))
+        && let Err(e) = std::fs::write(path, json)
             .with_context(|| format!("cannot write results to {}", path.display()))
     {
         report_error(&e);
         code = code.max(Outcome::InfraError.exit_code());
     }
     if args.json {
-        println!("{}", runner::report::json(report));
+        println!("{json}");
     } else {
-        println!("\n{}", runner::report::table(report));
+        println!("\n{table}");
     }
     code
 }

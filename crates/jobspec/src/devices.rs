@@ -160,12 +160,17 @@ fn boot_needs(method: &str) -> String {
 
 /// Refuses `job` (read from `file`, used in messages) when no device type dutlab knows can
 /// run it. A multinode job is checked per role: each role's actions (and the role's
-/// `context.arch`) must suit one device type.
+/// `context.arch`) must suit one device type; a secondary connection role's actions must be
+/// what runs over SSH ([`crate::check_secondary_actions`]).
 pub fn check_runnable(file: &str, job: &Job) -> Result<(), JobError> {
     match &job.protocols.multinode {
         None => check_device_actions(file, job, None, job.context.arch.as_deref()),
         Some(m) => {
             for (name, role) in &m.roles {
+                if role.secondary.is_some() {
+                    crate::check_secondary_actions(file, job, Some(name))?;
+                    continue;
+                }
                 let arch = role
                     .context
                     .get("arch")
@@ -180,9 +185,27 @@ pub fn check_runnable(file: &str, job: &Job) -> Result<(), JobError> {
 
 /// What the lab accepts: [`check_runnable`]; a multinode job is scheduled as a group, one
 /// sub-job per role instance ([`crate::multinode::instances`]). Kept apart from
-/// [`check_runnable`] for what a local run can do and the lab cannot.
+/// [`check_runnable`] for what a local run can do and the lab cannot: secondary connection
+/// roles (`connection: ssh`) run with `dutlab run` only, until agents reach each other's DUTs.
 pub fn check_schedulable(file: &str, job: &Job) -> Result<(), JobError> {
-    check_runnable(file, job)
+    check_runnable(file, job)?;
+    if let Some(m) = &job.protocols.multinode
+        && let Some((name, _)) = m.roles.iter().find(|(_, r)| r.secondary.is_some())
+    {
+        return Err(JobError::new(
+            file,
+            Path::root()
+                .key("protocols")
+                .key("lava-multinode")
+                .key("roles")
+                .key(name)
+                .key("connection")
+                .to_string(),
+            "secondary connections run with `dutlab run` only: the lab does not place them \
+             yet",
+        ));
+    }
+    Ok(())
 }
 
 /// The check of one device's actions: every action of `job` (those naming `role`, when

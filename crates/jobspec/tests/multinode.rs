@@ -60,3 +60,30 @@ fn each_role_is_checked_as_one_device() {
     assert_eq!(e.field, "actions[1].test");
     assert!(e.reason.contains("no boot action"), "{}", e.reason);
 }
+
+const SECONDARY: &str = "job_name: sec\nprotocols:\n  lava-multinode:\n    roles:\n      \
+    host: {device_type: qemu, count: 1}\n      \
+    guest: {count: 1, connection: ssh, host_role: host, request: lava-start}\n\
+    actions:\n- boot: {method: qemu, role: [host], prompts: ['# ']}\n\
+    - deploy: {role: [guest], to: ssh, connection: ssh}\n\
+    - boot: {role: [guest], method: ssh, connection: ssh, prompts: ['# '], parameters: {hostID: ipv4, host_key: ipaddr}}\n";
+
+#[test]
+fn a_secondary_role_is_checked_as_an_ssh_connection_and_runs_only_locally() {
+    let job = parse_job("sec.yaml", SECONDARY).expect("valid");
+    check_runnable("sec.yaml", &job).expect("runnable by `dutlab run`");
+    let e = check_schedulable("sec.yaml", &job).expect_err("not in the lab yet");
+    assert_eq!(e.field, "protocols.lava-multinode.roles.guest.connection");
+    assert!(e.reason.contains("dutlab run"), "{}", e.reason);
+    // A guest's test needs its own boot (over ssh) before it; the host's boot does not count.
+    let bad = SECONDARY.replace(
+        "- deploy: {role: [guest]",
+        "- test:\n    role: [guest]\n    definitions:\n    - {from: inline, name: t, path: t.yaml, \
+         repository: {metadata: {format: Lava-Test Test Definition 1.0, name: t}, run: {steps: [true]}}}\n\
+         - deploy: {role: [guest]",
+    );
+    let job = parse_job("sec.yaml", &bad).expect("valid LAVA");
+    let e = check_runnable("sec.yaml", &job).expect_err("refused");
+    assert_eq!(e.field, "actions[1].test");
+    assert!(e.reason.contains("boot"), "{}", e.reason);
+}

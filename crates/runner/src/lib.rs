@@ -153,7 +153,8 @@ impl Cancel {
         self.0.send_replace(RunState::Canceled);
     }
 
-    async fn canceled(&self) {
+    /// Resolves once the job is canceled.
+    pub async fn canceled(&self) {
         let mut rx = self.0.subscribe();
         let _ = rx.wait_for(|s| *s == RunState::Canceled).await;
     }
@@ -218,6 +219,25 @@ pub async fn run_job(
         _ = tokio::time::sleep_until(job_limit.at) => Err(JobEnd::timed_out(format!(
             "job timeout ({}) fired", human_duration(job.timeouts.job)))),
     };
+    // A host role's DUT stays on while its secondary connections run (within the job
+    // timeout, and not after a cancel).
+    if let Some(host) = &ctx.publish_ssh
+        && host.guests_running() > 0
+        && end
+            .as_ref()
+            .err()
+            .is_none_or(|e| e.outcome != Outcome::Canceled)
+    {
+        run.note(format!(
+            "waiting for {} secondary connection(s) to end before powering the DUT off",
+            host.guests_running()
+        ));
+        tokio::select! {
+            () = host.guests_ended() => {}
+            _ = cancel.canceled() => {}
+            _ = tokio::time::sleep_until(job_limit.at) => {}
+        }
+    }
     run.teardown().await;
     let end = end.err().unwrap_or_else(|| verdict(&cases));
     JobReport {

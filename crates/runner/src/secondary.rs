@@ -77,25 +77,40 @@ pub enum SshRoute {
 }
 
 /// The SSH endpoint of a host instance's DUT, published by its runner once QEMU runs
-/// (`JobContext::publish_ssh`) and awaited by its guests' runners ([`SshRoute::Published`]).
+/// (`JobContext::publish_ssh`) and awaited by its guests' runners ([`SshRoute::Published`]);
+/// and how many of those guests still run: the host's runner keeps its DUT on until they
+/// ended ([`HostEndpoint::for_guests`]), so a guest's last prompt is not cut by the host's
+/// power-off.
 #[derive(Debug, Clone)]
-pub struct HostEndpoint(Arc<watch::Sender<Option<SocketAddr>>>);
+pub struct HostEndpoint {
+    addr: Arc<watch::Sender<Option<SocketAddr>>>,
+    guests: Arc<watch::Sender<usize>>,
+}
 
 impl Default for HostEndpoint {
     fn default() -> Self {
-        HostEndpoint(Arc::new(watch::Sender::new(None)))
+        HostEndpoint::for_guests(0)
     }
 }
 
 impl HostEndpoint {
+    /// An endpoint whose host waits, before its teardown, for `guests` calls of
+    /// [`HostEndpoint::guest_ended`].
+    pub fn for_guests(guests: usize) -> Self {
+        HostEndpoint {
+            addr: Arc::new(watch::Sender::new(None)),
+            guests: Arc::new(watch::Sender::new(guests)),
+        }
+    }
+
     /// Says where the DUT's SSH is now (a new boot publishes again).
     pub fn publish(&self, addr: SocketAddr) {
-        self.0.send_replace(Some(addr));
+        self.addr.send_replace(Some(addr));
     }
 
     /// Waits until an endpoint was published, within `limit`.
     pub async fn wait(&self, limit: Limit) -> Result<SocketAddr, JobEnd> {
-        let mut rx = self.0.subscribe();
+        let mut rx = self.addr.subscribe();
         let got = tokio::time::timeout_at(limit.at, rx.wait_for(Option::is_some)).await;
         match got {
             Ok(Ok(addr)) => (*addr).ok_or_else(|| JobEnd::infra_error("no host endpoint")),
@@ -106,6 +121,22 @@ impl HostEndpoint {
                 crate::human_duration(limit.length)
             ))),
         }
+    }
+
+    /// One guest of this host ended (whatever its outcome).
+    pub fn guest_ended(&self) {
+        self.guests.send_modify(|n| *n = n.saturating_sub(1));
+    }
+
+    /// How many guests still run.
+    pub fn guests_running(&self) -> usize {
+        *self.guests.borrow()
+    }
+
+    /// Resolves when no guest runs any more.
+    pub async fn guests_ended(&self) {
+        let mut rx = self.guests.subscribe();
+        let _ = rx.wait_for(|n| *n == 0).await;
     }
 }
 
