@@ -67,6 +67,70 @@ pub enum JobNote {
     Crashed { lease: LeaseId, reason: String },
     /// From a session's task (a person's lease).
     Session(crate::session::SessionNote),
+    /// A MultiNode call of the job's runner, its `seq`-th; the main loop sends it to the
+    /// controller (again after each hello) and hands the reply to `reply`.
+    Multinode {
+        lease: LeaseId,
+        seq: u64,
+        call: multinode::Call,
+        reply: tokio::sync::oneshot::Sender<multinode::Reply>,
+    },
+}
+
+/// A sub-job's link to its group's coordinator on the controller: each call becomes a
+/// [`JobNote::Multinode`] for the main loop, which owns the agent link.
+struct LabCoordinator {
+    lease: LeaseId,
+    notes: UnboundedSender<JobNote>,
+}
+
+impl runner::multinode::CoordinatorLink for LabCoordinator {
+    fn call(&self, seq: u64, call: multinode::Call) -> runner::multinode::CallFuture {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let sent = self.notes.send(JobNote::Multinode {
+            lease: self.lease,
+            seq,
+            call,
+            reply,
+        });
+        Box::pin(async move {
+            if sent.is_err() {
+                return Err(runner::multinode::LinkError::Gone(
+                    "the agent is stopping".into(),
+                ));
+            }
+            rx.await.map_err(|_| {
+                runner::multinode::LinkError::Gone(
+                    "the agent dropped the call (the lease ended or a newer call replaced it)"
+                        .into(),
+                )
+            })
+        })
+    }
+}
+
+/// The member context of a sub-job: the group's roster from the job file (members named
+/// `ID.N`, LAVA's sub-job ids) and a [`LabCoordinator`].
+fn member_context(
+    job: &Job,
+    sub: &proto::link::SubJob,
+    lease: LeaseId,
+    notes: &UnboundedSender<JobNote>,
+) -> runner::multinode::MultinodeContext {
+    let roster = multinode::Roster {
+        members: jobspec::multinode::instances(job)
+            .into_iter()
+            .map(|i| multinode::Member {
+                name: format!("{}.{}", sub.group, i.index),
+                role: i.role,
+            })
+            .collect(),
+    };
+    let link = std::sync::Arc::new(LabCoordinator {
+        lease,
+        notes: notes.clone(),
+    });
+    runner::multinode::MultinodeContext::new(roster, multinode::InstanceId(sub.index), link)
 }
 
 /// Everything a job task needs.
@@ -106,7 +170,12 @@ pub async fn run_lease(
         now_millis(),
         &mut entries,
     );
-    let prepared = prepare(&start);
+    let prepared = prepare(&start).map(|(job, mut ctx)| {
+        if let Some(sub) = &start.sub_job {
+            ctx.multinode = Some(member_context(&job, sub, lease, &notes));
+        }
+        (job, ctx)
+    });
     if let Ok((job, _)) = &prepared
         && let Err(e) = writer.set_job_name(&job.name)
     {
@@ -182,10 +251,10 @@ fn prepare(start: &JobStart) -> Result<(Job, JobContext), JobReport> {
     let fallback_name = format!("job-{}", start.job);
     let job = jobspec::parse_job(&file, &start.definition)
         .map_err(|e| ended(&fallback_name, Outcome::JobError, e.to_string()))?;
-    // A sub-job runs its role instance's actions only (the controller sends the group's file),
-    // as an ordinary job: without `protocols`, since the lab has no coordinator for its
-    // MultiNode calls yet (docs/multinode.md).
-    let mut job = match &start.sub_job {
+    // A sub-job runs its role instance's actions only (the controller sends the group's file);
+    // its MultiNode calls go to the group's coordinator on the controller (`run_lease` sets
+    // the member context).
+    let job = match &start.sub_job {
         None => job,
         Some(sub) => jobspec::multinode::instances(&job)
             .into_iter()
@@ -203,7 +272,6 @@ fn prepare(start: &JobStart) -> Result<(Job, JobContext), JobReport> {
                 )
             })?,
     };
-    job.protocols.multinode = None;
     let deploys = job
         .actions
         .iter()

@@ -374,3 +374,192 @@ actions:
     lab.wait_devices_idle("host-m", 2)?;
     lab.finish()
 }
+
+/// A call of `lease`'s sub-job, as the agent's main loop sends it.
+fn call(sim: &mut SimAgent, lease: SimLease, seq: u64, line: &str) -> Result<()> {
+    let call = multinode::parse_call(format!("<LAVA_MULTI_NODE> <LAVA_{line}>").as_bytes())
+        .context("a multinode line")?
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    sim.send(&AgentMessage::MultinodeCall {
+        lease: lease.lease,
+        epoch: lease.epoch,
+        seq,
+        call,
+    })
+}
+
+/// The next `MultinodeReply`: its lease, seq and the console line it types.
+fn reply(sim: &mut SimAgent) -> Result<(proto::LeaseId, u64, Option<String>)> {
+    sim.expect("multinode-reply", |h| match h {
+        Heard::Message(ControllerMessage::MultinodeReply {
+            lease, seq, reply, ..
+        }) => Some((*lease, *seq, reply.console_line())),
+        _ => None,
+    })
+}
+
+#[test]
+fn the_controllers_coordinator_answers_each_member_as_named_by_its_lease() -> Result<()> {
+    let lab = Lab::start_with(DUTLAB, &["--heartbeat", "60s"])?;
+    let alice = lab.token("alice", "user")?;
+    // Each sub-job on its own agent: the reply crosses from one agent's link to the other's.
+    let mut one = SimAgent::open(lab.port(), &lab.token("sim-a", "agent")?)?;
+    one.hello("sim-a", &["sim-a1"], vec![])?;
+    one.welcome()?;
+    let mut two = SimAgent::open(lab.port(), &lab.token("sim-b", "agent")?)?;
+    two.hello("sim-b", &["sim-b1"], vec![])?;
+    two.welcome()?;
+    let (group, _) = submit(&lab, &alice, "pair.yaml", PAIR)?;
+    let (a, sub_a) = started(&mut one)?;
+    let (b, sub_b) = started(&mut two)?;
+    let (a_index, b_index) = (
+        sub_a.context("a sub-job")?.index,
+        sub_b.context("a sub-job")?.index,
+    );
+    // A waits; nothing is due yet.
+    call(&mut one, a, 1, "WAIT ready")?;
+    // An agent cannot call as a member it does not run: B's link sending for A's lease is
+    // refused, so A's wait stays blocked and nobody hears a reply for it.
+    call(&mut two, a, 7, "SEND ready forged=1")?;
+    // B sends: its own reply (Sent) and A's wait come due, with B's name as the sender.
+    call(&mut two, b, 1, "SEND ready port=8080")?;
+    let (lease, seq, line) = reply(&mut two)?;
+    ensure!(
+        lease == b.lease && seq == 1 && line.is_none(),
+        "{lease} {seq} {line:?}"
+    );
+    let (lease, seq, line) = reply(&mut one)?;
+    let want = format!("<LAVA_WAIT_COMPLETE {group}.{b_index}:port=8080>");
+    ensure!(
+        lease == a.lease && seq == 1 && line.as_deref() == Some(want.as_str()),
+        "{lease} {seq} {line:?}, wanted {want}"
+    );
+    // A repeated call (an agent resending after a reconnect) gets the same answer again.
+    call(&mut one, a, 1, "WAIT ready")?;
+    let (_, seq, again) = reply(&mut one)?;
+    ensure!(seq == 1 && again == line, "{again:?}");
+    // A barrier opens only when both members arrived.
+    call(&mut one, a, 2, "SYNC done")?;
+    let early = one.next(Duration::from_millis(500));
+    ensure!(
+        !matches!(
+            early,
+            Ok(Heard::Message(ControllerMessage::MultinodeReply { .. }))
+        ),
+        "the barrier opened with one member: {early:?}"
+    );
+    call(&mut two, b, 2, "SYNC done")?;
+    for sim in [&mut one, &mut two] {
+        let (_, seq, line) = reply(sim)?;
+        ensure!(
+            seq == 2 && line.as_deref() == Some("<LAVA_SYNC_COMPLETE>"),
+            "{line:?}"
+        );
+    }
+    ensure!(a_index != b_index);
+    for (sim, lease) in [(&mut one, a), (&mut two, b)] {
+        report(sim, lease, proto::Outcome::Passed)?;
+    }
+    for id in [group, group + 1] {
+        let view = lab.wait_state(id, "finished", LIMIT)?;
+        ensure!(view["outcome"] == "passed", "{view}");
+    }
+    Ok(())
+}
+
+/// Runs a test once per database: `name::sqlite` and `name::postgres`.
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn sqlite() -> anyhow::Result<()> {
+                super::$name(testkit::lab::Database::Sqlite)
+            }
+            #[test]
+            fn postgres() -> anyhow::Result<()> {
+                super::$name(testkit::lab::Database::Postgres)
+            }
+        }
+    )*};
+}
+
+on_both!(a_group_on_qemu_talks_through_the_coordinator_and_a_controller_restart_loses_no_message);
+
+/// A role's test with `steps`.
+fn steps_test(role: &str, steps: &[&str]) -> String {
+    let steps: String = steps
+        .iter()
+        .map(|s| {
+            format!(
+                "          - {}\n",
+                serde_json::to_string(s).expect("a string serialises")
+            )
+        })
+        .collect();
+    format!(
+        "- test:\n    role: [{role}]\n    definitions:\n    - from: inline\n      name: {role}\n      \
+         path: inline/{role}.yaml\n      repository:\n        metadata: {{format: Lava-Test Test \
+         Definition 1.0, name: {role}}}\n        run:\n          steps:\n{steps}"
+    )
+}
+
+fn a_group_on_qemu_talks_through_the_coordinator_and_a_controller_restart_loses_no_message(
+    database: testkit::lab::Database,
+) -> Result<()> {
+    let mut lab = Lab::start_on(DUTLAB, database, &[])?;
+    lab.agent("host-n", 2)?;
+    // The server sends and then waits at the barrier; the client sleeps while the controller
+    // is killed and restarted, then waits for the message: it must have survived the
+    // restart, and so must the server's place at the barrier.
+    let text = format!(
+        "job_name: restart\ntimeouts: {{job: {{minutes: 8}}, action: {{minutes: 6}}, connection: {{minutes: 3}}}}\n\
+         visibility: public\nprotocols:\n  lava-multinode:\n    roles:\n      \
+         server: {{device_type: qemu, count: 1}}\n      client: {{device_type: qemu, count: 1}}\n\
+         actions:\n- boot:\n    role: [server, client]\n    method: qemu\n    prompts: ['# $']\n    \
+         auto_login: {{login_prompt: 'login:', username: root}}\n{}{}",
+        steps_test(
+            "server",
+            &[
+                "lava-send ready port=8080",
+                "echo server-has-sent",
+                "lava-sync done"
+            ]
+        ),
+        steps_test(
+            "client",
+            &[
+                "echo client-sleeps",
+                "sleep 20",
+                "lava-wait ready",
+                "lava-test-case from-the-server --shell grep -q \"^$(lava-group server):port=8080$\" /tmp/lava_multi_node_cache.txt",
+                "lava-sync done",
+            ]
+        ),
+    );
+    let file = lab.write("restart.yaml", &text)?;
+    let group = lab.submit(&file)?;
+    let (client, server) = (group, group + 1);
+    lab.wait_for_line(server, "server-has-sent")?;
+    lab.wait_for_line(client, "client-sleeps")?;
+    lab.restart_controller_hard()?;
+    for id in [client, server] {
+        let view = lab.wait_state(id, "finished", testkit::lab::CLI_LIMIT)?;
+        ensure!(view["outcome"] == "passed", "job {id}: {view}");
+    }
+    let results = lab.json(&["job", "results", &client.to_string(), "--json"])?;
+    let cases = results["report"]["cases"].as_array().context("cases")?;
+    for want in [
+        "multinode-wait-ready",
+        "from-the-server",
+        "multinode-sync-done",
+    ] {
+        ensure!(
+            cases
+                .iter()
+                .any(|c| c["name"] == want && c["result"] == "pass"),
+            "{want}: {results}"
+        );
+    }
+    lab.wait_devices_idle("host-n", 2)?;
+    lab.finish()
+}

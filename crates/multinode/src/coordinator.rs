@@ -146,6 +146,16 @@ impl Coordinator {
         }
     }
 
+    /// Whether [`Coordinator::call`] with `(from, seq)` would be a new call (one that may
+    /// change the state), not a repeat or a stale one. False for a member outside the roster.
+    pub fn is_new(&self, from: InstanceId, seq: u64) -> bool {
+        match self.latest.get(from.index()) {
+            None => false,
+            Some(None) => true,
+            Some(Some(latest)) => seq > latest.seq,
+        }
+    }
+
     /// The members whose latest call is still waiting, with its seq, in member order.
     pub fn waiting(&self) -> Vec<(InstanceId, u64)> {
         self.roster

@@ -23,7 +23,7 @@ use crate::stream::{StreamFrameError, StreamId, StreamTarget};
 use serde::{Deserialize, Serialize};
 
 /// Version of this protocol. Raised on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Largest WebSocket frame either side sends or accepts.
 pub const MAX_FRAME: usize = 1 << 20;
@@ -143,6 +143,15 @@ pub enum AgentMessage {
         request: RequestId,
         result: SessionResult,
     },
+    /// A MultiNode call of the sub-job running under `lease`, its `seq`-th (from 1, increasing
+    /// for the whole job). Resent after every hello until `MultinodeReply` answers it or a
+    /// newer call of the lease replaces it; the controller answers a repeat once more.
+    MultinodeCall {
+        lease: LeaseId,
+        epoch: Epoch,
+        seq: u64,
+        call: multinode::Call,
+    },
 }
 
 /// Controller to agent.
@@ -217,6 +226,13 @@ pub enum ControllerMessage {
     StreamCredit { stream: StreamId, bytes: u32 },
     /// End the stream (its client left, the lease ended, the link is being replaced).
     CloseStream { stream: StreamId, reason: String },
+    /// The group's answer to call `seq` of the sub-job running under `lease`.
+    MultinodeReply {
+        lease: LeaseId,
+        epoch: Epoch,
+        seq: u64,
+        reply: multinode::Reply,
+    },
 }
 
 /// A binary message of the link: a log frame (`'L'`) or a stream frame (`'S'`).

@@ -114,6 +114,15 @@ struct Lease {
     report_sent: ReportSent,
     /// Positioned at `sent + 1`.
     reader: SpoolReader,
+    /// The job's MultiNode call not answered yet (at most one: a newer call replaces it),
+    /// by seq, with where its reply goes.
+    calls: BTreeMap<
+        u64,
+        (
+            multinode::Call,
+            tokio::sync::oneshot::Sender<multinode::Reply>,
+        ),
+    >,
 }
 
 /// How a connection ended.
@@ -177,6 +186,7 @@ impl Agent {
                     sent: Seq(0),
                     report_sent: ReportSent::No,
                     reader: spool.reader(r.meta.lease),
+                    calls: BTreeMap::new(),
                 };
                 Some((r.meta.lease, lease))
             })
@@ -440,7 +450,54 @@ impl Agent {
                 }
             }
         }
+        // MultiNode calls not answered on the last connection: the coordinator answers a
+        // repeat (once more if it had answered it already).
+        let calls: Vec<AgentMessage> = self
+            .leases
+            .iter()
+            .filter(|(_, l)| matches!(l.state, LeaseState::Running { .. }))
+            .flat_map(|(id, l)| {
+                l.calls
+                    .iter()
+                    .map(|(seq, (call, _))| AgentMessage::MultinodeCall {
+                        lease: *id,
+                        epoch: l.epoch,
+                        seq: *seq,
+                        call: call.clone(),
+                    })
+            })
+            .collect();
+        for call in calls {
+            link.send(&call).await?;
+        }
         self.send_ready(link).await
+    }
+
+    /// A job's MultiNode call: kept until answered (it replaces the lease's older call,
+    /// whose runner stopped waiting), and sent now if the link is up.
+    async fn multinode_call(
+        &mut self,
+        id: LeaseId,
+        seq: u64,
+        call: multinode::Call,
+        reply: tokio::sync::oneshot::Sender<multinode::Reply>,
+        link: Option<&mut Link>,
+    ) -> Result<(), LinkDown> {
+        let Some(lease) = self.leases.get_mut(&id) else {
+            return Ok(());
+        };
+        lease.calls.retain(|s, _| *s > seq);
+        lease.calls.insert(seq, (call.clone(), reply));
+        let message = AgentMessage::MultinodeCall {
+            lease: id,
+            epoch: lease.epoch,
+            seq,
+            call,
+        };
+        match link {
+            Some(link) => link.send(&message).await,
+            None => Ok(()),
+        }
     }
 
     async fn send_ready(&mut self, link: &mut Link) -> Result<(), LinkDown> {
@@ -564,6 +621,12 @@ impl Agent {
     async fn on_note(&mut self, note: JobNote, link: Option<&mut Link>) -> Result<(), LinkDown> {
         let (id, report, last_seq) = match note {
             JobNote::Session(note) => return self.on_session_note(note, link).await,
+            JobNote::Multinode {
+                lease,
+                seq,
+                call,
+                reply,
+            } => return self.multinode_call(lease, seq, call, reply, link).await,
             JobNote::Spooled { lease, last } => {
                 if let Some(l) = self.leases.get_mut(&lease) {
                     l.spooled = l.spooled.max(last);
@@ -774,6 +837,20 @@ impl Agent {
             ControllerMessage::CloseStream { stream, reason } => {
                 tracing::debug!(%stream, "the controller closed the stream: {reason}");
                 streams.closed(stream, &reason);
+                Ok(())
+            }
+            ControllerMessage::MultinodeReply {
+                lease,
+                epoch,
+                seq,
+                reply,
+            } => {
+                if self.known(lease, epoch, "multinode-reply").is_some()
+                    && let Some(l) = self.leases.get_mut(&lease)
+                    && let Some((_, tx)) = l.calls.remove(&seq)
+                {
+                    let _ = tx.send(reply);
+                }
                 Ok(())
             }
             ControllerMessage::FinishAcked { lease, epoch } => {

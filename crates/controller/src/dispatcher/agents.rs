@@ -264,6 +264,12 @@ impl Dispatcher {
                     }
                 }
             }
+            AgentMessage::MultinodeCall {
+                lease,
+                epoch,
+                seq,
+                call,
+            } => self.multinode_call(agent, lease, epoch, seq, call).await,
             // The link routes these to their streams; they never reach the dispatcher.
             AgentMessage::StreamOpened { .. }
             | AgentMessage::StreamRefused { .. }
@@ -349,7 +355,8 @@ fn lease_of(message: &AgentMessage) -> Option<LeaseId> {
     match message {
         AgentMessage::JobStarted { lease, .. }
         | AgentMessage::JobFinished { lease, .. }
-        | AgentMessage::StartRefused { lease, .. } => Some(*lease),
+        | AgentMessage::StartRefused { lease, .. }
+        | AgentMessage::MultinodeCall { lease, .. } => Some(*lease),
         AgentMessage::Hello { .. }
         | AgentMessage::Heartbeat
         | AgentMessage::DeviceReady { .. }
@@ -381,6 +388,7 @@ fn kind_of(message: &AgentMessage) -> &'static str {
         AgentMessage::SessionRefused { .. } => "session-refused",
         AgentMessage::SessionProgress { .. } => "session-progress",
         AgentMessage::SessionReply { .. } => "session-reply",
+        AgentMessage::MultinodeCall { .. } => "multinode-call",
     }
 }
 

@@ -219,6 +219,7 @@ impl Dispatcher {
                     }
                     self.logs.close(*job);
                     self.publish(*job);
+                    self.sub_job_finished(*job).await;
                 }
                 Event::LeaseReleased {
                     lease,

@@ -53,6 +53,7 @@ use std::time::Instant;
 
 mod agents;
 mod commands;
+mod coordinators;
 mod devices;
 mod effects;
 pub mod forward;
@@ -372,6 +373,8 @@ pub struct Dispatcher {
     jobs_since_check: BTreeMap<String, u32>,
     /// Agent links other controllers hold and relay ([`relay`]).
     remote: relay::RemoteLinks,
+    /// MultiNode coordinators of groups that made calls, by group ([`coordinators`]).
+    coordinators: BTreeMap<JobId, multinode::Coordinator>,
 }
 
 impl Dispatcher {
@@ -479,6 +482,7 @@ impl Dispatcher {
             next_interval_scan: Millis(0),
             retries_due: Vec::new(),
             jobs_since_check: BTreeMap::new(),
+            coordinators: BTreeMap::new(),
             remote: relay::RemoteLinks::new(next_event.saturating_sub(1)),
         })
     }

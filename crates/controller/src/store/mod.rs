@@ -37,6 +37,7 @@ pub mod agent_links;
 pub mod commands;
 pub mod hold;
 pub mod log_records;
+pub mod multinode_groups;
 mod rows;
 pub mod schema;
 

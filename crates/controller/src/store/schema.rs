@@ -62,7 +62,7 @@ pub enum Migrate {
 pub const LATEST: Version = MIGRATIONS[MIGRATIONS.len() - 1].0;
 
 /// Changes after version 1, in order: (version reached, statements).
-pub(super) const MIGRATIONS: [(Version, &[&str]); 7] = [
+pub(super) const MIGRATIONS: [(Version, &[&str]); 8] = [
     // Agent tokens are bound to one agent name. Agent tokens of version 1 keep NULL here and
     // are refused by the agent link until the operator re-creates them (docs/security.md).
     (2, &["ALTER TABLE tokens ADD COLUMN agent TEXT"]),
@@ -190,6 +190,15 @@ pub(super) const MIGRATIONS: [(Version, &[&str]); 7] = [
                 grp BIGINT NOT NULL,
                 idx BIGINT NOT NULL,
                 role TEXT NOT NULL
+            )"],
+    ),
+    // MultiNode coordinators: one row per group with running sub-jobs, its coordinator's
+    // whole state (JSON; bounded by multinode::limits), written before any reply it gives.
+    (
+        9,
+        &["CREATE TABLE IF NOT EXISTS multinode_groups (
+                grp BIGINT PRIMARY KEY,
+                state TEXT NOT NULL
             )"],
     ),
 ];

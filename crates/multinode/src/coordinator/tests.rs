@@ -373,3 +373,21 @@ mod no_lost_wakeups {
         }
     }
 }
+
+#[test]
+fn is_new_tells_a_new_call_from_a_repeat_a_stale_one_and_a_stranger() {
+    let mut co = Coordinator::new(roster(&["a", "b"]));
+    assert!(co.is_new(A, 1));
+    co.call(A, 2, c("SEND x"));
+    assert!(!co.is_new(A, 2), "a repeat");
+    assert!(!co.is_new(A, 1), "stale");
+    assert!(co.is_new(A, 3));
+    assert!(co.is_new(B, 1));
+    assert!(!co.is_new(C, 1), "outside the roster");
+    // A stored coordinator answers a repeat as the live one did.
+    let wait = co.call(B, 1, c("WAIT x"));
+    let stored: Coordinator =
+        serde_json::from_str(&serde_json::to_string(&co).expect("serialises")).expect("parses");
+    assert_eq!(stored, co);
+    assert_eq!(stored.clone().call(B, 1, c("WAIT x")), wait);
+}
