@@ -150,6 +150,8 @@ pub struct JobStart {
     pub host: crate::config::HostSettings,
     /// Where the job's `artifact:` references are fetched from and cached.
     pub artifacts: ArtifactSource,
+    /// The agent's salt of group network segments.
+    pub group_salt: [u8; 16],
 }
 
 /// Runs the job of one lease to its end.
@@ -173,6 +175,10 @@ pub async fn run_lease(
     let prepared = prepare(&start).map(|(job, mut ctx)| {
         if let Some(sub) = &start.sub_job {
             ctx.multinode = Some(member_context(&job, sub, lease, &notes));
+            // Sub-jobs of the group on this agent share one segment; on another agent the
+            // segment differs (no L2 between agents yet).
+            let segment = runner::multinode::segment_of(&start.group_salt, sub.group.0);
+            ctx.group_net = runner::multinode::GroupNet::for_member(segment, sub.index).ok();
         }
         (job, ctx)
     });
@@ -323,6 +329,7 @@ fn prepare(start: &JobStart) -> Result<(Job, JobContext), JobReport> {
         authorized_keys: Vec::new(),
         publish_ssh: None,
         multinode: None,
+        group_net: None,
     };
     Ok((job, ctx))
 }

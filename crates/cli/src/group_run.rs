@@ -39,6 +39,10 @@ use tokio::sync::mpsc::UnboundedSender;
 /// ssh devices default to; the host's test shell installs the group's key for it).
 const GUEST_USER: &str = "root";
 
+/// The most members a local group may have: as many as a group in the lab
+/// (`scheduler::groups::MAX_GROUP`).
+pub const MAX_MEMBERS: usize = 64;
+
 /// One role instance of a local group.
 #[derive(Debug, Clone)]
 pub struct MemberJob {
@@ -154,6 +158,9 @@ pub struct GroupSetup {
     pub device: Device,
     /// The group's key pair, when it has secondary connections.
     pub keys: Option<runner::ssh::KeyPair>,
+    /// The multicast segment of the group's private network
+    /// ([`runner::multinode::segment_of`]).
+    pub segment: std::net::SocketAddrV4,
 }
 
 /// Runs every member of the group at once and reports each. `default_image` is given only to
@@ -344,6 +351,10 @@ fn member_context(
         .any(|a| matches!(a, jobspec::Action::Deploy(d) if !d.only_downloads()));
     if deploys || member.secondary {
         ctx.default_image = None;
+    }
+    if !member.secondary {
+        // At most MAX_MEMBERS, well inside the network's 253 addresses.
+        ctx.group_net = runner::multinode::GroupNet::for_member(setup.segment, id.0).ok();
     }
     let first_of_role = members.iter().position(|m| m.role == member.role) == Some(index);
     if first_of_role

@@ -386,6 +386,17 @@ fn run(args: RunArgs) -> i32 {
         .multinode
         .is_some()
         .then(|| group_run::members(&job));
+    if let Some(members) = &group
+        && members.len() > group_run::MAX_MEMBERS
+    {
+        eprintln!(
+            "dutlab: error: {}: protocols.lava-multinode.roles: {} role instances, more than the {} a group may have",
+            args.job.display(),
+            members.len(),
+            group_run::MAX_MEMBERS
+        );
+        return Outcome::JobError.exit_code();
+    }
     let needs_image = match &group {
         None => !deploys(&job),
         Some(members) => members.iter().any(|m| !m.secondary && !deploys(&m.job)),
@@ -418,6 +429,7 @@ fn run(args: RunArgs) -> i32 {
         authorized_keys: Vec::new(),
         publish_ssh: None,
         multinode: None,
+        group_net: None,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -447,10 +459,16 @@ fn run(args: RunArgs) -> i32 {
             } else {
                 None
             };
+            let mut salt = [0u8; 16];
+            if let Err(e) = getrandom::fill(&mut salt) {
+                eprintln!("dutlab: error: no randomness for the group network: {e}");
+                return Outcome::InfraError.exit_code();
+            }
             let setup = group_run::GroupSetup {
                 base: ctx,
                 device,
                 keys,
+                segment: runner::multinode::segment_of(&salt, 0),
             };
             let report = runtime.block_on(run_local_group(&job, members, setup, args.json));
             finish_group(&report, &args)

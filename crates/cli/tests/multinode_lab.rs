@@ -508,9 +508,11 @@ fn a_group_on_qemu_talks_through_the_coordinator_and_a_controller_restart_loses_
 ) -> Result<()> {
     let mut lab = Lab::start_on(DUTLAB, database, &[])?;
     lab.agent("host-n", 2)?;
-    // The server sends and then waits at the barrier; the client sleeps while the controller
-    // is killed and restarted, then waits for the message: it must have survived the
-    // restart, and so must the server's place at the barrier.
+    // The server listens on the group network, sends its address there and waits at the
+    // barrier; the client sleeps while the controller is killed and restarted, then waits
+    // for the message: it must have survived the restart, and so must the server's place at
+    // the barrier. Then the client reaches the server's DUT over the group network (both
+    // DUTs on one agent).
     let text = format!(
         "job_name: restart\ntimeouts: {{job: {{minutes: 8}}, action: {{minutes: 6}}, connection: {{minutes: 3}}}}\n\
          visibility: public\nprotocols:\n  lava-multinode:\n    roles:\n      \
@@ -520,9 +522,10 @@ fn a_group_on_qemu_talks_through_the_coordinator_and_a_controller_restart_loses_
         steps_test(
             "server",
             &[
-                "lava-send ready port=8080",
+                "(echo token-over-the-group-net | nc -l -p 7000) &",
+                "lava-send ready port=8080 ip=$(lava-echo-ipv4 eth1)",
                 "echo server-has-sent",
-                "lava-sync done"
+                "lava-sync done",
             ]
         ),
         steps_test(
@@ -532,6 +535,8 @@ fn a_group_on_qemu_talks_through_the_coordinator_and_a_controller_restart_loses_
                 "sleep 20",
                 "lava-wait ready",
                 "lava-test-case from-the-server --shell grep -q \"^$(lava-group server):port=8080$\" /tmp/lava_multi_node_cache.txt",
+                "ip=$(sed -n 's/.*:ip=//p' /tmp/lava_multi_node_cache.txt)",
+                "lava-test-case over-the-group-net --shell sh -c \"nc $ip 7000 </dev/null | grep -q token-over-the-group-net\"",
                 "lava-sync done",
             ]
         ),
@@ -551,6 +556,7 @@ fn a_group_on_qemu_talks_through_the_coordinator_and_a_controller_restart_loses_
     for want in [
         "multinode-wait-ready",
         "from-the-server",
+        "over-the-group-net",
         "multinode-sync-done",
     ] {
         ensure!(

@@ -213,6 +213,39 @@ fn an_infra_error_of_one_member_cancels_the_others_and_ends_the_group_with_it() 
 }
 
 #[test]
+fn a_client_reaches_the_server_at_the_address_it_sent_over_the_groups_own_network() -> Result<()> {
+    let sb = Sandbox::new()?;
+    let text = group_job(
+        "network",
+        1,
+        &[
+            "(echo token-from-the-server | nc -l -p 7000) &",
+            "lava-send server ip=$(lava-echo-ipv4 eth1) token=t0k3n",
+            "lava-sync done",
+        ],
+        &[
+            "lava-wait server",
+            "ip=$(sed -n 's/.*:ip=//p' /tmp/lava_multi_node_cache.txt | cut -d' ' -f1)",
+            "lava-test-case on-the-group-net --shell sh -c \"echo $ip | grep -q '^10[.]231[.]0[.]'\"",
+            "lava-test-case ping --shell ping -c 1 -W 5 $ip",
+            "lava-test-case connect --shell sh -c \"nc $ip 7000 </dev/null | grep -q token-from-the-server\"",
+            "lava-test-case token --shell grep -q ':token=t0k3n$' /tmp/lava_multi_node_cache.txt",
+            "lava-sync done",
+        ],
+    );
+    let job = write(sb.path(), "network.yaml", &text)?;
+    let done = run(&sb, &["run", job.to_str().context("path")?, "--json"])?;
+    let shown = format!("stdout: {}\nstderr: {}", done.stdout, done.stderr);
+    expect_code(&done, 0).context(shown.clone())?;
+    let report: Value = serde_json::from_str(&done.stdout).context(shown.clone())?;
+    let cases = passed(&report, 0);
+    for want in ["on-the-group-net", "ping", "connect", "token"] {
+        ensure!(cases.iter().any(|c| c == want), "{want}: {shown}");
+    }
+    sb.assert_no_qemu_left()
+}
+
+#[test]
 fn ctrl_c_cancels_every_member_and_powers_every_dut_off() -> Result<()> {
     let sb = Sandbox::new()?;
     let text = group_job(

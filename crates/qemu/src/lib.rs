@@ -16,5 +16,6 @@ pub mod vm;
 pub use forward::{ForwardError, PortForwards};
 pub use rig::QemuRig;
 pub use vm::{
-    Accel, BootSpec, ChannelDisk, Drive, NetworkMode, Nic, QemuConfig, QemuError, VideoMode, Vm,
+    Accel, BootSpec, ChannelDisk, Drive, GroupLink, GroupLinkError, NetworkMode, Nic, QemuConfig,
+    QemuError, VideoMode, Vm,
 };

@@ -266,6 +266,66 @@ pub struct BootSpec {
     /// The runner's own disks (the test overlay), attached after everything the job and the
     /// device add, so the job's disks keep their names (`/dev/vda`, ...).
     pub channel_disks: Vec<ChannelDisk>,
+    /// A second NIC on the MultiNode group's private network (after the user-mode NIC).
+    pub group_link: Option<GroupLink>,
+}
+
+/// A NIC on a group's private L2 network: QEMU's socket networking on a multicast group
+/// joined on 127.0.0.1, so every QEMU of the host that joins the same group and port shares
+/// one Ethernet segment, with no root, no bridge and no host interface. The frames never
+/// leave the host's loopback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupLink {
+    mcast: std::net::SocketAddrV4,
+    mac: [u8; 6],
+}
+
+/// Why a [`GroupLink`] cannot be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GroupLinkError {
+    #[error("{0} is not an IPv4 multicast address")]
+    NotMulticast(std::net::Ipv4Addr),
+    #[error("the multicast port must not be 0")]
+    PortZero,
+}
+
+impl GroupLink {
+    /// The NIC of member `member` on the network `mcast` (its MAC, `52:54:00:d7:HI:LO`, is
+    /// unique within the group).
+    pub fn new(mcast: std::net::SocketAddrV4, member: u16) -> Result<GroupLink, GroupLinkError> {
+        if !mcast.ip().is_multicast() {
+            return Err(GroupLinkError::NotMulticast(*mcast.ip()));
+        }
+        if mcast.port() == 0 {
+            return Err(GroupLinkError::PortZero);
+        }
+        let [hi, lo] = member.to_be_bytes();
+        Ok(GroupLink {
+            mcast,
+            mac: [0x52, 0x54, 0x00, 0xd7, hi, lo],
+        })
+    }
+
+    /// The NIC's MAC address, as Linux shows it (`52:54:00:d7:00:01`).
+    pub fn mac(&self) -> String {
+        self.mac
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    }
+
+    fn args(&self) -> [String; 4] {
+        [
+            "-netdev".into(),
+            format!(
+                "socket,id=dutlab-group,mcast={},localaddr=127.0.0.1",
+                self.mcast
+            ),
+            "-device".into(),
+            format!("virtio-net-pci,netdev=dutlab-group,mac={}", self.mac()),
+        ]
+    }
 }
 
 /// PCI slot of the first channel disk: free on the `pc` and `q35` machines (`q35` keeps
@@ -434,6 +494,9 @@ pub fn command_line(
         ),
     ]);
     args.extend(nic.args());
+    if let Some(link) = &boot.group_link {
+        args.extend(link.args());
+    }
     if let Nic::User { .. } = nic {
         // A second monitor for on-demand port forwards (`crate::forward`).
         args.push("-qmp".into());
@@ -869,6 +932,44 @@ mod tests {
             Nic::None,
         );
         assert!(!none.iter().any(|a| a == "-netdev"));
+        // A group's NIC comes after the user-mode one, on a loopback multicast segment.
+        let mcast = "239.255.3.4:41000".parse().unwrap();
+        let grouped = BootSpec {
+            group_link: Some(GroupLink::new(mcast, 258).unwrap()),
+            ..BootSpec::default()
+        };
+        let args = command_line(
+            &QemuConfig::default(),
+            &grouped,
+            Path::new("/w"),
+            &Privileges::Keep,
+            Nic::User {
+                ssh_host_port: 40022,
+            },
+        );
+        let netdevs: Vec<&String> = args
+            .iter()
+            .zip(args.iter().skip(1))
+            .filter(|(a, _)| *a == "-netdev")
+            .map(|(_, v)| v)
+            .collect();
+        assert_eq!(netdevs.len(), 2);
+        assert!(netdevs[0].starts_with("user,"));
+        assert_eq!(
+            netdevs[1],
+            "socket,id=dutlab-group,mcast=239.255.3.4:41000,localaddr=127.0.0.1"
+        );
+        assert!(
+            args.contains(&"virtio-net-pci,netdev=dutlab-group,mac=52:54:00:d7:01:02".to_owned())
+        );
+        assert_eq!(
+            GroupLink::new("10.0.0.1:5".parse().unwrap(), 0),
+            Err(GroupLinkError::NotMulticast("10.0.0.1".parse().unwrap()))
+        );
+        assert_eq!(
+            GroupLink::new("239.1.1.1:0".parse().unwrap(), 0),
+            Err(GroupLinkError::PortZero)
+        );
         assert!(!none.iter().any(|a| a.contains("forward.sock")));
     }
 

@@ -184,6 +184,9 @@ pub struct JobContext {
     /// coordinator. `None`: not a role instance (a job with `protocols.lava-multinode` is
     /// then refused).
     pub multinode: Option<multinode::MultinodeContext>,
+    /// The group's private network between its QEMU DUTs on this host, for a role
+    /// instance that boots one.
+    pub group_net: Option<multinode::GroupNet>,
 }
 
 /// Runs `job` on `device` and reports how it ended.
@@ -211,6 +214,7 @@ pub async fn run_job(
         undo: Vec::new(),
         remote: secondary::Remote::default(),
         keys: KeyState::Absent,
+        group_net: LinkState::Down,
     };
     let job_limit = Limit::new("job", job.timeouts.job);
     let end = tokio::select! {
@@ -290,6 +294,8 @@ struct Run<'a> {
     remote: secondary::Remote,
     /// Whether `authorized_keys` are in the DUT booted last.
     keys: KeyState,
+    /// Whether the DUT booted last has its group network address.
+    group_net: LinkState,
 }
 
 /// Whether the group's public keys are in the DUT (per boot).
@@ -297,6 +303,13 @@ struct Run<'a> {
 enum KeyState {
     Absent,
     Installed,
+}
+
+/// Whether the DUT's group NIC is configured (per boot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LinkState {
+    Down,
+    Up,
 }
 
 impl Run<'_> {
@@ -615,6 +628,7 @@ impl Run<'_> {
         };
         let mut spec = spec;
         spec.channel_disks = self.overlay_disk.iter().cloned().collect();
+        spec.group_link = self.ctx.group_net.map(|g| g.link);
         let run_dir = work.join(format!("vm-{index}"));
         let rig = self
             .rig
@@ -691,6 +705,20 @@ impl Run<'_> {
                 self.ctx.authorized_keys.len()
             )));
         }
+        if self.group_net == LinkState::Down
+            && let Some(net) = &self.ctx.group_net
+        {
+            shell
+                .join_group_net(net, limit.min(connection.start()))
+                .await?;
+            self.group_net = LinkState::Up;
+            let _ = self.events.send(RunEvent::Note(format!(
+                "group network: {}/{} on the NIC {}",
+                net.address,
+                net.prefix,
+                net.link.mac()
+            )));
+        }
         if shell.overlay == OverlayState::Absent
             && let Some(packed) = &self.packed
         {
@@ -751,6 +779,7 @@ impl Run<'_> {
     async fn power_off(&mut self) {
         self.shell = None;
         self.keys = KeyState::Absent;
+        self.group_net = LinkState::Down;
         if let Some(console) = self.remote.console.take() {
             console.close().await;
         }

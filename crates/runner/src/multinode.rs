@@ -100,6 +100,59 @@ impl MultinodeContext {
     }
 }
 
+/// The private network of a group's QEMU DUTs (one host): the NIC QEMU gives the DUT
+/// ([`qemu::GroupLink`]) and the address the runner sets on it, `10.231.0.<N+1>/24` for member
+/// `N`, before the first test of each boot. `lava-echo-ipv4` of that interface prints it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupNet {
+    pub link: qemu::GroupLink,
+    pub address: std::net::Ipv4Addr,
+    pub prefix: u8,
+}
+
+/// The multicast segment of group `group` on a host whose runner picked `salt` (random per
+/// agent process, or per `dutlab run`): `239.255.X.Y:P` with X, Y and P (20000..60000) from
+/// the SHA-256 of both. Every member of the group on that host gets the same segment; other
+/// groups, and the same group id of another lab on the host, get another one (barring a
+/// collision in 2^16 * 40000).
+pub fn segment_of(salt: &[u8], group: u64) -> std::net::SocketAddrV4 {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    hash.update(salt);
+    hash.update(group.to_be_bytes());
+    let d = hash.finalize();
+    let port = 20000 + u16::from_be_bytes([d[2], d[3]]) % 40000;
+    std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(239, 255, d[0], d[1]), port)
+}
+
+/// Why a member has no [`GroupNet`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GroupNetError {
+    #[error("member {0} is past the 253 addresses of the group network")]
+    TooMany(u32),
+    #[error("{0}")]
+    Link(#[from] qemu::GroupLinkError),
+}
+
+impl GroupNet {
+    /// The network of member `member` on the segment `mcast` (the same for the whole group).
+    pub fn for_member(
+        mcast: std::net::SocketAddrV4,
+        member: u32,
+    ) -> Result<GroupNet, GroupNetError> {
+        let host = u8::try_from(member + 1)
+            .ok()
+            .filter(|h| *h < 254)
+            .ok_or(GroupNetError::TooMany(member))?;
+        let index = u16::try_from(member).map_err(|_| GroupNetError::TooMany(member))?;
+        Ok(GroupNet {
+            link: qemu::GroupLink::new(mcast, index)?,
+            address: std::net::Ipv4Addr::new(10, 231, 0, host),
+            prefix: 24,
+        })
+    }
+}
+
 /// A whole group's coordinator in this process (`dutlab run` of a multinode job).
 #[derive(Debug)]
 pub struct InProcessGroup {
@@ -201,6 +254,25 @@ mod tests {
 
     fn id(s: &str) -> MessageId {
         MessageId::new(s).expect("a valid id")
+    }
+
+    #[test]
+    fn each_member_gets_its_own_address_and_mac_on_the_groups_segment() {
+        let mcast = "239.255.0.9:40000".parse().expect("an address");
+        let a = GroupNet::for_member(mcast, 0).expect("member 0");
+        let b = GroupNet::for_member(mcast, 1).expect("member 1");
+        assert_eq!(a.address, std::net::Ipv4Addr::new(10, 231, 0, 1));
+        assert_eq!(b.address, std::net::Ipv4Addr::new(10, 231, 0, 2));
+        assert_ne!(a.link.mac(), b.link.mac());
+        assert_eq!(
+            GroupNet::for_member(mcast, 253),
+            Err(GroupNetError::TooMany(253))
+        );
+        let seg = segment_of(b"salt", 7);
+        assert!(seg.ip().is_multicast() && (20000..60000).contains(&seg.port()));
+        assert_eq!(seg, segment_of(b"salt", 7));
+        assert_ne!(seg, segment_of(b"salt", 8));
+        assert_ne!(seg, segment_of(b"other", 7));
     }
 
     #[tokio::test]

@@ -36,6 +36,7 @@ async fn run(text: &str, job_dir: &Path) -> (JobReport, Vec<RunEvent>) {
         authorized_keys: Vec::new(),
         publish_ssh: None,
         multinode: None,
+        group_net: None,
     };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let report = run_job(&job, &ctx, &device(), tx, Cancel::default()).await;

@@ -75,6 +75,7 @@ async fn a_guest_logs_in_over_ssh_copies_its_overlay_and_runs_its_test_on_the_ho
         authorized_keys: vec![pair.public.clone()],
         publish_ssh: Some(endpoint.clone()),
         multinode: None,
+        group_net: None,
     };
     let (tx, mut host_events) = tokio::sync::mpsc::unbounded_channel();
     let host_device = device.clone();
@@ -106,6 +107,7 @@ async fn a_guest_logs_in_over_ssh_copies_its_overlay_and_runs_its_test_on_the_ho
         authorized_keys: Vec::new(),
         publish_ssh: None,
         multinode: None,
+        group_net: None,
     };
     let (tx, mut guest_events) = tokio::sync::mpsc::unbounded_channel();
     let guest_report = run_job(&guest, &guest_ctx, &device, tx, Cancel::default()).await;

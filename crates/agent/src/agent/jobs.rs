@@ -83,6 +83,7 @@ impl Agent {
             device_dir: self.config.device_dir(&device),
             host: self.config.host.clone(),
             artifacts: self.artifacts.clone(),
+            group_salt: self.group_salt,
         };
         spawn_job(start, writer, self.notes_tx.clone(), stop_rx);
         tracing::info!(lease = %id, %job, %device, %epoch, "job started");

@@ -152,11 +152,19 @@ pub struct Agent {
     artifacts: crate::artifacts::ArtifactSource,
     /// What streams of each session may reach.
     reaches: Reaches,
+    /// Random per agent process: picks the multicast segment of each group's network
+    /// (`runner::multinode::segment_of`), so groups of other labs on this host get others.
+    group_salt: [u8; 16],
 }
 
 impl Agent {
     pub fn new(config: AgentConfig, dialers: Vec<link::Dialer>, prepared: Prepared) -> Agent {
         let (notes_tx, notes) = unbounded_channel();
+        let mut group_salt = [0u8; 16];
+        if let Err(e) = getrandom::fill(&mut group_salt) {
+            // Only the separation from other labs' groups on this host rests on it.
+            tracing::warn!("no randomness for the group networks' salt: {e}");
+        }
         let devices = config
             .devices
             .iter()
@@ -205,6 +213,7 @@ impl Agent {
             notes,
             artifacts,
             reaches: Reaches::default(),
+            group_salt,
         }
     }
 

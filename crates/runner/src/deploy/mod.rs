@@ -294,6 +294,7 @@ pub async fn deploy_default(image: &GuestImage, work_dir: &Path) -> Result<BootS
         }],
         image_args: Vec::new(),
         channel_disks: Vec::new(),
+        group_link: None,
     })
 }
 

@@ -32,6 +32,27 @@ impl DutShell {
         Ok(())
     }
 
+    /// Sets the group network's address on the DUT's NIC with that network's MAC, and brings
+    /// it up. Every word typed is the runner's own (an address, a MAC), none of the job's.
+    pub async fn join_group_net(
+        &mut self,
+        net: &crate::multinode::GroupNet,
+        limit: Limit,
+    ) -> Result<(), JobEnd> {
+        let command = format!(
+            "i=$(grep -l '{mac}' /sys/class/net/*/address | cut -d/ -f5) && [ -n \"$i\" ] && \
+             ip addr add {addr}/{prefix} dev \"$i\" && ip link set \"$i\" up",
+            mac = net.link.mac(),
+            addr = net.address,
+            prefix = net.prefix,
+        );
+        self.run_ok(&command, limit).await.map_err(|e| JobEnd {
+            outcome: e.outcome,
+            reason: format!("the group network did not come up: {}", e.reason),
+        })?;
+        Ok(())
+    }
+
     /// Appends `keys` (checked `authorized_keys` lines) to the logged-in user's
     /// `~/.ssh/authorized_keys`, so secondary connections can log in.
     pub async fn authorize_keys(&mut self, keys: &[String], limit: Limit) -> Result<(), JobEnd> {
