@@ -569,3 +569,45 @@ fn a_group_on_qemu_talks_through_the_coordinator_and_a_controller_restart_loses_
     lab.wait_devices_idle("host-n", 2)?;
     lab.finish()
 }
+
+#[test]
+fn a_killed_agent_mid_group_ends_the_group_after_the_disconnect_grace() -> Result<()> {
+    let lab = Lab::start_with(DUTLAB, &["--heartbeat", "1s"])?;
+    let alice = lab.token("alice", "user")?;
+    let mut one = SimAgent::open(lab.port(), &lab.token("sim-a", "agent")?)?;
+    one.hello("sim-a", &["sim-a1"], vec![])?;
+    one.welcome()?;
+    let mut two = SimAgent::open(lab.port(), &lab.token("sim-b", "agent")?)?;
+    two.hello("sim-b", &["sim-b1"], vec![])?;
+    two.welcome()?;
+    let (group, _) = submit(&lab, &alice, "pair.yaml", PAIR)?;
+    let (a, _) = started(&mut one)?;
+    let (b, _) = started(&mut two)?;
+    // Agent two dies with its sub-job (no close frame, no report).
+    drop(two);
+    let began = std::time::Instant::now();
+    // Agent one keeps heartbeating; it is told to cancel its sub-job once the dead agent's
+    // link is past `--disconnect-grace` (10 s) and its sub-job ended infra-error.
+    let canceled = loop {
+        one.send(&AgentMessage::Heartbeat)?;
+        match one.next(Duration::from_millis(500)) {
+            Ok(Heard::Message(ControllerMessage::CancelJob { lease, .. })) => break lease,
+            _ if began.elapsed() > Duration::from_secs(20) => {
+                anyhow::bail!("no cancel within 20 s of the agent's death")
+            }
+            _ => {}
+        }
+    };
+    ensure!(canceled == a.lease);
+    report(&mut one, a, proto::Outcome::Canceled)?;
+    let dead = lab.wait_state(b.job.0, "finished", LIMIT)?;
+    ensure!(dead["outcome"] == "infra-error", "{dead}");
+    let text = lab.cli_as(&alice, &["job", "show", &group.to_string()])?;
+    ensure!(
+        text.stdout
+            .starts_with(&format!("group {group}: 2 sub-jobs, outcome infra-error")),
+        "{}",
+        text.stdout
+    );
+    Ok(())
+}

@@ -51,6 +51,8 @@ pub trait Behaviour: Send + Sync + 'static {
     fn log_acked(&self, _lease: LeaseId, _stored: Seq) {}
     /// `FinishAcked` arrived.
     fn finish_acked(&self, _lease: LeaseId) {}
+    /// `MultinodeReply` arrived (at `at`).
+    fn multinode_reply(&self, _lease: LeaseId, _seq: u64, _reply: multinode::Reply, _at: Instant) {}
 }
 
 /// Things every agent counts that no scenario expects.
@@ -358,6 +360,9 @@ pub async fn connect(
                     behaviour.log_acked(lease, stored);
                 }
                 ControllerMessage::FinishAcked { lease, .. } => behaviour.finish_acked(lease),
+                ControllerMessage::MultinodeReply {
+                    lease, seq, reply, ..
+                } => behaviour.multinode_reply(lease, seq, reply, Instant::now()),
                 other => odd.note(&odd.unexpected, format!("agent {agent}: {other:?}")),
             }
         }

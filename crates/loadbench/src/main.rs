@@ -9,6 +9,7 @@
 mod agent;
 mod followers;
 mod ingest;
+mod multinode;
 mod real;
 mod rss;
 mod server;
@@ -39,6 +40,8 @@ enum Scenario {
     Viewers,
     /// Keystrokes, SSH through a TCP stream, and console viewers on a real agent's QEMU DUT.
     RealDut,
+    /// MultiNode: group start after the last device frees, and lava-send -> lava-wait latency.
+    Multinode,
     /// Submit, ingest, rss and followers, each on a fresh controller.
     All,
 }
@@ -108,6 +111,12 @@ struct Args {
     /// image cache, as `dutlab agent` finds it).
     #[arg(long, value_name = "DIR")]
     image_dir: Option<PathBuf>,
+    /// Groups started one after another (multinode).
+    #[arg(long, default_value_t = 50)]
+    groups: usize,
+    /// MultiNode messages timed (multinode).
+    #[arg(long, default_value_t = 1000)]
+    messages: usize,
     /// Extra argument for `dutlab serve` (repeat for several), e.g.
     /// `--serve-arg=--sqlite-synchronous --serve-arg=normal`.
     #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
@@ -180,6 +189,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Scenario::Forward => "forward",
             Scenario::Viewers => "viewers",
             Scenario::RealDut => "real-dut",
+            Scenario::Multinode => "multinode",
             Scenario::All => unreachable!("expanded above"),
         };
         let result = match server::Controller::start(&args.dutlab, &args.serve_arg, args.tls).await
@@ -263,6 +273,13 @@ async fn run_one(s: Scenario, args: &Args, ctl: &mut server::Controller) -> anyh
             followers::run(ctl, &p).await
         }
         Scenario::ConsoleRtt => streams::console_rtt(ctl, &stream_params(args)).await,
+        Scenario::Multinode => {
+            let p = multinode::Params {
+                groups: args.groups,
+                messages: args.messages,
+            };
+            multinode::run(ctl, &p).await
+        }
         Scenario::Forward => streams::forward(ctl, &stream_params(args)).await,
         Scenario::Viewers => {
             streams::viewers(ctl, &args.dutlab, &args.serve_arg, &stream_params(args)).await
