@@ -611,3 +611,57 @@ fn a_killed_agent_mid_group_ends_the_group_after_the_disconnect_grace() -> Resul
     );
     Ok(())
 }
+
+#[test]
+fn a_group_on_two_agents_passes_messages_through_the_controller() -> Result<()> {
+    let mut lab = Lab::start(DUTLAB)?;
+    lab.agent("host-x", 1)?;
+    lab.agent("host-y", 1)?;
+    let text = format!(
+        "job_name: two agents\ntimeouts: {{job: {{minutes: 6}}, action: {{minutes: 4}}, connection: {{minutes: 3}}}}\n\
+         visibility: public\nprotocols:\n  lava-multinode:\n    roles:\n      \
+         server: {{device_type: qemu, count: 1}}\n      client: {{device_type: qemu, count: 1}}\n\
+         actions:\n- boot:\n    role: [server, client]\n    method: qemu\n    prompts: ['# $']\n    \
+         auto_login: {{login_prompt: 'login:', username: root}}\n{}{}",
+        steps_test(
+            "server",
+            &[
+                "lava-send token value=s3cr3t",
+                "lava-wait-all seen client",
+                "lava-sync done"
+            ]
+        ),
+        steps_test(
+            "client",
+            &[
+                "lava-wait token",
+                "lava-test-case got-token --shell grep -q ':value=s3cr3t$' /tmp/lava_multi_node_cache.txt",
+                "lava-send seen",
+                "lava-sync done",
+            ]
+        ),
+    );
+    let file = lab.write("two-agents.yaml", &text)?;
+    let group = lab.submit(&file)?;
+    let mut devices = Vec::new();
+    for id in [group, group + 1] {
+        let view = lab.wait_state(id, "finished", testkit::lab::CLI_LIMIT)?;
+        ensure!(view["outcome"] == "passed", "job {id}: {view}");
+        devices.push(view["device"].as_str().unwrap_or("").to_owned());
+    }
+    // One sub-job on each agent's device.
+    devices.sort();
+    ensure!(
+        devices[0].starts_with("host-x") && devices[1].starts_with("host-y"),
+        "{devices:?}"
+    );
+    let results = lab.json(&["job", "results", &(group + 1).to_string(), "--json"])?;
+    let cases = results["report"]["cases"].as_array().context("cases")?;
+    ensure!(
+        cases
+            .iter()
+            .any(|c| c["name"] == "multinode-wait_all-seen" && c["result"] == "pass"),
+        "{results}"
+    );
+    lab.finish()
+}
