@@ -333,6 +333,7 @@ fn job(command: JobCommand) -> i32 {
                             "file": file,
                             "job_name": job.name,
                             "device_type": job.device_type,
+                            "roles": roles_json(&job),
                             "priority": job.priority,
                             "actions": job.actions.iter().map(|a| a.kind()).collect::<Vec<_>>(),
                             "valid_lava": true,
@@ -341,11 +342,12 @@ fn job(command: JobCommand) -> i32 {
                         })
                     );
                 } else {
+                    let target = match roles_text(&job) {
+                        Some(roles) => format!("MultiNode job '{}': roles {roles}", job.name),
+                        None => format!("job '{}' for device type '{}'", job.name, job.device_type),
+                    };
                     println!(
-                        "{file}: valid: job '{}' for device type '{}', {} action(s); valid \
-                         LAVA, runnable here",
-                        job.name,
-                        job.device_type,
+                        "{file}: valid: {target}, {} action(s); valid LAVA, runnable here",
                         job.actions.len()
                     );
                 }
@@ -357,6 +359,38 @@ fn job(command: JobCommand) -> i32 {
             }
         },
     }
+}
+
+/// The roles of a MultiNode job for people: `client (2 x qemu), guest (1, ssh to host)`.
+fn roles_text(job: &jobspec::Job) -> Option<String> {
+    let m = job.protocols.multinode.as_ref()?;
+    let roles: Vec<String> = m
+        .roles
+        .iter()
+        .map(|(name, r)| match &r.secondary {
+            Some(s) => format!("{name} ({}, ssh to {})", r.count, s.host_role),
+            None => format!("{name} ({} x {})", r.count, r.device_type),
+        })
+        .collect();
+    Some(roles.join(", "))
+}
+
+/// The roles of a MultiNode job for `job validate --json` (empty for a single job).
+fn roles_json(job: &jobspec::Job) -> serde_json::Value {
+    let Some(m) = &job.protocols.multinode else {
+        return serde_json::json!([]);
+    };
+    m.roles
+        .iter()
+        .map(|(name, r)| {
+            serde_json::json!({
+                "role": name,
+                "count": r.count,
+                "device_type": r.device_type,
+                "host_role": r.secondary.as_ref().map(|s| s.host_role.clone()),
+            })
+        })
+        .collect()
 }
 
 fn run(args: RunArgs) -> i32 {

@@ -194,6 +194,33 @@ fn validate_warns_about_every_ignored_key_and_accepts_the_job() -> Result<()> {
 }
 
 #[test]
+fn validate_shows_a_multinode_jobs_roles() -> Result<()> {
+    let env = Env::new()?;
+    let job = testkit::workspace_root().join("examples/multinode-pair.yaml");
+    let done = env.dutlab(&["job", "validate", arg(&job)?])?;
+    expect_code(&done, 0)?;
+    ensure!(
+        done.stdout.starts_with(
+            "multinode-pair.yaml: valid: MultiNode job 'multinode pair': roles client (2 x qemu), \
+             server (1 x qemu), 3 action(s)"
+        ),
+        "{}",
+        done.stdout
+    );
+    let done = env.dutlab(&["job", "validate", "--json", arg(&job)?])?;
+    let json: serde_json::Value = serde_json::from_str(&done.stdout)?;
+    ensure!(
+        json["roles"]
+            == serde_json::json!([
+                {"role": "client", "count": 2, "device_type": "qemu", "host_role": null},
+                {"role": "server", "count": 1, "device_type": "qemu", "host_role": null},
+            ]),
+        "{json}"
+    );
+    Ok(())
+}
+
+#[test]
 fn run_prints_the_same_warnings_before_it_starts() -> Result<()> {
     let env = Env::new()?;
     let job = env.write("ignored.yaml", &ignored_keys_job())?;
