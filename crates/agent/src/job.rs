@@ -278,11 +278,7 @@ fn prepare(start: &JobStart) -> Result<(Job, JobContext), JobReport> {
                 )
             })?,
     };
-    let deploys = job
-        .actions
-        .iter()
-        .any(|a| matches!(a, Action::Deploy(d) if !d.only_downloads()));
-    let default_image = if deploys {
+    let default_image = if job.deploys_images() {
         None
     } else {
         let dir = start

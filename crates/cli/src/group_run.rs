@@ -344,12 +344,7 @@ fn member_context(
     let id = InstanceId(u32::try_from(index).expect("a group has at most 64 members"));
     let mut ctx = setup.base.clone();
     ctx.multinode = Some(group.context(id));
-    let deploys = member
-        .job
-        .actions
-        .iter()
-        .any(|a| matches!(a, jobspec::Action::Deploy(d) if !d.only_downloads()));
-    if deploys || member.secondary {
+    if member.job.deploys_images() || member.secondary {
         ctx.default_image = None;
     }
     if !member.secondary {

@@ -432,8 +432,10 @@ fn run(args: RunArgs) -> i32 {
         return Outcome::JobError.exit_code();
     }
     let needs_image = match &group {
-        None => !deploys(&job),
-        Some(members) => members.iter().any(|m| !m.secondary && !deploys(&m.job)),
+        None => !job.deploys_images(),
+        Some(members) => members
+            .iter()
+            .any(|m| !m.secondary && !m.job.deploys_images()),
     };
     let default_image = if needs_image {
         match default_image(&device) {
@@ -508,13 +510,6 @@ fn run(args: RunArgs) -> i32 {
             finish_group(&report, &args)
         }
     }
-}
-
-/// Whether `job` deploys an image of its own (else it boots the device's default image).
-fn deploys(job: &jobspec::Job) -> bool {
-    job.actions
-        .iter()
-        .any(|a| matches!(a, jobspec::Action::Deploy(d) if !d.only_downloads()))
 }
 
 /// The device's default guest image, built first when it is the default one and missing;

@@ -485,24 +485,6 @@ macro_rules! on_both {
 
 on_both!(a_group_on_qemu_talks_through_the_coordinator_and_a_controller_restart_loses_no_message);
 
-/// A role's test with `steps`.
-fn steps_test(role: &str, steps: &[&str]) -> String {
-    let steps: String = steps
-        .iter()
-        .map(|s| {
-            format!(
-                "          - {}\n",
-                serde_json::to_string(s).expect("a string serialises")
-            )
-        })
-        .collect();
-    format!(
-        "- test:\n    role: [{role}]\n    definitions:\n    - from: inline\n      name: {role}\n      \
-         path: inline/{role}.yaml\n      repository:\n        metadata: {{format: Lava-Test Test \
-         Definition 1.0, name: {role}}}\n        run:\n          steps:\n{steps}"
-    )
-}
-
 fn a_group_on_qemu_talks_through_the_coordinator_and_a_controller_restart_loses_no_message(
     database: testkit::lab::Database,
 ) -> Result<()> {
@@ -519,7 +501,7 @@ fn a_group_on_qemu_talks_through_the_coordinator_and_a_controller_restart_loses_
          server: {{device_type: qemu, count: 1}}\n      client: {{device_type: qemu, count: 1}}\n\
          actions:\n- boot:\n    role: [server, client]\n    method: qemu\n    prompts: ['# $']\n    \
          auto_login: {{login_prompt: 'login:', username: root}}\n{}{}",
-        steps_test(
+        testkit::role_test(
             "server",
             &[
                 "(echo token-over-the-group-net | nc -l -p 7000) &",
@@ -528,7 +510,7 @@ fn a_group_on_qemu_talks_through_the_coordinator_and_a_controller_restart_loses_
                 "lava-sync done",
             ]
         ),
-        steps_test(
+        testkit::role_test(
             "client",
             &[
                 "echo client-sleeps",
@@ -623,7 +605,7 @@ fn a_group_on_two_agents_passes_messages_through_the_controller() -> Result<()> 
          server: {{device_type: qemu, count: 1}}\n      client: {{device_type: qemu, count: 1}}\n\
          actions:\n- boot:\n    role: [server, client]\n    method: qemu\n    prompts: ['# $']\n    \
          auto_login: {{login_prompt: 'login:', username: root}}\n{}{}",
-        steps_test(
+        testkit::role_test(
             "server",
             &[
                 "lava-send token value=s3cr3t",
@@ -631,7 +613,7 @@ fn a_group_on_two_agents_passes_messages_through_the_controller() -> Result<()> 
                 "lava-sync done"
             ]
         ),
-        steps_test(
+        testkit::role_test(
             "client",
             &[
                 "lava-wait token",

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use testkit::{Finished, Sandbox, Spawned, expect_code, workspace_root};
+use testkit::{Finished, Sandbox, Spawned, expect_code, role_test, workspace_root};
 
 const DUTLAB: &str = env!("CARGO_BIN_EXE_dutlab");
 /// Generous bound for a group under TCG on a busy 2-core machine.
@@ -56,24 +56,6 @@ fn passed(report: &Value, n: usize) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// A role's inline test definition with `steps`.
-fn role_test(role: &str, steps: &[&str]) -> String {
-    let steps: String = steps
-        .iter()
-        .map(|s| {
-            format!(
-                "          - {}\n",
-                serde_json::to_string(s).expect("a string serialises")
-            )
-        })
-        .collect();
-    format!(
-        "- test:\n    role: [{role}]\n    definitions:\n    - from: inline\n      name: {role}\n      \
-         path: inline/{role}.yaml\n      repository:\n        metadata: {{format: Lava-Test Test \
-         Definition 1.0, name: {role}}}\n        run:\n          steps:\n{steps}"
-    )
 }
 
 /// A group of `server` (1) and `client` (`clients`) on QEMU, booted to a shell, with tests.

@@ -59,6 +59,14 @@ pub enum ReferenceKind {
 }
 
 impl Job {
+    /// Whether the job deploys images of its own (a deploy other than `to: downloads`);
+    /// otherwise it boots the device's default image.
+    pub fn deploys_images(&self) -> bool {
+        self.actions
+            .iter()
+            .any(|a| matches!(a, Action::Deploy(d) if !d.only_downloads()))
+    }
+
     /// Every artifact reference of the job (images and git repositories), in job order.
     pub fn artifact_references(&self) -> Vec<Reference> {
         self.references()

@@ -8,14 +8,15 @@
 pub mod disk;
 pub mod forward;
 pub mod image;
+pub mod nic;
 pub mod qmp;
 pub mod rig;
 pub mod video;
 pub mod vm;
 
 pub use forward::{ForwardError, PortForwards};
+pub use nic::{GroupLink, GroupLinkError};
 pub use rig::QemuRig;
 pub use vm::{
-    Accel, BootSpec, ChannelDisk, Drive, GroupLink, GroupLinkError, NetworkMode, Nic, QemuConfig,
-    QemuError, VideoMode, Vm,
+    Accel, BootSpec, ChannelDisk, Drive, NetworkMode, Nic, QemuConfig, QemuError, VideoMode, Vm,
 };

@@ -27,6 +27,7 @@
 //!   (default `nobody`). QEMU opens its disks, kernel and sockets before it drops root, so the
 //!   work directory stays private to root.
 
+pub use crate::nic::{GUEST_SSH_PORT, GroupLink, GroupLinkError, Nic};
 use crate::qmp::{Qmp, QmpError};
 use driver::{DriverError, Power, PowerState};
 use nix::sys::signal::{Signal, killpg};
@@ -100,37 +101,6 @@ pub enum VideoMode {
     /// A standard VGA card (`-device VGA`), still with `-display none`: no window, no VNC;
     /// its picture is read by QMP `screendump` only.
     Vga,
-}
-
-/// The SSH port inside the guest that the host forward reaches.
-pub const GUEST_SSH_PORT: u16 = 22;
-
-/// The NIC of one launch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Nic {
-    None,
-    /// User-mode network; guest port [`GUEST_SSH_PORT`] is forwarded from
-    /// `127.0.0.1:ssh_host_port`.
-    User {
-        ssh_host_port: u16,
-    },
-}
-
-impl Nic {
-    fn args(self) -> Vec<String> {
-        match self {
-            Nic::None => Vec::new(),
-            Nic::User { ssh_host_port } => vec![
-                "-netdev".into(),
-                format!(
-                    "user,id=dutlab-net0,restrict=on,\
-                     hostfwd=tcp:127.0.0.1:{ssh_host_port}-:{GUEST_SSH_PORT}"
-                ),
-                "-device".into(),
-                "virtio-net-pci,netdev=dutlab-net0".into(),
-            ],
-        }
-    }
 }
 
 /// Settings of a QEMU device (the `qemu:` block of a device file).
@@ -268,64 +238,6 @@ pub struct BootSpec {
     pub channel_disks: Vec<ChannelDisk>,
     /// A second NIC on the MultiNode group's private network (after the user-mode NIC).
     pub group_link: Option<GroupLink>,
-}
-
-/// A NIC on a group's private L2 network: QEMU's socket networking on a multicast group
-/// joined on 127.0.0.1, so every QEMU of the host that joins the same group and port shares
-/// one Ethernet segment, with no root, no bridge and no host interface. The frames never
-/// leave the host's loopback.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GroupLink {
-    mcast: std::net::SocketAddrV4,
-    mac: [u8; 6],
-}
-
-/// Why a [`GroupLink`] cannot be made.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum GroupLinkError {
-    #[error("{0} is not an IPv4 multicast address")]
-    NotMulticast(std::net::Ipv4Addr),
-    #[error("the multicast port must not be 0")]
-    PortZero,
-}
-
-impl GroupLink {
-    /// The NIC of member `member` on the network `mcast` (its MAC, `52:54:00:d7:HI:LO`, is
-    /// unique within the group).
-    pub fn new(mcast: std::net::SocketAddrV4, member: u16) -> Result<GroupLink, GroupLinkError> {
-        if !mcast.ip().is_multicast() {
-            return Err(GroupLinkError::NotMulticast(*mcast.ip()));
-        }
-        if mcast.port() == 0 {
-            return Err(GroupLinkError::PortZero);
-        }
-        let [hi, lo] = member.to_be_bytes();
-        Ok(GroupLink {
-            mcast,
-            mac: [0x52, 0x54, 0x00, 0xd7, hi, lo],
-        })
-    }
-
-    /// The NIC's MAC address, as Linux shows it (`52:54:00:d7:00:01`).
-    pub fn mac(&self) -> String {
-        self.mac
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":")
-    }
-
-    fn args(&self) -> [String; 4] {
-        [
-            "-netdev".into(),
-            format!(
-                "socket,id=dutlab-group,mcast={},localaddr=127.0.0.1",
-                self.mcast
-            ),
-            "-device".into(),
-            format!("virtio-net-pci,netdev=dutlab-group,mac={}", self.mac()),
-        ]
-    }
 }
 
 /// PCI slot of the first channel disk: free on the `pc` and `q35` machines (`q35` keeps

@@ -106,9 +106,9 @@ impl Sandbox {
     }
 }
 
-/// A job around one inline test definition with the given run steps.
-pub fn inline_job(name: &str, timeouts: &str, steps: &[&str]) -> String {
-    let steps: String = steps
+/// `steps` as the YAML list of an inline definition's `run: steps:` (each quoted).
+fn steps_yaml(steps: &[&str]) -> String {
+    steps
         .iter()
         .map(|s| {
             format!(
@@ -116,7 +116,23 @@ pub fn inline_job(name: &str, timeouts: &str, steps: &[&str]) -> String {
                 serde_json::to_string(s).expect("a string serialises")
             )
         })
-        .collect();
+        .collect()
+}
+
+/// A MultiNode test action for `role`: one inline definition named after the role with the
+/// given run steps.
+pub fn role_test(role: &str, steps: &[&str]) -> String {
+    format!(
+        "- test:\n    role: [{role}]\n    definitions:\n    - from: inline\n      name: {role}\n      \
+         path: inline/{role}.yaml\n      repository:\n        metadata: {{format: Lava-Test Test \
+         Definition 1.0, name: {role}}}\n        run:\n          steps:\n{}",
+        steps_yaml(steps)
+    )
+}
+
+/// A job around one inline test definition with the given run steps.
+pub fn inline_job(name: &str, timeouts: &str, steps: &[&str]) -> String {
+    let steps = steps_yaml(steps);
     format!(
         "job_name: {name}\ndevice_type: qemu\ntimeouts:\n{timeouts}\nactions:\n\
          - boot:\n    method: qemu\n    prompts: ['# $']\n    auto_login: {{login_prompt: 'login:', username: root}}\n\

@@ -68,7 +68,7 @@ impl Agent {
                 sent: Seq(0),
                 report_sent: ReportSent::No,
                 reader: self.spool.reader(id),
-                calls: BTreeMap::new(),
+                call: None,
             },
         );
         self.devices.insert(device.clone(), Slot::Busy(id));

@@ -55,6 +55,7 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
 mod jobs;
+mod multinode;
 mod sessions;
 
 /// Log bytes per binary frame (well under `MAX_FRAME`).
@@ -114,15 +115,8 @@ struct Lease {
     report_sent: ReportSent,
     /// Positioned at `sent + 1`.
     reader: SpoolReader,
-    /// The job's MultiNode call not answered yet (at most one: a newer call replaces it),
-    /// by seq, with where its reply goes.
-    calls: BTreeMap<
-        u64,
-        (
-            multinode::Call,
-            tokio::sync::oneshot::Sender<multinode::Reply>,
-        ),
-    >,
+    /// The job's MultiNode call not answered yet (a newer call replaces it).
+    call: Option<multinode::PendingCall>,
 }
 
 /// How a connection ended.
@@ -194,7 +188,7 @@ impl Agent {
                     sent: Seq(0),
                     report_sent: ReportSent::No,
                     reader: spool.reader(r.meta.lease),
-                    calls: BTreeMap::new(),
+                    call: None,
                 };
                 Some((r.meta.lease, lease))
             })
@@ -459,54 +453,8 @@ impl Agent {
                 }
             }
         }
-        // MultiNode calls not answered on the last connection: the coordinator answers a
-        // repeat (once more if it had answered it already).
-        let calls: Vec<AgentMessage> = self
-            .leases
-            .iter()
-            .filter(|(_, l)| matches!(l.state, LeaseState::Running { .. }))
-            .flat_map(|(id, l)| {
-                l.calls
-                    .iter()
-                    .map(|(seq, (call, _))| AgentMessage::MultinodeCall {
-                        lease: *id,
-                        epoch: l.epoch,
-                        seq: *seq,
-                        call: call.clone(),
-                    })
-            })
-            .collect();
-        for call in calls {
-            link.send(&call).await?;
-        }
+        self.resend_calls(link).await?;
         self.send_ready(link).await
-    }
-
-    /// A job's MultiNode call: kept until answered (it replaces the lease's older call,
-    /// whose runner stopped waiting), and sent now if the link is up.
-    async fn multinode_call(
-        &mut self,
-        id: LeaseId,
-        seq: u64,
-        call: multinode::Call,
-        reply: tokio::sync::oneshot::Sender<multinode::Reply>,
-        link: Option<&mut Link>,
-    ) -> Result<(), LinkDown> {
-        let Some(lease) = self.leases.get_mut(&id) else {
-            return Ok(());
-        };
-        lease.calls.retain(|s, _| *s > seq);
-        lease.calls.insert(seq, (call.clone(), reply));
-        let message = AgentMessage::MultinodeCall {
-            lease: id,
-            epoch: lease.epoch,
-            seq,
-            call,
-        };
-        match link {
-            Some(link) => link.send(&message).await,
-            None => Ok(()),
-        }
     }
 
     async fn send_ready(&mut self, link: &mut Link) -> Result<(), LinkDown> {
@@ -854,12 +802,7 @@ impl Agent {
                 seq,
                 reply,
             } => {
-                if self.known(lease, epoch, "multinode-reply").is_some()
-                    && let Some(l) = self.leases.get_mut(&lease)
-                    && let Some((_, tx)) = l.calls.remove(&seq)
-                {
-                    let _ = tx.send(reply);
-                }
+                self.multinode_reply(lease, epoch, seq, reply);
                 Ok(())
             }
             ControllerMessage::FinishAcked { lease, epoch } => {

@@ -20,8 +20,9 @@
 //!   member the controller assigned. A call for a live lease of a job that is no sub-job is
 //!   answered with its `nack` (so the helper in the DUT does not hang); a call for a lease
 //!   that is not live is dropped (the agent is told to drop the lease elsewhere).
-//! - The coordinator's state is stored before any reply it made due is sent (a failed store
-//!   puts the coordinator back as it was and sends nothing; the agent's resend retries).
+//! - The coordinator's state is stored before any reply it made due is sent (after a failed
+//!   store nothing is sent and the coordinator is dropped from memory, so the next call reads
+//!   the stored state; the agent's resend retries).
 //!   A controller restarted mid-group rebuilds the coordinator from the store: a member's
 //!   repeated call gets the reply it had, waiting calls still wait, no message is lost.
 //! - Replies go to live sub-jobs only; a finished member gets none. When the last sub-job of
@@ -67,14 +68,11 @@ impl Dispatcher {
         };
         let me = InstanceId(group.index);
         let new = coordinator.is_new(me, seq);
-        let before = new.then(|| coordinator.clone());
         let mut coordinator = coordinator;
         let due = coordinator.call(me, seq, call);
         if new && let Err(e) = self.store.save_coordinator(group.id, &coordinator).await {
-            // Back as it was: the agent resends the call and it is applied then.
-            if let Some(before) = before {
-                self.coordinators.insert(group.id, before);
-            }
+            // Not kept in memory: the next call reads the stored state (as it was before this
+            // call), and the agent's resend applies this one again.
             return Err(e.into());
         }
         self.coordinators.insert(group.id, coordinator);
