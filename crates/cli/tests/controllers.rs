@@ -2,7 +2,7 @@
 //! the database's lock) and followers (`dutlab serve --follow`), real processes, a real agent
 //! with a QEMU device, the real CLI against each controller.
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 use std::time::Duration;
 use testkit::lab::{Database, Lab, check_numbered, numbered_job};
@@ -279,12 +279,16 @@ fn agents_on_both_controllers_run_jobs_and_the_dead_leaders_agent_moves_to_the_s
     lab.spawn_agent(&of_follower)?;
     lab.wait_devices_idle("host-l", 1)?;
     lab.wait_devices_idle("host-f", 1)?;
-    let relayed = lab.followers()[0].process.stderr_text();
-    ensure!(
-        relayed.contains("agent host-f (link"),
-        "the follower does not relay host-f:\n{relayed}\n{}",
-        lab.agents_mut()[1].stderr_text()
-    );
+    // The follower logs the relay after the leader has the hello (see below).
+    if let Err(e) = lab.followers()[0]
+        .process
+        .wait_for_stderr("agent host-f (link", Duration::from_secs(5))
+    {
+        bail!(
+            "the follower does not relay host-f: {e}\n{}",
+            lab.agents_mut()[1].stderr_text()
+        );
+    }
 
     // Jobs run on both agents, to their end: the follower relays the start, the records
     // and the end of its agent's job, and the leader's acknowledgement back.
@@ -364,11 +368,12 @@ fn killing_a_follower_moves_its_agent_to_the_leader_and_its_job_goes_on() -> Res
     let config = agent_dialing(&lab, "host-f", &[follower, leader])?;
     lab.spawn_agent(&config)?;
     lab.wait_devices_idle("host-f", 1)?;
-    let relayed = lab.followers()[0].process.stderr_text();
-    ensure!(
-        relayed.contains("agent host-f (link"),
-        "the follower does not relay host-f:\n{relayed}"
-    );
+    // The follower logs the relay after the leader has the hello, so the device may be
+    // idle at the leader a moment before the line is written.
+    lab.followers()[0]
+        .process
+        .wait_for_stderr("agent host-f (link", Duration::from_secs(5))
+        .context("the follower does not relay host-f")?;
     let lines = 40;
     let long = lab.write("long.yaml", &numbered_job("long", lines, "0.2"))?;
     let id = submit_on(&lab, follower, &long)?;
