@@ -199,7 +199,7 @@ fn health_checks(
             .with_context(|| format!("cannot read {}", path.display()))?;
         let job = jobspec::parse_job(&file_name, &text)
             .map_err(|e| anyhow::anyhow!("health check {}: {e}", path.display()))?;
-        jobspec::check_schedulable(&file_name, &job).map_err(|e| {
+        jobspec::check_runnable(&file_name, &job).map_err(|e| {
             anyhow::anyhow!("health check {}: not runnable here: {e}", path.display())
         })?;
         if job.device_type != stem {

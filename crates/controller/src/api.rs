@@ -7,7 +7,7 @@
 //!   with the caller's [`Viewer`] (user id, role, groups now); [`visible_job`] is that check
 //!   for any route that reads something of a job (artifacts too).
 //! - Job owners are the caller's principal id, never the token's name.
-//! - Job files are parsed by `jobspec` at submit and checked with `jobspec::check_schedulable`
+//! - Job files are parsed by `jobspec` at submit and checked with `jobspec::check_runnable`
 //!   (a multinode job per role, then submitted as a group of sub-jobs),
 //!   as `dutlab job validate` does: a bad one, or one no device type dutlab knows can run, is
 //!   400 naming file, field and reason, and nothing is queued. Bodies above the limit are refused from their `Content-Length` (413).
@@ -202,7 +202,7 @@ pub async fn prepare_submission(
     let bad = |message: String| ApiFailure::new(StatusCode::BAD_REQUEST, message);
     let job = jobspec::parse_job(&file_name, &body.definition).map_err(|e| bad(e.to_string()))?;
     // What `dutlab job validate` refuses (no device type dutlab knows runs it).
-    jobspec::check_schedulable(&file_name, &job)
+    jobspec::check_runnable(&file_name, &job)
         .map_err(|e| bad(format!("valid LAVA, but not runnable here: {e}")))?;
     let artifacts = referenced_artifacts(state, caller, &file_name, &job).await?;
     let visibility = match &job.visibility {
@@ -226,6 +226,7 @@ pub async fn prepare_submission(
             role: i.role,
             device_type: i.device_type,
             tags: i.tags,
+            host: i.host,
         })
         .collect();
     if !roles.is_empty() && !body.retry.is_never() {

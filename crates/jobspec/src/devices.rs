@@ -13,8 +13,8 @@
 //!   something no host here has (a test before any boot, a URL scheme dutlab does
 //!   not fetch, a `downloads://` file no earlier action fetched). A multinode job is checked
 //!   role by role, each role's actions as one device's job.
-//! - [`check_schedulable`] is what the lab accepts: today the same as [`check_runnable`]
-//!   (the controller schedules multinode jobs as groups). The error names the first
+//! - The lab accepts what [`check_runnable`] accepts (the controller schedules multinode
+//!   jobs as groups, secondary connections on their host's device). The error names the first
 //!   such field in document order and says what is needed and what the known device types
 //!   offer. Whether the job is valid LAVA at all is [`parse_job`](crate::parse_job)'s answer.
 
@@ -181,31 +181,6 @@ pub fn check_runnable(file: &str, job: &Job) -> Result<(), JobError> {
             Ok(())
         }
     }
-}
-
-/// What the lab accepts: [`check_runnable`]; a multinode job is scheduled as a group, one
-/// sub-job per role instance ([`crate::multinode::instances`]). Kept apart from
-/// [`check_runnable`] for what a local run can do and the lab cannot: secondary connection
-/// roles (`connection: ssh`) run with `dutlab run` only, until agents reach each other's DUTs.
-pub fn check_schedulable(file: &str, job: &Job) -> Result<(), JobError> {
-    check_runnable(file, job)?;
-    if let Some(m) = &job.protocols.multinode
-        && let Some((name, _)) = m.roles.iter().find(|(_, r)| r.secondary.is_some())
-    {
-        return Err(JobError::new(
-            file,
-            Path::root()
-                .key("protocols")
-                .key("lava-multinode")
-                .key("roles")
-                .key(name)
-                .key("connection")
-                .to_string(),
-            "secondary connections run with `dutlab run` only: the lab does not place them \
-             yet",
-        ));
-    }
-    Ok(())
 }
 
 /// The check of one device's actions: every action of `job` (those naming `role`, when

@@ -37,7 +37,7 @@ pub use actions::{
     Action, AutoLogin, Boot, Command, Compression, DefinitionRef, DefinitionSource, Deploy, Image,
     ImageRole, ImageSource, LavaSignal, Test, image_role,
 };
-pub use devices::{DEVICE_TYPES, DeviceType, check_runnable, check_schedulable};
+pub use devices::{DEVICE_TYPES, DeviceType, check_runnable};
 pub use duration::parse_duration;
 pub use error::{JobError, Warning};
 pub use fields::NOT_HONOURED;

@@ -13,6 +13,9 @@
 //!   in file order. `protocols.lava-multinode` is kept, so the instance stays a multinode
 //!   job and its multinode calls are allowed.
 //! - A job without `protocols.lava-multinode` has no instances (an empty list).
+//! - An instance of a secondary connection role (`connection: ssh`) names its host: the
+//!   first instance of its `host_role` ([`RoleInstance::host`]), whose device it logs in to;
+//!   its `device_type` and `tags` are its host's.
 
 use crate::{Action, Job};
 
@@ -29,6 +32,18 @@ pub struct RoleInstance {
     pub tags: Vec<String>,
     /// The job this instance runs: only the actions for `role`.
     pub job: Job,
+    /// For a secondary connection: the index of its host (see the module documentation).
+    pub host: Option<u32>,
+}
+
+impl RoleInstance {
+    /// How many secondary connections of `instances` have this instance as their host.
+    pub fn guests(&self, instances: &[RoleInstance]) -> usize {
+        instances
+            .iter()
+            .filter(|i| i.host == Some(self.index))
+            .count()
+    }
 }
 
 /// The role instances of `job`, in roster order. Empty for a job without multinode.
@@ -72,8 +87,26 @@ pub fn instances(job: &Job) -> Vec<RoleInstance> {
                 device_type: role.device_type.clone(),
                 tags: role.tags.clone(),
                 job: sub.clone(),
+                host: None,
             });
             index += 1;
+        }
+    }
+    let hosts: Vec<Option<(u32, String, Vec<String>)>> = out
+        .iter()
+        .map(|i| {
+            let host_role = &multinode.roles.get(&i.role)?.secondary.as_ref()?.host_role;
+            let host = out
+                .iter()
+                .find(|h| &h.role == host_role && !h.device_type.is_empty())?;
+            Some((host.index, host.device_type.clone(), host.tags.clone()))
+        })
+        .collect();
+    for (instance, host) in out.iter_mut().zip(hosts) {
+        if let Some((index, device_type, tags)) = host {
+            instance.host = Some(index);
+            instance.device_type = device_type;
+            instance.tags = tags;
         }
     }
     out

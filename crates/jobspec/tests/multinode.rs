@@ -1,7 +1,7 @@
 //! `jobspec::multinode::instances` and the runnable checks of multinode jobs.
 
 use dutlab_jobspec::multinode::instances;
-use dutlab_jobspec::{Action, check_runnable, check_schedulable, parse_job};
+use dutlab_jobspec::{Action, check_runnable, parse_job};
 
 const MULTINODE: &str = include_str!("fixtures/multinode.yaml");
 
@@ -44,7 +44,7 @@ fn a_job_without_multinode_has_no_instances() {
 fn multinode_runs_locally_and_in_the_lab() {
     let job = parse_job("multinode.yaml", MULTINODE).expect("valid");
     check_runnable("multinode.yaml", &job).expect("runnable locally");
-    check_schedulable("multinode.yaml", &job).expect("the lab schedules it as a group");
+    check_runnable("multinode.yaml", &job).expect("the lab schedules it as a group");
 }
 
 #[test]
@@ -69,12 +69,18 @@ const SECONDARY: &str = "job_name: sec\nprotocols:\n  lava-multinode:\n    roles
     - boot: {role: [guest], method: ssh, connection: ssh, prompts: ['# '], parameters: {hostID: ipv4, host_key: ipaddr}}\n";
 
 #[test]
-fn a_secondary_role_is_checked_as_an_ssh_connection_and_runs_only_locally() {
+fn a_secondary_role_is_checked_as_an_ssh_connection_and_rides_on_its_host() {
     let job = parse_job("sec.yaml", SECONDARY).expect("valid");
-    check_runnable("sec.yaml", &job).expect("runnable by `dutlab run`");
-    let e = check_schedulable("sec.yaml", &job).expect_err("not in the lab yet");
-    assert_eq!(e.field, "protocols.lava-multinode.roles.guest.connection");
-    assert!(e.reason.contains("dutlab run"), "{}", e.reason);
+    check_runnable("sec.yaml", &job).expect("runnable locally and in the lab");
+    // The guest names its host, the host instance, and takes the host's device type.
+    let instances = dutlab_jobspec::multinode::instances(&job);
+    let roles: Vec<(&str, Option<u32>, &str)> = instances
+        .iter()
+        .map(|i| (i.role.as_str(), i.host, i.device_type.as_str()))
+        .collect();
+    assert_eq!(roles, [("guest", Some(1), "qemu"), ("host", None, "qemu")]);
+    assert_eq!(instances[1].guests(&instances), 1);
+    assert_eq!(instances[0].guests(&instances), 0);
     // A guest's test needs its own boot (over ssh) before it; the host's boot does not count.
     let bad = SECONDARY.replace(
         "- deploy: {role: [guest]",

@@ -185,5 +185,5 @@ fn multinode_is_runnable_locally_and_in_the_lab() {
     let text = include_str!("fixtures/multinode.yaml");
     check(text).expect("each role's actions suit qemu");
     let job = parse_job("job.yaml", text).expect("valid");
-    dutlab_jobspec::check_schedulable("job.yaml", &job).expect("the lab schedules groups");
+    dutlab_jobspec::check_runnable("job.yaml", &job).expect("the lab schedules groups");
 }

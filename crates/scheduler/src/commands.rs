@@ -413,7 +413,7 @@ impl Scheduler {
         if !self.agent_is_connected(agent) {
             return Err(Refusal::AgentNotConnected(agent.to_owned()));
         }
-        if let Some(lease) = d.lease {
+        if let Some(lease) = d.lease.or_else(|| d.riders.first().copied()) {
             return Err(Refusal::DeviceBusy {
                 device: device.to_owned(),
                 lease,
@@ -736,12 +736,12 @@ impl Scheduler {
         }
     }
 
-    /// Live job leases on the devices of `agent`, by lease id (agents know nothing of the
-    /// leases people hold).
+    /// Live job leases on the devices of `agent` (riders included), by lease id (agents
+    /// know nothing of the leases people hold).
     fn job_leases_of(&self, agent: &str) -> Vec<Lease> {
         let mut leases: Vec<Lease> = self
             .devices_of(agent)
-            .filter_map(|d| d.lease)
+            .flat_map(crate::DeviceEntry::leases)
             .filter_map(|id| self.state.leases.get(&id))
             .filter(|l| l.job().is_some())
             .cloned()

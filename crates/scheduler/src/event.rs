@@ -56,6 +56,11 @@ pub struct GroupRef {
     pub size: u32,
     /// The role this sub-job plays.
     pub role: String,
+    /// A secondary connection (a `connection: ssh` role): the index of the sub-job on whose
+    /// device it runs, over SSH, with a lease of its own but no device of its own
+    /// (see [`crate::groups`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<u32>,
 }
 
 /// What a job is for.

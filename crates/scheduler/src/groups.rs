@@ -21,6 +21,12 @@
 //!   Other outcomes (passed, failed, timed out, job error) end only that sub-job.
 //! - A start refused by an agent ends the refusing sub-job `infra-error` (so the group ends):
 //!   other sub-jobs may have started already, and a group is never partly requeued.
+//! - **Secondary connections ride.** A sub-job whose [`GroupRef::host`] names another
+//!   sub-job (a `connection: ssh` role) needs no device: it is granted with its group, right
+//!   after its host, a lease of its own on its host's device with that device's epoch (a
+//!   *rider*). Its agent is therefore its host's agent, which logs in to the host's DUT. The
+//!   device stays busy until its lease and every rider's lease are released, so it is never
+//!   granted again while a secondary connection still runs on it. A host is never a rider.
 
 use crate::error::{Refusal, SchedulerError};
 use crate::event::{Event, GroupRef, JobSpec, MAX_PRIORITY, Waiter};
@@ -92,6 +98,17 @@ impl Scheduler {
                     "job {job}: every sub-job has the group's priority and owner"
                 )));
             }
+            if let Some(host) = g.host {
+                let rides = jobs
+                    .get(host as usize)
+                    .and_then(|(_, s)| s.group.as_ref())
+                    .is_some_and(|h| h.host.is_none());
+                if host == g.index || !rides {
+                    return Err(Refusal::BadGroup(format!(
+                        "job {job}: its host {host} is not another sub-job with a device"
+                    )));
+                }
+            }
         }
         let mut out = Vec::new();
         for (job, spec) in jobs {
@@ -147,7 +164,9 @@ impl Scheduler {
             queued: false,
         });
         group.members.push(job);
-        group.types.insert(spec.device_type.clone());
+        if g.host.is_none() {
+            group.types.insert(spec.device_type.clone());
+        }
         if group.complete() {
             let lead = g.id;
             if let Some(lead_spec) = self.state.jobs.get(&lead).map(|j| j.spec.clone()) {
@@ -213,8 +232,14 @@ impl Scheduler {
             .flat_map(|ty| self.wanted_ahead(ty, key))
             .collect();
         let mut candidates: Vec<Vec<String>> = Vec::with_capacity(group.members.len());
-        for job in &group.members {
+        // Indexes in `members` of the sub-jobs that need a device (riders follow their host).
+        let mut placed_members: Vec<usize> = Vec::with_capacity(group.members.len());
+        for (index, job) in group.members.iter().enumerate() {
             let spec = &self.state.jobs.get(job)?.spec;
+            if spec.group.as_ref().is_some_and(|g| g.host.is_some()) {
+                continue;
+            }
+            placed_members.push(index);
             let idle = self.state.idle.get(&spec.device_type)?;
             let mut fit: Vec<&crate::DeviceEntry> = idle
                 .iter()
@@ -239,10 +264,26 @@ impl Scheduler {
         }
         let mut placed: Vec<(JobId, String)> = owner
             .into_iter()
-            .map(|(device, member)| (group.members[member], device))
+            .map(|(device, member)| (group.members[placed_members[member]], device))
             .collect();
         placed.sort();
         Some(placed)
+    }
+
+    /// The riders of group `id` (see the module documentation): each sub-job with a host,
+    /// and the host's sub-job, in index order.
+    pub(crate) fn riders(&self, id: JobId) -> Vec<(JobId, JobId)> {
+        let Some(group) = self.state.groups.get(&id) else {
+            return Vec::new();
+        };
+        group
+            .members
+            .iter()
+            .filter_map(|job| {
+                let host = self.group_of(*job)?.host?;
+                Some((*job, *group.members.get(host as usize)?))
+            })
+            .collect()
     }
 
     /// Idle devices of type `ty` that a single waiter ahead of `key` in that type's queue fits.

@@ -20,7 +20,7 @@
 
 use crate::event::{Event, Holder, PersonHolder, Waiter};
 use crate::state::{QueueKey, Scheduler};
-use proto::{DeviceState, Epoch, LeaseId, Millis};
+use proto::{DeviceState, Epoch, JobId, LeaseId, Millis};
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
@@ -151,7 +151,34 @@ impl Scheduler {
             devices.push(device.clone());
             self.grant(Waiter::Job(job), device, now, out);
         }
+        for (rider, host) in self.riders(id) {
+            let Some(device) = self.state.jobs.get(&host).and_then(|j| j.device.clone()) else {
+                continue;
+            };
+            self.grant_rider(rider, device, now, out);
+        }
         devices
+    }
+
+    /// Grants secondary connection `job` a lease on `device`, its host's, with the epoch its
+    /// host was just granted (see [`crate::groups`]).
+    fn grant_rider(&mut self, job: JobId, device: String, now: Millis, out: &mut Vec<Event>) {
+        let Some(epoch) = self.state.devices.get(&device).map(|d| d.epoch) else {
+            return;
+        };
+        let lease = match self.config.lease_ids {
+            crate::LeaseIds::Sequential => LeaseId(self.state.next_lease),
+            crate::LeaseIds::Keyed(key) => key.derive(self.state.grants.saturating_add(1)),
+        };
+        let event = Event::LeaseGranted {
+            lease,
+            epoch,
+            holder: Holder::Job(job),
+            device,
+            expires: now.plus(self.config.lease_ttl),
+            at: now,
+        };
+        self.emit(out, event);
     }
 
     fn next_queued(&self, ty: &str, after: Option<QueueKey>) -> Option<QueueKey> {

@@ -66,10 +66,21 @@ pub struct DeviceEntry {
     pub epoch: Epoch,
     /// Its live lease.
     pub lease: Option<LeaseId>,
+    /// The live leases of secondary connections running on it (riders of its group's
+    /// lease, see [`crate::groups`]): while any lives, it is busy.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub riders: BTreeSet<LeaseId>,
     /// The lease that ended without its agent confirming teardown: the device needs a check.
     pub unconfirmed: Option<LeaseId>,
     /// Its agent no longer lists it; it stays only until its lease ends, without renewals.
     pub withdrawn: bool,
+}
+
+impl DeviceEntry {
+    /// Its live leases: its holder's, then its riders' (see [`crate::groups`]).
+    pub fn leases(&self) -> impl Iterator<Item = LeaseId> + '_ {
+        self.lease.into_iter().chain(self.riders.iter().copied())
+    }
 }
 
 /// A live lease. Leases that ended are not kept.

@@ -36,6 +36,7 @@ fn group(lead: u64, owner: u64, roles: &[(&str, &[&str])]) -> Vec<(JobId, JobSpe
                     index: i as u32,
                     size: roles.len() as u32,
                     role: format!("r{i}"),
+                    host: None,
                 }),
                 ..single(ty, owner)
             };
@@ -425,4 +426,104 @@ fn a_group_behind_running_jobs_starts_when_the_last_of_them_ends() {
     lab.finish(JobId(1), Outcome::Passed);
     let events = lab.finish(JobId(4), Outcome::Passed);
     assert_eq!(granted(&events).len(), 2, "{events:?}");
+}
+
+/// A group whose sub-jobs 1 and 2 are secondary connections riding on sub-job 0.
+fn with_guests(lead: u64) -> Vec<(JobId, JobSpec)> {
+    let mut jobs = group(lead, 1, &[("qemu", &[]), ("qemu", &[]), ("qemu", &[])]);
+    for (_, spec) in &mut jobs[1..] {
+        if let Some(g) = spec.group.as_mut() {
+            g.host = Some(0);
+        }
+    }
+    jobs
+}
+
+#[test]
+fn secondary_connections_ride_on_their_hosts_device_until_they_end() {
+    let mut lab = Lab::new(&[dev("q1", "qemu", &[]), dev("q2", "qemu", &[])]);
+    let now = lab.at();
+    let r = lab.s.submit_group(with_guests(1), now);
+    let events = lab.run(r);
+    // One device for the group: the guests are granted the host's, right after it.
+    let grants = granted(&events);
+    assert_eq!(
+        grants,
+        [
+            (JobId(1), "q1".to_owned()),
+            (JobId(2), "q1".to_owned()),
+            (JobId(3), "q1".to_owned())
+        ]
+    );
+    let (_, host_epoch) = lab.lease_of(JobId(1));
+    for job in [2, 3] {
+        assert_eq!(lab.lease_of(JobId(job)).1, host_epoch, "a rider's epoch");
+    }
+    let q2 = lab.s.device("q2").map(|d| d.state);
+    assert_eq!(
+        q2,
+        Some(dutlab_scheduler::DeviceState::Idle),
+        "q2 stays free"
+    );
+    for job in [1, 2, 3] {
+        let (lease, epoch) = lab.lease_of(JobId(job));
+        let now = lab.at();
+        let r = lab.s.job_started(lease, epoch, now);
+        lab.run(r);
+    }
+    // The host ends first: its device stays busy while a guest still runs on it, so a
+    // single job waits for q1 (q2 runs another).
+    lab.finish(JobId(1), Outcome::Passed);
+    lab.finish(JobId(2), Outcome::Passed);
+    let q1 = lab.s.device("q1").expect("q1");
+    assert_eq!(q1.state, dutlab_scheduler::DeviceState::Busy);
+    assert_eq!(q1.riders.len(), 1);
+    let now = lab.at();
+    let r = lab.s.submit(JobId(10), single("qemu", 2), now);
+    assert_eq!(granted(&lab.run(r)), [(JobId(10), "q2".to_owned())]);
+    let now = lab.at();
+    let r = lab.s.submit(JobId(11), single("qemu", 3), now);
+    assert!(granted(&lab.run(r)).is_empty(), "q1 is not free yet");
+    // The last guest's end frees q1 for the waiting job.
+    let events = lab.finish(JobId(3), Outcome::Passed);
+    assert_eq!(granted(&events), [(JobId(11), "q1".to_owned())]);
+}
+
+#[test]
+fn a_guests_infra_error_ends_its_host_and_a_bad_host_index_is_refused() {
+    let mut lab = Lab::new(&[dev("q1", "qemu", &[])]);
+    let now = lab.at();
+    let r = lab.s.submit_group(with_guests(1), now);
+    lab.run(r);
+    let events = lab.finish(JobId(2), Outcome::InfraError);
+    for job in [1, 3] {
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, Event::CancelRequested { job: j, .. } if *j == JobId(job))),
+            "sub-job {job} is canceled: {events:?}"
+        );
+    }
+    // A host that is itself a guest, or a guest riding on itself, is no group.
+    let mut s = Scheduler::new(Config::default());
+    let before = s.clone();
+    let mut on_itself = with_guests(1);
+    if let Some(g) = on_itself[1].1.group.as_mut() {
+        g.host = Some(1);
+    }
+    let mut on_a_guest = with_guests(1);
+    if let Some(g) = on_a_guest[2].1.group.as_mut() {
+        g.host = Some(1);
+    }
+    let mut out_of_range = with_guests(1);
+    if let Some(g) = out_of_range[2].1.group.as_mut() {
+        g.host = Some(7);
+    }
+    for jobs in [on_itself, on_a_guest, out_of_range] {
+        assert!(matches!(
+            s.submit_group(jobs, Millis(1)),
+            Err(Refusal::BadGroup(_))
+        ));
+        assert_eq!(s, before);
+    }
 }

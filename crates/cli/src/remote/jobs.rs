@@ -300,7 +300,7 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
     let parsed = jobspec::parse_job(&file_name, &definition)
         .map_err(|e| Exit::new(exit::JOB_REFUSED, format!("job refused: {e}")))?;
     // Refused before anything is uploaded, with the message the controller would give.
-    jobspec::check_schedulable(&file_name, &parsed).map_err(|e| {
+    jobspec::check_runnable(&file_name, &parsed).map_err(|e| {
         Exit::new(
             exit::JOB_REFUSED,
             format!("job refused: valid LAVA, but not runnable here: {e}"),

@@ -72,7 +72,7 @@ impl Dispatcher {
             .iter()
             .filter_map(|d| self.sched.device(&d.name))
             .filter(|d| d.agent == agent)
-            .filter_map(|d| d.lease)
+            .flat_map(scheduler::DeviceEntry::leases)
             .collect();
         self.leases.move_to(conn, &mine);
         let mut resume = Vec::new();
@@ -121,9 +121,9 @@ impl Dispatcher {
         let runs_a_job = |agent: &str| {
             self.sched.devices().any(|d| {
                 d.agent == agent
-                    && d.lease
-                        .and_then(|l| self.sched.lease(l))
-                        .is_some_and(|l| l.job().is_some())
+                    && d.leases()
+                        .filter_map(|l| self.sched.lease(l))
+                        .any(|l| l.job().is_some())
             })
         };
         let silent: Vec<(String, ConnId)> = self

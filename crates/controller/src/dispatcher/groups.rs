@@ -9,6 +9,8 @@
 //!   agent runs the instance `StartJob.sub_job` names), so `policy` decides the same for all.
 //! - A role naming a device type no registered device has refuses the whole submission (400,
 //!   as for a single job), unless `wait_for_device`.
+//! - A secondary connection's sub-job names its host instance (`GroupRef::host`): the
+//!   scheduler grants it a rider lease on its host's device, so its agent is its host's.
 
 use super::*;
 use crate::store::GroupRow;
@@ -84,6 +86,7 @@ impl Dispatcher {
                     index,
                     size: size32,
                     role: role.role.clone(),
+                    host: role.host,
                 }),
                 ..job.spec.clone()
             };

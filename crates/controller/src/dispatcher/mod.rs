@@ -126,6 +126,9 @@ pub struct RoleInstance {
     pub role: String,
     pub device_type: String,
     pub tags: Vec<String>,
+    /// A secondary connection's host instance (`jobspec::multinode::RoleInstance::host`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<u32>,
 }
 
 /// An agent's `Hello`, with the connection it came on.

@@ -327,7 +327,7 @@ impl Dispatcher {
                     .iter()
                     .filter_map(|d| self.sched.device(&d.name))
                     .filter(|d| d.agent == hello.agent)
-                    .filter_map(|d| d.lease)
+                    .flat_map(scheduler::DeviceEntry::leases)
                     .collect();
                 self.leases.move_to(hello.conn, &mine);
                 links.hello(hello, reply);

@@ -46,7 +46,7 @@ impl Scheduler {
                 .state
                 .devices
                 .get(&name)
-                .is_some_and(|d| d.lease.is_some());
+                .is_some_and(|d| d.lease.is_some() || !d.riders.is_empty());
             if leased {
                 if let Some(d) = self.state.devices.get_mut(&name) {
                     d.withdrawn = true;
@@ -86,6 +86,7 @@ impl Scheduler {
                             state: DeviceState::Offline,
                             epoch,
                             lease: None,
+                            riders: BTreeSet::new(),
                             unconfirmed: None,
                             withdrawn: false,
                         },
@@ -171,6 +172,11 @@ impl Scheduler {
             }
         }
         let spec = self.spec_of(waiter).cloned().unwrap_or_default();
+        if let (Holder::Job(job), Some(g)) = (holder, &spec.group)
+            && let Some(host) = g.host
+        {
+            return self.apply_rider_granted(*job, g.id, host, lease, epoch, device, expires);
+        }
         let d = self
             .state
             .devices
@@ -249,6 +255,75 @@ impl Scheduler {
         Ok(())
     }
 
+    /// The grant of a secondary connection's lease on the device of its group's sub-job
+    /// `host` (checked: that sub-job holds it now, with `epoch`). The device keeps its lease
+    /// and epoch; it is busy until every rider's lease is released too.
+    #[allow(clippy::too_many_arguments)]
+    fn apply_rider_granted(
+        &mut self,
+        job: JobId,
+        group: JobId,
+        host: u32,
+        lease: LeaseId,
+        epoch: Epoch,
+        device: &str,
+        expires: Millis,
+    ) -> Result<(), SchedulerError> {
+        let bad = |why: String| SchedulerError::Group { job, why };
+        let host_job = self
+            .group(group)
+            .and_then(|m| m.get(host as usize).copied())
+            .ok_or_else(|| bad(format!("group {group} has no sub-job {host}")))?;
+        let host_lease = self.state.jobs.get(&host_job).and_then(|j| j.lease);
+        let d = self
+            .state
+            .devices
+            .get(device)
+            .ok_or_else(|| SchedulerError::UnknownDevice {
+                event: "lease-granted",
+                device: device.to_owned(),
+            })?;
+        if host_lease.is_none() || d.lease != host_lease {
+            return Err(bad(format!(
+                "its host, sub-job {host_job}, does not hold device {device}"
+            )));
+        }
+        if epoch != d.epoch {
+            return Err(bad(format!(
+                "epoch {epoch} is not the epoch {} of its host's device {device}",
+                d.epoch
+            )));
+        }
+        if let Some(key) = self.state.places.get(&Waiter::Job(group)).copied() {
+            self.state.served_round = self.state.served_round.max(key.1);
+        }
+        self.dequeue_group(group);
+        if let Some(j) = self.state.jobs.get_mut(&job) {
+            j.state = JobState::Assigned;
+            j.lease = Some(lease);
+            j.device = Some(device.to_owned());
+            j.started = None;
+        }
+        if let Some(d) = self.state.devices.get_mut(device) {
+            d.riders.insert(lease);
+        }
+        self.state.leases.insert(
+            lease,
+            Lease {
+                id: lease,
+                epoch,
+                holder: Holder::Job(job),
+                device: device.to_owned(),
+                expires,
+            },
+        );
+        self.state.next_lease = self.state.next_lease.max(lease.0.saturating_add(1));
+        self.state.grants = self.state.grants.saturating_add(1);
+        self.refresh(device);
+        self.redeadline(lease);
+        Ok(())
+    }
+
     pub(super) fn apply_released(
         &mut self,
         lease: LeaseId,
@@ -297,9 +372,14 @@ impl Scheduler {
         self.redeadline(lease);
         let mut withdrawn = false;
         if let Some(d) = self.state.devices.get_mut(&device) {
-            d.lease = None;
-            d.unconfirmed = (device_state == DeviceState::NeedsCheck).then_some(lease);
-            withdrawn = d.withdrawn;
+            if d.riders.remove(&lease) {
+                // A secondary connection's end leaves the device as its holder has it (its
+                // teardown touched only the agent's SSH client).
+            } else {
+                d.lease = None;
+                d.unconfirmed = (device_state == DeviceState::NeedsCheck).then_some(lease);
+            }
+            withdrawn = d.withdrawn && d.lease.is_none() && d.riders.is_empty();
         }
         if withdrawn {
             self.retire(&device);
@@ -366,7 +446,7 @@ impl Scheduler {
         };
         let connected = self.agent_is_connected(&d.agent);
         let set = self.state.out_of_service.get(name).map(|n| n.state);
-        let state = if d.lease.is_some() {
+        let state = if d.lease.is_some() || !d.riders.is_empty() {
             DeviceState::Busy
         } else if let Some(set) = set {
             set

@@ -75,16 +75,33 @@ impl Harness {
         let mut devices = BTreeSet::new();
         let mut jobs = BTreeSet::new();
         for l in s.leases() {
-            assert!(
-                devices.insert(l.device.clone()),
-                "two leases on {}",
-                l.device
-            );
             let d = s.device(&l.device).expect("lease's device");
-            assert_eq!(
-                (d.state, d.lease, d.epoch),
-                (DeviceState::Busy, Some(l.id), l.epoch)
-            );
+            // A secondary connection rides on its host's device: busy, with the epoch of
+            // the grant of its host, which may have ended before it.
+            let rider = l
+                .job()
+                .and_then(|j| s.group_of(j))
+                .and_then(|g| g.host)
+                .is_some();
+            if rider {
+                assert!(
+                    d.riders.contains(&l.id),
+                    "rider {} not on {}",
+                    l.id,
+                    l.device
+                );
+                assert_eq!((d.state, d.epoch), (DeviceState::Busy, l.epoch));
+            } else {
+                assert!(
+                    devices.insert(l.device.clone()),
+                    "two leases on {}",
+                    l.device
+                );
+                assert_eq!(
+                    (d.state, d.lease, d.epoch),
+                    (DeviceState::Busy, Some(l.id), l.epoch)
+                );
+            }
             let job = match &l.holder {
                 Holder::Job(job) => *job,
                 Holder::Person(PersonHolder {
@@ -167,7 +184,8 @@ impl Harness {
                 );
             }
             assert_eq!(d.info.tags, self.model_tags(name, &d.agent_tags), "{name}");
-            let want = if d.lease.is_some() {
+            // Busy while its lease or a secondary connection's lives.
+            let want = if d.lease.is_some() || !d.riders.is_empty() {
                 DeviceState::Busy
             } else if let Some(out) = out {
                 out
@@ -179,9 +197,9 @@ impl Harness {
                 DeviceState::Idle
             };
             assert_eq!(d.state, want, "{}", d.info.name);
-            assert!(d.lease.is_some() || !d.withdrawn);
-            if let Some(l) = d.lease {
-                assert!(s.lease(l).is_some());
+            assert!(d.leases().next().is_some() || !d.withdrawn);
+            for l in d.leases() {
+                assert!(s.lease(l).is_some_and(|l| l.device == *name));
             }
         }
         // Grants and releases.

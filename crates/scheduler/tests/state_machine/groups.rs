@@ -28,6 +28,9 @@ impl Harness {
                         index: i as u32,
                         size,
                         role: format!("role{}", i % 2),
+                        // In groups of three or more, the last sub-job is a secondary
+                        // connection riding on sub-job 0's device.
+                        host: (size >= 3 && i as u32 == size - 1).then_some(0),
                     }),
                     ..JobSpec::default()
                 };
@@ -64,6 +67,7 @@ impl Harness {
             .iter()
             .filter_map(|j| self.s.job(*j))
             .map(|j| &j.spec)
+            .filter(|s| s.group.as_ref().is_none_or(|g| g.host.is_none()))
             .collect();
         fn fill(specs: &[&JobSpec], idle: &[&DeviceInfo], used: &mut Vec<bool>) -> bool {
             let Some((first, rest)) = specs.split_first() else {
