@@ -152,6 +152,12 @@ pub struct JobStart {
     pub artifacts: ArtifactSource,
     /// The agent's salt of group network segments.
     pub group_salt: [u8; 16],
+    /// A secondary connection's login to its host's DUT.
+    pub secondary: Option<runner::secondary::SecondaryContext>,
+    /// A host of secondary connections: where its DUT's SSH endpoint is published.
+    pub publish_ssh: Option<runner::secondary::HostEndpoint>,
+    /// Keys the DUT authorizes (a host's: its group's public key).
+    pub authorized_keys: Vec<String>,
 }
 
 /// Runs the job of one lease to its end.
@@ -176,9 +182,11 @@ pub async fn run_lease(
         if let Some(sub) = &start.sub_job {
             ctx.multinode = Some(member_context(&job, sub, lease, &notes));
             // Sub-jobs of the group on this agent share one segment; on another agent the
-            // segment differs (no L2 between agents yet).
-            let segment = runner::multinode::segment_of(&start.group_salt, sub.group.0);
-            ctx.group_net = runner::multinode::GroupNet::for_member(segment, sub.index).ok();
+            // segment differs (no L2 between agents yet). A secondary connection has no DUT.
+            if sub.host.is_none() {
+                let segment = runner::multinode::segment_of(&start.group_salt, sub.group.0);
+                ctx.group_net = runner::multinode::GroupNet::for_member(segment, sub.index).ok();
+            }
         }
         (job, ctx)
     });
@@ -265,20 +273,27 @@ fn prepare(start: &JobStart) -> Result<(Job, JobContext), JobReport> {
         Some(sub) => jobspec::multinode::instances(&job)
             .into_iter()
             .nth(sub.index as usize)
-            .filter(|i| i.role == sub.role)
+            .filter(|i| i.role == sub.role && i.host == sub.host)
             .map(|i| i.job)
             .ok_or_else(|| {
                 ended(
                     &job.name,
                     Outcome::JobError,
                     format!(
-                        "sub-job {}.{}: the job file has no instance {} of role {:?}",
-                        sub.group, sub.index, sub.index, sub.role
+                        "sub-job {}.{}: the job file has no instance {} of role {:?}{}",
+                        sub.group,
+                        sub.index,
+                        sub.index,
+                        sub.role,
+                        match sub.host {
+                            Some(h) => format!(" riding on instance {h}"),
+                            None => String::new(),
+                        }
                     ),
                 )
             })?,
     };
-    let default_image = if job.deploys_images() {
+    let default_image = if job.deploys_images() || start.secondary.is_some() {
         None
     } else {
         let dir = start
@@ -321,9 +336,9 @@ fn prepare(start: &JobStart) -> Result<(Job, JobContext), JobReport> {
         default_image,
         work_root: Some(start.device_dir.clone()),
         policy,
-        secondary: None,
-        authorized_keys: Vec::new(),
-        publish_ssh: None,
+        secondary: start.secondary.clone(),
+        authorized_keys: start.authorized_keys.clone(),
+        publish_ssh: start.publish_ssh.clone(),
         multinode: None,
         group_net: None,
     };

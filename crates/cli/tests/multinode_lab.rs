@@ -647,3 +647,66 @@ fn a_group_on_two_agents_passes_messages_through_the_controller() -> Result<()> 
     );
     lab.finish()
 }
+
+#[test]
+fn secondary_connections_ride_on_the_host_roles_device_and_log_in_over_ssh() -> Result<()> {
+    let image = testkit::guest_image()?.canonicalize()?;
+    let mut lab = Lab::start(DUTLAB)?;
+    // One device, whose agent may deploy the guest image (the host role deploys it with
+    // `authorize: ssh`); a second device that the guests must not take.
+    let path = lab.agent_config("host-s", 2)?;
+    let init = std::fs::read_to_string(&path)?;
+    ensure!(init.contains("image_dirs: []\n"), "{init}");
+    std::fs::write(
+        &path,
+        init.replace(
+            "image_dirs: []\n",
+            &format!("image_dirs: [{:?}]\n", image.display().to_string()),
+        ),
+    )?;
+    lab.spawn_agent(&path)?;
+    lab.wait_devices_idle("host-s", 2)?;
+    let file = lab.write("secondary.yaml", &testkit::secondary_group_job(&image, 2))?;
+    let done = lab.cli(&["job", "submit", file.to_str().context("path")?, "--follow"])?;
+    let shown = format!("stdout: {}\nstderr: {}", done.stdout, done.stderr);
+    testkit::expect_code(&done, 0).context(shown.clone())?;
+    let group: u64 = done
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("dutlab: submitted group "))
+        .and_then(|l| l.split_whitespace().next())
+        .context("the group's id")?
+        .parse()?;
+    ensure!(
+        done.stdout
+            .contains(&format!("group {group}: 3 sub-jobs, outcome passed")),
+        "{shown}"
+    );
+    // Sub-jobs 0 and 1 are the guests, 2 the host: all three on the host's device.
+    let host = lab.job(group + 2)?;
+    let device = host["device"]
+        .as_str()
+        .context("the host's device")?
+        .to_owned();
+    for n in [0, 1] {
+        let guest = lab.job(group + n)?;
+        ensure!(guest["device"] == device.as_str(), "guest {n}: {guest}");
+        let results = lab.json(&["job", "results", &format!("{group}.{n}"), "--json"])?;
+        let cases = results["report"]["cases"].as_array().context("cases")?;
+        for want in ["own-root", "overlay-copied", "on-the-host-dut"] {
+            ensure!(
+                cases
+                    .iter()
+                    .any(|c| c["name"] == want && c["result"] == "pass"),
+                "guest {n}: {want}: {results}"
+            );
+        }
+    }
+    let waited = lab.log(group + 2)?.iter().any(|r| {
+        r.to_string()
+            .contains("waiting for 2 secondary connection(s) to end")
+    });
+    ensure!(waited, "{shown}");
+    lab.wait_devices_idle("host-s", 2)?;
+    lab.finish()
+}

@@ -263,43 +263,8 @@ fn secondary_connections_log_in_to_the_host_roles_dut_which_stays_on_until_they_
 {
     let sb = Sandbox::new()?;
     let image = testkit::guest_image()?;
-    // LAVA's shape: the host deploys with `authorize: ssh`, boots, announces its address and
-    // sends lava_start; two guests wait for it (delayed start), copy their overlays over SSH
-    // and run their tests on the host's DUT. The host ends its test first: its DUT must stay
-    // on while the guests still run.
-    let text = format!(
-        "job_name: secondary\ntimeouts: {{job: {{minutes: 8}}, action: {{minutes: 6}}, connection: {{minutes: 3}}}}\n\
-         protocols:\n  lava-multinode:\n    roles:\n      host: {{count: 1, device_type: qemu}}\n      \
-         guest: {{count: 2, connection: ssh, host_role: host, expect_role: host, request: lava-start}}\n\
-         actions:\n\
-         - deploy:\n    role: [host]\n    to: tmpfs\n    authorize: ssh\n    images:\n\
-         \x20     kernel: {{url: {k}}}\n      initrd: {{url: {i}}}\n      rootfs: {{url: {r}, format: qcow2}}\n\
-         - deploy:\n    role: [guest]\n    to: ssh\n    connection: ssh\n    protocols:\n      lava-multinode:\n\
-         \x20     - {{action: prepare-scp-overlay, request: lava-wait, messageID: ipv4, message: {{ipaddr: $ipaddr}}}}\n\
-         - boot: {{role: [host], method: qemu, prompts: ['# $'], auto_login: {{login_prompt: 'login:', username: root}}}}\n\
-         - boot: {{role: [guest], method: ssh, connection: ssh, prompts: ['# '], parameters: {{hostID: ipv4, host_key: ipaddr}}}}\n\
-         {}{}",
-        role_test(
-            "host",
-            &[
-                "lava-send ipv4 ipaddr=$(lava-echo-ipv4 eth0)",
-                "lava-send lava_start",
-                "lava-test-case keys --shell grep -q dutlab-group /root/.ssh/authorized_keys",
-            ]
-        ),
-        role_test(
-            "guest",
-            &[
-                "sleep 3",
-                "lava-test-case own-root --shell test -d /lava-$(lava-self)/tests",
-                "lava-test-case overlay-copied --shell test -s /$(lava-self)-overlay-1.tar.gz",
-                "lava-test-case on-the-host-dut --shell grep -q ID=dutlab /etc/os-release",
-            ]
-        ),
-        k = image.join("vmlinuz").display(),
-        i = image.join("initramfs.cpio.gz").display(),
-        r = image.join("rootfs.qcow2").display(),
-    );
+    // LAVA's shape (see `testkit::secondary_group_job`), with two guests.
+    let text = testkit::secondary_group_job(&image, 2);
     let job = write(sb.path(), "secondary.yaml", &text)?;
     let done = run(&sb, &["run", job.to_str().context("path")?, "--json"])?;
     let shown = format!("stdout: {}\nstderr: {}", done.stdout, done.stderr);

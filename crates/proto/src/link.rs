@@ -559,4 +559,16 @@ pub struct SubJob {
     /// The role instance's index in the group (`jobspec::multinode::instances` order).
     pub index: u32,
     pub role: String,
+    /// A secondary connection: the index of its host sub-job, whose device is this
+    /// `StartJob`'s (the connection has a lease of its own on it) and whose DUT it logs in
+    /// to over SSH.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<u32>,
+    /// How many secondary connections of the group ride on this sub-job's device.
+    #[serde(default, skip_serializing_if = "crate::link::is_zero")]
+    pub guests: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }

@@ -130,6 +130,48 @@ pub fn role_test(role: &str, steps: &[&str]) -> String {
     )
 }
 
+/// The secondary connections job of the tests, in LAVA's shape: the host role deploys the
+/// guest image of `image` (a [`guest_image`] directory) with `authorize: ssh`, boots,
+/// announces its address and sends `lava_start`; `guests` guests wait for it (delayed start),
+/// copy their overlays over SSH and run their tests on the host's DUT (`own-root`,
+/// `overlay-copied`, `on-the-host-dut`). The host ends its test first (`keys`): its DUT must
+/// stay on while the guests still run.
+pub fn secondary_group_job(image: &Path, guests: u32) -> String {
+    format!(
+        "job_name: secondary\ntimeouts: {{job: {{minutes: 8}}, action: {{minutes: 6}}, connection: {{minutes: 3}}}}\n\
+         visibility: public\nprotocols:\n  lava-multinode:\n    roles:\n      host: {{count: 1, device_type: qemu}}\n      \
+         guest: {{count: {guests}, connection: ssh, host_role: host, expect_role: host, request: lava-start}}\n\
+         actions:\n\
+         - deploy:\n    role: [host]\n    to: tmpfs\n    authorize: ssh\n    images:\n\
+         \x20     kernel: {{url: {k}}}\n      initrd: {{url: {i}}}\n      rootfs: {{url: {r}, format: qcow2}}\n\
+         - deploy:\n    role: [guest]\n    to: ssh\n    connection: ssh\n    protocols:\n      lava-multinode:\n\
+         \x20     - {{action: prepare-scp-overlay, request: lava-wait, messageID: ipv4, message: {{ipaddr: $ipaddr}}}}\n\
+         - boot: {{role: [host], method: qemu, prompts: ['# $'], auto_login: {{login_prompt: 'login:', username: root}}}}\n\
+         - boot: {{role: [guest], method: ssh, connection: ssh, prompts: ['# '], parameters: {{hostID: ipv4, host_key: ipaddr}}}}\n\
+         {}{}",
+        role_test(
+            "host",
+            &[
+                "lava-send ipv4 ipaddr=$(lava-echo-ipv4 eth0)",
+                "lava-send lava_start",
+                "lava-test-case keys --shell grep -q dutlab-group /root/.ssh/authorized_keys",
+            ]
+        ),
+        role_test(
+            "guest",
+            &[
+                "sleep 3",
+                "lava-test-case own-root --shell test -d /lava-$(lava-self)/tests",
+                "lava-test-case overlay-copied --shell test -s /$(lava-self)-overlay-1.tar.gz",
+                "lava-test-case on-the-host-dut --shell grep -q ID=dutlab /etc/os-release",
+            ]
+        ),
+        k = image.join("vmlinuz").display(),
+        i = image.join("initramfs.cpio.gz").display(),
+        r = image.join("rootfs.qcow2").display(),
+    )
+}
+
 /// A job around one inline test definition with the given run steps.
 pub fn inline_job(name: &str, timeouts: &str, steps: &[&str]) -> String {
     let steps = steps_yaml(steps);

@@ -30,7 +30,9 @@ impl Agent {
             tracing::debug!(lease = %id, "ignoring start-job for a lease already held");
             return Ok(());
         }
-        let spec = match self.admit(&device) {
+        // A secondary connection rides on its host's device, which its host keeps busy.
+        let rider = sub_job.as_ref().is_some_and(|s| s.host.is_some());
+        let spec = match self.admit(&device, rider) {
             Ok(spec) => spec,
             Err(reason) => return link.send(&refuse(reason)).await,
         };
@@ -55,6 +57,14 @@ impl Agent {
                     .await;
             }
         };
+        let side = match self.connection_side(id, sub_job.as_ref()) {
+            Ok(side) => side,
+            Err(reason) => {
+                drop(writer);
+                let _ = self.spool.remove(id);
+                return link.send(&refuse(reason)).await;
+            }
+        };
         let (stop, stop_rx) = watch::channel(Stop::Go);
         self.leases.insert(
             id,
@@ -71,7 +81,15 @@ impl Agent {
                 call: None,
             },
         );
-        self.devices.insert(device.clone(), Slot::Busy(id));
+        let device_dir = if rider {
+            self.config
+                .device_dir(&device)
+                .join("connections")
+                .join(id.to_string())
+        } else {
+            self.devices.insert(device.clone(), Slot::Busy(id));
+            self.config.device_dir(&device)
+        };
         let start = JobStart {
             agent: self.config.name.clone(),
             lease: id,
@@ -80,7 +98,10 @@ impl Agent {
             device: spec,
             definition,
             sub_job,
-            device_dir: self.config.device_dir(&device),
+            device_dir,
+            secondary: side.secondary,
+            publish_ssh: side.publish_ssh,
+            authorized_keys: side.authorized_keys,
             host: self.config.host.clone(),
             artifacts: self.artifacts.clone(),
             group_salt: self.group_salt,

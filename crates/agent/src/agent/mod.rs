@@ -54,6 +54,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
+mod connections;
 mod jobs;
 mod multinode;
 mod sessions;
@@ -149,6 +150,8 @@ pub struct Agent {
     /// Random per agent process: picks the multicast segment of each group's network
     /// (`runner::multinode::segment_of`), so groups of other labs on this host get others.
     group_salt: [u8; 16],
+    /// Secondary connections: the groups whose hosts run here and their guests.
+    connections: connections::Connections,
 }
 
 impl Agent {
@@ -208,6 +211,7 @@ impl Agent {
             artifacts,
             reaches: Reaches::default(),
             group_salt,
+            connections: connections::Connections::default(),
         }
     }
 
@@ -594,8 +598,12 @@ impl Agent {
                 lease,
                 report,
                 last_seq,
-            } => (lease, report, last_seq),
+            } => {
+                self.connection_ended(lease);
+                (lease, report, last_seq)
+            }
             JobNote::Crashed { lease, reason } => {
+                self.connection_ended(lease);
                 let Some(l) = self.leases.get(&lease) else {
                     return Ok(());
                 };
@@ -821,7 +829,9 @@ impl Agent {
     /// The lease if it is ours under this epoch; otherwise a debug line.
     /// The configured device a new job or session may take, or why not (the agent is
     /// stopping, it has no such device, or the device is busy): one rule for both.
-    fn admit(&self, device: &str) -> Result<runner::device::Device, String> {
+    /// The device's spec for a new job on `device`: a `rider` (a secondary connection) shares
+    /// it with its host, any other job needs it idle.
+    fn admit(&self, device: &str, rider: bool) -> Result<runner::device::Device, String> {
         if self.mode == Mode::Stopping {
             return Err("the agent is shutting down".into());
         }
@@ -831,7 +841,9 @@ impl Agent {
                 self.config.name
             ));
         };
-        if let Some(Slot::Busy(other)) = self.devices.get(device) {
+        if let Some(Slot::Busy(other)) = self.devices.get(device)
+            && !rider
+        {
             return Err(format!("device {device} is busy with lease {other}"));
         }
         Ok(spec.clone())

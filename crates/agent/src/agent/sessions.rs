@@ -82,7 +82,7 @@ impl Agent {
             tracing::debug!(lease = %id, "ignoring start-session for a job's lease");
             return Ok(());
         }
-        let spec = match self.admit(&device) {
+        let spec = match self.admit(&device, false) {
             Ok(spec) => spec,
             Err(reason) => return link.send(&refuse(reason)).await,
         };

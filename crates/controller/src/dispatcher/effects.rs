@@ -180,10 +180,21 @@ impl Dispatcher {
                         .get(job)
                         .and_then(|m| m.definition.clone())
                         .unwrap_or_default();
-                    let sub_job = self.sched.group_of(*job).map(|g| proto::link::SubJob {
-                        group: g.id,
-                        index: g.index,
-                        role: g.role.clone(),
+                    let sub_job = self.sched.group_of(*job).map(|g| {
+                        let members = self.sched.group(g.id).unwrap_or_default();
+                        let guests = members
+                            .iter()
+                            .filter(|m| {
+                                self.sched.group_of(**m).and_then(|r| r.host) == Some(g.index)
+                            })
+                            .count();
+                        proto::link::SubJob {
+                            group: g.id,
+                            index: g.index,
+                            role: g.role.clone(),
+                            host: g.host,
+                            guests: u32::try_from(guests).unwrap_or(u32::MAX),
+                        }
                     });
                     self.send_to_device(
                         device,
