@@ -648,12 +648,11 @@ fn a_group_on_two_agents_passes_messages_through_the_controller() -> Result<()> 
     lab.finish()
 }
 
-#[test]
-fn secondary_connections_ride_on_the_host_roles_device_and_log_in_over_ssh() -> Result<()> {
+/// A lab with agent `host-s` of two QEMU devices that may deploy the guest image (the host
+/// role of `testkit::secondary_group_job` deploys it with `authorize: ssh`); and the image.
+fn secondary_lab() -> Result<(Lab, std::path::PathBuf)> {
     let image = testkit::guest_image()?.canonicalize()?;
     let mut lab = Lab::start(DUTLAB)?;
-    // One device, whose agent may deploy the guest image (the host role deploys it with
-    // `authorize: ssh`); a second device that the guests must not take.
     let path = lab.agent_config("host-s", 2)?;
     let init = std::fs::read_to_string(&path)?;
     ensure!(init.contains("image_dirs: []\n"), "{init}");
@@ -666,6 +665,13 @@ fn secondary_connections_ride_on_the_host_roles_device_and_log_in_over_ssh() -> 
     )?;
     lab.spawn_agent(&path)?;
     lab.wait_devices_idle("host-s", 2)?;
+    Ok((lab, image))
+}
+
+#[test]
+fn secondary_connections_ride_on_the_host_roles_device_and_log_in_over_ssh() -> Result<()> {
+    // The guests must not take the second device.
+    let (lab, image) = secondary_lab()?;
     let file = lab.write("secondary.yaml", &testkit::secondary_group_job(&image, 2))?;
     let done = lab.cli(&["job", "submit", file.to_str().context("path")?, "--follow"])?;
     let shown = format!("stdout: {}\nstderr: {}", done.stdout, done.stderr);
@@ -708,5 +714,32 @@ fn secondary_connections_ride_on_the_host_roles_device_and_log_in_over_ssh() -> 
     });
     ensure!(waited, "{shown}");
     lab.wait_devices_idle("host-s", 2)?;
+    lab.finish()
+}
+
+#[test]
+fn canceling_a_group_with_secondary_connections_ends_them_all_and_frees_the_device() -> Result<()> {
+    let (lab, image) = secondary_lab()?;
+    // The guests log in and then wait; the host ends its test and waits for them.
+    let text = testkit::secondary_group_job(&image, 2)
+        .replace("\"sleep 3\"", "\"echo guest-is-in; sleep 600\"");
+    ensure!(text.contains("sleep 600"), "{text}");
+    let file = lab.write("secondary.yaml", &text)?;
+    let group = lab.submit(&file)?;
+    for n in [0, 1] {
+        lab.wait_for_line(group + n, "guest-is-in")?;
+    }
+    let done = lab.cli(&["job", "cancel", &group.to_string()])?;
+    testkit::expect_code(&done, 0)?;
+    for n in 0..3 {
+        let job = lab.wait_state(group + n, "finished", testkit::lab::CLI_LIMIT)?;
+        ensure!(job["outcome"] == "canceled", "sub-job {n}: {job}");
+    }
+    // Every lease released, the riders' too: both devices take jobs again.
+    lab.wait_devices_idle("host-s", 2)?;
+    let single = lab.write("after.yaml", &inline_job("after", "  job: 2m", &["true"]))?;
+    let after = lab.submit(&single)?;
+    let job = lab.wait_state(after, "finished", testkit::lab::CLI_LIMIT)?;
+    ensure!(job["outcome"] == "passed", "{job}");
     lab.finish()
 }
