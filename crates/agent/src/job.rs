@@ -181,8 +181,9 @@ pub async fn run_lease(
     let prepared = prepare(&start).map(|(job, mut ctx)| {
         if let Some(sub) = &start.sub_job {
             ctx.multinode = Some(member_context(&job, sub, lease, &notes));
-            // Sub-jobs of the group on this agent share one segment; on another agent the
-            // segment differs (no L2 between agents yet). A secondary connection has no DUT.
+            // Sub-jobs of the group on this agent share one segment, which the agent's bridge
+            // joins to the group's segments on other agents (`crate::bridge`). A secondary
+            // connection has no DUT.
             if sub.host.is_none() {
                 let segment = runner::multinode::segment_of(&start.group_salt, sub.group.0);
                 ctx.group_net = runner::multinode::GroupNet::for_member(segment, sub.index).ok();

@@ -29,6 +29,7 @@ pub mod config;
 
 mod agent;
 mod backoff;
+mod bridge;
 mod job;
 mod lines;
 mod link;

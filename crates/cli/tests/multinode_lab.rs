@@ -595,7 +595,8 @@ fn a_killed_agent_mid_group_ends_the_group_after_the_disconnect_grace() -> Resul
 }
 
 #[test]
-fn a_group_on_two_agents_passes_messages_through_the_controller() -> Result<()> {
+fn a_group_on_two_agents_passes_messages_and_frames_of_its_network_through_the_controller()
+-> Result<()> {
     let mut lab = Lab::start(DUTLAB)?;
     lab.agent("host-x", 1)?;
     lab.agent("host-y", 1)?;
@@ -605,10 +606,13 @@ fn a_group_on_two_agents_passes_messages_through_the_controller() -> Result<()> 
          server: {{device_type: qemu, count: 1}}\n      client: {{device_type: qemu, count: 1}}\n\
          actions:\n- boot:\n    role: [server, client]\n    method: qemu\n    prompts: ['# $']\n    \
          auto_login: {{login_prompt: 'login:', username: root}}\n{}{}",
+        // The server's address is on the group network: the agents' bridges and the
+        // controller carry its frames between the two agents' segments.
         testkit::role_test(
             "server",
             &[
-                "lava-send token value=s3cr3t",
+                "(echo token-from-the-server | nc -l -p 7000) &",
+                "lava-send token value=s3cr3t ip=$(lava-echo-ipv4 eth1)",
                 "lava-wait-all seen client",
                 "lava-sync done"
             ]
@@ -617,7 +621,10 @@ fn a_group_on_two_agents_passes_messages_through_the_controller() -> Result<()> 
             "client",
             &[
                 "lava-wait token",
-                "lava-test-case got-token --shell grep -q ':value=s3cr3t$' /tmp/lava_multi_node_cache.txt",
+                "lava-test-case got-token --shell grep -q ':value=s3cr3t' /tmp/lava_multi_node_cache.txt",
+                "ip=$(sed -n 's/.*:ip=//p' /tmp/lava_multi_node_cache.txt | cut -d' ' -f1)",
+                "lava-test-case ping --shell ping -c 1 -W 5 $ip",
+                "lava-test-case connect --shell sh -c \"nc $ip 7000 </dev/null | grep -q token-from-the-server\"",
                 "lava-send seen",
                 "lava-sync done",
             ]
@@ -645,6 +652,16 @@ fn a_group_on_two_agents_passes_messages_through_the_controller() -> Result<()> 
             .any(|c| c["name"] == "multinode-wait_all-seen" && c["result"] == "pass"),
         "{results}"
     );
+    let results = lab.json(&["job", "results", &group.to_string(), "--json"])?;
+    let cases = results["report"]["cases"].as_array().context("cases")?;
+    for want in ["got-token", "ping", "connect"] {
+        ensure!(
+            cases
+                .iter()
+                .any(|c| c["name"] == want && c["result"] == "pass"),
+            "client: {want}: {results}"
+        );
+    }
     lab.finish()
 }
 

@@ -28,6 +28,7 @@ pub mod artifacts;
 pub mod auth;
 pub mod datadir;
 pub mod dispatcher;
+pub mod group_net;
 pub mod lava;
 pub mod lease_api;
 pub mod leviathan;
@@ -177,6 +178,8 @@ pub struct AppState {
     pub sessions: sessions::Sessions,
     pub artifacts: artifacts::ArtifactStore,
     pub streams: streams::Streams,
+    /// MultiNode group networks between this controller's agent links.
+    pub group_net: group_net::GroupNet,
 }
 
 /// Wall-clock time as the pure crates take it.
@@ -456,6 +459,7 @@ pub async fn serve(
         sessions,
         artifacts,
         streams,
+        group_net: group_net::GroupNet::default(),
     };
     if matches!(first, Role::Leader(..)) {
         first_admin(&state, &config.data_dir).await?;

@@ -231,6 +231,9 @@ async fn serve(socket: WebSocket, state: AppState, caller: Caller, bound: String
     // Streams of people's leases ride on this link from now on.
     let (out, mut stream_out) = mpsc::channel::<mux::Outgoing>(crate::streams::OUT_QUEUE);
     state.streams.attach(conn, tx.clone(), out);
+    // And frames of MultiNode group networks (dropped when this queue is full).
+    let (net_tx, mut net_out) = mpsc::channel::<Vec<u8>>(crate::group_net::FRAME_QUEUE);
+    state.group_net.attach(conn, net_tx);
     // Writer: control messages for this agent go through one queue, in order, ahead of
     // stream traffic (bounded by the streams' windows).
     let mut writer_ender = ender.clone();
@@ -255,6 +258,11 @@ async fn serve(socket: WebSocket, state: AppState, caller: Caller, bound: String
                 }
                 Some(outgoing) = stream_out.recv() => {
                     if sink.send(stream_message(outgoing)).await.is_err() {
+                        return;
+                    }
+                }
+                Some(frame) = net_out.recv() => {
+                    if sink.send(Message::Binary(frame.into())).await.is_err() {
                         return;
                     }
                 }
@@ -334,6 +342,20 @@ async fn serve(socket: WebSocket, state: AppState, caller: Caller, bound: String
                         break None;
                     }
                 }
+                Ok(Binary::Group(frame)) => {
+                    let relayed = state.group_net.relay(
+                        &state.leases,
+                        conn,
+                        frame.lease,
+                        frame.epoch,
+                        frame.frame,
+                    );
+                    if let Err(why) = relayed
+                        && let Some(suppressed) = refusals.allow(Instant::now())
+                    {
+                        tracing::warn!("agent {agent} (link {conn}): {why}{}", more(suppressed));
+                    }
+                }
                 Err(e) => tracing::warn!("agent {agent}: binary message refused: {e}"),
             },
             Message::Close(_) => break None,
@@ -342,6 +364,7 @@ async fn serve(socket: WebSocket, state: AppState, caller: Caller, bound: String
     };
     drop(tx);
     state.streams.detach(conn, "the agent's link ended");
+    state.group_net.detach(conn);
     let _ = state
         .dispatch
         .send(Command::Gone {
@@ -426,6 +449,7 @@ async fn store_frame(
         job,
         epoch,
         conn: holder,
+        ..
     } = info;
     if holder != Some(conn) {
         if let Some(suppressed) = refusals.allow(Instant::now()) {

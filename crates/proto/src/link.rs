@@ -235,12 +235,80 @@ pub enum ControllerMessage {
     },
 }
 
-/// A binary message of the link: a log frame (`'L'`) or a stream frame (`'S'`).
+/// A binary message of the link: a log frame (`'L'`), a stream frame (`'S'`) or a group
+/// network frame (`'N'`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Binary<'a> {
     Log(LogFrame),
     /// A stream's payload (empty: end of stream in this direction).
     Stream(StreamId, &'a [u8]),
+    /// An Ethernet frame of a MultiNode group's network ([`GroupFrame`]).
+    Group(GroupFrame<'a>),
+}
+
+/// The most bytes of one Ethernet frame of a group network (QEMU's socket networking sends
+/// at most 64 KiB per datagram).
+pub const MAX_GROUP_FRAME: usize = 65_536;
+
+/// One Ethernet frame of a MultiNode group's network, between the agents of the group's
+/// sub-jobs (docs/multinode.md, "The group's network"). From an agent, `lease` is the sub-job
+/// whose network segment carried it; to an agent, a sub-job of the same group on its link
+/// (whose segment gets it).
+///
+/// Layout (big-endian): `b'N'`, lease u128, epoch u64, then the frame (1 ..=
+/// [`MAX_GROUP_FRAME`] bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupFrame<'a> {
+    pub lease: LeaseId,
+    pub epoch: Epoch,
+    pub frame: &'a [u8],
+}
+
+/// Why a group network frame was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GroupFrameError {
+    #[error("group frame ends inside its header")]
+    Truncated,
+    #[error("group frame carries no Ethernet frame")]
+    Empty,
+    #[error("group frame carries {0} bytes, more than the {MAX_GROUP_FRAME}-byte limit")]
+    TooLong(usize),
+}
+
+const GROUP_HEADER: usize = 1 + 16 + 8;
+
+impl GroupFrame<'_> {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(GROUP_HEADER + self.frame.len());
+        out.push(b'N');
+        out.extend_from_slice(&self.lease.0.to_be_bytes());
+        out.extend_from_slice(&self.epoch.0.to_be_bytes());
+        out.extend_from_slice(self.frame);
+        out
+    }
+
+    /// Decodes an untrusted `'N'` message (its tag already seen).
+    fn decode(bytes: &[u8]) -> Result<GroupFrame<'_>, GroupFrameError> {
+        let (Some(lease), Some(epoch)) = (bytes.get(1..17), bytes.get(17..GROUP_HEADER)) else {
+            return Err(GroupFrameError::Truncated);
+        };
+        let frame = &bytes[GROUP_HEADER..];
+        if frame.is_empty() {
+            return Err(GroupFrameError::Empty);
+        }
+        if frame.len() > MAX_GROUP_FRAME {
+            return Err(GroupFrameError::TooLong(frame.len()));
+        }
+        let mut l = [0u8; 16];
+        l.copy_from_slice(lease);
+        let mut e = [0u8; 8];
+        e.copy_from_slice(epoch);
+        Ok(GroupFrame {
+            lease: LeaseId(u128::from_be_bytes(l)),
+            epoch: Epoch(u64::from_be_bytes(e)),
+            frame,
+        })
+    }
 }
 
 /// Why a binary message was refused.
@@ -250,9 +318,11 @@ pub enum BinaryError {
     Log(#[from] FrameError),
     #[error("{0}")]
     Stream(#[from] StreamFrameError),
+    #[error("{0}")]
+    Group(#[from] GroupFrameError),
     #[error("binary message is empty")]
     Empty,
-    #[error("binary message starts with {0:#04x}, neither 'L' (log) nor 'S' (stream)")]
+    #[error("binary message starts with {0:#04x}, not 'L' (log), 'S' (stream) or 'N' (group)")]
     BadTag(u8),
 }
 
@@ -266,6 +336,7 @@ impl Binary<'_> {
                 let (stream, data) = crate::stream::decode(bytes)?;
                 Ok(Binary::Stream(stream, data))
             }
+            Some(b'N') => Ok(Binary::Group(GroupFrame::decode(bytes)?)),
             Some(&tag) => Err(BinaryError::BadTag(tag)),
         }
     }
@@ -547,6 +618,33 @@ mod tests {
                 lease: LeaseId(4),
                 epoch: Epoch(2)
             }
+        );
+    }
+
+    #[test]
+    fn group_frames_round_trip_and_bad_ones_are_refused() {
+        let frame = GroupFrame {
+            lease: LeaseId(7 << 100),
+            epoch: Epoch(3),
+            frame: b"\xff\xff\xff\xff\xff\xffethernet",
+        };
+        let bytes = frame.encode();
+        assert_eq!(Binary::decode(&bytes), Ok(Binary::Group(frame)));
+        assert_eq!(
+            Binary::decode(&bytes[..20]),
+            Err(BinaryError::Group(GroupFrameError::Truncated))
+        );
+        assert_eq!(
+            Binary::decode(&bytes[..GROUP_HEADER]),
+            Err(BinaryError::Group(GroupFrameError::Empty))
+        );
+        let mut long = bytes[..GROUP_HEADER].to_vec();
+        long.resize(GROUP_HEADER + MAX_GROUP_FRAME + 1, 0);
+        assert_eq!(
+            Binary::decode(&long),
+            Err(BinaryError::Group(GroupFrameError::TooLong(
+                MAX_GROUP_FRAME + 1
+            )))
         );
     }
 }

@@ -79,8 +79,15 @@ impl Agent {
                 report_sent: ReportSent::No,
                 reader: self.spool.reader(id),
                 call: None,
+                net: sub_job
+                    .as_ref()
+                    .filter(|s| s.host.is_none())
+                    .map(|s| s.group),
             },
         );
+        if let Some(group) = self.leases.get(&id).and_then(|l| l.net) {
+            self.join_net(group);
+        }
         let device_dir = if rider {
             self.config
                 .device_dir(&device)

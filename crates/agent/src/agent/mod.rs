@@ -57,6 +57,7 @@ use tokio_tungstenite::tungstenite::Message;
 mod connections;
 mod jobs;
 mod multinode;
+mod nets;
 mod sessions;
 
 /// Log bytes per binary frame (well under `MAX_FRAME`).
@@ -118,6 +119,8 @@ struct Lease {
     reader: SpoolReader,
     /// The job's MultiNode call not answered yet (a newer call replaces it).
     call: Option<multinode::PendingCall>,
+    /// The group whose network its DUT is on (a sub-job with a device of its own).
+    net: Option<JobId>,
 }
 
 /// How a connection ended.
@@ -152,11 +155,16 @@ pub struct Agent {
     group_salt: [u8; 16],
     /// Secondary connections: the groups whose hosts run here and their guests.
     connections: connections::Connections,
+    /// Bridges of group networks to other agents, and the frames they heard.
+    nets: nets::Nets,
+    heard_tx: tokio::sync::mpsc::Sender<crate::bridge::Heard>,
+    heard: tokio::sync::mpsc::Receiver<crate::bridge::Heard>,
 }
 
 impl Agent {
     pub fn new(config: AgentConfig, dialers: Vec<link::Dialer>, prepared: Prepared) -> Agent {
         let (notes_tx, notes) = unbounded_channel();
+        let (heard_tx, heard) = tokio::sync::mpsc::channel(crate::bridge::UP_QUEUE);
         let mut group_salt = [0u8; 16];
         if let Err(e) = getrandom::fill(&mut group_salt) {
             // Only the separation from other labs' groups on this host rests on it.
@@ -192,6 +200,7 @@ impl Agent {
                     report_sent: ReportSent::No,
                     reader: spool.reader(r.meta.lease),
                     call: None,
+                    net: None,
                 };
                 Some((r.meta.lease, lease))
             })
@@ -212,6 +221,9 @@ impl Agent {
             reaches: Reaches::default(),
             group_salt,
             connections: connections::Connections::default(),
+            nets: nets::Nets::default(),
+            heard_tx,
+            heard,
         }
     }
 
@@ -414,6 +426,10 @@ impl Agent {
                             Some(told) => send_stream(&mut link, told).await,
                             None => Ok(()),
                         },
+                        Ok(Binary::Group(frame)) => {
+                            self.deliver(&frame);
+                            Ok(())
+                        }
                         Ok(Binary::Log(_)) | Err(_) => {
                             tracing::debug!("ignoring a {}-byte binary frame from the controller", bytes.len());
                             Ok(())
@@ -426,6 +442,7 @@ impl Agent {
                     "nothing heard from the controller for {dead_after:?}"
                 ))),
                 Some(note) = self.notes.recv() => self.on_notes(note, &mut link).await,
+                Some(heard) = self.heard.recv() => self.send_heard(heard, &mut link).await,
                 // One stream message per turn: the log pump above runs between them.
                 told = streams.next() => send_stream(&mut link, told).await,
                 _ = std::future::ready(()), if more => Ok(()),
@@ -600,10 +617,12 @@ impl Agent {
                 last_seq,
             } => {
                 self.connection_ended(lease);
+                self.leave_net(lease);
                 (lease, report, last_seq)
             }
             JobNote::Crashed { lease, reason } => {
                 self.connection_ended(lease);
+                self.leave_net(lease);
                 let Some(l) = self.leases.get(&lease) else {
                     return Ok(());
                 };

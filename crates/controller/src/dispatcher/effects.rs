@@ -173,6 +173,7 @@ impl Dispatcher {
                             job: *job,
                             epoch: *epoch,
                             conn,
+                            net: super::leases::net_of(&self.sched, *job),
                         },
                     );
                     let definition = self

@@ -403,6 +403,7 @@ impl Dispatcher {
                         job,
                         epoch: lease.epoch,
                         conn: None,
+                        net: leases::net_of(&d.sched, job),
                     },
                 );
             }

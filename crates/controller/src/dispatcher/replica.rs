@@ -47,6 +47,7 @@ impl Dispatcher {
                     job,
                     epoch: lease.epoch,
                     conn: None,
+                    net: super::leases::net_of(&self.sched, job),
                 };
                 self.leases.insert(lease.id, info);
             }
@@ -167,6 +168,7 @@ impl Dispatcher {
                     job: *job,
                     epoch: *epoch,
                     conn,
+                    net: super::leases::net_of(&self.sched, *job),
                 };
                 self.leases.insert(*lease, info);
             }
