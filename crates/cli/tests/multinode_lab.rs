@@ -597,9 +597,13 @@ fn a_killed_agent_mid_group_ends_the_group_after_the_disconnect_grace() -> Resul
 #[test]
 fn a_group_on_two_agents_passes_messages_and_frames_of_its_network_through_the_controller()
 -> Result<()> {
-    let mut lab = Lab::start(DUTLAB)?;
-    lab.agent("host-x", 1)?;
-    lab.agent("host-y", 1)?;
+    // Each agent on a "machine" of its own: a network namespace whose only way out is its
+    // link to the controller's (TLS, since the controller listens beyond loopback).
+    let x = testkit::netns::NetNs::create(0)?;
+    let y = testkit::netns::NetNs::create(1)?;
+    let mut lab = Lab::start_tls_for(DUTLAB, &[x.host_ip(), y.host_ip()])?;
+    lab.agent_in(&x, "host-x", 1)?;
+    lab.agent_in(&y, "host-y", 1)?;
     let text = format!(
         "job_name: two agents\ntimeouts: {{job: {{minutes: 6}}, action: {{minutes: 4}}, connection: {{minutes: 3}}}}\n\
          visibility: public\nprotocols:\n  lava-multinode:\n    roles:\n      \

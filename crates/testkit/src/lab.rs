@@ -45,10 +45,18 @@ impl Pki {
 
 /// Runs `dutlab tls init DIR` for 127.0.0.1 and localhost.
 pub fn tls_init(sandbox: &Sandbox, bin: &str, dir: &Path) -> Result<Pki> {
+    tls_init_for(sandbox, bin, dir, &[])
+}
+
+/// [`tls_init`] for `more` names (addresses) too.
+fn tls_init_for(sandbox: &Sandbox, bin: &str, dir: &Path, more: &[String]) -> Result<Pki> {
     let mut cmd = sandbox.command(bin)?;
     cmd.args(["tls", "init"])
         .arg(dir)
         .args(["--name", "localhost", "--name", "127.0.0.1"]);
+    for name in more {
+        cmd.args(["--name", name]);
+    }
     let done = Spawned::start(cmd)?.finish(START_LIMIT)?;
     expect_code(&done, 0)?;
     let pin = done
@@ -71,6 +79,9 @@ pub struct Lab {
     pki: Option<Pki>,
     data_dir: PathBuf,
     serve_args: Vec<String>,
+    /// Where the controller listens (127.0.0.1 unless agents in other network namespaces
+    /// must reach it: [`Lab::start_tls_for`]).
+    listen: std::net::Ipv4Addr,
     port: u16,
     admin: String,
     controller: Option<Spawned>,
@@ -156,6 +167,51 @@ impl Lab {
         Self::begin_in(sandbox, data_dir, bin, database, serve_args, tls)
     }
 
+    /// Starts a TLS controller on SQLite listening on every address of the host's network
+    /// namespace, with a certificate for 127.0.0.1 and each of `addresses` (the host ends of
+    /// [`crate::netns::NetNs`] links, where agents in those namespaces reach it).
+    pub fn start_tls_for(bin: &str, addresses: &[std::net::Ipv4Addr]) -> Result<Lab> {
+        let sandbox = Sandbox::new()?;
+        let data_dir = sandbox.path().join("data");
+        let names: Vec<String> = addresses.iter().map(|a| a.to_string()).collect();
+        let pki = tls_init_for(&sandbox, bin, &sandbox.path().join("pki"), &names)?;
+        let mut lab = Lab {
+            sandbox,
+            bin: PathBuf::from(bin),
+            pki: Some(pki),
+            data_dir,
+            serve_args: Vec::new(),
+            listen: std::net::Ipv4Addr::UNSPECIFIED,
+            port: 0,
+            admin: String::new(),
+            controller: None,
+            followers: Vec::new(),
+            agents: Vec::new(),
+            postgres: None,
+        };
+        lab.serve()?;
+        Ok(lab)
+    }
+
+    /// Writes the config of agent `name` with `qemu` QEMU devices that runs in `ns` and dials
+    /// the controller at the host end of its link, and starts it there.
+    pub fn agent_in(&mut self, ns: &crate::netns::NetNs, name: &str, qemu: usize) -> Result<()> {
+        let config = self.agent_config(name, qemu)?;
+        let text = std::fs::read_to_string(&config)?;
+        let here = format!("127.0.0.1:{}", self.port);
+        ensure!(text.contains(&here), "no controller address in {text}");
+        let there = format!("{}:{}", ns.host_ip(), self.port);
+        std::fs::write(&config, text.replace(&here, &there))?;
+        let mut cmd = self.sandbox.command("ip")?;
+        cmd.args(["netns", "exec", ns.name()])
+            .arg(&self.bin)
+            .arg("agent")
+            .arg("--config")
+            .arg(&config);
+        self.agents.push(Spawned::start(cmd)?);
+        self.wait_devices_idle(name, qemu)
+    }
+
     fn begin_in(
         sandbox: Sandbox,
         data_dir: PathBuf,
@@ -184,6 +240,7 @@ impl Lab {
             pki,
             data_dir,
             serve_args: args,
+            listen: std::net::Ipv4Addr::LOCALHOST,
             port: 0,
             admin: String::new(),
             controller: None,
@@ -199,7 +256,7 @@ impl Lab {
     pub fn serve(&mut self) -> Result<()> {
         let cmd = self.serve_command(&[])?;
         let controller = Spawned::start(cmd)?;
-        let marker = format!("listening on {}://127.0.0.1:", self.scheme());
+        let marker = format!("listening on {}://{}:", self.scheme(), self.listen);
         controller.wait_for_stderr(&marker, START_LIMIT)?;
         self.port = listening_port(&controller, &marker)?;
         self.admin = std::fs::read_to_string(self.data_dir.join("admin-token"))?
@@ -235,11 +292,15 @@ impl Lab {
     /// arguments, not started.
     pub fn serve_command(&self, extra: &[&str]) -> Result<std::process::Command> {
         let mut cmd = self.sandbox.command(&self.bin)?;
-        cmd.args(["serve", "--listen", &format!("127.0.0.1:{}", self.port)])
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .args(&self.serve_args)
-            .args(extra);
+        cmd.args([
+            "serve",
+            "--listen",
+            &format!("{}:{}", self.listen, self.port),
+        ])
+        .arg("--data-dir")
+        .arg(&self.data_dir)
+        .args(&self.serve_args)
+        .args(extra);
         if let Some(pki) = &self.pki {
             cmd.arg("--tls-cert")
                 .arg(pki.server_cert())
@@ -301,7 +362,7 @@ impl Lab {
                 .arg(pki.server_key());
         }
         let process = Spawned::start(cmd)?;
-        let marker = format!("listening on {}://127.0.0.1:", self.scheme());
+        let marker = format!("listening on {}://{}:", self.scheme(), self.listen);
         process.wait_for_stderr(&marker, START_LIMIT)?;
         let port = listening_port(&process, &marker)?;
         self.followers.push(Follower {

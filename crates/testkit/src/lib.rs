@@ -11,6 +11,7 @@
 
 pub mod lab;
 pub mod linaro;
+pub mod netns;
 pub mod postgres;
 pub mod sim_agent;
 
