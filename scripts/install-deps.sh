@@ -23,6 +23,7 @@ commands=(
   "gzip gzip"
   "sqlite3 sqlite3"                      # a test turns a database back into an older schema
   "python3 python3"                      # a test serves images with python3 -m http.server
+  "ip iproute2"                          # tests put agents in network namespaces
 )
 # Packages with no command of their own.
 extra_packages=(
