@@ -115,7 +115,12 @@ impl Scheduler {
         {
             return Ok(out);
         }
-        let lease = d.lease.and_then(|l| self.state.leases.get(&l)).cloned();
+        // Its holder's lease, then the secondary connections riding on it.
+        let leases: Vec<crate::Lease> = d
+            .leases()
+            .filter_map(|l| self.state.leases.get(&l))
+            .cloned()
+            .collect();
         let by = note.by.clone();
         let state = note.state;
         self.emit(
@@ -129,10 +134,12 @@ impl Scheduler {
                 at: now,
             },
         );
-        if interrupt == Interrupt::Now
-            && state != DeviceState::Idle
-            && let Some(lease) = lease
-        {
+        let interrupted = if interrupt == Interrupt::Now && state != DeviceState::Idle {
+            leases
+        } else {
+            Vec::new()
+        };
+        for lease in interrupted {
             match &lease.holder {
                 Holder::Job(job) => {
                     let running =
@@ -145,7 +152,7 @@ impl Scheduler {
                 }
                 Holder::Person(p) => {
                     let person = p.lease;
-                    self.end_person(&mut out, person, LeaseEnd::EndedBy(by), now);
+                    self.end_person(&mut out, person, LeaseEnd::EndedBy(by.clone()), now);
                 }
             }
         }

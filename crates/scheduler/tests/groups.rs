@@ -527,3 +527,65 @@ fn a_guests_infra_error_ends_its_host_and_a_bad_host_index_is_refused() {
         assert_eq!(s, before);
     }
 }
+
+#[test]
+fn secondary_connections_of_a_lost_agent_end_at_its_disconnect_grace() {
+    let mut lab = Lab::new(&[dev("q1", "qemu", &[])]);
+    let now = lab.at();
+    let r = lab.s.submit_group(with_guests(1), now);
+    lab.run(r);
+    for job in [1, 2, 3] {
+        let (lease, epoch) = lab.lease_of(JobId(job));
+        let now = lab.at();
+        let r = lab.s.job_started(lease, epoch, now);
+        lab.run(r);
+    }
+    let gone = lab.at();
+    let events = lab.s.agent_disconnected("a", gone);
+    lab.log.extend(events);
+    // Past the grace (10 s), well before the lease TTL: every sub-job ends, riders too (the
+    // host's infra error first, which cancels its guests).
+    let late = Millis(gone.0 + 10_001);
+    let r = lab.s.tick(late);
+    let events = lab.run(Ok(r));
+    let outcome = |job: u64| lab.s.job(JobId(job)).and_then(|j| j.outcome);
+    assert_eq!(outcome(1), Some(Outcome::InfraError), "{events:?}");
+    for job in [2, 3] {
+        assert_eq!(outcome(job), Some(Outcome::Canceled), "{events:?}");
+    }
+    assert_eq!(lab.s.leases().count(), 0, "every lease released");
+}
+
+#[test]
+fn taking_a_device_out_now_cancels_the_secondary_connections_riding_on_it() {
+    let mut lab = Lab::new(&[dev("q1", "qemu", &[])]);
+    let now = lab.at();
+    let r = lab.s.submit_group(with_guests(1), now);
+    lab.run(r);
+    for job in [1, 2, 3] {
+        let (lease, epoch) = lab.lease_of(JobId(job));
+        let now = lab.at();
+        let r = lab.s.job_started(lease, epoch, now);
+        lab.run(r);
+    }
+    // The host is done; one guest still runs on its device.
+    lab.finish(JobId(1), Outcome::Passed);
+    lab.finish(JobId(2), Outcome::Passed);
+    let note = dutlab_scheduler::StateNote {
+        state: dutlab_scheduler::DeviceState::Maintenance,
+        reason: "rewiring".into(),
+        by: "admin".into(),
+        job: None,
+        at: lab.at(),
+    };
+    let r = lab
+        .s
+        .set_device_state("q1", note, dutlab_scheduler::Interrupt::Now);
+    let events = lab.run(r);
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::CancelRequested { job: JobId(3), .. })),
+        "{events:?}"
+    );
+}

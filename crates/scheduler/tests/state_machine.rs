@@ -560,7 +560,8 @@ impl Harness {
                 let events = self.s.agent_disconnected(agent, now);
                 assert!(!self.s.agent_is_connected(agent));
                 for d in self.s.devices().filter(|d| d.agent == agent) {
-                    let want = if d.lease.is_some() {
+                    // Busy while it holds a lease, or a secondary connection rides on it.
+                    let want = if d.leases().next().is_some() {
                         DeviceState::Busy
                     } else if let Some(out) = self.out.get(&d.info.name) {
                         *out
@@ -739,7 +740,7 @@ impl Harness {
                         assert_eq!(self.s.infra_streak(name), 0);
                     } else {
                         assert_eq!(self.s.out_of_service(name).map(|n| n.state), Some(state));
-                        if let Some(d) = d.filter(|d| d.lease.is_none()) {
+                        if let Some(d) = d.filter(|d| d.leases().next().is_none()) {
                             assert_eq!(d.state, state);
                         }
                     }

@@ -459,11 +459,13 @@ impl Scheduler {
         };
         let was = d.state;
         let ty = d.info.device_type.clone();
-        let lease = d.lease;
+        // Its agent's connection may have changed: every lease on it (riders too) has a
+        // new deadline.
+        let leases: Vec<LeaseId> = d.leases().collect();
         if let Some(d) = self.state.devices.get_mut(name) {
             d.state = state;
         }
-        if let Some(lease) = lease {
+        for lease in leases {
             self.redeadline(lease);
         }
         if state == DeviceState::Idle {

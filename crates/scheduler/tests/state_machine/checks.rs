@@ -22,7 +22,7 @@ impl Harness {
             .collect();
         let held_ids: BTreeSet<LeaseId> = held.iter().map(|(l, _)| *l).collect();
         for d in self.s.devices().filter(|d| d.agent == agent) {
-            if let Some(lease) = d.lease {
+            for lease in d.leases() {
                 let l = self.s.lease(lease).expect("live");
                 let kept =
                     held.contains(&(l.id, l.epoch)) || new.contains(&l.id) || l.job().is_none();
@@ -41,7 +41,7 @@ impl Harness {
                     };
                     assert_eq!(d.info, effective);
                 }
-                None => assert!(d.withdrawn && d.lease.is_some()),
+                None => assert!(d.withdrawn && d.leases().next().is_some()),
             }
         }
         for info in infos {
