@@ -665,6 +665,26 @@ pub struct SubJob {
     /// How many secondary connections of the group ride on this sub-job's device.
     #[serde(default, skip_serializing_if = "crate::link::is_zero")]
     pub guests: u32,
+    /// Where the group's network has members.
+    #[serde(default, skip_serializing_if = "GroupReach::is_agent")]
+    pub reach: GroupReach,
+}
+
+/// Where a group's network has members, as the controller placed its sub-jobs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GroupReach {
+    /// On this agent only: its segment is the whole network.
+    #[default]
+    Agent,
+    /// On other agents too: the agent bridges its segment to the controller (`'N'` frames).
+    Lab,
+}
+
+impl GroupReach {
+    fn is_agent(&self) -> bool {
+        *self == GroupReach::Agent
+    }
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -79,9 +79,10 @@ impl Agent {
                 report_sent: ReportSent::No,
                 reader: self.spool.reader(id),
                 call: None,
+                // Bridged when the group has sub-jobs with DUTs on other agents.
                 net: sub_job
                     .as_ref()
-                    .filter(|s| s.host.is_none())
+                    .filter(|s| s.host.is_none() && s.reach == proto::link::GroupReach::Lab)
                     .map(|s| s.group),
             },
         );

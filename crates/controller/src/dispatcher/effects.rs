@@ -189,12 +189,23 @@ impl Dispatcher {
                                 self.sched.group_of(**m).and_then(|r| r.host) == Some(g.index)
                             })
                             .count();
+                        // The whole group is granted at once: every member has its device.
+                        let agents: std::collections::BTreeSet<&str> = members
+                            .iter()
+                            .filter_map(|m| self.sched.job(*m)?.device.as_deref())
+                            .filter_map(|d| Some(self.sched.device(d)?.agent.as_str()))
+                            .collect();
                         proto::link::SubJob {
                             group: g.id,
                             index: g.index,
                             role: g.role.clone(),
                             host: g.host,
                             guests: u32::try_from(guests).unwrap_or(u32::MAX),
+                            reach: if agents.len() > 1 {
+                                proto::link::GroupReach::Lab
+                            } else {
+                                proto::link::GroupReach::Agent
+                            },
                         }
                     });
                     self.send_to_device(
