@@ -303,3 +303,44 @@ fn secondary_connections_log_in_to_the_host_roles_dut_which_stays_on_until_they_
     );
     sb.assert_no_qemu_left()
 }
+
+#[test]
+fn a_guest_whose_host_never_announces_itself_times_out_at_its_roles_timeout() -> Result<()> {
+    let sb = Sandbox::new()?;
+    let image = testkit::guest_image()?;
+    // The host sends nothing; the guest role waits at most 5 s (LAVA's role `timeout`).
+    let text = testkit::secondary_group_job(&image, 1)
+        .replace(
+            "request: lava-start}",
+            "request: lava-start, timeout: {seconds: 5}}",
+        )
+        .replace(
+            "\"lava-send ipv4 ipaddr=$(lava-echo-ipv4 eth0)\"",
+            "\"true\"",
+        )
+        .replace("\"lava-send lava_start\"", "\"true\"");
+    ensure!(
+        text.contains("timeout: {seconds: 5}") && !text.contains("lava-send"),
+        "{text}"
+    );
+    let job = write(sb.path(), "no-start.yaml", &text)?;
+    let done = run(&sb, &["run", job.to_str().context("path")?, "--json"])?;
+    let shown = format!("stdout: {}\nstderr: {}", done.stdout, done.stderr);
+    let report: Value = serde_json::from_str(&done.stdout).context(shown.clone())?;
+    ensure!(
+        members(&report)
+            == vec![
+                ("0".into(), "guest".into(), "timed-out".into()),
+                ("1".into(), "host".into(), "passed".into()),
+            ],
+        "{shown}"
+    );
+    let reason = report["members"][0]["report"]["reason"]
+        .as_str()
+        .unwrap_or_default();
+    ensure!(
+        reason.contains("lava-multinode role timeout (5s)") && reason.contains("ipv4"),
+        "{reason}"
+    );
+    sb.assert_no_qemu_left()
+}

@@ -240,9 +240,10 @@ impl Run<'_> {
         self.secondary()?;
         self.remote.level = Some((index + 1).to_string());
         for start in &deploy.delayed_start {
-            let limit = match start.timeout {
-                Some(t) => limit.min(Limit::new("lava-multinode", t)),
-                None => limit,
+            let limit = match (start.timeout, self.role_timeout()) {
+                (Some(t), _) => limit.min(Limit::new("lava-multinode", t)),
+                (None, Some(t)) => limit.min(Limit::new("lava-multinode role", t)),
+                (None, None) => limit,
             };
             let data = self.wait_message(&start.message_id, limit).await?;
             let received: std::collections::BTreeMap<String, String> =
@@ -262,7 +263,8 @@ impl Run<'_> {
     }
 
     /// A secondary role with `request: lava-start` starts when its expected role sends
-    /// `lava_start`; a deploy with its own `lava-wait` block waits there instead.
+    /// `lava_start`, within the role's `timeout`; a deploy with its own `lava-wait` block
+    /// waits there instead.
     pub(crate) async fn delayed_start(&mut self, limit: Limit) -> Result<(), JobEnd> {
         let Some(group) = self.ctx.multinode.clone() else {
             return Ok(());
@@ -275,6 +277,11 @@ impl Run<'_> {
             .and_then(|m| m.roles.get(&group.role()))
             .and_then(|r| r.secondary.as_ref())
             .is_some_and(|s| s.request == Some(jobspec::StartRequest::LavaStart));
+        // As LAVA does, the role's `timeout` bounds the delayed start.
+        let limit = match self.role_timeout() {
+            Some(t) => limit.min(Limit::new("lava-multinode role", t)),
+            None => limit,
+        };
         let own_wait = self
             .job
             .actions
@@ -285,6 +292,19 @@ impl Run<'_> {
             self.note("lava_start received: the secondary connection starts");
         }
         Ok(())
+    }
+
+    /// The `timeout` of this member's role (`protocols.lava-multinode.roles.ROLE.timeout`):
+    /// how long a secondary connection waits for its start.
+    fn role_timeout(&self) -> Option<std::time::Duration> {
+        let role = self.ctx.multinode.as_ref()?.role();
+        self.job
+            .protocols
+            .multinode
+            .as_ref()?
+            .roles
+            .get(&role)?
+            .timeout
     }
 
     /// Waits for message `id` from the group (as `lava-wait` does) and keeps its data for
