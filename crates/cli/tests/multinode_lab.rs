@@ -326,13 +326,7 @@ actions:
     let file = lab.write("roles.yaml", &text)?;
     let done = lab.cli(&["job", "submit", file.to_str().context("path")?, "--follow"])?;
     testkit::expect_code(&done, 0)?;
-    let group: u64 = done
-        .stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("dutlab: submitted group "))
-        .and_then(|l| l.split_whitespace().next())
-        .context("the group's id")?
-        .parse()?;
+    let group = submitted_group(&done)?;
     // Each role's lines come prefixed by its sub-job and role, and each ran only its own test.
     let client = format!("[{group}.0 client] ");
     let server = format!("[{group}.1 server] ");
@@ -373,6 +367,17 @@ actions:
     );
     lab.wait_devices_idle("host-m", 2)?;
     lab.finish()
+}
+
+/// The group id `dutlab job submit` said on stderr.
+fn submitted_group(done: &testkit::Finished) -> Result<u64> {
+    Ok(done
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("dutlab: submitted group "))
+        .and_then(|l| l.split_whitespace().next())
+        .context("the group's id")?
+        .parse()?)
 }
 
 /// A call of `lease`'s sub-job, as the agent's main loop sends it.
@@ -697,13 +702,7 @@ fn secondary_connections_ride_on_the_host_roles_device_and_log_in_over_ssh() -> 
     let done = lab.cli(&["job", "submit", file.to_str().context("path")?, "--follow"])?;
     let shown = format!("stdout: {}\nstderr: {}", done.stdout, done.stderr);
     testkit::expect_code(&done, 0).context(shown.clone())?;
-    let group: u64 = done
-        .stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("dutlab: submitted group "))
-        .and_then(|l| l.split_whitespace().next())
-        .context("the group's id")?
-        .parse()?;
+    let group = submitted_group(&done)?;
     ensure!(
         done.stdout
             .contains(&format!("group {group}: 3 sub-jobs, outcome passed")),

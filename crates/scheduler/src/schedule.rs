@@ -160,16 +160,21 @@ impl Scheduler {
         devices
     }
 
+    /// The id of the next grant's lease.
+    fn next_lease_id(&self) -> LeaseId {
+        match self.config.lease_ids {
+            crate::LeaseIds::Sequential => LeaseId(self.state.next_lease),
+            crate::LeaseIds::Keyed(key) => key.derive(self.state.grants.saturating_add(1)),
+        }
+    }
+
     /// Grants secondary connection `job` a lease on `device`, its host's, with the epoch its
     /// host was just granted (see [`crate::groups`]).
     fn grant_rider(&mut self, job: JobId, device: String, now: Millis, out: &mut Vec<Event>) {
         let Some(epoch) = self.state.devices.get(&device).map(|d| d.epoch) else {
             return;
         };
-        let lease = match self.config.lease_ids {
-            crate::LeaseIds::Sequential => LeaseId(self.state.next_lease),
-            crate::LeaseIds::Keyed(key) => key.derive(self.state.grants.saturating_add(1)),
-        };
+        let lease = self.next_lease_id();
         let event = Event::LeaseGranted {
             lease,
             epoch,
@@ -215,10 +220,7 @@ impl Scheduler {
             .devices
             .get(&device)
             .map_or(Epoch(1), |d| Epoch(d.epoch.0.saturating_add(1)));
-        let lease = match self.config.lease_ids {
-            crate::LeaseIds::Sequential => LeaseId(self.state.next_lease),
-            crate::LeaseIds::Keyed(key) => key.derive(self.state.grants.saturating_add(1)),
-        };
+        let lease = self.next_lease_id();
         let (holder, expires) = match waiter {
             Waiter::Job(job) => (Holder::Job(job), now.plus(self.config.lease_ttl)),
             Waiter::Person(p) => {

@@ -528,8 +528,8 @@ fn a_guests_infra_error_ends_its_host_and_a_bad_host_index_is_refused() {
     }
 }
 
-#[test]
-fn secondary_connections_of_a_lost_agent_end_at_its_disconnect_grace() {
+/// One device, running the host (1) and both guests (2, 3) of [`with_guests`].
+fn running_with_guests() -> Lab {
     let mut lab = Lab::new(&[dev("q1", "qemu", &[])]);
     let now = lab.at();
     let r = lab.s.submit_group(with_guests(1), now);
@@ -540,6 +540,12 @@ fn secondary_connections_of_a_lost_agent_end_at_its_disconnect_grace() {
         let r = lab.s.job_started(lease, epoch, now);
         lab.run(r);
     }
+    lab
+}
+
+#[test]
+fn secondary_connections_of_a_lost_agent_end_at_its_disconnect_grace() {
+    let mut lab = running_with_guests();
     let gone = lab.at();
     let events = lab.s.agent_disconnected("a", gone);
     lab.log.extend(events);
@@ -558,16 +564,7 @@ fn secondary_connections_of_a_lost_agent_end_at_its_disconnect_grace() {
 
 #[test]
 fn taking_a_device_out_now_cancels_the_secondary_connections_riding_on_it() {
-    let mut lab = Lab::new(&[dev("q1", "qemu", &[])]);
-    let now = lab.at();
-    let r = lab.s.submit_group(with_guests(1), now);
-    lab.run(r);
-    for job in [1, 2, 3] {
-        let (lease, epoch) = lab.lease_of(JobId(job));
-        let now = lab.at();
-        let r = lab.s.job_started(lease, epoch, now);
-        lab.run(r);
-    }
+    let mut lab = running_with_guests();
     // The host is done; one guest still runs on its device.
     lab.finish(JobId(1), Outcome::Passed);
     lab.finish(JobId(2), Outcome::Passed);

@@ -238,21 +238,25 @@ impl Scheduler {
             d.epoch = epoch;
             d.lease = Some(lease);
         }
-        self.state.leases.insert(
-            lease,
-            Lease {
-                id: lease,
-                epoch,
-                holder: holder.clone(),
-                device: device.to_owned(),
-                expires,
-            },
-        );
-        self.state.next_lease = self.state.next_lease.max(lease.0.saturating_add(1));
-        self.state.grants = self.state.grants.saturating_add(1);
-        self.refresh(device);
-        self.redeadline(lease);
+        self.record_grant(Lease {
+            id: lease,
+            epoch,
+            holder: holder.clone(),
+            device: device.to_owned(),
+            expires,
+        });
         Ok(())
+    }
+
+    /// The part of every grant after its checks and holder: the live lease, the id and grant
+    /// counters, the device's state and the lease's deadline.
+    fn record_grant(&mut self, lease: Lease) {
+        let (id, device) = (lease.id, lease.device.clone());
+        self.state.leases.insert(id, lease);
+        self.state.next_lease = self.state.next_lease.max(id.0.saturating_add(1));
+        self.state.grants = self.state.grants.saturating_add(1);
+        self.refresh(&device);
+        self.redeadline(id);
     }
 
     /// The grant of a secondary connection's lease on the device of its group's sub-job
@@ -307,20 +311,13 @@ impl Scheduler {
         if let Some(d) = self.state.devices.get_mut(device) {
             d.riders.insert(lease);
         }
-        self.state.leases.insert(
-            lease,
-            Lease {
-                id: lease,
-                epoch,
-                holder: Holder::Job(job),
-                device: device.to_owned(),
-                expires,
-            },
-        );
-        self.state.next_lease = self.state.next_lease.max(lease.0.saturating_add(1));
-        self.state.grants = self.state.grants.saturating_add(1);
-        self.refresh(device);
-        self.redeadline(lease);
+        self.record_grant(Lease {
+            id: lease,
+            epoch,
+            holder: Holder::Job(job),
+            device: device.to_owned(),
+            expires,
+        });
         Ok(())
     }
 
