@@ -35,10 +35,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedSender;
 
-/// The user a secondary connection logs in as on its host role's DUT (the user LAVA's
-/// ssh devices default to; the host's test shell installs the group's key for it).
-const GUEST_USER: &str = "root";
-
 /// The most members a local group may have: as many as a group in the lab
 /// (`scheduler::groups::MAX_GROUP`).
 pub const MAX_MEMBERS: usize = 64;
@@ -365,7 +361,7 @@ fn member_context(
     {
         ctx.secondary = Some(SecondaryContext {
             job_id: member.name.clone(),
-            user: GUEST_USER.into(),
+            user: runner::secondary::GUEST_USER.into(),
             private_key: keys.private.clone(),
             route: SshRoute::Published(endpoint.clone()),
         });

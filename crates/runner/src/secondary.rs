@@ -35,6 +35,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use tokio::sync::watch;
 
+/// The user a secondary connection logs in as on its host role's DUT (the user LAVA's ssh
+/// devices default to; the host's deploy with `authorize: ssh` installs the group's key for
+/// it), locally and in the lab.
+pub const GUEST_USER: &str = "root";
+
 /// The message a host role sends to start its `request: lava-start` guests (LAVA's name).
 pub const LAVA_START: &str = "lava_start";
 

@@ -14,10 +14,7 @@
 //!   the host's, so the agent's start-up cleanup covers it.
 
 use super::*;
-use runner::secondary::{HostEndpoint, SecondaryContext, SshRoute};
-
-/// The user a secondary connection logs in as on its host's DUT (LAVA's guests do too).
-const GUEST_USER: &str = "root";
+use runner::secondary::{GUEST_USER, HostEndpoint, SecondaryContext, SshRoute};
 
 /// A group's host sub-job running here.
 struct GroupHost {
