@@ -341,6 +341,75 @@ fn a_stopped_agent_is_shown_silent_within_seconds() -> Result<()> {
 }
 
 #[test]
+fn a_stopped_agent_running_a_job_keeps_it_but_its_idle_device_takes_no_work() -> Result<()> {
+    let mut lab = Lab::start_with(DUTLAB, &["--heartbeat", "1s"])?;
+    lab.agent("a1", 2)?;
+    let long = lab.write("long.yaml", &inline_job("long", "  job: 4m", &["sleep 15"]))?;
+    let running = lab.submit(&long)?;
+    let job = lab.wait_state(running, "running", JOB_LIMIT)?;
+    let busy = job["device"]
+        .as_str()
+        .context("the running job's device")?
+        .to_owned();
+    let device_state = |lab: &Lab, name: &str| -> Result<String> {
+        let devices = lab.json(&["device", "list", "--json"])?;
+        let d = devices
+            .as_array()
+            .context("device list")?
+            .iter()
+            .find(|d| d["name"] == name)
+            .context("the device")?;
+        Ok(d["state"].as_str().unwrap_or_default().to_owned())
+    };
+    let devices = lab.json(&["device", "list", "--json"])?;
+    let other = devices
+        .as_array()
+        .context("device list")?
+        .iter()
+        .filter_map(|d| d["name"].as_str())
+        .find(|n| *n != busy)
+        .context("the idle device")?
+        .to_owned();
+    lab.agents_mut()[0].signal(Signal::SIGSTOP)?;
+    // Silent: the idle device leaves the pool, the busy one keeps its job's lease.
+    wait_until("the idle device offline", Duration::from_secs(10), || {
+        Ok((device_state(&lab, &other)? == "offline").then_some(()))
+    })?;
+    ensure!(lab.json(&["agent", "list", "--json"])?[0]["state"] == "silent");
+    ensure!(device_state(&lab, &busy)? == "busy");
+    let short = lab.write("short.yaml", &inline_job("short", "  job: 4m", &["true"]))?;
+    let waiting = lab.submit(&short)?;
+    // Past the point where the link of a job-less agent would be closed: still silent, the
+    // running job still holds its lease, the new job still waits.
+    std::thread::sleep(Duration::from_secs(5));
+    ensure!(lab.json(&["agent", "list", "--json"])?[0]["state"] == "silent");
+    ensure!(
+        lab.job(waiting)?["state"] == "queued",
+        "{}",
+        lab.job(waiting)?
+    );
+    ensure!(
+        lab.job(running)?["state"] == "running",
+        "{}",
+        lab.job(running)?
+    );
+    lab.agents_mut()[0].signal(Signal::SIGCONT)?;
+    // Heard again: both jobs run to the end on their own devices.
+    for job in [running, waiting] {
+        let done = lab.wait_state(job, "finished", JOB_LIMIT)?;
+        ensure!(done["outcome"] == "passed", "{done}");
+    }
+    // It went to the device that was idle, as soon as the agent was heard.
+    ensure!(
+        lab.job(waiting)?["device"] == other.as_str(),
+        "{}",
+        lab.job(waiting)?
+    );
+    ensure!(lab.json(&["agent", "list", "--json"])?[0]["state"] == "connected");
+    lab.finish()
+}
+
+#[test]
 fn health_checks_run_when_devices_appear_and_on_demand_and_decide_bad_or_idle() -> Result<()> {
     let checks = tempfile::tempdir()?;
     std::fs::write(

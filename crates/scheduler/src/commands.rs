@@ -4,6 +4,7 @@
 use crate::error::Refusal;
 use crate::event::{Event, Holder, JobSpec, MAX_PRIORITY};
 use crate::state::{Lease, Scheduler};
+use proto::api::AgentState;
 use proto::link::DeviceInfo;
 use proto::{
     DeviceState, Epoch, JobId, JobState, LeaseEnd, LeaseId, Millis, Outcome, PersonLeaseId,
@@ -183,15 +184,37 @@ impl Scheduler {
                 }
                 continue;
             }
-            let reason = format!("agent {agent} restarted and no longer runs the job");
-            self.end_lease(
-                &mut out,
-                &l,
-                Outcome::InfraError,
-                reason,
-                DeviceState::NeedsCheck,
-                now,
-            );
+            // A job the agent never took (its StartJob went out on a link that was ending)
+            // has not run: it goes back to its place in the queue, as after a refused start.
+            let never_started = l.job().filter(|job| {
+                self.group_of(*job).is_none()
+                    && self
+                        .state
+                        .jobs
+                        .get(job)
+                        .is_some_and(|j| j.state == JobState::Assigned)
+            });
+            if let Some(job) = never_started {
+                self.emit(&mut out, Event::JobRequeued { job, at: now });
+                self.emit(
+                    &mut out,
+                    Event::LeaseReleased {
+                        lease: l.id,
+                        device_state: DeviceState::NeedsCheck,
+                        at: now,
+                    },
+                );
+            } else {
+                let reason = format!("agent {agent} restarted and no longer runs the job");
+                self.end_lease(
+                    &mut out,
+                    &l,
+                    Outcome::InfraError,
+                    reason,
+                    DeviceState::NeedsCheck,
+                    now,
+                );
+            }
             if self
                 .state
                 .devices
@@ -231,6 +254,40 @@ impl Scheduler {
         out
     }
 
+    /// The connected agent was not heard from for a while: its idle devices take no new work
+    /// until [`Scheduler::agent_heard`]. Its link and leases stay (the lease TTL fences its
+    /// jobs). Nothing happens for an agent that is silent already or not connected.
+    pub fn agent_silent(&mut self, agent: &str, now: Millis) -> Vec<Event> {
+        let mut out = Vec::new();
+        if self.agent_presence(agent) == Some(AgentState::Connected) {
+            self.emit(
+                &mut out,
+                Event::AgentSilent {
+                    agent: agent.to_owned(),
+                    at: now,
+                },
+            );
+        }
+        out
+    }
+
+    /// A silent agent spoke: its idle devices take work again, and waiting work is
+    /// scheduled on them. Nothing happens for an agent that is not silent.
+    pub fn agent_heard(&mut self, agent: &str, now: Millis) -> Vec<Event> {
+        let mut out = Vec::new();
+        if self.agent_presence(agent) == Some(AgentState::Silent) {
+            self.emit(
+                &mut out,
+                Event::AgentHeard {
+                    agent: agent.to_owned(),
+                    at: now,
+                },
+            );
+            out.extend(self.schedule(now));
+        }
+        out
+    }
+
     /// The controller process restarted (after [`Scheduler::replay`]): no agent is connected
     /// any more, and every live job lease gets a full TTL, so the agents have time to come
     /// back. A person's lease keeps its stored deadline: a restart neither shortens nor
@@ -241,7 +298,7 @@ impl Scheduler {
             .state
             .agents
             .iter()
-            .filter(|(_, a)| a.connected)
+            .filter(|(_, a)| a.presence != AgentState::Disconnected)
             .map(|(n, _)| n.clone())
             .collect();
         for agent in agents {

@@ -111,6 +111,12 @@ pub enum SchedulerError {
     DuplicateDevice(String),
     #[error("{event}: agent {agent} is not connected")]
     AgentNotConnected { event: &'static str, agent: String },
+    #[error("{event}: agent {agent} is not {expected:?}")]
+    AgentPresence {
+        event: &'static str,
+        agent: String,
+        expected: proto::api::AgentState,
+    },
     #[error("{event}: lease {lease} was never requested")]
     UnknownPersonLease {
         event: &'static str,

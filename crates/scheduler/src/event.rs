@@ -173,6 +173,12 @@ pub enum Event {
     },
     /// An agent's connection ended. Its leases live on until the disconnect grace.
     AgentDisconnected { agent: String, at: Millis },
+    /// A connected agent said nothing for a while (stopped, partitioned with its socket
+    /// open): its link stays, its leases live on to their deadlines, but its idle devices
+    /// take no new work (they show `offline`) until it is heard again.
+    AgentSilent { agent: String, at: Millis },
+    /// A silent agent spoke again: its idle devices take work again.
+    AgentHeard { agent: String, at: Millis },
     /// A waiter (a queued job or a waiting person's request) got an idle device. The
     /// device's epoch becomes `epoch`.
     LeaseGranted {
@@ -269,6 +275,8 @@ impl Event {
             Event::JobSubmitted { .. } => "job-submitted",
             Event::AgentConnected { .. } => "agent-connected",
             Event::AgentDisconnected { .. } => "agent-disconnected",
+            Event::AgentSilent { .. } => "agent-silent",
+            Event::AgentHeard { .. } => "agent-heard",
             Event::LeaseGranted { .. } => "lease-granted",
             Event::JobStarted { .. } => "job-started",
             Event::LeaseRenewed { .. } => "lease-renewed",

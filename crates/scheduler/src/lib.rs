@@ -25,6 +25,10 @@
 //!                        Finished <────────────────────────┴──── from Assigned and Running too
 //! ```
 //!
+//! A job goes back to `Queued` at its old place when its agent refused to start it, or
+//! reconnected without it while it was `Assigned` (the agent never took it); a started job
+//! whose agent comes back without it ends `infra-error`.
+//!
 //! `Finished` is absorbing: its outcome and reason never change. A job that was `Canceling`
 //! always finishes `canceled`, whatever ended it.
 //!
@@ -40,9 +44,15 @@
 //!      └─── AgentDisconnected ┴──────────────────────────── NeedsCheck
 //! ```
 //!
+//! An agent is `Connected` (its link open and heard from), `Silent` (its link open but
+//! nothing heard for a while: `AgentSilent`, back with `AgentHeard` or a new
+//! `AgentConnected`) or `Disconnected`. A silent agent's leases live on to their deadlines,
+//! but its idle devices show `Offline` and take no work, so a stopped agent whose socket
+//! stays open does not swallow queued jobs.
+//!
 //! A device's state is derived, never set: `Busy` while it holds a live lease, else the state
 //! an admin or the lab set (`Maintenance`, `Retired`, `Bad`: `DeviceStateSet`, kept across
-//! the agent's reconnects until set `Idle`), else `Offline` while its agent is disconnected,
+//! the agent's reconnects until set `Idle`), else `Offline` while its agent is disconnected or silent,
 //! else `NeedsCheck` while a lease ended without its agent confirming teardown, else `Idle`.
 //! An offline device remembers that it needs a check. A person's lease always ends
 //! `NeedsCheck` (its holder may have powered the DUT; the agent's session confirms power-off
@@ -108,6 +118,7 @@ pub use groups::MAX_GROUP;
 pub use lease_ids::{LeaseIds, LeaseKey};
 pub use state::{DeviceEntry, JobEntry, Lease, PersonLease, Scheduler};
 
+pub use proto::api::AgentState;
 pub use proto::link::DeviceInfo;
 pub use proto::{
     DeviceState, Epoch, JobId, JobState, LeaseEnd, LeaseId, Millis, Outcome, PersonLeaseId,

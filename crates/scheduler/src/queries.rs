@@ -4,6 +4,7 @@
 
 use crate::event::Waiter;
 use crate::state::{DeviceEntry, JobEntry, Lease, PersonLease, QueueKey, Scheduler};
+use proto::api::AgentState;
 use proto::{Epoch, JobId, JobState, LeaseId, Millis, PersonLeaseId};
 use std::cmp::Reverse;
 use std::collections::BTreeSet;
@@ -44,8 +45,22 @@ impl Scheduler {
             .is_some_and(|l| l.epoch == epoch)
     }
 
+    /// Whether the agent's link is open (heard from or silent).
     pub fn agent_is_connected(&self, agent: &str) -> bool {
-        self.state.agents.get(agent).is_some_and(|a| a.connected)
+        self.state
+            .agents
+            .get(agent)
+            .is_some_and(|a| a.presence != AgentState::Disconnected)
+    }
+
+    /// Whether the agent's idle devices take work: its link is open and it is not silent.
+    pub fn agent_takes_work(&self, agent: &str) -> bool {
+        self.agent_presence(agent) == Some(AgentState::Connected)
+    }
+
+    /// The agent's link as the scheduler knows it (`None`: never connected).
+    pub fn agent_presence(&self, agent: &str) -> Option<AgentState> {
+        self.state.agents.get(agent).map(|a| a.presence)
     }
 
     /// Device types of every registered device, whatever its state.
@@ -174,6 +189,6 @@ impl Scheduler {
     pub(crate) fn disconnected_since(&self, device: &str) -> Option<Millis> {
         let d = self.state.devices.get(device)?;
         let a = self.state.agents.get(&d.agent)?;
-        (!a.connected).then_some(a.since)
+        (a.presence == AgentState::Disconnected).then_some(a.since)
     }
 }

@@ -8,6 +8,7 @@
 use crate::Config;
 use crate::error::SchedulerError;
 use crate::event::{Event, Holder, JobSpec, MAX_PRIORITY, PersonHolder, Waiter};
+use proto::api::AgentState;
 use proto::link::DeviceInfo;
 use proto::{
     DeviceState, Epoch, JobId, JobState, LeaseEnd, LeaseId, Millis, Outcome, PersonLeaseId,
@@ -136,7 +137,9 @@ impl PersonLease {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct AgentEntry {
-    pub(crate) connected: bool,
+    /// Its link: open and heard from (`Connected`: its devices take work), open but silent
+    /// (`Silent`: its leases live on, its idle devices take no work), or closed.
+    pub(crate) presence: AgentState,
     /// When it last connected or disconnected.
     pub(crate) since: Millis,
     pub(crate) devices: BTreeSet<String>,
@@ -263,18 +266,24 @@ impl Scheduler {
                     .state
                     .agents
                     .get_mut(agent)
-                    .filter(|a| a.connected)
+                    .filter(|a| a.presence != AgentState::Disconnected)
                     .ok_or_else(|| SchedulerError::AgentNotConnected {
                         event: kind,
                         agent: agent.clone(),
                     })?;
-                a.connected = false;
+                a.presence = AgentState::Disconnected;
                 a.since = *at;
                 let names: Vec<String> = a.devices.iter().cloned().collect();
                 for name in names {
                     self.refresh(&name);
                 }
                 Ok(())
+            }
+            Event::AgentSilent { agent, at: _ } => {
+                self.apply_presence(kind, agent, AgentState::Connected, AgentState::Silent)
+            }
+            Event::AgentHeard { agent, at: _ } => {
+                self.apply_presence(kind, agent, AgentState::Silent, AgentState::Connected)
             }
             Event::LeaseGranted {
                 lease,

@@ -1,8 +1,8 @@
 //! One test per command and refusal, through the public API only.
 
 use dutlab_scheduler::{
-    Config, DeviceInfo, DeviceState, Epoch, Event, Holder, JobId, JobSpec, JobState, LeaseId,
-    Millis, Outcome, Refusal, Scheduler, SchedulerError, Waiter,
+    AgentState, Config, DeviceInfo, DeviceState, Epoch, Event, Holder, JobId, JobSpec, JobState,
+    LeaseId, Millis, Outcome, Refusal, Scheduler, SchedulerError, Waiter,
 };
 use std::time::Duration;
 

@@ -37,9 +37,10 @@
 //!   infra-error or canceled leaves none of its group running without a cancel request.
 
 use dutlab_scheduler::{
-    Config, DeviceInfo, DeviceState, Epoch, Event, Holder, Interrupt, JobId, JobPurpose, JobSpec,
-    JobState, LeaseEnd, LeaseId, LeaseIds, LeaseKey, Millis, Outcome, PersonHolder, PersonLeaseId,
-    PersonLeaseState, PrincipalId, Refusal, Scheduler, StateNote, Waiter, Want,
+    AgentState, Config, DeviceInfo, DeviceState, Epoch, Event, Holder, Interrupt, JobId,
+    JobPurpose, JobSpec, JobState, LeaseEnd, LeaseId, LeaseIds, LeaseKey, Millis, Outcome,
+    PersonHolder, PersonLeaseId, PersonLeaseState, PrincipalId, Refusal, Scheduler, StateNote,
+    Waiter, Want,
 };
 use proptest::prelude::*;
 use std::cmp::Reverse;
@@ -163,6 +164,13 @@ enum Cmd {
     Heartbeat {
         agent: usize,
     },
+    /// The agent went quiet, or was heard again.
+    Silent {
+        agent: usize,
+    },
+    Heard {
+        agent: usize,
+    },
     Started {
         pick: usize,
         epochs: Epochs,
@@ -220,6 +228,8 @@ fn cmd() -> impl Strategy<Value = Cmd> {
             .prop_map(|(agent, devices, tags, held)| Cmd::Connect { agent, devices, tags, held }),
         2 => (0..AGENTS.len()).prop_map(|agent| Cmd::Disconnect { agent }),
         2 => (0..AGENTS.len()).prop_map(|agent| Cmd::Heartbeat { agent }),
+        1 => (0..AGENTS.len()).prop_map(|agent| Cmd::Silent { agent }),
+        1 => (0..AGENTS.len()).prop_map(|agent| Cmd::Heard { agent }),
         3 => (any::<usize>(), epochs()).prop_map(|(pick, epochs)| Cmd::Started { pick, epochs }),
         4 => (any::<usize>(), epochs(), 0..Outcome::ALL.len())
             .prop_map(|(pick, epochs, outcome)| Cmd::Finished { pick, epochs, outcome }),
@@ -252,6 +262,8 @@ struct Harness {
     epochs: BTreeMap<String, Epoch>,
     /// From the events: when each disconnected agent went away, when each cancel was asked.
     gone: BTreeMap<String, Millis>,
+    /// From the events: connected agents that went silent and were not heard since.
+    silent: BTreeSet<String>,
     cancels: BTreeMap<JobId, Millis>,
     next_person: u64,
     /// People's leases that ended, and how.
@@ -282,6 +294,7 @@ impl Harness {
             finished: BTreeMap::new(),
             epochs: BTreeMap::new(),
             gone: BTreeMap::new(),
+            silent: BTreeSet::new(),
             cancels: BTreeMap::new(),
             next_person: 1,
             ended: BTreeMap::new(),
@@ -573,6 +586,29 @@ impl Harness {
                 Ok(events)
             }
             Cmd::Heartbeat { agent } => Ok(self.s.heartbeat(AGENTS[*agent], now)),
+            Cmd::Silent { agent } => {
+                let agent = AGENTS[*agent];
+                let before = self.s.agent_presence(agent);
+                let events = self.s.agent_silent(agent, now);
+                // Only a heard agent goes silent; its link stays open.
+                assert_eq!(events.is_empty(), before != Some(AgentState::Connected));
+                assert_eq!(
+                    self.s.agent_is_connected(agent),
+                    before.is_some_and(|p| p != AgentState::Disconnected)
+                );
+                assert!(!self.s.agent_takes_work(agent));
+                Ok(events)
+            }
+            Cmd::Heard { agent } => {
+                let agent = AGENTS[*agent];
+                let before = self.s.agent_presence(agent);
+                let events = self.s.agent_heard(agent, now);
+                assert_eq!(events.is_empty(), before != Some(AgentState::Silent));
+                if before == Some(AgentState::Silent) {
+                    assert!(self.s.agent_takes_work(agent));
+                }
+                Ok(events)
+            }
             Cmd::Started { pick, epochs } => match self.pick_lease(*pick, epochs) {
                 None => Ok(vec![]),
                 Some((lease, epoch)) => {

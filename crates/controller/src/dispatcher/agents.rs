@@ -109,15 +109,33 @@ impl Dispatcher {
             .map_err(|e| e.to_string())
     }
 
-    /// Closes the links of agents that run no job and were not heard from for
-    /// [`DROP_AFTER_HEARTBEATS`] heartbeat intervals: their devices leave the pool (the agent
-    /// is disconnected and registers them again when it dials back). A frozen agent whose
-    /// socket stays open would otherwise keep idle devices that jobs are sent to and then
-    /// wait a lease TTL on. An agent running a job keeps its link: the job's lease TTL
-    /// fences it, so a network hiccup does not turn into an infra error.
+    /// Watches agents that stopped speaking. After [`SILENT_AFTER_HEARTBEATS`] heartbeat
+    /// intervals without a word an agent is silent: its idle devices take no new work (a
+    /// job sent there would only wait a lease TTL), while its running jobs keep their leases
+    /// (the TTL fences them, so a network hiccup does not turn into an infra error). After
+    /// [`DROP_AFTER_HEARTBEATS`] intervals the link of an agent that runs no job is closed:
+    /// its devices leave the pool until it dials back and registers them again.
     pub(super) async fn drop_silent_links(&mut self) {
-        let limit = self.config.heartbeat.saturating_mul(DROP_AFTER_HEARTBEATS);
+        let heartbeat = self.config.heartbeat;
+        let silent_after = heartbeat.saturating_mul(SILENT_AFTER_HEARTBEATS);
+        let drop_after = heartbeat.saturating_mul(DROP_AFTER_HEARTBEATS);
         let at = now();
+        let quiet: Vec<String> = self
+            .agents
+            .iter()
+            .filter(|(_, l)| l.conn.is_some() && l.last_seen.plus(silent_after) < at)
+            .map(|(name, _)| name.clone())
+            .filter(|name| self.sched.agent_takes_work(name))
+            .collect();
+        for agent in quiet {
+            tracing::warn!(
+                "agent {agent}: nothing heard for {SILENT_AFTER_HEARTBEATS} heartbeat intervals; its idle devices take no new work until it speaks"
+            );
+            let events = self.sched.agent_silent(&agent, at);
+            if let Err(e) = self.commit(events, Vec::new(), None, None).await {
+                tracing::error!("agent {agent} silent: {e}");
+            }
+        }
         let runs_a_job = |agent: &str| {
             self.sched.devices().any(|d| {
                 d.agent == agent
@@ -126,17 +144,16 @@ impl Dispatcher {
                         .any(|l| l.job().is_some())
             })
         };
-        let silent: Vec<(String, ConnId)> = self
+        let gone: Vec<(String, ConnId)> = self
             .agents
             .iter()
-            .filter(|(_, l)| l.last_seen.plus(limit) < at)
+            .filter(|(_, l)| l.last_seen.plus(drop_after) < at)
             .filter(|(name, _)| !runs_a_job(name))
             .filter_map(|(name, l)| l.conn.as_ref().map(|(c, _)| (name.clone(), *c)))
             .collect();
-        for (agent, conn) in silent {
+        for (agent, conn) in gone {
             tracing::warn!(
-                "agent {agent}: nothing heard for {} heartbeat intervals; closing its link {conn}, its devices leave the pool",
-                DROP_AFTER_HEARTBEATS
+                "agent {agent}: nothing heard for {DROP_AFTER_HEARTBEATS} heartbeat intervals; closing its link {conn}, its devices leave the pool"
             );
             self.close_link(
                 conn,
@@ -179,6 +196,13 @@ impl Dispatcher {
         let at = now();
         if let Some(link) = self.agents.get_mut(agent) {
             link.last_seen = at;
+        }
+        if self.sched.agent_presence(agent) == Some(AgentState::Silent) {
+            tracing::info!("agent {agent}: heard again; its idle devices take work");
+            let events = self.sched.agent_heard(agent, at);
+            if let Err(e) = self.commit(events, Vec::new(), None, None).await {
+                tracing::error!("agent {agent} heard: {e}");
+            }
         }
         if let Some(lease) = lease_of(&message)
             && let Some(info) = self.leases.get(lease)

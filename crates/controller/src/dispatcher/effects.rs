@@ -269,6 +269,8 @@ impl Dispatcher {
                 }
                 Event::AgentConnected { .. }
                 | Event::AgentDisconnected { .. }
+                | Event::AgentSilent { .. }
+                | Event::AgentHeard { .. }
                 | Event::LeaseRenewed { .. }
                 | Event::PersonLeaseRequested { .. }
                 | Event::DeviceReady { .. }

@@ -167,26 +167,19 @@ impl Dispatcher {
     }
 
     /// Agents with their devices' states. A connected agent not heard from for more than two
-    /// heartbeat intervals is `silent` (its leases still run to their TTL).
+    /// heartbeat intervals is `silent` (its leases still run to their TTL, its idle devices
+    /// take no work): the scheduler's stored presence, so every controller shows the same.
     pub(super) fn agent_views(&self) -> Vec<AgentView> {
-        let at = now();
-        let silent_after = self
-            .config
-            .heartbeat
-            .saturating_mul(super::agents::SILENT_AFTER_HEARTBEATS);
         let mut views: BTreeMap<String, AgentView> = BTreeMap::new();
         for d in self.sched.devices() {
             let link = self.agents.get(&d.agent);
             let last_seen = link.map_or(Millis(0), |l| l.last_seen);
             let view = views.entry(d.agent.clone()).or_insert_with(|| AgentView {
                 name: d.agent.clone(),
-                state: if !self.sched.agent_is_connected(&d.agent) {
-                    AgentState::Disconnected
-                } else if last_seen.plus(silent_after) < at {
-                    AgentState::Silent
-                } else {
-                    AgentState::Connected
-                },
+                state: self
+                    .sched
+                    .agent_presence(&d.agent)
+                    .unwrap_or(AgentState::Disconnected),
                 version: link.map(|l| l.version.clone()).unwrap_or_default(),
                 devices: Vec::new(),
                 device_states: Vec::new(),

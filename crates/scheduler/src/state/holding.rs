@@ -28,11 +28,11 @@ impl Scheduler {
             .agents
             .entry(agent.to_owned())
             .or_insert_with(|| AgentEntry {
-                connected: true,
+                presence: AgentState::Connected,
                 since: at,
                 devices: BTreeSet::new(),
             });
-        entry.connected = true;
+        entry.presence = AgentState::Connected;
         entry.since = at;
         // Devices the agent no longer lists.
         let gone: Vec<String> = entry
@@ -435,19 +435,46 @@ impl Scheduler {
         }
     }
 
+    /// Moves a connected agent between heard (`Connected`) and `Silent`, refreshing its
+    /// devices: a silent agent's idle devices go offline, its busy ones keep their leases.
+    pub(super) fn apply_presence(
+        &mut self,
+        kind: &'static str,
+        agent: &str,
+        from: AgentState,
+        to: AgentState,
+    ) -> Result<(), SchedulerError> {
+        let a = self
+            .state
+            .agents
+            .get_mut(agent)
+            .filter(|a| a.presence == from)
+            .ok_or_else(|| SchedulerError::AgentPresence {
+                event: kind,
+                agent: agent.to_owned(),
+                expected: from,
+            })?;
+        a.presence = to;
+        let names: Vec<String> = a.devices.iter().cloned().collect();
+        for name in names {
+            self.refresh(&name);
+        }
+        Ok(())
+    }
+
     /// Derives a device's state from its facts and keeps the idle index in step. A device that
     /// becomes idle is noted for `schedule`.
     pub(crate) fn refresh(&mut self, name: &str) {
         let Some(d) = self.state.devices.get(name) else {
             return;
         };
-        let connected = self.agent_is_connected(&d.agent);
+        let takes_work = self.agent_takes_work(&d.agent);
         let set = self.state.out_of_service.get(name).map(|n| n.state);
         let state = if d.lease.is_some() || !d.riders.is_empty() {
             DeviceState::Busy
         } else if let Some(set) = set {
             set
-        } else if !connected {
+        } else if !takes_work {
             DeviceState::Offline
         } else if d.unconfirmed.is_some() {
             DeviceState::NeedsCheck

@@ -111,6 +111,31 @@ fn an_agent_that_restarted_without_the_job_loses_it() {
 }
 
 #[test]
+fn a_job_the_agent_never_took_goes_back_to_its_place_when_the_agent_reconnects_without_it() {
+    let mut lab = Lab::with_q1();
+    lab.ok(|s| s.submit(JobId(1), qemu(), Millis(0)));
+    lab.ok(|s| s.submit(JobId(2), qemu(), Millis(0)));
+    // Job 1 was granted (its StartJob went out) but never reported started.
+    assert_eq!(lab.s.job(JobId(1)).map(|j| j.state), Some(JobState::Assigned));
+    let ev = lab.ok(|s| s.agent_connected("a1", &[dev("q1", "qemu", &[])], &[], Millis(3)));
+    assert_eq!(
+        kinds(&ev),
+        [
+            "agent-connected",
+            "job-requeued",
+            "lease-released",
+            "device-ready",
+            "lease-granted"
+        ]
+    );
+    assert_eq!(finished(&ev), []);
+    // It keeps its place ahead of job 2 and gets the device again, with a new epoch.
+    assert_eq!(grants(&ev), [(LeaseId(2), Epoch(2), JobId(1), "q1".into())]);
+    assert_eq!(lab.s.job(JobId(2)).map(|j| j.state), Some(JobState::Queued));
+    lab.replays();
+}
+
+#[test]
 fn an_agent_that_reconnects_holding_the_lease_keeps_it() {
     let mut lab = Lab::with_q1();
     lab.ok(|s| s.submit(JobId(1), qemu(), Millis(0)));
@@ -338,4 +363,98 @@ fn next_deadline_is_the_earliest_of_expiry_and_graces() {
     assert_eq!(s.next_deadline(), Some(Millis(30_000)));
     s.cancel(JobId(1), Millis(21_000)).expect("cancels");
     assert_eq!(s.next_deadline(), Some(Millis(29_000)));
+}
+
+#[test]
+fn a_silent_agent_keeps_its_running_job_but_its_idle_devices_take_no_work() {
+    let mut lab = Lab::new();
+    lab.ok(|s| {
+        s.agent_connected(
+            "a1",
+            &[dev("q1", "qemu", &[]), dev("q2", "qemu", &[])],
+            &[],
+            Millis(0),
+        )
+    });
+    lab.ok(|s| s.submit(JobId(1), qemu(), Millis(1)));
+    let busy = lab.s.lease(LeaseId(1)).expect("granted").device.clone();
+    let other = if busy == "q1" { "q2" } else { "q1" };
+    // Heard agents do not become heard again.
+    assert_eq!(lab.run(|s| s.agent_heard("a1", Millis(2))), []);
+    let events = lab.run(|s| s.agent_silent("a1", Millis(3)));
+    assert_eq!(kinds(&events), ["agent-silent"]);
+    assert_eq!(lab.s.agent_presence("a1"), Some(AgentState::Silent));
+    assert!(lab.s.agent_is_connected("a1") && !lab.s.agent_takes_work("a1"));
+    // Silent twice is nothing.
+    assert_eq!(lab.run(|s| s.agent_silent("a1", Millis(4))), []);
+    assert_eq!(
+        lab.s.device(&busy).map(|d| d.state),
+        Some(DeviceState::Busy)
+    );
+    assert!(
+        lab.s.lease(LeaseId(1)).is_some(),
+        "the running job keeps its lease"
+    );
+    assert_eq!(
+        lab.s.device(other).map(|d| d.state),
+        Some(DeviceState::Offline)
+    );
+    // A new job waits instead of going to the silent agent.
+    assert_eq!(
+        kinds(&lab.ok(|s| s.submit(JobId(2), qemu(), Millis(5)))),
+        ["job-submitted"]
+    );
+    assert_eq!(lab.s.job(JobId(2)).map(|j| j.state), Some(JobState::Queued));
+    // A heartbeat's lease renewal works while silent; the agent is heard again at once.
+    let events = lab.run(|s| s.agent_heard("a1", Millis(6)));
+    assert_eq!(kinds(&events), ["agent-heard", "lease-granted"]);
+    assert_eq!(grants(&events)[0].2, JobId(2));
+    assert_eq!(grants(&events)[0].3, other);
+    lab.replays();
+}
+
+#[test]
+fn a_silent_agent_disconnects_and_reconnects_heard() {
+    let mut lab = Lab::with_q1();
+    lab.run(|s| s.agent_silent("a1", Millis(1)));
+    assert_eq!(
+        lab.s.device("q1").map(|d| d.state),
+        Some(DeviceState::Offline)
+    );
+    lab.run(|s| s.agent_disconnected("a1", Millis(2)));
+    assert_eq!(lab.s.agent_presence("a1"), Some(AgentState::Disconnected));
+    // Neither silent nor heard applies to a disconnected agent, nor to an unknown one.
+    assert_eq!(lab.run(|s| s.agent_silent("a1", Millis(3))), []);
+    assert_eq!(lab.run(|s| s.agent_heard("a1", Millis(3))), []);
+    assert_eq!(lab.run(|s| s.agent_silent("nobody", Millis(3))), []);
+    assert_eq!(lab.s.agent_presence("nobody"), None);
+    lab.run(|s| s.agent_silent("a1", Millis(3)));
+    lab.ok(|s| s.agent_connected("a1", &[dev("q1", "qemu", &[])], &[], Millis(4)));
+    assert_eq!(lab.s.agent_presence("a1"), Some(AgentState::Connected));
+    assert_eq!(lab.s.device("q1").map(|d| d.state), Some(DeviceState::Idle));
+    // A silent agent goes disconnected at a controller restart, like a heard one.
+    lab.run(|s| s.agent_silent("a1", Millis(5)));
+    lab.run(|s| s.restarted(Millis(6)));
+    assert_eq!(lab.s.agent_presence("a1"), Some(AgentState::Disconnected));
+    lab.replays();
+}
+
+#[test]
+fn silent_and_heard_events_that_do_not_fit_are_refused() {
+    let mut s = Scheduler::new(Config::default());
+    let silent = Event::AgentSilent {
+        agent: "a1".into(),
+        at: Millis(1),
+    };
+    assert!(s.apply(&silent).is_err(), "never connected");
+    s.agent_connected("a1", &[dev("q1", "qemu", &[])], &[], Millis(0))
+        .expect("connected");
+    let heard = Event::AgentHeard {
+        agent: "a1".into(),
+        at: Millis(1),
+    };
+    assert!(s.apply(&heard).is_err(), "heard while heard");
+    s.apply(&silent).expect("silent");
+    assert!(s.apply(&silent).is_err(), "silent while silent");
+    s.apply(&heard).expect("heard");
 }

@@ -189,7 +189,8 @@ impl Harness {
                 DeviceState::Busy
             } else if let Some(out) = out {
                 out
-            } else if !s.agent_is_connected(&d.agent) {
+            } else if !s.agent_is_connected(&d.agent) || self.silent.contains(&d.agent) {
+                // A silent agent's idle devices take no work.
                 DeviceState::Offline
             } else if d.unconfirmed.is_some() {
                 DeviceState::NeedsCheck

@@ -91,9 +91,18 @@ impl Harness {
                 }
                 Event::AgentConnected { agent, .. } => {
                     self.gone.remove(agent);
+                    self.silent.remove(agent);
                 }
                 Event::AgentDisconnected { agent, at } => {
                     self.gone.insert(agent.clone(), *at);
+                    self.silent.remove(agent);
+                }
+                Event::AgentSilent { agent, .. } => {
+                    assert!(!self.gone.contains_key(agent), "{agent} silent while gone");
+                    assert!(self.silent.insert(agent.clone()), "{agent} silent twice");
+                }
+                Event::AgentHeard { agent, .. } => {
+                    assert!(self.silent.remove(agent), "{agent} heard while not silent");
                 }
                 Event::CancelRequested { job, at } => {
                     self.cancels.insert(*job, *at);
