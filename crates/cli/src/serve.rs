@@ -10,6 +10,11 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:7780")]
     listen: SocketAddr,
+    /// The address clients reach this controller at, when several controllers share a
+    /// database: people's console and TCP streams of its agents' devices are redirected
+    /// here from the other controllers. Default: the --listen address when it names one host.
+    #[arg(long, value_name = "URL")]
+    advertise: Option<controller::Advertised>,
     /// Data directory: database (SQLite), logs, the first admin token.
     /// Default: $XDG_DATA_HOME/dutlab or ~/.local/share/dutlab.
     #[arg(long, value_name = "DIR")]
@@ -260,6 +265,7 @@ fn serve_inner(args: ServeArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
     let mut config = controller::Config::new(args.listen, data_dir);
     config.database = args.database;
+    config.advertise = args.advertise;
     config.when_held = if args.standby {
         controller::store::hold::Wait::Standby
     } else if args.follow {

@@ -616,3 +616,131 @@ fn a_follower_shows_a_group_it_forwarded_with_every_sub_job_and_its_outcome() ->
     }
     lab.finish()
 }
+
+/// The name of the one device of `agent`.
+fn device_of(lab: &Lab, agent: &str) -> Result<String> {
+    let devices = lab.json(&["device", "list", "--json"])?;
+    devices
+        .as_array()
+        .context("device list")?
+        .iter()
+        .find(|d| d["agent"] == agent)
+        .and_then(|d| d["name"].as_str())
+        .map(str::to_owned)
+        .with_context(|| format!("no device of {agent}: {devices}"))
+}
+
+#[test]
+fn a_console_opens_through_any_controller_and_is_sent_to_the_one_holding_the_agent() -> Result<()> {
+    let mut lab = Lab::start_on(DUTLAB, Database::Postgres, &[])?;
+    let leader = lab.port();
+    let follower = lab.follow()?;
+    let of_follower = agent_dialing(&lab, "host-f", &[follower, leader])?;
+    let of_leader = agent_dialing(&lab, "host-l", &[leader, follower])?;
+    lab.spawn_agent(&of_follower)?;
+    lab.spawn_agent(&of_leader)?;
+    lab.wait_devices_idle("host-f", 1)?;
+    lab.wait_devices_idle("host-l", 1)?;
+    lab.followers()[0]
+        .process
+        .wait_for_stderr("agent host-f (link", Duration::from_secs(5))
+        .context("the follower does not relay host-f")?;
+    let alice = lab.token("alice", "user")?;
+    let bob = lab.token("bob", "user")?;
+    for token in [&alice, &bob] {
+        wait_until(
+            "the tokens known to the follower",
+            Duration::from_secs(10),
+            || Ok((whoami_status(follower, token)? == 200).then_some(())),
+        )?;
+    }
+    // Alice holds both devices, powered (through the leader, which reaches both agents).
+    let mut leases = Vec::new();
+    for agent in ["host-f", "host-l"] {
+        let device = device_of(&lab, agent)?;
+        let acquired = lab.cli_on(
+            leader,
+            &alice,
+            &["lease", "acquire", "--device", &device, "--wait", "--json"],
+        )?;
+        expect_code(&acquired, 0)?;
+        let view: Value = serde_json::from_str(&acquired.stdout)?;
+        let lease = view["id"].as_u64().context("lease id")?.to_string();
+        expect_code(
+            &lab.cli_on(leader, &alice, &["power", "on", "--lease", &lease])?,
+            0,
+        )?;
+        leases.push(lease);
+    }
+    let console = |port: u16, token: &str, lease: &str| {
+        lab.cli_on(
+            port,
+            token,
+            &[
+                "console",
+                "--lease",
+                lease,
+                "--until",
+                "login:",
+                "--timeout",
+                "4m",
+            ],
+        )
+    };
+    // host-f's console through the leader: sent to the follower, which holds its link.
+    expect_code(&console(leader, &alice, &leases[0])?, 0)?;
+    let sent = format!("sent to http://127.0.0.1:{follower}");
+    lab.controller()?
+        .wait_for_stderr(&sent, Duration::from_secs(5))
+        .context("the leader did not send the console to the follower")?;
+    // host-l's console through the follower: sent to the leader.
+    expect_code(&console(follower, &alice, &leases[1])?, 0)?;
+    lab.followers()[0]
+        .process
+        .wait_for_stderr(
+            &format!("sent to http://127.0.0.1:{leader}"),
+            Duration::from_secs(5),
+        )
+        .context("the follower did not send the console to the leader")?;
+    // Each holder serves its own agent's console directly.
+    expect_code(&console(follower, &alice, &leases[0])?, 0)?;
+    expect_code(&console(leader, &alice, &leases[1])?, 0)?;
+    // Someone else is refused where they ask, before any redirect says where the agent is.
+    for (port, lease, holder) in [
+        (leader, &leases[0], follower),
+        (follower, &leases[1], leader),
+    ] {
+        let refused = console(port, &bob, lease)?;
+        expect_code(&refused, 77)?;
+        ensure!(
+            !refused.stderr.contains(&format!(":{holder}")),
+            "bob on {port} learnt where the agent is: {}",
+            refused.stderr
+        );
+    }
+    lab.finish()
+}
+
+#[test]
+fn serve_refuses_an_advertised_address_that_is_not_a_controller_url() -> Result<()> {
+    let sandbox = testkit::Sandbox::new()?;
+    for bad in [
+        "ftp://lab2:7780",
+        "http://lab2:7780/api",
+        "https://",
+        "lab2:7780",
+    ] {
+        let mut cmd = sandbox.command(DUTLAB)?;
+        cmd.args(["serve", "--advertise", bad]);
+        let done = testkit::Spawned::start(cmd)?.finish(Duration::from_secs(30))?;
+        ensure!(
+            done.code() == Some(64)
+                && done.stderr.contains("--advertise")
+                && done.stderr.contains(bad),
+            "{bad}: {:?} {}",
+            done.code(),
+            done.stderr
+        );
+    }
+    Ok(())
+}

@@ -264,12 +264,62 @@ impl Follow {
     }
 }
 
-/// Opens a WebSocket to `url` of the controller with the client's token and trust.
+/// Redirects followed at most when opening a WebSocket.
+pub const MAX_REDIRECTS: usize = 3;
+
+/// Opens a WebSocket to `url` of the controller with the client's token and trust. A 307 or
+/// 308 (a controller sending the stream to the controller of the lab that holds the agent's
+/// link) is followed up to [`MAX_REDIRECTS`] times, with the same token and trust, never
+/// from `wss://` to `ws://`.
 pub(crate) async fn connect_ws(
     client: &Client,
     url: &Url,
     max_message: usize,
 ) -> Result<Socket, ClientError> {
+    let mut url = url.clone();
+    for _ in 0..=MAX_REDIRECTS {
+        match handshake(client, &url, max_message).await? {
+            Handshake::Open(socket) => return Ok(*socket),
+            Handshake::Redirect(location) => url = redirected(&url, &location)?,
+        }
+    }
+    Err(ClientError::BadUrl {
+        url: url.to_string(),
+        reason: format!("more than {MAX_REDIRECTS} redirects"),
+    })
+}
+
+/// The WebSocket URL a redirect from `from` to `location` leads to.
+pub(crate) fn redirected(from: &Url, location: &str) -> Result<Url, ClientError> {
+    let bad = |reason: String| ClientError::BadUrl {
+        url: location.to_owned(),
+        reason,
+    };
+    let next = from
+        .join(location)
+        .map_err(|e| bad(format!("redirect from {from}: {e}")))?;
+    let next = match next.scheme() {
+        "ws" | "wss" => next,
+        _ => ws_url(&next)?,
+    };
+    if from.scheme() == "wss" && next.scheme() != "wss" {
+        return Err(bad(format!(
+            "redirect from {from} gives up TLS; refused (the token would cross the network in clear)"
+        )));
+    }
+    Ok(next)
+}
+
+enum Handshake {
+    Open(Box<Socket>),
+    Redirect(String),
+}
+
+async fn handshake(
+    client: &Client,
+    url: &Url,
+    max_message: usize,
+) -> Result<Handshake, ClientError> {
     let mut request = url
         .as_str()
         .into_client_request()
@@ -301,11 +351,21 @@ pub(crate) async fn connect_ws(
             .into(),
         }),
         Ok(Err(WsError::Http(response))) => {
-            let body = response.body().as_deref().unwrap_or_default();
-            Err(api_error(response.status(), body))
+            let status = response.status().as_u16();
+            let location = response
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|l| l.to_str().ok());
+            match (status, location) {
+                (307 | 308, Some(location)) => Ok(Handshake::Redirect(location.to_owned())),
+                _ => {
+                    let body = response.body().as_deref().unwrap_or_default();
+                    Err(api_error(response.status(), body))
+                }
+            }
         }
         Ok(Err(e)) => Err(client.transport_error(url, Box::new(e))),
-        Ok(Ok((socket, _))) => Ok(socket),
+        Ok(Ok((socket, _))) => Ok(Handshake::Open(Box::new(socket))),
     }
 }
 
@@ -349,6 +409,27 @@ async fn read(socket: &mut Socket) -> Read {
 mod tests {
     use super::*;
     use proto::Millis;
+
+    #[test]
+    fn redirects_keep_the_path_become_websocket_urls_and_never_drop_tls() {
+        let from = Url::parse("ws://lab1:7780/api/v1/leases/3/console?write=true").expect("valid");
+        let next = redirected(&from, "http://lab2:7781/api/v1/leases/3/console?write=true")
+            .expect("valid");
+        assert_eq!(
+            next.as_str(),
+            "ws://lab2:7781/api/v1/leases/3/console?write=true"
+        );
+        let relative = redirected(&from, "/api/v1/leases/3/tcp/22").expect("valid");
+        assert_eq!(relative.as_str(), "ws://lab1:7780/api/v1/leases/3/tcp/22");
+        let tls = Url::parse("wss://lab1/api/v1/leases/3/console").expect("valid");
+        let up = redirected(&tls, "https://lab2/api/v1/leases/3/console").expect("valid");
+        assert_eq!(up.scheme(), "wss");
+        for down in ["http://lab2/x", "ws://lab2/x"] {
+            let refused = redirected(&tls, down).expect_err("refused").to_string();
+            assert!(refused.contains("gives up TLS"), "{refused}");
+        }
+        assert!(redirected(&from, "ftp://lab2/x").is_err());
+    }
     use proto::api::JobView;
     use proto::log::{LogKind, LogRecord};
 

@@ -109,6 +109,10 @@ pub enum ControllerError {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// The address clients and other controllers reach this one at (`serve --advertise`),
+    /// where people's streams of its agents are redirected. `None`: the listening address
+    /// when it names one host (not `0.0.0.0` or `::`), else none.
+    pub advertise: Option<Advertised>,
     pub data_dir: PathBuf,
     /// `None`: SQLite in the data directory.
     pub database: Option<String>,
@@ -143,6 +147,7 @@ impl Config {
         let defaults = scheduler::Config::default();
         Config {
             listen,
+            advertise: None,
             data_dir,
             database: None,
             lease_ttl: defaults.lease_ttl,
@@ -477,6 +482,14 @@ pub async fn serve(
         "http"
     };
     tracing::info!("listening on {scheme}://{local}");
+    let advertised = config
+        .advertise
+        .clone()
+        .or_else(|| {
+            (!local.ip().is_unspecified()).then(|| Advertised(format!("{scheme}://{local}")))
+        })
+        .map(|a| a.0);
+    let leader_store = state.store.clone();
     let forwarded = postgres.then(|| (state.store.clone(), hub.clone(), state.dispatch.clone()));
     let app = router(state);
     let server = listener::serve(listener, app, config.limits.clone(), shutdown);
@@ -490,12 +503,17 @@ pub async fn serve(
                         &mut commands,
                         hub.clone(),
                         controller_id()?,
+                        advertised.clone(),
                         take_over(url.clone(), me.clone()),
                     )
                     .await?;
                 (hold, start.leader().await?)
             }
         };
+        if postgres {
+            // Followers send people's streams of this controller's agents here.
+            leader_store.set_leader_url(advertised.as_deref()).await?;
+        }
         if let Some((store, hub, dispatch)) = forwarded {
             tokio::spawn(dispatcher::forward::execute(store, hub, dispatch));
         }
@@ -512,6 +530,42 @@ pub async fn serve(
     tokio::select! {
         served = server => served.map_err(ControllerError::Serve),
         stopped = roles => stopped,
+    }
+}
+
+/// A controller's advertised address: `http://` or `https://`, a host and maybe a port,
+/// nothing after (no path, query or user).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Advertised(String);
+
+impl std::str::FromStr for Advertised {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Advertised, String> {
+        let rest = text
+            .strip_prefix("https://")
+            .or_else(|| text.strip_prefix("http://"))
+            .ok_or_else(|| format!("{text:?} does not start with http:// or https://"))?;
+        let host = rest.strip_suffix('/').unwrap_or(rest);
+        if host.is_empty() {
+            return Err(format!("{text:?} names no host"));
+        }
+        if let Some(bad) = host.chars().find(|c| {
+            matches!(c, '/' | '?' | '#' | '@' | '\\') || c.is_whitespace() || c.is_control()
+        }) {
+            return Err(format!(
+                "{text:?}: {bad:?} after the host (give scheme, host and port only)"
+            ));
+        }
+        Ok(Advertised(
+            text[..text.len() - (rest.len() - host.len())].to_owned(),
+        ))
+    }
+}
+
+impl std::fmt::Display for Advertised {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
 

@@ -12,6 +12,11 @@
 //! - Nothing is opened and no byte flows before the dispatcher says the caller may use the
 //!   lease ([`crate::policy::may_use_lease`]); others get 403, an ended lease 410, before the
 //!   upgrade. An agent's refusal is 502 with its reason, also before the upgrade.
+//! - A stream is opened only on a link this controller holds. When another controller of the
+//!   database holds the agent's link, a caller who may use the lease is answered 307 to the
+//!   same path at that controller's advertised address (`serve --advertise`; 503 when it
+//!   advertises none), which checks everything again: the redirect reveals only where an
+//!   agent the caller may already use is linked.
 //! - A console viewer types only with `write=true`; without it, its input is dropped here
 //!   (and the agent drops it too).
 //! - The client is read only while the stream has credit toward the agent, and the agent
@@ -19,15 +24,16 @@
 //!   stops its stream's agent side, never the link, the job logs or another stream.
 //! - The session of the caller's token bounds the stream: revoking the token closes it.
 
-use crate::AppState;
 use crate::api::{ApiFailure, ApiResult, PEOPLE, ask, viewer};
 use crate::auth::Caller;
-use crate::dispatcher::Command;
+use crate::dispatcher::{Command, LinkAt};
 use crate::streams::{OpenError, Opening};
+use crate::{AppState, now};
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
-use axum::response::Response;
+use axum::http::header::LOCATION;
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
 use proto::PersonLeaseId;
 use proto::api::ApiError;
@@ -51,12 +57,14 @@ pub struct ConsoleQuery {
 #[utoipa::path(get, path = "/api/v1/leases/{id}/console", security(("bearer" = [])), params(("id" = u64, Path, description = "lease id"), ConsoleQuery),
     responses((status = 101, description = "WebSocket of the console"), (status = 401, body = ApiError), (status = 403, body = ApiError),
         (status = 404, body = ApiError), (status = 409, description = "the lease still waits", body = ApiError), (status = 410, description = "the lease has ended", body = ApiError),
+        (status = 307, description = "another controller holds the link of the device's agent: open the stream at the Location"),
         (status = 502, description = "the agent refused the stream", body = ApiError), (status = 503, description = "the device's agent is not connected", body = ApiError)))]
 pub async fn console(
     State(state): State<AppState>,
     axum::Extension(caller): axum::Extension<Caller>,
     Path(id): Path<u64>,
     Query(query): Query<ConsoleQuery>,
+    uri: Uri,
     ws: WebSocketUpgrade,
 ) -> ApiResult<Response> {
     let input = if query.write.unwrap_or(false) {
@@ -69,6 +77,7 @@ pub async fn console(
         caller,
         PersonLeaseId(id),
         StreamTarget::Console { input },
+        &uri,
         ws,
     )
     .await
@@ -79,12 +88,14 @@ pub async fn console(
 #[utoipa::path(get, path = "/api/v1/leases/{id}/tcp/{port}", security(("bearer" = [])), params(("id" = u64, Path, description = "lease id"), ("port" = u16, Path, description = "TCP port of the DUT")),
     responses((status = 101, description = "WebSocket of the connection"), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 403, body = ApiError),
         (status = 404, body = ApiError), (status = 409, description = "the lease still waits", body = ApiError), (status = 410, description = "the lease has ended", body = ApiError),
+        (status = 307, description = "another controller holds the link of the device's agent: open the stream at the Location"),
         (status = 502, description = "the agent refused the stream (nothing at that port, a port the DUT's network does not reach)", body = ApiError),
         (status = 503, description = "the device's agent is not connected", body = ApiError)))]
 pub async fn tcp(
     State(state): State<AppState>,
     axum::Extension(caller): axum::Extension<Caller>,
     Path((id, port)): Path<(u64, u32)>,
+    uri: Uri,
     ws: WebSocketUpgrade,
 ) -> ApiResult<Response> {
     let port = u16::try_from(port).ok().filter(|p| *p > 0).ok_or_else(|| {
@@ -98,6 +109,7 @@ pub async fn tcp(
         caller,
         PersonLeaseId(id),
         StreamTarget::Tcp { port },
+        &uri,
         ws,
     )
     .await
@@ -123,6 +135,7 @@ async fn open(
     caller: Caller,
     lease: PersonLeaseId,
     target: StreamTarget,
+    uri: &Uri,
     ws: WebSocketUpgrade,
 ) -> ApiResult<Response> {
     caller.require(&PEOPLE)?;
@@ -133,9 +146,24 @@ async fn open(
         reply,
     })
     .await??;
+    let conn = match route.link {
+        LinkAt::Here(conn) => conn,
+        LinkAt::Elsewhere { agent } => {
+            let url = holder_url(&state, &agent, lease).await?;
+            let location = format!(
+                "{url}{}",
+                uri.path_and_query().map_or(uri.path(), |p| p.as_str())
+            );
+            tracing::info!(
+                "lease {lease}: {} sent to {url} for the {target}: that controller holds the link of agent {agent}",
+                caller.user
+            );
+            return Ok((StatusCode::TEMPORARY_REDIRECT, [(LOCATION, location)]).into_response());
+        }
+    };
     let opening = state
         .streams
-        .open(route.conn, lease, (route.grant, route.epoch), target)
+        .open(conn, lease, (route.grant, route.epoch), target)
         .map_err(|e| match e {
             OpenError::NoLink | OpenError::Busy => ApiFailure::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -192,6 +220,42 @@ async fn open(
         drop(bound);
         drop(session);
     }))
+}
+
+/// The advertised address of the controller holding `agent`'s link: the follower whose
+/// claim is live, else the leader.
+async fn holder_url(state: &AppState, agent: &str, lease: PersonLeaseId) -> ApiResult<String> {
+    let unavailable = |reason: String| {
+        ApiFailure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("lease {lease}: {reason}"),
+        )
+    };
+    let store_failed = |e: crate::store::StoreError| unavailable(e.to_string());
+    match state
+        .store
+        .link_holder(agent, now().0)
+        .await
+        .map_err(store_failed)?
+    {
+        Some((_, Some(url))) => Ok(url),
+        Some((controller, None)) => Err(unavailable(format!(
+            "the link of agent {agent} is held by controller {controller}, which advertises no \
+             address to send you to (start it with `dutlab serve --advertise URL`)"
+        ))),
+        None => state
+            .store
+            .leader_url()
+            .await
+            .map_err(store_failed)?
+            .ok_or_else(|| {
+                unavailable(format!(
+                    "the link of agent {agent} is held by the leading controller, which \
+                     advertises no address to send you to (start it with `dutlab serve \
+                     --advertise URL`)"
+                ))
+            }),
+    }
 }
 
 /// Whether the client's messages reach the stream.

@@ -76,6 +76,8 @@ on_both!(
     claims_lapse_and_only_their_own_link_releases_them,
     the_outbox_keeps_each_links_order_and_its_close_last,
     version_6_databases_get_the_tables_of_relayed_links,
+    version_9_claims_keep_their_rows_and_gain_an_address,
+    the_leaders_address_is_recorded_and_cleared,
 );
 
 fn link(controller: &str, conn: u64) -> LinkAddress {
@@ -89,12 +91,23 @@ async fn claims_lapse_and_only_their_own_link_releases_them(backend: Backend) ->
     let db = Db::new(backend)?;
     let store = Store::open(&db.url, SqliteSync::Full).await?;
     let (a1, b7) = (link("a", 1), link("b", 7));
-    store.claim_link("host-1", &a1, 100).await?;
-    store.claim_link("host-2", &a1, 100).await?;
+    store.claim_link("host-1", &a1, None, 100).await?;
+    store
+        .claim_link("host-2", &a1, Some("https://lab-a:7780"), 100)
+        .await?;
     ensure!(store.live_links(50).await?.len() == 2);
     // A newer link of host-1 on controller b replaces a's claim; a's end leaves it alone.
-    store.claim_link("host-1", &b7, 100).await?;
+    store
+        .claim_link("host-1", &b7, Some("https://lab-b:7780"), 100)
+        .await?;
     store.release_link("host-1", &a1).await?;
+    // Where each agent's link is, for redirecting streams: the live claim's holder.
+    ensure!(
+        store.link_holder("host-1", 50).await?
+            == Some(("b".into(), Some("https://lab-b:7780".into())))
+    );
+    ensure!(store.link_holder("host-1", 100).await?.is_none(), "lapsed");
+    ensure!(store.link_holder("host-3", 50).await?.is_none());
     let live = store.live_links(50).await?;
     ensure!(
         live.iter().any(|c| c.agent == "host-1" && c.link == b7),
@@ -167,8 +180,50 @@ async fn version_6_databases_get_the_tables_of_relayed_links(backend: Backend) -
     .await?;
     ensure!(schema::LATEST >= 7);
     let store = Store::open(&db.url, SqliteSync::Full).await?;
-    store.claim_link("host-1", &link("a", 1), 100).await?;
+    store
+        .claim_link("host-1", &link("a", 1), Some("http://a"), 100)
+        .await?;
     ensure!(store.live_links(1).await?.len() == 1);
+    ensure!(
+        store
+            .link_holder("host-1", 1)
+            .await?
+            .is_some_and(|(_, url)| url.as_deref() == Some("http://a"))
+    );
     ensure!(store.outbox("a").await?.is_empty());
+    Ok(())
+}
+
+async fn version_9_claims_keep_their_rows_and_gain_an_address(backend: Backend) -> Result<()> {
+    let db = Db::new(backend)?;
+    drop(Store::open(&db.url, SqliteSync::Full).await?);
+    // Version 9 as it was: claims without an address, one of them live.
+    db.run(&[
+        "ALTER TABLE agent_links DROP COLUMN url",
+        "INSERT INTO agent_links (agent, controller, conn, expires_at) VALUES ('host-1', 'a', 1, 100)",
+        "UPDATE meta SET value = '9' WHERE key = 'schema'",
+    ])
+    .await?;
+    ensure!(schema::LATEST >= 10);
+    let store = Store::open(&db.url, SqliteSync::Full).await?;
+    ensure!(store.link_holder("host-1", 1).await? == Some(("a".into(), None)));
+    store
+        .claim_link("host-1", &link("b", 2), Some("http://b:7780"), 100)
+        .await?;
+    ensure!(
+        store.link_holder("host-1", 1).await? == Some(("b".into(), Some("http://b:7780".into())))
+    );
+    Ok(())
+}
+
+async fn the_leaders_address_is_recorded_and_cleared(backend: Backend) -> Result<()> {
+    let db = Db::new(backend)?;
+    let store = Store::open(&db.url, SqliteSync::Full).await?;
+    ensure!(store.leader_url().await?.is_none());
+    store.set_leader_url(Some("https://lab1:7780")).await?;
+    store.set_leader_url(Some("https://lab2:7780")).await?;
+    ensure!(store.leader_url().await?.as_deref() == Some("https://lab2:7780"));
+    store.set_leader_url(None).await?;
+    ensure!(store.leader_url().await?.is_none());
     Ok(())
 }

@@ -75,7 +75,7 @@ pub use health::{CheckInterval, HealthChecks, HealthJob, ScheduleError, parse_sc
 pub type Progress = tokio::sync::watch::Sender<(u64, u64)>;
 pub use leases::{LeaseInfo, Leases};
 pub use person_leases::{LeaseRequest, PersonLeaseConfig};
-pub use stream_routes::StreamRoute;
+pub use stream_routes::{LinkAt, StreamRoute};
 
 /// Why a request was not done; becomes an HTTP status.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -125,6 +125,11 @@ impl RemoteLinks {
         Some((conn, link.agent.as_str()))
     }
 
+    /// Whether `conn` is a link a follower relays.
+    pub(super) fn holds(&self, conn: ConnId) -> bool {
+        self.by_conn.contains_key(&conn)
+    }
+
     pub(super) fn set_committed(&self, seq: u64) {
         self.committed.store(seq, Ordering::Release);
     }

@@ -73,6 +73,8 @@ struct Registry {
 #[derive(Clone)]
 struct Context {
     me: String,
+    /// This controller's advertised address, recorded with each claim.
+    url: Option<String>,
     store: Store,
     hub: Hub,
     sessions: Sessions,
@@ -153,6 +155,7 @@ impl FollowerLinks {
     /// their claims.
     pub(super) fn start(
         me: String,
+        url: Option<String>,
         store: Store,
         hub: Hub,
         sessions: Sessions,
@@ -160,6 +163,7 @@ impl FollowerLinks {
     ) -> FollowerLinks {
         let context = Context {
             me,
+            url,
             store,
             hub,
             sessions,
@@ -266,7 +270,11 @@ async fn relay_link(
     let agent = hello.agent.clone();
     let link = context.address(conn);
     let deadline = now().0 + CLAIM_TTL.as_millis() as u64;
-    if let Err(e) = context.store.claim_link(&agent, &link, deadline).await {
+    if let Err(e) = context
+        .store
+        .claim_link(&agent, &link, context.url.as_deref(), deadline)
+        .await
+    {
         context.forget(conn);
         let _ = reply.send(Err(format!(
             "this controller cannot record the agent's link in its database: {e}"

@@ -24,17 +24,20 @@ use tokio::sync::watch;
 impl Dispatcher {
     /// Follows the leader until `promoted` resolves (this controller took the lock), then
     /// answers the lock.
-    /// `me` names this controller in the tables of relayed agent links.
+    /// `me` names this controller in the tables of relayed agent links, `url` is its
+    /// advertised address.
     pub async fn follow(
         mut self,
         commands: &mut mpsc::Receiver<Command>,
         hub: Hub,
         me: String,
+        url: Option<String>,
         promoted: impl std::future::Future<Output = Hold>,
     ) -> Result<Hold, ControllerError> {
         let (applied_tx, applied) = watch::channel(self.next_event.saturating_sub(1));
         let links = FollowerLinks::start(
             me,
+            url,
             self.store.clone(),
             hub.clone(),
             self.sessions.clone(),
@@ -135,7 +138,12 @@ impl Dispatcher {
                     holder: scheduler::Holder::Person(p),
                     ..
                 } => touched_leases.push(p.lease),
-                Event::PersonLeaseEnded { person, .. } => touched_leases.push(*person),
+                Event::PersonLeaseEnded { person, end, .. } => {
+                    // Streams this follower opened for the lease end with it, as on the leader.
+                    self.streams
+                        .close_lease(*person, &format!("lease {person} has ended: {end}"));
+                    touched_leases.push(*person);
+                }
                 _ => {}
             }
         }
@@ -359,12 +367,23 @@ impl Dispatcher {
                         .into(),
                 )));
             }
-            Command::StreamRoute { reply, .. } => {
-                let _ = reply.send(Err(Failure::Unavailable(
-                    "this controller follows the leader of its database: consoles and forwards \
-                     go through the leading controller"
-                        .into(),
-                )));
+            Command::StreamRoute {
+                lease,
+                viewer,
+                reply,
+            } => {
+                // Here when this follower holds the agent's link, else at the controller that
+                // does (the leader or another follower).
+                let route = self
+                    .stream_target(lease, &viewer)
+                    .map(|(grant, epoch, agent)| {
+                        let link = match links.conn_of(&agent) {
+                            Some(conn) => LinkAt::Here(conn),
+                            None => LinkAt::Elsewhere { agent },
+                        };
+                        StreamRoute { grant, epoch, link }
+                    });
+                let _ = reply.send(route);
             }
             Command::Forwarded { command, seq, .. } => {
                 tracing::warn!("a follower was handed a forwarded command; refused");

@@ -1,10 +1,13 @@
 //! Agent links held by followers, and the leader's messages to them (PostgreSQL; tables of
-//! schema 7).
+//! schema 7, `url` of schema 10).
 //!
 //! - `agent_links`: one row per agent whose link a follower holds: the controller's id, the
-//!   follower's connection id, and a deadline (`expires_at`) its holder moves on every
-//!   second. A row whose deadline passed is a dead controller's claim: the leader counts the
-//!   agent as disconnected.
+//!   follower's connection id, its advertised address (`url`, where people's streams of the
+//!   agent's devices are redirected), and a deadline (`expires_at`) its holder moves on
+//!   every second. A row whose deadline passed is a dead controller's claim: the leader
+//!   counts the agent as disconnected.
+//! - `meta` row `leader-url`: the leading controller's advertised address (absent: it
+//!   advertises none), for streams of agents linked to the leader.
 //! - `agent_outbox`: what the leader sends to such an agent (`StartJob`, `CancelJob`,
 //!   `DropLease`, `FinishAcked`, session requests, a close), numbered per link by the leader
 //!   (`seq`), with the leader's last committed event when it was written (`after_event`).
@@ -56,25 +59,81 @@ pub struct OutboxRow {
 }
 
 impl Store {
-    /// Records that `link` holds `agent`'s link until `expires_at` (replacing any claim).
+    /// Records that `link` holds `agent`'s link until `expires_at` (replacing any claim);
+    /// `url` is the holder's advertised address.
     pub async fn claim_link(
         &self,
         agent: &str,
         link: &LinkAddress,
+        url: Option<&str>,
         expires_at: u64,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO agent_links (agent, controller, conn, expires_at) VALUES ($1, $2, $3, $4)
+            "INSERT INTO agent_links (agent, controller, conn, url, expires_at)
+             VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (agent) DO UPDATE SET controller = excluded.controller,
-               conn = excluded.conn, expires_at = excluded.expires_at",
+               conn = excluded.conn, url = excluded.url, expires_at = excluded.expires_at",
         )
         .bind(agent.to_owned())
         .bind(link.controller.clone())
         .bind(as_i64(link.conn))
+        .bind(url.map(str::to_owned))
         .bind(as_i64(expires_at))
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Where `agent`'s link is held if a follower holds it (its claim's deadline is after
+    /// `now`): the holder's id and advertised address.
+    pub async fn link_holder(
+        &self,
+        agent: &str,
+        now: u64,
+    ) -> Result<Option<(String, Option<String>)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT controller, url FROM agent_links WHERE agent = $1 AND expires_at > $2",
+        )
+        .bind(agent.to_owned())
+        .bind(as_i64(now))
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(r) => Ok(Some((r.try_get("controller")?, r.try_get("url")?))),
+            None => Ok(None),
+        }
+    }
+
+    /// Records the leading controller's advertised address (`None`: it advertises none).
+    pub async fn set_leader_url(&self, url: Option<&str>) -> Result<(), StoreError> {
+        match url {
+            Some(url) => {
+                sqlx::query(
+                    "INSERT INTO meta (key, value) VALUES ('leader-url', $1)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                )
+                .bind(url.to_owned())
+                .execute(&self.pool)
+                .await?;
+            }
+            None => {
+                sqlx::query("DELETE FROM meta WHERE key = 'leader-url'")
+                    .execute(&self.pool)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The leading controller's advertised address, if it gave one.
+    pub async fn leader_url(&self) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT value FROM meta WHERE key = 'leader-url'")
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(r) => Ok(Some(r.try_get("value")?)),
+            None => Ok(None),
+        }
     }
 
     /// Moves the deadline of every claim of `controller`.

@@ -62,7 +62,7 @@ pub enum Migrate {
 pub const LATEST: Version = MIGRATIONS[MIGRATIONS.len() - 1].0;
 
 /// Changes after version 1, in order: (version reached, statements).
-pub(super) const MIGRATIONS: [(Version, &[&str]); 8] = [
+pub(super) const MIGRATIONS: [(Version, &[&str]); 9] = [
     // Agent tokens are bound to one agent name. Agent tokens of version 1 keep NULL here and
     // are refused by the agent link until the operator re-creates them (docs/security.md).
     (2, &["ALTER TABLE tokens ADD COLUMN agent TEXT"]),
@@ -201,6 +201,9 @@ pub(super) const MIGRATIONS: [(Version, &[&str]); 8] = [
                 state TEXT NOT NULL
             )"],
     ),
+    // Where a relayed agent link can be reached: the advertised address of the controller
+    // holding it (NULL: it advertises none), for redirecting people's streams to it.
+    (10, &["ALTER TABLE agent_links ADD COLUMN url TEXT"]),
 ];
 
 /// The version a database is at (1 for a fresh one).

@@ -116,7 +116,10 @@ fn a_job_the_agent_never_took_goes_back_to_its_place_when_the_agent_reconnects_w
     lab.ok(|s| s.submit(JobId(1), qemu(), Millis(0)));
     lab.ok(|s| s.submit(JobId(2), qemu(), Millis(0)));
     // Job 1 was granted (its StartJob went out) but never reported started.
-    assert_eq!(lab.s.job(JobId(1)).map(|j| j.state), Some(JobState::Assigned));
+    assert_eq!(
+        lab.s.job(JobId(1)).map(|j| j.state),
+        Some(JobState::Assigned)
+    );
     let ev = lab.ok(|s| s.agent_connected("a1", &[dev("q1", "qemu", &[])], &[], Millis(3)));
     assert_eq!(
         kinds(&ev),
