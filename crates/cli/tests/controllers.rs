@@ -744,3 +744,68 @@ fn serve_refuses_an_advertised_address_that_is_not_a_controller_url() -> Result<
     }
     Ok(())
 }
+
+/// A job whose kernel and initrd are files beside it (uploaded by `job submit`).
+fn job_with_images(lab: &Lab) -> Result<std::path::PathBuf> {
+    let image = testkit::guest_image()?;
+    let dir = lab.sandbox().path().join("myjob");
+    std::fs::create_dir_all(dir.join("images"))?;
+    for f in ["vmlinuz", "initramfs.cpio.gz"] {
+        std::fs::copy(image.join(f), dir.join("images").join(f))?;
+    }
+    let deploy = "actions:\n- deploy:\n    to: tmpfs\n    images:\n\
+                  \x20     kernel: {url: images/vmlinuz}\n\
+                  \x20     initrd: {url: images/initramfs.cpio.gz}\n";
+    let job = inline_job("images", "  job: 4m", &["true"]).replacen("actions:\n", deploy, 1);
+    let file = dir.join("job.yaml");
+    std::fs::write(&file, job)?;
+    Ok(file)
+}
+
+#[test]
+fn an_artifact_uploaded_to_a_follower_is_fetched_by_an_agent_of_the_leader() -> Result<()> {
+    let mut lab = Lab::start_on(DUTLAB, Database::Postgres, &[])?;
+    let leader = lab.port();
+    let follower = lab.follow()?;
+    let config = agent_dialing(&lab, "host-l", &[leader])?;
+    lab.spawn_agent(&config)?;
+    lab.wait_devices_idle("host-l", 1)?;
+    let alice = lab.token("alice", "user")?;
+    wait_until(
+        "alice known to the follower",
+        Duration::from_secs(10),
+        || Ok((whoami_status(follower, &alice)? == 200).then_some(())),
+    )?;
+    let job = job_with_images(&lab)?.display().to_string();
+    // Uploaded to the follower, run by the leader's agent, which fetches from the leader.
+    let done = lab.cli_on(follower, &alice, &["job", "submit", &job, "--follow"])?;
+    expect_code(&done, 0)?;
+    ensure!(
+        done.stderr.matches("dutlab: uploading").count() == 2,
+        "{}",
+        done.stderr
+    );
+    let first = lab.json_as(&alice, &["job", "list", "--json"])?[0]["id"]
+        .as_u64()
+        .context("id")?;
+    let log = lab.log_text(first)?;
+    ensure!(log.matches(": fetched ").count() == 2, "{log}");
+    lab.controller()?
+        .wait_for_stderr("copied here from the database", Duration::from_secs(5))
+        .context("the leader served the artifacts from the database")?;
+    let count = |dir: &std::path::Path| -> Result<usize> {
+        Ok(std::fs::read_dir(dir.join("artifacts/sha256"))?.count())
+    };
+    ensure!(count(lab.data_dir())? == 2, "the leader keeps its copies");
+    ensure!(count(&lab.followers()[0].data_dir)? == 2);
+    // Through the leader now: both are in the lab already, nothing is uploaded again.
+    let again = lab.cli_on(leader, &alice, &["job", "submit", &job, "--follow"])?;
+    expect_code(&again, 0)?;
+    ensure!(
+        !again.stderr.contains("dutlab: uploading")
+            && again.stderr.matches("in the lab already").count() == 2,
+        "{}",
+        again.stderr
+    );
+    lab.finish()
+}

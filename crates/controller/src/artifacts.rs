@@ -13,6 +13,12 @@
 //! `<data>/artifacts/tmp/` and are renamed into place once their hash is known. Directories
 //! are created 0700 and files 0600, like the rest of the data directory.
 //!
+//! With a database several controllers share ([`ArtifactBytes::Shared`], PostgreSQL) the
+//! bytes are also kept in the database ([`crate::store::artifact_chunks`]), written before
+//! the artifact's row; a controller without the file fills its directory from there (the
+//! digest checked before the file is renamed into place) and serves it like its own. Files
+//! a controller kept before the database held bytes are copied in at its start.
+//!
 //! Invariants:
 //! - A stored file's name is its SHA-256: an upload whose bytes hash to another digest than
 //!   the URL says, or that passes the size cap, is refused and its temporary file removed;
@@ -50,16 +56,26 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{mpsc, oneshot};
 
-/// Bytes read from disk (and written to the socket) per chunk.
-const CHUNK: usize = 1 << 20;
+/// Bytes read from disk (and written to the socket or the database) per chunk.
+const CHUNK: usize = crate::store::artifact_chunks::CHUNK;
 
 /// Jobs looked at when deciding whether a person may use an artifact through a job.
 const JOBS_CHECKED: u64 = 200;
+
+/// Where the bytes of artifacts live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArtifactBytes {
+    /// In this controller's directory only (SQLite: one controller).
+    Local,
+    /// In the database too, for every controller of it; the directory is a cache.
+    Shared,
+}
 
 /// Where artifacts are kept, and how large one may be. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct ArtifactStore {
     dir: PathBuf,
+    bytes: ArtifactBytes,
     max_size: u64,
     quota: ArtifactQuota,
     served: Arc<AtomicU64>,
@@ -68,7 +84,12 @@ pub struct ArtifactStore {
 impl ArtifactStore {
     /// The store under `dir` (created when needed); uploads larger than `max_size`, or that
     /// would take their uploader past `quota` bytes of artifacts, are refused.
-    pub fn new(dir: PathBuf, max_size: u64, quota: u64) -> std::io::Result<ArtifactStore> {
+    pub fn new(
+        dir: PathBuf,
+        bytes: ArtifactBytes,
+        max_size: u64,
+        quota: u64,
+    ) -> std::io::Result<ArtifactStore> {
         // Private like the rest of the data directory (crate::datadir): 0700 and 0600.
         crate::datadir::create_private_dir(&dir.join("sha256"))?;
         crate::datadir::create_private_dir(&dir.join("tmp"))?;
@@ -82,6 +103,7 @@ impl ArtifactStore {
         }
         Ok(ArtifactStore {
             dir,
+            bytes,
             max_size,
             quota: ArtifactQuota::new(quota),
             served: Arc::new(AtomicU64::new(0)),
@@ -349,6 +371,10 @@ pub(crate) async fn receive(
         })?;
         StatusCode::CREATED
     };
+    // The bytes reach the database before the row that says the artifact is stored.
+    share(&state.store, &store, &hex, size)
+        .await
+        .map_err(|e| unavailable(format!("artifact sha256:{hex}: {e}")))?;
     state
         .store
         .insert_artifact(&hex, size, &uploader(caller), now())
@@ -517,7 +543,7 @@ pub async fn head_artifact(
         .await
         .map_err(unavailable)?
         .ok_or_else(|| not_found(&hex))?;
-    if !state.artifacts.path(&hex).is_file() || !may_use(&state, &caller, &hex).await? {
+    if !held(&state, &hex, size).await? || !may_use(&state, &caller, &hex).await? {
         return Err(not_found(&hex));
     }
     Ok((StatusCode::OK, [(header::CONTENT_LENGTH, size.to_string())]).into_response())
@@ -641,7 +667,7 @@ pub async fn get_artifact(
             caller.name.clone()
         }
     };
-    let path = state.artifacts.path(&hex);
+    let path = local_copy(&state, &hex).await?;
     let file = std::fs::File::open(&path).map_err(|_| not_found(&hex))?;
     let size = file.metadata().map_err(unavailable)?.len();
     tracing::info!("artifact sha256:{hex} ({size} bytes) sent to {reader}");
@@ -660,6 +686,185 @@ pub async fn get_artifact(
         Body::from_stream(stream),
     )
         .into_response())
+}
+
+/// Whether this controller can serve the artifact's `size` bytes: its file, or (shared) the
+/// database's chunks.
+async fn held(state: &AppState, hex: &str, size: u64) -> Result<bool, ApiFailure> {
+    if state.artifacts.path(hex).is_file() {
+        return Ok(true);
+    }
+    match state.artifacts.bytes {
+        ArtifactBytes::Local => Ok(false),
+        ArtifactBytes::Shared => Ok(state
+            .store
+            .artifact_stored_bytes(hex)
+            .await
+            .map_err(unavailable)?
+            == size),
+    }
+}
+
+/// The artifact's file in this controller's directory, filled from the database first when
+/// the bytes are shared and the file is not here yet.
+async fn local_copy(state: &AppState, hex: &str) -> Result<PathBuf, ApiFailure> {
+    let path = state.artifacts.path(hex);
+    if path.is_file() || state.artifacts.bytes == ArtifactBytes::Local {
+        return Ok(path);
+    }
+    let size = state
+        .store
+        .artifact_size(hex)
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(|| not_found(hex))?;
+    if state
+        .store
+        .artifact_stored_bytes(hex)
+        .await
+        .map_err(unavailable)?
+        != size
+    {
+        return Err(not_found(hex));
+    }
+    let temp = state.artifacts.dir.join("tmp").join(temp_name()?);
+    let filled = fill(&state.store, hex, size, &temp).await;
+    if let Err(e) = filled {
+        let _ = tokio::fs::remove_file(&temp).await;
+        return Err(unavailable(format!("artifact sha256:{hex}: {e}")));
+    }
+    tokio::fs::rename(&temp, &path)
+        .await
+        .map_err(|e| unavailable(format!("artifact sha256:{hex}: cannot keep it: {e}")))?;
+    tracing::info!("artifact sha256:{hex} ({size} bytes) copied here from the database");
+    Ok(path)
+}
+
+/// Chunks read from the database per query when filling a file.
+const CHUNKS_PER_READ: u64 = 8;
+
+/// Writes the database's chunks of `hex` to a new file at `temp`, synced, and checks that
+/// they are `size` bytes with that digest.
+async fn fill(
+    store: &crate::store::Store,
+    hex: &str,
+    size: u64,
+    temp: &std::path::Path,
+) -> Result<(), String> {
+    use tokio::io::AsyncWriteExt;
+    let mut out = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(temp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut hasher = Sha256::new();
+    let (mut next, mut written) = (0u64, 0u64);
+    loop {
+        let chunks = store
+            .artifact_chunks(hex, next, CHUNKS_PER_READ)
+            .await
+            .map_err(|e| e.to_string())?;
+        if chunks.is_empty() {
+            break;
+        }
+        for (idx, data) in chunks {
+            if idx != next {
+                return Err(format!("the database's copy lacks chunk {next}"));
+            }
+            hasher.update(&data);
+            out.write_all(&data).await.map_err(|e| e.to_string())?;
+            written += data.len() as u64;
+            next += 1;
+        }
+    }
+    out.sync_all().await.map_err(|e| e.to_string())?;
+    let got = hex_of(&hasher.finalize());
+    if written != size || got != hex {
+        return Err(format!(
+            "the database's copy is {written} bytes with sha256 {got}, not {size} bytes with this digest"
+        ));
+    }
+    Ok(())
+}
+
+/// Copies the artifact's file into the database when its bytes are shared and not all there.
+async fn share(
+    db: &crate::store::Store,
+    artifacts: &ArtifactStore,
+    hex: &str,
+    size: u64,
+) -> Result<(), String> {
+    use tokio::io::AsyncReadExt;
+    if artifacts.bytes == ArtifactBytes::Local {
+        return Ok(());
+    }
+    let stored = db
+        .artifact_stored_bytes(hex)
+        .await
+        .map_err(|e| e.to_string())?;
+    if stored == size && size > 0 {
+        return Ok(());
+    }
+    let mut file = tokio::fs::File::open(artifacts.path(hex))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut idx = 0u64;
+    loop {
+        let mut buf = Vec::with_capacity(CHUNK);
+        while buf.len() < CHUNK {
+            let read = (&mut file)
+                .take((CHUNK - buf.len()) as u64)
+                .read_to_end(&mut buf)
+                .await
+                .map_err(|e| e.to_string())?;
+            if read == 0 {
+                break;
+            }
+        }
+        let last = buf.len() < CHUNK;
+        if !buf.is_empty() || idx == 0 {
+            db.put_artifact_chunk(hex, idx, &buf)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        idx += 1;
+        if last {
+            return Ok(());
+        }
+    }
+}
+
+/// Copies into the database the bytes of artifacts this controller kept before the database
+/// held them (shared stores only); the others' are already there.
+pub async fn import_local(db: crate::store::Store, artifacts: ArtifactStore) {
+    if artifacts.bytes == ArtifactBytes::Local {
+        return;
+    }
+    let missing = match db.artifacts_without_chunks().await {
+        Ok(missing) => missing,
+        Err(e) => {
+            tracing::warn!("artifacts: cannot list those without bytes in the database: {e}");
+            return;
+        }
+    };
+    let mut copied = 0usize;
+    for (hex, size) in missing {
+        let here = std::fs::metadata(artifacts.path(&hex)).is_ok_and(|m| m.len() == size);
+        if !here {
+            continue;
+        }
+        match share(&db, &artifacts, &hex, size).await {
+            Ok(()) => copied += 1,
+            Err(e) => tracing::warn!("artifact sha256:{hex}: not copied into the database: {e}"),
+        }
+    }
+    if copied > 0 {
+        tracing::info!(
+            "artifacts: copied {copied} kept here into the database for every controller"
+        );
+    }
 }
 
 /// Reads `file` in chunks into `tx` until the end or the receiver is gone.

@@ -396,6 +396,11 @@ pub async fn serve(
     let artifact_dir = config.data_dir.join("artifacts");
     let artifacts = artifacts::ArtifactStore::new(
         artifact_dir.clone(),
+        if postgres {
+            artifacts::ArtifactBytes::Shared
+        } else {
+            artifacts::ArtifactBytes::Local
+        },
         config.max_artifact,
         config.artifact_quota,
     )
@@ -469,6 +474,10 @@ pub async fn serve(
     if matches!(first, Role::Leader(..)) {
         first_admin(&state, &config.data_dir).await?;
     }
+    tokio::spawn(artifacts::import_local(
+        state.store.clone(),
+        state.artifacts.clone(),
+    ));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ControllerError::Listen {

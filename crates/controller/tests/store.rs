@@ -21,6 +21,11 @@ use testkit::postgres::Postgres;
 mod groups;
 use groups::version_7_databases_keep_their_jobs_and_store_groups;
 
+/// Schema 11: artifact bytes in the database.
+#[path = "store/artifact_chunks.rs"]
+mod artifact_chunks;
+use artifact_chunks::files_kept_before_the_database_held_bytes_are_imported_in_chunks;
+
 #[derive(Debug, Clone, Copy)]
 enum Backend {
     Sqlite,
@@ -109,6 +114,7 @@ on_both!(
     version_4_databases_get_the_audit_table,
     audit_entries_are_kept_in_order_with_their_commit,
     version_7_databases_keep_their_jobs_and_store_groups,
+    files_kept_before_the_database_held_bytes_are_imported_in_chunks,
 );
 
 /// Schema version 1 (commit 75cfc57), as it created its tables.

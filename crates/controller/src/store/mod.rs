@@ -34,6 +34,7 @@ use sqlx::{AnyPool, Executor, Row};
 use std::path::Path;
 
 pub mod agent_links;
+pub mod artifact_chunks;
 pub mod commands;
 pub mod hold;
 pub mod log_records;

@@ -8,7 +8,8 @@
 //!   released version reaches [`LATEST`] by running the migrations above its version, in
 //!   order, one transaction per version (PostgreSQL and SQLite both have transactional DDL).
 //! - A database of a version above [`LATEST`] is refused before anything is written to it.
-//! - One SQL text serves SQLite and PostgreSQL: `BIGINT`/`TEXT` columns only.
+//! - One SQL text serves SQLite and PostgreSQL: `BIGINT`/`TEXT` columns, and `BYTEA` for
+//!   bytes (a blob in SQLite).
 
 use super::StoreError;
 use sqlx::{AnyPool, Executor, Row};
@@ -62,7 +63,7 @@ pub enum Migrate {
 pub const LATEST: Version = MIGRATIONS[MIGRATIONS.len() - 1].0;
 
 /// Changes after version 1, in order: (version reached, statements).
-pub(super) const MIGRATIONS: [(Version, &[&str]); 9] = [
+pub(super) const MIGRATIONS: [(Version, &[&str]); 10] = [
     // Agent tokens are bound to one agent name. Agent tokens of version 1 keep NULL here and
     // are refused by the agent link until the operator re-creates them (docs/security.md).
     (2, &["ALTER TABLE tokens ADD COLUMN agent TEXT"]),
@@ -204,6 +205,18 @@ pub(super) const MIGRATIONS: [(Version, &[&str]); 9] = [
     // Where a relayed agent link can be reached: the advertised address of the controller
     // holding it (NULL: it advertises none), for redirecting people's streams to it.
     (10, &["ALTER TABLE agent_links ADD COLUMN url TEXT"]),
+    // Artifact bytes in the database (written on PostgreSQL only), so every controller of a
+    // shared database serves every artifact. `BYTEA` is PostgreSQL's bytes; SQLite keeps a
+    // blob in any column.
+    (
+        11,
+        &["CREATE TABLE IF NOT EXISTS artifact_chunks (
+                sha256 TEXT NOT NULL,
+                idx BIGINT NOT NULL,
+                data BYTEA NOT NULL,
+                PRIMARY KEY (sha256, idx)
+            )"],
+    ),
 ];
 
 /// The version a database is at (1 for a fresh one).
