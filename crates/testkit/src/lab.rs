@@ -347,10 +347,11 @@ impl Lab {
     pub fn follow(&mut self) -> Result<u16> {
         let database = self.database_args();
         ensure!(!database.is_empty(), "followers need a lab on PostgreSQL");
-        let data_dir = self
-            .sandbox
-            .path()
-            .join(format!("data-{}", self.followers.len() + 2));
+        // A fresh directory: followers that took the lead left the list but keep theirs.
+        let data_dir = (2..)
+            .map(|n| self.sandbox.path().join(format!("data-{n}")))
+            .find(|d| !d.exists())
+            .context("a free data directory name")?;
         let mut cmd = self.sandbox.command(&self.bin)?;
         cmd.args(["serve", "--follow", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&data_dir)
