@@ -630,21 +630,28 @@ fn device_of(lab: &Lab, agent: &str) -> Result<String> {
         .with_context(|| format!("no device of {agent}: {devices}"))
 }
 
-#[test]
-fn a_console_opens_through_any_controller_and_is_sent_to_the_one_holding_the_agent() -> Result<()> {
+/// A leader and a follower on PostgreSQL, with agent `host-l` (one QEMU device) linked to
+/// the leader and `host-f` linked to the follower, each knowing both; answers their ports.
+fn leader_and_follower_with_an_agent_each() -> Result<(Lab, u16, u16)> {
     let mut lab = Lab::start_on(DUTLAB, Database::Postgres, &[])?;
     let leader = lab.port();
     let follower = lab.follow()?;
-    let of_follower = agent_dialing(&lab, "host-f", &[follower, leader])?;
     let of_leader = agent_dialing(&lab, "host-l", &[leader, follower])?;
-    lab.spawn_agent(&of_follower)?;
+    let of_follower = agent_dialing(&lab, "host-f", &[follower, leader])?;
     lab.spawn_agent(&of_leader)?;
-    lab.wait_devices_idle("host-f", 1)?;
+    lab.spawn_agent(&of_follower)?;
     lab.wait_devices_idle("host-l", 1)?;
+    lab.wait_devices_idle("host-f", 1)?;
     lab.followers()[0]
         .process
         .wait_for_stderr("agent host-f (link", Duration::from_secs(5))
         .context("the follower does not relay host-f")?;
+    Ok((lab, leader, follower))
+}
+
+#[test]
+fn a_console_opens_through_any_controller_and_is_sent_to_the_one_holding_the_agent() -> Result<()> {
+    let (lab, leader, follower) = leader_and_follower_with_an_agent_each()?;
     let alice = lab.token("alice", "user")?;
     let bob = lab.token("bob", "user")?;
     for token in [&alice, &bob] {
@@ -812,19 +819,7 @@ fn an_artifact_uploaded_to_a_follower_is_fetched_by_an_agent_of_the_leader() -> 
 
 #[test]
 fn postgres_restarted_under_two_controllers_the_follower_leads_and_nothing_is_lost() -> Result<()> {
-    let mut lab = Lab::start_on(DUTLAB, Database::Postgres, &[])?;
-    let leader = lab.port();
-    let follower = lab.follow()?;
-    let of_leader = agent_dialing(&lab, "host-l", &[leader, follower])?;
-    let of_follower = agent_dialing(&lab, "host-f", &[follower, leader])?;
-    lab.spawn_agent(&of_leader)?;
-    lab.spawn_agent(&of_follower)?;
-    lab.wait_devices_idle("host-l", 1)?;
-    lab.wait_devices_idle("host-f", 1)?;
-    lab.followers()[0]
-        .process
-        .wait_for_stderr("agent host-f (link", Duration::from_secs(5))
-        .context("the follower does not relay host-f")?;
+    let (mut lab, leader, follower) = leader_and_follower_with_an_agent_each()?;
     let lines = 80;
     let long = lab.write("long.yaml", &numbered_job("long", lines, "0.25"))?;
     let ids = [

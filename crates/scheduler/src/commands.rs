@@ -258,32 +258,32 @@ impl Scheduler {
     /// until [`Scheduler::agent_heard`]. Its link and leases stay (the lease TTL fences its
     /// jobs). Nothing happens for an agent that is silent already or not connected.
     pub fn agent_silent(&mut self, agent: &str, now: Millis) -> Vec<Event> {
-        let mut out = Vec::new();
-        if self.agent_presence(agent) == Some(AgentState::Connected) {
-            self.emit(
-                &mut out,
-                Event::AgentSilent {
-                    agent: agent.to_owned(),
-                    at: now,
-                },
-            );
-        }
-        out
+        let event = Event::AgentSilent {
+            agent: agent.to_owned(),
+            at: now,
+        };
+        self.presence_changed(agent, AgentState::Connected, event)
     }
 
     /// A silent agent spoke: its idle devices take work again, and waiting work is
     /// scheduled on them. Nothing happens for an agent that is not silent.
     pub fn agent_heard(&mut self, agent: &str, now: Millis) -> Vec<Event> {
-        let mut out = Vec::new();
-        if self.agent_presence(agent) == Some(AgentState::Silent) {
-            self.emit(
-                &mut out,
-                Event::AgentHeard {
-                    agent: agent.to_owned(),
-                    at: now,
-                },
-            );
+        let event = Event::AgentHeard {
+            agent: agent.to_owned(),
+            at: now,
+        };
+        let mut out = self.presence_changed(agent, AgentState::Silent, event);
+        if !out.is_empty() {
             out.extend(self.schedule(now));
+        }
+        out
+    }
+
+    /// Emits `event` if the agent's presence is `from`.
+    fn presence_changed(&mut self, agent: &str, from: AgentState, event: Event) -> Vec<Event> {
+        let mut out = Vec::new();
+        if self.agent_presence(agent) == Some(from) {
+            self.emit(&mut out, event);
         }
         out
     }
