@@ -195,15 +195,7 @@ impl Scheduler {
                         .is_some_and(|j| j.state == JobState::Assigned)
             });
             if let Some(job) = never_started {
-                self.emit(&mut out, Event::JobRequeued { job, at: now });
-                self.emit(
-                    &mut out,
-                    Event::LeaseReleased {
-                        lease: l.id,
-                        device_state: DeviceState::NeedsCheck,
-                        at: now,
-                    },
-                );
+                self.requeue(&mut out, job, l.id, now);
             } else {
                 let reason = format!("agent {agent} restarted and no longer runs the job");
                 self.end_lease(
@@ -420,17 +412,7 @@ impl Scheduler {
                     now,
                 );
             }
-            JobState::Assigned => {
-                self.emit(&mut out, Event::JobRequeued { job, at: now });
-                self.emit(
-                    &mut out,
-                    Event::LeaseReleased {
-                        lease,
-                        device_state: DeviceState::NeedsCheck,
-                        at: now,
-                    },
-                );
-            }
+            JobState::Assigned => self.requeue(&mut out, job, lease, now),
             JobState::Canceling => {
                 let reason = "canceled; the agent did not start it".to_owned();
                 self.end_lease(
@@ -795,6 +777,20 @@ impl Scheduler {
 
     /// Live job leases on the devices of `agent` (riders included), by lease id (agents
     /// know nothing of the leases people hold).
+    /// A job that never started goes back to its place in the queue; its device, which the
+    /// agent may have touched, needs a check.
+    fn requeue(&mut self, out: &mut Vec<Event>, job: JobId, lease: LeaseId, now: Millis) {
+        self.emit(out, Event::JobRequeued { job, at: now });
+        self.emit(
+            out,
+            Event::LeaseReleased {
+                lease,
+                device_state: DeviceState::NeedsCheck,
+                at: now,
+            },
+        );
+    }
+
     fn job_leases_of(&self, agent: &str) -> Vec<Lease> {
         let mut leases: Vec<Lease> = self
             .devices_of(agent)
