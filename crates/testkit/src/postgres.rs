@@ -10,8 +10,10 @@
 //! - Nothing is left behind: [`Postgres::stop`] (and drop) shuts the server down and then
 //!   waits until the postmaster and every process it had started are gone, killing them if
 //!   a shutdown does not finish; `stop` fails the test if it had to.
-//! - Durability is not what these servers test: they run with `fsync=off` (an immediate stop
-//!   or a killed server still loses nothing committed, since the kernel keeps the writes).
+//! - Durability is not what test servers test: [`Postgres::start`] runs with `fsync=off` (an
+//!   immediate stop or a killed server still loses nothing committed, since the kernel keeps
+//!   the writes). A benchmark that compares stores starts one with [`Durability::Fsync`], as a
+//!   lab's server runs.
 
 use anyhow::{Context, bail, ensure};
 use nix::sys::signal::{Signal, kill};
@@ -24,9 +26,19 @@ use std::time::{Duration, Instant};
 /// The superuser of every test cluster.
 pub const USER: &str = "dutlab";
 
+/// Whether the server flushes its writes to disk at commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// `fsync=off`, `full_page_writes=off`: for tests.
+    NoFsync,
+    /// PostgreSQL's defaults (fsync at commit): for benchmarks.
+    Fsync,
+}
+
 /// One running (or stopped) private server.
 pub struct Postgres {
     dir: tempfile::TempDir,
+    durability: Durability,
     bin: PathBuf,
     /// uid and gid the server programs run as (None: as this process).
     owner: Option<(u32, u32)>,
@@ -37,6 +49,12 @@ pub struct Postgres {
 impl Postgres {
     /// Makes a cluster in a new temporary directory and starts its server.
     pub fn start() -> anyhow::Result<Postgres> {
+        Postgres::start_with(Durability::NoFsync)
+    }
+
+    /// Makes a cluster in a new temporary directory and starts its server with this
+    /// durability.
+    pub fn start_with(durability: Durability) -> anyhow::Result<Postgres> {
         let bin = server_bin_dir()?;
         let owner = server_owner()?;
         let dir = tempfile::Builder::new().prefix("dutlab-pg-").tempdir()?;
@@ -46,6 +64,7 @@ impl Postgres {
         }
         let mut server = Postgres {
             dir,
+            durability,
             bin,
             owner,
             processes: Vec::new(),
@@ -137,10 +156,10 @@ impl Postgres {
     /// Starts the server of this cluster (after [`Postgres::stop`]).
     pub fn start_again(&mut self) -> anyhow::Result<()> {
         ensure!(self.processes.is_empty(), "the server is running");
-        let options = format!(
-            "-c listen_addresses='' -k {} -c fsync=off -c full_page_writes=off",
-            self.socket_dir().display()
-        );
+        let mut options = format!("-c listen_addresses='' -k {}", self.socket_dir().display());
+        if self.durability == Durability::NoFsync {
+            options.push_str(" -c fsync=off -c full_page_writes=off");
+        }
         let log = self.dir.path().join("server.log");
         let started = self
             .program("pg_ctl")
