@@ -14,7 +14,7 @@
 //! - SQLite needs no lock here: its database lives in the data directory, which `serve` locks.
 
 use super::{StoreError, redact, schema};
-use sqlx::{AnyConnection, Connection, Executor, Row};
+use sqlx::{AnyConnection, ConnectOptions, Connection, Executor, Row};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -58,12 +58,19 @@ impl Hold {
             });
         }
         sqlx::any::install_default_drivers();
-        let mut conn = AnyConnection::connect(url)
+        let connect_error = |source| StoreError::Connect {
+            url: redact(url),
+            source,
+        };
+        // A standby or follower waits in `pg_advisory_lock` for as long as the leader lives:
+        // that statement is slow by design, so this connection logs no statements.
+        let options = url
+            .parse::<sqlx::any::AnyConnectOptions>()
+            .map_err(connect_error)?
+            .disable_statement_logging();
+        let mut conn = AnyConnection::connect_with(&options)
             .await
-            .map_err(|source| StoreError::Connect {
-                url: redact(url),
-                source,
-            })?;
+            .map_err(connect_error)?;
         // A controller killed a moment ago holds the lock until its backend has seen the
         // socket close: try for a short while before calling the database held.
         let deadline = tokio::time::Instant::now() + SETTLE;
