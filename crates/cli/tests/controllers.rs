@@ -729,6 +729,84 @@ fn a_console_opens_through_any_controller_and_is_sent_to_the_one_holding_the_age
 }
 
 #[test]
+fn power_and_flash_asked_of_a_follower_are_sent_to_the_leader_for_either_agent() -> Result<()> {
+    let (lab, leader, follower) = leader_and_follower_with_an_agent_each()?;
+    let alice = lab.token("alice", "user")?;
+    let bob = lab.token("bob", "user")?;
+    for token in [&alice, &bob] {
+        wait_until(
+            "the tokens known to the follower",
+            Duration::from_secs(10),
+            || Ok((whoami_status(follower, token)? == 200).then_some(())),
+        )?;
+    }
+    let image = lab.sandbox().path().join("image.raw");
+    std::fs::write(&image, vec![0x5a_u8; 1 << 20])?;
+    let image = image.display().to_string();
+    let sent = format!("sent to the leader at http://127.0.0.1:{leader}");
+    // Alice leases both devices through the follower: host-f's agent is linked to the
+    // follower (the leader reaches it through the relay), host-l's to the leader.
+    for agent in ["host-f", "host-l"] {
+        let device = device_of(&lab, agent)?;
+        let acquired = lab.cli_on(
+            follower,
+            &alice,
+            &["lease", "acquire", "--device", &device, "--wait", "--json"],
+        )?;
+        expect_code(&acquired, 0)?;
+        let view: Value = serde_json::from_str(&acquired.stdout)?;
+        let lease = view["id"].as_u64().context("lease id")?.to_string();
+        let power = |action: &str| -> Result<Value> {
+            let done = lab.cli_on(
+                follower,
+                &alice,
+                &["power", action, "--lease", &lease, "--json"],
+            )?;
+            expect_code(&done, 0)?;
+            Ok(serde_json::from_str(&done.stdout)?)
+        };
+        let off = power("status")?;
+        ensure!(
+            off["state"] == "off" && off["device"] == device.as_str(),
+            "{agent}: {off}"
+        );
+        let flashed = lab.cli_on(
+            follower,
+            &alice,
+            &["flash", &image, "--lease", &lease, "--json"],
+        )?;
+        expect_code(&flashed, 0)?;
+        let flashed: Value = serde_json::from_str(&flashed.stdout)?;
+        ensure!(flashed["bytes"] == 1 << 20, "{agent}: {flashed}");
+        ensure!(power("on")?["state"] == "on", "{agent}: not on");
+        ensure!(power("status")?["state"] == "on", "{agent}: not on");
+        // Bob is refused by the follower, before any redirect says where the leader is.
+        let refused = lab.cli_on(follower, &bob, &["power", "off", "--lease", &lease])?;
+        expect_code(&refused, 77)?;
+        ensure!(
+            !refused.stderr.contains(&format!(":{leader}")),
+            "bob learnt where the leader is: {}",
+            refused.stderr
+        );
+        ensure!(power("off")?["state"] == "off", "{agent}: not off");
+    }
+    lab.followers()[0]
+        .process
+        .wait_for_stderr(&sent, Duration::from_secs(5))
+        .context("the follower did not send the power request to the leader")?;
+    // host-f's agent fetched the image for its flash from the leader, sent there by the
+    // follower that holds its link.
+    lab.followers()[0]
+        .process
+        .wait_for_stderr(
+            &format!("is fetched from the leader at http://127.0.0.1:{leader}"),
+            Duration::from_secs(5),
+        )
+        .context("the follower did not send host-f's fetch to the leader")?;
+    lab.finish()
+}
+
+#[test]
 fn serve_refuses_an_advertised_address_that_is_not_a_controller_url() -> Result<()> {
     let sandbox = testkit::Sandbox::new()?;
     for bad in [

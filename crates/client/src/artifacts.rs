@@ -195,15 +195,12 @@ impl Client {
         sha256: &str,
         what: FetchFor,
     ) -> Result<reqwest::Response, ClientError> {
+        // A follower sends an agent fetching for a person's lease to the leader (307).
         let url = self.artifact_url(sha256, what);
-        let mut request = self.http.request(method, url.clone());
-        if let Some(auth) = self.auth() {
-            request = request.header(AUTHORIZATION, auth.clone());
-        }
-        request
-            .send()
-            .await
-            .map_err(|e| self.transport_error(&url, Box::new(e.without_url())))
+        let (_, response) = self
+            .send_following(url, |url| self.http.request(method.clone(), url.clone()))
+            .await?;
+        Ok(response)
     }
 }
 

@@ -310,6 +310,35 @@ pub(crate) fn redirected(from: &Url, location: &str) -> Result<Url, ClientError>
     Ok(next)
 }
 
+/// The HTTP URL a redirect from `from` to `location` leads to: `http` or `https` only, no
+/// credentials, never from `https` to `http`.
+pub(crate) fn http_redirected(from: &Url, location: &str) -> Result<Url, ClientError> {
+    let bad = |reason: String| ClientError::BadUrl {
+        url: location.to_owned(),
+        reason,
+    };
+    let next = from
+        .join(location)
+        .map_err(|e| bad(format!("redirect from {from}: {e}")))?;
+    if !matches!(next.scheme(), "http" | "https") {
+        return Err(bad(format!(
+            "redirect from {from} to a {}: URL; refused",
+            next.scheme()
+        )));
+    }
+    if !next.username().is_empty() || next.password().is_some() {
+        return Err(bad(format!(
+            "redirect from {from} to a URL with credentials; refused"
+        )));
+    }
+    if from.scheme() == "https" && next.scheme() != "https" {
+        return Err(bad(format!(
+            "redirect from {from} gives up TLS; refused (the token would cross the network in clear)"
+        )));
+    }
+    Ok(next)
+}
+
 enum Handshake {
     Open(Box<Socket>),
     Redirect(String),
@@ -409,6 +438,20 @@ async fn read(socket: &mut Socket) -> Read {
 mod tests {
     use super::*;
     use proto::Millis;
+
+    #[test]
+    fn http_redirects_stay_http_keep_tls_and_carry_no_credentials() {
+        let from = Url::parse("http://lab1:7780/api/v1/leases/3/power").expect("valid");
+        let next = http_redirected(&from, "http://lab2:7781/api/v1/leases/3/power").expect("valid");
+        assert_eq!(next.as_str(), "http://lab2:7781/api/v1/leases/3/power");
+        let relative = http_redirected(&from, "/api/v1/leases/3/flash").expect("valid");
+        assert_eq!(relative.as_str(), "http://lab1:7780/api/v1/leases/3/flash");
+        let tls = Url::parse("https://lab1/api/v1/leases/3/power").expect("valid");
+        let refused = http_redirected(&tls, "http://lab2/x").expect_err("refused");
+        assert!(refused.to_string().contains("gives up TLS"), "{refused}");
+        assert!(http_redirected(&from, "ws://lab2/x").is_err());
+        assert!(http_redirected(&from, "http://u:p@lab2/x").is_err());
+    }
 
     #[test]
     fn redirects_keep_the_path_become_websocket_urls_and_never_drop_tls() {

@@ -6,7 +6,10 @@
 //!
 //! Invariants:
 //! - The token is sent only as `Authorization: Bearer ...` (a header marked sensitive), to the
-//!   controller's own URL: redirects are not followed, URLs with credentials are refused.
+//!   controller's own URL and to where it redirects with 307 or 308 (another controller of
+//!   the lab: the holder of an agent's link, the leader): at most
+//!   [`follow::MAX_REDIRECTS`] hops, never from TLS to plain text, never to a URL with
+//!   credentials; other redirects are not followed.
 //!   `Debug` of [`Client`] and every [`ClientError`] leave it out.
 //! - Every request has a connect timeout ([`CONNECT_TIMEOUT`]) and a read timeout
 //!   ([`READ_TIMEOUT`]); answers larger than [`MAX_ANSWER`] are refused, not buffered.
@@ -384,18 +387,18 @@ impl Client {
         let id = id.to_string();
         let all = api_path(&["leases", &id, "flash"]);
         let url = self.endpoint(&all);
-        let mut request = self
-            .http
-            .request(Method::POST, url.clone())
-            .header(reqwest::header::ACCEPT, "application/x-ndjson")
-            .json(&FlashRequest {
-                sha256: sha256.to_owned(),
-            });
-        if let Some(auth) = &self.auth {
-            request = request.header(AUTHORIZATION, auth.clone());
-        }
+        let body = FlashRequest {
+            sha256: sha256.to_owned(),
+        };
+        let (url, mut response) = self
+            .send_following(url, |url| {
+                self.http
+                    .request(Method::POST, url.clone())
+                    .header(reqwest::header::ACCEPT, "application/x-ndjson")
+                    .json(&body)
+            })
+            .await?;
         let unreachable = |e: reqwest::Error| self.transport_error(&url, Box::new(e.without_url()));
-        let mut response = request.send().await.map_err(unreachable)?;
         let status = response.status();
         let mut pending = Vec::new();
         if !status.is_success() {
@@ -519,15 +522,16 @@ impl Client {
             url.query_pairs_mut()
                 .extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
         }
-        let mut request = self.http.request(method, url.clone());
-        if let Some(auth) = &self.auth {
-            request = request.header(AUTHORIZATION, auth.clone());
-        }
-        if let Some(body) = body {
-            request = request.json(body);
-        }
+        let (url, mut response) = self
+            .send_following(url, |url| {
+                let request = self.http.request(method.clone(), url.clone());
+                match body {
+                    Some(body) => request.json(body),
+                    None => request,
+                }
+            })
+            .await?;
         let unreachable = |e: reqwest::Error| self.transport_error(&url, Box::new(e.without_url()));
-        let mut response = request.send().await.map_err(unreachable)?;
         let status = response.status();
         let mut answer = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(unreachable)? {
@@ -548,6 +552,40 @@ impl Client {
 }
 
 impl Client {
+    /// Sends the request `build` makes for `url`, with the token; a 307 or 308 (a follower
+    /// sending a lease's power, flash or screenshot, or an agent's fetch for a flash, to the
+    /// leading controller) is sent again
+    /// to its `Location`, at most [`follow::MAX_REDIRECTS`] times, never from `https://` to
+    /// `http://`. Answers the last URL and its response.
+    async fn send_following(
+        &self,
+        mut url: Url,
+        build: impl Fn(&Url) -> reqwest::RequestBuilder,
+    ) -> Result<(Url, reqwest::Response), ClientError> {
+        for _ in 0..=follow::MAX_REDIRECTS {
+            let mut request = build(&url);
+            if let Some(auth) = &self.auth {
+                request = request.header(AUTHORIZATION, auth.clone());
+            }
+            let response = request
+                .send()
+                .await
+                .map_err(|e| self.transport_error(&url, Box::new(e.without_url())))?;
+            let location = response
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|v| v.to_str().ok());
+            match (response.status().as_u16(), location) {
+                (307 | 308, Some(location)) => url = follow::http_redirected(&url, location)?,
+                _ => return Ok((url, response)),
+            }
+        }
+        Err(ClientError::BadUrl {
+            url: url.to_string(),
+            reason: format!("more than {} redirects", follow::MAX_REDIRECTS),
+        })
+    }
+
     /// A transport failure: [`ClientError::Tls`] when TLS refused the server, else
     /// [`ClientError::Unreachable`].
     pub(crate) fn transport_error(&self, url: &Url, source: Cause) -> ClientError {

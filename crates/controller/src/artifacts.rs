@@ -37,7 +37,8 @@
 use crate::api::{ApiFailure, PEOPLE, visible_job};
 use crate::artifact_quota::{ArtifactQuota, OverArtifactQuota};
 use crate::auth::Caller;
-use crate::dispatcher::{Command, Failure};
+use crate::dispatcher::{Command, Failure, SessionFetch};
+use crate::lease_api::leader_redirect;
 use crate::{AppState, now};
 use axum::Json;
 use axum::body::{Body, Bytes};
@@ -562,12 +563,14 @@ pub struct FetchQuery {
 #[utoipa::path(get, path = "/api/v1/artifacts/sha256/{hex}", security(("bearer" = [])),
     params(("hex" = String, Path, description = "SHA-256 of the content"), FetchQuery),
     responses((status = 200, description = "the content", body = Vec<u8>, content_type = "application/octet-stream"),
-        (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
+        (status = 307, description = "an agent fetching for a person's lease on a follower: the same request at the leading controller"),
+        (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError), (status = 503, body = ApiError)))]
 pub async fn get_artifact(
     State(state): State<AppState>,
     axum::Extension(caller): axum::Extension<Caller>,
     Path(hex): Path<String>,
     Query(query): Query<FetchQuery>,
+    uri: axum::http::Uri,
 ) -> Result<Response, ApiFailure> {
     checked_digest(&hex)?;
     let reader = match caller.role {
@@ -600,7 +603,19 @@ pub async fn get_artifact(
             let holds = answer
                 .await
                 .map_err(|_| unavailable("the dispatcher stopped"))?;
-            if !holds {
+            if holds == SessionFetch::AtLeader {
+                let (url, redirect) = leader_redirect(&state, &uri).await.map_err(|reason| {
+                    unavailable(format!(
+                        "artifact sha256:{hex} for lease {lease}: flashes are done by the leading controller, {reason}"
+                    ))
+                })?;
+                tracing::info!(
+                    "agent {}: artifact sha256:{hex} for lease {lease} is fetched from the leader at {url}",
+                    caller.name
+                );
+                return Ok(redirect);
+            }
+            if holds == SessionFetch::Refused {
                 tracing::warn!(
                     "agent token {} asked for artifact sha256:{hex} for lease {lease}, which it does not keep or which flashes no such artifact",
                     caller.token_id
@@ -690,7 +705,7 @@ pub async fn get_artifact(
 
 /// Whether this controller can serve the artifact's `size` bytes: its file, or (shared) the
 /// database's chunks.
-async fn held(state: &AppState, hex: &str, size: u64) -> Result<bool, ApiFailure> {
+pub(crate) async fn held(state: &AppState, hex: &str, size: u64) -> Result<bool, ApiFailure> {
     if state.artifacts.path(hex).is_file() {
         return Ok(true);
     }

@@ -19,14 +19,17 @@
 //!   most its bound ([`POWER_WAIT`], [`FLASH_WAIT`], [`SCREENSHOT_WAIT`]) for the agent's
 //!   answer, then 504. A flash names an artifact the caller may use (404 otherwise, as for
 //!   `GET /api/v1/artifacts`).
+//! - They are the leader's: a follower answers a caller who may use the held lease 307 to
+//!   the same path at the leader's advertised address (503 when it advertises none), which
+//!   checks everything again; anyone else gets the follower's 403, 409 or 410.
 
 use crate::AppState;
 use crate::api::{ApiFailure, ApiResult, PEOPLE, ask, viewer};
 use crate::auth::Caller;
-use crate::dispatcher::{Command, LeaseRequest};
+use crate::dispatcher::{Command, LeaseRequest, SessionAt};
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{StatusCode, Uri, header};
 use axum::response::IntoResponse;
 use futures_util::StreamExt;
 use proto::PersonLeaseId;
@@ -256,6 +259,68 @@ pub const FLASH_WAIT: Duration = Duration::from_secs(30 * 60);
 /// How long a screenshot waits.
 pub const SCREENSHOT_WAIT: Duration = Duration::from_secs(60);
 
+/// `Some(307 to the leader)` when this controller follows and the caller may use the held
+/// lease; `None` when the request is done here.
+pub(crate) async fn to_leader(
+    state: &AppState,
+    caller: &Caller,
+    id: u64,
+    uri: &Uri,
+) -> ApiResult<Option<axum::response::Response>> {
+    let lease = PersonLeaseId(id);
+    let viewer = viewer(state, caller);
+    let at = ask(state, |reply| Command::SessionRoute {
+        lease,
+        viewer,
+        reply,
+    })
+    .await??;
+    if at == SessionAt::Here {
+        return Ok(None);
+    }
+    let redirect = leader_redirect(state, uri)
+        .await
+        .map_err(|reason| {
+            ApiFailure::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("lease {lease}: power, flash and screenshots are done by the leading controller, {reason}"),
+            )
+        })?;
+    tracing::info!(
+        "lease {lease}: {} sent to the leader at {}",
+        caller.user,
+        redirect.0
+    );
+    Ok(Some(redirect.1))
+}
+
+/// A 307 to the same path and query at the leading controller's advertised address (with
+/// that address), or why there is none (for a 503).
+pub(crate) async fn leader_redirect(
+    state: &AppState,
+    uri: &Uri,
+) -> Result<(String, axum::response::Response), String> {
+    let url = state
+        .store
+        .leader_url()
+        .await
+        .map_err(|e| format!("whose address cannot be read: {e}"))?
+        .ok_or_else(|| {
+            "which advertises no address to send you to (start it with `dutlab serve --advertise URL`)"
+                .to_owned()
+        })?;
+    let location = format!(
+        "{url}{}",
+        uri.path_and_query().map_or(uri.path(), |p| p.as_str())
+    );
+    let response = (
+        StatusCode::TEMPORARY_REDIRECT,
+        [(header::LOCATION, location)],
+    )
+        .into_response();
+    Ok((url, response))
+}
+
 /// Asks the lease's agent for `action` and waits at most `bound` for its result.
 pub(crate) async fn on_device(
     state: &AppState,
@@ -312,9 +377,13 @@ async fn power(
     state: &AppState,
     caller: &Caller,
     id: u64,
+    uri: &Uri,
     action: PowerAction,
-) -> ApiResult<Json<PowerView>> {
+) -> ApiResult<axum::response::Response> {
     caller.require(&PEOPLE)?;
+    if let Some(redirect) = to_leader(state, caller, id, uri).await? {
+        return Ok(redirect);
+    }
     let result = on_device(
         state,
         caller,
@@ -331,7 +400,8 @@ async fn power(
         lease: PersonLeaseId(id),
         device,
         state: power,
-    }))
+    })
+    .into_response())
 }
 
 /// The device a lease holds (for answers).
@@ -351,14 +421,15 @@ async fn device_of(state: &AppState, caller: &Caller, id: u64) -> ApiResult<Stri
 #[utoipa::path(get, path = "/api/v1/leases/{id}/power", security(("bearer" = [])), params(("id" = u64, Path, description = "lease id")),
     responses((status = 200, body = PowerView), (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError),
         (status = 409, description = "the lease is waiting for a device", body = ApiError), (status = 410, description = "the lease has ended", body = ApiError),
-        (status = 502, description = "the agent could not do it", body = ApiError), (status = 503, description = "the device's agent is not connected", body = ApiError),
+        (status = 502, description = "the agent could not do it", body = ApiError), (status = 307, description = "this controller follows: do it at the Location, the leading controller"), (status = 503, description = "the device's agent is not connected", body = ApiError),
         (status = 504, description = "the agent did not answer in time", body = ApiError)))]
 pub async fn get_power(
     State(state): State<AppState>,
     axum::Extension(caller): axum::Extension<Caller>,
     Path(id): Path<u64>,
-) -> ApiResult<Json<PowerView>> {
-    power(&state, &caller, id, PowerAction::Status).await
+    uri: Uri,
+) -> ApiResult<axum::response::Response> {
+    power(&state, &caller, id, &uri, PowerAction::Status).await
 }
 
 /// Powers the leased device on, off, or off and on again (`cycle`); `status` only reports.
@@ -367,15 +438,16 @@ pub async fn get_power(
 #[utoipa::path(post, path = "/api/v1/leases/{id}/power", security(("bearer" = [])), params(("id" = u64, Path, description = "lease id")), request_body = PowerRequest,
     responses((status = 200, body = PowerView), (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError),
         (status = 409, description = "the lease is waiting for a device", body = ApiError), (status = 410, description = "the lease has ended", body = ApiError),
-        (status = 502, description = "the agent could not do it", body = ApiError), (status = 503, description = "the device's agent is not connected", body = ApiError),
+        (status = 502, description = "the agent could not do it", body = ApiError), (status = 307, description = "this controller follows: do it at the Location, the leading controller"), (status = 503, description = "the device's agent is not connected", body = ApiError),
         (status = 504, description = "the agent did not answer in time", body = ApiError)))]
 pub async fn post_power(
     State(state): State<AppState>,
     axum::Extension(caller): axum::Extension<Caller>,
     Path(id): Path<u64>,
+    uri: Uri,
     Json(body): Json<PowerRequest>,
-) -> ApiResult<Json<PowerView>> {
-    power(&state, &caller, id, body.action).await
+) -> ApiResult<axum::response::Response> {
+    power(&state, &caller, id, &uri, body.action).await
 }
 
 /// Makes an uploaded artifact the leased device's storage (QEMU: a fresh linked clone of it
@@ -386,16 +458,20 @@ pub async fn post_power(
     responses((status = 200, body = FlashView, description = "the flash is done (with Accept: application/x-ndjson: FlashLine documents, one a line)"), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 403, body = ApiError),
         (status = 404, description = "no such lease, or an artifact the caller may not use", body = ApiError),
         (status = 409, description = "the lease is waiting for a device", body = ApiError), (status = 410, description = "the lease has ended", body = ApiError),
-        (status = 502, description = "the agent could not do it", body = ApiError), (status = 503, description = "the device's agent is not connected", body = ApiError),
+        (status = 502, description = "the agent could not do it", body = ApiError), (status = 307, description = "this controller follows: do it at the Location, the leading controller"), (status = 503, description = "the device's agent is not connected", body = ApiError),
         (status = 504, description = "the agent did not answer in time", body = ApiError)))]
 pub async fn post_flash(
     State(state): State<AppState>,
     axum::Extension(caller): axum::Extension<Caller>,
     Path(id): Path<u64>,
+    uri: Uri,
     headers: axum::http::HeaderMap,
     Json(body): Json<FlashRequest>,
 ) -> ApiResult<axum::response::Response> {
     caller.require(&PEOPLE)?;
+    if let Some(redirect) = to_leader(&state, &caller, id, &uri).await? {
+        return Ok(redirect);
+    }
     let hex = body
         .sha256
         .strip_prefix("sha256:")
@@ -415,7 +491,11 @@ pub async fn post_flash(
         .await
         .map_err(|e| ApiFailure::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     let usable = crate::artifacts::may_use(&state, &caller, &hex).await?;
-    let Some(size) = size.filter(|_| usable && state.artifacts.path(&hex).is_file()) else {
+    let here = match size {
+        Some(size) if usable => crate::artifacts::held(&state, &hex, size).await?,
+        _ => false,
+    };
+    let Some(size) = size.filter(|_| here) else {
         return Err(ApiFailure::new(
             StatusCode::NOT_FOUND,
             format!(
@@ -526,15 +606,18 @@ pub(crate) fn flash_steps(
         (status = 404, body = ApiError), (status = 409, description = "the lease is waiting for a device", body = ApiError),
         (status = 410, description = "the lease has ended", body = ApiError),
         (status = 502, description = "the agent could not do it (no video, device off)", body = ApiError),
-        (status = 503, description = "the device's agent is not connected", body = ApiError),
+        (status = 307, description = "this controller follows: do it at the Location, the leading controller"), (status = 503, description = "the device's agent is not connected", body = ApiError),
         (status = 504, description = "the agent did not answer in time", body = ApiError)))]
 pub async fn get_screenshot(
     State(state): State<AppState>,
     axum::Extension(caller): axum::Extension<Caller>,
     Path(id): Path<u64>,
+    uri: Uri,
 ) -> ApiResult<axum::response::Response> {
-    use axum::response::IntoResponse;
     caller.require(&PEOPLE)?;
+    if let Some(redirect) = to_leader(&state, &caller, id, &uri).await? {
+        return Ok(redirect);
+    }
     let bytes = get_screenshot_bytes(&state, &caller, id, SCREENSHOT_WAIT).await?;
     Ok((
         StatusCode::OK,

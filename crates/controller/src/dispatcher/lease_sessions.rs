@@ -17,13 +17,24 @@
 //!   with the lease's epoch; anything else is ignored (logged, rate-limited).
 //! - The agent may fetch an artifact for a session only while a flash request of that
 //!   session names it (`HoldsSession`), on the link the session is held by, with the token
-//!   that opened it.
+//!   that opened it. A follower knows no flash in flight: it sends the agent to the leader
+//!   ([`SessionFetch::AtLeader`]), which checks the relayed link as its own.
 
 use super::*;
 use proto::PersonLeaseState;
 use proto::link::HeldSession;
 use proto::session::{RequestId, SessionAction, SessionResult};
 use std::collections::BTreeSet;
+
+/// Whether an agent may fetch an artifact for a session, as this controller sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionFetch {
+    /// A flash of the session names the artifact, on the link and token that hold it.
+    Allowed,
+    Refused,
+    /// This controller follows: only the leader knows the flashes in flight.
+    AtLeader,
+}
 
 /// A live person grant, as the dispatcher tells agents about it.
 #[derive(Debug, Clone)]
@@ -386,22 +397,23 @@ impl Dispatcher {
         sha256: &str,
         agent: &str,
         token_id: &str,
-    ) -> bool {
+    ) -> SessionFetch {
         let Some(g) = self.grants.get(&lease) else {
-            return false;
+            return SessionFetch::Refused;
         };
-        if !g.fetchable.contains(sha256) {
-            return false;
+        let held = g.fetchable.contains(sha256)
+            && self
+                .sched
+                .device(&g.device)
+                .is_some_and(|d| d.agent == agent)
+            && self
+                .agents
+                .get(agent)
+                .is_some_and(|l| l.conn.is_some() && l.token_id == token_id);
+        if held {
+            SessionFetch::Allowed
+        } else {
+            SessionFetch::Refused
         }
-        if self
-            .sched
-            .device(&g.device)
-            .is_none_or(|d| d.agent != agent)
-        {
-            return false;
-        }
-        self.agents
-            .get(agent)
-            .is_some_and(|l| l.conn.is_some() && l.token_id == token_id)
     }
 }

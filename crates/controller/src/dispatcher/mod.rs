@@ -73,9 +73,10 @@ pub use health::{CheckInterval, HealthChecks, HealthJob, ScheduleError, parse_sc
 
 /// Where a session request's progress reports go: (bytes done, total), the latest only.
 pub type Progress = tokio::sync::watch::Sender<(u64, u64)>;
+pub use lease_sessions::SessionFetch;
 pub use leases::{LeaseInfo, Leases};
 pub use person_leases::{LeaseRequest, PersonLeaseConfig};
-pub use stream_routes::{LinkAt, StreamRoute};
+pub use stream_routes::{LinkAt, SessionAt, StreamRoute};
 
 /// Why a request was not done; becomes an HTTP status.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -226,6 +227,13 @@ pub enum Command {
         viewer: Viewer,
         reply: oneshot::Sender<Result<StreamRoute, Failure>>,
     },
+    /// Where power, flash and screenshots of a person's lease are done: here on the leader;
+    /// on a follower the leader, once `viewer` may use the held lease.
+    SessionRoute {
+        lease: PersonLeaseId,
+        viewer: Viewer,
+        reply: oneshot::Sender<Result<SessionAt, Failure>>,
+    },
     /// Something the holder of a person's lease asks of its device (power, flash,
     /// screenshot); answered when the agent replies (the API bounds the wait).
     Session {
@@ -237,13 +245,13 @@ pub enum Command {
         reply: oneshot::Sender<Result<proto::session::SessionResult, Failure>>,
     },
     /// Whether the current link of `agent`, opened with token `token_id`, keeps the live
-    /// session `lease` and a flash of it names artifact `sha256`.
+    /// session `lease` and a flash of it names artifact `sha256` (a follower: ask the leader).
     HoldsSession {
         lease: LeaseId,
         sha256: String,
         agent: String,
         token_id: String,
-        reply: oneshot::Sender<bool>,
+        reply: oneshot::Sender<SessionFetch>,
     },
     /// A device with its history and last jobs.
     Device {
@@ -604,6 +612,11 @@ impl Dispatcher {
             } => {
                 let answer = self.stream_route(lease, &viewer).await;
                 let _ = reply.send(answer);
+            }
+            Command::SessionRoute { reply, .. } => {
+                // The leader asks the agent itself (on its own link or a relayed one); the
+                // request checks the caller.
+                let _ = reply.send(Ok(SessionAt::Here));
             }
             Command::Device {
                 device,

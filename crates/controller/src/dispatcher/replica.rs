@@ -358,7 +358,7 @@ impl Dispatcher {
                 let _ = reply.send(self.link_holds_job(job, &agent, &token_id, links));
             }
             Command::HoldsSession { reply, .. } => {
-                let _ = reply.send(false);
+                let _ = reply.send(SessionFetch::AtLeader);
             }
             Command::Session { reply, .. } => {
                 let _ = reply.send(Err(Failure::Unavailable(
@@ -366,6 +366,16 @@ impl Dispatcher {
                      screenshots of people's leases go through the leading controller"
                         .into(),
                 )));
+            }
+            Command::SessionRoute {
+                lease,
+                viewer,
+                reply,
+            } => {
+                let at = self
+                    .stream_target(lease, &viewer)
+                    .map(|_| SessionAt::Leader);
+                let _ = reply.send(at);
             }
             Command::StreamRoute {
                 lease,

@@ -8,6 +8,9 @@
 //!   effects of the lease's end on the leader, from the applied events on a follower) and
 //!   with the link. When another controller holds the link, the route says so and the API
 //!   redirects the client there (after the same checks here: the holder checks again).
+//! - Power, flash and screenshots are the leader's ([`SessionAt`]): it asks the agent on its
+//!   own link or through the follower relaying it. A follower sends a caller who may use
+//!   the held lease to the leader; others get the same 403, 409 or 410 as on the leader.
 
 use super::*;
 use proto::PersonLeaseState;
@@ -20,6 +23,15 @@ pub struct StreamRoute {
     pub epoch: Epoch,
     /// Where the link of the device's agent is.
     pub link: LinkAt,
+}
+
+/// Where a request of a person's lease to its device (power, flash, screenshot) is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionAt {
+    /// This controller leads: it asks the agent.
+    Here,
+    /// This controller follows: the leader asks the agent.
+    Leader,
 }
 
 /// Where an agent's link is, seen from this controller.
