@@ -51,6 +51,11 @@ pub trait Behaviour: Send + Sync + 'static {
     fn log_acked(&self, _lease: LeaseId, _stored: Seq) {}
     /// `FinishAcked` arrived.
     fn finish_acked(&self, _lease: LeaseId) {}
+    /// `DropLease` arrived: the controller ended the lease. Answers whether the scenario
+    /// expected it (else it counts as unexpected).
+    fn dropped(self: Arc<Self>, _out: Outbox, _lease: LeaseId) -> bool {
+        false
+    }
     /// `MultinodeReply` arrived (at `at`).
     fn multinode_reply(&self, _lease: LeaseId, _seq: u64, _reply: multinode::Reply, _at: Instant) {}
 }
@@ -118,6 +123,13 @@ impl Outbox {
         .await
     }
 
+    pub async fn device_ready(&self, device: &str) -> anyhow::Result<()> {
+        self.json(&AgentMessage::DeviceReady {
+            device: device.to_owned(),
+        })
+        .await
+    }
+
     pub async fn finished(
         &self,
         job: &StartJob,
@@ -145,6 +157,15 @@ pub struct Agent {
     tasks: Vec<JoinHandle<()>>,
 }
 
+impl Agent {
+    /// Waits until the controller closed the link (or it broke).
+    pub async fn closed(&mut self) {
+        if let Some(reader) = self.tasks.first_mut() {
+            let _ = reader.await;
+        }
+    }
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
         for t in &self.tasks {
@@ -163,6 +184,8 @@ pub struct Dial {
     http: reqwest::Client,
     tls: Option<Arc<rustls::ClientConfig>>,
     made: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
+    /// `/api/v1/whoami` of every controller that must take a new token before it is used.
+    known_at: Arc<Vec<String>>,
 }
 
 impl Dial {
@@ -174,6 +197,27 @@ impl Dial {
             http: ctl.http.clone(),
             tls: ctl.tls.clone(),
             made: Arc::default(),
+            known_at: Arc::default(),
+        }
+    }
+
+    /// Tokens made through the lab's first controller, used once every controller takes them;
+    /// dials the first controller's agent link.
+    pub fn for_lab(lab: &mut crate::cluster::Lab) -> Dial {
+        let known_at = Arc::new(lab.whoami_urls());
+        let first = lab.first();
+        Dial {
+            known_at,
+            ..Dial::new(&first.ws_url(""), first)
+        }
+    }
+
+    /// The same agents' tokens (made through the same controller), dialing the agent link of
+    /// another controller on the same database.
+    pub fn at(&self, ws_base: &str) -> Dial {
+        Dial {
+            url: format!("{ws_base}{LINK_PATH}"),
+            ..self.clone()
         }
     }
 
@@ -204,6 +248,7 @@ impl Dial {
         }
         let created: proto::api::CreatedToken =
             r.json().await.context("POST /api/v1/tokens: answer")?;
+        crate::cluster::wait_known(&self.http, &self.known_at, &created.token).await?;
         self.made
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -360,6 +405,16 @@ pub async fn connect(
                     behaviour.log_acked(lease, stored);
                 }
                 ControllerMessage::FinishAcked { lease, .. } => behaviour.finish_acked(lease),
+                ControllerMessage::DropLease { lease, epoch } => {
+                    if !Arc::clone(&behaviour).dropped(out.clone(), lease) {
+                        odd.note(
+                            &odd.unexpected,
+                            format!(
+                                "agent {agent}: DropLease {{ lease: {lease}, epoch: {epoch} }}"
+                            ),
+                        );
+                    }
+                }
                 ControllerMessage::MultinodeReply {
                     lease, seq, reply, ..
                 } => behaviour.multinode_reply(lease, seq, reply, Instant::now()),
@@ -374,9 +429,9 @@ pub async fn connect(
 }
 
 /// Connects `count` agents named `{prefix}{i}` with `per_agent` devices each, `parallel` at a
-/// time. Answers them in order.
+/// time, agent `i` through `dials[i % dials.len()]`. Answers them in order.
 pub async fn connect_many(
-    dial: &Dial,
+    dials: &[Dial],
     prefix: &str,
     range: std::ops::Range<usize>,
     per_agent: usize,
@@ -385,8 +440,11 @@ pub async fn connect_many(
     odd: Arc<Oddities>,
 ) -> anyhow::Result<Vec<Agent>> {
     let mut agents = Vec::with_capacity(range.len());
+    if dials.is_empty() {
+        bail!("no controller to connect agents to");
+    }
     let mut pending = futures_util::stream::iter(range.map(|i| {
-        let dial = dial.clone();
+        let dial = dials[i % dials.len()].clone();
         let behaviour = Arc::clone(&behaviour);
         let odd = Arc::clone(&odd);
         let name = format!("{prefix}{i}");

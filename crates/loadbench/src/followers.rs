@@ -189,7 +189,7 @@ pub async fn run(ctl: &mut Controller, p: &Params) -> anyhow::Result<Value> {
     });
     let odd = Arc::new(Oddities::default());
     let agents = agent::connect_many(
-        &dial,
+        std::slice::from_ref(&dial),
         "f",
         0..p.jobs,
         1,

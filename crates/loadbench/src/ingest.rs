@@ -126,7 +126,7 @@ pub async fn run(ctl: &mut Controller, p: &Params) -> anyhow::Result<Value> {
     });
     let odd = Arc::new(Oddities::default());
     let agents = agent::connect_many(
-        &dial,
+        std::slice::from_ref(&dial),
         "ing",
         0..p.streams,
         1,

@@ -7,6 +7,8 @@
 //! `docs/benchmarks.md` for what each scenario measures.
 
 mod agent;
+mod cluster;
+mod failover;
 mod followers;
 mod ingest;
 mod multinode;
@@ -42,6 +44,8 @@ enum Scenario {
     RealDut,
     /// MultiNode: group start after the last device frees, and lava-send -> lava-wait latency.
     Multinode,
+    /// Several controllers: kill -9 the leader and time until a follower starts jobs again.
+    Failover,
     /// Submit, ingest, rss and followers, each on a fresh controller.
     All,
 }
@@ -125,6 +129,15 @@ struct Args {
     /// client over TLS: run a scenario with and without it to see what TLS costs.
     #[arg(long)]
     tls: bool,
+    /// Where the lab is kept: SQLite in the controller's data directory, or a private
+    /// PostgreSQL server started for the run (Debian's `postgresql` package).
+    #[arg(long, value_enum, default_value = "sqlite")]
+    store: cluster::Store,
+    /// Controllers sharing the database (above 1 needs `--store postgres`): the first leads,
+    /// the others `serve --follow`. The submit scenario spreads submissions and agents over
+    /// all of them.
+    #[arg(long, default_value_t = 1)]
+    controllers: usize,
     /// Print one JSON document instead of text lines.
     #[arg(long)]
     json: bool,
@@ -162,6 +175,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.agents == 0 || args.devices_per_agent == 0 || args.follow_jobs == 0 {
         bail!("--agents, --devices-per-agent and --follow-jobs must be at least 1");
     }
+    let several = matches!(args.scenario, Scenario::Submit | Scenario::Failover);
+    if args.controllers > 1 && !several {
+        bail!("--controllers above 1: only the submit and failover scenarios use several");
+    }
     let needed = needed_fds(&args);
     let nofile = raise_nofile(needed)?;
     let machine = machine(nofile);
@@ -190,20 +207,28 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Scenario::Viewers => "viewers",
             Scenario::RealDut => "real-dut",
             Scenario::Multinode => "multinode",
+            Scenario::Failover => "failover",
             Scenario::All => unreachable!("expanded above"),
         };
-        let result = match server::Controller::start(&args.dutlab, &args.serve_arg, args.tls).await
-        {
+        let lab = cluster::Lab::start(
+            &args.dutlab,
+            &args.serve_arg,
+            args.tls,
+            args.store,
+            args.controllers,
+        )
+        .await;
+        let result = match lab {
             Err(e) => Err((e, None)),
-            Ok(mut ctl) => {
-                let result = match run_one(s, &args, &mut ctl).await {
+            Ok(mut lab) => {
+                let result = match run_one(s, &args, &mut lab).await {
                     Ok(v) => Ok(v),
                     Err(e) => {
-                        let cpu = ctl.cpu();
-                        Err((server::with_log(&mut ctl, e), cpu))
+                        let cpu = lab.cpu();
+                        Err((server::with_log(lab.first(), e), cpu))
                     }
                 };
-                ctl.stop();
+                lab.stop();
                 result.map_err(|(e, cpu)| (e, Some(cpu)))
             }
         };
@@ -218,8 +243,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let controller = value["controller_cpu_total_s"].as_f64().unwrap_or(0.0);
         let host = HostCpu::now().since(&host0, controller);
         if let Some(line) = value["line"].as_str() {
-            value["line"] = Value::String(format!("{line}; {}", host.text()));
+            value["line"] = Value::String(format!(
+                "{line}; {} on {}; {}",
+                controllers_text(args.controllers),
+                args.store.name(),
+                host.text()
+            ));
         }
+        value["store"] = Value::String(args.store.name().to_owned());
+        value["controllers"] = json!(args.controllers);
         value["host"] = host.json();
         if !args.json {
             println!("{}", value["line"].as_str().unwrap_or_default());
@@ -237,18 +269,34 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run_one(s: Scenario, args: &Args, ctl: &mut server::Controller) -> anyhow::Result<Value> {
+fn controllers_text(n: usize) -> String {
+    if n == 1 {
+        "1 controller".into()
+    } else {
+        format!("{n} controllers")
+    }
+}
+
+async fn run_one(s: Scenario, args: &Args, lab: &mut cluster::Lab) -> anyhow::Result<Value> {
+    if s == Scenario::Submit {
+        let p = submit::Params {
+            agents: args.agents,
+            devices_per_agent: args.devices_per_agent,
+            jobs: args.jobs,
+            job_ms: args.job_ms,
+            idle_jobs: args.idle_jobs,
+        };
+        return submit::run(lab, &p).await;
+    }
+    if s == Scenario::Failover {
+        let p = failover::Params {
+            agents: args.agents,
+            devices_per_agent: args.devices_per_agent,
+        };
+        return failover::run(lab, &p).await;
+    }
+    let ctl = lab.first();
     match s {
-        Scenario::Submit => {
-            let p = submit::Params {
-                agents: args.agents,
-                devices_per_agent: args.devices_per_agent,
-                jobs: args.jobs,
-                job_ms: args.job_ms,
-                idle_jobs: args.idle_jobs,
-            };
-            submit::run(ctl, &p).await
-        }
         Scenario::Ingest => {
             let p = ingest::Params {
                 streams: args.streams,
@@ -294,6 +342,7 @@ async fn run_one(s: Scenario, args: &Args, ctl: &mut server::Controller) -> anyh
             };
             real::run(ctl, &args.dutlab, &p).await
         }
+        Scenario::Submit | Scenario::Failover => unreachable!("run above"),
         Scenario::All => unreachable!("expanded by the caller"),
     }
 }

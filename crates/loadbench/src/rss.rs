@@ -65,7 +65,7 @@ pub async fn run(ctl: &mut Controller, p: &Params) -> anyhow::Result<Value> {
     for target in [p.agents, p.agents * 10] {
         let began = Instant::now();
         let more = agent::connect_many(
-            &dial,
+            std::slice::from_ref(&dial),
             "r",
             agents.len()..target,
             p.devices_per_agent,

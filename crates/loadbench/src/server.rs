@@ -67,10 +67,29 @@ fn quota_args(extra: &[String]) -> Vec<String> {
     }
 }
 
+/// How a controller joins the lab.
+#[derive(Debug, Clone)]
+pub enum Join {
+    /// The first (or only) controller: it makes the database and the first admin token.
+    First,
+    /// `serve --follow` on the first one's PostgreSQL database: it shares its admin token.
+    Follower { admin: String },
+}
+
 impl Controller {
+    /// Starts the only controller (see [`Controller::start_as`]).
+    pub async fn start(dutlab: &Path, extra: &[String], tls: bool) -> anyhow::Result<Controller> {
+        Controller::start_as(dutlab, extra, tls, Join::First).await
+    }
+
     /// Starts `dutlab serve` and waits until `/healthz` answers. `tls`: with a fresh lab PKI
     /// (`tls::pki::init`, the code of `dutlab tls init`), serving https and wss only.
-    pub async fn start(dutlab: &Path, extra: &[String], tls: bool) -> anyhow::Result<Controller> {
+    pub async fn start_as(
+        dutlab: &Path,
+        extra: &[String],
+        tls: bool,
+        join: Join,
+    ) -> anyhow::Result<Controller> {
         let dir = tempfile::Builder::new()
             .prefix("dutlab-loadbench-")
             .tempdir()
@@ -92,8 +111,13 @@ impl Controller {
                 .context("cannot build the TLS client configuration")?;
             client_tls = Some(Arc::new(config));
         }
+        let follow: &[&str] = match join {
+            Join::First => &[],
+            Join::Follower { .. } => &["--follow"],
+        };
         let child = Command::new(dutlab)
             .arg("serve")
+            .args(follow)
             .arg("--listen")
             .arg(&addr)
             .arg("--data-dir")
@@ -101,7 +125,7 @@ impl Controller {
             .args(&tls_args)
             .args(extra)
             .args(quota_args(extra))
-            .env("DUTLAB_LOG", "warn")
+            .env("DUTLAB_LOG", log_filter(&join))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(err_file))
@@ -139,11 +163,16 @@ impl Controller {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let token_path = controller._dir.path().join("data/admin-token");
-        controller.admin = std::fs::read_to_string(&token_path)
-            .with_context(|| format!("cannot read {}", token_path.display()))?
-            .trim()
-            .to_owned();
+        controller.admin = match join {
+            Join::Follower { admin } => admin,
+            Join::First => {
+                let token_path = controller._dir.path().join("data/admin-token");
+                std::fs::read_to_string(&token_path)
+                    .with_context(|| format!("cannot read {}", token_path.display()))?
+                    .trim()
+                    .to_owned()
+            }
+        };
         Ok(controller)
     }
 
@@ -277,6 +306,21 @@ impl Controller {
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
+    /// How many times this controller said it took the lead.
+    pub fn leads_count(&self) -> usize {
+        self.log_lines()
+            .iter()
+            .filter(|l| l.contains(LEADS_NOW))
+            .count()
+    }
+
+    /// SIGKILL now, as a crash would; answers when the process is gone.
+    pub fn kill_hard(&mut self) -> anyhow::Result<()> {
+        self.child.kill().context("cannot kill dutlab serve")?;
+        self.child.wait().context("cannot wait for dutlab serve")?;
+        Ok(())
+    }
+
     /// SIGTERM, then SIGKILL after 10 s. Answers the controller's log lines and the CPU
     /// seconds it used in its whole life.
     pub fn stop(&mut self) -> (Vec<String>, f64) {
@@ -304,6 +348,18 @@ impl Controller {
         (self.log_lines(), cpu)
     }
 }
+
+/// What the controller logs: warnings and errors; a follower also says when it takes the
+/// lead ([`LEADS_NOW`]).
+fn log_filter(join: &Join) -> &'static str {
+    match join {
+        Join::First => "warn",
+        Join::Follower { .. } => "warn,dutlab_controller::dispatcher::replica=info",
+    }
+}
+
+/// What a follower logs when it took the database's lock.
+pub const LEADS_NOW: &str = "this controller leads now";
 
 /// The error with the controller's first log line (and how many it wrote), if any.
 pub fn with_log(ctl: &mut Controller, e: anyhow::Error) -> anyhow::Error {

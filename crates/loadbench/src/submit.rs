@@ -8,6 +8,10 @@
 //! 3. When the queue is empty and every device idle, `idle_jobs` more jobs are submitted one at
 //!    a time (the next after the previous one's answer).
 //!
+//! With several controllers (`--controllers N`) job `n` is submitted to controller `n % N`
+//! and agent `i` dials controller `i % N`: submissions and agent links spread over all of
+//! them, as a load balancer in front of them would spread them.
+//!
 //! Start latency of a job = when its agent reads `StartJob` minus when the job could first
 //! have started. The submit request's start (client side, before the request is sent) when
 //! some device was idle then, as the agents see it (group `idle`: nothing to wait for). Else
@@ -17,6 +21,7 @@
 //! the hellos of all the agents connecting at once).
 
 use crate::agent::{self, Behaviour, Dial, Oddities, Outbox, StartJob};
+use crate::cluster::Lab;
 use crate::server::{self, Controller};
 use crate::stats::Summary;
 use anyhow::bail;
@@ -57,11 +62,18 @@ struct Bench {
     free: Mutex<HashMap<String, (Instant, bool)>>,
     samples: Mutex<Samples>,
     finished: AtomicU64,
+    /// Jobs running on a device, by lease: whoever takes a lease out frees its device (the
+    /// job's end, or the controller's `DropLease`).
+    running: Mutex<HashMap<proto::LeaseId, String>>,
+    /// `DropLease` of a running job (the controller requeued or ended it).
+    dropped_running: AtomicU64,
+    /// `DropLease` of a lease whose job had already finished here.
+    dropped_after: AtomicU64,
     errors: Oddities,
 }
 
 /// The job's number, from `job_name: bench-N`.
-fn job_number(definition: &str) -> Option<usize> {
+pub fn job_number(definition: &str) -> Option<usize> {
     let at = definition.find("job_name: bench-")? + "job_name: bench-".len();
     let digits: String = definition[at..]
         .chars()
@@ -149,6 +161,10 @@ impl Behaviour for Bench {
             }
         }
         let took = duration_of(number.unwrap_or(0), self.job_ms);
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(job.lease, job.device.clone());
         tokio::spawn(async move {
             let began = Instant::now();
             if out.started(&job).await.is_err() {
@@ -165,13 +181,40 @@ impl Behaviour for Bench {
             {
                 return;
             }
-            self.free
+            let mine = self
+                .running
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(job.device.clone(), (Instant::now(), true));
-            self.idle_devices.fetch_add(1, Ordering::Relaxed);
+                .remove(&job.lease);
+            if mine.is_none() {
+                // Dropped by the controller meanwhile: the device is free already.
+                return;
+            }
+            self.set_free(&job.device);
             let _ = out.finished(&job, LINES_PER_JOB, began.elapsed()).await;
         });
+    }
+
+    fn dropped(self: Arc<Self>, out: Outbox, lease: proto::LeaseId) -> bool {
+        let running = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&lease);
+        match running {
+            Some(device) => {
+                self.dropped_running.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    if out.device_ready(&device).await.is_ok() {
+                        self.set_free(&device);
+                    }
+                });
+            }
+            None => {
+                self.dropped_after.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        true
     }
 
     fn finish_acked(&self, _lease: proto::LeaseId) {
@@ -179,9 +222,20 @@ impl Behaviour for Bench {
     }
 }
 
+impl Bench {
+    /// The device is free again: it may take the next job.
+    fn set_free(&self, device: &str) {
+        self.free
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(device.to_owned(), (Instant::now(), true));
+        self.idle_devices.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// Waits until `finished` reaches `target`; fails after `stall` without progress.
 async fn wait_finished(
-    ctl: &mut Controller,
+    ctls: &mut [Controller],
     bench: &Bench,
     target: u64,
     stall: Duration,
@@ -203,14 +257,33 @@ async fn wait_finished(
                 bench.errors.text().unwrap_or_default()
             );
         }
-        ctl.check_alive()?;
+        for ctl in ctls.iter_mut() {
+            ctl.check_alive()?;
+        }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
-pub async fn run(ctl: &mut Controller, p: &Params) -> anyhow::Result<Value> {
-    let user = ctl.token("bench-user", "user").await?;
-    let dial = Dial::new(&ctl.ws_url(""), ctl);
+pub async fn run(lab: &mut Lab, p: &Params) -> anyhow::Result<Value> {
+    let user = lab.token("bench-user", "user").await?;
+    let dial = Dial::for_lab(lab);
+    let dials: Vec<Dial> = lab
+        .controllers
+        .iter()
+        .map(|c| dial.at(&c.ws_url("")))
+        .collect();
+    let ctls = &mut lab.controllers[..];
+    let mem = |ctls: &[Controller]| -> anyhow::Result<server::Memory> {
+        let mut sum = server::Memory::default();
+        for c in ctls {
+            let m = c.memory()?;
+            sum.rss_kib += m.rss_kib;
+            sum.hwm_kib += m.hwm_kib;
+            sum.threads += m.threads;
+        }
+        Ok(sum)
+    };
+    let cpu = |ctls: &[Controller]| ctls.iter().map(Controller::cpu).sum::<f64>();
     let devices = p.agents * p.devices_per_agent;
     let total = p.jobs + p.idle_jobs;
     let bench = Arc::new(Bench {
@@ -220,15 +293,18 @@ pub async fn run(ctl: &mut Controller, p: &Params) -> anyhow::Result<Value> {
         samples: Mutex::new(Samples::default()),
         idle_devices: AtomicI64::new(0),
         finished: AtomicU64::new(0),
+        running: Mutex::new(HashMap::new()),
+        dropped_running: AtomicU64::new(0),
+        dropped_after: AtomicU64::new(0),
         errors: Oddities::default(),
     });
-    let cpu0 = ctl.cpu();
+    let cpu0 = cpu(ctls);
 
     // 1. Fill the queue with no device registered.
     let fill_start = Instant::now();
     let mut requests = Vec::with_capacity(p.jobs);
     {
-        let ctl = &*ctl;
+        let ctls = &*ctls;
         let user = &user;
         let bench = &bench;
         let mut pending = futures_util::stream::iter((0..p.jobs).map(|n| async move {
@@ -236,7 +312,10 @@ pub async fn run(ctl: &mut Controller, p: &Params) -> anyhow::Result<Value> {
             let begun = Instant::now();
             let idle = bench.idle_devices.load(Ordering::Relaxed) > 0;
             bench.submitted.lock().unwrap_or_else(|e| e.into_inner())[n] = Some((begun, idle));
-            ctl.submit(user, &text).await.map(|_| begun.elapsed())
+            ctls[n % ctls.len()]
+                .submit(user, &text)
+                .await
+                .map(|_| begun.elapsed())
         }))
         .buffer_unordered(SUBMIT_PARALLEL);
         while let Some(r) = pending.next().await {
@@ -245,14 +324,14 @@ pub async fn run(ctl: &mut Controller, p: &Params) -> anyhow::Result<Value> {
     }
     let fill_secs = fill_start.elapsed().as_secs_f64();
     let submit_latency = Summary::of(&requests);
-    let mem_queued = ctl.memory()?;
-    let cpu_fill = ctl.cpu() - cpu0;
+    let mem_queued = mem(ctls)?;
+    let cpu_fill = cpu(ctls) - cpu0;
 
     // 2. Devices connect and drain the queue.
     let drain_start = Instant::now();
     let odd = Arc::new(Oddities::default());
     let agents = agent::connect_many(
-        &dial,
+        &dials,
         "a",
         0..p.agents,
         p.devices_per_agent,
@@ -262,10 +341,10 @@ pub async fn run(ctl: &mut Controller, p: &Params) -> anyhow::Result<Value> {
     )
     .await?;
     let connect_secs = drain_start.elapsed().as_secs_f64();
-    wait_finished(ctl, &bench, p.jobs as u64, Duration::from_secs(60)).await?;
+    wait_finished(ctls, &bench, p.jobs as u64, Duration::from_secs(60)).await?;
     let drain_secs = drain_start.elapsed().as_secs_f64();
-    let cpu_threads = ctl.thread_cpu();
-    let cpu_drain = ctl.cpu() - cpu0 - cpu_fill;
+    let cpu_threads = ctls[0].thread_cpu();
+    let cpu_drain = cpu(ctls) - cpu0 - cpu_fill;
 
     // 3. Idle devices: one submission at a time.
     let mut idle_requests = Vec::new();
@@ -274,14 +353,16 @@ pub async fn run(ctl: &mut Controller, p: &Params) -> anyhow::Result<Value> {
         let begun = Instant::now();
         let idle = bench.idle_devices.load(Ordering::Relaxed) > 0;
         bench.submitted.lock().unwrap_or_else(|e| e.into_inner())[n] = Some((begun, idle));
-        ctl.submit(&user, &text).await?;
+        ctls[n % ctls.len()].submit(&user, &text).await?;
         idle_requests.push(begun.elapsed());
     }
-    wait_finished(ctl, &bench, total as u64, Duration::from_secs(60)).await?;
-    let mem_end = ctl.memory()?;
+    wait_finished(ctls, &bench, total as u64, Duration::from_secs(60)).await?;
+    let mem_end = mem(ctls)?;
     drop(agents);
-    let (log, cpu_total) = ctl.stop();
+    let (log, cpu_total) = lab.stop();
 
+    let dropped_running = bench.dropped_running.load(Ordering::Relaxed);
+    let dropped_after = bench.dropped_after.load(Ordering::Relaxed);
     let s = bench.samples.lock().unwrap_or_else(|e| e.into_inner());
     let queued = Summary::of(&s.queued);
     let idle = Summary::of(&s.idle);
@@ -298,9 +379,10 @@ pub async fn run(ctl: &mut Controller, p: &Params) -> anyhow::Result<Value> {
         "submit: {} jobs queued on {devices} devices ({} agents), job time {}..{} ms: \
          start latency queued (device freed -> StartJob) {} [goal p99 <= 50 ms: {}]; \
          idle (submit -> StartJob) {}; first job per device (hello -> StartJob) {}; \
-         submit request {}; submit {submit_rate:.0} jobs/s; drain {drain_rate:.0} jobs/s \
+         submit request {}; starts dropped by the controller (DropLease): {dropped_running} \
+         while running, {dropped_after} after the finish; submit {submit_rate:.0} jobs/s; drain {drain_rate:.0} jobs/s \
          ({drain_secs:.1} s, agents connected in {connect_secs:.1} s); controller CPU {cpu_fill:.1} s to fill \
-         ({:.0} us/job), {cpu_drain:.1} s to drain ({:.0} us/job; by thread, since start: {}); {} with the queue full, {} at the end{}{}",
+         ({:.0} us/job), {cpu_drain:.1} s to drain ({:.0} us/job; by thread of the first, since start: {}); {} with the queue full, {} at the end (summed over controllers){}{}",
         p.jobs,
         p.agents,
         p.job_ms / 2,
@@ -333,6 +415,8 @@ pub async fn run(ctl: &mut Controller, p: &Params) -> anyhow::Result<Value> {
         "start_latency_first_per_device": connect.json(),
         "submit_request": submit_latency.json(),
         "submit_request_idle": idle_submit.json(),
+        "dropped_while_running": dropped_running,
+        "dropped_after_finish": dropped_after,
         "submit_jobs_per_s": submit_rate.round(),
         "drain_jobs_per_s": drain_rate.round(),
         "drain_s": drain_secs,
