@@ -304,14 +304,74 @@ fn serve_inner(args: ServeArgs) -> anyhow::Result<()> {
     };
     config.max_artifact = args.max_artifact_bytes;
     config.artifact_quota = args.artifact_quota_bytes;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let shared = config.database.as_deref().is_some_and(|url| {
+        controller::store::Backend::of(url) == controller::store::Backend::Postgres
+    });
+    if shared {
+        config.keep_socket = Some(Default::default());
+    }
+    let mut stepped_down = false;
+    loop {
+        // Each run has a runtime of its own: when it ends, every task it started ends with
+        // it, so nothing of a leader that stepped down outlives its run.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        let served = runtime.block_on(controller::serve(config.clone(), shutdown_signal()));
+        runtime.shutdown_timeout(RUN_END);
+        match served {
+            Ok(()) => return Ok(()),
+            Err(e) if shared && e.stopped_leading() => {
+                tracing::warn!(
+                    "{e}; stepping down: this controller serves again from the database, as a \
+                     follower of its leader (or its leader when the lock is free)"
+                );
+                step_down(&mut config);
+                stepped_down = true;
+            }
+            Err(e) if stepped_down && e.database_unreachable() => {
+                tracing::warn!("{e}; trying again in {}s", RETRY.as_secs());
+                if waited_for_a_signal(RETRY)? {
+                    return Ok(());
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// How long the tasks of an ended run get to finish their blocking work.
+const RUN_END: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How often a controller that stepped down tries its database again while it is away.
+const RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How a controller that stepped down starts again: a standby waits for the lock without
+/// listening (its address is the leader's), any other follows the leader meanwhile.
+fn step_down(config: &mut controller::Config) {
+    use controller::store::hold::Wait;
+    config.when_held = match config.when_held {
+        Wait::Standby => {
+            config.keep_socket = Some(Default::default());
+            Wait::Standby
+        }
+        Wait::Refuse | Wait::Follow => Wait::Follow,
+    };
+}
+
+/// Sleeps `pause`; `true` when Ctrl-C or SIGTERM came first.
+fn waited_for_a_signal(pause: std::time::Duration) -> anyhow::Result<bool> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async {
-        controller::serve(config, shutdown_signal()).await?;
-        Ok(())
-    })
+    Ok(runtime.block_on(async {
+        tokio::select! {
+            () = tokio::time::sleep(pause) => false,
+            () = shutdown_signal() => true,
+        }
+    }))
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

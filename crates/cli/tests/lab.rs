@@ -261,7 +261,8 @@ fn a_second_controller_is_refused_and_a_standby_takes_over_mid_job(
 }
 
 #[test]
-fn postgres_restarted_mid_job_stops_the_controller_and_a_restart_loses_nothing() -> Result<()> {
+fn postgres_restarted_mid_job_the_controller_steps_down_leads_again_and_loses_nothing() -> Result<()>
+{
     let mut lab = Lab::start_on(DUTLAB, Database::Postgres, &[])?;
     lab.agent("host-q", 1)?;
     let lines = 60;
@@ -269,26 +270,36 @@ fn postgres_restarted_mid_job_stops_the_controller_and_a_restart_loses_nothing()
     let id = lab.submit(&job)?;
     lab.wait_state(id, "running", JOB_LIMIT)?;
     lab.wait_for_line(id, "line-3")?;
-    // The server goes away: the controller cannot know that no other took the database
-    // meanwhile, so it stops (crash-only) instead of going on.
+    // The server goes away: the controller cannot know that no other takes the database
+    // meanwhile, so it stops leading (the run ends with every task it started) and serves
+    // again from the database, trying until the server is back.
     lab.postgres().context("postgres")?.stop()?;
-    let stopped = lab.wait_controller_exit(Duration::from_secs(30))?;
-    expect_code(&stopped, 5)?;
+    let controller = lab.controller()?;
+    controller.wait_for_stderr("stepping down", Duration::from_secs(30))?;
     ensure!(
-        stopped
-            .stderr
+        controller
+            .stderr_text()
             .contains("lost the connection that holds the database's lock")
-            || stopped.stderr.contains("commit failed"),
+            || controller.stderr_text().contains("commit failed"),
         "{}",
-        stopped.stderr
+        controller.stderr_text()
     );
-    // Server back, controller restarted (as a supervisor would): the job finishes, its log
-    // holds every line once.
+    controller.wait_for_stderr("trying again in 1s", Duration::from_secs(30))?;
+    // Server back: nobody else holds the lock, so the same process leads again, on the
+    // same address; the job finishes and its log holds every line once.
     lab.postgres().context("postgres")?.start_again()?;
-    lab.serve()?;
     let job = lab.wait_state(id, "finished", JOB_LIMIT)?;
     ensure!(job["outcome"] == "passed", "{job}");
     check_numbered(&lab.log(id)?, lines)?;
+    let short = lab.write("short.yaml", &numbered_job("short", 3, "0.1"))?;
+    let next = lab.submit(&short)?;
+    let next = lab.wait_state(next, "finished", JOB_LIMIT)?;
+    ensure!(next["outcome"] == "passed", "{next}");
+    // It still stops on SIGTERM, with success.
+    lab.controller()?
+        .signal(nix::sys::signal::Signal::SIGTERM)?;
+    let stopped = lab.wait_controller_exit(Duration::from_secs(30))?;
+    expect_code(&stopped, 0)?;
     lab.finish()
 }
 

@@ -95,14 +95,52 @@ pub enum ControllerError {
     DataDirInUse { path: PathBuf },
     #[error(
         "lost the connection that holds the database's lock ({0}): another controller may \
-         take over, so this one stops"
+         take over, so this one stops leading"
     )]
     LostHold(String),
+    /// The leader's dispatcher stopped on a shared database (a commit failed): the
+    /// scheduler may have run ahead of what is stored.
+    #[error("the dispatcher stopped on its database ({0}): this controller stops leading")]
+    LeaderFailed(String),
     #[error(
         "--follow needs a database several controllers share (--database postgres://...); \
          on SQLite one controller works on its data directory"
     )]
     FollowNeedsPostgres,
+}
+
+impl ControllerError {
+    /// Whether a controller on a shared database (PostgreSQL) stopped leading it after it
+    /// led: its lock connection failed or a commit did. Nothing of that run may go on (it is
+    /// no longer known to be the only writer); `dutlab serve` steps down and serves again
+    /// from the database.
+    pub fn stopped_leading(&self) -> bool {
+        matches!(
+            self,
+            ControllerError::LostHold(_) | ControllerError::LeaderFailed(_)
+        )
+    }
+
+    /// Whether the database could not be reached (or went away) while starting: worth
+    /// trying again after a step-down, when the server is restarting.
+    pub fn database_unreachable(&self) -> bool {
+        match self {
+            ControllerError::Store(store::StoreError::Connect { .. }) => true,
+            ControllerError::Store(store::StoreError::Sql(e)) => match e {
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed => true,
+                // Class 08: connection exception; class 57: operator intervention (the
+                // server shutting down or starting).
+                sqlx::Error::Database(db) => db
+                    .code()
+                    .is_some_and(|code| code.starts_with("08") || code.starts_with("57")),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
 }
 
 /// Settings of `dutlab serve`.
@@ -140,6 +178,11 @@ pub struct Config {
     pub quarantine_after: u32,
     /// Health check jobs by device type (`--health-checks DIR`), each with its intervals.
     pub health_checks: BTreeMap<String, dispatcher::HealthJob>,
+    /// Where the listening socket is kept across runs of [`serve`] in one process: the
+    /// first run that binds puts a copy here, and a later run (a controller that stepped
+    /// down) serves on it, so its address stays the same and connections made meanwhile
+    /// wait in its backlog. `None`: each run binds `listen` and closes it at its end.
+    pub keep_socket: Option<std::sync::Arc<std::sync::OnceLock<std::net::TcpListener>>>,
 }
 
 impl Config {
@@ -164,6 +207,7 @@ impl Config {
             person_leases: dispatcher::PersonLeaseConfig::default(),
             quarantine_after: defaults.quarantine_after,
             health_checks: BTreeMap::new(),
+            keep_socket: None,
         }
     }
 }
@@ -364,7 +408,12 @@ pub async fn serve(
     }
     let me = holder(&config);
     let hold = match store::hold::Hold::take(&url, &me, config.when_held).await {
-        Ok(hold) => Some(hold),
+        Ok(hold) => {
+            if postgres {
+                tracing::info!("took the database's lock at start: this controller leads");
+            }
+            Some(hold)
+        }
         Err(store::StoreError::Held { holder, .. }) if follow => {
             tracing::info!(
                 "following the leader of database {} ({holder}); taking over when it stops",
@@ -478,12 +527,7 @@ pub async fn serve(
         state.store.clone(),
         state.artifacts.clone(),
     ));
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ControllerError::Listen {
-            addr: config.listen,
-            source,
-        })?;
+    let listener = listen(&config).await?;
     let local = listener.local_addr().map_err(ControllerError::Serve)?;
     let scheme = if config.limits.tls.is_some() {
         "https"
@@ -531,6 +575,7 @@ pub async fn serve(
             reason = hold.lost() => Err(ControllerError::LostHold(reason)),
             stopped = dispatcher => match stopped {
                 Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) if postgres => Err(ControllerError::LeaderFailed(e.to_string())),
                 Ok(Err(e)) => Err(e),
                 Err(e) => Err(ControllerError::Stopped(e.to_string())),
             },
@@ -540,6 +585,29 @@ pub async fn serve(
         served = server => served.map_err(ControllerError::Serve),
         stopped = roles => stopped,
     }
+}
+
+/// The listening socket: the one kept by an earlier run ([`Config::keep_socket`]), else
+/// `listen` bound now (and kept when asked).
+async fn listen(config: &Config) -> Result<tokio::net::TcpListener, ControllerError> {
+    use std::os::fd::AsFd;
+    let failed = |source| ControllerError::Listen {
+        addr: config.listen,
+        source,
+    };
+    if let Some(kept) = config.keep_socket.as_ref().and_then(|k| k.get()) {
+        let socket = kept.try_clone().map_err(failed)?;
+        socket.set_nonblocking(true).map_err(failed)?;
+        return tokio::net::TcpListener::from_std(socket).map_err(failed);
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(failed)?;
+    if let Some(keep) = &config.keep_socket {
+        let copy = listener.as_fd().try_clone_to_owned().map_err(failed)?;
+        let _ = keep.set(std::net::TcpListener::from(copy));
+    }
+    Ok(listener)
 }
 
 /// A controller's advertised address: `http://` or `https://`, a host and maybe a port,
