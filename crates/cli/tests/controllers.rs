@@ -649,18 +649,24 @@ fn leader_and_follower_with_an_agent_each() -> Result<(Lab, u16, u16)> {
     Ok((lab, leader, follower))
 }
 
-#[test]
-fn a_console_opens_through_any_controller_and_is_sent_to_the_one_holding_the_agent() -> Result<()> {
-    let (lab, leader, follower) = leader_and_follower_with_an_agent_each()?;
+/// Tokens of users alice and bob, once the controller on `port` knows them too.
+fn alice_and_bob_known_to(lab: &Lab, port: u16) -> Result<(String, String)> {
     let alice = lab.token("alice", "user")?;
     let bob = lab.token("bob", "user")?;
     for token in [&alice, &bob] {
         wait_until(
             "the tokens known to the follower",
             Duration::from_secs(10),
-            || Ok((whoami_status(follower, token)? == 200).then_some(())),
+            || Ok((whoami_status(port, token)? == 200).then_some(())),
         )?;
     }
+    Ok((alice, bob))
+}
+
+#[test]
+fn a_console_opens_through_any_controller_and_is_sent_to_the_one_holding_the_agent() -> Result<()> {
+    let (lab, leader, follower) = leader_and_follower_with_an_agent_each()?;
+    let (alice, bob) = alice_and_bob_known_to(&lab, follower)?;
     // Alice holds both devices, powered (through the leader, which reaches both agents).
     let mut leases = Vec::new();
     for agent in ["host-f", "host-l"] {
@@ -731,15 +737,7 @@ fn a_console_opens_through_any_controller_and_is_sent_to_the_one_holding_the_age
 #[test]
 fn power_and_flash_asked_of_a_follower_are_sent_to_the_leader_for_either_agent() -> Result<()> {
     let (lab, leader, follower) = leader_and_follower_with_an_agent_each()?;
-    let alice = lab.token("alice", "user")?;
-    let bob = lab.token("bob", "user")?;
-    for token in [&alice, &bob] {
-        wait_until(
-            "the tokens known to the follower",
-            Duration::from_secs(10),
-            || Ok((whoami_status(follower, token)? == 200).then_some(())),
-        )?;
-    }
+    let (alice, bob) = alice_and_bob_known_to(&lab, follower)?;
     let image = lab.sandbox().path().join("image.raw");
     std::fs::write(&image, vec![0x5a_u8; 1 << 20])?;
     let image = image.display().to_string();

@@ -289,15 +289,21 @@ pub(crate) async fn connect_ws(
     })
 }
 
+/// `location` (absolute or relative) seen from `from`.
+fn joined(from: &Url, location: &str) -> Result<Url, ClientError> {
+    from.join(location).map_err(|e| ClientError::BadUrl {
+        url: location.to_owned(),
+        reason: format!("redirect from {from}: {e}"),
+    })
+}
+
 /// The WebSocket URL a redirect from `from` to `location` leads to.
 pub(crate) fn redirected(from: &Url, location: &str) -> Result<Url, ClientError> {
     let bad = |reason: String| ClientError::BadUrl {
         url: location.to_owned(),
         reason,
     };
-    let next = from
-        .join(location)
-        .map_err(|e| bad(format!("redirect from {from}: {e}")))?;
+    let next = joined(from, location)?;
     let next = match next.scheme() {
         "ws" | "wss" => next,
         _ => ws_url(&next)?,
@@ -317,9 +323,7 @@ pub(crate) fn http_redirected(from: &Url, location: &str) -> Result<Url, ClientE
         url: location.to_owned(),
         reason,
     };
-    let next = from
-        .join(location)
-        .map_err(|e| bad(format!("redirect from {from}: {e}")))?;
+    let next = joined(from, location)?;
     if !matches!(next.scheme(), "http" | "https") {
         return Err(bad(format!(
             "redirect from {from} to a {}: URL; refused",

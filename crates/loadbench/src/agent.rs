@@ -212,6 +212,14 @@ impl Dial {
         }
     }
 
+    /// One dial per controller of the lab, in order, with the same tokens.
+    pub fn to_each(&self, lab: &crate::cluster::Lab) -> Vec<Dial> {
+        lab.controllers
+            .iter()
+            .map(|c| self.at(&c.ws_url("")))
+            .collect()
+    }
+
     /// The same agents' tokens (made through the same controller), dialing the agent link of
     /// another controller on the same database.
     pub fn at(&self, ws_base: &str) -> Dial {

@@ -206,11 +206,7 @@ pub async fn run(lab: &mut Lab, p: &Params) -> anyhow::Result<Value> {
     }
     let user = lab.token("bench-user", "user").await?;
     let dial = Dial::for_lab(lab);
-    let dials: Vec<Dial> = lab
-        .controllers
-        .iter()
-        .map(|c| dial.at(&c.ws_url("")))
-        .collect();
+    let dials = dial.to_each(lab);
     let runs = Arc::new(Runs::default());
     let odd = Arc::new(Oddities::default());
     // Agent i dials follower 1 + i % (n - 1) first, then the others in order.

@@ -267,11 +267,7 @@ async fn wait_finished(
 pub async fn run(lab: &mut Lab, p: &Params) -> anyhow::Result<Value> {
     let user = lab.token("bench-user", "user").await?;
     let dial = Dial::for_lab(lab);
-    let dials: Vec<Dial> = lab
-        .controllers
-        .iter()
-        .map(|c| dial.at(&c.ws_url("")))
-        .collect();
+    let dials = dial.to_each(lab);
     let ctls = &mut lab.controllers[..];
     let mem = |ctls: &[Controller]| -> anyhow::Result<server::Memory> {
         let mut sum = server::Memory::default();
