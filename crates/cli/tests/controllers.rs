@@ -49,17 +49,22 @@ fn agent_dialing(lab: &Lab, name: &str, ports: &[u16]) -> Result<std::path::Path
 
 /// The status of `GET /api/v1/whoami` with `token` on the controller on `port`.
 fn whoami_status(port: u16, token: &str) -> Result<u16> {
+    Ok(http_on(port, "GET", "/api/v1/whoami", token)?.0)
+}
+
+/// One bodiless request to the controller on `port`: the status and the whole answer.
+fn http_on(port: u16, method: &str, path: &str, token: &str) -> Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut socket = std::net::TcpStream::connect(("127.0.0.1", port))?;
     socket.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(
         socket,
-        "GET /api/v1/whoami HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )?;
     let mut answer = String::new();
     socket.read_to_string(&mut answer)?;
     let status = answer.split_whitespace().nth(1).context("no HTTP status")?;
-    Ok(status.parse()?)
+    Ok((status.parse()?, answer))
 }
 
 fn job_on(lab: &Lab, port: u16, id: u64) -> Result<Value> {
@@ -785,6 +790,27 @@ fn power_and_flash_asked_of_a_follower_are_sent_to_the_leader_for_either_agent()
             !refused.stderr.contains(&format!(":{leader}")),
             "bob learnt where the leader is: {}",
             refused.stderr
+        );
+        ensure!(power("off")?["state"] == "off", "{agent}: not off");
+        // Leviathan's routes too: the follower answers 307 to the same path at the leader,
+        // where the request is done; bob gets 403 and no address.
+        let path = format!("/dut/on?lease={lease}");
+        let (status, answer) = http_on(follower, "POST", &path, &alice)?;
+        let location = format!("location: http://127.0.0.1:{leader}{path}");
+        ensure!(
+            status == 307 && answer.to_ascii_lowercase().contains(&location),
+            "{agent}: {answer}"
+        );
+        let (status, answer) = http_on(follower, "POST", &path, &bob)?;
+        ensure!(
+            status == 403 && !answer.contains(&format!(":{leader}")),
+            "{agent}: {answer}"
+        );
+        let (status, answer) = http_on(leader, "POST", &path, &alice)?;
+        ensure!(status == 200 && answer.ends_with("OK"), "{agent}: {answer}");
+        ensure!(
+            power("status")?["state"] == "on",
+            "{agent}: /dut/on did not"
         );
         ensure!(power("off")?["state"] == "off", "{agent}: not off");
     }

@@ -283,7 +283,7 @@ pub(crate) async fn to_leader(
         .map_err(|reason| {
             ApiFailure::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("lease {lease}: power, flash and screenshots are done by the leading controller, {reason}"),
+                format!("lease {lease}: requests to the device (power, flash, screenshots, Leviathan's /dut/...) are done by the leading controller, {reason}"),
             )
         })?;
     tracing::info!(

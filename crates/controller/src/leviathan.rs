@@ -22,6 +22,8 @@
 //!   every route then goes through [`crate::lease_api::on_device`], so who may act is
 //!   [`crate::policy::may_use_lease`] (holder or admin, else 403), an ended lease is 410, a
 //!   waiting one 409, an absent agent 503, a failed action 502, a silent agent 504.
+//! - On a follower, a caller who may use the lease is sent to the leader with 307 (same
+//!   path and query; [`crate::lease_api::to_leader`]) before anything is done or read.
 //! - A flash is authorised (power status through the same check) before a byte of its body
 //!   is read; its body is stored as the caller's artifact under the artifact size cap and
 //!   quota, decompressed when it is gzip (bounded by the same cap, so no bomb).
@@ -34,11 +36,11 @@ use crate::auth::Caller;
 use crate::dispatcher::Command;
 use crate::lease_api::{
     FlashStep, POWER_WAIT, SCREENSHOT_WAIT, flash_steps, get_screenshot_bytes, on_device,
-    unexpected,
+    to_leader, unexpected,
 };
 use axum::body::Body;
 use axum::extract::{Query, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use futures_util::StreamExt;
@@ -137,6 +139,23 @@ async fn lease_of(
     }
 }
 
+/// The lease a request names ([`lease_of`]) when this controller answers it, or the 307
+/// that sends the request to the leader (this controller follows; the caller may use the
+/// lease).
+async fn lease_here(
+    state: &AppState,
+    caller: &Caller,
+    query: &LeaseQuery,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> ApiResult<Result<u64, Response>> {
+    let id = lease_of(state, caller, query, headers).await?;
+    Ok(match to_leader(state, caller, id, uri).await? {
+        Some(redirect) => Err(redirect),
+        None => Ok(id),
+    })
+}
+
 fn text(status: StatusCode, body: String) -> Response {
     (
         status,
@@ -150,10 +169,13 @@ async fn power(
     state: &AppState,
     caller: &Caller,
     query: &LeaseQuery,
-    headers: &HeaderMap,
+    (uri, headers): (&Uri, &HeaderMap),
     action: PowerAction,
 ) -> ApiResult<Response> {
-    let id = lease_of(state, caller, query, headers).await?;
+    let id = match lease_here(state, caller, query, uri, headers).await? {
+        Ok(id) => id,
+        Err(redirect) => return Ok(redirect),
+    };
     let result = on_device(
         state,
         caller,
@@ -173,9 +195,10 @@ pub async fn on(
     State(state): State<AppState>,
     axum::Extension(caller): axum::Extension<Caller>,
     Query(query): Query<LeaseQuery>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    power(&state, &caller, &query, &headers, PowerAction::On).await
+    power(&state, &caller, &query, (&uri, &headers), PowerAction::On).await
 }
 
 /// `POST /dut/off`: power the lease's device off.
@@ -183,9 +206,10 @@ pub async fn off(
     State(state): State<AppState>,
     axum::Extension(caller): axum::Extension<Caller>,
     Query(query): Query<LeaseQuery>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    power(&state, &caller, &query, &headers, PowerAction::Off).await
+    power(&state, &caller, &query, (&uri, &headers), PowerAction::Off).await
 }
 
 /// `POST /dut/network`: refused with the reason (see [`NO_NETWORK`]), after the same checks
@@ -194,9 +218,13 @@ pub async fn network(
     State(state): State<AppState>,
     axum::Extension(caller): axum::Extension<Caller>,
     Query(query): Query<LeaseQuery>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let id = lease_of(&state, &caller, &query, &headers).await?;
+    let id = match lease_here(&state, &caller, &query, &uri, &headers).await? {
+        Ok(id) => id,
+        Err(redirect) => return Ok(redirect),
+    };
     on_device(
         &state,
         &caller,
@@ -215,9 +243,13 @@ pub async fn ip(
     State(state): State<AppState>,
     axum::Extension(caller): axum::Extension<Caller>,
     Query(query): Query<LeaseQuery>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let id = lease_of(&state, &caller, &query, &headers).await?;
+    let id = match lease_here(&state, &caller, &query, &uri, &headers).await? {
+        Ok(id) => id,
+        Err(redirect) => return Ok(redirect),
+    };
     match on_device(&state, &caller, id, SessionAction::Address, QUERY_WAIT).await? {
         SessionResult::Address { address } => {
             let address = address
@@ -241,9 +273,13 @@ pub async fn serial(
     State(state): State<AppState>,
     axum::Extension(caller): axum::Extension<Caller>,
     Query(query): Query<LeaseQuery>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let id = lease_of(&state, &caller, &query, &headers).await?;
+    let id = match lease_here(&state, &caller, &query, &uri, &headers).await? {
+        Ok(id) => id,
+        Err(redirect) => return Ok(redirect),
+    };
     match on_device(&state, &caller, id, SessionAction::Serial, QUERY_WAIT).await? {
         SessionResult::Serial { log, skipped } => {
             let bytes = base64::engine::general_purpose::STANDARD
@@ -277,9 +313,13 @@ pub async fn capture(
     State(state): State<AppState>,
     axum::Extension(caller): axum::Extension<Caller>,
     Query(query): Query<LeaseQuery>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let id = lease_of(&state, &caller, &query, &headers).await?;
+    let id = match lease_here(&state, &caller, &query, &uri, &headers).await? {
+        Ok(id) => id,
+        Err(redirect) => return Ok(redirect),
+    };
     let png = get_screenshot_bytes(&state, &caller, id, SCREENSHOT_WAIT).await?;
     Ok((StatusCode::OK, [(header::CONTENT_TYPE, "image/png")], png).into_response())
 }
@@ -294,7 +334,11 @@ pub async fn flash(
     Query(query): Query<LeaseQuery>,
     request: Request,
 ) -> ApiResult<Response> {
-    let id = lease_of(&state, &caller, &query, request.headers()).await?;
+    let uri = request.uri().clone();
+    let id = match lease_here(&state, &caller, &query, &uri, request.headers()).await? {
+        Ok(id) => id,
+        Err(redirect) => return Ok(redirect),
+    };
     // Who may flash, and whether the lease is live, is decided before the body is read.
     on_device(
         &state,
