@@ -308,7 +308,12 @@ impl Dispatcher {
         }
     }
 
+    /// Sends the job's view to the log followers watching jobs change. Built only when one
+    /// listens: a queued job's view holds its position, which walks the queue ahead of it.
     pub(super) fn publish(&self, job: JobId) {
+        if self.updates.receiver_count() == 0 {
+            return;
+        }
         if let Some(view) = self.view(job) {
             let _ = self.updates.send(view);
         }
