@@ -322,6 +322,9 @@ impl Dispatcher {
     ) -> Result<(), ControllerError> {
         let Some(info) = self.leases.get(lease).filter(|i| i.epoch == epoch) else {
             // Already ended by the controller: the agent tears down and reports the device.
+            tracing::debug!(
+                "agent {agent}: finish of lease {lease} (epoch {epoch}), which is no longer live here; dropped"
+            );
             self.send(agent, ControllerMessage::DropLease { lease, epoch });
             return Ok(());
         };

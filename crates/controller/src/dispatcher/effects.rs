@@ -258,6 +258,10 @@ impl Dispatcher {
                         && let Some(device) =
                             self.sched.job(info.job).and_then(|j| j.device.clone())
                     {
+                        tracing::debug!(
+                            "lease {lease} of job {} ended here; its device {device} needs a check",
+                            info.job
+                        );
                         self.send_to_device(
                             &device,
                             ControllerMessage::DropLease {

@@ -275,11 +275,14 @@ pub async fn execute(store: Store, hub: Hub, dispatch: mpsc::Sender<Command>) {
         },
         Err(e) => tracing::warn!("forwarded commands: {e}"),
     }
-    let running: Arc<Mutex<HashSet<i64>>> = Arc::default();
+    let in_flight: Arc<Mutex<InFlight>> = Arc::default();
     let mut last_prune = 0;
     loop {
         let _ = tokio::time::timeout(POLL, hub.commands.notified()).await;
-        let pending = match store.pending_commands().await {
+        let read = lock(&in_flight).begin_read();
+        let pending = store.pending_commands().await;
+        lock(&in_flight).after_read(read);
+        let pending = match pending {
             Ok(pending) => pending,
             Err(e) => {
                 tracing::warn!("forwarded commands: {e}");
@@ -287,11 +290,11 @@ pub async fn execute(store: Store, hub: Hub, dispatch: mpsc::Sender<Command>) {
             }
         };
         for stored in pending {
-            if !lock(&running).insert(stored.id) {
+            if !lock(&in_flight).start(stored.id) {
                 continue;
             }
-            let (store, dispatch, running) =
-                (store.clone(), dispatch.clone(), Arc::clone(&running));
+            let (store, dispatch, in_flight) =
+                (store.clone(), dispatch.clone(), Arc::clone(&in_flight));
             tokio::spawn(async move {
                 let id = stored.id;
                 if let Some((body, seq)) = run(&dispatch, id, &stored.body).await
@@ -299,7 +302,7 @@ pub async fn execute(store: Store, hub: Hub, dispatch: mpsc::Sender<Command>) {
                 {
                     tracing::warn!("forwarded command {id}: answer not stored: {e}");
                 }
-                lock(&running).remove(&id);
+                lock(&in_flight).finished(id);
             });
         }
         let now = crate::now().0;
@@ -309,6 +312,45 @@ pub async fn execute(store: Store, hub: Hub, dispatch: mpsc::Sender<Command>) {
                 tracing::debug!("forwarded commands: {e}");
             }
         }
+    }
+}
+
+/// The commands the executor started and may not start again.
+///
+/// A read of pending commands sees the table as it was when the read began, so a command
+/// that finishes (is marked done) while a read runs can still come back from that read. A
+/// command therefore stays here after it finished until a read that began after its end
+/// has returned: only such a read is sure not to return it.
+#[derive(Debug, Default)]
+struct InFlight {
+    /// Started and not yet forgotten.
+    started: HashSet<i64>,
+    /// Finished since the last read began.
+    finished: Vec<i64>,
+}
+
+/// The commands that had finished when a read began.
+struct Read(Vec<i64>);
+
+impl InFlight {
+    fn begin_read(&mut self) -> Read {
+        Read(std::mem::take(&mut self.finished))
+    }
+
+    /// The read that began with `read` returned: what had finished before it is forgotten.
+    fn after_read(&mut self, read: Read) {
+        for id in read.0 {
+            self.started.remove(&id);
+        }
+    }
+
+    /// Whether `id` may start now (it is not started or finished-but-remembered).
+    fn start(&mut self, id: i64) -> bool {
+        self.started.insert(id)
+    }
+
+    fn finished(&mut self, id: i64) {
+        self.finished.push(id);
     }
 }
 
@@ -445,4 +487,30 @@ async fn run(dispatch: &mpsc::Sender<Command>, id: i64, body: &str) -> Option<(S
     };
     let seq = seq_rx.await.ok()?;
     Some((serde_json::to_string(&answer).ok()?, seq))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_that_finishes_during_a_read_is_not_started_again_from_that_read() {
+        let mut in_flight = InFlight::default();
+        assert!(in_flight.start(7));
+        // A read begins while 7 runs; 7 finishes (marked done) before the read returns, but
+        // the read saw the table before that and returns 7 as pending.
+        let read = in_flight.begin_read();
+        in_flight.finished(7);
+        in_flight.after_read(read);
+        assert!(!in_flight.start(7), "7 ran twice");
+        // The next read began after 7's end: it cannot return 7, which is now forgotten.
+        let read = in_flight.begin_read();
+        in_flight.after_read(read);
+        assert!(in_flight.started.is_empty() && in_flight.finished.is_empty());
+        // A command still running is never started twice, whatever the reads.
+        assert!(in_flight.start(8));
+        let read = in_flight.begin_read();
+        in_flight.after_read(read);
+        assert!(!in_flight.start(8));
+    }
 }
