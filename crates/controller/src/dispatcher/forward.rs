@@ -12,6 +12,8 @@
 //! - A command is marked done in the commit of its events, so it runs at most once even when
 //!   the leader dies right after committing; a command not done when a leader stops is run by
 //!   the next one. One that was committed but never answered is answered as such (503).
+//!   Within one leader the executor never starts a command twice, not even one that a read
+//!   begun before its end still returns as pending ([`InFlight`]).
 //! - A follower answers its client only after the leader committed, and after its own
 //!   replica has applied the leader's events up to that commit (a client that reads right
 //!   after sees its change on the same controller).
