@@ -57,6 +57,14 @@ struct Runs {
     errors: Oddities,
 }
 
+impl Runs {
+    /// Whether every job of `jobs` finished.
+    fn all_finished(&self, jobs: &BTreeSet<usize>) -> bool {
+        let done = self.finished.lock().unwrap_or_else(|e| e.into_inner());
+        jobs.iter().all(|j| done.contains(j))
+    }
+}
+
 impl Behaviour for Runs {
     fn start(self: Arc<Self>, out: Outbox, job: StartJob) {
         let Some(number) = job_number(&job.definition) else {
@@ -322,10 +330,7 @@ async fn rounds(
         }
         wait_for(
             "the warm-up jobs finished",
-            || {
-                let done = runs.finished.lock().unwrap_or_else(|e| e.into_inner());
-                accepted.iter().all(|j| done.contains(j))
-            },
+            || runs.all_finished(&accepted),
             ROUND_LIMIT,
         )
         .await?;
@@ -439,10 +444,7 @@ async fn rounds(
         };
         wait_for(
             "the jobs accepted during the failover finished",
-            || {
-                let done = runs.finished.lock().unwrap_or_else(|e| e.into_inner());
-                accepted.iter().all(|j| done.contains(j))
-            },
+            || runs.all_finished(&accepted),
             ROUND_LIMIT,
         )
         .await?;
